@@ -1,0 +1,39 @@
+# The two commands a newcomer needs: `make demo` and `make test`. Both create .venv and install first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow lint bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# constraints.txt pins every transitive version that CI was proven with (no resolver backtracking).
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: seed an embedded Chroma store, back it up into ./aibackup-repo, restore into embedded Qdrant, prove it
+demo: install
+	$(BIN)/python -m aibackup.demo
+
+## test: every test but the `slow` ones; the fixtures start the moto S3 server and `chroma run` themselves
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check aibackup connectors manifests tests benchmarks
+	$(BIN)/ruff format --check aibackup connectors manifests tests benchmarks
+	$(BIN)/mypy aibackup connectors manifests
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) aibackup-repo aibackup-restore aibackup-demo .pytest_cache

@@ -1,0 +1,86 @@
+"""Connector URIs and the registry of connector kinds.
+
+Accepted forms (DEST is where a bare kind restores to: ``./aibackup-restore/<kind>``):
+
+=============================  ==================================================================
+``chroma:PATH``                embedded Chroma (PersistentClient) at PATH
+``chroma+http://HOST:PORT``    a Chroma server (``chroma+https://`` for TLS); token from
+                               ``CHROMA_API_KEY`` (or the variable named by ``?api_key_env=NAME``)
+``qdrant:PATH``                Qdrant local mode (``QdrantClient(path=PATH)``)
+``qdrant+http://HOST:PORT``    a Qdrant server (``qdrant+https://``); API key from ``QDRANT_API_KEY``
+                               (or ``?api_key_env=NAME``)
+``chroma`` / ``qdrant``        restore targets only: the embedded default ``./aibackup-restore/<kind>``
+=============================  ==================================================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+from aibackup.errors import UsageError
+from connectors.base import Location, VectorConnector
+
+#: kind -> "module:Class", imported only when used so a missing optional client only matters then.
+CONNECTORS = {
+    "chroma": "connectors.chroma:ChromaConnector",
+    "qdrant": "connectors.qdrant:QdrantConnector",
+}
+DEFAULT_PORTS = {"chroma": 8000, "qdrant": 6333}
+DEFAULT_RESTORE_ROOT = "aibackup-restore"
+KNOWN_FORMS = "chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT"
+
+
+def parse_location(uri: str, *, target: bool = False) -> Location:
+    """Parse a source or target URI. Raises UsageError with one line naming the URI on any problem."""
+    text = uri.strip()
+    if target and text in CONNECTORS:
+        return Location(scheme=text, kind=text, path=str(Path(DEFAULT_RESTORE_ROOT, text).resolve()))
+    scheme, sep, rest = text.partition(":")
+    kind, plus, transport = scheme.partition("+")
+    if not sep or kind not in CONNECTORS:
+        raise UsageError(f"unknown store {uri!r}: expected one of {KNOWN_FORMS}")
+    if not plus:
+        path, _, query = rest.partition("?")
+        if path.startswith("//"):
+            raise UsageError(f"bad store {uri!r}: write {kind}:PATH for a local store or {kind}+http://HOST:PORT")
+        if not path:
+            raise UsageError(f"bad store {uri!r}: no path after '{kind}:'")
+        return Location(scheme=kind, kind=kind, path=str(Path(path).expanduser().resolve()),
+                        params=dict(parse_qsl(query)))
+    if transport not in ("http", "https"):
+        raise UsageError(f"unknown store {uri!r}: the transport after '{kind}+' must be http or https")
+    parts = urlsplit(f"{transport}:{rest}")
+    if not parts.hostname:
+        raise UsageError(f"bad store {uri!r}: no host")
+    if parts.username or parts.password:
+        raise UsageError(
+            f"bad store {uri!r}: put no credentials in the URI; set {kind.upper()}_API_KEY instead"
+        )
+    try:
+        port = parts.port or DEFAULT_PORTS[kind]
+    except ValueError:
+        raise UsageError(f"bad store {uri!r}: the port is not a number") from None
+    return Location(scheme=scheme, kind=kind, host=parts.hostname, port=port, tls=transport == "https",
+                    params=dict(parse_qsl(parts.query)))
+
+
+def api_key(location: Location) -> str | None:
+    """The API key for a server location, read from the environment (never from the URI)."""
+    var = location.params.get("api_key_env", f"{location.kind.upper()}_API_KEY")
+    return os.environ.get(var) or None
+
+
+def connector_class(kind: str) -> type[VectorConnector]:
+    module_name, _, class_name = CONNECTORS[kind].partition(":")
+    module = importlib.import_module(module_name)
+    cls: type[VectorConnector] = getattr(module, class_name)
+    return cls
+
+
+def open_connector(uri: str, *, target: bool = False) -> VectorConnector:
+    """Open the store a URI names: as a source (`target` False: it must exist) or a restore target."""
+    location = parse_location(uri, target=target)
+    return connector_class(location.kind)(location, create=target)

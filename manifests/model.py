@@ -1,0 +1,430 @@
+"""Versioned manifest models: what a bundle holds, how to find its parts, and how to check it.
+
+A manifest is one JSON document per bundle, at ``bundles/<bundle-id>.json``, stored in canonical form
+(sorted keys, no spaces, UTF-8, one trailing newline). Its ``checksum`` is the sha256 of the canonical JSON
+of the document without the ``checksum`` key; a reader also refuses a file whose bytes are not the canonical
+form of what it parsed, so any change to any byte of a manifest is detected. Parsing is strict: a missing or mistyped field raises
+:class:`ManifestError`; a ``format_version`` newer than :data:`FORMAT_VERSION` raises
+:class:`ManifestVersionTooNewError` so an old tool never half-reads a newer bundle. Unknown extra keys are
+kept out of the models but still covered by the checksum.
+
+``manifests/schema/bundle-manifest.v1.json`` is the published JSON Schema of this format; every manifest the
+tool writes validates against it (the test-suite checks each one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT = "aibackup-bundle"
+FORMAT_VERSION = 1
+DISTANCES = ("cosine", "l2", "ip", "manhattan")
+DATATYPES = ("float32", "float16", "uint8")
+
+
+class ManifestError(ValueError):
+    """The manifest document is malformed (a missing or mistyped field, a bad checksum)."""
+
+
+class ManifestVersionTooNewError(ManifestError):
+    """The manifest was written in a newer format than this tool reads."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            f"manifest format version {version} is newer than this aibackup reads ({FORMAT_VERSION})"
+        )
+        self.version = version
+
+
+# --- small strict readers ------------------------------------------------------------------------------
+
+
+def _get(doc: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
+    if key not in doc:
+        raise ManifestError(f"{where}: missing field {key!r}")
+    value = doc[key]
+    # bool is an int in Python; a count must not be `true`.
+    if isinstance(value, bool) and typ is int:
+        raise ManifestError(f"{where}.{key}: expected int, got bool")
+    if not isinstance(value, typ):
+        raise ManifestError(f"{where}.{key}: expected {_typename(typ)}, got {type(value).__name__}")
+    return value
+
+
+def _opt(doc: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str, default: Any) -> Any:
+    if doc.get(key) is None:
+        return default
+    return _get(doc, key, typ, where)
+
+
+def _typename(typ: type | tuple[type, ...]) -> str:
+    if isinstance(typ, tuple):
+        return " or ".join(t.__name__ for t in typ)
+    return typ.__name__
+
+
+def _count(doc: Mapping[str, Any], key: str, where: str) -> int:
+    value: int = _get(doc, key, int, where)
+    if value < 0:
+        raise ManifestError(f"{where}.{key}: must not be negative")
+    return value
+
+
+def _hex(doc: Mapping[str, Any], key: str, where: str, length: int) -> str:
+    value: str = _get(doc, key, str, where)
+    if len(value) != length or any(c not in "0123456789abcdef" for c in value):
+        raise ManifestError(f"{where}.{key}: expected {length} lowercase hex digits")
+    return value
+
+
+def canonical_bytes(doc: Any) -> bytes:
+    """Canonical JSON bytes of a document: the form that checksums are computed over."""
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# --- vectors configuration ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DenseVectorSpec:
+    """One dense vector of a collection. ``name`` "" is the unnamed default vector."""
+
+    name: str
+    size: int
+    distance: str  # one of DISTANCES
+    multivector: bool = False  # a list of vectors per record (Qdrant multivector, max_sim)
+    datatype: str = "float32"  # what the backend stores; the bundle always holds float32
+    options: Mapping[str, Any] = field(default_factory=dict)  # backend extras (hnsw, on_disk, quantization)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "size": self.size,
+            "distance": self.distance,
+            "multivector": self.multivector,
+            "datatype": self.datatype,
+            "options": dict(self.options),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], where: str) -> DenseVectorSpec:
+        distance = _get(doc, "distance", str, where)
+        if distance not in DISTANCES:
+            raise ManifestError(f"{where}.distance: unknown distance {distance!r}")
+        datatype = _opt(doc, "datatype", str, where, "float32")
+        if datatype not in DATATYPES:
+            raise ManifestError(f"{where}.datatype: unknown datatype {datatype!r}")
+        size = _count(doc, "size", where)
+        if size == 0:
+            raise ManifestError(f"{where}.size: must be positive")
+        return cls(
+            name=_get(doc, "name", str, where),
+            size=size,
+            distance=distance,
+            multivector=_opt(doc, "multivector", bool, where, False),
+            datatype=datatype,
+            options=_opt(doc, "options", dict, where, {}),
+        )
+
+
+@dataclass(frozen=True)
+class SparseVectorSpec:
+    """One sparse vector of a collection (Qdrant sparse vectors)."""
+
+    name: str
+    modifier: str | None = None  # "idf" or None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "modifier": self.modifier, "options": dict(self.options)}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], where: str) -> SparseVectorSpec:
+        return cls(
+            name=_get(doc, "name", str, where),
+            modifier=_opt(doc, "modifier", str, where, None),
+            options=_opt(doc, "options", dict, where, {}),
+        )
+
+
+@dataclass(frozen=True)
+class VectorsConfig:
+    """The backend-neutral configuration of a vector collection.
+
+    ``native`` keeps the source backend's own full configuration (``{"kind": "qdrant", ...}``) so a restore
+    into the same kind of backend recreates the collection exactly; a restore into another kind uses only
+    the neutral fields.
+    """
+
+    dense: tuple[DenseVectorSpec, ...]
+    sparse: tuple[SparseVectorSpec, ...] = ()
+    metadata: Mapping[str, Any] | None = None  # collection-level metadata
+    hnsw: Mapping[str, Any] | None = None  # neutral names: m, ef_construction, ef_search
+    payload_indexes: tuple[Mapping[str, Any], ...] = ()  # [{"field": "k", "type": "keyword"}, ...]
+    native: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dense": [d.to_json() for d in self.dense],
+            "sparse": [s.to_json() for s in self.sparse],
+            "metadata": None if self.metadata is None else dict(self.metadata),
+            "hnsw": None if self.hnsw is None else dict(self.hnsw),
+            "payload_indexes": [dict(p) for p in self.payload_indexes],
+            "native": None if self.native is None else dict(self.native),
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], where: str = "config") -> VectorsConfig:
+        dense = _get(doc, "dense", list, where)
+        sparse = _opt(doc, "sparse", list, where, [])
+        indexes = _opt(doc, "payload_indexes", list, where, [])
+        for i, index in enumerate(indexes):
+            if not isinstance(index, dict):
+                raise ManifestError(f"{where}.payload_indexes[{i}]: expected object")
+        return cls(
+            dense=tuple(
+                DenseVectorSpec.from_json(_obj(d, f"{where}.dense[{i}]"), f"{where}.dense[{i}]")
+                for i, d in enumerate(dense)
+            ),
+            sparse=tuple(
+                SparseVectorSpec.from_json(_obj(s, f"{where}.sparse[{i}]"), f"{where}.sparse[{i}]")
+                for i, s in enumerate(sparse)
+            ),
+            metadata=_opt(doc, "metadata", dict, where, None),
+            hnsw=_opt(doc, "hnsw", dict, where, None),
+            payload_indexes=tuple(indexes),
+            native=_opt(doc, "native", dict, where, None),
+        )
+
+    def dense_by_name(self, name: str) -> DenseVectorSpec:
+        for spec in self.dense:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def _obj(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise ManifestError(f"{where}: expected object, got {type(value).__name__}")
+    return value
+
+
+# --- bundle manifest -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartEntry:
+    """One immutable Parquet part: its path relative to the repository root, rows, bytes and sha256."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], where: str) -> PartEntry:
+        path = _get(doc, "path", str, where)
+        if path.startswith("/") or ".." in path.split("/") or not path.startswith("data/"):
+            raise ManifestError(f"{where}.path: {path!r} is not a part path under data/")
+        return cls(
+            path=path,
+            rows=_count(doc, "rows", where),
+            bytes=_count(doc, "bytes", where),
+            sha256=_hex(doc, "sha256", where, 64),
+        )
+
+
+@dataclass(frozen=True)
+class FieldEntry:
+    """One column of a dataset's Arrow schema: name, Arrow type as pyarrow prints it, nullability."""
+
+    name: str
+    type: str
+    nullable: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type, "nullable": self.nullable}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], where: str) -> FieldEntry:
+        return cls(
+            name=_get(doc, "name", str, where),
+            type=_get(doc, "type", str, where),
+            nullable=_get(doc, "nullable", bool, where),
+        )
+
+
+DIGEST_ALGORITHM = "blake2b128-sum-v1"
+
+
+@dataclass(frozen=True)
+class DatasetManifest:
+    """One dataset (a collection) of a bundle."""
+
+    name: str
+    kind: str  # "vectors" for now
+    rows: int
+    schema: tuple[FieldEntry, ...]
+    config: Mapping[str, Any]  # kind-specific; for "vectors" see VectorsConfig
+    digest: str  # 32 hex digits; see manifests.digest
+    parts: tuple[PartEntry, ...]
+    id_types: Mapping[str, int] = field(default_factory=dict)  # e.g. {"uint": 10, "uuid": 2}
+    digest_algorithm: str = DIGEST_ALGORITHM
+
+    def vectors_config(self) -> VectorsConfig:
+        return VectorsConfig.from_json(self.config, f"dataset {self.name!r} config")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "rows": self.rows,
+            "schema": [f.to_json() for f in self.schema],
+            "config": dict(self.config),
+            "digest": {"algorithm": self.digest_algorithm, "value": self.digest},
+            "id_types": dict(self.id_types),
+            "parts": [p.to_json() for p in self.parts],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], where: str) -> DatasetManifest:
+        name = _get(doc, "name", str, where)
+        where = f"{where} ({name!r})"
+        digest = _obj(_get(doc, "digest", dict, where), f"{where}.digest")
+        algorithm = _get(digest, "algorithm", str, f"{where}.digest")
+        if algorithm != DIGEST_ALGORITHM:
+            raise ManifestError(f"{where}.digest.algorithm: unknown algorithm {algorithm!r}")
+        parts = tuple(
+            PartEntry.from_json(_obj(p, f"{where}.parts[{i}]"), f"{where}.parts[{i}]")
+            for i, p in enumerate(_get(doc, "parts", list, where))
+        )
+        rows = _count(doc, "rows", where)
+        if sum(p.rows for p in parts) != rows:
+            raise ManifestError(f"{where}: parts hold {sum(p.rows for p in parts)} rows, manifest says {rows}")
+        id_types = _opt(doc, "id_types", dict, where, {})
+        if any(not isinstance(v, int) or isinstance(v, bool) for v in id_types.values()):
+            raise ManifestError(f"{where}.id_types: counts must be ints")
+        kind = _get(doc, "kind", str, where)
+        config = _get(doc, "config", dict, where)
+        dataset = cls(
+            name=name,
+            kind=kind,
+            rows=rows,
+            schema=tuple(
+                FieldEntry.from_json(_obj(f, f"{where}.schema[{i}]"), f"{where}.schema[{i}]")
+                for i, f in enumerate(_get(doc, "schema", list, where))
+            ),
+            config=config,
+            digest=_hex(digest, "value", f"{where}.digest", 32),
+            parts=parts,
+            id_types=id_types,
+        )
+        if kind == "vectors":
+            dataset.vectors_config()  # validate now, not at restore time
+        return dataset
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """A committed bundle: which datasets it holds, where their parts are, and how to check them."""
+
+    bundle_id: str
+    created_at: str  # ISO 8601 UTC, "2026-11-25T02:00:00.123456Z"
+    tool_version: str
+    source: Mapping[str, Any]  # {"kind": "chroma", "uri": "chroma:/abs/path"} (credentials redacted)
+    datasets: tuple[DatasetManifest, ...]
+    parent: str | None = None
+    format_version: int = FORMAT_VERSION
+
+    def body(self) -> dict[str, Any]:
+        """The document without its checksum."""
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "bundle_id": self.bundle_id,
+            "created_at": self.created_at,
+            "tool": {"name": "aibackup", "version": self.tool_version},
+            "parent": self.parent,
+            "source": dict(self.source),
+            "datasets": [d.to_json() for d in self.datasets],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        doc = self.body()
+        doc["checksum"] = {"algorithm": "sha256", "value": hashlib.sha256(canonical_bytes(doc)).hexdigest()}
+        return doc
+
+    def to_bytes(self) -> bytes:
+        """The bytes written to the repository: canonical JSON and a newline, checksum included.
+
+        Canonical bytes (rather than indented JSON) make every byte of the file meaningful: a reader
+        re-serialises what it parsed and refuses a file whose bytes differ, so even a change that leaves
+        the JSON equivalent (a space turned into a newline) is detected. `aibackup show` prints it nicely.
+        """
+        return canonical_bytes(self.to_json()) + b"\n"
+
+    def dataset(self, name: str) -> DatasetManifest:
+        for d in self.datasets:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    @property
+    def rows(self) -> int:
+        return sum(d.rows for d in self.datasets)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "manifest") -> BundleManifest:
+        """Parse and check a manifest. Raises ManifestError (or its subclass for a newer version)."""
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(doc, dict):
+            raise ManifestError(f"{where}: expected a JSON object")
+        manifest = cls.from_json(doc, where)
+        if data != canonical_bytes(doc) + b"\n":
+            raise ManifestError(f"{where}: bytes are not in canonical form (the file was changed or damaged)")
+        return manifest
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any], where: str = "manifest") -> BundleManifest:
+        if doc.get("format") != FORMAT:
+            raise ManifestError(f"{where}: not an aibackup bundle manifest (format {doc.get('format')!r})")
+        version = _get(doc, "format_version", int, where)
+        if version > FORMAT_VERSION:
+            raise ManifestVersionTooNewError(version)
+        if version < 1:
+            raise ManifestError(f"{where}: bad format_version {version}")
+        checksum = _obj(_get(doc, "checksum", dict, where), f"{where}.checksum")
+        if _get(checksum, "algorithm", str, f"{where}.checksum") != "sha256":
+            raise ManifestError(f"{where}.checksum: unknown algorithm")
+        expected = _hex(checksum, "value", f"{where}.checksum", 64)
+        body = {k: v for k, v in doc.items() if k != "checksum"}
+        if hashlib.sha256(canonical_bytes(body)).hexdigest() != expected:
+            raise ManifestError(f"{where}: checksum mismatch (the manifest was changed or damaged)")
+        tool = _obj(_get(doc, "tool", dict, where), f"{where}.tool")
+        datasets: Sequence[Any] = _get(doc, "datasets", list, where)
+        parsed = tuple(
+            DatasetManifest.from_json(_obj(d, f"{where}.datasets[{i}]"), f"{where}.datasets[{i}]")
+            for i, d in enumerate(datasets)
+        )
+        names = [d.name for d in parsed]
+        if len(set(names)) != len(names):
+            raise ManifestError(f"{where}: duplicate dataset names")
+        return cls(
+            bundle_id=_get(doc, "bundle_id", str, where),
+            created_at=_get(doc, "created_at", str, where),
+            tool_version=_get(tool, "version", str, f"{where}.tool"),
+            source=_obj(_get(doc, "source", dict, where), f"{where}.source"),
+            datasets=parsed,
+            parent=_opt(doc, "parent", str, where, None),
+            format_version=version,
+        )

@@ -1,0 +1,120 @@
+"""Shared fixtures: real services started for the session (Chroma's own server, moto's S3 server).
+
+Nothing here fakes a backend: `chroma run` is Chroma's real server from the wheel, and moto's server speaks
+S3 over HTTP to the real s3fs/botocore clients.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode} before answering")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not answer at {url} within {timeout}s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass(frozen=True)
+class Server:
+    host: str
+    port: int
+    data_dir: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Chroma's real server (`chroma run`, shipped in the chromadb wheel) on a free loopback port."""
+    exe = BIN / "chroma"
+    if not exe.exists():
+        exe = Path(shutil.which("chroma") or "chroma")
+    data = tmp_path_factory.mktemp("chroma-server")
+    port = free_port()
+    log = open(data.parent / "chroma-server.log", "wb")  # noqa: SIM115 - closed after the server stops
+    proc = subprocess.Popen(
+        [str(exe), "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/api/v2/heartbeat", proc, "chroma run")
+        yield Server("127.0.0.1", port, data)
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """moto's S3 server over HTTP on a free loopback port (the real s3fs/botocore clients talk to it)."""
+    port = free_port()
+    log_dir = tmp_path_factory.mktemp("moto")
+    log = open(log_dir / "moto.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/moto-api/", proc, "moto_server")
+        yield Server("127.0.0.1", port)
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture
+def s3_env(moto_s3: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
+    """Standard AWS environment variables pointing at the moto server, as a user would set them."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_s3.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    return moto_s3
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test runs in its own folder so default paths (./aibackup-repo, ./aibackup-restore) never clash."""
+    monkeypatch.chdir(tmp_path)
+    for var in ("AIBACKUP_REPO", "QDRANT_API_KEY", "CHROMA_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
