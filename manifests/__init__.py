@@ -5,6 +5,10 @@ This package imports nothing else of aibackup's, so the format can be read by ot
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 from manifests.model import (
     FORMAT_VERSION,
     BundleManifest,
@@ -16,7 +20,19 @@ from manifests.model import (
     VectorsConfig,
 )
 
+#: The published JSON Schema of the bundle manifest, format version 1.
+SCHEMA_PATH = Path(__file__).parent / "schema" / "bundle-manifest.v1.json"
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema every manifest this version writes validates against."""
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return schema
+
+
 __all__ = [
+    "SCHEMA_PATH",
+    "json_schema",
     "FORMAT_VERSION",
     "BundleManifest",
     "DatasetManifest",

@@ -1,0 +1,462 @@
+"""Proving a restore: the restored target is compared with the bundle, record by record.
+
+Checks, in the order reported (each one a pass/fail line; any failure fails the restore with exit 1):
+
+``bundle``   the bundle's records read back give the manifest's dataset digest (the expected side is sound).
+``rows``     the target holds as many records as the bundle (at least as many in merge mode).
+``ids``      the set of ids matches (through each connector's id mapping, which export undoes).
+``content``  every record's digest matches; vector columns the target changes by design (see
+             ``ImportPlan.tolerances``) are compared separately: each component may differ by at most
+             ``TOLERANCE`` × the vector's norm (about 8 float32 ulps of its largest component), after
+             normalising the bundle's vector for targets that store unit vectors (Qdrant cosine).
+``search``   for each dense vector, `queries` records sampled (seeded) from the bundle are searched in the
+             target; recall@k against an exact search over the bundle must reach `min_recall`. A returned
+             record that is not in the exact top-k still counts when its exact distance ties the k-th.
+
+The expected side is the bundle after ``plan.transform`` (the documented lossy mapping, identity when
+nothing is lost). Memory stays bounded for any size: each side is split into buckets by a hash of the id,
+spilled to temporary Parquet files when large, and compared bucket by bucket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aibackup.bundle import BundleReader
+from aibackup.errors import AibackupError
+from connectors.base import ImportPlan, VectorConnector
+from manifests.digest import DatasetDigest, record_digests
+from manifests.model import DatasetManifest, DenseVectorSpec
+from manifests.vectors import dense_column
+
+TOLERANCE = 1e-6
+#: Bytes of (id, digest, tolerated vectors) per bucket; above one bucket each side spills to Parquet runs.
+BUCKET_BYTES = 256 * 1024 * 1024
+EXAMPLES = 3
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    queries: int = 20
+    k: int = 10
+    min_recall: float = 0.9
+    seed: int = 0
+
+
+def prove(
+    connector: VectorConnector,
+    plan: ImportPlan,
+    reader: BundleReader,
+    dataset: DatasetManifest,
+    options: CheckOptions | None = None,
+) -> list[Check]:
+    """Run every check of a restored dataset; returns them in report order (never raises for a mismatch)."""
+    options = options or CheckOptions()
+    merge = plan.mode == "merge"
+    checks: list[Check] = []
+
+    def expected() -> Iterator[pa.RecordBatch]:
+        return (plan.transform(b) for b in reader.batches(dataset))
+
+    bundle_digest = DatasetDigest()
+    for batch in reader.batches(dataset):
+        bundle_digest.add_batch(batch)
+    bundle_ok = bundle_digest.hexdigest == dataset.digest and bundle_digest.rows == dataset.rows
+    checks.append(Check(
+        "bundle", bundle_ok,
+        f"{bundle_digest.rows} records read, digest {'matches' if bundle_ok else 'DIFFERS from'} the manifest",
+    ))
+
+    try:
+        target = connector.describe([plan.target.name])[0]
+    except AibackupError as exc:
+        checks.append(Check("rows", False, f"cannot read the target back: {exc}"))
+        return checks
+    rows_ok = target.rows >= dataset.rows if merge else target.rows == dataset.rows
+    checks.append(Check(
+        "rows", rows_ok,
+        f"target holds {target.rows}, bundle {dataset.rows}" + (" (merge: others may exist)" if merge else ""),
+    ))
+
+    if not target.schema.equals(plan.target.schema):
+        checks.append(Check(
+            "content", False,
+            f"target columns {target.schema.names} differ from the expected {plan.target.schema.names}",
+        ))
+        return checks
+    checks.extend(_compare(
+        expected(), connector.export(target), target.schema, plan.tolerances,
+        max(dataset.rows, target.rows), merge,
+    ))
+    if merge:
+        checks.append(Check("search", True, "skipped: in merge mode the target holds records outside the bundle"))
+    else:
+        checks.extend(_search_checks(connector, plan, expected, options))
+    return checks
+
+
+# --- record-by-record comparison ------------------------------------------------------------------------
+
+
+class _Side:
+    """One side of the comparison, split into buckets by a hash of the id (spilled to Parquet if large)."""
+
+    def __init__(self, name: str, buckets: int, folder: Path | None, vector_types: Mapping[str, pa.DataType]):
+        self.name = name
+        self.buckets = buckets
+        self.folder = folder
+        self.schema = pa.schema(
+            [("id", pa.string()), ("digest", pa.binary(16))] + [(c, t) for c, t in vector_types.items()]
+        )
+        self.memory: list[pa.RecordBatch] = []
+        self.writers: list[pq.ParquetWriter | None] = [None] * buckets
+
+    def add(self, batch: pa.RecordBatch, exclude: Sequence[str]) -> None:
+        digests = record_digests(batch, exclude)
+        ids = batch.column("id")
+        columns = [ids, pa.array(digests, pa.binary(16))] + [batch.column(c) for c in exclude]
+        slim = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        if self.buckets == 1:
+            self.memory.append(slim)
+            return
+        bucket_of = np.fromiter(
+            (_bucket(i, self.buckets) for i in ids.to_pylist()), dtype=np.int64, count=len(ids)
+        )
+        for b in np.unique(bucket_of):
+            part = slim.filter(pa.array(bucket_of == b))
+            self._write(int(b), part)
+
+    def _write(self, b: int, part: pa.RecordBatch) -> None:
+        assert self.folder is not None
+        writer = self.writers[b]
+        if writer is None:
+            writer = pq.ParquetWriter(str(self.folder / f"{self.name}-{b:05d}.parquet"), self.schema)
+            self.writers[b] = writer
+        writer.write_batch(part)
+
+    def bucket(self, b: int) -> pa.Table:
+        if self.buckets == 1:
+            return pa.Table.from_batches(self.memory, schema=self.schema)
+        writer = self.writers[b]
+        if writer is None:
+            return self.schema.empty_table()
+        writer.close()
+        assert self.folder is not None
+        return pq.read_table(str(self.folder / f"{self.name}-{b:05d}.parquet"))
+
+
+def _bucket(record_id: str, buckets: int) -> int:
+    h = hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(h, "little") % buckets
+
+
+def _bucket_count(rows: int, vector_types: Mapping[str, pa.DataType]) -> int:
+    per_row = 64 + sum(_row_bytes(t) for t in vector_types.values())
+    return max(1, math.ceil(rows * per_row / BUCKET_BYTES))
+
+
+def _row_bytes(typ: pa.DataType) -> int:
+    if pa.types.is_fixed_size_list(typ):
+        return 4 * int(typ.list_size)
+    if pa.types.is_list(typ) and pa.types.is_fixed_size_list(typ.value_type):
+        return 4 * int(typ.value_type.list_size) * 8  # a guess at vectors per record
+    return 64
+
+
+def _compare(
+    expected: Iterable[pa.RecordBatch],
+    actual: Iterable[pa.RecordBatch],
+    schema: pa.Schema,
+    tolerances: Mapping[str, str],
+    rows: int,
+    merge: bool,
+) -> list[Check]:
+    exclude = sorted(tolerances)
+    vector_types = {c: schema.field(c).type for c in exclude}
+    buckets = _bucket_count(rows, vector_types)
+    tally = _Tally()
+    with tempfile.TemporaryDirectory(prefix="aibackup-check-") as tmp:
+        folder = Path(tmp) if buckets > 1 else None
+        exp = _Side("expected", buckets, folder, vector_types)
+        act = _Side("actual", buckets, folder, vector_types)
+        for side, stream in ((exp, expected), (act, actual)):
+            for batch in stream:
+                side.add(batch, exclude)
+        for b in range(buckets):
+            tally.compare(exp.bucket(b), act.bucket(b), tolerances)
+    return tally.checks(merge)
+
+
+class _Tally:
+    """Counts of matched, missing, unexpected, duplicated and changed records over all buckets."""
+
+    def __init__(self) -> None:
+        self.matched = 0
+        self.missing: list[str] = []
+        self.extra: list[str] = []
+        self.changed: list[str] = []
+        self.duplicates: list[str] = []
+        self.n_missing = self.n_extra = self.n_changed = self.n_dup = 0
+        self.worst = 0.0  # largest deviation / norm seen among tolerated vectors
+        self.tolerated = False
+
+    def compare(self, exp: pa.Table, act: pa.Table, tolerances: Mapping[str, str]) -> None:
+        exp_ids = exp.column("id").to_pylist()
+        act_ids = act.column("id").to_pylist()
+        exp_index = {i: n for n, i in enumerate(exp_ids)}
+        act_index = {i: n for n, i in enumerate(act_ids)}
+        for ids, index in ((exp_ids, exp_index), (act_ids, act_index)):
+            if len(index) != len(ids):
+                seen: set[str] = set()
+                for i in ids:
+                    if i in seen:
+                        self.n_dup += 1
+                        _note(self.duplicates, i)
+                    seen.add(i)
+        for i in exp_index.keys() - act_index.keys():
+            self.n_missing += 1
+            _note(self.missing, i)
+        for i in act_index.keys() - exp_index.keys():
+            self.n_extra += 1
+            _note(self.extra, i)
+        common = [i for i in exp_index if i in act_index]
+        if not common:
+            return
+        e_idx = np.fromiter((exp_index[i] for i in common), dtype=np.int64, count=len(common))
+        a_idx = np.fromiter((act_index[i] for i in common), dtype=np.int64, count=len(common))
+        exp_digests = np.asarray(exp.column("digest").to_pylist(), dtype="S16")
+        act_digests = np.asarray(act.column("digest").to_pylist(), dtype="S16")
+        same = exp_digests[e_idx] == act_digests[a_idx]
+        for column, rule in tolerances.items():
+            deviation = _deviations(exp.column(column), act.column(column), e_idx, a_idx, rule)
+            within = deviation <= TOLERANCE
+            same &= within
+            if within.any():
+                self.worst = max(self.worst, float(deviation[within].max()))
+            self.tolerated = True
+        self.matched += int(same.sum())
+        for n in np.flatnonzero(~same):
+            self.n_changed += 1
+            _note(self.changed, common[n])
+
+    def checks(self, merge: bool) -> list[Check]:
+        ids_ok = self.n_missing == 0 and self.n_dup == 0 and (merge or self.n_extra == 0)
+        problems = []
+        if self.n_missing:
+            problems.append(f"{self.n_missing} missing (e.g. {', '.join(self.missing)})")
+        if self.n_extra and not merge:
+            problems.append(f"{self.n_extra} unexpected (e.g. {', '.join(self.extra)})")
+        if self.n_dup:
+            problems.append(f"{self.n_dup} duplicated (e.g. {', '.join(self.duplicates)})")
+        common = self.matched + self.n_changed
+        ids_detail = "; ".join(problems) if problems else f"all {common} ids match"
+        if merge and self.n_extra and ids_ok:
+            ids_detail = f"all {common} bundle ids present; {self.n_extra} other records kept (merge)"
+        if self.n_changed:
+            detail = f"{self.n_changed} of {common} records differ (e.g. {', '.join(self.changed)})"
+            content = Check("content", False, detail)
+        else:
+            tol = f"; tolerated vectors within {self.worst:.1e} × norm" if self.tolerated else ""
+            content = Check("content", True, f"all {common} records identical{tol}")
+        return [Check("ids", ids_ok, ids_detail), content]
+
+
+def _note(examples: list[str], record_id: str) -> None:
+    if len(examples) < EXAMPLES:
+        examples.append(repr(record_id))
+
+
+def _deviations(
+    exp: pa.ChunkedArray, act: pa.ChunkedArray, e_idx: np.ndarray, a_idx: np.ndarray, rule: str
+) -> np.ndarray:
+    """Per matched record: largest component deviation / vector norm (0 if both null, inf if they disagree).
+
+    With rule "normalize" the bundle's vector is normalised first (the target stores unit vectors).
+    """
+    e_arr, a_arr = exp.combine_chunks(), act.combine_chunks()
+    if pa.types.is_fixed_size_list(e_arr.type) and pa.types.is_fixed_size_list(a_arr.type):
+        e_valid, e_mat = _matrix(e_arr)
+        a_valid, a_mat = _matrix(a_arr)
+        ev, av = e_valid[e_idx], a_valid[a_idx]
+        out = np.where(ev == av, 0.0, np.inf)
+        both = ev & av
+        if both.any() and e_mat.shape[1] == a_mat.shape[1]:
+            out[both] = _relative_deviation(e_mat[e_idx[both]], a_mat[a_idx[both]], rule)
+        elif both.any():
+            out[both] = np.inf
+        return out
+    # Multivectors: a list of vectors per record; rare enough for a per-record loop.
+    e_rows, a_rows = e_arr.to_pylist(), a_arr.to_pylist()
+    out = np.zeros(len(e_idx))
+    for n, (e, a) in enumerate(zip(e_idx, a_idx, strict=True)):
+        ev, av = e_rows[e], a_rows[a]
+        if ev is None or av is None:
+            out[n] = 0.0 if ev is None and av is None else np.inf
+            continue
+        em, am = np.asarray(ev, dtype=np.float64), np.asarray(av, dtype=np.float64)
+        if em.shape != am.shape:
+            out[n] = np.inf
+        elif em.size:
+            out[n] = float(_relative_deviation(em, am, rule).max())
+    return out
+
+
+def _matrix(array: pa.FixedSizeListArray) -> tuple[np.ndarray, np.ndarray]:
+    """(validity mask, float64 matrix with one row per record) of a fixed-size float list column."""
+    size = array.type.list_size
+    flat = array.values.slice(array.offset * size, len(array) * size).to_numpy(zero_copy_only=False)
+    valid = array.is_valid().to_numpy(zero_copy_only=False)
+    return valid, flat.astype(np.float64).reshape(len(array), size)
+
+
+def _relative_deviation(expected: np.ndarray, actual: np.ndarray, rule: str) -> np.ndarray:
+    if rule == "normalize":
+        norms = np.linalg.norm(expected, axis=1, keepdims=True)
+        expected = np.divide(expected, norms, out=expected.copy(), where=norms > 0)
+    scale = np.maximum(np.linalg.norm(expected, axis=1), np.finfo(np.float32).tiny)
+    return np.abs(expected - actual).max(axis=1) / scale
+
+
+# --- search agreement ------------------------------------------------------------------------------------
+
+
+def _search_checks(
+    connector: VectorConnector,
+    plan: ImportPlan,
+    expected: Callable[[], Iterator[pa.RecordBatch]],
+    options: CheckOptions,
+) -> list[Check]:
+    specs = [d for d in sorted(plan.target.config.dense, key=lambda d: d.name) if not d.multivector]
+    multi = [d for d in plan.target.config.dense if d.multivector]
+    checks: list[Check] = []
+    single = len(plan.target.config.dense) == 1
+    for spec in multi:
+        checks.append(Check(f"search[{spec.name}]", True, "skipped: multivector (digests cover it)"))
+    if not specs:
+        return checks
+    # Pass 1: the query records, sampled by position with a fixed seed.
+    total = plan.source.rows
+    rng = np.random.default_rng(options.seed)
+    positions = set(rng.choice(total, size=min(options.queries, total), replace=False).tolist()) if total else set()
+    queries: dict[str, list[np.ndarray]] = {dense_column(s.name): [] for s in specs}
+    offset = 0
+    for batch in expected():
+        for pos in sorted(p - offset for p in positions if offset <= p < offset + batch.num_rows):
+            for column, found in queries.items():
+                value = batch.column(column)[pos].as_py()
+                if value is not None:
+                    found.append(np.asarray(value, dtype=np.float32))
+        offset += batch.num_rows
+    for spec in specs:
+        name = "search" if single else f"search[{spec.name}]"
+        column = dense_column(spec.name)
+        if not queries[column]:
+            checks.append(Check(name, True, "skipped: no records with this vector"))
+            continue
+        q = np.stack(queries[column])
+        exact = _ExactTopK(q, options.k, spec)
+        for batch in expected():
+            exact.add(batch.column("id"), batch.column(column))
+        try:
+            got = connector.search(plan.target.name, spec.name, q, options.k)
+        except AibackupError as exc:
+            checks.append(Check(name, False, f"search failed: {exc}"))
+            continue
+        recall = exact.recall(got, expected, column)
+        ok = recall >= options.min_recall
+        checks.append(Check(
+            name, ok,
+            f"recall@{options.k} {recall:.3f} over {len(q)} sampled queries (minimum {options.min_recall:.2f})",
+        ))
+    return checks
+
+
+class _ExactTopK:
+    """Exact k-nearest neighbours of a few queries over a stream of batches (bounded memory)."""
+
+    def __init__(self, queries: np.ndarray, k: int, spec: DenseVectorSpec) -> None:
+        self.q = queries.astype(np.float64)
+        self.k = k
+        self.metric = spec.distance
+        self.best_d = np.full((len(queries), 0), np.inf)
+        self.best_ids = np.empty((len(queries), 0), dtype=object)
+
+    def distances(self, vectors: np.ndarray) -> np.ndarray:
+        q, v = self.q, vectors
+        if self.metric == "l2":
+            return (q * q).sum(1)[:, None] - 2 * q @ v.T + (v * v).sum(1)[None, :]
+        if self.metric == "ip":
+            return -(q @ v.T)
+        if self.metric == "cosine":
+            qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+            vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
+            return 1.0 - qn @ vn.T
+        return np.stack([np.abs(v - row).sum(1) for row in q])  # manhattan
+
+    def add(self, ids: pa.Array, column: pa.Array) -> None:
+        valid = column.is_valid().to_numpy(zero_copy_only=False)
+        if not valid.any():
+            return
+        present = column.filter(pa.array(valid))
+        vectors = present.flatten().to_numpy(zero_copy_only=False).reshape(len(present), -1).astype(np.float64)
+        id_values = np.asarray(ids.filter(pa.array(valid)).to_pylist(), dtype=object)
+        d = np.concatenate([self.best_d, self.distances(vectors)], axis=1)
+        all_ids = np.concatenate([self.best_ids, np.broadcast_to(id_values, (len(self.q), len(id_values)))], axis=1)
+        keep = min(self.k, d.shape[1])
+        idx = np.argpartition(d, keep - 1, axis=1)[:, :keep]
+        self.best_d = np.take_along_axis(d, idx, axis=1)
+        self.best_ids = np.take_along_axis(all_ids, idx, axis=1)
+
+    def recall(
+        self, got: list[list[str]], expected: Callable[[], Iterator[pa.RecordBatch]], column: str
+    ) -> float:
+        """Mean recall@k; an id outside the exact top-k counts if its exact distance ties the k-th."""
+        kth = self.best_d.max(axis=1)
+        misses = {
+            (qi, rid)
+            for qi, ids in enumerate(got)
+            for rid in ids[: self.k]
+            if rid not in set(self.best_ids[qi].tolist())
+        }
+        tied: set[tuple[int, str]] = set()
+        if misses:
+            wanted = {rid for _, rid in misses}
+            for batch in expected():  # one more pass, only to measure the distances of the misses
+                ids = batch.column("id").to_pylist()
+                rows = [n for n, i in enumerate(ids) if i in wanted]
+                if not rows:
+                    continue
+                sub = batch.column(column).take(pa.array(rows))
+                for n, row in zip(rows, sub.to_pylist(), strict=True):
+                    if row is None:
+                        continue
+                    d = self.distances(np.asarray([row], dtype=np.float64))[:, 0]
+                    for qi in range(len(self.q)):
+                        if (qi, ids[n]) in misses and d[qi] <= kth[qi] + 1e-6 * max(abs(kth[qi]), 1.0):
+                            tied.add((qi, ids[n]))
+        scores = []
+        for qi, ids in enumerate(got):
+            want = min(self.k, self.best_d.shape[1])
+            exact = set(self.best_ids[qi].tolist())
+            hits = sum(1 for rid in ids[: self.k] if rid in exact or (qi, rid) in tied)
+            scores.append(min(hits, want) / want if want else 1.0)
+        return float(np.mean(scores)) if scores else 1.0

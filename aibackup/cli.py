@@ -1,0 +1,290 @@
+"""The `aibackup` command line: thin click commands that call the verbs and render text or JSON.
+
+Errors reach the user as one line on stderr (a JSON object under ``--json``) and the exit code of the
+README's table; a traceback is shown only with ``AIBACKUP_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from aibackup import __version__
+from aibackup.errors import (
+    EXIT_INTEGRITY,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    AibackupError,
+)
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_REPO = "./aibackup-repo"
+EXIT_INTERNAL = 70
+
+
+def repo_option(f: F) -> F:
+    return click.option(
+        "--repo",
+        envvar="AIBACKUP_REPO",
+        default=DEFAULT_REPO,
+        show_default=True,
+        metavar="URL",
+        help="Repository: a local path or s3://bucket/prefix (env AIBACKUP_REPO).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
+
+
+def emit_json(doc: object) -> None:
+    click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="aibackup")
+def cli() -> None:
+    """Back up and restore the state of AI systems: vector stores into versioned, checksummed Parquet
+    bundles; restore into the same or another backend, proven by integrity checks."""
+
+
+@cli.command()
+@repo_option
+@json_option
+def init(repo: str, as_json: bool) -> None:
+    """Create an empty repository at --repo."""
+    from aibackup.repository import Repository
+
+    created = Repository.init(repo)
+    if as_json:
+        emit_json({"repository": created.storage.display(), "created": True})
+    else:
+        click.echo(f"created repository at {created.storage.display()}")
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--collection", "collections", multiple=True, metavar="NAME",
+              help="Back up only this collection (repeatable). Default: every collection of the store.")
+@repo_option
+@json_option
+def backup(source: str, collections: tuple[str, ...], repo: str, as_json: bool) -> None:
+    """Back up the store SOURCE into a new bundle.
+
+    SOURCE is chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH or qdrant+http://HOST:PORT.
+    The repository is created if --repo is missing or empty.
+    """
+    from aibackup.backup import run_backup
+
+    result = run_backup(repo, source, collections)
+    if as_json:
+        emit_json(result.to_json())
+        return
+    m = result.manifest
+    if result.repository_created:
+        click.echo(f"created repository at {repo}")
+    click.echo(f"bundle {m.bundle_id} committed ({result.seconds:.1f} s)")
+    _table(
+        ["COLLECTION", "KIND", "ROWS", "PARTS", "BYTES"],
+        [[d.name, d.kind, str(d.rows), str(len(d.parts)), _size(sum(p.bytes for p in d.parts))]
+         for d in m.datasets],
+    )
+
+
+@cli.command(name="list")
+@repo_option
+@json_option
+def list_(repo: str, as_json: bool) -> None:
+    """List bundles, newest first. Exits 1 if a manifest is damaged (listed with its problem)."""
+    from aibackup.repository import Repository
+
+    good, damaged = Repository.open(repo).scan()
+    rows = [(m.bundle_id, m) for m in good] + [(d.bundle_id, d) for d in damaged]
+    rows.sort(key=lambda r: r[0], reverse=True)
+    if as_json:
+        out: list[dict[str, Any]] = []
+        for bundle_id, item in rows:
+            if hasattr(item, "datasets"):
+                out.append({
+                    "bundle_id": bundle_id,
+                    "created_at": item.created_at,
+                    "source": dict(item.source),
+                    "parent": item.parent,
+                    "datasets": [{"name": d.name, "kind": d.kind, "rows": d.rows} for d in item.datasets],
+                })
+            else:
+                out.append({"bundle_id": bundle_id, "created_at": None, "datasets": [], "problem": item.problem})
+        emit_json(out)
+    elif not rows:
+        click.echo("no bundles yet")
+    else:
+        table = []
+        for bundle_id, item in rows:
+            if hasattr(item, "datasets"):
+                sets = ", ".join(f"{d.name} ({d.rows})" for d in item.datasets)
+                table.append([bundle_id, item.created_at[:19] + "Z", item.source.get("uri", ""), sets])
+            else:
+                table.append([bundle_id, "-", "DAMAGED", item.problem])
+        _table(["BUNDLE", "CREATED", "SOURCE", "COLLECTIONS (ROWS)"], table)
+    if damaged:
+        sys.exit(EXIT_INTEGRITY)
+
+
+@cli.command()
+@click.argument("bundle")
+@repo_option
+@json_option
+def show(bundle: str, repo: str, as_json: bool) -> None:
+    """Show one bundle (an id, a unique prefix, or `latest`): datasets, config, parts."""
+    from aibackup.repository import Repository
+
+    manifest = Repository.open(repo).resolve(bundle)
+    if as_json:
+        emit_json(manifest.to_json())
+        return
+    click.echo(f"bundle   {manifest.bundle_id}")
+    click.echo(f"created  {manifest.created_at}")
+    click.echo(f"source   {manifest.source.get('kind')} {manifest.source.get('uri')}")
+    click.echo(f"parent   {manifest.parent or '-'}")
+    click.echo(f"tool     aibackup {manifest.tool_version} (manifest format {manifest.format_version})")
+    for d in manifest.datasets:
+        click.echo(f"\ncollection {d.name!r}: {d.kind}, {d.rows} rows, digest {d.digest}")
+        if d.kind == "vectors":
+            config = d.vectors_config()
+            for v in config.dense:
+                kind = "multivector" if v.multivector else "vector"
+                click.echo(f"  {kind} {v.name or '(default)'}: {v.size} dims, {v.distance}, {v.datatype}")
+            for sv in config.sparse:
+                click.echo(f"  sparse vector {sv.name}" + (f" ({sv.modifier})" if sv.modifier else ""))
+            if config.metadata:
+                click.echo(f"  collection metadata: {json.dumps(config.metadata, ensure_ascii=False)}")
+        if d.id_types:
+            click.echo("  ids: " + ", ".join(f"{n} {t}" for t, n in d.id_types.items()))
+        for p in d.parts:
+            click.echo(f"  part {p.path}  {p.rows} rows  {_size(p.bytes)}  sha256 {p.sha256[:16]}…")
+
+
+@cli.command()
+@click.argument("bundles", nargs=-1, metavar="[BUNDLE]...")
+@click.option("--read-data", is_flag=True, help="Re-hash every byte of every part (default: presence and size).")
+@repo_option
+@json_option
+def verify(bundles: tuple[str, ...], read_data: bool, repo: str, as_json: bool) -> None:
+    """Check bundles (all by default) against their manifests. Exits 1 if anything is damaged."""
+    from aibackup.verify import run_verify
+
+    result = run_verify(repo, bundles, read_data=read_data)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        for p in result.problems:
+            click.echo(f"DAMAGED  {p.bundle_id}  {p.path}: {p.problem}")
+        depth = f", {_size(result.bytes_read)} re-hashed" if read_data else " (sizes only; --read-data re-hashes)"
+        verdict = "ok" if result.ok else f"{len(result.problems)} problem(s)"
+        click.echo(f"{verdict}: {result.bundles} bundle(s), {result.parts} part(s) checked{depth}")
+    if not result.ok:
+        sys.exit(EXIT_INTEGRITY)
+
+
+@cli.command()
+@click.argument("bundle", required=False, default="latest")
+@click.option("--to", "target", required=True, metavar="TARGET",
+              help="qdrant, chroma (embedded under ./aibackup-restore/), qdrant:PATH, chroma:PATH, "
+                   "qdrant+http://HOST:PORT or chroma+http://HOST:PORT.")
+@click.option("--collection", "collections", multiple=True, metavar="SRC[=DEST]",
+              help="Restore only this collection, optionally renamed (repeatable). Default: all.")
+@click.option("--mode", type=click.Choice(["create", "overwrite", "merge"]), default="create", show_default=True,
+              help="create refuses a non-empty existing collection; overwrite replaces it; merge upserts.")
+@click.option("--allow-lossy", is_flag=True,
+              help="Apply the documented lossy mapping where the target cannot hold a feature (reported).")
+@click.option("--queries", default=20, show_default=True, type=click.IntRange(0, 10_000),
+              help="Records sampled for the nearest-neighbour check.")
+@click.option("--min-recall", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Minimum recall@10 of the nearest-neighbour check.")
+@repo_option
+@json_option
+def restore(bundle: str, target: str, collections: tuple[str, ...], mode: str, allow_lossy: bool,
+            queries: int, min_recall: float, repo: str, as_json: bool) -> None:
+    """Restore BUNDLE (an id, a unique prefix, or `latest`) into TARGET, then prove it.
+
+    Exits 1 if any check fails.
+    """
+    from aibackup.checks import CheckOptions
+    from aibackup.restore import run_restore
+
+    result = run_restore(
+        repo, bundle, target, collections, mode=mode, allow_lossy=allow_lossy,
+        check_options=CheckOptions(queries=queries, min_recall=min_recall),
+    )
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(f"restored bundle {result.bundle_id} into {result.target}")
+        for d in result.datasets:
+            arrow = d.name if d.name == d.target else f"{d.name} -> {d.target}"
+            click.echo(f"\ncollection {arrow}: {d.rows} rows "
+                       f"(load {d.load_seconds:.1f} s, checks {d.check_seconds:.1f} s)")
+            for item in d.dropped:
+                click.echo(f"  dropped (--allow-lossy): {item}")
+            _table(["CHECK", "RESULT", "DETAIL"],
+                   [[c.name, "ok" if c.ok else "FAILED", c.detail] for c in d.checks], indent="  ")
+        click.echo("\nall checks passed" if result.ok else "\nRESTORE CHECKS FAILED")
+    if not result.ok:
+        sys.exit(EXIT_INTEGRITY)
+
+
+# --- rendering helpers -----------------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "") -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    for row in [header, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
+        click.echo(indent + "  ".join(cells).rstrip())
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning every error into one line and a documented exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    as_json = "--json" in args
+    try:
+        cli.main(args=args, prog_name="aibackup", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        _fail(as_json, "usage", exc.format_message(), EXIT_USAGE)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        _fail(as_json, "interrupted", "interrupted", EXIT_INTERRUPTED)
+    except AibackupError as exc:
+        _fail(as_json, exc.code, str(exc), exc.exit_code)
+    except Exception as exc:  # a bug: still one line, unless the user asks for the traceback
+        if os.environ.get("AIBACKUP_DEBUG"):
+            traceback.print_exc()
+        _fail(as_json, "internal", f"internal error: {type(exc).__name__}: {exc} "
+              "(a bug; AIBACKUP_DEBUG=1 shows the traceback)", EXIT_INTERNAL)
+    sys.exit(EXIT_OK)
+
+
+def _fail(as_json: bool, code: str, message: str, exit_code: int) -> None:
+    message = " ".join(message.split())  # one line, whatever the underlying library said
+    if as_json:
+        click.echo(json.dumps({"error": {"code": code, "message": message, "exit_code": exit_code}}), err=True)
+    else:
+        click.echo(f"aibackup: error: {message}", err=True)
+    sys.exit(exit_code)

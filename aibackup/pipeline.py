@@ -1,0 +1,73 @@
+"""Overlapping stages: run an iterator in a background thread behind a bounded queue.
+
+A backup reads from the source while the previous batches are encoded, hashed and uploaded; a restore
+reads and decodes the bundle while the target ingests. Both sides mostly run in C/Rust code that releases
+the GIL (the Chroma and Qdrant clients, Arrow's Parquet codec, hashlib), so two stages overlap for real
+and the pipeline runs at the speed of its slowest stage rather than the sum. The queue bound (`depth`
+items) keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+T = TypeVar("T")
+
+_DONE = object()
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """Yield the items of `items`, produced by a background thread up to `depth` ahead.
+
+    An exception in the producer is re-raised in the consumer at the point it happened. If the consumer
+    stops early (an error, or it breaks out), the producer is told to stop and is joined, so no thread
+    outlives the call and the source is not read further.
+    """
+    q: queue.Queue[object] = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        iterator = iter(items)
+        try:
+            for item in iterator:
+                if not put(item):
+                    break
+            else:
+                put(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            put(_Failure(exc))
+        finally:
+            close = getattr(iterator, "close", None)
+            if callable(close):
+                close()
+
+    thread = threading.Thread(target=produce, name="aibackup-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failure):
+                raise item.exc
+            yield item  # type: ignore[misc]
+    finally:
+        stop.set()
+        thread.join()

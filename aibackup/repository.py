@@ -1,0 +1,222 @@
+"""A repository: a folder or bucket prefix holding bundles.
+
+Layout::
+
+    <repo>/aibackup.json              marker: format, version, id, created_at
+    <repo>/bundles/<bundle-id>.json   manifests: a bundle exists exactly when its manifest exists
+    <repo>/data/<bundle-id>/...       immutable Parquet parts (named so they never clash)
+
+Readers find bundles only through ``bundles/``; they never list ``data/``. Bundle ids sort by time:
+``20261125T020000Z-<8 hex>``; ``latest`` is the greatest id.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aibackup import __version__
+from aibackup.errors import (
+    BundleNotFoundError,
+    IntegrityError,
+    ManifestVersionError,
+    NotARepositoryError,
+    UsageError,
+)
+from aibackup.storage import AlreadyExistsError, Storage
+from manifests.model import BundleManifest, ManifestError, ManifestVersionTooNewError
+
+MARKER = "aibackup.json"
+REPO_FORMAT = "aibackup-repository"
+REPO_VERSION = 1
+BUNDLES = "bundles"
+DATA = "data"
+BUNDLE_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_bundle_id(now: dt.datetime) -> str:
+    return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+def iso(now: dt.datetime) -> str:
+    return now.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class DamagedBundle:
+    """A manifest that could not be loaded, with the reason (used by `list` and `verify`)."""
+
+    bundle_id: str
+    path: str
+    problem: str
+
+
+class Repository:
+    """An opened repository. Use :meth:`open`, :meth:`init` or :meth:`open_or_init`."""
+
+    def __init__(self, storage: Storage) -> None:
+        self.storage = storage
+
+    # --- opening ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str) -> Repository:
+        """Open an existing repository; NotARepositoryError if there is none at `url`."""
+        storage = Storage(url)
+        storage.ensure_reachable()
+        try:
+            raw = storage.read_bytes(MARKER)
+        except FileNotFoundError:
+            where = storage.display()
+            if storage.is_empty_or_missing():
+                raise NotARepositoryError(
+                    f"no repository at {where}: run `aibackup init --repo {url}` or back up into it"
+                ) from None
+            raise NotARepositoryError(f"{where} is not an aibackup repository (no {MARKER})") from None
+        _check_marker(raw, storage.display(MARKER))
+        return cls(storage)
+
+    @classmethod
+    def init(cls, url: str) -> Repository:
+        """Create a repository; refuses a location that already holds one (or anything else)."""
+        storage = Storage(url)
+        storage.ensure_reachable()
+        if storage.exists(MARKER):
+            raise UsageError(f"{storage.display()} is already an aibackup repository")
+        if not storage.is_empty_or_missing():
+            raise UsageError(f"{storage.display()} is not empty; a new repository needs an empty location")
+        marker = {
+            "format": REPO_FORMAT,
+            "version": REPO_VERSION,
+            "id": str(uuid.uuid4()),
+            "created_at": iso(utc_now()),
+            "created_by": f"aibackup {__version__}",
+        }
+        try:
+            storage.write_exclusive(MARKER, (json.dumps(marker, indent=2) + "\n").encode())
+        except AlreadyExistsError:
+            raise UsageError(f"{storage.display()} is already an aibackup repository") from None
+        return cls(storage)
+
+    @classmethod
+    def open_or_init(cls, url: str) -> tuple[Repository, bool]:
+        """Open the repository, creating it first if the location is missing or empty (as `backup` does)."""
+        storage = Storage(url)
+        storage.ensure_reachable()
+        if not storage.exists(MARKER) and storage.is_empty_or_missing():
+            return cls.init(url), True
+        return cls.open(url), False
+
+    # --- bundles ---------------------------------------------------------------------------------------
+
+    def manifest_path(self, bundle_id: str) -> str:
+        return f"{BUNDLES}/{bundle_id}.json"
+
+    def part_prefix(self, bundle_id: str) -> str:
+        return f"{DATA}/{bundle_id}"
+
+    def bundle_ids(self) -> list[str]:
+        """Ids of all committed bundles, oldest first (from manifest names only)."""
+        ids = []
+        for name in self.storage.list_names(BUNDLES):
+            if name.endswith(".json") and BUNDLE_ID.match(name[:-5]):
+                ids.append(name[:-5])
+        return sorted(ids)
+
+    def load(self, bundle_id: str) -> BundleManifest:
+        """Load and check one manifest.
+
+        Raises BundleNotFoundError, ManifestVersionError (newer format) or IntegrityError (damaged).
+        """
+        path = self.manifest_path(bundle_id)
+        try:
+            raw = self.storage.read_bytes(path)
+        except FileNotFoundError:
+            raise BundleNotFoundError(f"no bundle {bundle_id!r} in {self.storage.display()}") from None
+        where = self.storage.display(path)
+        try:
+            manifest = BundleManifest.from_bytes(raw, where)
+        except ManifestVersionTooNewError as exc:
+            raise ManifestVersionError(
+                f"bundle {bundle_id} uses manifest format {exc.version}, newer than this aibackup reads; "
+                "upgrade aibackup to read it"
+            ) from None
+        except ManifestError as exc:
+            raise IntegrityError(f"damaged manifest: {exc}") from None
+        if manifest.bundle_id != bundle_id:
+            raise IntegrityError(
+                f"damaged manifest: {where} describes bundle {manifest.bundle_id}, not {bundle_id}"
+            )
+        return manifest
+
+    def scan(self) -> tuple[list[BundleManifest], list[DamagedBundle]]:
+        """Every bundle, oldest first, split into loadable manifests and damaged ones."""
+        good: list[BundleManifest] = []
+        bad: list[DamagedBundle] = []
+        for bundle_id in self.bundle_ids():
+            try:
+                good.append(self.load(bundle_id))
+            except (IntegrityError, ManifestVersionError) as exc:
+                bad.append(DamagedBundle(bundle_id, self.manifest_path(bundle_id), str(exc)))
+        return good, bad
+
+    def resolve(self, ref: str | None, *, datasets: Sequence[str] = ()) -> BundleManifest:
+        """The bundle a user names: an id, a unique id prefix, or `latest`/None.
+
+        With `datasets`, `latest` means the newest bundle holding all of them.
+        """
+        ids = self.bundle_ids()
+        if ref in (None, "", "latest"):
+            for bundle_id in reversed(ids):
+                manifest = self.load(bundle_id)
+                names = {d.name for d in manifest.datasets}
+                if all(n in names for n in datasets):
+                    return manifest
+            which = f" holding {', '.join(map(repr, datasets))}" if datasets else ""
+            raise BundleNotFoundError(f"no bundle{which} in {self.storage.display()}")
+        return self.load(self.match_id(ref))
+
+    def match_id(self, ref: str) -> str:
+        """The id of the bundle named by an exact id or a unique prefix of one (without loading it)."""
+        ids = self.bundle_ids()
+        if ref in ids:
+            return ref
+        matches = [i for i in ids if i.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise BundleNotFoundError(f"bundle id {ref!r} is ambiguous: {', '.join(matches[:5])}")
+        raise BundleNotFoundError(f"no bundle {ref!r} in {self.storage.display()} (see `aibackup list`)")
+
+    def commit(self, manifest: BundleManifest) -> None:
+        """Publish a bundle: write its manifest exclusively. Its parts must already be durable."""
+        try:
+            self.storage.write_exclusive(self.manifest_path(manifest.bundle_id), manifest.to_bytes())
+        except AlreadyExistsError:
+            raise IntegrityError(f"bundle {manifest.bundle_id} already exists; refusing to replace it") from None
+
+
+def _check_marker(raw: bytes, where: str) -> None:
+    try:
+        marker = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise IntegrityError(f"damaged repository marker {where}: not valid JSON") from None
+    if not isinstance(marker, dict) or marker.get("format") != REPO_FORMAT:
+        raise NotARepositoryError(f"{where} is not an aibackup repository marker")
+    version = marker.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise IntegrityError(f"damaged repository marker {where}: no version")
+    if version > REPO_VERSION:
+        raise ManifestVersionError(
+            f"repository format {version} at {where} is newer than this aibackup reads ({REPO_VERSION}); "
+            "upgrade aibackup"
+        )

@@ -1,0 +1,159 @@
+"""The restore verb: rehydrate a bundle into a target store, then prove it.
+
+1. Resolve the bundle and the collections (``--collection SRC[=DEST]``; all by default).
+2. Re-hash every part of the selected datasets: damage is refused before anything is written.
+3. Plan every import (target capabilities, lossy mapping, existing collections): a refusal also comes
+   before anything is written.
+4. Import each dataset (the bundle is read in a background thread while the target ingests), then run
+   the checks of aibackup.checks against what the target gives back. Any failed check fails the restore.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from aibackup.bundle import BundleReader
+from aibackup.checks import Check, CheckOptions, prove
+from aibackup.errors import DatasetNotFoundError, IntegrityError, UsageError
+from aibackup.pipeline import prefetch
+from aibackup.repository import Repository
+from connectors.base import MODES, DatasetDescription, ImportPlan
+from connectors.registry import open_connector
+from manifests.model import BundleManifest, DatasetManifest
+
+
+@dataclass
+class DatasetResult:
+    name: str  # the collection in the bundle
+    target: str  # the collection restored into
+    rows: int
+    dropped: tuple[str, ...]
+    load_seconds: float
+    check_seconds: float
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "target": self.target,
+            "rows": self.rows,
+            "ok": self.ok,
+            "dropped": list(self.dropped),
+            "load_seconds": round(self.load_seconds, 3),
+            "check_seconds": round(self.check_seconds, 3),
+            "checks": [c.to_json() for c in self.checks],
+        }
+
+
+@dataclass
+class RestoreResult:
+    bundle_id: str
+    target: str
+    datasets: list[DatasetResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(d.ok for d in self.datasets)
+
+    def to_json(self) -> dict[str, object]:
+        """The `restore --json` contract: ok, bundle_id, datasets [{name, rows, checks}] (extended)."""
+        return {
+            "ok": self.ok,
+            "bundle_id": self.bundle_id,
+            "target": self.target,
+            "datasets": [d.to_json() for d in self.datasets],
+        }
+
+
+def parse_renames(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """``--collection SRC[=DEST]`` values as (source, destination) pairs."""
+    pairs = []
+    for spec in specs:
+        src, sep, dest = spec.partition("=")
+        if not src or (sep and not dest):
+            raise UsageError(f"bad --collection {spec!r}: expected NAME or SRC=DEST")
+        pairs.append((src, dest or src))
+    dests = [d for _, d in pairs]
+    if len(set(dests)) != len(dests):
+        raise UsageError("two collections would be restored into the same destination")
+    return pairs
+
+
+def description_of(dataset: DatasetManifest) -> DatasetDescription:
+    return DatasetDescription(name=dataset.name, config=dataset.vectors_config(), rows=dataset.rows)
+
+
+def run_restore(
+    repo_url: str,
+    ref: str | None,
+    target_uri: str,
+    collections: Sequence[str] = (),
+    *,
+    mode: str = "create",
+    allow_lossy: bool = False,
+    check_options: CheckOptions | None = None,
+    progress: object = None,
+) -> RestoreResult:
+    """Restore bundle `ref` (an id, a prefix or latest) into `target_uri` and prove it."""
+    if mode not in MODES:
+        raise UsageError(f"bad --mode {mode!r}: expected one of {', '.join(MODES)}")
+    pairs = parse_renames(collections)
+    repo = Repository.open(repo_url)
+    manifest = repo.resolve(ref, datasets=[src for src, _ in pairs])
+    selected = _select(manifest, pairs)
+    reader = BundleReader(repo)
+    _verify_before_writing(reader, repo, [d for d, _ in selected])
+    results: list[DatasetResult] = []
+    with open_connector(target_uri, target=True) as connector:
+        plans: list[tuple[DatasetManifest, ImportPlan]] = [
+            (d, connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy))
+            for d, dest in selected
+        ]
+        for dataset, plan in plans:
+            started = time.perf_counter()
+            rows = connector.import_(plan, prefetch(reader.batches(dataset)))
+            loaded = time.perf_counter()
+            checks = prove(connector, plan, reader, dataset, check_options)
+            results.append(DatasetResult(
+                name=dataset.name,
+                target=plan.target.name,
+                rows=rows,
+                dropped=plan.dropped,
+                load_seconds=loaded - started,
+                check_seconds=time.perf_counter() - loaded,
+                checks=checks,
+            ))
+        target = connector.location.display()
+    return RestoreResult(bundle_id=manifest.bundle_id, target=target, datasets=results)
+
+
+def _select(manifest: BundleManifest, pairs: list[tuple[str, str]]) -> list[tuple[DatasetManifest, str]]:
+    if not pairs:
+        return [(d, d.name) for d in manifest.datasets]
+    selected = []
+    for src, dest in pairs:
+        try:
+            selected.append((manifest.dataset(src), dest))
+        except KeyError:
+            names = ", ".join(d.name for d in manifest.datasets)
+            raise DatasetNotFoundError(
+                f"bundle {manifest.bundle_id} has no collection {src!r} (it has: {names})"
+            ) from None
+    return selected
+
+
+def _verify_before_writing(reader: BundleReader, repo: Repository, datasets: list[DatasetManifest]) -> None:
+    for dataset in datasets:
+        for part in dataset.parts:
+            problem = reader.check_part(part, read_data=True)
+            if problem:
+                raise IntegrityError(
+                    f"refusing to restore: {repo.storage.display(part.path)}: {problem}; "
+                    "nothing was written (run `aibackup verify --read-data`)"
+                )

@@ -1,0 +1,338 @@
+"""Where repository bytes live: any fsspec URL, with exclusive commits and hashing while writing.
+
+``Storage`` is the only place that knows about filesystems. Paths given to it are relative to the
+repository root and always use ``/``. Two write paths exist, both exclusive (they never replace an object):
+
+- :meth:`Storage.write_exclusive` for small documents that are *commit points* (manifests, the repository
+  marker): local disk writes a temp file, fsyncs it, hard-links it into place (``link`` fails if the name
+  exists, so two writers can never both win) and fsyncs the directory; S3 uses ``If-None-Match: *``.
+- :meth:`Storage.create` for large immutable parts: a file object that computes sha256 and the byte count
+  while the Parquet writer streams into it (no second read).
+
+S3 (``s3://bucket/prefix``) goes through s3fs and honours the standard AWS environment variables, including
+``AWS_ENDPOINT_URL`` (``AWS_ENDPOINT_URL_S3`` wins over it) for S3-compatible stores such as MinIO, Ceph or R2.
+
+Filesystem errors are translated here into aibackup errors with one line naming the location:
+unreachable endpoints, missing buckets and denied access become :class:`UnavailableError` (exit 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import fsspec
+
+from aibackup.errors import AibackupError, ConfigError, ConnectorNotInstalledError, UnavailableError, UsageError
+
+CHUNK = 8 * 1024 * 1024
+
+
+class AlreadyExistsError(AibackupError):
+    """An exclusive write found the name taken (another writer committed first)."""
+
+
+class HashingWriter:
+    """A binary file object that hashes (sha256) and counts every byte on its way to storage."""
+
+    def __init__(self, raw: IO[bytes], on_close: Any = None) -> None:
+        self._raw = raw
+        self._sha = hashlib.sha256()
+        self.bytes = 0
+        self.closed = False
+        self._on_close = on_close
+
+    # The methods pyarrow's PythonFile needs for an output stream.
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._sha.update(data)
+        self._raw.write(data)
+        n = len(data) if not isinstance(data, memoryview) else data.nbytes
+        self.bytes += n
+        return n
+
+    def tell(self) -> int:
+        return self.bytes
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            if self._on_close is not None:
+                self._on_close(self._raw)
+        finally:
+            self._raw.close()
+
+    def abort(self) -> None:
+        """Close without completing (an S3 multipart upload is discarded); the caller removes leftovers."""
+        if self.closed:
+            return
+        self.closed = True
+        with contextlib.suppress(Exception):
+            discard = getattr(self._raw, "discard", None)
+            if callable(discard):
+                discard()  # fsspec/s3fs: abort the multipart upload, drop the buffer
+                self._raw.closed = True  # type: ignore[misc] - so its __del__ does not try to upload
+            else:
+                self._raw.close()
+
+    @property
+    def sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def __enter__(self) -> HashingWriter:
+        return self
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        if typ is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def _fsync_local(raw: IO[bytes]) -> None:
+    raw.flush()
+    os.fsync(raw.fileno())
+
+
+class Storage:
+    """A repository root on a local path or an fsspec URL (``s3://bucket/prefix``)."""
+
+    def __init__(self, url: str) -> None:
+        if not url or not url.strip():
+            raise UsageError("empty repository location")
+        self.url = url
+        protocol, _, rest = url.partition("://")
+        if not _:
+            protocol, rest = "file", url
+        self.is_local = protocol in ("file", "local")
+        if self.is_local:
+            self.fs: fsspec.AbstractFileSystem = fsspec.filesystem("file")
+            self.root = str(Path(rest).expanduser().resolve())
+        elif protocol in ("s3", "s3a"):
+            self.fs = _s3_filesystem()
+            self.root = rest.strip("/")
+            if not self.root:
+                raise UsageError(f"bad repository {url!r}: expected s3://BUCKET[/PREFIX]")
+        else:
+            raise UsageError(f"unsupported repository location {url!r}: use a local path or s3://bucket/prefix")
+
+    # --- paths -----------------------------------------------------------------------------------------
+
+    def full(self, rel: str) -> str:
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def display(self, rel: str = "") -> str:
+        """A location for messages: the local path or the URL."""
+        if self.is_local:
+            return self.full(rel)
+        return f"s3://{self.full(rel)}"
+
+    def ensure_reachable(self) -> None:
+        """Fail early, with one line, when an S3 bucket is missing or not accessible."""
+        if self.is_local:
+            return
+        bucket = self.root.split("/", 1)[0]
+        with self._errors(""):
+            try:
+                self.fs.info(bucket)
+            except FileNotFoundError:
+                raise UnavailableError(f"bucket {bucket!r} does not exist (repository {self.display()})") from None
+
+    # --- reading ---------------------------------------------------------------------------------------
+
+    def exists(self, rel: str) -> bool:
+        with self._errors(rel):
+            return bool(self.fs.exists(self.full(rel)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        """The whole object. FileNotFoundError passes through for the caller to word."""
+        with self._errors(rel):
+            data: bytes = self.fs.cat_file(self.full(rel))
+            return data
+
+    def size(self, rel: str) -> int:
+        with self._errors(rel):
+            return int(self.fs.size(self.full(rel)))
+
+    def hash_file(self, rel: str) -> tuple[str, int]:
+        """sha256 and size of an object, streamed in chunks (memory stays flat)."""
+        sha = hashlib.sha256()
+        n = 0
+        with self._errors(rel), self.fs.open(self.full(rel), "rb", block_size=CHUNK) as f:
+            while chunk := f.read(CHUNK):
+                sha.update(chunk)
+                n += len(chunk)
+        return sha.hexdigest(), n
+
+    def list_names(self, rel_dir: str) -> list[str]:
+        """Names of the objects directly in a folder ([] if it does not exist)."""
+        with self._errors(rel_dir):
+            try:
+                entries = self.fs.ls(self.full(rel_dir), detail=False)
+            except FileNotFoundError:
+                return []
+        return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def is_empty_or_missing(self) -> bool:
+        """True if nothing is stored under the root yet (a repository may be created here)."""
+        with self._errors(""):
+            try:
+                return not self.fs.ls(self.root, detail=False)
+            except FileNotFoundError:
+                return True
+
+    # --- writing ---------------------------------------------------------------------------------------
+
+    def write_exclusive(self, rel: str, data: bytes) -> None:
+        """Write a small object that must not exist yet, atomically and durably.
+
+        Raises AlreadyExistsError if the name is taken; never replaces an existing object.
+        """
+        path = self.full(rel)
+        with self._errors(rel):
+            if self.is_local:
+                self._write_exclusive_local(path, data)
+                return
+            try:
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
+
+    def _write_exclusive_local(self, path: str, data: bytes) -> None:
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}")
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                _fsync_local(f)
+            try:
+                os.link(tmp, path)  # atomic and exclusive: fails if `path` exists
+            except FileExistsError:
+                raise AlreadyExistsError(f"{path} already exists") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        _fsync_dir(folder)
+
+    def create(self, rel: str) -> HashingWriter:
+        """Open a new immutable object for streaming writes; fails if it exists.
+
+        Local files are fsynced on close. On S3 the object appears only when the upload completes.
+        """
+        path = self.full(rel)
+        with self._errors(rel):
+            if self.is_local:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                try:
+                    raw: IO[bytes] = open(path, "xb")  # noqa: SIM115 - owned by HashingWriter
+                except FileExistsError:
+                    raise AlreadyExistsError(f"{path} already exists") from None
+                return HashingWriter(raw, on_close=_fsync_local)
+            return HashingWriter(self.fs.open(path, "xb", block_size=64 * 1024 * 1024))
+
+    def close_part(self, writer: HashingWriter, rel: str) -> None:
+        """Complete a part written through :meth:`create` (flushes, uploads, fsyncs its folder)."""
+        with self._errors(rel):
+            try:
+                writer.close()
+            except FileExistsError:
+                raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
+            if self.is_local:
+                _fsync_dir(os.path.dirname(self.full(rel)))
+
+    def remove(self, rel: str) -> None:
+        with self._errors(rel), contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(self.full(rel))
+
+    def open_read(self, rel: str) -> IO[bytes]:
+        with self._errors(rel):
+            f: IO[bytes] = self.fs.open(self.full(rel), "rb", block_size=CHUNK)
+            return f
+
+    # --- errors ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, rel: str) -> Iterator[None]:
+        """Translate filesystem and S3 client errors into one-line aibackup errors."""
+        try:
+            yield
+        except (AibackupError, FileNotFoundError, FileExistsError):
+            raise
+        except PermissionError as exc:
+            raise UnavailableError(f"permission denied at {self.display(rel)}: {_reason(exc)}") from None
+        except OSError as exc:
+            raise UnavailableError(f"cannot reach repository at {self.display(rel)}: {_reason(exc)}") from None
+        except Exception as exc:  # botocore/aiohttp errors carry no common base class
+            name = type(exc).__name__
+            if name in ("NoCredentialsError", "PartialCredentialsError"):
+                raise ConfigError(
+                    f"no AWS credentials for {self.display()}: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY (or a profile)"
+                ) from None
+            if "Endpoint" in name or "Connect" in name or "Timeout" in name:
+                raise UnavailableError(f"cannot reach repository at {self.display(rel)}: {_reason(exc)}") from None
+            raise
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _s3_filesystem() -> fsspec.AbstractFileSystem:
+    try:
+        import s3fs
+    except ImportError:
+        raise ConnectorNotInstalledError(
+            "an s3:// repository needs s3fs: pip install 'aibackup[s3]'"
+        ) from None
+    client_kwargs: dict[str, Any] = {}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        client_kwargs["endpoint_url"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        client_kwargs["region_name"] = region
+    # No listing cache: a manifest committed by another process must be seen by the next `list`.
+    # No instance cache: the environment (endpoint, credentials) may change between calls in one process.
+    # Transient errors are retried with backoff (botocore "standard" mode); AWS_MAX_ATTEMPTS overrides.
+    try:
+        attempts = max(1, int(os.environ.get("AWS_MAX_ATTEMPTS") or 5))
+    except ValueError:
+        raise ConfigError("AWS_MAX_ATTEMPTS must be a whole number") from None
+    fs = s3fs.S3FileSystem(
+        client_kwargs=client_kwargs,
+        use_listings_cache=False,
+        skip_instance_cache=True,
+        config_kwargs={"retries": {"max_attempts": attempts, "mode": "standard"}},
+    )
+    fs.retries = attempts  # s3fs's own retry loop around botocore's, for errors botocore gives up on
+    return fs

@@ -1,0 +1,92 @@
+"""Storage: exclusive commits and hashing writes, on local disk and on S3 (moto's server over HTTP)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import boto3
+import pytest
+
+from aibackup.errors import UnavailableError, UsageError
+from aibackup.storage import AlreadyExistsError, Storage
+from tests.conftest import Server, free_port
+
+
+def make_bucket(name: str) -> None:
+    boto3.client("s3").create_bucket(Bucket=name)
+
+
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.s3)])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Storage:
+    if request.param == "local":
+        return Storage(str(tmp_path / "repo"))
+    request.getfixturevalue("s3_env")
+    bucket = f"b-{request.node.name.split('[')[0].replace('_', '-')[-40:]}".lower()
+    make_bucket(bucket)
+    return Storage(f"s3://{bucket}/some/prefix")
+
+
+def test_exclusive_write_never_replaces(storage: Storage) -> None:
+    storage.write_exclusive("bundles/a.json", b"first")
+    with pytest.raises(AlreadyExistsError):
+        storage.write_exclusive("bundles/a.json", b"second")
+    assert storage.read_bytes("bundles/a.json") == b"first"
+    assert storage.list_names("bundles") == ["a.json"]
+
+
+def test_part_is_hashed_while_written(storage: Storage) -> None:
+    payload = b"x" * 3_000_000 + b"tail"
+    writer = storage.create("data/b/part-00000.parquet")
+    for i in range(0, len(payload), 1 << 20):
+        writer.write(payload[i : i + (1 << 20)])
+    storage.close_part(writer, "data/b/part-00000.parquet")
+    assert writer.sha256 == hashlib.sha256(payload).hexdigest()
+    assert writer.bytes == len(payload)
+    assert storage.hash_file("data/b/part-00000.parquet") == (writer.sha256, len(payload))
+    # Local disk refuses at open; S3 (If-None-Match: *) refuses when the upload completes.
+    with pytest.raises(AlreadyExistsError):
+        again = storage.create("data/b/part-00000.parquet")
+        again.write(b"other bytes")
+        storage.close_part(again, "data/b/part-00000.parquet")
+    assert storage.hash_file("data/b/part-00000.parquet") == (writer.sha256, len(payload))
+
+
+def test_aborted_part_leaves_nothing_on_s3_and_a_stray_file_locally(storage: Storage) -> None:
+    writer = storage.create("data/c/part-00000.parquet")
+    writer.write(b"partial")
+    writer.abort()
+    # S3: the upload never completes, so no object. Local: the partial file is an unreferenced orphan.
+    assert storage.exists("data/c/part-00000.parquet") == storage.is_local
+
+
+def test_empty_location_is_detected(storage: Storage) -> None:
+    assert storage.is_empty_or_missing()
+    storage.write_exclusive("aibackup.json", b"{}")
+    assert not storage.is_empty_or_missing()
+
+
+@pytest.mark.s3
+def test_missing_bucket_is_unavailable(s3_env: Server) -> None:
+    storage = Storage("s3://no-such-bucket-here/repo")
+    with pytest.raises(UnavailableError, match="'no-such-bucket-here' does not exist"):
+        storage.ensure_reachable()
+    make_bucket("a-bucket-that-exists")
+    Storage("s3://a-bucket-that-exists/repo").ensure_reachable()
+
+
+def test_unreachable_endpoint_is_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    storage = Storage("s3://bucket/repo")
+    with pytest.raises(UnavailableError, match="cannot reach"):
+        storage.exists("aibackup.json")
+
+
+@pytest.mark.parametrize("url", ["", "ftp://host/x", "s3://"])
+def test_bad_locations_are_usage_errors(url: str) -> None:
+    with pytest.raises(UsageError):
+        Storage(url)
