@@ -14,6 +14,7 @@ exception.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -137,6 +138,11 @@ class VectorConnector(ABC):
     def search(self, name: str, vector: str, queries: np.ndarray, k: int) -> list[list[str]]:
         """The ids (canonical strings) of the `k` nearest records for each query row, nearest first,
         using the collection's own index and distance for dense vector `vector` ("" = default)."""
+
+    def id_types(self, ids: pa.Array) -> Counter[str]:
+        """How many of `ids` (canonical strings, as exported) had each original id type in this backend:
+        "string", "uint" or "uuid". The manifest records the counts. Default: all strings."""
+        return Counter({"string": len(ids)})
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and file locks. Safe to call twice."""
