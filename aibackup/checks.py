@@ -8,7 +8,7 @@ Checks, in the order reported (each one a pass/fail line; any failure fails the 
 ``content``  every record's digest matches; vector columns the target changes by design (see
              ``ImportPlan.tolerances``) are compared separately: each component may differ by at most
              ``TOLERANCE`` × the vector's norm (about 8 float32 ulps of its largest component), after
-             normalising the bundle's vector for targets that store unit vectors (Qdrant cosine).
+             normalising both sides where the target may store unit vectors (Qdrant cosine).
 ``search``   for each dense vector, `queries` records sampled (seeded) from the bundle are searched in the
              target; recall@k against an exact search over the bundle must reach `min_recall`. A returned
              record that is not in the exact top-k still counts when its exact distance ties the k-th.
@@ -290,7 +290,7 @@ def _deviations(
 ) -> np.ndarray:
     """Per matched record: largest component deviation / vector norm (0 if both null, inf if they disagree).
 
-    With rule "normalize" the bundle's vector is normalised first (the target stores unit vectors).
+    With rule "normalize" both sides are compared as unit vectors (the target may store those).
     """
     e_arr, a_arr = exp.combine_chunks(), act.combine_chunks()
     if pa.types.is_fixed_size_list(e_arr.type) and pa.types.is_fixed_size_list(a_arr.type):
@@ -320,6 +320,11 @@ def _deviations(
     return out
 
 
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=vectors.copy(), where=norms > np.finfo(np.float32).eps)
+
+
 def _matrix(array: pa.FixedSizeListArray) -> tuple[np.ndarray, np.ndarray]:
     """(validity mask, float64 matrix with one row per record) of a fixed-size float list column."""
     size = array.type.list_size
@@ -330,8 +335,10 @@ def _matrix(array: pa.FixedSizeListArray) -> tuple[np.ndarray, np.ndarray]:
 
 def _relative_deviation(expected: np.ndarray, actual: np.ndarray, rule: str) -> np.ndarray:
     if rule == "normalize":
-        norms = np.linalg.norm(expected, axis=1, keepdims=True)
-        expected = np.divide(expected, norms, out=expected.copy(), where=norms > 0)
+        # Both sides: a target may hand back the unit vector it stored or (Qdrant local mode, reopened)
+        # the original; for a cosine collection the two mean the same. Vectors with a norm at or below
+        # float32 epsilon are left as they are, as Qdrant does.
+        expected, actual = _unit(expected), _unit(actual)
     scale = np.maximum(np.linalg.norm(expected, axis=1), np.finfo(np.float32).tiny)
     return np.abs(expected - actual).max(axis=1) / scale
 

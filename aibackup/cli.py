@@ -233,6 +233,8 @@ def restore(bundle: str, target: str, collections: tuple[str, ...], mode: str, a
                        f"(load {d.load_seconds:.1f} s, checks {d.check_seconds:.1f} s)")
             for item in d.dropped:
                 click.echo(f"  dropped (--allow-lossy): {item}")
+            for item in d.notes:
+                click.echo(f"  note: {item}")
             _table(["CHECK", "RESULT", "DETAIL"],
                    [[c.name, "ok" if c.ok else "FAILED", c.detail] for c in d.checks], indent="  ")
         click.echo("\nall checks passed" if result.ok else "\nRESTORE CHECKS FAILED")

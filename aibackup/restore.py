@@ -30,6 +30,7 @@ class DatasetResult:
     target: str  # the collection restored into
     rows: int
     dropped: tuple[str, ...]
+    notes: tuple[str, ...]
     load_seconds: float
     check_seconds: float
     checks: list[Check] = field(default_factory=list)
@@ -45,6 +46,7 @@ class DatasetResult:
             "rows": self.rows,
             "ok": self.ok,
             "dropped": list(self.dropped),
+            "notes": list(self.notes),
             "load_seconds": round(self.load_seconds, 3),
             "check_seconds": round(self.check_seconds, 3),
             "checks": [c.to_json() for c in self.checks],
@@ -125,6 +127,7 @@ def run_restore(
                 target=plan.target.name,
                 rows=rows,
                 dropped=plan.dropped,
+                notes=plan.notes,
                 load_seconds=loaded - started,
                 check_seconds=time.perf_counter() - loaded,
                 checks=checks,

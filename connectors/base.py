@@ -92,6 +92,9 @@ class ImportPlan:
     transform: Transform = identity
     dropped: tuple[str, ...] = ()
     tolerances: Mapping[str, str] = field(default_factory=dict)
+    #: Settings that hold no data and that the target ignores or cannot take (say HNSW ``ef_search``
+    #: into Qdrant local mode): reported to the user, but not "dropped" data.
+    notes: tuple[str, ...] = ()
     #: Anything else the connector wants to carry from planning to import (client objects excluded).
     extra: Mapping[str, Any] = field(default_factory=dict)
 
