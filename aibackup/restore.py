@@ -2,8 +2,9 @@
 
 1. Resolve the bundle and the collections (``--collection SRC[=DEST]``; all by default).
 2. Re-hash every part of the selected datasets: damage is refused before anything is written.
-3. Plan every import (target capabilities, lossy mapping, existing collections): a refusal also comes
-   before anything is written.
+3. Plan every import (target capabilities, lossy mapping, existing collections) and stream every record
+   through the target's per-record checks (``validate_records``): a refusal also comes before anything
+   is written.
 4. Import each dataset (the bundle is read in a background thread while the target ingests), then run
    the checks of aibackup.checks against what the target gives back. Any failed check fails the restore.
 """
@@ -58,6 +59,7 @@ class RestoreResult:
     bundle_id: str
     target: str
     datasets: list[DatasetResult]
+    validate_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -69,6 +71,7 @@ class RestoreResult:
             "ok": self.ok,
             "bundle_id": self.bundle_id,
             "target": self.target,
+            "validate_seconds": round(self.validate_seconds, 3),
             "datasets": [d.to_json() for d in self.datasets],
         }
 
@@ -117,6 +120,11 @@ def run_restore(
             (d, connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy))
             for d, dest in selected
         ]
+        # Every record is checked against what the target can hold before anything is written.
+        validated = time.perf_counter()
+        for dataset, plan in plans:
+            connector.validate_records(plan, prefetch(reader.batches(dataset)))
+        validate_seconds = time.perf_counter() - validated
         for dataset, plan in plans:
             started = time.perf_counter()
             rows = connector.import_(plan, prefetch(reader.batches(dataset)))
@@ -133,7 +141,9 @@ def run_restore(
                 checks=checks,
             ))
         target = connector.location.display()
-    return RestoreResult(bundle_id=manifest.bundle_id, target=target, datasets=results)
+    return RestoreResult(
+        bundle_id=manifest.bundle_id, target=target, datasets=results, validate_seconds=validate_seconds
+    )
 
 
 def _select(manifest: BundleManifest, pairs: list[tuple[str, str]]) -> list[tuple[DatasetManifest, str]]:

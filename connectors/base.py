@@ -137,6 +137,15 @@ class VectorConnector(ABC):
         """Create (or reuse, per ``plan.mode``) the collection and write the batches (canonical schema of
         ``plan.source``; the connector applies ``plan.transform``). Returns the rows written."""
 
+    def validate_records(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
+        """Run every per-record check `import_` would run, writing nothing; returns the rows checked.
+
+        The restore streams the bundle through here before `import_`, so a record the target cannot hold
+        is refused before a collection is created, replaced or half-written. Raises what `import_` would
+        (UnsupportedFeatureError naming the collection and the record). Default: apply the transform.
+        """
+        return sum(plan.transform(batch).num_rows for batch in batches)
+
     @abstractmethod
     def search(self, name: str, vector: str, queries: np.ndarray, k: int) -> list[list[str]]:
         """The ids (canonical strings) of the `k` nearest records for each query row, nearest first,

@@ -339,6 +339,17 @@ class QdrantConnector(VectorConnector):
                 written += len(points)
         return written
 
+    def validate_records(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
+        """Every per-record check of `import_` (reserved keys, non-finite vectors, numbers a server cannot
+        store), writing nothing: the points are built and thrown away. Returns the rows checked."""
+        server = self.location.is_server
+        checked = 0
+        for batch in batches:
+            batch = plan.transform(batch)
+            batch_to_points(batch, plan.target.config, plan.target.name, server=server)
+            checked += batch.num_rows
+        return checked
+
     def _create(self, name: str, made: CollectionPlan) -> None:
         from qdrant_client.http import models
 

@@ -118,3 +118,55 @@ def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("AIBACKUP_REPO", "QDRANT_API_KEY", "CHROMA_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+@pytest.fixture(autouse=True)
+def _manifests_match_published_schema(tmp_path: Path) -> Iterator[None]:
+    """After every test, every manifest it wrote under its folder validates against the JSON Schema."""
+    yield
+    import json
+
+    import jsonschema
+
+    import manifests
+
+    from manifests.model import BundleManifest, ManifestError
+
+    schema = manifests.json_schema()
+    for path in tmp_path.rglob("bundles/*.json"):
+        raw = path.read_bytes()
+        try:
+            BundleManifest.from_bytes(raw)
+        except ManifestError:
+            continue  # damaged on purpose by the test (the tool itself refuses it)
+        jsonschema.validate(json.loads(raw), schema)
+
+
+@dataclass(frozen=True)
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> object:
+        import json
+
+        return json.loads(self.out)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):  # type: ignore[no-untyped-def]
+    """Run `aibackup ARGS...` in-process as a user would (same entry point as the console script)."""
+    from aibackup.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return run

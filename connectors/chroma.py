@@ -1,0 +1,562 @@
+"""Chroma connector: embedded stores (``chroma:PATH``) and servers (``chroma+http(s)://HOST:PORT``).
+
+chromadb is an optional extra (``pip install 'aibackup[chroma]'``). Embedded stores open with
+``PersistentClient``, servers with ``HttpClient`` (token from ``CHROMA_API_KEY``, sent both as
+``Authorization: Bearer`` and ``X-Chroma-Token``, the two transports of Chroma's token auth; ``?tenant=`` /
+``?database=`` pick a tenant and database). Telemetry is off. No embedding function is ever built or called:
+collections are opened with ``embedding_function=None`` and every write passes embeddings.
+
+Canonical mapping (schema: :mod:`manifests.vectors`)
+---------------------------------------------------
+- **id** <-> Chroma's string id, unchanged (an empty id cannot go into Chroma).
+- **vector** <-> the embedding, one per record, named "" unless the collection metadata holds
+  ``_aibackup_vector_name`` (written when restoring one named vector; hidden from the neutral metadata).
+  Chroma stores float32 and returns float64 (the server: the float32's shortest decimal); the cast back to
+  float32 is exact.
+- **document**, **uri** <-> documents and uris (null where absent; "" stays "").
+- **metadata** <-> canonical JSON of the record metadata (ints, floats, bools, strings, homogeneous lists;
+  none -> null). A ``SparseVector`` value (Chroma Cloud only) becomes Chroma's own tagged wire form
+  ``{"#type":"sparse_vector","indices":[..],"values":[..]}``, and a ``SparseVector`` again on import into a
+  store that holds them (``sparse_metadata``; local Chroma does not: see the lossy rules).
+- **config**: distance = the hnsw space (cosine/l2/ip); ``hnsw`` = {m: max_neighbors, ef_construction,
+  ef_search}; ``metadata`` = collection metadata without legacy ``hnsw:*`` keys; size = the recorded
+  dimension. ``native`` = {kind, configuration (configuration_json with the embedding function config),
+  schema (serialized), metadata (all of it), dimension}. A Chroma -> Chroma restore recreates the collection
+  from ``native`` so configuration_json, schema and metadata come back equal (tested): from the schema; from
+  the configuration when the metadata holds legacy ``hnsw:*`` keys (Chroma refuses both at once); from the
+  metadata alone (then hnsw changes via ``modify``) when no embedding function was recorded. Embedding
+  functions are recreated as config-only stand-ins, so neither their packages nor API keys are needed.
+  Any other source: the neutral fields (space, hnsw, metadata).
+- A collection that never held a record has no dimension: it is described with **no dense vector**
+  (``dense=()``) and exports nothing; space and hnsw still travel. (Restoring it, or restoring zero records,
+  gives such a collection again.)
+
+Lossy rules (UnsupportedFeatureError naming the collection and the feature unless ``allow_lossy``; then
+listed in ``plan.dropped`` and applied by ``plan.transform``, which import_ applies itself):
+
+- several dense vectors: the unnamed one is kept (else the first by name); one named vector is lossless.
+- multivectors dropped (refused even lossy when no plain vector remains); sparse vectors dropped.
+- distance manhattan -> l2.
+- record metadata Chroma cannot hold (rules in :mod:`connectors.chroma_metadata`; met while streaming, so
+  the refusal names the record): nulls and refused keys dropped; nested objects, sparse-vector values,
+  empty/mixed lists, NaN/Infinity as their canonical JSON text; ints beyond int64 as decimal strings; -0.0
+  as 0.0. Collection metadata alike (lists too become JSON text: Chroma holds scalars only there).
+- never mapped: a record without the dense vector, non-finite components, and in a cosine collection a
+  vector whose squared norm leaves float32's normal range (Chroma returns inf or garbage for those).
+  ``validate_records`` finds these (and, when not lossy, the metadata refusals) without writing anything.
+
+Tolerances (measured, chromadb 1.5.9, embedded and server): l2/ip embeddings come back bit-exact. Cosine
+collections keep the unit vector and the norm: ~26% of components come back 1 float32 ulp off (2 ulps only
+at norms ~1e-19), so ``plan.tolerances`` = ``{vector column: "ulp"}`` for cosine targets.
+
+Limits found: ``get()`` with embeddings fails above ~32k ids per call; pages of ``batch_rows`` (default
+1000; 1000-2000 measured fastest: ~18k records/s embedded, ~10k/s server at dim 384, id check included).
+Writes run ~1800 records/s at dim 384 (~9000/s at dim 64) whatever the batch size. Collection names: 3-512
+of [a-zA-Z0-9._-]. ``upsert`` merges metadata into an existing record, so merge mode deletes a batch's
+existing ids, then adds. Chroma 1.5.9 leaves a deleted collection's list-valued metadata rows behind and a
+later record reusing the row id inherits them: a collection is emptied record by record (~5k/s) before it
+is deleted (overwrite, or create over an empty one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from aibackup.errors import (
+    AibackupError,
+    ConnectorError,
+    ConnectorNotInstalledError,
+    DatasetNotFoundError,
+    SourceDataError,
+    TargetNotEmptyError,
+    UnavailableError,
+    UnsupportedFeatureError,
+    UsageError,
+)
+from connectors import chroma_metadata as cm
+from connectors.base import MODES, DatasetDescription, ImportPlan, Location, VectorConnector
+from connectors.registry import api_key
+from manifests.model import DenseVectorSpec, VectorsConfig
+from manifests.vectors import dense_column
+
+MAX_GET = 30_000  # get() with embeddings fails above ~32k ids per call
+ID_PAGE = 20_000  # ids-only pages for the verification pass
+
+
+class ChromaConnector(VectorConnector):
+    """A Chroma store, embedded (a directory holding chroma.sqlite3) or a server."""
+
+    kind = "chroma"
+    #: Whether the store holds ``SparseVector`` metadata values. Chroma Cloud does; local Chroma 1.5.9
+    #: (embedded and ``chroma run``) refuses them, and only local stores can be named by a URI.
+    sparse_metadata = False
+
+    def __init__(self, location: Location, *, create: bool = False, batch_rows: int = 1000) -> None:
+        """Open the store. Source (`create` False): a path without chroma.sqlite3 raises DatasetNotFoundError.
+        A server that does not answer raises UnavailableError. `batch_rows` is the export page size."""
+        super().__init__(location, create=create)
+        if not 1 <= batch_rows <= MAX_GET:
+            raise UsageError(f"batch_rows must be between 1 and {MAX_GET} (Chroma's get() limit)")
+        self.batch_rows = batch_rows
+        self._store = location.display()
+        self._client: Any = None
+        try:
+            import chromadb
+            import chromadb.errors
+            from chromadb.config import Settings
+        except ImportError:
+            raise ConnectorNotInstalledError(
+                "the Chroma connector needs chromadb: pip install 'aibackup[chroma]'"
+            ) from None
+        self._chromadb = chromadb
+        settings = Settings(anonymized_telemetry=False)
+        where = {k: location.params[k] for k in ("tenant", "database") if k in location.params}
+        if location.is_server:
+            token = api_key(location)
+            headers = {"Authorization": f"Bearer {token}", "X-Chroma-Token": token} if token else None
+            with self._errors("connect", unavailable=True):
+                self._client = chromadb.HttpClient(
+                    host=str(location.host),
+                    port=int(location.port or 8000),
+                    ssl=location.tls,
+                    headers=headers,
+                    settings=settings,
+                    **where,
+                )
+                self._client.heartbeat()
+            return
+        path = Path(str(location.path))
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{self._store}: {path} is not a directory")
+        if not create and not (path / "chroma.sqlite3").is_file():
+            # PersistentClient would silently create an empty store here.
+            raise DatasetNotFoundError(f"no Chroma store at {path} (no chroma.sqlite3 in it)")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create the Chroma store directory {path}: {exc.strerror}") from None
+        with self._errors("open the store"):
+            self._client = chromadb.PersistentClient(path=str(path), settings=settings, **where)
+
+    def close(self) -> None:
+        """Release the client; for an embedded store the last close stops Chroma's shared per-path system
+        (its SQLite connection), so the path can be opened again in this process."""
+        client, self._client = self._client, None
+        if client is not None:
+            with suppress(Exception):  # closing is best effort
+                client.close()
+
+    # --- describe / export ------------------------------------------------------------------------------
+
+    def describe(self, names: Sequence[str] | None = None) -> list[DatasetDescription]:
+        """All collections sorted by name, or exactly `names` (DatasetNotFoundError for a missing one)."""
+        if names is None:
+            with self._errors("list collections"):
+                names = sorted(c.name for c in self._live().list_collections())
+        return [self._describe(self._collection(name)) for name in names]
+
+    def _describe(self, col: Any) -> DatasetDescription:
+        with self._errors("read the collection", col.name):
+            model = col.get_model()
+            rows = int(col.count())
+            dimension = model.dimension
+            if dimension is None and rows:  # not recorded: take it from a record
+                dimension = len(col.get(limit=1, include=["embeddings"])["embeddings"][0])
+        configuration = dict(model.configuration_json or {})
+        metadata = dict(model.metadata or {})
+        space = cm.space_of(configuration, metadata)
+        if space not in cm.SPACES:
+            raise SourceDataError(f"collection {col.name!r} in {self._store}: unknown space {space!r}")
+        name = str(metadata.get(cm.VECTOR_NAME_KEY, ""))
+        dense = (DenseVectorSpec(name, int(dimension), cm.SPACES[space]),) if dimension else ()
+        native = {
+            "kind": "chroma",
+            "chromadb": self._chromadb.__version__,
+            "configuration": configuration,
+            "schema": model.serialized_schema,
+            "metadata": metadata or None,
+            "dimension": dimension,
+        }
+        config = VectorsConfig(
+            dense=dense,
+            metadata=cm.neutral_metadata(metadata),
+            hnsw=cm.neutral_hnsw(configuration),
+            native=native,
+        )
+        return DatasetDescription(name=col.name, config=config, rows=rows)
+
+    def export(self, dataset: DatasetDescription) -> Iterator[pa.RecordBatch]:
+        """Every record as canonical batches of at most `batch_rows` rows (offset pages).
+
+        Each record exactly once is proven, not assumed: count() before and after must equal the rows
+        exported, and a sum of id hashes over the export must equal one over a final ids-only pass;
+        otherwise SourceDataError (the collection changed during the backup)."""
+        col = self._collection(dataset.name)
+        specs = dataset.config.dense
+        if len(specs) > 1 or any(s.multivector for s in specs):
+            raise SourceDataError(f"collection {dataset.name!r}: a Chroma collection has one plain vector")
+        schema = dataset.schema
+        size = specs[0].size if specs else None
+        with self._errors("count records", dataset.name):
+            start = int(col.count())
+        if size is None and start:
+            raise SourceDataError(
+                f"collection {dataset.name!r} received records after it was described; run the backup again"
+            )
+        include = ["documents", "metadatas", "uris"] + (["embeddings"] if size else [])
+        rows = offset = id_sum = 0
+        while True:
+            with self._errors("read records", dataset.name):
+                page = col.get(include=include, limit=self.batch_rows, offset=offset)
+            ids = list(page["ids"])
+            if not ids:
+                break
+            batch = cm.page_to_batch(dataset.name, schema, size, page)
+            id_sum = (id_sum + _id_hash_sum(ids)) % (1 << 128)
+            rows += len(ids)
+            offset += len(ids)
+            yield batch
+            if len(ids) < self.batch_rows and rows >= start:
+                break
+        with self._errors("count records", dataset.name):
+            end = int(col.count())
+        if not rows == start == end or id_sum != self._id_sum(col, dataset.name):
+            raise SourceDataError(
+                f"collection {dataset.name!r} in {self._store} changed during the backup (counted {start} "
+                f"records before, {end} after, exported {rows}, or not each record once); run it again "
+                "while nothing writes to the collection"
+            )
+
+    def _id_sum(self, col: Any, name: str) -> int:
+        total = offset = 0
+        while True:
+            with self._errors("read ids", name):
+                ids = list(col.get(include=[], limit=ID_PAGE, offset=offset)["ids"])
+            if not ids:
+                return total
+            total = (total + _id_hash_sum(ids)) % (1 << 128)
+            offset += len(ids)
+
+    # --- import ------------------------------------------------------------------------------------------
+
+    def plan_import(
+        self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool
+    ) -> ImportPlan:
+        """Decide how `source` becomes collection `dest` (see the module docstring), writing nothing."""
+        if mode not in MODES:
+            raise UsageError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
+        if not cm.NAME_RE.match(dest):
+            raise UnsupportedFeatureError(
+                f"Chroma cannot name a collection {dest!r}: it needs 3-512 characters of [a-zA-Z0-9._-], "
+                "starting and ending with a letter or digit; restore it under another name"
+            )
+        cfg = source.config
+        dropped: list[str] = []
+
+        def lossy(feature: str, mapping: str) -> None:
+            if not allow_lossy:
+                raise UnsupportedFeatureError(
+                    f"collection {dest!r}: Chroma cannot hold {feature}; --allow-lossy would {mapping}"
+                )
+            dropped.append(f"{feature}: {mapping}")
+
+        plain = sorted((d for d in cfg.dense if not d.multivector), key=lambda d: d.name)
+        keep = next((d for d in plain if d.name == ""), plain[0] if plain else None)
+        multi = [d.name for d in cfg.dense if d.multivector]
+        if multi and keep is None:
+            raise UnsupportedFeatureError(
+                f"collection {dest!r}: Chroma cannot hold multivectors "
+                f"({', '.join(map(repr, multi))}) and no plain vector remains"
+            )
+        if multi and keep is not None:
+            lossy(f"multivectors {', '.join(map(repr, multi))}", f"drop them and keep vector {keep.name!r}")
+        others = [d.name for d in plain if d is not keep]
+        if others and keep is not None:
+            lossy(
+                f"more than one vector per record ({', '.join(map(repr, others))} besides {keep.name!r})",
+                f"keep only {keep.name!r}",
+            )
+        if cfg.sparse:
+            lossy(f"sparse vectors ({', '.join(repr(s.name) for s in cfg.sparse)})", "drop them")
+        if keep is None and source.rows:
+            raise UnsupportedFeatureError(
+                f"collection {dest!r}: Chroma needs a dense vector for every record and the source has none"
+            )
+        distance = keep.distance if keep else "l2"
+        if distance == "manhattan":
+            lossy("distance manhattan", "use l2")
+            distance = "l2"
+
+        native = dict(cfg.native or {})
+        if native.get("kind") == "chroma":
+            metadata = dict(native.get("metadata") or {})
+            configuration, schema = native.get("configuration"), native.get("schema")
+            route = cm.create_route(configuration, schema, metadata)
+        else:
+            metadata = dict(cfg.metadata or {})
+            problems = cm.collection_problems(metadata)
+            if problems:
+                lossy(
+                    f"collection metadata {'; '.join(problems)}",
+                    "drop nulls and refused keys and write other values as JSON text",
+                )
+                metadata = cm.lossy_collection(metadata) or {}
+            if keep is not None and keep.name:
+                metadata[cm.VECTOR_NAME_KEY] = keep.name
+            configuration, schema = cm.cross_kind_configuration(distance, cfg.hnsw), None
+            route = "configuration"
+        if allow_lossy:
+            dropped.append(
+                "record metadata Chroma cannot hold, if any: nulls and refused keys dropped; "
+                "nested objects, empty/mixed lists, NaN/Infinity as JSON text; ints beyond "
+                "int64 as decimal strings; -0.0 as 0.0"
+            )
+
+        existing = self._collection(dest, missing_ok=True)
+        if existing is not None:
+            with self._errors("count records", dest):
+                count = int(existing.count())
+            if mode == "create" and count:
+                raise TargetNotEmptyError(
+                    f"collection {dest!r} in {self._store} already holds {count} records; restore with "
+                    "--mode overwrite to replace it or --mode merge to add to it"
+                )
+            if mode == "merge":
+                self._check_merge(existing, keep, distance)
+        dense = (DenseVectorSpec(keep.name, keep.size, distance),) if keep else ()
+        target_cfg = VectorsConfig(
+            dense=dense,
+            metadata=cm.neutral_metadata(metadata),
+            hnsw=cm.neutral_hnsw(configuration) or cfg.hnsw,
+            native={"kind": "chroma", "configuration": configuration, "schema": schema, "metadata": metadata},
+        )
+        target = DatasetDescription(name=dest, config=target_cfg, rows=source.rows)
+        return ImportPlan(
+            source=source,
+            target=target,
+            mode=mode,
+            transform=cm.batch_transform(
+                source.schema, target.schema, lossy_metadata=allow_lossy, sparse_ok=self.sparse_metadata
+            ),
+            dropped=tuple(dropped),
+            tolerances={dense_column(keep.name): "ulp"} if keep and distance == "cosine" else {},
+            extra={
+                "route": route,
+                "configuration": configuration,
+                "schema": schema,
+                "metadata": metadata or None,
+                "sparse_metadata": self.sparse_metadata,
+            },
+        )
+
+    def _check_merge(self, col: Any, keep: DenseVectorSpec | None, distance: str) -> None:
+        with self._errors("read the collection", col.name):
+            model = col.get_model()
+        metadata = model.metadata or {}
+        have = {
+            "dimension": model.dimension,  # None until the first record: any dimension fits
+            "distance": cm.SPACES.get(cm.space_of(model.configuration_json, metadata)),
+            "vector name": metadata.get(cm.VECTOR_NAME_KEY, ""),
+        }
+        ours = {
+            "dimension": keep.size if keep else None,
+            "distance": distance,
+            "vector name": keep and keep.name,
+        }
+        for what, theirs in have.items():
+            if keep is not None and theirs is not None and theirs != ours[what]:
+                raise UnsupportedFeatureError(
+                    f"collection {col.name!r} in {self._store} has {what} {theirs!r}, the bundle "
+                    f"{ours[what]!r}: cannot merge; restore with --mode overwrite or into another collection"
+                )
+
+    def import_(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
+        """Create (or reuse, in merge mode) the collection, then write every batch after ``plan.transform``.
+        Returns the rows written. Raises UnsupportedFeatureError naming the record Chroma cannot hold."""
+        name = plan.target.name
+        col = self._prepare(plan)
+        written = 0
+        for records in self._add_arguments(plan, batches):
+            with self._errors("write records", name):
+                if plan.mode == "merge":  # upsert would merge metadata: replace instead
+                    present = col.get(ids=records["ids"], include=[])["ids"]
+                    if present:
+                        col.delete(ids=list(present))
+                col.add(**records)
+            written += len(records["ids"])
+        return written
+
+    def validate_records(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
+        """Everything import_ checks record by record, writing nothing: a restore that streams the bundle
+        through here first never leaves a half-written (or, in overwrite mode, deleted) collection behind
+        when a record turns out to be one Chroma cannot hold. Returns the rows checked."""
+        return sum(len(records["ids"]) for records in self._add_arguments(plan, batches))
+
+    def _add_arguments(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> Iterator[dict[str, Any]]:
+        from chromadb.base_types import SparseVector
+
+        spec = plan.target.config.dense[0] if plan.target.config.dense else None
+        sparse_vector = SparseVector if plan.extra.get("sparse_metadata") else None
+        with self._errors("read the batch size limit"):
+            max_batch = max(1, int(self._live().get_max_batch_size()))
+        for batch in batches:
+            batch = plan.transform(batch)
+            for start in range(0, batch.num_rows, max_batch):
+                yield cm.add_arguments(plan.target.name, batch.slice(start, max_batch), spec, sparse_vector)
+
+    def _prepare(self, plan: ImportPlan) -> Any:
+        name, extra = plan.target.name, plan.extra
+        existing = self._collection(name, missing_ok=True)
+        if existing is not None:
+            if plan.mode == "merge":
+                return existing
+            with self._errors("count records", name):
+                count = int(existing.count())
+            if plan.mode == "create" and count:
+                raise TargetNotEmptyError(
+                    f"collection {name!r} in {self._store} already holds {count} "
+                    "records; restore with --mode overwrite or --mode merge"
+                )
+            self._drop(existing)
+        from chromadb.api.collection_configuration import load_create_collection_configuration_from_json
+        from chromadb.api.types import Schema
+
+        names = cm.embedding_function_names(extra.get("configuration"), extra.get("schema"))
+        with self._errors("create the collection", name), cm.standin_embedding_functions(names):
+            kwargs: dict[str, Any] = {}
+            if extra["route"] == "schema":
+                kwargs["schema"] = Schema.deserialize_from_json(extra["schema"])
+            elif extra["route"] == "configuration":
+                conf = extra["configuration"]
+                kwargs["configuration"] = load_create_collection_configuration_from_json(conf)
+            col = self._live().create_collection(
+                name, metadata=extra.get("metadata") or None, embedding_function=None, **kwargs
+            )
+            updates = cm.hnsw_updates(extra.get("configuration"), col.configuration_json)
+            if extra["route"] == "metadata" and updates:  # hnsw settings changed after creation
+                col.modify(configuration={"hnsw": updates})
+            return col
+
+    def _drop(self, col: Any) -> None:
+        # Empty it record by record first: deleting a collection leaves its list-valued metadata rows
+        # behind in Chroma 1.5.9, and a record written later that reuses their row id inherits them.
+        with self._errors("delete the collection", col.name):
+            previous: list[str] = []
+            while ids := list(col.get(include=[], limit=ID_PAGE)["ids"]):
+                if ids == previous:
+                    raise ConnectorError(
+                        f"Chroma does not delete the records of {col.name!r} in {self._store}"
+                    )
+                col.delete(ids=ids)
+                previous = ids
+            self._live().delete_collection(col.name)
+
+    # --- search ------------------------------------------------------------------------------------------
+
+    def search(self, name: str, vector: str, queries: np.ndarray, k: int) -> list[list[str]]:
+        """The ids of the `k` nearest records per query row, nearest first, from Chroma's own index."""
+        col = self._collection(name)
+        dense = self._describe(col).config.dense
+        if dense and dense[0].name != vector:
+            raise UsageError(f"collection {name!r} in {self._store} has no vector {vector!r}")
+        matrix = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        out: list[list[str]] = []
+        for start in range(0, len(matrix), 1000):
+            with self._errors("search", name):
+                result = col.query(query_embeddings=matrix[start : start + 1000], n_results=k, include=[])
+            out.extend([list(ids) for ids in result["ids"]])
+        return out
+
+    # --- helpers -----------------------------------------------------------------------------------------
+
+    def _live(self) -> Any:
+        if self._client is None:
+            raise UsageError(f"the connection to {self._store} is closed")
+        return self._client
+
+    def _collection(self, name: str, *, missing_ok: bool = False) -> Any:
+        """The collection (opened without an embedding function), DatasetNotFoundError when missing
+        (None when `missing_ok`). A name Chroma cannot hold cannot exist: it is missing too."""
+        try:
+            if not cm.NAME_RE.match(name):
+                raise DatasetNotFoundError(f"collection {name!r} not found in {self._store}")
+            with self._errors("open the collection", name):
+                return self._live().get_collection(name, embedding_function=None)
+        except DatasetNotFoundError:
+            if missing_ok:
+                return None
+            raise
+
+    @contextmanager
+    def _errors(
+        self, what: str, collection: str | None = None, *, unavailable: bool = False
+    ) -> Iterator[None]:
+        """Every call into chromadb runs in here: its exceptions become one aibackup error with one clear
+        line (UnavailableError for anything when `unavailable`: a server that does not answer like Chroma),
+        and its warnings are silenced: they concern embedding functions, which aibackup never builds or
+        calls (``collection.add`` rebuilds every one in the schema, warning for each it cannot build)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                yield
+        except AibackupError:
+            raise
+        except BaseException as exc:
+            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
+                raise  # KeyboardInterrupt, GeneratorExit, ... (a Rust panic is a BaseException too)
+            error = self._translate(exc, what, collection)
+            if unavailable and not isinstance(error, UnavailableError):
+                error = UnavailableError(
+                    f"{self._store} does not answer like a Chroma server ({_first_line(exc)})"
+                )
+            raise error from exc
+
+    def _translate(self, exc: BaseException, what: str, collection: str | None) -> AibackupError:
+        errors = self._chromadb.errors
+        text = _first_line(exc)
+        subject = f"collection {collection!r} in {self._store}" if collection else self._store
+        if isinstance(exc, errors.NotFoundError) and collection:
+            return DatasetNotFoundError(f"collection {collection!r} not found in {self._store}")
+        if isinstance(exc, errors.ChromaAuthError | errors.AuthorizationError):
+            var = self.location.params.get("api_key_env", "CHROMA_API_KEY")
+            return UnavailableError(f"{self._store} refused access ({text}); check the token in {var}")
+        if _is_transport_error(exc):
+            return UnavailableError(f"Chroma server {self._store} is not answering ({what}): {text}")
+        return ConnectorError(f"Chroma could not {what} ({subject}): {text}")
+
+
+def _first_line(exc: BaseException) -> str:
+    # chromadb raises Exception(response body) for an HTTP error it cannot decode, often an empty one.
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else f"{type(exc).__name__} without a message"
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, ValueError) and "Could not connect" in str(exc):
+        return True
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - chromadb depends on httpx
+        return False
+    return isinstance(exc, httpx.TransportError | httpx.HTTPStatusError)
+
+
+def _id_hash_sum(ids: Iterable[str]) -> int:
+    blake2b = hashlib.blake2b
+    return sum(
+        int.from_bytes(blake2b(i.encode("utf-8", "surrogatepass"), digest_size=16).digest(), "little")
+        for i in ids
+    )
+
+
+__all__ = ["ChromaConnector"]

@@ -1,0 +1,268 @@
+"""The CLI end to end, as an on-call engineer runs it: real embedded Chroma and Qdrant, real repositories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import CliResult, free_port
+from tests.vectordata import chroma_records
+
+Cli = Any
+
+
+def chroma_client(path: Path):  # type: ignore[no-untyped-def]
+    import chromadb
+    from chromadb.config import Settings
+
+    return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+
+
+def seed_chroma(path: Path, name: str = "docs", n: int = 300, dim: int = 16, space: str = "l2") -> dict[str, Any]:
+    records = chroma_records(n, dim, seed=len(name))
+    collection = chroma_client(path).create_collection(
+        name, metadata={"hnsw:space": space, "team": "search ✓"}, embedding_function=None
+    )
+    collection.add(**records)
+    return records
+
+
+def chroma_contents(path: Path, name: str) -> dict[str, tuple[Any, ...]]:
+    """id -> (float32 vector bytes, document, metadata, uri) as Chroma's own client returns them."""
+    got = chroma_client(path).get_collection(name).get(include=["embeddings", "documents", "metadatas", "uris"])
+    out = {}
+    for i, rid in enumerate(got["ids"]):
+        vector = np.asarray(got["embeddings"][i], dtype=np.float32).tobytes()
+        out[rid] = (vector, got["documents"][i], got["metadatas"][i], got["uris"][i])
+    return out
+
+
+def ok(result: CliResult) -> CliResult:
+    assert result.code == 0, (result.code, result.out, result.err)
+    return result
+
+
+def one_line_error(result: CliResult, code: int, *needles: str) -> str:
+    assert result.code == code, (result.code, result.out, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert "Traceback" not in result.err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def test_round_trip_chroma_qdrant_chroma_gives_back_identical_records(tmp_path: Path, cli: Cli) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=300, dim=16, space="l2")
+    original = chroma_contents(tmp_path / "chroma", "docs")
+
+    first = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()
+    assert first["datasets"] == [{"name": "docs", "kind": "vectors", "rows": 300}]
+    restored = ok(cli("restore", first["bundle_id"], "--to", f"qdrant:{tmp_path / 'qdrant'}", "--json")).json()
+    assert restored["ok"] is True
+    assert [c["name"] for c in restored["datasets"][0]["checks"]] == ["bundle", "rows", "ids", "content", "search"]
+
+    second = ok(cli("backup", f"qdrant:{tmp_path / 'qdrant'}", "--json")).json()
+    ok(cli("restore", second["bundle_id"], "--to", f"chroma:{tmp_path / 'chroma2'}"))
+    assert chroma_contents(tmp_path / "chroma2", "docs") == original
+    # The bundles of both backends hold the same records: the digests agree.
+    shown = [ok(cli("show", b["bundle_id"], "--json")).json() for b in (first, second)]
+    assert shown[0]["datasets"][0]["digest"] == shown[1]["datasets"][0]["digest"]
+    assert shown[1]["parent"] is None and shown[0]["source"]["kind"] == "chroma"
+
+
+def test_cosine_collection_into_qdrant_is_proven_within_tolerance(tmp_path: Path, cli: Cli) -> None:
+    seed_chroma(tmp_path / "chroma", "notes", n=200, dim=32, space="cosine")
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}"))
+    result = ok(cli("restore", "--to", "qdrant"))
+    assert "all checks passed" in result.out
+    assert "tolerated vectors within" in result.out
+    assert (tmp_path / "aibackup-restore" / "qdrant").is_dir()  # the bare `qdrant` target
+
+
+def test_json_contracts(tmp_path: Path, cli: Cli) -> None:
+    seed_chroma(tmp_path / "chroma", "alpha", n=20)
+    seed_chroma(tmp_path / "chroma", "beta", n=30)
+    backup = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--collection", "beta", "--json")).json()
+    assert set(backup) >= {"bundle_id", "datasets"}
+    assert backup["datasets"] == [{"name": "beta", "kind": "vectors", "rows": 30}]
+    later = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()
+    listed = ok(cli("list", "--json")).json()
+    assert [b["bundle_id"] for b in listed] == [later["bundle_id"], backup["bundle_id"]]  # newest first
+    assert listed[0]["datasets"] == [{"name": "alpha", "kind": "vectors", "rows": 20},
+                                     {"name": "beta", "kind": "vectors", "rows": 30}]
+    assert isinstance(listed[0]["created_at"], str)
+    verified = ok(cli("verify", "--read-data", "--json")).json()
+    assert verified["ok"] is True and verified["problems"] == []
+    restored = ok(cli("restore", "latest", "--to", f"chroma:{tmp_path / 'out'}", "--collection", "alpha=renamed",
+                      "--json")).json()
+    assert restored["bundle_id"] == later["bundle_id"]
+    (dataset,) = restored["datasets"]
+    assert (dataset["name"], dataset["rows"], dataset["target"]) == ("alpha", 20, "renamed")
+    assert all(set(c) >= {"name", "ok", "detail"} and c["ok"] for c in dataset["checks"])
+
+
+def test_s3_repository_through_moto(tmp_path: Path, cli: Cli, s3_env: Any) -> None:
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="backups")
+    seed_chroma(tmp_path / "chroma", "docs", n=120)
+    repo = "s3://backups/ai/prod"
+    backup = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", repo, "--json")).json()
+    keys = {o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="backups")["Contents"]}
+    assert f"ai/prod/bundles/{backup['bundle_id']}.json" in keys
+    assert any(k.startswith(f"ai/prod/data/{backup['bundle_id']}/") and k.endswith(".parquet") for k in keys)
+    assert ok(cli("verify", "--read-data", "--repo", repo, "--json")).json()["ok"] is True
+    restored = ok(cli("restore", "latest", "--repo", repo, "--to", f"qdrant:{tmp_path / 'q'}", "--json")).json()
+    assert restored["ok"]
+    # The repository from the environment variable, as cron jobs set it.
+    import os
+
+    os.environ["AIBACKUP_REPO"] = repo
+    try:
+        assert ok(cli("list", "--json")).json()[0]["bundle_id"] == backup["bundle_id"]
+    finally:
+        del os.environ["AIBACKUP_REPO"]
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "missing", "manifest"])
+def test_damage_is_caught_by_verify_and_refused_by_restore(tmp_path: Path, cli: Cli, damage: str) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=100)
+    backup = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()
+    repo = tmp_path / "aibackup-repo"
+    part = next(repo.joinpath("data").rglob("*.parquet"))
+    manifest = repo / "bundles" / f"{backup['bundle_id']}.json"
+    if damage == "flip":
+        data = bytearray(part.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        part.write_bytes(bytes(data))
+        damaged = part
+    elif damage == "truncate":
+        part.write_bytes(part.read_bytes()[:-100])
+        damaged = part
+    elif damage == "missing":
+        part.unlink()
+        damaged = part
+    else:
+        manifest.write_bytes(manifest.read_bytes().replace(b'"rows":100', b'"rows":101', 1))
+        damaged = manifest
+    verified = cli("verify", "--read-data", "--json")
+    assert verified.code == 1
+    problems = verified.json()["problems"]
+    assert [p["path"] for p in problems] == [str(damaged)]
+    text = cli("verify", "--read-data")
+    assert text.code == 1 and str(damaged) in text.out
+    refused = cli("restore", "latest", "--to", f"qdrant:{tmp_path / 'q'}")
+    line = one_line_error(refused, 1)
+    assert damaged.name in line or "damaged manifest" in line
+    assert not (tmp_path / "q" / "collection").exists()  # nothing was written
+
+
+def test_crash_between_parts_and_manifest_leaves_no_bundle(tmp_path: Path, cli: Cli,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from aibackup.repository import Repository
+
+    seed_chroma(tmp_path / "chroma", "docs", n=50)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}"))
+
+    def crash(self: Repository, manifest: object) -> None:
+        raise KeyboardInterrupt  # the process dies after writing its parts, before the manifest
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Repository, "commit", crash)
+        assert cli("backup", f"chroma:{tmp_path / 'chroma'}").code == 130
+    parts = list((tmp_path / "aibackup-repo" / "data").rglob("*.parquet"))
+    assert len(parts) == 2  # the orphan is there ...
+    assert len(ok(cli("list", "--json")).json()) == 1  # ... but no bundle references it
+    assert ok(cli("verify", "--read-data", "--json")).json()["ok"]
+
+
+def test_non_empty_target_needs_a_mode(tmp_path: Path, cli: Cli) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=40)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}"))
+    target = f"qdrant:{tmp_path / 'q'}"
+    ok(cli("restore", "--to", target))
+    one_line_error(cli("restore", "--to", target), 2, "docs", "--mode")
+    assert ok(cli("restore", "--to", target, "--mode", "overwrite", "--json")).json()["ok"]
+    merged = ok(cli("restore", "--to", target, "--mode", "merge", "--json")).json()
+    assert merged["ok"]
+
+
+def test_named_vectors_into_chroma_are_refused_unless_lossy(tmp_path: Path, cli: Cli) -> None:
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=str(tmp_path / "q"))
+    client.create_collection(
+        "multi",
+        vectors_config={"text": models.VectorParams(size=4, distance=models.Distance.EUCLID),
+                        "image": models.VectorParams(size=3, distance=models.Distance.DOT)},
+        sparse_vectors_config={"bm25": models.SparseVectorParams()},
+    )
+    client.upsert("multi", points=[
+        models.PointStruct(id=i, vector={"text": [i, 1.0, 2.0, 3.0], "image": [1.0, i, 0.5],
+                                         "bm25": models.SparseVector(indices=[1, 5], values=[0.5, i])},
+                           payload={"n": i, "tags": ["a", "b"]})
+        for i in range(1, 21)
+    ])
+    client.close()
+    ok(cli("backup", f"qdrant:{tmp_path / 'q'}"))
+    target = f"chroma:{tmp_path / 'c'}"
+    refused = cli("restore", "--to", target)
+    one_line_error(refused, 2, "multi")
+    lossy = ok(cli("restore", "--to", target, "--allow-lossy", "--json")).json()
+    assert lossy["ok"]
+    dropped = " ".join(lossy["datasets"][0]["dropped"])
+    assert "image" in dropped and "bm25" in dropped
+
+
+def test_bad_input_gives_one_line_and_the_documented_exit_code(tmp_path: Path, cli: Cli) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=10)
+    one_line_error(cli("backup", "mongodb://x"), 2, "unknown store")
+    one_line_error(cli("backup", f"chroma:{tmp_path / 'nowhere'}"), 2, "nowhere")
+    one_line_error(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--collection", "nope"), 2, "nope")
+    one_line_error(cli("backup", f"chroma+http://127.0.0.1:{free_port()}"), 3, "127.0.0.1")
+    one_line_error(cli("backup", f"qdrant+http://127.0.0.1:{free_port()}"), 3, "127.0.0.1")
+    one_line_error(cli("list"), 2, "no repository")
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "file.txt").write_text("not a repo")
+    one_line_error(cli("list", "--repo", str(tmp_path / "stuff")), 2, "not an aibackup repository")
+    one_line_error(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(tmp_path / "stuff")), 2)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}"))
+    one_line_error(cli("restore", "20200101T000000Z-deadbeef", "--to", "qdrant"), 2, "20200101T000000Z-deadbeef")
+    one_line_error(cli("restore", "--to", "mysql:x"), 2, "unknown store")
+    one_line_error(cli("restore", "--to", "qdrant", "--collection", "ghost"), 2, "ghost")
+    one_line_error(cli("restore", "--to", "qdrant", "--mode", "replace"), 2, "replace")
+    err = cli("restore", "--to", "mysql:x", "--json")
+    assert err.code == 2 and json.loads(err.err)["error"]["exit_code"] == 2
+
+
+def test_newer_manifest_version_is_refused_clearly(tmp_path: Path, cli: Cli) -> None:
+    import hashlib
+
+    from manifests.model import canonical_bytes
+
+    seed_chroma(tmp_path / "chroma", "docs", n=10)
+    bundle = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()["bundle_id"]
+    path = tmp_path / "aibackup-repo" / "bundles" / f"{bundle}.json"
+    doc = json.loads(path.read_bytes())
+    doc["format_version"] = 2
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    doc["checksum"]["value"] = hashlib.sha256(canonical_bytes(body)).hexdigest()
+    path.write_bytes(canonical_bytes(doc) + b"\n")
+    one_line_error(cli("restore", "--to", "qdrant"), 2, "newer", "upgrade")
+    one_line_error(cli("show", bundle), 2, "newer")
+
+
+def test_console_script_shows_no_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    exe = Path(sys.executable).parent / "aibackup"
+    proc = subprocess.run([str(exe), "restore", "--to", "qdrant", "--repo", str(tmp_path / "none")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
