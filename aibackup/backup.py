@@ -8,7 +8,7 @@ bundle does not exist: a crash or an error leaves at most unreferenced parts, ne
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from aibackup import __version__
@@ -38,7 +38,7 @@ class BackupResult:
         }
 
 
-def source_identity(source: dict[str, object]) -> tuple[object, object]:
+def source_identity(source: Mapping[str, object]) -> tuple[object, object]:
     return (source.get("kind"), source.get("uri"))
 
 
@@ -84,13 +84,13 @@ def run_backup(
     return BackupResult(manifest, created, (utc_now() - started).total_seconds())
 
 
-def _parent(repo: Repository, source: dict[str, object]) -> str | None:
+def _parent(repo: Repository, source: Mapping[str, object]) -> str | None:
     """The newest earlier bundle of the same source, if any (the chain incremental backups build on)."""
     for bundle_id in reversed(repo.bundle_ids()):
         try:
             manifest = repo.load(bundle_id)
         except AibackupError:
             continue  # a damaged or newer manifest is no parent; `verify` reports it
-        if source_identity(dict(manifest.source)) == source_identity(source):
+        if source_identity(manifest.source) == source_identity(source):
             return bundle_id
     return None

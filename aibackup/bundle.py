@@ -10,6 +10,7 @@ about ``part_bytes``, so memory stays bounded whatever the dataset size.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -79,7 +80,7 @@ class _PartSink:
         self.rows = 0
         self.arrow_bytes = 0
         self.file: HashingWriter = repo.storage.create(path)
-        self.writer = pq.ParquetWriter(self.file, schema, **parquet_options(schema, options))  # type: ignore[arg-type]
+        self.writer = pq.ParquetWriter(self.file, schema, **parquet_options(schema, options))
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
@@ -92,10 +93,8 @@ class _PartSink:
         return PartEntry(path=self.path, rows=self.rows, bytes=self.file.bytes, sha256=self.file.sha256)
 
     def abort(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the original error matters, not this one
             self.writer.close()
-        except Exception:  # noqa: S110 - the original error matters, not this one
-            pass
         self.file.abort()
 
 

@@ -81,10 +81,13 @@ def prove(
     for batch in reader.batches(dataset):
         bundle_digest.add_batch(batch)
     bundle_ok = bundle_digest.hexdigest == dataset.digest and bundle_digest.rows == dataset.rows
-    checks.append(Check(
-        "bundle", bundle_ok,
-        f"{bundle_digest.rows} records read, digest {'matches' if bundle_ok else 'DIFFERS from'} the manifest",
-    ))
+    checks.append(
+        Check(
+            "bundle",
+            bundle_ok,
+            f"{bundle_digest.rows} records read, digest {'matches' if bundle_ok else 'DIFFERS from'} the manifest",
+        )
+    )
 
     try:
         target = connector.describe([plan.target.name])[0]
@@ -92,21 +95,33 @@ def prove(
         checks.append(Check("rows", False, f"cannot read the target back: {exc}"))
         return checks
     rows_ok = target.rows >= dataset.rows if merge else target.rows == dataset.rows
-    checks.append(Check(
-        "rows", rows_ok,
-        f"target holds {target.rows}, bundle {dataset.rows}" + (" (merge: others may exist)" if merge else ""),
-    ))
+    checks.append(
+        Check(
+            "rows",
+            rows_ok,
+            f"target holds {target.rows}, bundle {dataset.rows}" + (" (merge: others may exist)" if merge else ""),
+        )
+    )
 
     if not target.schema.equals(plan.target.schema):
-        checks.append(Check(
-            "content", False,
-            f"target columns {target.schema.names} differ from the expected {plan.target.schema.names}",
-        ))
+        checks.append(
+            Check(
+                "content",
+                False,
+                f"target columns {target.schema.names} differ from the expected {plan.target.schema.names}",
+            )
+        )
         return checks
-    checks.extend(_compare(
-        expected(), connector.export(target), target.schema, plan.tolerances,
-        max(dataset.rows, target.rows), merge,
-    ))
+    checks.extend(
+        _compare(
+            expected(),
+            connector.export(target),
+            target.schema,
+            plan.tolerances,
+            max(dataset.rows, target.rows),
+            merge,
+        )
+    )
     if merge:
         checks.append(Check("search", True, "skipped: in merge mode the target holds records outside the bundle"))
     else:
@@ -138,9 +153,7 @@ class _Side:
         if self.buckets == 1:
             self.memory.append(slim)
             return
-        bucket_of = np.fromiter(
-            (_bucket(i, self.buckets) for i in ids.to_pylist()), dtype=np.int64, count=len(ids)
-        )
+        bucket_of = np.fromiter((_bucket(i, self.buckets) for i in ids.to_pylist()), dtype=np.int64, count=len(ids))
         for b in np.unique(bucket_of):
             part = slim.filter(pa.array(bucket_of == b))
             self._write(int(b), part)
@@ -390,10 +403,13 @@ def _search_checks(
             continue
         recall = exact.recall(got, expected, column)
         ok = recall >= options.min_recall
-        checks.append(Check(
-            name, ok,
-            f"recall@{options.k} {recall:.3f} over {len(q)} sampled queries (minimum {options.min_recall:.2f})",
-        ))
+        checks.append(
+            Check(
+                name,
+                ok,
+                f"recall@{options.k} {recall:.3f} over {len(q)} sampled queries (minimum {options.min_recall:.2f})",
+            )
+        )
     return checks
 
 
@@ -433,9 +449,7 @@ class _ExactTopK:
         self.best_d = np.take_along_axis(d, idx, axis=1)
         self.best_ids = np.take_along_axis(all_ids, idx, axis=1)
 
-    def recall(
-        self, got: list[list[str]], expected: Callable[[], Iterator[pa.RecordBatch]], column: str
-    ) -> float:
+    def recall(self, got: list[list[str]], expected: Callable[[], Iterator[pa.RecordBatch]], column: str) -> float:
         """Mean recall@k; an id outside the exact top-k counts if its exact distance ties the k-th."""
         kth = self.best_d.max(axis=1)
         misses = {

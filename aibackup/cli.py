@@ -71,8 +71,13 @@ def init(repo: str, as_json: bool) -> None:
 
 @cli.command()
 @click.argument("source")
-@click.option("--collection", "collections", multiple=True, metavar="NAME",
-              help="Back up only this collection (repeatable). Default: every collection of the store.")
+@click.option(
+    "--collection",
+    "collections",
+    multiple=True,
+    metavar="NAME",
+    help="Back up only this collection (repeatable). Default: every collection of the store.",
+)
 @repo_option
 @json_option
 def backup(source: str, collections: tuple[str, ...], repo: str, as_json: bool) -> None:
@@ -93,8 +98,7 @@ def backup(source: str, collections: tuple[str, ...], repo: str, as_json: bool) 
     click.echo(f"bundle {m.bundle_id} committed ({result.seconds:.1f} s)")
     _table(
         ["COLLECTION", "KIND", "ROWS", "PARTS", "BYTES"],
-        [[d.name, d.kind, str(d.rows), str(len(d.parts)), _size(sum(p.bytes for p in d.parts))]
-         for d in m.datasets],
+        [[d.name, d.kind, str(d.rows), str(len(d.parts)), _size(sum(p.bytes for p in d.parts))] for d in m.datasets],
     )
 
 
@@ -106,33 +110,37 @@ def list_(repo: str, as_json: bool) -> None:
     from aibackup.repository import Repository
 
     good, damaged = Repository.open(repo).scan()
-    rows = [(m.bundle_id, m) for m in good] + [(d.bundle_id, d) for d in damaged]
-    rows.sort(key=lambda r: r[0], reverse=True)
+    entries: list[dict[str, Any]] = [
+        {
+            "bundle_id": m.bundle_id,
+            "created_at": m.created_at,
+            "source": dict(m.source),
+            "parent": m.parent,
+            "datasets": [{"name": d.name, "kind": d.kind, "rows": d.rows} for d in m.datasets],
+        }
+        for m in good
+    ]
+    entries += [{"bundle_id": d.bundle_id, "created_at": None, "datasets": [], "problem": d.problem} for d in damaged]
+    entries.sort(key=lambda e: e["bundle_id"], reverse=True)
     if as_json:
-        out: list[dict[str, Any]] = []
-        for bundle_id, item in rows:
-            if hasattr(item, "datasets"):
-                out.append({
-                    "bundle_id": bundle_id,
-                    "created_at": item.created_at,
-                    "source": dict(item.source),
-                    "parent": item.parent,
-                    "datasets": [{"name": d.name, "kind": d.kind, "rows": d.rows} for d in item.datasets],
-                })
-            else:
-                out.append({"bundle_id": bundle_id, "created_at": None, "datasets": [], "problem": item.problem})
-        emit_json(out)
-    elif not rows:
+        emit_json(entries)
+    elif not entries:
         click.echo("no bundles yet")
     else:
-        table = []
-        for bundle_id, item in rows:
-            if hasattr(item, "datasets"):
-                sets = ", ".join(f"{d.name} ({d.rows})" for d in item.datasets)
-                table.append([bundle_id, item.created_at[:19] + "Z", item.source.get("uri", ""), sets])
-            else:
-                table.append([bundle_id, "-", "DAMAGED", item.problem])
-        _table(["BUNDLE", "CREATED", "SOURCE", "COLLECTIONS (ROWS)"], table)
+        _table(
+            ["BUNDLE", "CREATED", "SOURCE", "COLLECTIONS (ROWS)"],
+            [
+                [e["bundle_id"], "-", "DAMAGED", e["problem"]]
+                if "problem" in e
+                else [
+                    e["bundle_id"],
+                    e["created_at"][:19] + "Z",
+                    e["source"].get("uri", ""),
+                    ", ".join(f"{d['name']} ({d['rows']})" for d in e["datasets"]),
+                ]
+                for e in entries
+            ],
+        )
     if damaged:
         sys.exit(EXIT_INTEGRITY)
 
@@ -195,23 +203,60 @@ def verify(bundles: tuple[str, ...], read_data: bool, repo: str, as_json: bool) 
 
 @cli.command()
 @click.argument("bundle", required=False, default="latest")
-@click.option("--to", "target", required=True, metavar="TARGET",
-              help="qdrant, chroma (embedded under ./aibackup-restore/), qdrant:PATH, chroma:PATH, "
-                   "qdrant+http://HOST:PORT or chroma+http://HOST:PORT.")
-@click.option("--collection", "collections", multiple=True, metavar="SRC[=DEST]",
-              help="Restore only this collection, optionally renamed (repeatable). Default: all.")
-@click.option("--mode", type=click.Choice(["create", "overwrite", "merge"]), default="create", show_default=True,
-              help="create refuses a non-empty existing collection; overwrite replaces it; merge upserts.")
-@click.option("--allow-lossy", is_flag=True,
-              help="Apply the documented lossy mapping where the target cannot hold a feature (reported).")
-@click.option("--queries", default=20, show_default=True, type=click.IntRange(0, 10_000),
-              help="Records sampled for the nearest-neighbour check.")
-@click.option("--min-recall", default=0.9, show_default=True, type=click.FloatRange(0.0, 1.0),
-              help="Minimum recall@10 of the nearest-neighbour check.")
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="TARGET",
+    help="qdrant, chroma (embedded under ./aibackup-restore/), qdrant:PATH, chroma:PATH, "
+    "qdrant+http://HOST:PORT or chroma+http://HOST:PORT.",
+)
+@click.option(
+    "--collection",
+    "collections",
+    multiple=True,
+    metavar="SRC[=DEST]",
+    help="Restore only this collection, optionally renamed (repeatable). Default: all.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["create", "overwrite", "merge"]),
+    default="create",
+    show_default=True,
+    help="create refuses a non-empty existing collection; overwrite replaces it; merge upserts.",
+)
+@click.option(
+    "--allow-lossy",
+    is_flag=True,
+    help="Apply the documented lossy mapping where the target cannot hold a feature (reported).",
+)
+@click.option(
+    "--queries",
+    default=20,
+    show_default=True,
+    type=click.IntRange(0, 10_000),
+    help="Records sampled for the nearest-neighbour check.",
+)
+@click.option(
+    "--min-recall",
+    default=0.9,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Minimum recall@10 of the nearest-neighbour check.",
+)
 @repo_option
 @json_option
-def restore(bundle: str, target: str, collections: tuple[str, ...], mode: str, allow_lossy: bool,
-            queries: int, min_recall: float, repo: str, as_json: bool) -> None:
+def restore(
+    bundle: str,
+    target: str,
+    collections: tuple[str, ...],
+    mode: str,
+    allow_lossy: bool,
+    queries: int,
+    min_recall: float,
+    repo: str,
+    as_json: bool,
+) -> None:
     """Restore BUNDLE (an id, a unique prefix, or `latest`) into TARGET, then prove it.
 
     Exits 1 if any check fails.
@@ -220,7 +265,12 @@ def restore(bundle: str, target: str, collections: tuple[str, ...], mode: str, a
     from aibackup.restore import run_restore
 
     result = run_restore(
-        repo, bundle, target, collections, mode=mode, allow_lossy=allow_lossy,
+        repo,
+        bundle,
+        target,
+        collections,
+        mode=mode,
+        allow_lossy=allow_lossy,
         check_options=CheckOptions(queries=queries, min_recall=min_recall),
     )
     if as_json:
@@ -229,14 +279,18 @@ def restore(bundle: str, target: str, collections: tuple[str, ...], mode: str, a
         click.echo(f"restored bundle {result.bundle_id} into {result.target}")
         for d in result.datasets:
             arrow = d.name if d.name == d.target else f"{d.name} -> {d.target}"
-            click.echo(f"\ncollection {arrow}: {d.rows} rows "
-                       f"(load {d.load_seconds:.1f} s, checks {d.check_seconds:.1f} s)")
+            click.echo(
+                f"\ncollection {arrow}: {d.rows} rows (load {d.load_seconds:.1f} s, checks {d.check_seconds:.1f} s)"
+            )
             for item in d.dropped:
                 click.echo(f"  dropped (--allow-lossy): {item}")
             for item in d.notes:
                 click.echo(f"  note: {item}")
-            _table(["CHECK", "RESULT", "DETAIL"],
-                   [[c.name, "ok" if c.ok else "FAILED", c.detail] for c in d.checks], indent="  ")
+            _table(
+                ["CHECK", "RESULT", "DETAIL"],
+                [[c.name, "ok" if c.ok else "FAILED", c.detail] for c in d.checks],
+                indent="  ",
+            )
         click.echo("\nall checks passed" if result.ok else "\nRESTORE CHECKS FAILED")
     if not result.ok:
         sys.exit(EXIT_INTEGRITY)
@@ -278,8 +332,12 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line, unless the user asks for the traceback
         if os.environ.get("AIBACKUP_DEBUG"):
             traceback.print_exc()
-        _fail(as_json, "internal", f"internal error: {type(exc).__name__}: {exc} "
-              "(a bug; AIBACKUP_DEBUG=1 shows the traceback)", EXIT_INTERNAL)
+        _fail(
+            as_json,
+            "internal",
+            f"internal error: {type(exc).__name__}: {exc} (a bug; AIBACKUP_DEBUG=1 shows the traceback)",
+            EXIT_INTERNAL,
+        )
     sys.exit(EXIT_OK)
 
 

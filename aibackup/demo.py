@@ -14,6 +14,7 @@ Re-running it reseeds the store, adds a new bundle and replaces the restored col
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import shutil
 import sys
@@ -31,7 +32,7 @@ def embed(text: str, dim: int = DIM) -> np.ndarray:
     """A deterministic bag-of-words embedding (feature hashing of words and word pairs)."""
     words = WORD.findall(text.lower())
     vec = np.zeros(dim, dtype=np.float64)
-    for token in words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]:
+    for token in words + [f"{a} {b}" for a, b in itertools.pairwise(words)]:
         h = hashlib.blake2b(token.encode(), digest_size=8).digest()
         index = int.from_bytes(h[:4], "little") % dim
         vec[index] += 1.0 if h[4] & 1 else -1.0

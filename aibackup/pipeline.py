@@ -51,7 +51,7 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
                     break
             else:
                 put(_DONE)
-        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+        except BaseException as exc:
             put(_Failure(exc))
         finally:
             close = getattr(iterator, "close", None)

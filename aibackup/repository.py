@@ -153,9 +153,7 @@ class Repository:
         except ManifestError as exc:
             raise IntegrityError(f"damaged manifest: {exc}") from None
         if manifest.bundle_id != bundle_id:
-            raise IntegrityError(
-                f"damaged manifest: {where} describes bundle {manifest.bundle_id}, not {bundle_id}"
-            )
+            raise IntegrityError(f"damaged manifest: {where} describes bundle {manifest.bundle_id}, not {bundle_id}")
         return manifest
 
     def scan(self) -> tuple[list[BundleManifest], list[DamagedBundle]]:

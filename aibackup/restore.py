@@ -130,16 +130,18 @@ def run_restore(
             rows = connector.import_(plan, prefetch(reader.batches(dataset)))
             loaded = time.perf_counter()
             checks = prove(connector, plan, reader, dataset, check_options)
-            results.append(DatasetResult(
-                name=dataset.name,
-                target=plan.target.name,
-                rows=rows,
-                dropped=plan.dropped,
-                notes=plan.notes,
-                load_seconds=loaded - started,
-                check_seconds=time.perf_counter() - loaded,
-                checks=checks,
-            ))
+            results.append(
+                DatasetResult(
+                    name=dataset.name,
+                    target=plan.target.name,
+                    rows=rows,
+                    dropped=plan.dropped,
+                    notes=plan.notes,
+                    load_seconds=loaded - started,
+                    check_seconds=time.perf_counter() - loaded,
+                    checks=checks,
+                )
+            )
         target = connector.location.display()
     return RestoreResult(
         bundle_id=manifest.bundle_id, target=target, datasets=results, validate_seconds=validate_seconds

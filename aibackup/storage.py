@@ -29,7 +29,13 @@ from typing import IO, Any
 
 import fsspec
 
-from aibackup.errors import AibackupError, ConfigError, ConnectorNotInstalledError, UnavailableError, UsageError
+from aibackup.errors import (
+    AibackupError,
+    ConfigError,
+    ConnectorNotInstalledError,
+    UnavailableError,
+    UsageError,
+)
 
 CHUNK = 8 * 1024 * 1024
 
@@ -90,7 +96,8 @@ class HashingWriter:
             discard = getattr(self._raw, "discard", None)
             if callable(discard):
                 discard()  # fsspec/s3fs: abort the multipart upload, drop the buffer
-                self._raw.closed = True  # type: ignore[misc] - so its __del__ does not try to upload
+                # Mark it closed so its __del__ does not try to upload the discarded buffer.
+                setattr(self._raw, "closed", True)  # noqa: B010 - IO.closed is read-only to type checkers
             else:
                 self._raw.close()
 
@@ -311,9 +318,7 @@ def _s3_filesystem() -> fsspec.AbstractFileSystem:
     try:
         import s3fs
     except ImportError:
-        raise ConnectorNotInstalledError(
-            "an s3:// repository needs s3fs: pip install 'aibackup[s3]'"
-        ) from None
+        raise ConnectorNotInstalledError("an s3:// repository needs s3fs: pip install 'aibackup[s3]'") from None
     client_kwargs: dict[str, Any] = {}
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:

@@ -124,9 +124,7 @@ class VectorConnector(ABC):
         faithfully (never drops or alters a record silently)."""
 
     @abstractmethod
-    def plan_import(
-        self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool
-    ) -> ImportPlan:
+    def plan_import(self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool) -> ImportPlan:
         """Decide how `source` (a bundle dataset) becomes collection `dest`, writing nothing.
         Raises UnsupportedFeatureError naming the collection and the feature when the target cannot hold
         something and not `allow_lossy`; TargetNotEmptyError when `dest` holds records and mode is

@@ -247,9 +247,7 @@ class ChromaConnector(VectorConnector):
 
     # --- import ------------------------------------------------------------------------------------------
 
-    def plan_import(
-        self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool
-    ) -> ImportPlan:
+    def plan_import(self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool) -> ImportPlan:
         """Decide how `source` becomes collection `dest` (see the module docstring), writing nothing."""
         if mode not in MODES:
             raise UsageError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -452,9 +450,7 @@ class ChromaConnector(VectorConnector):
             previous: list[str] = []
             while ids := list(col.get(include=[], limit=ID_PAGE)["ids"]):
                 if ids == previous:
-                    raise ConnectorError(
-                        f"Chroma does not delete the records of {col.name!r} in {self._store}"
-                    )
+                    raise ConnectorError(f"Chroma does not delete the records of {col.name!r} in {self._store}")
                 col.delete(ids=ids)
                 previous = ids
             self._live().delete_collection(col.name)
@@ -496,9 +492,7 @@ class ChromaConnector(VectorConnector):
             raise
 
     @contextmanager
-    def _errors(
-        self, what: str, collection: str | None = None, *, unavailable: bool = False
-    ) -> Iterator[None]:
+    def _errors(self, what: str, collection: str | None = None, *, unavailable: bool = False) -> Iterator[None]:
         """Every call into chromadb runs in here: its exceptions become one aibackup error with one clear
         line (UnavailableError for anything when `unavailable`: a server that does not answer like Chroma),
         and its warnings are silenced: they concern embedding functions, which aibackup never builds or
@@ -514,9 +508,7 @@ class ChromaConnector(VectorConnector):
                 raise  # KeyboardInterrupt, GeneratorExit, ... (a Rust panic is a BaseException too)
             error = self._translate(exc, what, collection)
             if unavailable and not isinstance(error, UnavailableError):
-                error = UnavailableError(
-                    f"{self._store} does not answer like a Chroma server ({_first_line(exc)})"
-                )
+                error = UnavailableError(f"{self._store} does not answer like a Chroma server ({_first_line(exc)})")
             raise error from exc
 
     def _translate(self, exc: BaseException, what: str, collection: str | None) -> AibackupError:
@@ -554,8 +546,7 @@ def _is_transport_error(exc: BaseException) -> bool:
 def _id_hash_sum(ids: Iterable[str]) -> int:
     blake2b = hashlib.blake2b
     return sum(
-        int.from_bytes(blake2b(i.encode("utf-8", "surrogatepass"), digest_size=16).digest(), "little")
-        for i in ids
+        int.from_bytes(blake2b(i.encode("utf-8", "surrogatepass"), digest_size=16).digest(), "little") for i in ids
     )
 
 

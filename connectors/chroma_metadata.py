@@ -228,9 +228,7 @@ def page_to_batch(name: str, schema: pa.Schema, size: int | None, page: Mapping[
     if size is not None:
         matrix = np.asarray(page["embeddings"], dtype=np.float64)
         if matrix.shape != (n, size):
-            raise SourceDataError(
-                f"collection {name!r}: embeddings of shape {matrix.shape}, expected ({n}, {size})"
-            )
+            raise SourceDataError(f"collection {name!r}: embeddings of shape {matrix.shape}, expected ({n}, {size})")
         # Values are float32 in Chroma: the nearest float32 of what it returns is the stored value.
         flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1), pa.float32())
         arrays.append(pa.FixedSizeListArray.from_arrays(flat, size))
@@ -256,8 +254,7 @@ def add_arguments(
     if column.null_count:
         bad = ids[column.is_null().to_numpy(zero_copy_only=False).argmax()]
         raise UnsupportedFeatureError(
-            f"collection {name!r}: record {bad!r} has no dense vector "
-            f"{spec.name!r}; Chroma needs one for every record"
+            f"collection {name!r}: record {bad!r} has no dense vector {spec.name!r}; Chroma needs one for every record"
         )
     flat = column.values.slice(column.offset * spec.size, len(column) * spec.size)
     matrix = flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, spec.size)
@@ -316,9 +313,7 @@ def lossy_collection(metadata: Mapping[str, Any] | None) -> dict[str, Any] | Non
 
 def neutral_metadata(metadata: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """Collection metadata without the keys that only mirror configuration or carry the vector name."""
-    out = {
-        k: v for k, v in (metadata or {}).items() if not (k.startswith(LEGACY_PREFIX) or k == VECTOR_NAME_KEY)
-    }
+    out = {k: v for k, v in (metadata or {}).items() if not (k.startswith(LEGACY_PREFIX) or k == VECTOR_NAME_KEY)}
     return out or None
 
 

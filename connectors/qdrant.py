@@ -208,9 +208,7 @@ class QdrantConnector(VectorConnector):
         exported = 0
         while True:
             with self._errors(f"reading collection {name!r}", name):
-                points, offset = client.scroll(
-                    name, limit=limit, offset=offset, with_payload=True, with_vectors=True
-                )
+                points, offset = client.scroll(name, limit=limit, offset=offset, with_payload=True, with_vectors=True)
             if points:
                 batch = points_to_batch(points, dataset.config, schema, name)
                 exported += batch.num_rows
@@ -258,9 +256,7 @@ class QdrantConnector(VectorConnector):
 
     # --- writing -----------------------------------------------------------------------------------------
 
-    def plan_import(
-        self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool
-    ) -> ImportPlan:
+    def plan_import(self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool) -> ImportPlan:
         """Decide how `source` becomes collection `dest` (see the module docstring for the rules). Raises
         TargetNotEmptyError (mode "create" and `dest` holds points), UnsupportedFeatureError (what Qdrant
         cannot hold without `allow_lossy`; a merge into a collection whose vectors differ)."""
@@ -272,9 +268,7 @@ class QdrantConnector(VectorConnector):
         existing = self._existing(dest)
         if existing is not None and mode == "create" and existing.rows:
             raise self._not_empty(dest, existing.rows)
-        made = qdrant_config.plan_collection(
-            source.config, dest, local_target=not server, allow_lossy=allow_lossy
-        )
+        made = qdrant_config.plan_collection(source.config, dest, local_target=not server, allow_lossy=allow_lossy)
         target = made.target
         notes = made.notes
         if mode == "merge" and existing is not None:
@@ -317,9 +311,7 @@ class QdrantConnector(VectorConnector):
                 client.delete_collection(name)
         if existing is None or plan.mode != "merge":
             lossy = bool(plan.extra.get("allow_lossy"))
-            made = qdrant_config.plan_collection(
-                plan.source.config, name, local_target=not server, allow_lossy=lossy
-            )
+            made = qdrant_config.plan_collection(plan.source.config, name, local_target=not server, allow_lossy=lossy)
             self._create(name, made)
         config = plan.target.config
         rows = page_rows(config, self.write_rows, WRITE_FLOAT_BUDGET)
@@ -329,9 +321,7 @@ class QdrantConnector(VectorConnector):
             batch = plan.transform(batch)
             missing = needed - set(batch.schema.names)
             if missing:
-                raise SourceDataError(
-                    f"collection {name!r}: the bundle's records lack column(s) {sorted(missing)}"
-                )
+                raise SourceDataError(f"collection {name!r}: the bundle's records lack column(s) {sorted(missing)}")
             for start in range(0, batch.num_rows, rows):
                 points = batch_to_points(batch.slice(start, rows), config, name, server=server)
                 with self._errors(f"writing to collection {name!r}", name):
@@ -420,9 +410,7 @@ class QdrantConnector(VectorConnector):
         except UnexpectedResponse as exc:
             raise self._http_error(exc, action, collection) from None
         except ResponseHandlingException as exc:
-            raise UnavailableError(
-                f"Qdrant at {self._where} does not answer ({action}): {exc.source or exc}"
-            ) from None
+            raise UnavailableError(f"Qdrant at {self._where} does not answer ({action}): {exc.source or exc}") from None
         except (OSError, sqlite3.Error) as exc:
             raise UnavailableError(f"Qdrant store {self._where}: {action} failed: {exc}") from None
         except (ValueError, RuntimeError) as exc:  # local mode's errors and model validation

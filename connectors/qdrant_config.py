@@ -132,9 +132,7 @@ class CollectionPlan:
     notes: tuple[str, ...] = ()
 
 
-def plan_collection(
-    source: VectorsConfig, collection: str, *, local_target: bool, allow_lossy: bool
-) -> CollectionPlan:
+def plan_collection(source: VectorsConfig, collection: str, *, local_target: bool, allow_lossy: bool) -> CollectionPlan:
     """Create arguments for `source` as Qdrant collection `collection`. Raises UnsupportedFeatureError
     (naming the collection and the feature) for what Qdrant cannot hold unless `allow_lossy`."""
     native = source.native
@@ -160,9 +158,7 @@ def plan_collection(
         notes = plan.notes
         if ignored:
             notes = (*notes, f"Qdrant local mode ignores {', '.join(ignored)} settings (no data)")
-        plan = replace(
-            plan, target=replace(plan.target, hnsw=None, payload_indexes=()), notes=notes, params_update={}
-        )
+        plan = replace(plan, target=replace(plan.target, hnsw=None, payload_indexes=()), notes=notes, params_update={})
     return plan
 
 
@@ -276,9 +272,7 @@ def _from_neutral(source: VectorsConfig, collection: str, allow_lossy: bool) -> 
     hnsw = dict(source.hnsw or {})
     target_hnsw = None
     if hnsw.get("m") is not None or hnsw.get("ef_construction") is not None:
-        kwargs["hnsw_config"] = models.HnswConfigDiff(
-            m=hnsw.get("m"), ef_construct=hnsw.get("ef_construction")
-        )
+        kwargs["hnsw_config"] = models.HnswConfigDiff(m=hnsw.get("m"), ef_construct=hnsw.get("ef_construction"))
         target_hnsw = {k: hnsw[k] for k in ("m", "ef_construction") if hnsw.get(k) is not None}
     extra_hnsw = sorted(k for k, v in hnsw.items() if k not in ("m", "ef_construction") and v is not None)
     if extra_hnsw:

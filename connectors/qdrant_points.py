@@ -263,9 +263,7 @@ def _payload(text: str | None, record_id: str, collection: str, server: bool) ->
     try:
         payload = parse_metadata(text) or {}
     except ValueError as exc:
-        raise SourceDataError(
-            f"record {record_id!r} of collection {collection!r}: bad metadata: {exc}"
-        ) from None
+        raise SourceDataError(f"record {record_id!r} of collection {collection!r}: bad metadata: {exc}") from None
     clash = sorted(k for k in RESERVED_KEYS if k in payload)
     if clash:
         raise UnsupportedFeatureError(

@@ -48,23 +48,28 @@ def parse_location(uri: str, *, target: bool = False) -> Location:
             raise UsageError(f"bad store {uri!r}: write {kind}:PATH for a local store or {kind}+http://HOST:PORT")
         if not path:
             raise UsageError(f"bad store {uri!r}: no path after '{kind}:'")
-        return Location(scheme=kind, kind=kind, path=str(Path(path).expanduser().resolve()),
-                        params=dict(parse_qsl(query)))
+        return Location(
+            scheme=kind, kind=kind, path=str(Path(path).expanduser().resolve()), params=dict(parse_qsl(query))
+        )
     if transport not in ("http", "https"):
         raise UsageError(f"unknown store {uri!r}: the transport after '{kind}+' must be http or https")
     parts = urlsplit(f"{transport}:{rest}")
     if not parts.hostname:
         raise UsageError(f"bad store {uri!r}: no host")
     if parts.username or parts.password:
-        raise UsageError(
-            f"bad store {uri!r}: put no credentials in the URI; set {kind.upper()}_API_KEY instead"
-        )
+        raise UsageError(f"bad store {uri!r}: put no credentials in the URI; set {kind.upper()}_API_KEY instead")
     try:
         port = parts.port or DEFAULT_PORTS[kind]
     except ValueError:
         raise UsageError(f"bad store {uri!r}: the port is not a number") from None
-    return Location(scheme=scheme, kind=kind, host=parts.hostname, port=port, tls=transport == "https",
-                    params=dict(parse_qsl(parts.query)))
+    return Location(
+        scheme=scheme,
+        kind=kind,
+        host=parts.hostname,
+        port=port,
+        tls=transport == "https",
+        params=dict(parse_qsl(parts.query)),
+    )
 
 
 def api_key(location: Location) -> str | None:

@@ -31,9 +31,8 @@ def json_schema() -> dict[str, Any]:
 
 
 __all__ = [
-    "SCHEMA_PATH",
-    "json_schema",
     "FORMAT_VERSION",
+    "SCHEMA_PATH",
     "BundleManifest",
     "DatasetManifest",
     "DenseVectorSpec",
@@ -41,4 +40,5 @@ __all__ = [
     "PartEntry",
     "SparseVectorSpec",
     "VectorsConfig",
+    "json_schema",
 ]

@@ -3,10 +3,10 @@
 A manifest is one JSON document per bundle, at ``bundles/<bundle-id>.json``, stored in canonical form
 (sorted keys, no spaces, UTF-8, one trailing newline). Its ``checksum`` is the sha256 of the canonical JSON
 of the document without the ``checksum`` key; a reader also refuses a file whose bytes are not the canonical
-form of what it parsed, so any change to any byte of a manifest is detected. Parsing is strict: a missing or mistyped field raises
-:class:`ManifestError`; a ``format_version`` newer than :data:`FORMAT_VERSION` raises
-:class:`ManifestVersionTooNewError` so an old tool never half-reads a newer bundle. Unknown extra keys are
-kept out of the models but still covered by the checksum.
+form of what it parsed, so any change to any byte of a manifest is detected. Parsing is strict: a missing
+or mistyped field raises :class:`ManifestError`; a ``format_version`` newer than :data:`FORMAT_VERSION`
+raises :class:`ManifestVersionTooNewError` so an old tool never half-reads a newer bundle. Unknown extra
+keys are kept out of the models but still covered by the checksum.
 
 ``manifests/schema/bundle-manifest.v1.json`` is the published JSON Schema of this format; every manifest the
 tool writes validates against it (the test-suite checks each one).
@@ -34,9 +34,7 @@ class ManifestVersionTooNewError(ManifestError):
     """The manifest was written in a newer format than this tool reads."""
 
     def __init__(self, version: int) -> None:
-        super().__init__(
-            f"manifest format version {version} is newer than this aibackup reads ({FORMAT_VERSION})"
-        )
+        super().__init__(f"manifest format version {version} is newer than this aibackup reads ({FORMAT_VERSION})")
         self.version = version
 
 

@@ -72,7 +72,8 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     log = open(data.parent / "chroma-server.log", "wb")  # noqa: SIM115 - closed after the server stops
     proc = subprocess.Popen(
         [str(exe), "run", "--path", str(data), "--host", "127.0.0.1", "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         _wait_http(f"http://127.0.0.1:{port}/api/v2/heartbeat", proc, "chroma run")
@@ -129,7 +130,6 @@ def _manifests_match_published_schema(tmp_path: Path) -> Iterator[None]:
     import jsonschema
 
     import manifests
-
     from manifests.model import BundleManifest, ManifestError
 
     schema = manifests.json_schema()

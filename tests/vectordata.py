@@ -49,7 +49,9 @@ def chroma_records(n: int, dim: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
-def config(dim: int = 8, distance: str = "l2", named: tuple[str, ...] = (), sparse: tuple[str, ...] = ()) -> VectorsConfig:
+def config(
+    dim: int = 8, distance: str = "l2", named: tuple[str, ...] = (), sparse: tuple[str, ...] = ()
+) -> VectorsConfig:
     dense = tuple(DenseVectorSpec(name, dim, distance) for name in ("", *named) if name != "" or not named)
     return VectorsConfig(dense=dense, sparse=tuple(SparseVectorSpec(s) for s in sparse))
 
@@ -63,7 +65,9 @@ def canonical_batch(cfg: VectorsConfig, start: int, n: int, seed: int = 0) -> pa
         v = np.stack([vectors(1, spec.size, seed * 1_000_003 + i)[0] for i in range(start, start + n)])
         columns[col] = pa.FixedSizeListArray.from_arrays(pa.array(v.ravel(), pa.float32()), spec.size)
     for s in cfg.sparse:
-        columns[f"sparse:{s.name}"] = [{"indices": [i % 5, 7 + i % 3], "values": [0.5, i / 7]} for i in range(start, start + n)]
+        columns[f"sparse:{s.name}"] = [
+            {"indices": [i % 5, 7 + i % 3], "values": [0.5, i / 7]} for i in range(start, start + n)
+        ]
     columns["document"] = [f"doc {i} {WORDS[i % len(WORDS)]}" if i % 4 else None for i in range(start, start + n)]
     columns["uri"] = [None] * n
     columns["metadata"] = [metadata_json(metadata(i)) for i in range(start, start + n)]

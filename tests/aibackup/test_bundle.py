@@ -29,8 +29,10 @@ def test_float_vectors_use_byte_stream_split_without_dictionary(tmp_path: Path) 
     cfg = replace(cfg, dense=(*cfg.dense, DenseVectorSpec("", 64, "cosine")))
     repo, dataset = write(tmp_path, [canonical_batch(cfg, 0, 300)], cfg)
     meta = pq.ParquetFile(repo.storage.full(dataset.parts[0].path)).metadata
-    encodings = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).encodings
-                 for i in range(meta.num_columns)}
+    encodings = {
+        meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i).encodings
+        for i in range(meta.num_columns)
+    }
     for path in ("vector.list.element", "vector:image.list.element", "sparse:bm25.values.list.element"):
         assert "BYTE_STREAM_SPLIT" in encodings[path], (path, encodings[path])
         assert "RLE_DICTIONARY" not in encodings[path]

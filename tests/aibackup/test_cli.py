@@ -64,7 +64,13 @@ def test_round_trip_chroma_qdrant_chroma_gives_back_identical_records(tmp_path: 
     assert first["datasets"] == [{"name": "docs", "kind": "vectors", "rows": 300}]
     restored = ok(cli("restore", first["bundle_id"], "--to", f"qdrant:{tmp_path / 'qdrant'}", "--json")).json()
     assert restored["ok"] is True
-    assert [c["name"] for c in restored["datasets"][0]["checks"]] == ["bundle", "rows", "ids", "content", "search"]
+    assert [c["name"] for c in restored["datasets"][0]["checks"]] == [
+        "bundle",
+        "rows",
+        "ids",
+        "content",
+        "search",
+    ]
 
     second = ok(cli("backup", f"qdrant:{tmp_path / 'qdrant'}", "--json")).json()
     ok(cli("restore", second["bundle_id"], "--to", f"chroma:{tmp_path / 'chroma2'}"))
@@ -93,13 +99,24 @@ def test_json_contracts(tmp_path: Path, cli: Cli) -> None:
     later = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()
     listed = ok(cli("list", "--json")).json()
     assert [b["bundle_id"] for b in listed] == [later["bundle_id"], backup["bundle_id"]]  # newest first
-    assert listed[0]["datasets"] == [{"name": "alpha", "kind": "vectors", "rows": 20},
-                                     {"name": "beta", "kind": "vectors", "rows": 30}]
+    assert listed[0]["datasets"] == [
+        {"name": "alpha", "kind": "vectors", "rows": 20},
+        {"name": "beta", "kind": "vectors", "rows": 30},
+    ]
     assert isinstance(listed[0]["created_at"], str)
     verified = ok(cli("verify", "--read-data", "--json")).json()
     assert verified["ok"] is True and verified["problems"] == []
-    restored = ok(cli("restore", "latest", "--to", f"chroma:{tmp_path / 'out'}", "--collection", "alpha=renamed",
-                      "--json")).json()
+    restored = ok(
+        cli(
+            "restore",
+            "latest",
+            "--to",
+            f"chroma:{tmp_path / 'out'}",
+            "--collection",
+            "alpha=renamed",
+            "--json",
+        )
+    ).json()
     assert restored["bundle_id"] == later["bundle_id"]
     (dataset,) = restored["datasets"]
     assert (dataset["name"], dataset["rows"], dataset["target"]) == ("alpha", 20, "renamed")
@@ -162,8 +179,9 @@ def test_damage_is_caught_by_verify_and_refused_by_restore(tmp_path: Path, cli: 
     assert not (tmp_path / "q" / "collection").exists()  # nothing was written
 
 
-def test_crash_between_parts_and_manifest_leaves_no_bundle(tmp_path: Path, cli: Cli,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_crash_between_parts_and_manifest_leaves_no_bundle(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from aibackup.repository import Repository
 
     seed_chroma(tmp_path / "chroma", "docs", n=50)
@@ -198,16 +216,27 @@ def test_named_vectors_into_chroma_are_refused_unless_lossy(tmp_path: Path, cli:
     client = QdrantClient(path=str(tmp_path / "q"))
     client.create_collection(
         "multi",
-        vectors_config={"text": models.VectorParams(size=4, distance=models.Distance.EUCLID),
-                        "image": models.VectorParams(size=3, distance=models.Distance.DOT)},
+        vectors_config={
+            "text": models.VectorParams(size=4, distance=models.Distance.EUCLID),
+            "image": models.VectorParams(size=3, distance=models.Distance.DOT),
+        },
         sparse_vectors_config={"bm25": models.SparseVectorParams()},
     )
-    client.upsert("multi", points=[
-        models.PointStruct(id=i, vector={"text": [i, 1.0, 2.0, 3.0], "image": [1.0, i, 0.5],
-                                         "bm25": models.SparseVector(indices=[1, 5], values=[0.5, i])},
-                           payload={"n": i, "tags": ["a", "b"]})
-        for i in range(1, 21)
-    ])
+    client.upsert(
+        "multi",
+        points=[
+            models.PointStruct(
+                id=i,
+                vector={
+                    "text": [i, 1.0, 2.0, 3.0],
+                    "image": [1.0, i, 0.5],
+                    "bm25": models.SparseVector(indices=[1, 5], values=[0.5, i]),
+                },
+                payload={"n": i, "tags": ["a", "b"]},
+            )
+            for i in range(1, 21)
+        ],
+    )
     client.close()
     ok(cli("backup", f"qdrant:{tmp_path / 'q'}"))
     target = f"chroma:{tmp_path / 'c'}"
@@ -262,7 +291,11 @@ def test_console_script_shows_no_traceback(tmp_path: Path) -> None:
     import sys
 
     exe = Path(sys.executable).parent / "aibackup"
-    proc = subprocess.run([str(exe), "restore", "--to", "qdrant", "--repo", str(tmp_path / "none")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [str(exe), "restore", "--to", "qdrant", "--repo", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr

@@ -156,9 +156,7 @@ def test_export_of_native_data_is_exact(tmp_path: Path, space: str) -> None:
             "docs",
             embedding_function=None,
             metadata={"team": "search", "v": 2},
-            configuration={
-                "hnsw": {"space": space, "max_neighbors": 24, "ef_construction": 80, "ef_search": 40}
-            },
+            configuration={"hnsw": {"space": space, "max_neighbors": 24, "ef_construction": 80, "ef_search": 40}},
         )
         col.add(**data)
         expected_conf = col.configuration_json
@@ -309,9 +307,7 @@ def test_embedding_function_config_is_restored_without_building_it(tmp_path: Pat
         bundle = list(src.export(desc))
     assert desc.config.native is not None
     native = json.loads(
-        json.dumps(desc.config.native).replace(
-            '{"type": "known", "name": "default", "config": {}}', json.dumps(openai)
-        )
+        json.dumps(desc.config.native).replace('{"type": "known", "name": "default", "config": {}}', json.dumps(openai))
     )
     assert native["configuration"]["embedding_function"] == openai
     desc = replace(desc, config=replace(desc.config, native=native))
@@ -328,9 +324,9 @@ def test_embedding_function_config_is_restored_without_building_it(tmp_path: Pat
 def test_cosine_comes_back_within_the_ulp_tolerance(tmp_path: Path) -> None:
     data = records(300, 32, seed_=5)
     with seed(tmp_path / "s") as client:
-        client.create_collection(
-            "cos", embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
-        ).add(**data)
+        client.create_collection("cos", embedding_function=None, configuration={"hnsw": {"space": "cosine"}}).add(
+            **data
+        )
     with source(tmp_path / "s") as src:
         desc = src.describe(["cos"])[0]
         bundle = list(src.export(desc))
@@ -574,19 +570,13 @@ def test_modes_create_overwrite_merge(tmp_path: Path) -> None:
     first = [
         canonical(
             cfg,
-            [
-                {"id": f"a{i}", "vector": _vec(i), "metadata": canonical_json({"old": [1, 2]})}
-                for i in range(3)
-            ],
+            [{"id": f"a{i}", "vector": _vec(i), "metadata": canonical_json({"old": [1, 2]})} for i in range(3)],
         )
     ]
     second = [
         canonical(
             cfg,
-            [
-                {"id": f"a{i}", "vector": _vec(i + 50), "metadata": canonical_json({"new": i})}
-                for i in (1, 2, 3)
-            ],
+            [{"id": f"a{i}", "vector": _vec(i + 50), "metadata": canonical_json({"new": i})} for i in (1, 2, 3)],
         )
     ]
     with target(tmp_path / "t") as dst:
@@ -605,9 +595,7 @@ def test_modes_create_overwrite_merge(tmp_path: Path) -> None:
         dst.describe(["modes"])  # still there
         # Create into an existing empty collection: recreated from the bundle's config.
         with seed_client(dst) as client:
-            client.create_collection(
-                "empty-ip", embedding_function=None, configuration={"hnsw": {"space": "ip"}}
-            )
+            client.create_collection("empty-ip", embedding_function=None, configuration={"hnsw": {"space": "ip"}})
         restore(dst, desc, first, "empty-ip")
         assert dst.describe(["empty-ip"])[0].config.dense == (DenseVectorSpec("", 4, "l2"),)
         # Planning writes nothing; merge creates a missing collection, refuses another dimension or distance.
@@ -619,9 +607,7 @@ def test_modes_create_overwrite_merge(tmp_path: Path) -> None:
         restore(dst, desc, first, "fresh", mode="merge")
         assert dst.describe(["fresh"])[0].rows == 3
         with seed_client(dst) as client:  # empty, so no dimension yet, but its distance is set
-            client.create_collection(
-                "cos-empty", embedding_function=None, configuration={"hnsw": {"space": "cosine"}}
-            )
+            client.create_collection("cos-empty", embedding_function=None, configuration={"hnsw": {"space": "cosine"}})
         with pytest.raises(UnsupportedFeatureError, match=r"'cos-empty'.*distance 'cosine'.*cannot merge"):
             dst.plan_import(desc, "cos-empty", mode="merge", allow_lossy=False)
         for other in (
@@ -738,9 +724,7 @@ def test_missing_chromadb_names_the_extra(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 
 @pytest.mark.chroma_server
-def test_server_export_and_round_trip(
-    chroma_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_server_export_and_round_trip(chroma_server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHROMA_API_KEY", "secret-token")  # sent as headers; this server has no auth
     name = f"srv-{uuid.uuid4().hex[:8]}"
     data = records(150, 12, seed_=11)

@@ -83,9 +83,7 @@ def seeded(tmp_path: Path) -> Path:
         "rich",
         vectors_config={
             "text": m.VectorParams(size=3, distance=m.Distance.COSINE),
-            "image": m.VectorParams(
-                size=2, distance=m.Distance.EUCLID, on_disk=True, datatype=m.Datatype.FLOAT16
-            ),
+            "image": m.VectorParams(size=2, distance=m.Distance.EUCLID, on_disk=True, datatype=m.Datatype.FLOAT16),
             "colbert": m.VectorParams(
                 size=2,
                 distance=m.Distance.DOT,
@@ -220,9 +218,7 @@ def test_same_kind_restore_recreates_the_collection(seeded: Path, tmp_path: Path
 # --- restoring a bundle from another backend (Chroma-like records) --------------------------------------
 
 
-def chroma_like(
-    n: int, dim: int, distance: str, seed: int = 0
-) -> tuple[DatasetDescription, list[pa.RecordBatch]]:
+def chroma_like(n: int, dim: int, distance: str, seed: int = 0) -> tuple[DatasetDescription, list[pa.RecordBatch]]:
     """String ids, documents, uris and flat metadata, as a Chroma bundle holds them, in two batches."""
     cfg = VectorsConfig(
         dense=(DenseVectorSpec("", dim, distance),),
@@ -240,9 +236,7 @@ def chroma_like(
             "uri": [f"s3://bucket/{i}.txt" if i % 3 == 0 else None for i in range(n)],
             "metadata": [
                 metadata_json(
-                    {"n": i, "score": i / 3, "whole": float(i), "even": i % 2 == 0, "word": "дельта"}
-                    if i % 7
-                    else None
+                    {"n": i, "score": i / 3, "whole": float(i), "even": i % 2 == 0, "word": "дельта"} if i % 7 else None
                 )
                 for i in range(n)
             ],

@@ -61,7 +61,10 @@ def test_null_and_empty_string_differ_and_framing_is_unambiguous() -> None:
 
 
 def test_ints_and_floats_stay_apart_in_canonical_json() -> None:
-    assert canonical_json({"b": 1, "a": 1.0, "big": 2**70, "u": "é"}) == '{"a":1.0,"b":1,"big":1180591620717411303424,"u":"é"}'
+    assert (
+        canonical_json({"b": 1, "a": 1.0, "big": 2**70, "u": "é"})
+        == '{"a":1.0,"b":1,"big":1180591620717411303424,"u":"é"}'
+    )
 
 
 def test_excluded_columns_leave_the_digest() -> None:
@@ -82,8 +85,27 @@ def test_multivector_and_byte_stream_split_paths() -> None:
     assert schema.names[1] == "vector:colbert%2Ev1"
     assert float_vector_paths(schema) == ["vector:colbert%2Ev1.list.element.list.element"]
     rows = [
-        {"id": "a", "vector:colbert%2Ev1": [[1, 2, 3], [4, 5, 6]], "document": None, "uri": None, "metadata": None},
-        {"id": "a", "vector:colbert%2Ev1": [[1, 2, 3, ], [4, 5, 7]], "document": None, "uri": None, "metadata": None},
+        {
+            "id": "a",
+            "vector:colbert%2Ev1": [[1, 2, 3], [4, 5, 6]],
+            "document": None,
+            "uri": None,
+            "metadata": None,
+        },
+        {
+            "id": "a",
+            "vector:colbert%2Ev1": [
+                [
+                    1,
+                    2,
+                    3,
+                ],
+                [4, 5, 7],
+            ],
+            "document": None,
+            "uri": None,
+            "metadata": None,
+        },
         {"id": "a", "vector:colbert%2Ev1": [[1, 2, 3]], "document": None, "uri": None, "metadata": None},
     ]
     digests = record_digests(pa.RecordBatch.from_pylist(rows, schema=schema))
