@@ -15,7 +15,7 @@ from aibackup import __version__
 from aibackup.bundle import BundleWriter, WriteOptions
 from aibackup.errors import AibackupError, UsageError
 from aibackup.pipeline import prefetch
-from aibackup.repository import Repository, iso, new_bundle_id, utc_now
+from aibackup.repository import Repository, iso, utc_now
 from connectors.registry import open_connector
 from manifests.model import BundleManifest, DatasetManifest
 
@@ -61,7 +61,7 @@ def run_backup(
         if not descriptions:
             raise UsageError(f"{connector.location.display()} holds no collections: nothing to back up")
         repo, created = Repository.open_or_init(repo_url)
-        bundle_id = new_bundle_id(now or started)
+        bundle_id = repo.next_bundle_id(now or started)
         writer = BundleWriter(repo, bundle_id, options)
         datasets: list[DatasetManifest] = []
         for index, description in enumerate(descriptions):

@@ -7,7 +7,9 @@ Layout::
     <repo>/data/<bundle-id>/...       immutable Parquet parts (named so they never clash)
 
 Readers find bundles only through ``bundles/``; they never list ``data/``. Bundle ids sort by time:
-``20261125T020000Z-<8 hex>``; ``latest`` is the greatest id.
+``20261125T020000.123456Z-<8 hex>`` (UTC to the microsecond, then a random suffix so two writers never
+clash); ``latest`` is the greatest id. A new id is always greater than every id already in the repository,
+even if the clock stepped back, so "latest" is the bundle started last.
 """
 
 from __future__ import annotations
@@ -36,15 +38,21 @@ REPO_FORMAT = "aibackup-repository"
 REPO_VERSION = 1
 BUNDLES = "bundles"
 DATA = "data"
-BUNDLE_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+BUNDLE_ID = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}$")
+_ID_TIME = "%Y%m%dT%H%M%S.%fZ"
 
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def new_bundle_id(now: dt.datetime) -> str:
-    return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+def new_bundle_id(now: dt.datetime, after: str | None = None) -> str:
+    """A bundle id for `now`, moved to 1 µs past the time of id `after` if the clock is not past it."""
+    moment = now.astimezone(dt.UTC)
+    if after is not None:
+        previous = dt.datetime.strptime(after.split("-", 1)[0], _ID_TIME).replace(tzinfo=dt.UTC)
+        moment = max(moment, previous + dt.timedelta(microseconds=1))
+    return f"{moment.strftime(_ID_TIME)}-{secrets.token_hex(4)}"
 
 
 def iso(now: dt.datetime) -> str:
@@ -123,6 +131,11 @@ class Repository:
 
     def part_prefix(self, bundle_id: str) -> str:
         return f"{DATA}/{bundle_id}"
+
+    def next_bundle_id(self, now: dt.datetime) -> str:
+        """An id for a new bundle started at `now`, sorting after every bundle already here."""
+        ids = self.bundle_ids()
+        return new_bundle_id(now, ids[-1] if ids else None)
 
     def bundle_ids(self) -> list[str]:
         """Ids of all committed bundles, oldest first (from manifest names only)."""

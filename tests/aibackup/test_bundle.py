@@ -19,7 +19,7 @@ from tests.vectordata import canonical_batch, config, description
 
 def write(tmp_path: Path, batches: list[pa.RecordBatch], cfg, options: WriteOptions | None = None):  # type: ignore[no-untyped-def]
     repo = Repository.init(str(tmp_path / "repo"))
-    writer = BundleWriter(repo, "20261125T020000Z-00000001", options)
+    writer = BundleWriter(repo, "20261125T020000.000000Z-00000001", options)
     rows = sum(b.num_rows for b in batches)
     return repo, writer.write_dataset(0, description("docs", cfg, rows), iter(batches))
 
@@ -91,3 +91,16 @@ def test_damaged_part_is_named(tmp_path: Path, damage: str) -> None:
     assert expected in problem
     with pytest.raises(IntegrityError, match=part.path.split("/")[-1]):
         list(reader.batches(dataset))
+
+
+def test_bundle_ids_sort_by_start_even_within_a_microsecond_or_a_clock_step_back(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from aibackup.repository import new_bundle_id
+
+    now = dt.datetime(2026, 11, 25, 2, 0, 0, tzinfo=dt.UTC)
+    first = new_bundle_id(now)
+    same_instant = new_bundle_id(now, after=first)
+    clock_back = new_bundle_id(now - dt.timedelta(hours=1), after=same_instant)
+    assert first < same_instant < clock_back
+    assert first.startswith("20261125T020000.000000Z-")

@@ -261,7 +261,9 @@ def test_bad_input_gives_one_line_and_the_documented_exit_code(tmp_path: Path, c
     one_line_error(cli("list", "--repo", str(tmp_path / "stuff")), 2, "not an aibackup repository")
     one_line_error(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(tmp_path / "stuff")), 2)
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}"))
-    one_line_error(cli("restore", "20200101T000000Z-deadbeef", "--to", "qdrant"), 2, "20200101T000000Z-deadbeef")
+    one_line_error(
+        cli("restore", "20200101T000000.000000Z-deadbeef", "--to", "qdrant"), 2, "20200101T000000.000000Z-deadbeef"
+    )
     one_line_error(cli("restore", "--to", "mysql:x"), 2, "unknown store")
     one_line_error(cli("restore", "--to", "qdrant", "--collection", "ghost"), 2, "ghost")
     one_line_error(cli("restore", "--to", "qdrant", "--mode", "replace"), 2, "replace")

@@ -33,7 +33,7 @@ def sample_manifest() -> BundleManifest:
         id_types={"string": 3},
     )
     return BundleManifest(
-        bundle_id="20261125T020000Z-0123abcd",
+        bundle_id="20261125T020000.000000Z-0123abcd",
         created_at="2026-11-25T02:00:00.000000Z",
         tool_version="0.1.0",
         source={"kind": "chroma", "uri": "chroma:/data"},
