@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from aibackup import __version__
 from aibackup.bundle import BundleWriter, WriteOptions
 from aibackup.errors import AibackupError, UsageError
-from aibackup.pipeline import prefetch
+from aibackup.pipeline import prefetch, steady_memory
 from aibackup.repository import Repository, iso, utc_now
 from connectors.registry import open_connector
 from manifests.model import BundleManifest, DatasetManifest
@@ -64,12 +64,13 @@ def run_backup(
         bundle_id = repo.next_bundle_id(now or started)
         writer = BundleWriter(repo, bundle_id, options)
         datasets: list[DatasetManifest] = []
-        for index, description in enumerate(descriptions):
-            say(f"backing up {description.name} ({description.rows} rows)")
-            dataset = writer.write_dataset(
-                index, description, prefetch(connector.export(description)), connector.id_types
-            )
-            datasets.append(dataset)
+        with steady_memory():
+            for index, description in enumerate(descriptions):
+                say(f"backing up {description.name} ({description.rows} rows)")
+                dataset = writer.write_dataset(
+                    index, description, prefetch(connector.export(description)), connector.id_types
+                )
+                datasets.append(dataset)
         source = {"kind": connector.kind, "uri": connector.location.display()}
     parent = _parent(repo, source)
     manifest = BundleManifest(

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aibackup.errors import IntegrityError, SourceDataError, UnavailableError
+from aibackup.pipeline import release_garbage
 from aibackup.repository import Repository
 from aibackup.storage import HashingWriter
 from connectors.base import DatasetDescription
@@ -36,7 +37,7 @@ class WriteOptions:
 
     compression: str = "zstd"
     compression_level: int = 1
-    row_group_bytes: int = 32 * 1024 * 1024
+    row_group_bytes: int = 8 * 1024 * 1024
     part_bytes: int = 128 * 1024 * 1024
 
 
@@ -153,6 +154,7 @@ class BundleWriter:
                 kinds.update(id_types(ids) if id_types else {"string": len(ids)})
                 pending.append(batch)
                 pending_bytes += batch.nbytes
+                release_garbage()
                 if pending_bytes >= self.options.row_group_bytes:
                     flush()
             flush()

@@ -23,6 +23,7 @@ use ``.`` as separator (``vector:a.b`` would make ``byte_stream_split`` miss the
 from __future__ import annotations
 
 import json
+import json.encoder
 from typing import Any
 
 import pyarrow as pa
@@ -104,13 +105,27 @@ def _float_leaf(prefix: str, typ: pa.DataType) -> str | None:
     return None
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+# json.dumps() with non-default options builds a new encoder per call, and even JSONEncoder.encode() builds
+# a new C iterator per call: together half the cost on small metadata dicts. The C encoder is built once
+# (same arguments JSONEncoder.iterencode passes it; the pure-Python encoder where C is unavailable).
+_make_c_encoder = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODER = (
+    _make_c_encoder(None, _CANONICAL.default, json.encoder.encode_basestring, None, ":", ",", True, False, True)
+    if _make_c_encoder is not None
+    else None
+)
+
+
 def canonical_json(value: Any) -> str:
     """Canonical JSON text: sorted keys, no spaces, UTF-8 (not ASCII-escaped), ints exact, floats by repr.
 
     NaN and infinities are written as ``NaN``/``Infinity`` (Python's JSON extension) rather than refused,
     so whatever a backend held comes back.
     """
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    if _C_ENCODER is None or not isinstance(value, dict | list):
+        return _CANONICAL.encode(value)
+    return "".join(_C_ENCODER(value, 0))
 
 
 def metadata_json(metadata: dict[str, Any] | None) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 
 from manifests.digest import DatasetDigest, record_digests
@@ -113,3 +115,31 @@ def test_multivector_and_byte_stream_split_paths() -> None:
     # A sliced batch digests its own rows, not the rows before the slice.
     sliced = pa.RecordBatch.from_pylist(rows, schema=schema).slice(1)
     assert record_digests(sliced) == digests[1:]
+
+
+def test_known_answer_locks_the_format() -> None:
+    """The digest is part of the bundle format: bundles written by earlier versions must keep verifying."""
+    cfg = VectorsConfig(dense=(DenseVectorSpec("", 3, "l2"), DenseVectorSpec("m", 2, "cosine", multivector=True)))
+    rows = [
+        {
+            "id": "a",
+            "vector": [0.5, -1.0, 3.25],
+            "vector:m": [[1.0, 2.0], [3.0, 4.0]],
+            "document": "dé",
+            "uri": None,
+            "metadata": canonical_json({"n": 1, "f": 1.0, "t": True}),
+        },
+        {"id": "17", "vector": None, "vector:m": None, "document": None, "uri": "", "metadata": None},
+    ]
+    batch = pa.RecordBatch.from_pylist(rows, schema=arrow_schema(cfg))
+    assert [d.hex() for d in record_digests(batch)] == KNOWN_RECORDS
+    # The second record by hand, from the module docstring's framing rules.
+    framed = b"\x01" + (2).to_bytes(8, "little") + b"17" + b"\x00\x00\x00" + b"\x01" + bytes(8) + b"\x00"
+    assert hashlib.blake2b(framed, digest_size=16).hexdigest() == KNOWN_RECORDS[1]
+    digest = DatasetDigest()
+    digest.add_batch(batch)
+    assert digest.hexdigest == KNOWN_DATASET
+
+
+KNOWN_RECORDS = ["fca49bfd6d97a803c44ba001f3de55a9", "b4b6729310e974a8e9bd24235d9fee60"]
+KNOWN_DATASET = "0a447e5024c509adac1d807e910e5bb0"
