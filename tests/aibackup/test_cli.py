@@ -301,3 +301,21 @@ def test_console_script_shows_no_traceback(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+@pytest.mark.chroma_server
+def test_chroma_server_as_source_and_target(tmp_path: Path, cli: Cli, chroma_server: Any) -> None:
+    import chromadb
+
+    client = chromadb.HttpClient(host=chroma_server.host, port=chroma_server.port)
+    collection = client.create_collection("served-docs", metadata={"hnsw:space": "ip"}, embedding_function=None)
+    collection.add(**chroma_records(150, 12, seed=3))
+    uri = f"chroma+http://{chroma_server.host}:{chroma_server.port}"
+    backup = ok(cli("backup", uri, "--collection", "served-docs", "--json")).json()
+    assert backup["datasets"][0]["rows"] == 150
+    restored = ok(cli("restore", "--to", uri, "--collection", "served-docs=served-copy", "--json")).json()
+    assert restored["ok"] and restored["target"] == uri
+    copy = client.get_collection("served-copy", embedding_function=None)
+    assert copy.count() == 150 and copy.metadata == collection.metadata
+    one_line_error(cli("restore", "--to", uri, "--collection", "served-docs=served-copy"), 2, "served-copy")
+    one_line_error(cli("restore", "--to", f"chroma+http://127.0.0.1:{free_port()}"), 3, "127.0.0.1")
