@@ -373,6 +373,11 @@ def _search_checks(
         checks.append(Check(f"search[{spec.name}]", True, "skipped: multivector (digests cover it)"))
     if not specs:
         return checks
+    if options.queries == 0:
+        return [
+            *checks,
+            *(Check(f"search[{s.name}]" if not single else "search", True, "skipped (--queries 0)") for s in specs),
+        ]
     # Pass 1: the query records, sampled by position with a fixed seed.
     total = plan.source.rows
     rng = np.random.default_rng(options.seed)

@@ -319,3 +319,11 @@ def test_chroma_server_as_source_and_target(tmp_path: Path, cli: Cli, chroma_ser
     assert copy.count() == 150 and copy.metadata == collection.metadata
     one_line_error(cli("restore", "--to", uri, "--collection", "served-docs=served-copy"), 2, "served-copy")
     one_line_error(cli("restore", "--to", f"chroma+http://127.0.0.1:{free_port()}"), 3, "127.0.0.1")
+
+
+def test_search_check_can_be_skipped(tmp_path: Path, cli: Cli) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=30)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}"))
+    restored = ok(cli("restore", "--to", "qdrant", "--queries", "0", "--json")).json()
+    search = restored["datasets"][0]["checks"][-1]
+    assert search == {"name": "search", "ok": True, "detail": "skipped (--queries 0)"}
