@@ -6,54 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from tests.conftest import CliResult, free_port
+from tests.conftest import free_port
+from tests.helpers import chroma_contents, ok, one_line_error, seed_chroma
 from tests.vectordata import chroma_records
 
 Cli = Any
-
-
-def chroma_client(path: Path):  # type: ignore[no-untyped-def]
-    import chromadb
-    from chromadb.config import Settings
-
-    return chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
-
-
-def seed_chroma(path: Path, name: str = "docs", n: int = 300, dim: int = 16, space: str = "l2") -> dict[str, Any]:
-    records = chroma_records(n, dim, seed=len(name))
-    collection = chroma_client(path).create_collection(
-        name, metadata={"hnsw:space": space, "team": "search ✓"}, embedding_function=None
-    )
-    collection.add(**records)
-    return records
-
-
-def chroma_contents(path: Path, name: str) -> dict[str, tuple[Any, ...]]:
-    """id -> (float32 vector bytes, document, metadata, uri) as Chroma's own client returns them."""
-    got = chroma_client(path).get_collection(name).get(include=["embeddings", "documents", "metadatas", "uris"])
-    out = {}
-    for i, rid in enumerate(got["ids"]):
-        vector = np.asarray(got["embeddings"][i], dtype=np.float32).tobytes()
-        out[rid] = (vector, got["documents"][i], got["metadatas"][i], got["uris"][i])
-    return out
-
-
-def ok(result: CliResult) -> CliResult:
-    assert result.code == 0, (result.code, result.out, result.err)
-    return result
-
-
-def one_line_error(result: CliResult, code: int, *needles: str) -> str:
-    assert result.code == code, (result.code, result.out, result.err)
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1, result.err
-    assert "Traceback" not in result.err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def test_round_trip_chroma_qdrant_chroma_gives_back_identical_records(tmp_path: Path, cli: Cli) -> None:
