@@ -6,6 +6,7 @@ README's table; a traceback is shown only with ``AIBACKUP_DEBUG=1``.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from aibackup.errors import (
     EXIT_OK,
     EXIT_USAGE,
     AibackupError,
+    UsageError,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -202,7 +204,7 @@ def verify(bundles: tuple[str, ...], read_data: bool, repo: str, as_json: bool) 
 
 
 @cli.command()
-@click.argument("bundle", required=False, default="latest")
+@click.argument("bundle", required=False)
 @click.option(
     "--to",
     "target",
@@ -226,6 +228,14 @@ def verify(bundles: tuple[str, ...], read_data: bool, repo: str, as_json: bool) 
     help="create refuses a non-empty existing collection; overwrite replaces it; merge upserts.",
 )
 @click.option(
+    "--at",
+    "at",
+    default=None,
+    metavar="TIME",
+    help="Restore the newest bundle started at or before TIME (ISO 8601, e.g. 2026-11-25T02:00; UTC if no "
+    "zone is given) instead of the latest.",
+)
+@click.option(
     "--allow-lossy",
     is_flag=True,
     help="Apply the documented lossy mapping where the target cannot hold a feature (reported).",
@@ -247,10 +257,11 @@ def verify(bundles: tuple[str, ...], read_data: bool, repo: str, as_json: bool) 
 @repo_option
 @json_option
 def restore(
-    bundle: str,
+    bundle: str | None,
     target: str,
     collections: tuple[str, ...],
     mode: str,
+    at: str | None,
     allow_lossy: bool,
     queries: int,
     min_recall: float,
@@ -271,6 +282,7 @@ def restore(
         collections,
         mode=mode,
         allow_lossy=allow_lossy,
+        at=None if at is None else parse_time(at),
         check_options=CheckOptions(queries=queries, min_recall=min_recall),
     )
     if as_json:
@@ -296,7 +308,18 @@ def restore(
         sys.exit(EXIT_INTEGRITY)
 
 
-# --- rendering helpers -----------------------------------------------------------------------------------
+# --- parsing and rendering helpers -----------------------------------------------------------------------
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO 8601 time from the command line; UTC when it names no zone."""
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"bad time {text!r}: expected ISO 8601, e.g. 2026-11-25T02:00 or 2026-11-25T02:00+01:00"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def _table(header: list[str], rows: list[list[str]], indent: str = "") -> None:

@@ -180,21 +180,30 @@ class Repository:
                 bad.append(DamagedBundle(bundle_id, self.manifest_path(bundle_id), str(exc)))
         return good, bad
 
-    def resolve(self, ref: str | None, *, datasets: Sequence[str] = ()) -> BundleManifest:
+    def resolve(
+        self, ref: str | None, *, datasets: Sequence[str] = (), at: dt.datetime | None = None
+    ) -> BundleManifest:
         """The bundle a user names: an id, a unique id prefix, or `latest`/None.
 
-        With `datasets`, `latest` means the newest bundle holding all of them.
+        For `latest`: with `datasets`, the newest bundle holding all of them; with `at`, the newest one
+        started at or before that time (point-in-time restore).
         """
+        if ref not in (None, "", "latest"):
+            if at is not None:
+                raise UsageError("give either a bundle id or --at, not both")
+            return self.load(self.match_id(ref))
         ids = self.bundle_ids()
-        if ref in (None, "", "latest"):
-            for bundle_id in reversed(ids):
-                manifest = self.load(bundle_id)
-                names = {d.name for d in manifest.datasets}
-                if all(n in names for n in datasets):
-                    return manifest
-            which = f" holding {', '.join(map(repr, datasets))}" if datasets else ""
-            raise BundleNotFoundError(f"no bundle{which} in {self.storage.display()}")
-        return self.load(self.match_id(ref))
+        if at is not None:
+            cutoff = at.astimezone(dt.UTC).strftime(_ID_TIME)
+            ids = [i for i in ids if i.split("-", 1)[0] <= cutoff]
+        for bundle_id in reversed(ids):
+            manifest = self.load(bundle_id)
+            names = {d.name for d in manifest.datasets}
+            if all(n in names for n in datasets):
+                return manifest
+        which = f" holding {', '.join(map(repr, datasets))}" if datasets else ""
+        when = f" from {iso(at)} or earlier" if at is not None else ""
+        raise BundleNotFoundError(f"no bundle{which}{when} in {self.storage.display()}")
 
     def match_id(self, ref: str) -> str:
         """The id of the bundle named by an exact id or a unique prefix of one (without loading it)."""

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -102,15 +103,17 @@ def run_restore(
     *,
     mode: str = "create",
     allow_lossy: bool = False,
+    at: dt.datetime | None = None,
     check_options: CheckOptions | None = None,
     progress: object = None,
 ) -> RestoreResult:
-    """Restore bundle `ref` (an id, a prefix or latest) into `target_uri` and prove it."""
+    """Restore bundle `ref` (an id, a prefix or latest; `at`: the newest bundle up to that time) into
+    `target_uri` and prove it."""
     if mode not in MODES:
         raise UsageError(f"bad --mode {mode!r}: expected one of {', '.join(MODES)}")
     pairs = parse_renames(collections)
     repo = Repository.open(repo_url)
-    manifest = repo.resolve(ref, datasets=[src for src, _ in pairs])
+    manifest = repo.resolve(ref, datasets=[src for src, _ in pairs], at=at)
     selected = _select(manifest, pairs)
     reader = BundleReader(repo)
     _verify_before_writing(reader, repo, [d for d, _ in selected])

@@ -286,3 +286,22 @@ def test_search_check_can_be_skipped(tmp_path: Path, cli: Cli) -> None:
     restored = ok(cli("restore", "--to", "qdrant", "--queries", "0", "--json")).json()
     search = restored["datasets"][0]["checks"][-1]
     assert search == {"name": "search", "ok": True, "detail": "skipped (--queries 0)"}
+
+
+def test_point_in_time_restore_with_at(tmp_path: Path, cli: Cli) -> None:
+    import datetime as dt
+
+    from aibackup.backup import run_backup
+
+    seed_chroma(tmp_path / "chroma", "docs", n=10)
+    nights = [dt.datetime(2026, 11, day, 2, 0, tzinfo=dt.UTC) for day in (20, 21, 22)]
+    ids = [
+        run_backup("aibackup-repo", f"chroma:{tmp_path / 'chroma'}", now=night).manifest.bundle_id for night in nights
+    ]
+    at = ok(cli("restore", "--at", "2026-11-21T12:00", "--to", "qdrant", "--json")).json()
+    assert at["bundle_id"] == ids[1]
+    zoned = ok(cli("restore", "--at", "2026-11-22T03:30+02:00", "--to", "chroma", "--json")).json()
+    assert zoned["bundle_id"] == ids[1]  # 01:30 UTC, before the third night's 02:00
+    one_line_error(cli("restore", "--at", "2026-11-19T00:00", "--to", "qdrant"), 2, "no bundle", "2026-11-19")
+    one_line_error(cli("restore", "--at", "yesterday", "--to", "qdrant"), 2, "bad time 'yesterday'")
+    one_line_error(cli("restore", ids[0], "--at", "2026-11-21", "--to", "qdrant"), 2, "either")
