@@ -193,6 +193,8 @@ class BundleReader:
                 sha, size = None, storage.size(part.path)
         except FileNotFoundError:
             return "missing part"
+        except IntegrityError as exc:  # say a folder where the part should be
+            return str(exc)
         if size != part.bytes:
             return f"size {size} bytes, manifest says {part.bytes} (truncated or replaced)"
         if sha is not None and sha != part.sha256:

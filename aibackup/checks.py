@@ -72,61 +72,49 @@ def prove(
     """Run every check of a restored dataset; returns them in report order (never raises for a mismatch)."""
     options = options or CheckOptions()
     merge = plan.mode == "merge"
-    checks: list[Check] = []
-
-    def expected() -> Iterator[pa.RecordBatch]:
-        return (plan.transform(b) for b in reader.batches(dataset))
-
+    # The bundle's own digest is recomputed on the way through the comparison (no extra pass).
     bundle_digest = DatasetDigest()
-    for batch in reader.batches(dataset):
-        bundle_digest.add_batch(batch)
-    bundle_ok = bundle_digest.hexdigest == dataset.digest and bundle_digest.rows == dataset.rows
-    checks.append(
-        Check(
-            "bundle",
-            bundle_ok,
-            f"{bundle_digest.rows} records read, digest {'matches' if bundle_ok else 'DIFFERS from'} the manifest",
-        )
-    )
+
+    def expected(digest: DatasetDigest | None = None) -> Iterator[pa.RecordBatch]:
+        for batch in reader.batches(dataset):
+            if digest is not None:
+                digest.add_batch(batch)
+            yield plan.transform(batch)
+
+    def with_bundle_check(checks: list[Check]) -> list[Check]:
+        ok = (bundle_digest.hexdigest, bundle_digest.rows) == (dataset.digest, dataset.rows)
+        verdict = "matches" if ok else "DIFFERS from"
+        return [Check("bundle", ok, f"{bundle_digest.rows} records read, digest {verdict} the manifest"), *checks]
 
     try:
         target = connector.describe([plan.target.name])[0]
     except AibackupError as exc:
-        checks.append(Check("rows", False, f"cannot read the target back: {exc}"))
-        return checks
+        for _ in expected(bundle_digest):
+            pass
+        return with_bundle_check([Check("rows", False, f"cannot read the target back: {exc}")])
     rows_ok = target.rows >= dataset.rows if merge else target.rows == dataset.rows
-    checks.append(
-        Check(
-            "rows",
-            rows_ok,
-            f"target holds {target.rows}, bundle {dataset.rows}" + (" (merge: others may exist)" if merge else ""),
-        )
-    )
+    others = " (merge: others may exist)" if merge else ""
+    rows = Check("rows", rows_ok, f"target holds {target.rows}, bundle {dataset.rows}{others}")
 
     if not target.schema.equals(plan.target.schema):
-        checks.append(
-            Check(
-                "content",
-                False,
-                f"target columns {target.schema.names} differ from the expected {plan.target.schema.names}",
-            )
-        )
-        return checks
-    checks.extend(
-        _compare(
-            expected(),
-            connector.export(target),
-            target.schema,
-            plan.tolerances,
-            max(dataset.rows, target.rows),
-            merge,
-        )
+        for _ in expected(bundle_digest):
+            pass
+        detail = f"target columns {target.schema.names} differ from the expected {plan.target.schema.names}"
+        return with_bundle_check([rows, Check("content", False, detail)])
+    checks = [rows]
+    checks += _compare(
+        expected(bundle_digest),
+        connector.export(target),
+        target.schema,
+        plan.tolerances,
+        max(dataset.rows, target.rows),
+        merge,
     )
     if merge:
         checks.append(Check("search", True, "skipped: in merge mode the target holds records outside the bundle"))
     else:
-        checks.extend(_search_checks(connector, plan, expected, options))
-    return checks
+        checks += _search_checks(connector, plan, expected, options)
+    return with_bundle_check(checks)
 
 
 # --- record-by-record comparison ------------------------------------------------------------------------

@@ -46,12 +46,35 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+#: How far a clock may have stepped back before a new bundle id refuses to sort after the newest one.
+MAX_CLOCK_STEP_BACK = dt.timedelta(days=1)
+
+
+def id_time(bundle_id: str) -> dt.datetime | None:
+    """The UTC start time in a bundle id, or None if the id is not a well-formed bundle id."""
+    if not BUNDLE_ID.match(bundle_id):
+        return None
+    try:
+        return dt.datetime.strptime(bundle_id.split("-", 1)[0], _ID_TIME).replace(tzinfo=dt.UTC)
+    except ValueError:  # 20261125T999999...: the right shape, not a time
+        return None
+
+
 def new_bundle_id(now: dt.datetime, after: str | None = None) -> str:
-    """A bundle id for `now`, moved to 1 µs past the time of id `after` if the clock is not past it."""
+    """A bundle id for `now`, moved to 1 µs past the time of id `after` if the clock is not past it.
+
+    Raises UsageError when `after` lies more than MAX_CLOCK_STEP_BACK in the future: sorting after it
+    would date the new bundle wrongly, and sorting before it would make `latest` skip the new bundle.
+    """
     moment = now.astimezone(dt.UTC)
-    if after is not None:
-        previous = dt.datetime.strptime(after.split("-", 1)[0], _ID_TIME).replace(tzinfo=dt.UTC)
-        moment = max(moment, previous + dt.timedelta(microseconds=1))
+    previous = id_time(after) if after is not None else None
+    if previous is not None and moment < previous:
+        if previous - moment > MAX_CLOCK_STEP_BACK:
+            raise UsageError(
+                f"bundle {after} is dated {iso(previous)}, after this machine's clock ({iso(moment)}): "
+                "fix the clock, or move that manifest out of bundles/ if it does not belong there"
+            )
+        moment = previous + dt.timedelta(microseconds=1)
     return f"{moment.strftime(_ID_TIME)}-{secrets.token_hex(4)}"
 
 
@@ -138,12 +161,9 @@ class Repository:
         return new_bundle_id(now, ids[-1] if ids else None)
 
     def bundle_ids(self) -> list[str]:
-        """Ids of all committed bundles, oldest first (from manifest names only)."""
-        ids = []
-        for name in self.storage.list_names(BUNDLES):
-            if name.endswith(".json") and BUNDLE_ID.match(name[:-5]):
-                ids.append(name[:-5])
-        return sorted(ids)
+        """Ids of all committed bundles, oldest first (from manifest names only; other names are ignored)."""
+        names = self.storage.list_names(BUNDLES)
+        return sorted(n[:-5] for n in names if n.endswith(".json") and id_time(n[:-5]) is not None)
 
     def load(self, bundle_id: str) -> BundleManifest:
         """Load and check one manifest.
@@ -151,11 +171,11 @@ class Repository:
         Raises BundleNotFoundError, ManifestVersionError (newer format) or IntegrityError (damaged).
         """
         path = self.manifest_path(bundle_id)
+        where = self.storage.display(path)
         try:
             raw = self.storage.read_bytes(path)
         except FileNotFoundError:
             raise BundleNotFoundError(f"no bundle {bundle_id!r} in {self.storage.display()}") from None
-        where = self.storage.display(path)
         try:
             manifest = BundleManifest.from_bytes(raw, where)
         except ManifestVersionTooNewError as exc:
@@ -196,14 +216,29 @@ class Repository:
         if at is not None:
             cutoff = at.astimezone(dt.UTC).strftime(_ID_TIME)
             ids = [i for i in ids if i.split("-", 1)[0] <= cutoff]
-        for bundle_id in reversed(ids):
-            manifest = self.load(bundle_id)
+        for position, bundle_id in enumerate(reversed(ids)):
+            try:
+                manifest = self.load(bundle_id)
+            except (IntegrityError, ManifestVersionError) as exc:
+                # Never skip a newer bundle silently: say which older one would do, and let the user choose.
+                older = self._first_loadable(list(reversed(ids))[position + 1 :])
+                hint = f"; to restore the one before it: {older}" if older else ""
+                raise type(exc)(f"the newest bundle {bundle_id} cannot be read: {exc}{hint}") from None
             names = {d.name for d in manifest.datasets}
             if all(n in names for n in datasets):
                 return manifest
         which = f" holding {', '.join(map(repr, datasets))}" if datasets else ""
         when = f" from {iso(at)} or earlier" if at is not None else ""
         raise BundleNotFoundError(f"no bundle{which}{when} in {self.storage.display()}")
+
+    def _first_loadable(self, ids: Sequence[str]) -> str | None:
+        for bundle_id in ids:
+            try:
+                self.load(bundle_id)
+            except (IntegrityError, ManifestVersionError):
+                continue
+            return bundle_id
+        return None
 
     def match_id(self, ref: str) -> str:
         """The id of the bundle named by an exact id or a unique prefix of one (without loading it)."""

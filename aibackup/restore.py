@@ -3,8 +3,8 @@
 1. Resolve the bundle and the collections (``--collection SRC[=DEST]``; all by default).
 2. Re-hash every part of the selected datasets: damage is refused before anything is written.
 3. Plan every import (target capabilities, lossy mapping, existing collections) and stream every record
-   through the target's per-record checks (``validate_records``): a refusal also comes before anything
-   is written.
+   through the target's per-record checks (``validate_records``) while recomputing each dataset's digest:
+   a refusal, or records that do not give the manifest's digest, also come before anything is written.
 4. Import each dataset (the bundle is read in a background thread while the target ingests), then run
    the checks of aibackup.checks against what the target gives back. Any failed check fails the restore.
 """
@@ -13,17 +13,23 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+
+import pyarrow as pa
 
 from aibackup.bundle import BundleReader
 from aibackup.checks import Check, CheckOptions, prove
-from aibackup.errors import DatasetNotFoundError, IntegrityError, UsageError
+from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UsageError
 from aibackup.pipeline import prefetch
 from aibackup.repository import Repository
-from connectors.base import MODES, DatasetDescription, ImportPlan
+from connectors.base import MODES, DatasetDescription, ImportPlan, VectorConnector
 from connectors.registry import open_connector
+from manifests.digest import DatasetDigest
 from manifests.model import BundleManifest, DatasetManifest
+
+#: Dataset kinds this version can restore (a newer aibackup may write others into a bundle).
+RESTORABLE_KINDS = ("vectors",)
 
 
 @dataclass
@@ -105,7 +111,6 @@ def run_restore(
     allow_lossy: bool = False,
     at: dt.datetime | None = None,
     check_options: CheckOptions | None = None,
-    progress: object = None,
 ) -> RestoreResult:
     """Restore bundle `ref` (an id, a prefix or latest; `at`: the newest bundle up to that time) into
     `target_uri` and prove it."""
@@ -123,46 +128,81 @@ def run_restore(
             (d, connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy))
             for d, dest in selected
         ]
-        # Every record is checked against what the target can hold before anything is written.
+        # Every record is checked against the manifest's digest and against what the target can hold
+        # before anything is written.
         validated = time.perf_counter()
         for dataset, plan in plans:
-            connector.validate_records(plan, prefetch(reader.batches(dataset)))
+            digest = DatasetDigest()
+            connector.validate_records(plan, _digesting(prefetch(reader.batches(dataset)), digest))
+            if (digest.hexdigest, digest.rows) != (dataset.digest, dataset.rows):
+                raise IntegrityError(
+                    f"refusing to restore: the records of collection {dataset.name!r} in bundle "
+                    f"{manifest.bundle_id} do not match its manifest's digest; nothing was written"
+                )
         validate_seconds = time.perf_counter() - validated
         for dataset, plan in plans:
-            started = time.perf_counter()
-            rows = connector.import_(plan, prefetch(reader.batches(dataset)))
-            loaded = time.perf_counter()
-            checks = prove(connector, plan, reader, dataset, check_options)
-            results.append(
-                DatasetResult(
-                    name=dataset.name,
-                    target=plan.target.name,
-                    rows=rows,
-                    dropped=plan.dropped,
-                    notes=plan.notes,
-                    load_seconds=loaded - started,
-                    check_seconds=time.perf_counter() - loaded,
-                    checks=checks,
-                )
-            )
+            try:
+                results.append(_restore_one(connector, reader, dataset, plan, check_options))
+            except AibackupError as exc:
+                done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
+                raise type(exc)(
+                    f"restore stopped in collection {plan.target.name!r}, which may now hold part of the bundle: "
+                    f"{exc}" + (f" (already restored: {done})" if done else "")
+                ) from None
         target = connector.location.display()
     return RestoreResult(
         bundle_id=manifest.bundle_id, target=target, datasets=results, validate_seconds=validate_seconds
     )
 
 
+def _restore_one(
+    connector: VectorConnector,
+    reader: BundleReader,
+    dataset: DatasetManifest,
+    plan: ImportPlan,
+    check_options: CheckOptions | None,
+) -> DatasetResult:
+    started = time.perf_counter()
+    rows = connector.import_(plan, prefetch(reader.batches(dataset)))
+    loaded = time.perf_counter()
+    checks = prove(connector, plan, reader, dataset, check_options)
+    return DatasetResult(
+        name=dataset.name,
+        target=plan.target.name,
+        rows=rows,
+        dropped=plan.dropped,
+        notes=plan.notes,
+        load_seconds=loaded - started,
+        check_seconds=time.perf_counter() - loaded,
+        checks=checks,
+    )
+
+
+def _digesting(batches: Iterable[pa.RecordBatch], digest: DatasetDigest) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        digest.add_batch(batch)
+        yield batch
+
+
 def _select(manifest: BundleManifest, pairs: list[tuple[str, str]]) -> list[tuple[DatasetManifest, str]]:
-    if not pairs:
-        return [(d, d.name) for d in manifest.datasets]
-    selected = []
-    for src, dest in pairs:
-        try:
-            selected.append((manifest.dataset(src), dest))
-        except KeyError:
-            names = ", ".join(d.name for d in manifest.datasets)
-            raise DatasetNotFoundError(
-                f"bundle {manifest.bundle_id} has no collection {src!r} (it has: {names})"
-            ) from None
+    if pairs:
+        selected = []
+        for src, dest in pairs:
+            try:
+                selected.append((manifest.dataset(src), dest))
+            except KeyError:
+                names = ", ".join(d.name for d in manifest.datasets)
+                raise DatasetNotFoundError(
+                    f"bundle {manifest.bundle_id} has no collection {src!r} (it has: {names})"
+                ) from None
+    else:
+        selected = [(d, d.name) for d in manifest.datasets]
+    for dataset, _ in selected:
+        if dataset.kind not in RESTORABLE_KINDS:
+            raise UsageError(
+                f"collection {dataset.name!r} of bundle {manifest.bundle_id} is of kind {dataset.kind!r}, "
+                "which this aibackup cannot restore: upgrade aibackup"
+            )
     return selected
 
 

@@ -33,6 +33,8 @@ from aibackup.errors import (
     AibackupError,
     ConfigError,
     ConnectorNotInstalledError,
+    IntegrityError,
+    NotARepositoryError,
     UnavailableError,
     UsageError,
 )
@@ -154,8 +156,10 @@ class Storage:
         return f"s3://{self.full(rel)}"
 
     def ensure_reachable(self) -> None:
-        """Fail early, with one line, when an S3 bucket is missing or not accessible."""
+        """Fail early, with one line, when the root is a file or an S3 bucket is missing or not accessible."""
         if self.is_local:
+            if os.path.exists(self.root) and not os.path.isdir(self.root):
+                raise NotARepositoryError(f"{self.root} is a file, not a repository folder")
             return
         bucket = self.root.split("/", 1)[0]
         with self._errors(""):
@@ -197,6 +201,8 @@ class Storage:
                 entries = self.fs.ls(self.full(rel_dir), detail=False)
             except FileNotFoundError:
                 return []
+            if self.is_local and os.path.isfile(self.full(rel_dir)):
+                raise IntegrityError(f"damaged repository: {self.display(rel_dir)} is a file, not a folder")
         return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
     def is_empty_or_missing(self) -> bool:
@@ -215,7 +221,7 @@ class Storage:
         Raises AlreadyExistsError if the name is taken; never replaces an existing object.
         """
         path = self.full(rel)
-        with self._errors(rel):
+        with self._errors(rel, writing=True):
             if self.is_local:
                 self._write_exclusive_local(path, data)
                 return
@@ -247,7 +253,7 @@ class Storage:
         Local files are fsynced on close. On S3 the object appears only when the upload completes.
         """
         path = self.full(rel)
-        with self._errors(rel):
+        with self._errors(rel, writing=True):
             if self.is_local:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 try:
@@ -259,7 +265,7 @@ class Storage:
 
     def close_part(self, writer: HashingWriter, rel: str) -> None:
         """Complete a part written through :meth:`create` (flushes, uploads, fsyncs its folder)."""
-        with self._errors(rel):
+        with self._errors(rel, writing=True):
             try:
                 writer.close()
             except FileExistsError:
@@ -279,11 +285,27 @@ class Storage:
     # --- errors ----------------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _errors(self, rel: str) -> Iterator[None]:
-        """Translate filesystem and S3 client errors into one-line aibackup errors."""
+    def _errors(self, rel: str, *, writing: bool = False) -> Iterator[None]:
+        """Translate filesystem and S3 client errors into one-line aibackup errors.
+
+        FileNotFoundError and FileExistsError pass through for readers to word (a missing manifest is a
+        missing bundle); on a write path they mean the location itself is broken. A folder where a file
+        belongs, or a file where a folder belongs, is a damaged repository.
+        """
         try:
             yield
-        except (AibackupError, FileNotFoundError, FileExistsError):
+        except AibackupError:
+            raise
+        except (IsADirectoryError, NotADirectoryError, FileExistsError, FileNotFoundError) as exc:
+            if isinstance(exc, IsADirectoryError | NotADirectoryError) or (
+                writing and isinstance(exc, FileExistsError)
+            ):
+                raise IntegrityError(
+                    f"damaged repository: {self.display(rel)} (or a folder above it) is not what it should be: "
+                    f"{_reason(exc)}"
+                ) from None
+            if writing:
+                raise UnavailableError(f"cannot write at {self.display(rel)}: {_reason(exc)}") from None
             raise
         except PermissionError as exc:
             raise UnavailableError(f"permission denied at {self.display(rel)}: {_reason(exc)}") from None

@@ -111,6 +111,10 @@ SERVER_TIMEOUT_S = 60
 SEARCH_CHUNK = 64
 
 
+#: Qdrant's collection-name rule: the name is a folder name on the server.
+MAX_NAME = 255
+BAD_NAME_CHARS = ("/", "\\", "\0")
+
 class QdrantConnector(VectorConnector):
     """A Qdrant store: local mode at a path or a server. See the module docstring for the mapping."""
 
@@ -264,6 +268,11 @@ class QdrantConnector(VectorConnector):
 
         if mode not in MODES:
             raise UsageError(f"bad mode {mode!r}: expected one of {', '.join(MODES)}")
+        if not dest or len(dest) > MAX_NAME or any(c in dest for c in BAD_NAME_CHARS):
+            raise UnsupportedFeatureError(
+                f"Qdrant cannot name a collection {dest!r}: it needs 1-{MAX_NAME} characters without "
+                "'/', '\\' or NUL; restore it under another name with --collection SRC=DEST"
+            )
         server = self.location.is_server
         existing = self._existing(dest)
         if existing is not None and mode == "create" and existing.rows:

@@ -305,3 +305,62 @@ def test_point_in_time_restore_with_at(tmp_path: Path, cli: Cli) -> None:
     one_line_error(cli("restore", "--at", "2026-11-19T00:00", "--to", "qdrant"), 2, "no bundle", "2026-11-19")
     one_line_error(cli("restore", "--at", "yesterday", "--to", "qdrant"), 2, "bad time 'yesterday'")
     one_line_error(cli("restore", ids[0], "--at", "2026-11-21", "--to", "qdrant"), 2, "either")
+
+
+def test_a_broken_repository_layout_is_named_never_a_traceback(tmp_path: Path, cli: Cli) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=10)
+    source = f"chroma:{tmp_path / 'chroma'}"
+    first = ok(cli("backup", source, "--json")).json()["bundle_id"]
+    second = ok(cli("backup", source, "--json")).json()["bundle_id"]
+    repo = tmp_path / "aibackup-repo"
+    # A stray name that looks like a bundle but is not a time is ignored, not fatal for the nightly run.
+    (repo / "bundles" / "20261125T999999.000000Z-deadbeef.json").write_text("{}")
+    ok(cli("backup", source))
+    # A manifest dated far in the future is named instead of silently reordering every later bundle.
+    (repo / "bundles" / "29991231T000000.000000Z-00000000.json").write_text("{}")
+    one_line_error(cli("backup", source), 2, "29991231T000000.000000Z-00000000", "clock")
+    (repo / "bundles" / "29991231T000000.000000Z-00000000.json").unlink()
+    # A damaged newest manifest: restore latest refuses and names the bundle before it.
+    newest = ok(cli("list", "--json")).json()[0]["bundle_id"]
+    (repo / "bundles" / f"{newest}.json").write_text("{}")
+    line = one_line_error(cli("restore", "--to", "qdrant"), 1, newest)
+    assert second in line
+    listed = cli("list", "--json")
+    assert listed.code == 1 and listed.json()[0]["problem"]
+    # A folder where a part should be is a named problem; the repository root being a file is not a repository.
+    part = next((repo / "data" / first).rglob("*.parquet"))
+    part.unlink()
+    part.mkdir()
+    verified = cli("verify", first, "--read-data", "--json")
+    assert verified.code == 1 and str(part) in verified.json()["problems"][0]["path"]
+    one_line_error(cli("list", "--repo", str(tmp_path / "chroma" / "chroma.sqlite3")), 2, "is a file")
+    one_line_error(cli("backup", source, "--repo", "/proc/aibackup-cannot-be-here"), 3, "cannot write")
+
+
+def test_a_manifest_rewritten_with_a_valid_checksum_is_still_caught(tmp_path: Path, cli: Cli) -> None:
+    """A digest or a dataset kind changed and the checksum recomputed: verify decodes, restore refuses."""
+    import hashlib
+
+    from manifests.model import canonical_bytes
+
+    seed_chroma(tmp_path / "chroma", "docs", n=30)
+    bundle = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()["bundle_id"]
+    path = tmp_path / "aibackup-repo" / "bundles" / f"{bundle}.json"
+    original = path.read_bytes()
+
+    def rewrite(change: Any) -> None:
+        doc = json.loads(original)
+        change(doc["datasets"][0])
+        body = {k: v for k, v in doc.items() if k != "checksum"}
+        doc["checksum"]["value"] = hashlib.sha256(canonical_bytes(body)).hexdigest()
+        path.write_bytes(canonical_bytes(doc) + b"\n")
+
+    rewrite(lambda d: d["digest"].update(value="0" * 32))
+    verified = cli("verify", "--read-data", "--json")
+    assert verified.code == 1 and "digest" in verified.json()["problems"][0]["problem"]
+    assert ok(cli("verify", "--json")).json()["ok"]  # without --read-data only structure is checked
+    one_line_error(cli("restore", "--to", f"qdrant:{tmp_path / 'q'}"), 1, "digest", "nothing was written")
+    assert not (tmp_path / "q" / "collection").exists()
+    rewrite(lambda d: d.update(kind="conversations"))
+    one_line_error(cli("restore", "--to", f"qdrant:{tmp_path / 'q'}"), 2, "'conversations'", "upgrade")
+    path.write_bytes(original)  # the forged manifests are not this version's output
