@@ -68,7 +68,7 @@ def new_bundle_id(now: dt.datetime, after: str | None = None) -> str:
     """
     moment = now.astimezone(dt.UTC)
     previous = id_time(after) if after is not None else None
-    if previous is not None and moment < previous:
+    if previous is not None and moment <= previous:
         if previous - moment > MAX_CLOCK_STEP_BACK:
             raise UsageError(
                 f"bundle {after} is dated {iso(previous)}, after this machine's clock ({iso(moment)}): "
