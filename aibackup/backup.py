@@ -2,7 +2,8 @@
 
 Order of operations (DESIGN.md "Commit order"): describe the source, stream each collection into Parquet
 parts (sha256 computed while writing), then write the manifest exclusively. Until the manifest exists the
-bundle does not exist: a crash or an error leaves at most unreferenced parts, never a partial bundle.
+bundle does not exist: a crash leaves at most unreferenced parts, never a partial bundle; an error or an
+interrupt also removes the parts it wrote.
 """
 
 from __future__ import annotations
@@ -64,24 +65,29 @@ def run_backup(
         bundle_id = repo.next_bundle_id(now or started)
         writer = BundleWriter(repo, bundle_id, options)
         datasets: list[DatasetManifest] = []
-        with steady_memory():
-            for index, description in enumerate(descriptions):
-                say(f"backing up {description.name} ({description.rows} rows)")
-                dataset = writer.write_dataset(
-                    index, description, prefetch(connector.export(description)), connector.id_types
-                )
-                datasets.append(dataset)
-        source = {"kind": connector.kind, "uri": connector.location.display()}
-    parent = _parent(repo, source)
-    manifest = BundleManifest(
-        bundle_id=bundle_id,
-        created_at=iso(now or started),
-        tool_version=__version__,
-        source=source,
-        datasets=tuple(datasets),
-        parent=parent,
-    )
-    repo.commit(manifest)
+        try:
+            with steady_memory():
+                for index, description in enumerate(descriptions):
+                    say(f"backing up {description.name} ({description.rows} rows)")
+                    dataset = writer.write_dataset(
+                        index, description, prefetch(connector.export(description)), connector.id_types
+                    )
+                    datasets.append(dataset)
+            source = {"kind": connector.kind, "uri": connector.location.display()}
+            manifest = BundleManifest(
+                bundle_id=bundle_id,
+                created_at=iso(now or started),
+                tool_version=__version__,
+                source=source,
+                datasets=tuple(datasets),
+                parent=_parent(repo, source),
+            )
+            repo.commit(manifest)
+        except BaseException:
+            # An error or Ctrl-C: no manifest, so no bundle; remove the parts too. (A crash leaves them as
+            # unreferenced orphans, which no reader ever looks at.)
+            writer.discard()
+            raise
     return BackupResult(manifest, created, (utc_now() - started).total_seconds())
 
 

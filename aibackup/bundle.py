@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aibackup.errors import IntegrityError, SourceDataError, UnavailableError
+from aibackup.errors import IntegrityError, SourceDataError, UnavailableError, first_line
 from aibackup.pipeline import release_garbage
 from aibackup.repository import Repository
 from aibackup.storage import HashingWriter
@@ -106,6 +106,15 @@ class BundleWriter:
         self.repo = repo
         self.bundle_id = bundle_id
         self.options = options or WriteOptions()
+        #: Every part path this writer created (finished or not), for `discard`.
+        self.created: list[str] = []
+
+    def discard(self) -> None:
+        """Remove the parts of a bundle that will not be committed (best effort: a part left behind is an
+        unreferenced orphan, harmless to every reader)."""
+        for path in self.created:
+            with contextlib.suppress(Exception):
+                self.repo.storage.remove(path)
 
     def write_dataset(
         self,
@@ -133,7 +142,9 @@ class BundleWriter:
             if not pending:
                 return
             if sink is None:
-                sink = _PartSink(self.repo, f"{folder}/part-{len(parts):05d}.parquet", schema, self.options)
+                path = f"{folder}/part-{len(parts):05d}.parquet"
+                self.created.append(path)
+                sink = _PartSink(self.repo, path, schema, self.options)
             sink.write(pa.Table.from_batches(pending, schema=schema))
             pending, pending_bytes = [], 0
             if sink.arrow_bytes >= self.options.part_bytes:
@@ -225,14 +236,9 @@ class BundleReader:
             except FileNotFoundError:
                 raise IntegrityError(f"missing part {where}") from None
             except pa.ArrowException as exc:  # undecodable Parquet: damage
-                raise IntegrityError(f"damaged part {where}: {_first_line(exc)}") from None
+                raise IntegrityError(f"damaged part {where}: {first_line(exc)}") from None
             except OSError as exc:
                 # pyarrow reports a failed page CRC as a plain OSError; anything else is the storage.
                 if "checksum" in str(exc).lower():
-                    raise IntegrityError(f"damaged part {where}: {_first_line(exc)}") from None
-                raise UnavailableError(f"cannot read {where}: {_first_line(exc)}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+                    raise IntegrityError(f"damaged part {where}: {first_line(exc)}") from None
+                raise UnavailableError(f"cannot read {where}: {first_line(exc)}") from None

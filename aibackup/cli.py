@@ -19,6 +19,7 @@ import click
 from aibackup import __version__
 from aibackup.errors import (
     EXIT_INTEGRITY,
+    EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_USAGE,
@@ -28,7 +29,6 @@ from aibackup.errors import (
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_REPO = "./aibackup-repo"
-EXIT_INTERNAL = 70
 
 
 def repo_option(f: F) -> F:
@@ -275,6 +275,9 @@ def restore(
     from aibackup.checks import CheckOptions
     from aibackup.restore import run_restore
 
+    if min_recall != min_recall:  # click's FloatRange lets NaN through
+        raise UsageError("--min-recall must be a number between 0 and 1")
+
     result = run_restore(
         repo,
         bundle,
@@ -315,7 +318,8 @@ def parse_time(text: str) -> dt.datetime:
     """An ISO 8601 time from the command line; UTC when it names no zone."""
     try:
         moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
+        moment.astimezone(dt.UTC)  # a time that cannot be expressed in UTC (year 9999 and a zone)
+    except (ValueError, OverflowError):
         raise UsageError(
             f"bad time {text!r}: expected ISO 8601, e.g. 2026-11-25T02:00 or 2026-11-25T02:00+01:00"
         ) from None
@@ -342,8 +346,13 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every error into one line and a documented exit code."""
     args = sys.argv[1:] if argv is None else argv
     as_json = "--json" in args
+    if not args:  # no command: the help, on stdout, as a success (not an error line)
+        click.echo(cli.get_help(click.Context(cli, info_name="aibackup")))
+        sys.exit(EXIT_OK)
     try:
-        cli.main(args=args, prog_name="aibackup", standalone_mode=False)
+        # make_context/invoke rather than cli.main: main() prints a blank line to stderr on Ctrl-C.
+        with cli.make_context("aibackup", list(args)) as ctx:
+            cli.invoke(ctx)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:

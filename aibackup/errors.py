@@ -8,6 +8,7 @@ Exit codes (the README's table; cron jobs and monitoring rely on them):
 2     bad usage, config or input: unknown scheme, bundle id or collection, bad flag,
       not a repository, a manifest of a newer format, a target that cannot hold the data
 3     a source, target or repository is unreachable (connection refused, no such bucket, denied)
+70    internal error: a bug (the CLI prints one line; AIBACKUP_DEBUG=1 adds the traceback)
 130   interrupted (Ctrl-C / SIGINT)
 ====  =========================================================================
 """
@@ -18,7 +19,15 @@ EXIT_OK = 0
 EXIT_INTEGRITY = 1
 EXIT_USAGE = 2
 EXIT_UNAVAILABLE = 3
+EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (libraries raise multi-line or empty ones), for the one
+    line a user sees."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else f"{type(exc).__name__} without a message"
 
 
 class AibackupError(Exception):
@@ -107,9 +116,3 @@ class IntegrityError(AibackupError):
 
     exit_code = EXIT_INTEGRITY
     code = "integrity"
-
-
-class CheckFailedError(IntegrityError):
-    """A restore finished but a proof check (counts, ids, digests, search) failed."""
-
-    code = "check_failed"

@@ -37,6 +37,7 @@ from aibackup.errors import (
     NotARepositoryError,
     UnavailableError,
     UsageError,
+    first_line,
 )
 
 CHUNK = 8 * 1024 * 1024
@@ -302,15 +303,15 @@ class Storage:
             ):
                 raise IntegrityError(
                     f"damaged repository: {self.display(rel)} (or a folder above it) is not what it should be: "
-                    f"{_reason(exc)}"
+                    f"{first_line(exc)}"
                 ) from None
             if writing:
-                raise UnavailableError(f"cannot write at {self.display(rel)}: {_reason(exc)}") from None
+                raise UnavailableError(f"cannot write at {self.display(rel)}: {first_line(exc)}") from None
             raise
         except PermissionError as exc:
-            raise UnavailableError(f"permission denied at {self.display(rel)}: {_reason(exc)}") from None
+            raise UnavailableError(f"permission denied at {self.display(rel)}: {first_line(exc)}") from None
         except OSError as exc:
-            raise UnavailableError(f"cannot reach repository at {self.display(rel)}: {_reason(exc)}") from None
+            raise UnavailableError(f"cannot reach repository at {self.display(rel)}: {first_line(exc)}") from None
         except Exception as exc:  # botocore/aiohttp errors carry no common base class
             name = type(exc).__name__
             if name in ("NoCredentialsError", "PartialCredentialsError"):
@@ -319,13 +320,8 @@ class Storage:
                     "AWS_SECRET_ACCESS_KEY (or a profile)"
                 ) from None
             if "Endpoint" in name or "Connect" in name or "Timeout" in name:
-                raise UnavailableError(f"cannot reach repository at {self.display(rel)}: {_reason(exc)}") from None
+                raise UnavailableError(f"cannot reach repository at {self.display(rel)}: {first_line(exc)}") from None
             raise
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _fsync_dir(folder: str) -> None:

@@ -82,9 +82,10 @@ from aibackup.errors import (
     UnavailableError,
     UnsupportedFeatureError,
     UsageError,
+    first_line,
 )
 from connectors import chroma_metadata as cm
-from connectors.base import MODES, DatasetDescription, ImportPlan, Location, VectorConnector
+from connectors.base import MODES, DatasetDescription, ImportPlan, Location, VectorConnector, id_checksum
 from connectors.registry import api_key
 from manifests.model import DenseVectorSpec, VectorsConfig
 from manifests.vectors import dense_column
@@ -218,7 +219,7 @@ class ChromaConnector(VectorConnector):
         for page in self._pages(col, include, dataset.name):
             ids = list(page["ids"])
             batch = cm.page_to_batch(dataset.name, schema, size, page)
-            id_sum += _id_hash_sum(ids)
+            id_sum += id_checksum(ids)
             rows += len(ids)
             yield batch
         with self._errors("count records", dataset.name):
@@ -260,7 +261,7 @@ class ChromaConnector(VectorConnector):
                 ids = list(col.get(include=[], limit=ID_PAGE, offset=offset)["ids"])
             if not ids:
                 return total
-            total += _id_hash_sum(ids)
+            total += id_checksum(ids)
             offset += len(ids)
 
     # --- import ------------------------------------------------------------------------------------------
@@ -337,6 +338,7 @@ class ChromaConnector(VectorConnector):
             )
 
         existing = self._collection(dest, missing_ok=True)
+        count = 0
         if existing is not None:
             with self._errors("count records", dest):
                 count = int(existing.count())
@@ -347,6 +349,11 @@ class ChromaConnector(VectorConnector):
                 )
             if mode == "merge":
                 self._check_merge(existing, keep, distance)
+        # Chroma learns a collection's dimension from its first record: restoring no records gives a
+        # collection that is described without a vector, and the plan says so (space and hnsw still travel).
+        holds_records = source.rows > 0 or (mode == "merge" and count > 0)
+        if not holds_records:
+            keep = None
         dense = (DenseVectorSpec(keep.name, keep.size, distance),) if keep else ()
         target_cfg = VectorsConfig(
             dense=dense,
@@ -526,12 +533,12 @@ class ChromaConnector(VectorConnector):
                 raise  # KeyboardInterrupt, GeneratorExit, ... (a Rust panic is a BaseException too)
             error = self._translate(exc, what, collection)
             if unavailable and not isinstance(error, UnavailableError):
-                error = UnavailableError(f"{self._store} does not answer like a Chroma server ({_first_line(exc)})")
+                error = UnavailableError(f"{self._store} does not answer like a Chroma server ({first_line(exc)})")
             raise error from exc
 
     def _translate(self, exc: BaseException, what: str, collection: str | None) -> AibackupError:
         errors = self._chromadb.errors
-        text = _first_line(exc)
+        text = first_line(exc)
         subject = f"collection {collection!r} in {self._store}" if collection else self._store
         if isinstance(exc, errors.NotFoundError) and collection:
             return DatasetNotFoundError(f"collection {collection!r} not found in {self._store}")
@@ -541,12 +548,6 @@ class ChromaConnector(VectorConnector):
         if _is_transport_error(exc):
             return UnavailableError(f"Chroma server {self._store} is not answering ({what}): {text}")
         return ConnectorError(f"Chroma could not {what} ({subject}): {text}")
-
-
-def _first_line(exc: BaseException) -> str:
-    # chromadb raises Exception(response body) for an HTTP error it cannot decode, often an empty one.
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else f"{type(exc).__name__} without a message"
 
 
 def _is_transport_error(exc: BaseException) -> bool:
@@ -559,12 +560,6 @@ def _is_transport_error(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - chromadb depends on httpx
         return False
     return isinstance(exc, httpx.TransportError | httpx.HTTPStatusError)
-
-
-def _id_hash_sum(ids: Iterable[str]) -> int:
-    """A sum of the ids' hashes. Python's own string hash (SipHash with a per-process key) is enough: both
-    sums compared are computed in this process, and it is several times cheaper than a cryptographic hash."""
-    return sum(map(hash, ids))
 
 
 __all__ = ["ChromaConnector"]

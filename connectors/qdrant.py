@@ -74,8 +74,9 @@ from aibackup.errors import (
     UnavailableError,
     UnsupportedFeatureError,
     UsageError,
+    first_line,
 )
-from connectors.base import MODES, DatasetDescription, ImportPlan, Location, VectorConnector, identity
+from connectors.base import MODES, DatasetDescription, ImportPlan, Location, VectorConnector, id_checksum, identity
 from connectors.qdrant_points import (
     AIBACKUP_NAMESPACE,
     ID_KEY,
@@ -112,8 +113,11 @@ SEARCH_CHUNK = 64
 
 
 #: Qdrant's collection-name rule: the name is a folder name on the server.
+#: Points per page of the ids-only pass that proves an export saw every point once.
+ID_PAGE = 10_000
 MAX_NAME = 255
 BAD_NAME_CHARS = ("/", "\\", "\0")
+
 
 class QdrantConnector(VectorConnector):
     """A Qdrant store: local mode at a path or a server. See the module docstring for the mapping."""
@@ -208,24 +212,32 @@ class QdrantConnector(VectorConnector):
         client = self._require()
         name, schema = dataset.name, dataset.schema
         limit = page_rows(dataset.config, self.batch_rows, READ_FLOAT_BUDGET)
-        offset: Any = None
-        exported = 0
-        while True:
-            with self._errors(f"reading collection {name!r}", name):
-                points, offset = client.scroll(name, limit=limit, offset=offset, with_payload=True, with_vectors=True)
-            if points:
-                batch = points_to_batch(points, dataset.config, schema, name)
-                exported += batch.num_rows
-                yield batch
-            if offset is None or not points:
-                break
+        exported = checksum = 0
+        for points in self._scroll(name, limit, full=True):
+            batch = points_to_batch(points, dataset.config, schema, name)
+            exported += batch.num_rows
+            checksum += id_checksum(p.id for p in points)
+            yield batch
         with self._errors(f"counting collection {name!r}", name):
             final = client.count(name, exact=True).count
-        if final != exported:
+        ids_now = sum(id_checksum(p.id for p in page) for page in self._scroll(name, ID_PAGE, full=False))
+        if final != exported or ids_now != checksum:
             raise SourceDataError(
-                f"Qdrant collection {name!r} in {self._where} holds {final} points but {exported} were "
-                f"exported: it changed during the backup; back up again while it is not written to"
+                f"Qdrant collection {name!r} in {self._where} changed during the backup (holds {final} points, "
+                f"{exported} were exported, or not each point once); back up again while it is not written to"
             )
+
+    def _scroll(self, name: str, limit: int, *, full: bool) -> Iterator[list[Any]]:
+        """Non-empty scroll pages of a collection in id order: whole points, or (`full` False) ids only."""
+        client = self._require()
+        offset: Any = None
+        while True:
+            with self._errors(f"reading collection {name!r}", name):
+                points, offset = client.scroll(name, limit=limit, offset=offset, with_payload=full, with_vectors=full)
+            if points:
+                yield points
+            if offset is None or not points:
+                return
 
     def id_types(self, ids: pa.Array) -> Counter[str]:
         """uint / uuid for native point ids, string for ids that came back from ``_aibackup_id``."""
@@ -423,7 +435,7 @@ class QdrantConnector(VectorConnector):
         except (OSError, sqlite3.Error) as exc:
             raise UnavailableError(f"Qdrant store {self._where}: {action} failed: {exc}") from None
         except (ValueError, RuntimeError) as exc:  # local mode's errors and model validation
-            text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = first_line(exc)
             if collection is not None and text == f"Collection {collection} not found":
                 raise DatasetNotFoundError(f"collection {collection!r} not found in {self._where}") from None
             if isinstance(exc, ValueError):  # local mode's "bad request", as a server's HTTP 400

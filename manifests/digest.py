@@ -141,10 +141,6 @@ class DatasetDigest:
         self.add_digests(digests)
         return digests
 
-    def merge(self, other: DatasetDigest) -> None:
-        self._sum = (self._sum + other._sum) % MOD
-        self.rows += other.rows
-
     @property
     def hexdigest(self) -> str:
         """32 lowercase hex digits (the sum as a 128-bit big-endian number)."""

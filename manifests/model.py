@@ -374,10 +374,6 @@ class BundleManifest:
                 return d
         raise KeyError(name)
 
-    @property
-    def rows(self) -> int:
-        return sum(d.rows for d in self.datasets)
-
     @classmethod
     def from_bytes(cls, data: bytes, where: str = "manifest") -> BundleManifest:
         """Parse and check a manifest. Raises ManifestError (or its subclass for a newer version)."""

@@ -151,11 +151,30 @@ def test_crash_between_parts_and_manifest_leaves_no_bundle(
 
     with monkeypatch.context() as patch:
         patch.setattr(Repository, "commit", crash)
-        assert cli("backup", f"chroma:{tmp_path / 'chroma'}").code == 130
-    parts = list((tmp_path / "aibackup-repo" / "data").rglob("*.parquet"))
-    assert len(parts) == 2  # the orphan is there ...
+        one_line_error(cli("backup", f"chroma:{tmp_path / 'chroma'}"), 130, "interrupted")
+    # Interrupted: no bundle, and the parts it wrote are removed again.
+    assert len(list((tmp_path / "aibackup-repo" / "data").rglob("*.parquet"))) == 1
+    assert len(ok(cli("list", "--json")).json()) == 1
+
+    # Killed (SIGKILL) between its parts and its manifest: nothing runs after, so the parts stay behind.
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "from aibackup.repository import Repository\n"
+        "Repository.commit = lambda self, manifest: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from aibackup.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "backup", f"chroma:{tmp_path / 'chroma'}"], capture_output=True, timeout=120
+    )
+    assert proc.returncode == -9
+    assert len(list((tmp_path / "aibackup-repo" / "data").rglob("*.parquet"))) == 2  # the orphan is there ...
     assert len(ok(cli("list", "--json")).json()) == 1  # ... but no bundle references it
     assert ok(cli("verify", "--read-data", "--json")).json()["ok"]
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}"))  # and the next backup runs normally
 
 
 def test_non_empty_target_needs_a_mode(tmp_path: Path, cli: Cli) -> None:
@@ -364,3 +383,17 @@ def test_a_manifest_rewritten_with_a_valid_checksum_is_still_caught(tmp_path: Pa
     rewrite(lambda d: d.update(kind="conversations"))
     one_line_error(cli("restore", "--to", f"qdrant:{tmp_path / 'q'}"), 2, "'conversations'", "upgrade")
     path.write_bytes(original)  # the forged manifests are not this version's output
+
+
+def test_empty_collections_cross_backends(tmp_path: Path, cli: Cli) -> None:
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=str(tmp_path / "q"))
+    client.create_collection("empty", vectors_config=models.VectorParams(size=3, distance=models.Distance.DOT))
+    client.close()
+    ok(cli("backup", f"qdrant:{tmp_path / 'q'}"))
+    restored = ok(cli("restore", "--to", f"chroma:{tmp_path / 'c'}", "--json")).json()
+    assert restored["ok"] and restored["datasets"][0]["rows"] == 0
+    ok(cli("backup", f"chroma:{tmp_path / 'c'}"))
+    again = ok(cli("restore", "--to", f"qdrant:{tmp_path / 'q2'}", "--json")).json()
+    assert again["ok"] and again["datasets"][0]["rows"] == 0
