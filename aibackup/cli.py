@@ -298,7 +298,11 @@ def restore(
                 f"\ncollection {arrow}: {d.rows} rows (load {d.load_seconds:.1f} s, checks {d.check_seconds:.1f} s)"
             )
             for item in d.dropped:
-                click.echo(f"  dropped (--allow-lossy): {item}")
+                click.echo(f"  lossy mapping (--allow-lossy): {item}")
+            for item in d.lost:
+                click.echo(f"  lost: {item}")
+            if d.dropped and not d.lost:
+                click.echo("  lost: nothing (no record held what the target cannot)")
             for item in d.notes:
                 click.echo(f"  note: {item}")
             _table(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from connectors.base import MODES, DatasetDescription, ImportPlan, VectorConnect
 from connectors.registry import open_connector
 from manifests.digest import DatasetDigest
 from manifests.model import BundleManifest, DatasetManifest
+from manifests.vectors import ID, METADATA
 
 #: Dataset kinds this version can restore (a newer aibackup may write others into a bundle).
 RESTORABLE_KINDS = ("vectors",)
@@ -37,7 +39,8 @@ class DatasetResult:
     name: str  # the collection in the bundle
     target: str  # the collection restored into
     rows: int
-    dropped: tuple[str, ...]
+    dropped: tuple[str, ...]  # the lossy mappings the plan applies
+    lost: tuple[str, ...]  # what they really changed in this bundle's records
     notes: tuple[str, ...]
     load_seconds: float
     check_seconds: float
@@ -54,6 +57,7 @@ class DatasetResult:
             "rows": self.rows,
             "ok": self.ok,
             "dropped": list(self.dropped),
+            "lost": list(self.lost),
             "notes": list(self.notes),
             "load_seconds": round(self.load_seconds, 3),
             "check_seconds": round(self.check_seconds, 3),
@@ -131,18 +135,20 @@ def run_restore(
         # Every record is checked against the manifest's digest and against what the target can hold
         # before anything is written.
         validated = time.perf_counter()
+        audits = []
         for dataset, plan in plans:
-            digest = DatasetDigest()
-            connector.validate_records(plan, _digesting(prefetch(reader.batches(dataset)), digest))
-            if (digest.hexdigest, digest.rows) != (dataset.digest, dataset.rows):
+            audit = _Audit(plan)
+            connector.validate_records(plan, audit.watch(prefetch(reader.batches(dataset))))
+            if (audit.digest.hexdigest, audit.digest.rows) != (dataset.digest, dataset.rows):
                 raise IntegrityError(
                     f"refusing to restore: the records of collection {dataset.name!r} in bundle "
                     f"{manifest.bundle_id} do not match its manifest's digest; nothing was written"
                 )
+            audits.append(audit)
         validate_seconds = time.perf_counter() - validated
-        for dataset, plan in plans:
+        for (dataset, plan), audit in zip(plans, audits, strict=True):
             try:
-                results.append(_restore_one(connector, reader, dataset, plan, check_options))
+                results.append(_restore_one(connector, reader, dataset, plan, check_options, audit.lost()))
             except AibackupError as exc:
                 done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
                 raise type(exc)(
@@ -161,6 +167,7 @@ def _restore_one(
     dataset: DatasetManifest,
     plan: ImportPlan,
     check_options: CheckOptions | None,
+    lost: tuple[str, ...],
 ) -> DatasetResult:
     started = time.perf_counter()
     rows = connector.import_(plan, prefetch(reader.batches(dataset)))
@@ -171,6 +178,7 @@ def _restore_one(
         target=plan.target.name,
         rows=rows,
         dropped=plan.dropped,
+        lost=lost,
         notes=plan.notes,
         load_seconds=loaded - started,
         check_seconds=time.perf_counter() - loaded,
@@ -178,10 +186,45 @@ def _restore_one(
     )
 
 
-def _digesting(batches: Iterable[pa.RecordBatch], digest: DatasetDigest) -> Iterator[pa.RecordBatch]:
-    for batch in batches:
-        digest.add_batch(batch)
-        yield batch
+class _Audit:
+    """What the validation pass learns about a dataset on the way through: the digest of its records, and
+    what the plan's lossy mapping really changes (columns with values dropped, records whose metadata is
+    rewritten), so the report says what was lost, not only what could have been."""
+
+    def __init__(self, plan: ImportPlan) -> None:
+        self.plan = plan
+        self.digest = DatasetDigest()
+        self.dropped: Counter[str] = Counter()
+        self.rewritten = 0
+        self.examples: list[str] = []
+
+    def watch(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            self.digest.add_batch(batch)
+            if self.plan.dropped:
+                self._tally(batch, self.plan.transform(batch))
+            yield batch
+
+    def _tally(self, before: pa.RecordBatch, after: pa.RecordBatch) -> None:
+        kept = set(after.schema.names)
+        for name in before.schema.names:
+            if name not in kept:
+                column = before.column(name)
+                self.dropped[name] += len(column) - column.null_count
+        if METADATA in kept:
+            ids = before.column(ID).to_pylist()
+            pairs = zip(before.column(METADATA).to_pylist(), after.column(METADATA).to_pylist(), strict=True)
+            for n, (old, new) in enumerate(pairs):
+                if old != new:
+                    self.rewritten += 1
+                    if len(self.examples) < 3:
+                        self.examples.append(repr(ids[n]))
+
+    def lost(self) -> tuple[str, ...]:
+        lines = [f"column {name!r}: {count} values dropped" for name, count in sorted(self.dropped.items()) if count]
+        if self.rewritten:
+            lines.append(f"metadata of {self.rewritten} records rewritten (e.g. {', '.join(self.examples)})")
+        return tuple(lines)
 
 
 def _select(manifest: BundleManifest, pairs: list[tuple[str, str]]) -> list[tuple[DatasetManifest, str]]:

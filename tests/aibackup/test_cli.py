@@ -224,6 +224,12 @@ def test_named_vectors_into_chroma_are_refused_unless_lossy(tmp_path: Path, cli:
     assert lossy["ok"]
     dropped = " ".join(lossy["datasets"][0]["dropped"])
     assert "image" in dropped and "bm25" in dropped
+    # What was really lost, counted: every point had a text vector, a sparse vector and a list of tags
+    # (Chroma holds lists of one type: the tags stay, so no metadata is rewritten).
+    assert lossy["datasets"][0]["lost"] == [
+        "column 'sparse:bm25': 20 values dropped",
+        "column 'vector:text': 20 values dropped",  # 'image' is kept: the first by name
+    ]
 
 
 def test_bad_input_gives_one_line_and_the_documented_exit_code(tmp_path: Path, cli: Cli) -> None:
