@@ -355,17 +355,16 @@ def _search_checks(
 ) -> list[Check]:
     specs = [d for d in sorted(plan.target.config.dense, key=lambda d: d.name) if not d.multivector]
     multi = [d for d in plan.target.config.dense if d.multivector]
-    checks: list[Check] = []
     single = len(plan.target.config.dense) == 1
-    for spec in multi:
-        checks.append(Check(f"search[{spec.name}]", True, "skipped: multivector (digests cover it)"))
+
+    def name_of(spec: DenseVectorSpec) -> str:
+        return "search" if single else f"search[{spec.name}]"
+
+    checks = [Check(name_of(spec), True, "skipped: multivector (digests cover it)") for spec in multi]
     if not specs:
         return checks
     if options.queries == 0:
-        return [
-            *checks,
-            *(Check(f"search[{s.name}]" if not single else "search", True, "skipped (--queries 0)") for s in specs),
-        ]
+        return checks + [Check(name_of(spec), True, "skipped (--queries 0)") for spec in specs]
     # Pass 1: the query records, sampled by position with a fixed seed.
     total = plan.source.rows
     rng = np.random.default_rng(options.seed)
@@ -380,7 +379,7 @@ def _search_checks(
                     found.append(np.asarray(value, dtype=np.float32))
         offset += batch.num_rows
     for spec in specs:
-        name = "search" if single else f"search[{spec.name}]"
+        name = name_of(spec)
         column = dense_column(spec.name)
         if not queries[column]:
             checks.append(Check(name, True, "skipped: no records with this vector"))
