@@ -24,7 +24,7 @@ from aibackup.checks import Check, CheckOptions, prove
 from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UsageError
 from aibackup.pipeline import prefetch
 from aibackup.repository import Repository
-from connectors.base import MODES, DatasetDescription, ImportPlan, VectorConnector
+from connectors.base import MODES, Connector, DatasetDescription, ImportPlan
 from connectors.registry import open_connector
 from manifests.digest import DatasetDigest
 from manifests.model import BundleManifest, DatasetManifest
@@ -162,7 +162,7 @@ def run_restore(
 
 
 def _restore_one(
-    connector: VectorConnector,
+    connector: Connector,
     reader: BundleReader,
     dataset: DatasetManifest,
     plan: ImportPlan,

@@ -1,14 +1,21 @@
-"""The contract every vector connector fulfils.
+"""The contract every connector fulfils.
 
-A connector is bound to one store (an embedded path or a server) and speaks only Arrow: it yields record
-batches in the canonical vectors schema (:mod:`manifests.vectors`) and takes them back. It never touches
-the repository, files of the bundle or Parquet; the core does that.
+A connector is bound to one store (an embedded vector store or server, a folder of JSONL logs, a SQLite
+table, a folder of configuration files) and speaks only Arrow: it yields record batches in the canonical
+schema of its dataset kind (:mod:`manifests.kinds`) and takes them back. It never touches the repository,
+the bundle's files or Parquet; the core does that.
 
-Lifecycle: ``open_connector(uri)`` (connectors.registry) -> ``describe`` / ``export`` for a backup;
-``plan_import`` -> ``import_`` -> ``describe`` / ``export`` / ``search`` (the proof) for a restore ->
-``close``. Every method raises only :class:`aibackup.errors.AibackupError` subclasses for conditions a
-user can meet (missing collection, unreachable server, unsupported feature), never a client's own
-exception.
+Lifecycle: ``open_connector(uri)`` (connectors.registry) -> ``describe`` / ``export`` (/ ``export_state``)
+for a backup; ``plan_import`` -> ``validate_records`` -> ``import_`` -> ``describe`` / ``export`` /
+``extra_checks`` / ``search`` (the proof) for a restore -> ``close``. Every method raises only
+:class:`aibackup.errors.AibackupError` subclasses for conditions a user can meet (missing collection or
+file, unreachable server, unsupported feature, bad source data), never a library's own exception.
+
+Incremental backups: ``export(dataset, since=state)`` receives the high-water mark the previous bundle of
+the same source recorded for the dataset (whatever JSON the connector put in ``ExportState.state``); a
+connector that can continue from it yields only the records past it and reports ``incremental=True``, and
+the core then chains the previous bundle's parts into the new manifest, so the newest bundle always
+restores the whole dataset.
 """
 
 from __future__ import annotations
@@ -17,13 +24,14 @@ from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
+from urllib.parse import urlencode
 
 import numpy as np
 import pyarrow as pa
 
+from manifests.kinds import arrow_schema
 from manifests.model import VectorsConfig
-from manifests.vectors import arrow_schema
 
 #: How a restore treats an existing collection: create (refuse a non-empty one), overwrite (drop and
 #: recreate it), merge (upsert into it; records not in the bundle stay).
@@ -34,8 +42,8 @@ MODES = ("create", "overwrite", "merge")
 class Location:
     """A parsed connector URI. ``path`` for embedded stores; ``host``/``port``/``tls`` for servers."""
 
-    scheme: str  # as written: "chroma", "chroma+http", "qdrant+https", ...
-    kind: str  # registry kind: "chroma" or "qdrant"
+    scheme: str  # as written: "chroma", "chroma+http", "qdrant+https", "conversations+sqlite", ...
+    kind: str  # registry kind: "chroma", "qdrant", "conversations", "finetune", "config"
     path: str | None = None
     host: str | None = None
     port: int | None = None
@@ -47,24 +55,66 @@ class Location:
         return self.host is not None
 
     def display(self) -> str:
-        """The URI with no credentials (none are ever part of it: keys come from the environment)."""
-        if self.is_server:
-            return f"{self.scheme}://{self.host}:{self.port}"
-        return f"{self.scheme}:{self.path}"
+        """The URI with no credentials (none are ever part of it: keys come from the environment).
+
+        It names the source in manifests, so two backups of the same store give the same text."""
+        base = f"{self.scheme}://{self.host}:{self.port}" if self.is_server else f"{self.scheme}:{self.path}"
+        # Parameters that pick the data (tenant, database, table) name the store; api_key_env does not.
+        naming = sorted((k, v) for k, v in self.params.items() if k != "api_key_env")
+        return f"{base}?{urlencode(naming)}" if naming else base
 
 
 @dataclass(frozen=True)
 class DatasetDescription:
-    """A collection as a connector sees it: name, neutral config, and a row count (exact if cheap)."""
+    """A dataset as a connector sees it: name, configuration, and a row count (exact if cheap).
+
+    ``config`` is a :class:`VectorsConfig` for kind "vectors"; for the record kinds it is the JSON object
+    the manifest keeps (per-file summaries, the source's table definition, a job config, ...).
+    """
 
     name: str
-    config: VectorsConfig
+    config: Any  # VectorsConfig for "vectors", a JSON-able Mapping[str, Any] otherwise
     rows: int
     kind: str = "vectors"
 
     @property
     def schema(self) -> pa.Schema:
-        return arrow_schema(self.config)
+        return arrow_schema(self.kind, self.config)
+
+    def config_json(self) -> dict[str, Any]:
+        return self.config.to_json() if isinstance(self.config, VectorsConfig) else dict(self.config)
+
+
+@dataclass(frozen=True)
+class ExportState:
+    """What an export leaves for the next backup and the report, read with ``export_state`` after the
+    export's batches are exhausted.
+
+    ``state`` is the high-water mark (JSON) the manifest records for the dataset; ``incremental`` says the
+    batches held only records past the ``since`` state given to ``export`` (the core then chains the
+    previous bundle's parts); ``config`` replaces the description's config in the manifest when the
+    export learned more while streaming (per-file summaries); ``notes`` are reported to the user
+    ("2 malformed lines kept raw: logs/a.jsonl:17, ...").
+    """
+
+    state: Mapping[str, Any]
+    incremental: bool = False
+    config: Mapping[str, Any] | None = None
+    notes: tuple[str, ...] = ()
+
+
+class SecretBox(Protocol):
+    """Encryption under the repository key, handed to connectors that store secrets (the core derives the
+    key; a connector never sees it). ``seal``/``open`` are AES-256-GCM with `aad` bound in; ``open``
+    raises IntegrityError for a wrong key or damaged data. ``keyed_hash`` is HMAC-SHA256 (hex) under a key
+    derived from the same repository key: a digest of secret-bearing bytes that cannot be brute-forced
+    without the key."""
+
+    def seal(self, plaintext: bytes, aad: bytes) -> bytes: ...
+
+    def open(self, sealed: bytes, aad: bytes) -> bytes: ...
+
+    def keyed_hash(self, data: bytes) -> str: ...
 
 
 Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
@@ -82,8 +132,11 @@ class ImportPlan:
     target will hold after the documented lossy mapping (identity when nothing is lost); the restore checks
     apply it to the bundle before comparing, so a dropped feature is reported in ``dropped`` but is not a
     check failure. ``target`` is the description of the collection as it will exist (its config after
-    mapping, its name). ``tolerances`` names vector columns the target changes by design, with the rule
-    the checks apply (``"normalize"``: the target stores the unit vector; ``"ulp"``: a few float32 ulps).
+    mapping, its name). ``tolerances`` names columns the target changes by design, with the rule the
+    checks apply: ``"normalize"`` (vectors; the target may store the unit vector, so both sides are
+    compared normalised), ``"ulp"`` (vectors; a few float32 ulps), ``"covered"`` (any column whose value
+    legitimately differs on each write, say secrets sealed with a fresh nonce, when another column of
+    the record, a keyed hash of the plaintext, proves it).
     """
 
     source: DatasetDescription
@@ -99,18 +152,23 @@ class ImportPlan:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
-class VectorConnector(ABC):
-    """A vector store: Chroma, Qdrant, ... One instance is bound to one store (embedded or server)."""
+class Connector(ABC):
+    """A store of one dataset kind. One instance is bound to one store (a path, a server, a table)."""
 
-    #: Registry kind, also the scheme prefix: "chroma", "qdrant".
+    #: Registry kind, also the scheme prefix: "chroma", "qdrant", "conversations", ...
     kind: ClassVar[str]
+    #: The kind of dataset it holds: "vectors", "conversations", "finetune" or "config".
+    dataset_kind: ClassVar[str]
 
-    def __init__(self, location: Location, *, create: bool = False) -> None:
+    def __init__(self, location: Location, *, create: bool = False, options: Mapping[str, Any] | None = None) -> None:
         """Open the store. `create` is True for restore targets (an embedded path may be created);
         for a source a missing path raises DatasetNotFoundError/UsageError naming it. A server that
         does not answer raises UnavailableError. Optional client libraries are imported here and a
-        missing one raises ConnectorNotInstalledError naming the extra."""
+        missing one raises ConnectorNotInstalledError naming the extra. `options` carries what the
+        command line gives this kind of store (``on_bad_line``, ``job_config``, ``secrets`` (a
+        SecretBox), ``redact_secrets``); a connector ignores options that are not its own."""
         self.location = location
+        self.options: Mapping[str, Any] = options or {}
 
     @abstractmethod
     def describe(self, names: Sequence[str] | None = None) -> list[DatasetDescription]:
@@ -118,10 +176,16 @@ class VectorConnector(ABC):
         Raises DatasetNotFoundError naming the first missing collection."""
 
     @abstractmethod
-    def export(self, dataset: DatasetDescription) -> Iterator[pa.RecordBatch]:
-        """Every record of the collection, as canonical batches of ``dataset.schema`` of bounded size.
-        Memory must not grow with the collection. Raises SourceDataError for data it cannot represent
+    def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
+        """Every record of the dataset, as canonical batches of ``dataset.schema`` of bounded size (only
+        the records past `since` when the connector supports incremental exports and `since` still
+        holds). Memory must not grow with the dataset. Raises SourceDataError for data it cannot represent
         faithfully (never drops or alters a record silently)."""
+
+    def export_state(self, name: str) -> ExportState | None:
+        """After an export of dataset `name` is exhausted: its high-water mark and notes. Default: none
+        (every backup is a full one)."""
+        return None
 
     @abstractmethod
     def plan_import(self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool) -> ImportPlan:
@@ -144,10 +208,10 @@ class VectorConnector(ABC):
         """
         return sum(plan.transform(batch).num_rows for batch in batches)
 
-    @abstractmethod
-    def search(self, name: str, vector: str, queries: np.ndarray, k: int) -> list[list[str]]:
-        """The ids (canonical strings) of the `k` nearest records for each query row, nearest first,
-        using the collection's own index and distance for dense vector `vector` ("" = default)."""
+    def extra_checks(self, plan: ImportPlan) -> list[tuple[str, bool, str]]:
+        """Checks of a finished import beyond the record comparison, as (name, ok, detail): say the
+        sha256 of every file written against the manifest. Default: none."""
+        return []
 
     def id_types(self, ids: pa.Array) -> Counter[str]:
         """How many of `ids` (canonical strings, as exported) had each original id type in this backend:
@@ -157,11 +221,22 @@ class VectorConnector(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release clients and file locks. Safe to call twice."""
 
-    def __enter__(self) -> VectorConnector:
+    def __enter__(self) -> Connector:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class VectorConnector(Connector):
+    """A vector store: Chroma, Qdrant, ... (embedded or server)."""
+
+    dataset_kind = "vectors"
+
+    @abstractmethod
+    def search(self, name: str, vector: str, queries: np.ndarray, k: int) -> list[list[str]]:
+        """The ids (canonical strings) of the `k` nearest records for each query row, nearest first,
+        using the collection's own index and distance for dense vector `vector` ("" = default)."""
 
 
 def id_checksum(ids: Iterable[object]) -> int:

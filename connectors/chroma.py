@@ -63,7 +63,7 @@ is deleted (overwrite, or create over an empty one).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -102,10 +102,17 @@ class ChromaConnector(VectorConnector):
     #: (embedded and ``chroma run``) refuses them, and only local stores can be named by a URI.
     sparse_metadata = False
 
-    def __init__(self, location: Location, *, create: bool = False, batch_rows: int = 2500) -> None:
+    def __init__(
+        self,
+        location: Location,
+        *,
+        create: bool = False,
+        options: Mapping[str, Any] | None = None,
+        batch_rows: int = 2500,
+    ) -> None:
         """Open the store. Source (`create` False): a path without chroma.sqlite3 raises DatasetNotFoundError.
         A server that does not answer raises UnavailableError. `batch_rows` is the export page size."""
-        super().__init__(location, create=create)
+        super().__init__(location, create=create, options=options)
         if not 1 <= batch_rows <= MAX_GET:
             raise UsageError(f"batch_rows must be between 1 and {MAX_GET} (Chroma's get() limit)")
         self.batch_rows = batch_rows
@@ -196,7 +203,7 @@ class ChromaConnector(VectorConnector):
         )
         return DatasetDescription(name=col.name, config=config, rows=rows)
 
-    def export(self, dataset: DatasetDescription) -> Iterator[pa.RecordBatch]:
+    def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Every record as canonical batches of at most `batch_rows` rows (offset pages).
 
         Each record exactly once is proven, not assumed: count() before and after must equal the rows

@@ -57,7 +57,7 @@ import os
 import sqlite3
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -129,13 +129,14 @@ class QdrantConnector(VectorConnector):
         location: Location,
         *,
         create: bool = False,
+        options: Mapping[str, Any] | None = None,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         write_rows: int = DEFAULT_WRITE_ROWS,
     ) -> None:
         """Open the store. A source (`create` False) local path that is missing or holds no Qdrant store
         raises DatasetNotFoundError (QdrantClient would create one); a server that does not answer or a
         local store locked by another process raises UnavailableError."""
-        super().__init__(location, create=create)
+        super().__init__(location, create=create, options=options)
         try:
             from qdrant_client import QdrantClient
         except ImportError:
@@ -205,7 +206,7 @@ class QdrantConnector(VectorConnector):
         config = qdrant_config.describe_config(info, local=not self.location.is_server)
         return DatasetDescription(name=name, config=config, rows=rows)
 
-    def export(self, dataset: DatasetDescription) -> Iterator[pa.RecordBatch]:
+    def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Every point as canonical batches (scroll pages of at most `batch_rows` points, fewer for wide
         vectors). Raises SourceDataError if the collection ends up holding another number of points than
         were exported (written to during the backup) or holds a point that does not fit `dataset`."""

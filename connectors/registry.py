@@ -1,58 +1,78 @@
 """Connector URIs and the registry of connector kinds.
 
-Accepted forms (DEST is where a bare kind restores to: ``./aibackup-restore/<kind>``):
+Accepted forms (a bare ``chroma``/``qdrant`` restore target means ``./aibackup-restore/<kind>``):
 
-=============================  ==================================================================
-``chroma:PATH``                embedded Chroma (PersistentClient) at PATH
-``chroma+http://HOST:PORT``    a Chroma server (``chroma+https://`` for TLS); token from
-                               ``CHROMA_API_KEY`` (or the variable named by ``?api_key_env=NAME``)
-``qdrant:PATH``                Qdrant local mode (``QdrantClient(path=PATH)``)
-``qdrant+http://HOST:PORT``    a Qdrant server (``qdrant+https://``); API key from ``QDRANT_API_KEY``
-                               (or ``?api_key_env=NAME``)
-``chroma`` / ``qdrant``        restore targets only: the embedded default ``./aibackup-restore/<kind>``
-=============================  ==================================================================
+=========================================  ========================================================
+``chroma:PATH``                            embedded Chroma (PersistentClient) at PATH
+``chroma+http://HOST:PORT``                a Chroma server (``chroma+https://`` for TLS); token from
+                                           ``CHROMA_API_KEY`` (or the variable named by ``?api_key_env=``)
+``qdrant:PATH``                            Qdrant local mode (``QdrantClient(path=PATH)``)
+``qdrant+http://HOST:PORT``                a Qdrant server (``qdrant+https://``); API key from
+                                           ``QDRANT_API_KEY`` (or ``?api_key_env=NAME``)
+``conversations:PATH``                     conversation logs: a JSONL file, a folder or a glob (also
+                                           ``.jsonl.gz`` / ``.jsonl.zst``); as a target, a folder
+``conversations+sqlite:PATH?table=T``      conversation logs in a SQLite table
+``finetune:PATH``                          fine-tuning JSONL files (a file, a folder or a glob); as a
+                                           target, a folder
+``config:PATH``                            configuration files (a folder or a file); as a target, a folder
+``chroma`` / ``qdrant``                    restore targets only: ``./aibackup-restore/<kind>``
+=========================================  ========================================================
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from aibackup.errors import UsageError
-from connectors.base import Location, VectorConnector
+from connectors.base import Connector, Location
 
 #: kind -> "module:Class", imported only when used so a missing optional client only matters then.
 CONNECTORS = {
     "chroma": "connectors.chroma:ChromaConnector",
     "qdrant": "connectors.qdrant:QdrantConnector",
+    "conversations": "connectors.conversations:ConversationsConnector",
+    "finetune": "connectors.finetune:FinetuneConnector",
+    "config": "connectors.configfiles:ConfigConnector",
 }
+#: kind -> the transports it accepts after "+": servers speak http(s); conversations also live in SQLite.
+TRANSPORTS = {"chroma": ("http", "https"), "qdrant": ("http", "https"), "conversations": ("sqlite",)}
+#: kinds a bare name may stand for as a restore target (an embedded default under DEFAULT_RESTORE_ROOT)
+BARE_TARGETS = ("chroma", "qdrant")
 DEFAULT_PORTS = {"chroma": 8000, "qdrant": 6333}
 DEFAULT_RESTORE_ROOT = "aibackup-restore"
-KNOWN_FORMS = "chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT"
+KNOWN_FORMS = (
+    "chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT, conversations:PATH, "
+    "conversations+sqlite:PATH?table=T, finetune:PATH, config:PATH"
+)
 
 
 def parse_location(uri: str, *, target: bool = False) -> Location:
     """Parse a source or target URI. Raises UsageError with one line naming the URI on any problem."""
     text = uri.strip()
-    if target and text in CONNECTORS:
+    if target and text in BARE_TARGETS:
         return Location(scheme=text, kind=text, path=str(Path(DEFAULT_RESTORE_ROOT, text).resolve()))
     scheme, sep, rest = text.partition(":")
     kind, plus, transport = scheme.partition("+")
     if not sep or kind not in CONNECTORS:
         raise UsageError(f"unknown store {uri!r}: expected one of {KNOWN_FORMS}")
-    if not plus:
+    if plus and transport not in TRANSPORTS.get(kind, ()):
+        allowed = " or ".join(TRANSPORTS.get(kind, ())) or "nothing"
+        raise UsageError(f"unknown store {uri!r}: after '{kind}+' comes {allowed}")
+    if not plus or transport == "sqlite":
         path, _, query = rest.partition("?")
         if path.startswith("//"):
-            raise UsageError(f"bad store {uri!r}: write {kind}:PATH for a local store or {kind}+http://HOST:PORT")
+            raise UsageError(f"bad store {uri!r}: write {scheme}:PATH for a local store")
         if not path:
-            raise UsageError(f"bad store {uri!r}: no path after '{kind}:'")
-        return Location(
-            scheme=kind, kind=kind, path=str(Path(path).expanduser().resolve()), params=dict(parse_qsl(query))
-        )
-    if transport not in ("http", "https"):
-        raise UsageError(f"unknown store {uri!r}: the transport after '{kind}+' must be http or https")
+            raise UsageError(f"bad store {uri!r}: no path after '{scheme}:'")
+        params = dict(parse_qsl(query))
+        if transport == "sqlite" and not params.get("table"):
+            raise UsageError(f"bad store {uri!r}: name the table, as in {scheme}:PATH?table=conversations")
+        return Location(scheme=scheme, kind=kind, path=str(Path(path).expanduser().resolve()), params=params)
     parts = urlsplit(f"{transport}:{rest}")
     if not parts.hostname:
         raise UsageError(f"bad store {uri!r}: no host")
@@ -78,14 +98,14 @@ def api_key(location: Location) -> str | None:
     return os.environ.get(var) or None
 
 
-def connector_class(kind: str) -> type[VectorConnector]:
+def connector_class(kind: str) -> type[Connector]:
     module_name, _, class_name = CONNECTORS[kind].partition(":")
     module = importlib.import_module(module_name)
-    cls: type[VectorConnector] = getattr(module, class_name)
+    cls: type[Connector] = getattr(module, class_name)
     return cls
 
 
-def open_connector(uri: str, *, target: bool = False) -> VectorConnector:
+def open_connector(uri: str, *, target: bool = False, options: Mapping[str, Any] | None = None) -> Connector:
     """Open the store a URI names: as a source (`target` False: it must exist) or a restore target."""
     location = parse_location(uri, target=target)
-    return connector_class(location.kind)(location, create=target)
+    return connector_class(location.kind)(location, create=target, options=options)

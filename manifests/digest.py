@@ -5,9 +5,11 @@ canonical schema, in schema order (id, dense vectors by name, sparse vectors by 
 metadata), one marker byte and the value:
 
 - ``0x00`` for null;
-- ``0x01``, the value's byte length as 8-byte little-endian, then the bytes: UTF-8 for strings, little-endian
-  float32 for a dense vector; for a multivector the vector count (8-byte LE) then all floats; for a sparse
-  vector the pair count (8-byte LE), the uint32 LE indices, then the float32 LE values;
+- ``0x01``, the value's byte length as 8-byte little-endian, then the bytes: UTF-8 for strings, the bytes
+  themselves for binary, little-endian float32 for a dense vector; for a multivector the vector count
+  (8-byte LE) then all floats; for a sparse vector the pair count (8-byte LE), the uint32 LE indices, then
+  the float32 LE values; 8-byte LE two's complement for int64, 8-byte LE IEEE 754 for float64, the int64
+  count of the column's unit for a timestamp (microseconds for the record kinds), one byte 0/1 for bool;
 - ``0x02`` for a column left out of this digest (see ``exclude``), so the framing stays fixed.
 
 The **dataset digest** is the sum of the record digests read as little-endian 128-bit integers, modulo
@@ -66,11 +68,36 @@ def _framed_values(values: list[bytes | None]) -> list[Cell]:
     return [_NULL if v is None else _framed(v) for v in values]
 
 
+def _framed_scalars(array: pa.Array, dtype: str) -> list[Cell]:
+    """Framed cells of a fixed-width scalar column (int64, float64, timestamp, bool), via numpy."""
+    width = np.dtype(dtype).itemsize
+    if pa.types.is_boolean(array.type):
+        array = array.cast(pa.uint8())
+    values = array.fill_null(0).to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    header = b"\x01" + width.to_bytes(8, "little")
+    raw = np.ascontiguousarray(values).view(np.uint8).reshape(len(array), width)
+    cells: list[Cell] = [header + row.tobytes() for row in raw]
+    if array.null_count:
+        for i in np.flatnonzero(~array.is_valid().to_numpy(zero_copy_only=False)):
+            cells[i] = _NULL
+    return cells
+
+
 def _framed_cells(array: pa.Array) -> list[Cell]:
     """The framed canonical encoding of every cell of one column (see the module docstring)."""
     typ = array.type
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         return [_NULL if v is None else _framed(v.encode("utf-8")) for v in array.to_pylist()]
+    if pa.types.is_binary(typ) or pa.types.is_large_binary(typ):
+        return [_NULL if v is None else _framed(v) for v in array.to_pylist()]
+    if pa.types.is_int64(typ):
+        return _framed_scalars(array, "<i8")
+    if pa.types.is_timestamp(typ):
+        return _framed_scalars(array.cast(pa.int64()), "<i8")
+    if pa.types.is_float64(typ):
+        return _framed_scalars(array, "<f8")
+    if pa.types.is_boolean(typ):
+        return _framed_scalars(array, "u1")
     if pa.types.is_fixed_size_list(typ):
         return _framed_fixed(array)
     if pa.types.is_list(typ) and pa.types.is_fixed_size_list(typ.value_type):

@@ -275,6 +275,11 @@ class DatasetManifest:
     parts: tuple[PartEntry, ...]
     id_types: Mapping[str, int] = field(default_factory=dict)  # e.g. {"uint": 10, "uuid": 2}
     digest_algorithm: str = DIGEST_ALGORITHM
+    #: The connector's high-water mark after this backup (the next incremental backup starts from it).
+    state: Mapping[str, Any] | None = None
+    #: For an incremental backup: the bundle whose dataset this one extends. Its parts are listed again
+    #: here, first, so this manifest alone describes the whole dataset.
+    extends: str | None = None
 
     def vectors_config(self) -> VectorsConfig:
         return VectorsConfig.from_json(self.config, f"dataset {self.name!r} config")
@@ -289,6 +294,8 @@ class DatasetManifest:
             "digest": {"algorithm": self.digest_algorithm, "value": self.digest},
             "id_types": dict(self.id_types),
             "parts": [p.to_json() for p in self.parts],
+            "state": None if self.state is None else dict(self.state),
+            "extends": self.extends,
         }
 
     @classmethod
@@ -323,6 +330,8 @@ class DatasetManifest:
             digest=_hex(digest, "value", f"{where}.digest", 32),
             parts=parts,
             id_types=id_types,
+            state=_opt(doc, "state", dict, where, None),
+            extends=_opt(doc, "extends", str, where, None),
         )
         if kind == "vectors":
             dataset.vectors_config()  # validate now, not at restore time
