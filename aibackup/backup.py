@@ -9,18 +9,38 @@ interrupt also removes the parts it wrote.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aibackup import __version__
-from aibackup.bundle import BundleWriter, WriteOptions
+from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
+from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
 from aibackup.pipeline import prefetch, steady_memory
 from aibackup.repository import Repository, iso, utc_now
-from connectors.registry import open_connector
+from connectors.registry import open_connector, parse_location
 from manifests.model import BundleManifest, DatasetManifest
 
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What the command line says about reading the source (each connector takes the ones it knows)."""
+
+    on_bad_line: str = "fail"  # conversations: "fail" or "skip" (kept raw, reported)
+    job_config: str | None = None  # finetune: a YAML or JSON job configuration file
+    redact_secrets: bool = False  # config: drop secret values instead of sealing them
+    key_file: str | None = None  # the repository key, instead of AIBACKUP_KEY
+
+    def connector_options(self, key: RepositoryKey | None) -> dict[str, object]:
+        return {
+            "on_bad_line": self.on_bad_line,
+            "job_config": self.job_config,
+            "redact_secrets": self.redact_secrets,
+            "secrets": key,
+        }
 
 
 @dataclass(frozen=True)
@@ -28,13 +48,25 @@ class BackupResult:
     manifest: BundleManifest
     repository_created: bool
     seconds: float
+    notes: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """The `backup --json` contract: bundle_id and datasets [{name, kind, rows}] (extended, not changed)."""
+        own = f"data/{self.manifest.bundle_id}/"
         return {
             "bundle_id": self.manifest.bundle_id,
-            "datasets": [{"name": d.name, "kind": d.kind, "rows": d.rows} for d in self.manifest.datasets],
+            "datasets": [
+                {
+                    "name": d.name,
+                    "kind": d.kind,
+                    "rows": d.rows,
+                    "new_rows": sum(p.rows for p in d.parts if p.path.startswith(own)),
+                    "incremental": d.extends is not None,
+                }
+                for d in self.manifest.datasets
+            ],
             "parent": self.manifest.parent,
+            "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
         }
 
@@ -50,37 +82,63 @@ def run_backup(
     *,
     now: dt.datetime | None = None,
     options: WriteOptions | None = None,
+    source_options: SourceOptions | None = None,
     progress: Progress | None = None,
 ) -> BackupResult:
-    """Back up `collections` (all when empty) of the store at `source_uri` into a new bundle."""
+    """Back up `collections` (all when empty) of the store at `source_uri` into a new bundle.
+
+    A dataset whose connector can continue from the previous bundle of the same source (conversation
+    logs) is exported incrementally: only the records past that bundle's high-water mark are written, and
+    the manifest lists the previous bundle's parts first, so the new bundle alone restores everything.
+    """
     if len(set(collections)) != len(collections):
         raise UsageError("a collection is named twice in --collection")
+    source_options = source_options or SourceOptions()
+    parse_location(source_uri)  # a bad URI is refused before any repository is created
     started = utc_now()
     say = progress or (lambda _msg: None)
-    with open_connector(source_uri) as connector:
+    repo = Repository.find(repo_url)
+    key = repo.key(source_options.key_file) if repo is not None else None
+    with open_connector(source_uri, options=source_options.connector_options(key)) as connector:
         descriptions = connector.describe(list(collections) or None)
         if not descriptions:
             raise UsageError(f"{connector.location.display()} holds no collections: nothing to back up")
-        repo, created = Repository.open_or_init(repo_url)
+        created = repo is None
+        if repo is None:
+            repo = Repository.init(repo_url)
+        source = {"kind": connector.kind, "uri": connector.location.display()}
+        parent = _parent(repo, source)
         bundle_id = repo.next_bundle_id(now or started)
         writer = BundleWriter(repo, bundle_id, options)
         datasets: list[DatasetManifest] = []
+        notes: list[str] = []
         try:
             with steady_memory():
                 for index, description in enumerate(descriptions):
                     say(f"backing up {description.name} ({description.rows} rows)")
+                    previous = _previous(repo, parent, description.name, description.kind)
+                    since = previous.state if previous is not None else None
                     dataset = writer.write_dataset(
-                        index, description, prefetch(connector.export(description)), connector.id_types
+                        index, description, prefetch(connector.export(description, since)), connector.id_types
                     )
+                    state = connector.export_state(description.name)
+                    if state is not None:
+                        notes += [f"{description.name}: {note}" for note in state.notes]
+                        dataset = replace(
+                            dataset,
+                            state=dict(state.state),
+                            config=dict(state.config) if state.config is not None else dataset.config,
+                        )
+                        if state.incremental and previous is not None and parent is not None:
+                            dataset = chain(previous, dataset, parent)
                     datasets.append(dataset)
-            source = {"kind": connector.kind, "uri": connector.location.display()}
             manifest = BundleManifest(
                 bundle_id=bundle_id,
                 created_at=iso(now or started),
                 tool_version=__version__,
                 source=source,
                 datasets=tuple(datasets),
-                parent=_parent(repo, source),
+                parent=parent,
             )
             repo.commit(manifest)
         except BaseException:
@@ -88,7 +146,43 @@ def run_backup(
             # unreferenced orphans, which no reader ever looks at.)
             writer.discard()
             raise
-    return BackupResult(manifest, created, (utc_now() - started).total_seconds())
+    return BackupResult(manifest, created, (utc_now() - started).total_seconds(), tuple(notes))
+
+
+def chain(previous: DatasetManifest, new: DatasetManifest, previous_bundle: str) -> DatasetManifest:
+    """The dataset of an incremental backup: the previous bundle's parts, then the new ones.
+
+    Rows and id-type counts add up; so does the dataset digest (a sum of record digests modulo 2**128),
+    so the manifest states the digest of the whole dataset without reading the old parts again.
+    """
+    digest = (int(previous.digest, 16) + int(new.digest, 16)) % (1 << 128)
+    id_types = Counter(previous.id_types)
+    id_types.update(new.id_types)
+    return replace(
+        new,
+        rows=previous.rows + new.rows,
+        digest=f"{digest:032x}",
+        parts=previous.parts + new.parts,
+        id_types=dict(sorted(id_types.items())),
+        extends=previous_bundle,
+    )
+
+
+def _previous(repo: Repository, parent: str | None, name: str, kind: str) -> DatasetManifest | None:
+    """The parent bundle's dataset of the same name and kind, if its parts are all still there (an
+    incremental backup must never extend a chain with a missing link: then it is a full backup)."""
+    if parent is None:
+        return None
+    try:
+        dataset = repo.load(parent).dataset(name)
+    except (AibackupError, KeyError):
+        return None
+    if dataset.kind != kind or dataset.state is None:
+        return None
+    reader = BundleReader(repo)
+    if any(reader.check_part(part, read_data=False) for part in dataset.parts):
+        return None
+    return dataset
 
 
 def _parent(repo: Repository, source: Mapping[str, object]) -> str | None:

@@ -25,8 +25,9 @@ from aibackup.repository import Repository
 from aibackup.storage import HashingWriter
 from connectors.base import DatasetDescription
 from manifests.digest import DatasetDigest
-from manifests.model import DatasetManifest, FieldEntry, PartEntry
-from manifests.vectors import arrow_schema, float_vector_paths
+from manifests.kinds import arrow_schema
+from manifests.model import DatasetManifest, FieldEntry, ManifestError, PartEntry
+from manifests.vectors import float_vector_paths
 
 IdTypes = Callable[[pa.Array], Counter[str]]
 
@@ -65,8 +66,11 @@ def parquet_options(schema: pa.Schema, options: WriteOptions) -> dict[str, objec
 
 
 def dataset_schema(dataset: DatasetManifest) -> pa.Schema:
-    """The Arrow schema every part of `dataset` must have, derived from its configuration."""
-    return arrow_schema(dataset.vectors_config())
+    """The Arrow schema every part of `dataset` must have (from its kind and configuration)."""
+    try:
+        return arrow_schema(dataset.kind, dataset.config)
+    except ManifestError as exc:
+        raise IntegrityError(f"dataset {dataset.name!r}: {exc}") from None
 
 
 def _is_vector(typ: pa.DataType) -> bool:
@@ -181,7 +185,7 @@ class BundleWriter:
             kind=description.kind,
             rows=digest.rows,
             schema=schema_entries(schema),
-            config=description.config.to_json(),
+            config=description.config_json(),
             digest=digest.hexdigest,
             parts=tuple(parts),
             id_types=dict(sorted(kinds.items())),

@@ -24,6 +24,7 @@ from aibackup.errors import (
     EXIT_OK,
     EXIT_USAGE,
     AibackupError,
+    ConfigError,
     UsageError,
 )
 
@@ -39,6 +40,15 @@ def repo_option(f: F) -> F:
         show_default=True,
         metavar="URL",
         help="Repository: a local path or s3://bucket/prefix (env AIBACKUP_REPO).",
+    )(f)
+
+
+def key_file_option(f: F) -> F:
+    return click.option(
+        "--key-file",
+        metavar="PATH",
+        default=None,
+        help="File holding the repository key (default: $AIBACKUP_KEY_FILE, else $AIBACKUP_KEY).",
     )(f)
 
 
@@ -58,17 +68,31 @@ def cli() -> None:
 
 
 @cli.command()
+@click.option(
+    "--encrypt",
+    is_flag=True,
+    help="Seal secret values (config: sources) with AES-256-GCM under a key derived from $AIBACKUP_KEY "
+    "or --key-file; the repository keeps only a salt and a key check.",
+)
+@key_file_option
 @repo_option
 @json_option
-def init(repo: str, as_json: bool) -> None:
+def init(encrypt: bool, key_file: str | None, repo: str, as_json: bool) -> None:
     """Create an empty repository at --repo."""
+    from aibackup.crypto import KEY_ENV, passphrase_from
     from aibackup.repository import Repository
 
-    created = Repository.init(repo)
+    passphrase = None
+    if encrypt:
+        passphrase = passphrase_from(key_file)
+        if passphrase is None:
+            raise ConfigError(f"--encrypt needs a key: set {KEY_ENV} or pass --key-file")
+    created = Repository.init(repo, passphrase=passphrase)
     if as_json:
-        emit_json({"repository": created.storage.display(), "created": True})
+        emit_json({"repository": created.storage.display(), "created": True, "encrypted": created.encrypted})
     else:
-        click.echo(f"created repository at {created.storage.display()}")
+        kind = "encrypted repository" if created.encrypted else "repository"
+        click.echo(f"created {kind} at {created.storage.display()}")
 
 
 @cli.command()
@@ -80,17 +104,50 @@ def init(repo: str, as_json: bool) -> None:
     metavar="NAME",
     help="Back up only this collection (repeatable). Default: every collection of the store.",
 )
+@click.option(
+    "--on-bad-line",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="Conversation logs: fail on a malformed line (naming file:line), or keep it raw and report it.",
+)
+@click.option(
+    "--job-config",
+    metavar="FILE",
+    default=None,
+    help="Fine-tuning: the job's configuration (YAML or JSON: base model, hyperparameters, seed, job id).",
+)
+@click.option(
+    "--redact-secrets",
+    is_flag=True,
+    help="Configs: drop secret values (restored as placeholders) instead of sealing them with the key.",
+)
+@key_file_option
 @repo_option
 @json_option
-def backup(source: str, collections: tuple[str, ...], repo: str, as_json: bool) -> None:
+def backup(
+    source: str,
+    collections: tuple[str, ...],
+    on_bad_line: str,
+    job_config: str | None,
+    redact_secrets: bool,
+    key_file: str | None,
+    repo: str,
+    as_json: bool,
+) -> None:
     """Back up the store SOURCE into a new bundle.
 
-    SOURCE is chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH or qdrant+http://HOST:PORT.
-    The repository is created if --repo is missing or empty.
+    SOURCE is chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT,
+    conversations:PATH, conversations+sqlite:PATH?table=T, finetune:PATH or config:PATH.
+    The repository is created if --repo is missing or empty. Conversation logs are backed up
+    incrementally: only what is new since the previous bundle of the same source.
     """
-    from aibackup.backup import run_backup
+    from aibackup.backup import SourceOptions, run_backup
 
-    result = run_backup(repo, source, collections)
+    options = SourceOptions(
+        on_bad_line=on_bad_line, job_config=job_config, redact_secrets=redact_secrets, key_file=key_file
+    )
+    result = run_backup(repo, source, collections, source_options=options)
     if as_json:
         emit_json(result.to_json())
         return
@@ -98,10 +155,23 @@ def backup(source: str, collections: tuple[str, ...], repo: str, as_json: bool) 
     if result.repository_created:
         click.echo(f"created repository at {repo}")
     click.echo(f"bundle {m.bundle_id} committed ({result.seconds:.1f} s)")
+    own = f"data/{m.bundle_id}/"
     _table(
-        ["COLLECTION", "KIND", "ROWS", "PARTS", "BYTES"],
-        [[d.name, d.kind, str(d.rows), str(len(d.parts)), _size(sum(p.bytes for p in d.parts))] for d in m.datasets],
+        ["COLLECTION", "KIND", "ROWS", "NEW", "PARTS", "BYTES"],
+        [
+            [
+                d.name,
+                d.kind,
+                str(d.rows),
+                str(sum(p.rows for p in d.parts if p.path.startswith(own))) + (" (incremental)" if d.extends else ""),
+                str(len(d.parts)),
+                _size(sum(p.bytes for p in d.parts)),
+            ]
+            for d in m.datasets
+        ],
     )
+    for note in result.notes:
+        click.echo(f"note: {note}")
 
 
 @cli.command(name="list")
@@ -175,6 +245,10 @@ def show(bundle: str, repo: str, as_json: bool) -> None:
                 click.echo(f"  sparse vector {sv.name}" + (f" ({sv.modifier})" if sv.modifier else ""))
             if config.metadata:
                 click.echo(f"  collection metadata: {json.dumps(config.metadata, ensure_ascii=False)}")
+        else:
+            click.echo(f"  config: {json.dumps(d.config, ensure_ascii=False, sort_keys=True)[:2000]}")
+        if d.extends:
+            click.echo(f"  incremental: extends bundle {d.extends}; high-water mark {json.dumps(d.state)[:500]}")
         if d.id_types:
             click.echo("  ids: " + ", ".join(f"{n} {t}" for t, n in d.id_types.items()))
         for p in d.parts:
@@ -254,6 +328,7 @@ def verify(bundles: tuple[str, ...], read_data: bool, repo: str, as_json: bool) 
     type=click.FloatRange(0.0, 1.0),
     help="Minimum recall@10 of the nearest-neighbour check.",
 )
+@key_file_option
 @repo_option
 @json_option
 def restore(
@@ -265,6 +340,7 @@ def restore(
     allow_lossy: bool,
     queries: int,
     min_recall: float,
+    key_file: str | None,
     repo: str,
     as_json: bool,
 ) -> None:
@@ -286,6 +362,7 @@ def restore(
         mode=mode,
         allow_lossy=allow_lossy,
         at=None if at is None else parse_time(at),
+        key_file=key_file,
         check_options=CheckOptions(queries=queries, min_recall=min_recall),
     )
     if as_json:

@@ -19,12 +19,15 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aibackup import __version__
+from aibackup.crypto import KEY_ENV, RepositoryKey, new_encryption, open_key, passphrase_from
 from aibackup.errors import (
     BundleNotFoundError,
+    ConfigError,
     IntegrityError,
     ManifestVersionError,
     NotARepositoryError,
@@ -92,10 +95,32 @@ class DamagedBundle:
 
 
 class Repository:
-    """An opened repository. Use :meth:`open`, :meth:`init` or :meth:`open_or_init`."""
+    """An opened repository. Use :meth:`open`, :meth:`init`, :meth:`find` or :meth:`open_or_init`."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, marker: Mapping[str, Any]) -> None:
         self.storage = storage
+        self.marker = marker
+
+    @property
+    def id(self) -> str:
+        return str(self.marker.get("id", ""))
+
+    @property
+    def encrypted(self) -> bool:
+        return isinstance(self.marker.get("encryption"), dict)
+
+    def key(self, key_file: str | None = None) -> RepositoryKey | None:
+        """The repository key from AIBACKUP_KEY or a key file, checked against the marker; None for a
+        repository without encryption. ConfigError when the repository is encrypted and no key is given,
+        UsageError for a wrong key (both before anything is read or written)."""
+        if not self.encrypted:
+            return None
+        passphrase = passphrase_from(key_file)
+        if passphrase is None:
+            raise ConfigError(
+                f"the repository at {self.storage.display()} is encrypted: set {KEY_ENV} or pass --key-file"
+            )
+        return open_key(self.marker["encryption"], passphrase, self.id, self.storage.display(MARKER))
 
     # --- opening ---------------------------------------------------------------------------------------
 
@@ -113,39 +138,51 @@ class Repository:
                     f"no repository at {where}: run `aibackup init --repo {url}` or back up into it"
                 ) from None
             raise NotARepositoryError(f"{where} is not an aibackup repository (no {MARKER})") from None
-        _check_marker(raw, storage.display(MARKER))
-        return cls(storage)
+        return cls(storage, _check_marker(raw, storage.display(MARKER)))
 
     @classmethod
-    def init(cls, url: str) -> Repository:
-        """Create a repository; refuses a location that already holds one (or anything else)."""
+    def init(cls, url: str, *, passphrase: bytes | None = None) -> Repository:
+        """Create a repository; refuses a location that already holds one (or anything else).
+
+        With `passphrase` the repository is encrypted: secrets are sealed under a key derived from it (the
+        marker keeps the salt, the parameters and a key check, never the key)."""
         storage = Storage(url)
         storage.ensure_reachable()
         if storage.exists(MARKER):
             raise UsageError(f"{storage.display()} is already an aibackup repository")
         if not storage.is_empty_or_missing():
             raise UsageError(f"{storage.display()} is not empty; a new repository needs an empty location")
-        marker = {
+        repository_id = str(uuid.uuid4())
+        marker: dict[str, Any] = {
             "format": REPO_FORMAT,
             "version": REPO_VERSION,
-            "id": str(uuid.uuid4()),
+            "id": repository_id,
             "created_at": iso(utc_now()),
             "created_by": f"aibackup {__version__}",
         }
+        if passphrase is not None:
+            marker["encryption"] = new_encryption(passphrase, repository_id)
         try:
             storage.write_exclusive(MARKER, (json.dumps(marker, indent=2) + "\n").encode())
         except AlreadyExistsError:
             raise UsageError(f"{storage.display()} is already an aibackup repository") from None
-        return cls(storage)
+        return cls(storage, marker)
+
+    @classmethod
+    def find(cls, url: str) -> Repository | None:
+        """The repository at `url`, or None if the location is missing or empty (one may be created there);
+        NotARepositoryError when it holds something else."""
+        storage = Storage(url)
+        storage.ensure_reachable()
+        if not storage.exists(MARKER) and storage.is_empty_or_missing():
+            return None
+        return cls.open(url)
 
     @classmethod
     def open_or_init(cls, url: str) -> tuple[Repository, bool]:
         """Open the repository, creating it first if the location is missing or empty (as `backup` does)."""
-        storage = Storage(url)
-        storage.ensure_reachable()
-        if not storage.exists(MARKER) and storage.is_empty_or_missing():
-            return cls.init(url), True
-        return cls.open(url), False
+        found = cls.find(url)
+        return (cls.init(url), True) if found is None else (found, False)
 
     # --- bundles ---------------------------------------------------------------------------------------
 
@@ -260,7 +297,7 @@ class Repository:
             raise IntegrityError(f"bundle {manifest.bundle_id} already exists; refusing to replace it") from None
 
 
-def _check_marker(raw: bytes, where: str) -> None:
+def _check_marker(raw: bytes, where: str) -> dict[str, Any]:
     try:
         marker = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -275,3 +312,6 @@ def _check_marker(raw: bytes, where: str) -> None:
             f"repository format {version} at {where} is newer than this aibackup reads ({REPO_VERSION}); "
             "upgrade aibackup"
         )
+    if not isinstance(marker.get("id"), str) or ("encryption" in marker and not isinstance(marker["encryption"], dict)):
+        raise IntegrityError(f"damaged repository marker {where}: bad id or encryption entry")
+    return marker

@@ -27,11 +27,9 @@ from aibackup.repository import Repository
 from connectors.base import MODES, Connector, DatasetDescription, ImportPlan
 from connectors.registry import open_connector
 from manifests.digest import DatasetDigest
+from manifests.kinds import KINDS
 from manifests.model import BundleManifest, DatasetManifest
 from manifests.vectors import ID, METADATA
-
-#: Dataset kinds this version can restore (a newer aibackup may write others into a bundle).
-RESTORABLE_KINDS = ("vectors",)
 
 
 @dataclass
@@ -102,7 +100,8 @@ def parse_renames(specs: Sequence[str]) -> list[tuple[str, str]]:
 
 
 def description_of(dataset: DatasetManifest) -> DatasetDescription:
-    return DatasetDescription(name=dataset.name, config=dataset.vectors_config(), rows=dataset.rows)
+    config = dataset.vectors_config() if dataset.kind == "vectors" else dict(dataset.config)
+    return DatasetDescription(name=dataset.name, config=config, rows=dataset.rows, kind=dataset.kind)
 
 
 def run_restore(
@@ -115,6 +114,7 @@ def run_restore(
     allow_lossy: bool = False,
     at: dt.datetime | None = None,
     check_options: CheckOptions | None = None,
+    key_file: str | None = None,
 ) -> RestoreResult:
     """Restore bundle `ref` (an id, a prefix or latest; `at`: the newest bundle up to that time) into
     `target_uri` and prove it."""
@@ -126,8 +126,9 @@ def run_restore(
     selected = _select(manifest, pairs)
     reader = BundleReader(repo)
     _verify_before_writing(reader, repo, [d for d, _ in selected])
+    key = repo.key(key_file)  # an encrypted repository: a wrong or missing key stops here, before writing
     results: list[DatasetResult] = []
-    with open_connector(target_uri, target=True) as connector:
+    with open_connector(target_uri, target=True, options={"secrets": key}) as connector:
         plans: list[tuple[DatasetManifest, ImportPlan]] = [
             (d, connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy))
             for d, dest in selected
@@ -241,7 +242,7 @@ def _select(manifest: BundleManifest, pairs: list[tuple[str, str]]) -> list[tupl
     else:
         selected = [(d, d.name) for d in manifest.datasets]
     for dataset, _ in selected:
-        if dataset.kind not in RESTORABLE_KINDS:
+        if dataset.kind not in KINDS:
             raise UsageError(
                 f"collection {dataset.name!r} of bundle {manifest.bundle_id} is of kind {dataset.kind!r}, "
                 "which this aibackup cannot restore: upgrade aibackup"
