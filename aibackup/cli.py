@@ -170,8 +170,32 @@ def backup(
             for d in m.datasets
         ],
     )
+    for d in m.datasets:
+        if d.kind == "finetune":
+            _finetune_summary(d.config)
     for note in result.notes:
         click.echo(f"note: {note}")
+
+
+def _finetune_summary(config: Any) -> None:
+    """The per-file validation summary of a fine-tuning dataset: examples, roles, invalid lines and why."""
+    files = config.get("files", []) if isinstance(config, dict) else []
+    _table(
+        ["FILE", "EXAMPLES", "INVALID", "ROLES"],
+        [
+            [
+                f.get("name", "?"),
+                str(f.get("examples", 0)),
+                str(f.get("invalid", 0)),
+                ", ".join(f"{role} {n}" for role, n in sorted(f.get("roles", {}).items())),
+            ]
+            for f in files
+        ],
+        indent="  ",
+    )
+    for f in files:
+        for problem in f.get("problems", []):
+            click.echo(f"  {f.get('name', '?')}: {problem}")
 
 
 @cli.command(name="list")

@@ -241,7 +241,12 @@ def _select(manifest: BundleManifest, pairs: list[tuple[str, str]]) -> list[tupl
                 ) from None
     else:
         selected = [(d, d.name) for d in manifest.datasets]
-    for dataset, _ in selected:
+    for dataset, dest in selected:
+        if dataset.kind != "vectors" and dest != dataset.name:
+            raise UsageError(
+                f"--collection {dataset.name}={dest}: a {dataset.kind} dataset is restored into the folder or "
+                "table its target URI names; only vector collections can be renamed"
+            )
         if dataset.kind not in KINDS:
             raise UsageError(
                 f"collection {dataset.name!r} of bundle {manifest.bundle_id} is of kind {dataset.kind!r}, "

@@ -129,7 +129,9 @@ class ImportPlan:
     """What `import_` will do, decided before anything is written.
 
     ``transform`` maps a bundle batch (canonical schema of ``source``) to the canonical batch that the
-    target will hold after the documented lossy mapping (identity when nothing is lost); the restore checks
+    target will hold after the documented lossy mapping (identity when nothing is lost). Every pass over
+    the bundle (validation, import, checks) calls it on the bundle's batches in bundle order, from the
+    first record, so a transform may number records across batches; the restore checks
     apply it to the bundle before comparing, so a dropped feature is reported in ``dropped`` but is not a
     check failure. ``target`` is the description of the collection as it will exist (its config after
     mapping, its name). ``tolerances`` names columns the target changes by design, with the rule the

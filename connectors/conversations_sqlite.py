@@ -1,0 +1,516 @@
+"""Conversation logs in a SQLite table (``conversations+sqlite:PATH?table=T``), through stdlib sqlite3.
+
+Two layouts, told apart by the table's columns:
+
+- **the table's own layout** (any table with a rowid): each row is a record. ``id`` = ``"<table>#<rowid>"``,
+  ``source`` = ``"table:<table>"``, ``line`` = the rowid, ``offset`` null, ``raw`` = canonical JSON of
+  ``{column: value}`` (blobs as ``{"base64": ...}``; see :mod:`connectors.conversation_records`), typed
+  columns from the columns of those names, ``valid`` true. The config keeps the ``CREATE TABLE`` SQL and
+  the columns (name, declared type, generated).
+- **aibackup's canonical layout**, the table a log folder restores into: exactly the columns
+  ``id TEXT, source TEXT, line INTEGER, offset INTEGER, timestamp INTEGER (UTC microseconds), session_id
+  TEXT, user_id TEXT, model TEXT, cost REAL, input TEXT, output TEXT, messages TEXT, extra TEXT, raw BLOB,
+  valid INTEGER (0/1)``, in that order, one row per record in bundle order. Its rows are exported back as
+  they are (so a folder restored into SQLite and backed up again gives the same records), always in full,
+  with the per-file summary (bytes, lines, sha256) of the files they came from.
+
+High-water mark (own layout): the largest rowid, the number of rows up to it and a sha256 of that last
+row. Rows with a larger rowid are new. An incremental run sees only inserts: **updates and deletes of
+rows at or below the mark are not seen** (except what the checks below catch); the next full backup does.
+A full export happens instead (with a note) when the ``CREATE TABLE`` SQL changed, when fewer rows remain
+up to the mark (deletes), or when the last row changed (deleted and its rowid reused). The export runs in
+one read transaction, so it is a consistent snapshot (a WAL database keeps taking writes meanwhile; in
+rollback-journal mode writers wait until the read ends). WITHOUT ROWID tables, views and virtual tables
+are refused.
+
+Restore into a table T: a bundle of this layout recreates the table from its ``CREATE TABLE`` SQL (renamed
+to T: only its own name is replaced; indexes and triggers are not in the bundle) and inserts every row
+with its rowid and typed values (generated columns are computed again); ids and sources then name T. Any
+other bundle (a log folder, or a canonical-layout table) goes into the canonical layout, with an index on
+``id`` (empty files of a folder have no rows, so a table does not keep them). Modes: ``create`` refuses a
+table holding rows (an empty one is replaced), ``overwrite`` drops and recreates the table, ``merge`` keeps
+the table (its layout must match) and replaces rows with the same rowid (own layout) or id (canonical).
+The whole import is one transaction: a failure leaves the table as it was.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import pyarrow as pa
+
+from aibackup.errors import (
+    AibackupError,
+    ConnectorError,
+    DatasetNotFoundError,
+    SourceDataError,
+    TargetNotEmptyError,
+    UnavailableError,
+    UnsupportedFeatureError,
+    UsageError,
+    first_line,
+)
+from connectors.base import ExportState
+from connectors.conversation_records import BATCH_ROWS, Rows, from_sqlite_json, sqlite_value, typed_fields
+from connectors.lines import compression_of, shown
+from manifests.records import CONVERSATIONS
+from manifests.vectors import canonical_json
+
+CANONICAL_COLUMNS = (
+    ("id", "TEXT"),
+    ("source", "TEXT"),
+    ("line", "INTEGER"),
+    ("offset", "INTEGER"),
+    ("timestamp", "INTEGER"),
+    ("session_id", "TEXT"),
+    ("user_id", "TEXT"),
+    ("model", "TEXT"),
+    ("cost", "REAL"),
+    ("input", "TEXT"),
+    ("output", "TEXT"),
+    ("messages", "TEXT"),
+    ("extra", "TEXT"),
+    ("raw", "BLOB"),
+    ("valid", "INTEGER"),
+)
+ROWID_NAMES = ("rowid", "_rowid_", "oid")
+BUSY_TIMEOUT_S = 10.0
+_CREATE = re.compile(r"\s*CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?", re.IGNORECASE)
+
+
+def q(name: str) -> str:
+    """A quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def canonical_sql(table: str) -> str:
+    return f"CREATE TABLE {q(table)} (" + ", ".join(f"{q(n)} {t}" for n, t in CANONICAL_COLUMNS) + ")"
+
+
+def renamed_sql(sql: str, table: str) -> str:
+    """A ``CREATE TABLE`` statement with its table name replaced (quoted names with any characters, and
+    schema-qualified names, are skipped whole)."""
+    match = _CREATE.match(sql)
+    if not match:
+        raise UnsupportedFeatureError(f"cannot recreate table {table!r}: its definition is not a CREATE TABLE")
+    pos = _skip_name(sql, match.end())
+    rest = sql[pos:].lstrip()
+    if rest.startswith("."):
+        pos = _skip_name(sql, len(sql) - len(rest) + 1)
+    return f"CREATE TABLE {q(table)} " + sql[pos:].lstrip()
+
+
+def _skip_name(sql: str, pos: int) -> int:
+    while pos < len(sql) and sql[pos].isspace():
+        pos += 1
+    closing = {'"': '"', "`": "`", "[": "]"}.get(sql[pos : pos + 1])
+    if closing is None:
+        match = re.compile(r"[^\s(.]+").match(sql, pos)
+        return match.end() if match else pos
+    pos += 1
+    while pos < len(sql):
+        if sql[pos] == closing:
+            if closing != "]" and sql[pos + 1 : pos + 2] == closing:  # a doubled quote inside the name
+                pos += 2
+                continue
+            return pos + 1
+        pos += 1
+    return pos
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    sql: str
+    columns: tuple[tuple[str, str, bool], ...]  # (name, declared type, generated)
+
+    @property
+    def names(self) -> list[str]:
+        return [c[0] for c in self.columns]
+
+    @property
+    def canonical(self) -> bool:
+        return tuple((n, t.upper()) for n, t, _ in self.columns) == CANONICAL_COLUMNS
+
+    @property
+    def rowid(self) -> str:
+        """A name that reaches the rowid (a column may hide ``rowid`` itself)."""
+        lowered = {n.lower() for n in self.names}
+        return next(r for r in ROWID_NAMES if r not in lowered)
+
+    def config(self, table: str) -> dict[str, Any]:
+        return {
+            "format": "sqlite",
+            "layout": "canonical" if self.canonical else "table",
+            "table": table,
+            "create_sql": self.sql,
+            "columns": [{"name": n, "type": t, "generated": g} for n, t, g in self.columns],
+        }
+
+
+class SqliteTable:
+    """One table of a SQLite database, as a source (read-only) or a restore target."""
+
+    def __init__(self, path: str, table: str, *, create: bool) -> None:
+        self.path, self.table = path, table
+        self.where = f"{shown(path)}?table={table}"
+        if os.path.isdir(path):
+            raise UsageError(f"{shown(path)} is a folder, not a SQLite database file")
+        if create:
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            target = path
+        elif not os.path.exists(path):
+            raise DatasetNotFoundError(f"SQLite database {shown(path)} does not exist")
+        else:
+            target = f"file:{quote(path)}?mode=ro"
+        with self.errors("opening the database"):
+            # The core reads an export in a background thread, one thread at a time: sqlite3's same-thread
+            # guard would refuse that although nothing runs concurrently.
+            self.conn = sqlite3.connect(
+                target, uri=not create, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
+            )
+            # Text that is not UTF-8 comes through with surrogate escapes and is refused per row (by name)
+            # instead of failing the whole read inside sqlite3.
+            self.conn.text_factory = lambda b: b.decode("utf-8", "surrogateescape")
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        self.states: dict[str, ExportState] = {}
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def errors(self, action: str) -> Iterator[None]:
+        """sqlite3's exceptions as one-line aibackup errors naming the database and table."""
+        try:
+            yield
+        except AibackupError:
+            raise
+        except sqlite3.OperationalError as exc:
+            text = first_line(exc)
+            if "locked" in text or "busy" in text or "unable to open" in text or "readonly" in text:
+                raise UnavailableError(f"SQLite {self.where}: {action} failed: {text}") from None
+            raise ConnectorError(f"SQLite {self.where}: {action} failed: {text}") from None
+        except sqlite3.ProgrammingError as exc:
+            raise ConnectorError(f"SQLite {self.where}: {action} failed: {first_line(exc)}") from None
+        except sqlite3.IntegrityError as exc:
+            raise UnsupportedFeatureError(f"SQLite {self.where} refused {action}: {first_line(exc)}") from None
+        except sqlite3.DatabaseError as exc:
+            raise SourceDataError(f"{shown(self.path)} is not a usable SQLite database ({first_line(exc)})") from None
+        except OSError as exc:
+            raise UnavailableError(f"SQLite {self.where}: {action} failed: {exc.strerror or exc}") from None
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def info(self) -> TableInfo | None:
+        """The table's definition, None when it does not exist; refuses what has no rowid."""
+        with self.errors("reading the table definition"):
+            listed = self.conn.execute(
+                "SELECT type, wr FROM pragma_table_list WHERE schema = 'main' AND name = ?", (self.table,)
+            ).fetchone()
+            if listed is None:
+                return None
+            kind, without_rowid = listed
+            if kind != "table" or without_rowid:
+                what = "a WITHOUT ROWID table" if without_rowid else f"a {kind}"
+                raise UnsupportedFeatureError(f"SQLite {self.where} is {what}: only rowid tables are backed up")
+            (sql,) = self.conn.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,)
+            ).fetchone()
+            rows = self.conn.execute(f"SELECT name, type, hidden FROM pragma_table_xinfo({_lit(self.table)})")
+            columns = tuple((n, t or "", h in (2, 3)) for n, t, h in rows.fetchall() if h != 1)
+        return TableInfo(sql, columns)
+
+    def require(self) -> TableInfo:
+        info = self.info()
+        if info is None:
+            raise DatasetNotFoundError(f"table {self.table!r} not found in SQLite database {shown(self.path)}")
+        return info
+
+    def count(self) -> int:
+        with self.errors("counting rows"):
+            return int(self.conn.execute(f"SELECT count(*) FROM {q(self.table)}").fetchone()[0])
+
+    def export(self, since: Mapping[str, Any] | None) -> Iterator[pa.RecordBatch]:
+        """The table's records (own layout: past the high-water mark `since` when it still holds), in rowid
+        order, in one read transaction; leaves the ExportState in ``states[table]``."""
+        with self.errors("starting a read"):
+            self.conn.execute("BEGIN")
+        try:
+            info = self.require()
+            if info.canonical:
+                yield from self._export_canonical(info, since)
+            else:
+                yield from self._export_rows(info, since)
+        finally:
+            with self.errors("ending the read"):
+                self.conn.execute("ROLLBACK")
+
+    def _mark(self, info: TableInfo) -> tuple[int, int, str | None]:
+        """(max rowid, rows, sha256 of the last row's raw) now."""
+        r = info.rowid
+        row = self.conn.execute(f"SELECT max({r}), count(*) FROM {q(self.table)}").fetchone()
+        top, rows = int(row[0] or 0), int(row[1])
+        return top, rows, self._row_sha(info, top) if rows else None
+
+    def _row_sha(self, info: TableInfo, rowid: int) -> str | None:
+        row = self.conn.execute(f"SELECT * FROM {q(self.table)} WHERE {info.rowid} = ?", (rowid,)).fetchone()
+        return None if row is None else hashlib.sha256(self._raw(info, rowid, row)[1]).hexdigest()
+
+    def _resume(self, info: TableInfo, since: Mapping[str, Any] | None) -> tuple[int | None, str | None]:
+        """(rowid to continue after, or None for a full export; a note saying why it is full)."""
+        if not since or since.get("format") != "sqlite" or since.get("table") != self.table:
+            return None, None
+        top = int(since.get("max_rowid", 0))
+        if since.get("sql_sha256") != _sha(info.sql):
+            return None, f"the definition of table {self.table!r} changed since the last backup: full backup"
+        with self.errors("checking the high-water mark"):
+            row = self.conn.execute(f"SELECT count(*) FROM {q(self.table)} WHERE {info.rowid} <= ?", (top,)).fetchone()
+            same_last = top == 0 or self._row_sha(info, top) == since.get("last_sha256")
+        if int(row[0]) != since.get("rows") or not same_last:
+            return None, f"rows of table {self.table!r} were deleted or replaced since the last backup: full backup"
+        return top, None
+
+    def _export_rows(self, info: TableInfo, since: Mapping[str, Any] | None) -> Iterator[pa.RecordBatch]:
+        start, note = self._resume(info, since)
+        with self.errors("reading rows"):
+            top, rows, last = self._mark(info)
+            cursor = self.conn.execute(
+                f"SELECT {info.rowid}, * FROM {q(self.table)} WHERE {info.rowid} > ? ORDER BY {info.rowid}",
+                (start or 0,),
+            )
+        source = f"table:{self.table}"
+        out = Rows()
+        while True:
+            with self.errors("reading rows"):
+                page = cursor.fetchmany(BATCH_ROWS)
+            if not page:
+                break
+            for row in page:
+                rowid = int(row[0])
+                obj, raw = self._raw(info, rowid, row[1:])
+                typed, extra = typed_fields(obj, messages_text=True)
+                out.add(
+                    {
+                        "id": f"{self.table}#{rowid}",
+                        "source": source,
+                        "line": rowid,
+                        "offset": None,
+                        **typed,
+                        "extra": extra,
+                        "raw": raw,
+                        "valid": True,
+                    }
+                )
+            yield out.flush()
+        state = {
+            "format": "sqlite",
+            "table": self.table,
+            "sql_sha256": _sha(info.sql),
+            "max_rowid": top,
+            "rows": rows,
+            "last_sha256": last,
+        }
+        self.states[self.table] = ExportState(
+            state=state, incremental=start is not None, config=info.config(self.table), notes=(note,) if note else ()
+        )
+
+    def _raw(self, info: TableInfo, rowid: int, values: Iterable[Any]) -> tuple[dict[str, Any], bytes]:
+        """A row as its JSON object and the canonical JSON bytes of that (``raw``)."""
+        obj = {name: sqlite_value(v) for name, v in zip(info.names, values, strict=True)}
+        try:
+            return obj, canonical_json(obj).encode("utf-8")
+        except UnicodeEncodeError:
+            raise SourceDataError(
+                f"SQLite {self.where} row {rowid} holds text that is not valid UTF-8; fix it or store it as a blob"
+            ) from None
+
+    def _export_canonical(self, info: TableInfo, since: Mapping[str, Any] | None) -> Iterator[pa.RecordBatch]:
+        """Rows of the canonical layout as they are, in rowid order, with the per-file summary."""
+        files: dict[str, dict[str, Any]] = {}
+        with self.errors("reading rows"):
+            cursor = self.conn.execute(
+                f"SELECT {info.rowid}, {', '.join(q(n) for n, _ in CANONICAL_COLUMNS)} FROM {q(self.table)} "
+                f"ORDER BY {info.rowid}"
+            )
+        out = Rows()
+        names = [n for n, _ in CANONICAL_COLUMNS]
+        while True:
+            with self.errors("reading rows"):
+                page = cursor.fetchmany(BATCH_ROWS)
+            if not page:
+                break
+            for row in page:
+                values = dict(zip(names, row[1:], strict=True))
+                _check_canonical(values, self.where, row[0])
+                out.add(values)
+                summary = files.setdefault(values["source"], {"bytes": 0, "lines": 0, "sha": hashlib.sha256()})
+                summary["bytes"] += len(values["raw"])
+                summary["lines"] += 1
+                summary["sha"].update(values["raw"])
+            yield out.flush()
+        config = info.config(self.table)
+        config["files"] = [
+            {
+                "name": n,
+                "bytes": s["bytes"],
+                "lines": s["lines"],
+                "sha256": s["sha"].hexdigest(),
+                "compression": compression_of(n),
+            }
+            for n, s in sorted(files.items())
+        ]
+        notes = (f"table {self.table!r} is in aibackup's canonical layout: backed up in full",) if since else ()
+        self.states[self.table] = ExportState(state={"format": "sqlite-canonical"}, config=config, notes=notes)
+
+    # --- writing -----------------------------------------------------------------------------------------
+
+    def write(self, config: Mapping[str, Any], mode: str, batches: Iterable[pa.RecordBatch], transform: Any) -> int:
+        """Create or reuse the table per `mode` and insert every record, in one transaction."""
+        native = _native(config)
+        written = 0
+        with self.errors("starting a write"):
+            self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            existing = self.info()
+            if existing is not None and mode == "create" and self.count():
+                raise TargetNotEmptyError(self._not_empty())
+            if existing is not None and mode == "merge":
+                self.check_merge(existing, config)
+            else:
+                with self.errors("creating the table"):
+                    if existing is not None:
+                        self.conn.execute(f"DROP TABLE {q(self.table)}")
+                    sql = renamed_sql(str(config["create_sql"]), self.table) if native else canonical_sql(self.table)
+                    self.conn.execute(sql)
+            if not native:
+                # merge replaces rows by id: an index keeps that from scanning the table per row.
+                with self.errors("indexing the table"):
+                    index = q(f"{self.table}_aibackup_id")
+                    self.conn.execute(f"CREATE INDEX IF NOT EXISTS {index} ON {q(self.table)} (id)")
+            info = self.require()
+            for batch in batches:
+                batch = transform(batch)
+                written += self._insert(info, batch, native, mode == "merge")
+            with self.errors("committing"):
+                self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+        return written
+
+    def check_merge(self, existing: TableInfo, config: Mapping[str, Any]) -> None:
+        if _native(config):
+            wanted = sorted(c["name"] for c in config.get("columns", ()))
+            ok = not existing.canonical and sorted(existing.names) == wanted
+        else:
+            ok = existing.canonical
+        if not ok:
+            raise UnsupportedFeatureError(
+                f"cannot merge into SQLite {self.where}: its columns differ from the bundle's; use --mode "
+                "overwrite or restore into another table"
+            )
+
+    def _not_empty(self) -> str:
+        return (
+            f"SQLite {self.where} already holds {self.count()} rows; restore with --mode overwrite (replace it) "
+            "or --mode merge (insert or replace rows), or into another table"
+        )
+
+    def refuse_not_empty(self, mode: str) -> TableInfo | None:
+        existing = self.info()
+        if existing is not None and mode == "create" and self.count():
+            raise TargetNotEmptyError(self._not_empty())
+        return existing
+
+    def _insert(self, info: TableInfo, batch: pa.RecordBatch, native: bool, merge: bool) -> int:
+        if native:
+            columns = [n for n, _, generated in info.columns if not generated]
+            rows = native_rows(batch, columns, self.where)
+            names = ", ".join([info.rowid, *map(q, columns)])
+            verb = "INSERT OR REPLACE" if merge else "INSERT"
+        else:
+            names = ", ".join(q(n) for n, _ in CANONICAL_COLUMNS)
+            rows = canonical_rows(batch)
+            verb = "INSERT"
+            if merge:
+                with self.errors("replacing rows"):
+                    self.conn.executemany(f"DELETE FROM {q(self.table)} WHERE id = ?", ((r[0],) for r in rows))
+        marks = ", ".join("?" * (len(rows[0]) if rows else 1))
+        with self.errors("inserting rows"):
+            self.conn.executemany(f"{verb} INTO {q(self.table)} ({names}) VALUES ({marks})", rows)
+        return len(rows)
+
+
+def _native(config: Mapping[str, Any]) -> bool:
+    return config.get("format") == "sqlite" and config.get("layout") == "table"
+
+
+def native_rows(batch: pa.RecordBatch, columns: list[str], where: str) -> list[tuple[Any, ...]]:
+    """(rowid, values...) for each record of a bundle of the table's own layout; UnsupportedFeatureError
+    for a record whose raw row does not fit the table (another table's row, a value SQLite cannot hold)."""
+    out = []
+    wanted = set(columns)
+    for rid, rowid, raw in zip(
+        batch.column("id").to_pylist(), batch.column("line").to_pylist(), batch.column("raw").to_pylist(), strict=True
+    ):
+        try:
+            obj = json.loads(raw)
+            if not isinstance(obj, dict) or not wanted <= obj.keys():
+                raise ValueError("its columns differ from the table's")
+            out.append((rowid, *(from_sqlite_json(obj[c]) for c in columns)))
+        except (ValueError, TypeError) as exc:
+            raise UnsupportedFeatureError(f"cannot restore record {rid!r} into SQLite {where}: {exc}") from None
+    return out
+
+
+def canonical_rows(batch: pa.RecordBatch) -> list[tuple[Any, ...]]:
+    columns = []
+    for name, _ in CANONICAL_COLUMNS:
+        column = batch.column(name)
+        if name == "timestamp":
+            column = column.cast(pa.int64())
+        values = column.to_pylist()
+        columns.append([None if v is None else int(v) for v in values] if name == "valid" else values)
+    return list(zip(*columns, strict=True))
+
+
+def _check_canonical(values: dict[str, Any], where: str, rowid: int) -> None:
+    """A canonical-layout row must hold the canonical types (someone may have edited the table)."""
+    types = {f.name: f.type for f in CONVERSATIONS}
+    for name, value in values.items():
+        if value is None:
+            if not CONVERSATIONS.field(name).nullable:
+                raise SourceDataError(f"SQLite {where} row {rowid}: column {name!r} is null")
+            continue
+        kind = types[name]
+        if pa.types.is_string(kind):
+            ok = isinstance(value, str)
+        elif pa.types.is_binary(kind):
+            ok = isinstance(value, bytes)
+        elif pa.types.is_floating(kind):
+            ok = isinstance(value, float | int)
+            values[name] = float(value) if ok else value
+        elif pa.types.is_boolean(kind):
+            ok = value in (0, 1)
+            values[name] = bool(value)
+        else:  # int64 and the timestamp's microseconds
+            ok = isinstance(value, int)
+        if not ok:
+            raise SourceDataError(f"SQLite {where} row {rowid}: column {name!r} holds a {type(value).__name__}")
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _lit(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
