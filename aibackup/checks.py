@@ -75,37 +75,46 @@ def prove(
     """Run every check of a restored dataset; returns them in report order (never raises for a mismatch)."""
     options = options or CheckOptions()
     merge = plan.mode == "merge"
-    # The bundle's own digest is recomputed on the way through the comparison (no extra pass).
+    # One pass over the bundle also recomputes its own digest and counts the records the target should
+    # hold after the plan's mapping (a lossy mapping may drop some, say a symlink that points out).
     bundle_digest = DatasetDigest()
+    wanted = [0]
 
     def expected(digest: DatasetDigest | None = None) -> Iterator[pa.RecordBatch]:
         for batch in reader.batches(dataset):
+            mapped = plan.transform(batch)
             if digest is not None:
                 digest.add_batch(batch)
-            yield plan.transform(batch)
+                wanted[0] += mapped.num_rows
+            yield mapped
 
-    def with_bundle_check(checks: list[Check]) -> list[Check]:
+    def drain() -> None:
+        for _ in expected(bundle_digest):
+            pass
+
+    def finish(checks: list[Check], target_rows: int | None, problem: str | None = None) -> list[Check]:
         ok = (bundle_digest.hexdigest, bundle_digest.rows) == (dataset.digest, dataset.rows)
         verdict = "matches" if ok else "DIFFERS from"
-        return [Check("bundle", ok, f"{bundle_digest.rows} records read, digest {verdict} the manifest"), *checks]
+        bundle = Check("bundle", ok, f"{bundle_digest.rows} records read, digest {verdict} the manifest")
+        if target_rows is None:
+            return [bundle, Check("rows", False, f"cannot read the target back: {problem}"), *checks]
+        dropped = dataset.rows - wanted[0]
+        detail = f"target holds {target_rows}, bundle {dataset.rows}"
+        detail += f" ({dropped} left out by the lossy mapping)" if dropped else ""
+        detail += " (merge: others may exist)" if merge else ""
+        rows_ok = target_rows >= wanted[0] if merge else target_rows == wanted[0]
+        return [bundle, Check("rows", rows_ok, detail), *checks]
 
     try:
         target = connector.describe([plan.target.name])[0]
     except AibackupError as exc:
-        for _ in expected(bundle_digest):
-            pass
-        return with_bundle_check([Check("rows", False, f"cannot read the target back: {exc}")])
-    rows_ok = target.rows >= dataset.rows if merge else target.rows == dataset.rows
-    others = " (merge: others may exist)" if merge else ""
-    rows = Check("rows", rows_ok, f"target holds {target.rows}, bundle {dataset.rows}{others}")
-
+        drain()
+        return finish([], None, str(exc))
     if not target.schema.equals(plan.target.schema):
-        for _ in expected(bundle_digest):
-            pass
+        drain()
         detail = f"target columns {target.schema.names} differ from the expected {plan.target.schema.names}"
-        return with_bundle_check([rows, Check("content", False, detail)])
-    checks = [rows]
-    checks += _compare(
+        return finish([Check("content", False, detail)], target.rows)
+    checks = _compare(
         expected(bundle_digest),
         connector.export(target),
         target.schema,
@@ -119,7 +128,7 @@ def prove(
             checks.append(Check("search", True, "skipped: in merge mode the target holds records outside the bundle"))
         else:
             checks += _search_checks(connector, plan, expected, options)
-    return with_bundle_check(checks)
+    return finish(checks, target.rows)
 
 
 # --- record-by-record comparison ------------------------------------------------------------------------
@@ -224,6 +233,7 @@ class _Tally:
         self.n_missing = self.n_extra = self.n_changed = self.n_dup = 0
         self.worst = 0.0  # largest deviation / norm seen among tolerated vectors
         self.tolerated = False
+        self.covered: set[str] = set()  # columns proved by another column (say sealed secrets by a keyed hash)
 
     def compare(self, exp: pa.Table, act: pa.Table, tolerances: Mapping[str, str]) -> None:
         exp_ids = exp.column("id").to_pylist()
@@ -253,6 +263,9 @@ class _Tally:
         act_digests = np.asarray(act.column("digest").to_pylist(), dtype="S16")
         same = exp_digests[e_idx] == act_digests[a_idx]
         for column, rule in tolerances.items():
+            if rule == "covered":
+                self.covered.add(column)
+                continue
             deviation = _deviations(exp.column(column), act.column(column), e_idx, a_idx, rule)
             within = deviation <= TOLERANCE
             same &= within
@@ -282,6 +295,8 @@ class _Tally:
             content = Check("content", False, detail)
         else:
             tol = f"; tolerated vectors within {self.worst:.1e} × norm" if self.tolerated else ""
+            if self.covered:
+                tol += f"; {', '.join(sorted(self.covered))} compared through the keyed hash of the plaintext"
             content = Check("content", True, f"all {common} records identical{tol}")
         return [Check("ids", ids_ok, ids_detail), content]
 
@@ -298,8 +313,6 @@ def _deviations(
 
     With rule "normalize" both sides are compared as unit vectors (the target may store those).
     """
-    if rule == "covered":  # another column of the record proves this one
-        return np.zeros(len(e_idx))
     e_arr, a_arr = exp.combine_chunks(), act.combine_chunks()
     if pa.types.is_fixed_size_list(e_arr.type) and pa.types.is_fixed_size_list(a_arr.type):
         e_valid, e_mat = _matrix(e_arr)

@@ -136,20 +136,18 @@ def run_restore(
         # Every record is checked against the manifest's digest and against what the target can hold
         # before anything is written.
         validated = time.perf_counter()
-        audits = []
         for dataset, plan in plans:
-            audit = _Audit(plan)
-            connector.validate_records(plan, audit.watch(prefetch(reader.batches(dataset))))
-            if (audit.digest.hexdigest, audit.digest.rows) != (dataset.digest, dataset.rows):
+            digest = DatasetDigest()
+            connector.validate_records(plan, _digesting(prefetch(reader.batches(dataset)), digest))
+            if (digest.hexdigest, digest.rows) != (dataset.digest, dataset.rows):
                 raise IntegrityError(
                     f"refusing to restore: the records of collection {dataset.name!r} in bundle "
                     f"{manifest.bundle_id} do not match its manifest's digest; nothing was written"
                 )
-            audits.append(audit)
         validate_seconds = time.perf_counter() - validated
-        for (dataset, plan), audit in zip(plans, audits, strict=True):
+        for dataset, plan in plans:
             try:
-                results.append(_restore_one(connector, reader, dataset, plan, check_options, audit.lost()))
+                results.append(_restore_one(connector, reader, dataset, plan, check_options))
             except AibackupError as exc:
                 done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
                 raise type(exc)(
@@ -168,10 +166,12 @@ def _restore_one(
     dataset: DatasetManifest,
     plan: ImportPlan,
     check_options: CheckOptions | None,
-    lost: tuple[str, ...],
 ) -> DatasetResult:
     started = time.perf_counter()
-    rows = connector.import_(plan, prefetch(reader.batches(dataset)))
+    # The loss is tallied on the import pass: a connector's mapping may depend on what its validation saw
+    # (the config connector learns there which symlinks lead out and are left out).
+    loss = _Loss(plan)
+    rows = connector.import_(plan, loss.watch(prefetch(reader.batches(dataset))))
     loaded = time.perf_counter()
     checks = prove(connector, plan, reader, dataset, check_options)
     return DatasetResult(
@@ -179,7 +179,7 @@ def _restore_one(
         target=plan.target.name,
         rows=rows,
         dropped=plan.dropped,
-        lost=lost,
+        lost=loss.lines(),
         notes=plan.notes,
         load_seconds=loaded - started,
         check_seconds=time.perf_counter() - loaded,
@@ -187,27 +187,35 @@ def _restore_one(
     )
 
 
-class _Audit:
-    """What the validation pass learns about a dataset on the way through: the digest of its records, and
-    what the plan's lossy mapping really changes (columns with values dropped, records whose metadata is
-    rewritten), so the report says what was lost, not only what could have been."""
+def _digesting(batches: Iterable[pa.RecordBatch], digest: DatasetDigest) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        digest.add_batch(batch)
+        yield batch
+
+
+class _Loss:
+    """What the plan's lossy mapping really changes in the bundle's records (records left out, columns with
+    values dropped, records whose metadata is rewritten), so the report says what was lost, not only what
+    could have been."""
 
     def __init__(self, plan: ImportPlan) -> None:
         self.plan = plan
-        self.digest = DatasetDigest()
         self.dropped: Counter[str] = Counter()
         self.rewritten = 0
+        self.records_dropped = 0
         self.examples: list[str] = []
 
     def watch(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            self.digest.add_batch(batch)
             if self.plan.dropped:
                 self._tally(batch, self.plan.transform(batch))
             yield batch
 
     def _tally(self, before: pa.RecordBatch, after: pa.RecordBatch) -> None:
+        self.records_dropped += before.num_rows - after.num_rows
         kept = set(after.schema.names)
+        if before.num_rows != after.num_rows:
+            return  # records left out: their columns no longer line up row by row
         for name in before.schema.names:
             if name not in kept:
                 column = before.column(name)
@@ -221,8 +229,9 @@ class _Audit:
                     if len(self.examples) < 3:
                         self.examples.append(repr(ids[n]))
 
-    def lost(self) -> tuple[str, ...]:
-        lines = [f"column {name!r}: {count} values dropped" for name, count in sorted(self.dropped.items()) if count]
+    def lines(self) -> tuple[str, ...]:
+        lines = [f"{self.records_dropped} records left out"] if self.records_dropped else []
+        lines += [f"column {name!r}: {count} values dropped" for name, count in sorted(self.dropped.items()) if count]
         if self.rewritten:
             lines.append(f"metadata of {self.rewritten} records rewritten (e.g. {', '.join(self.examples)})")
         return tuple(lines)

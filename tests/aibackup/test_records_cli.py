@@ -276,3 +276,25 @@ def test_config_secrets_are_sealed_and_never_in_plaintext(
     # The planted secrets appear in no byte of either repository and in no line printed.
     assert scan_for_secrets(*repository_bytes(tmp_path / "enc"), *repository_bytes(tmp_path / "plain")) == []
     assert scan_for_secrets(*printed) == []
+
+
+def test_config_restore_stays_inside_its_folder(tmp_path: Path, cli: Cli) -> None:
+    cfg = tmp_path / "cfg"
+    (cfg / "sub").mkdir(parents=True)
+    (cfg / "sub" / "app.toml").write_text('name = "bot"\n')
+    (cfg / "inside").symlink_to("sub/app.toml")
+    (cfg / "outside").symlink_to("/etc/hostname")
+    ok(cli("backup", f"config:{cfg}"))
+    one_line_error(cli("restore", "--to", f"config:{tmp_path / 'out'}"), 2, "outside")
+    assert not (tmp_path / "out" / "sub").exists()  # refused before anything was written
+    lossy = ok(cli("restore", "--to", f"config:{tmp_path / 'out'}", "--allow-lossy", "--json")).json()
+    assert lossy["ok"], lossy
+    assert lossy["datasets"][0]["lost"] == ["1 records left out"]
+    assert (tmp_path / "out" / "inside").resolve() == (tmp_path / "out" / "sub" / "app.toml").resolve()
+    assert not (tmp_path / "out" / "outside").exists() and not (tmp_path / "out" / "outside").is_symlink()
+    # A symlink already in the target that leads out is never followed.
+    (tmp_path / "trap").mkdir()
+    (tmp_path / "trap" / "sub").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    one_line_error(cli("restore", "--to", f"config:{tmp_path / 'trap'}", "--allow-lossy"), 2, "sub")
+    assert list((tmp_path / "elsewhere").iterdir()) == []
