@@ -20,10 +20,13 @@ finetune — one row per line of a fine-tuning JSONL file
 config — one row per file (or symlink) under a configuration folder
     ``id`` and ``path`` the '/'-separated relative path; ``type`` "file" | "symlink"; ``mode`` permission
     bits; ``content`` the bytes with every secret value cut out (null for a symlink); ``link`` a
-    symlink's target; ``secrets`` the cut-out values and their offsets, sealed with AES-256-GCM under the
-    repository key (null when the file holds none, or when they were redacted); ``redacted`` how many
-    values ``--redact-secrets`` dropped; ``sha256`` of the original bytes, or for a file holding secrets
-    ``hmac-sha256:<hex>`` keyed by the repository key (a plain hash would let weak secrets be guessed).
+    symlink's target; ``secrets`` the cut-out values and their offsets (canonical JSON), sealed with
+    AES-256-GCM under the repository key with ``config:<path>`` as associated data (null when the file
+    holds none); ``redacted`` how many ``REDACTED-BY-AIBACKUP`` placeholders the content holds (under
+    ``--redact-secrets`` every secret value is replaced by one, and a restore writes them back as they
+    are); ``sha256`` always names its hash: ``sha256:<hex>`` of the bytes a restore writes (for a
+    symlink, of its target text), or for a file holding sealed secrets ``hmac-sha256:<hex>`` keyed by the
+    repository key (a plain hash would let weak secrets be guessed offline).
 """
 
 from __future__ import annotations
