@@ -75,14 +75,15 @@ from connectors.base import MODES, Connector, DatasetDescription, ExportState, I
 from connectors.conversation_records import Rows, RowsAsLines, parse_line
 from connectors.conversations_sqlite import SqliteTable, canonical_sql, native_rows, renamed_sql
 from connectors.filetarget import (
-    Contiguity,
     FileWriter,
     check_folder,
     check_mode,
+    folder_batches,
     output_names,
     refuse_existing,
     sha_check,
     target_path,
+    write_runs,
 )
 from manifests.records import CONVERSATIONS
 
@@ -327,27 +328,7 @@ class ConversationsConnector(Connector):
                     native_rows(batch, columns, self._where)
                 checked += batch.num_rows
             return checked
-        order = Contiguity("source", self._where)
-        for batch in batches:
-            batch = self._transformed(plan, batch)
-            order.check(batch)
-            checked += batch.num_rows
-        return checked
-
-    def _transformed(self, plan: ImportPlan, batch: pa.RecordBatch) -> pa.RecordBatch:
-        try:
-            batch = plan.transform(batch)
-        except ValueError as exc:
-            raise UnsupportedFeatureError(f"cannot restore into {self._where}: {exc}") from None
-        allowed = plan.extra.get("files", {})
-        for name in set(batch.column("source").to_pylist()):
-            target_path(self.root, name)
-            if name not in allowed:
-                raise UnsupportedFeatureError(
-                    f"cannot restore into {self._where}: records name file {name!r}, which the bundle's file "
-                    "list does not hold"
-                )
-        return batch
+        return sum(b.num_rows for b in folder_batches(self.root, self._where, plan, batches, "source"))
 
     def import_(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """Write the bundle's records (module docstring); returns the records written."""
@@ -355,15 +336,12 @@ class ConversationsConnector(Connector):
             return self._table.write(plan.source.config, plan.mode, batches, plan.transform)
         check_mode(plan.mode, self._where)
         writer = FileWriter(self.root, exclusive=plan.mode == "create")
-        order = Contiguity("source", self._where)
         written = 0
         try:
             for name in plan.extra.get("files", {}):
                 writer.touch(name)
-            for batch in batches:
-                batch = self._transformed(plan, batch)
-                order.check(batch)
-                _write_runs(writer, batch.column("source").to_pylist(), batch.column("raw").to_pylist())
+            for batch in folder_batches(self.root, self._where, plan, batches, "source"):
+                write_runs(writer, batch.column("source").to_pylist(), batch.column("raw").to_pylist())
                 written += batch.num_rows
             self._written = writer.commit()
         except BaseException:
@@ -396,15 +374,6 @@ def _bad_line(file: lines.SourceFile, number: int, problem: str, raw: bytes) -> 
         f"{file.shown}:{number}: {problem}{hint}; fix or remove that line, or "
         "back up with --on-bad-line skip to keep malformed lines raw in the bundle"
     )
-
-
-def _write_runs(writer: FileWriter, names: list[str], raws: list[bytes]) -> None:
-    """Write records file by file, one write per run of consecutive records of the same file."""
-    start = 0
-    for i in range(1, len(names) + 1):
-        if i == len(names) or names[i] != names[start]:
-            writer.write(names[start], b"".join(raws[start:i]))
-            start = i
 
 
 def _with_columns(batch: pa.RecordBatch, **columns: list[Any]) -> pa.RecordBatch:

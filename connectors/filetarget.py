@@ -30,7 +30,7 @@ import hashlib
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -42,7 +42,7 @@ from aibackup.errors import (
     UnsupportedFeatureError,
     UsageError,
 )
-from connectors.base import MODES
+from connectors.base import MODES, ImportPlan
 from connectors.lines import file_sha256, plain_name, shown
 
 TMP_SUFFIX = ".aibackup-tmp"
@@ -254,3 +254,37 @@ def sha_check(root: str, expected: Mapping[str, str | None], extra: str = "") ->
         more = f" (and {len(bad) - 3} more)" if len(bad) > 3 else ""
         return [("files", False, "; ".join(bad[:3]) + more)]
     return [("files", True, f"{len(expected)} files{extra}, sha256 match")]
+
+
+def folder_batches(
+    root: str, where: str, plan: ImportPlan, batches: Iterable[pa.RecordBatch], column: str
+) -> Iterator[pa.RecordBatch]:
+    """The bundle's batches after ``plan.transform``, as a folder target writes them: every record names a
+    file of the bundle's list (``plan.extra["files"]``) that stays inside `root`, and each file's records
+    come line after line (`column` names the file: "source" or "file"). UnsupportedFeatureError otherwise,
+    naming the file; a transform's ValueError (say rowids that do not rise) becomes one too."""
+    allowed = plan.extra.get("files", {})
+    order = Contiguity(column, where)
+    for batch in batches:
+        try:
+            batch = plan.transform(batch)
+        except ValueError as exc:
+            raise UnsupportedFeatureError(f"cannot restore into {where}: {exc}") from None
+        for name in set(batch.column(column).to_pylist()):
+            target_path(root, name)
+            if name not in allowed:
+                raise UnsupportedFeatureError(
+                    f"cannot restore into {where}: records name file {name!r}, which the bundle's file list "
+                    "does not hold"
+                )
+        order.check(batch)
+        yield batch
+
+
+def write_runs(writer: FileWriter, names: list[str], raws: list[bytes]) -> None:
+    """Write records file by file, one write per run of consecutive records of the same file."""
+    start = 0
+    for i in range(1, len(names) + 1):
+        if i == len(names) or names[i] != names[start]:
+            writer.write(names[start], b"".join(raws[start:i]))
+            start = i

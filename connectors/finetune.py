@@ -59,14 +59,15 @@ from connectors import lines
 from connectors.base import Connector, DatasetDescription, ExportState, ImportPlan, Location, identity
 from connectors.conversation_records import BATCH_BYTES, BATCH_ROWS, BOM, SURROGATE_ESCAPE
 from connectors.filetarget import (
-    Contiguity,
     FileWriter,
     check_folder,
     check_mode,
+    folder_batches,
     output_names,
     refuse_existing,
     sha_check,
     target_path,
+    write_runs,
 )
 from manifests.records import FINETUNE
 from manifests.vectors import canonical_json
@@ -307,31 +308,13 @@ class FinetuneConnector(Connector):
     def validate_records(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """File names inside the folder and listed in the bundle, records forming each file line after
         line; writes nothing."""
-        order = Contiguity("file", lines.shown(self.root))
-        checked = 0
-        for batch in batches:
-            batch = self._transformed(plan, batch)
-            order.check(batch)
-            checked += batch.num_rows
-        return checked
-
-    def _transformed(self, plan: ImportPlan, batch: pa.RecordBatch) -> pa.RecordBatch:
-        batch = plan.transform(batch)
-        allowed = plan.extra.get("files", {})
-        for name in set(batch.column("file").to_pylist()):
-            target_path(self.root, name)
-            if name not in allowed:
-                raise UnsupportedFeatureError(
-                    f"cannot restore into {lines.shown(self.root)}: records name file {name!r}, which the "
-                    "bundle's file list does not hold"
-                )
-        return batch
+        where = lines.shown(self.root)
+        return sum(b.num_rows for b in folder_batches(self.root, where, plan, batches, "file"))
 
     def import_(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """Write every file and the job config; returns the records written."""
         check_mode(plan.mode, lines.shown(self.root))
         writer = FileWriter(self.root, exclusive=plan.mode == "create")
-        order = Contiguity("file", lines.shown(self.root))
         written = 0
         try:
             for name in plan.extra.get("files", {}):
@@ -339,15 +322,8 @@ class FinetuneConnector(Connector):
             job = plan.source.config.get("job_config")
             if job:
                 writer.write(str(job["name"]), str(job["text"]).encode("utf-8"))
-            for batch in batches:
-                batch = self._transformed(plan, batch)
-                order.check(batch)
-                names, raws = batch.column("file").to_pylist(), batch.column("raw").to_pylist()
-                start = 0
-                for i in range(1, len(names) + 1):
-                    if i == len(names) or names[i] != names[start]:
-                        writer.write(names[start], b"".join(raws[start:i]))
-                        start = i
+            for batch in folder_batches(self.root, lines.shown(self.root), plan, batches, "file"):
+                write_runs(writer, batch.column("file").to_pylist(), batch.column("raw").to_pylist())
                 written += batch.num_rows
             self._written = writer.commit()
         except BaseException:
