@@ -19,6 +19,7 @@ from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
 from aibackup.pipeline import prefetch, steady_memory
 from aibackup.repository import Repository, iso, utc_now
+from aibackup.storage import Storage
 from connectors.registry import open_connector, parse_location
 from manifests.model import BundleManifest, DatasetManifest
 
@@ -34,12 +35,13 @@ class SourceOptions:
     redact_secrets: bool = False  # config: drop secret values instead of sealing them
     key_file: str | None = None  # the repository key, instead of AIBACKUP_KEY
 
-    def connector_options(self, key: RepositoryKey | None) -> dict[str, object]:
+    def connector_options(self, key: RepositoryKey | None, exclude: Sequence[str]) -> dict[str, object]:
         return {
             "on_bad_line": self.on_bad_line,
             "job_config": self.job_config,
             "redact_secrets": self.redact_secrets,
             "secrets": key,
+            "exclude": list(exclude),
         }
 
 
@@ -99,7 +101,14 @@ def run_backup(
     say = progress or (lambda _msg: None)
     repo = Repository.find(repo_url)
     key = repo.key(source_options.key_file) if repo is not None else None
-    with open_connector(source_uri, options=source_options.connector_options(key)) as connector:
+    if key is None and source_options.key_file:
+        raise UsageError(
+            f"--key-file given, but the repository at {repo_url} is not encrypted (see `aibackup init --encrypt`)"
+        )
+    # A file source never backs up the repository it is writing into (`config:.` with ./aibackup-repo).
+    storage = Storage(repo_url)
+    exclude = [storage.root] if storage.is_local else []
+    with open_connector(source_uri, options=source_options.connector_options(key, exclude)) as connector:
         descriptions = connector.describe(list(collections) or None)
         if not descriptions:
             raise UsageError(f"{connector.location.display()} holds no collections: nothing to back up")
@@ -143,8 +152,11 @@ def run_backup(
             repo.commit(manifest)
         except BaseException:
             # An error or Ctrl-C: no manifest, so no bundle; remove the parts too. (A crash leaves them as
-            # unreferenced orphans, which no reader ever looks at.)
+            # unreferenced orphans, which no reader ever looks at.) A repository this run created goes as
+            # well, so that the fix an error suggests (say `aibackup init --encrypt`) works on the spot.
             writer.discard()
+            if created:
+                repo.forget()
             raise
     return BackupResult(manifest, created, (utc_now() - started).total_seconds(), tuple(notes))
 

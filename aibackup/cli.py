@@ -469,10 +469,14 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: still one line, unless the user asks for the traceback
         if os.environ.get("AIBACKUP_DEBUG"):
             traceback.print_exc()
+        # The type and where, not the message: a library's message may quote the data it choked on (a
+        # config file's secret, a log line), and this line goes to terminals and cron mails.
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = f" at {os.path.basename(frames[-1].filename)}:{frames[-1].lineno}" if frames else ""
         _fail(
             as_json,
             "internal",
-            f"internal error: {type(exc).__name__}: {exc} (a bug; AIBACKUP_DEBUG=1 shows the traceback)",
+            f"internal error: {type(exc).__name__}{where} (a bug; AIBACKUP_DEBUG=1 shows the details)",
             EXIT_INTERNAL,
         )
     sys.exit(EXIT_OK)

@@ -168,6 +168,14 @@ class Repository:
             raise UsageError(f"{storage.display()} is already an aibackup repository") from None
         return cls(storage, marker)
 
+    def forget(self) -> None:
+        """Remove a repository that holds no bundle (best effort): its marker and empty folders. Used when
+        the backup that created it failed."""
+        if self.bundle_ids():
+            return
+        self.storage.remove(MARKER)
+        self.storage.remove_empty_folders()
+
     @classmethod
     def find(cls, url: str) -> Repository | None:
         """The repository at `url`, or None if the location is missing or empty (one may be created there);

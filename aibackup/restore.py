@@ -25,7 +25,7 @@ from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError,
 from aibackup.pipeline import prefetch
 from aibackup.repository import Repository
 from connectors.base import MODES, Connector, DatasetDescription, ImportPlan
-from connectors.registry import open_connector
+from connectors.registry import connector_class, open_connector, parse_location
 from manifests.digest import DatasetDigest
 from manifests.kinds import KINDS
 from manifests.model import BundleManifest, DatasetManifest
@@ -128,6 +128,14 @@ def run_restore(
     _verify_before_writing(reader, repo, [d for d, _ in selected])
     key = repo.key(key_file)  # an encrypted repository: a wrong or missing key stops here, before writing
     results: list[DatasetResult] = []
+    location = parse_location(target_uri, target=True)
+    target_kind = connector_class(location.kind).dataset_kind
+    for dataset, _ in selected:  # before the target is opened (opening an embedded store creates it)
+        if dataset.kind != target_kind:
+            raise UsageError(
+                f"collection {dataset.name!r} holds {dataset.kind}; {location.display()} holds "
+                f"{target_kind}: restore it into a {dataset.kind} target"
+            )
     with open_connector(target_uri, target=True, options={"secrets": key}) as connector:
         plans: list[tuple[DatasetManifest, ImportPlan]] = [
             (d, connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy))

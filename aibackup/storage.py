@@ -278,6 +278,15 @@ class Storage:
         with self._errors(rel), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full(rel))
 
+    def remove_empty_folders(self) -> None:
+        """Remove the empty folders below the root (local disk; object stores have no folders)."""
+        if not self.is_local:
+            return
+        for folder, _dirs, _files in sorted(os.walk(self.root), key=lambda w: -len(w[0])):
+            if folder != self.root:
+                with contextlib.suppress(OSError):
+                    os.rmdir(folder)  # fails, as wanted, for a folder that is not empty
+
     def open_read(self, rel: str) -> IO[bytes]:
         with self._errors(rel):
             f: IO[bytes] = self.fs.open(self.full(rel), "rb", block_size=CHUNK)

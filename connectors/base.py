@@ -191,7 +191,8 @@ class Connector(ABC):
 
     @abstractmethod
     def plan_import(self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool) -> ImportPlan:
-        """Decide how `source` (a bundle dataset) becomes collection `dest`, writing nothing.
+        """Decide how `source` (a bundle dataset of this connector's ``dataset_kind``: the core refuses any
+        other kind before asking) becomes collection `dest`, writing nothing.
         Raises UnsupportedFeatureError naming the collection and the feature when the target cannot hold
         something and not `allow_lossy`; TargetNotEmptyError when `dest` holds records and mode is
         "create"."""

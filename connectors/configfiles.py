@@ -14,11 +14,12 @@ Secrets (what is one: :mod:`connectors.secrets`)
   value cut out; ``secrets`` = canonical JSON ``[{"offset": <in the original>, "value": text}]``
   (``"base64"`` for bytes that are not UTF-8) sealed with AES-256-GCM, AAD ``b"config:" + path``;
   ``sha256`` = ``hmac-sha256:`` HMAC of the original bytes (a plain hash would let a weak secret be guessed).
-- No key, ``options["redact_secrets"]``: each value is replaced by ``REDACTED-BY-AIBACKUP`` (kept in
-  ``content``, so the restore writes the placeholders where the values were and a backup of the restored
-  folder gives the same rows); ``secrets`` null; ``redacted`` = placeholders in the file; ``sha256`` of
-  those bytes. Placeholders already in a file (an earlier redacted backup) count in ``redacted`` and are
-  not secrets; the restore report says which files hold placeholders.
+- ``options["redact_secrets"]`` (with or without a key: the explicit request wins): each value is
+  replaced by ``REDACTED-BY-AIBACKUP`` (kept in ``content``, so the restore writes the placeholders where
+  the values were and a backup of the restored folder gives the same rows); ``secrets`` null;
+  ``redacted`` = placeholders in the file; ``sha256`` of those bytes. Placeholders already in a file (an
+  earlier redacted backup) count in ``redacted`` and are not secrets; the restore report says which files
+  hold placeholders.
 - No key and no redaction: every file is scanned before any batch, and a secret refuses the backup
   (ConfigError, exit 2) naming file and line, never the value. No message, note or error holds a value.
 
@@ -141,7 +142,10 @@ class ConfigConnector(Connector):
         export. Without a key and without ``redact_secrets``, every file is scanned first and a secret
         raises ConfigError here, before any batch. SourceDataError for names or files it cannot keep."""
         listing = self._list()
-        policy = "seal" if self._box is not None else "redact" if self._redact or self._target else "refuse"
+        # An explicit --redact-secrets wins over the key: the user asked for no values in this bundle.
+        policy = (
+            "redact" if self._redact else "seal" if self._box is not None else "redact" if self._target else "refuse"
+        )
         if policy == "refuse":
             self._refuse_secrets(listing)
         return self._batches(dataset.name, listing, policy)
@@ -187,6 +191,8 @@ class ConfigConnector(Connector):
                     st = item.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue  # removed while the backup walked past it: not part of this snapshot
+                if any(os.path.abspath(item.path) == os.path.abspath(e) for e in self.options.get("exclude", ())):
+                    continue  # the repository itself, inside the source folder: never back it up into itself
                 if stat.S_ISDIR(st.st_mode):
                     subdirs.append((item.path, rel + "/"))
                 elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):

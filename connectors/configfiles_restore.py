@@ -220,8 +220,6 @@ class ConfigRestore:
         for a dataset that is not configuration files (the per-record refusals come in `validate`)."""
         if mode not in MODES:
             raise UsageError(f"bad mode {mode!r}: expected one of {', '.join(MODES)}")
-        if source.kind != "config":
-            raise UnsupportedFeatureError(f"collection {source.name!r} holds {source.kind}, not configuration files")
         if os.open not in os.supports_dir_fd or not hasattr(os, "O_NOFOLLOW"):
             raise UnsupportedFeatureError("restoring configuration files safely needs a POSIX system")
         config = source.config_json()

@@ -69,7 +69,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from aibackup.errors import DatasetNotFoundError, SourceDataError, UnsupportedFeatureError, UsageError
+from aibackup.errors import DatasetNotFoundError, SourceDataError, UsageError
 from connectors import lines
 from connectors.base import MODES, Connector, DatasetDescription, ExportState, ImportPlan, Location, identity
 from connectors.conversation_records import Rows, RowsAsLines, parse_line
@@ -78,6 +78,7 @@ from connectors.filetarget import (
     FileWriter,
     check_folder,
     check_mode,
+    file_renamer,
     folder_batches,
     output_names,
     refuse_existing,
@@ -119,7 +120,7 @@ class ConversationsConnector(Connector):
         elif create:
             check_folder(self.root)
         else:
-            lines.expand(self.root)
+            lines.distinct_names(lines.expand(self.root, self.options.get("exclude", ())))
 
     @property
     def _name(self) -> str:
@@ -158,7 +159,7 @@ class ConversationsConnector(Connector):
             return [f for f in found if os.path.isfile(f.path)]
         if self.create and not os.path.exists(self.root):
             return []  # a restore target not created yet
-        return lines.expand(self.root)
+        return lines.distinct_names(lines.expand(self.root, self.options.get("exclude", ())))
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Canonical batches (at most 2000 rows or ~32 MB of raw lines each): every record, or only those
@@ -252,8 +253,6 @@ class ConversationsConnector(Connector):
         UnsupportedFeatureError (merge into a folder, a file name leaving the folder, two names colliding,
         a merge into a table of another layout), UsageError for an unknown mode. `dest` is not used: the
         target URI names the folder or table, and the plan's target carries that name."""
-        if source.kind != self.dataset_kind:
-            raise UnsupportedFeatureError(f"cannot restore a {source.kind} dataset into conversations {self._where}")
         config = dict(source.config)
         if self._table is not None:
             return self._plan_table(source, config, mode)
@@ -274,7 +273,7 @@ class ConversationsConnector(Connector):
             names = output_names(files, where)
             expected = {names[f["name"]]: f.get("sha256") for f in config.get("files", ())}
             renamed = {old: new for old, new in names.items() if old != new}
-            transform = _renamer(renamed) if renamed else identity
+            transform = file_renamer(renamed, "source") if renamed else identity
             if renamed:
                 notes.append(f"{len(renamed)} compressed file(s) restored decompressed (e.g. {next(iter(renamed))})")
         for file_name in expected:
@@ -379,17 +378,6 @@ def _bad_line(file: lines.SourceFile, number: int, problem: str, raw: bytes) -> 
 def _with_columns(batch: pa.RecordBatch, **columns: list[Any]) -> pa.RecordBatch:
     arrays = [pa.array(columns[f.name], f.type) if f.name in columns else batch.column(f.name) for f in CONVERSATIONS]
     return pa.RecordBatch.from_arrays(arrays, schema=CONVERSATIONS)
-
-
-def _renamer(renamed: Mapping[str, str]) -> Any:
-    """Transform: compressed source names become the decompressed names the folder will hold."""
-
-    def rename(batch: pa.RecordBatch) -> pa.RecordBatch:
-        sources = [renamed.get(s, s) for s in batch.column("source").to_pylist()]
-        ids = [f"{s}#{n}" for s, n in zip(sources, batch.column("line").to_pylist(), strict=True)]
-        return _with_columns(batch, id=ids, source=sources)
-
-    return rename
 
 
 def _table_renamer(old: str, new: str) -> Any:

@@ -273,7 +273,7 @@ class SqliteTable:
             return None, f"the definition of table {self.table!r} changed since the last backup: full backup"
         with self.errors("checking the high-water mark"):
             row = self.conn.execute(f"SELECT count(*) FROM {q(self.table)} WHERE {info.rowid} <= ?", (top,)).fetchone()
-            same_last = top == 0 or self._row_sha(info, top) == since.get("last_sha256")
+            same_last = since.get("rows") == 0 or self._row_sha(info, top) == since.get("last_sha256")
         if int(row[0]) != since.get("rows") or not same_last:
             return None, f"rows of table {self.table!r} were deleted or replaced since the last backup: full backup"
         return top, None
@@ -282,12 +282,15 @@ class SqliteTable:
         start, note = self._resume(info, since)
         with self.errors("reading rows"):
             top, rows, last = self._mark(info)
+            # A full export takes every row: rowids may be zero or negative (an INTEGER PRIMARY KEY is any
+            # 64-bit integer), so there is no "below the first rowid" to start from.
+            where, args = (f"WHERE {info.rowid} > ?", (start,)) if start is not None else ("", ())
             cursor = self.conn.execute(
-                f"SELECT {info.rowid}, * FROM {q(self.table)} WHERE {info.rowid} > ? ORDER BY {info.rowid}",
-                (start or 0,),
+                f"SELECT {info.rowid}, * FROM {q(self.table)} {where} ORDER BY {info.rowid}", args
             )
         source = f"table:{self.table}"
         out = Rows()
+        exported = 0
         while True:
             with self.errors("reading rows"):
                 page = cursor.fetchmany(BATCH_ROWS)
@@ -309,7 +312,13 @@ class SqliteTable:
                         "valid": True,
                     }
                 )
+            exported += len(page)
             yield out.flush()
+        # The export runs in one read transaction, so a full one must have seen exactly the rows counted.
+        if start is None and exported != rows:
+            raise SourceDataError(
+                f"table {self.table!r}: {exported} rows exported but {rows} counted; nothing was committed"
+            )
         state = {
             "format": "sqlite",
             "table": self.table,

@@ -42,7 +42,7 @@ from aibackup.errors import (
     UnsupportedFeatureError,
     UsageError,
 )
-from connectors.base import MODES, ImportPlan
+from connectors.base import MODES, ImportPlan, Transform
 from connectors.lines import file_sha256, plain_name, shown
 
 TMP_SUFFIX = ".aibackup-tmp"
@@ -288,3 +288,17 @@ def write_runs(writer: FileWriter, names: list[str], raws: list[bytes]) -> None:
         if i == len(names) or names[i] != names[start]:
             writer.write(names[start], b"".join(raws[start:i]))
             start = i
+
+
+def file_renamer(renamed: Mapping[str, str], column: str) -> Transform:
+    """``plan.transform`` for a folder target: compressed file names (in `column`: "source" or "file")
+    become the decompressed names the folder will hold, and each ``id`` (``"<file>#<line>"``) follows."""
+
+    def rename(batch: pa.RecordBatch) -> pa.RecordBatch:
+        files = [renamed.get(s, s) for s in batch.column(column).to_pylist()]
+        ids = [f"{s}#{n}" for s, n in zip(files, batch.column("line").to_pylist(), strict=True)]
+        replaced = {"id": pa.array(ids, pa.string()), column: pa.array(files, pa.string())}
+        arrays = [replaced.get(f.name, batch.column(f.name)) for f in batch.schema]
+        return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+    return rename

@@ -62,6 +62,7 @@ from connectors.filetarget import (
     FileWriter,
     check_folder,
     check_mode,
+    file_renamer,
     folder_batches,
     output_names,
     refuse_existing,
@@ -170,7 +171,7 @@ class FinetuneConnector(Connector):
         if create:
             check_folder(self.root)
             return
-        lines.expand(self.root)
+        lines.distinct_names(lines.expand(self.root, self.options.get("exclude", ())))
         if self.options.get("job_config"):
             self.job_config = load_job_config(str(self.options["job_config"]))
 
@@ -200,7 +201,7 @@ class FinetuneConnector(Connector):
             return [f for f in found if os.path.isfile(f.path)]
         if self.create and not os.path.exists(self.root):
             return []
-        return lines.expand(self.root)
+        return lines.distinct_names(lines.expand(self.root, self.options.get("exclude", ())))
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Every line of every file as canonical batches (at most 2000 rows or ~32 MB); never fails on
@@ -269,8 +270,6 @@ class FinetuneConnector(Connector):
         nothing. TargetNotEmptyError (create: a file exists), UnsupportedFeatureError (merge, a name leaving
         the folder, colliding names), UsageError (unknown mode). `dest` is not used: the URI names the folder."""
         where = lines.shown(self.root)
-        if source.kind != self.dataset_kind:
-            raise UnsupportedFeatureError(f"cannot restore a {source.kind} dataset into finetune {where}")
         check_mode(mode, where)
         files = list(source.config.get("files", ()))
         names = output_names([f["name"] for f in files], where)
@@ -300,7 +299,7 @@ class FinetuneConnector(Connector):
             source,
             target,
             mode,
-            transform=_renamer(renamed) if renamed else identity,
+            transform=file_renamer(renamed, "file") if renamed else identity,
             notes=notes,
             extra={"files": expected, "job_config": job_name},
         )
@@ -345,25 +344,6 @@ def _flush(columns: dict[str, list[Any]]) -> pa.RecordBatch:
     for column in columns.values():
         column.clear()
     return pa.RecordBatch.from_arrays(arrays, schema=FINETUNE)
-
-
-def _renamer(renamed: Mapping[str, str]) -> Any:
-    """Transform: compressed file names become the decompressed names the folder will hold."""
-
-    def rename(batch: pa.RecordBatch) -> pa.RecordBatch:
-        files = [renamed.get(s, s) for s in batch.column("file").to_pylist()]
-        ids = [f"{s}#{n}" for s, n in zip(files, batch.column("line").to_pylist(), strict=True)]
-        arrays = [
-            pa.array(ids, pa.string())
-            if f.name == "id"
-            else pa.array(files, pa.string())
-            if f.name == "file"
-            else batch.column(f.name)
-            for f in FINETUNE
-        ]
-        return pa.RecordBatch.from_arrays(arrays, schema=FINETUNE)
-
-    return rename
 
 
 # --- job config -------------------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ import hashlib
 import io
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any
@@ -123,9 +123,11 @@ def dataset_name(path: str) -> str:
     return base[: -len(".jsonl")] if base.endswith(".jsonl") and len(base) > len(".jsonl") else base
 
 
-def expand(path: str) -> list[SourceFile]:
-    """The files a PATH names, sorted by relative name. DatasetNotFoundError for a missing path or a glob
-    matching no file."""
+def expand(path: str, exclude: Sequence[str] = ()) -> list[SourceFile]:
+    """The files a PATH names, sorted by relative name, leaving out anything under an `exclude` folder
+    (the repository itself, when it lies inside the source). DatasetNotFoundError for a missing path or a
+    glob matching no file; SourceDataError for a name a folder restore could not write back (not UTF-8, a
+    backslash) — refused at backup time, not discovered at restore time (see also `distinct_names`)."""
     if is_glob(path):
         root = _glob_root(path)
         found = [p for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
@@ -146,7 +148,31 @@ def expand(path: str) -> list[SourceFile]:
         raise DatasetNotFoundError(f"{shown(path)} is neither a file nor a folder (a broken link?)")
     else:
         raise DatasetNotFoundError(f"{shown(path)} does not exist")
+    skip = [os.path.join(os.path.abspath(e), "") for e in exclude]
+    files = [f for f in files if not any(f.path.startswith(s) for s in skip)]
+    for f in files:
+        try:
+            f.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SourceDataError(
+                f"{shown(ascii(f.path))}: a file name that is not UTF-8 cannot be backed up; rename it"
+            ) from None
+        if "\\" in f.name:
+            raise SourceDataError(f"{shown(f.path)}: a name with a backslash cannot be restored; rename it")
     return sorted(files, key=lambda f: f.name)
+
+
+def distinct_names(files: Sequence[SourceFile]) -> list[SourceFile]:
+    """`files`, after checking that no two restore under one name (``a.jsonl`` beside ``a.jsonl.gz``: a
+    folder restore writes both decompressed as ``a.jsonl``). SourceDataError naming both otherwise."""
+    restored_as: dict[str, str] = {}
+    for f in files:
+        other = restored_as.setdefault(plain_name(f.name), f.name)
+        if other != f.name:
+            raise SourceDataError(
+                f"{shown(f.path)} and {other!r} would both be restored as {plain_name(f.name)!r}; rename one"
+            )
+    return list(files)
 
 
 def _rel(path: str, root: str) -> str:

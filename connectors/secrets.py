@@ -88,6 +88,8 @@ _DESCRIPTORS = frozenset(
         *("url", "uri", "urls", "endpoint", "file", "path", "dir", "env", "var", "name", "type", "length"),
         *("len", "size", "count", "limit", "ttl", "expiry", "expires", "header", "prefix", "id", "ids"),
         *("algorithm", "format", "location", "enabled", "metric"),
+        # plurals name counts or lists of those things, not a credential: secret_files, token_counts
+        *("uris", "endpoints", "files", "paths", "dirs", "names", "types", "counts", "limits", "headers"),
     }
 )
 #: ``<role>_key`` names a field or record key, not a credential: ``text_key: text``, ``sort_key``, ``public_key``.
@@ -179,7 +181,8 @@ _AWS_SECRET = re.compile(rb"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+]{40}(?![A-Za-z0-9/+=
 _PEM_BEGIN = re.compile(rb"-----BEGIN [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 _PEM_END = re.compile(rb"-----END [A-Z0-9 ]*PRIVATE KEY(?: BLOCK)?-----")
 # After a scheme (checked in Python); a raw "@" in a password reaches to the last one.
-_URL_AUTH = re.compile(rb"://([^\s/?#@:'\"<>]+)(?::([^\s?'\"<>]*))?@")
+# The user part may be empty: redis://:PASSWORD@host is the usual form for Redis.
+_URL_AUTH = re.compile(rb"://([^\s/?#@:'\"<>]*)(?::([^\s?'\"<>]*))?@")
 
 
 def _bounded(data: bytes, start: int) -> bool:

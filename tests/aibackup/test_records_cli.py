@@ -298,3 +298,33 @@ def test_config_restore_stays_inside_its_folder(tmp_path: Path, cli: Cli) -> Non
     (tmp_path / "elsewhere").mkdir()
     one_line_error(cli("restore", "--to", f"config:{tmp_path / 'trap'}", "--allow-lossy"), 2, "sub")
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_a_dataset_goes_only_into_a_target_of_its_kind(tmp_path: Path, cli: Cli) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.jsonl").write_bytes(line(exchange(1)))
+    ok(cli("backup", f"conversations:{logs}"))
+    for target in ("qdrant", f"chroma:{tmp_path / 'c'}", f"finetune:{tmp_path / 'f'}", f"config:{tmp_path / 'g'}"):
+        one_line_error(cli("restore", "--to", target), 2, "holds conversations")
+    assert not (tmp_path / "aibackup-restore").exists()  # refused before any target was touched
+
+
+def test_file_sources_never_back_up_their_own_repository(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "settings.toml").write_text('name = "bot"\n')
+    for _ in range(3):
+        result = ok(cli("backup", f"config:{tmp_path}", "--json")).json()
+        assert result["datasets"][0]["rows"] == 1  # ./aibackup-repo lies inside the source folder
+
+
+def test_names_a_folder_restore_could_not_write_are_refused_at_backup(tmp_path: Path, cli: Cli) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "app.jsonl").write_bytes(line(exchange(1)))
+    with gzip.open(logs / "app.jsonl.gz", "wb") as f:
+        f.write(line(exchange(2)))
+    one_line_error(cli("backup", f"conversations:{logs}"), 2, "would both be restored as 'app.jsonl'")
+    (logs / "app.jsonl.gz").unlink()
+    (logs / "we\\ird.jsonl").write_bytes(line(exchange(3)))
+    one_line_error(cli("backup", f"conversations:{logs}"), 2, "backslash")
+    assert not (tmp_path / "aibackup-repo").exists()  # a refused first backup leaves no repository behind

@@ -600,8 +600,6 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     write(tmp_path / "logs" / "a.jsonl", b"{}\n")
     with pytest.raises(DatasetNotFoundError, match="holds one dataset, 'logs', not 'other'"):
         source(tmp_path / "logs").describe(["other"])
-    with pytest.raises(UnsupportedFeatureError, match="cannot restore a finetune dataset"):
-        restore(f"conversations:{tmp_path / 'o'}", DatasetDescription("x", {}, 0, kind="finetune"), [])
     (tmp_path / "logs" / "b.jsonl.gz").write_bytes(b"garbage")
     conn = source(tmp_path / "logs")
     with pytest.raises(SourceDataError, match=r"b\.jsonl\.gz: damaged gzip file"):
@@ -621,3 +619,27 @@ def test_a_locked_database_is_unavailable(tmp_path: Path, monkeypatch: pytest.Mo
     finally:
         blocker.rollback()
         blocker.close()
+
+
+def test_sqlite_rows_with_zero_and_negative_rowids_are_backed_up(tmp_path: Path) -> None:
+    """An INTEGER PRIMARY KEY may be any 64-bit integer: a full export takes every row, whatever its rowid."""
+    import sqlite3
+
+    from connectors.registry import open_connector
+
+    db = tmp_path / "neg.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, msg TEXT)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(-5, "a"), (0, "b"), (1, "c"), (2, "d")])
+    with open_connector(f"conversations+sqlite:{db}?table=t") as source:
+        [dataset] = source.describe()
+        rows = [r for b in source.export(dataset) for r in b.to_pylist()]
+        state = source.export_state("t")
+    assert [r["line"] for r in rows] == [-5, 0, 1, 2]
+    assert state is not None and not state.incremental
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO t VALUES (3, 'e')")
+    with open_connector(f"conversations+sqlite:{db}?table=t") as source:
+        [dataset] = source.describe()
+        new = [r["line"] for b in source.export(dataset, state.state) for r in b.to_pylist()]
+        assert new == [3] and source.export_state("t").incremental  # type: ignore[union-attr]
