@@ -50,6 +50,7 @@ from aibackup.errors import (
 )
 from connectors.base import Connector, DatasetDescription, ExportState, ImportPlan, Location, SecretBox
 from connectors.configfiles_restore import ConfigRestore, examples, secrets_aad
+from connectors.lines import refuse_unrestorable
 from connectors.secrets import PLACEHOLDER, Span, find_secrets, line_of
 from manifests.records import CONFIG
 
@@ -179,14 +180,7 @@ class ConfigConnector(Connector):
             subdirs = []
             for item in items:
                 rel = prefix + item.name
-                try:
-                    rel.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise SourceDataError(
-                        f"{self._show(ascii(rel))}: a file name that is not UTF-8 cannot be backed up; rename it"
-                    ) from None
-                if "\\" in item.name:
-                    raise SourceDataError(f"{self._show(rel)}: a name with a backslash cannot be restored; rename it")
+                refuse_unrestorable(rel, self._show(rel))
                 try:
                     st = item.stat(follow_symlinks=False)
                 except FileNotFoundError:

@@ -151,15 +151,19 @@ def expand(path: str, exclude: Sequence[str] = ()) -> list[SourceFile]:
     skip = [os.path.join(os.path.abspath(e), "") for e in exclude]
     files = [f for f in files if not any(f.path.startswith(s) for s in skip)]
     for f in files:
-        try:
-            f.name.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SourceDataError(
-                f"{shown(ascii(f.path))}: a file name that is not UTF-8 cannot be backed up; rename it"
-            ) from None
-        if "\\" in f.name:
-            raise SourceDataError(f"{shown(f.path)}: a name with a backslash cannot be restored; rename it")
+        refuse_unrestorable(f.name, shown(f.path))
     return sorted(files, key=lambda f: f.name)
+
+
+def refuse_unrestorable(name: str, display: str) -> None:
+    """SourceDataError when a folder restore could not write relative `name` back (not UTF-8; a backslash,
+    which the restore refuses as a path separator); `display` is how the message names the file."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SourceDataError(f"{display!a}: a file name that is not UTF-8 cannot be backed up; rename it") from None
+    if "\\" in name:
+        raise SourceDataError(f"{display}: a name with a backslash cannot be restored; rename it")
 
 
 def distinct_names(files: Sequence[SourceFile]) -> list[SourceFile]:
