@@ -9,16 +9,17 @@ interrupt also removes the parts it wrote.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from aibackup import __version__
+from aibackup import __version__, clock
 from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
 from aibackup.pipeline import prefetch, steady_memory
-from aibackup.repository import Repository, iso, utc_now
+from aibackup.repository import Repository, iso
 from aibackup.storage import Storage
 from connectors.registry import open_connector, parse_location
 from manifests.model import BundleManifest, DatasetManifest
@@ -97,7 +98,8 @@ def run_backup(
         raise UsageError("a collection is named twice in --collection")
     source_options = source_options or SourceOptions()
     parse_location(source_uri)  # a bad URI is refused before any repository is created
-    started = utc_now()
+    started = now or clock.now()
+    timer = time.perf_counter()
     say = progress or (lambda _msg: None)
     repo = Repository.find(repo_url)
     key = repo.key(source_options.key_file) if repo is not None else None
@@ -117,7 +119,7 @@ def run_backup(
             repo = Repository.init(repo_url)
         source = {"kind": connector.kind, "uri": connector.location.display()}
         parent = _parent(repo, source)
-        bundle_id = repo.next_bundle_id(now or started)
+        bundle_id = repo.next_bundle_id(started)
         writer = BundleWriter(repo, bundle_id, options)
         datasets: list[DatasetManifest] = []
         notes: list[str] = []
@@ -143,7 +145,7 @@ def run_backup(
                     datasets.append(dataset)
             manifest = BundleManifest(
                 bundle_id=bundle_id,
-                created_at=iso(now or started),
+                created_at=iso(started),
                 tool_version=__version__,
                 source=source,
                 datasets=tuple(datasets),
@@ -158,7 +160,7 @@ def run_backup(
             if created:
                 repo.forget()
             raise
-    return BackupResult(manifest, created, (utc_now() - started).total_seconds(), tuple(notes))
+    return BackupResult(manifest, created, time.perf_counter() - timer, tuple(notes))
 
 
 def chain(previous: DatasetManifest, new: DatasetManifest, previous_bundle: str) -> DatasetManifest:

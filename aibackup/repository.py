@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aibackup import __version__
+from aibackup import __version__, clock
 from aibackup.crypto import KEY_ENV, RepositoryKey, new_encryption, open_key, passphrase_from
 from aibackup.errors import (
     BundleNotFoundError,
@@ -43,10 +43,6 @@ BUNDLES = "bundles"
 DATA = "data"
 BUNDLE_ID = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}$")
 _ID_TIME = "%Y%m%dT%H%M%S.%fZ"
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 #: How far a clock may have stepped back before a new bundle id refuses to sort after the newest one.
@@ -157,7 +153,7 @@ class Repository:
             "format": REPO_FORMAT,
             "version": REPO_VERSION,
             "id": repository_id,
-            "created_at": iso(utc_now()),
+            "created_at": iso(clock.now()),
             "created_by": f"aibackup {__version__}",
         }
         if passphrase is not None:

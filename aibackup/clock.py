@@ -1,0 +1,28 @@
+"""The time aibackup believes it is: the real UTC clock, or ``AIBACKUP_NOW`` when set.
+
+``AIBACKUP_NOW`` (ISO 8601, e.g. ``2026-11-25T02:00:00Z``) exists for drills and tests that simulate many
+nights without sleeping: it dates bundles, ages them against their RPO and places them in retention
+buckets. Durations (a restore's achieved RTO, a lock's heartbeat) are always measured on the real
+monotonic clock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from aibackup.errors import ConfigError
+
+NOW_ENV = "AIBACKUP_NOW"
+
+
+def now() -> dt.datetime:
+    """The current UTC time (``AIBACKUP_NOW`` if set)."""
+    text = os.environ.get(NOW_ENV)
+    if not text:
+        return dt.datetime.now(dt.UTC)
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{NOW_ENV}={text!r} is not an ISO 8601 time") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
