@@ -11,20 +11,20 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from aibackup import __version__, clock
 from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
+from aibackup.lock import DEFAULT_STALE_AFTER, LockedError, RepositoryLock
 from aibackup.pipeline import prefetch, steady_memory
+from aibackup.progress import Progress, Quiet
 from aibackup.repository import Repository, iso
 from aibackup.storage import Storage
 from connectors.registry import open_connector, parse_location
 from manifests.model import BundleManifest, DatasetManifest
-
-Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ def run_backup(
     options: WriteOptions | None = None,
     source_options: SourceOptions | None = None,
     progress: Progress | None = None,
+    lock_stale_after: dt.timedelta = DEFAULT_STALE_AFTER,
 ) -> BackupResult:
     """Back up `collections` (all when empty) of the store at `source_uri` into a new bundle.
 
@@ -100,7 +101,7 @@ def run_backup(
     parse_location(source_uri)  # a bad URI is refused before any repository is created
     started = now or clock.now()
     timer = time.perf_counter()
-    say = progress or (lambda _msg: None)
+    report = progress or Quiet()
     repo = Repository.find(repo_url)
     key = repo.key(source_options.key_file) if repo is not None else None
     if key is None and source_options.key_file:
@@ -118,19 +119,31 @@ def run_backup(
         if repo is None:
             repo = Repository.init(repo_url)
         source = {"kind": connector.kind, "uri": connector.location.display()}
+        # One backup of a source at a time (a cron run overlapping the previous one is refused), and never
+        # while a prune runs; a crashed run's lock goes stale by itself.
+        try:
+            lock = RepositoryLock(repo, "backup", source["uri"], stale_after=lock_stale_after).acquire()
+        except BaseException:
+            if created:
+                repo.forget()
+            raise
+        notes: list[str] = list(lock.notes)
         parent = _parent(repo, source)
         bundle_id = repo.next_bundle_id(started)
         writer = BundleWriter(repo, bundle_id, options)
         datasets: list[DatasetManifest] = []
-        notes: list[str] = []
         try:
             with steady_memory():
                 for index, description in enumerate(descriptions):
-                    say(f"backing up {description.name} ({description.rows} rows)")
+                    report.dataset(description.name, description.rows)
                     previous = _previous(repo, parent, description.name, description.kind)
                     since = previous.state if previous is not None else None
                     dataset = writer.write_dataset(
-                        index, description, prefetch(connector.export(description, since)), connector.id_types
+                        index,
+                        description,
+                        prefetch(connector.export(description, since)),
+                        connector.id_types,
+                        report.advance,
                     )
                     state = connector.export_state(description.name)
                     if state is not None:
@@ -151,8 +164,14 @@ def run_backup(
                 datasets=tuple(datasets),
                 parent=parent,
             )
+            if lock.lost:  # a run that lost its lock may no longer be alone: publish nothing
+                raise LockedError(
+                    f"the lock of this backup of {source['uri']} was taken over while it ran (stale heartbeat?); "
+                    "nothing was committed: run it again"
+                )
             repo.commit(manifest)
         except BaseException:
+            lock.release()
             # An error or Ctrl-C: no manifest, so no bundle; remove the parts too. (A crash leaves them as
             # unreferenced orphans, which no reader ever looks at.) A repository this run created goes as
             # well, so that the fix an error suggests (say `aibackup init --encrypt`) works on the spot.
@@ -160,6 +179,7 @@ def run_backup(
             if created:
                 repo.forget()
             raise
+        lock.release()
     return BackupResult(manifest, created, time.perf_counter() - timer, tuple(notes))
 
 

@@ -126,6 +126,7 @@ class BundleWriter:
         description: DatasetDescription,
         batches: Iterable[pa.RecordBatch],
         id_types: IdTypes | None = None,
+        on_rows: Callable[[int], None] | None = None,
     ) -> DatasetManifest:
         """Stream `batches` (canonical schema of `description`) into parts; return the dataset's manifest.
 
@@ -170,6 +171,8 @@ class BundleWriter:
                 pending.append(batch)
                 pending_bytes += batch.nbytes
                 release_garbage()
+                if on_rows is not None:
+                    on_rows(batch.num_rows)
                 if pending_bytes >= self.options.row_group_bytes:
                     flush()
             flush()

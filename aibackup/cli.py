@@ -6,17 +6,28 @@ README's table; a traceback is shown only with ``AIBACKUP_DEBUG=1``.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from aibackup import __version__
+from aibackup.cli_common import (
+    config_option,
+    emit_json,
+    json_option,
+    key_file_option,
+    observe_options,
+    parse_time,
+    repo_option,
+    resolve,
+    size,
+    table,
+    write_metrics_of,
+)
 from aibackup.errors import (
     EXIT_INTEGRITY,
     EXIT_INTERNAL,
@@ -27,37 +38,6 @@ from aibackup.errors import (
     ConfigError,
     UsageError,
 )
-
-F = TypeVar("F", bound=Callable[..., Any])
-DEFAULT_REPO = "./aibackup-repo"
-
-
-def repo_option(f: F) -> F:
-    return click.option(
-        "--repo",
-        envvar="AIBACKUP_REPO",
-        default=DEFAULT_REPO,
-        show_default=True,
-        metavar="URL",
-        help="Repository: a local path or s3://bucket/prefix (env AIBACKUP_REPO).",
-    )(f)
-
-
-def key_file_option(f: F) -> F:
-    return click.option(
-        "--key-file",
-        metavar="PATH",
-        default=None,
-        help="File holding the repository key (default: $AIBACKUP_KEY_FILE, else $AIBACKUP_KEY).",
-    )(f)
-
-
-def json_option(f: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
-
-
-def emit_json(doc: object) -> None:
-    click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -76,9 +56,11 @@ def cli() -> None:
 )
 @key_file_option
 @repo_option
+@config_option
 @json_option
-def init(encrypt: bool, key_file: str | None, repo: str, as_json: bool) -> None:
+def init(encrypt: bool, key_file: str | None, repo: str | None, config_path: str | None, as_json: bool) -> None:
     """Create an empty repository at --repo."""
+    repo, _config = resolve(repo, config_path)
     from aibackup.crypto import KEY_ENV, passphrase_from
     from aibackup.repository import Repository
 
@@ -96,7 +78,14 @@ def init(encrypt: bool, key_file: str | None, repo: str, as_json: bool) -> None:
 
 
 @cli.command()
-@click.argument("source")
+@click.argument("source", required=False)
+@click.option(
+    "--source",
+    "source_names",
+    multiple=True,
+    metavar="NAME",
+    help="With a config and no SOURCE: back up only this configured source (repeatable). Default: all.",
+)
 @click.option(
     "--collection",
     "collections",
@@ -123,31 +112,54 @@ def init(encrypt: bool, key_file: str | None, repo: str, as_json: bool) -> None:
     help="Configs: drop secret values (restored as placeholders) instead of sealing them with the key.",
 )
 @key_file_option
+@observe_options
 @repo_option
+@config_option
 @json_option
 def backup(
-    source: str,
+    source: str | None,
+    source_names: tuple[str, ...],
     collections: tuple[str, ...],
     on_bad_line: str,
     job_config: str | None,
     redact_secrets: bool,
     key_file: str | None,
-    repo: str,
+    show_progress: bool | None,
+    log_format: str,
+    metrics_file: str | None,
+    repo: str | None,
+    config_path: str | None,
     as_json: bool,
 ) -> None:
-    """Back up the store SOURCE into a new bundle.
+    """Back up the store SOURCE into a new bundle, or (without SOURCE) every source of the config.
 
     SOURCE is chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT,
     conversations:PATH, conversations+sqlite:PATH?table=T, finetune:PATH or config:PATH.
-    The repository is created if --repo is missing or empty. Conversation logs are backed up
-    incrementally: only what is new since the previous bundle of the same source.
+    The repository is created if it is missing or empty. Conversation logs are backed up
+    incrementally: only what is new since the previous bundle of the same source. A backup of a
+    source already running (say an overlapping cron run) is refused by the repository lock.
     """
     from aibackup.backup import SourceOptions, run_backup
+    from aibackup.progress import make_progress
 
+    repo, config = resolve(repo, config_path, need_config=source is None)
+    if source is None:
+        _backup_config(config, source_names, show_progress, log_format, metrics_file, as_json)
+        return
+    if source_names:
+        raise UsageError("--source names configured sources: give either SOURCE or --source")
     options = SourceOptions(
-        on_bad_line=on_bad_line, job_config=job_config, redact_secrets=redact_secrets, key_file=key_file
+        on_bad_line=on_bad_line,
+        job_config=job_config,
+        redact_secrets=redact_secrets,
+        key_file=key_file or (config.key_file if config else None),
     )
-    result = run_backup(repo, source, collections, source_options=options)
+    progress = make_progress(show_progress, log_format)
+    try:
+        result = run_backup(repo, source, collections, source_options=options, progress=progress)
+    finally:
+        progress.close()
+    write_metrics_of(config, metrics_file)
     if as_json:
         emit_json(result.to_json())
         return
@@ -156,7 +168,7 @@ def backup(
         click.echo(f"created repository at {repo}")
     click.echo(f"bundle {m.bundle_id} committed ({result.seconds:.1f} s)")
     own = f"data/{m.bundle_id}/"
-    _table(
+    table(
         ["COLLECTION", "KIND", "ROWS", "NEW", "PARTS", "BYTES"],
         [
             [
@@ -165,7 +177,7 @@ def backup(
                 str(d.rows),
                 str(sum(p.rows for p in d.parts if p.path.startswith(own))) + (" (incremental)" if d.extends else ""),
                 str(len(d.parts)),
-                _size(sum(p.bytes for p in d.parts)),
+                size(sum(p.bytes for p in d.parts)),
             ]
             for d in m.datasets
         ],
@@ -177,10 +189,50 @@ def backup(
         click.echo(f"note: {note}")
 
 
+def _backup_config(
+    config: Any,
+    names: tuple[str, ...],
+    show_progress: bool | None,
+    log_format: str,
+    metrics_file: str | None,
+    as_json: bool,
+) -> None:
+    """Every configured source (or the named ones), each on its own; a summary; exit non-zero if any failed."""
+    from aibackup.operations import backup_sources
+    from aibackup.progress import make_progress
+
+    progress = make_progress(show_progress, log_format)
+    try:
+        runs = backup_sources(config, names, progress)
+    finally:
+        progress.close()
+    write_metrics_of(config, metrics_file)
+    failed = [r for r in runs if not r.ok]
+    if as_json:
+        emit_json({"ok": not failed, "sources": [r.to_json() for r in runs]})
+    else:
+        table(
+            ["SOURCE", "RESULT", "BUNDLE", "ROWS", "NEW", "BYTES", "SECONDS"],
+            [
+                [r.source, "ok", r.bundle_id or "", str(r.rows), str(r.new_rows), size(r.bytes), f"{r.seconds:.1f}"]
+                if r.ok
+                else [r.source, "FAILED", "", "", "", "", f"{r.seconds:.1f}"]
+                for r in runs
+            ],
+        )
+        for r in runs:
+            if r.error:
+                click.echo(f"{r.source}: {r.error}")
+            for note in r.notes:
+                click.echo(f"{r.source}: note: {note}")
+    if failed:
+        sys.exit(failed[0].exit_code or EXIT_INTEGRITY)
+
+
 def _finetune_summary(config: Any) -> None:
     """The per-file validation summary of a fine-tuning dataset: examples, roles, invalid lines and why."""
     files = config.get("files", []) if isinstance(config, dict) else []
-    _table(
+    table(
         ["FILE", "EXAMPLES", "INVALID", "ROLES"],
         [
             [
@@ -200,9 +252,11 @@ def _finetune_summary(config: Any) -> None:
 
 @cli.command(name="list")
 @repo_option
+@config_option
 @json_option
-def list_(repo: str, as_json: bool) -> None:
+def list_(repo: str | None, config_path: str | None, as_json: bool) -> None:
     """List bundles, newest first. Exits 1 if a manifest is damaged (listed with its problem)."""
+    repo, _config = resolve(repo, config_path)
     from aibackup.repository import Repository
 
     good, damaged = Repository.open(repo).scan()
@@ -223,7 +277,7 @@ def list_(repo: str, as_json: bool) -> None:
     elif not entries:
         click.echo("no bundles yet")
     else:
-        _table(
+        table(
             ["BUNDLE", "CREATED", "SOURCE", "COLLECTIONS (ROWS)"],
             [
                 [e["bundle_id"], "-", "DAMAGED", e["problem"]]
@@ -244,9 +298,11 @@ def list_(repo: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("bundle")
 @repo_option
+@config_option
 @json_option
-def show(bundle: str, repo: str, as_json: bool) -> None:
+def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) -> None:
     """Show one bundle (an id, a unique prefix, or `latest`): datasets, config, parts."""
+    repo, _config = resolve(repo, config_path)
     from aibackup.repository import Repository
 
     manifest = Repository.open(repo).resolve(bundle)
@@ -276,25 +332,31 @@ def show(bundle: str, repo: str, as_json: bool) -> None:
         if d.id_types:
             click.echo("  ids: " + ", ".join(f"{n} {t}" for t, n in d.id_types.items()))
         for p in d.parts:
-            click.echo(f"  part {p.path}  {p.rows} rows  {_size(p.bytes)}  sha256 {p.sha256[:16]}…")
+            click.echo(f"  part {p.path}  {p.rows} rows  {size(p.bytes)}  sha256 {p.sha256[:16]}…")
 
 
 @cli.command()
 @click.argument("bundles", nargs=-1, metavar="[BUNDLE]...")
 @click.option("--read-data", is_flag=True, help="Re-hash every byte of every part (default: presence and size).")
 @repo_option
+@config_option
 @json_option
-def verify(bundles: tuple[str, ...], read_data: bool, repo: str, as_json: bool) -> None:
+def verify(bundles: tuple[str, ...], read_data: bool, repo: str | None, config_path: str | None, as_json: bool) -> None:
     """Check bundles (all by default) against their manifests. Exits 1 if anything is damaged."""
+    repo, _config = resolve(repo, config_path)
     from aibackup.verify import run_verify
 
     result = run_verify(repo, bundles, read_data=read_data)
+    if read_data:  # evidence for `status` and the metrics (best effort: a read-only repository loses it)
+        from aibackup.operations import record_verify
+
+        record_verify(repo, result.bundle_ids, result.ok, [p.to_json() for p in result.problems])
     if as_json:
         emit_json(result.to_json())
     else:
         for p in result.problems:
             click.echo(f"DAMAGED  {p.bundle_id}  {p.path}: {p.problem}")
-        depth = f", {_size(result.bytes_read)} re-hashed" if read_data else " (sizes only; --read-data re-hashes)"
+        depth = f", {size(result.bytes_read)} re-hashed" if read_data else " (sizes only; --read-data re-hashes)"
         verdict = "ok" if result.ok else f"{len(result.problems)} problem(s)"
         click.echo(f"{verdict}: {result.bundles} bundle(s), {result.parts} part(s) checked{depth}")
     if not result.ok:
@@ -354,6 +416,7 @@ def verify(bundles: tuple[str, ...], read_data: bool, repo: str, as_json: bool) 
 )
 @key_file_option
 @repo_option
+@config_option
 @json_option
 def restore(
     bundle: str | None,
@@ -365,13 +428,16 @@ def restore(
     queries: int,
     min_recall: float,
     key_file: str | None,
-    repo: str,
+    repo: str | None,
+    config_path: str | None,
     as_json: bool,
 ) -> None:
     """Restore BUNDLE (an id, a unique prefix, or `latest`) into TARGET, then prove it.
 
     Exits 1 if any check fails.
     """
+    repo, config = resolve(repo, config_path)
+    key_file = key_file or (config.key_file if config else None)
     from aibackup.checks import CheckOptions
     from aibackup.restore import run_restore
 
@@ -406,7 +472,7 @@ def restore(
                 click.echo("  lost: nothing (no record held what the target cannot)")
             for item in d.notes:
                 click.echo(f"  note: {item}")
-            _table(
+            table(
                 ["CHECK", "RESULT", "DETAIL"],
                 [[c.name, "ok" if c.ok else "FAILED", c.detail] for c in d.checks],
                 indent="  ",
@@ -414,37 +480,6 @@ def restore(
         click.echo("\nall checks passed" if result.ok else "\nRESTORE CHECKS FAILED")
     if not result.ok:
         sys.exit(EXIT_INTEGRITY)
-
-
-# --- parsing and rendering helpers -----------------------------------------------------------------------
-
-
-def parse_time(text: str) -> dt.datetime:
-    """An ISO 8601 time from the command line; UTC when it names no zone."""
-    try:
-        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        moment.astimezone(dt.UTC)  # a time that cannot be expressed in UTC (year 9999 and a zone)
-    except (ValueError, OverflowError):
-        raise UsageError(
-            f"bad time {text!r}: expected ISO 8601, e.g. 2026-11-25T02:00 or 2026-11-25T02:00+01:00"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-
-
-def _table(header: list[str], rows: list[list[str]], indent: str = "") -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    for row in [header, *rows]:
-        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
-        click.echo(indent + "  ".join(cells).rstrip())
-
-
-def _size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -489,3 +524,13 @@ def _fail(as_json: bool, code: str, message: str, exit_code: int) -> None:
     else:
         click.echo(f"aibackup: error: {message}", err=True)
     sys.exit(exit_code)
+
+
+def _register_operations() -> None:
+    from aibackup.cli_ops import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_register_operations()

@@ -81,6 +81,11 @@ def iso(now: dt.datetime) -> str:
     return now.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+def parse_iso(text: str) -> dt.datetime:
+    """Inverse of :func:`iso` (any ISO 8601 time with a zone)."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 @dataclass(frozen=True)
 class DamagedBundle:
     """A manifest that could not be loaded, with the reason (used by `list` and `verify`)."""

@@ -32,10 +32,14 @@ class Problem:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    bundles: int
+    bundle_ids: list[str]
     parts: int
     bytes_read: int
     problems: list[Problem]
+
+    @property
+    def bundles(self) -> int:
+        return len(self.bundle_ids)
 
     @property
     def ok(self) -> bool:
@@ -46,7 +50,7 @@ class VerifyResult:
         return {
             "ok": self.ok,
             "problems": [p.to_json() for p in self.problems],
-            "bundles": self.bundles,
+            "bundles": len(self.bundle_ids),
             "parts": self.parts,
             "bytes_read": self.bytes_read,
         }
@@ -95,4 +99,4 @@ def run_verify(repo_url: str, refs: Sequence[str] = (), *, read_data: bool = Fal
                 problem = _content_problem(reader, dataset)
                 if problem:
                     problems.append(Problem(bundle_id, repo.storage.display(repo.manifest_path(bundle_id)), problem))
-    return VerifyResult(bundles=len(ids), parts=parts, bytes_read=bytes_read, problems=problems)
+    return VerifyResult(bundle_ids=list(ids), parts=parts, bytes_read=bytes_read, problems=problems)

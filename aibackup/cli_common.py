@@ -1,0 +1,135 @@
+"""What the commands of the CLI share: options, where the repository and the config come from, rendering."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from aibackup.errors import UsageError
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEFAULT_REPO = "./aibackup-repo"
+
+
+def repo_option(f: F) -> F:
+    return click.option(
+        "--repo",
+        envvar="AIBACKUP_REPO",
+        default=None,
+        metavar="URL",
+        help=f"Repository: a local path or s3://bucket/prefix (env AIBACKUP_REPO; else the config's "
+        f"`repository`; else {DEFAULT_REPO}).",
+    )(f)
+
+
+def config_option(f: F) -> F:
+    return click.option(
+        "--config",
+        "config_path",
+        envvar="AIBACKUP_CONFIG",
+        default=None,
+        metavar="FILE",
+        help="aibackup.yaml to read (env AIBACKUP_CONFIG; default ./aibackup.yaml when it exists).",
+    )(f)
+
+
+def key_file_option(f: F) -> F:
+    return click.option(
+        "--key-file",
+        metavar="PATH",
+        default=None,
+        help="File holding the repository key (default: $AIBACKUP_KEY_FILE, else $AIBACKUP_KEY).",
+    )(f)
+
+
+def json_option(f: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
+
+
+def observe_options(f: F) -> F:
+    """--progress/--no-progress, --log-format, --metrics-file: for the long-running commands."""
+    f = click.option(
+        "--metrics-file",
+        metavar="PATH",
+        default=None,
+        help="Write Prometheus text-format metrics of every configured source here (node_exporter textfile "
+        "collector; default: the config's metrics_file).",
+    )(f)
+    f = click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="json: progress and events as one JSON object per line on stderr.",
+    )(f)
+    return click.option(
+        "--progress/--no-progress",
+        "show_progress",
+        default=None,
+        help="Progress bar on stderr (default: only on a terminal).",
+    )(f)
+
+
+def resolve(repo: str | None, config_path: str | None, *, need_config: bool = False) -> tuple[str, Any]:
+    """(repository URL, Config or None): --repo / AIBACKUP_REPO win, else the config's repository, else the
+    default. The config (--config, AIBACKUP_CONFIG or ./aibackup.yaml) is read only when it is needed or
+    named, so a broken aibackup.yaml beside you never breaks `aibackup list --repo X`."""
+    from aibackup.config import find_config_path, load_config
+
+    if repo and not need_config and not config_path:
+        return repo, None
+    path = find_config_path(config_path)
+    if path is None:
+        if need_config:
+            raise UsageError("no config: pass --config FILE, set AIBACKUP_CONFIG, or create ./aibackup.yaml")
+        return repo or DEFAULT_REPO, None
+    config = load_config(path)
+    return repo or config.repository, config
+
+
+def emit_json(doc: object) -> None:
+    click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+def table(header: list[str], rows: list[list[str]], indent: str = "") -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    for row in [header, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths, strict=True)]
+        click.echo(indent + "  ".join(cells).rstrip())
+
+
+def size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO 8601 time from the command line; UTC when it names no zone."""
+    try:
+        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment.astimezone(dt.UTC)  # a time that cannot be expressed in UTC (year 9999 and a zone)
+    except (ValueError, OverflowError):
+        raise UsageError(
+            f"bad time {text!r}: expected ISO 8601, e.g. 2026-11-25T02:00 or 2026-11-25T02:00+01:00"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+def write_metrics_of(config: Any, metrics_file: str | None) -> None:
+    """Rewrite the metrics file (flag, else the config's metrics_file); it needs the config's sources."""
+    path = metrics_file or (config.metrics_file if config else None)
+    if path is None:
+        return
+    if config is None:
+        raise UsageError("--metrics-file reports per configured source: give a config (--config or ./aibackup.yaml)")
+    from aibackup.metrics import write_metrics
+
+    write_metrics(config, path)

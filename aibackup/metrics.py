@@ -1,0 +1,105 @@
+"""Prometheus text-format metrics per source, for node_exporter's textfile collector (``--metrics-file``).
+
+The file is rewritten whole, atomically (temp file + rename in the same folder, as the textfile collector
+requires), from the repository's state and reports, so every command that writes it gives the complete
+picture whichever job ran last. Metrics (label ``source`` = the configured source name):
+
+=========================================  ===============================================================
+``aibackup_last_success_timestamp_seconds``  creation time of the newest intact bundle
+``aibackup_bundle_age_seconds``              its age now
+``aibackup_rpo_seconds``                     the source's RPO (absent when none is configured)
+``aibackup_rpo_breached``                    1 when the newest intact bundle is older than the RPO (or none)
+``aibackup_backup_success``                  1 if the last backup run of the source succeeded, else 0
+``aibackup_backup_duration_seconds``         duration of the last successful backup run
+``aibackup_backup_bytes``                    bytes that run wrote (new parts only)
+``aibackup_backup_rows``                     rows of the newest bundle (the whole dataset)
+``aibackup_verify_success``                  1 if the newest bundle was verified with --read-data intact
+``aibackup_restore_test_success``            1 if the last restore test of the source passed, else 0
+``aibackup_restore_test_rto_seconds``        its achieved RTO (start to verified)
+``aibackup_rto_objective_seconds``           the source's RTO objective
+=========================================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from aibackup import reports
+from aibackup.config import Config
+from aibackup.errors import UnavailableError
+from aibackup.operations import SourceStatus, status
+from aibackup.repository import Repository, parse_iso
+
+HELP = {
+    "aibackup_last_success_timestamp_seconds": ("gauge", "Creation time of the newest intact bundle."),
+    "aibackup_bundle_age_seconds": ("gauge", "Age of the newest intact bundle."),
+    "aibackup_rpo_seconds": ("gauge", "Recovery point objective of the source."),
+    "aibackup_rpo_breached": ("gauge", "1 when the newest intact bundle is older than the RPO."),
+    "aibackup_backup_success": ("gauge", "1 if the last backup run succeeded."),
+    "aibackup_backup_duration_seconds": ("gauge", "Duration of the last successful backup run."),
+    "aibackup_backup_bytes": ("gauge", "Bytes written by the last successful backup run."),
+    "aibackup_backup_rows": ("gauge", "Rows of the newest bundle."),
+    "aibackup_verify_success": ("gauge", "1 if the newest bundle passed verify --read-data."),
+    "aibackup_restore_test_success": ("gauge", "1 if the last restore test passed."),
+    "aibackup_restore_test_rto_seconds": ("gauge", "Achieved RTO of the last restore test."),
+    "aibackup_rto_objective_seconds": ("gauge", "Recovery time objective of the source."),
+}
+
+
+def render(config: Config, statuses: Sequence[SourceStatus], verified: dict[str, str]) -> str:
+    samples: dict[str, list[tuple[str, float]]] = {name: [] for name in HELP}
+    for s in statuses:
+        add = lambda metric, value, s=s: samples[metric].append((s.source, float(value)))  # noqa: E731
+        source = config.sources[s.source]
+        if s.newest_created_at is not None and s.age_seconds is not None:
+            add("aibackup_last_success_timestamp_seconds", parse_iso(s.newest_created_at).timestamp())
+            add("aibackup_bundle_age_seconds", s.age_seconds)
+        if s.rpo_seconds is not None:
+            add("aibackup_rpo_seconds", s.rpo_seconds)
+            add("aibackup_rpo_breached", int(s.rpo_breached))
+        if source.rto is not None:
+            add("aibackup_rto_objective_seconds", source.rto.total_seconds())
+        backup = s.last_backup or {}
+        if backup:
+            add("aibackup_backup_success", int(bool(backup.get("ok"))))
+            if backup.get("ok"):
+                add("aibackup_backup_duration_seconds", float(backup.get("seconds") or 0))
+                add("aibackup_backup_bytes", float(backup.get("bytes") or 0))
+                add("aibackup_backup_rows", float(backup.get("rows") or 0))
+        if s.newest_bundle is not None:
+            add("aibackup_verify_success", int(s.newest_bundle in verified))
+        test = s.last_restore_test or {}
+        if test:
+            add("aibackup_restore_test_success", int(bool(test.get("ok"))))
+            add("aibackup_restore_test_rto_seconds", float(test.get("rto_seconds") or 0))
+    lines: list[str] = []
+    for metric, values in samples.items():
+        if not values:
+            continue
+        kind, text = HELP[metric]
+        lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
+        lines += [f'{metric}{{source="{_label(name)}"}} {value:g}' for name, value in values]
+    return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def write_metrics(config: Config, path: str) -> None:
+    """Render the metrics of every configured source and replace `path` atomically."""
+    repo = Repository.open(config.repository)
+    text = render(config, status(config), reports.verified_bundles(repo))
+    target = Path(path)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise UnavailableError(f"cannot write the metrics file {path}: {exc.strerror}") from None

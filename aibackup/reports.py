@@ -1,0 +1,71 @@
+"""Run reports kept in the repository, so that any machine can answer `aibackup status` and write metrics.
+
+Layout (small JSON documents, written exclusively, never rewritten; readers skip what they cannot parse)::
+
+    <repo>/reports/backups/<time>-<nonce>.json        one per backup of a source: ok, bundle, seconds, bytes
+    <repo>/reports/restore-tests/<time>-<nonce>.json  one per source restore test: ok, bundle, achieved RTO
+    <repo>/reports/verify/<time>-<nonce>.json         one per `verify --read-data`: ok, the bundles it read
+
+``<time>`` sorts like a bundle id, so the newest report is the greatest name. Reports are evidence for
+monitoring, not part of any bundle: deleting them loses history, never data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from aibackup import clock
+from aibackup.errors import AibackupError
+from aibackup.repository import Repository, iso
+
+BACKUPS = "reports/backups"
+RESTORE_TESTS = "reports/restore-tests"
+VERIFY = "reports/verify"
+
+
+def write(repo: Repository, folder: str, report: Mapping[str, Any], when: dt.datetime | None = None) -> str:
+    """Store one report (adds ``recorded_at``); returns its path in the repository."""
+    moment = (when or clock.now()).astimezone(dt.UTC)
+    doc = {"recorded_at": iso(moment), **report}
+    path = f"{folder}/{moment:%Y%m%dT%H%M%S.%fZ}-{secrets.token_hex(4)}.json"
+    repo.storage.write_exclusive(path, (json.dumps(doc, sort_keys=True, ensure_ascii=False) + "\n").encode())
+    return path
+
+
+def read_all(repo: Repository, folder: str) -> Iterator[dict[str, Any]]:
+    """Every readable report of a folder, newest first."""
+    for name in sorted(repo.storage.list_names(folder), reverse=True):
+        if not name.endswith(".json"):
+            continue
+        try:
+            doc = json.loads(repo.storage.read_bytes(f"{folder}/{name}"))
+        except (AibackupError, FileNotFoundError, ValueError):
+            continue  # a damaged or vanished report is only lost history
+        if isinstance(doc, dict):
+            yield doc
+
+
+def latest_by_source(repo: Repository, folder: str) -> dict[str, dict[str, Any]]:
+    """The newest report per source name (the ``source`` field), from a folder of reports."""
+    latest: dict[str, dict[str, Any]] = {}
+    for doc in read_all(repo, folder):
+        name = doc.get("source")
+        if isinstance(name, str) and name not in latest:
+            latest[name] = doc
+    return latest
+
+
+def verified_bundles(repo: Repository) -> dict[str, str]:
+    """bundle id -> when a `verify --read-data` last found it intact (reports with problems do not count
+    for the bundles they name)."""
+    verified: dict[str, str] = {}
+    for doc in read_all(repo, VERIFY):
+        damaged = {p.get("bundle_id") for p in doc.get("problems", []) if isinstance(p, dict)}
+        for bundle_id in doc.get("bundles", []):
+            if isinstance(bundle_id, str) and bundle_id not in damaged:
+                verified.setdefault(bundle_id, str(doc.get("recorded_at")))
+    return verified
