@@ -1,0 +1,210 @@
+"""The unattended jobs end to end (issue 4): config-driven nightly backups, status and RPO, the restore-test
+drill and its RTO, retention, locks, metrics, the examples. Nights are simulated with AIBACKUP_NOW."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import free_port
+from tests.helpers import ok, one_line_error, seed_chroma
+
+Cli = Any
+START = dt.datetime(2026, 1, 1, 2, 0, tzinfo=dt.UTC)
+
+
+def night(monkeypatch: pytest.MonkeyPatch, when: dt.datetime) -> None:
+    monkeypatch.setenv("AIBACKUP_NOW", when.isoformat())
+
+
+def write_config(tmp_path: Path, extra: str = "", kb_rto: str = "1h") -> Path:
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    (logs / "app.jsonl").write_text('{"user_id": "u1", "input": "hi", "output": "hello"}\n')
+    path = tmp_path / "aibackup.yaml"
+    path.write_text(
+        "repository: ./repo\n"
+        "metrics_file: ./metrics/aibackup.prom\n"
+        "sources:\n"
+        f"  kb:   {{uri: 'chroma:./chroma', rpo: 24h, rto: {kb_rto}}}\n"
+        "  logs: {uri: 'conversations:./logs', rpo: 1h}\n"
+        "retention: {keep_last: 2, keep_daily: 3, keep_monthly: 2}\n"
+        "restore_test: {report: ./reports/drill}\n" + extra
+    )
+    return path
+
+
+def test_nightly_backups_status_retention_and_metrics(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=30)
+    write_config(tmp_path)
+    for n in range(40):  # forty nights, one backup of every source each night
+        night(monkeypatch, START + dt.timedelta(days=n))
+        with (tmp_path / "logs" / "app.jsonl").open("a") as f:
+            f.write(json.dumps({"user_id": "u2", "input": f"night {n}", "output": "ok"}) + "\n")
+        result = ok(cli("backup", "--json")).json()
+        assert result["ok"] and [s["source"] for s in result["sources"]] == ["kb", "logs"]
+    last_night = START + dt.timedelta(days=39)
+
+    night(monkeypatch, last_night + dt.timedelta(minutes=30))
+    status = ok(cli("status", "--json")).json()
+    assert status["ok"] and {s["source"]: s["rpo_breached"] for s in status["sources"]} == {"kb": False, "logs": False}
+
+    # Two hours later the hourly logs source breaches its 1h RPO: status exits 1 (for monitoring).
+    night(monkeypatch, last_night + dt.timedelta(hours=2))
+    breached = cli("status", "--json")
+    assert breached.code == 1
+    assert {s["source"]: s["rpo_breached"] for s in breached.json()["sources"]} == {"kb": False, "logs": True}
+    metrics = (tmp_path / "metrics" / "aibackup.prom").read_text()
+    assert 'aibackup_rpo_breached{source="logs"} 1' in metrics
+    assert 'aibackup_rpo_breached{source="kb"} 0' in metrics
+    assert 'aibackup_backup_success{source="kb"} 1' in metrics
+    for metric in (
+        "aibackup_last_success_timestamp_seconds",
+        "aibackup_backup_duration_seconds",
+        "aibackup_backup_rows",
+    ):
+        assert f"# TYPE {metric} gauge" in metrics
+
+    # Retention: per source, last 2 + 3 daily + 2 monthly (January's last night and February's).
+    pruned = ok(cli("prune", "--dry-run", "--json")).json()
+    assert len(pruned["removed"]) == 2 * 40 - 2 * 4
+    ok(cli("pin", pruned["removed"][0]["bundle_id"]))
+    pruned = ok(cli("prune", "--json")).json()
+    assert len(pruned["removed"]) == 2 * 40 - 2 * 4 - 1 and pruned["parts_removed"]
+    # The conversation log chain still restores whole after its middle links were pruned.
+    restored = ok(
+        cli("restore", "latest", "--collection", "logs", "--to", f"conversations:{tmp_path / 'out'}", "--json")
+    )
+    assert restored.json()["ok"]
+    assert (tmp_path / "out" / "app.jsonl").read_bytes() == (tmp_path / "logs" / "app.jsonl").read_bytes()
+    assert ok(cli("verify", "--read-data", "--json")).json()["ok"]
+
+
+def test_a_source_down_does_not_stop_the_others(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=10)
+    config = write_config(tmp_path)
+    config.write_text(
+        config.read_text().replace(
+            "  logs:", f"  down: {{uri: 'qdrant+http://127.0.0.1:{free_port()}', rpo: 24h}}\n  logs:"
+        )
+    )
+    night(monkeypatch, START)
+    result = cli("backup", "--json")
+    assert result.code == 3  # the failed source's exit code: unreachable
+    runs = {r["source"]: r for r in result.json()["sources"]}
+    assert runs["kb"]["ok"] and runs["logs"]["ok"] and not runs["down"]["ok"]
+    assert "127.0.0.1" in runs["down"]["error"]
+    text = cli("backup")
+    assert text.code == 3 and "FAILED" in text.out and "down:" in text.out
+    status = cli("status", "--json")
+    assert status.code == 1 and [s["source"] for s in status.json()["sources"] if s["rpo_breached"]] == ["down"]
+
+
+def test_restore_test_drill_reports_rto_and_fails_on_damage(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=40, space="cosine")
+    write_config(tmp_path)
+    ok(cli("backup"))
+    drill = ok(cli("restore-test", "--json")).json()
+    assert drill["ok"] and {r["source"] for r in drill["sources"]} == {"kb", "logs"}
+    for r in drill["sources"]:
+        assert r["rto_met"] and r["rto_seconds"] > 0 and all(c["ok"] for c in r["checks"])
+    report = (tmp_path / "reports" / "drill.md").read_text()
+    assert "Result: **passed**" in report and "| kb |" in report
+    assert json.loads((tmp_path / "reports" / "drill.json").read_text())["ok"]
+    assert not list(Path("/tmp").glob("aibackup-drill-kb-*"))  # the scratch stores are cleaned up
+    status = ok(cli("status", "--json")).json()
+    assert all(s["last_restore_test"]["ok"] for s in status["sources"])
+
+    # Damage the newest kb bundle: the drill fails (exit 1) and says why; status shows it.
+    newest = next(b for b in ok(cli("list", "--json")).json() if b["source"]["kind"] == "chroma")
+    part = next((tmp_path / "repo" / "data" / newest["bundle_id"]).rglob("*.parquet"))
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    failed = cli("restore-test", "--source", "kb", "--json")
+    assert failed.code == 1
+    (result,) = failed.json()["sources"]
+    assert not result["ok"] and "sha256" in result["error"]
+    assert "FAILED" in (tmp_path / "reports" / "drill.md").read_text()
+    assert ok(cli("status", "--json")).json()["sources"][0]["last_restore_test"]["ok"] is False
+
+
+def test_restore_test_misses_an_rto(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=2000, dim=8)  # Qdrant local mode takes ~2 s for these
+    config = write_config(tmp_path, kb_rto="1s")
+    config.write_text(config.read_text() + "targets:\n  scratch: {uri: 'qdrant:./scratch'}\n")
+    config.write_text(config.read_text().replace("restore_test: {report", "restore_test: {target: scratch, report"))
+    ok(cli("backup", "--source", "kb"))
+    missed = cli("restore-test", "--source", "kb", "--json")
+    assert missed.code == 1
+    (result,) = missed.json()["sources"]
+    assert all(c["ok"] for c in result["checks"]) and not result["rto_met"] and result["rto_objective_seconds"] == 1
+
+
+def test_overlapping_runs_and_prune_racing_a_backup(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aibackup.lock import RepositoryLock
+    from aibackup.repository import Repository
+
+    seed_chroma(tmp_path / "chroma", "docs", n=10)
+    write_config(tmp_path)
+    ok(cli("backup"))
+    repo = Repository.open(str(tmp_path / "repo"))
+    source = f"chroma:{tmp_path / 'chroma'}"
+    with RepositoryLock(repo, "backup", source):  # the previous night's run is still going
+        overlapping = cli("backup", "--json")
+        assert overlapping.code == 3
+        runs = {r["source"]: r for r in overlapping.json()["sources"]}
+        assert not runs["kb"]["ok"] and "locked" in runs["kb"]["error"] and runs["logs"]["ok"]
+        one_line_error(cli("prune", "--keep-last", "1"), 3, "locked by backup")
+    with RepositoryLock(repo, "prune", "*"):
+        refused = cli("backup", "--source", "kb")  # a config run reports each source in its summary
+        assert refused.code == 3 and "kb: repository is locked by prune" in refused.out
+    ok(cli("prune", "--keep-last", "1"))
+    assert ok(cli("verify", "--read-data", "--json")).json()["ok"]
+
+
+def test_config_errors_name_file_line_and_key(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "aibackup.yaml").write_text("repository: ./repo\nsources:\n  kb: {uri: 'chroma:./c', rpo: 24x}\n")
+    one_line_error(cli("status"), 2, "aibackup.yaml:3", "sources.kb.rpo")
+    monkeypatch.setenv("SECRET_REPO", "s3://bucket-with-a-secret-name-9f8e7d")
+    (tmp_path / "aibackup.yaml").write_text("repository: ${SECRET_REPO}\nsources:\n  kb: {uri: 'mysql:x'}\n")
+    line = one_line_error(cli("status"), 2, "sources.kb")
+    assert "9f8e7d" not in line
+    one_line_error(cli("backup", "--config", str(tmp_path / "missing.yaml")), 2, "missing.yaml")
+
+
+def test_examples_are_real_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every aibackup command line in examples/ parses with the real CLI; the example config loads."""
+    from aibackup.cli import cli
+    from aibackup.config import load_config
+
+    examples = Path(__file__).resolve().parents[2] / "examples"
+    import yaml
+
+    commands = []
+    for doc in yaml.safe_load_all((examples / "kubernetes" / "aibackup-cronjobs.yaml").read_text()):
+        if doc["kind"] == "CronJob":
+            (container,) = doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+            assert container["args"][0] == "aibackup"
+            commands.append(container["args"][1:])
+    for path in [examples / "crontab", *sorted((examples / "systemd").glob("*.service"))]:
+        for text_line in path.read_text().splitlines():
+            if "aibackup " in text_line and not text_line.lstrip().startswith("#"):
+                commands.append(shlex.split(text_line.split("aibackup ", 1)[1].split(">")[0]))
+    assert len(commands) == 2 + 5 + 2
+    for words in commands:
+        name, *rest = words
+        command = cli.get_command(None, name)  # type: ignore[arg-type]
+        assert command is not None, words
+        command.make_context(name, list(rest))  # parses every option: an unknown one raises
+    config = load_config(str(examples / "aibackup.yaml"))
+    assert set(config.sources) == {"kb", "logs", "tuning", "settings"}
