@@ -234,7 +234,7 @@ def prune(
     if as_json:
         emit_json(result.to_json())
         return
-    verb = "would remove" if dry_run else "removed"
+    verb = "would be removed" if dry_run else "removed"
     table(
         ["BUNDLE", "DECISION", "WHY"],
         [[d.bundle_id, "keep", ", ".join(d.reasons)] for d in result.kept]

@@ -64,6 +64,7 @@ class JsonLog(Quiet):
         self._rows += rows
 
     def event(self, event: str, message: str, **fields: Any) -> None:
+        self._finish()  # a command's own event (say source_done) closes the dataset it reports on
         self._emit(event, message=message, **fields)
 
     def _finish(self) -> None:

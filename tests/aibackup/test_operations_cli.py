@@ -208,3 +208,25 @@ def test_examples_are_real_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         command.make_context(name, list(rest))  # parses every option: an unknown one raises
     config = load_config(str(examples / "aibackup.yaml"))
     assert set(config.sources) == {"kb", "logs", "tuning", "settings"}
+
+
+def test_golden_queries_are_checked_by_the_drill(tmp_path: Path, cli: Cli) -> None:
+    records = seed_chroma(tmp_path / "chroma", "docs", n=50, dim=8, space="l2")
+    golden = [
+        {"collection": "docs", "vector": records["embeddings"][i].tolist(), "expected": [records["ids"][i]]}
+        for i in (3, 17, 42)
+    ]
+    (tmp_path / "golden.json").write_text(json.dumps(golden))
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("rto: 1h}", "rto: 1h, golden_queries: ./golden.json}"))
+    ok(cli("backup", "--source", "kb"))
+    passed = ok(cli("restore-test", "--source", "kb", "--json")).json()
+    (check,) = [c for c in passed["sources"][0]["checks"] if c["name"] == "golden queries"]
+    assert check["ok"] and "recall 1.000 over 3 golden queries" in check["detail"]
+    golden[0]["expected"] = ["doc-00044"]  # a wrong expectation (the record's own vector finds itself)
+    golden[1]["expected"] = ["doc-00045"]
+    (tmp_path / "golden.json").write_text(json.dumps(golden))
+    failed = cli("restore-test", "--source", "kb", "--json")
+    assert failed.code == 1
+    (check,) = [c for c in failed.json()["sources"][0]["checks"] if c["name"] == "golden queries"]
+    assert not check["ok"] and "recall 0.333" in check["detail"]
