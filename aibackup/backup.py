@@ -135,9 +135,10 @@ def run_backup(
         try:
             with steady_memory():
                 for index, description in enumerate(descriptions):
-                    report.dataset(description.name, description.rows)
                     previous = _previous(repo, parent, description.name, description.kind)
                     since = previous.state if previous is not None else None
+                    # an incremental export yields only what is new: its size is not known ahead
+                    report.dataset(description.name, None if since else description.rows)
                     dataset = writer.write_dataset(
                         index,
                         description,

@@ -16,6 +16,7 @@ import click
 
 from aibackup import __version__
 from aibackup.cli_common import (
+    conclude,
     config_option,
     emit_json,
     json_option,
@@ -26,7 +27,6 @@ from aibackup.cli_common import (
     resolve,
     size,
     table,
-    write_metrics_of,
 )
 from aibackup.errors import (
     EXIT_INTEGRITY,
@@ -159,9 +159,9 @@ def backup(
         result = run_backup(repo, source, collections, source_options=options, progress=progress)
     finally:
         progress.close()
-    write_metrics_of(config, metrics_file)
     if as_json:
         emit_json(result.to_json())
+        conclude(config, metrics_file, 0, as_json)
         return
     m = result.manifest
     if result.repository_created:
@@ -206,7 +206,6 @@ def _backup_config(
         runs = backup_sources(config, names, progress)
     finally:
         progress.close()
-    write_metrics_of(config, metrics_file)
     failed = [r for r in runs if not r.ok]
     if as_json:
         emit_json({"ok": not failed, "sources": [r.to_json() for r in runs]})
@@ -225,8 +224,7 @@ def _backup_config(
                 click.echo(f"{r.source}: {r.error}")
             for note in r.notes:
                 click.echo(f"{r.source}: note: {note}")
-    if failed:
-        sys.exit(failed[0].exit_code or EXIT_INTEGRITY)
+    conclude(config, metrics_file, (failed[0].exit_code or EXIT_INTEGRITY) if failed else 0, as_json)
 
 
 def _finetune_summary(config: Any) -> None:
@@ -497,6 +495,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         _fail(as_json, "usage", exc.format_message(), EXIT_USAGE)
+    except BrokenPipeError:
+        # The reader of our output went away (`aibackup list --json | head`): nothing is wrong here.
+        # Point stdout at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(EXIT_OK)
     except (KeyboardInterrupt, click.exceptions.Abort):
         _fail(as_json, "interrupted", "interrupted", EXIT_INTERRUPTED)
     except AibackupError as exc:

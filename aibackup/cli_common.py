@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
 
-from aibackup.errors import UsageError
+from aibackup.errors import AibackupError, UsageError
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_REPO = "./aibackup-repo"
@@ -50,15 +51,19 @@ def json_option(f: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON on stdout.")(f)
 
 
-def observe_options(f: F) -> F:
-    """--progress/--no-progress, --log-format, --metrics-file: for the long-running commands."""
-    f = click.option(
+def metrics_option(f: F) -> F:
+    return click.option(
         "--metrics-file",
         metavar="PATH",
         default=None,
         help="Write Prometheus text-format metrics of every configured source here (node_exporter textfile "
         "collector; default: the config's metrics_file).",
     )(f)
+
+
+def observe_options(f: F) -> F:
+    """--progress/--no-progress, --log-format, --metrics-file: for the commands that run long."""
+    f = metrics_option(f)
     f = click.option(
         "--log-format",
         type=click.Choice(["text", "json"]),
@@ -133,3 +138,23 @@ def write_metrics_of(config: Any, metrics_file: str | None) -> None:
     from aibackup.metrics import write_metrics
 
     write_metrics(config, path)
+
+
+def conclude(config: Any, metrics_file: str | None, code: int, as_json: bool) -> None:
+    """End a command whose result is already printed: write the metrics file (flag, else the config's
+    metrics_file), then exit with the command's code. A metrics file that cannot be written is one error
+    line after the result (never instead of it) and exit 3 when the command itself succeeded."""
+    problem: AibackupError | None = None
+    try:
+        write_metrics_of(config, metrics_file)
+    except AibackupError as exc:
+        problem = exc
+    if problem is not None:
+        if as_json:
+            doc = {"error": {"code": problem.code, "message": str(problem), "exit_code": problem.exit_code}}
+            click.echo(json.dumps(doc), err=True)
+        else:
+            click.echo(f"aibackup: error: {problem}", err=True)
+    final = code or (problem.exit_code if problem is not None else 0)
+    if final:
+        sys.exit(final)

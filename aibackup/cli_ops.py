@@ -4,21 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import click
 
 from aibackup.cli_common import (
+    conclude,
     config_option,
     emit_json,
     json_option,
+    metrics_option,
     observe_options,
     repo_option,
     resolve,
     table,
-    write_metrics_of,
 )
 from aibackup.errors import EXIT_INTEGRITY, UnavailableError, UsageError
 
@@ -33,18 +33,11 @@ def _age(seconds: float | None) -> str:
 
 
 @click.command()
-@observe_options
+@metrics_option
 @repo_option
 @config_option
 @json_option
-def status(
-    show_progress: bool | None,
-    log_format: str,
-    metrics_file: str | None,
-    repo: str | None,
-    config_path: str | None,
-    as_json: bool,
-) -> None:
+def status(metrics_file: str | None, repo: str | None, config_path: str | None, as_json: bool) -> None:
     """Per configured source: the newest intact bundle and its age against the RPO, the last restore test
     and its achieved RTO, the last backup run. Exits 1 when any source breaches its RPO."""
     from aibackup.operations import status as run_status
@@ -53,7 +46,6 @@ def status(
     if repo:
         config = _with_repository(config, repo)
     statuses = run_status(config)
-    write_metrics_of(config, metrics_file)
     breached = [s for s in statuses if s.rpo_breached]
     if as_json:
         emit_json({"ok": not breached, "sources": [s.to_json() for s in statuses]})
@@ -74,8 +66,7 @@ def status(
                 ]
             )
         table(["SOURCE", "NEWEST BUNDLE", "AGE", "RPO", "RPO STATUS", "LAST RESTORE TEST (RTO)"], rows)
-    if breached:
-        sys.exit(EXIT_INTEGRITY)
+    conclude(config, metrics_file, EXIT_INTEGRITY if breached else 0, as_json)
 
 
 def _with_repository(config: Any, repo: str) -> Any:
@@ -120,7 +111,6 @@ def restore_test(
         results = run_drill(config, names, progress)
     finally:
         progress.close()
-    write_metrics_of(config, metrics_file)
     doc = {"ok": all(r.ok for r in results), "sources": [r.to_json() for r in results]}
     path = report or config.restore_test.report
     if path:
@@ -129,8 +119,7 @@ def restore_test(
         emit_json(doc)
     else:
         click.echo(_markdown(doc), nl=False)
-    if not doc["ok"]:
-        sys.exit(EXIT_INTEGRITY)
+    conclude(config, metrics_file, 0 if doc["ok"] else EXIT_INTEGRITY, as_json)
 
 
 def _markdown(doc: dict[str, Any]) -> str:
@@ -139,7 +128,8 @@ def _markdown(doc: dict[str, Any]) -> str:
     lines += ["", "| source | bundle | result | achieved RTO | objective |", "|---|---|---|---|---|"]
     for r in doc["sources"]:
         objective = r["rto_objective_seconds"]
-        verdict = "ok" if r["ok"] else ("RTO missed" if not r["rto_met"] and not r["error"] else "FAILED")
+        checks_ok = not r["error"] and all(c["ok"] for c in r["checks"])
+        verdict = "ok" if r["ok"] else ("RTO missed" if checks_ok and not r["rto_met"] else "FAILED")
         lines.append(
             f"| {r['source']} | {r['bundle_id'] or '-'} | {verdict} | {r['rto_seconds']:.1f} s | "
             f"{'-' if objective is None else f'{objective:.0f} s'} |"
@@ -155,13 +145,12 @@ def _markdown(doc: dict[str, Any]) -> str:
 
 
 def _write_report(path: str, doc: dict[str, Any]) -> None:
-    base = Path(path)
-    if base.suffix in (".md", ".json"):
-        base = base.with_suffix("")
+    """PATH.md and PATH.json (a PATH already ending in .md or .json names the pair too)."""
+    base = path.removesuffix(".md") if path.endswith(".md") else path.removesuffix(".json")
     try:
-        base.parent.mkdir(parents=True, exist_ok=True)
-        base.with_suffix(".json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        base.with_suffix(".md").write_text(_markdown(doc), encoding="utf-8")
+        Path(base).parent.mkdir(parents=True, exist_ok=True)
+        Path(base + ".json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        Path(base + ".md").write_text(_markdown(doc), encoding="utf-8")
     except OSError as exc:
         raise UnavailableError(f"cannot write the report {path}: {exc.strerror}") from None
 
@@ -182,7 +171,7 @@ def _write_report(path: str, doc: dict[str, Any]) -> None:
     help="Orphan parts of crashed runs are removed only once older than this.",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be removed and why the rest stays; remove nothing.")
-@observe_options
+@metrics_option
 @repo_option
 @config_option
 @json_option
@@ -196,8 +185,6 @@ def prune(
     keep_within: str | None,
     grace: str,
     dry_run: bool,
-    show_progress: bool | None,
-    log_format: str,
     metrics_file: str | None,
     repo: str | None,
     config_path: str | None,
@@ -230,9 +217,9 @@ def prune(
     stale = config.lock_stale_after if config else dt.timedelta(minutes=10)
     with RepositoryLock(repository, "prune", "*", stale_after=stale):
         result = run_prune(repository, policy, dry_run=dry_run, grace=parse_duration(grace))
-    _write_metrics_if(config, metrics_file)
     if as_json:
         emit_json(result.to_json())
+        conclude(config, metrics_file, 0, as_json)
         return
     verb = "would be removed" if dry_run else "removed"
     table(
@@ -245,12 +232,9 @@ def prune(
         f"({result.bytes_removed} bytes), {len(result.orphans_removed)} orphan part(s); "
         f"{len(result.orphans_waiting)} orphan part(s) younger than the grace period kept"
     )
-
-
-def _write_metrics_if(config: Any, metrics_file: str | None) -> None:
-
-    if config is not None or metrics_file:
-        write_metrics_of(config, metrics_file)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    conclude(config, metrics_file, 0, as_json)
 
 
 def _policies(config: Any, flags: Any) -> Any:
@@ -276,7 +260,7 @@ def pin(bundle: str, repo: str | None, config_path: str | None) -> None:
     from aibackup.repository import Repository
 
     repository = Repository.open(resolve(repo, config_path)[0])
-    bundle_id = repository.match_id(bundle)
+    bundle_id = repository.resolve(bundle).bundle_id  # an id, a unique prefix, or latest
     do_pin(repository, bundle_id)
     click.echo(f"pinned {bundle_id}")
 
@@ -287,11 +271,13 @@ def pin(bundle: str, repo: str | None, config_path: str | None) -> None:
 @config_option
 def unpin(bundle: str, repo: str | None, config_path: str | None) -> None:
     """Unpin BUNDLE: prune applies the keep rules to it again."""
+    from aibackup.prune import pinned
     from aibackup.prune import unpin as do_unpin
     from aibackup.repository import Repository
 
     repository = Repository.open(resolve(repo, config_path)[0])
-    bundle_id = repository.match_id(bundle)
+    # A pin may outlive its bundle's manifest: an exact pinned id is unpinned as it is.
+    bundle_id = bundle if bundle in pinned(repository) else repository.resolve(bundle).bundle_id
     do_unpin(repository, bundle_id)
     click.echo(f"unpinned {bundle_id}")
 

@@ -100,6 +100,7 @@ class _Reader:
         self.resolver = yaml.resolver.Resolver()
         self.flattened: set[int] = set()
         self.targets: dict[str, TargetConfig] = {}
+        self.target_nodes: dict[str, yaml.Node] = {}
         self.kinds: dict[str, str] = {}  # target name -> connector kind
         self.default_retention: RetentionPolicy | None = None
         self.retention_node: yaml.Node | None = None
@@ -337,6 +338,7 @@ class _Reader:
         for name, (key, value) in self.mapping(node, path, None).items():
             uri, self.kinds[name] = self.uri(*self.shorthand(key, value, f"{path}.{name}", ("uri",)), target=True)
             self.targets[name] = TargetConfig(name, uri)
+            self.target_nodes[name] = key
         return self.done(None, node, path)
 
     def retention(self, node: yaml.Node, path: str) -> _Scalar:
@@ -364,7 +366,29 @@ class _Reader:
         items = self.mapping(node, path, None) if node.tag != _NULL else {}
         if not items:
             self.fail(node, path, "no sources: name at least one, as in kb: {uri: chroma:./data}")
-        return self.done(MappingProxyType({n: self.source(n, k, v) for n, (k, v) in items.items()}), node, path)
+        sources = {n: self.source(n, k, v) for n, (k, v) in items.items()}
+        # One store, one source: bundles, retention, status and restore tests are told apart by the store
+        # a bundle came from, so two sources of one store would prune and report each other's bundles.
+        seen: dict[str, str] = {}
+        for name, source in sources.items():
+            store = parse_location(source.uri).display()
+            if store in seen:
+                self.fail(
+                    items[name][0],
+                    f"{path}.{name}.uri",
+                    f"the same store as source {seen[store]!r}: use one source (with collections: [...])",
+                )
+            seen[store] = name
+        # A scratch target must never be a source: the drill restores into it with --mode overwrite.
+        for target in self.targets.values():
+            if parse_location(target.uri, target=True).display() in seen:
+                where = parse_location(target.uri, target=True).display()
+                self.fail(
+                    self.target_nodes[target.name],
+                    f"targets.{target.name}",
+                    f"is the store of source {seen[where]!r}: a restore test would overwrite it",
+                )
+        return self.done(MappingProxyType(sources), node, path)
 
     def source(self, name: str, key: yaml.Node, value: yaml.Node) -> SourceConfig:
         path = f"sources.{name}"

@@ -81,6 +81,8 @@ KINDS = (BACKUP, PRUNE)
 EVERYTHING = "*"
 DEFAULT_STALE_AFTER = timedelta(minutes=10)
 DEFAULT_HEARTBEAT = timedelta(seconds=60)
+#: How far ahead of this machine's clock another host's may run before its times are distrusted.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 class LockedError(AibackupError):
@@ -440,6 +442,12 @@ def _read(storage: Storage, name: str) -> _Seen | None:
     beat = _parse_time(record.get("heartbeat_at")) if isinstance(record, dict) else None
     if not isinstance(record, dict) or beat is None:
         return _Seen(name, None, _modified(storage, rel))
+    if beat > clock.now() + CLOCK_SKEW:
+        # A heartbeat from the future (a run under a later AIBACKUP_NOW, a host whose clock runs ahead)
+        # would never go stale: age such a lock by when the storage last saw it written instead.
+        modified = _modified(storage, rel)
+        if modified is not None:
+            beat = min(beat, modified)
     return _Seen(name, record, beat)
 
 

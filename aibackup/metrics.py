@@ -62,13 +62,13 @@ def render(config: Config, statuses: Sequence[SourceStatus], verified: dict[str,
             add("aibackup_rpo_breached", int(s.rpo_breached))
         if source.rto is not None:
             add("aibackup_rto_objective_seconds", source.rto.total_seconds())
-        backup = s.last_backup or {}
-        if backup:
-            add("aibackup_backup_success", int(bool(backup.get("ok"))))
-            if backup.get("ok"):
-                add("aibackup_backup_duration_seconds", float(backup.get("seconds") or 0))
-                add("aibackup_backup_bytes", float(backup.get("bytes") or 0))
-                add("aibackup_backup_rows", float(backup.get("rows") or 0))
+        if s.last_backup:
+            add("aibackup_backup_success", int(bool(s.last_backup.get("ok"))))
+        good = s.last_successful_backup or {}
+        if good:  # the last successful run's numbers stay while a later run fails
+            add("aibackup_backup_duration_seconds", float(good.get("seconds") or 0))
+            add("aibackup_backup_bytes", float(good.get("bytes") or 0))
+            add("aibackup_backup_rows", float(good.get("rows") or 0))
         if s.newest_bundle is not None:
             add("aibackup_verify_success", int(s.newest_bundle in verified))
         test = s.last_restore_test or {}
@@ -81,8 +81,13 @@ def render(config: Config, statuses: Sequence[SourceStatus], verified: dict[str,
             continue
         kind, text = HELP[metric]
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
-        lines += [f'{metric}{{source="{_label(name)}"}} {value:g}' for name, value in values]
+        lines += [f'{metric}{{source="{_label(name)}"}} {_number(value)}' for name, value in values]
     return "\n".join(lines) + "\n"
+
+
+def _number(value: float) -> str:
+    """Every digit kept (a timestamp or a byte count in %g loses up to thousands of units)."""
+    return str(int(value)) if value.is_integer() else repr(value)
 
 
 def _label(value: str) -> str:

@@ -21,7 +21,7 @@ from aibackup import clock, reports
 from aibackup.backup import SourceOptions, run_backup
 from aibackup.checks import Check, CheckOptions
 from aibackup.config import Config, SourceConfig
-from aibackup.errors import AibackupError, ConfigError, UsageError, first_line
+from aibackup.errors import AibackupError, ConfigError, IntegrityError, UsageError, first_line
 from aibackup.progress import Progress, Quiet
 from aibackup.repository import Repository, parse_iso
 from aibackup.restore import RestoreResult, run_restore
@@ -145,6 +145,7 @@ class DrillResult:
     rto_objective_seconds: float | None
     checks: list[Check] = field(default_factory=list)
     error: str | None = None
+    cleanup: str | None = None
 
     @property
     def rto_met(self) -> bool:
@@ -161,6 +162,7 @@ class DrillResult:
             "rto_met": self.rto_met,
             "checks": [c.to_json() for c in self.checks],
             "error": self.error,
+            "cleanup": self.cleanup,
         }
 
 
@@ -205,19 +207,28 @@ def _drill(config: Config, repo: Repository, source: SourceConfig) -> DrillResul
             checks = [c for d in result.datasets for c in _named(d.name, d.checks, len(result.datasets))]
             if source.golden_queries:
                 checks.append(_golden(source, target, result, config.restore_test.min_recall))
+            cleanup = _clean_scratch(config, source, target, result)
         seconds = time.perf_counter() - started
         ok = all(c.ok for c in checks) and (objective is None or seconds <= objective)
-        return DrillResult(source.name, ok, bundle.bundle_id, target, seconds, objective, checks)
+        return DrillResult(source.name, ok, bundle.bundle_id, target, seconds, objective, checks, cleanup=cleanup)
     except AibackupError as exc:
-        return DrillResult(
-            source.name,
-            False,
-            bundle.bundle_id if bundle else None,
-            target,
-            time.perf_counter() - started,
-            objective,
-            error=str(exc),
-        )
+        problem = str(exc)
+    except Exception as exc:  # a bug in one source's drill must not stop (nor hide) the others'
+        problem = f"internal error: {type(exc).__name__} (a bug; please report it)"
+    bundle_id = bundle.bundle_id if bundle else None
+    return DrillResult(source.name, False, bundle_id, target, time.perf_counter() - started, objective, error=problem)
+
+
+def _clean_scratch(config: Config, source: SourceConfig, target: str, result: RestoreResult) -> str:
+    """Remove what the drill restored into a configured scratch target (a temporary one goes whole)."""
+    name = source.restore_test_target or config.restore_test.target
+    if name is None or config.targets[name].uri != target:
+        return "temporary scratch store removed"
+    with open_connector(target, target=True) as connector:
+        dropped = [d.target for d in result.datasets if connector.drop(d.target)]
+    if len(dropped) == len(result.datasets):
+        return f"restored collections removed from {name}"
+    return f"the restored data stays in {name} ({target}): this kind of target cannot drop it"
 
 
 def _named(dataset: str, checks: list[Check], datasets: int) -> list[Check]:
@@ -225,15 +236,27 @@ def _named(dataset: str, checks: list[Check], datasets: int) -> list[Check]:
     return checks if datasets == 1 else [Check(f"{dataset}: {c.name}", c.ok, c.detail) for c in checks]
 
 
+def of_source(manifest: BundleManifest, source: SourceConfig) -> bool:
+    """Whether a bundle was made from this configured source: its store, holding its collections."""
+    names = {d.name for d in manifest.datasets}
+    return manifest.source.get("uri") == parse_location(source.uri).display() and set(source.collections) <= names
+
+
 def latest_bundle(repo: Repository, source: SourceConfig) -> BundleManifest:
-    """The newest readable bundle of a configured source (matched by its manifest's source URI)."""
-    location = parse_location(source.uri)
-    uri = location.display()
-    good, _damaged = repo.scan()
+    """The newest bundle of a configured source. IntegrityError when a newer manifest cannot be read: it
+    may be this source's newest bundle, and a drill must test the latest one, not quietly an older one."""
+    good, damaged = repo.scan()
     for manifest in reversed(good):
-        if manifest.source.get("uri") == uri:
+        if of_source(manifest, source):
+            newer = [d for d in damaged if d.bundle_id > manifest.bundle_id]
+            if newer:
+                raise IntegrityError(
+                    f"bundle {newer[-1].bundle_id}, newer than {manifest.bundle_id}, cannot be read "
+                    f"({newer[-1].problem}); the drill does not fall back to an older bundle"
+                )
             return manifest
-    raise UsageError(f"source {source.name!r} ({uri}) has no bundle in {repo.storage.display()} yet")
+    where = parse_location(source.uri).display()
+    raise UsageError(f"source {source.name!r} ({where}) has no bundle in {repo.storage.display()} yet")
 
 
 @contextlib.contextmanager
@@ -264,6 +287,8 @@ def _golden(source: SourceConfig, target: str, result: RestoreResult, min_recall
         queries = _load_golden(source.golden_queries or "")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return Check("golden queries", False, f"cannot read {source.golden_queries}: {first_line(exc)}")
+    if not queries:
+        return Check("golden queries", False, f"{source.golden_queries} holds no query")
     names = {d.name: d.target for d in result.datasets}
     scores: list[float] = []
     with open_connector(target, target=True) as connector:
@@ -272,7 +297,12 @@ def _golden(source: SourceConfig, target: str, result: RestoreResult, min_recall
         for q in queries:
             collection = names.get(q["collection"], q["collection"])
             k = len(q["expected"])
-            got = connector.search(collection, q.get("vector_name", ""), np.asarray([q["vector"]], dtype=np.float32), k)
+            try:
+                got = connector.search(
+                    collection, q.get("vector_name", ""), np.asarray([q["vector"]], dtype=np.float32), k
+                )
+            except AibackupError as exc:
+                return Check("golden queries", False, f"search failed: {exc}")
             scores.append(len(set(got[0][:k]) & set(q["expected"])) / k if k else 1.0)
     recall = float(np.mean(scores)) if scores else 1.0
     ok = recall >= min_recall
@@ -287,11 +317,22 @@ def _load_golden(path: str) -> list[dict[str, Any]]:
     items = (
         json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
     )
-    for item in items:
-        if not isinstance(item["collection"], str) or not isinstance(item["vector"], list):
-            raise ValueError("each golden query needs a collection, a vector and expected ids")
+    if not isinstance(items, list):
+        raise ValueError("expected a JSON list or JSON lines of queries")
+    for n, item in enumerate(items, 1):
+        vector = item.get("vector") if isinstance(item, dict) else None
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("collection"), str)
+            or not isinstance(vector, list)
+            or not vector
+            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vector)
+            or not isinstance(item.get("expected"), list)
+            or not item["expected"]
+        ):
+            raise ValueError(f"query {n} needs a collection, a non-empty numeric vector and expected ids")
         item["expected"] = [str(x) for x in item["expected"]]
-    return list(items)
+    return items
 
 
 # --- status ----------------------------------------------------------------------------------------------
@@ -309,6 +350,7 @@ class SourceStatus:
     rpo_breached: bool
     last_restore_test: dict[str, Any] | None
     last_backup: dict[str, Any] | None
+    last_successful_backup: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, object]:
         test = self.last_restore_test or {}
@@ -345,14 +387,16 @@ def status(config: Config) -> list[SourceStatus]:
     now = clock.now()
     good, _damaged = repo.scan()
     reader = BundleReader(repo)
-    tests = reports.latest_by_source(repo, reports.RESTORE_TESTS)
-    backups = reports.latest_by_source(repo, reports.BACKUPS)
+    names = list(config.sources)
+    tests = reports.latest_by_source(repo, reports.RESTORE_TESTS, names)
+    backups = reports.latest_by_source(repo, reports.BACKUPS, names)
+    good_backups = reports.latest_by_source(repo, reports.BACKUPS, names, lambda doc: bool(doc.get("ok")))
     out: list[SourceStatus] = []
     for source in config.sources.values():
         uri = parse_location(source.uri).display()
         newest: BundleManifest | None = None
         for manifest in reversed(good):
-            if manifest.source.get("uri") != uri:
+            if not of_source(manifest, source):
                 continue
             parts = [p for d in manifest.datasets for p in d.parts]
             if not any(reader.check_part(p, read_data=False) for p in parts):
@@ -363,7 +407,8 @@ def status(config: Config) -> list[SourceStatus]:
             created = parse_iso(newest.created_at)
             age = (now - created).total_seconds()
         rpo = source.rpo.total_seconds() if source.rpo else None
-        breached = rpo is not None and (age is None or age > rpo)
+        # No intact bundle at all is a breach whatever the RPO: there is nothing to restore.
+        breached = age is None or (rpo is not None and age > rpo)
         out.append(
             SourceStatus(
                 source=source.name,
@@ -376,6 +421,7 @@ def status(config: Config) -> list[SourceStatus]:
                 rpo_breached=breached,
                 last_restore_test=tests.get(source.name),
                 last_backup=backups.get(source.name),
+                last_successful_backup=good_backups.get(source.name),
             )
         )
     return out

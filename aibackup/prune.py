@@ -43,6 +43,7 @@ from typing import Any
 
 from aibackup import clock
 from aibackup.errors import BundleNotFoundError, IntegrityError, ManifestVersionError, UsageError
+from aibackup.lock import CLOCK_SKEW
 from aibackup.repository import DATA, Repository, id_time, iso
 from aibackup.retention import NO_RULE, Candidate, Decision, KeepPolicy, decide, is_empty
 from aibackup.storage import AlreadyExistsError
@@ -111,7 +112,7 @@ def run_prune(
     decisions: list[Decision] = []
     groups: dict[str, list[BundleManifest]] = {}
     for manifest in good:
-        groups.setdefault(_source_key(manifest.source), []).append(manifest)
+        groups.setdefault(_source_key(manifest), []).append(manifest)
     for manifests in groups.values():
         source = manifests[0].source
         policy = policies(source)
@@ -231,9 +232,13 @@ def _pin(bundle_id: str, pins: set[str]) -> tuple[str, ...]:
     return ("pinned",) if bundle_id in pins else ()
 
 
-def _source_key(source: Mapping[str, Any]) -> str:
-    """Bundles of one source share this key (kind and uri; JSON so any value is hashable)."""
-    return json.dumps([source.get("kind"), source.get("uri")], sort_keys=True, default=str)
+def _source_key(manifest: BundleManifest) -> str:
+    """Bundles of one series share this key: the store (kind and uri) and the collections backed up, so
+    `backup chroma:X --collection docs` and `--collection faq` are kept apart (each keeps its own newest
+    bundles) instead of one series pruning the other. JSON so any value is hashable."""
+    source = manifest.source
+    names = sorted(d.name for d in manifest.datasets)
+    return json.dumps([source.get("kind"), source.get("uri"), names], sort_keys=True, default=str)
 
 
 def _source_name(source: Mapping[str, Any]) -> str:
@@ -277,7 +282,10 @@ def _orphans(
         started = id_time(bundle_id)
         assert started is not None
         known = [t for t in times if t is not None]
-        expired = len(known) == len(times) and now - max([started, *known]) >= grace
+        # A bundle id dated in the future (a run under a later AIBACKUP_NOW, a clock running ahead) would
+        # keep its orphans for ever: then only the files' own modification times count.
+        signs = known if started > now + CLOCK_SKEW and known else [started, *known]
+        expired = len(known) == len(times) and now - max(signs) >= grace
         (old if expired else young).extend(unreferenced)
     return sorted(old), sorted(young), sorted(foreign)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any
 
 from aibackup import clock
@@ -49,13 +49,21 @@ def read_all(repo: Repository, folder: str) -> Iterator[dict[str, Any]]:
             yield doc
 
 
-def latest_by_source(repo: Repository, folder: str) -> dict[str, dict[str, Any]]:
-    """The newest report per source name (the ``source`` field), from a folder of reports."""
+def latest_by_source(
+    repo: Repository,
+    folder: str,
+    names: Collection[str] | None = None,
+    where: Callable[[dict[str, Any]], bool] = lambda doc: True,
+) -> dict[str, dict[str, Any]]:
+    """The newest report per source name (the ``source`` field) among those `where` accepts; with `names`,
+    reading stops as soon as each of them has one (the newest reports are read first)."""
     latest: dict[str, dict[str, Any]] = {}
     for doc in read_all(repo, folder):
         name = doc.get("source")
-        if isinstance(name, str) and name not in latest:
+        if isinstance(name, str) and name not in latest and where(doc):
             latest[name] = doc
+            if names is not None and set(names) <= latest.keys():
+                break
     return latest
 
 

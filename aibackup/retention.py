@@ -137,6 +137,13 @@ def decide(candidates: Sequence[Candidate], policy: KeepPolicy, now: dt.datetime
                 seen = bucket
                 remaining -= 1
                 reasons[candidate.bundle_id].append(bucket)
+        # As restic (0.16+) does: a rule with slots left over also keeps the oldest bundle, so a history
+        # shorter than the rule asks for keeps its beginning.
+        if remaining > 0 and ordered:
+            oldest = ordered[-1].bundle_id
+            rule = name.removeprefix("keep_")
+            if f"oldest ({rule})" not in reasons[oldest]:
+                reasons[oldest].append(f"oldest ({rule})")
 
     within = _within(policy)
     if within is not None and ordered:

@@ -211,6 +211,12 @@ class Connector(ABC):
         """
         return sum(plan.transform(batch).num_rows for batch in batches)
 
+    def drop(self, name: str) -> bool:
+        """Remove dataset `name`, which a restore test wrote into a configured scratch target, so the
+        drill leaves no copy of production behind. Returns False when this kind of store cannot (the
+        drill then reports that the data stays). Default: False."""
+        return False
+
     def extra_checks(self, plan: ImportPlan) -> list[tuple[str, bool, str]]:
         """Checks of a finished import beyond the record comparison, as (name, ok, detail): say the
         sha256 of every file written against the manifest. Default: none."""

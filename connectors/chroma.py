@@ -475,6 +475,13 @@ class ChromaConnector(VectorConnector):
                 col.modify(configuration={"hnsw": updates})
             return col
 
+    def drop(self, name: str) -> bool:
+        """Delete collection `name` (emptied first, see `_drop`); a missing one is already gone."""
+        col = self._collection(name, missing_ok=True)
+        if col is not None:
+            self._drop(col)
+        return True
+
     def _drop(self, col: Any) -> None:
         # Empty it record by record first: deleting a collection leaves its list-valued metadata rows
         # behind in Chroma 1.5.9, and a record written later that reuses their row id inherits them.

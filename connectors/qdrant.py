@@ -351,6 +351,14 @@ class QdrantConnector(VectorConnector):
                 written += len(points)
         return written
 
+    def drop(self, name: str) -> bool:
+        """Delete collection `name` (a missing one is already gone)."""
+        client = self._require()
+        if self._existing(name) is not None:
+            with self._errors(f"deleting collection {name!r}", name):
+                client.delete_collection(name)
+        return True
+
     def validate_records(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """Every per-record check of `import_` (reserved keys, non-finite vectors, numbers a server cannot
         store), writing nothing: the points are built and thrown away. Returns the rows checked."""

@@ -44,6 +44,16 @@ TRANSPORTS = {"chroma": ("http", "https"), "qdrant": ("http", "https"), "convers
 #: kinds a bare name may stand for as a restore target (an embedded default under DEFAULT_RESTORE_ROOT)
 BARE_TARGETS = ("chroma", "qdrant")
 DEFAULT_PORTS = {"chroma": 8000, "qdrant": 6333}
+#: scheme -> the query parameters it takes. Anything else is refused: a parameter is never a credential
+#: (`?api_key=...` would end up in manifests and logs); keys come from the environment (api_key_env).
+PARAMETERS = {
+    "chroma": ("tenant", "database"),
+    "chroma+http": ("tenant", "database", "api_key_env"),
+    "chroma+https": ("tenant", "database", "api_key_env"),
+    "qdrant+http": ("api_key_env",),
+    "qdrant+https": ("api_key_env",),
+    "conversations+sqlite": ("table",),
+}
 DEFAULT_RESTORE_ROOT = "aibackup-restore"
 KNOWN_FORMS = (
     "chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT, conversations:PATH, "
@@ -53,6 +63,19 @@ KNOWN_FORMS = (
 
 def parse_location(uri: str, *, target: bool = False) -> Location:
     """Parse a source or target URI. Raises UsageError with one line naming the URI on any problem."""
+    location = _parse(uri, target=target)
+    unknown = sorted(set(location.params) - set(PARAMETERS.get(location.scheme, ())))
+    if unknown:
+        allowed = ", ".join(PARAMETERS.get(location.scheme, ())) or "none"
+        # Named without the URI's query: the value of an unknown parameter may be a credential.
+        raise UsageError(
+            f"bad store {uri.split('?', 1)[0]!r}: unknown parameter {unknown[0]!r} (it takes: {allowed}); "
+            "credentials come from the environment: ?api_key_env=VARIABLE"
+        )
+    return location
+
+
+def _parse(uri: str, *, target: bool) -> Location:
     text = uri.strip()
     if target and text in BARE_TARGETS:
         return Location(scheme=text, kind=text, path=str(Path(DEFAULT_RESTORE_ROOT, text).resolve()))

@@ -541,3 +541,15 @@ def test_the_documented_example_loads() -> None:
     kb = config.source("kb")
     assert kb.collections == ("docs", "faq") and kb.restore_test_target == "scratch" and kb.golden_queries
     assert config.restore_test.report and config.key_file and config.metrics_file
+
+
+def test_one_store_is_one_source_and_never_a_scratch_target(tmp_path: Path) -> None:
+    """Bundles are told apart by their store: two sources of one store would prune each other's bundles,
+    and a drill restoring into a source's own store would overwrite it."""
+    path = tmp_path / "aibackup.yaml"
+    path.write_text("repository: ./r\nsources:\n  a: {uri: 'chroma:./c', collections: [x]}\n  b: {uri: 'chroma:./c'}\n")
+    with pytest.raises(ConfigError, match=r"aibackup.yaml:4: sources.b.uri: the same store as source 'a'"):
+        load_config(str(path))
+    path.write_text("repository: ./r\nsources:\n  a: {uri: 'chroma:./c'}\ntargets:\n  live: chroma:./c\n")
+    with pytest.raises(ConfigError, match=r"aibackup.yaml:5: targets.live: is the store of source 'a'"):
+        load_config(str(path))

@@ -230,3 +230,65 @@ def test_golden_queries_are_checked_by_the_drill(tmp_path: Path, cli: Cli) -> No
     assert failed.code == 1
     (check,) = [c for c in failed.json()["sources"][0]["checks"] if c["name"] == "golden queries"]
     assert not check["ok"] and "recall 0.333" in check["detail"]
+
+
+def test_operator_edges(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review findings, each checked: exact metric values, a metrics file that cannot be written, a damaged
+    newest manifest, a scratch target emptied after the drill, `pin latest`, report paths with dots,
+    credentials refused in URIs, and a lock dated in the future that still goes stale."""
+    import os
+
+    seed_chroma(tmp_path / "chroma", "docs", n=20)
+    config = write_config(tmp_path)
+    config.write_text(
+        config.read_text().replace("restore_test: {report", "restore_test: {target: scratch, report")
+        + "targets:\n  scratch: {uri: 'qdrant:./scratch'}\n"
+    )
+    night(monkeypatch, START)
+    ok(cli("backup"))
+    metrics = (tmp_path / "metrics" / "aibackup.prom").read_text()
+    assert f'aibackup_last_success_timestamp_seconds{{source="kb"}} {int(START.timestamp())}\n' in metrics
+
+    # A metrics file that cannot be written: the result is still printed, then one error line, exit 3.
+    broken = cli("backup", "--source", "logs", "--metrics-file", "/proc/no/such/aibackup.prom")
+    assert broken.code == 3 and "logs    ok" in broken.out and "metrics file" in broken.err
+
+    # The drill empties the configured scratch target afterwards; reports keep dots in their names.
+    drill = ok(cli("restore-test", "--source", "kb", "--report", str(tmp_path / "drill.2026.02"), "--json")).json()
+    assert drill["sources"][0]["cleanup"] == "restored collections removed from scratch"
+    assert (tmp_path / "drill.2026.02.md").exists() and (tmp_path / "drill.2026.02.json").exists()
+    from qdrant_client import QdrantClient
+
+    scratch = QdrantClient(path=str(tmp_path / "scratch"))
+    assert scratch.get_collections().collections == []
+    scratch.close()
+
+    # A damaged newest manifest fails the drill instead of quietly testing an older bundle.
+    night(monkeypatch, START + dt.timedelta(days=1))
+    newest = ok(cli("backup", "--source", "kb", "--json")).json()["sources"][0]["bundle_id"]
+    (tmp_path / "repo" / "bundles" / f"{newest}.json").write_text("{}")
+    failed = cli("restore-test", "--source", "kb", "--json")
+    assert failed.code == 1 and newest in failed.json()["sources"][0]["error"]
+    (tmp_path / "repo" / "bundles" / f"{newest}.json").unlink()
+
+    assert "pinned" in ok(cli("pin", "latest")).out
+
+    # A credential in a URI is refused, and not echoed back.
+    refused = cli("backup", "chroma+http://127.0.0.1:1?api_key=SuperSecret123")
+    assert refused.code == 2 and "SuperSecret123" not in refused.err and "api_key_env" in refused.err
+
+    # A backup killed under a later AIBACKUP_NOW leaves a lock dated in the future: it still goes stale.
+    from aibackup.lock import RepositoryLock
+    from aibackup.repository import Repository
+
+    night(monkeypatch, dt.datetime(2027, 6, 1, tzinfo=dt.UTC))
+    lock = RepositoryLock(Repository.open(str(tmp_path / "repo")), "backup", f"chroma:{tmp_path / 'chroma'}").acquire()
+    path = tmp_path / "repo" / lock.path
+    leftover = path.read_bytes()
+    lock.release()
+    path.write_bytes(leftover)  # what the killed run left behind: a heartbeat dated June 2027
+    monkeypatch.delenv("AIBACKUP_NOW")
+    past = dt.datetime.now().timestamp() - 3600
+    os.utime(path, (past, past))
+    taken = ok(cli("backup", "--source", "kb", "--json")).json()
+    assert taken["ok"] and any("stale lock" in n for s in taken["sources"] for n in s["notes"])

@@ -92,16 +92,18 @@ def prune(policies: Any, **kwargs: Any) -> PruneResult:
 DAILY = ["2026-01-31", "2026-01-30", "2026-01-29", "2026-01-28", "2026-01-27", "2026-01-26", "2026-01-25"]
 WEEKLY = ["2026-01-18", "2026-01-11"]  # ISO weeks 2026-W03 and W02 (W05 and W04 end on the 31st and the 25th)
 NIGHTLY = {
-    # Every night of a year and a month: the exact restic set (monthly 12 stops at February 2025).
+    # Every night of a year and a month: the exact restic (0.17) set: monthly 12 stops at February 2025,
+    # and yearly 3 has a slot left over (two years hold bundles), so the oldest bundle stays too.
     "year": (
         "2025-01-01",
         12,
         [*DAILY, *WEEKLY, "2025-12-31", "2025-11-30", "2025-10-31", "2025-09-30", "2025-08-31", "2025-07-31",
-         "2025-06-30", "2025-05-31", "2025-04-30", "2025-03-31", "2025-02-28"],
+         "2025-06-30", "2025-05-31", "2025-04-30", "2025-03-31", "2025-02-28", "2025-01-01"],
         ("monthly 2025-12", "yearly 2025"),
     ),
-    # Three months across a new year (the quick variant): only the yearly rule keeps the 2025 bundle.
-    "season": ("2025-11-01", 1, [*DAILY, *WEEKLY, "2025-12-31"], ("yearly 2025",)),
+    # Three months across a new year (the quick variant): only the yearly rule keeps the 2025 bundle,
+    # and its slot left over keeps the oldest bundle.
+    "season": ("2025-11-01", 1, [*DAILY, *WEEKLY, "2025-12-31", "2025-11-01"], ("yearly 2025",)),
 }  # fmt: skip
 
 

@@ -74,13 +74,16 @@ def test_a_year_of_nightly_bundles_keeps_exactly_the_restic_set() -> None:
         # monthly 12: the last night of each month back to February 2025 (January 2025 is the 13th month)
         "2025-12-31", "2025-11-30", "2025-10-31", "2025-09-30", "2025-08-31", "2025-07-31", "2025-06-30",
         "2025-05-31", "2025-04-30", "2025-03-31", "2025-02-28",
-        # yearly 5: 2026 (the 31st) and 2025 (December 31st): only two years hold bundles
+        # yearly 5: 2026 (the 31st) and 2025 (December 31st): only two years hold bundles, so the rule has
+        # slots left and, as in restic 0.17, the oldest bundle is kept too
+        "2025-01-01",
     ]  # fmt: skip
     assert kept(decisions) == [bundle(at(f"{d}T02:00:00")).bundle_id for d in expected_days]
     reasons = {d.bundle_id[:8]: d.reasons for d in decisions}
     assert reasons["20260131"] == ("last 3", "daily 2026-01-31", "weekly 2026-W05", "monthly 2026-01", "yearly 2026")
     assert reasons["20260125"] == ("daily 2026-01-25", "weekly 2026-W04")
     assert reasons["20251231"] == ("monthly 2025-12", "yearly 2025")
+    assert reasons["20250101"] == ("oldest (yearly)",)
     assert reasons["20250131"] == ()
     assert all(
         not d.keep and d.reasons == ()
@@ -131,7 +134,7 @@ def test_hourly_buckets_are_utc() -> None:
     decisions = decide(candidates, Policy(keep_hourly=5, keep_daily=1), at("2026-11-25T01:00:00"))
     assert [d.reasons for d in decisions] == [
         ("hourly 2026-11-25 00:00", "daily 2026-11-25"),
-        ("hourly 2026-11-24 23:00",),
+        ("hourly 2026-11-24 23:00", "oldest (hourly)"),  # five hourly slots, two hours: the oldest stays
     ]
 
 
