@@ -19,7 +19,7 @@ from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
 from aibackup.lock import DEFAULT_STALE_AFTER, LockedError, RepositoryLock
-from aibackup.pipeline import prefetch, steady_memory
+from aibackup.pipeline import collecting, prefetch, steady_memory
 from aibackup.progress import Progress, Quiet
 from aibackup.repository import Repository, iso
 from aibackup.storage import Storage
@@ -142,7 +142,7 @@ def run_backup(
                     dataset = writer.write_dataset(
                         index,
                         description,
-                        prefetch(connector.export(description, since)),
+                        collecting(prefetch(connector.export(description, since))),
                         connector.id_types,
                         report.advance,
                     )

@@ -77,7 +77,7 @@ def prefetch(items: Iterable[T], depth: int = 2) -> Iterator[T]:
 
 @contextlib.contextmanager
 def steady_memory() -> Iterator[None]:
-    """Keep peak memory flat across a long stream of batches; call :func:`release_garbage` per batch.
+    """Keep peak memory flat across a long stream of batches read through :func:`collecting`.
 
     Client libraries leave reference cycles per request (Chroma's HTTP client does), which Python frees
     only when its cyclic collector happens to run: several pages of records can pile up first, so peak
@@ -93,6 +93,9 @@ def steady_memory() -> Iterator[None]:
         gc.unfreeze()
 
 
-def release_garbage() -> None:
-    """Free the cyclic garbage of the batch just handled (cheap inside :func:`steady_memory`)."""
-    gc.collect()
+def collecting(items: Iterable[T]) -> Iterator[T]:
+    """Yield the items of `items`, freeing the cyclic garbage each one left once the consumer is done with
+    it (cheap inside :func:`steady_memory`)."""
+    for item in items:
+        yield item
+        gc.collect()
