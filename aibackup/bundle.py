@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aibackup.errors import IntegrityError, SourceDataError, UnavailableError, first_line
-from aibackup.pipeline import release_garbage
 from aibackup.repository import Repository
-from aibackup.storage import HashingWriter
+from aibackup.storage import CHUNK, HashingWriter
 from connectors.base import DatasetDescription
 from manifests.digest import DatasetDigest
 from manifests.kinds import arrow_schema
@@ -30,6 +30,9 @@ from manifests.model import DatasetManifest, FieldEntry, ManifestError, PartEntr
 from manifests.vectors import float_vector_paths
 
 IdTypes = Callable[[pa.Array], Counter[str]]
+
+#: Row groups that may wait for the Parquet encoder (each about WriteOptions.row_group_bytes).
+GROUPS_AHEAD = 1
 
 
 @dataclass(frozen=True)
@@ -85,7 +88,11 @@ class _PartSink:
         self.rows = 0
         self.arrow_bytes = 0
         self.file: HashingWriter = repo.storage.create(path)
-        self.writer = pq.ParquetWriter(self.file, schema, **parquet_options(schema, options))
+        # Pages reach the (Python) hashing file in CHUNK-sized writes, not one call per page: each call
+        # needs the GIL, which the digests hold most of the time (measured 1.9x raw pyarrow with per-page
+        # calls).
+        self.stream = pa.BufferedOutputStream(pa.PythonFile(self.file, mode="w"), buffer_size=CHUNK)
+        self.writer = pq.ParquetWriter(self.stream, schema, **parquet_options(schema, options))
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
@@ -94,6 +101,7 @@ class _PartSink:
 
     def finish(self, repo: Repository) -> PartEntry:
         self.writer.close()
+        self.stream.flush()
         repo.storage.close_part(self.file, self.path)
         return PartEntry(path=self.path, rows=self.rows, bytes=self.file.bytes, sha256=self.file.sha256)
 
@@ -142,19 +150,32 @@ class BundleWriter:
         pending_bytes = 0
         sink: _PartSink | None = None
 
-        def flush() -> None:
-            nonlocal sink, pending, pending_bytes
-            if not pending:
-                return
+        def write_group(table: pa.Table) -> None:
+            """Encode one row group into the current part (in the encoder thread, in submission order)."""
+            nonlocal sink
             if sink is None:
                 path = f"{folder}/part-{len(parts):05d}.parquet"
                 self.created.append(path)
                 sink = _PartSink(self.repo, path, schema, self.options)
-            sink.write(pa.Table.from_batches(pending, schema=schema))
-            pending, pending_bytes = [], 0
+            sink.write(table)
             if sink.arrow_bytes >= self.options.part_bytes:
                 parts.append(sink.finish(self.repo))
                 sink = None
+
+        # Parquet encoding (C++, GIL released) runs in a worker thread while this thread computes the record
+        # digests (Python and small-buffer hashing, GIL held): the two overlap instead of adding up. At most
+        # GROUPS_AHEAD row groups wait for the encoder, so memory stays bounded.
+        encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aibackup-encoder")
+        encoding: deque[Future[None]] = deque()
+
+        def flush() -> None:
+            nonlocal pending, pending_bytes
+            if not pending:
+                return
+            encoding.append(encoder.submit(write_group, pa.Table.from_batches(pending, schema=schema)))
+            pending, pending_bytes = [], 0
+            while len(encoding) > GROUPS_AHEAD:
+                encoding.popleft().result()
 
         try:
             for batch in batches:
@@ -170,19 +191,23 @@ class BundleWriter:
                 kinds.update(id_types(ids) if id_types else {"string": len(ids)})
                 pending.append(batch)
                 pending_bytes += batch.nbytes
-                release_garbage()
                 if on_rows is not None:
                     on_rows(batch.num_rows)
                 if pending_bytes >= self.options.row_group_bytes:
                     flush()
             flush()
+            while encoding:
+                encoding.popleft().result()
             if sink is not None:
                 parts.append(sink.finish(self.repo))
                 sink = None
         except BaseException:
+            encoder.shutdown(wait=True, cancel_futures=True)  # the sink is the encoder's until it stops
             if sink is not None:
                 sink.abort()
             raise
+        finally:
+            encoder.shutdown(wait=True)
         return DatasetManifest(
             name=description.name,
             kind=description.kind,

@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -48,27 +50,65 @@ class AlreadyExistsError(AibackupError):
 
 
 class HashingWriter:
-    """A binary file object that hashes (sha256) and counts every byte on its way to storage."""
+    """A binary file object that hashes (sha256) and counts every byte on its way to storage.
 
-    def __init__(self, raw: IO[bytes], on_close: Any = None) -> None:
+    Hashing and writing happen in a background thread behind a queue of at most `depth` chunks, so the
+    caller (the Parquet encoder) produces the next chunk while this one is hashed and written or uploaded
+    (hashlib, file writes and s3fs uploads release the GIL). An error of the background thread is raised by
+    the next ``write``, ``flush`` or ``close``. ``sha256`` and ``bytes`` are final once ``close`` returned.
+    """
+
+    def __init__(self, raw: IO[bytes], on_close: Any = None, depth: int = 2) -> None:
         self._raw = raw
         self._sha = hashlib.sha256()
         self.bytes = 0
         self.closed = False
         self._on_close = on_close
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _drain(self) -> None:
+        while True:
+            chunk = self._queue.get()
+            try:
+                if chunk is None:
+                    return
+                if self._error is None:  # after an error, keep consuming so that no writer blocks
+                    self._sha.update(chunk)
+                    self._raw.write(chunk)
+            except BaseException as exc:  # handed to the caller's next call
+                self._error = exc
+            finally:
+                self._queue.task_done()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     # The methods pyarrow's PythonFile needs for an output stream.
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        self._sha.update(data)
-        self._raw.write(data)
-        n = len(data) if not isinstance(data, memoryview) else data.nbytes
-        self.bytes += n
-        return n
+        self._raise_error()
+        chunk = bytes(data)  # a copy: the caller reuses its buffer once this returns
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._drain, name="aibackup-part-writer", daemon=True)
+            self._thread.start()
+        self._queue.put(chunk)
+        self.bytes += len(chunk)
+        return len(chunk)
 
     def tell(self) -> int:
         return self.bytes
 
     def flush(self) -> None:
+        self._queue.join()
+        self._raise_error()
         self._raw.flush()
 
     def writable(self) -> bool:
@@ -85,16 +125,25 @@ class HashingWriter:
             return
         self.closed = True
         try:
+            self._stop()
+            self._raise_error()
             if self._on_close is not None:
                 self._on_close(self._raw)
-        finally:
-            self._raw.close()
+        except BaseException:
+            self._discard()
+            raise
+        self._raw.close()
 
     def abort(self) -> None:
         """Close without completing (an S3 multipart upload is discarded); the caller removes leftovers."""
         if self.closed:
             return
         self.closed = True
+        with contextlib.suppress(Exception):
+            self._stop()
+        self._discard()
+
+    def _discard(self) -> None:
         with contextlib.suppress(Exception):
             discard = getattr(self._raw, "discard", None)
             if callable(discard):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 
 import boto3
 import pytest
 
 from aibackup.errors import UnavailableError, UsageError
-from aibackup.storage import AlreadyExistsError, Storage
+from aibackup.storage import AlreadyExistsError, HashingWriter, Storage
 from tests.conftest import Server, free_port
 
 
@@ -50,6 +51,18 @@ def test_part_is_hashed_while_written(storage: Storage) -> None:
         again.write(b"other bytes")
         storage.close_part(again, "data/b/part-00000.parquet")
     assert storage.hash_file("data/b/part-00000.parquet") == (writer.sha256, len(payload))
+
+
+def test_a_write_error_of_the_background_writer_reaches_the_caller() -> None:
+    """Writing happens in a background thread; a full disk (here /dev/full) must still fail the part."""
+    writer = HashingWriter(open("/dev/full", "wb", buffering=0))  # noqa: SIM115 - owned by the writer
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(8):
+            writer.write(b"x" * (1 << 20))
+        writer.close()
+    writer.abort()  # what the bundle writer does on any error
+    assert writer.closed
+    assert not [t for t in threading.enumerate() if t.name == "aibackup-part-writer"]
 
 
 def test_aborted_part_leaves_nothing_on_s3_and_a_stray_file_locally(storage: Storage) -> None:
