@@ -32,8 +32,11 @@ lint: install
 	$(BIN)/ruff format --check aibackup connectors manifests tests benchmarks
 	$(BIN)/mypy aibackup connectors manifests
 
+## bench: every benchmark in one run (seeds cached stores under benchmarks/.cache first), then docs/benchmarks.md
+BENCH_ARGS ?= --rows 100000 --dim 384
 bench: install
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) aibackup-repo aibackup-restore aibackup-demo .pytest_cache

@@ -1,0 +1,138 @@
+"""Backup vs the bare source read, per backend, and peak RSS of the backup process at two sizes.
+
+- Chroma embedded: the bare loop is ``collection.get(include=[embeddings, documents, metadatas, uris],
+  limit=P, offset=...)`` at a few page sizes P (the best one is the baseline) vs ``run_backup`` of the same
+  store into a fresh local repository.
+- Qdrant local mode: ``client.scroll(limit=P, with_payload=True, with_vectors=True)`` at a few P vs
+  ``run_backup``. Both clocks include opening the store (local mode loads every point at open).
+- Memory: backups from Chroma's own server (`chroma run`) of `rows` and of `memory_rows` records. Embedded
+  Chroma loads the whole collection's vectors into the process that reads it (the bare loop too), so
+  "memory stays flat as rows grow" is measured where the backing-up process holds only aibackup's memory.
+
+Both children import the client library before their clock starts, so the two measure the same job: open,
+read every record, and (for aibackup) encode, hash, write and commit the bundle.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    COLLECTION,
+    ChromaServer,
+    child_main,
+    disk_bytes,
+    fastest,
+    run_child,
+    seeded_chroma,
+    seeded_qdrant,
+)
+
+MODULE = "benchmarks.backup"
+CHROMA_PAGES = (1000, 2500, 5000, 10000)
+QDRANT_PAGES = (256, 1000, 4000)
+
+
+def child_chroma_bare(path: str, page: str) -> dict[str, Any]:
+    import chromadb
+    from chromadb.config import Settings
+
+    started = time.perf_counter()
+    client = chromadb.PersistentClient(path=path, settings=Settings(anonymized_telemetry=False))
+    col = client.get_collection(COLLECTION, embedding_function=None)
+    total, rows = col.count(), 0
+    for offset in range(0, total, int(page)):
+        got = col.get(include=["embeddings", "documents", "metadatas", "uris"], limit=int(page), offset=offset)
+        rows += len(got["ids"])
+    return {"seconds": time.perf_counter() - started, "rows": rows}
+
+
+def child_qdrant_bare(path: str, page: str) -> dict[str, Any]:
+    from qdrant_client import QdrantClient
+
+    started = time.perf_counter()
+    client = QdrantClient(path=path)
+    rows, offset = 0, None
+    while True:
+        points, offset = client.scroll(COLLECTION, limit=int(page), offset=offset, with_payload=True, with_vectors=True)
+        rows += len(points)
+        if offset is None:
+            break
+    seconds = time.perf_counter() - started
+    client.close()
+    return {"seconds": seconds, "rows": rows}
+
+
+def child_backup(source: str, repo: str) -> dict[str, Any]:
+    import chromadb  # noqa: F401 - the client libraries are imported before the clock starts
+    import qdrant_client  # noqa: F401
+
+    from aibackup.backup import run_backup
+
+    started = time.perf_counter()
+    result = run_backup(repo, source)
+    seconds = time.perf_counter() - started
+    dataset = result.manifest.datasets[0]
+    return {"seconds": seconds, "rows": dataset.rows, "bundle_bytes": sum(p.bytes for p in dataset.parts)}
+
+
+CHILDREN = {"chroma-bare": child_chroma_bare, "qdrant-bare": child_qdrant_bare, "backup": child_backup}
+
+
+def _versus(
+    bare: str, store: Path, uri: str, pages: tuple[int, ...], repeats: int, tmp: str, label: str
+) -> dict[str, Any]:
+    """Sweep the bare loop's page sizes, then alternate the best bare loop and the backup `repeats` times."""
+    sweep = {p: run_child(MODULE, bare, str(store), str(p)) for p in pages}
+    best = min(sweep, key=lambda p: sweep[p]["seconds"])
+    bare_runs, backup_runs = [sweep[best]], []
+    for i in range(repeats):
+        backup_runs.append(run_child(MODULE, "backup", uri, f"{tmp}/{label}-{i}"))
+        if i:
+            bare_runs.append(run_child(MODULE, bare, str(store), str(best)))
+    base, ours = fastest(bare_runs), fastest(backup_runs)
+    if ours["rows"] != base["rows"]:
+        raise RuntimeError(f"{label}: the backup holds {ours['rows']} rows, the bare loop read {base['rows']}")
+    return {
+        "rows": base["rows"],
+        "bare_seconds_by_page": {str(p): round(r["seconds"], 3) for p, r in sweep.items()},
+        "bare_best_page": best,
+        "bare_seconds": round(base["seconds"], 3),
+        "bare_runs": [round(r["seconds"], 3) for r in bare_runs],
+        "bare_max_rss_mb": max(r["max_rss_mb"] for r in bare_runs),
+        "backup_seconds": round(ours["seconds"], 3),
+        "backup_runs": [round(r["seconds"], 3) for r in backup_runs],
+        "backup_max_rss_mb": max(r["max_rss_mb"] for r in backup_runs),
+        "backup_vs_bare": round(ours["seconds"] / base["seconds"], 3),
+        "bundle_bytes": ours["bundle_bytes"],
+        "store_bytes": disk_bytes(store),
+    }
+
+
+def measure(rows: int, dim: int, qdrant_rows: int, memory_rows: int, repeats: int) -> dict[str, Any]:
+    """Chroma (`rows`) and Qdrant local (`qdrant_rows`) backups vs bare reads; server-side RSS at `rows`
+    and `memory_rows`. Returns a JSON-able dict."""
+    chroma_store = seeded_chroma(rows, dim)
+    qdrant_store = seeded_qdrant(qdrant_rows, dim)
+    big_store = seeded_chroma(memory_rows, dim) if memory_rows else None
+    with tempfile.TemporaryDirectory(prefix="aibackup-bench-backup-") as tmp:
+        chroma = _versus("chroma-bare", chroma_store, f"chroma:{chroma_store}", CHROMA_PAGES, repeats, tmp, "chroma")
+        qdrant = _versus("qdrant-bare", qdrant_store, f"qdrant:{qdrant_store}", QDRANT_PAGES, repeats, tmp, "qdrant")
+        memory: dict[str, Any] = {}
+        for label, store in (("rows", chroma_store), ("memory_rows", big_store)):
+            if store is None:
+                continue
+            with ChromaServer(store) as server:
+                run = run_child(MODULE, "backup", server.uri, f"{tmp}/server-{label}")
+            memory[label] = {"rows": run["rows"], "max_rss_mb": run["max_rss_mb"], "seconds": round(run["seconds"], 3)}
+    if "memory_rows" in memory:
+        memory["rss_ratio"] = round(memory["memory_rows"]["max_rss_mb"] / memory["rows"]["max_rss_mb"], 3)
+    return {"dim": dim, "repeats": repeats, "chroma": chroma, "qdrant": qdrant, "server_memory": memory}
+
+
+if __name__ == "__main__":
+    sys.exit(child_main(CHILDREN, sys.argv[1:]))

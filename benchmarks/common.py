@@ -1,0 +1,197 @@
+"""What every benchmark section shares: the data, the seeded stores, `chroma run`, and child processes.
+
+Every timed step runs in a fresh child process (``python -m benchmarks.<section> --child KIND ARGS``) that
+prints one JSON object; :func:`child_main` adds the child's peak RSS, so each step's memory is its own.
+Seeded stores are cached under ``benchmarks/.cache``: Chroma embedded ingests ~2000 records/s and Qdrant
+local mode ~1000 points/s on this machine, so seeding is paid once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = HERE / ".cache"
+RESULTS = HERE / "results"
+COLLECTION = "bench"
+
+Child = Callable[..., dict[str, Any]]
+
+
+def embeddings(n: int, dim: int, seed: int = 7) -> np.ndarray:
+    """`n` seeded, normalised float32 embeddings, correlated through a low-rank mixture (like real text
+    embeddings, unlike uniform noise, which compresses differently)."""
+    rng = np.random.default_rng(seed)
+    basis = rng.standard_normal((32, dim))
+    out = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, 100_000):  # in slices: 1M x 384 in float64 at once would take 6 GB
+        end = min(n, start + 100_000)
+        mix = rng.standard_normal((end - start, 32)) * rng.gamma(2.0, 1.0, size=(end - start, 1))
+        v = (mix @ basis + 0.5 * rng.standard_normal((end - start, dim))).astype(np.float32)
+        out[start:end] = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return out
+
+
+def record_id(i: int) -> str:
+    return f"doc-{i:08d}"
+
+
+def document(i: int) -> str:
+    return f"document number {i} about topic {i % 97}"
+
+
+def metadata(i: int) -> dict[str, Any]:
+    return {"topic": i % 97, "score": i / 7, "lang": "en" if i % 3 else "de"}
+
+
+def _seed(path: Path, rows: int, dim: int, add: Callable[[int, int, np.ndarray], None], step: int) -> None:
+    vectors = embeddings(rows, dim)
+    started = time.perf_counter()
+    for start in range(0, rows, step):
+        end = min(rows, start + step)
+        add(start, end, vectors[start:end])
+        rate = end / (time.perf_counter() - started)
+        print(f"  seeding {path.name}: {end}/{rows} ({rate:.0f}/s)", file=sys.stderr, flush=True)
+
+
+def seeded_chroma(rows: int, dim: int) -> Path:
+    """An embedded Chroma store (cosine space) holding `rows` records (built once, then reused)."""
+    path = CACHE / f"chroma-{rows}x{dim}"
+    if (path / ".complete").exists():
+        return path
+    import chromadb
+    from chromadb.config import Settings
+
+    shutil.rmtree(path, ignore_errors=True)
+    client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
+    col = client.create_collection(COLLECTION, metadata={"hnsw:space": "cosine"}, embedding_function=None)
+
+    def add(start: int, end: int, vectors: np.ndarray) -> None:
+        col.add(
+            ids=[record_id(i) for i in range(start, end)],
+            embeddings=vectors,
+            documents=[document(i) for i in range(start, end)],
+            metadatas=[metadata(i) for i in range(start, end)],
+        )
+
+    _seed(path, rows, dim, add, min(5000, client.get_max_batch_size()))
+    (path / ".complete").write_text("ok")
+    return path
+
+
+def seeded_qdrant(rows: int, dim: int) -> Path:
+    """A Qdrant local-mode store (cosine) holding `rows` points with integer ids (built once, reused)."""
+    path = CACHE / f"qdrant-{rows}x{dim}"
+    if (path / ".complete").exists():
+        return path
+    from qdrant_client import QdrantClient, models
+
+    shutil.rmtree(path, ignore_errors=True)
+    client = QdrantClient(path=str(path))
+    client.create_collection(COLLECTION, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
+
+    def add(start: int, end: int, vectors: np.ndarray) -> None:
+        payloads = [{**metadata(i), "document": document(i)} for i in range(start, end)]
+        batch = models.Batch(ids=list(range(start, end)), vectors=vectors.tolist(), payloads=payloads)
+        client.upsert(COLLECTION, points=batch, wait=True)
+
+    _seed(path, rows, dim, add, 1000)
+    client.close()
+    (path / ".complete").write_text("ok")
+    return path
+
+
+def bundled(rows: int, dim: int) -> Path:
+    """A local repository holding one bundle of :func:`seeded_chroma` (made once, then reused)."""
+    path = CACHE / f"repo-chroma-{rows}x{dim}"
+    if (path / ".complete").exists():
+        return path
+    store = seeded_chroma(rows, dim)
+    shutil.rmtree(path, ignore_errors=True)
+    from aibackup.backup import run_backup
+
+    run_backup(str(path), f"chroma:{store}")
+    (path / ".complete").write_text("ok")
+    return path
+
+
+def disk_bytes(path: Path) -> int:
+    """Bytes of every file under `path` (what the store takes on disk)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+class ChromaServer:
+    """`chroma run` over a store: the backing-up process then holds only aibackup's memory."""
+
+    def __init__(self, path: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        exe = Path(sys.executable).parent / "chroma"
+        self.proc = subprocess.Popen(
+            [str(exe), "run", "--path", str(path), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/heartbeat", timeout=1)
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.proc.terminate()
+        raise RuntimeError("chroma run did not start")
+
+    @property
+    def uri(self) -> str:
+        return f"chroma+http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ChromaServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def run_child(module: str, *args: str) -> dict[str, Any]:
+    """Run ``python -m <module> --child ARGS`` and return the JSON object it printed last."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--child", *args], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    if proc.returncode:
+        raise RuntimeError(f"{module} child {args} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def child_main(children: dict[str, Child], argv: list[str]) -> int:
+    """The child side of :func:`run_child`: run ``children[KIND](*ARGS)``, print its result and peak RSS."""
+    kind, *args = argv[1:]
+    out = children[kind](*args)
+    out["max_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    print(json.dumps(out))
+    return 0
+
+
+def fastest(runs: list[dict[str, Any]], key: str = "seconds") -> dict[str, Any]:
+    """The fastest run: the machine is shared and noisy, and noise only ever adds time."""
+    return min(runs, key=lambda r: r[key])
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
