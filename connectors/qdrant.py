@@ -102,8 +102,11 @@ __all__ = ["AIBACKUP_NAMESPACE", "RESERVED_KEYS", "QdrantConnector"]
 
 #: Rows per scroll page: 1000 is within ~10% of the fastest page size measured (4096) in local mode and
 #: keeps pages small; `page_rows` lowers it for wide vectors so a page stays near 1M floats.
-DEFAULT_BATCH_ROWS = 1000
-READ_FLOAT_BUDGET = 1_000_000
+#: Scroll page size: local mode scans the collection for every page, so fewer, larger pages read faster
+#: (measured 20k x 384: 0.88 s at 1000, 0.71 s at 4000); the float budget keeps a page of Python floats
+#: under ~64 MB whatever the dimension.
+DEFAULT_BATCH_ROWS = 4000
+READ_FLOAT_BUDGET = 2_000_000
 #: Points per upsert: local mode persists at the same rate whatever the batch; for a server ~500k floats
 #: (~10 MB of JSON) stays well below its 32 MB request limit.
 DEFAULT_WRITE_ROWS = 256
@@ -221,7 +224,13 @@ class QdrantConnector(VectorConnector):
             yield batch
         with self._errors(f"counting collection {name!r}", name):
             final = client.count(name, exact=True).count
-        ids_now = sum(id_checksum(p.id for p in page) for page in self._scroll(name, ID_PAGE, full=False))
+        # Local mode holds the store's lock file for as long as this client is open, so no other process
+        # can write meanwhile: the ids-only pass (a second scan of the collection) proves nothing there.
+        ids_now = (
+            sum(id_checksum(p.id for p in page) for page in self._scroll(name, ID_PAGE, full=False))
+            if self.location.is_server
+            else checksum
+        )
         if final != exported or ids_now != checksum:
             raise SourceDataError(
                 f"Qdrant collection {name!r} in {self._where} changed during the backup (holds {final} points, "
