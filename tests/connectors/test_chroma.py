@@ -235,13 +235,31 @@ def test_export_refuses_a_collection_that_changes_meanwhile(tmp_path: Path) -> N
     with source(tmp_path / "s", batch_rows=20) as conn:
         desc = conn.describe(["live"])[0]
         stream = conn.export(desc)
-        next(stream)
-        # Another writer in this process (same settings share Chroma's system for the path).
+        first = next(stream)
+        # Another writer in this process (same settings share Chroma's system for the path) deletes a record
+        # already exported: later offset pages shift by one, so one record would silently be missed.
         other = chromadb.PersistentClient(path=str(tmp_path / "s"), settings=SETTINGS)
-        other.get_collection("live", embedding_function=None).add(ids=["late"], embeddings=[[1.0] * 4])
+        other.get_collection("live", embedding_function=None).delete(ids=[first.column("id")[0].as_py()])
         with pytest.raises(SourceDataError, match=r"'live'.*changed during the backup"):
             list(stream)
         other.close()
+
+
+def test_a_record_added_during_the_export_and_read_by_it_is_kept(tmp_path: Path) -> None:
+    """Chroma appends new records after the existing ones, so a record added meanwhile is read by a later
+    page: the export then equals the collection as the final ids pass sees it, which is accepted."""
+    with seed(tmp_path / "s") as client:
+        client.create_collection("live", embedding_function=None).add(**records(50, 4))
+    with source(tmp_path / "s", batch_rows=20) as conn:
+        desc = conn.describe(["live"])[0]
+        stream = conn.export(desc)
+        batches = [next(stream)]
+        other = chromadb.PersistentClient(path=str(tmp_path / "s"), settings=SETTINGS)
+        other.get_collection("live", embedding_function=None).add(ids=["late"], embeddings=[[1.0] * 4])
+        batches += list(stream)
+        other.close()
+    ids = [i for b in batches for i in b.column("id").to_pylist()]
+    assert len(ids) == len(set(ids)) == 51 and "late" in ids
 
 
 # --- round trips -----------------------------------------------------------------------------------------
