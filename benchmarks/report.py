@@ -219,7 +219,7 @@ def chart(r: dict[str, Any], path: Path) -> bool:
     ax.axvline(1.0, color="black", linewidth=1)
     for i, t in enumerate(items):
         shown = f"{t.value:.2f}×" if t.unit == "×" else f"{t.value:.0f}{t.unit}"
-        ax.text(values[i] + 0.01, i, f"{shown} (target ≤ {t.bound:g}{t.unit.strip()})", va="center", fontsize=8)
+        ax.text(values[i] + 0.01, i, f"{shown} (target ≤ {t.bound:g}{t.unit})", va="center", fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, max([*values, 1.0]) * 1.45)
     ax.set_xlabel("measured / target (left of the line: target met)")
