@@ -25,7 +25,10 @@ Rules:
   heartbeat moved meanwhile; after removing any, it lists once more, and a removed lock that is back (its
   holder was only slow and rewrote it) counts as live. A lock that cannot be parsed is aged by its
   object's modification time.
-  Hosts sharing a repository need clocks that agree to within a heartbeat (NTP).
+  Hosts sharing a repository need clocks that agree to within a heartbeat (NTP). A lock whose holder
+  provably no longer runs is stale at once: it names this host, this boot (``boot_id``) and this PID
+  namespace (``pid_namespace``, so another container with the same host name never counts), and no process
+  has its pid (restic's rule, made safe for containers).
 - **Heartbeat.** While held, a daemon thread rewrites the lock with a new ``heartbeat_at`` every
   ``heartbeat`` (default 60 s, real time; ``stale_after`` < 3 × ``heartbeat`` is refused): on local disk a
   temp file moved over it with ``os.replace``, on S3 a plain put. Before each rewrite it reads the lock back;
@@ -44,8 +47,9 @@ Rules:
   locked by backup of chroma:/data (pid 123 on db1, started 02:00:03Z, heartbeat 40 s ago); try again
   later``.
 
-A kill -9, a power cut or a cron timeout leaves a lock behind that simply stops beating; the first run
-after ``stale_after`` takes it over. There is no "unlock" command to forget.
+A kill -9, a power cut or a cron timeout leaves a lock behind that simply stops beating; the next run on
+the same machine takes it over at once (its process is gone), a run elsewhere after ``stale_after``. There
+is no "unlock" command to forget.
 """
 
 from __future__ import annotations
@@ -127,7 +131,28 @@ class _Seen:
         return longest
 
     def is_stale(self, now: dt.datetime, stale_after: timedelta) -> bool:
+        if self.holder_is_gone():
+            return True
         return self.beat is not None and now - self.beat > self.stale_after(stale_after)
+
+    def holder_is_gone(self) -> bool:
+        """True when the holder provably no longer runs: its lock names this host, this boot and this PID
+        namespace, and no process has its pid (a crashed run on this machine need not wait for the heartbeat
+        to age). Anything less certain (another host or container, a pid now reused) counts as running."""
+        record = self.record or {}
+        pid = record.get("pid")
+        space = _process_space()
+        if not space or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+            return False
+        if record.get("host") != socket.gethostname() or any(record.get(k) != v for k, v in space.items()):
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # it exists (owned by another user)
+        return False
 
     def as_dict(self, now: dt.datetime) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.record) if self.record else {"kind": None, "problem": "unreadable lock"}
@@ -139,6 +164,8 @@ class _Seen:
         """`the stale lock of a backup of chroma:/x (…)`, `a stale unreadable lock locks/x.json (…)`."""
         if self.record is None or self.kind is None:
             return f"a stale {self.describe(now).removeprefix('an ')}"
+        if self.holder_is_gone():
+            return f"the lock of a {self.describe(now)}, whose process is gone"
         return f"the stale lock of a {self.describe(now)}"
 
     def describe(self, now: dt.datetime) -> str:
@@ -152,6 +179,18 @@ class _Seen:
         started = _parse_time(self.record.get("started_at"))
         when = f", started {_short_time(started, now)}" if started else ""
         return f"{what} ({who}{when}, {beat})"
+
+
+def _process_space() -> dict[str, str]:
+    """Where a pid means one process: this boot of this machine and this PID namespace (Linux); empty
+    elsewhere, and then only the heartbeat tells whether a lock's holder still runs."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            boot = fh.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return {}
+    return {"boot_id": boot, "pid_namespace": namespace}
 
 
 def _conflicts(kind: str, scope: str, other: _Seen) -> bool:
@@ -243,6 +282,7 @@ class RepositoryLock:
             "scope": self.scope,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            **_process_space(),
             "started_at": iso(now),
             "heartbeat_at": iso(now),
             "heartbeat_seconds": self.heartbeat.total_seconds(),

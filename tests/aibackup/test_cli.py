@@ -179,15 +179,10 @@ def test_crash_between_parts_and_manifest_leaves_no_bundle(
     assert len(list((tmp_path / "aibackup-repo" / "data").rglob("*.parquet"))) == 2  # the orphan is there ...
     assert len(ok(cli("list", "--json")).json()) == 1  # ... but no bundle references it
     assert ok(cli("verify", "--read-data", "--json")).json()["ok"]
-    # Its lock stays behind: the next backup is refused until the lock's heartbeat is stale, then it
-    # takes the lock over by itself (no hand unlock).
-    one_line_error(cli("backup", f"chroma:{tmp_path / 'chroma'}"), 3, "locked", "try again later")
-    import datetime as dt
-
-    later = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=11)
-    monkeypatch.setenv("AIBACKUP_NOW", later.isoformat())
+    # Its lock stays behind, but its process is gone on this machine: the next backup takes it over at
+    # once, saying so (no hand unlock, no waiting for the heartbeat to age).
     taken = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()
-    assert any("stale lock" in note for note in taken["notes"])
+    assert any("whose process is gone" in note for note in taken["notes"])
 
 
 def test_non_empty_target_needs_a_mode(tmp_path: Path, cli: Cli) -> None:
