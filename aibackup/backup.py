@@ -132,6 +132,7 @@ def run_backup(
         bundle_id = repo.next_bundle_id(started)
         writer = BundleWriter(repo, bundle_id, options)
         datasets: list[DatasetManifest] = []
+        committing = False
         try:
             with steady_memory():
                 for index, description in enumerate(descriptions):
@@ -170,9 +171,14 @@ def run_backup(
                     f"the lock of this backup of {source['uri']} was taken over while it ran (stale heartbeat?); "
                     "nothing was committed: run it again"
                 )
+            committing = True
             repo.commit(manifest)
         except BaseException:
             lock.release()
+            if committing and not repo.manifest_absent(bundle_id):
+                # The manifest may have been written (a lost answer, an interrupt during the write): its
+                # parts stay. If it was not, they are orphans that prune removes after its grace period.
+                raise
             # An error or Ctrl-C: no manifest, so no bundle; remove the parts too. (A crash leaves them as
             # unreferenced orphans, which no reader ever looks at.) A repository this run created goes as
             # well, so that the fix an error suggests (say `aibackup init --encrypt`) works on the spot.

@@ -305,6 +305,14 @@ class Repository:
         except AlreadyExistsError:
             raise IntegrityError(f"bundle {manifest.bundle_id} already exists; refusing to replace it") from None
 
+    def manifest_absent(self, bundle_id: str) -> bool:
+        """True only when the storage says the bundle's manifest does not exist (False when it exists or
+        the storage cannot tell): a failed commit may have landed, and then its parts must stay."""
+        try:
+            return not self.storage.exists(self.manifest_path(bundle_id))
+        except Exception:  # unreachable storage: cannot tell, so assume it may exist
+            return False
+
 
 def _check_marker(raw: bytes, where: str) -> dict[str, Any]:
     try:

@@ -43,6 +43,8 @@ from aibackup.errors import (
 )
 
 CHUNK = 8 * 1024 * 1024
+#: Whole reads of an object tried before a read that keeps breaking off is reported as unavailable.
+READ_ATTEMPTS = 3
 
 
 class AlreadyExistsError(AibackupError):
@@ -235,14 +237,26 @@ class Storage:
             return int(self.fs.size(self.full(rel)))
 
     def hash_file(self, rel: str) -> tuple[str, int]:
-        """sha256 and size of an object, streamed in chunks (memory stays flat)."""
-        sha = hashlib.sha256()
-        n = 0
-        with self._errors(rel), self.fs.open(self.full(rel), "rb", block_size=CHUNK) as f:
-            while chunk := f.read(CHUNK):
-                sha.update(chunk)
-                n += len(chunk)
-        return sha.hexdigest(), n
+        """sha256 and size of an object, streamed in chunks (memory stays flat).
+
+        A read that ends before the object's stated size is the storage breaking off (s3fs can return a
+        short read after a reset connection), not a damaged object: it is read again, up to READ_ATTEMPTS
+        times, then UnavailableError (exit 3). A truncated object states its own, smaller size.
+        """
+        for _ in range(READ_ATTEMPTS):
+            sha = hashlib.sha256()
+            n = 0
+            with self._errors(rel), self.fs.open(self.full(rel), "rb", block_size=CHUNK) as f:
+                stated = getattr(f, "size", None)
+                while chunk := f.read(CHUNK):
+                    sha.update(chunk)
+                    n += len(chunk)
+            if stated is None or n == stated:
+                return sha.hexdigest(), n
+        raise UnavailableError(
+            f"reading {self.display(rel)} stopped after {n} of its {stated} bytes {READ_ATTEMPTS} times "
+            "(the storage broke off); try again"
+        )
 
     def list_names(self, rel_dir: str) -> list[str]:
         """Names of the objects directly in a folder ([] if it does not exist)."""
@@ -268,17 +282,20 @@ class Storage:
     def write_exclusive(self, rel: str, data: bytes) -> None:
         """Write a small object that must not exist yet, atomically and durably.
 
-        Raises AlreadyExistsError if the name is taken; never replaces an existing object.
+        Raises AlreadyExistsError if the name is taken by other bytes; never replaces an existing object.
+        An object that already holds exactly `data` counts as written: S3 may apply a write whose answer is
+        lost, and the retry then meets the object it wrote itself.
         """
         path = self.full(rel)
         with self._errors(rel, writing=True):
-            if self.is_local:
-                self._write_exclusive_local(path, data)
-                return
             try:
-                self.fs.pipe_file(path, data, mode="create")
-            except FileExistsError:
-                raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
+                if self.is_local:
+                    self._write_exclusive_local(path, data)
+                else:
+                    self.fs.pipe_file(path, data, mode="create")
+            except (FileExistsError, AlreadyExistsError):
+                if self.read_bytes(rel) != data:
+                    raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
 
     def _write_exclusive_local(self, path: str, data: bytes) -> None:
         folder = os.path.dirname(path)
@@ -314,12 +331,16 @@ class Storage:
             return HashingWriter(self.fs.open(path, "xb", block_size=64 * 1024 * 1024))
 
     def close_part(self, writer: HashingWriter, rel: str) -> None:
-        """Complete a part written through :meth:`create` (flushes, uploads, fsyncs its folder)."""
+        """Complete a part written through :meth:`create` (flushes, uploads, fsyncs its folder).
+
+        As in :meth:`write_exclusive`, an object already there with exactly this part's size and sha256 is
+        this upload, applied by S3 although its answer was lost."""
         with self._errors(rel, writing=True):
             try:
                 writer.close()
             except FileExistsError:
-                raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
+                if self.hash_file(rel) != (writer.sha256, writer.bytes):
+                    raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
             if self.is_local:
                 _fsync_dir(os.path.dirname(self.full(rel)))
 

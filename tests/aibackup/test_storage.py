@@ -34,6 +34,9 @@ def test_exclusive_write_never_replaces(storage: Storage) -> None:
         storage.write_exclusive("bundles/a.json", b"second")
     assert storage.read_bytes("bundles/a.json") == b"first"
     assert storage.list_names("bundles") == ["a.json"]
+    # The same bytes again are the retry of a write whose answer was lost: it counts as written.
+    storage.write_exclusive("bundles/a.json", b"first")
+    assert storage.list_names("bundles") == ["a.json"]
 
 
 def test_part_is_hashed_while_written(storage: Storage) -> None:
