@@ -185,6 +185,28 @@ def test_crash_between_parts_and_manifest_leaves_no_bundle(
     assert any("whose process is gone" in note for note in taken["notes"])
 
 
+def test_a_commit_that_fails_after_its_manifest_landed_keeps_the_parts(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest was written but the commit still failed (say the connection dropped on the answer): the
+    run reports the failure, and the bundle it may have published stays whole."""
+    from aibackup.errors import UnavailableError
+    from aibackup.repository import Repository
+
+    seed_chroma(tmp_path / "chroma", "docs", n=50)
+    commit = Repository.commit
+
+    def landed_then_failed(self: Repository, manifest: Any) -> None:
+        commit(self, manifest)
+        raise UnavailableError("the connection dropped before the answer")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Repository, "commit", landed_then_failed)
+        one_line_error(cli("backup", f"chroma:{tmp_path / 'chroma'}"), 3, "connection dropped")
+    assert len(ok(cli("list", "--json")).json()) == 1
+    assert ok(cli("verify", "--read-data", "--json")).json()["ok"]
+
+
 def test_non_empty_target_needs_a_mode(tmp_path: Path, cli: Cli) -> None:
     seed_chroma(tmp_path / "chroma", "docs", n=40)
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}"))
