@@ -1,0 +1,63 @@
+"""Bad and extreme input: big payloads round-trip, and a restore that fails midway says what it left.
+
+(Other bad input is tested where it enters: URIs, flags and configs in ``tests/aibackup/test_cli.py`` and
+``test_config.py``; NaN/inf and out-of-range vectors in the connector tests; bad log lines in
+``tests/connectors/test_conversations.py``; see ``docs/reliability.md``.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import CliResult
+from tests.helpers import chroma_client, ok, one_line_error, seed_chroma
+
+Cli = Callable[..., CliResult]
+TEN_MB = 10 * 1024 * 1024
+
+
+def test_a_10_mb_document_and_payload_round_trip(tmp_path: Path, cli: Cli) -> None:
+    """A 10 MB document in Chroma and a 10 MB payload value in Qdrant survive backup, cross-backend restore
+    and the proof (record digests compare them byte for byte)."""
+    from qdrant_client import QdrantClient, models
+
+    col = chroma_client(tmp_path / "chroma").create_collection("big", embedding_function=None)
+    col.add(ids=["huge", "small"], embeddings=[[0.1, 0.2, 0.3], [0.3, 0.2, 0.1]], documents=["é" * (TEN_MB // 2), "s"])
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    client.create_collection("big", vectors_config=models.VectorParams(size=3, distance=models.Distance.DOT))
+    client.upsert("big", points=[models.PointStruct(id=1, vector=[0.1, 0.2, 0.3], payload={"blob": "x" * TEN_MB})])
+    client.close()
+    for source, target in (("chroma", "qdrant"), ("qdrant", "chroma")):
+        ok(cli("backup", f"{source}:{tmp_path / source}"))
+        restored = ok(cli("restore", "latest", "--to", f"{target}:{tmp_path / f'{source}-to-{target}'}", "--json"))
+        assert restored.json()["ok"], restored.out
+
+
+def test_a_restore_that_fails_midway_names_the_collection_it_left_partly_written(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target dies while the second collection is written: the one line says which collection may hold
+    part of the bundle and which were restored (and proven) before."""
+    from qdrant_client import QdrantClient
+
+    seed_chroma(tmp_path / "chroma", "alpha", n=600)
+    seed_chroma(tmp_path / "chroma", "beta", n=600)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}"))
+    upsert = QdrantClient.upsert
+    calls = {"beta": 0}
+
+    def dies_in_beta(self: QdrantClient, collection_name: str, *args: Any, **kwargs: Any) -> Any:
+        if collection_name == "beta":
+            calls["beta"] += 1
+            if calls["beta"] == 2:  # one batch of beta is written, then the connection goes
+                raise ConnectionError("connection reset by peer")
+        return upsert(self, collection_name, *args, **kwargs)
+
+    monkeypatch.setattr(QdrantClient, "upsert", dies_in_beta)
+    line = one_line_error(cli("restore", "latest", "--to", f"qdrant:{tmp_path / 'q'}"), 3, "connection reset")
+    assert "collection 'beta', which may now hold part of the bundle" in line
+    assert "already restored: 'alpha' (checks passed)" in line
