@@ -19,6 +19,7 @@ unreachable endpoints, missing buckets and denied access become :class:`Unavaila
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import queue
@@ -390,6 +391,11 @@ class Storage:
         except PermissionError as exc:
             raise UnavailableError(f"permission denied at {self.display(rel)}: {first_line(exc)}") from None
         except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise UnavailableError(
+                    f"no room to write {self.display(rel)} ({first_line(exc)}): free space on the repository's "
+                    "disk and run it again"
+                ) from None
             raise UnavailableError(f"cannot reach repository at {self.display(rel)}: {first_line(exc)}") from None
         except Exception as exc:  # botocore/aiohttp errors carry no common base class
             name = type(exc).__name__

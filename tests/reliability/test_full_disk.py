@@ -1,0 +1,52 @@
+"""A full disk under a local repository: the backup fails in one line (exit 3), commits nothing, leaves no
+part behind, and everything already backed up still verifies; once there is room, the next backup works.
+
+The disk fills for the backing-up process only: it runs with ``RLIMIT_FSIZE`` lowered (``SIGXFSZ``
+ignored), so its writes past the limit fail as writes to a full disk do, through the same code path
+(``EFBIG`` here, ``ENOSPC``/``EDQUOT`` on a real full disk or quota; mounting a small filesystem would need
+root).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.conftest import CliResult
+from tests.helpers import ok, seed_chroma
+
+Cli = Callable[..., CliResult]
+
+FULL_DISK = r"""
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from aibackup.cli import main
+main(sys.argv[2:])
+"""
+
+
+def test_a_full_disk_fails_the_backup_cleanly(tmp_path: Path, cli: Cli) -> None:
+    store, repo = tmp_path / "chroma", tmp_path / "repo"
+    seed_chroma(store, "docs", n=2000, dim=64)
+    ok(cli("backup", f"chroma:{store}", "--repo", str(repo)))
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*") if p.is_file())
+    full = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(100_000), "backup", f"chroma:{store}", "--repo", str(repo)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert full.returncode == 3, (full.returncode, full.stderr)
+    lines = full.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no room to write" in lines[0] and "part-00000.parquet" in lines[0], lines
+    # Nothing committed, nothing left behind (its own parts removed), the earlier bundle intact.
+    after = sorted(p.relative_to(repo) for p in repo.rglob("*") if p.is_file())
+    assert [p for p in after if p.parts[0] != "reports"] == [p for p in before if p.parts[0] != "reports"]
+    assert len(ok(cli("list", "--repo", str(repo), "--json")).json()) == 1
+    assert ok(cli("verify", "--read-data", "--repo", str(repo), "--json")).json()["ok"]
+    ok(cli("backup", f"chroma:{store}", "--repo", str(repo)))
+    assert len(ok(cli("list", "--repo", str(repo), "--json")).json()) == 2
