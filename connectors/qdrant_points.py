@@ -125,7 +125,7 @@ def points_to_batch(
             metadata.append(metadata_json(payload))
         except (TypeError, ValueError) as exc:
             raise SourceDataError(
-                f"payload of point {pid} in Qdrant collection {collection!r} is not JSON: {exc}"
+                f"payload of point {pid} in Qdrant collection {collection!r} cannot be backed up as JSON: {exc}"
             ) from None
     columns: dict[str, pa.Array] = {ID: pa.array(ids, pa.string())}
     for spec in dense:

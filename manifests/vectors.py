@@ -121,11 +121,22 @@ def canonical_json(value: Any) -> str:
     """Canonical JSON text: sorted keys, no spaces, UTF-8 (not ASCII-escaped), ints exact, floats by repr.
 
     NaN and infinities are written as ``NaN``/``Infinity`` (Python's JSON extension) rather than refused,
-    so whatever a backend held comes back.
+    so whatever a backend held comes back. Text that is not valid Unicode (a lone surrogate, which a
+    backend storing Python objects can hold) has no UTF-8 form: ValueError, naming it.
     """
     if _C_ENCODER is None or not isinstance(value, dict | list):
-        return _CANONICAL.encode(value)
-    return "".join(_C_ENCODER(value, 0))
+        text = _CANONICAL.encode(value)
+    else:
+        text = "".join(_C_ENCODER(value, 0))
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"it holds text that is not valid Unicode ({exc.object[exc.start : exc.end]!r}, a lone "
+                "surrogate, which has no UTF-8 form)"
+            ) from None
+    return text
 
 
 def metadata_json(metadata: dict[str, Any] | None) -> str | None:

@@ -61,3 +61,23 @@ def test_a_restore_that_fails_midway_names_the_collection_it_left_partly_written
     line = one_line_error(cli("restore", "latest", "--to", f"qdrant:{tmp_path / 'q'}"), 3, "connection reset")
     assert "collection 'beta', which may now hold part of the bundle" in line
     assert "already restored: 'alpha' (checks passed)" in line
+
+
+def test_text_that_is_not_valid_unicode_is_refused_naming_the_point(tmp_path: Path, cli: Cli) -> None:
+    """Qdrant local mode stores Python objects, so a payload can hold a lone surrogate, which has no UTF-8
+    form: the backup names the point and the text in one line (exit 2), and leaves no bundle."""
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=str(tmp_path / "q"))
+    client.create_collection("bad", vectors_config=models.VectorParams(size=3, distance=models.Distance.DOT))
+    client.upsert(
+        "bad",
+        points=[
+            models.PointStruct(id=1, vector=[0.1, 0.2, 0.3], payload={"fine": "ok"}),
+            models.PointStruct(id=7, vector=[0.1, 0.2, 0.3], payload={"text": "lone \ud800 surrogate"}),
+        ],
+    )
+    client.close()
+    line = one_line_error(cli("backup", f"qdrant:{tmp_path / 'q'}", "--repo", str(tmp_path / "repo")), 2)
+    assert "point 7" in line and "'bad'" in line and "not valid Unicode" in line, line
+    assert not list((tmp_path / "repo").rglob("*.json"))
