@@ -122,7 +122,7 @@ def canonical_json(value: Any) -> str:
 
     NaN and infinities are written as ``NaN``/``Infinity`` (Python's JSON extension) rather than refused,
     so whatever a backend held comes back. Text that is not valid Unicode (a lone surrogate, which a
-    backend storing Python objects can hold) has no UTF-8 form: ValueError, naming it.
+    backend storing Python objects can hold) has no UTF-8 form: UnicodeEncodeError (a ValueError), naming it.
     """
     if _C_ENCODER is None or not isinstance(value, dict | list):
         text = _CANONICAL.encode(value)
@@ -132,10 +132,8 @@ def canonical_json(value: Any) -> str:
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise ValueError(
-                f"it holds text that is not valid Unicode ({exc.object[exc.start : exc.end]!r}, a lone "
-                "surrogate, which has no UTF-8 form)"
-            ) from None
+            reason = "a lone surrogate: text that is not valid Unicode, with no UTF-8 form"
+            raise UnicodeEncodeError("utf-8", exc.object, exc.start, exc.end, reason) from None
     return text
 
 
