@@ -104,6 +104,8 @@ def run_backup(
     report = progress or Quiet()
     repo = Repository.find(repo_url)
     key = repo.key(source_options.key_file) if repo is not None else None
+    if repo is not None:
+        repo.use_key(key)  # an encrypted repository: manifests are signed, and read ones must be authentic
     if key is None and source_options.key_file:
         raise UsageError(
             f"--key-file given, but the repository at {repo_url} is not encrypted (see `aibackup init --encrypt`)"

@@ -336,15 +336,24 @@ def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) 
 @cli.command()
 @click.argument("bundles", nargs=-1, metavar="[BUNDLE]...")
 @click.option("--read-data", is_flag=True, help="Re-hash every byte of every part (default: presence and size).")
+@key_file_option
 @repo_option
 @config_option
 @json_option
-def verify(bundles: tuple[str, ...], read_data: bool, repo: str | None, config_path: str | None, as_json: bool) -> None:
-    """Check bundles (all by default) against their manifests. Exits 1 if anything is damaged."""
-    repo, _config = resolve(repo, config_path)
+def verify(
+    bundles: tuple[str, ...],
+    read_data: bool,
+    key_file: str | None,
+    repo: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Check bundles (all by default) against their manifests. Exits 1 if anything is damaged. In an
+    encrypted repository, with its key, every manifest must also be authenticated by the key."""
+    repo, config = resolve(repo, config_path)
     from aibackup.verify import run_verify
 
-    result = run_verify(repo, bundles, read_data=read_data)
+    result = run_verify(repo, bundles, read_data=read_data, key_file=key_file or (config.key_file if config else None))
     if read_data:  # evidence for `status` and the metrics (best effort: a read-only repository loses it)
         from aibackup.operations import record_verify
 
@@ -357,6 +366,8 @@ def verify(bundles: tuple[str, ...], read_data: bool, repo: str | None, config_p
         depth = f", {size(result.bytes_read)} re-hashed" if read_data else " (sizes only; --read-data re-hashes)"
         verdict = "ok" if result.ok else f"{len(result.problems)} problem(s)"
         click.echo(f"{verdict}: {result.bundles} bundle(s), {result.parts} part(s) checked{depth}")
+        if result.authenticated is False:
+            click.echo("note: encrypted repository and no key given: manifests were not authenticated")
     if not result.ok:
         sys.exit(EXIT_INTEGRITY)
 

@@ -15,12 +15,13 @@ even if the clock stepped back, so "latest" is the bundle started last.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import json
 import re
 import secrets
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aibackup import __version__, clock
@@ -101,6 +102,12 @@ class Repository:
     def __init__(self, storage: Storage, marker: Mapping[str, Any]) -> None:
         self.storage = storage
         self.marker = marker
+        self._key: RepositoryKey | None = None
+
+    def use_key(self, key: RepositoryKey | None) -> None:
+        """Authenticate manifests with `key` from now on (an encrypted repository's key; None: do not):
+        :meth:`commit` signs each manifest, :meth:`load` refuses one whose MAC is missing or wrong."""
+        self._key = key
 
     @property
     def id(self) -> str:
@@ -233,6 +240,14 @@ class Repository:
             raise IntegrityError(f"damaged manifest: {exc}") from None
         if manifest.bundle_id != bundle_id:
             raise IntegrityError(f"damaged manifest: {where} describes bundle {manifest.bundle_id}, not {bundle_id}")
+        if self._key is not None and not (
+            manifest.authentication is not None
+            and hmac.compare_digest(manifest.authentication, self._key.keyed_hash(manifest.signed_bytes()))
+        ):
+            raise IntegrityError(
+                f"damaged manifest: {where} is not authenticated by this repository's key (changed by someone "
+                "without the key, or not written by aibackup)"
+            )
         return manifest
 
     def scan(self) -> tuple[list[BundleManifest], list[DamagedBundle]]:
@@ -299,7 +314,10 @@ class Repository:
         raise BundleNotFoundError(f"no bundle {ref!r} in {self.storage.display()} (see `aibackup list`)")
 
     def commit(self, manifest: BundleManifest) -> None:
-        """Publish a bundle: write its manifest exclusively. Its parts must already be durable."""
+        """Publish a bundle: write its manifest exclusively (signed when a key is in use, see
+        :meth:`use_key`). Its parts must already be durable."""
+        if self._key is not None:
+            manifest = replace(manifest, authentication=self._key.keyed_hash(manifest.signed_bytes()))
         try:
             self.storage.write_exclusive(self.manifest_path(manifest.bundle_id), manifest.to_bytes())
         except AlreadyExistsError:

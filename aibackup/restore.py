@@ -122,11 +122,12 @@ def run_restore(
         raise UsageError(f"bad --mode {mode!r}: expected one of {', '.join(MODES)}")
     pairs = parse_renames(collections)
     repo = Repository.open(repo_url)
+    key = repo.key(key_file)  # an encrypted repository: a wrong or missing key stops here, before writing
+    repo.use_key(key)  # ... and every manifest read must be authenticated by it
     manifest = repo.resolve(ref, datasets=[src for src, _ in pairs], at=at)
     selected = _select(manifest, pairs)
     reader = BundleReader(repo)
     _verify_before_writing(reader, repo, [d for d, _ in selected])
-    key = repo.key(key_file)  # an encrypted repository: a wrong or missing key stops here, before writing
     results: list[DatasetResult] = []
     location = parse_location(target_uri, target=True)
     target_kind = connector_class(location.kind).dataset_kind

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aibackup.bundle import BundleReader
+from aibackup.crypto import passphrase_from
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.repository import Repository
 from manifests.digest import DatasetDigest
@@ -36,6 +37,8 @@ class VerifyResult:
     parts: int
     bytes_read: int
     problems: list[Problem]
+    #: Encrypted repositories: whether manifests were checked against the key (None: not encrypted).
+    authenticated: bool | None = None
 
     @property
     def bundles(self) -> int:
@@ -53,6 +56,7 @@ class VerifyResult:
             "bundles": len(self.bundle_ids),
             "parts": self.parts,
             "bytes_read": self.bytes_read,
+            "authenticated": self.authenticated,
         }
 
 
@@ -71,9 +75,20 @@ def _content_problem(reader: BundleReader, dataset: DatasetManifest) -> str | No
     return None
 
 
-def run_verify(repo_url: str, refs: Sequence[str] = (), *, read_data: bool = False) -> VerifyResult:
-    """Verify the named bundles (ids or prefixes; all when empty)."""
+def run_verify(
+    repo_url: str, refs: Sequence[str] = (), *, read_data: bool = False, key_file: str | None = None
+) -> VerifyResult:
+    """Verify the named bundles (ids or prefixes; all when empty).
+
+    In an encrypted repository, when its key is at hand (AIBACKUP_KEY, AIBACKUP_KEY_FILE or `key_file`),
+    every manifest must also be authenticated by it; without the key only checksums can be checked, which
+    someone with write access could rewrite (``authenticated`` in the result says which)."""
     repo = Repository.open(repo_url)
+    authenticated = None
+    if repo.encrypted:
+        authenticated = passphrase_from(key_file) is not None
+        if authenticated:
+            repo.use_key(repo.key(key_file))
     reader = BundleReader(repo)
     ids = [repo.match_id(r) for r in refs] if refs else repo.bundle_ids()
     problems: list[Problem] = []
@@ -99,4 +114,6 @@ def run_verify(repo_url: str, refs: Sequence[str] = (), *, read_data: bool = Fal
                 problem = _content_problem(reader, dataset)
                 if problem:
                     problems.append(Problem(bundle_id, repo.storage.display(repo.manifest_path(bundle_id)), problem))
-    return VerifyResult(bundle_ids=list(ids), parts=parts, bytes_read=bytes_read, problems=problems)
+    return VerifyResult(
+        bundle_ids=list(ids), parts=parts, bytes_read=bytes_read, problems=problems, authenticated=authenticated
+    )

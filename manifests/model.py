@@ -8,6 +8,11 @@ or mistyped field raises :class:`ManifestError`; a ``format_version`` newer than
 raises :class:`ManifestVersionTooNewError` so an old tool never half-reads a newer bundle. Unknown extra
 keys are kept out of the models but still covered by the checksum.
 
+In an encrypted repository a manifest also carries ``authentication``: HMAC-SHA256, under a key derived
+from the repository key, of :data:`MAC_CONTEXT` and the canonical body (the document without checksum and
+authentication). The checksum detects damage; the MAC detects a change made by someone without the key
+(who can rewrite the checksum, but not the MAC).
+
 ``manifests/schema/bundle-manifest.v1.json`` is the published JSON Schema of this format; every manifest the
 tool writes validates against it (the test-suite checks each one).
 """
@@ -22,6 +27,9 @@ from typing import Any
 
 FORMAT = "aibackup-bundle"
 FORMAT_VERSION = 1
+#: The MAC an encrypted repository's manifests carry, and the context string it is computed after.
+MAC_ALGORITHM = "hmac-sha256"
+MAC_CONTEXT = b"aibackup-manifest-authentication-v1\x00"
 DISTANCES = ("cosine", "l2", "ip", "manhattan")
 DATATYPES = ("float32", "float16", "uint8")
 
@@ -349,9 +357,16 @@ class BundleManifest:
     datasets: tuple[DatasetManifest, ...]
     parent: str | None = None
     format_version: int = FORMAT_VERSION
+    #: HMAC-SHA256 (hex) of :meth:`signed_bytes` under an encrypted repository's key; None elsewhere.
+    authentication: str | None = None
+
+    def signed_bytes(self) -> bytes:
+        """What an encrypted repository's key authenticates: the body, canonical, after a context string
+        (so the MAC can never be mistaken for another use of the key)."""
+        return MAC_CONTEXT + canonical_bytes(self.body())
 
     def body(self) -> dict[str, Any]:
-        """The document without its checksum."""
+        """The document without its checksum and authentication."""
         return {
             "format": FORMAT,
             "format_version": self.format_version,
@@ -365,6 +380,8 @@ class BundleManifest:
 
     def to_json(self) -> dict[str, Any]:
         doc = self.body()
+        if self.authentication is not None:
+            doc["authentication"] = {"algorithm": MAC_ALGORITHM, "value": self.authentication}
         doc["checksum"] = {"algorithm": "sha256", "value": hashlib.sha256(canonical_bytes(doc)).hexdigest()}
         return doc
 
@@ -422,6 +439,12 @@ class BundleManifest:
         names = [d.name for d in parsed]
         if len(set(names)) != len(names):
             raise ManifestError(f"{where}: duplicate dataset names")
+        authentication = None
+        if doc.get("authentication") is not None:
+            auth = _obj(_get(doc, "authentication", dict, where), f"{where}.authentication")
+            if _get(auth, "algorithm", str, f"{where}.authentication") != MAC_ALGORITHM:
+                raise ManifestError(f"{where}.authentication: unknown algorithm")
+            authentication = _hex(auth, "value", f"{where}.authentication", 64)
         return cls(
             bundle_id=_get(doc, "bundle_id", str, where),
             created_at=_get(doc, "created_at", str, where),
@@ -430,4 +453,5 @@ class BundleManifest:
             datasets=parsed,
             parent=_opt(doc, "parent", str, where, None),
             format_version=version,
+            authentication=authentication,
         )

@@ -200,3 +200,43 @@ def test_an_encrypted_repository_refuses_tampered_parts_and_manifests(
         refused = cli("restore", bundle, "--repo", str(copy), "--to", f"config:{tmp_path / f'out{i}'}")
         assert refused.code == 1 and len(refused.err.strip().splitlines()) == 1, refused
         assert not (tmp_path / f"out{i}").exists()
+
+
+def test_an_encrypted_repository_refuses_a_manifest_forged_with_its_checksum(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone with write access but without the key swaps a part for another bundle's and rewrites the
+    manifest to match, checksum and all: the checksum is then right, but the MAC under the repository key
+    is not. Restore refuses before writing; verify with the key names the manifest; verify without the key
+    says it could not authenticate."""
+    import dataclasses
+
+    from manifests.model import BundleManifest
+    from tests.aibackup.test_records_cli import config_folder
+
+    monkeypatch.setenv("AIBACKUP_KEY", "correct horse battery staple")
+    repo = tmp_path / "enc"
+    ok(cli("init", "--encrypt", "--repo", str(repo)))
+    cfg = config_folder(tmp_path)
+    ok(cli("backup", f"config:{cfg}", "--repo", str(repo)))
+    (cfg / "extra.yaml").write_text("added: later\n")
+    ok(cli("backup", f"config:{cfg}", "--repo", str(repo)))
+    old_id, new_id = sorted(p.stem for p in (repo / "bundles").glob("*.json"))
+    old = BundleManifest.from_bytes((repo / "bundles" / f"{old_id}.json").read_bytes())
+    new = BundleManifest.from_bytes((repo / "bundles" / f"{new_id}.json").read_bytes())
+    # The new bundle now claims the old bundle's (valid, readable) parts: a consistent forgery.
+    forged = dataclasses.replace(new, datasets=old.datasets)
+    (repo / "bundles" / f"{new_id}.json").write_bytes(forged.to_bytes())
+    assert BundleManifest.from_bytes(forged.to_bytes()).datasets == old.datasets  # its checksum is right
+
+    target = tmp_path / "out"
+    refused = cli("restore", new_id, "--repo", str(repo), "--to", f"config:{target}")
+    assert refused.code == 1 and "not authenticated by this repository's key" in refused.err, refused
+    assert not target.exists()
+    verified = cli("verify", "--repo", str(repo), "--json")
+    assert verified.code == 1
+    assert verified.json()["authenticated"] is True
+    assert [p["path"] for p in verified.json()["problems"]] == [str(repo / "bundles" / f"{new_id}.json")]
+    monkeypatch.delenv("AIBACKUP_KEY")
+    blind = cli("verify", "--repo", str(repo))
+    assert blind.code == 0 and "manifests were not authenticated" in blind.out
