@@ -81,3 +81,32 @@ def test_text_that_is_not_valid_unicode_is_refused_naming_the_point(tmp_path: Pa
     line = one_line_error(cli("backup", f"qdrant:{tmp_path / 'q'}", "--repo", str(tmp_path / "repo")), 2)
     assert "point 7" in line and "'bad'" in line and "not valid Unicode" in line, line
     assert not list((tmp_path / "repo").rglob("*.json"))
+
+
+def test_a_bundle_with_duplicate_ids_is_never_restored_as_a_success(tmp_path: Path, cli: Cli) -> None:
+    """Our connectors prove each record exported once, so only a hand-made (or future, buggy) bundle can
+    hold an id twice. Qdrant keeps one point per id: the proof fails, naming the duplicates (exit 1).
+    Chroma refuses the batch: the one line names the collection left partly written (exit 2)."""
+    import pyarrow as pa
+
+    from aibackup import clock
+    from aibackup.bundle import BundleWriter
+    from aibackup.repository import Repository, iso
+    from manifests.model import BundleManifest
+    from tests.vectordata import canonical_batch, config, description
+
+    repo = Repository.init(str(tmp_path / "repo"))
+    cfg = config(dim=8, distance="l2")
+    batch = canonical_batch(cfg, 0, 10)
+    doubled = pa.Table.from_batches([batch, batch.slice(0, 3)]).combine_chunks().to_batches()[0]
+    bundle_id = repo.next_bundle_id(clock.now())
+    dataset = BundleWriter(repo, bundle_id).write_dataset(0, description("dups", cfg, 13), iter([doubled]))
+    source = {"kind": "chroma", "uri": "chroma:/hand/made"}
+    repo.commit(BundleManifest(bundle_id, iso(clock.now()), "0.1.0", source, (dataset,)))
+
+    into_qdrant = cli("restore", "latest", "--repo", str(tmp_path / "repo"), "--to", f"qdrant:{tmp_path / 'q'}")
+    assert into_qdrant.code == 1 and "RESTORE CHECKS FAILED" in into_qdrant.out
+    assert "3 duplicated (e.g. 'rec-000000'" in into_qdrant.out
+    into_chroma = cli("restore", "latest", "--repo", str(tmp_path / "repo"), "--to", f"chroma:{tmp_path / 'c'}")
+    line = one_line_error(into_chroma, 2, "collection 'dups', which may now hold part of the bundle")
+    assert "duplicates" in line
