@@ -110,3 +110,26 @@ def test_a_bundle_with_duplicate_ids_is_never_restored_as_a_success(tmp_path: Pa
     into_chroma = cli("restore", "latest", "--repo", str(tmp_path / "repo"), "--to", f"chroma:{tmp_path / 'c'}")
     line = one_line_error(into_chroma, 2, "collection 'dups', which may now hold part of the bundle")
     assert "duplicates" in line
+
+
+def test_points_that_do_not_fit_the_description_are_refused_naming_the_point() -> None:
+    """A collection recreated or changed between describe and export can hand back vectors of another size
+    or vectors it did not describe: the export refuses them (SourceDataError, exit 2), naming the point."""
+    import pyarrow as pa
+    from qdrant_client import models
+
+    from aibackup.errors import SourceDataError
+    from connectors.qdrant_points import points_to_batch
+    from manifests.vectors import arrow_schema
+    from tests.vectordata import config
+
+    cfg = config(dim=4, distance="dot")
+    schema: pa.Schema = arrow_schema(cfg)
+    good = models.Record(id=1, vector=[0.1, 0.2, 0.3, 0.4], payload={})
+    assert points_to_batch([good], cfg, schema, "c").num_rows == 1
+    short = models.Record(id=2, vector=[0.1, 0.2, 0.3], payload={})
+    with pytest.raises(SourceDataError, match=r"does not have the described size 4"):
+        points_to_batch([good, short], cfg, schema, "c")
+    named = models.Record(id=3, vector={"image": [0.5, 0.5]}, payload={})
+    with pytest.raises(SourceDataError, match=r"point 3 .* \['image'\] that the collection description lacks"):
+        points_to_batch([good, named], cfg, schema, "c")
