@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 from tests.conftest import CliResult
 from tests.vectordata import chroma_records
+
+#: The `cli` fixture: runs `aibackup ARGS...` in-process and returns its CliResult.
+Cli = Callable[..., CliResult]
+
+
+def repository_url(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    """A fresh repository for a test parametrized over ``where``: a local folder, or ("s3") a new bucket of
+    its own on the moto server (the test's folder name makes it unique within the session)."""
+    if where == "local":
+        return str(tmp_path / "repo")
+    request.getfixturevalue("s3_env")
+    import boto3
+
+    bucket = f"t-{tmp_path.name.lower().replace('_', '-')[-50:]}".rstrip("-")
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/repo"
 
 
 def chroma_client(path: Path):  # type: ignore[no-untyped-def]

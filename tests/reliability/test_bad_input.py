@@ -7,16 +7,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import CliResult
-from tests.helpers import chroma_client, ok, one_line_error, seed_chroma
+from tests.helpers import Cli, chroma_client, ok, one_line_error, seed_chroma
 
-Cli = Callable[..., CliResult]
 TEN_MB = 10 * 1024 * 1024
 
 

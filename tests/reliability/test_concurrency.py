@@ -18,16 +18,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import CliResult
-from tests.helpers import ok, seed_chroma
-
-Cli = Callable[..., CliResult]
-
+from tests.helpers import Cli, ok, repository_url, seed_chroma
 
 #: Runs `aibackup ARGS` with its commit held: it writes its parts, says so (a file in PAUSE_DIR), then waits
 #: for PAUSE_DIR/go before writing its manifest. So other runs can be started while it is mid-flight.
@@ -72,19 +67,9 @@ def _wait_ready(pause: Path, count: int, procs: list[subprocess.Popen[str]]) -> 
         time.sleep(0.05)
 
 
-def _repo(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if where == "local":
-        return str(tmp_path / "repo")
-    request.getfixturevalue("s3_env")
-    import boto3
-
-    boto3.client("s3").create_bucket(Bucket="concurrency")
-    return "s3://concurrency/repo"
-
-
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_overlapping_runs_lose_nothing(where: str, tmp_path: Path, cli: Cli, request: pytest.FixtureRequest) -> None:
-    repo = _repo(where, tmp_path, request)
+    repo = repository_url(where, tmp_path, request)
     first, second = tmp_path / "first", tmp_path / "second"
     seed_chroma(first, "docs", n=3000, dim=64)
     seed_chroma(second, "notes", n=3000, dim=64)

@@ -13,22 +13,18 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from aibackup.verify import run_verify
 from tests import logdata
-from tests.conftest import CliResult
-from tests.helpers import ok, seed_chroma
+from tests.helpers import Cli, ok, seed_chroma
 
 #: Damages per kind (9 kinds: 225 in all) and how many of each are also restored.
 PER_KIND = 25
 RESTORED_PER_KIND = 2
 SEED = 20261125
-
-Cli = Callable[..., CliResult]
 
 
 @pytest.fixture(scope="module")

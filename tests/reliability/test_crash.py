@@ -19,16 +19,13 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import CliResult
-from tests.helpers import ok, seed_chroma
+from tests.helpers import Cli, ok, repository_url, seed_chroma
 
-Cli = Callable[..., CliResult]
 SEED = 20261125
 #: Kill points per repository kind in CI (local + S3 >= 20); `-m slow` kills at every step.
 CI_POINTS = 12
@@ -134,7 +131,7 @@ def _orphan_parts(cli: Cli, repo: str) -> list[str]:
 def test_a_killed_backup_leaves_the_repository_sound(
     where: str, tmp_path: Path, cli: Cli, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _crash_suite(tmp_path, cli, _repo(where, tmp_path, request), CI_POINTS, monkeypatch)
+    _crash_suite(tmp_path, cli, repository_url(where, tmp_path, request), CI_POINTS, monkeypatch)
 
 
 @pytest.mark.slow
@@ -142,15 +139,4 @@ def test_a_killed_backup_leaves_the_repository_sound(
 def test_a_backup_killed_at_every_step_leaves_the_repository_sound(
     where: str, tmp_path: Path, cli: Cli, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _crash_suite(tmp_path, cli, _repo(where, tmp_path, request), None, monkeypatch)
-
-
-def _repo(where: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
-    if where == "local":
-        return str(tmp_path / "repo")
-    request.getfixturevalue("s3_env")
-    import boto3
-
-    bucket = f"crash-{tmp_path.name.lower().replace('_', '-')[-40:]}".rstrip("-")
-    boto3.client("s3").create_bucket(Bucket=bucket)
-    return f"s3://{bucket}/repo"
+    _crash_suite(tmp_path, cli, repository_url(where, tmp_path, request), None, monkeypatch)

@@ -9,16 +9,14 @@ commands wrote locally, is scanned for the planted values.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.conftest import CliResult, Server, free_port
-from tests.helpers import seed_chroma
+from tests.conftest import Server, free_port
+from tests.helpers import Cli, seed_chroma
 
-Cli = Callable[..., CliResult]
 PLANTED = {
     "AWS_SECRET_ACCESS_KEY": "PlantedSecretKey/3f9c2a7b81d44e6a9b0c5d1e2f3a4b5c",
     "CHROMA_API_KEY": "planted-chroma-token-8e1d7c6b5a4f",

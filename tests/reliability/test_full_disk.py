@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.conftest import CliResult
-from tests.helpers import ok, seed_chroma
-
-Cli = Callable[..., CliResult]
+from tests.helpers import Cli, ok, seed_chroma
 
 FULL_DISK = r"""
 import resource, signal, sys

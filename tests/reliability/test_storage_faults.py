@@ -7,17 +7,15 @@ backup reported as made is there and verifies.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import boto3
 import pytest
 
-from tests.conftest import CliResult, Server
+from tests.conftest import Server
 from tests.faultproxy import FaultProxy
-from tests.helpers import ok, seed_chroma
+from tests.helpers import Cli, ok, seed_chroma
 
-Cli = Callable[..., CliResult]
 SEED = 20261125
 #: (fault rate, runs) in CI; `-m slow` runs more at a higher rate.
 CI_RUNS = 6
