@@ -63,7 +63,7 @@ is deleted (overwrite, or create over an empty one).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -224,13 +224,15 @@ class ChromaConnector(VectorConnector):
                     )
         include = ["documents", "metadatas", "uris"] + (["embeddings"] if size else [])
         rows = id_sum = 0
-        for page in self._pages(col, include, dataset.name):
+
+        def convert(page: Any) -> pa.RecordBatch:
+            nonlocal rows, id_sum
             ids = list(page["ids"])
-            batch = cm.page_to_batch(dataset.name, schema, size, page)
             id_sum += id_checksum(ids)
             rows += len(ids)
-            yield batch
-        final_rows, final_sum = self._id_sum(col, dataset.name)
+            return cm.page_to_batch(dataset.name, schema, size, page)
+
+        final_rows, final_sum = yield from self._pages(col, include, dataset.name, convert)
         if (final_rows, final_sum) != (rows, id_sum):
             raise SourceDataError(
                 f"collection {dataset.name!r} in {self._store} changed during the backup (exported {rows} "
@@ -238,12 +240,16 @@ class ChromaConnector(VectorConnector):
                 "writes to the collection"
             )
 
-    def _pages(self, col: Any, include: list[str], name: str) -> Iterator[Any]:
-        """Non-empty ``get`` pages in offset order, the next one fetched while the caller converts this one.
+    def _pages(
+        self, col: Any, include: list[str], name: str, convert: Callable[[Any], pa.RecordBatch]
+    ) -> Generator[pa.RecordBatch, None, tuple[int, int]]:
+        """Yield ``convert(page)`` for every non-empty ``get`` page in offset order; return the ids-only pass
+        (:meth:`_id_sum`) run after the last page was read.
 
         Chroma's ``get`` spends most of its time in Rust with the GIL released, so fetching one page ahead
         in a worker thread overlaps it with the Python work of turning a page into Arrow. Paging stops at
-        the first short page; the completeness check in `export` catches a collection that grew meanwhile.
+        the first short page; the ids-only pass then starts at once in the same worker (after the last
+        read, as the proof needs), overlapping the conversion of the last page and the writer's tail.
         """
 
         def fetch(offset: int) -> Any:
@@ -252,14 +258,18 @@ class ChromaConnector(VectorConnector):
 
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aibackup-chroma-get") as pool:
             offset = 0
-            pending: Future[Any] | None = pool.submit(fetch, 0)
-            while pending is not None:
+            pending: Future[Any] = pool.submit(fetch, 0)
+            while True:
                 page = pending.result()
                 count = len(page["ids"])
                 offset += count
-                pending = pool.submit(fetch, offset) if count == self.batch_rows else None
+                last = count < self.batch_rows
+                pending = pool.submit(self._id_sum, col, name) if last else pool.submit(fetch, offset)
                 if count:
-                    yield page
+                    yield convert(page)
+                if last:
+                    result: tuple[int, int] = pending.result()
+                    return result
 
     def _id_sum(self, col: Any, name: str) -> tuple[int, int]:
         """(records, sum of id hashes) of the collection, from an ids-only pass."""
