@@ -31,8 +31,8 @@ from manifests.vectors import float_vector_paths
 
 IdTypes = Callable[[pa.Array], Counter[str]]
 
-#: Row groups that may wait for the Parquet encoder (each about WriteOptions.row_group_bytes).
-GROUPS_AHEAD = 1
+#: Parts encoded at once, each by its own thread (the machine this was tuned on has 2 cores).
+ENCODERS = 2
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class WriteOptions:
     compression: str = "zstd"
     compression_level: int = 1
     row_group_bytes: int = 8 * 1024 * 1024
-    part_bytes: int = 128 * 1024 * 1024
+    part_bytes: int = 32 * 1024 * 1024
 
 
 def slug(name: str) -> str:
@@ -111,6 +111,30 @@ class _PartSink:
         self.file.abort()
 
 
+class _Encoder:
+    """One encoder thread and the row groups queued for it: ``submit`` waits while more than `ahead` jobs
+    are queued, so memory stays bounded; the first error of a job is raised by the next ``submit`` or by
+    ``drain``."""
+
+    def __init__(self, ahead: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aibackup-encoder")
+        self._jobs: deque[Future[None]] = deque()
+        self._ahead = ahead
+
+    def submit(self, job: Callable[..., None], *args: object) -> None:
+        self._jobs.append(self._pool.submit(job, *args))
+        while len(self._jobs) > self._ahead:
+            self._jobs.popleft().result()
+
+    def drain(self) -> None:
+        while self._jobs:
+            self._jobs.popleft().result()
+
+    def stop(self) -> None:
+        """Cancel the queued jobs and wait for the running one (idempotent)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class BundleWriter:
     """Writes the parts of one bundle. The manifest is committed separately, last (see backup.py)."""
 
@@ -145,37 +169,45 @@ class BundleWriter:
         folder = f"{self.repo.part_prefix(self.bundle_id)}/{index:03d}-{slug(description.name)}"
         digest = DatasetDigest()
         kinds: Counter[str] = Counter()
-        parts: list[PartEntry] = []
+        finished: dict[int, PartEntry] = {}
+        sinks: dict[int, _PartSink] = {}  # open parts; each is touched only by its own encoder thread
         pending: list[pa.RecordBatch] = []
         pending_bytes = 0
-        sink: _PartSink | None = None
+        part = part_bytes = 0  # the part being filled and the Arrow bytes given to it so far
 
-        def write_group(table: pa.Table) -> None:
-            """Encode one row group into the current part (in the encoder thread, in submission order)."""
-            nonlocal sink
+        def write_group(number: int, table: pa.Table) -> None:
+            """Encode one row group into part `number` (in that part's encoder thread, in order)."""
+            sink = sinks.get(number)
             if sink is None:
-                path = f"{folder}/part-{len(parts):05d}.parquet"
+                path = f"{folder}/part-{number:05d}.parquet"
                 self.created.append(path)
-                sink = _PartSink(self.repo, path, schema, self.options)
+                sink = sinks[number] = _PartSink(self.repo, path, schema, self.options)
             sink.write(table)
-            if sink.arrow_bytes >= self.options.part_bytes:
-                parts.append(sink.finish(self.repo))
-                sink = None
 
-        # Parquet encoding (C++, GIL released) runs in a worker thread while this thread computes the record
-        # digests (Python and small-buffer hashing, GIL held): the two overlap instead of adding up. At most
-        # GROUPS_AHEAD row groups wait for the encoder, so memory stays bounded.
-        encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aibackup-encoder")
-        encoding: deque[Future[None]] = deque()
+        def finish_part(number: int) -> None:
+            finished[number] = sinks[number].finish(self.repo)
+            del sinks[number]  # only now: a part whose commit failed is still aborted below
+
+        # Parts are encoded in parallel, part k by encoder k % ENCODERS (Parquet encoding is C++ with the
+        # GIL released), while this thread computes the record digests. Rows stay in order: part k holds
+        # the rows after part k-1's. Each encoder queues at most a part's worth of row groups, so this
+        # thread can fill the next part while the previous one is still being encoded, and memory stays
+        # bounded (about ENCODERS parts of Arrow data in flight).
+        ahead = max(1, -(-self.options.part_bytes // self.options.row_group_bytes))
+        encoders = [_Encoder(ahead) for _ in range(ENCODERS)]
 
         def flush() -> None:
-            nonlocal pending, pending_bytes
+            nonlocal pending, pending_bytes, part, part_bytes
             if not pending:
                 return
-            encoding.append(encoder.submit(write_group, pa.Table.from_batches(pending, schema=schema)))
+            table = pa.Table.from_batches(pending, schema=schema)
             pending, pending_bytes = [], 0
-            while len(encoding) > GROUPS_AHEAD:
-                encoding.popleft().result()
+            encoder = encoders[part % ENCODERS]
+            encoder.submit(write_group, part, table)
+            part_bytes += table.nbytes
+            if part_bytes >= self.options.part_bytes:
+                encoder.submit(finish_part, part)
+                part, part_bytes = part + 1, 0
 
         try:
             for batch in batches:
@@ -196,18 +228,20 @@ class BundleWriter:
                 if pending_bytes >= self.options.row_group_bytes:
                     flush()
             flush()
-            while encoding:
-                encoding.popleft().result()
-            if sink is not None:
-                parts.append(sink.finish(self.repo))
-                sink = None
+            if part_bytes:
+                encoders[part % ENCODERS].submit(finish_part, part)
+            for encoder in encoders:
+                encoder.drain()
         except BaseException:
-            encoder.shutdown(wait=True, cancel_futures=True)  # the sink is the encoder's until it stops
-            if sink is not None:
+            for encoder in encoders:  # the open sinks are the encoders' until they stop
+                encoder.stop()
+            for sink in sinks.values():
                 sink.abort()
             raise
         finally:
-            encoder.shutdown(wait=True)
+            for encoder in encoders:
+                encoder.stop()
+        parts = tuple(finished[number] for number in sorted(finished))
         return DatasetManifest(
             name=description.name,
             kind=description.kind,
@@ -215,7 +249,7 @@ class BundleWriter:
             schema=schema_entries(schema),
             config=description.config_json(),
             digest=digest.hexdigest,
-            parts=tuple(parts),
+            parts=parts,
             id_types=dict(sorted(kinds.items())),
         )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from aibackup import bundle
 from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
 from aibackup.errors import IntegrityError, SourceDataError
 from aibackup.repository import Repository
@@ -56,6 +59,44 @@ def test_parts_roll_and_read_back_exactly(tmp_path: Path) -> None:
     for b in batches:
         digest.add_batch(b)
     assert dataset.digest == digest.hexdigest
+
+
+def _encoder_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(("aibackup-encoder", "aibackup-part-writer"))]
+
+
+@pytest.mark.parametrize("where", ["source", "encoder"])
+def test_a_failure_while_parts_are_encoded_in_parallel_stops_every_encoder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """Parts are encoded by several threads at once: an error in the source or in any encoder fails the
+    dataset, no thread outlives the call, and ``discard`` leaves no part behind."""
+    cfg = config(32)
+    options = WriteOptions(row_group_bytes=20_000, part_bytes=40_000)
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for i in range(12):
+            yield canonical_batch(cfg, i * 100, 100)
+        raise SourceDataError("the source broke after several parts")
+
+    if where == "encoder":
+        original = bundle._PartSink.write
+
+        def failing(self: bundle._PartSink, table: pa.Table) -> None:
+            if self.path.endswith("part-00003.parquet"):
+                raise OSError(28, "No space left on device")
+            original(self, table)
+
+        monkeypatch.setattr(bundle._PartSink, "write", failing)
+    repo = Repository.init(str(tmp_path / "repo"))
+    writer = BundleWriter(repo, "20261125T020000.000000Z-00000001", options)
+    with pytest.raises((SourceDataError, OSError)) as caught:
+        writer.write_dataset(0, description("docs", cfg, 1200), batches())
+    assert ("No space left" if where == "encoder" else "source broke") in str(caught.value)
+    assert not _encoder_threads()
+    assert len(writer.created) >= 4  # both encoders had parts open or done
+    writer.discard()
+    assert not [p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file()]
 
 
 def test_wrong_schema_from_a_connector_is_refused(tmp_path: Path) -> None:
