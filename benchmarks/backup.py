@@ -15,6 +15,7 @@ read every record, and (for aibackup) encode, hash, write and commit the bundle.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    BUSY_LOOP,
     COLLECTION,
     ChromaServer,
+    Stopwatch,
     child_main,
     disk_bytes,
     fastest,
@@ -41,20 +44,32 @@ def child_chroma_bare(path: str, page: str) -> dict[str, Any]:
     import chromadb
     from chromadb.config import Settings
 
-    started = time.perf_counter()
+    clock = Stopwatch()
     client = chromadb.PersistentClient(path=path, settings=Settings(anonymized_telemetry=False))
     col = client.get_collection(COLLECTION, embedding_function=None)
     total, rows = col.count(), 0
     for offset in range(0, total, int(page)):
         got = col.get(include=["embeddings", "documents", "metadatas", "uris"], limit=int(page), offset=offset)
         rows += len(got["ids"])
-    return {"seconds": time.perf_counter() - started, "rows": rows}
+    return {**clock.read(), "rows": rows}
+
+
+def child_chroma_bare_busy(path: str, page: str) -> dict[str, Any]:
+    """The bare Chroma loop while a CPU-bound process keeps the other core busy (as a backup's encoding,
+    hashing and digests do): what sharing the machine costs the read itself."""
+    neighbour = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+    try:
+        time.sleep(0.3)  # running before the clock starts
+        return child_chroma_bare(path, page)
+    finally:
+        neighbour.kill()
+        neighbour.wait()
 
 
 def child_qdrant_bare(path: str, page: str) -> dict[str, Any]:
     from qdrant_client import QdrantClient
 
-    started = time.perf_counter()
+    clock = Stopwatch()
     client = QdrantClient(path=path)
     rows, offset = 0, None
     while True:
@@ -62,9 +77,9 @@ def child_qdrant_bare(path: str, page: str) -> dict[str, Any]:
         rows += len(points)
         if offset is None:
             break
-    seconds = time.perf_counter() - started
+    out = {**clock.read(), "rows": rows}
     client.close()
-    return {"seconds": seconds, "rows": rows}
+    return out
 
 
 def child_backup(source: str, repo: str) -> dict[str, Any]:
@@ -73,14 +88,19 @@ def child_backup(source: str, repo: str) -> dict[str, Any]:
 
     from aibackup.backup import run_backup
 
-    started = time.perf_counter()
+    clock = Stopwatch()
     result = run_backup(repo, source)
-    seconds = time.perf_counter() - started
+    out = clock.read()
     dataset = result.manifest.datasets[0]
-    return {"seconds": seconds, "rows": dataset.rows, "bundle_bytes": sum(p.bytes for p in dataset.parts)}
+    return {**out, "rows": dataset.rows, "bundle_bytes": sum(p.bytes for p in dataset.parts)}
 
 
-CHILDREN = {"chroma-bare": child_chroma_bare, "qdrant-bare": child_qdrant_bare, "backup": child_backup}
+CHILDREN = {
+    "chroma-bare": child_chroma_bare,
+    "chroma-bare-busy": child_chroma_bare_busy,
+    "qdrant-bare": child_qdrant_bare,
+    "backup": child_backup,
+}
 
 
 def _versus(
@@ -104,6 +124,8 @@ def _versus(
         "bare_seconds": round(base["seconds"], 3),
         "bare_runs": [round(r["seconds"], 3) for r in bare_runs],
         "bare_max_rss_mb": max(r["max_rss_mb"] for r in bare_runs),
+        "bare_cpu_seconds": round(base["cpu_seconds"], 3),
+        "backup_cpu_seconds": round(ours["cpu_seconds"], 3),
         "backup_seconds": round(ours["seconds"], 3),
         "backup_runs": [round(r["seconds"], 3) for r in backup_runs],
         "backup_max_rss_mb": max(r["max_rss_mb"] for r in backup_runs),
@@ -121,6 +143,10 @@ def measure(rows: int, dim: int, qdrant_rows: int, memory_rows: int, repeats: in
     big_store = seeded_chroma(memory_rows, dim) if memory_rows else None
     with tempfile.TemporaryDirectory(prefix="aibackup-bench-backup-") as tmp:
         chroma = _versus("chroma-bare", chroma_store, f"chroma:{chroma_store}", CHROMA_PAGES, repeats, tmp, "chroma")
+        page = str(chroma["bare_best_page"])
+        busy = fastest([run_child(MODULE, "chroma-bare-busy", str(chroma_store), page) for _ in range(repeats)])
+        chroma["bare_busy_seconds"] = round(busy["seconds"], 3)
+        chroma["bare_busy_vs_bare"] = round(busy["seconds"] / chroma["bare_seconds"], 3)
         qdrant = _versus("qdrant-bare", qdrant_store, f"qdrant:{qdrant_store}", QDRANT_PAGES, repeats, tmp, "qdrant")
         memory: dict[str, Any] = {}
         for label, store in (("rows", chroma_store), ("memory_rows", big_store)):

@@ -33,6 +33,21 @@ COLLECTION = "bench"
 Child = Callable[..., dict[str, Any]]
 
 
+class Stopwatch:
+    """Wall seconds and CPU seconds (every thread of this process, user + system) since it was made: the
+    CPU side shows how much of the machine's two cores a step needs, which bounds what overlap can win."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> dict[str, float]:
+        return {"seconds": time.perf_counter() - self.wall, "cpu_seconds": time.process_time() - self.cpu}
+
+
+#: A CPU-bound neighbour for the other core (zlib in a loop), to measure what a busy second core costs.
+BUSY_LOOP = "import os, zlib\ndata = os.urandom(1 << 24)\nwhile True:\n    zlib.compress(data, 1)"
+
+
 def embeddings(n: int, dim: int, seed: int = 7) -> np.ndarray:
     """`n` seeded, normalised float32 embeddings, correlated through a low-rank mixture (like real text
     embeddings, unlike uniform noise, which compresses differently)."""

@@ -13,10 +13,9 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from typing import Any
 
-from benchmarks.common import bundled, child_main, fastest, run_child
+from benchmarks.common import Stopwatch, bundled, child_main, fastest, run_child
 
 MODULE = "benchmarks.writer"
 BATCH_ROWS = 2500
@@ -41,13 +40,13 @@ def child_raw(repo: str, out: str, sync: str) -> dict[str, Any]:
     from aibackup.bundle import WriteOptions, parquet_options
 
     table, _ = _table(repo)
-    started = time.perf_counter()
+    clock = Stopwatch()
     pq.write_table(table, out, **parquet_options(table.schema, WriteOptions()))
     if sync == "fsync":
         fd = os.open(out, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
-    return {"seconds": time.perf_counter() - started, "bytes": os.path.getsize(out), "rows": table.num_rows}
+    return {**clock.read(), "bytes": os.path.getsize(out), "rows": table.num_rows}
 
 
 def child_ours(repo: str, out: str) -> dict[str, Any]:
@@ -57,10 +56,10 @@ def child_ours(repo: str, out: str) -> dict[str, Any]:
     table, description = _table(repo)
     batches = table.to_batches(max_chunksize=BATCH_ROWS)
     target = Repository.init(out)
-    started = time.perf_counter()
+    clock = Stopwatch()
     dataset = BundleWriter(target, "20261125T000000.000000Z-00000000").write_dataset(0, description, iter(batches))
-    seconds = time.perf_counter() - started
-    return {"seconds": seconds, "bytes": sum(p.bytes for p in dataset.parts), "rows": dataset.rows}
+    out = clock.read()
+    return {**out, "bytes": sum(p.bytes for p in dataset.parts), "rows": dataset.rows, "parts": len(dataset.parts)}
 
 
 CHILDREN = {"raw": child_raw, "ours": child_ours}
@@ -76,17 +75,22 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
             runs["ours"].append(run_child(MODULE, "ours", repo, f"{tmp}/ours-{i}"))
             runs["raw_fsync"].append(run_child(MODULE, "raw", repo, f"{tmp}/rawsync-{i}.parquet", "fsync"))
     best = {k: fastest(v) for k, v in runs.items()}
+    raw_seconds = best["raw"]["seconds"]
     return {
         "rows": best["ours"]["rows"],
         "dim": dim,
         "repeats": repeats,
         "arrow_batch_rows": BATCH_ROWS,
         **{f"{k}_seconds": round(v["seconds"], 3) for k, v in best.items()},
+        **{f"{k}_cpu_seconds": round(v["cpu_seconds"], 3) for k, v in best.items()},
         **{f"{k}_runs": [round(r["seconds"], 3) for r in v] for k, v in runs.items()},
         "raw_bytes": best["raw"]["bytes"],
         "ours_bytes": best["ours"]["bytes"],
         "ours_vs_raw": round(best["ours"]["seconds"] / best["raw"]["seconds"], 3),
         "ours_vs_raw_fsync": round(best["ours"]["seconds"] / best["raw_fsync"]["seconds"], 3),
+        "ours_parts": best["ours"]["parts"],
+        # Two cores cannot finish `ours_cpu_seconds` of work faster than in half that time.
+        "two_core_floor_vs_raw": round(max(raw_seconds, best["ours"]["cpu_seconds"] / 2) / raw_seconds, 3),
     }
 
 
