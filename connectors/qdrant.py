@@ -84,7 +84,7 @@ from connectors.qdrant_points import (
     batch_to_points,
     canonical_point_id,
     chain,
-    id_type,
+    id_types,
     lossy_numbers,
     page_rows,
     points_to_batch,
@@ -251,7 +251,7 @@ class QdrantConnector(VectorConnector):
 
     def id_types(self, ids: pa.Array) -> Counter[str]:
         """uint / uuid for native point ids, string for ids that came back from ``_aibackup_id``."""
-        return Counter(id_type(i) for i in ids.to_pylist())
+        return id_types(ids)
 
     def search(self, name: str, vector: str, queries: np.ndarray, k: int) -> list[list[str]]:
         """Top-`k` canonical ids (mapped back through ``_aibackup_id``) per query row, by Qdrant's own

@@ -6,10 +6,12 @@ Local mode persists ~1000 points/s, so each test stays at a few hundred points.
 from __future__ import annotations
 
 import json
+import random
 import socket
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ from aibackup.errors import (
 from connectors.base import DatasetDescription, VectorConnector
 from connectors.qdrant import AIBACKUP_NAMESPACE, QdrantConnector
 from connectors.qdrant_config import describe_config, plan_collection
-from connectors.qdrant_points import json_number_problem, lossy_numbers, to_point_id
+from connectors.qdrant_points import id_types, json_number_problem, lossy_numbers, to_point_id
 from connectors.registry import open_connector, parse_location
 from manifests.digest import DatasetDigest
 from manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
@@ -294,6 +296,20 @@ def test_id_mapping_rules() -> None:
     assert to_point_id(u) == (u, False)
     for other in (str(2**64), "007", "-1", "1.0", "١٢", "", UUID_UPPER, "{" + u + "}", "doc-1"):
         assert to_point_id(other) == (str(uuid.uuid5(AIBACKUP_NAMESPACE, other)), True), other
+
+
+def test_vectorised_id_types_agree_with_the_mapping_rules() -> None:
+    """The manifest's id-type counts are computed with patterns per batch; they must say what the mapping
+    rules (to_point_id) say for every id, including the edges the patterns do not settle themselves."""
+    u = str(uuid.uuid4())
+    tricky = ["0", "1", "00", "007", "9" * 19, str(2**64 - 1), str(2**64), "1" * 21, "-1", "+1", " 1", "1\n"]
+    tricky += [u, UUID_UPPER, "{" + u + "}", u.replace("-", ""), "١٢", "", "doc-1", "1.0"]
+    rng = random.Random(5)
+    ids = tricky + [str(rng.getrandbits(rng.randint(1, 70))) for _ in range(500)]
+    ids += [str(uuid.uuid4()) for _ in range(50)]
+    expected = Counter("string" if to_point_id(i)[1] else "uint" if i.isdigit() else "uuid" for i in ids)
+    assert id_types(pa.array(ids, pa.string())) == expected
+    assert id_types(pa.array([], pa.string())) == Counter()
 
 
 def test_cosine_vectors_come_back_normalised_within_tolerance(tmp_path: Path) -> None:
