@@ -66,6 +66,7 @@ class HashingWriter:
         self._sha = hashlib.sha256()
         self.bytes = 0
         self.closed = False
+        self._aborted = False
         self._on_close = on_close
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
         self._thread: threading.Thread | None = None
@@ -97,6 +98,13 @@ class HashingWriter:
 
     # The methods pyarrow's PythonFile needs for an output stream.
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        if self.closed:
+            if self._aborted:
+                # pyarrow's buffered stream flushes what it still holds into an aborted part when it is
+                # garbage-collected: those bytes are discarded with the part (a new writer thread started
+                # here would outlive everything).
+                return len(data)
+            raise ValueError(f"write to a closed part ({self.bytes} bytes were written)")
         self._raise_error()
         chunk = bytes(data)  # a copy: the caller reuses its buffer once this returns
         if self._thread is None:
@@ -141,7 +149,7 @@ class HashingWriter:
         """Close without completing (an S3 multipart upload is discarded); the caller removes leftovers."""
         if self.closed:
             return
-        self.closed = True
+        self.closed = self._aborted = True
         with contextlib.suppress(Exception):
             self._stop()
         self._discard()

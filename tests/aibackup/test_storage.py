@@ -68,6 +68,22 @@ def test_a_write_error_of_the_background_writer_reaches_the_caller() -> None:
     assert not [t for t in threading.enumerate() if t.name == "aibackup-part-writer"]
 
 
+def test_late_writes_after_abort_are_discarded_and_after_close_refused(tmp_path: Path) -> None:
+    """pyarrow's buffered stream flushes into the part when it is garbage-collected, after the bundle
+    writer aborted it: that write must not start a writer thread nobody stops, nor reach the file."""
+    aborted = HashingWriter(open(tmp_path / "a", "wb"))  # noqa: SIM115 - owned by the writer
+    aborted.write(b"x" * 100)
+    aborted.abort()
+    assert aborted.write(b"late") == 4
+    assert not [t for t in threading.enumerate() if t.name == "aibackup-part-writer"]
+    assert (tmp_path / "a").read_bytes() == b"x" * 100
+    closed = HashingWriter(open(tmp_path / "b", "wb"))  # noqa: SIM115 - owned by the writer
+    closed.write(b"y")
+    closed.close()
+    with pytest.raises(ValueError, match="closed part"):
+        closed.write(b"late")
+
+
 def test_aborted_part_leaves_nothing_on_s3_and_a_stray_file_locally(storage: Storage) -> None:
     writer = storage.create("data/c/part-00000.parquet")
     writer.write(b"partial")
