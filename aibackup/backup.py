@@ -19,7 +19,7 @@ from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
 from aibackup.lock import DEFAULT_STALE_AFTER, LockedError, RepositoryLock
-from aibackup.pipeline import collecting, prefetch, steady_memory
+from aibackup.pipeline import collecting, prefetch, steady_memory, use_arrow_allocator
 from aibackup.progress import Progress, Quiet
 from aibackup.repository import Repository, iso
 from aibackup.storage import Storage
@@ -97,6 +97,7 @@ def run_backup(
     """
     if len(set(collections)) != len(collections):
         raise UsageError("a collection is named twice in --collection")
+    use_arrow_allocator()
     source_options = source_options or SourceOptions()
     parse_location(source_uri)  # a bad URI is refused before any repository is created
     started = now or clock.now()

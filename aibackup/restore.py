@@ -22,7 +22,7 @@ import pyarrow as pa
 from aibackup.bundle import BundleReader
 from aibackup.checks import Check, CheckOptions, prove
 from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UsageError
-from aibackup.pipeline import prefetch
+from aibackup.pipeline import prefetch, use_arrow_allocator
 from aibackup.repository import Repository
 from connectors.base import MODES, Connector, DatasetDescription, ImportPlan
 from connectors.registry import connector_class, open_connector, parse_location
@@ -121,6 +121,7 @@ def run_restore(
     if mode not in MODES:
         raise UsageError(f"bad --mode {mode!r}: expected one of {', '.join(MODES)}")
     pairs = parse_renames(collections)
+    use_arrow_allocator()
     repo = Repository.open(repo_url)
     key = repo.key(key_file)  # an encrypted repository: a wrong or missing key stops here, before writing
     repo.use_key(key)  # ... and every manifest read must be authenticated by it

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from aibackup.bundle import BundleReader
 from aibackup.crypto import passphrase_from
 from aibackup.errors import AibackupError, IntegrityError
+from aibackup.pipeline import use_arrow_allocator
 from aibackup.repository import Repository
 from manifests.digest import DatasetDigest
 from manifests.kinds import KINDS
@@ -85,6 +86,7 @@ def run_verify(
     someone with write access could rewrite (``authenticated`` in the result says which)."""
     repo = Repository.open(repo_url)
     authenticated = None
+    use_arrow_allocator()
     if repo.encrypted:
         authenticated = passphrase_from(key_file) is not None
         if authenticated:
