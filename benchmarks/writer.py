@@ -62,18 +62,33 @@ def child_ours(repo: str, out: str) -> dict[str, Any]:
     return {**out, "bytes": sum(p.bytes for p in dataset.parts), "rows": dataset.rows, "parts": len(dataset.parts)}
 
 
-CHILDREN = {"raw": child_raw, "ours": child_ours}
+def child_digests(repo: str) -> dict[str, Any]:
+    """The record digests alone over the same batches (one thread): the share of our writer's CPU that is
+    the dataset digest rather than Parquet writing."""
+    from manifests.digest import DatasetDigest
+
+    table, _ = _table(repo)
+    batches = table.to_batches(max_chunksize=BATCH_ROWS)
+    clock = Stopwatch()
+    digest = DatasetDigest()
+    for batch in batches:
+        digest.add_batch(batch)
+    return {**clock.read(), "rows": digest.rows}
+
+
+CHILDREN = {"raw": child_raw, "ours": child_ours, "digests": child_digests}
 
 
 def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
     """Raw ``write_table`` (with and without fsync) and our writer alternate `repeats` times; fastest each."""
     repo = str(bundled(rows, dim))
-    runs: dict[str, list[dict[str, Any]]] = {"raw": [], "raw_fsync": [], "ours": []}
+    runs: dict[str, list[dict[str, Any]]] = {"raw": [], "raw_fsync": [], "ours": [], "digests": []}
     with tempfile.TemporaryDirectory(prefix="aibackup-bench-writer-") as tmp:
         for i in range(repeats):
             runs["raw"].append(run_child(MODULE, "raw", repo, f"{tmp}/raw-{i}.parquet", "no-fsync"))
             runs["ours"].append(run_child(MODULE, "ours", repo, f"{tmp}/ours-{i}"))
             runs["raw_fsync"].append(run_child(MODULE, "raw", repo, f"{tmp}/rawsync-{i}.parquet", "fsync"))
+            runs["digests"].append(run_child(MODULE, "digests", repo))
     best = {k: fastest(v) for k, v in runs.items()}
     raw_seconds = best["raw"]["seconds"]
     return {
