@@ -33,7 +33,7 @@ lint: install
 	$(BIN)/mypy aibackup connectors manifests
 
 ## bench: every benchmark in one run (seeds cached stores under benchmarks/.cache first), then docs/benchmarks.md
-BENCH_ARGS ?= --rows 100000 --dim 384
+BENCH_ARGS ?= --rows 100000 --dim 384 --repeats 5
 bench: install
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
