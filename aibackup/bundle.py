@@ -114,15 +114,25 @@ class _PartSink:
 class _Encoder:
     """One encoder thread and the row groups queued for it: ``submit`` waits while more than `ahead` jobs
     are queued, so memory stays bounded; the first error of a job is raised by the next ``submit`` or by
-    ``drain``."""
+    ``drain``, and the jobs queued after it are skipped (a part missing a row group is never completed)."""
 
     def __init__(self, ahead: int) -> None:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aibackup-encoder")
         self._jobs: deque[Future[None]] = deque()
         self._ahead = ahead
+        self._failed = False
+
+    def _run(self, job: Callable[..., None], args: tuple[object, ...]) -> None:
+        if self._failed:
+            return
+        try:
+            job(*args)
+        except BaseException:
+            self._failed = True
+            raise
 
     def submit(self, job: Callable[..., None], *args: object) -> None:
-        self._jobs.append(self._pool.submit(job, *args))
+        self._jobs.append(self._pool.submit(self._run, job, args))
         while len(self._jobs) > self._ahead:
             self._jobs.popleft().result()
 

@@ -95,6 +95,10 @@ def test_a_failure_while_parts_are_encoded_in_parallel_stops_every_encoder(
     assert ("No space left" if where == "encoder" else "source broke") in str(caught.value)
     assert not _encoder_threads()
     assert len(writer.created) >= 4  # both encoders had parts open or done
+    if where == "encoder":  # the part that lost a row group was never completed (no footer, not Parquet)
+        [failed] = (tmp_path / "repo" / "data").rglob("part-00003.parquet")
+        with pytest.raises(pa.ArrowInvalid):
+            pq.ParquetFile(failed)
     writer.discard()
     assert not [p for p in (tmp_path / "repo" / "data").rglob("*") if p.is_file()]
 
