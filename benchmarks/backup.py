@@ -5,12 +5,15 @@
   store into a fresh local repository.
 - Qdrant local mode: ``client.scroll(limit=P, with_payload=True, with_vectors=True)`` at a few P vs
   ``run_backup``. Both clocks include opening the store (local mode loads every point at open).
+- Interference: the best bare Chroma loop again while a CPU-bound process keeps the other core busy, which
+  shows what the work a backup adds on the second core costs the read itself.
 - Memory: backups from Chroma's own server (`chroma run`) of `rows` and of `memory_rows` records. Embedded
   Chroma loads the whole collection's vectors into the process that reads it (the bare loop too), so
   "memory stays flat as rows grow" is measured where the backing-up process holds only aibackup's memory.
 
 Both children import the client library before their clock starts, so the two measure the same job: open,
-read every record, and (for aibackup) encode, hash, write and commit the bundle.
+read every record, and (for aibackup) encode, hash, write and commit the bundle. Every child reports wall and
+CPU seconds (all its threads).
 """
 
 from __future__ import annotations
