@@ -84,9 +84,9 @@ def run_verify(
     In an encrypted repository, when its key is at hand (AIBACKUP_KEY, AIBACKUP_KEY_FILE or `key_file`),
     every manifest must also be authenticated by it; without the key only checksums can be checked, which
     someone with write access could rewrite (``authenticated`` in the result says which)."""
+    use_arrow_allocator()
     repo = Repository.open(repo_url)
     authenticated = None
-    use_arrow_allocator()
     if repo.encrypted:
         authenticated = passphrase_from(key_file) is not None
         if authenticated:
