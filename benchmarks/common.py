@@ -84,15 +84,25 @@ def _seed(path: Path, rows: int, dim: int, add: Callable[[int, int, np.ndarray],
         print(f"  seeding {path.name}: {end}/{rows} ({rate:.0f}/s)", file=sys.stderr, flush=True)
 
 
+def _built_once(path: Path, build: Callable[[Path], object]) -> Path:
+    """`path`, built by `build` unless an earlier build completed (a ``.complete`` marker, written last, so
+    an interrupted build is started over from an empty folder)."""
+    if not (path / ".complete").exists():
+        shutil.rmtree(path, ignore_errors=True)
+        build(path)
+        (path / ".complete").write_text("ok")
+    return path
+
+
 def seeded_chroma(rows: int, dim: int) -> Path:
     """An embedded Chroma store (cosine space) holding `rows` records (built once, then reused)."""
-    path = CACHE / f"chroma-{rows}x{dim}"
-    if (path / ".complete").exists():
-        return path
+    return _built_once(CACHE / f"chroma-{rows}x{dim}", lambda path: _seed_chroma(path, rows, dim))
+
+
+def _seed_chroma(path: Path, rows: int, dim: int) -> None:
     import chromadb
     from chromadb.config import Settings
 
-    shutil.rmtree(path, ignore_errors=True)
     client = chromadb.PersistentClient(path=str(path), settings=Settings(anonymized_telemetry=False))
     col = client.create_collection(COLLECTION, metadata={"hnsw:space": "cosine"}, embedding_function=None)
 
@@ -105,18 +115,16 @@ def seeded_chroma(rows: int, dim: int) -> Path:
         )
 
     _seed(path, rows, dim, add, min(5000, client.get_max_batch_size()))
-    (path / ".complete").write_text("ok")
-    return path
 
 
 def seeded_qdrant(rows: int, dim: int) -> Path:
     """A Qdrant local-mode store (cosine) holding `rows` points with integer ids (built once, reused)."""
-    path = CACHE / f"qdrant-{rows}x{dim}"
-    if (path / ".complete").exists():
-        return path
+    return _built_once(CACHE / f"qdrant-{rows}x{dim}", lambda path: _seed_qdrant(path, rows, dim))
+
+
+def _seed_qdrant(path: Path, rows: int, dim: int) -> None:
     from qdrant_client import QdrantClient, models
 
-    shutil.rmtree(path, ignore_errors=True)
     client = QdrantClient(path=str(path))
     client.create_collection(COLLECTION, vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE))
 
@@ -127,22 +135,17 @@ def seeded_qdrant(rows: int, dim: int) -> Path:
 
     _seed(path, rows, dim, add, 1000)
     client.close()
-    (path / ".complete").write_text("ok")
-    return path
 
 
 def bundled(rows: int, dim: int) -> Path:
     """A local repository holding one bundle of :func:`seeded_chroma` (made once, then reused)."""
-    path = CACHE / f"repo-chroma-{rows}x{dim}"
-    if (path / ".complete").exists():
-        return path
-    store = seeded_chroma(rows, dim)
-    shutil.rmtree(path, ignore_errors=True)
-    from aibackup.backup import run_backup
 
-    run_backup(str(path), f"chroma:{store}")
-    (path / ".complete").write_text("ok")
-    return path
+    def back_up(path: Path) -> None:
+        from aibackup.backup import run_backup
+
+        run_backup(str(path), f"chroma:{seeded_chroma(rows, dim)}")
+
+    return _built_once(CACHE / f"repo-chroma-{rows}x{dim}", back_up)
 
 
 def disk_bytes(path: Path) -> int:
