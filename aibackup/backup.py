@@ -24,7 +24,7 @@ from aibackup.progress import Progress, Quiet
 from aibackup.repository import Repository, iso
 from aibackup.storage import Storage
 from connectors.registry import open_connector, parse_location
-from manifests.model import BundleManifest, DatasetManifest
+from manifests.model import DIGEST_ALGORITHM, BundleManifest, DatasetManifest
 
 
 @dataclass(frozen=True)
@@ -140,6 +140,13 @@ def run_backup(
             with steady_memory():
                 for index, description in enumerate(descriptions):
                     previous = _previous(repo, parent, description.name, description.kind)
+                    if previous is not None and previous.digest_algorithm != DIGEST_ALGORITHM:
+                        # The dataset digest of a chain is a sum: every link must use one algorithm.
+                        notes.append(
+                            f"{description.name}: full backup, not incremental (the previous bundle's "
+                            f"record digests are {previous.digest_algorithm}, an older format)"
+                        )
+                        previous = None
                     since = previous.state if previous is not None else None
                     # an incremental export yields only what is new: its size is not known ahead
                     report.dataset(description.name, None if since else description.rows)
@@ -199,6 +206,8 @@ def chain(previous: DatasetManifest, new: DatasetManifest, previous_bundle: str)
     Rows and id-type counts add up; so does the dataset digest (a sum of record digests modulo 2**128),
     so the manifest states the digest of the whole dataset without reading the old parts again.
     """
+    if previous.digest_algorithm != new.digest_algorithm:
+        raise ValueError(f"cannot chain {previous.digest_algorithm} digests with {new.digest_algorithm} digests")
     digest = (int(previous.digest, 16) + int(new.digest, 16)) % (1 << 128)
     id_types = Counter(previous.id_types)
     id_types.update(new.id_types)

@@ -24,7 +24,7 @@ from aibackup.errors import IntegrityError, SourceDataError, UnavailableError, f
 from aibackup.repository import Repository
 from aibackup.storage import CHUNK, HashingWriter
 from connectors.base import DatasetDescription
-from manifests.digest import DatasetDigest
+from manifests.digest import DIGEST_ALGORITHM, DatasetDigest
 from manifests.kinds import arrow_schema
 from manifests.model import DatasetManifest, FieldEntry, ManifestError, PartEntry
 from manifests.vectors import float_vector_paths
@@ -177,7 +177,7 @@ class BundleWriter:
         """
         schema = description.schema
         folder = f"{self.repo.part_prefix(self.bundle_id)}/{index:03d}-{slug(description.name)}"
-        digest = DatasetDigest()
+        digest = DatasetDigest(algorithm=DIGEST_ALGORITHM)  # new datasets: always the current algorithm
         kinds: Counter[str] = Counter()
         finished: dict[int, PartEntry] = {}
         sinks: dict[int, _PartSink] = {}  # open parts; each is touched only by its own encoder thread
@@ -259,6 +259,7 @@ class BundleWriter:
             schema=schema_entries(schema),
             config=description.config_json(),
             digest=digest.hexdigest,
+            digest_algorithm=digest.algorithm,
             parts=parts,
             id_types=dict(sorted(kinds.items())),
         )

@@ -77,7 +77,7 @@ def prove(
     merge = plan.mode == "merge"
     # One pass over the bundle also recomputes its own digest and counts the records the target should
     # hold after the plan's mapping (a lossy mapping may drop some, say a symlink that points out).
-    bundle_digest = DatasetDigest()
+    bundle_digest = DatasetDigest(algorithm=dataset.digest_algorithm)
     wanted = [0]
 
     def expected(digest: DatasetDigest | None = None) -> Iterator[pa.RecordBatch]:

@@ -147,7 +147,7 @@ def run_restore(
         # before anything is written.
         validated = time.perf_counter()
         for dataset, plan in plans:
-            digest = DatasetDigest()
+            digest = DatasetDigest(algorithm=dataset.digest_algorithm)
             connector.validate_records(plan, _digesting(prefetch(reader.batches(dataset)), digest))
             if (digest.hexdigest, digest.rows) != (dataset.digest, dataset.rows):
                 raise IntegrityError(

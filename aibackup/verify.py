@@ -63,7 +63,7 @@ class VerifyResult:
 
 def _content_problem(reader: BundleReader, dataset: DatasetManifest) -> str | None:
     """Decode a dataset's parts and compare its records with the manifest (rows and dataset digest)."""
-    digest = DatasetDigest()
+    digest = DatasetDigest(algorithm=dataset.digest_algorithm)
     try:
         for batch in reader.batches(dataset):
             digest.add_batch(batch)

@@ -1,7 +1,9 @@
-"""Record digests and the order-independent dataset digest (algorithm ``blake2b128-sum-v1``).
+"""Record digests and the order-independent dataset digest.
 
-A record's digest is BLAKE2b with a 16-byte output over its canonical form: for every column of the
-canonical schema, in schema order (id, dense vectors by name, sparse vectors by name, document, uri,
+A record's digest is a 16-byte hash of its canonical form: SHA-256 truncated to its first 16 bytes
+(algorithm ``sha256-128-sum-v1``, the default since 0.2.0) or BLAKE2b with a 16-byte output
+(``blake2b128-sum-v1``, bundles written by 0.1.0). The canonical form is the same for both: for every column
+of the canonical schema, in schema order (id, dense vectors by name, sparse vectors by name, document, uri,
 metadata), one marker byte and the value:
 
 - ``0x00`` for null;
@@ -27,9 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from manifests.model import DIGEST_ALGORITHM
+from manifests.model import DIGEST_ALGORITHM, DIGEST_ALGORITHMS
 
-__all__ = ["DIGEST_ALGORITHM", "DatasetDigest", "record_digests"]
+__all__ = ["DIGEST_ALGORITHM", "DIGEST_ALGORITHMS", "DatasetDigest", "record_digests"]
 
 MOD = 1 << 128
 _NULL = b"\x00"
@@ -61,10 +63,12 @@ def _headers(lengths: np.ndarray) -> np.ndarray:
 
 
 def _cells_of_matrix(matrix: np.ndarray) -> pa.Array:
-    """One binary cell per row of a 2-D byte matrix."""
+    """One binary cell per row of a 2-D byte matrix, sharing the matrix's memory (the offsets are
+    arithmetic: a cast from fixed-size binary would copy every byte once more)."""
     n, width = matrix.shape
-    buffer = pa.py_buffer(np.ascontiguousarray(matrix))
-    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, buffer]).cast(_CELL)
+    offsets = pa.py_buffer(np.arange(0, (n + 1) * width, width, dtype=np.int64))
+    data = pa.py_buffer(np.ascontiguousarray(matrix))
+    return pa.LargeBinaryArray.from_buffers(_CELL, n, [None, offsets, data])
 
 
 def _with_nulls(array: pa.Array, cells: pa.Array) -> pa.Array:
@@ -151,11 +155,30 @@ def _framed_cells(array: pa.Array) -> pa.Array:
     raise TypeError(f"no canonical encoding for Arrow type {typ}")
 
 
-def record_digests(batch: pa.RecordBatch, exclude: Iterable[str] = ()) -> list[bytes]:
-    """The 16-byte digest of every record of `batch`, in row order.
+def _hashed(data: memoryview, bounds: list[int], algorithm: str) -> list[bytes]:
+    """The 16-byte hash of every slice ``data[bounds[i]:bounds[i + 1]]`` under `algorithm`."""
+    # One hash call per record over its slice of the joined buffer: the only per-record Python work.
+    if algorithm == "sha256-128-sum-v1":
+        sha256 = hashlib.sha256
+        return [sha256(data[a:b]).digest()[:16] for a, b in itertools.pairwise(bounds)]
+    if algorithm == "blake2b128-sum-v1":
+        blake2b = hashlib.blake2b
+        return [blake2b(data[a:b], digest_size=16).digest() for a, b in itertools.pairwise(bounds)]
+    raise ValueError(_unknown(algorithm))
+
+
+def _unknown(algorithm: str) -> str:
+    return f"unknown digest algorithm {algorithm!r} (known: {', '.join(DIGEST_ALGORITHMS)})"
+
+
+def record_digests(
+    batch: pa.RecordBatch, exclude: Iterable[str] = (), algorithm: str = DIGEST_ALGORITHM
+) -> list[bytes]:
+    """The 16-byte digest of every record of `batch`, in row order, under `algorithm`.
 
     `exclude` names columns left out (marked ``0x02``): the restore checks use it to compare vectors that a
-    backend changes by design (normalised cosine vectors) separately, with a tolerance.
+    backend changes by design (normalised cosine vectors) separately, with a tolerance. Raises ValueError
+    for an algorithm not in ``DIGEST_ALGORITHMS``.
     """
     n = batch.num_rows
     if n == 0:
@@ -167,19 +190,20 @@ def record_digests(batch: pa.RecordBatch, exclude: Iterable[str] = ()) -> list[b
     ]
     records = pc.binary_join_element_wise(*columns, _EMPTY)
     offsets = np.frombuffer(records.buffers()[1], dtype=np.int64)[records.offset : records.offset + n + 1]
-    data = memoryview(records.buffers()[2])
-    blake2b = hashlib.blake2b
-    # One hash call per record over its slice of the joined buffer: the only per-record Python work.
-    bounds = offsets.tolist()
-    return [blake2b(data[a:b], digest_size=16).digest() for a, b in itertools.pairwise(bounds)]
+    return _hashed(memoryview(records.buffers()[2]), offsets.tolist(), algorithm)
 
 
 class DatasetDigest:
-    """Accumulates the order-independent digest of a dataset while its batches stream past."""
+    """Accumulates the order-independent digest of a dataset while its batches stream past.
 
-    algorithm = DIGEST_ALGORITHM
+    A digest compared with a manifest's must use that manifest's algorithm (``dataset.digest_algorithm``);
+    new datasets use ``DIGEST_ALGORITHM``.
+    """
 
-    def __init__(self, exclude: Sequence[str] = ()) -> None:
+    def __init__(self, exclude: Sequence[str] = (), algorithm: str = DIGEST_ALGORITHM) -> None:
+        if algorithm not in DIGEST_ALGORITHMS:
+            raise ValueError(_unknown(algorithm))
+        self.algorithm = algorithm
         self._sum = 0
         self.rows = 0
         self._exclude = tuple(exclude)
@@ -196,7 +220,7 @@ class DatasetDigest:
 
     def add_batch(self, batch: pa.RecordBatch) -> list[bytes]:
         """Add every record of `batch`; returns their digests for callers that need them too."""
-        digests = record_digests(batch, self._exclude)
+        digests = record_digests(batch, self._exclude, self.algorithm)
         self.add_digests(digests)
         return digests
 

@@ -118,6 +118,43 @@ def test_malformed_lines_fail_by_default_and_are_kept_raw_when_skipped(tmp_path:
     assert (tmp_path / "out" / "app.jsonl").read_bytes() == content
 
 
+def test_incremental_after_a_digest_format_change(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A chain's dataset digest is a sum, so a parent written with the 0.1.0 digest algorithm (BLAKE2b) is not
+    extended: the next backup is full (and says why), the one after it incremental again; the old bundle
+    keeps verifying and restoring."""
+    import aibackup.bundle
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    app = logs / "app.jsonl"
+    app.write_bytes(b"".join(line(exchange(n)) for n in range(4)))
+    source = f"conversations:{logs}"
+    with monkeypatch.context() as m:
+        m.setattr(aibackup.bundle, "DIGEST_ALGORITHM", "blake2b128-sum-v1")
+        old = ok(cli("backup", source, "--json")).json()
+    assert ok(cli("show", old["bundle_id"], "--json")).json()["datasets"][0]["digest"]["algorithm"] == (
+        "blake2b128-sum-v1"
+    )
+
+    with app.open("ab") as f:
+        f.write(line(exchange(4)))
+    full = ok(cli("backup", source, "--json")).json()
+    assert not full["datasets"][0]["incremental"] and full["datasets"][0]["rows"] == 5
+    assert any("full backup, not incremental" in note and "blake2b128-sum-v1" in note for note in full["notes"])
+    with app.open("ab") as f:
+        f.write(line(exchange(5)))
+    again = ok(cli("backup", source, "--json")).json()
+    assert again["datasets"][0]["incremental"] and again["datasets"][0]["new_rows"] == 1
+    shown = ok(cli("show", again["bundle_id"], "--json")).json()["datasets"][0]
+    assert shown["extends"] == full["bundle_id"] and shown["digest"]["algorithm"] == "sha256-128-sum-v1"
+
+    assert ok(cli("verify", "--read-data", "--json")).json()["ok"]
+    restored = ok(cli("restore", old["bundle_id"], "--to", f"conversations:{tmp_path / 'r'}", "--json")).json()
+    assert restored["ok"] and (tmp_path / "r" / "app.jsonl").read_bytes() == b"".join(
+        line(exchange(n)) for n in range(4)
+    )
+
+
 def test_sqlite_conversations_incremental_by_rowid_and_restored(tmp_path: Path, cli: Cli) -> None:
     db = tmp_path / "chat.db"
     with sqlite3.connect(db) as conn:

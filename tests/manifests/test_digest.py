@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import pyarrow as pa
+import pytest
 
-from manifests.digest import DatasetDigest, record_digests
+from manifests.digest import DIGEST_ALGORITHM, DIGEST_ALGORITHMS, DatasetDigest, record_digests
 from manifests.model import DenseVectorSpec, VectorsConfig
 from manifests.vectors import arrow_schema, canonical_json, float_vector_paths
 from tests.vectordata import canonical_batch, config
@@ -132,14 +133,45 @@ def test_known_answer_locks_the_format() -> None:
         {"id": "17", "vector": None, "vector:m": None, "document": None, "uri": "", "metadata": None},
     ]
     batch = pa.RecordBatch.from_pylist(rows, schema=arrow_schema(cfg))
-    assert [d.hex() for d in record_digests(batch)] == KNOWN_RECORDS
     # The second record by hand, from the module docstring's framing rules.
     framed = b"\x01" + (2).to_bytes(8, "little") + b"17" + b"\x00\x00\x00" + b"\x01" + bytes(8) + b"\x00"
-    assert hashlib.blake2b(framed, digest_size=16).hexdigest() == KNOWN_RECORDS[1]
-    digest = DatasetDigest()
-    digest.add_batch(batch)
-    assert digest.hexdigest == KNOWN_DATASET
+    by_hand = {
+        "sha256-128-sum-v1": hashlib.sha256(framed).digest()[:16],
+        "blake2b128-sum-v1": hashlib.blake2b(framed, digest_size=16).digest(),
+    }
+    assert set(KNOWN) == set(DIGEST_ALGORITHMS) and DIGEST_ALGORITHM == "sha256-128-sum-v1"
+    for algorithm, (records, dataset) in KNOWN.items():
+        assert [d.hex() for d in record_digests(batch, algorithm=algorithm)] == records, algorithm
+        assert by_hand[algorithm].hex() == records[1]
+        digest = DatasetDigest(algorithm=algorithm)
+        digest.add_batch(batch)
+        assert digest.hexdigest == dataset
+    assert record_digests(batch) == record_digests(batch, algorithm=DIGEST_ALGORITHM)
 
 
-KNOWN_RECORDS = ["fca49bfd6d97a803c44ba001f3de55a9", "b4b6729310e974a8e9bd24235d9fee60"]
-KNOWN_DATASET = "0a447e5024c509adac1d807e910e5bb0"
+#: Record digests and dataset digest of the batch above, per algorithm (never edit: bundles rely on them).
+KNOWN = {
+    "sha256-128-sum-v1": (
+        ["c9a60ceb4f7d02ddbd1cf6189343e4a0", "74e869600198227bd2261cc2d0b70649"],
+        "e9eafb63db124390582515514b768f3d",
+    ),
+    "blake2b128-sum-v1": (
+        ["fca49bfd6d97a803c44ba001f3de55a9", "b4b6729310e974a8e9bd24235d9fee60"],
+        "0a447e5024c509adac1d807e910e5bb0",
+    ),
+}
+
+
+def test_unknown_algorithm_is_refused() -> None:
+    batch = canonical_batch(config(), 0, 2)
+    with pytest.raises(ValueError, match="unknown digest algorithm 'md5'"):
+        record_digests(batch, algorithm="md5")
+    with pytest.raises(ValueError, match="unknown digest algorithm"):
+        DatasetDigest(algorithm="md5")
+
+
+def test_algorithms_give_different_digests() -> None:
+    batch = canonical_batch(config(), 0, 5)
+    sha, blake = (DatasetDigest(algorithm=a) for a in ("sha256-128-sum-v1", "blake2b128-sum-v1"))
+    assert sha.add_batch(batch) != blake.add_batch(batch)
+    assert sha.hexdigest != blake.hexdigest and sha.rows == blake.rows == 5

@@ -16,13 +16,23 @@ import jsonschema
 import pytest
 
 import manifests
-from manifests.model import BundleManifest
+from manifests.model import DIGEST_ALGORITHMS, BundleManifest
 
 SAMPLES = sorted((Path(__file__).parent / "samples").glob("repo-*"))
 
 
 def test_there_are_samples() -> None:
     assert SAMPLES, "no sample repositories found"
+
+
+def test_samples_cover_every_digest_algorithm() -> None:
+    """Each algorithm a manifest may name is read, verified and restored from a real bundle below."""
+    used = {
+        dataset.digest_algorithm
+        for path in (Path(__file__).parent / "samples").glob("repo-*/bundles/*.json")
+        for dataset in BundleManifest.from_bytes(path.read_bytes(), str(path)).datasets
+    }
+    assert used == set(DIGEST_ALGORITHMS)
 
 
 @pytest.mark.parametrize("repo", SAMPLES, ids=lambda p: p.name)
