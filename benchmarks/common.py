@@ -138,14 +138,16 @@ def _seed_qdrant(path: Path, rows: int, dim: int) -> None:
 
 
 def bundled(rows: int, dim: int) -> Path:
-    """A local repository holding one bundle of :func:`seeded_chroma` (made once, then reused)."""
+    """A local repository holding one bundle of :func:`seeded_chroma` (made once per aibackup version, then
+    reused: a restore must read the bundle format of the version being measured)."""
+    from aibackup import __version__
 
     def back_up(path: Path) -> None:
         from aibackup.backup import run_backup
 
         run_backup(str(path), f"chroma:{seeded_chroma(rows, dim)}")
 
-    return _built_once(CACHE / f"repo-chroma-{rows}x{dim}", back_up)
+    return _built_once(CACHE / f"repo-chroma-{rows}x{dim}-{__version__}", back_up)
 
 
 def disk_bytes(path: Path) -> int:
