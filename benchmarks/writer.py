@@ -7,7 +7,9 @@ a connector yields (2500 rows) and does all a backup does: record digests, row g
 while writing, fsync and the exclusive commit of the part. Raw pyarrow followed by ``fsync`` is reported
 beside it (durability is not optional for a backup, so that is the like-for-like cost of the file itself),
 and the record digests alone over the same batches. With the CPU seconds of each, the report states the
-two-core floor: no overlap can finish our writer's CPU seconds in less than half of them.
+two-core floor: no overlap can finish our writer's CPU seconds in less than half of them. Every child first
+chooses Arrow's memory pool as ``aibackup backup`` does (:func:`aibackup.pipeline.use_arrow_allocator`), so
+both sides run with the allocator the product runs with.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ BATCH_ROWS = 2500
 
 
 def _table(repo: str) -> tuple[Any, Any]:
+    """The bundle's whole dataset in memory, and its description (after choosing the Arrow allocator)."""
     import pyarrow as pa
 
     from aibackup.bundle import BundleReader
+    from aibackup.pipeline import use_arrow_allocator
+
+    use_arrow_allocator()
     from aibackup.repository import Repository
     from connectors.base import DatasetDescription
 
