@@ -32,7 +32,7 @@ from aibackup.errors import (
 from connectors.base import DatasetDescription, VectorConnector
 from connectors.qdrant import AIBACKUP_NAMESPACE, QdrantConnector
 from connectors.qdrant_config import describe_config, plan_collection
-from connectors.qdrant_points import id_types, json_number_problem, lossy_numbers, to_point_id
+from connectors.qdrant_points import id_types, json_number_problem, lossy_numbers, points_to_batch, to_point_id
 from connectors.registry import open_connector, parse_location
 from manifests.digest import DatasetDigest
 from manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
@@ -310,6 +310,24 @@ def test_vectorised_id_types_agree_with_the_mapping_rules() -> None:
     expected = Counter("string" if to_point_id(i)[1] else "uint" if i.isdigit() else "uuid" for i in ids)
     assert id_types(pa.array(ids, pa.string())) == expected
     assert id_types(pa.array([], pa.string())) == Counter()
+
+
+def test_vectors_convert_to_the_same_float32_bits_as_numpy() -> None:
+    """Scroll's vectors (Python floats) become float32 through struct; every value must give numpy's bits,
+    edge values included, and a vector of another size is refused."""
+    cfg = VectorsConfig(dense=(DenseVectorSpec("", 4, "l2"),))
+    rng = np.random.default_rng(3)
+    edges = [[float("nan"), -0.0, 1e-45, 3.4028235e38], [1, 2, -3, 0], [1e-40, -1e-310, 1 / 3, 2.0**-149]]
+    vectors: list[Any] = edges + [list(map(float, row)) for row in rng.standard_normal((50, 4))] + [None]
+    points = [m.Record(id=i, vector=v, payload={}) for i, v in enumerate(vectors)]
+    batch = points_to_batch(points, cfg, arrow_schema(cfg), "c")
+    column = batch.column("vector")
+    got = column.values.to_numpy(zero_copy_only=False).view(np.uint32).reshape(-1, 4)
+    want = np.asarray([v if v is not None else [0.0] * 4 for v in vectors], dtype=np.float32).view(np.uint32)
+    assert (got == want).all() and column.null_count == 1 and column[len(vectors) - 1].as_py() is None
+    bad = [m.Record(id=0, vector=[1.0] * 4, payload={}), m.Record(id=1, vector=[1.0] * 3, payload={})]
+    with pytest.raises(SourceDataError, match="does not have the described size 4"):
+        points_to_batch(bad, cfg, arrow_schema(cfg), "c")
 
 
 def test_cosine_vectors_come_back_normalised_within_tolerance(tmp_path: Path) -> None:
