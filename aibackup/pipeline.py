@@ -117,9 +117,24 @@ def steady_memory() -> Iterator[None]:
         gc.unfreeze()
 
 
+#: The most items between two collections of a stream that leaves no cyclic garbage.
+MAX_COLLECT_EVERY = 32
+
+
 def collecting(items: Iterable[T]) -> Iterator[T]:
     """Yield the items of `items`, freeing the cyclic garbage each one left once the consumer is done with
-    it (cheap inside :func:`steady_memory`)."""
+    it (cheap inside :func:`steady_memory`).
+
+    A collection that finds nothing doubles the wait before the next (after 2, 4 … up to
+    ``MAX_COLLECT_EVERY`` items); one that finds garbage makes it every item again. A collection still
+    traverses every live container of the items in flight (Qdrant's pages of Python float lists: ~27 ms per
+    collection), and a client that leaves no cycles should not pay that after every page."""
+    every = 1  # items from one collection to the next
+    wait = 0
     for item in items:
         yield item
-        gc.collect()
+        if wait:
+            wait -= 1
+            continue
+        every = 1 if gc.collect() else min(2 * every, MAX_COLLECT_EVERY)
+        wait = every - 1
