@@ -31,10 +31,10 @@ def _table(repo: str) -> tuple[Any, Any]:
 
     from aibackup.bundle import BundleReader
     from aibackup.pipeline import use_arrow_allocator
-
-    use_arrow_allocator()
     from aibackup.repository import Repository
     from connectors.base import DatasetDescription
+
+    use_arrow_allocator()
 
     repository = Repository.open(repo)
     dataset = repository.scan()[0][-1].datasets[0]
