@@ -7,6 +7,8 @@
   ``run_backup``. Both clocks include opening the store (local mode loads every point at open).
 - Interference: the best bare Chroma loop again while a CPU-bound process keeps the other core busy, which
   shows what the work a backup adds on the second core costs the read itself.
+- The proof pass: the ids-only scan a Chroma backup runs after its last page, timed alone (the bare loop
+  has no such pass; like the backup's `describe`, it does count the records first).
 - Memory: backups from Chroma's own server (`chroma run`) of `rows` and of `memory_rows` records. Embedded
   Chroma loads the whole collection's vectors into the process that reads it (the bare loop too), so
   "memory stays flat as rows grow" is measured where the backing-up process holds only aibackup's memory.
@@ -57,6 +59,24 @@ def child_chroma_bare(path: str, page: str) -> dict[str, Any]:
     return {**clock.read(), "rows": rows}
 
 
+def child_chroma_ids(path: str) -> dict[str, Any]:
+    """The ids-only pass a Chroma backup runs after its last page (the exactly-once proof), alone: open the
+    store, then ``get(include=[])`` in the connector's id pages; only the pass is timed."""
+    import chromadb
+    from chromadb.config import Settings
+
+    from connectors.chroma import ID_PAGE
+
+    client = chromadb.PersistentClient(path=path, settings=Settings(anonymized_telemetry=False))
+    col = client.get_collection(COLLECTION, embedding_function=None)
+    col.count()  # warm, as after a backup's full read (a cold first scan costs twice as much)
+    clock = Stopwatch()
+    rows = 0
+    while ids := col.get(include=[], limit=ID_PAGE, offset=rows)["ids"]:
+        rows += len(ids)
+    return {**clock.read(), "rows": rows}
+
+
 def child_chroma_bare_busy(path: str, page: str) -> dict[str, Any]:
     """The bare Chroma loop while a CPU-bound process keeps the other core busy (as a backup's encoding,
     hashing and digests do): what sharing the machine costs the read itself."""
@@ -101,6 +121,7 @@ def child_backup(source: str, repo: str) -> dict[str, Any]:
 CHILDREN = {
     "chroma-bare": child_chroma_bare,
     "chroma-bare-busy": child_chroma_bare_busy,
+    "chroma-ids": child_chroma_ids,
     "qdrant-bare": child_qdrant_bare,
     "backup": child_backup,
 }
@@ -150,6 +171,8 @@ def measure(rows: int, dim: int, qdrant_rows: int, memory_rows: int, repeats: in
         busy = fastest([run_child(MODULE, "chroma-bare-busy", str(chroma_store), page) for _ in range(repeats)])
         chroma["bare_busy_seconds"] = round(busy["seconds"], 3)
         chroma["bare_busy_vs_bare"] = round(busy["seconds"] / chroma["bare_seconds"], 3)
+        proof = fastest([run_child(MODULE, "chroma-ids", str(chroma_store)) for _ in range(repeats)])
+        chroma["proof_pass_seconds"] = round(proof["seconds"], 3)
         qdrant = _versus("qdrant-bare", qdrant_store, f"qdrant:{qdrant_store}", QDRANT_PAGES, repeats, tmp, "qdrant")
         memory: dict[str, Any] = {}
         for label, store in (("rows", chroma_store), ("memory_rows", big_store)):
