@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from aibackup.errors import SourceDataError, UnsupportedFeatureError
-from connectors.base import identity
+from connectors.base import dense_array, identity
 from manifests.model import DenseVectorSpec
 from manifests.vectors import canonical_json, dense_column, metadata_json, parse_metadata
 
@@ -226,17 +226,31 @@ def page_to_batch(name: str, schema: pa.Schema, size: int | None, page: Mapping[
     n = len(ids)
     arrays: list[pa.Array] = [pa.array(ids, pa.string())]
     if size is not None:
-        matrix = np.asarray(page["embeddings"], dtype=np.float64)
-        if matrix.shape != (n, size):
-            raise SourceDataError(f"collection {name!r}: embeddings of shape {matrix.shape}, expected ({n}, {size})")
-        # Values are float32 in Chroma: the nearest float32 of what it returns is the stored value.
-        flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1), pa.float32())
-        arrays.append(pa.FixedSizeListArray.from_arrays(flat, size))
+        arrays.append(_embeddings(name, page["embeddings"], n, size))
     for key in ("documents", "uris"):
         arrays.append(pa.array(page.get(key) or [None] * n, pa.string()))
     metadatas = page.get("metadatas") or [None] * n
     arrays.append(pa.array([metadata_json(from_chroma(m)) for m in metadatas], pa.string()))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _embeddings(name: str, embeddings: Any, n: int, size: int) -> pa.Array:
+    """The vector column of a page: `embeddings` as :func:`raw_get` returns them (lists of Python floats)
+    or as ``Collection.get`` does (a float64 matrix). Values are float32 in Chroma: the nearest float32 of
+    what it returns is the stored value."""
+    if isinstance(embeddings, np.ndarray):
+        matrix = np.asarray(embeddings, dtype=np.float64)
+        if matrix.shape != (n, size):
+            raise SourceDataError(f"collection {name!r}: embeddings of shape {matrix.shape}, expected ({n}, {size})")
+        flat = pa.array(np.ascontiguousarray(matrix, dtype=np.float32).reshape(-1), pa.float32())
+        return pa.FixedSizeListArray.from_arrays(flat, size)
+    cells = list(embeddings)
+    if len(cells) != n or any(cell is None for cell in cells):
+        raise SourceDataError(f"collection {name!r}: {len(cells)} embeddings for {n} records")
+    try:
+        return dense_array(cells, size)
+    except (ValueError, TypeError) as exc:
+        raise SourceDataError(f"collection {name!r}: an embedding is not a list of {size} numbers ({exc})") from None
 
 
 def add_arguments(

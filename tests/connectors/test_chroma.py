@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import chromadb
@@ -39,7 +40,7 @@ from aibackup.errors import (
 )
 from connectors import chroma_metadata as cm
 from connectors.base import DatasetDescription, ImportPlan
-from connectors.chroma import ChromaConnector
+from connectors.chroma import FETCH_AHEAD, ChromaConnector, raw_get
 from connectors.registry import open_connector, parse_location
 from manifests.digest import DatasetDigest
 from manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
@@ -229,6 +230,43 @@ def test_paging_returns_each_record_once(tmp_path: Path) -> None:
     assert digest(batches) == digest(one_page)
 
 
+def test_raw_pages_convert_like_public_pages(tmp_path: Path) -> None:
+    """The export reads pages through the client's own call under ``Collection.get`` (vectors as lists of
+    floats); a client without it gets the public call (a float64 matrix). Both make the same batch."""
+    data = records(60, 7, seed_=5)
+    with seed(tmp_path / "s") as client:
+        client.create_collection("raw", embedding_function=None).add(**data)
+    with source(tmp_path / "s") as conn, seed(tmp_path / "s") as client:
+        desc = conn.describe(["raw"])[0]
+        col = client.get_collection("raw", embedding_function=None)
+        include = ["documents", "metadatas", "uris", "embeddings"]
+        raw = raw_get(col, include, limit=25, offset=20)
+        public = raw_get(SimpleNamespace(get=col.get), include, limit=25, offset=20)  # no _client: public get
+        assert isinstance(raw["embeddings"], list) and isinstance(public["embeddings"], np.ndarray)
+        from_raw = cm.page_to_batch("raw", desc.schema, 7, raw)
+        assert from_raw.equals(cm.page_to_batch("raw", desc.schema, 7, public))
+    assert from_raw.column("id").to_pylist() == data["ids"][20:45]
+    got = from_raw.column("vector").values.to_numpy().reshape(-1, 7)
+    assert got.tobytes() == data["embeddings"][20:45].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("embeddings", "message"),
+    [
+        ([[1.0, 2.0]] * 3, r"'c': an embedding is not a list of 3 numbers"),
+        ([[1.0, 2.0, 3.0]] * 2, r"'c': 2 embeddings for 3 records"),
+        ([[1.0, 2.0, 3.0], None, [1.0, 2.0, 3.0]], r"'c': 3 embeddings for 3 records"),
+        ([[1.0, 2.0, 3.0], ["x", 2.0, 3.0], [1.0, 2.0, 3.0]], r"'c': an embedding is not a list of 3 numbers"),
+        (np.zeros((3, 2)), r"'c': embeddings of shape \(3, 2\), expected \(3, 3\)"),
+    ],
+)
+def test_a_page_with_malformed_embeddings_is_refused(embeddings: Any, message: str) -> None:
+    cfg = VectorsConfig(dense=(DenseVectorSpec("", 3, "l2"),))
+    page = {"ids": ["a", "b", "c"], "embeddings": embeddings, "documents": None, "uris": None, "metadatas": None}
+    with pytest.raises(SourceDataError, match=message):
+        cm.page_to_batch("c", arrow_schema(cfg), 3, page)
+
+
 def test_export_refuses_a_collection_that_changes_meanwhile(tmp_path: Path) -> None:
     with seed(tmp_path / "s") as client:
         client.create_collection("live", embedding_function=None).add(**records(50, 4))
@@ -247,10 +285,13 @@ def test_export_refuses_a_collection_that_changes_meanwhile(tmp_path: Path) -> N
 
 def test_a_record_added_during_the_export_and_read_by_it_is_kept(tmp_path: Path) -> None:
     """Chroma appends new records after the existing ones, so a record added meanwhile is read by a later
-    page: the export then equals the collection as the final ids pass sees it, which is accepted."""
+    page: the export then equals the collection as the final ids pass sees it, which is accepted. (Pages of
+    5: the export reads FETCH_AHEAD pages ahead, and the page that reads the new record must start after
+    the add.)"""
+    assert FETCH_AHEAD + 1 < 50 // 5
     with seed(tmp_path / "s") as client:
         client.create_collection("live", embedding_function=None).add(**records(50, 4))
-    with source(tmp_path / "s", batch_rows=20) as conn:
+    with source(tmp_path / "s", batch_rows=5) as conn:
         desc = conn.describe(["live"])[0]
         stream = conn.export(desc)
         batches = [next(stream)]
