@@ -93,7 +93,7 @@ from manifests.vectors import dense_column
 
 MAX_GET = 30_000  # get() with embeddings fails above ~32k ids per call
 FETCH_AHEAD = 2  # pages a Chroma export reads ahead of their conversion
-ID_PAGE = 50_000  # ids-only pages for the verification pass (measured: 50k pages ~15% faster than 20k)
+ID_PAGE = 200_000  # ids-only pages of the proof pass (1M records: 3.2 s in 200k pages, 5.2 s in 50k pages)
 
 
 class ChromaConnector(VectorConnector):
