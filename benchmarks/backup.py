@@ -9,6 +9,9 @@
   shows what the work a backup adds on the second core costs the read itself.
 - The proof pass: the ids-only scan a Chroma backup runs after its last page, timed alone (the bare loop
   has no such pass; like the backup's `describe`, it does count the records first).
+- The read floor: each bare loop the way a backup reads (Chroma through the client call under
+  ``Collection.get``; both with Python's automatic garbage collections off), which is faster than the
+  public loop; the backup against it shows what everything else a backup does costs.
 - Memory: backups from Chroma's own server (`chroma run`) of `rows` and of `memory_rows` records. Embedded
   Chroma loads the whole collection's vectors into the process that reads it (the bare loop too), so
   "memory stays flat as rows grow" is measured where the backing-up process holds only aibackup's memory.
@@ -57,6 +60,38 @@ def child_chroma_bare(path: str, page: str) -> dict[str, Any]:
         got = col.get(include=["embeddings", "documents", "metadatas", "uris"], limit=int(page), offset=offset)
         rows += len(got["ids"])
     return {**clock.read(), "rows": rows}
+
+
+def child_chroma_floor(path: str, page: str) -> dict[str, Any]:
+    """The backup's own way of reading, and nothing else: the bare loop through ``connectors.chroma.raw_get``
+    (the client call under ``Collection.get``, without its float64 matrix) with Python's automatic
+    collections off, as inside a backup's stream. Against it, the backup's extra time is everything it does
+    besides reading: conversion, digests, encoding and writing, the proof pass."""
+    import gc
+
+    import chromadb
+    from chromadb.config import Settings
+
+    from connectors.chroma import raw_get
+
+    include = ["embeddings", "documents", "metadatas", "uris"]
+    clock = Stopwatch()
+    client = chromadb.PersistentClient(path=path, settings=Settings(anonymized_telemetry=False))
+    col = client.get_collection(COLLECTION, embedding_function=None)
+    gc.disable()
+    total, rows = col.count(), 0
+    for offset in range(0, total, int(page)):
+        rows += len(raw_get(col, include, limit=int(page), offset=offset)["ids"])
+    return {**clock.read(), "rows": rows}
+
+
+def child_qdrant_floor(path: str, page: str) -> dict[str, Any]:
+    """The bare scroll loop with Python's automatic collections off throughout, as a backup opens the store
+    and streams its pages (nothing else of a backup)."""
+    import gc
+
+    gc.disable()
+    return child_qdrant_bare(path, page)
 
 
 def child_chroma_ids(path: str) -> dict[str, Any]:
@@ -122,6 +157,8 @@ CHILDREN = {
     "chroma-bare": child_chroma_bare,
     "chroma-bare-busy": child_chroma_bare_busy,
     "chroma-ids": child_chroma_ids,
+    "chroma-floor": child_chroma_floor,
+    "qdrant-floor": child_qdrant_floor,
     "qdrant-bare": child_qdrant_bare,
     "backup": child_backup,
 }
@@ -173,7 +210,14 @@ def measure(rows: int, dim: int, qdrant_rows: int, memory_rows: int, repeats: in
         chroma["bare_busy_vs_bare"] = round(busy["seconds"] / chroma["bare_seconds"], 3)
         proof = fastest([run_child(MODULE, "chroma-ids", str(chroma_store)) for _ in range(repeats)])
         chroma["proof_pass_seconds"] = round(proof["seconds"], 3)
+        floor = fastest([run_child(MODULE, "chroma-floor", str(chroma_store), page) for _ in range(repeats)])
+        chroma["read_floor_seconds"] = round(floor["seconds"], 3)
+        chroma["backup_vs_read_floor"] = round(chroma["backup_seconds"] / floor["seconds"], 3)
         qdrant = _versus("qdrant-bare", qdrant_store, f"qdrant:{qdrant_store}", QDRANT_PAGES, repeats, tmp, "qdrant")
+        page = str(qdrant["bare_best_page"])
+        floor = fastest([run_child(MODULE, "qdrant-floor", str(qdrant_store), page) for _ in range(repeats)])
+        qdrant["read_floor_seconds"] = round(floor["seconds"], 3)
+        qdrant["backup_vs_read_floor"] = round(qdrant["backup_seconds"] / floor["seconds"], 3)
         memory: dict[str, Any] = {}
         for label, store in (("rows", chroma_store), ("memory_rows", big_store)):
             if store is None:
