@@ -102,7 +102,8 @@ def _backup(b: dict[str, Any]) -> list[str]:
             "this machine are not independent: work on one slows Chroma's single-threaded `get` on the other. A "
             f"backup keeps the second core busy for about {c['backup_cpu_seconds'] - c['bare_cpu_seconds']:.1f} "
             "CPU-seconds (Parquet encoding, sha256 and writing, record digests, the conversion to Arrow, the "
-            "ids-only proof pass), so part of its overhead is that slowdown, which no overlap can hide.",
+            "ids-only proof pass), so part of what it adds to its own reading (the read floor below) is that "
+            "slowdown, which no overlap can hide.",
         ]
     if "proof_pass_seconds" in c:
         out[-1] += (

@@ -232,7 +232,8 @@ def test_paging_returns_each_record_once(tmp_path: Path) -> None:
 
 def test_raw_pages_convert_like_public_pages(tmp_path: Path) -> None:
     """The export reads pages through the client's own call under ``Collection.get`` (vectors as lists of
-    floats); a client without it gets the public call (a float64 matrix). Both make the same batch."""
+    floats); a client without it, or with another signature for it, gets the public call (a float64
+    matrix). All make the same batch."""
     data = records(60, 7, seed_=5)
     with seed(tmp_path / "s") as client:
         client.create_collection("raw", embedding_function=None).add(**data)
@@ -242,9 +243,22 @@ def test_raw_pages_convert_like_public_pages(tmp_path: Path) -> None:
         include = ["documents", "metadatas", "uris", "embeddings"]
         raw = raw_get(col, include, limit=25, offset=20)
         public = raw_get(SimpleNamespace(get=col.get), include, limit=25, offset=20)  # no _client: public get
+
+        def other_signature(**kwargs: Any) -> Any:  # what a chromadb with another `_get` does
+            raise TypeError(f"_get() got an unexpected keyword argument {next(iter(kwargs))!r}")
+
+        changed = SimpleNamespace(
+            _client=SimpleNamespace(_get=other_signature),
+            get=col.get,
+            id=col.id,
+            tenant=col.tenant,
+            database=col.database,
+        )
+        fallback = raw_get(changed, include, limit=25, offset=20)
         assert isinstance(raw["embeddings"], list) and isinstance(public["embeddings"], np.ndarray)
         from_raw = cm.page_to_batch("raw", desc.schema, 7, raw)
         assert from_raw.equals(cm.page_to_batch("raw", desc.schema, 7, public))
+        assert from_raw.equals(cm.page_to_batch("raw", desc.schema, 7, fallback))
     assert from_raw.column("id").to_pylist() == data["ids"][20:45]
     got = from_raw.column("vector").values.to_numpy().reshape(-1, 7)
     assert got.tobytes() == data["embeddings"][20:45].tobytes()
