@@ -152,10 +152,10 @@ def collecting(items: Iterable[T]) -> Iterator[T]:
 
     A collection that finds nothing doubles the wait before the next (after 2, 4 … up to
     ``MAX_COLLECT_EVERY`` items); one that finds garbage makes it every item again, except the first,
-    which also frees what the setup left since :func:`steady_memory` froze the heap (the lock, the
-    writer: ~300 objects), so its finding says nothing about the source. A collection still traverses every
-    live container of the items in flight (Qdrant's pages of Python float lists: 35-45 ms per collection),
-    and a client that leaves no cycles should not pay that after every page."""
+    which also frees what was left between :func:`steady_memory` freezing the heap and the stream's start
+    (~300 objects in a Chroma backup), so its finding says nothing about the source. A collection still
+    traverses every live container of the items in flight (Qdrant's pages of Python float lists: 35-45 ms
+    per collection), and a client that leaves no cycles should not pay that after every page."""
     every = 1  # items from one collection to the next
     wait = 0
     first = True

@@ -265,7 +265,7 @@ def dense_array(cells: list[Any], size: int) -> pa.Array:
     try:
         # struct packs a list of Python floats into float32 bytes in 4.7 us per 384-float vector against
         # numpy's 7.4 us (numpy inspects every element for its type and shape first): this conversion
-        # is most of the Python work of a Qdrant export.
+        # is most of the Python work of a Qdrant export, and of a Chroma one read through `raw_get`.
         pack = struct.Struct(f"<{size}f").pack
         matrix = np.frombuffer(b"".join([pack(*(zero if c is None else c)) for c in cells]), dtype="<f4")
     except (struct.error, TypeError, OverflowError):

@@ -593,7 +593,7 @@ def raw_get(col: Any, include: list[str], *, limit: int, offset: int) -> Mapping
     into a float64 numpy matrix (lists of Python floats then, which :func:`cm.page_to_batch` packs straight
     into float32: 9 ms per 2,500 x 384 page against 22 ms through the matrix, all of it holding the GIL
     that Chroma's own reading needs too). ``Collection.get`` without filters is exactly this call plus
-    that conversion (chromadb 0.5 to 1.5, embedded and HTTP clients alike); a client without the call, or
+    that conversion (chromadb 1.x, embedded and HTTP clients alike); a client without the call, or
     whose call takes other arguments, gets the public one."""
     get = getattr(getattr(col, "_client", None), "_get", None)
     if callable(get):
