@@ -14,7 +14,14 @@ import pytest
 
 from aibackup.backup import run_backup
 from aibackup.errors import AibackupError
-from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
+from aibackup.pipeline import (
+    MAX_COLLECT_EVERY,
+    collecting,
+    collector_paused,
+    prefetch,
+    steady_memory,
+    use_arrow_allocator,
+)
 
 
 def test_prefetch_yields_in_order_and_reraises_the_producers_error() -> None:
@@ -108,10 +115,26 @@ def test_collecting_frees_each_items_cycles_before_the_next() -> None:
     assert runs == 39 and alive[:4] == [1, 1, 2, 1] and max(alive[3:]) == 1
 
 
+def test_cycles_that_start_after_a_clean_stretch_pile_up_for_a_bounded_number_of_items() -> None:
+    """Automatic collections are off inside the stream: when a client starts leaving cycles after many clean
+    items, at most MAX_COLLECT_EVERY items' worth wait for the next collection, which then makes it every
+    item again."""
+
+    def late_leaks() -> Iterator[int]:
+        for i in range(120):
+            if i >= 50:
+                _Cycle()
+            yield i
+
+    _, alive = _full_collections(late_leaks())
+    assert max(alive) <= MAX_COLLECT_EVERY
+    assert alive[-20:] == [1] * 20  # collected after every item again
+
+
 def test_collecting_spaces_out_collections_that_find_nothing() -> None:
     runs, _ = _full_collections(iter(range(200)))
-    # after items 1, 3, 7, 15, 31, 63, then every 32nd: 95, 127, 159, 191
-    assert runs == 10
+    # after items 1, 3, 7, then every 8th (MAX_COLLECT_EVERY): 15, 23, ... 199
+    assert MAX_COLLECT_EVERY == 8 and runs == 3 + len(range(15, 201, 8))
 
 
 @pytest.mark.parametrize("automatic", [True, False])
