@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,11 @@ CHROMA_PAGES = (1000, 2500, 5000, 10000)
 QDRANT_PAGES = (256, 1000, 4000)
 
 
-def child_chroma_bare(path: str, page: str) -> dict[str, Any]:
+INCLUDE = ["embeddings", "documents", "metadatas", "uris"]
+
+
+def _chroma_loop(path: str, page: str, read: Callable[[Any, int, int], Any]) -> dict[str, Any]:
+    """Open the store, count, then ``read(collection, limit, offset)`` every page; only this is timed."""
     import chromadb
     from chromadb.config import Settings
 
@@ -57,32 +62,26 @@ def child_chroma_bare(path: str, page: str) -> dict[str, Any]:
     col = client.get_collection(COLLECTION, embedding_function=None)
     total, rows = col.count(), 0
     for offset in range(0, total, int(page)):
-        got = col.get(include=["embeddings", "documents", "metadatas", "uris"], limit=int(page), offset=offset)
-        rows += len(got["ids"])
+        rows += len(read(col, int(page), offset)["ids"])
     return {**clock.read(), "rows": rows}
+
+
+def child_chroma_bare(path: str, page: str) -> dict[str, Any]:
+    return _chroma_loop(path, page, lambda col, limit, offset: col.get(include=INCLUDE, limit=limit, offset=offset))
 
 
 def child_chroma_floor(path: str, page: str) -> dict[str, Any]:
     """The backup's own way of reading, and nothing else: the bare loop through ``connectors.chroma.raw_get``
     (the client call under ``Collection.get``, without its float64 matrix) with Python's automatic
-    collections off, as inside a backup's stream. Against it, the backup's extra time is everything it does
-    besides reading: conversion, digests, encoding and writing, the proof pass."""
+    collections off throughout, as a backup opens the store and streams its pages. Against it, the backup's
+    extra time is everything it does besides reading: conversion, digests, encoding and writing, the proof
+    pass."""
     import gc
-
-    import chromadb
-    from chromadb.config import Settings
 
     from connectors.chroma import raw_get
 
-    include = ["embeddings", "documents", "metadatas", "uris"]
-    clock = Stopwatch()
-    client = chromadb.PersistentClient(path=path, settings=Settings(anonymized_telemetry=False))
-    col = client.get_collection(COLLECTION, embedding_function=None)
     gc.disable()
-    total, rows = col.count(), 0
-    for offset in range(0, total, int(page)):
-        rows += len(raw_get(col, include, limit=int(page), offset=offset)["ids"])
-    return {**clock.read(), "rows": rows}
+    return _chroma_loop(path, page, lambda col, limit, offset: raw_get(col, INCLUDE, limit=limit, offset=offset))
 
 
 def child_qdrant_floor(path: str, page: str) -> dict[str, Any]:
