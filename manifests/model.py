@@ -25,17 +25,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from manifests import fields
+from manifests.baseline import SearchBaseline
+from manifests.fields import DISTANCES, ManifestError
+
 FORMAT = "aibackup-bundle"
 FORMAT_VERSION = 1
 #: The MAC an encrypted repository's manifests carry, and the context string it is computed after.
 MAC_ALGORITHM = "hmac-sha256"
 MAC_CONTEXT = b"aibackup-manifest-authentication-v1\x00"
-DISTANCES = ("cosine", "l2", "ip", "manhattan")
 DATATYPES = ("float32", "float16", "uint8")
-
-
-class ManifestError(ValueError):
-    """The manifest document is malformed (a missing or mistyped field, a bad checksum)."""
 
 
 class ManifestVersionTooNewError(ManifestError):
@@ -44,47 +43,6 @@ class ManifestVersionTooNewError(ManifestError):
     def __init__(self, version: int) -> None:
         super().__init__(f"manifest format version {version} is newer than this aibackup reads ({FORMAT_VERSION})")
         self.version = version
-
-
-# --- small strict readers ------------------------------------------------------------------------------
-
-
-def _get(doc: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
-    if key not in doc:
-        raise ManifestError(f"{where}: missing field {key!r}")
-    value = doc[key]
-    # bool is an int in Python; a count must not be `true`.
-    if isinstance(value, bool) and typ is int:
-        raise ManifestError(f"{where}.{key}: expected int, got bool")
-    if not isinstance(value, typ):
-        raise ManifestError(f"{where}.{key}: expected {_typename(typ)}, got {type(value).__name__}")
-    return value
-
-
-def _opt(doc: Mapping[str, Any], key: str, typ: type | tuple[type, ...], where: str, default: Any) -> Any:
-    if doc.get(key) is None:
-        return default
-    return _get(doc, key, typ, where)
-
-
-def _typename(typ: type | tuple[type, ...]) -> str:
-    if isinstance(typ, tuple):
-        return " or ".join(t.__name__ for t in typ)
-    return typ.__name__
-
-
-def _count(doc: Mapping[str, Any], key: str, where: str) -> int:
-    value: int = _get(doc, key, int, where)
-    if value < 0:
-        raise ManifestError(f"{where}.{key}: must not be negative")
-    return value
-
-
-def _hex(doc: Mapping[str, Any], key: str, where: str, length: int) -> str:
-    value: str = _get(doc, key, str, where)
-    if len(value) != length or any(c not in "0123456789abcdef" for c in value):
-        raise ManifestError(f"{where}.{key}: expected {length} lowercase hex digits")
-    return value
 
 
 def canonical_bytes(doc: Any) -> bytes:
@@ -118,22 +76,22 @@ class DenseVectorSpec:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], where: str) -> DenseVectorSpec:
-        distance = _get(doc, "distance", str, where)
+        distance = fields.get(doc, "distance", str, where)
         if distance not in DISTANCES:
             raise ManifestError(f"{where}.distance: unknown distance {distance!r}")
-        datatype = _opt(doc, "datatype", str, where, "float32")
+        datatype = fields.opt(doc, "datatype", str, where, "float32")
         if datatype not in DATATYPES:
             raise ManifestError(f"{where}.datatype: unknown datatype {datatype!r}")
-        size = _count(doc, "size", where)
+        size = fields.count(doc, "size", where)
         if size == 0:
             raise ManifestError(f"{where}.size: must be positive")
         return cls(
-            name=_get(doc, "name", str, where),
+            name=fields.get(doc, "name", str, where),
             size=size,
             distance=distance,
-            multivector=_opt(doc, "multivector", bool, where, False),
+            multivector=fields.opt(doc, "multivector", bool, where, False),
             datatype=datatype,
-            options=_opt(doc, "options", dict, where, {}),
+            options=fields.opt(doc, "options", dict, where, {}),
         )
 
 
@@ -151,9 +109,9 @@ class SparseVectorSpec:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], where: str) -> SparseVectorSpec:
         return cls(
-            name=_get(doc, "name", str, where),
-            modifier=_opt(doc, "modifier", str, where, None),
-            options=_opt(doc, "options", dict, where, {}),
+            name=fields.get(doc, "name", str, where),
+            modifier=fields.opt(doc, "modifier", str, where, None),
+            options=fields.opt(doc, "options", dict, where, {}),
         )
 
 
@@ -185,25 +143,25 @@ class VectorsConfig:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], where: str = "config") -> VectorsConfig:
-        dense = _get(doc, "dense", list, where)
-        sparse = _opt(doc, "sparse", list, where, [])
-        indexes = _opt(doc, "payload_indexes", list, where, [])
+        dense = fields.get(doc, "dense", list, where)
+        sparse = fields.opt(doc, "sparse", list, where, [])
+        indexes = fields.opt(doc, "payload_indexes", list, where, [])
         for i, index in enumerate(indexes):
             if not isinstance(index, dict):
                 raise ManifestError(f"{where}.payload_indexes[{i}]: expected object")
         return cls(
             dense=tuple(
-                DenseVectorSpec.from_json(_obj(d, f"{where}.dense[{i}]"), f"{where}.dense[{i}]")
+                DenseVectorSpec.from_json(fields.obj(d, f"{where}.dense[{i}]"), f"{where}.dense[{i}]")
                 for i, d in enumerate(dense)
             ),
             sparse=tuple(
-                SparseVectorSpec.from_json(_obj(s, f"{where}.sparse[{i}]"), f"{where}.sparse[{i}]")
+                SparseVectorSpec.from_json(fields.obj(s, f"{where}.sparse[{i}]"), f"{where}.sparse[{i}]")
                 for i, s in enumerate(sparse)
             ),
-            metadata=_opt(doc, "metadata", dict, where, None),
-            hnsw=_opt(doc, "hnsw", dict, where, None),
+            metadata=fields.opt(doc, "metadata", dict, where, None),
+            hnsw=fields.opt(doc, "hnsw", dict, where, None),
             payload_indexes=tuple(indexes),
-            native=_opt(doc, "native", dict, where, None),
+            native=fields.opt(doc, "native", dict, where, None),
         )
 
     def dense_by_name(self, name: str) -> DenseVectorSpec:
@@ -211,12 +169,6 @@ class VectorsConfig:
             if spec.name == name:
                 return spec
         raise KeyError(name)
-
-
-def _obj(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise ManifestError(f"{where}: expected object, got {type(value).__name__}")
-    return value
 
 
 # --- bundle manifest -----------------------------------------------------------------------------------
@@ -236,14 +188,14 @@ class PartEntry:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], where: str) -> PartEntry:
-        path = _get(doc, "path", str, where)
+        path = fields.get(doc, "path", str, where)
         if path.startswith("/") or ".." in path.split("/") or not path.startswith("data/"):
             raise ManifestError(f"{where}.path: {path!r} is not a part path under data/")
         return cls(
             path=path,
-            rows=_count(doc, "rows", where),
-            bytes=_count(doc, "bytes", where),
-            sha256=_hex(doc, "sha256", where, 64),
+            rows=fields.count(doc, "rows", where),
+            bytes=fields.count(doc, "bytes", where),
+            sha256=fields.hex_digits(doc, "sha256", where, 64),
         )
 
 
@@ -261,9 +213,9 @@ class FieldEntry:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], where: str) -> FieldEntry:
         return cls(
-            name=_get(doc, "name", str, where),
-            type=_get(doc, "type", str, where),
-            nullable=_get(doc, "nullable", bool, where),
+            name=fields.get(doc, "name", str, where),
+            type=fields.get(doc, "type", str, where),
+            nullable=fields.get(doc, "nullable", bool, where),
         )
 
 
@@ -293,12 +245,15 @@ class DatasetManifest:
     #: For an incremental backup: the bundle whose dataset this one extends. Its parts are listed again
     #: here, first, so this manifest alone describes the whole dataset.
     extends: str | None = None
+    #: Vectors: how the source store answered sampled queries at backup (manifests.baseline); None for
+    #: other kinds, bundles of 0.2.x, and backups run with ``--queries 0``.
+    baseline: SearchBaseline | None = None
 
     def vectors_config(self) -> VectorsConfig:
         return VectorsConfig.from_json(self.config, f"dataset {self.name!r} config")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "name": self.name,
             "kind": self.kind,
             "rows": self.rows,
@@ -310,42 +265,47 @@ class DatasetManifest:
             "state": None if self.state is None else dict(self.state),
             "extends": self.extends,
         }
+        if self.baseline is not None:  # absent rather than null: 0.2.x manifests stay byte-for-byte what they were
+            doc["baseline"] = self.baseline.to_json()
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], where: str) -> DatasetManifest:
-        name = _get(doc, "name", str, where)
+        name = fields.get(doc, "name", str, where)
         where = f"{where} ({name!r})"
-        digest = _obj(_get(doc, "digest", dict, where), f"{where}.digest")
-        algorithm = _get(digest, "algorithm", str, f"{where}.digest")
+        digest = fields.obj(fields.get(doc, "digest", dict, where), f"{where}.digest")
+        algorithm = fields.get(digest, "algorithm", str, f"{where}.digest")
         if algorithm not in DIGEST_ALGORITHMS:
             raise ManifestError(f"{where}.digest.algorithm: unknown algorithm {algorithm!r}")
         parts = tuple(
-            PartEntry.from_json(_obj(p, f"{where}.parts[{i}]"), f"{where}.parts[{i}]")
-            for i, p in enumerate(_get(doc, "parts", list, where))
+            PartEntry.from_json(fields.obj(p, f"{where}.parts[{i}]"), f"{where}.parts[{i}]")
+            for i, p in enumerate(fields.get(doc, "parts", list, where))
         )
-        rows = _count(doc, "rows", where)
+        rows = fields.count(doc, "rows", where)
         if sum(p.rows for p in parts) != rows:
             raise ManifestError(f"{where}: parts hold {sum(p.rows for p in parts)} rows, manifest says {rows}")
-        id_types = _opt(doc, "id_types", dict, where, {})
+        id_types = fields.opt(doc, "id_types", dict, where, {})
         if any(not isinstance(v, int) or isinstance(v, bool) for v in id_types.values()):
             raise ManifestError(f"{where}.id_types: counts must be ints")
-        kind = _get(doc, "kind", str, where)
-        config = _get(doc, "config", dict, where)
+        kind = fields.get(doc, "kind", str, where)
+        config = fields.get(doc, "config", dict, where)
+        baseline = fields.opt(doc, "baseline", dict, where, None)
         dataset = cls(
             name=name,
             kind=kind,
             rows=rows,
             schema=tuple(
-                FieldEntry.from_json(_obj(f, f"{where}.schema[{i}]"), f"{where}.schema[{i}]")
-                for i, f in enumerate(_get(doc, "schema", list, where))
+                FieldEntry.from_json(fields.obj(f, f"{where}.schema[{i}]"), f"{where}.schema[{i}]")
+                for i, f in enumerate(fields.get(doc, "schema", list, where))
             ),
             config=config,
-            digest=_hex(digest, "value", f"{where}.digest", 32),
+            digest=fields.hex_digits(digest, "value", f"{where}.digest", 32),
             digest_algorithm=algorithm,
             parts=parts,
             id_types=id_types,
-            state=_opt(doc, "state", dict, where, None),
-            extends=_opt(doc, "extends", str, where, None),
+            state=fields.opt(doc, "state", dict, where, None),
+            extends=fields.opt(doc, "extends", str, where, None),
+            baseline=None if baseline is None else SearchBaseline.from_json(baseline, f"{where}.baseline"),
         )
         if kind == "vectors":
             dataset.vectors_config()  # validate now, not at restore time
@@ -424,22 +384,22 @@ class BundleManifest:
     def from_json(cls, doc: Mapping[str, Any], where: str = "manifest") -> BundleManifest:
         if doc.get("format") != FORMAT:
             raise ManifestError(f"{where}: not an aibackup bundle manifest (format {doc.get('format')!r})")
-        version = _get(doc, "format_version", int, where)
+        version = fields.get(doc, "format_version", int, where)
         if version > FORMAT_VERSION:
             raise ManifestVersionTooNewError(version)
         if version < 1:
             raise ManifestError(f"{where}: bad format_version {version}")
-        checksum = _obj(_get(doc, "checksum", dict, where), f"{where}.checksum")
-        if _get(checksum, "algorithm", str, f"{where}.checksum") != "sha256":
+        checksum = fields.obj(fields.get(doc, "checksum", dict, where), f"{where}.checksum")
+        if fields.get(checksum, "algorithm", str, f"{where}.checksum") != "sha256":
             raise ManifestError(f"{where}.checksum: unknown algorithm")
-        expected = _hex(checksum, "value", f"{where}.checksum", 64)
+        expected = fields.hex_digits(checksum, "value", f"{where}.checksum", 64)
         body = {k: v for k, v in doc.items() if k != "checksum"}
         if hashlib.sha256(canonical_bytes(body)).hexdigest() != expected:
             raise ManifestError(f"{where}: checksum mismatch (the manifest was changed or damaged)")
-        tool = _obj(_get(doc, "tool", dict, where), f"{where}.tool")
-        datasets: Sequence[Any] = _get(doc, "datasets", list, where)
+        tool = fields.obj(fields.get(doc, "tool", dict, where), f"{where}.tool")
+        datasets: Sequence[Any] = fields.get(doc, "datasets", list, where)
         parsed = tuple(
-            DatasetManifest.from_json(_obj(d, f"{where}.datasets[{i}]"), f"{where}.datasets[{i}]")
+            DatasetManifest.from_json(fields.obj(d, f"{where}.datasets[{i}]"), f"{where}.datasets[{i}]")
             for i, d in enumerate(datasets)
         )
         names = [d.name for d in parsed]
@@ -447,17 +407,17 @@ class BundleManifest:
             raise ManifestError(f"{where}: duplicate dataset names")
         authentication = None
         if doc.get("authentication") is not None:
-            auth = _obj(_get(doc, "authentication", dict, where), f"{where}.authentication")
-            if _get(auth, "algorithm", str, f"{where}.authentication") != MAC_ALGORITHM:
+            auth = fields.obj(fields.get(doc, "authentication", dict, where), f"{where}.authentication")
+            if fields.get(auth, "algorithm", str, f"{where}.authentication") != MAC_ALGORITHM:
                 raise ManifestError(f"{where}.authentication: unknown algorithm")
-            authentication = _hex(auth, "value", f"{where}.authentication", 64)
+            authentication = fields.hex_digits(auth, "value", f"{where}.authentication", 64)
         return cls(
-            bundle_id=_get(doc, "bundle_id", str, where),
-            created_at=_get(doc, "created_at", str, where),
-            tool_version=_get(tool, "version", str, f"{where}.tool"),
-            source=_obj(_get(doc, "source", dict, where), f"{where}.source"),
+            bundle_id=fields.get(doc, "bundle_id", str, where),
+            created_at=fields.get(doc, "created_at", str, where),
+            tool_version=fields.get(tool, "version", str, f"{where}.tool"),
+            source=fields.obj(fields.get(doc, "source", dict, where), f"{where}.source"),
             datasets=parsed,
-            parent=_opt(doc, "parent", str, where, None),
+            parent=fields.opt(doc, "parent", str, where, None),
             format_version=version,
             authentication=authentication,
         )
