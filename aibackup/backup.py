@@ -15,12 +15,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from aibackup import __version__, clock
+from aibackup.baseline import BaselineRecorder, seed_for
 from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
+from aibackup.golden import GoldenFile
+from aibackup.golden import load as load_golden
 from aibackup.lock import DEFAULT_STALE_AFTER, LockedError, RepositoryLock
 from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
 from aibackup.progress import Progress, Quiet
+from aibackup.recall_rule import DEFAULT_QUERIES
 from aibackup.repository import Repository, iso
 from aibackup.storage import Storage
 from connectors.registry import open_connector, parse_location
@@ -35,6 +39,8 @@ class SourceOptions:
     job_config: str | None = None  # finetune: a YAML or JSON job configuration file
     redact_secrets: bool = False  # config: drop secret values instead of sealing them
     key_file: str | None = None  # the repository key, instead of AIBACKUP_KEY
+    queries: int = DEFAULT_QUERIES  # vectors: query records of the search baseline per dense vector (0: none)
+    golden_queries: str | None = None  # vectors: the config's golden queries, asked of the source too
 
     def connector_options(self, key: RepositoryKey | None, exclude: Sequence[str]) -> dict[str, object]:
         return {
@@ -91,6 +97,9 @@ def run_backup(
 ) -> BackupResult:
     """Back up `collections` (all when empty) of the store at `source_uri` into a new bundle.
 
+    A vector dataset gets a search baseline (aibackup.baseline): the source's answers to sampled queries
+    (and to the source's golden queries), which the restore's search check compares the target with.
+
     A dataset whose connector can continue from the previous bundle of the same source (conversation
     logs) is exported incrementally: only the records past that bundle's high-water mark are written, and
     the manifest lists the previous bundle's parts first, so the new bundle alone restores everything.
@@ -136,6 +145,7 @@ def run_backup(
         parent = _parent(repo, source)
         bundle_id = repo.next_bundle_id(started)
         writer = BundleWriter(repo, bundle_id, options)
+        golden = _golden(source_options.golden_queries, notes)
         datasets: list[DatasetManifest] = []
         committing = False
         try:
@@ -152,13 +162,18 @@ def run_backup(
                     since = previous.state if previous is not None else None
                     # an incremental export yields only what is new: its size is not known ahead
                     report.dataset(description.name, None if since else description.rows)
+                    recorder = BaselineRecorder(connector, description, source_options.queries, seed_for(bundle_id))
                     dataset = writer.write_dataset(
                         index,
                         description,
                         collecting(prefetch(connector.export(description, since))),
                         connector.id_types,
                         report.advance,
+                        recorder.add,
                     )
+                    baseline, said = recorder.finish(BundleReader(repo), dataset, golden)
+                    dataset = replace(dataset, baseline=baseline)
+                    notes += said
                     state = connector.export_state(description.name)
                     if state is not None:
                         notes += [f"{description.name}: {note}" for note in state.notes]
@@ -200,6 +215,18 @@ def run_backup(
             raise
         lock.release()
     return BackupResult(manifest, created, time.perf_counter() - timer, tuple(notes))
+
+
+def _golden(path: str | None, notes: list[str]) -> GoldenFile | None:
+    """The source's golden queries, to record the source's own recall of them (a file that cannot be read
+    is a note: the drill reports it as a failed check, the backup itself is not at stake)."""
+    if path is None:
+        return None
+    try:
+        return load_golden(path)
+    except AibackupError as exc:
+        notes.append(f"golden queries not recorded: {exc}")
+        return None
 
 
 def chain(previous: DatasetManifest, new: DatasetManifest, previous_bundle: str) -> DatasetManifest:

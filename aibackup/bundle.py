@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -169,8 +169,12 @@ class BundleWriter:
         batches: Iterable[pa.RecordBatch],
         id_types: IdTypes | None = None,
         on_rows: Callable[[int], None] | None = None,
+        on_batch: Callable[[pa.RecordBatch], None] | None = None,
     ) -> DatasetManifest:
         """Stream `batches` (canonical schema of `description`) into parts; return the dataset's manifest.
+
+        `on_batch` sees every batch that is written, once its schema is checked, in the calling thread
+        (the backup samples its search-baseline queries there).
 
         Raises SourceDataError if a batch does not have the dataset's schema (a connector bug must not
         produce a bundle that cannot be restored).
@@ -235,6 +239,8 @@ class BundleWriter:
                 pending_bytes += batch.nbytes
                 if on_rows is not None:
                     on_rows(batch.num_rows)
+                if on_batch is not None:
+                    on_batch(batch)
                 if pending_bytes >= self.options.row_group_bytes:
                     flush()
             flush()
@@ -289,8 +295,11 @@ class BundleReader:
             return "sha256 mismatch (the part was changed or damaged)"
         return None
 
-    def batches(self, dataset: DatasetManifest, batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
-        """Every record of `dataset` in bundle order, as batches of at most `batch_rows` rows.
+    def batches(
+        self, dataset: DatasetManifest, batch_rows: int = 8192, columns: Sequence[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Every record of `dataset` in bundle order, as batches of at most `batch_rows` rows (only
+        `columns`, when given: Parquet reads no other column).
 
         Each part is checked as it is opened (size, Parquet page checksums, schema and row count against
         the manifest); any damage raises IntegrityError naming the part. Callers that must refuse damage
@@ -309,7 +318,7 @@ class BundleReader:
                         raise IntegrityError(
                             f"damaged part {where}: {pf.metadata.num_rows} rows, manifest says {part.rows}"
                         )
-                    yield from pf.iter_batches(batch_size=batch_rows)
+                    yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
             except FileNotFoundError:
                 raise IntegrityError(f"missing part {where}") from None
             except pa.ArrowException as exc:  # undecodable Parquet: damage

@@ -11,10 +11,9 @@ Checks, in the order reported (each one a pass/fail line; any failure fails the 
              normalising both sides where the target may store unit vectors (Qdrant cosine).
 (extra)      a connector's own checks of what it wrote (``extra_checks``), say every restored file's
              sha256 against the manifest.
-``search``   vectors only: for each dense vector, `queries` records sampled (seeded) from the bundle are
-             searched in the target; recall@k against an exact search over the bundle must reach
-             `min_recall`. A returned record that is not in the exact top-k still counts when its exact
-             distance ties the k-th.
+``search``   vectors only: the target answers nearest-neighbour queries as well as the source did at
+             backup (the bundle's search baseline), or, for a bundle without one, reaches an absolute
+             recall; see aibackup.search_check.
 
 The expected side is the bundle after ``plan.transform`` (the documented lossy mapping, identity when
 nothing is lost). Memory stays bounded for any size: each side is split into buckets by a hash of the id,
@@ -26,8 +25,7 @@ from __future__ import annotations
 import hashlib
 import math
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,33 +34,17 @@ import pyarrow.parquet as pq
 
 from aibackup.bundle import BundleReader
 from aibackup.errors import AibackupError
+from aibackup.proof import Check
+from aibackup.recall_rule import CheckOptions
+from aibackup.search_check import search_checks
 from connectors.base import Connector, ImportPlan, VectorConnector
 from manifests.digest import DatasetDigest, record_digests
-from manifests.model import DatasetManifest, DenseVectorSpec
-from manifests.vectors import dense_column
+from manifests.model import DatasetManifest
 
 TOLERANCE = 1e-6
 #: Bytes of (id, digest, tolerated vectors) per bucket; above one bucket each side spills to Parquet runs.
 BUCKET_BYTES = 256 * 1024 * 1024
 EXAMPLES = 3
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-    def to_json(self) -> dict[str, object]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
-
-
-@dataclass(frozen=True)
-class CheckOptions:
-    queries: int = 20
-    k: int = 10
-    min_recall: float = 0.9
-    seed: int = 0
 
 
 def prove(
@@ -127,7 +109,7 @@ def prove(
         if merge:
             checks.append(Check("search", True, "skipped: in merge mode the target holds records outside the bundle"))
         else:
-            checks += _search_checks(connector, plan, expected, options)
+            checks += search_checks(connector, plan, target, expected, dataset.baseline, options)
     return finish(checks, target.rows)
 
 
@@ -362,134 +344,3 @@ def _relative_deviation(expected: np.ndarray, actual: np.ndarray, rule: str) -> 
         expected, actual = _unit(expected), _unit(actual)
     scale = np.maximum(np.linalg.norm(expected, axis=1), np.finfo(np.float32).tiny)
     return np.abs(expected - actual).max(axis=1) / scale
-
-
-# --- search agreement ------------------------------------------------------------------------------------
-
-
-def _search_checks(
-    connector: VectorConnector,
-    plan: ImportPlan,
-    expected: Callable[[], Iterator[pa.RecordBatch]],
-    options: CheckOptions,
-) -> list[Check]:
-    specs = [d for d in sorted(plan.target.config.dense, key=lambda d: d.name) if not d.multivector]
-    multi = [d for d in plan.target.config.dense if d.multivector]
-    single = len(plan.target.config.dense) == 1
-
-    def name_of(spec: DenseVectorSpec) -> str:
-        return "search" if single else f"search[{spec.name}]"
-
-    checks = [Check(name_of(spec), True, "skipped: multivector (digests cover it)") for spec in multi]
-    if not specs:
-        return checks
-    if options.queries == 0:
-        return checks + [Check(name_of(spec), True, "skipped (--queries 0)") for spec in specs]
-    # Pass 1: the query records, sampled by position with a fixed seed.
-    total = plan.source.rows
-    rng = np.random.default_rng(options.seed)
-    positions = set(rng.choice(total, size=min(options.queries, total), replace=False).tolist()) if total else set()
-    queries: dict[str, list[np.ndarray]] = {dense_column(s.name): [] for s in specs}
-    offset = 0
-    for batch in expected():
-        for pos in sorted(p - offset for p in positions if offset <= p < offset + batch.num_rows):
-            for column, found in queries.items():
-                value = batch.column(column)[pos].as_py()
-                if value is not None:
-                    found.append(np.asarray(value, dtype=np.float32))
-        offset += batch.num_rows
-    for spec in specs:
-        name = name_of(spec)
-        column = dense_column(spec.name)
-        if not queries[column]:
-            checks.append(Check(name, True, "skipped: no records with this vector"))
-            continue
-        q = np.stack(queries[column])
-        exact = _ExactTopK(q, options.k, spec)
-        for batch in expected():
-            exact.add(batch.column("id"), batch.column(column))
-        try:
-            got = connector.search(plan.target.name, spec.name, q, options.k)
-        except AibackupError as exc:
-            checks.append(Check(name, False, f"search failed: {exc}"))
-            continue
-        recall = exact.recall(got, expected, column)
-        ok = recall >= options.min_recall
-        checks.append(
-            Check(
-                name,
-                ok,
-                f"recall@{options.k} {recall:.3f} over {len(q)} sampled queries (minimum {options.min_recall:.2f})",
-            )
-        )
-    return checks
-
-
-class _ExactTopK:
-    """Exact k-nearest neighbours of a few queries over a stream of batches (bounded memory)."""
-
-    def __init__(self, queries: np.ndarray, k: int, spec: DenseVectorSpec) -> None:
-        self.q = queries.astype(np.float64)
-        self.k = k
-        self.metric = spec.distance
-        self.best_d = np.full((len(queries), 0), np.inf)
-        self.best_ids = np.empty((len(queries), 0), dtype=object)
-
-    def distances(self, vectors: np.ndarray) -> np.ndarray:
-        q, v = self.q, vectors
-        if self.metric == "l2":
-            return (q * q).sum(1)[:, None] - 2 * q @ v.T + (v * v).sum(1)[None, :]
-        if self.metric == "ip":
-            return -(q @ v.T)
-        if self.metric == "cosine":
-            qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-            vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
-            return 1.0 - qn @ vn.T
-        return np.stack([np.abs(v - row).sum(1) for row in q])  # manhattan
-
-    def add(self, ids: pa.Array, column: pa.Array) -> None:
-        valid = column.is_valid().to_numpy(zero_copy_only=False)
-        if not valid.any():
-            return
-        present = column.filter(pa.array(valid))
-        vectors = present.flatten().to_numpy(zero_copy_only=False).reshape(len(present), -1).astype(np.float64)
-        id_values = np.asarray(ids.filter(pa.array(valid)).to_pylist(), dtype=object)
-        d = np.concatenate([self.best_d, self.distances(vectors)], axis=1)
-        all_ids = np.concatenate([self.best_ids, np.broadcast_to(id_values, (len(self.q), len(id_values)))], axis=1)
-        keep = min(self.k, d.shape[1])
-        idx = np.argpartition(d, keep - 1, axis=1)[:, :keep]
-        self.best_d = np.take_along_axis(d, idx, axis=1)
-        self.best_ids = np.take_along_axis(all_ids, idx, axis=1)
-
-    def recall(self, got: list[list[str]], expected: Callable[[], Iterator[pa.RecordBatch]], column: str) -> float:
-        """Mean recall@k; an id outside the exact top-k counts if its exact distance ties the k-th."""
-        kth = self.best_d.max(axis=1)
-        misses = {
-            (qi, rid)
-            for qi, ids in enumerate(got)
-            for rid in ids[: self.k]
-            if rid not in set(self.best_ids[qi].tolist())
-        }
-        tied: set[tuple[int, str]] = set()
-        if misses:
-            wanted = {rid for _, rid in misses}
-            for batch in expected():  # one more pass, only to measure the distances of the misses
-                ids = batch.column("id").to_pylist()
-                rows = [n for n, i in enumerate(ids) if i in wanted]
-                if not rows:
-                    continue
-                sub = batch.column(column).take(pa.array(rows))
-                for n, row in zip(rows, sub.to_pylist(), strict=True):
-                    if row is None:
-                        continue
-                    d = self.distances(np.asarray([row], dtype=np.float64))[:, 0]
-                    for qi in range(len(self.q)):
-                        if (qi, ids[n]) in misses and d[qi] <= kth[qi] + 1e-6 * max(abs(kth[qi]), 1.0):
-                            tied.add((qi, ids[n]))
-        scores = []
-        for qi, ids in enumerate(got):
-            want = min(self.k, self.best_d.shape[1])
-            exact = set(self.best_ids[qi].tolist())
-            hits = sum(1 for rid in ids[: self.k] if rid in exact or (qi, rid) in tied)
-            scores.append(min(hits, want) / want if want else 1.0)
-        return float(np.mean(scores)) if scores else 1.0

@@ -38,6 +38,7 @@ from aibackup.errors import (
     ConfigError,
     UsageError,
 )
+from aibackup.recall_rule import ABSOLUTE_MIN_RECALL, ABSOLUTE_QUERIES, DEFAULT_QUERIES, DEFAULT_TOLERANCE
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -111,6 +112,14 @@ def init(encrypt: bool, key_file: str | None, repo: str | None, config_path: str
     is_flag=True,
     help="Configs: drop secret values (restored as placeholders) instead of sealing them with the key.",
 )
+@click.option(
+    "--queries",
+    default=DEFAULT_QUERIES,
+    show_default=True,
+    type=click.IntRange(0, 10_000),
+    help="Vectors: query records sampled per dense vector for the search baseline (the source's own answers, "
+    "which a restore is compared with); 0 records none.",
+)
 @key_file_option
 @observe_options
 @repo_option
@@ -123,6 +132,7 @@ def backup(
     on_bad_line: str,
     job_config: str | None,
     redact_secrets: bool,
+    queries: int,
     key_file: str | None,
     show_progress: bool | None,
     log_format: str,
@@ -144,7 +154,7 @@ def backup(
 
     repo, config = resolve(repo, config_path, need_config=source is None)
     if source is None:
-        _backup_config(config, source_names, show_progress, log_format, metrics_file, as_json)
+        _backup_config(config, source_names, queries, show_progress, log_format, metrics_file, as_json)
         return
     if source_names:
         raise UsageError("--source names configured sources: give either SOURCE or --source")
@@ -153,6 +163,8 @@ def backup(
         job_config=job_config,
         redact_secrets=redact_secrets,
         key_file=key_file or (config.key_file if config else None),
+        queries=queries,
+        golden_queries=_configured_golden(config, source),
     )
     progress = make_progress(show_progress, log_format)
     try:
@@ -189,9 +201,24 @@ def backup(
         click.echo(f"note: {note}")
 
 
+def _configured_golden(config: Any, source: str) -> str | None:
+    """The golden queries the config names for the store `source` (a source given by URI is still the
+    configured source of that store: its bundles get the golden baseline the drill compares with)."""
+    if config is None:
+        return None
+    from connectors.registry import parse_location
+
+    store = parse_location(source).display()
+    for configured in config.sources.values():
+        if parse_location(configured.uri).display() == store:
+            return str(configured.golden_queries) if configured.golden_queries else None
+    return None
+
+
 def _backup_config(
     config: Any,
     names: tuple[str, ...],
+    queries: int,
     show_progress: bool | None,
     log_format: str,
     metrics_file: str | None,
@@ -203,7 +230,7 @@ def _backup_config(
 
     progress = make_progress(show_progress, log_format)
     try:
-        runs = backup_sources(config, names, progress)
+        runs = backup_sources(config, names, progress, queries=queries)
     finally:
         progress.close()
     failed = [r for r in runs if not r.ok]
@@ -323,6 +350,8 @@ def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) 
                 click.echo(f"  sparse vector {sv.name}" + (f" ({sv.modifier})" if sv.modifier else ""))
             if config.metadata:
                 click.echo(f"  collection metadata: {json.dumps(config.metadata, ensure_ascii=False)}")
+            for line in _baseline_lines(d):
+                click.echo(f"  {line}")
         else:
             click.echo(f"  config: {json.dumps(d.config, ensure_ascii=False, sort_keys=True)[:2000]}")
         if d.extends:
@@ -331,6 +360,24 @@ def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) 
             click.echo("  ids: " + ", ".join(f"{n} {t}" for t, n in d.id_types.items()))
         for p in d.parts:
             click.echo(f"  part {p.path}  {p.rows} rows  {size(p.bytes)}  sha256 {p.sha256[:16]}…")
+
+
+def _baseline_lines(dataset: Any) -> list[str]:
+    """What `show` says of a dataset's search baseline (the source's answers a restore is compared with)."""
+    baseline = dataset.baseline
+    if baseline is None:
+        return ["search baseline: none (the restore's search check uses the absolute rule)"]
+    lines = []
+    for v in baseline.vectors:
+        how = "exact scan" if v.exact else "approximate index"
+        lines.append(
+            f"search baseline {v.vector or '(default)'}: {len(v.queries)} queries (seed {baseline.seed}), source "
+            f"recall@{baseline.k} {v.recall:.3f} ({v.index.get('store', '?')}, {how})"
+        )
+    if baseline.golden is not None:
+        g = baseline.golden
+        lines.append(f"golden queries: {g.queries}, source recall {g.recall:.3f} (file sha256 {g.sha256[:16]}…)")
+    return lines + [f"search baseline: {note}" for note in baseline.notes]
 
 
 @cli.command()
@@ -411,17 +458,25 @@ def verify(
 )
 @click.option(
     "--queries",
-    default=20,
-    show_default=True,
+    default=None,
     type=click.IntRange(0, 10_000),
-    help="Records sampled for the nearest-neighbour check.",
+    help="Queries of the search check: the first N of the bundle's baseline (default: all of them), or N "
+    f"records sampled from a bundle without one (default {ABSOLUTE_QUERIES}); 0 skips the check.",
+)
+@click.option(
+    "--recall-tolerance",
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="The search check passes when the target's recall@10 is at least the source's (recorded at backup) "
+    "minus this.",
 )
 @click.option(
     "--min-recall",
-    default=0.9,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0.0, 1.0),
-    help="Minimum recall@10 of the nearest-neighbour check.",
+    help="An absolute floor on the target's recall@10, besides the comparison with the source (the rule of "
+    f"bundles without a search baseline; default {ABSOLUTE_MIN_RECALL} there).",
 )
 @key_file_option
 @repo_option
@@ -434,8 +489,9 @@ def restore(
     mode: str,
     at: str | None,
     allow_lossy: bool,
-    queries: int,
-    min_recall: float,
+    queries: int | None,
+    recall_tolerance: float,
+    min_recall: float | None,
     key_file: str | None,
     repo: str | None,
     config_path: str | None,
@@ -447,11 +503,12 @@ def restore(
     """
     repo, config = resolve(repo, config_path)
     key_file = key_file or (config.key_file if config else None)
-    from aibackup.checks import CheckOptions
+    from aibackup.recall_rule import CheckOptions
     from aibackup.restore import run_restore
 
-    if min_recall != min_recall:  # click's FloatRange lets NaN through
-        raise UsageError("--min-recall must be a number between 0 and 1")
+    for flag, value in (("--min-recall", min_recall), ("--recall-tolerance", recall_tolerance)):
+        if value is not None and value != value:  # click's FloatRange lets NaN through
+            raise UsageError(f"{flag} must be a number between 0 and 1")
 
     result = run_restore(
         repo,
@@ -462,7 +519,7 @@ def restore(
         allow_lossy=allow_lossy,
         at=None if at is None else parse_time(at),
         key_file=key_file,
-        check_options=CheckOptions(queries=queries, min_recall=min_recall),
+        check_options=CheckOptions(queries=queries, min_recall=min_recall, recall_tolerance=recall_tolerance),
     )
     if as_json:
         emit_json(result.to_json())

@@ -141,7 +141,21 @@ def _markdown(doc: dict[str, Any]) -> str:
         if r["checks"]:
             lines += ["| check | result | detail |", "|---|---|---|"]
             lines += [f"| {c['name']} | {'ok' if c['ok'] else 'FAILED'} | {c['detail']} |" for c in r["checks"]]
+        lines += _recall_table(r["checks"])
     return "\n".join(lines) + "\n"
+
+
+def _recall_table(checks: list[dict[str, Any]]) -> list[str]:
+    """Source vs restored recall, per collection and vector (and golden queries), from the checks' measures."""
+    rows = [c for c in checks if "recall" in c.get("measures", {})]
+    if not rows:
+        return []
+    lines = ["", "| search | restored recall | source recall at backup | rule | result |", "|---|---|---|---|---|"]
+    for c in rows:
+        m = c["measures"]
+        source = "-" if m.get("source_recall") is None else f"{m['source_recall']:.3f}"
+        lines.append(f"| {c['name']} | {m['recall']:.3f} | {source} | {m['rule']} | {'ok' if c['ok'] else 'FAILED'} |")
+    return lines
 
 
 def _write_report(path: str, doc: dict[str, Any]) -> None:

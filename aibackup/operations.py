@@ -6,7 +6,6 @@ repository (aibackup.reports), so any machine can answer ``status`` and write me
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import tempfile
 import time
@@ -15,18 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from aibackup import clock, reports
 from aibackup.backup import SourceOptions, run_backup
-from aibackup.checks import Check, CheckOptions
 from aibackup.config import Config, SourceConfig
-from aibackup.errors import AibackupError, ConfigError, IntegrityError, UsageError, first_line
+from aibackup.errors import AibackupError, ConfigError, IntegrityError, UsageError
+from aibackup.golden import GoldenFile
+from aibackup.golden import load as load_golden
+from aibackup.golden import recall as golden_recall
 from aibackup.progress import Progress, Quiet
+from aibackup.proof import Check
+from aibackup.recall_rule import DEFAULT_QUERIES, CheckOptions, judge
 from aibackup.repository import Repository, parse_iso
 from aibackup.restore import RestoreResult, run_restore
 from connectors.base import VectorConnector
 from connectors.registry import connector_class, open_connector, parse_location
+from manifests.baseline import GoldenBaseline
 from manifests.model import BundleManifest
 
 # --- nightly backup of every source ---------------------------------------------------------------------
@@ -61,9 +63,12 @@ class SourceRun:
         }
 
 
-def backup_sources(config: Config, names: Sequence[str], progress: Progress | None = None) -> list[SourceRun]:
+def backup_sources(
+    config: Config, names: Sequence[str], progress: Progress | None = None, *, queries: int = DEFAULT_QUERIES
+) -> list[SourceRun]:
     """Back up every named source (all when empty), each on its own: one failing source does not stop the
-    others. Every run leaves a report in the repository (when the repository can be reached)."""
+    others. Every run leaves a report in the repository (when the repository can be reached). `queries`:
+    the search baseline's query records per dense vector (a source's golden queries are recorded too)."""
     report = progress or Quiet()
     runs: list[SourceRun] = []
     for source in _sources(config, names):
@@ -73,6 +78,8 @@ def backup_sources(config: Config, names: Sequence[str], progress: Progress | No
             job_config=source.job_config,
             redact_secrets=source.redact_secrets,
             key_file=config.key_file,
+            queries=queries,
+            golden_queries=source.golden_queries,
         )
         try:
             result = run_backup(
@@ -190,6 +197,11 @@ def _drill(config: Config, repo: Repository, source: SourceConfig) -> DrillResul
     objective = source.rto.total_seconds() if source.rto else None
     bundle: BundleManifest | None = None
     target: str | None = None
+    options = CheckOptions(
+        queries=config.restore_test.queries,
+        min_recall=config.restore_test.min_recall,
+        recall_tolerance=config.restore_test.recall_tolerance,
+    )
     try:
         bundle = latest_bundle(repo, source)
         with _scratch(config, source) as target:
@@ -199,14 +211,12 @@ def _drill(config: Config, repo: Repository, source: SourceConfig) -> DrillResul
                 target,
                 source.collections,
                 mode="overwrite",
-                check_options=CheckOptions(
-                    queries=config.restore_test.queries, min_recall=config.restore_test.min_recall
-                ),
+                check_options=options,
                 key_file=config.key_file,
             )
             checks = [c for d in result.datasets for c in _named(d.name, d.checks, len(result.datasets))]
             if source.golden_queries:
-                checks.append(_golden(source, target, result, config.restore_test.min_recall))
+                checks += _golden(source.golden_queries, target, result, bundle, options)
             cleanup = _clean_scratch(config, source, target, result)
         seconds = time.perf_counter() - started
         ok = all(c.ok for c in checks) and (objective is None or seconds <= objective)
@@ -281,58 +291,65 @@ def _scratch(config: Config, source: SourceConfig) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _golden(source: SourceConfig, target: str, result: RestoreResult, min_recall: float) -> Check:
-    """The user's golden queries against the restored target: recall of their expected ids."""
+def _golden(
+    path: str, target: str, result: RestoreResult, bundle: BundleManifest, options: CheckOptions
+) -> list[Check]:
+    """The source's golden queries against the restored target, one check per collection: their recall
+    compared with the source's own at backup (the bundle's baseline, while the file is unchanged), else
+    with the absolute minimum."""
     try:
-        queries = _load_golden(source.golden_queries or "")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        return Check("golden queries", False, f"cannot read {source.golden_queries}: {first_line(exc)}")
-    if not queries:
-        return Check("golden queries", False, f"{source.golden_queries} holds no query")
+        golden = load_golden(path)
+    except AibackupError as exc:
+        return [Check("golden queries", False, str(exc))]
     names = {d.name: d.target for d in result.datasets}
-    scores: list[float] = []
+    collections = golden.collections()
+    checks = []
     with open_connector(target, target=True) as connector:
         if not isinstance(connector, VectorConnector):
-            return Check("golden queries", False, "golden queries need a vector source")
-        for q in queries:
-            collection = names.get(q["collection"], q["collection"])
-            k = len(q["expected"])
+            return [Check("golden queries", False, "golden queries need a vector source")]
+        for collection in collections:
+            name = "golden queries" if len(collections) == 1 else f"{collection}: golden queries"
+            queries = golden.of(collection)
             try:
-                got = connector.search(
-                    collection, q.get("vector_name", ""), np.asarray([q["vector"]], dtype=np.float32), k
-                )
+                got = golden_recall(connector, names.get(collection, collection), queries)
             except AibackupError as exc:
-                return Check("golden queries", False, f"search failed: {exc}")
-            scores.append(len(set(got[0][:k]) & set(q["expected"])) / k if k else 1.0)
-    recall = float(np.mean(scores)) if scores else 1.0
-    ok = recall >= min_recall
-    return Check(
-        "golden queries", ok, f"recall {recall:.3f} over {len(scores)} golden queries (minimum {min_recall:.2f})"
-    )
+                checks.append(Check(name, False, f"search failed: {exc}"))
+                continue
+            checks.append(_golden_check(name, got, len(queries), _golden_baseline(bundle, collection, golden), options))
+    return checks
 
 
-def _load_golden(path: str) -> list[dict[str, Any]]:
-    """Golden queries: a JSON list, or JSON lines, of {"collection", "vector", "expected": [ids], "vector_name"?}."""
-    text = Path(path).read_text(encoding="utf-8")
-    items = (
-        json.loads(text) if text.lstrip().startswith("[") else [json.loads(x) for x in text.splitlines() if x.strip()]
+def _golden_baseline(bundle: BundleManifest, collection: str, golden: GoldenFile) -> GoldenBaseline | str:
+    """The source's recall of these golden queries at backup, or why there is none to compare with."""
+    try:
+        baseline = bundle.dataset(collection).baseline
+    except KeyError:
+        return f"bundle {bundle.bundle_id} holds no collection {collection!r}"
+    if baseline is None or baseline.golden is None:
+        return "the bundle recorded no golden baseline (a backup without the config, or before aibackup 0.3.0)"
+    if baseline.golden.sha256 != golden.sha256:
+        return "the golden file changed since the backup"
+    return baseline.golden
+
+
+def _golden_check(name: str, got: float, n: int, baseline: GoldenBaseline | str, options: CheckOptions) -> Check:
+    if isinstance(baseline, str):
+        verdict = judge(got, None, options)
+        detail = f"recall {got:.3f} over {n} golden queries ({verdict.words}); {baseline}"
+        measures = {"rule": verdict.rule, "recall": round(got, 6), "needs": verdict.needs, "queries": n}
+        return Check(name, verdict.ok, detail, measures)
+    verdict = judge(got, baseline.recall, options)
+    detail = (
+        f"recall {got:.3f}, the source's {baseline.recall:.3f} at backup, over {n} golden queries ({verdict.words})"
     )
-    if not isinstance(items, list):
-        raise ValueError("expected a JSON list or JSON lines of queries")
-    for n, item in enumerate(items, 1):
-        vector = item.get("vector") if isinstance(item, dict) else None
-        if (
-            not isinstance(item, dict)
-            or not isinstance(item.get("collection"), str)
-            or not isinstance(vector, list)
-            or not vector
-            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in vector)
-            or not isinstance(item.get("expected"), list)
-            or not item["expected"]
-        ):
-            raise ValueError(f"query {n} needs a collection, a non-empty numeric vector and expected ids")
-        item["expected"] = [str(x) for x in item["expected"]]
-    return items
+    measures = {
+        "rule": verdict.rule,
+        "recall": round(got, 6),
+        "source_recall": baseline.recall,
+        "needs": verdict.needs,
+        "queries": n,
+    }
+    return Check(name, verdict.ok, detail, measures)
 
 
 # --- status ----------------------------------------------------------------------------------------------

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from aibackup.bundle import BundleReader
-from aibackup.checks import Check, CheckOptions, prove
+from aibackup.checks import prove
 from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UsageError
 from aibackup.pipeline import prefetch, use_arrow_allocator
+from aibackup.proof import Check
+from aibackup.recall_rule import CheckOptions
 from aibackup.repository import Repository
 from connectors.base import MODES, Connector, DatasetDescription, ImportPlan
 from connectors.registry import connector_class, open_connector, parse_location

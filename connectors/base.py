@@ -248,6 +248,16 @@ class VectorConnector(Connector):
         """The ids (canonical strings) of the `k` nearest records for each query row, nearest first,
         using the collection's own index and distance for dense vector `vector` ("" = default)."""
 
+    def search_index(self, dataset: DatasetDescription, vector: str) -> dict[str, Any]:
+        """How :meth:`search` finds the nearest records of dense vector `vector` of `dataset` (as this
+        connector described it), for the search baseline and the restore's report: ``store`` (the kind),
+        ``exact`` (True when the store compares a query with every record, so its answers are an exact
+        search's: the backup then computes them itself instead of asking), and the index parameters in
+        the neutral names of ``VectorsConfig.hnsw``. Default: an approximate index with those settings."""
+        config = dataset.config
+        hnsw = dict(config.hnsw or {}) if isinstance(config, VectorsConfig) else {}
+        return {"store": self.kind, "exact": False, **{k: v for k, v in sorted(hnsw.items()) if v is not None}}
+
 
 def id_checksum(ids: Iterable[object]) -> int:
     """An order-independent checksum of record ids, for a connector's exactly-once export check: the ids

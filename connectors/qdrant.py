@@ -280,6 +280,19 @@ class QdrantConnector(VectorConnector):
                 results.append([_search_id(p) for p in response.points])
         return results
 
+    def search_index(self, dataset: DatasetDescription, vector: str) -> dict[str, Any]:
+        """Local mode scans every point (it keeps no index): exact. A server searches its HNSW segments,
+        and scans the segments it has not indexed yet: exact while it has indexed no vector at all (a
+        small collection below the full-scan threshold stays that way)."""
+        if not self.location.is_server:
+            return {"store": "qdrant local mode", "exact": True}
+        index = super().search_index(dataset, vector)
+        with self._errors(f"reading collection {dataset.name!r}", dataset.name):
+            indexed = self._require().get_collection(dataset.name).indexed_vectors_count
+        if indexed == 0:
+            index["exact"] = True
+        return index
+
     # --- writing -----------------------------------------------------------------------------------------
 
     def plan_import(self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool) -> ImportPlan:

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from aibackup.bundle import BundleReader
-from aibackup.checks import Check, prove
+from aibackup.checks import prove
+from aibackup.proof import Check
 from aibackup.repository import Repository
 from aibackup.restore import description_of
 from connectors.registry import open_connector

@@ -281,6 +281,10 @@ def test_bad_input_gives_one_line_and_the_documented_exit_code(tmp_path: Path, c
     one_line_error(cli("restore", "--to", "mysql:x"), 2, "unknown store")
     one_line_error(cli("restore", "--to", "qdrant", "--collection", "ghost"), 2, "ghost")
     one_line_error(cli("restore", "--to", "qdrant", "--mode", "replace"), 2, "replace")
+    one_line_error(cli("restore", "--to", "qdrant", "--recall-tolerance", "nan"), 2, "--recall-tolerance")
+    one_line_error(cli("restore", "--to", "qdrant", "--recall-tolerance", "2"), 2, "--recall-tolerance")
+    one_line_error(cli("restore", "--to", "qdrant", "--min-recall", "nan"), 2, "--min-recall")
+    one_line_error(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--queries", "-1"), 2, "--queries")
     err = cli("restore", "--to", "mysql:x", "--json")
     assert err.code == 2 and json.loads(err.err)["error"]["exit_code"] == 2
 

@@ -76,7 +76,9 @@ def test_the_example_loads_with_the_right_values(tmp_path: Path) -> None:
     assert config.retention == RetentionPolicy(keep_last=3, keep_daily=7, keep_weekly=4, keep_monthly=12)
     assert config.retention_for("kb") == config.retention
     assert config.restore_test.target == "scratch"
-    assert (config.restore_test.min_recall, config.restore_test.queries, config.restore_test.report) == (0.9, 20, None)
+    assert (config.restore_test.min_recall, config.restore_test.queries) == (None, None)
+    assert config.restore_test.report is None
+    assert config.restore_test.recall_tolerance == 0.05
     assert config.key_file is None and config.metrics_file is None
     assert config.lock_stale_after == dt.timedelta(minutes=10)
     assert config.source("logs") is logs

@@ -222,14 +222,39 @@ def test_golden_queries_are_checked_by_the_drill(tmp_path: Path, cli: Cli) -> No
     ok(cli("backup", "--source", "kb"))
     passed = ok(cli("restore-test", "--source", "kb", "--json")).json()
     (check,) = [c for c in passed["sources"][0]["checks"] if c["name"] == "golden queries"]
-    assert check["ok"] and "recall 1.000 over 3 golden queries" in check["detail"]
+    assert check["ok"] and "recall 1.000, the source's 1.000 at backup, over 3 golden queries" in check["detail"]
+    assert check["measures"] == {"rule": "baseline", "recall": 1.0, "source_recall": 1.0, "needs": 0.95, "queries": 3}
+    report = (tmp_path / "reports" / "drill.md").read_text()
+    assert "| golden queries | 1.000 | 1.000 | baseline | ok |" in report  # source vs restored, per check
+    assert "| search | 1.000 | 1.000 | baseline | ok |" in report
     golden[0]["expected"] = ["doc-00044"]  # a wrong expectation (the record's own vector finds itself)
     golden[1]["expected"] = ["doc-00045"]
     (tmp_path / "golden.json").write_text(json.dumps(golden))
+    # The file changed since the backup: no baseline to compare with, so the absolute minimum applies.
     failed = cli("restore-test", "--source", "kb", "--json")
     assert failed.code == 1
     (check,) = [c for c in failed.json()["sources"][0]["checks"] if c["name"] == "golden queries"]
-    assert not check["ok"] and "recall 0.333" in check["detail"]
+    assert not check["ok"] and "recall 0.333" in check["detail"] and "golden file changed" in check["detail"]
+    # Backed up with these expectations, the source itself answers 1 of 3: a restore answering the same
+    # is as good as the source was, and passes.
+    ok(cli("backup", "--source", "kb"))
+    again = ok(cli("restore-test", "--source", "kb", "--json")).json()
+    (check,) = [c for c in again["sources"][0]["checks"] if c["name"] == "golden queries"]
+    assert check["ok"] and "recall 0.333, the source's 0.333 at backup" in check["detail"]
+
+
+def test_a_backup_by_uri_records_the_configured_golden_queries(tmp_path: Path, cli: Cli) -> None:
+    """`aibackup backup chroma:./chroma` with a config naming that store: the bundle gets its golden baseline."""
+    records = seed_chroma(tmp_path / "chroma", "docs", n=50, dim=8, space="l2")
+    golden = [{"collection": "docs", "vector": records["embeddings"][5].tolist(), "expected": [records["ids"][5]]}]
+    (tmp_path / "golden.json").write_text(json.dumps(golden))
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("rto: 1h}", "rto: 1h, golden_queries: ./golden.json}"))
+    ok(cli("backup", "chroma:./chroma", "--queries", "5"))
+    drill = ok(cli("restore-test", "--source", "kb", "--json")).json()
+    checks = {c["name"]: c for c in drill["sources"][0]["checks"]}
+    assert checks["golden queries"]["measures"]["rule"] == "baseline"
+    assert checks["search"]["measures"]["rule"] == "baseline" and checks["search"]["measures"]["queries"] == 5
 
 
 def test_operator_edges(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,141 @@
+"""Recording a vector dataset's search baseline at backup (the format: :mod:`manifests.baseline`).
+
+While the records stream into the bundle, :class:`~aibackup.nearest.QuerySampler` keeps a seeded uniform
+sample of query records per dense vector (bounded: `queries` vectors each). After the stream, with the
+source still open:
+
+1. the source store is asked for each query's top-k through the connector's own search (``search``),
+   unless its search is an exact scan (``search_index(...)["exact"]``: Qdrant local mode), whose answers
+   are the exact search's by definition and cost ~20 ms per query there;
+2. one pass over the dataset's parts just written, reading only the id and the sampled vector columns,
+   finds the exact top-k of every query and the exact distances of the source's answers (ties count);
+3. the source's recall@k, its answers and the query ids go into the manifest.
+
+The pass reads back what was written rather than the source: a query is known only once its record has
+streamed past, and the exact search needs every record after that. Reading the parts back costs a local
+read of the vector columns (the benchmark states it); on S3 it downloads them again. A failed search of
+one vector is a note in the baseline, not a failed backup: that vector's restores use the absolute rule.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from aibackup.bundle import BundleReader
+from aibackup.errors import AibackupError
+from aibackup.golden import GoldenFile, recall
+from aibackup.nearest import ExactTopK, QuerySampler
+from connectors.base import Connector, DatasetDescription, VectorConnector
+from manifests.baseline import GoldenBaseline, SearchBaseline, VectorBaseline
+from manifests.model import DatasetManifest, DenseVectorSpec
+from manifests.vectors import ID, dense_column
+
+K = 10
+
+
+def seed_for(bundle_id: str) -> int:
+    """The sampling seed of a bundle: derived from its id, so each night samples other records, and
+    recorded, so the sample can be drawn again from the same stream."""
+    return int.from_bytes(hashlib.sha256(bundle_id.encode("utf-8")).digest()[:4], "big")
+
+
+def searchable(description: DatasetDescription) -> list[DenseVectorSpec]:
+    """The dense vectors a baseline covers: single vectors (multivectors are proved by their digests)."""
+    if description.kind != "vectors":
+        return []
+    return sorted((d for d in description.config.dense if not d.multivector), key=lambda d: d.name)
+
+
+@dataclass
+class _Probe:
+    """One dense vector's sampled queries on their way to the baseline."""
+
+    spec: DenseVectorSpec
+    ids: list[str]
+    search: ExactTopK
+    answers: list[list[str]] | None  # the source's; None when its search is exact (then the exact top-k)
+    index: dict[str, Any]
+
+
+class BaselineRecorder:
+    """Samples one dataset's queries while it streams (:meth:`add`), then records its baseline
+    (:meth:`finish`). For a store that is not a vector store, or with `queries` 0, both do nothing."""
+
+    def __init__(self, connector: Connector, description: DatasetDescription, queries: int, seed: int) -> None:
+        self.connector = connector if isinstance(connector, VectorConnector) else None
+        self.description = description
+        self.specs = searchable(description) if queries and self.connector else []
+        self.seed = seed
+        self.sampler = QuerySampler([dense_column(s.name) for s in self.specs], queries, seed)
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if self.specs:
+            self.sampler.add(batch)
+
+    def finish(
+        self, reader: BundleReader, dataset: DatasetManifest, golden: GoldenFile | None = None
+    ) -> tuple[SearchBaseline | None, list[str]]:
+        """The baseline of `dataset` (just written into `reader`'s repository) and the notes for the user;
+        None when there is nothing to record (no dense vector, ``--queries 0``, no golden queries)."""
+        connector = self.connector
+        if connector is None:
+            return None, []
+        notes: list[str] = []
+        name = self.description.name
+        probes: dict[str, _Probe] = {}
+        for spec in self.specs:
+            column = dense_column(spec.name)
+            ids, vectors = self.sampler.sample(column)
+            if not ids:
+                continue  # no record holds this vector
+            index = dict(connector.search_index(self.description, spec.name))
+            answers = None
+            if not index.get("exact"):
+                try:
+                    answers = connector.search(name, spec.name, vectors, K)
+                except AibackupError as exc:
+                    notes.append(f"vector {spec.name!r}: the source could not be searched: {exc}")
+                    continue
+            watch = {rid for row in answers or () for rid in row}
+            probes[column] = _Probe(spec, ids, ExactTopK(vectors, K, spec.distance, watch), answers, index)
+        if probes:
+            for batch in reader.batches(dataset, columns=[ID, *probes]):
+                for column, probe in probes.items():
+                    probe.search.add(batch.column(ID), batch.column(column))
+        entries = []
+        for probe in probes.values():
+            got = probe.answers if probe.answers is not None else probe.search.top()
+            entries.append(
+                VectorBaseline(
+                    vector=probe.spec.name,
+                    distance=probe.spec.distance,
+                    queries=tuple(probe.ids),
+                    answers=tuple(tuple(a[:K]) for a in got),
+                    recall=round(float(np.mean(probe.search.recalls(got))), 6),
+                    index=probe.index,
+                )
+            )
+        golden_baseline = self._golden(connector, golden, notes)
+        if not entries and golden_baseline is None and not notes:
+            return None, []
+        baseline = SearchBaseline(
+            seed=self.seed, k=K, vectors=tuple(entries), golden=golden_baseline, notes=tuple(notes)
+        )
+        return baseline, [f"{name}: search baseline: {n}" for n in notes]
+
+    def _golden(self, connector: VectorConnector, golden: GoldenFile | None, notes: list[str]) -> GoldenBaseline | None:
+        """The source's recall of the golden queries of this collection, if the config names any."""
+        queries = golden.of(self.description.name) if golden else []
+        if not golden or not queries:
+            return None
+        try:
+            value = recall(connector, self.description.name, queries)
+        except AibackupError as exc:
+            notes.append(f"golden queries: the source could not be searched: {exc}")
+            return None
+        return GoldenBaseline(sha256=golden.sha256, queries=len(queries), recall=round(value, 6))

@@ -1,0 +1,80 @@
+"""The rules a restore's search check is judged by (aibackup.search_check measures; this decides).
+
+Kept apart from the measuring (numpy, pyarrow) so the command line can show the defaults without
+importing them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Query records sampled per dense vector. 20 (the restore check's old count) let the relative check fail
+#: 1-5% of perfect Chroma -> Chroma restores of hard data by noise alone (two HNSW builds answer a query
+#: differently); at 100 the spread of the difference is 0.010-0.015, a fifth to a third of the tolerance.
+DEFAULT_QUERIES = 100
+#: The rule of bundles without a baseline (and the default of their `--queries`/`--min-recall`).
+ABSOLUTE_MIN_RECALL = 0.9
+ABSOLUTE_QUERIES = 20
+DEFAULT_TOLERANCE = 0.05
+#: The floor of an approximate target restored from an exact-scan source. Measured on the hardest data
+#: here (10,000 x 384 random normal): Chroma's default HNSW answers at 0.77 (cosine) to 0.88 (l2); a
+#: degenerate one (M 2-8, ef 1-20) at 0.01-0.22.
+APPROXIMATE_FLOOR = 0.5
+#: Standard errors of the measured difference a shortfall must exceed before it fails: with few queries
+#: (say ``--queries 30`` on hard cosine data) two perfect restores differ by more than the tolerance now
+#: and then, and a check must not cry wolf because it measured too little.
+NOISE_Z = 3.0
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How the search check runs. ``queries``: how many queries (None: every query of the baseline, else
+    :data:`ABSOLUTE_QUERIES`; 0 skips the check); ``min_recall``: an absolute floor the user adds (None:
+    none with a baseline, :data:`ABSOLUTE_MIN_RECALL` without)."""
+
+    queries: int | None = None
+    k: int = 10
+    min_recall: float | None = None
+    recall_tolerance: float = DEFAULT_TOLERANCE
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    rule: str  # "baseline", "approximate-target" or "absolute"
+    needs: float  # the recall the target had to reach
+    words: str  # the rule applied, as the detail says it
+
+
+def judge(
+    target: float,
+    source: float | None,
+    options: CheckOptions,
+    *,
+    source_exact: bool = False,
+    target_exact: bool = False,
+    noise: float = 0.0,
+) -> Verdict:
+    """Whether a target recall passes against the source's (None: no baseline), and the rule applied.
+
+    `noise` is the standard error of the mean per-query difference between the target's and the
+    source's recall (0 when unknown): the allowance below the source is the tolerance, or
+    :data:`NOISE_Z` standard errors where the measurement cannot resolve the tolerance."""
+    slack = 1e-9  # recalls are multiples of 1/(queries * k): compare them without float round-off
+    if source is None:
+        floor = ABSOLUTE_MIN_RECALL if options.min_recall is None else options.min_recall
+        return Verdict(target + slack >= floor, "absolute", floor, f"needs {floor:.2f}")
+    if source_exact and not target_exact:
+        floor = APPROXIMATE_FLOOR if options.min_recall is None else options.min_recall
+        words = f"needs {floor:.2f}: the source scanned every record, the target answers through an approximate index"
+        return Verdict(target + slack >= floor, "approximate-target", floor, words)
+    allowance = max(options.recall_tolerance, NOISE_Z * noise)
+    bar = source - allowance
+    words = f"needs {bar:.3f}: the source's - {options.recall_tolerance:.2f}"
+    if allowance > options.recall_tolerance:
+        words = f"needs {bar:.3f}: the source's - {allowance:.3f}, {NOISE_Z:g} standard errors of this measurement"
+    if options.min_recall is not None and options.min_recall > bar:
+        bar = options.min_recall
+        words = f"needs {bar:.3f}: --min-recall"
+    return Verdict(target + slack >= bar, "baseline", round(bar, 6), words)
