@@ -31,6 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aibackup.recall_rule import DEFAULT_QUERIES
 from benchmarks.common import (
     BUSY_LOOP,
     COLLECTION,
@@ -139,17 +140,39 @@ def child_qdrant_bare(path: str, page: str) -> dict[str, Any]:
     return out
 
 
-def child_backup(source: str, repo: str) -> dict[str, Any]:
+def child_backup(source: str, repo: str, queries: str = str(DEFAULT_QUERIES)) -> dict[str, Any]:
+    """``run_backup`` with `queries` baseline queries (0: no search baseline). Also reports the seconds of
+    the baseline's work after the stream (the source's searches and the exact pass over the written
+    vectors), timed around ``BaselineRecorder.finish``; its sampling during the stream is not separable."""
     import chromadb  # noqa: F401 - the client libraries are imported before the clock starts
     import qdrant_client  # noqa: F401
 
-    from aibackup.backup import run_backup
+    from aibackup import baseline
+    from aibackup.backup import SourceOptions, run_backup
 
+    spent = [0.0]
+    finish = baseline.BaselineRecorder.finish
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return finish(self, *args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    baseline.BaselineRecorder.finish = timed  # type: ignore[method-assign]
     clock = Stopwatch()
-    result = run_backup(repo, source)
+    result = run_backup(repo, source, source_options=SourceOptions(queries=int(queries)))
     out = clock.read()
     dataset = result.manifest.datasets[0]
-    return {**out, "rows": dataset.rows, "bundle_bytes": sum(p.bytes for p in dataset.parts)}
+    recall = [v.recall for v in dataset.baseline.vectors] if dataset.baseline else []
+    return {
+        **out,
+        "rows": dataset.rows,
+        "bundle_bytes": sum(p.bytes for p in dataset.parts),
+        "baseline_seconds": spent[0],
+        "source_recall": recall[0] if recall else None,
+    }
 
 
 CHILDREN = {
@@ -169,12 +192,13 @@ def _versus(
     """Sweep the bare loop's page sizes, then alternate the best bare loop and the backup `repeats` times."""
     sweep = {p: run_child(MODULE, bare, str(store), str(p)) for p in pages}
     best = min(sweep, key=lambda p: sweep[p]["seconds"])
-    bare_runs, backup_runs = [sweep[best]], []
+    bare_runs, backup_runs, plain_runs = [sweep[best]], [], []
     for i in range(repeats):
         backup_runs.append(run_child(MODULE, "backup", uri, f"{tmp}/{label}-{i}"))
+        plain_runs.append(run_child(MODULE, "backup", uri, f"{tmp}/{label}-plain-{i}", "0"))
         if i:
             bare_runs.append(run_child(MODULE, bare, str(store), str(best)))
-    base, ours = fastest(bare_runs), fastest(backup_runs)
+    base, ours, plain = fastest(bare_runs), fastest(backup_runs), fastest(plain_runs)
     if ours["rows"] != base["rows"]:
         raise RuntimeError(f"{label}: the backup holds {ours['rows']} rows, the bare loop read {base['rows']}")
     return {
@@ -190,6 +214,11 @@ def _versus(
         "backup_runs": [round(r["seconds"], 3) for r in backup_runs],
         "backup_max_rss_mb": max(r["max_rss_mb"] for r in backup_runs),
         "backup_vs_bare": round(ours["seconds"] / base["seconds"], 3),
+        "baseline_queries": DEFAULT_QUERIES,
+        "baseline_seconds": round(min(r["baseline_seconds"] for r in backup_runs), 3),
+        "source_recall": ours["source_recall"],
+        "no_baseline_seconds": round(plain["seconds"], 3),
+        "no_baseline_vs_bare": round(plain["seconds"] / base["seconds"], 3),
         "bundle_bytes": ours["bundle_bytes"],
         "store_bytes": disk_bytes(store),
     }
