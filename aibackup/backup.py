@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+
+import pyarrow as pa
 
 from aibackup import __version__, clock
 from aibackup.baseline import BaselineRecorder, seed_for
@@ -27,6 +29,7 @@ from aibackup.progress import Progress, Quiet
 from aibackup.recall_rule import DEFAULT_QUERIES
 from aibackup.repository import Repository, iso
 from aibackup.storage import Storage
+from connectors import layouts
 from connectors.registry import open_connector, parse_location
 from manifests.model import DIGEST_ALGORITHM, BundleManifest, DatasetManifest
 
@@ -163,17 +166,21 @@ def run_backup(
                     # an incremental export yields only what is new: its size is not known ahead
                     report.dataset(description.name, None if since else description.rows)
                     recorder = BaselineRecorder(connector, description, source_options.queries, seed_for(bundle_id))
+                    detector = layouts.Detector(connector.kind if description.kind == "vectors" else "")
                     dataset = writer.write_dataset(
                         index,
                         description,
                         collecting(prefetch(connector.export(description, since))),
                         connector.id_types,
                         report.advance,
-                        recorder.add,
+                        _each(recorder.add, detector.add),
                     )
                     baseline, said = recorder.finish(BundleReader(repo), dataset, golden)
                     dataset = replace(dataset, baseline=baseline)
                     notes += said
+                    found = detector.result()
+                    if found is not None:  # every record is in a framework's layout: the restore keeps it
+                        dataset = replace(dataset, config={**dataset.config, "layout": found})
                     state = connector.export_state(description.name)
                     if state is not None:
                         notes += [f"{description.name}: {note}" for note in state.notes]
@@ -215,6 +222,16 @@ def run_backup(
             raise
         lock.release()
     return BackupResult(manifest, created, time.perf_counter() - timer, tuple(notes))
+
+
+def _each(*watchers: Callable[[pa.RecordBatch], None]) -> Callable[[pa.RecordBatch], None]:
+    """One callback that hands each batch to every watcher, in order."""
+
+    def watch(batch: pa.RecordBatch) -> None:
+        for watcher in watchers:
+            watcher(batch)
+
+    return watch
 
 
 def _golden(path: str | None, notes: list[str]) -> GoldenFile | None:

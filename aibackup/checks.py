@@ -37,6 +37,7 @@ from aibackup.errors import AibackupError
 from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions
 from aibackup.search_check import search_checks
+from connectors import layouts
 from connectors.base import Connector, ImportPlan, VectorConnector
 from manifests.digest import DatasetDigest, record_digests
 from manifests.model import DatasetManifest
@@ -53,8 +54,10 @@ def prove(
     reader: BundleReader,
     dataset: DatasetManifest,
     options: CheckOptions | None = None,
+    layout: layouts.Applied | None = None,
 ) -> list[Check]:
-    """Run every check of a restored dataset; returns them in report order (never raises for a mismatch)."""
+    """Run every check of a restored dataset; returns them in report order (never raises for a mismatch).
+    With an application `layout` written, a ``layout`` check reads both sides as the framework does."""
     options = options or CheckOptions()
     merge = plan.mode == "merge"
     # One pass over the bundle also recomputes its own digest and counts the records the target should
@@ -105,12 +108,48 @@ def prove(
         merge,
     )
     checks += [Check(name, ok, detail) for name, ok, detail in connector.extra_checks(plan)]
+    if layout is not None and layout.source == layout.target and not plan.dropped:
+        # One kind of store: the records are written as they were, so the content check is the proof.
+        content = next(c for c in checks if c.name == "content")
+        detail = f"{layout.framework}'s layout on {layout.target}, the records as they were ({content.name} check)"
+        checks.append(Check("layout", content.ok, detail))
+    elif layout is not None:
+        checks.append(_layout_check(layout, plan, reader, dataset, connector.export(target), target.rows, merge))
     if isinstance(connector, VectorConnector):
         if merge:
             checks.append(Check("search", True, "skipped: in merge mode the target holds records outside the bundle"))
         else:
             checks += search_checks(connector, plan, target, expected, dataset.baseline, options)
     return finish(checks, target.rows)
+
+
+def _layout_check(
+    layout: layouts.Applied,
+    plan: ImportPlan,
+    reader: BundleReader,
+    dataset: DatasetManifest,
+    restored: Iterable[pa.RecordBatch],
+    target_rows: int,
+    merge: bool,
+) -> Check:
+    """Every record read by the framework on the target as it was read on the source: the same text and
+    the same metadata (LangChain) or node (LlamaIndex), by id, record by record in bounded memory. After a
+    lossy mapping (--allow-lossy) the source's side is the bundle after that mapping."""
+    framework = layout.framework
+    if plan.dropped:
+        expected = (layouts.views(framework, layout.target, plan.transform(b)) for b in reader.batches(dataset))
+    else:
+        expected = (layouts.views(framework, layout.source, b) for b in reader.batches(dataset))
+    actual = (layouts.views(framework, layout.target, b) for b in restored)
+    ids, same = _compare(expected, actual, pa.schema([]), {}, max(dataset.rows, target_rows), merge)
+    if not ids.ok:
+        return Check("layout", False, f"as {framework} reads them: {ids.detail}")
+    if not same.ok:
+        return Check("layout", False, f"as {framework} reads them: {same.detail}")
+    what = "metadata" if framework == layouts.LANGCHAIN else "node"
+    after = " (after the lossy mapping)" if plan.dropped else ""
+    detail = f"{framework} reads every record on {layout.target} as on {layout.source}{after}: the same text and {what}"
+    return Check("layout", True, detail)
 
 
 # --- record-by-record comparison ------------------------------------------------------------------------

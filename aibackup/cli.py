@@ -39,6 +39,7 @@ from aibackup.errors import (
     UsageError,
 )
 from aibackup.recall_rule import ABSOLUTE_MIN_RECALL, ABSOLUTE_QUERIES, DEFAULT_QUERIES, DEFAULT_TOLERANCE
+from manifests.model import FRAMEWORKS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -350,6 +351,9 @@ def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) 
                 click.echo(f"  sparse vector {sv.name}" + (f" ({sv.modifier})" if sv.modifier else ""))
             if config.metadata:
                 click.echo(f"  collection metadata: {json.dumps(config.metadata, ensure_ascii=False)}")
+            if config.layout:
+                evidence = ", ".join(f"{k} {v}" for k, v in sorted(config.layout.get("evidence", {}).items()))
+                click.echo(f"  layout: {config.layout['framework']} on {config.layout['backend']} ({evidence})")
             for line in _baseline_lines(d):
                 click.echo(f"  {line}")
         else:
@@ -457,6 +461,14 @@ def verify(
     help="Apply the documented lossy mapping where the target cannot hold a feature (reported).",
 )
 @click.option(
+    "--layout",
+    type=click.Choice(["auto", "raw", *FRAMEWORKS]),
+    default="auto",
+    show_default=True,
+    help="Vectors: write the target in the application layout recorded at backup (auto), in each store's "
+    "own mapping (raw), or in LangChain's or LlamaIndex's layout for the target store.",
+)
+@click.option(
     "--queries",
     default=None,
     type=click.IntRange(0, 10_000),
@@ -489,6 +501,7 @@ def restore(
     mode: str,
     at: str | None,
     allow_lossy: bool,
+    layout: str,
     queries: int | None,
     recall_tolerance: float,
     min_recall: float | None,
@@ -517,6 +530,7 @@ def restore(
         collections,
         mode=mode,
         allow_lossy=allow_lossy,
+        layout=layout,
         at=None if at is None else parse_time(at),
         key_file=key_file,
         check_options=CheckOptions(queries=queries, min_recall=min_recall, recall_tolerance=recall_tolerance),
@@ -527,6 +541,7 @@ def restore(
         click.echo(f"restored bundle {result.bundle_id} into {result.target}")
         for d in result.datasets:
             arrow = d.name if d.name == d.target else f"{d.name} -> {d.target}"
+            arrow += "" if d.layout == "raw" else f" in {d.layout}'s layout"
             click.echo(
                 f"\ncollection {arrow}: {d.rows} rows (load {d.load_seconds:.1f} s, checks {d.check_seconds:.1f} s)"
             )

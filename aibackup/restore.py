@@ -26,6 +26,7 @@ from aibackup.pipeline import prefetch, use_arrow_allocator
 from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions
 from aibackup.repository import Repository
+from connectors import layouts
 from connectors.base import MODES, Connector, DatasetDescription, ImportPlan
 from connectors.registry import connector_class, open_connector, parse_location
 from manifests.digest import DatasetDigest
@@ -38,6 +39,7 @@ from manifests.vectors import ID, METADATA
 class DatasetResult:
     name: str  # the collection in the bundle
     target: str  # the collection restored into
+    layout: str  # the application layout written (connectors.layouts): "raw", "langchain (chroma -> qdrant)"
     rows: int
     dropped: tuple[str, ...]  # the lossy mappings the plan applies
     lost: tuple[str, ...]  # what they really changed in this bundle's records
@@ -54,6 +56,7 @@ class DatasetResult:
         return {
             "name": self.name,
             "target": self.target,
+            "layout": self.layout,
             "rows": self.rows,
             "ok": self.ok,
             "dropped": list(self.dropped),
@@ -117,9 +120,14 @@ def run_restore(
     at: dt.datetime | None = None,
     check_options: CheckOptions | None = None,
     key_file: str | None = None,
+    layout: str = "auto",
 ) -> RestoreResult:
     """Restore bundle `ref` (an id, a prefix or latest; `at`: the newest bundle up to that time) into
-    `target_uri` and prove it."""
+    `target_uri` and prove it. `layout` (vectors): auto writes each collection in the application layout
+    recorded at backup (connectors.layouts), raw in each connector's own mapping, langchain or
+    llamaindex in that framework's layout for the target."""
+    if layout not in layouts.CHOICES:
+        raise UsageError(f"bad --layout {layout!r}: expected one of {', '.join(layouts.CHOICES)}")
     if mode not in MODES:
         raise UsageError(f"bad --mode {mode!r}: expected one of {', '.join(MODES)}")
     pairs = parse_renames(collections)
@@ -141,10 +149,19 @@ def run_restore(
                 f"{target_kind}: restore it into a {dataset.kind} target"
             )
     with open_connector(target_uri, target=True, options={"secrets": key}) as connector:
-        plans: list[tuple[DatasetManifest, ImportPlan]] = [
-            (d, connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy))
-            for d, dest in selected
-        ]
+        source_kind = str(manifest.source.get("kind"))
+        plans: list[tuple[DatasetManifest, ImportPlan]] = []
+        applied: dict[str, layouts.Applied | None] = {}
+        for d, dest in selected:
+            plan = connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy)
+            recorded = d.vectors_config().layout if d.kind == "vectors" else None
+            chosen = (
+                layouts.resolve(layout, recorded, source_kind, connector.kind, d.name) if d.kind == "vectors" else None
+            )
+            if chosen is not None:
+                plan = layouts.apply(plan, chosen)
+            applied[d.name] = chosen
+            plans.append((d, plan))
         # Every record is checked against the manifest's digest and against what the target can hold
         # before anything is written.
         validated = time.perf_counter()
@@ -159,7 +176,7 @@ def run_restore(
         validate_seconds = time.perf_counter() - validated
         for dataset, plan in plans:
             try:
-                results.append(_restore_one(connector, reader, dataset, plan, check_options))
+                results.append(_restore_one(connector, reader, dataset, plan, check_options, applied[dataset.name]))
             except AibackupError as exc:
                 done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
                 raise type(exc)(
@@ -178,6 +195,7 @@ def _restore_one(
     dataset: DatasetManifest,
     plan: ImportPlan,
     check_options: CheckOptions | None,
+    layout: layouts.Applied | None,
 ) -> DatasetResult:
     started = time.perf_counter()
     # The loss is tallied on the import pass: a connector's mapping may depend on what its validation saw
@@ -185,10 +203,11 @@ def _restore_one(
     loss = _Loss(plan)
     rows = connector.import_(plan, loss.watch(prefetch(reader.batches(dataset))))
     loaded = time.perf_counter()
-    checks = prove(connector, plan, reader, dataset, check_options)
+    checks = prove(connector, plan, reader, dataset, check_options, layout)
     return DatasetResult(
         name=dataset.name,
         target=plan.target.name,
+        layout=layout.describe() if layout else "raw",
         rows=rows,
         dropped=plan.dropped,
         lost=loss.lines(),

@@ -35,6 +35,8 @@ FORMAT_VERSION = 1
 MAC_ALGORITHM = "hmac-sha256"
 MAC_CONTEXT = b"aibackup-manifest-authentication-v1\x00"
 DATATYPES = ("float32", "float16", "uint8")
+#: The application frameworks whose layouts a vector collection may be recorded in (connectors.layouts).
+FRAMEWORKS = ("langchain", "llamaindex")
 
 
 class ManifestVersionTooNewError(ManifestError):
@@ -130,9 +132,12 @@ class VectorsConfig:
     hnsw: Mapping[str, Any] | None = None  # neutral names: m, ef_construction, ef_search
     payload_indexes: tuple[Mapping[str, Any], ...] = ()  # [{"field": "k", "type": "keyword"}, ...]
     native: Mapping[str, Any] | None = None
+    #: The application layout every record was found in at backup (connectors.layouts):
+    #: {"framework": "langchain"|"llamaindex", "backend": "chroma"|..., "evidence": {...}}; None: raw.
+    layout: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc = {
             "dense": [d.to_json() for d in self.dense],
             "sparse": [s.to_json() for s in self.sparse],
             "metadata": None if self.metadata is None else dict(self.metadata),
@@ -140,6 +145,9 @@ class VectorsConfig:
             "payload_indexes": [dict(p) for p in self.payload_indexes],
             "native": None if self.native is None else dict(self.native),
         }
+        if self.layout is not None:  # absent for raw collections: their configs stay what they were
+            doc["layout"] = dict(self.layout)
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], where: str = "config") -> VectorsConfig:
@@ -162,6 +170,7 @@ class VectorsConfig:
             hnsw=fields.opt(doc, "hnsw", dict, where, None),
             payload_indexes=tuple(indexes),
             native=fields.opt(doc, "native", dict, where, None),
+            layout=_layout(fields.opt(doc, "layout", dict, where, None), f"{where}.layout"),
         )
 
     def dense_by_name(self, name: str) -> DenseVectorSpec:
@@ -169,6 +178,15 @@ class VectorsConfig:
             if spec.name == name:
                 return spec
         raise KeyError(name)
+
+
+def _layout(doc: Mapping[str, Any] | None, where: str) -> Mapping[str, Any] | None:
+    if doc is None:
+        return None
+    if fields.get(doc, "framework", str, where) not in FRAMEWORKS:
+        raise ManifestError(f"{where}.framework: unknown framework {doc['framework']!r}")
+    fields.get(doc, "backend", str, where)
+    return doc
 
 
 # --- bundle manifest -----------------------------------------------------------------------------------

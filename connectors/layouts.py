@@ -1,0 +1,347 @@
+"""Application layouts: where LangChain and LlamaIndex keep a record's text, metadata and ids on each
+backend; detected at backup, written at restore (DESIGN.md "Application layouts").
+
+A bundle keeps every record as its source backend holds it (the canonical schema, as that backend's
+connector exports it), so what a framework wrote is kept byte for byte. A layout says how the framework
+reads its document out of such a record, and how to write the document into another backend so that the
+same framework, opened on the target, reads it back:
+
+==========  =======  =================================================  ==========================================
+framework   backend  text                                               what the framework returns besides
+==========  =======  =================================================  ==========================================
+langchain   chroma   the document                                       the metadata (flat), by record id
+langchain   qdrant   payload ``page_content`` (the export's metadata)   payload ``metadata`` (an object), by point id
+llamaindex  chroma   the document (``_node_content``'s text is "")      the node in metadata ``_node_content``
+                                                                        (JSON), with flat copies of its metadata
+                                                                        and ``_node_type``, ``doc_id``,
+                                                                        ``document_id``, ``ref_doc_id``
+llamaindex  qdrant   ``_node_content``'s text (no document)             the same keys in the payload
+==========  =======  =================================================  ==========================================
+
+LlamaIndex writes ``_node_content`` with ``json.dumps`` defaults; moving the text in or out re-serialises
+it the same way, so the node it reads is the one it wrote. Ids: a LlamaIndex node id is a UUID, a point id
+as it is; LangChain's ids on Chroma are any string, which Qdrant holds as ``uuid5`` point ids (the original
+in ``_aibackup_id``): LangChain's ``get_by_ids`` on Qdrant takes those (``point_id_for`` in the runbook).
+
+Detection reads every record while the backup streams (:class:`Detector`); a collection is in a layout
+only when every record is, and the evidence (which keys, how many records) goes into the manifest.
+Anything else is ``raw``: restored with each connector's own mapping, as before layouts existed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from aibackup.errors import UnsupportedFeatureError, UsageError
+from connectors.base import ImportPlan
+from manifests.model import FRAMEWORKS
+from manifests.vectors import DOCUMENT, ID, METADATA, URI, metadata_json, parse_metadata
+
+RAW = "raw"
+LANGCHAIN, LLAMAINDEX = FRAMEWORKS
+#: ``--layout`` values: auto = the layout recorded in the bundle.
+CHOICES = ("auto", RAW, *FRAMEWORKS)
+#: The backends whose layouts are known, by connector kind.
+BACKENDS = ("chroma", "qdrant")
+
+LC_CONTENT, LC_METADATA = "page_content", "metadata"
+LI_NODE, LI_TYPE = "_node_content", "_node_type"
+LI_KEYS = (LI_NODE, LI_TYPE, "doc_id", "document_id", "ref_doc_id")
+
+
+@dataclass(frozen=True)
+class View:
+    """A record as the framework reads it: its id, text, and what it returns besides (LangChain: the
+    metadata; LlamaIndex: the node without its text)."""
+
+    id: str
+    text: str | None
+    rest: Mapping[str, Any]
+
+
+# --- reading a record the way the framework does ---------------------------------------------------------
+
+
+def view(framework: str, backend: str, record_id: str, document: str | None, metadata: dict[str, Any] | None) -> View:
+    """The framework's reading of one canonical record of `backend`. Raises ValueError when the record is
+    not in the framework's layout there."""
+    meta = dict(metadata or {})
+    if framework == LANGCHAIN:
+        if backend == "qdrant":
+            if document is not None or set(meta) - {LC_CONTENT, LC_METADATA}:
+                raise ValueError(f"payload keys {sorted(meta)} are not LangChain's {LC_CONTENT!r} and {LC_METADATA!r}")
+            text, rest = meta.get(LC_CONTENT), meta.get(LC_METADATA) or {}
+            if not isinstance(text, str) or not isinstance(rest, dict):
+                raise ValueError(f"{LC_CONTENT!r} must be text and {LC_METADATA!r} an object")
+            return View(record_id, text, rest)
+        if document is None:
+            raise ValueError("no document: LangChain reads the text of every record from it")
+        return View(record_id, document, meta)
+    node = _node(meta)
+    if backend == "qdrant":
+        text = node.pop("text", None)
+        if document is not None or not isinstance(text, str):
+            raise ValueError(f"{LI_NODE!r} holds no text")
+    else:
+        text = document
+        node.pop("text", None)
+    return View(record_id, text, node)
+
+
+def _node(meta: Mapping[str, Any]) -> dict[str, Any]:
+    raw = meta.get(LI_NODE)
+    if not isinstance(raw, str) or LI_TYPE not in meta:
+        raise ValueError(f"no {LI_NODE!r} and {LI_TYPE!r} in the metadata")
+    node = json.loads(raw)
+    if not isinstance(node, dict):
+        raise ValueError(f"{LI_NODE!r} is not a JSON object")
+    return node
+
+
+# --- writing a record in the framework's layout of another backend ---------------------------------------
+
+
+def convert(
+    framework: str, source: str, target: str, document: str | None, metadata: dict[str, Any] | None
+) -> tuple[str | None, dict[str, Any] | None]:
+    """A record of `source` in `framework`'s layout as `target` holds it in that layout: (document,
+    metadata). Raises ValueError when the record is not in the layout on `source`."""
+    seen = view(framework, source, "", document, metadata)
+    if source == target:
+        return document, metadata
+    meta = dict(metadata or {})
+    if framework == LANGCHAIN:
+        if target == "qdrant":
+            return None, {LC_CONTENT: seen.text, LC_METADATA: dict(seen.rest)}
+        return seen.text, dict(seen.rest) or None
+    node = _node(meta)  # as LlamaIndex wrote it, "text" where it was
+    node["text"] = seen.text if target == "qdrant" else ""
+    meta[LI_NODE] = json.dumps(node)  # LlamaIndex writes it with json.dumps' defaults too
+    return (None, meta) if target == "qdrant" else (seen.text, meta)
+
+
+def transform(
+    framework: str, source: str, target: str, collection: str, *, verified: bool = False
+) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
+    """The batch mapping a restore applies first: every record of `source`'s layout into `target`'s.
+    Raises UnsupportedFeatureError naming the first record that is not in the layout. Between two stores
+    of one kind the records stay as they are: only checked, unless the backup already `verified` them."""
+
+    def apply(batch: pa.RecordBatch) -> pa.RecordBatch:
+        if source == target:
+            if not verified:
+                for rid, doc, meta in _records(batch):
+                    _fits(framework, source, collection, rid, doc, meta)
+            return batch
+        documents, metadatas = [], []
+        for rid, doc, meta in _records(batch):
+            try:
+                new_doc, new_meta = convert(framework, source, target, doc, parse_metadata(meta))
+            except ValueError as exc:
+                raise _refusal(framework, source, collection, rid, exc) from None
+            documents.append(new_doc)
+            metadatas.append(metadata_json(new_meta))
+        names = batch.schema.names
+        columns = list(batch.columns)
+        columns[names.index(DOCUMENT)] = pa.array(documents, pa.string())
+        columns[names.index(METADATA)] = pa.array(metadatas, pa.string())
+        return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+
+    return apply
+
+
+def _records(batch: pa.RecordBatch) -> Any:
+    return zip(
+        batch.column(ID).to_pylist(),
+        batch.column(DOCUMENT).to_pylist(),
+        batch.column(METADATA).to_pylist(),
+        strict=True,
+    )
+
+
+def _fits(framework: str, backend: str, collection: str, rid: str, doc: str | None, meta: str | None) -> None:
+    try:
+        view(framework, backend, rid, doc, parse_metadata(meta))
+    except ValueError as exc:
+        raise _refusal(framework, backend, collection, rid, exc) from None
+
+
+def _refusal(framework: str, backend: str, collection: str, rid: str, exc: ValueError) -> UnsupportedFeatureError:
+    return UnsupportedFeatureError(
+        f"collection {collection!r}: record {rid!r} is not in {framework}'s layout on {backend} ({exc}); "
+        "restore with --layout raw"
+    )
+
+
+def views(framework: str, backend: str, batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The framework's reading of a batch, as (id, document: the text, metadata: canonical JSON of the
+    rest) for the restore's ``layout`` check. A record not in the layout reads as null text and rest."""
+    ids, texts, rests = [], [], []
+    for rid, doc, meta in _records(batch):
+        try:
+            seen = view(framework, backend, rid, doc, parse_metadata(meta))
+            text, rest = seen.text, metadata_json(dict(seen.rest)) or "{}"
+        except ValueError:
+            text, rest = None, None
+        ids.append(rid)
+        texts.append(text)
+        rests.append(rest)
+    return pa.RecordBatch.from_arrays(
+        [pa.array(ids, pa.string()), pa.array(texts, pa.string()), pa.array(rests, pa.string())],
+        names=[ID, DOCUMENT, METADATA],
+    )
+
+
+# --- detection ---------------------------------------------------------------------------------------------
+
+
+class Detector:
+    """Watches every record of a backup (:meth:`add`) and says which layout they all share (:meth:`result`):
+    ``{"framework": ..., "backend": ..., "evidence": {...}}``, or None for raw."""
+
+    def __init__(self, backend: str) -> None:
+        self.backend = backend
+        self.rows = 0
+        # Each candidate stays possible while every record seen fits it.
+        self.possible = {framework: backend in BACKENDS for framework in FRAMEWORKS}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        self.rows += batch.num_rows
+        if not any(self.possible.values()) or not batch.num_rows:
+            return
+        metadata, documents = batch.column(METADATA), batch.column(DOCUMENT)
+        has_doc = documents.is_valid()
+        if self.possible[LLAMAINDEX]:
+            # Vectorised first: both keys in the canonical JSON text of every record; then each node parses.
+            keys = pc.and_(
+                pc.match_substring(metadata.fill_null(""), f'"{LI_NODE}":'),
+                pc.match_substring(metadata.fill_null(""), f'"{LI_TYPE}":'),
+            )
+            wanted_doc = has_doc if self.backend == "chroma" else pc.invert(has_doc)
+            self.possible[LLAMAINDEX] = bool(pc.all(pc.and_(keys, wanted_doc)).as_py()) and self._every(
+                LLAMAINDEX, batch
+            )
+        if self.possible[LANGCHAIN]:
+            if self.backend == "chroma":
+                ok = pc.all(has_doc).as_py() and batch.column(URI).null_count == batch.num_rows
+                no_llama = not pc.any(pc.match_substring(metadata.fill_null(""), f'"{LI_NODE}":')).as_py()
+                self.possible[LANGCHAIN] = bool(ok and no_llama)
+            else:
+                starts = pc.starts_with(metadata.fill_null(""), f'{{"{LC_METADATA}":')
+                ok = pc.all(starts).as_py() and documents.null_count == batch.num_rows
+                self.possible[LANGCHAIN] = bool(ok) and self._every(LANGCHAIN, batch)
+
+    def _every(self, framework: str, batch: pa.RecordBatch) -> bool:
+        for rid, doc, meta in _records(batch):
+            try:
+                view(framework, self.backend, rid, doc, parse_metadata(meta))
+            except ValueError:
+                return False
+        return True
+
+    def result(self) -> dict[str, Any] | None:
+        if not self.rows:
+            return None
+        for framework in (LLAMAINDEX, LANGCHAIN):  # LlamaIndex's keys are the stronger evidence
+            if self.possible[framework]:
+                return {"framework": framework, "backend": self.backend, "evidence": self._evidence(framework)}
+        return None
+
+    def _evidence(self, framework: str) -> dict[str, Any]:
+        if framework == LLAMAINDEX:
+            where = "metadata" if self.backend == "chroma" else "payload"
+            text = "the document" if self.backend == "chroma" else f"{LI_NODE}.text"
+            return {"records": self.rows, "keys": list(LI_KEYS[:2]), "in": where, "text": text}
+        if self.backend == "qdrant":
+            return {"records": self.rows, "content_key": LC_CONTENT, "metadata_key": LC_METADATA}
+        return {"records": self.rows, "text": "the document", "metadata": "flat", "uris": 0}
+
+
+# --- planning a restore ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The layout a restore writes: `framework`'s, from a `source` backend's records into `target`'s.
+    `recorded`: the backup found every record in it (an explicit ``--layout`` is checked record by record)."""
+
+    framework: str
+    source: str
+    target: str
+    recorded: bool = False
+
+    def describe(self) -> str:
+        return f"{self.framework} ({self.source} -> {self.target})" if self.source != self.target else self.framework
+
+
+def resolve(
+    choice: str, recorded: Mapping[str, Any] | None, source: str, target: str, collection: str
+) -> Applied | None:
+    """The layout to write for `collection`: ``--layout`` `choice` (auto: the one `recorded` at backup),
+    between the bundle's `source` backend kind and the `target` connector's kind. None: raw.
+    Raises UsageError for a framework whose layout is not known on one of the backends."""
+    if choice not in CHOICES:
+        raise UsageError(f"bad --layout {choice!r}: expected one of {', '.join(CHOICES)}")
+    framework = (recorded or {}).get("framework", RAW) if choice == "auto" else choice
+    if framework == RAW:
+        return None
+    found = recorded is not None and recorded.get("framework") == framework and recorded.get("backend") == source
+    for side, kind in (("source", source), ("target", target)):
+        if kind not in BACKENDS:
+            raise UsageError(
+                f"collection {collection!r}: {framework}'s layout on {kind} (the {side}) is not known to this "
+                f"aibackup (known: {', '.join(BACKENDS)}); restore with --layout raw"
+            )
+    return Applied(framework, source, target, found)
+
+
+def apply(plan: ImportPlan, layout: Applied) -> ImportPlan:
+    """`plan` with the layout's mapping applied first (then the target's own), and the runbook's notes."""
+    first = transform(layout.framework, layout.source, layout.target, plan.target.name, verified=layout.recorded)
+    then = plan.transform
+
+    def both(batch: pa.RecordBatch) -> pa.RecordBatch:
+        return then(first(batch))
+
+    return replace(plan, transform=both, notes=(*plan.notes, *runbook(layout, plan)))
+
+
+#: Qdrant's names of the neutral distances, as an application passes them (``models.Distance.EUCLID``).
+_QDRANT_DISTANCES = {"cosine": "COSINE", "l2": "EUCLID", "ip": "DOT", "manhattan": "MANHATTAN"}
+
+
+def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
+    """What the application sets when it switches to the restored collection (the report's notes)."""
+    name = plan.target.name
+    dense = [d for d in plan.target.config.dense if not d.multivector]
+    distance = dense[0].distance if dense else None
+    lines = [f"layout {layout.describe()}: written where {layout.framework} reads it on {layout.target}"]
+    if layout.target == "qdrant" and layout.framework == LANGCHAIN and distance:
+        lines.append(
+            f"open it with langchain_qdrant.QdrantVectorStore(client, collection_name={name!r}, embedding=..., "
+            f"distance=models.Distance.{_QDRANT_DISTANCES[distance]})"
+        )
+        lines.append(
+            "ids that are not UUIDs or unsigned integers became point ids uuid5(516a9226-9fbe-5e46-bb30-59b79d8e957d, "
+            "id) (the original kept in payload _aibackup_id): LangChain's get_by_ids and delete take those"
+        )
+    elif layout.target == "qdrant":
+        lines.append(
+            f"open it with llama_index.vector_stores.qdrant.QdrantVectorStore(client=..., collection_name={name!r})"
+        )
+    elif layout.framework == LANGCHAIN:
+        lines.append(
+            f"open it with langchain_chroma.Chroma(collection_name={name!r}, client=..., embedding_function=...)"
+        )
+    else:
+        lines.append(
+            "open it with llama_index.vector_stores.chroma.ChromaVectorStore("
+            f"chroma_collection=client.get_collection({name!r}))"
+        )
+    return lines
