@@ -30,7 +30,7 @@ test-slow: install
 lint: install
 	$(BIN)/ruff check aibackup connectors manifests tests benchmarks
 	$(BIN)/ruff format --check aibackup connectors manifests tests benchmarks
-	$(BIN)/mypy aibackup connectors manifests
+	$(BIN)/mypy aibackup  # connectors and manifests too: aibackup/connectors, aibackup/manifests link to them
 
 ## bench: every benchmark in one run (seeds cached stores under benchmarks/.cache first), then docs/benchmarks.md
 BENCH_ARGS ?= --rows 100000 --dim 384 --repeats 5

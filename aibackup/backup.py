@@ -19,19 +19,19 @@ import pyarrow as pa
 from aibackup import __version__, clock
 from aibackup.baseline import BaselineRecorder, seed_for
 from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
+from aibackup.connectors import layouts
+from aibackup.connectors.registry import open_connector, parse_location
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
 from aibackup.golden import GoldenFile
 from aibackup.golden import load as load_golden
 from aibackup.lock import DEFAULT_STALE_AFTER, LockedError, RepositoryLock
+from aibackup.manifests.model import DIGEST_ALGORITHM, BundleManifest, DatasetManifest
 from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
 from aibackup.progress import Progress, Quiet
 from aibackup.recall_rule import DEFAULT_QUERIES
 from aibackup.repository import Repository, iso
 from aibackup.storage import Storage
-from connectors import layouts
-from connectors.registry import open_connector, parse_location
-from manifests.model import DIGEST_ALGORITHM, BundleManifest, DatasetManifest
 
 
 @dataclass(frozen=True)

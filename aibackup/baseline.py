@@ -1,4 +1,4 @@
-"""Recording a vector dataset's search baseline at backup (the format: :mod:`manifests.baseline`).
+"""Recording a vector dataset's search baseline at backup (the format: :mod:`aibackup.manifests.baseline`).
 
 While the records stream into the bundle, :class:`~aibackup.nearest.QuerySampler` keeps a seeded uniform
 sample of query records per dense vector (bounded: `queries` vectors each). After the stream, with the
@@ -27,13 +27,13 @@ import numpy as np
 import pyarrow as pa
 
 from aibackup.bundle import BundleReader
+from aibackup.connectors.base import Connector, DatasetDescription, VectorConnector
 from aibackup.errors import AibackupError
 from aibackup.golden import GoldenFile, recall
+from aibackup.manifests.baseline import GoldenBaseline, SearchBaseline, VectorBaseline
+from aibackup.manifests.model import DatasetManifest, DenseVectorSpec
+from aibackup.manifests.vectors import ID, dense_column
 from aibackup.nearest import ExactTopK, QuerySampler
-from connectors.base import Connector, DatasetDescription, VectorConnector
-from manifests.baseline import GoldenBaseline, SearchBaseline, VectorBaseline
-from manifests.model import DatasetManifest, DenseVectorSpec
-from manifests.vectors import ID, dense_column
 
 K = 10
 

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aibackup.connectors.base import DatasetDescription
 from aibackup.errors import IntegrityError, SourceDataError, UnavailableError, first_line
+from aibackup.manifests.digest import DIGEST_ALGORITHM, DatasetDigest
+from aibackup.manifests.kinds import arrow_schema
+from aibackup.manifests.model import DatasetManifest, FieldEntry, ManifestError, PartEntry
+from aibackup.manifests.vectors import float_vector_paths
 from aibackup.repository import Repository
 from aibackup.storage import CHUNK, HashingWriter
-from connectors.base import DatasetDescription
-from manifests.digest import DIGEST_ALGORITHM, DatasetDigest
-from manifests.kinds import arrow_schema
-from manifests.model import DatasetManifest, FieldEntry, ManifestError, PartEntry
-from manifests.vectors import float_vector_paths
 
 IdTypes = Callable[[pa.Array], Counter[str]]
 

@@ -33,14 +33,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aibackup.bundle import BundleReader
+from aibackup.connectors import layouts
+from aibackup.connectors.base import Connector, ImportPlan, VectorConnector
 from aibackup.errors import AibackupError
+from aibackup.manifests.digest import DatasetDigest, record_digests
+from aibackup.manifests.model import DatasetManifest
 from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions
 from aibackup.search_check import search_checks
-from connectors import layouts
-from connectors.base import Connector, ImportPlan, VectorConnector
-from manifests.digest import DatasetDigest, record_digests
-from manifests.model import DatasetManifest
 
 TOLERANCE = 1e-6
 #: Bytes of (id, digest, tolerated vectors) per bucket; above one bucket each side spills to Parquet runs.

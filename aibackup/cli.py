@@ -38,8 +38,8 @@ from aibackup.errors import (
     ConfigError,
     UsageError,
 )
+from aibackup.manifests.model import FRAMEWORKS
 from aibackup.recall_rule import ABSOLUTE_MIN_RECALL, ABSOLUTE_QUERIES, DEFAULT_QUERIES, DEFAULT_TOLERANCE
-from manifests.model import FRAMEWORKS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -207,7 +207,7 @@ def _configured_golden(config: Any, source: str) -> str | None:
     configured source of that store: its bundles get the golden baseline the drill compares with)."""
     if config is None:
         return None
-    from connectors.registry import parse_location
+    from aibackup.connectors.registry import parse_location
 
     store = parse_location(source).display()
     for configured in config.sources.values():

@@ -253,7 +253,7 @@ def prune(
 
 def _policies(config: Any, flags: Any) -> Any:
     """source URI -> policy: the flags when any is given, else the config (per source, then global)."""
-    from connectors.registry import parse_location
+    from aibackup.connectors.registry import parse_location
 
     if not flags.is_empty():
         return lambda _uri: flags

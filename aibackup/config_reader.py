@@ -27,8 +27,8 @@ from aibackup.config import (
     TargetConfig,
     parse_duration,
 )
+from aibackup.connectors.registry import BARE_TARGETS, DEFAULT_RESTORE_ROOT, connector_class, parse_location
 from aibackup.errors import ConfigError, UsageError, first_line
-from connectors.registry import BARE_TARGETS, DEFAULT_RESTORE_ROOT, connector_class, parse_location
 
 _SECTIONS = ("targets", "retention", "restore_test", "lock")  # mapping-valued keys: null = not given
 _TAG = "tag:yaml.org,2002:"

@@ -48,7 +48,7 @@ def derive(passphrase: bytes, salt: bytes, params: Mapping[str, int]) -> bytes:
 
 
 class RepositoryKey:
-    """The key of one repository (implements connectors.base.SecretBox)."""
+    """The key of one repository (implements aibackup.connectors.base.SecretBox)."""
 
     def __init__(self, material: bytes, repository_id: str) -> None:
         if len(material) != 64:

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from aibackup.connectors.base import VectorConnector
 from aibackup.errors import UsageError, first_line
-from connectors.base import VectorConnector
 
 
 @dataclass(frozen=True)

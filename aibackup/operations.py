@@ -17,19 +17,19 @@ from typing import Any
 from aibackup import clock, reports
 from aibackup.backup import SourceOptions, run_backup
 from aibackup.config import Config, SourceConfig
+from aibackup.connectors.base import VectorConnector
+from aibackup.connectors.registry import connector_class, open_connector, parse_location
 from aibackup.errors import AibackupError, ConfigError, IntegrityError, UsageError
 from aibackup.golden import GoldenFile
 from aibackup.golden import load as load_golden
 from aibackup.golden import recall as golden_recall
+from aibackup.manifests.baseline import GoldenBaseline
+from aibackup.manifests.model import BundleManifest
 from aibackup.progress import Progress, Quiet
 from aibackup.proof import Check
 from aibackup.recall_rule import DEFAULT_QUERIES, CheckOptions, judge
 from aibackup.repository import Repository, parse_iso
 from aibackup.restore import RestoreResult, run_restore
-from connectors.base import VectorConnector
-from connectors.registry import connector_class, open_connector, parse_location
-from manifests.baseline import GoldenBaseline
-from manifests.model import BundleManifest
 
 # --- nightly backup of every source ---------------------------------------------------------------------
 

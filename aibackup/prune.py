@@ -44,10 +44,10 @@ from typing import Any
 from aibackup import clock
 from aibackup.errors import BundleNotFoundError, IntegrityError, ManifestVersionError, UsageError
 from aibackup.lock import CLOCK_SKEW
+from aibackup.manifests.model import BundleManifest
 from aibackup.repository import DATA, Repository, id_time, iso
 from aibackup.retention import NO_RULE, Candidate, Decision, KeepPolicy, decide, is_empty
 from aibackup.storage import AlreadyExistsError
-from manifests.model import BundleManifest
 
 PINS = "pins"
 DEFAULT_GRACE = dt.timedelta(hours=24)

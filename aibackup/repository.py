@@ -34,8 +34,8 @@ from aibackup.errors import (
     NotARepositoryError,
     UsageError,
 )
+from aibackup.manifests.model import BundleManifest, ManifestError, ManifestVersionTooNewError
 from aibackup.storage import AlreadyExistsError, Storage
-from manifests.model import BundleManifest, ManifestError, ManifestVersionTooNewError
 
 MARKER = "aibackup.json"
 REPO_FORMAT = "aibackup-repository"

@@ -21,25 +21,25 @@ import pyarrow as pa
 
 from aibackup.bundle import BundleReader
 from aibackup.checks import prove
+from aibackup.connectors import layouts
+from aibackup.connectors.base import MODES, Connector, DatasetDescription, ImportPlan
+from aibackup.connectors.registry import connector_class, open_connector, parse_location
 from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UsageError
+from aibackup.manifests.digest import DatasetDigest
+from aibackup.manifests.kinds import KINDS
+from aibackup.manifests.model import BundleManifest, DatasetManifest
+from aibackup.manifests.vectors import ID, METADATA
 from aibackup.pipeline import prefetch, use_arrow_allocator
 from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions
 from aibackup.repository import Repository
-from connectors import layouts
-from connectors.base import MODES, Connector, DatasetDescription, ImportPlan
-from connectors.registry import connector_class, open_connector, parse_location
-from manifests.digest import DatasetDigest
-from manifests.kinds import KINDS
-from manifests.model import BundleManifest, DatasetManifest
-from manifests.vectors import ID, METADATA
 
 
 @dataclass
 class DatasetResult:
     name: str  # the collection in the bundle
     target: str  # the collection restored into
-    layout: str  # the application layout written (connectors.layouts): "raw", "langchain (chroma -> qdrant)"
+    layout: str  # the application layout written (aibackup.connectors.layouts): "raw", "langchain (chroma -> qdrant)"
     rows: int
     dropped: tuple[str, ...]  # the lossy mappings the plan applies
     lost: tuple[str, ...]  # what they really changed in this bundle's records
@@ -124,7 +124,7 @@ def run_restore(
 ) -> RestoreResult:
     """Restore bundle `ref` (an id, a prefix or latest; `at`: the newest bundle up to that time) into
     `target_uri` and prove it. `layout` (vectors): auto writes each collection in the application layout
-    recorded at backup (connectors.layouts), raw in each connector's own mapping, langchain or
+    recorded at backup (aibackup.connectors.layouts), raw in each connector's own mapping, langchain or
     llamaindex in that framework's layout for the target."""
     if layout not in layouts.CHOICES:
         raise UsageError(f"bad --layout {layout!r}: expected one of {', '.join(layouts.CHOICES)}")

@@ -3,7 +3,7 @@ source store did.
 
 For each single dense vector of the target (multivectors are proved by their record digests):
 
-- **baseline** (the bundle recorded one, :mod:`manifests.baseline`): the baseline's query records are
+- **baseline** (the bundle recorded one, :mod:`aibackup.manifests.baseline`): the baseline's query records are
   searched in the target; its recall@k and the source's recorded answers are both measured against an
   exact search over the bundle, in the same pass. It passes when the target's recall is at least the
   source's minus ``recall_tolerance`` (and ``min_recall`` when the user gives one). Where the source
@@ -29,7 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aibackup.connectors.base import DatasetDescription, ImportPlan, VectorConnector
 from aibackup.errors import AibackupError
+from aibackup.manifests.baseline import SearchBaseline, VectorBaseline
+from aibackup.manifests.model import DenseVectorSpec
+from aibackup.manifests.vectors import ID, dense_column
 from aibackup.nearest import ExactTopK, vector_matrix
 from aibackup.proof import Check
 from aibackup.recall_rule import (
@@ -37,10 +41,6 @@ from aibackup.recall_rule import (
     CheckOptions,
     judge,
 )
-from connectors.base import DatasetDescription, ImportPlan, VectorConnector
-from manifests.baseline import SearchBaseline, VectorBaseline
-from manifests.model import DenseVectorSpec
-from manifests.vectors import ID, dense_column
 
 
 @dataclass

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from aibackup.bundle import BundleReader
 from aibackup.crypto import passphrase_from
 from aibackup.errors import AibackupError, IntegrityError
+from aibackup.manifests.digest import DatasetDigest
+from aibackup.manifests.kinds import KINDS
+from aibackup.manifests.model import DatasetManifest
 from aibackup.pipeline import use_arrow_allocator
 from aibackup.repository import Repository
-from manifests.digest import DatasetDigest
-from manifests.kinds import KINDS
-from manifests.model import DatasetManifest
 
 
 @dataclass(frozen=True)

@@ -72,14 +72,14 @@ def child_chroma_bare(path: str, page: str) -> dict[str, Any]:
 
 
 def child_chroma_floor(path: str, page: str) -> dict[str, Any]:
-    """The backup's own way of reading, and nothing else: the bare loop through ``connectors.chroma.raw_get``
+    """The backup's own way of reading, and nothing else: the bare loop through ``raw_get`` (the Chroma connector's)
     (the client call under ``Collection.get``, without its float64 matrix) with Python's automatic
     collections off throughout, as a backup opens the store and streams its pages. Against it, the backup's
     extra time is everything it does besides reading: conversion, digests, encoding and writing, the proof
     pass."""
     import gc
 
-    from connectors.chroma import raw_get
+    from aibackup.connectors.chroma.connector import raw_get
 
     gc.disable()
     return _chroma_loop(path, page, lambda col, limit, offset: raw_get(col, INCLUDE, limit=limit, offset=offset))
@@ -100,7 +100,7 @@ def child_chroma_ids(path: str) -> dict[str, Any]:
     import chromadb
     from chromadb.config import Settings
 
-    from connectors.chroma import ID_PAGE
+    from aibackup.connectors.chroma.connector import ID_PAGE
 
     client = chromadb.PersistentClient(path=path, settings=Settings(anonymized_telemetry=False))
     col = client.get_collection(COLLECTION, embedding_function=None)

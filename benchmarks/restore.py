@@ -95,8 +95,8 @@ def child_chroma_bare(rows: int, dim: int, batch: str, target: str) -> dict[str,
 
 
 def _qdrant_points(rows: int, dim: int) -> tuple[list[int | str], Any, list[dict[str, Any]]]:
-    """The point ids and payloads a restore of the seeded collection writes (see connectors.qdrant)."""
-    from connectors.qdrant_points import DOCUMENT_KEY, ID_KEY, to_point_id
+    """The point ids and payloads a restore of the seeded collection writes (see the Qdrant connector)."""
+    from aibackup.connectors.qdrant.points import DOCUMENT_KEY, ID_KEY, to_point_id
 
     ids, vectors, documents, metadatas = records(rows, dim)
     point_ids = [to_point_id(i)[0] for i in ids]
@@ -140,9 +140,9 @@ def child_restore(repo: str, target: str, profile: str = "") -> dict[str, Any]:
     import chromadb  # noqa: F401 - the client libraries are imported before the clock starts
     import qdrant_client  # noqa: F401
 
+    import aibackup.connectors.chroma.connector
+    import aibackup.connectors.qdrant.connector
     import aibackup.restore
-    import connectors.chroma
-    import connectors.qdrant  # noqa: F401
 
     started = time.perf_counter()
     if profile:

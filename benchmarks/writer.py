@@ -30,9 +30,9 @@ def _table(repo: str) -> tuple[Any, Any]:
     import pyarrow as pa
 
     from aibackup.bundle import BundleReader
+    from aibackup.connectors.base import DatasetDescription
     from aibackup.pipeline import use_arrow_allocator
     from aibackup.repository import Repository
-    from connectors.base import DatasetDescription
 
     use_arrow_allocator()
 
@@ -73,7 +73,7 @@ def child_ours(repo: str, out: str) -> dict[str, Any]:
 def child_digests(repo: str) -> dict[str, Any]:
     """The record digests alone over the same batches (one thread): the share of our writer's CPU that is
     the dataset digest rather than Parquet writing."""
-    from manifests.digest import DatasetDigest
+    from aibackup.manifests.digest import DatasetDigest
 
     table, _ = _table(repo)
     batches = table.to_batches(max_chunksize=BATCH_ROWS)

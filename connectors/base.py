@@ -2,10 +2,10 @@
 
 A connector is bound to one store (an embedded vector store or server, a folder of JSONL logs, a SQLite
 table, a folder of configuration files) and speaks only Arrow: it yields record batches in the canonical
-schema of its dataset kind (:mod:`manifests.kinds`) and takes them back. It never touches the repository,
+schema of its dataset kind (:mod:`aibackup.manifests.kinds`) and takes them back. It never touches the repository,
 the bundle's files or Parquet; the core does that.
 
-Lifecycle: ``open_connector(uri)`` (connectors.registry) -> ``describe`` / ``export`` (/ ``export_state``)
+Lifecycle: ``open_connector(uri)`` (aibackup.connectors.registry) -> ``describe`` / ``export`` (/ ``export_state``)
 for a backup; ``plan_import`` -> ``validate_records`` -> ``import_`` -> ``describe`` / ``export`` /
 ``extra_checks`` / ``search`` (the proof) for a restore -> ``close``. Every method raises only
 :class:`aibackup.errors.AibackupError` subclasses for conditions a user can meet (missing collection or
@@ -31,8 +31,8 @@ from urllib.parse import urlencode
 import numpy as np
 import pyarrow as pa
 
-from manifests.kinds import arrow_schema
-from manifests.model import VectorsConfig
+from aibackup.manifests.kinds import arrow_schema
+from aibackup.manifests.model import VectorsConfig
 
 #: How a restore treats an existing collection: create (refuse a non-empty one), overwrite (drop and
 #: recreate it), merge (upsert into it; records not in the bundle stay).

@@ -38,10 +38,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aibackup.connectors.base import ImportPlan
 from aibackup.errors import UnsupportedFeatureError, UsageError
-from connectors.base import ImportPlan
-from manifests.model import FRAMEWORKS
-from manifests.vectors import DOCUMENT, ID, METADATA, URI, metadata_json, parse_metadata
+from aibackup.manifests.model import FRAMEWORKS
+from aibackup.manifests.vectors import DOCUMENT, ID, METADATA, URI, metadata_json, parse_metadata
 
 RAW = "raw"
 LANGCHAIN, LLAMAINDEX = FRAMEWORKS

@@ -28,16 +28,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from aibackup.connectors.base import Connector, Location
 from aibackup.errors import UsageError
-from connectors.base import Connector, Location
 
 #: kind -> "module:Class", imported only when used so a missing optional client only matters then.
 CONNECTORS = {
-    "chroma": "connectors.chroma:ChromaConnector",
-    "qdrant": "connectors.qdrant:QdrantConnector",
-    "conversations": "connectors.conversations:ConversationsConnector",
-    "finetune": "connectors.finetune:FinetuneConnector",
-    "config": "connectors.configfiles:ConfigConnector",
+    "chroma": "aibackup.connectors.chroma.connector:ChromaConnector",
+    "qdrant": "aibackup.connectors.qdrant.connector:QdrantConnector",
+    "conversations": "aibackup.connectors.files.conversations:ConversationsConnector",
+    "finetune": "aibackup.connectors.files.finetune:FinetuneConnector",
+    "config": "aibackup.connectors.files.configfiles:ConfigConnector",
 }
 #: kind -> the transports it accepts after "+": servers speak http(s); conversations also live in SQLite.
 TRANSPORTS = {"chroma": ("http", "https"), "qdrant": ("http", "https"), "conversations": ("sqlite",)}

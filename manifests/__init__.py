@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from manifests.model import (
+from aibackup.manifests.model import (
     FORMAT_VERSION,
     BundleManifest,
     DatasetManifest,

@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from manifests import fields
-from manifests.fields import DISTANCES, ManifestError
+from aibackup.manifests import fields
+from aibackup.manifests.fields import DISTANCES, ManifestError
 
 
 @dataclass(frozen=True)

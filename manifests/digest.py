@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from manifests.model import DIGEST_ALGORITHM, DIGEST_ALGORITHMS
+from aibackup.manifests.model import DIGEST_ALGORITHM, DIGEST_ALGORITHMS
 
 __all__ = ["DIGEST_ALGORITHM", "DIGEST_ALGORITHMS", "DatasetDigest", "record_digests"]
 

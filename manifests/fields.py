@@ -1,6 +1,6 @@
 """Strict readers of manifest JSON: a missing or mistyped field raises :class:`ManifestError` naming it.
 
-Shared by every model of the format (:mod:`manifests.model`, :mod:`manifests.baseline`).
+Shared by every model of the format (:mod:`aibackup.manifests.model`, :mod:`aibackup.manifests.baseline`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Dataset kinds: what a bundle's datasets can hold, and the canonical Arrow schema of each.
 
-``vectors`` derives its schema from the collection's configuration (:mod:`manifests.vectors`); the record
-kinds of :mod:`manifests.records` have one fixed schema each.
+``vectors`` derives its schema from the collection's configuration (:mod:`aibackup.manifests.vectors`); the record
+kinds of :mod:`aibackup.manifests.records` have one fixed schema each.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from manifests.model import ManifestError, VectorsConfig
-from manifests.records import SCHEMAS
-from manifests.vectors import arrow_schema as vectors_schema
+from aibackup.manifests.model import ManifestError, VectorsConfig
+from aibackup.manifests.records import SCHEMAS
+from aibackup.manifests.vectors import arrow_schema as vectors_schema
 
 KINDS = ("vectors", *SCHEMAS)
 

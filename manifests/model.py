@@ -25,9 +25,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from manifests import fields
-from manifests.baseline import SearchBaseline
-from manifests.fields import DISTANCES, ManifestError
+from aibackup.manifests import fields
+from aibackup.manifests.baseline import SearchBaseline
+from aibackup.manifests.fields import DISTANCES, ManifestError
 
 FORMAT = "aibackup-bundle"
 FORMAT_VERSION = 1
@@ -35,7 +35,7 @@ FORMAT_VERSION = 1
 MAC_ALGORITHM = "hmac-sha256"
 MAC_CONTEXT = b"aibackup-manifest-authentication-v1\x00"
 DATATYPES = ("float32", "float16", "uint8")
-#: The application frameworks whose layouts a vector collection may be recorded in (connectors.layouts).
+#: The application frameworks whose layouts a vector collection may be recorded in (aibackup.connectors.layouts).
 FRAMEWORKS = ("langchain", "llamaindex")
 
 
@@ -132,7 +132,7 @@ class VectorsConfig:
     hnsw: Mapping[str, Any] | None = None  # neutral names: m, ef_construction, ef_search
     payload_indexes: tuple[Mapping[str, Any], ...] = ()  # [{"field": "k", "type": "keyword"}, ...]
     native: Mapping[str, Any] | None = None
-    #: The application layout every record was found in at backup (connectors.layouts):
+    #: The application layout every record was found in at backup (aibackup.connectors.layouts):
     #: {"framework": "langchain"|"llamaindex", "backend": "chroma"|..., "evidence": {...}}; None: raw.
     layout: Mapping[str, Any] | None = None
 
@@ -237,7 +237,7 @@ class FieldEntry:
         )
 
 
-#: The record digest algorithm of new datasets (see manifests.digest): SHA-256 of the canonical record,
+#: The record digest algorithm of new datasets (see aibackup.manifests.digest): SHA-256 of the canonical record,
 #: truncated to 128 bits. SHA-256 runs on the CPU's SHA extensions where present (x86 SHA-NI, ARMv8), 1.5x
 #: faster than BLAKE2b per record here, and the digests are on every backup's critical path.
 DIGEST_ALGORITHM = "sha256-128-sum-v1"
@@ -254,7 +254,7 @@ class DatasetManifest:
     rows: int
     schema: tuple[FieldEntry, ...]
     config: Mapping[str, Any]  # kind-specific; for "vectors" see VectorsConfig
-    digest: str  # 32 hex digits; see manifests.digest
+    digest: str  # 32 hex digits; see aibackup.manifests.digest
     parts: tuple[PartEntry, ...]
     id_types: Mapping[str, int] = field(default_factory=dict)  # e.g. {"uint": 10, "uuid": 2}
     digest_algorithm: str = DIGEST_ALGORITHM
@@ -263,7 +263,7 @@ class DatasetManifest:
     #: For an incremental backup: the bundle whose dataset this one extends. Its parts are listed again
     #: here, first, so this manifest alone describes the whole dataset.
     extends: str | None = None
-    #: Vectors: how the source store answered sampled queries at backup (manifests.baseline); None for
+    #: Vectors: how the source store answered sampled queries at backup (aibackup.manifests.baseline); None for
     #: other kinds, bundles of 0.2.x, and backups run with ``--queries 0``.
     baseline: SearchBaseline | None = None
 

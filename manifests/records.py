@@ -1,7 +1,7 @@
 """Canonical Arrow schemas of the record kinds that are not vectors: conversations, finetune, config.
 
 Every schema starts with ``id`` (string, not null, unique within the dataset): the record's stable name,
-which the restore checks match records by. Record digests (:mod:`manifests.digest`) cover every column.
+which the restore checks match records by. Record digests (:mod:`aibackup.manifests.digest`) cover every column.
 
 conversations — one row per logged exchange or message line
     ``id`` ``"<source>#<line>"``; ``source`` the file's path relative to the backed-up root (or

@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
+from aibackup.manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
 
 ID = "id"
 DOCUMENT = "document"

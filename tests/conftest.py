@@ -129,8 +129,8 @@ def _manifests_match_published_schema(tmp_path: Path) -> Iterator[None]:
 
     import jsonschema
 
-    import manifests
-    from manifests.model import BundleManifest, ManifestError
+    from aibackup import manifests
+    from aibackup.manifests.model import BundleManifest, ManifestError
 
     schema = manifests.json_schema()
     for path in tmp_path.rglob("bundles/*.json"):

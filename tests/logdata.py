@@ -19,9 +19,9 @@ from typing import Any
 import pyarrow as pa
 import zstandard
 
-from connectors.base import Connector, DatasetDescription, ExportState, ImportPlan
-from connectors.registry import open_connector
-from manifests.digest import DatasetDigest, record_digests
+from aibackup.connectors.base import Connector, DatasetDescription, ExportState, ImportPlan
+from aibackup.connectors.registry import open_connector
+from aibackup.manifests.digest import DatasetDigest, record_digests
 
 TEXTS = [
     "Bonjour, où est la gare ? 🚉",

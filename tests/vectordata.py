@@ -7,9 +7,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from connectors.base import DatasetDescription
-from manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
-from manifests.vectors import arrow_schema, metadata_json
+from aibackup.connectors.base import DatasetDescription
+from aibackup.manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
+from aibackup.manifests.vectors import arrow_schema, metadata_json
 
 WORDS = ["alpha", "βeta", "gamma", "дельта", "epsilon", "ζήτα", "eta", "θ", "iota", "kappa", "🙂", "naïve"]
 

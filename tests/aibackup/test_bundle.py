@@ -14,9 +14,9 @@ import pytest
 from aibackup import bundle
 from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
 from aibackup.errors import IntegrityError, SourceDataError
+from aibackup.manifests.digest import DatasetDigest
+from aibackup.manifests.model import DenseVectorSpec
 from aibackup.repository import Repository
-from manifests.digest import DatasetDigest
-from manifests.model import DenseVectorSpec
 from tests.vectordata import canonical_batch, config, description
 
 

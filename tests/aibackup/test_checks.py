@@ -9,10 +9,10 @@ import pytest
 
 from aibackup.bundle import BundleReader
 from aibackup.checks import prove
+from aibackup.connectors.registry import open_connector
 from aibackup.proof import Check
 from aibackup.repository import Repository
 from aibackup.restore import description_of
-from connectors.registry import open_connector
 from tests.helpers import ok, seed_chroma
 
 
@@ -104,7 +104,7 @@ def test_a_failed_check_fails_the_restore_with_exit_1(
     tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A load that silently loses a record (simulated in our own code, against the real backend)."""
-    from connectors.qdrant import QdrantConnector
+    from aibackup.connectors.qdrant.connector import QdrantConnector
 
     seed_chroma(tmp_path / "chroma", "docs", n=40, dim=8)
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}"))

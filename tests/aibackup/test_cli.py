@@ -292,7 +292,7 @@ def test_bad_input_gives_one_line_and_the_documented_exit_code(tmp_path: Path, c
 def test_newer_manifest_version_is_refused_clearly(tmp_path: Path, cli: Cli) -> None:
     import hashlib
 
-    from manifests.model import canonical_bytes
+    from aibackup.manifests.model import canonical_bytes
 
     seed_chroma(tmp_path / "chroma", "docs", n=10)
     bundle = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()["bundle_id"]
@@ -400,7 +400,7 @@ def test_a_manifest_rewritten_with_a_valid_checksum_is_still_caught(tmp_path: Pa
     """A digest or a dataset kind changed and the checksum recomputed: verify decodes, restore refuses."""
     import hashlib
 
-    from manifests.model import canonical_bytes
+    from aibackup.manifests.model import canonical_bytes
 
     seed_chroma(tmp_path / "chroma", "docs", n=30)
     bundle = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()["bundle_id"]

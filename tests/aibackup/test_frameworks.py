@@ -22,7 +22,7 @@ from llama_index.core.base.embeddings.base import BaseEmbedding
 from qdrant_client import QdrantClient
 from qdrant_client.http import models
 
-from connectors.qdrant_points import AIBACKUP_NAMESPACE
+from aibackup.connectors.qdrant.points import AIBACKUP_NAMESPACE
 from tests.helpers import Cli, chroma_client, ok
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")  # LlamaIndex on local mode
@@ -214,7 +214,7 @@ def test_an_explicit_layout_refuses_records_outside_it_before_writing(tmp_path: 
 def test_the_layout_check_catches_a_mapping_that_loses_the_text(
     tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from connectors import layouts
+    from aibackup.connectors import layouts
 
     source = lc_chroma(tmp_path / "chroma", "kb-lc")
     source.add_documents(lc_docs(10), ids=[f"doc-{i}" for i in range(10)])

@@ -19,10 +19,10 @@ import pytest
 from aibackup.backup import run_backup
 from aibackup.config import RetentionPolicy
 from aibackup.errors import BundleNotFoundError, UsageError
+from aibackup.manifests.model import BundleManifest
 from aibackup.prune import PruneResult, pin, pinned, run_prune, unpin
 from aibackup.repository import Repository
 from aibackup.restore import run_restore
-from manifests.model import BundleManifest
 
 UTC = dt.UTC
 REPO = "aibackup-repo"

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from aibackup.backup import SourceOptions, run_backup
+from aibackup.connectors.chroma.connector import ChromaConnector
+from aibackup.manifests.model import BundleManifest
 from aibackup.repository import Repository
 from aibackup.restore import run_restore
-from connectors.chroma import ChromaConnector
-from manifests.model import BundleManifest
 from tests.helpers import Cli, chroma_client, ok
 
 ROWS, DIM = 10_000, 384

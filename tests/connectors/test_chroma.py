@@ -28,6 +28,10 @@ from chromadb.base_types import SparseVector
 from chromadb.config import Settings
 from chromadb.utils.embedding_functions import known_embedding_functions
 
+from aibackup.connectors.base import DatasetDescription, ImportPlan
+from aibackup.connectors.chroma import metadata as cm
+from aibackup.connectors.chroma.connector import FETCH_AHEAD, ChromaConnector, raw_get
+from aibackup.connectors.registry import open_connector, parse_location
 from aibackup.errors import (
     ConnectorError,
     ConnectorNotInstalledError,
@@ -38,13 +42,9 @@ from aibackup.errors import (
     UnsupportedFeatureError,
     UsageError,
 )
-from connectors import chroma_metadata as cm
-from connectors.base import DatasetDescription, ImportPlan
-from connectors.chroma import FETCH_AHEAD, ChromaConnector, raw_get
-from connectors.registry import open_connector, parse_location
-from manifests.digest import DatasetDigest
-from manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
-from manifests.vectors import arrow_schema, canonical_json, metadata_json
+from aibackup.manifests.digest import DatasetDigest
+from aibackup.manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
+from aibackup.manifests.vectors import arrow_schema, canonical_json, metadata_json
 from tests.conftest import Server, free_port
 
 SETTINGS = Settings(anonymized_telemetry=False)

@@ -20,6 +20,11 @@ import pyarrow as pa
 import pytest
 
 from aibackup import crypto
+from aibackup.connectors.base import DatasetDescription, ImportPlan
+from aibackup.connectors.files.configfiles import ConfigConnector
+from aibackup.connectors.files.configfiles_restore import SafeFolder
+from aibackup.connectors.files.secrets import PLACEHOLDER
+from aibackup.connectors.registry import open_connector
 from aibackup.errors import (
     AibackupError,
     ConfigError,
@@ -30,13 +35,8 @@ from aibackup.errors import (
     UnsupportedFeatureError,
     UsageError,
 )
-from connectors.base import DatasetDescription, ImportPlan
-from connectors.configfiles import ConfigConnector
-from connectors.configfiles_restore import SafeFolder
-from connectors.registry import open_connector
-from connectors.secrets import PLACEHOLDER
-from manifests.digest import record_digests
-from manifests.records import CONFIG
+from aibackup.manifests.digest import record_digests
+from aibackup.manifests.records import CONFIG
 
 OPENAI = "sk-proj-PLANTED1openaiQ3kVb8XwZt1mNc5Lp9"
 ENV_TOKEN = "planted-env-token-77a1"

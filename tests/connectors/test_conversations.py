@@ -15,6 +15,12 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from aibackup.connectors.base import DatasetDescription
+from aibackup.connectors.files import conversations_sqlite, lines
+from aibackup.connectors.files.conversation_records import parse_timestamp, typed_fields
+from aibackup.connectors.files.conversations import ConversationsConnector
+from aibackup.connectors.files.conversations_sqlite import renamed_sql
+from aibackup.connectors.registry import open_connector
 from aibackup.errors import (
     DatasetNotFoundError,
     SourceDataError,
@@ -23,13 +29,7 @@ from aibackup.errors import (
     UnsupportedFeatureError,
     UsageError,
 )
-from connectors import conversations_sqlite, lines
-from connectors.base import DatasetDescription
-from connectors.conversation_records import parse_timestamp, typed_fields
-from connectors.conversations import ConversationsConnector
-from connectors.conversations_sqlite import renamed_sql
-from connectors.registry import open_connector
-from manifests.records import CONVERSATIONS
+from aibackup.manifests.records import CONVERSATIONS
 from tests.logdata import (
     TEXTS,
     exchange,
@@ -625,7 +625,7 @@ def test_sqlite_rows_with_zero_and_negative_rowids_are_backed_up(tmp_path: Path)
     """An INTEGER PRIMARY KEY may be any 64-bit integer: a full export takes every row, whatever its rowid."""
     import sqlite3
 
-    from connectors.registry import open_connector
+    from aibackup.connectors.registry import open_connector
 
     db = tmp_path / "neg.db"
     with sqlite3.connect(db) as conn:

@@ -10,6 +10,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from aibackup.connectors.base import DatasetDescription
+from aibackup.connectors.files.finetune import FinetuneConnector, classify
+from aibackup.connectors.registry import open_connector
 from aibackup.errors import (
     ConfigError,
     DatasetNotFoundError,
@@ -17,10 +20,7 @@ from aibackup.errors import (
     TargetNotEmptyError,
     UnsupportedFeatureError,
 )
-from connectors.base import DatasetDescription
-from connectors.finetune import FinetuneConnector, classify
-from connectors.registry import open_connector
-from manifests.records import FINETUNE
+from aibackup.manifests.records import FINETUNE
 from tests.logdata import TEXTS, export_all, line, lines_of, prove, restore, rows_of, sha, tool_call_messages, write
 
 

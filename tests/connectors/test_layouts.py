@@ -1,4 +1,4 @@
-"""Application layouts (connectors.layouts): reading, converting and detecting, on canonical records.
+"""Application layouts (aibackup.connectors.layouts): reading, converting and detecting, on canonical records.
 
 The frameworks themselves write and read these layouts in tests/aibackup/test_frameworks.py; here the
 records are the ones they write (copied from langchain-chroma 1.1, langchain-qdrant 1.1 and LlamaIndex's
@@ -13,9 +13,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from aibackup.connectors import layouts
 from aibackup.errors import UnsupportedFeatureError, UsageError
-from connectors import layouts
-from manifests.vectors import metadata_json
+from aibackup.manifests.vectors import metadata_json
 
 NODE = {
     "id_": "87e2383f-9b98-4032-8cfd-0d01a9a9869d",

@@ -1,4 +1,4 @@
-"""connectors.lines: what a PATH names, and reading lines exactly as they are in plain, gzip and zstd files."""
+"""connectors/files/lines.py: what a PATH names, and reading lines exactly as they are in plain, gzip and zstd files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from aibackup.connectors.files import lines
 from aibackup.errors import DatasetNotFoundError, SourceDataError, UnavailableError
-from connectors import lines
 from tests.logdata import sha, write
 
 CONTENT = "first ✓\r\nsecond 🎉\n\n".encode() + b"x" * 1_000_000 + b"\nlast without newline"

@@ -22,6 +22,11 @@ import pytest
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as m
 
+from aibackup.connectors.base import DatasetDescription, VectorConnector
+from aibackup.connectors.qdrant.config import describe_config, plan_collection
+from aibackup.connectors.qdrant.connector import AIBACKUP_NAMESPACE, QdrantConnector
+from aibackup.connectors.qdrant.points import id_types, json_number_problem, lossy_numbers, points_to_batch, to_point_id
+from aibackup.connectors.registry import open_connector, parse_location
 from aibackup.errors import (
     DatasetNotFoundError,
     SourceDataError,
@@ -29,14 +34,9 @@ from aibackup.errors import (
     UnavailableError,
     UnsupportedFeatureError,
 )
-from connectors.base import DatasetDescription, VectorConnector
-from connectors.qdrant import AIBACKUP_NAMESPACE, QdrantConnector
-from connectors.qdrant_config import describe_config, plan_collection
-from connectors.qdrant_points import id_types, json_number_problem, lossy_numbers, points_to_batch, to_point_id
-from connectors.registry import open_connector, parse_location
-from manifests.digest import DatasetDigest
-from manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
-from manifests.vectors import arrow_schema, metadata_json
+from aibackup.manifests.digest import DatasetDigest
+from aibackup.manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
+from aibackup.manifests.vectors import arrow_schema, metadata_json
 
 BIG = 2**70
 UUID_UPPER = "6F1C2B7A-0D3E-4C5B-9A8F-1E2D3C4B5A69"

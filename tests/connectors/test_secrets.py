@@ -12,7 +12,7 @@ import string
 
 import pytest
 
-from connectors.secrets import PLACEHOLDER, Span, find_secrets, is_env_file, line_of, name_strength
+from aibackup.connectors.files.secrets import PLACEHOLDER, Span, find_secrets, is_env_file, line_of, name_strength
 
 OPENAI = b"sk-proj-Q3kVb8XwZt1mNc5Lp9RfYh2JdGs7TaUe"
 ANTHROPIC = b"sk-ant-api03-Zx81mQwErTy0uIoPaSdFgHjKl"

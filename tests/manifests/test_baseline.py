@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from manifests.baseline import GoldenBaseline, SearchBaseline, VectorBaseline
-from manifests.model import ManifestError
+from aibackup.manifests.baseline import GoldenBaseline, SearchBaseline, VectorBaseline
+from aibackup.manifests.model import ManifestError
 
 GOOD: dict[str, Any] = {
     "seed": 7,

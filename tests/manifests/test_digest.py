@@ -7,9 +7,9 @@ import hashlib
 import pyarrow as pa
 import pytest
 
-from manifests.digest import DIGEST_ALGORITHM, DIGEST_ALGORITHMS, DatasetDigest, record_digests
-from manifests.model import DenseVectorSpec, VectorsConfig
-from manifests.vectors import arrow_schema, canonical_json, float_vector_paths
+from aibackup.manifests.digest import DIGEST_ALGORITHM, DIGEST_ALGORITHMS, DatasetDigest, record_digests
+from aibackup.manifests.model import DenseVectorSpec, VectorsConfig
+from aibackup.manifests.vectors import arrow_schema, canonical_json, float_vector_paths
 from tests.vectordata import canonical_batch, config
 
 

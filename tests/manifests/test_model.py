@@ -7,8 +7,8 @@ import json
 import jsonschema
 import pytest
 
-import manifests
-from manifests.model import (
+from aibackup import manifests
+from aibackup.manifests.model import (
     BundleManifest,
     DatasetManifest,
     FieldEntry,

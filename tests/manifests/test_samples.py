@@ -15,8 +15,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-import manifests
-from manifests.model import DIGEST_ALGORITHMS, BundleManifest
+from aibackup import manifests
+from aibackup.manifests.model import DIGEST_ALGORITHMS, BundleManifest
 
 SAMPLES = sorted((Path(__file__).parent / "samples").glob("repo-*"))
 

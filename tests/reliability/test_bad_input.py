@@ -88,8 +88,8 @@ def test_a_bundle_with_duplicate_ids_is_never_restored_as_a_success(tmp_path: Pa
 
     from aibackup import clock
     from aibackup.bundle import BundleWriter
+    from aibackup.manifests.model import BundleManifest
     from aibackup.repository import Repository, iso
-    from manifests.model import BundleManifest
     from tests.vectordata import canonical_batch, config, description
 
     repo = Repository.init(str(tmp_path / "repo"))
@@ -115,9 +115,9 @@ def test_points_that_do_not_fit_the_description_are_refused_naming_the_point() -
     import pyarrow as pa
     from qdrant_client import models
 
+    from aibackup.connectors.qdrant.points import points_to_batch
     from aibackup.errors import SourceDataError
-    from connectors.qdrant_points import points_to_batch
-    from manifests.vectors import arrow_schema
+    from aibackup.manifests.vectors import arrow_schema
     from tests.vectordata import config
 
     cfg = config(dim=4, distance="dot")

@@ -207,7 +207,7 @@ def test_an_encrypted_repository_refuses_a_manifest_forged_with_its_checksum(
     says it could not authenticate."""
     import dataclasses
 
-    from manifests.model import BundleManifest
+    from aibackup.manifests.model import BundleManifest
     from tests.aibackup.test_records_cli import config_folder
 
     monkeypatch.setenv("AIBACKUP_KEY", "correct horse battery staple")

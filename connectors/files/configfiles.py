@@ -1,6 +1,6 @@
 """Configuration files: ``config:PATH`` (a folder or one file) as a source, ``config:DIR`` as a restore target.
 
-One dataset per source, named after the folder (or file); one CONFIG record (:mod:`manifests.records`) per
+One dataset per source, named after the folder (or file); one CONFIG record (:mod:`aibackup.manifests.records`) per
 regular file and symlink, walked sorted, symlinks never followed: ``id`` = ``path`` (relative, '/'), ``type``
 "file" | "symlink", ``mode`` = ``st_mode & 0o7777`` (of the link itself for a symlink), ``content`` (null
 for a symlink), ``link`` (``os.readlink`` exactly), ``secrets``, ``redacted``, ``sha256`` (always prefixed:
@@ -9,7 +9,7 @@ Not kept: empty folders (a note names them), folder modes, mtimes, owners; socke
 skipped with a note. Refused (SourceDataError): names that are not UTF-8 or hold a backslash (they could
 not be restored), files over 512 MiB.
 
-Secrets (what is one: :mod:`connectors.secrets`)
+Secrets (what is one: :mod:`aibackup.connectors.files.secrets`)
 - With the repository key (``options["secrets"]``, a SecretBox): ``content`` = the bytes with each secret
   value cut out; ``secrets`` = canonical JSON ``[{"offset": <in the original>, "value": text}]``
   (``"base64"`` for bytes that are not UTF-8) sealed with AES-256-GCM, AAD ``b"config:" + path``;
@@ -23,7 +23,7 @@ Secrets (what is one: :mod:`connectors.secrets`)
 - No key and no redaction: every file is scanned before any batch, and a secret refuses the backup
   (ConfigError, exit 2) naming file and line, never the value. No message, note or error holds a value.
 
-Restore into ``config:DIR``: :mod:`connectors.configfiles_restore` (the checks every record passes before
+Restore into ``config:DIR``: :mod:`aibackup.connectors.files.configfiles_restore` (the checks every record passes before
 anything is written, the writes that never follow a symlink, the modes, the proof); the restore methods of
 ConfigConnector delegate to it.
 """
@@ -42,17 +42,17 @@ from typing import Any
 
 import pyarrow as pa
 
+from aibackup.connectors.base import Connector, DatasetDescription, ExportState, ImportPlan, Location, SecretBox
+from aibackup.connectors.files.configfiles_restore import ConfigRestore, examples, secrets_aad
+from aibackup.connectors.files.lines import refuse_unrestorable
+from aibackup.connectors.files.secrets import PLACEHOLDER, Span, find_secrets, line_of
 from aibackup.errors import (
     ConfigError,
     DatasetNotFoundError,
     SourceDataError,
     UsageError,
 )
-from connectors.base import Connector, DatasetDescription, ExportState, ImportPlan, Location, SecretBox
-from connectors.configfiles_restore import ConfigRestore, examples, secrets_aad
-from connectors.lines import refuse_unrestorable
-from connectors.secrets import PLACEHOLDER, Span, find_secrets, line_of
-from manifests.records import CONFIG
+from aibackup.manifests.records import CONFIG
 
 BATCH_BYTES = 8 * 1024 * 1024
 BATCH_ROWS = 1000
@@ -317,7 +317,7 @@ class ConfigConnector(Connector):
             current = _splice(current, real, PLACEHOLDER)
         raise SourceDataError(f"{self._show(entry.rel)}: its secrets could not be redacted; back up with a key")
 
-    # --- restore (connectors.configfiles_restore) --------------------------------------------------------
+    # --- restore (configfiles_restore) ------------------------------------------------------------------
 
     def plan_import(self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool) -> ImportPlan:
         """Writes nothing. UsageError for a bad mode or sealed secrets without a key; UnsupportedFeatureError

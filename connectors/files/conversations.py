@@ -4,19 +4,19 @@
 Sources
 -------
 ``PATH`` is a file, a folder (every ``*.jsonl``, ``*.jsonl.gz``, ``*.jsonl.zst`` below it, recursively) or a
-glob, expanded and named as :mod:`connectors.lines` documents; ``.gz``/``.zst`` files are read
+glob, expanded and named as :mod:`aibackup.connectors.files.lines` documents; ``.gz``/``.zst`` files are read
 decompressed. The dataset's name is the file's base name without ``.jsonl``/``.gz``/``.zst``, the folder's
 name, the glob's fixed folder's name, or the table's name. ``rows`` in ``describe`` is exact (a newline
 count; a decompression pass for compressed files; ``count(*)`` for a table). SQLite: see
-:mod:`connectors.conversations_sqlite`.
+:mod:`aibackup.connectors.files.conversations_sqlite`.
 
-Records (:data:`manifests.records.CONVERSATIONS`): one per line, ``id`` = ``"<relative file>#<line>"``,
+Records (:data:`aibackup.manifests.records.CONVERSATIONS`): one per line, ``id`` = ``"<relative file>#<line>"``,
 ``offset`` the line's byte offset in the decompressed file, ``raw`` its exact bytes with the terminator.
 Typed columns by exact field name, no aliases (``conversation_id``/``session`` stay in ``extra``):
 ``timestamp`` from ISO 8601 (a naive time is UTC) or epoch seconds (milliseconds above 1e11), ``cost`` a
 finite number, ``session_id``/``user_id``/``model``/``input``/``output`` strings, ``messages`` a list;
 everything else, and a typed field that does not parse, in ``extra`` (details:
-:mod:`connectors.conversation_records`).
+:mod:`aibackup.connectors.files.conversation_records`).
 
 Bad lines: a **blank** line (only spaces, tabs, CR) is kept raw with ``valid`` false and never fails; a
 **malformed** one (not UTF-8, not JSON, not an object) fails the backup with SourceDataError
@@ -48,14 +48,14 @@ Restore targets
 ``conversations:DIR``: every file is written back under DIR at its relative name, byte-identical
 (decompressed, without ``.gz``/``.zst``), through temporary files renamed into place; names that would
 leave DIR are refused; modes ``create`` (refuses existing files), ``overwrite`` (replaces the bundle's
-files only), ``merge`` refused: rules in :mod:`connectors.filetarget`. A SQLite bundle of a table's own
+files only), ``merge`` refused: rules in :mod:`aibackup.connectors.files.filetarget`. A SQLite bundle of a table's own
 layout becomes ``DIR/<table>.jsonl``: one line per row in rowid order, the row's JSON object (``raw``)
 and a newline, so the folder's records are those lines (ids ``<table>.jsonl#<n>``, typed fields as any log
 line gives them: ``plan.transform`` builds exactly that; the table's definition is not kept). A SQLite
 bundle of the canonical layout is written back as the files it came from.
 
 ``conversations+sqlite:PATH?table=T``: a table bundle recreates its table as T, any other bundle goes into
-the canonical layout (see :mod:`connectors.conversations_sqlite`). After a restore the target is read back
+the canonical layout (see :mod:`.conversations_sqlite`). After a restore the target is read back
 with malformed lines kept raw, and a folder target reads back only the files the restore wrote; the
 ``files`` check compares each file's sha256 with the bundle's config.
 """
@@ -69,12 +69,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from aibackup.errors import DatasetNotFoundError, SourceDataError, UsageError
-from connectors import lines
-from connectors.base import MODES, Connector, DatasetDescription, ExportState, ImportPlan, Location, identity
-from connectors.conversation_records import Rows, RowsAsLines, parse_line
-from connectors.conversations_sqlite import SqliteTable, canonical_sql, native_rows, renamed_sql
-from connectors.filetarget import (
+from aibackup.connectors.base import MODES, Connector, DatasetDescription, ExportState, ImportPlan, Location, identity
+from aibackup.connectors.files import lines
+from aibackup.connectors.files.conversation_records import Rows, RowsAsLines, parse_line
+from aibackup.connectors.files.conversations_sqlite import SqliteTable, canonical_sql, native_rows, renamed_sql
+from aibackup.connectors.files.filetarget import (
     FileWriter,
     check_folder,
     check_mode,
@@ -86,7 +85,8 @@ from connectors.filetarget import (
     target_path,
     write_runs,
 )
-from manifests.records import CONVERSATIONS
+from aibackup.errors import DatasetNotFoundError, SourceDataError, UsageError
+from aibackup.manifests.records import CONVERSATIONS
 
 ON_BAD_LINE = ("fail", "skip")
 EXAMPLES = 5

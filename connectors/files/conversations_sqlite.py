@@ -4,7 +4,7 @@ Two layouts, told apart by the table's columns:
 
 - **the table's own layout** (any table with a rowid): each row is a record. ``id`` = ``"<table>#<rowid>"``,
   ``source`` = ``"table:<table>"``, ``line`` = the rowid, ``offset`` null, ``raw`` = canonical JSON of
-  ``{column: value}`` (blobs as ``{"base64": ...}``; see :mod:`connectors.conversation_records`), typed
+  ``{column: value}`` (blobs as ``{"base64": ...}``; see :mod:`aibackup.connectors.files.conversation_records`), typed
   columns from the columns of those names, ``valid`` true. The config keeps the ``CREATE TABLE`` SQL and
   the columns (name, declared type, generated).
 - **aibackup's canonical layout**, the table a log folder restores into: exactly the columns
@@ -48,6 +48,15 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
+from aibackup.connectors.base import ExportState
+from aibackup.connectors.files.conversation_records import (
+    BATCH_ROWS,
+    Rows,
+    from_sqlite_json,
+    sqlite_value,
+    typed_fields,
+)
+from aibackup.connectors.files.lines import compression_of, shown
 from aibackup.errors import (
     AibackupError,
     ConnectorError,
@@ -59,11 +68,8 @@ from aibackup.errors import (
     UsageError,
     first_line,
 )
-from connectors.base import ExportState
-from connectors.conversation_records import BATCH_ROWS, Rows, from_sqlite_json, sqlite_value, typed_fields
-from connectors.lines import compression_of, shown
-from manifests.records import CONVERSATIONS
-from manifests.vectors import canonical_json
+from aibackup.manifests.records import CONVERSATIONS
+from aibackup.manifests.vectors import canonical_json
 
 CANONICAL_COLUMNS = (
     ("id", "TEXT"),

@@ -1,5 +1,5 @@
-"""The canonical conversations record (:data:`manifests.records.CONVERSATIONS`), parsed from a log line or a
-SQLite row. The rules are the ones :mod:`connectors.conversations` documents:
+"""The canonical conversations record (:data:`aibackup.manifests.records.CONVERSATIONS`), parsed from a log line or a
+SQLite row. The rules are the ones :mod:`aibackup.connectors.files.conversations` documents:
 
 - A line is UTF-8 text (a UTF-8 byte-order mark at the start of a file is ignored) holding one JSON
   object. A line of only spaces/tabs/CR is **blank**: kept raw, ``valid`` false, never an error. Anything
@@ -30,8 +30,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from manifests.records import CONVERSATIONS
-from manifests.vectors import canonical_json
+from aibackup.manifests.records import CONVERSATIONS
+from aibackup.manifests.vectors import canonical_json
 
 #: Rows per exported batch, and the raw bytes after which a batch is cut early (1 MB lines).
 BATCH_ROWS = 2000

@@ -1,10 +1,10 @@
 """Fine-tuning datasets: JSONL files (``finetune:PATH``), kind "finetune", one dataset per source.
 
 ``PATH`` is a file, a folder (``*.jsonl``, ``*.jsonl.gz``, ``*.jsonl.zst`` below it) or a glob, expanded and
-named as :mod:`connectors.lines` documents (dataset name: the file's base name without its suffixes, the
+named as :mod:`aibackup.connectors.files.lines` documents (dataset name: the file's base name without its suffixes, the
 folder's name, or the glob's fixed folder's name). ``rows`` in ``describe`` is exact (a line count).
 
-Records (:data:`manifests.records.FINETUNE`): one per line, ``id`` = ``"<relative file>#<line>"``, ``raw``
+Records (:data:`aibackup.manifests.records.FINETUNE`): one per line, ``id`` = ``"<relative file>#<line>"``, ``raw``
 the exact bytes with the terminator, ``offset`` in the decompressed file. A backup never fails on content:
 each line is classified (``problem`` says why a line is not valid, never quoting it):
 
@@ -26,7 +26,7 @@ backup is a full one (datasets are small and rewritten whole).
 
 Job config (option ``job_config``, ``--job-config FILE``): a YAML (``.yaml``/``.yml``) or JSON file
 (others: JSON, else YAML) with the base model, hyperparameters, seed, provider job id... It is scanned for
-secrets first (:func:`connectors.secrets.find_secrets`): anything found refuses the backup with
+secrets first (:func:`aibackup.connectors.files.secrets.find_secrets`): anything found refuses the backup with
 SourceDataError naming the file and line, never the value. It travels in the dataset config as
 ``job_config`` = ``{"name": base name, "text": the file's text (UTF-8), "parsed": its content as JSON}``
 (YAML dates and times become ISO 8601 strings, keys that are not strings become their JSON text;
@@ -37,7 +37,7 @@ Restore (``finetune:DIR`` only): every file written back under DIR byte-identica
 decompressed, without ``.gz``/``.zst``), in order, through temporary files renamed into place; the job
 config written to ``DIR/<its name>`` (refused when that name is also a data file's). Modes ``create``
 (refuses existing files), ``overwrite`` (replaces them, keeps others), ``merge`` refused; names leaving DIR
-are refused: rules in :mod:`connectors.filetarget`. The ``files`` check compares every written file's
+are refused: rules in :mod:`aibackup.connectors.files.filetarget`. The ``files`` check compares every written file's
 sha256 (the job config's too) with the bundle.
 """
 
@@ -54,11 +54,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from aibackup.errors import ConfigError, DatasetNotFoundError, SourceDataError, UnsupportedFeatureError
-from connectors import lines
-from connectors.base import Connector, DatasetDescription, ExportState, ImportPlan, Location, identity
-from connectors.conversation_records import BATCH_BYTES, BATCH_ROWS, BOM, SURROGATE_ESCAPE
-from connectors.filetarget import (
+from aibackup.connectors.base import Connector, DatasetDescription, ExportState, ImportPlan, Location, identity
+from aibackup.connectors.files import lines
+from aibackup.connectors.files.conversation_records import BATCH_BYTES, BATCH_ROWS, BOM, SURROGATE_ESCAPE
+from aibackup.connectors.files.filetarget import (
     FileWriter,
     check_folder,
     check_mode,
@@ -70,8 +69,9 @@ from connectors.filetarget import (
     target_path,
     write_runs,
 )
-from manifests.records import FINETUNE
-from manifests.vectors import canonical_json
+from aibackup.errors import ConfigError, DatasetNotFoundError, SourceDataError, UnsupportedFeatureError
+from aibackup.manifests.records import FINETUNE
+from aibackup.manifests.vectors import canonical_json
 
 ROLES = ("system", "user", "assistant", "tool", "function", "developer")
 FORMATS = ("chat", "preference", "plain", "blank", "invalid")
@@ -351,7 +351,7 @@ def _flush(columns: dict[str, list[Any]]) -> pa.RecordBatch:
 
 def load_job_config(path: str) -> dict[str, Any]:
     """The ``job_config`` entry of the dataset config for the file at `path` (module docstring)."""
-    from connectors.secrets import find_secrets
+    from aibackup.connectors.files.secrets import find_secrets
 
     shown = lines.shown(path)
     try:

@@ -3,7 +3,7 @@
 The same code drives both through qdrant-client (an optional extra: ``pip install 'aibackup[qdrant]'``);
 servers are spoken to over REST (``prefer_grpc`` off), with the API key from ``QDRANT_API_KEY``.
 
-Canonical mapping (schema: :mod:`manifests.vectors`)
+Canonical mapping (schema: :mod:`aibackup.manifests.vectors`)
 ----------------------------------------------------
 - **ids**: an unsigned int point id is exported in decimal, a UUID in lowercase hyphenated form. On import a
   canonical id that is a decimal integer without leading zeros below 2**64 becomes that int; a string equal
@@ -64,20 +64,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from aibackup.errors import (
-    AibackupError,
-    ConnectorError,
-    ConnectorNotInstalledError,
-    DatasetNotFoundError,
-    SourceDataError,
-    TargetNotEmptyError,
-    UnavailableError,
-    UnsupportedFeatureError,
-    UsageError,
-    first_line,
+from aibackup.connectors.base import (
+    MODES,
+    DatasetDescription,
+    ImportPlan,
+    Location,
+    VectorConnector,
+    id_checksum,
+    identity,
 )
-from connectors.base import MODES, DatasetDescription, ImportPlan, Location, VectorConnector, id_checksum, identity
-from connectors.qdrant_points import (
+from aibackup.connectors.qdrant.points import (
     AIBACKUP_NAMESPACE,
     ID_KEY,
     RESERVED_KEYS,
@@ -90,13 +86,25 @@ from connectors.qdrant_points import (
     points_to_batch,
     sorted_sparse_vectors,
 )
-from manifests.vectors import dense_column
+from aibackup.errors import (
+    AibackupError,
+    ConnectorError,
+    ConnectorNotInstalledError,
+    DatasetNotFoundError,
+    SourceDataError,
+    TargetNotEmptyError,
+    UnavailableError,
+    UnsupportedFeatureError,
+    UsageError,
+    first_line,
+)
+from aibackup.manifests.vectors import dense_column
 
 if TYPE_CHECKING:
     from qdrant_client import QdrantClient
 
-    from connectors.qdrant_config import CollectionPlan
-    from manifests.model import VectorsConfig
+    from aibackup.connectors.qdrant.config import CollectionPlan
+    from aibackup.manifests.model import VectorsConfig
 
 __all__ = ["AIBACKUP_NAMESPACE", "RESERVED_KEYS", "QdrantConnector"]
 
@@ -151,7 +159,7 @@ class QdrantConnector(VectorConnector):
         self._client: QdrantClient | None = None
         self._where = location.display()
         if location.is_server:
-            from connectors.registry import api_key
+            from aibackup.connectors.registry import api_key
 
             scheme = "https" if location.tls else "http"
             self._client = QdrantClient(
@@ -200,7 +208,7 @@ class QdrantConnector(VectorConnector):
         return [self._describe(name) for name in wanted]
 
     def _describe(self, name: str) -> DatasetDescription:
-        from connectors import qdrant_config
+        from aibackup.connectors.qdrant import config as qdrant_config
 
         client = self._require()
         with self._errors(f"reading collection {name!r}", name):
@@ -299,7 +307,7 @@ class QdrantConnector(VectorConnector):
         """Decide how `source` becomes collection `dest` (see the module docstring for the rules). Raises
         TargetNotEmptyError (mode "create" and `dest` holds points), UnsupportedFeatureError (what Qdrant
         cannot hold without `allow_lossy`; a merge into a collection whose vectors differ)."""
-        from connectors import qdrant_config
+        from aibackup.connectors.qdrant import config as qdrant_config
 
         if mode not in MODES:
             raise UsageError(f"bad mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -341,7 +349,7 @@ class QdrantConnector(VectorConnector):
         """Create the collection per ``plan.mode`` (create: only if absent or empty; overwrite: drop and
         recreate; merge: reuse if its vectors match) and upsert every record (after ``plan.transform``),
         waiting for each write. Returns the points written."""
-        from connectors import qdrant_config
+        from aibackup.connectors.qdrant import config as qdrant_config
 
         client = self._require()
         name, server = plan.target.name, self.location.is_server
@@ -414,7 +422,7 @@ class QdrantConnector(VectorConnector):
         return self._describe(name) if exists else None
 
     def _check_merge(self, name: str, existing: DatasetDescription, planned: VectorsConfig) -> None:
-        from connectors.qdrant_config import vector_shape
+        from aibackup.connectors.qdrant.config import vector_shape
 
         if vector_shape(existing.config) != vector_shape(planned):
 

@@ -1,8 +1,8 @@
-"""Qdrant points <-> canonical Arrow batches, and the id mapping (see :mod:`connectors.qdrant` for the rules).
+"""Qdrant points <-> canonical Arrow batches, and the id mapping (see :mod:`.connector` for the rules).
 
 Nothing here talks to a client: :func:`points_to_batch` turns one page of ``scroll`` results into a batch,
 :func:`batch_to_points` turns a canonical batch into ``PointStruct``s ready for ``upsert``. qdrant-client is
-imported only inside the functions that build its models, so :mod:`connectors.qdrant` can import this module
+imported only inside the functions that build its models, so :mod:`.connector` can import this module
 (and its constants) without the optional client installed.
 """
 
@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aibackup.connectors.base import dense_array
 from aibackup.errors import SourceDataError, UnsupportedFeatureError
-from connectors.base import dense_array
-from manifests.model import VectorsConfig
-from manifests.vectors import (
+from aibackup.manifests.model import VectorsConfig
+from aibackup.manifests.vectors import (
     DOCUMENT,
     ID,
     METADATA,

@@ -1,4 +1,4 @@
-"""Restore of configuration files into ``config:DIR`` (export and records: :mod:`connectors.configfiles`).
+"""Restore of configuration files into ``config:DIR`` (export and records: :mod:`.configfiles`).
 
 Restore into ``config:DIR`` (files land directly under DIR; POSIX only). Nothing is written outside DIR:
 ``validate_records`` (every record, before ``import_`` writes anything; ``import_`` repeats the checks)
@@ -20,7 +20,7 @@ by ``sha256``; ``extra_checks`` re-reads every written file and compares its has
 
 Structure: :class:`SafeFolder` owns every file-system access of the write and the re-read (descriptor
 walking with O_NOFOLLOW, temp-file writes, re-reads); :class:`ConfigRestore` runs the four restore steps
-(plan, validation, import, checks) that :class:`connectors.configfiles.ConfigConnector` delegates to; the
+(plan, validation, import, checks) that :class:`aibackup.connectors.files.configfiles.ConfigConnector` delegates to; the
 private ``_Checker`` holds the per-record checks shared by validation and import.
 """
 
@@ -44,6 +44,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aibackup.connectors.base import MODES, DatasetDescription, ImportPlan, SecretBox
+from aibackup.connectors.files.secrets import PLACEHOLDER
 from aibackup.errors import (
     AibackupError,
     IntegrityError,
@@ -52,8 +54,6 @@ from aibackup.errors import (
     UnsupportedFeatureError,
     UsageError,
 )
-from connectors.base import MODES, DatasetDescription, ImportPlan, SecretBox
-from connectors.secrets import PLACEHOLDER
 
 MAX_LINK_HOPS = 40
 TMP_PREFIX = ".aibackup-"

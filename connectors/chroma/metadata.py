@@ -1,6 +1,6 @@
 """What Chroma's metadata and collection configuration can hold, and the mapping to and from canonical form.
 
-Functions without chromadb (imported only where needed) used by :mod:`connectors.chroma`:
+Functions without chromadb (imported only where needed) used by :mod:`aibackup.connectors.chroma.connector`:
 
 - record metadata: :func:`from_chroma` (Chroma -> canonical dict), :func:`record_problems` (what a local
   Chroma would refuse or silently change), :func:`lossy_record` (the documented lossy mapping) and
@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from aibackup.connectors.base import dense_array, identity
 from aibackup.errors import SourceDataError, UnsupportedFeatureError
-from connectors.base import dense_array, identity
-from manifests.model import DenseVectorSpec
-from manifests.vectors import canonical_json, dense_column, metadata_json, parse_metadata
+from aibackup.manifests.model import DenseVectorSpec
+from aibackup.manifests.vectors import canonical_json, dense_column, metadata_json, parse_metadata
 
 #: Collection metadata key holding the name of the one dense vector when it is not "" (written by a restore
 #: from a source with a named vector, read back by describe so a round trip keeps the name).

@@ -36,14 +36,14 @@ from typing import IO, Any
 
 import pyarrow as pa
 
+from aibackup.connectors.base import MODES, ImportPlan, Transform
+from aibackup.connectors.files.lines import file_sha256, plain_name, shown
 from aibackup.errors import (
     TargetNotEmptyError,
     UnavailableError,
     UnsupportedFeatureError,
     UsageError,
 )
-from connectors.base import MODES, ImportPlan, Transform
-from connectors.lines import file_sha256, plain_name, shown
 
 TMP_SUFFIX = ".aibackup-tmp"
 #: Temporary files held open at once while the records of several files interleave (incremental chains).

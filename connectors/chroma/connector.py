@@ -6,7 +6,7 @@ chromadb is an optional extra (``pip install 'aibackup[chroma]'``). Embedded sto
 ``?database=`` pick a tenant and database). Telemetry is off. No embedding function is ever built or called:
 collections are opened with ``embedding_function=None`` and every write passes embeddings.
 
-Canonical mapping (schema: :mod:`manifests.vectors`)
+Canonical mapping (schema: :mod:`aibackup.manifests.vectors`)
 ---------------------------------------------------
 - **id** <-> Chroma's string id, unchanged (an empty id cannot go into Chroma).
 - **vector** <-> the embedding, one per record, named "" unless the collection metadata holds
@@ -37,7 +37,7 @@ listed in ``plan.dropped`` and applied by ``plan.transform``, which import_ appl
 - several dense vectors: the unnamed one is kept (else the first by name); one named vector is lossless.
 - multivectors dropped (refused even lossy when no plain vector remains); sparse vectors dropped.
 - distance manhattan -> l2.
-- record metadata Chroma cannot hold (rules in :mod:`connectors.chroma_metadata`; met while streaming, so
+- record metadata Chroma cannot hold (rules in :mod:`aibackup.connectors.chroma.metadata`; met while streaming, so
   the refusal names the record): nulls and refused keys dropped; nested objects, sparse-vector values,
   empty/mixed lists, NaN/Infinity as their canonical JSON text; ints beyond int64 as decimal strings; -0.0
   as 0.0. Collection metadata alike (lists too become JSON text: Chroma holds scalars only there).
@@ -73,6 +73,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from aibackup.connectors.base import MODES, DatasetDescription, ImportPlan, Location, VectorConnector, id_checksum
+from aibackup.connectors.chroma import metadata as cm
+from aibackup.connectors.registry import api_key
 from aibackup.errors import (
     AibackupError,
     ConnectorError,
@@ -85,11 +88,8 @@ from aibackup.errors import (
     UsageError,
     first_line,
 )
-from connectors import chroma_metadata as cm
-from connectors.base import MODES, DatasetDescription, ImportPlan, Location, VectorConnector, id_checksum
-from connectors.registry import api_key
-from manifests.model import DenseVectorSpec, VectorsConfig
-from manifests.vectors import dense_column
+from aibackup.manifests.model import DenseVectorSpec, VectorsConfig
+from aibackup.manifests.vectors import dense_column
 
 MAX_GET = 30_000  # get() with embeddings fails above ~32k ids per call
 FETCH_AHEAD = 2  # pages a Chroma export reads ahead of their conversion

@@ -1,4 +1,4 @@
-"""Qdrant collection configuration <-> :class:`manifests.model.VectorsConfig` (see :mod:`connectors.qdrant`).
+"""Qdrant collection configuration <-> :class:`aibackup.manifests.model.VectorsConfig` (see :mod:`.connector`).
 
 :func:`describe_config` reads a ``CollectionInfo`` into the neutral config plus ``native`` (everything needed
 to recreate the collection in Qdrant, as JSON); :func:`plan_collection` turns a bundle's config into the
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from aibackup.errors import UnsupportedFeatureError
-from manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
+from aibackup.manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
 
 if TYPE_CHECKING:
     from qdrant_client.http import models as qm
