@@ -24,6 +24,7 @@ import struct
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlencode
@@ -31,6 +32,7 @@ from urllib.parse import urlencode
 import numpy as np
 import pyarrow as pa
 
+from aibackup.errors import AibackupError
 from aibackup.manifests.kinds import arrow_schema
 from aibackup.manifests.model import VectorsConfig
 
@@ -257,6 +259,22 @@ class VectorConnector(Connector):
         config = dataset.config
         hnsw = dict(config.hnsw or {}) if isinstance(config, VectorsConfig) else {}
         return {"store": self.kind, "exact": False, **{k: v for k, v in sorted(hnsw.items()) if v is not None}}
+
+
+@contextmanager
+def client_errors(translate: Callable[[BaseException], AibackupError | None]) -> Iterator[None]:
+    """Run calls into a client library: an AibackupError passes as it is; any other exception becomes the
+    one-line error `translate` makes of it, or passes unchanged where it gives None (KeyboardInterrupt, a
+    bug of ours). The connectors' wrappers around their clients are this and their own translation."""
+    try:
+        yield
+    except AibackupError:
+        raise
+    except BaseException as exc:
+        error = translate(exc)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def id_checksum(ids: Iterable[object]) -> int:

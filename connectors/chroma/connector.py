@@ -73,7 +73,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from aibackup.connectors.base import MODES, DatasetDescription, ImportPlan, Location, VectorConnector, id_checksum
+from aibackup.connectors.base import (
+    MODES,
+    DatasetDescription,
+    ImportPlan,
+    Location,
+    VectorConnector,
+    client_errors,
+    id_checksum,
+)
 from aibackup.connectors.chroma import metadata as cm
 from aibackup.connectors.registry import api_key
 from aibackup.errors import (
@@ -560,19 +568,18 @@ class ChromaConnector(VectorConnector):
         line (UnavailableError for anything when `unavailable`: a server that does not answer like Chroma),
         and its warnings are silenced: they concern embedding functions, which aibackup never builds or
         calls (``collection.add`` rebuilds every one in the schema, warning for each it cannot build)."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                yield
-        except AibackupError:
-            raise
-        except BaseException as exc:
+
+        def translate(exc: BaseException) -> AibackupError | None:
             if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
-                raise  # KeyboardInterrupt, GeneratorExit, ... (a Rust panic is a BaseException too)
+                return None  # KeyboardInterrupt, GeneratorExit, ... (a Rust panic is a BaseException too)
             error = self._translate(exc, what, collection)
             if unavailable and not isinstance(error, UnavailableError):
                 error = UnavailableError(f"{self._store} does not answer like a Chroma server ({first_line(exc)})")
-            raise error from exc
+            return error
+
+        with client_errors(translate), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
 
     def _translate(self, exc: BaseException, what: str, collection: str | None) -> AibackupError:
         errors = self._chromadb.errors

@@ -63,36 +63,31 @@ with malformed lines kept raw, and a folder target reads back only the files the
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
 
-from aibackup.connectors.base import MODES, Connector, DatasetDescription, ExportState, ImportPlan, Location, identity
+from aibackup.connectors.base import MODES, DatasetDescription, ExportState, ImportPlan, Location, identity
 from aibackup.connectors.files import lines
 from aibackup.connectors.files.conversation_records import Rows, RowsAsLines, parse_line
 from aibackup.connectors.files.conversations_sqlite import SqliteTable, canonical_sql, native_rows, renamed_sql
 from aibackup.connectors.files.filetarget import (
-    FileWriter,
-    check_folder,
     check_mode,
     file_renamer,
-    folder_batches,
     output_names,
     refuse_existing,
-    sha_check,
     target_path,
-    write_runs,
 )
-from aibackup.errors import DatasetNotFoundError, SourceDataError, UsageError
+from aibackup.connectors.files.linefiles import LineFiles
+from aibackup.errors import SourceDataError, UsageError
 from aibackup.manifests.records import CONVERSATIONS
 
 ON_BAD_LINE = ("fail", "skip")
 EXAMPLES = 5
 
 
-class ConversationsConnector(Connector):
+class ConversationsConnector(LineFiles):
     """Conversation logs in JSONL files or a SQLite table (see the module docstring)."""
 
     kind = "conversations"
@@ -107,59 +102,34 @@ class ConversationsConnector(Connector):
             raise UsageError(f"bad --on-bad-line {on_bad_line!r}: expected fail or skip")
         # A restore target is read back as the bundle held it, malformed lines included.
         self.on_bad_line = "skip" if create else on_bad_line
-        self.root = str(location.path)
-        self.create = create
-        self._states: dict[str, ExportState] = {}
-        self._scope: list[str] | None = None  # the files a planned restore writes (and reads back)
-        self._written: dict[str, str] = {}
         self._table: SqliteTable | None = None
         if location.scheme == "conversations+sqlite":
             self._table = SqliteTable(self.root, location.params["table"], create=create)
             if not create:
                 self._table.require()
-        elif create:
-            check_folder(self.root)
         else:
-            lines.distinct_names(lines.expand(self.root, self.options.get("exclude", ())))
+            self._open_folder()
 
     @property
     def _name(self) -> str:
-        if self._table is not None:
-            return self._table.table
-        # A target is a folder, named as one even before it exists (and whatever its suffix).
-        return os.path.basename(self.root.rstrip(os.sep)) if self.create else lines.dataset_name(self.root)
+        return self._table.table if self._table is not None else super()._name
 
     @property
     def _where(self) -> str:
-        return self._table.where if self._table is not None else lines.shown(self.root)
+        return self._table.where if self._table is not None else super()._where
 
     # --- reading -----------------------------------------------------------------------------------------
 
     def describe(self, names: Sequence[str] | None = None) -> list[DatasetDescription]:
         """The one dataset of the source (`names` must be None or name exactly it, else
         DatasetNotFoundError). Rows are exact; config lists the files (or the table definition)."""
-        name = self._name
-        for wanted in names or ():
-            if wanted != name:
-                raise DatasetNotFoundError(f"{self._where} holds one dataset, {name!r}, not {wanted!r}")
+        name = self._the_dataset(names)
         if self._table is not None:
             info = self._table.require()
             config = info.config(self._table.table)
             return [DatasetDescription(name=name, config=config, rows=self._table.count(), kind=self.dataset_kind)]
-        files, rows = [], 0
-        for f in self._files():
-            size, count = lines.count_lines(f)
-            rows += count
-            files.append({"name": f.name, "bytes": size, "lines": count, "compression": f.compression})
+        files, rows = self._file_list()
         return [DatasetDescription(name, {"format": "jsonl", "files": files}, rows, kind=self.dataset_kind)]
-
-    def _files(self) -> list[lines.SourceFile]:
-        if self._scope is not None:
-            found = [lines.SourceFile(os.path.join(self.root, *n.split("/")), n) for n in self._scope]
-            return [f for f in found if os.path.isfile(f.path)]
-        if self.create and not os.path.exists(self.root):
-            return []  # a restore target not created yet
-        return lines.distinct_names(lines.expand(self.root, self.options.get("exclude", ())))
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Canonical batches (at most 2000 rows or ~32 MB of raw lines each): every record, or only those
@@ -240,10 +210,6 @@ class ConversationsConnector(Connector):
                 return None, [f"the last line of {rel} had no newline and has grown since: full backup"]
             starts[rel] = (nbytes, int(mark.get("lines", 0)), digest, newline)
         return starts, []
-
-    def export_state(self, name: str) -> ExportState | None:
-        """After an export of `name`: the high-water mark, incremental flag, full config and notes."""
-        return self._states.get(name)
 
     # --- writing -----------------------------------------------------------------------------------------
 
@@ -327,34 +293,18 @@ class ConversationsConnector(Connector):
                     native_rows(batch, columns, self._where)
                 checked += batch.num_rows
             return checked
-        return sum(b.num_rows for b in folder_batches(self.root, self._where, plan, batches, "source"))
+        return self._check_folder_records(plan, batches, "source")
 
     def import_(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """Write the bundle's records (module docstring); returns the records written."""
         if self._table is not None:
             return self._table.write(plan.source.config, plan.mode, batches, plan.transform)
-        check_mode(plan.mode, self._where)
-        writer = FileWriter(self.root, exclusive=plan.mode == "create")
-        written = 0
-        try:
-            for name in plan.extra.get("files", {}):
-                writer.touch(name)
-            for batch in folder_batches(self.root, self._where, plan, batches, "source"):
-                write_runs(writer, batch.column("source").to_pylist(), batch.column("raw").to_pylist())
-                written += batch.num_rows
-            self._written = writer.commit()
-        except BaseException:
-            writer.discard()
-            raise
-        return written
+        return self._write_folder(plan, batches, "source")
 
     def extra_checks(self, plan: ImportPlan) -> list[tuple[str, bool, str]]:
         """For a folder: every written file's sha256 against the bundle's (or, for a table bundle, against
         what was written). Nothing more for a table (rows are compared record by record)."""
-        if self._table is not None:
-            return []
-        expected = {n: sha or self._written.get(n) for n, sha in plan.extra.get("files", {}).items()}
-        return sha_check(self.root, expected)
+        return [] if self._table is not None else self._file_checks(plan)
 
     def close(self) -> None:
         """Close the database, if any. Safe to call twice."""

@@ -48,7 +48,7 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
-from aibackup.connectors.base import ExportState
+from aibackup.connectors.base import ExportState, client_errors
 from aibackup.connectors.files.conversation_records import (
     BATCH_ROWS,
     Rows,
@@ -195,23 +195,24 @@ class SqliteTable:
     @contextmanager
     def errors(self, action: str) -> Iterator[None]:
         """sqlite3's exceptions as one-line aibackup errors naming the database and table."""
-        try:
+        with client_errors(lambda exc: self._translate(exc, action)):
             yield
-        except AibackupError:
-            raise
-        except sqlite3.OperationalError as exc:
+
+    def _translate(self, exc: BaseException, action: str) -> AibackupError | None:
+        if isinstance(exc, sqlite3.OperationalError):
             text = first_line(exc)
             if "locked" in text or "busy" in text or "unable to open" in text or "readonly" in text:
-                raise UnavailableError(f"SQLite {self.where}: {action} failed: {text}") from None
-            raise ConnectorError(f"SQLite {self.where}: {action} failed: {text}") from None
-        except sqlite3.ProgrammingError as exc:
-            raise ConnectorError(f"SQLite {self.where}: {action} failed: {first_line(exc)}") from None
-        except sqlite3.IntegrityError as exc:
-            raise UnsupportedFeatureError(f"SQLite {self.where} refused {action}: {first_line(exc)}") from None
-        except sqlite3.DatabaseError as exc:
-            raise SourceDataError(f"{shown(self.path)} is not a usable SQLite database ({first_line(exc)})") from None
-        except OSError as exc:
-            raise UnavailableError(f"SQLite {self.where}: {action} failed: {exc.strerror or exc}") from None
+                return UnavailableError(f"SQLite {self.where}: {action} failed: {text}")
+            return ConnectorError(f"SQLite {self.where}: {action} failed: {text}")
+        if isinstance(exc, sqlite3.ProgrammingError):
+            return ConnectorError(f"SQLite {self.where}: {action} failed: {first_line(exc)}")
+        if isinstance(exc, sqlite3.IntegrityError):
+            return UnsupportedFeatureError(f"SQLite {self.where} refused {action}: {first_line(exc)}")
+        if isinstance(exc, sqlite3.DatabaseError):
+            return SourceDataError(f"{shown(self.path)} is not a usable SQLite database ({first_line(exc)})")
+        if isinstance(exc, OSError):
+            return UnavailableError(f"SQLite {self.where}: {action} failed: {exc.strerror or exc}")
+        return None
 
     # --- reading -----------------------------------------------------------------------------------------
 

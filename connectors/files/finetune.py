@@ -54,22 +54,19 @@ from typing import Any
 
 import pyarrow as pa
 
-from aibackup.connectors.base import Connector, DatasetDescription, ExportState, ImportPlan, Location, identity
+from aibackup.connectors.base import DatasetDescription, ExportState, ImportPlan, Location, identity
 from aibackup.connectors.files import lines
 from aibackup.connectors.files.conversation_records import BATCH_BYTES, BATCH_ROWS, BOM, SURROGATE_ESCAPE
 from aibackup.connectors.files.filetarget import (
     FileWriter,
-    check_folder,
     check_mode,
     file_renamer,
-    folder_batches,
     output_names,
     refuse_existing,
-    sha_check,
     target_path,
-    write_runs,
 )
-from aibackup.errors import ConfigError, DatasetNotFoundError, SourceDataError, UnsupportedFeatureError
+from aibackup.connectors.files.linefiles import LineFiles
+from aibackup.errors import ConfigError, SourceDataError, UnsupportedFeatureError
 from aibackup.manifests.records import FINETUNE
 from aibackup.manifests.vectors import canonical_json
 
@@ -152,7 +149,7 @@ def _preference(obj: dict[str, Any]) -> Classified:
     return "preference", canonical_json(given["messages"]), None, roles
 
 
-class FinetuneConnector(Connector):
+class FinetuneConnector(LineFiles):
     """Fine-tuning JSONL files and their job config (see the module docstring)."""
 
     kind = "finetune"
@@ -162,46 +159,18 @@ class FinetuneConnector(Connector):
         """Open the source (a missing path or a glob without match: DatasetNotFoundError; a bad job config:
         ConfigError; a job config holding a secret: SourceDataError) or the target folder."""
         super().__init__(location, create=create, options=options)
-        self.root = str(location.path)
-        self.create = create
-        self._states: dict[str, ExportState] = {}
-        self._scope: list[str] | None = None
-        self._written: dict[str, str] = {}
         self.job_config: dict[str, Any] | None = None
-        if create:
-            check_folder(self.root)
-            return
-        lines.distinct_names(lines.expand(self.root, self.options.get("exclude", ())))
-        if self.options.get("job_config"):
+        self._open_folder()
+        if not create and self.options.get("job_config"):
             self.job_config = load_job_config(str(self.options["job_config"]))
-
-    @property
-    def _name(self) -> str:
-        # A target is a folder, named as one even before it exists (and whatever its suffix).
-        return os.path.basename(self.root.rstrip(os.sep)) if self.create else lines.dataset_name(self.root)
 
     def describe(self, names: Sequence[str] | None = None) -> list[DatasetDescription]:
         """The one dataset (`names` must be None or exactly its name, else DatasetNotFoundError); exact
         rows; config lists the files and the job config (summaries come with the export)."""
-        name = self._name
-        for wanted in names or ():
-            if wanted != name:
-                raise DatasetNotFoundError(f"{lines.shown(self.root)} holds one dataset, {name!r}, not {wanted!r}")
-        files, rows = [], 0
-        for f in self._files():
-            size, count = lines.count_lines(f)
-            rows += count
-            files.append({"name": f.name, "bytes": size, "lines": count, "compression": f.compression})
+        name = self._the_dataset(names)
+        files, rows = self._file_list()
         config = {"format": "jsonl", "files": files, "job_config": self.job_config}
         return [DatasetDescription(name, config, rows, kind=self.dataset_kind)]
-
-    def _files(self) -> list[lines.SourceFile]:
-        if self._scope is not None:
-            found = [lines.SourceFile(os.path.join(self.root, *n.split("/")), n) for n in self._scope]
-            return [f for f in found if os.path.isfile(f.path)]
-        if self.create and not os.path.exists(self.root):
-            return []
-        return lines.distinct_names(lines.expand(self.root, self.options.get("exclude", ())))
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Every line of every file as canonical batches (at most 2000 rows or ~32 MB); never fails on
@@ -259,17 +228,13 @@ class FinetuneConnector(Connector):
             notes=tuple(notes),
         )
 
-    def export_state(self, name: str) -> ExportState | None:
-        """After an export: per-file summaries and the job config (config), the files' sha256 (state)."""
-        return self._states.get(name)
-
     # --- writing -----------------------------------------------------------------------------------------
 
     def plan_import(self, source: DatasetDescription, dest: str, *, mode: str, allow_lossy: bool) -> ImportPlan:
         """Plan writing the bundle's files and job config under the folder (module docstring), writing
         nothing. TargetNotEmptyError (create: a file exists), UnsupportedFeatureError (merge, a name leaving
         the folder, colliding names), UsageError (unknown mode). `dest` is not used: the URI names the folder."""
-        where = lines.shown(self.root)
+        where = self._where
         check_mode(mode, where)
         files = list(source.config.get("files", ()))
         names = output_names([f["name"] for f in files], where)
@@ -307,36 +272,25 @@ class FinetuneConnector(Connector):
     def validate_records(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """File names inside the folder and listed in the bundle, records forming each file line after
         line; writes nothing."""
-        where = lines.shown(self.root)
-        return sum(b.num_rows for b in folder_batches(self.root, where, plan, batches, "file"))
+        return self._check_folder_records(plan, batches, "file")
 
     def import_(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """Write every file and the job config; returns the records written."""
-        check_mode(plan.mode, lines.shown(self.root))
-        writer = FileWriter(self.root, exclusive=plan.mode == "create")
-        written = 0
-        try:
-            for name in plan.extra.get("files", {}):
-                writer.touch(name)
-            job = plan.source.config.get("job_config")
+        job = plan.source.config.get("job_config")
+
+        def write_job(writer: FileWriter) -> None:
             if job:
                 writer.write(str(job["name"]), str(job["text"]).encode("utf-8"))
-            for batch in folder_batches(self.root, lines.shown(self.root), plan, batches, "file"):
-                write_runs(writer, batch.column("file").to_pylist(), batch.column("raw").to_pylist())
-                written += batch.num_rows
-            self._written = writer.commit()
-        except BaseException:
-            writer.discard()
-            raise
-        return written
+
+        return self._write_folder(plan, batches, "file", before=write_job)
 
     def extra_checks(self, plan: ImportPlan) -> list[tuple[str, bool, str]]:
         """Every written file's sha256 against the bundle's; the job config's against its text."""
-        expected = {n: sha or self._written.get(n) for n, sha in plan.extra.get("files", {}).items()}
         job = plan.source.config.get("job_config")
-        if job:
-            expected[str(job["name"])] = hashlib.sha256(str(job["text"]).encode("utf-8")).hexdigest()
-        return sha_check(self.root, expected, " (with the job config)" if job else "")
+        if not job:
+            return self._file_checks(plan)
+        sha = hashlib.sha256(str(job["text"]).encode("utf-8")).hexdigest()
+        return self._file_checks(plan, {str(job["name"]): sha}, " (with the job config)")
 
 
 def _flush(columns: dict[str, list[Any]]) -> pa.RecordBatch:

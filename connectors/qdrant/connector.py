@@ -70,6 +70,7 @@ from aibackup.connectors.base import (
     ImportPlan,
     Location,
     VectorConnector,
+    client_errors,
     id_checksum,
     identity,
 )
@@ -461,25 +462,26 @@ class QdrantConnector(VectorConnector):
     @contextmanager
     def _errors(self, action: str, collection: str | None = None) -> Iterator[None]:
         """Turn what qdrant-client raises into one-line aibackup errors (never a client's traceback)."""
+        with client_errors(lambda exc: self._translate(exc, action, collection)):
+            yield
+
+    def _translate(self, exc: BaseException, action: str, collection: str | None) -> AibackupError | None:
         from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-        try:
-            yield
-        except AibackupError:
-            raise
-        except UnexpectedResponse as exc:
-            raise self._http_error(exc, action, collection) from None
-        except ResponseHandlingException as exc:
-            raise UnavailableError(f"Qdrant at {self._where} does not answer ({action}): {exc.source or exc}") from None
-        except (OSError, sqlite3.Error) as exc:
-            raise UnavailableError(f"Qdrant store {self._where}: {action} failed: {exc}") from None
-        except (ValueError, RuntimeError) as exc:  # local mode's errors and model validation
+        if isinstance(exc, UnexpectedResponse):
+            return self._http_error(exc, action, collection)
+        if isinstance(exc, ResponseHandlingException):
+            return UnavailableError(f"Qdrant at {self._where} does not answer ({action}): {exc.source or exc}")
+        if isinstance(exc, OSError | sqlite3.Error):
+            return UnavailableError(f"Qdrant store {self._where}: {action} failed: {exc}")
+        if isinstance(exc, ValueError | RuntimeError):  # local mode's errors and model validation
             text = first_line(exc)
             if collection is not None and text == f"Collection {collection} not found":
-                raise DatasetNotFoundError(f"collection {collection!r} not found in {self._where}") from None
+                return DatasetNotFoundError(f"collection {collection!r} not found in {self._where}")
             if isinstance(exc, ValueError):  # local mode's "bad request", as a server's HTTP 400
-                raise UnsupportedFeatureError(f"Qdrant {self._where} refused {action}: {text}") from None
-            raise ConnectorError(f"Qdrant {action} failed in {self._where}: {text}") from None
+                return UnsupportedFeatureError(f"Qdrant {self._where} refused {action}: {text}")
+            return ConnectorError(f"Qdrant {action} failed in {self._where}: {text}")
+        return None
 
     def _http_error(self, exc: Any, action: str, collection: str | None) -> AibackupError:
         status = exc.status_code
