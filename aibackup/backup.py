@@ -30,8 +30,7 @@ from aibackup.manifests.model import DIGEST_ALGORITHM, BundleManifest, DatasetMa
 from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
 from aibackup.progress import Progress, Quiet
 from aibackup.recall_rule import DEFAULT_QUERIES
-from aibackup.repository import Repository, iso
-from aibackup.storage import Storage
+from aibackup.repository import Repository, Where, iso, storage_of
 
 
 @dataclass(frozen=True)
@@ -62,6 +61,14 @@ class BackupResult:
     seconds: float
     notes: tuple[str, ...] = ()
 
+    @property
+    def bundle_id(self) -> str:
+        return self.manifest.bundle_id
+
+    @property
+    def datasets(self) -> tuple[DatasetManifest, ...]:
+        return self.manifest.datasets
+
     def to_json(self) -> dict[str, object]:
         """The `backup --json` contract: bundle_id and datasets [{name, kind, rows}] (extended, not changed)."""
         own = f"data/{self.manifest.bundle_id}/"
@@ -88,7 +95,7 @@ def source_identity(source: Mapping[str, object]) -> tuple[object, object]:
 
 
 def run_backup(
-    repo_url: str,
+    repository: Where | Repository,
     source_uri: str,
     collections: Sequence[str] = (),
     *,
@@ -98,7 +105,9 @@ def run_backup(
     progress: Progress | None = None,
     lock_stale_after: dt.timedelta = DEFAULT_STALE_AFTER,
 ) -> BackupResult:
-    """Back up `collections` (all when empty) of the store at `source_uri` into a new bundle.
+    """Back up `collections` (all when empty) of the store at `source_uri` into a new bundle of
+    `repository` (opened, or a location: created there when missing or empty, and removed again if this
+    first backup fails).
 
     A vector dataset gets a search baseline (aibackup.baseline): the source's answers to sampled queries
     (and to the source's golden queries), which the restore's search check compares the target with.
@@ -115,16 +124,22 @@ def run_backup(
     started = now or clock.now()
     timer = time.perf_counter()
     report = progress or Quiet()
-    repo = Repository.find(repo_url)
+    # The repository is resolved once: given opened, or found at one Storage (and created there below).
+    if isinstance(repository, Repository):
+        repo: Repository | None = repository
+        storage = repository.storage
+    else:
+        storage = storage_of(repository)
+        repo = Repository.find(storage)
     key = repo.key(source_options.key_file) if repo is not None else None
     if repo is not None:
         repo.use_key(key)  # an encrypted repository: manifests are signed, and read ones must be authentic
     if key is None and source_options.key_file:
         raise UsageError(
-            f"--key-file given, but the repository at {repo_url} is not encrypted (see `aibackup init --encrypt`)"
+            f"--key-file given, but the repository at {storage.display()} is not encrypted "
+            "(see `aibackup init --encrypt`)"
         )
     # A file source never backs up the repository it is writing into (`config:.` with ./aibackup-repo).
-    storage = Storage(repo_url)
     exclude = [storage.root] if storage.is_local else []
     with collector_paused():  # opening a store can load all of it into this process (Qdrant local mode)
         opened = open_connector(source_uri, options=source_options.connector_options(key, exclude))
@@ -134,7 +149,7 @@ def run_backup(
             raise UsageError(f"{connector.location.display()} holds no collections: nothing to back up")
         created = repo is None
         if repo is None:
-            repo = Repository.init(repo_url)
+            repo = Repository.init(storage)
         source = {"kind": connector.kind, "uri": connector.location.display()}
         # One backup of a source at a time (a cron run overlapping the previous one is refused), and never
         # while a prune runs; a crashed run's lock goes stale by itself.

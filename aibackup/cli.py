@@ -22,6 +22,7 @@ from aibackup.cli_common import (
     json_option,
     key_file_option,
     observe_options,
+    open_repository,
     parse_time,
     repo_option,
     resolve,
@@ -231,12 +232,13 @@ def _backup_config(
 
     progress = make_progress(show_progress, log_format)
     try:
-        runs = backup_sources(config, names, progress, queries=queries)
+        # Through the URL, not an opened repository: the first backup creates it (as `backup SOURCE`).
+        result = backup_sources(config, names, progress, queries=queries)
     finally:
         progress.close()
-    failed = [r for r in runs if not r.ok]
+    runs = result.runs
     if as_json:
-        emit_json({"ok": not failed, "sources": [r.to_json() for r in runs]})
+        emit_json(result.to_json())
     else:
         table(
             ["SOURCE", "RESULT", "BUNDLE", "ROWS", "NEW", "BYTES", "SECONDS"],
@@ -252,7 +254,7 @@ def _backup_config(
                 click.echo(f"{r.source}: {r.error}")
             for note in r.notes:
                 click.echo(f"{r.source}: note: {note}")
-    conclude(config, metrics_file, (failed[0].exit_code or EXIT_INTEGRITY) if failed else 0, as_json)
+    conclude(config, metrics_file, result.exit_code, as_json)
 
 
 def _finetune_summary(config: Any) -> None:
@@ -282,24 +284,10 @@ def _finetune_summary(config: Any) -> None:
 @json_option
 def list_(repo: str | None, config_path: str | None, as_json: bool) -> None:
     """List bundles, newest first. Exits 1 if a manifest is damaged (listed with its problem)."""
-    repo, _config = resolve(repo, config_path)
-    from aibackup.repository import Repository
-
-    good, damaged = Repository.open(repo).scan()
-    entries: list[dict[str, Any]] = [
-        {
-            "bundle_id": m.bundle_id,
-            "created_at": m.created_at,
-            "source": dict(m.source),
-            "parent": m.parent,
-            "datasets": [{"name": d.name, "kind": d.kind, "rows": d.rows} for d in m.datasets],
-        }
-        for m in good
-    ]
-    entries += [{"bundle_id": d.bundle_id, "created_at": None, "datasets": [], "problem": d.problem} for d in damaged]
-    entries.sort(key=lambda e: e["bundle_id"], reverse=True)
+    listed = open_repository(resolve(repo, config_path)[0]).list()
+    entries = listed.entries
     if as_json:
-        emit_json(entries)
+        emit_json(listed.to_json())
     elif not entries:
         click.echo("no bundles yet")
     else:
@@ -317,7 +305,7 @@ def list_(repo: str | None, config_path: str | None, as_json: bool) -> None:
                 for e in entries
             ],
         )
-    if damaged:
+    if not listed.ok:
         sys.exit(EXIT_INTEGRITY)
 
 
@@ -328,10 +316,7 @@ def list_(repo: str | None, config_path: str | None, as_json: bool) -> None:
 @json_option
 def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) -> None:
     """Show one bundle (an id, a unique prefix, or `latest`): datasets, config, parts."""
-    repo, _config = resolve(repo, config_path)
-    from aibackup.repository import Repository
-
-    manifest = Repository.open(repo).resolve(bundle)
+    manifest = open_repository(resolve(repo, config_path)[0]).show(bundle)
     if as_json:
         emit_json(manifest.to_json())
         return
@@ -401,14 +386,9 @@ def verify(
 ) -> None:
     """Check bundles (all by default) against their manifests. Exits 1 if anything is damaged. In an
     encrypted repository, with its key, every manifest must also be authenticated by the key."""
-    repo, config = resolve(repo, config_path)
-    from aibackup.verify import run_verify
-
-    result = run_verify(repo, bundles, read_data=read_data, key_file=key_file or (config.key_file if config else None))
-    if read_data:  # evidence for `status` and the metrics (best effort: a read-only repository loses it)
-        from aibackup.operations import record_verify
-
-        record_verify(repo, result.bundle_ids, result.ok, [p.to_json() for p in result.problems])
+    url, config = resolve(repo, config_path)
+    key_file = key_file or (config.key_file if config else None)
+    result = open_repository(url).verify(bundles, read_data=read_data, key_file=key_file)
     if as_json:
         emit_json(result.to_json())
     else:
@@ -514,26 +494,22 @@ def restore(
 
     Exits 1 if any check fails.
     """
-    repo, config = resolve(repo, config_path)
-    key_file = key_file or (config.key_file if config else None)
-    from aibackup.recall_rule import CheckOptions
-    from aibackup.restore import run_restore
-
+    url, config = resolve(repo, config_path)
     for flag, value in (("--min-recall", min_recall), ("--recall-tolerance", recall_tolerance)):
         if value is not None and value != value:  # click's FloatRange lets NaN through
             raise UsageError(f"{flag} must be a number between 0 and 1")
-
-    result = run_restore(
-        repo,
+    result = open_repository(url).restore(
         bundle,
-        target,
-        collections,
+        to=target,
+        collections=collections,
         mode=mode,
         allow_lossy=allow_lossy,
         layout=layout,
         at=None if at is None else parse_time(at),
-        key_file=key_file,
-        check_options=CheckOptions(queries=queries, min_recall=min_recall, recall_tolerance=recall_tolerance),
+        queries=queries,
+        recall_tolerance=recall_tolerance,
+        min_recall=min_recall,
+        key_file=key_file or (config.key_file if config else None),
     )
     if as_json:
         emit_json(result.to_json())

@@ -6,11 +6,15 @@ import datetime as dt
 import json
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from aibackup.errors import AibackupError, UsageError
+
+if TYPE_CHECKING:
+    from aibackup.api import Repository
+    from aibackup.config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_REPO = "./aibackup-repo"
@@ -94,6 +98,20 @@ def resolve(repo: str | None, config_path: str | None, *, need_config: bool = Fa
         return repo or DEFAULT_REPO, None
     config = load_config(path)
     return repo or config.repository, config
+
+
+def open_repository(url: str) -> Repository:
+    """The repository at `url`, opened once for the command (NotARepositoryError: exit 2 when none)."""
+    from aibackup.api import Repository
+
+    return Repository.open(url)
+
+
+def configured(repo: str | None, config_path: str | None) -> tuple[Repository, Config]:
+    """The commands that read aibackup.yaml (status, restore-test): the config, and its repository (or
+    --repo's) opened."""
+    url, config = resolve(repo, config_path, need_config=True)
+    return open_repository(url), config
 
 
 def emit_json(doc: object) -> None:

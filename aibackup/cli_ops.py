@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-from pathlib import Path
 from typing import Any
 
 import click
@@ -12,15 +9,17 @@ import click
 from aibackup.cli_common import (
     conclude,
     config_option,
+    configured,
     emit_json,
     json_option,
     metrics_option,
     observe_options,
+    open_repository,
     repo_option,
     resolve,
     table,
 )
-from aibackup.errors import EXIT_INTEGRITY, UnavailableError, UsageError
+from aibackup.errors import EXIT_INTEGRITY
 
 
 def _age(seconds: float | None) -> str:
@@ -40,18 +39,13 @@ def _age(seconds: float | None) -> str:
 def status(metrics_file: str | None, repo: str | None, config_path: str | None, as_json: bool) -> None:
     """Per configured source: the newest intact bundle and its age against the RPO, the last restore test
     and its achieved RTO, the last backup run. Exits 1 when any source breaches its RPO."""
-    from aibackup.operations import status as run_status
-
-    _, config = resolve(repo, config_path, need_config=True)
-    if repo:
-        config = _with_repository(config, repo)
-    statuses = run_status(config)
-    breached = [s for s in statuses if s.rpo_breached]
+    repository, config = configured(repo, config_path)
+    report = repository.status(config)
     if as_json:
-        emit_json({"ok": not breached, "sources": [s.to_json() for s in statuses]})
+        emit_json(report.to_json())
     else:
         rows = []
-        for s in statuses:
+        for s in report.sources:
             doc = s.to_json()
             test: dict[str, Any] = doc["last_restore_test"] or {}  # type: ignore[assignment]
             tested = "-" if not test else f"{'ok' if test.get('ok') else 'FAILED'} ({_age(test.get('rto_seconds'))})"
@@ -66,13 +60,7 @@ def status(metrics_file: str | None, repo: str | None, config_path: str | None, 
                 ]
             )
         table(["SOURCE", "NEWEST BUNDLE", "AGE", "RPO", "RPO STATUS", "LAST RESTORE TEST (RTO)"], rows)
-    conclude(config, metrics_file, EXIT_INTEGRITY if breached else 0, as_json)
-
-
-def _with_repository(config: Any, repo: str) -> Any:
-    from dataclasses import replace
-
-    return replace(config, repository=repo)
+    conclude(config, metrics_file, 0 if report.ok else EXIT_INTEGRITY, as_json)
 
 
 @click.command(name="restore-test")
@@ -100,73 +88,22 @@ def restore_test(
     """The drill: restore the latest bundle of every source into a scratch target, prove it, time it from
     start to verified against the source's RTO, clean up, report. Exits 1 if any check fails or an RTO is
     missed."""
-    from aibackup.operations import restore_test as run_drill
     from aibackup.progress import make_progress
 
-    _, config = resolve(repo, config_path, need_config=True)
-    if repo:
-        config = _with_repository(config, repo)
+    repository, config = configured(repo, config_path)
     progress = make_progress(show_progress, log_format)
     try:
-        results = run_drill(config, names, progress)
+        drill = repository.restore_test(config, names, progress=progress)
     finally:
         progress.close()
-    doc = {"ok": all(r.ok for r in results), "sources": [r.to_json() for r in results]}
     path = report or config.restore_test.report
     if path:
-        _write_report(path, doc)
+        drill.write(path)
     if as_json:
-        emit_json(doc)
+        emit_json(drill.to_json())
     else:
-        click.echo(_markdown(doc), nl=False)
-    conclude(config, metrics_file, 0 if doc["ok"] else EXIT_INTEGRITY, as_json)
-
-
-def _markdown(doc: dict[str, Any]) -> str:
-    lines = ["# aibackup restore test", ""]
-    lines.append(f"Result: **{'passed' if doc['ok'] else 'FAILED'}**")
-    lines += ["", "| source | bundle | result | achieved RTO | objective |", "|---|---|---|---|---|"]
-    for r in doc["sources"]:
-        objective = r["rto_objective_seconds"]
-        checks_ok = not r["error"] and all(c["ok"] for c in r["checks"])
-        verdict = "ok" if r["ok"] else ("RTO missed" if checks_ok and not r["rto_met"] else "FAILED")
-        lines.append(
-            f"| {r['source']} | {r['bundle_id'] or '-'} | {verdict} | {r['rto_seconds']:.1f} s | "
-            f"{'-' if objective is None else f'{objective:.0f} s'} |"
-        )
-    for r in doc["sources"]:
-        lines += ["", f"## {r['source']}", ""]
-        if r["error"]:
-            lines.append(f"Error: {r['error']}")
-        if r["checks"]:
-            lines += ["| check | result | detail |", "|---|---|---|"]
-            lines += [f"| {c['name']} | {'ok' if c['ok'] else 'FAILED'} | {c['detail']} |" for c in r["checks"]]
-        lines += _recall_table(r["checks"])
-    return "\n".join(lines) + "\n"
-
-
-def _recall_table(checks: list[dict[str, Any]]) -> list[str]:
-    """Source vs restored recall, per collection and vector (and golden queries), from the checks' measures."""
-    rows = [c for c in checks if "recall" in c.get("measures", {})]
-    if not rows:
-        return []
-    lines = ["", "| search | restored recall | source recall at backup | rule | result |", "|---|---|---|---|---|"]
-    for c in rows:
-        m = c["measures"]
-        source = "-" if m.get("source_recall") is None else f"{m['source_recall']:.3f}"
-        lines.append(f"| {c['name']} | {m['recall']:.3f} | {source} | {m['rule']} | {'ok' if c['ok'] else 'FAILED'} |")
-    return lines
-
-
-def _write_report(path: str, doc: dict[str, Any]) -> None:
-    """PATH.md and PATH.json (a PATH already ending in .md or .json names the pair too)."""
-    base = path.removesuffix(".md") if path.endswith(".md") else path.removesuffix(".json")
-    try:
-        Path(base).parent.mkdir(parents=True, exist_ok=True)
-        Path(base + ".json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        Path(base + ".md").write_text(_markdown(doc), encoding="utf-8")
-    except OSError as exc:
-        raise UnavailableError(f"cannot write the report {path}: {exc.strerror}") from None
+        click.echo(drill.markdown(), nl=False)
+    conclude(config, metrics_file, 0 if drill.ok else EXIT_INTEGRITY, as_json)
 
 
 @click.command()
@@ -207,13 +144,10 @@ def prune(
     """Forget bundles outside the keep rules (restic style: the rules are ORed, per source, calendar
     buckets in UTC; pinned bundles stay), then remove the parts no remaining bundle references. Flags
     replace the config's retention; the config's per-source retention applies otherwise."""
-    from aibackup.config import RetentionPolicy, parse_duration
-    from aibackup.lock import RepositoryLock
-    from aibackup.prune import run_prune
-    from aibackup.repository import Repository
+    from aibackup.config import parse_duration
 
     repo_url, config = resolve(repo, config_path)
-    flags = RetentionPolicy(
+    result = open_repository(repo_url).prune(
         keep_last=keep_last,
         keep_hourly=keep_hourly,
         keep_daily=keep_daily,
@@ -221,16 +155,10 @@ def prune(
         keep_monthly=keep_monthly,
         keep_yearly=keep_yearly,
         keep_within=parse_duration(keep_within) if keep_within else None,
+        grace=parse_duration(grace),
+        dry_run=dry_run,
+        config=config,
     )
-    by_uri = _policies(config, flags)
-
-    def policy(source: Any) -> Any:
-        return by_uri(str(source.get("uri")))
-
-    repository = Repository.open(repo_url)
-    stale = config.lock_stale_after if config else dt.timedelta(minutes=10)
-    with RepositoryLock(repository, "prune", "*", stale_after=stale):
-        result = run_prune(repository, policy, dry_run=dry_run, grace=parse_duration(grace))
     if as_json:
         emit_json(result.to_json())
         conclude(config, metrics_file, 0, as_json)
@@ -251,32 +179,13 @@ def prune(
     conclude(config, metrics_file, 0, as_json)
 
 
-def _policies(config: Any, flags: Any) -> Any:
-    """source URI -> policy: the flags when any is given, else the config (per source, then global)."""
-    from aibackup.connectors.registry import parse_location
-
-    if not flags.is_empty():
-        return lambda _uri: flags
-    if config is None:
-        raise UsageError("no keep rule: pass --keep-last N (or another --keep-*) or set retention in the config")
-    per_uri = {parse_location(s.uri).display(): config.retention_for(s.name) for s in config.sources.values()}
-    default = config.retention
-    return lambda uri: per_uri.get(uri, default)
-
-
 @click.command()
 @click.argument("bundle")
 @repo_option
 @config_option
 def pin(bundle: str, repo: str | None, config_path: str | None) -> None:
     """Pin BUNDLE (an id or a unique prefix): prune never removes it."""
-    from aibackup.prune import pin as do_pin
-    from aibackup.repository import Repository
-
-    repository = Repository.open(resolve(repo, config_path)[0])
-    bundle_id = repository.resolve(bundle).bundle_id  # an id, a unique prefix, or latest
-    do_pin(repository, bundle_id)
-    click.echo(f"pinned {bundle_id}")
+    click.echo(f"pinned {open_repository(resolve(repo, config_path)[0]).pin(bundle)}")
 
 
 @click.command()
@@ -285,15 +194,7 @@ def pin(bundle: str, repo: str | None, config_path: str | None) -> None:
 @config_option
 def unpin(bundle: str, repo: str | None, config_path: str | None) -> None:
     """Unpin BUNDLE: prune applies the keep rules to it again."""
-    from aibackup.prune import pinned
-    from aibackup.prune import unpin as do_unpin
-    from aibackup.repository import Repository
-
-    repository = Repository.open(resolve(repo, config_path)[0])
-    # A pin may outlive its bundle's manifest: an exact pinned id is unpinned as it is.
-    bundle_id = bundle if bundle in pinned(repository) else repository.resolve(bundle).bundle_id
-    do_unpin(repository, bundle_id)
-    click.echo(f"unpinned {bundle_id}")
+    click.echo(f"unpinned {open_repository(resolve(repo, config_path)[0]).unpin(bundle)}")
 
 
 COMMANDS = [status, restore_test, prune, pin, unpin]

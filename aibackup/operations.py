@@ -1,35 +1,25 @@
-"""The unattended jobs: a nightly backup of every configured source, the monthly restore-test drill, and
-the status a monitor polls. All read ``aibackup.yaml`` (aibackup.config) and leave reports in the
-repository (aibackup.reports), so any machine can answer ``status`` and write metrics.
+"""The unattended jobs: a nightly backup of every configured source, and the status a monitor polls (the
+monthly restore-test drill: aibackup.drill). All read ``aibackup.yaml`` (aibackup.config) and leave
+reports in the repository (aibackup.reports), so any machine can answer ``status`` and write metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aibackup import clock, reports
 from aibackup.backup import SourceOptions, run_backup
 from aibackup.config import Config, SourceConfig
-from aibackup.connectors.base import VectorConnector
-from aibackup.connectors.registry import connector_class, open_connector, parse_location
+from aibackup.connectors.registry import parse_location
 from aibackup.errors import AibackupError, ConfigError, IntegrityError, UsageError
-from aibackup.golden import GoldenFile
-from aibackup.golden import load as load_golden
-from aibackup.golden import recall as golden_recall
-from aibackup.manifests.baseline import GoldenBaseline
 from aibackup.manifests.model import BundleManifest
 from aibackup.progress import Progress, Quiet
-from aibackup.proof import Check
-from aibackup.recall_rule import DEFAULT_QUERIES, CheckOptions, judge
+from aibackup.recall_rule import DEFAULT_QUERIES
 from aibackup.repository import Repository, parse_iso
-from aibackup.restore import RestoreResult, run_restore
 
 # --- nightly backup of every source ---------------------------------------------------------------------
 
@@ -63,12 +53,39 @@ class SourceRun:
         }
 
 
+@dataclass
+class SourcesResult:
+    """A config-driven backup: one run per source; ``ok`` when every source was backed up."""
+
+    runs: list[SourceRun]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.runs)
+
+    @property
+    def exit_code(self) -> int:
+        """The command's exit code: the first failed source's, 0 when none failed."""
+        failed = [r for r in self.runs if not r.ok]
+        return (failed[0].exit_code or IntegrityError.exit_code) if failed else 0
+
+    def to_json(self) -> dict[str, object]:
+        """The `backup --json` document without SOURCE: ok and sources [...]."""
+        return {"ok": self.ok, "sources": [r.to_json() for r in self.runs]}
+
+
 def backup_sources(
-    config: Config, names: Sequence[str], progress: Progress | None = None, *, queries: int = DEFAULT_QUERIES
-) -> list[SourceRun]:
+    config: Config,
+    names: Sequence[str],
+    progress: Progress | None = None,
+    *,
+    queries: int = DEFAULT_QUERIES,
+    repo: Repository | None = None,
+) -> SourcesResult:
     """Back up every named source (all when empty), each on its own: one failing source does not stop the
     others. Every run leaves a report in the repository (when the repository can be reached). `queries`:
-    the search baseline's query records per dense vector (a source's golden queries are recorded too)."""
+    the search baseline's query records per dense vector (a source's golden queries are recorded too).
+    `repo`: the config's repository, already opened (else its URL is used, and created when missing)."""
     report = progress or Quiet()
     runs: list[SourceRun] = []
     for source in _sources(config, names):
@@ -83,7 +100,7 @@ def backup_sources(
         )
         try:
             result = run_backup(
-                config.repository,
+                repo if repo is not None else config.repository,
                 source.uri,
                 source.collections,
                 source_options=options,
@@ -112,9 +129,9 @@ def backup_sources(
                 notes=list(result.notes),
             )
         report.event("source_done", _summary(run), **run.to_json())
-        _record(config, reports.BACKUPS, {"kind": "backup", "uri": source.uri, **run.to_json()})
+        _record(config, reports.BACKUPS, {"kind": "backup", "uri": source.uri, **run.to_json()}, repo)
         runs.append(run)
-    return runs
+    return SourcesResult(runs)
 
 
 def _summary(run: SourceRun) -> str:
@@ -129,121 +146,12 @@ def _sources(config: Config, names: Sequence[str]) -> list[SourceConfig]:
     return [config.source(n) for n in names] if names else list(config.sources.values())
 
 
-def _record(config: Config, folder: str, report: dict[str, Any]) -> None:
+def _record(config: Config, folder: str, report: dict[str, Any], repo: Repository | None = None) -> None:
     """Leave a report in the repository; a repository that cannot take it only loses history."""
     with contextlib.suppress(AibackupError, OSError):
-        repo = Repository.find(config.repository)
+        repo = repo or Repository.find(config.repository)
         if repo is not None:
             reports.write(repo, folder, report)
-
-
-# --- the monthly restore-test drill ---------------------------------------------------------------------
-
-
-@dataclass
-class DrillResult:
-    """The restore test of one source: the bundle restored, every check, and the achieved RTO."""
-
-    source: str
-    ok: bool
-    bundle_id: str | None
-    target: str | None
-    rto_seconds: float
-    rto_objective_seconds: float | None
-    checks: list[Check] = field(default_factory=list)
-    error: str | None = None
-    cleanup: str | None = None
-
-    @property
-    def rto_met(self) -> bool:
-        return self.rto_objective_seconds is None or self.rto_seconds <= self.rto_objective_seconds
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "source": self.source,
-            "ok": self.ok,
-            "bundle_id": self.bundle_id,
-            "target": self.target,
-            "rto_seconds": round(self.rto_seconds, 3),
-            "rto_objective_seconds": self.rto_objective_seconds,
-            "rto_met": self.rto_met,
-            "checks": [c.to_json() for c in self.checks],
-            "error": self.error,
-            "cleanup": self.cleanup,
-        }
-
-
-def restore_test(config: Config, names: Sequence[str], progress: Progress | None = None) -> list[DrillResult]:
-    """Restore the latest bundle of every source (or the named ones) into a scratch target, prove it, time
-    it from start to verified against the source's RTO, clean up, and record the result."""
-    report = progress or Quiet()
-    repo = Repository.open(config.repository)
-    results: list[DrillResult] = []
-    for source in _sources(config, names):
-        if source.restore_test_skip and not names:
-            continue
-        result = _drill(config, repo, source)
-        state = "ok" if result.ok else "FAILED"
-        report.event(
-            "restore_test", f"{source.name}: restore test {state} in {result.rto_seconds:.1f} s", **result.to_json()
-        )
-        _record(config, reports.RESTORE_TESTS, {"kind": "restore-test", **result.to_json()})
-        results.append(result)
-    return results
-
-
-def _drill(config: Config, repo: Repository, source: SourceConfig) -> DrillResult:
-    started = time.perf_counter()
-    objective = source.rto.total_seconds() if source.rto else None
-    bundle: BundleManifest | None = None
-    target: str | None = None
-    options = CheckOptions(
-        queries=config.restore_test.queries,
-        min_recall=config.restore_test.min_recall,
-        recall_tolerance=config.restore_test.recall_tolerance,
-    )
-    try:
-        bundle = latest_bundle(repo, source)
-        with _scratch(config, source) as target:
-            result = run_restore(
-                config.repository,
-                bundle.bundle_id,
-                target,
-                source.collections,
-                mode="overwrite",
-                check_options=options,
-                key_file=config.key_file,
-            )
-            checks = [c for d in result.datasets for c in _named(d.name, d.checks, len(result.datasets))]
-            if source.golden_queries:
-                checks += _golden(source.golden_queries, target, result, bundle, options)
-            cleanup = _clean_scratch(config, source, target, result)
-        seconds = time.perf_counter() - started
-        ok = all(c.ok for c in checks) and (objective is None or seconds <= objective)
-        return DrillResult(source.name, ok, bundle.bundle_id, target, seconds, objective, checks, cleanup=cleanup)
-    except AibackupError as exc:
-        problem = str(exc)
-    except Exception as exc:  # a bug in one source's drill must not stop (nor hide) the others'
-        problem = f"internal error: {type(exc).__name__} (a bug; please report it)"
-    bundle_id = bundle.bundle_id if bundle else None
-    return DrillResult(source.name, False, bundle_id, target, time.perf_counter() - started, objective, error=problem)
-
-
-def _clean_scratch(config: Config, source: SourceConfig, target: str, result: RestoreResult) -> str:
-    """Remove what the drill restored into a configured scratch target (a temporary one goes whole)."""
-    name = source.restore_test_target or config.restore_test.target
-    if name is None or config.targets[name].uri != target:
-        return "temporary scratch store removed"
-    with open_connector(target, target=True) as connector:
-        dropped = [d.target for d in result.datasets if connector.drop(d.target)]
-    if len(dropped) == len(result.datasets):
-        return f"restored collections removed from {name}"
-    return f"the restored data stays in {name} ({target}): this kind of target cannot drop it"
-
-
-def _named(dataset: str, checks: list[Check], datasets: int) -> list[Check]:
-    """Check names prefixed by their dataset when a source holds several."""
-    return checks if datasets == 1 else [Check(f"{dataset}: {c.name}", c.ok, c.detail) for c in checks]
 
 
 def of_source(manifest: BundleManifest, source: SourceConfig) -> bool:
@@ -267,89 +175,6 @@ def latest_bundle(repo: Repository, source: SourceConfig) -> BundleManifest:
             return manifest
     where = parse_location(source.uri).display()
     raise UsageError(f"source {source.name!r} ({where}) has no bundle in {repo.storage.display()} yet")
-
-
-@contextlib.contextmanager
-def _scratch(config: Config, source: SourceConfig) -> Iterator[str]:
-    """The target to restore into: the configured scratch target if it holds this kind of data, else a
-    temporary embedded store or folder of the source's own kind, removed afterwards."""
-    kind = connector_class(parse_location(source.uri).kind).dataset_kind
-    name = source.restore_test_target or config.restore_test.target
-    if name is not None:
-        target = config.targets[name].uri
-        if connector_class(parse_location(target, target=True).kind).dataset_kind == kind:
-            yield target
-            return
-    scheme = parse_location(source.uri).scheme.split("+")[0]
-    folder = Path(tempfile.mkdtemp(prefix=f"aibackup-drill-{source.name}-"))
-    try:
-        if parse_location(source.uri).scheme == "conversations+sqlite":
-            yield f"conversations+sqlite:{folder / 'restored.db'}?table={parse_location(source.uri).params['table']}"
-        else:
-            yield f"{scheme}:{folder / scheme}"
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _golden(
-    path: str, target: str, result: RestoreResult, bundle: BundleManifest, options: CheckOptions
-) -> list[Check]:
-    """The source's golden queries against the restored target, one check per collection: their recall
-    compared with the source's own at backup (the bundle's baseline, while the file is unchanged), else
-    with the absolute minimum."""
-    try:
-        golden = load_golden(path)
-    except AibackupError as exc:
-        return [Check("golden queries", False, str(exc))]
-    names = {d.name: d.target for d in result.datasets}
-    collections = golden.collections()
-    checks = []
-    with open_connector(target, target=True) as connector:
-        if not isinstance(connector, VectorConnector):
-            return [Check("golden queries", False, "golden queries need a vector source")]
-        for collection in collections:
-            name = "golden queries" if len(collections) == 1 else f"{collection}: golden queries"
-            queries = golden.of(collection)
-            try:
-                got = golden_recall(connector, names.get(collection, collection), queries)
-            except AibackupError as exc:
-                checks.append(Check(name, False, f"search failed: {exc}"))
-                continue
-            checks.append(_golden_check(name, got, len(queries), _golden_baseline(bundle, collection, golden), options))
-    return checks
-
-
-def _golden_baseline(bundle: BundleManifest, collection: str, golden: GoldenFile) -> GoldenBaseline | str:
-    """The source's recall of these golden queries at backup, or why there is none to compare with."""
-    try:
-        baseline = bundle.dataset(collection).baseline
-    except KeyError:
-        return f"bundle {bundle.bundle_id} holds no collection {collection!r}"
-    if baseline is None or baseline.golden is None:
-        return "the bundle recorded no golden baseline (a backup without the config, or before aibackup 0.3.0)"
-    if baseline.golden.sha256 != golden.sha256:
-        return "the golden file changed since the backup"
-    return baseline.golden
-
-
-def _golden_check(name: str, got: float, n: int, baseline: GoldenBaseline | str, options: CheckOptions) -> Check:
-    if isinstance(baseline, str):
-        verdict = judge(got, None, options)
-        detail = f"recall {got:.3f} over {n} golden queries ({verdict.words}); {baseline}"
-        measures = {"rule": verdict.rule, "recall": round(got, 6), "needs": verdict.needs, "queries": n}
-        return Check(name, verdict.ok, detail, measures)
-    verdict = judge(got, baseline.recall, options)
-    detail = (
-        f"recall {got:.3f}, the source's {baseline.recall:.3f} at backup, over {n} golden queries ({verdict.words})"
-    )
-    measures = {
-        "rule": verdict.rule,
-        "recall": round(got, 6),
-        "source_recall": baseline.recall,
-        "needs": verdict.needs,
-        "queries": n,
-    }
-    return Check(name, verdict.ok, detail, measures)
 
 
 # --- status ----------------------------------------------------------------------------------------------
@@ -395,12 +220,27 @@ class SourceStatus:
         }
 
 
-def status(config: Config) -> list[SourceStatus]:
+@dataclass
+class StatusReport:
+    """Every configured source's status; ``ok`` when no source breaches its RPO."""
+
+    sources: list[SourceStatus]
+
+    @property
+    def ok(self) -> bool:
+        return not any(s.rpo_breached for s in self.sources)
+
+    def to_json(self) -> dict[str, object]:
+        """The `status --json` document: ok and sources [...]."""
+        return {"ok": self.ok, "sources": [s.to_json() for s in self.sources]}
+
+
+def status(config: Config, repo: Repository | None = None) -> list[SourceStatus]:
     """Per configured source: its newest bundle that checks out (manifest readable, every part present with
     its size), the bundle's age against the RPO, the last restore test and the last backup run."""
     from aibackup.bundle import BundleReader
 
-    repo = Repository.open(config.repository)
+    repo = repo or Repository.open(config.repository)
     now = clock.now()
     good, _damaged = repo.scan()
     reader = BundleReader(repo)
@@ -444,8 +284,7 @@ def status(config: Config) -> list[SourceStatus]:
     return out
 
 
-def record_verify(repo_url: str, bundle_ids: list[str], ok: bool, problems: list[dict[str, str]]) -> None:
+def record_verify(repo: Repository, bundle_ids: list[str], ok: bool, problems: list[dict[str, str]]) -> None:
     """Remember a `verify --read-data` (best effort: a read-only repository only loses the history)."""
     with contextlib.suppress(AibackupError, OSError):
-        repo = Repository.open(repo_url)
         reports.write(repo, reports.VERIFY, {"kind": "verify", "ok": ok, "bundles": bundle_ids, "problems": problems})

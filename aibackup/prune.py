@@ -39,7 +39,7 @@ import json
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aibackup import clock
 from aibackup.errors import BundleNotFoundError, IntegrityError, ManifestVersionError, UsageError
@@ -48,6 +48,9 @@ from aibackup.manifests.model import BundleManifest
 from aibackup.repository import DATA, Repository, id_time, iso
 from aibackup.retention import NO_RULE, Candidate, Decision, KeepPolicy, decide, is_empty
 from aibackup.storage import AlreadyExistsError
+
+if TYPE_CHECKING:
+    from aibackup.config import Config, RetentionPolicy
 
 PINS = "pins"
 DEFAULT_GRACE = dt.timedelta(hours=24)
@@ -190,6 +193,20 @@ def run_prune(
 
 
 # --- pins ------------------------------------------------------------------------------------------------
+
+
+def policies_for(config: Config | None, rules: RetentionPolicy) -> Policies:
+    """Each source's policy by its manifest's source: the `rules` when any is set, else the config's (per
+    source, then global). UsageError when there is neither."""
+    from aibackup.connectors.registry import parse_location
+
+    if not rules.is_empty():
+        return lambda _source: rules
+    if config is None:
+        raise UsageError("no keep rule: pass --keep-last N (or another --keep-*) or set retention in the config")
+    per_uri = {parse_location(s.uri).display(): config.retention_for(s.name) for s in config.sources.values()}
+    default = config.retention
+    return lambda source: per_uri.get(str(source.get("uri")), default)
 
 
 def pin(repo: Repository, bundle_id: str) -> None:

@@ -22,7 +22,7 @@ import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Self
 
 from aibackup import __version__, clock
 from aibackup.crypto import KEY_ENV, RepositoryKey, new_encryption, open_key, passphrase_from
@@ -96,13 +96,26 @@ class DamagedBundle:
     problem: str
 
 
+Where = str | Storage
+"""A repository's location: a URL or path, or the Storage already made for it (so that one run resolves a
+URL once and passes the result down)."""
+
+
+def storage_of(where: Where) -> Storage:
+    return where if isinstance(where, Storage) else Storage(where)
+
+
 class Repository:
-    """An opened repository. Use :meth:`open`, :meth:`init`, :meth:`find` or :meth:`open_or_init`."""
+    """An opened repository. Use :meth:`open`, :meth:`init` or :meth:`find` (the verbs, for callers:
+    :class:`aibackup.api.Repository`)."""
 
     def __init__(self, storage: Storage, marker: Mapping[str, Any]) -> None:
         self.storage = storage
         self.marker = marker
         self._key: RepositoryKey | None = None
+        #: The passphrase given when the repository was opened (API ``key=``/``key_file=``), used where
+        #: a verb is given no key file of its own; else AIBACKUP_KEY.
+        self.passphrase: bytes | None = None
 
     def use_key(self, key: RepositoryKey | None) -> None:
         """Authenticate manifests with `key` from now on (an encrypted repository's key; None: do not):
@@ -117,13 +130,17 @@ class Repository:
     def encrypted(self) -> bool:
         return isinstance(self.marker.get("encryption"), dict)
 
+    def passphrase_for(self, key_file: str | None = None) -> bytes | None:
+        """The passphrase a verb uses: of `key_file`, else the one given at opening, else AIBACKUP_KEY's."""
+        return passphrase_from(key_file) if key_file or self.passphrase is None else self.passphrase
+
     def key(self, key_file: str | None = None) -> RepositoryKey | None:
         """The repository key from AIBACKUP_KEY or a key file, checked against the marker; None for a
         repository without encryption. ConfigError when the repository is encrypted and no key is given,
         UsageError for a wrong key (both before anything is read or written)."""
         if not self.encrypted:
             return None
-        passphrase = passphrase_from(key_file)
+        passphrase = self.passphrase_for(key_file)
         if passphrase is None:
             raise ConfigError(
                 f"the repository at {self.storage.display()} is encrypted: set {KEY_ENV} or pass --key-file"
@@ -133,9 +150,12 @@ class Repository:
     # --- opening ---------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str) -> Repository:
+    def open(cls, url: Where) -> Self:
         """Open an existing repository; NotARepositoryError if there is none at `url`."""
-        storage = Storage(url)
+        return cls._read(storage_of(url))
+
+    @classmethod
+    def _read(cls, storage: Storage) -> Self:
         storage.ensure_reachable()
         try:
             raw = storage.read_bytes(MARKER)
@@ -143,18 +163,18 @@ class Repository:
             where = storage.display()
             if storage.is_empty_or_missing():
                 raise NotARepositoryError(
-                    f"no repository at {where}: run `aibackup init --repo {url}` or back up into it"
+                    f"no repository at {where}: run `aibackup init --repo {storage.url}` or back up into it"
                 ) from None
             raise NotARepositoryError(f"{where} is not an aibackup repository (no {MARKER})") from None
         return cls(storage, _check_marker(raw, storage.display(MARKER)))
 
     @classmethod
-    def init(cls, url: str, *, passphrase: bytes | None = None) -> Repository:
+    def init(cls, url: Where, *, passphrase: bytes | None = None) -> Self:
         """Create a repository; refuses a location that already holds one (or anything else).
 
         With `passphrase` the repository is encrypted: secrets are sealed under a key derived from it (the
         marker keeps the salt, the parameters and a key check, never the key)."""
-        storage = Storage(url)
+        storage = storage_of(url)
         storage.ensure_reachable()
         if storage.exists(MARKER):
             raise UsageError(f"{storage.display()} is already an aibackup repository")
@@ -185,20 +205,14 @@ class Repository:
         self.storage.remove_empty_folders()
 
     @classmethod
-    def find(cls, url: str) -> Repository | None:
+    def find(cls, url: Where) -> Self | None:
         """The repository at `url`, or None if the location is missing or empty (one may be created there);
         NotARepositoryError when it holds something else."""
-        storage = Storage(url)
+        storage = storage_of(url)
         storage.ensure_reachable()
         if not storage.exists(MARKER) and storage.is_empty_or_missing():
             return None
-        return cls.open(url)
-
-    @classmethod
-    def open_or_init(cls, url: str) -> tuple[Repository, bool]:
-        """Open the repository, creating it first if the location is missing or empty (as `backup` does)."""
-        found = cls.find(url)
-        return (cls.init(url), True) if found is None else (found, False)
+        return cls._read(storage)
 
     # --- bundles ---------------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from aibackup.manifests.vectors import ID, METADATA
 from aibackup.pipeline import prefetch, use_arrow_allocator
 from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions
-from aibackup.repository import Repository
+from aibackup.repository import Repository, Where
 
 
 @dataclass
@@ -110,7 +110,7 @@ def description_of(dataset: DatasetManifest) -> DatasetDescription:
 
 
 def run_restore(
-    repo_url: str,
+    repository: Where | Repository,
     ref: str | None,
     target_uri: str,
     collections: Sequence[str] = (),
@@ -132,7 +132,7 @@ def run_restore(
         raise UsageError(f"bad --mode {mode!r}: expected one of {', '.join(MODES)}")
     pairs = parse_renames(collections)
     use_arrow_allocator()
-    repo = Repository.open(repo_url)
+    repo = repository if isinstance(repository, Repository) else Repository.open(repository)
     key = repo.key(key_file)  # an encrypted repository: a wrong or missing key stops here, before writing
     repo.use_key(key)  # ... and every manifest read must be authenticated by it
     manifest = repo.resolve(ref, datasets=[src for src, _ in pairs], at=at)

@@ -13,13 +13,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aibackup.bundle import BundleReader
-from aibackup.crypto import passphrase_from
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import DatasetManifest
 from aibackup.pipeline import use_arrow_allocator
-from aibackup.repository import Repository
+from aibackup.repository import Repository, Where
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ def _content_problem(reader: BundleReader, dataset: DatasetManifest) -> str | No
 
 
 def run_verify(
-    repo_url: str, refs: Sequence[str] = (), *, read_data: bool = False, key_file: str | None = None
+    repository: Where | Repository, refs: Sequence[str] = (), *, read_data: bool = False, key_file: str | None = None
 ) -> VerifyResult:
     """Verify the named bundles (ids or prefixes; all when empty).
 
@@ -85,10 +84,10 @@ def run_verify(
     every manifest must also be authenticated by it; without the key only checksums can be checked, which
     someone with write access could rewrite (``authenticated`` in the result says which)."""
     use_arrow_allocator()
-    repo = Repository.open(repo_url)
+    repo = repository if isinstance(repository, Repository) else Repository.open(repository)
     authenticated = None
     if repo.encrypted:
-        authenticated = passphrase_from(key_file) is not None
+        authenticated = repo.passphrase_for(key_file) is not None
         if authenticated:
             repo.use_key(repo.key(key_file))
     reader = BundleReader(repo)

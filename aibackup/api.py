@@ -1,0 +1,276 @@
+"""The Python API: what schedulers (Airflow, Dagster, Prefect) and notebooks call. The command line is a
+thin layer over it: each command parses its flags, calls one method here and prints the result.
+
+::
+
+    import aibackup
+    repo = aibackup.Repository.open("s3://backups/ai", create=True)
+    result = repo.backup("chroma:./data/chroma", collections=["docs"])
+    restored = repo.restore("latest", to="qdrant:./restored", mode="overwrite")
+    assert restored.ok, restored.to_json()
+
+Contracts, for every method: errors are :class:`aibackup.AibackupError` subclasses whose ``exit_code`` is
+the command line's (README, exit codes); nothing is printed and nothing exits; ``.to_json()`` of a result
+is exactly what the same command prints with ``--json``; progress goes to an optional callback
+(:class:`aibackup.progress.Progress`). A repository is resolved once, when it is opened, and everything
+the methods do goes through that one object.
+"""
+
+from __future__ import annotations
+
+import builtins
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Self
+
+from aibackup import repository as _repository
+from aibackup.crypto import passphrase_from
+from aibackup.recall_rule import DEFAULT_QUERIES, DEFAULT_TOLERANCE, CheckOptions
+from aibackup.repository import storage_of
+
+if TYPE_CHECKING:
+    from aibackup.backup import BackupResult
+    from aibackup.config import Config
+    from aibackup.drill import DrillReport
+    from aibackup.manifests.model import BundleManifest
+    from aibackup.operations import SourcesResult, StatusReport
+    from aibackup.progress import Progress
+    from aibackup.prune import PruneResult
+    from aibackup.restore import RestoreResult
+    from aibackup.verify import VerifyResult
+
+
+@dataclass(frozen=True)
+class BundleList:
+    """The bundles of a repository, newest first; a manifest that cannot be read is listed with its
+    problem (``ok`` is then False: the command exits 1)."""
+
+    entries: builtins.list[dict[str, Any]] = field(default_factory=builtins.list)
+
+    @property
+    def ok(self) -> bool:
+        return not any("problem" in e for e in self.entries)
+
+    def to_json(self) -> builtins.list[dict[str, Any]]:
+        """The `list --json` document: [{bundle_id, created_at, source, parent, datasets}] or, for a damaged
+        manifest, [{bundle_id, created_at: null, datasets: [], problem}]."""
+        return [dict(e) for e in self.entries]
+
+
+class Repository(_repository.Repository):
+    """A backup repository (a local path, ``s3://bucket/prefix``, or any fsspec URL), with the verbs."""
+
+    @classmethod
+    def open(
+        cls,
+        url: _repository.Where,
+        *,
+        create: bool = False,
+        key: str | None = None,
+        key_file: str | None = None,
+    ) -> Self:
+        """Open the repository at `url`. With `create`, a missing or empty location gets a new one
+        (encrypted when a `key` or `key_file` is given: the passphrase, as ``aibackup init --encrypt``).
+        A key given is checked now and used by every method that needs one (else AIBACKUP_KEY, when one
+        does). NotARepositoryError (exit 2) without `create` when there is no repository; UsageError for
+        a wrong key."""
+        storage = storage_of(url)
+        given = key.encode("utf-8") if key is not None else passphrase_from(key_file) if key_file else None
+        found = cls.find(storage) if create else cls._read(storage)
+        if found is None:
+            found = cls.init(storage, passphrase=given)
+        if given is not None:
+            found.passphrase = given
+            found.key()  # an encrypted repository: a wrong key stops here
+        return found
+
+    # --- backing up ------------------------------------------------------------------------------------
+
+    def backup(
+        self,
+        source: str,
+        collections: Sequence[str] = (),
+        *,
+        queries: int = DEFAULT_QUERIES,
+        on_bad_line: str = "fail",
+        job_config: str | None = None,
+        redact_secrets: bool = False,
+        golden_queries: str | None = None,
+        key_file: str | None = None,
+        progress: Progress | None = None,
+    ) -> BackupResult:
+        """Back up the store `source` (a URI, README *Stores*) into a new bundle, as ``aibackup backup``."""
+        from aibackup.backup import SourceOptions, run_backup
+
+        options = SourceOptions(
+            on_bad_line=on_bad_line,
+            job_config=job_config,
+            redact_secrets=redact_secrets,
+            key_file=key_file,
+            queries=queries,
+            golden_queries=golden_queries,
+        )
+        return run_backup(self, source, collections, source_options=options, progress=progress)
+
+    def backup_sources(
+        self,
+        config: str | Config,
+        sources: Sequence[str] = (),
+        *,
+        queries: int = DEFAULT_QUERIES,
+        progress: Progress | None = None,
+    ) -> SourcesResult:
+        """Back up every source of an aibackup.yaml (or the named ones) into this repository, each on its
+        own, as ``aibackup backup`` without SOURCE."""
+        from aibackup.operations import backup_sources
+
+        return backup_sources(self._config(config), sources, progress, queries=queries, repo=self)
+
+    # --- reading -----------------------------------------------------------------------------------------
+
+    def list(self) -> BundleList:
+        """Every bundle, newest first, as ``aibackup list``."""
+        good, damaged = self.scan()
+        entries: builtins.list[dict[str, Any]] = [
+            {
+                "bundle_id": m.bundle_id,
+                "created_at": m.created_at,
+                "source": dict(m.source),
+                "parent": m.parent,
+                "datasets": [{"name": d.name, "kind": d.kind, "rows": d.rows} for d in m.datasets],
+            }
+            for m in good
+        ]
+        entries += [
+            {"bundle_id": d.bundle_id, "created_at": None, "datasets": [], "problem": d.problem} for d in damaged
+        ]
+        entries.sort(key=lambda e: e["bundle_id"], reverse=True)
+        return BundleList(entries)
+
+    def show(self, ref: str = "latest") -> BundleManifest:
+        """One bundle's manifest (an id, a unique prefix, or latest), as ``aibackup show``."""
+        return self.resolve(ref)
+
+    def verify(
+        self, bundles: Sequence[str] = (), *, read_data: bool = False, key_file: str | None = None
+    ) -> VerifyResult:
+        """Check bundles (all by default) against their manifests, as ``aibackup verify``; with
+        `read_data` every byte is re-hashed, and the result is remembered for ``status``."""
+        from aibackup.operations import record_verify
+        from aibackup.verify import run_verify
+
+        result = run_verify(self, bundles, read_data=read_data, key_file=key_file)
+        if read_data:  # evidence for `status` and the metrics (best effort: a read-only repository loses it)
+            record_verify(self, result.bundle_ids, result.ok, [p.to_json() for p in result.problems])
+        return result
+
+    # --- restoring ---------------------------------------------------------------------------------------
+
+    def restore(
+        self,
+        ref: str | None = "latest",
+        *,
+        to: str,
+        collections: Sequence[str] = (),
+        mode: str = "create",
+        allow_lossy: bool = False,
+        layout: str = "auto",
+        at: dt.datetime | None = None,
+        queries: int | None = None,
+        recall_tolerance: float = DEFAULT_TOLERANCE,
+        min_recall: float | None = None,
+        key_file: str | None = None,
+    ) -> RestoreResult:
+        """Restore bundle `ref` into the target URI `to` and prove it, as ``aibackup restore``. A failed
+        check is not an exception: the result's ``ok`` is False (the command exits 1)."""
+        from aibackup.restore import run_restore
+
+        return run_restore(
+            self,
+            ref,
+            to,
+            collections,
+            mode=mode,
+            allow_lossy=allow_lossy,
+            layout=layout,
+            at=at,
+            check_options=CheckOptions(queries=queries, min_recall=min_recall, recall_tolerance=recall_tolerance),
+            key_file=key_file,
+        )
+
+    # --- operations (aibackup.yaml) ----------------------------------------------------------------------
+
+    def restore_test(
+        self, config: str | Config, sources: Sequence[str] = (), *, progress: Progress | None = None
+    ) -> DrillReport:
+        """The drill of an aibackup.yaml's sources against this repository, as ``aibackup restore-test``
+        (the report: ``result.write(path)``)."""
+        from aibackup.drill import restore_test
+
+        return restore_test(self._config(config), sources, progress, repo=self)
+
+    def status(self, config: str | Config) -> StatusReport:
+        """Each configured source's newest intact bundle against its RPO, as ``aibackup status``."""
+        from aibackup.operations import StatusReport, status
+
+        return StatusReport(status(self._config(config), repo=self))
+
+    def prune(
+        self,
+        *,
+        keep_last: int | None = None,
+        keep_hourly: int | None = None,
+        keep_daily: int | None = None,
+        keep_weekly: int | None = None,
+        keep_monthly: int | None = None,
+        keep_yearly: int | None = None,
+        keep_within: dt.timedelta | None = None,
+        grace: dt.timedelta = dt.timedelta(hours=24),
+        dry_run: bool = False,
+        config: str | Config | None = None,
+    ) -> PruneResult:
+        """Forget the bundles outside the keep rules, then the parts nothing references, as ``aibackup
+        prune``: the rules given here, else the config's retention (per source)."""
+        from aibackup.config import RetentionPolicy
+        from aibackup.lock import DEFAULT_STALE_AFTER, RepositoryLock
+        from aibackup.prune import policies_for, run_prune
+
+        rules = RetentionPolicy(
+            keep_last=keep_last,
+            keep_hourly=keep_hourly,
+            keep_daily=keep_daily,
+            keep_weekly=keep_weekly,
+            keep_monthly=keep_monthly,
+            keep_yearly=keep_yearly,
+            keep_within=keep_within,
+        )
+        loaded = self._config(config) if config is not None else None
+        policy = policies_for(loaded, rules)
+        stale = loaded.lock_stale_after if loaded else DEFAULT_STALE_AFTER
+        with RepositoryLock(self, "prune", "*", stale_after=stale):
+            return run_prune(self, policy, dry_run=dry_run, grace=grace)
+
+    def pin(self, ref: str) -> str:
+        """Pin a bundle (an id, a unique prefix, or latest): prune never removes it. Returns its id."""
+        from aibackup.prune import pin
+
+        bundle_id = self.resolve(ref).bundle_id
+        pin(self, bundle_id)
+        return bundle_id
+
+    def unpin(self, ref: str) -> str:
+        """Unpin a bundle: prune applies the keep rules to it again. Returns its id."""
+        from aibackup.prune import pinned, unpin
+
+        # A pin may outlive its bundle's manifest: an exact pinned id is unpinned as it is.
+        bundle_id = ref if ref in pinned(self) else self.resolve(ref).bundle_id
+        unpin(self, bundle_id)
+        return bundle_id
+
+    def _config(self, config: str | Config) -> Config:
+        """An aibackup.yaml (a path, or loaded), its repository this one."""
+        from aibackup.config import load_config
+
+        loaded = load_config(config) if isinstance(config, str) else config
+        return replace(loaded, repository=self.storage.url)

@@ -1,0 +1,291 @@
+"""The monthly restore-test drill: the latest bundle of every configured source restored into a scratch
+target, proven (the checks of a restore and the source's golden queries), timed against the source's RTO,
+cleaned up, and recorded in the repository (aibackup.reports) for ``status``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aibackup import reports
+from aibackup.config import Config, SourceConfig
+from aibackup.connectors.base import VectorConnector
+from aibackup.connectors.registry import connector_class, open_connector, parse_location
+from aibackup.errors import AibackupError, UnavailableError
+from aibackup.golden import GoldenFile
+from aibackup.golden import load as load_golden
+from aibackup.golden import recall as golden_recall
+from aibackup.manifests.baseline import GoldenBaseline
+from aibackup.manifests.model import BundleManifest
+from aibackup.operations import _record, _sources, latest_bundle
+from aibackup.progress import Progress, Quiet
+from aibackup.proof import Check
+from aibackup.recall_rule import CheckOptions, judge
+from aibackup.repository import Repository
+from aibackup.restore import RestoreResult, run_restore
+
+
+@dataclass
+class DrillResult:
+    """The restore test of one source: the bundle restored, every check, and the achieved RTO."""
+
+    source: str
+    ok: bool
+    bundle_id: str | None
+    target: str | None
+    rto_seconds: float
+    rto_objective_seconds: float | None
+    checks: list[Check] = field(default_factory=list)
+    error: str | None = None
+    cleanup: str | None = None
+
+    @property
+    def rto_met(self) -> bool:
+        return self.rto_objective_seconds is None or self.rto_seconds <= self.rto_objective_seconds
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "ok": self.ok,
+            "bundle_id": self.bundle_id,
+            "target": self.target,
+            "rto_seconds": round(self.rto_seconds, 3),
+            "rto_objective_seconds": self.rto_objective_seconds,
+            "rto_met": self.rto_met,
+            "checks": [c.to_json() for c in self.checks],
+            "error": self.error,
+            "cleanup": self.cleanup,
+        }
+
+
+@dataclass
+class DrillReport:
+    """The drill of every source tested: ``ok`` when every check passed and every RTO was met."""
+
+    results: list[DrillResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `restore-test --json` document (and PATH.json): ok and sources [...]."""
+        return {"ok": self.ok, "sources": [r.to_json() for r in self.results]}
+
+    def markdown(self) -> str:
+        """The report as Markdown (what ``restore-test`` prints, and PATH.md)."""
+        return _markdown(self.to_json())
+
+    def write(self, path: str) -> None:
+        """PATH.md and PATH.json (a PATH already ending in .md or .json names the pair too)."""
+        doc = self.to_json()
+        base = path.removesuffix(".md") if path.endswith(".md") else path.removesuffix(".json")
+        try:
+            Path(base).parent.mkdir(parents=True, exist_ok=True)
+            Path(base + ".json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            Path(base + ".md").write_text(_markdown(doc), encoding="utf-8")
+        except OSError as exc:
+            raise UnavailableError(f"cannot write the report {path}: {exc.strerror}") from None
+
+
+def restore_test(
+    config: Config, names: Sequence[str], progress: Progress | None = None, *, repo: Repository | None = None
+) -> DrillReport:
+    """Restore the latest bundle of every source (or the named ones) into a scratch target, prove it, time
+    it from start to verified against the source's RTO, clean up, and record the result. `repo`: the
+    config's repository, already opened."""
+    report = progress or Quiet()
+    repo = repo or Repository.open(config.repository)
+    results: list[DrillResult] = []
+    for source in _sources(config, names):
+        if source.restore_test_skip and not names:
+            continue
+        result = _drill(config, repo, source)
+        state = "ok" if result.ok else "FAILED"
+        report.event(
+            "restore_test", f"{source.name}: restore test {state} in {result.rto_seconds:.1f} s", **result.to_json()
+        )
+        _record(config, reports.RESTORE_TESTS, {"kind": "restore-test", **result.to_json()}, repo)
+        results.append(result)
+    return DrillReport(results)
+
+
+def _drill(config: Config, repo: Repository, source: SourceConfig) -> DrillResult:
+    started = time.perf_counter()
+    objective = source.rto.total_seconds() if source.rto else None
+    bundle: BundleManifest | None = None
+    target: str | None = None
+    options = CheckOptions(
+        queries=config.restore_test.queries,
+        min_recall=config.restore_test.min_recall,
+        recall_tolerance=config.restore_test.recall_tolerance,
+    )
+    try:
+        bundle = latest_bundle(repo, source)
+        with _scratch(config, source) as target:
+            result = run_restore(
+                repo,
+                bundle.bundle_id,
+                target,
+                source.collections,
+                mode="overwrite",
+                check_options=options,
+                key_file=config.key_file,
+            )
+            checks = [c for d in result.datasets for c in _named(d.name, d.checks, len(result.datasets))]
+            if source.golden_queries:
+                checks += _golden(source.golden_queries, target, result, bundle, options)
+            cleanup = _clean_scratch(config, source, target, result)
+        seconds = time.perf_counter() - started
+        ok = all(c.ok for c in checks) and (objective is None or seconds <= objective)
+        return DrillResult(source.name, ok, bundle.bundle_id, target, seconds, objective, checks, cleanup=cleanup)
+    except AibackupError as exc:
+        problem = str(exc)
+    except Exception as exc:  # a bug in one source's drill must not stop (nor hide) the others'
+        problem = f"internal error: {type(exc).__name__} (a bug; please report it)"
+    bundle_id = bundle.bundle_id if bundle else None
+    return DrillResult(source.name, False, bundle_id, target, time.perf_counter() - started, objective, error=problem)
+
+
+def _clean_scratch(config: Config, source: SourceConfig, target: str, result: RestoreResult) -> str:
+    """Remove what the drill restored into a configured scratch target (a temporary one goes whole)."""
+    name = source.restore_test_target or config.restore_test.target
+    if name is None or config.targets[name].uri != target:
+        return "temporary scratch store removed"
+    with open_connector(target, target=True) as connector:
+        dropped = [d.target for d in result.datasets if connector.drop(d.target)]
+    if len(dropped) == len(result.datasets):
+        return f"restored collections removed from {name}"
+    return f"the restored data stays in {name} ({target}): this kind of target cannot drop it"
+
+
+def _named(dataset: str, checks: list[Check], datasets: int) -> list[Check]:
+    """Check names prefixed by their dataset when a source holds several."""
+    return checks if datasets == 1 else [Check(f"{dataset}: {c.name}", c.ok, c.detail) for c in checks]
+
+
+@contextlib.contextmanager
+def _scratch(config: Config, source: SourceConfig) -> Iterator[str]:
+    """The target to restore into: the configured scratch target if it holds this kind of data, else a
+    temporary embedded store or folder of the source's own kind, removed afterwards."""
+    kind = connector_class(parse_location(source.uri).kind).dataset_kind
+    name = source.restore_test_target or config.restore_test.target
+    if name is not None:
+        target = config.targets[name].uri
+        if connector_class(parse_location(target, target=True).kind).dataset_kind == kind:
+            yield target
+            return
+    scheme = parse_location(source.uri).scheme.split("+")[0]
+    folder = Path(tempfile.mkdtemp(prefix=f"aibackup-drill-{source.name}-"))
+    try:
+        if parse_location(source.uri).scheme == "conversations+sqlite":
+            yield f"conversations+sqlite:{folder / 'restored.db'}?table={parse_location(source.uri).params['table']}"
+        else:
+            yield f"{scheme}:{folder / scheme}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _golden(
+    path: str, target: str, result: RestoreResult, bundle: BundleManifest, options: CheckOptions
+) -> list[Check]:
+    """The source's golden queries against the restored target, one check per collection: their recall
+    compared with the source's own at backup (the bundle's baseline, while the file is unchanged), else
+    with the absolute minimum."""
+    try:
+        golden = load_golden(path)
+    except AibackupError as exc:
+        return [Check("golden queries", False, str(exc))]
+    names = {d.name: d.target for d in result.datasets}
+    collections = golden.collections()
+    checks = []
+    with open_connector(target, target=True) as connector:
+        if not isinstance(connector, VectorConnector):
+            return [Check("golden queries", False, "golden queries need a vector source")]
+        for collection in collections:
+            name = "golden queries" if len(collections) == 1 else f"{collection}: golden queries"
+            queries = golden.of(collection)
+            try:
+                got = golden_recall(connector, names.get(collection, collection), queries)
+            except AibackupError as exc:
+                checks.append(Check(name, False, f"search failed: {exc}"))
+                continue
+            checks.append(_golden_check(name, got, len(queries), _golden_baseline(bundle, collection, golden), options))
+    return checks
+
+
+def _golden_baseline(bundle: BundleManifest, collection: str, golden: GoldenFile) -> GoldenBaseline | str:
+    """The source's recall of these golden queries at backup, or why there is none to compare with."""
+    try:
+        baseline = bundle.dataset(collection).baseline
+    except KeyError:
+        return f"bundle {bundle.bundle_id} holds no collection {collection!r}"
+    if baseline is None or baseline.golden is None:
+        return "the bundle recorded no golden baseline (a backup without the config, or before aibackup 0.3.0)"
+    if baseline.golden.sha256 != golden.sha256:
+        return "the golden file changed since the backup"
+    return baseline.golden
+
+
+def _golden_check(name: str, got: float, n: int, baseline: GoldenBaseline | str, options: CheckOptions) -> Check:
+    if isinstance(baseline, str):
+        verdict = judge(got, None, options)
+        detail = f"recall {got:.3f} over {n} golden queries ({verdict.words}); {baseline}"
+        measures = {"rule": verdict.rule, "recall": round(got, 6), "needs": verdict.needs, "queries": n}
+        return Check(name, verdict.ok, detail, measures)
+    verdict = judge(got, baseline.recall, options)
+    detail = (
+        f"recall {got:.3f}, the source's {baseline.recall:.3f} at backup, over {n} golden queries ({verdict.words})"
+    )
+    measures = {
+        "rule": verdict.rule,
+        "recall": round(got, 6),
+        "source_recall": baseline.recall,
+        "needs": verdict.needs,
+        "queries": n,
+    }
+    return Check(name, verdict.ok, detail, measures)
+
+
+def _markdown(doc: dict[str, Any]) -> str:
+    lines = ["# aibackup restore test", ""]
+    lines.append(f"Result: **{'passed' if doc['ok'] else 'FAILED'}**")
+    lines += ["", "| source | bundle | result | achieved RTO | objective |", "|---|---|---|---|---|"]
+    for r in doc["sources"]:
+        objective = r["rto_objective_seconds"]
+        checks_ok = not r["error"] and all(c["ok"] for c in r["checks"])
+        verdict = "ok" if r["ok"] else ("RTO missed" if checks_ok and not r["rto_met"] else "FAILED")
+        lines.append(
+            f"| {r['source']} | {r['bundle_id'] or '-'} | {verdict} | {r['rto_seconds']:.1f} s | "
+            f"{'-' if objective is None else f'{objective:.0f} s'} |"
+        )
+    for r in doc["sources"]:
+        lines += ["", f"## {r['source']}", ""]
+        if r["error"]:
+            lines.append(f"Error: {r['error']}")
+        if r["checks"]:
+            lines += ["| check | result | detail |", "|---|---|---|"]
+            lines += [f"| {c['name']} | {'ok' if c['ok'] else 'FAILED'} | {c['detail']} |" for c in r["checks"]]
+        lines += _recall_table(r["checks"])
+    return "\n".join(lines) + "\n"
+
+
+def _recall_table(checks: list[dict[str, Any]]) -> list[str]:
+    """Source vs restored recall, per collection and vector (and golden queries), from the checks' measures."""
+    rows = [c for c in checks if "recall" in c.get("measures", {})]
+    if not rows:
+        return []
+    lines = ["", "| search | restored recall | source recall at backup | rule | result |", "|---|---|---|---|---|"]
+    for c in rows:
+        m = c["measures"]
+        source = "-" if m.get("source_recall") is None else f"{m['source_recall']:.3f}"
+        lines.append(f"| {c['name']} | {m['recall']:.3f} | {source} | {m['rule']} | {'ok' if c['ok'] else 'FAILED'} |")
+    return lines
