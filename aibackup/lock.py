@@ -54,39 +54,40 @@ is no "unlock" command to forget.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
-import hashlib
 import json
-import math
 import os
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
 from aibackup import __version__, clock
 from aibackup.errors import EXIT_UNAVAILABLE, AibackupError, UsageError
+from aibackup.lock_files import (
+    EVERYTHING,
+    KINDS,
+    LOCK_FORMAT,
+    LOCK_VERSION,
+    LOCKS,
+    PRUNE,
+    LockFile,
+    ago,
+    conflicts,
+    encode,
+    lock_names,
+    process_space,
+    read_lock,
+    remove_quietly,
+    rewrite,
+    scope_hash,
+)
 from aibackup.repository import Repository, iso
-from aibackup.storage import Storage
 
-LOCKS = "locks"
-LOCK_FORMAT = "aibackup-lock"
-LOCK_VERSION = 1
-BACKUP = "backup"
-PRUNE = "prune"
-KINDS = (BACKUP, PRUNE)
-#: The scope of a lock on the whole repository.
-EVERYTHING = "*"
 DEFAULT_STALE_AFTER = timedelta(minutes=10)
 DEFAULT_HEARTBEAT = timedelta(seconds=60)
-#: How far ahead of this machine's clock another host's may run before its times are distrusted.
-CLOCK_SKEW = timedelta(minutes=5)
 
 
 class LockedError(AibackupError):
@@ -100,103 +101,6 @@ class LockedError(AibackupError):
     def __init__(self, message: str, holders: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.holders = holders or []
-
-
-@dataclass(frozen=True)
-class _Seen:
-    """Another lock as read from ``locks/``."""
-
-    name: str
-    record: dict[str, Any] | None  # None: unreadable
-    beat: dt.datetime | None  # heartbeat_at, or the object's modification time when unreadable
-
-    @property
-    def kind(self) -> str | None:
-        kind = self.record.get("kind") if self.record else None
-        return kind if isinstance(kind, str) else None
-
-    @property
-    def scope(self) -> str | None:
-        scope = self.record.get("scope") if self.record else None
-        return scope if isinstance(scope, str) else None
-
-    def stale_after(self, stale_after: timedelta) -> timedelta:
-        """The reader's timeout, but never less than the holder's own (which is at least three of its
-        heartbeats): the holder counts its lock as lost before any reader may take it over."""
-        longest = stale_after
-        for field, factor in (("stale_after_seconds", 1), ("heartbeat_seconds", 3)):
-            seconds = self.record.get(field) if self.record else None
-            if isinstance(seconds, int | float) and not isinstance(seconds, bool) and math.isfinite(seconds):
-                longest = max(longest, timedelta(seconds=factor * max(0.0, float(seconds))))
-        return longest
-
-    def is_stale(self, now: dt.datetime, stale_after: timedelta) -> bool:
-        if self.holder_is_gone():
-            return True
-        return self.beat is not None and now - self.beat > self.stale_after(stale_after)
-
-    def holder_is_gone(self) -> bool:
-        """True when the holder provably no longer runs: its lock names this host, this boot and this PID
-        namespace, and no process has its pid (a crashed run on this machine need not wait for the heartbeat
-        to age). Anything less certain (another host or container, a pid now reused) counts as running."""
-        record = self.record or {}
-        pid = record.get("pid")
-        space = _process_space()
-        if not space or not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-            return False
-        if record.get("host") != socket.gethostname() or any(record.get(k) != v for k, v in space.items()):
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            return False  # it exists (owned by another user)
-        return False
-
-    def as_dict(self, now: dt.datetime) -> dict[str, Any]:
-        out: dict[str, Any] = dict(self.record) if self.record else {"kind": None, "problem": "unreadable lock"}
-        out["path"] = f"{LOCKS}/{self.name}"
-        out["heartbeat_age_seconds"] = round((now - self.beat).total_seconds(), 3) if self.beat else None
-        return out
-
-    def stale_phrase(self, now: dt.datetime) -> str:
-        """`the stale lock of a backup of chroma:/x (…)`, `a stale unreadable lock locks/x.json (…)`."""
-        if self.record is None or self.kind is None:
-            return f"a stale {self.describe(now).removeprefix('an ')}"
-        if self.holder_is_gone():
-            return f"the lock of a {self.describe(now)}, whose process is gone"
-        return f"the stale lock of a {self.describe(now)}"
-
-    def describe(self, now: dt.datetime) -> str:
-        """`backup of chroma:/data (pid 123 on db1, started 02:00:03Z, heartbeat 40 s ago)`."""
-        beat = f"heartbeat {_ago(now - self.beat)} ago" if self.beat else "no heartbeat"
-        if self.record is None or self.kind is None:
-            written = f"written {_ago(now - self.beat)} ago" if self.beat else "age unknown"
-            return f"an unreadable lock {LOCKS}/{self.name} ({written})"
-        what = self.kind if self.scope in (None, EVERYTHING) else f"{self.kind} of {self.scope}"
-        who = f"pid {self.record.get('pid', '?')} on {self.record.get('host', '?')}"
-        started = _parse_time(self.record.get("started_at"))
-        when = f", started {_short_time(started, now)}" if started else ""
-        return f"{what} ({who}{when}, {beat})"
-
-
-def _process_space() -> dict[str, str]:
-    """Where a pid means one process: this boot of this machine and this PID namespace (Linux); empty
-    elsewhere, and then only the heartbeat tells whether a lock's holder still runs."""
-    try:
-        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
-            boot = fh.read().strip()
-        namespace = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return {}
-    return {"boot_id": boot, "pid_namespace": namespace}
-
-
-def _conflicts(kind: str, scope: str, other: _Seen) -> bool:
-    if kind == PRUNE or other.kind not in KINDS or other.kind == PRUNE:
-        return True
-    return other.scope == scope
 
 
 class RepositoryLock:
@@ -224,8 +128,8 @@ class RepositoryLock:
             raise UsageError("the lock heartbeat must be a positive interval")
         if stale_after < 3 * heartbeat:
             raise UsageError(
-                f"a lock's stale timeout ({_ago(stale_after)}) must be at least 3 heartbeats "
-                f"({_ago(3 * heartbeat)}), or a live run could lose its lock between two heartbeats"
+                f"a lock's stale timeout ({ago(stale_after)}) must be at least 3 heartbeats "
+                f"({ago(3 * heartbeat)}), or a live run could lose its lock between two heartbeats"
             )
         self.repo = repo
         self.kind = kind
@@ -273,7 +177,7 @@ class RepositoryLock:
             raise RuntimeError("this repository lock is already held")
         storage = self.repo.storage
         now = clock.now()
-        name = f"{self.kind}-{_scope_hash(self.scope)}-{secrets.token_hex(8)}.json"
+        name = f"{self.kind}-{scope_hash(self.scope)}-{secrets.token_hex(8)}.json"
         rel = f"{LOCKS}/{name}"
         self._record = {
             "format": LOCK_FORMAT,
@@ -282,7 +186,7 @@ class RepositoryLock:
             "scope": self.scope,
             "pid": os.getpid(),
             "host": socket.gethostname(),
-            **_process_space(),
+            **process_space(),
             "started_at": iso(now),
             "heartbeat_at": iso(now),
             "heartbeat_seconds": self.heartbeat.total_seconds(),
@@ -291,21 +195,21 @@ class RepositoryLock:
             "aibackup": __version__,
         }
         mono, wall = time.monotonic(), time.time()
-        storage.write_exclusive(rel, _encode(self._record))
+        storage.write_exclusive(rel, encode(self._record))
         self._mark_beat(mono, wall)
         try:
             holders, notes = self._survey(name)
         except BaseException:
-            _remove_quietly(storage, rel)
+            remove_quietly(storage, rel)
             raise
         if holders:
-            _remove_quietly(storage, rel)
+            remove_quietly(storage, rel)
             now = clock.now()
             holders.sort(key=lambda s: str((s.record or {}).get("started_at") or ""))
             more = f" and {len(holders) - 1} more" if len(holders) > 1 else ""
             raise LockedError(
                 f"repository is locked by {holders[0].describe(now)}{more}; try again later "
-                f"(the lock of a crashed run expires {_ago(holders[0].stale_after(self.stale_after))} after its "
+                f"(the lock of a crashed run expires {ago(holders[0].stale_after(self.stale_after))} after its "
                 "last heartbeat)",
                 [h.as_dict(now) for h in holders],
             )
@@ -343,21 +247,21 @@ class RepositoryLock:
 
     # --- internals -------------------------------------------------------------------------------------
 
-    def _survey(self, own: str) -> tuple[list[_Seen], list[str]]:
+    def _survey(self, own: str) -> tuple[list[LockFile], list[str]]:
         """The live locks that conflict with ours; stale ones are removed on the way (with a note each)."""
         storage = self.repo.storage
-        holders: list[_Seen] = []
+        holders: list[LockFile] = []
         notes: list[str] = []
         removed: set[str] = set()
-        for name in _lock_names(storage):
+        for name in lock_names(storage):
             if name == own:
                 continue
-            seen = _read(storage, name)
+            seen = read_lock(storage, name)
             if seen is None:
                 continue  # released meanwhile
             now = clock.now()
             if seen.is_stale(now, self.stale_after):
-                again = _read(storage, name)  # its holder may have come back to life meanwhile
+                again = read_lock(storage, name)  # its holder may have come back to life meanwhile
                 if again is None:
                     continue
                 if again.beat == seen.beat and again.record == seen.record:
@@ -372,15 +276,15 @@ class RepositoryLock:
                 seen = again
                 if seen.is_stale(clock.now(), self.stale_after):
                     continue  # it changed but is still stale; ignore it, the next run cleans it up
-            if _conflicts(self.kind, self.scope, seen):
+            if conflicts(self.kind, self.scope, seen):
                 holders.append(seen)
         if removed:
             # A holder that was only slow may have rewritten its lock between our check and the removal
             # (the rewrite recreates it): a removed lock that is back again belongs to a live run.
-            back = set(_lock_names(storage)) & removed
+            back = set(lock_names(storage)) & removed
             for name in sorted(back):
-                seen = _read(storage, name)
-                if seen is not None and _conflicts(self.kind, self.scope, seen):
+                seen = read_lock(storage, name)
+                if seen is not None and conflicts(self.kind, self.scope, seen):
                     holders.append(seen)
         return holders, notes
 
@@ -396,7 +300,7 @@ class RepositoryLock:
         if silent < (self.stale_after - self.heartbeat).total_seconds():
             return False
         self._lose(
-            f"no heartbeat was written for {_ago(timedelta(seconds=silent))} (storage unreachable or process stalled)"
+            f"no heartbeat was written for {ago(timedelta(seconds=silent))} (storage unreachable or process stalled)"
         )
         return True
 
@@ -422,7 +326,7 @@ class RepositoryLock:
                 return False  # silent that long, the lock may be taken over already: never revive it
             self._record["heartbeat_at"] = iso(clock.now())
             try:
-                written = _rewrite(storage, rel, _encode(self._record), lambda: self._still_ours(rel))
+                written = rewrite(storage, rel, encode(self._record), lambda: self._still_ours(rel))
             except Exception:  # unreachable for now: the lock counts as lost if this lasts
                 return True
             if written:
@@ -449,132 +353,12 @@ def live_locks(repo: Repository, stale_after: timedelta = DEFAULT_STALE_AFTER) -
     ``kind`` None and a ``problem``.
     """
     storage = repo.storage
-    found: list[_Seen] = []
-    for name in _lock_names(storage):
-        seen = _read(storage, name)
+    found: list[LockFile] = []
+    for name in lock_names(storage):
+        seen = read_lock(storage, name)
         if seen is not None and not seen.is_stale(clock.now(), stale_after):
             found.append(seen)
     now = clock.now()
     out = [s.as_dict(now) for s in found]
     out.sort(key=lambda d: (str(d.get("started_at") or ""), d["path"]))
     return out
-
-
-# --- storage helpers -------------------------------------------------------------------------------------
-
-
-def _lock_names(storage: Storage) -> list[str]:
-    # Temp files (".tmp-…") of writes in flight are not locks.
-    return [n for n in storage.list_names(LOCKS) if n.endswith(".json") and not n.startswith(".")]
-
-
-def _read(storage: Storage, name: str) -> _Seen | None:
-    """A lock as stored, or None if it vanished. An unparseable lock is aged by its modification time."""
-    rel = f"{LOCKS}/{name}"
-    try:
-        raw = storage.read_bytes(rel)
-    except FileNotFoundError:
-        return None
-    try:
-        record = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        record = None
-    beat = _parse_time(record.get("heartbeat_at")) if isinstance(record, dict) else None
-    if not isinstance(record, dict) or beat is None:
-        return _Seen(name, None, _modified(storage, rel))
-    if beat > clock.now() + CLOCK_SKEW:
-        # A heartbeat from the future (a run under a later AIBACKUP_NOW, a host whose clock runs ahead)
-        # would never go stale: age such a lock by when the storage last saw it written instead.
-        modified = _modified(storage, rel)
-        if modified is not None:
-            beat = min(beat, modified)
-    return _Seen(name, record, beat)
-
-
-def _modified(storage: Storage, rel: str) -> dt.datetime | None:
-    try:
-        info = storage.fs.info(storage.full(rel))
-    except Exception:
-        return None
-    value = info.get("LastModified", info.get("mtime"))
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    if isinstance(value, int | float):
-        return dt.datetime.fromtimestamp(value, dt.UTC)
-    return None
-
-
-def _rewrite(storage: Storage, rel: str, data: bytes, still_ours: Callable[[], bool]) -> bool:
-    """Replace our existing lock atomically (readers see the old bytes or the new, never a mix).
-
-    ``still_ours`` reads the lock back right before the replace; if it says no, nothing is written and the
-    result is False. Everything slow (writing and syncing the temp file) happens before that check, so the
-    window in which a removal could slip in between check and replace stays a few microseconds on disk.
-    """
-    path = storage.full(rel)
-    if not storage.is_local:
-        if not still_ours():
-            return False
-        storage.fs.pipe_file(path, data)  # an S3 put replaces the object atomically
-        return True
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{secrets.token_hex(8)}")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if not still_ours():
-            return False
-        os.replace(tmp, path)
-        return True
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-
-
-def _remove_quietly(storage: Storage, rel: str) -> None:
-    with contextlib.suppress(AibackupError):
-        storage.remove(rel)
-
-
-# --- formatting ------------------------------------------------------------------------------------------
-
-
-def _encode(record: dict[str, Any]) -> bytes:
-    return (json.dumps(record, indent=2) + "\n").encode()
-
-
-def _scope_hash(scope: str) -> str:
-    return hashlib.sha256(scope.encode()).hexdigest()[:12]
-
-
-def _parse_time(value: object) -> dt.datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
-
-
-def _short_time(moment: dt.datetime, now: dt.datetime) -> str:
-    """`02:00:03Z` on the same UTC day as now, else `2026-11-24T02:00:03Z`."""
-    moment = moment.astimezone(dt.UTC)
-    if moment.date() == now.astimezone(dt.UTC).date():
-        return moment.strftime("%H:%M:%SZ")
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _ago(delta: timedelta) -> str:
-    """`40 s`, `12 min`, `3 h`, `2 d` (whole units, rounded down; never negative)."""
-    seconds = max(0.0, delta.total_seconds())
-    if seconds < 1:
-        return f"{seconds:.2g} s" if seconds else "0 s"
-    if seconds < 120:
-        return f"{int(seconds)} s"
-    if seconds < 2 * 3600:
-        return f"{int(seconds // 60)} min"
-    if seconds < 2 * 86400:
-        return f"{int(seconds // 3600)} h"
-    return f"{int(seconds // 86400)} d"

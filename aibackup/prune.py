@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from aibackup import clock
 from aibackup.errors import BundleNotFoundError, IntegrityError, ManifestVersionError, UsageError
-from aibackup.lock import CLOCK_SKEW
+from aibackup.lock_files import CLOCK_SKEW
 from aibackup.manifests.model import BundleManifest
 from aibackup.repository import DATA, Repository, id_time, iso
 from aibackup.retention import NO_RULE, Candidate, Decision, KeepPolicy, decide, is_empty

@@ -83,6 +83,8 @@ from aibackup.connectors.base import (
     id_checksum,
 )
 from aibackup.connectors.chroma import metadata as cm
+from aibackup.connectors.chroma.client import is_transport_error, raw_get
+from aibackup.connectors.chroma.plan import check_merge, chroma_shape
 from aibackup.connectors.registry import api_key
 from aibackup.errors import (
     AibackupError,
@@ -315,66 +317,9 @@ class ChromaConnector(VectorConnector):
                 "starting and ending with a letter or digit; restore it under another name"
             )
         cfg = source.config
-        dropped: list[str] = []
-
-        def lossy(feature: str, mapping: str) -> None:
-            if not allow_lossy:
-                raise UnsupportedFeatureError(
-                    f"collection {dest!r}: Chroma cannot hold {feature}; --allow-lossy would {mapping}"
-                )
-            dropped.append(f"{feature}: {mapping}")
-
-        plain = sorted((d for d in cfg.dense if not d.multivector), key=lambda d: d.name)
-        keep = next((d for d in plain if d.name == ""), plain[0] if plain else None)
-        multi = [d.name for d in cfg.dense if d.multivector]
-        if multi and keep is None:
-            raise UnsupportedFeatureError(
-                f"collection {dest!r}: Chroma cannot hold multivectors "
-                f"({', '.join(map(repr, multi))}) and no plain vector remains"
-            )
-        if multi and keep is not None:
-            lossy(f"multivectors {', '.join(map(repr, multi))}", f"drop them and keep vector {keep.name!r}")
-        others = [d.name for d in plain if d is not keep]
-        if others and keep is not None:
-            lossy(
-                f"more than one vector per record ({', '.join(map(repr, others))} besides {keep.name!r})",
-                f"keep only {keep.name!r}",
-            )
-        if cfg.sparse:
-            lossy(f"sparse vectors ({', '.join(repr(s.name) for s in cfg.sparse)})", "drop them")
-        if keep is None and source.rows:
-            raise UnsupportedFeatureError(
-                f"collection {dest!r}: Chroma needs a dense vector for every record and the source has none"
-            )
-        distance = keep.distance if keep else "l2"
-        if distance == "manhattan":
-            lossy("distance manhattan", "use l2")
-            distance = "l2"
-
-        native = dict(cfg.native or {})
-        if native.get("kind") == "chroma":
-            metadata = dict(native.get("metadata") or {})
-            configuration, schema = native.get("configuration"), native.get("schema")
-            route = cm.create_route(configuration, schema, metadata)
-        else:
-            metadata = dict(cfg.metadata or {})
-            problems = cm.collection_problems(metadata)
-            if problems:
-                lossy(
-                    f"collection metadata {'; '.join(problems)}",
-                    "drop nulls and refused keys and write other values as JSON text",
-                )
-                metadata = cm.lossy_collection(metadata) or {}
-            if keep is not None and keep.name:
-                metadata[cm.VECTOR_NAME_KEY] = keep.name
-            configuration, schema = cm.cross_kind_configuration(distance, cfg.hnsw), None
-            route = "configuration"
-        if allow_lossy:
-            dropped.append(
-                "record metadata Chroma cannot hold, if any: nulls and refused keys dropped; "
-                "nested objects, empty/mixed lists, NaN/Infinity as JSON text; ints beyond "
-                "int64 as decimal strings; -0.0 as 0.0"
-            )
+        shape = chroma_shape(source, dest, allow_lossy)
+        keep, distance, metadata = shape.keep, shape.distance, shape.metadata
+        configuration, schema, route = shape.configuration, shape.schema, shape.route
 
         existing = self._collection(dest, missing_ok=True)
         count = 0
@@ -408,7 +353,7 @@ class ChromaConnector(VectorConnector):
             transform=cm.batch_transform(
                 source.schema, target.schema, lossy_metadata=allow_lossy, sparse_ok=self.sparse_metadata
             ),
-            dropped=tuple(dropped),
+            dropped=shape.dropped,
             tolerances={dense_column(keep.name): "ulp"} if keep and distance == "cosine" else {},
             extra={
                 "route": route,
@@ -422,23 +367,7 @@ class ChromaConnector(VectorConnector):
     def _check_merge(self, col: Any, keep: DenseVectorSpec | None, distance: str) -> None:
         with self._errors("read the collection", col.name):
             model = col.get_model()
-        metadata = model.metadata or {}
-        have = {
-            "dimension": model.dimension,  # None until the first record: any dimension fits
-            "distance": cm.SPACES.get(cm.space_of(model.configuration_json, metadata)),
-            "vector name": metadata.get(cm.VECTOR_NAME_KEY, ""),
-        }
-        ours = {
-            "dimension": keep.size if keep else None,
-            "distance": distance,
-            "vector name": keep and keep.name,
-        }
-        for what, theirs in have.items():
-            if keep is not None and theirs is not None and theirs != ours[what]:
-                raise UnsupportedFeatureError(
-                    f"collection {col.name!r} in {self._store} has {what} {theirs!r}, the bundle "
-                    f"{ours[what]!r}: cannot merge; restore with --mode overwrite or into another collection"
-                )
+        check_merge(model, self._store, keep, distance)
 
     def import_(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """Create (or reuse, in merge mode) the collection, then write every batch after ``plan.transform``.
@@ -590,47 +519,9 @@ class ChromaConnector(VectorConnector):
         if isinstance(exc, errors.ChromaAuthError | errors.AuthorizationError):
             var = self.location.params.get("api_key_env", "CHROMA_API_KEY")
             return UnavailableError(f"{self._store} refused access ({text}); check the token in {var}")
-        if _is_transport_error(exc):
+        if is_transport_error(exc):
             return UnavailableError(f"Chroma server {self._store} is not answering ({what}): {text}")
         return ConnectorError(f"Chroma could not {what} ({subject}): {text}")
 
 
-def raw_get(col: Any, include: list[str], *, limit: int, offset: int) -> Mapping[str, Any]:
-    """A ``get`` page of `col` as the client's API returns it, before ``Collection.get`` turns the vectors
-    into a float64 numpy matrix (lists of Python floats then, which :func:`cm.page_to_batch` packs straight
-    into float32: 9 ms per 2,500 x 384 page against 22 ms through the matrix, all of it holding the GIL
-    that Chroma's own reading needs too). ``Collection.get`` without filters is exactly this call plus
-    that conversion (chromadb 1.x, embedded and HTTP clients alike); a client without the call, or
-    whose call takes other arguments, gets the public one."""
-    get = getattr(getattr(col, "_client", None), "_get", None)
-    if callable(get):
-        try:
-            return get(
-                collection_id=col.id,
-                ids=None,
-                where=None,
-                where_document=None,
-                include=list(include),
-                limit=limit,
-                offset=offset,
-                tenant=col.tenant,
-                database=col.database,
-            )
-        except TypeError:  # another chromadb's signature (a real failure recurs in the public call)
-            pass
-    return col.get(include=include, limit=limit, offset=offset)
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    if isinstance(exc, ValueError) and "Could not connect" in str(exc):
-        return True
-    try:
-        import httpx
-    except ImportError:  # pragma: no cover - chromadb depends on httpx
-        return False
-    return isinstance(exc, httpx.TransportError | httpx.HTTPStatusError)
-
-
-__all__ = ["ChromaConnector"]
+__all__ = ["ChromaConnector", "raw_get"]

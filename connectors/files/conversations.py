@@ -71,7 +71,7 @@ import pyarrow as pa
 from aibackup.connectors.base import MODES, DatasetDescription, ExportState, ImportPlan, Location, identity
 from aibackup.connectors.files import lines
 from aibackup.connectors.files.conversation_records import Rows, RowsAsLines, parse_line
-from aibackup.connectors.files.conversations_sqlite import SqliteTable, canonical_sql, native_rows, renamed_sql
+from aibackup.connectors.files.conversations_sqlite import SqliteTable
 from aibackup.connectors.files.filetarget import (
     check_mode,
     file_renamer,
@@ -80,6 +80,7 @@ from aibackup.connectors.files.filetarget import (
     target_path,
 )
 from aibackup.connectors.files.linefiles import LineFiles
+from aibackup.connectors.files.sqlite_layout import canonical_sql, native_rows, renamed_sql
 from aibackup.errors import SourceDataError, UsageError
 from aibackup.manifests.records import CONVERSATIONS
 

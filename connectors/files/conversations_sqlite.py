@@ -36,13 +36,10 @@ The whole import is one transaction: a failure leaves the table as it was.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
@@ -52,11 +49,23 @@ from aibackup.connectors.base import ExportState, client_errors
 from aibackup.connectors.files.conversation_records import (
     BATCH_ROWS,
     Rows,
-    from_sqlite_json,
     sqlite_value,
     typed_fields,
 )
 from aibackup.connectors.files.lines import compression_of, shown
+from aibackup.connectors.files.sqlite_layout import (
+    CANONICAL_COLUMNS,
+    TableInfo,
+    canonical_rows,
+    canonical_sql,
+    check_canonical,
+    is_native,
+    literal,
+    native_rows,
+    q,
+    renamed_sql,
+    sha_of,
+)
 from aibackup.errors import (
     AibackupError,
     ConnectorError,
@@ -68,98 +77,9 @@ from aibackup.errors import (
     UsageError,
     first_line,
 )
-from aibackup.manifests.records import CONVERSATIONS
 from aibackup.manifests.vectors import canonical_json
 
-CANONICAL_COLUMNS = (
-    ("id", "TEXT"),
-    ("source", "TEXT"),
-    ("line", "INTEGER"),
-    ("offset", "INTEGER"),
-    ("timestamp", "INTEGER"),
-    ("session_id", "TEXT"),
-    ("user_id", "TEXT"),
-    ("model", "TEXT"),
-    ("cost", "REAL"),
-    ("input", "TEXT"),
-    ("output", "TEXT"),
-    ("messages", "TEXT"),
-    ("extra", "TEXT"),
-    ("raw", "BLOB"),
-    ("valid", "INTEGER"),
-)
-ROWID_NAMES = ("rowid", "_rowid_", "oid")
 BUSY_TIMEOUT_S = 10.0
-_CREATE = re.compile(r"\s*CREATE\s+(?:TEMP\s+|TEMPORARY\s+)?TABLE\s+(?:IF\s+NOT\s+EXISTS\s+)?", re.IGNORECASE)
-
-
-def q(name: str) -> str:
-    """A quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
-
-
-def canonical_sql(table: str) -> str:
-    return f"CREATE TABLE {q(table)} (" + ", ".join(f"{q(n)} {t}" for n, t in CANONICAL_COLUMNS) + ")"
-
-
-def renamed_sql(sql: str, table: str) -> str:
-    """A ``CREATE TABLE`` statement with its table name replaced (quoted names with any characters, and
-    schema-qualified names, are skipped whole)."""
-    match = _CREATE.match(sql)
-    if not match:
-        raise UnsupportedFeatureError(f"cannot recreate table {table!r}: its definition is not a CREATE TABLE")
-    pos = _skip_name(sql, match.end())
-    rest = sql[pos:].lstrip()
-    if rest.startswith("."):
-        pos = _skip_name(sql, len(sql) - len(rest) + 1)
-    return f"CREATE TABLE {q(table)} " + sql[pos:].lstrip()
-
-
-def _skip_name(sql: str, pos: int) -> int:
-    while pos < len(sql) and sql[pos].isspace():
-        pos += 1
-    closing = {'"': '"', "`": "`", "[": "]"}.get(sql[pos : pos + 1])
-    if closing is None:
-        match = re.compile(r"[^\s(.]+").match(sql, pos)
-        return match.end() if match else pos
-    pos += 1
-    while pos < len(sql):
-        if sql[pos] == closing:
-            if closing != "]" and sql[pos + 1 : pos + 2] == closing:  # a doubled quote inside the name
-                pos += 2
-                continue
-            return pos + 1
-        pos += 1
-    return pos
-
-
-@dataclass(frozen=True)
-class TableInfo:
-    sql: str
-    columns: tuple[tuple[str, str, bool], ...]  # (name, declared type, generated)
-
-    @property
-    def names(self) -> list[str]:
-        return [c[0] for c in self.columns]
-
-    @property
-    def canonical(self) -> bool:
-        return tuple((n, t.upper()) for n, t, _ in self.columns) == CANONICAL_COLUMNS
-
-    @property
-    def rowid(self) -> str:
-        """A name that reaches the rowid (a column may hide ``rowid`` itself)."""
-        lowered = {n.lower() for n in self.names}
-        return next(r for r in ROWID_NAMES if r not in lowered)
-
-    def config(self, table: str) -> dict[str, Any]:
-        return {
-            "format": "sqlite",
-            "layout": "canonical" if self.canonical else "table",
-            "table": table,
-            "create_sql": self.sql,
-            "columns": [{"name": n, "type": t, "generated": g} for n, t, g in self.columns],
-        }
 
 
 class SqliteTable:
@@ -231,7 +151,7 @@ class SqliteTable:
             (sql,) = self.conn.execute(
                 "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (self.table,)
             ).fetchone()
-            rows = self.conn.execute(f"SELECT name, type, hidden FROM pragma_table_xinfo({_lit(self.table)})")
+            rows = self.conn.execute(f"SELECT name, type, hidden FROM pragma_table_xinfo({literal(self.table)})")
             columns = tuple((n, t or "", h in (2, 3)) for n, t, h in rows.fetchall() if h != 1)
         return TableInfo(sql, columns)
 
@@ -276,7 +196,7 @@ class SqliteTable:
         if not since or since.get("format") != "sqlite" or since.get("table") != self.table:
             return None, None
         top = int(since.get("max_rowid", 0))
-        if since.get("sql_sha256") != _sha(info.sql):
+        if since.get("sql_sha256") != sha_of(info.sql):
             return None, f"the definition of table {self.table!r} changed since the last backup: full backup"
         with self.errors("checking the high-water mark"):
             row = self.conn.execute(f"SELECT count(*) FROM {q(self.table)} WHERE {info.rowid} <= ?", (top,)).fetchone()
@@ -329,7 +249,7 @@ class SqliteTable:
         state = {
             "format": "sqlite",
             "table": self.table,
-            "sql_sha256": _sha(info.sql),
+            "sql_sha256": sha_of(info.sql),
             "max_rowid": top,
             "rows": rows,
             "last_sha256": last,
@@ -365,7 +285,7 @@ class SqliteTable:
                 break
             for row in page:
                 values = dict(zip(names, row[1:], strict=True))
-                _check_canonical(values, self.where, row[0])
+                check_canonical(values, self.where, row[0])
                 out.add(values)
                 summary = files.setdefault(values["source"], {"bytes": 0, "lines": 0, "sha": hashlib.sha256()})
                 summary["bytes"] += len(values["raw"])
@@ -390,7 +310,7 @@ class SqliteTable:
 
     def write(self, config: Mapping[str, Any], mode: str, batches: Iterable[pa.RecordBatch], transform: Any) -> int:
         """Create or reuse the table per `mode` and insert every record, in one transaction."""
-        native = _native(config)
+        native = is_native(config)
         written = 0
         with self.errors("starting a write"):
             self.conn.execute("BEGIN IMMEDIATE")
@@ -424,7 +344,7 @@ class SqliteTable:
         return written
 
     def check_merge(self, existing: TableInfo, config: Mapping[str, Any]) -> None:
-        if _native(config):
+        if is_native(config):
             wanted = sorted(c["name"] for c in config.get("columns", ()))
             ok = not existing.canonical and sorted(existing.names) == wanted
         else:
@@ -464,69 +384,3 @@ class SqliteTable:
         with self.errors("inserting rows"):
             self.conn.executemany(f"{verb} INTO {q(self.table)} ({names}) VALUES ({marks})", rows)
         return len(rows)
-
-
-def _native(config: Mapping[str, Any]) -> bool:
-    return config.get("format") == "sqlite" and config.get("layout") == "table"
-
-
-def native_rows(batch: pa.RecordBatch, columns: list[str], where: str) -> list[tuple[Any, ...]]:
-    """(rowid, values...) for each record of a bundle of the table's own layout; UnsupportedFeatureError
-    for a record whose raw row does not fit the table (another table's row, a value SQLite cannot hold)."""
-    out = []
-    wanted = set(columns)
-    for rid, rowid, raw in zip(
-        batch.column("id").to_pylist(), batch.column("line").to_pylist(), batch.column("raw").to_pylist(), strict=True
-    ):
-        try:
-            obj = json.loads(raw)
-            if not isinstance(obj, dict) or not wanted <= obj.keys():
-                raise ValueError("its columns differ from the table's")
-            out.append((rowid, *(from_sqlite_json(obj[c]) for c in columns)))
-        except (ValueError, TypeError) as exc:
-            raise UnsupportedFeatureError(f"cannot restore record {rid!r} into SQLite {where}: {exc}") from None
-    return out
-
-
-def canonical_rows(batch: pa.RecordBatch) -> list[tuple[Any, ...]]:
-    columns = []
-    for name, _ in CANONICAL_COLUMNS:
-        column = batch.column(name)
-        if name == "timestamp":
-            column = column.cast(pa.int64())
-        values = column.to_pylist()
-        columns.append([None if v is None else int(v) for v in values] if name == "valid" else values)
-    return list(zip(*columns, strict=True))
-
-
-def _check_canonical(values: dict[str, Any], where: str, rowid: int) -> None:
-    """A canonical-layout row must hold the canonical types (someone may have edited the table)."""
-    types = {f.name: f.type for f in CONVERSATIONS}
-    for name, value in values.items():
-        if value is None:
-            if not CONVERSATIONS.field(name).nullable:
-                raise SourceDataError(f"SQLite {where} row {rowid}: column {name!r} is null")
-            continue
-        kind = types[name]
-        if pa.types.is_string(kind):
-            ok = isinstance(value, str)
-        elif pa.types.is_binary(kind):
-            ok = isinstance(value, bytes)
-        elif pa.types.is_floating(kind):
-            ok = isinstance(value, float | int)
-            values[name] = float(value) if ok else value
-        elif pa.types.is_boolean(kind):
-            ok = value in (0, 1)
-            values[name] = bool(value)
-        else:  # int64 and the timestamp's microseconds
-            ok = isinstance(value, int)
-        if not ok:
-            raise SourceDataError(f"SQLite {where} row {rowid}: column {name!r} holds a {type(value).__name__}")
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _lit(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

@@ -258,13 +258,13 @@ def check_holder_notices_removal(repo: Repository, monkeypatch: pytest.MonkeyPat
     """Remove a held lock while its heartbeat waits at a gate (so no rewrite is in flight and the removal
     cannot race one), then open the gate: the next heartbeat finds the lock gone."""
     gate = threading.Event()
-    rewrite = lock_module._rewrite
+    rewrite = lock_module.rewrite
 
     def gated(*args: Any) -> bool:
         gate.wait(10)
         return rewrite(*args)
 
-    monkeypatch.setattr(lock_module, "_rewrite", gated)
+    monkeypatch.setattr(lock_module, "rewrite", gated)
     lock = RepositoryLock(repo, "backup", "chroma:/x", heartbeat=FAST, stale_after=timedelta(minutes=10))
     with lock:
         assert lock.path is not None
@@ -288,7 +288,7 @@ def test_a_holder_that_cannot_write_its_heartbeat_counts_its_lock_as_lost(
         raise OSError("storage went away")
 
     with RepositoryLock(repo, "backup", "chroma:/x", heartbeat=FAST, stale_after=3 * FAST) as lock:
-        monkeypatch.setattr(lock_module, "_rewrite", unreachable)
+        monkeypatch.setattr(lock_module, "rewrite", unreachable)
         wait_for(lambda: lock.lost, "the lock to count as lost")
         assert lock.lost_reason is not None and lock.lost_reason.startswith("no heartbeat was written for")
     assert lock_files(repo) == []

@@ -19,7 +19,7 @@ from aibackup.connectors.base import DatasetDescription
 from aibackup.connectors.files import conversations_sqlite, lines
 from aibackup.connectors.files.conversation_records import parse_timestamp, typed_fields
 from aibackup.connectors.files.conversations import ConversationsConnector
-from aibackup.connectors.files.conversations_sqlite import renamed_sql
+from aibackup.connectors.files.sqlite_layout import renamed_sql
 from aibackup.connectors.registry import open_connector
 from aibackup.errors import (
     DatasetNotFoundError,

@@ -1,0 +1,225 @@
+"""`aibackup backup`: a store into a new bundle, or every source of aibackup.yaml."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from aibackup.cli_common import (
+    conclude,
+    config_option,
+    emit_json,
+    json_option,
+    key_file_option,
+    observe_options,
+    repo_option,
+    resolve,
+    size,
+    table,
+)
+from aibackup.errors import (
+    UsageError,
+)
+from aibackup.recall_rule import DEFAULT_QUERIES
+
+
+@click.command()
+@click.argument("source", required=False)
+@click.option(
+    "--source",
+    "source_names",
+    multiple=True,
+    metavar="NAME",
+    help="With a config and no SOURCE: back up only this configured source (repeatable). Default: all.",
+)
+@click.option(
+    "--collection",
+    "collections",
+    multiple=True,
+    metavar="NAME",
+    help="Back up only this collection (repeatable). Default: every collection of the store.",
+)
+@click.option(
+    "--on-bad-line",
+    type=click.Choice(["fail", "skip"]),
+    default="fail",
+    show_default=True,
+    help="Conversation logs: fail on a malformed line (naming file:line), or keep it raw and report it.",
+)
+@click.option(
+    "--job-config",
+    metavar="FILE",
+    default=None,
+    help="Fine-tuning: the job's configuration (YAML or JSON: base model, hyperparameters, seed, job id).",
+)
+@click.option(
+    "--redact-secrets",
+    is_flag=True,
+    help="Configs: drop secret values (restored as placeholders) instead of sealing them with the key.",
+)
+@click.option(
+    "--queries",
+    default=DEFAULT_QUERIES,
+    show_default=True,
+    type=click.IntRange(0, 10_000),
+    help="Vectors: query records sampled per dense vector for the search baseline (the source's own answers, "
+    "which a restore is compared with); 0 records none.",
+)
+@key_file_option
+@observe_options
+@repo_option
+@config_option
+@json_option
+def backup(
+    source: str | None,
+    source_names: tuple[str, ...],
+    collections: tuple[str, ...],
+    on_bad_line: str,
+    job_config: str | None,
+    redact_secrets: bool,
+    queries: int,
+    key_file: str | None,
+    show_progress: bool | None,
+    log_format: str,
+    metrics_file: str | None,
+    repo: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Back up the store SOURCE into a new bundle, or (without SOURCE) every source of the config.
+
+    SOURCE is chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT,
+    conversations:PATH, conversations+sqlite:PATH?table=T, finetune:PATH or config:PATH.
+    The repository is created if it is missing or empty. Conversation logs are backed up
+    incrementally: only what is new since the previous bundle of the same source. A backup of a
+    source already running (say an overlapping cron run) is refused by the repository lock.
+    """
+    from aibackup.backup import SourceOptions, run_backup
+    from aibackup.progress import make_progress
+
+    repo, config = resolve(repo, config_path, need_config=source is None)
+    if source is None:
+        _backup_config(config, source_names, queries, show_progress, log_format, metrics_file, as_json)
+        return
+    if source_names:
+        raise UsageError("--source names configured sources: give either SOURCE or --source")
+    options = SourceOptions(
+        on_bad_line=on_bad_line,
+        job_config=job_config,
+        redact_secrets=redact_secrets,
+        key_file=key_file or (config.key_file if config else None),
+        queries=queries,
+        golden_queries=_configured_golden(config, source),
+    )
+    progress = make_progress(show_progress, log_format)
+    try:
+        result = run_backup(repo, source, collections, source_options=options, progress=progress)
+    finally:
+        progress.close()
+    if as_json:
+        emit_json(result.to_json())
+        conclude(config, metrics_file, 0, as_json)
+        return
+    m = result.manifest
+    if result.repository_created:
+        click.echo(f"created repository at {repo}")
+    click.echo(f"bundle {m.bundle_id} committed ({result.seconds:.1f} s)")
+    own = f"data/{m.bundle_id}/"
+    table(
+        ["COLLECTION", "KIND", "ROWS", "NEW", "PARTS", "BYTES"],
+        [
+            [
+                d.name,
+                d.kind,
+                str(d.rows),
+                str(sum(p.rows for p in d.parts if p.path.startswith(own))) + (" (incremental)" if d.extends else ""),
+                str(len(d.parts)),
+                size(sum(p.bytes for p in d.parts)),
+            ]
+            for d in m.datasets
+        ],
+    )
+    for d in m.datasets:
+        if d.kind == "finetune":
+            _finetune_summary(d.config)
+    for note in result.notes:
+        click.echo(f"note: {note}")
+
+
+def _configured_golden(config: Any, source: str) -> str | None:
+    """The golden queries the config names for the store `source` (a source given by URI is still the
+    configured source of that store: its bundles get the golden baseline the drill compares with)."""
+    if config is None:
+        return None
+    from aibackup.connectors.registry import parse_location
+
+    store = parse_location(source).display()
+    for configured in config.sources.values():
+        if parse_location(configured.uri).display() == store:
+            return str(configured.golden_queries) if configured.golden_queries else None
+    return None
+
+
+def _backup_config(
+    config: Any,
+    names: tuple[str, ...],
+    queries: int,
+    show_progress: bool | None,
+    log_format: str,
+    metrics_file: str | None,
+    as_json: bool,
+) -> None:
+    """Every configured source (or the named ones), each on its own; a summary; exit non-zero if any failed."""
+    from aibackup.operations import backup_sources
+    from aibackup.progress import make_progress
+
+    progress = make_progress(show_progress, log_format)
+    try:
+        # Through the URL, not an opened repository: the first backup creates it (as `backup SOURCE`).
+        result = backup_sources(config, names, progress, queries=queries)
+    finally:
+        progress.close()
+    runs = result.runs
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        table(
+            ["SOURCE", "RESULT", "BUNDLE", "ROWS", "NEW", "BYTES", "SECONDS"],
+            [
+                [r.source, "ok", r.bundle_id or "", str(r.rows), str(r.new_rows), size(r.bytes), f"{r.seconds:.1f}"]
+                if r.ok
+                else [r.source, "FAILED", "", "", "", "", f"{r.seconds:.1f}"]
+                for r in runs
+            ],
+        )
+        for r in runs:
+            if r.error:
+                click.echo(f"{r.source}: {r.error}")
+            for note in r.notes:
+                click.echo(f"{r.source}: note: {note}")
+    conclude(config, metrics_file, result.exit_code, as_json)
+
+
+def _finetune_summary(config: Any) -> None:
+    """The per-file validation summary of a fine-tuning dataset: examples, roles, invalid lines and why."""
+    files = config.get("files", []) if isinstance(config, dict) else []
+    table(
+        ["FILE", "EXAMPLES", "INVALID", "ROLES"],
+        [
+            [
+                f.get("name", "?"),
+                str(f.get("examples", 0)),
+                str(f.get("invalid", 0)),
+                ", ".join(f"{role} {n}" for role, n in sorted(f.get("roles", {}).items())),
+            ]
+            for f in files
+        ],
+        indent="  ",
+    )
+    for f in files:
+        for problem in f.get("problems", []):
+            click.echo(f"  {f.get('name', '?')}: {problem}")
+
+
+COMMANDS = [backup]

@@ -1,0 +1,292 @@
+"""The commands on bundles: `list`, `show`, `verify`, `restore`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from aibackup.cli_common import (
+    config_option,
+    emit_json,
+    json_option,
+    key_file_option,
+    open_repository,
+    parse_time,
+    repo_option,
+    resolve,
+    size,
+    table,
+)
+from aibackup.errors import (
+    EXIT_INTEGRITY,
+    UsageError,
+)
+from aibackup.manifests.model import FRAMEWORKS
+from aibackup.recall_rule import ABSOLUTE_MIN_RECALL, ABSOLUTE_QUERIES, DEFAULT_TOLERANCE
+
+
+@click.command(name="list")
+@repo_option
+@config_option
+@json_option
+def list_(repo: str | None, config_path: str | None, as_json: bool) -> None:
+    """List bundles, newest first. Exits 1 if a manifest is damaged (listed with its problem)."""
+    listed = open_repository(resolve(repo, config_path)[0]).list()
+    entries = listed.entries
+    if as_json:
+        emit_json(listed.to_json())
+    elif not entries:
+        click.echo("no bundles yet")
+    else:
+        table(
+            ["BUNDLE", "CREATED", "SOURCE", "COLLECTIONS (ROWS)"],
+            [
+                [e["bundle_id"], "-", "DAMAGED", e["problem"]]
+                if "problem" in e
+                else [
+                    e["bundle_id"],
+                    e["created_at"][:19] + "Z",
+                    e["source"].get("uri", ""),
+                    ", ".join(f"{d['name']} ({d['rows']})" for d in e["datasets"]),
+                ]
+                for e in entries
+            ],
+        )
+    if not listed.ok:
+        sys.exit(EXIT_INTEGRITY)
+
+
+@click.command()
+@click.argument("bundle")
+@repo_option
+@config_option
+@json_option
+def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) -> None:
+    """Show one bundle (an id, a unique prefix, or `latest`): datasets, config, parts."""
+    manifest = open_repository(resolve(repo, config_path)[0]).show(bundle)
+    if as_json:
+        emit_json(manifest.to_json())
+        return
+    click.echo(f"bundle   {manifest.bundle_id}")
+    click.echo(f"created  {manifest.created_at}")
+    click.echo(f"source   {manifest.source.get('kind')} {manifest.source.get('uri')}")
+    click.echo(f"parent   {manifest.parent or '-'}")
+    click.echo(f"tool     aibackup {manifest.tool_version} (manifest format {manifest.format_version})")
+    for d in manifest.datasets:
+        click.echo(f"\ncollection {d.name!r}: {d.kind}, {d.rows} rows, digest {d.digest}")
+        if d.kind == "vectors":
+            config = d.vectors_config()
+            for v in config.dense:
+                kind = "multivector" if v.multivector else "vector"
+                click.echo(f"  {kind} {v.name or '(default)'}: {v.size} dims, {v.distance}, {v.datatype}")
+            for sv in config.sparse:
+                click.echo(f"  sparse vector {sv.name}" + (f" ({sv.modifier})" if sv.modifier else ""))
+            if config.metadata:
+                click.echo(f"  collection metadata: {json.dumps(config.metadata, ensure_ascii=False)}")
+            if config.layout:
+                evidence = ", ".join(f"{k} {v}" for k, v in sorted(config.layout.get("evidence", {}).items()))
+                click.echo(f"  layout: {config.layout['framework']} on {config.layout['backend']} ({evidence})")
+            for line in _baseline_lines(d):
+                click.echo(f"  {line}")
+        else:
+            click.echo(f"  config: {json.dumps(d.config, ensure_ascii=False, sort_keys=True)[:2000]}")
+        if d.extends:
+            click.echo(f"  incremental: extends bundle {d.extends}; high-water mark {json.dumps(d.state)[:500]}")
+        if d.id_types:
+            click.echo("  ids: " + ", ".join(f"{n} {t}" for t, n in d.id_types.items()))
+        for p in d.parts:
+            click.echo(f"  part {p.path}  {p.rows} rows  {size(p.bytes)}  sha256 {p.sha256[:16]}…")
+
+
+def _baseline_lines(dataset: Any) -> list[str]:
+    """What `show` says of a dataset's search baseline (the source's answers a restore is compared with)."""
+    baseline = dataset.baseline
+    if baseline is None:
+        return ["search baseline: none (the restore's search check uses the absolute rule)"]
+    lines = []
+    for v in baseline.vectors:
+        how = "exact scan" if v.exact else "approximate index"
+        lines.append(
+            f"search baseline {v.vector or '(default)'}: {len(v.queries)} queries (seed {baseline.seed}), source "
+            f"recall@{baseline.k} {v.recall:.3f} ({v.index.get('store', '?')}, {how})"
+        )
+    if baseline.golden is not None:
+        g = baseline.golden
+        lines.append(f"golden queries: {g.queries}, source recall {g.recall:.3f} (file sha256 {g.sha256[:16]}…)")
+    return lines + [f"search baseline: {note}" for note in baseline.notes]
+
+
+@click.command()
+@click.argument("bundles", nargs=-1, metavar="[BUNDLE]...")
+@click.option("--read-data", is_flag=True, help="Re-hash every byte of every part (default: presence and size).")
+@key_file_option
+@repo_option
+@config_option
+@json_option
+def verify(
+    bundles: tuple[str, ...],
+    read_data: bool,
+    key_file: str | None,
+    repo: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Check bundles (all by default) against their manifests. Exits 1 if anything is damaged. In an
+    encrypted repository, with its key, every manifest must also be authenticated by the key."""
+    url, config = resolve(repo, config_path)
+    key_file = key_file or (config.key_file if config else None)
+    result = open_repository(url).verify(bundles, read_data=read_data, key_file=key_file)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        for p in result.problems:
+            click.echo(f"DAMAGED  {p.bundle_id}  {p.path}: {p.problem}")
+        depth = f", {size(result.bytes_read)} re-hashed" if read_data else " (sizes only; --read-data re-hashes)"
+        verdict = "ok" if result.ok else f"{len(result.problems)} problem(s)"
+        click.echo(f"{verdict}: {result.bundles} bundle(s), {result.parts} part(s) checked{depth}")
+        if result.authenticated is False:
+            click.echo("note: encrypted repository and no key given: manifests were not authenticated")
+    if not result.ok:
+        sys.exit(EXIT_INTEGRITY)
+
+
+@click.command()
+@click.argument("bundle", required=False)
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="TARGET",
+    help="qdrant, chroma (embedded under ./aibackup-restore/), qdrant:PATH, chroma:PATH, "
+    "qdrant+http://HOST:PORT or chroma+http://HOST:PORT.",
+)
+@click.option(
+    "--collection",
+    "collections",
+    multiple=True,
+    metavar="SRC[=DEST]",
+    help="Restore only this collection, optionally renamed (repeatable). Default: all.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["create", "overwrite", "merge"]),
+    default="create",
+    show_default=True,
+    help="create refuses a non-empty existing collection; overwrite replaces it; merge upserts.",
+)
+@click.option(
+    "--at",
+    "at",
+    default=None,
+    metavar="TIME",
+    help="Restore the newest bundle started at or before TIME (ISO 8601, e.g. 2026-11-25T02:00; UTC if no "
+    "zone is given) instead of the latest.",
+)
+@click.option(
+    "--allow-lossy",
+    is_flag=True,
+    help="Apply the documented lossy mapping where the target cannot hold a feature (reported).",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["auto", "raw", *FRAMEWORKS]),
+    default="auto",
+    show_default=True,
+    help="Vectors: write the target in the application layout recorded at backup (auto), in each store's "
+    "own mapping (raw), or in LangChain's or LlamaIndex's layout for the target store.",
+)
+@click.option(
+    "--queries",
+    default=None,
+    type=click.IntRange(0, 10_000),
+    help="Queries of the search check: the first N of the bundle's baseline (default: all of them), or N "
+    f"records sampled from a bundle without one (default {ABSOLUTE_QUERIES}); 0 skips the check.",
+)
+@click.option(
+    "--recall-tolerance",
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="The search check passes when the target's recall@10 is at least the source's (recorded at backup) "
+    "minus this.",
+)
+@click.option(
+    "--min-recall",
+    default=None,
+    type=click.FloatRange(0.0, 1.0),
+    help="An absolute floor on the target's recall@10, besides the comparison with the source (the rule of "
+    f"bundles without a search baseline; default {ABSOLUTE_MIN_RECALL} there).",
+)
+@key_file_option
+@repo_option
+@config_option
+@json_option
+def restore(
+    bundle: str | None,
+    target: str,
+    collections: tuple[str, ...],
+    mode: str,
+    at: str | None,
+    allow_lossy: bool,
+    layout: str,
+    queries: int | None,
+    recall_tolerance: float,
+    min_recall: float | None,
+    key_file: str | None,
+    repo: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Restore BUNDLE (an id, a unique prefix, or `latest`) into TARGET, then prove it.
+
+    Exits 1 if any check fails.
+    """
+    url, config = resolve(repo, config_path)
+    for flag, value in (("--min-recall", min_recall), ("--recall-tolerance", recall_tolerance)):
+        if value is not None and value != value:  # click's FloatRange lets NaN through
+            raise UsageError(f"{flag} must be a number between 0 and 1")
+    result = open_repository(url).restore(
+        bundle,
+        to=target,
+        collections=collections,
+        mode=mode,
+        allow_lossy=allow_lossy,
+        layout=layout,
+        at=None if at is None else parse_time(at),
+        queries=queries,
+        recall_tolerance=recall_tolerance,
+        min_recall=min_recall,
+        key_file=key_file or (config.key_file if config else None),
+    )
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(f"restored bundle {result.bundle_id} into {result.target}")
+        for d in result.datasets:
+            arrow = d.name if d.name == d.target else f"{d.name} -> {d.target}"
+            arrow += "" if d.layout == "raw" else f" in {d.layout}'s layout"
+            click.echo(
+                f"\ncollection {arrow}: {d.rows} rows (load {d.load_seconds:.1f} s, checks {d.check_seconds:.1f} s)"
+            )
+            for item in d.dropped:
+                click.echo(f"  lossy mapping (--allow-lossy): {item}")
+            for item in d.lost:
+                click.echo(f"  lost: {item}")
+            if d.dropped and not d.lost:
+                click.echo("  lost: nothing (no record held what the target cannot)")
+            for item in d.notes:
+                click.echo(f"  note: {item}")
+            table(
+                ["CHECK", "RESULT", "DETAIL"],
+                [[c.name, "ok" if c.ok else "FAILED", c.detail] for c in d.checks],
+                indent="  ",
+            )
+        click.echo("\nall checks passed" if result.ok else "\nRESTORE CHECKS FAILED")
+    if not result.ok:
+        sys.exit(EXIT_INTEGRITY)
+
+
+COMMANDS = [list_, show, verify, restore]
