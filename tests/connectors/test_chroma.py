@@ -45,7 +45,7 @@ from aibackup.errors import (
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
 from aibackup.manifests.vectors import arrow_schema, canonical_json, metadata_json
-from tests.conftest import Server, free_port
+from tests.conftest import Server
 
 SETTINGS = Settings(anonymized_telemetry=False)
 
@@ -750,12 +750,6 @@ def test_close_releases_the_store_for_reopening(tmp_path: Path) -> None:
     )
     assert other.get_collection("keep", embedding_function=None).count() == 1
     other.close()
-
-
-def test_unreachable_server_is_unavailable() -> None:
-    port = free_port()
-    with pytest.raises(UnavailableError, match=f"chroma\\+http://127.0.0.1:{port}"):
-        open_connector(f"chroma+http://127.0.0.1:{port}")
 
 
 def test_token_is_sent_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:

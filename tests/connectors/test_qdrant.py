@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import subprocess
 import sys
 import uuid
@@ -565,14 +564,6 @@ def test_missing_collection(seeded: Path) -> None:
             conn.describe(["rich", "nope"])
         with pytest.raises(DatasetNotFoundError, match="'nope'"):
             conn.search("nope", "", np.zeros((1, 4), dtype=np.float32), 3)
-
-
-def test_unreachable_server() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.raises(UnavailableError, match=rf"qdrant\+http://127\.0\.0\.1:{port}.*does not answer"):
-        open_connector(f"qdrant+http://127.0.0.1:{port}")
 
 
 def test_lock_is_reported_and_released_by_close(seeded: Path) -> None:
