@@ -100,7 +100,7 @@ class Repository(_repository.Repository):
         key_file: str | None = None,
         progress: Progress | None = None,
     ) -> BackupResult:
-        """Back up the store `source` (a URI, README *Stores*) into a new bundle, as ``aibackup backup``."""
+        """Back up the store `source` (a URI, docs/stores.md) into a new bundle, as ``aibackup backup``."""
         from aibackup.backup import SourceOptions, run_backup
 
         options = SourceOptions(

@@ -9,7 +9,7 @@ Example (every key; only ``repository`` and ``sources`` are required)::
     lock: {stale_after: 10m}                     # a run's lock not refreshed for this long may be taken over
     sources:                                     # at least one, kept in file order
       kb:
-        uri: chroma:./data/chroma                # a source URI (README, *Stores*)
+        uri: chroma:./data/chroma                # a source URI (docs/stores.md)
         collections: [docs, faq]                 # only these (default: all of them)
         rpo: 24h                                 # the newest bundle should never be older than this
         rto: 1h                                  # a restore test must be verified within this
@@ -20,7 +20,7 @@ Example (every key; only ``repository`` and ``sources`` are required)::
       ft: {uri: "finetune:./data/ft", job_config: ./data/ft/job.yaml}
       deploy: {uri: "config:./deploy", redact_secrets: true}
       docs: "qdrant+http://qdrant:6333"          # shorthand for {uri: ...}
-    targets:                                     # named restore targets (target URIs, README *Stores*)
+    targets:                                     # named restore targets (docs/stores.md)
       scratch: {uri: "qdrant:./restore-test/qdrant"}
     retention: {keep_last: 3, keep_daily: 7, keep_weekly: 4, keep_monthly: 12}
     restore_test: {target: scratch, recall_tolerance: 0.05, report: ./reports/restore-test}

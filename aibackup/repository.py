@@ -316,8 +316,12 @@ class Repository:
         return None
 
     def match_id(self, ref: str) -> str:
-        """The id of the bundle named by an exact id or a unique prefix of one (without loading it)."""
+        """The id of the bundle named by an exact id, a unique prefix of one, or `latest` (the newest id,
+        whether or not its manifest reads: a check of the latest bundle must not fall back to an older one),
+        without loading it."""
         ids = self.bundle_ids()
+        if ref == "latest" and ids:
+            return ids[-1]
         if ref in ids:
             return ref
         matches = [i for i in ids if i.startswith(ref)] if ref else []

@@ -78,7 +78,7 @@ def _content_problem(reader: BundleReader, dataset: DatasetManifest) -> str | No
 def run_verify(
     repository: Where | Repository, refs: Sequence[str] = (), *, read_data: bool = False, key_file: str | None = None
 ) -> VerifyResult:
-    """Verify the named bundles (ids or prefixes; all when empty).
+    """Verify the named bundles (ids, prefixes or latest; all when empty).
 
     In an encrypted repository, when its key is at hand (AIBACKUP_KEY, AIBACKUP_KEY_FILE or `key_file`),
     every manifest must also be authenticated by it; without the key only checksums can be checked, which

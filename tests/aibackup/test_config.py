@@ -535,7 +535,7 @@ def test_find_config_path_refuses_a_named_file_that_is_missing(monkeypatch: pyte
 
 
 def test_the_documented_example_loads() -> None:
-    """The module docstring's example (copied into the README) is a valid config with every key."""
+    """The module docstring's example (copied into docs/operations.md) is a valid config with every key."""
     doc = aibackup.config.__doc__ or ""
     block = doc.split("::\n\n", 1)[1].split("\n\n", 1)[0]
     config = load(textwrap.dedent(block))
