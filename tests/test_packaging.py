@@ -139,3 +139,22 @@ def test_the_connectors_run_without_the_core_loaded() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_commands_that_touch_no_store_run_without_the_client_libraries(tmp_path: Path) -> None:
+    """The registry imports a backend only when its scheme is used: without chromadb and qdrant-client
+    installed, `aibackup list` still runs, and a Chroma URI names the extra to install."""
+    code = (
+        "import sys\n"
+        "sys.modules['chromadb'] = None; sys.modules['qdrant_client'] = None  # as if not installed\n"
+        "from aibackup.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    repo = str(tmp_path / "repo")
+    init = subprocess.run([sys.executable, "-c", code, "init", "--repo", repo], capture_output=True, text=True)
+    listed = subprocess.run([sys.executable, "-c", code, "list", "--repo", repo], capture_output=True, text=True)
+    assert (init.returncode, listed.returncode, listed.stdout) == (0, 0, "no bundles yet\n"), listed.stderr
+    chroma = subprocess.run(
+        [sys.executable, "-c", code, "backup", f"chroma:{tmp_path}", "--repo", repo], capture_output=True, text=True
+    )
+    assert chroma.returncode == 2 and "aibackup[chroma]" in chroma.stderr, chroma.stderr
