@@ -34,6 +34,7 @@ from aibackup.manifests.baseline import GoldenBaseline, SearchBaseline, VectorBa
 from aibackup.manifests.model import DatasetManifest, DenseVectorSpec
 from aibackup.manifests.vectors import ID, dense_column
 from aibackup.nearest import ExactTopK, QuerySampler
+from aibackup.pipeline import prefetch
 
 K = 10
 
@@ -104,7 +105,8 @@ class BaselineRecorder:
             watch = {rid for row in answers or () for rid in row}
             probes[column] = _Probe(spec, ids, ExactTopK(vectors, K, spec.distance, watch), answers, index)
         if probes:
-            for batch in reader.batches(dataset, columns=[ID, *probes]):
+            # Read ahead in a thread: decoding the parts and the distances (numpy) both release the GIL.
+            for batch in prefetch(reader.batches(dataset, columns=[ID, *probes])):
                 for column, probe in probes.items():
                     probe.search.add(batch.column(ID), batch.column(column))
         entries = []

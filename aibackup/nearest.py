@@ -36,6 +36,8 @@ class ExactTopK:
 
     def __init__(self, queries: np.ndarray, k: int, metric: str, watch: Iterable[str] = ()) -> None:
         self.q = np.atleast_2d(np.asarray(queries, dtype=np.float64))
+        self.q_squares = np.einsum("ij,ij->i", self.q, self.q)
+        self.q_unit = self.q / np.maximum(np.sqrt(self.q_squares), 1e-30)[:, None]
         self.k = k
         self.metric = metric
         self.best_d = np.full((len(self.q), 0), np.inf)
@@ -48,13 +50,13 @@ class ExactTopK:
         """Query x record distances, smaller is nearer (cosine: 1 - cosine similarity; ip: -dot)."""
         q, v = self.q, vectors
         if self.metric == "l2":
-            return (q * q).sum(1)[:, None] - 2 * q @ v.T + (v * v).sum(1)[None, :]
+            return self.q_squares[:, None] - 2 * (q @ v.T) + np.einsum("ij,ij->i", v, v)[None, :]
         if self.metric == "ip":
             return -(q @ v.T)
         if self.metric == "cosine":
-            qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
-            vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-30)
-            return 1.0 - qn @ vn.T
+            # Divide the products by the vectors' norms rather than normalise the vectors: one pass less.
+            norms = np.maximum(np.sqrt(np.einsum("ij,ij->i", v, v)), 1e-30)
+            return 1.0 - (self.q_unit @ v.T) / norms[None, :]
         return np.stack([np.abs(v - row).sum(1) for row in q])  # manhattan
 
     def add(self, ids: pa.Array, column: pa.Array) -> None:
@@ -72,13 +74,17 @@ class ExactTopK:
         if len(self.watched):
             for n in np.flatnonzero(pc.is_in(ids, value_set=self.watched).to_numpy(zero_copy_only=False)):
                 self.seen[ids[n].as_py()] = d[:, n].copy()
-        id_values = np.asarray(ids.to_pylist(), dtype=object)
+        kept = self.best_d.shape[1]
         d = np.concatenate([self.best_d, d], axis=1)
-        all_ids = np.concatenate([self.best_ids, np.broadcast_to(id_values, (len(self.q), len(id_values)))], axis=1)
         keep = min(self.k, d.shape[1])
         idx = np.argpartition(d, keep - 1, axis=1)[:, :keep]
         self.best_d = np.take_along_axis(d, idx, axis=1)
-        self.best_ids = np.take_along_axis(all_ids, idx, axis=1)
+        # Positions below `kept` are the previous best, the others this batch's rows: look up only the ids
+        # kept (k per query), never every id of the batch for every query.
+        id_values = np.asarray(ids.to_pylist(), dtype=object)
+        previous = np.take_along_axis(self.best_ids, np.minimum(idx, max(kept - 1, 0)), axis=1) if kept else None
+        fresh = id_values[np.maximum(idx - kept, 0)]
+        self.best_ids = fresh if previous is None else np.where(idx < kept, previous, fresh)
 
     def top(self) -> list[list[str]]:
         """The exact top-k ids of each query, nearest first."""
