@@ -2,12 +2,13 @@
 
     python -m benchmarks --rows 100000 --dim 384
 
-Sections (``--sections``, all by default): ``backup`` (backup vs bare read per backend, server-side peak
-RSS at ``--rows`` and ``--memory-rows``), ``writer`` (our Parquet writing vs raw pyarrow), ``restore``
-(restore load vs bare bulk load per backend), ``sizes`` (bundle vs raw float32 vs the store on disk vs a
-vdf-io export). Results go to ``benchmarks/results/bench-ROWSxDIM.json`` and ``docs/benchmarks.md`` (with
-``docs/benchmarks.png``); ``--report-only`` redraws the page from the JSON. Seeded stores are cached under
-``benchmarks/.cache`` (the first run seeds them: Chroma ~2000 records/s, Qdrant local ~1000 points/s).
+Sections (``--sections``, all by default; a subset reruns those and keeps the others' last results):
+``backup`` (backup vs bare read per backend, server-side peak RSS at ``--rows`` and ``--memory-rows``),
+``writer`` (our Parquet writing vs raw pyarrow), ``restore`` (restore load vs bare bulk load per backend),
+``sizes`` (bundle vs raw float32 vs the store on disk vs a vdf-io export). Results go to
+``benchmarks/results/bench-ROWSxDIM.json`` and ``docs/benchmarks.md`` (with ``docs/benchmarks.png``);
+``--report-only`` redraws the page from the JSON. Seeded stores are cached under ``benchmarks/.cache``
+(the first run seeds them: Chroma ~2000 records/s, Qdrant local ~1000 points/s).
 """
 
 from __future__ import annotations
@@ -73,13 +74,17 @@ def main(argv: list[str]) -> int:
     if args.report_only:
         result = json.loads(out.read_text())
     else:
+        # A subset of the sections (--sections) keeps the others' last results; each section says when it ran.
+        kept = json.loads(out.read_text()) if out.exists() and set(sections) != set(SECTIONS) else {}
         result = {
+            **{k: v for k, v in kept.items() if k in (*SECTIONS, "section_dates")},
             "command": shlex.join(argv),
             "machine": machine(),
             "date": time.strftime("%Y-%m-%d"),
             "repeats": args.repeats,
             "json": str(out.relative_to(ROOT)),
         }
+        result.setdefault("section_dates", {k: kept.get("date") for k in SECTIONS if k in kept})
         step = {
             "backup": lambda: backup.measure(args.rows, args.dim, args.qdrant_rows, args.memory_rows, args.repeats),
             "writer": lambda: writer.measure(args.rows, args.dim, args.repeats),
@@ -91,6 +96,7 @@ def main(argv: list[str]) -> int:
                 started = time.perf_counter()
                 print(f"benchmarks: {section} ...", file=sys.stderr, flush=True)
                 result[section] = step[section]()
+                result["section_dates"][section] = result["date"]
                 print(f"benchmarks: {section} done in {time.perf_counter() - started:.0f} s", file=sys.stderr)
         RESULTS.mkdir(exist_ok=True)
         out.write_text(json.dumps(result, indent=2) + "\n")

@@ -58,6 +58,7 @@ def markdown(r: dict[str, Any], chart: str | None) -> str:
         f"Machine: {r['machine']}; {r['date']}. Each timed step runs in a fresh process; bare loop and aibackup",
         f"alternate {r['repeats']} times and the fastest run of each is compared (the machine is shared and",
         f"noisy, and noise only ever adds time). Raw numbers: [`{r['json']}`](../{r['json']}).",
+        *_older_sections(r),
         "",
         "## Targets (issue 5)",
         "",
@@ -77,6 +78,13 @@ def markdown(r: dict[str, Any], chart: str | None) -> str:
         lines += ["", "## Bytes", "", *_sizes(z)]
     lines += ["", "## Backend limits", "", *_limits(r)]
     return "\n".join(lines) + "\n"
+
+
+def _older_sections(r: dict[str, Any]) -> list[str]:
+    """A line naming the sections measured on another day than the page's date (a partial rerun)."""
+    dates = r.get("section_dates") or {}
+    older = sorted(f"{name} ({day})" for name, day in dates.items() if day and day != r["date"])
+    return [f"Sections from an earlier run: {', '.join(older)}."] if older else []
 
 
 def _backup(b: dict[str, Any]) -> list[str]:

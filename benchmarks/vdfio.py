@@ -36,7 +36,9 @@ def _venv() -> Path:
         return exe
     shutil.rmtree(VENV, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    pins = [VDF_IO, "setuptools<81", "astrapy<2", f"chromadb=={version('chromadb')}"]
+    # weaviate-client: vdf-io imports it, and without a floor the resolver may take a 4.4 beta that breaks
+    # on today's typing_extensions (or backtrack for an hour).
+    pins = [VDF_IO, "setuptools<81", "astrapy<2", "weaviate-client>=4.9,<5", f"chromadb=={version('chromadb')}"]
     print(f"  installing {' '.join(pins)} into {VENV} (once; several GB)", file=sys.stderr, flush=True)
     subprocess.run([str(VENV / "bin" / "pip"), "install", "--quiet", *pins], check=True)
     (VENV / ".complete").write_text("ok")
