@@ -165,6 +165,7 @@ def run_backup(
         writer = BundleWriter(repo, bundle_id, options)
         golden = _golden(source_options.golden_queries, notes)
         datasets: list[DatasetManifest] = []
+        recorders: list[BaselineRecorder] = []
         committing = False
         try:
             with steady_memory():
@@ -190,9 +191,8 @@ def run_backup(
                         report.advance,
                         _each(recorder.add, detector.add),
                     )
-                    baseline, said = recorder.finish(BundleReader(repo), dataset, golden)
-                    dataset = replace(dataset, baseline=baseline)
-                    notes += said
+                    recorder.ask(golden)
+                    recorders.append(recorder)
                     found = detector.result()
                     if found is not None:  # every record is in a framework's layout: the restore keeps it
                         dataset = replace(dataset, config={**dataset.config, "layout": found})
@@ -207,6 +207,13 @@ def run_backup(
                         if state.incremental and previous is not None and parent is not None:
                             dataset = chain(previous, dataset, parent)
                     datasets.append(dataset)
+                # The source is done with: close it before the baselines' exact passes, which read the
+                # parts just written (an embedded store's threads and memory would compete with them).
+                connector.close()
+                for n, recorder in enumerate(recorders):
+                    baseline, said = recorder.settle(BundleReader(repo), datasets[n])
+                    datasets[n] = replace(datasets[n], baseline=baseline)
+                    notes += said
             manifest = BundleManifest(
                 bundle_id=bundle_id,
                 created_at=iso(started),

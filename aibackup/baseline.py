@@ -64,8 +64,9 @@ class _Probe:
 
 
 class BaselineRecorder:
-    """Samples one dataset's queries while it streams (:meth:`add`), then records its baseline
-    (:meth:`finish`). For a store that is not a vector store, or with `queries` 0, both do nothing."""
+    """Samples one dataset's queries while it streams (:meth:`add`), asks the source (:meth:`ask`), then,
+    the source closed, records the baseline (:meth:`settle`). For a store that is not a vector store, or
+    with `queries` 0, they do nothing."""
 
     def __init__(self, connector: Connector, description: DatasetDescription, queries: int, seed: int) -> None:
         self.connector = connector if isinstance(connector, VectorConnector) else None
@@ -73,22 +74,21 @@ class BaselineRecorder:
         self.specs = searchable(description) if queries and self.connector else []
         self.seed = seed
         self.sampler = QuerySampler([dense_column(s.name) for s in self.specs], queries, seed)
+        self.probes: dict[str, _Probe] = {}
+        self.golden: GoldenBaseline | None = None
+        self.notes: list[str] = []
 
     def add(self, batch: pa.RecordBatch) -> None:
         if self.specs:
             self.sampler.add(batch)
 
-    def finish(
-        self, reader: BundleReader, dataset: DatasetManifest, golden: GoldenFile | None = None
-    ) -> tuple[SearchBaseline | None, list[str]]:
-        """The baseline of `dataset` (just written into `reader`'s repository) and the notes for the user;
-        None when there is nothing to record (no dense vector, ``--queries 0``, no golden queries)."""
+    def ask(self, golden: GoldenFile | None = None) -> None:
+        """While the source is open, after its export: ask it the sampled queries (unless its search is an
+        exact scan) and the golden queries of this collection. A search that fails is a note."""
         connector = self.connector
         if connector is None:
-            return None, []
-        notes: list[str] = []
+            return
         name = self.description.name
-        probes: dict[str, _Probe] = {}
         for spec in self.specs:
             column = dense_column(spec.name)
             ids, vectors = self.sampler.sample(column)
@@ -100,17 +100,24 @@ class BaselineRecorder:
                 try:
                     answers = connector.search(name, spec.name, vectors, K)
                 except AibackupError as exc:
-                    notes.append(f"vector {spec.name!r}: the source could not be searched: {exc}")
+                    self.notes.append(f"vector {spec.name!r}: the source could not be searched: {exc}")
                     continue
             watch = {rid for row in answers or () for rid in row}
-            probes[column] = _Probe(spec, ids, ExactTopK(vectors, K, spec.distance, watch), answers, index)
-        if probes:
+            self.probes[column] = _Probe(spec, ids, ExactTopK(vectors, K, spec.distance, watch), answers, index)
+        self.golden = self._golden(connector, golden, self.notes)
+
+    def settle(self, reader: BundleReader, dataset: DatasetManifest) -> tuple[SearchBaseline | None, list[str]]:
+        """After :meth:`ask`, with the source closed (its threads and memory no longer compete): one pass over
+        the vectors `dataset` wrote into `reader`'s repository for the exact top k; the baseline and the
+        notes for the user. None when there is nothing to record (no dense vector, ``--queries 0``, no
+        golden queries)."""
+        if self.probes:
             # Read ahead in a thread: decoding the parts and the distances (numpy) both release the GIL.
-            for batch in prefetch(reader.batches(dataset, columns=[ID, *probes])):
-                for column, probe in probes.items():
+            for batch in prefetch(reader.batches(dataset, columns=[ID, *self.probes])):
+                for column, probe in self.probes.items():
                     probe.search.add(batch.column(ID), batch.column(column))
         entries = []
-        for probe in probes.values():
+        for probe in self.probes.values():
             got = probe.answers if probe.answers is not None else probe.search.top()
             entries.append(
                 VectorBaseline(
@@ -122,13 +129,12 @@ class BaselineRecorder:
                     index=probe.index,
                 )
             )
-        golden_baseline = self._golden(connector, golden, notes)
-        if not entries and golden_baseline is None and not notes:
+        if not entries and self.golden is None and not self.notes:
             return None, []
         baseline = SearchBaseline(
-            seed=self.seed, k=K, vectors=tuple(entries), golden=golden_baseline, notes=tuple(notes)
+            seed=self.seed, k=K, vectors=tuple(entries), golden=self.golden, notes=tuple(self.notes)
         )
-        return baseline, [f"{name}: search baseline: {n}" for n in notes]
+        return baseline, [f"{self.description.name}: search baseline: {n}" for n in self.notes]
 
     def _golden(self, connector: VectorConnector, golden: GoldenFile | None, notes: list[str]) -> GoldenBaseline | None:
         """The source's recall of the golden queries of this collection, if the config names any."""

@@ -25,7 +25,7 @@ from aibackup.golden import load as load_golden
 from aibackup.golden import recall as golden_recall
 from aibackup.manifests.baseline import GoldenBaseline
 from aibackup.manifests.model import BundleManifest
-from aibackup.operations import _record, _sources, latest_bundle
+from aibackup.operations import latest_bundle, record_report, sources_of
 from aibackup.progress import Progress, Quiet
 from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions, judge
@@ -105,7 +105,7 @@ def restore_test(
     report = progress or Quiet()
     repo = repo or Repository.open(config.repository)
     results: list[DrillResult] = []
-    for source in _sources(config, names):
+    for source in sources_of(config, names):
         if source.restore_test_skip and not names:
             continue
         result = _drill(config, repo, source)
@@ -113,7 +113,7 @@ def restore_test(
         report.event(
             "restore_test", f"{source.name}: restore test {state} in {result.rto_seconds:.1f} s", **result.to_json()
         )
-        _record(config, reports.RESTORE_TESTS, {"kind": "restore-test", **result.to_json()}, repo)
+        record_report(config, reports.RESTORE_TESTS, {"kind": "restore-test", **result.to_json()}, repo)
         results.append(result)
     return DrillReport(results)
 

@@ -88,7 +88,7 @@ def backup_sources(
     `repo`: the config's repository, already opened (else its URL is used, and created when missing)."""
     report = progress or Quiet()
     runs: list[SourceRun] = []
-    for source in _sources(config, names):
+    for source in sources_of(config, names):
         started = time.perf_counter()
         options = SourceOptions(
             on_bad_line=source.on_bad_line,
@@ -129,7 +129,7 @@ def backup_sources(
                 notes=list(result.notes),
             )
         report.event("source_done", _summary(run), **run.to_json())
-        _record(config, reports.BACKUPS, {"kind": "backup", "uri": source.uri, **run.to_json()}, repo)
+        record_report(config, reports.BACKUPS, {"kind": "backup", "uri": source.uri, **run.to_json()}, repo)
         runs.append(run)
     return SourcesResult(runs)
 
@@ -140,13 +140,13 @@ def _summary(run: SourceRun) -> str:
     return f"{run.source}: FAILED: {run.error}"
 
 
-def _sources(config: Config, names: Sequence[str]) -> list[SourceConfig]:
+def sources_of(config: Config, names: Sequence[str]) -> list[SourceConfig]:
     if not config.sources:
         raise ConfigError(f"{config.path}: no sources configured")
     return [config.source(n) for n in names] if names else list(config.sources.values())
 
 
-def _record(config: Config, folder: str, report: dict[str, Any], repo: Repository | None = None) -> None:
+def record_report(config: Config, folder: str, report: dict[str, Any], repo: Repository | None = None) -> None:
     """Leave a report in the repository; a repository that cannot take it only loses history."""
     with contextlib.suppress(AibackupError, OSError):
         repo = repo or Repository.find(config.repository)

@@ -107,3 +107,22 @@ def test_sampler_of_an_empty_column_is_empty() -> None:
         sampler.add(batch)
     ids, vectors = sampler.sample("vector")
     assert ids == [] and vectors.size == 0
+
+
+def test_the_float32_screening_settles_in_float64_and_never_lowers_a_recall() -> None:
+    """Neighbours that float32 cannot tell apart: the exact answer is still recognised as exact."""
+    rng = np.random.default_rng(9)
+    query = rng.standard_normal(384)
+    # 40 records a hair from the query (float32 cannot order them), the rest far away.
+    near = query[None, :] + rng.standard_normal((40, 384)) * 1e-6
+    far = rng.standard_normal((960, 384)) * 3
+    data = np.vstack([far[:500], near, far[500:]]).astype(np.float32)
+    ids = [f"r{i}" for i in range(len(data))]
+    exact64 = ExactTopK(query[None, :], 10, "l2").distances(data.astype(np.float64))[0]
+    truth = [ids[i] for i in np.argsort(exact64, kind="stable")[:10]]
+    search = ExactTopK(query[None, :], 10, "l2", watch=truth)
+    for batch in batches(data, ids, 128):
+        search.add(batch.column("id"), batch.column("vector"))
+    assert all(i in {f"r{n}" for n in range(500, 540)} for i in search.top()[0])  # among the near ones
+    assert search.recalls([truth]).tolist() == [1.0]  # the true top 10 is a perfect answer
+    assert search.recalls([search.top()[0]]).tolist() == [1.0]
