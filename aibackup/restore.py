@@ -126,8 +126,7 @@ def run_restore(
     `target_uri` and prove it. `layout` (vectors): auto writes each collection in the application layout
     recorded at backup (aibackup.connectors.layouts), raw in each connector's own mapping, langchain or
     llamaindex in that framework's layout for the target."""
-    if layout not in layouts.CHOICES:
-        raise UsageError(f"bad --layout {layout!r}: expected one of {', '.join(layouts.CHOICES)}")
+    layouts.check_choice(layout)  # a bad flag is refused before anything is opened
     if mode not in MODES:
         raise UsageError(f"bad --mode {mode!r}: expected one of {', '.join(MODES)}")
     pairs = parse_renames(collections)
@@ -154,10 +153,9 @@ def run_restore(
         applied: dict[str, layouts.Applied | None] = {}
         for d, dest in selected:
             plan = connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy)
-            recorded = d.vectors_config().layout if d.kind == "vectors" else None
-            chosen = (
-                layouts.resolve(layout, recorded, source_kind, connector.kind, d.name) if d.kind == "vectors" else None
-            )
+            chosen = None
+            if d.kind == "vectors":
+                chosen = layouts.resolve(layout, d.vectors_config().layout, source_kind, connector.kind, d.name)
             if chosen is not None:
                 plan = layouts.apply(plan, chosen)
             applied[d.name] = chosen

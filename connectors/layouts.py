@@ -280,14 +280,19 @@ class Applied:
         return f"{self.framework} ({self.source} -> {self.target})" if self.source != self.target else self.framework
 
 
+def check_choice(choice: str) -> None:
+    """UsageError for a ``--layout`` value that is not one of :data:`CHOICES`."""
+    if choice not in CHOICES:
+        raise UsageError(f"bad --layout {choice!r}: expected one of {', '.join(CHOICES)}")
+
+
 def resolve(
     choice: str, recorded: Mapping[str, Any] | None, source: str, target: str, collection: str
 ) -> Applied | None:
     """The layout to write for `collection`: ``--layout`` `choice` (auto: the one `recorded` at backup),
     between the bundle's `source` backend kind and the `target` connector's kind. None: raw.
     Raises UsageError for a framework whose layout is not known on one of the backends."""
-    if choice not in CHOICES:
-        raise UsageError(f"bad --layout {choice!r}: expected one of {', '.join(CHOICES)}")
+    check_choice(choice)
     framework = (recorded or {}).get("framework", RAW) if choice == "auto" else choice
     if framework == RAW:
         return None
