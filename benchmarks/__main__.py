@@ -54,6 +54,19 @@ def sizes(rows: int, dim: int, qdrant_rows: int, backed_up: dict[str, Any] | Non
     }
 
 
+def _without_sections(argv: list[str]) -> list[str]:
+    """`argv` without ``--sections X`` (or ``--sections=X``)."""
+    out, skip = [], False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--sections":
+            skip = True
+        elif not word.startswith("--sections="):
+            out.append(word)
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=100_000, help="records of the Chroma collection")
@@ -78,7 +91,7 @@ def main(argv: list[str]) -> int:
         kept = json.loads(out.read_text()) if out.exists() and set(sections) != set(SECTIONS) else {}
         result = {
             **{k: v for k, v in kept.items() if k in (*SECTIONS, "section_dates")},
-            "command": shlex.join(argv),
+            "command": shlex.join(_without_sections(argv)),  # the page regenerates everything
             "machine": machine(),
             "date": time.strftime("%Y-%m-%d"),
             "repeats": args.repeats,
