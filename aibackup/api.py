@@ -58,6 +58,35 @@ class BundleList:
         return [dict(e) for e in self.entries]
 
 
+def backup(
+    repository: _repository.Where | _repository.Repository,
+    source: str,
+    collections: Sequence[str] = (),
+    *,
+    queries: int = DEFAULT_QUERIES,
+    on_bad_line: str = "fail",
+    job_config: str | None = None,
+    redact_secrets: bool = False,
+    golden_queries: str | None = None,
+    key_file: str | None = None,
+    progress: Progress | None = None,
+) -> BackupResult:
+    """Back up the store `source` into a new bundle of `repository`: an opened one, or a location where
+    one is created when missing or empty, and removed again if this first backup fails (what ``aibackup
+    backup SOURCE`` does; :meth:`Repository.backup` for an opened repository)."""
+    from aibackup.backup import SourceOptions, run_backup
+
+    options = SourceOptions(
+        on_bad_line=on_bad_line,
+        job_config=job_config,
+        redact_secrets=redact_secrets,
+        key_file=key_file,
+        queries=queries,
+        golden_queries=golden_queries,
+    )
+    return run_backup(repository, source, collections, source_options=options, progress=progress)
+
+
 class Repository(_repository.Repository):
     """A backup repository (a local path, ``s3://bucket/prefix``, or any fsspec URL), with the verbs."""
 
@@ -101,17 +130,18 @@ class Repository(_repository.Repository):
         progress: Progress | None = None,
     ) -> BackupResult:
         """Back up the store `source` (a URI, docs/stores.md) into a new bundle, as ``aibackup backup``."""
-        from aibackup.backup import SourceOptions, run_backup
-
-        options = SourceOptions(
+        return backup(
+            self,
+            source,
+            collections,
+            queries=queries,
             on_bad_line=on_bad_line,
             job_config=job_config,
             redact_secrets=redact_secrets,
-            key_file=key_file,
-            queries=queries,
             golden_queries=golden_queries,
+            key_file=key_file,
+            progress=progress,
         )
-        return run_backup(self, source, collections, source_options=options, progress=progress)
 
     def backup_sources(
         self,

@@ -51,7 +51,7 @@ def searchable(description: DatasetDescription) -> list[DenseVectorSpec]:
     """The dense vectors a baseline covers: single vectors (multivectors are proved by their digests)."""
     if description.kind != "vectors":
         return []
-    return sorted((d for d in description.config.dense if not d.multivector), key=lambda d: d.name)
+    return description.config.single_vectors()
 
 
 @dataclass

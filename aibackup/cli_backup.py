@@ -95,7 +95,7 @@ def backup(
     incrementally: only what is new since the previous bundle of the same source. A backup of a
     source already running (say an overlapping cron run) is refused by the repository lock.
     """
-    from aibackup.backup import SourceOptions, run_backup
+    from aibackup import api
     from aibackup.progress import make_progress
 
     repo, config = resolve(repo, config_path, need_config=source is None)
@@ -104,17 +104,22 @@ def backup(
         return
     if source_names:
         raise UsageError("--source names configured sources: give either SOURCE or --source")
-    options = SourceOptions(
-        on_bad_line=on_bad_line,
-        job_config=job_config,
-        redact_secrets=redact_secrets,
-        key_file=key_file or (config.key_file if config else None),
-        queries=queries,
-        golden_queries=_configured_golden(config, source),
-    )
     progress = make_progress(show_progress, log_format)
     try:
-        result = run_backup(repo, source, collections, source_options=options, progress=progress)
+        # Through the location, not an opened repository: a first backup creates it (and a failed one
+        # removes it again).
+        result = api.backup(
+            repo,
+            source,
+            collections,
+            queries=queries,
+            on_bad_line=on_bad_line,
+            job_config=job_config,
+            redact_secrets=redact_secrets,
+            golden_queries=_configured_golden(config, source),
+            key_file=key_file or (config.key_file if config else None),
+            progress=progress,
+        )
     finally:
         progress.close()
     if as_json:

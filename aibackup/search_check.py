@@ -73,7 +73,7 @@ def search_checks(
     dense = plan.target.config.dense
     single = len(dense) == 1
     out = [Check(_name(d, single), True, "skipped: multivector (digests cover it)") for d in dense if d.multivector]
-    specs = sorted((d for d in dense if not d.multivector), key=lambda d: d.name)
+    specs = plan.target.config.single_vectors()
     if not specs:
         return out
     if options.queries == 0:

@@ -324,7 +324,7 @@ _QDRANT_DISTANCES = {"cosine": "COSINE", "l2": "EUCLID", "ip": "DOT", "manhattan
 def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
     """What the application sets when it switches to the restored collection (the report's notes)."""
     name = plan.target.name
-    dense = [d for d in plan.target.config.dense if not d.multivector]
+    dense = plan.target.config.single_vectors()
     distance = dense[0].distance if dense else None
     lines = [f"layout {layout.describe()}: written where {layout.framework} reads it on {layout.target}"]
     if layout.target == "qdrant" and layout.framework == LANGCHAIN and distance:

@@ -173,6 +173,10 @@ class VectorsConfig:
             layout=_layout(fields.opt(doc, "layout", dict, where, None), f"{where}.layout"),
         )
 
+    def single_vectors(self) -> list[DenseVectorSpec]:
+        """The dense vectors that are one vector per record (not multivectors), by name."""
+        return sorted((d for d in self.dense if not d.multivector), key=lambda d: d.name)
+
     def dense_by_name(self, name: str) -> DenseVectorSpec:
         for spec in self.dense:
             if spec.name == name:

@@ -39,7 +39,7 @@ def chroma_shape(source: DatasetDescription, dest: str, allow_lossy: bool) -> Sh
             )
         dropped.append(f"{feature}: {mapping}")
 
-    plain = sorted((d for d in cfg.dense if not d.multivector), key=lambda d: d.name)
+    plain = cfg.single_vectors()
     keep = next((d for d in plain if d.name == ""), plain[0] if plain else None)
     multi = [d.name for d in cfg.dense if d.multivector]
     if multi and keep is None:
