@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Self
 
 from aibackup import repository as _repository
+from aibackup.config import FULL_EVERY
 from aibackup.crypto import passphrase_from
 from aibackup.recall_rule import DEFAULT_QUERIES, DEFAULT_TOLERANCE, CheckOptions
 from aibackup.repository import storage_of
@@ -32,6 +33,7 @@ from aibackup.repository import storage_of
 if TYPE_CHECKING:
     from aibackup.backup import BackupResult
     from aibackup.config import Config
+    from aibackup.diff import DiffResult
     from aibackup.drill import DrillReport
     from aibackup.manifests.model import BundleManifest
     from aibackup.operations import SourcesResult, StatusReport
@@ -70,10 +72,16 @@ def backup(
     golden_queries: str | None = None,
     key_file: str | None = None,
     progress: Progress | None = None,
+    full: bool = False,
+    full_every: int = FULL_EVERY,
 ) -> BackupResult:
     """Back up the store `source` into a new bundle of `repository`: an opened one, or a location where
     one is created when missing or empty, and removed again if this first backup fails (what ``aibackup
-    backup SOURCE`` does; :meth:`Repository.backup` for an opened repository)."""
+    backup SOURCE`` does; :meth:`Repository.backup` for an opened repository).
+
+    A vector collection is backed up incrementally when it can follow the chain of its previous bundle
+    (docs/bundle-format.md): `full` forces a full backup; `full_every` is the most incremental links
+    after a full backup (0: always full)."""
     from aibackup.backup import SourceOptions, run_backup
 
     options = SourceOptions(
@@ -83,6 +91,8 @@ def backup(
         key_file=key_file,
         queries=queries,
         golden_queries=golden_queries,
+        full=full,
+        full_every=full_every,
     )
     return run_backup(repository, source, collections, source_options=options, progress=progress)
 
@@ -128,8 +138,11 @@ class Repository(_repository.Repository):
         golden_queries: str | None = None,
         key_file: str | None = None,
         progress: Progress | None = None,
+        full: bool = False,
+        full_every: int = FULL_EVERY,
     ) -> BackupResult:
-        """Back up the store `source` (a URI, docs/stores.md) into a new bundle, as ``aibackup backup``."""
+        """Back up the store `source` (a URI, docs/stores.md) into a new bundle, as ``aibackup backup``
+        (`full`, `full_every`: see :func:`backup`)."""
         return backup(
             self,
             source,
@@ -141,6 +154,8 @@ class Repository(_repository.Repository):
             golden_queries=golden_queries,
             key_file=key_file,
             progress=progress,
+            full=full,
+            full_every=full_every,
         )
 
     def backup_sources(
@@ -150,12 +165,15 @@ class Repository(_repository.Repository):
         *,
         queries: int = DEFAULT_QUERIES,
         progress: Progress | None = None,
+        full: bool = False,
+        full_every: int | None = None,
     ) -> SourcesResult:
         """Back up every source of an aibackup.yaml (or the named ones) into this repository, each on its
-        own, as ``aibackup backup`` without SOURCE."""
+        own, as ``aibackup backup`` without SOURCE (`full_every`: over each source's ``full_every``)."""
         from aibackup.operations import backup_sources
 
-        return backup_sources(self._config(config), sources, progress, queries=queries, repo=self)
+        config_ = self._config(config)
+        return backup_sources(config_, sources, progress, queries=queries, repo=self, full=full, full_every=full_every)
 
     # --- reading -----------------------------------------------------------------------------------------
 
@@ -194,6 +212,17 @@ class Repository(_repository.Repository):
         if read_data:  # evidence for `status` and the metrics (best effort: a read-only repository loses it)
             record_verify(self, result.bundle_ids, result.ok, [p.to_json() for p in result.problems])
         return result
+
+    def diff(
+        self, a: str, b: str, collections: Sequence[str] = (), *, limit: int = 1000, key_file: str | None = None
+    ) -> DiffResult:
+        """The records added, changed and deleted from bundle `a` to bundle `b` (ids, unique prefixes or
+        latest) of one source, per collection (only `collections` when given), as ``aibackup diff``: exact
+        counts, and the first `limit` ids of each kind (0: counts only). UsageError (exit 2) for bundles of
+        different sources."""
+        from aibackup.diff import run_diff
+
+        return run_diff(self, a, b, collections, limit=limit, key_file=key_file)
 
     # --- restoring ---------------------------------------------------------------------------------------
 

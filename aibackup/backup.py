@@ -12,19 +12,22 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
 from aibackup import __version__, clock
 from aibackup.baseline import BaselineRecorder, seed_for
 from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
+from aibackup.config import FULL_EVERY
 from aibackup.connectors import layouts
+from aibackup.connectors.base import Connector, DatasetDescription
 from aibackup.connectors.registry import open_connector, parse_location
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
 from aibackup.golden import GoldenFile
 from aibackup.golden import load as load_golden
+from aibackup.incremental import CHAINED_KINDS, Delta, Outcome, ParentIndex, TooManyChanges, full_reason
 from aibackup.lock import DEFAULT_STALE_AFTER, LockedError, RepositoryLock
 from aibackup.manifests.model import DIGEST_ALGORITHM, BundleManifest, DatasetManifest
 from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
@@ -43,6 +46,8 @@ class SourceOptions:
     key_file: str | None = None  # the repository key, instead of AIBACKUP_KEY
     queries: int = DEFAULT_QUERIES  # vectors: query records of the search baseline per dense vector (0: none)
     golden_queries: str | None = None  # vectors: the config's golden queries, asked of the source too
+    full: bool = False  # vectors: a full backup even where an incremental one could follow the chain
+    full_every: int = FULL_EVERY  # vectors: incremental links after a full backup before the next full one
 
     def connector_options(self, key: RepositoryKey | None, exclude: Sequence[str]) -> dict[str, object]:
         return {
@@ -60,6 +65,11 @@ class BackupResult:
     repository_created: bool
     seconds: float
     notes: tuple[str, ...] = ()
+    #: How each dataset was backed up, by name (full or incremental, bytes written, tombstones).
+    outcomes: Mapping[str, Outcome] = field(default_factory=dict)
+
+    def outcome(self, dataset: DatasetManifest) -> Outcome:
+        return self.outcomes.get(dataset.name) or Outcome.of(dataset, self.bundle_id, None)
 
     @property
     def bundle_id(self) -> str:
@@ -81,6 +91,9 @@ class BackupResult:
                     "rows": d.rows,
                     "new_rows": sum(p.rows for p in d.parts if p.path.startswith(own)),
                     "incremental": d.extends is not None,
+                    "new_bytes": self.outcome(d).new_bytes,
+                    "deleted": self.outcome(d).deleted,
+                    "full_reason": self.outcome(d).full_reason,
                 }
                 for d in self.manifest.datasets
             ],
@@ -166,10 +179,21 @@ def run_backup(
         golden = _golden(source_options.golden_queries, notes)
         datasets: list[DatasetManifest] = []
         recorders: list[BaselineRecorder] = []
+        outcomes: dict[str, Outcome] = {}
         committing = False
         try:
             with steady_memory():
                 for index, description in enumerate(descriptions):
+                    if description.kind in CHAINED_KINDS:
+                        chained = _write_chained(
+                            connector, repo, writer, index, description, source, source_options, report
+                        )
+                        chained.recorder.ask(golden)
+                        recorders.append(chained.recorder)
+                        datasets.append(chained.dataset)
+                        outcomes[description.name] = Outcome.of(chained.dataset, bundle_id, chained.full_reason)
+                        notes += chained.notes
+                        continue
                     previous = _previous(repo, parent, description.name, description.kind)
                     if previous is not None and previous.digest_algorithm != DIGEST_ALGORITHM:
                         # The dataset digest of a chain is a sum: every link must use one algorithm.
@@ -243,7 +267,92 @@ def run_backup(
                 repo.forget()
             raise
         lock.release()
-    return BackupResult(manifest, created, time.perf_counter() - timer, tuple(notes))
+    return BackupResult(manifest, created, time.perf_counter() - timer, tuple(notes), outcomes)
+
+
+@dataclass
+class _Chained:
+    """One chained-kind dataset written: its manifest, its baseline recorder, why it is full (or None)."""
+
+    dataset: DatasetManifest
+    recorder: BaselineRecorder
+    full_reason: str | None
+    notes: list[str]
+
+
+def _write_chained(
+    connector: Connector,
+    repo: Repository,
+    writer: BundleWriter,
+    index: int,
+    description: DatasetDescription,
+    source: Mapping[str, object],
+    options: SourceOptions,
+    report: Progress,
+) -> _Chained:
+    """Write a vector dataset as a link after its previous bundle's chain, or in full (aibackup.incremental):
+    read the source once, or twice when the first read finds that more than half the records changed."""
+    reader = BundleReader(repo)
+    previous_bundle, previous = _previous_dataset(repo, source, description)
+    reason = full_reason(reader, previous, description, full=options.full, full_every=options.full_every)
+    delta = None
+    if reason is None and previous is not None:
+        try:
+            delta = Delta(previous, ParentIndex.load(reader, previous), connector.id_types)
+        except AibackupError as exc:
+            reason = f"the previous bundle's record index cannot be used ({exc})"
+    folder = writer.dataset_folder(index, description.name)
+    while True:
+        recorder = BaselineRecorder(connector, description, options.queries, seed_for(writer.bundle_id))
+        detector = layouts.Detector(connector.kind)
+        report.dataset(description.name, description.rows)
+        stream = collecting(prefetch(connector.export(description, None)))
+        try:
+            dataset = writer.write_dataset(
+                index,
+                description,
+                stream,
+                connector.id_types,
+                report.advance,
+                _each(recorder.add, detector.add),
+                select=delta,
+                with_index=True,
+            )
+            if delta is not None and previous_bundle is not None:
+                dataset = delta.link(reader, writer, folder, dataset, previous_bundle)
+        except TooManyChanges as exc:
+            writer.discard(folder + "/")
+            reason, delta = str(exc), None
+            continue  # once: a full write never raises it
+        finally:
+            stream.close()
+        break
+    found = detector.result()
+    if found is not None:  # every record is in a framework's layout: the restore keeps it
+        dataset = replace(dataset, config={**dataset.config, "layout": found})
+    notes = [f"{description.name}: full backup: {reason}"] if reason and previous is not None else []
+    return _Chained(dataset, recorder, reason, notes)
+
+
+def _previous_dataset(
+    repo: Repository, source: Mapping[str, object], description: DatasetDescription
+) -> tuple[str | None, DatasetManifest | None]:
+    """The newest earlier bundle of the same source that holds this collection, with its dataset: the one an
+    incremental backup follows (a bundle that could not be read is skipped; `verify` reports it)."""
+    for bundle_id in reversed(repo.bundle_ids()):
+        try:
+            manifest = repo.load(bundle_id)
+        except AibackupError:
+            continue
+        if source_identity(manifest.source) != source_identity(source):
+            continue
+        try:
+            dataset = manifest.dataset(description.name)
+        except KeyError:
+            continue
+        if dataset.kind == description.kind:
+            return bundle_id, dataset
+    return None, None
 
 
 def _each(*watchers: Callable[[pa.RecordBatch], None]) -> Callable[[pa.RecordBatch], None]:

@@ -11,18 +11,22 @@ about ``part_bytes``, so memory stays bounded whatever the dataset size.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aibackup.chains import Removed
 from aibackup.connectors.base import DatasetDescription
 from aibackup.errors import IntegrityError, SourceDataError, UnavailableError, first_line
-from aibackup.manifests.digest import DIGEST_ALGORITHM, DatasetDigest
+from aibackup.manifests.chain import INDEX_SCHEMA, TOMBSTONE_SCHEMA, ChainLink
+from aibackup.manifests.digest import DIGEST_ALGORITHM, DatasetDigest, record_digests
 from aibackup.manifests.kinds import arrow_schema
 from aibackup.manifests.model import DatasetManifest, FieldEntry, ManifestError, PartEntry
 from aibackup.manifests.vectors import float_vector_paths
@@ -30,6 +34,8 @@ from aibackup.repository import Repository
 from aibackup.storage import CHUNK, HashingWriter
 
 IdTypes = Callable[[pa.Array], Counter[str]]
+#: An incremental backup's choice of the rows of a batch to write, given their record digests (None: all).
+Select = Callable[[pa.RecordBatch, list[bytes]], "np.ndarray | None"]
 
 #: Parts encoded at once, each by its own thread (the machine this was tuned on has 2 cores).
 ENCODERS = 2
@@ -83,7 +89,9 @@ def _is_vector(typ: pa.DataType) -> bool:
 class _PartSink:
     """One part being written: the hashing file and its Parquet writer."""
 
-    def __init__(self, repo: Repository, path: str, schema: pa.Schema, options: WriteOptions) -> None:
+    def __init__(
+        self, repo: Repository, path: str, schema: pa.Schema, options: WriteOptions, *, plain: bool = False
+    ) -> None:
         self.path = path
         self.rows = 0
         self.arrow_bytes = 0
@@ -92,7 +100,10 @@ class _PartSink:
         # needs the GIL, which the digests hold most of the time (measured 1.9x raw pyarrow with per-page
         # calls).
         self.stream = pa.BufferedOutputStream(pa.PythonFile(self.file, mode="w"), buffer_size=CHUNK)
-        self.writer = pq.ParquetWriter(self.stream, schema, **parquet_options(schema, options))
+        # plain (record indexes, tombstones): unique ids and digests, where dictionaries and statistics are
+        # waste.
+        kwargs = _PLAIN if plain else parquet_options(schema, options)
+        self.writer = pq.ParquetWriter(self.stream, schema, **kwargs)
 
     def write(self, table: pa.Table) -> None:
         self.writer.write_table(table, row_group_size=max(table.num_rows, 1))
@@ -109,6 +120,77 @@ class _PartSink:
         with contextlib.suppress(Exception):  # the original error matters, not this one
             self.writer.close()
         self.file.abort()
+
+
+_PLAIN: dict[str, object] = {
+    "compression": "zstd",
+    "compression_level": 1,
+    "use_dictionary": False,
+    "write_statistics": False,
+    "write_page_checksum": True,
+}
+
+
+class _IndexWriter:
+    """The record-index parts of one dataset (INDEX_SCHEMA: id and digest of each record written, in
+    order), encoded in their own thread and rolled like record parts."""
+
+    GROUP_ROWS = 65536
+
+    def __init__(self, writer: BundleWriter, folder: str) -> None:
+        self.writer = writer
+        self.folder = folder
+        self.ids: list[pa.Array] = []
+        self.digests: list[bytes] = []
+        self.pending = 0
+        self.number = 0
+        self.sink: _PartSink | None = None
+        self.parts: list[PartEntry] = []
+        self.encoder = _Encoder(ahead=4)
+
+    def add(self, ids: pa.Array, digests: list[bytes]) -> None:
+        self.ids.append(ids)
+        self.digests += digests
+        self.pending += len(ids)
+        if self.pending >= self.GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        data = pa.py_buffer(b"".join(self.digests))
+        digests = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), self.pending, [None, data])
+        ids = pa.concat_arrays([a.cast(pa.string()) for a in self.ids])
+        table = pa.Table.from_arrays([ids, digests], schema=INDEX_SCHEMA)
+        self.ids, self.digests, self.pending = [], [], 0
+        self.encoder.submit(self._write, table)
+
+    def _write(self, table: pa.Table) -> None:
+        if self.sink is None:
+            path = f"{self.folder}/index-{self.number:05d}.parquet"
+            self.writer.created.append(path)
+            self.sink = _PartSink(self.writer.repo, path, INDEX_SCHEMA, self.writer.options, plain=True)
+        self.sink.write(table)
+        if self.sink.arrow_bytes >= self.writer.options.part_bytes:
+            self._roll()
+
+    def _roll(self) -> None:
+        assert self.sink is not None
+        self.parts.append(self.sink.finish(self.writer.repo))
+        self.sink = None
+        self.number += 1
+
+    def finish(self) -> tuple[PartEntry, ...]:
+        self._flush()
+        self.encoder.submit(lambda: self._roll() if self.sink is not None else None)
+        self.encoder.drain()
+        self.encoder.stop()
+        return tuple(self.parts)
+
+    def abort(self) -> None:
+        self.encoder.stop()
+        if self.sink is not None:
+            self.sink.abort()
 
 
 class _Encoder:
@@ -155,12 +237,15 @@ class BundleWriter:
         #: Every part path this writer created (finished or not), for `discard`.
         self.created: list[str] = []
 
-    def discard(self) -> None:
-        """Remove the parts of a bundle that will not be committed (best effort: a part left behind is an
-        unreferenced orphan, harmless to every reader)."""
-        for path in self.created:
+    def discard(self, prefix: str = "") -> None:
+        """Remove the parts of a bundle that will not be committed (only those under `prefix`, when given:
+        a dataset written again). Best effort: a part left behind is an unreferenced orphan, harmless to
+        every reader."""
+        gone = [path for path in self.created if path.startswith(prefix)]
+        for path in gone:
             with contextlib.suppress(Exception):
                 self.repo.storage.remove(path)
+        self.created = [path for path in self.created if not path.startswith(prefix)]
 
     def write_dataset(
         self,
@@ -170,18 +255,25 @@ class BundleWriter:
         id_types: IdTypes | None = None,
         on_rows: Callable[[int], None] | None = None,
         on_batch: Callable[[pa.RecordBatch], None] | None = None,
+        select: Select | None = None,
+        with_index: bool = False,
     ) -> DatasetManifest:
         """Stream `batches` (canonical schema of `description`) into parts; return the dataset's manifest.
 
-        `on_batch` sees every batch that is written, once its schema is checked, in the calling thread
-        (the backup samples its search-baseline queries there).
+        `on_batch` sees every batch read, once its schema is checked, in the calling thread (the backup
+        samples its search-baseline queries there). `select` (an incremental backup) is given every batch
+        read with its record digests and returns the rows to write (None: all); the manifest's rows,
+        digest and id types are those of the records written. With `with_index`, the id and digest of every
+        record written also go into record-index parts (aibackup.manifests.chain), in record order, and the
+        manifest is a chain of one link (this bundle's).
 
         Raises SourceDataError if a batch does not have the dataset's schema (a connector bug must not
         produce a bundle that cannot be restored).
         """
         schema = description.schema
-        folder = f"{self.repo.part_prefix(self.bundle_id)}/{index:03d}-{slug(description.name)}"
+        folder = self.dataset_folder(index, description.name)
         digest = DatasetDigest(algorithm=DIGEST_ALGORITHM)  # new datasets: always the current algorithm
+        record_index = _IndexWriter(self, folder) if with_index else None
         kinds: Counter[str] = Counter()
         finished: dict[int, PartEntry] = {}
         sinks: dict[int, _PartSink] = {}  # open parts; each is touched only by its own encoder thread
@@ -232,20 +324,31 @@ class BundleWriter:
                     )
                 if batch.num_rows == 0:
                     continue
-                digest.add_batch(batch)
-                ids = batch.column(0)
-                kinds.update(id_types(ids) if id_types else {"string": len(ids)})
-                pending.append(batch)
-                pending_bytes += batch.nbytes
+                digests = record_digests(batch, (), digest.algorithm)
                 if on_rows is not None:
                     on_rows(batch.num_rows)
                 if on_batch is not None:
                     on_batch(batch)
+                if select is not None:
+                    keep = select(batch, digests)
+                    if keep is not None:
+                        batch = batch.filter(pa.array(keep))
+                        digests = list(itertools.compress(digests, keep))
+                        if batch.num_rows == 0:
+                            continue
+                digest.add_digests(digests)
+                ids = batch.column(0)
+                kinds.update(id_types(ids) if id_types else {"string": len(ids)})
+                if record_index is not None:
+                    record_index.add(ids, digests)
+                pending.append(batch)
+                pending_bytes += batch.nbytes
                 if pending_bytes >= self.options.row_group_bytes:
                     flush()
             flush()
             if part_bytes:
                 encoders[part % ENCODERS].submit(finish_part, part)
+            index_parts = record_index.finish() if record_index is not None else ()
             for encoder in encoders:
                 encoder.drain()
         except BaseException:
@@ -253,11 +356,17 @@ class BundleWriter:
                 encoder.stop()
             for sink in sinks.values():
                 sink.abort()
+            if record_index is not None:
+                record_index.abort()
             raise
         finally:
             for encoder in encoders:
                 encoder.stop()
         parts = tuple(finished[number] for number in sorted(finished))
+        chain: tuple[ChainLink, ...] = ()
+        if with_index:
+            rows = digest.rows
+            chain = (ChainLink(self.bundle_id, len(parts), rows, index_parts, (), added=rows, changed=0, deleted=0),)
         return DatasetManifest(
             name=description.name,
             kind=description.kind,
@@ -268,7 +377,23 @@ class BundleWriter:
             digest_algorithm=digest.algorithm,
             parts=parts,
             id_types=dict(sorted(kinds.items())),
+            chain=chain,
         )
+
+    def write_table(self, path: str, table: pa.Table) -> PartEntry:
+        """Write one small part (a link's tombstones) whole, in the calling thread."""
+        self.created.append(path)
+        sink = _PartSink(self.repo, path, table.schema, self.options, plain=True)
+        try:
+            sink.write(table)
+            return sink.finish(self.repo)
+        except BaseException:
+            sink.abort()
+            raise
+
+    def dataset_folder(self, index: int, name: str) -> str:
+        """Where the parts of the bundle's `index`-th dataset go."""
+        return f"{self.repo.part_prefix(self.bundle_id)}/{index:03d}-{slug(name)}"
 
 
 class BundleReader:
@@ -298,33 +423,88 @@ class BundleReader:
     def batches(
         self, dataset: DatasetManifest, batch_rows: int = 8192, columns: Sequence[str] | None = None
     ) -> Iterator[pa.RecordBatch]:
-        """Every record of `dataset` in bundle order, as batches of at most `batch_rows` rows (only
-        `columns`, when given: Parquet reads no other column).
+        """Every live record of `dataset` in bundle order, as batches of at most `batch_rows` rows (only
+        `columns`, when given: Parquet reads no other column). For a chained dataset these are the records
+        of every link less those its tombstones remove (aibackup.chains).
 
         Each part is checked as it is opened (size, Parquet page checksums, schema and row count against
         the manifest); any damage raises IntegrityError naming the part. Callers that must refuse damage
         *before* acting (restore) run :meth:`check_part` with ``read_data=True`` on every part first.
         """
+        removed = self.removed(dataset)
         expected = dataset_schema(dataset)
+        start = 0
         for part in dataset.parts:
-            where = self.repo.storage.display(part.path)
-            try:
-                with self.repo.storage.open_read(part.path) as f:
-                    pf = pq.ParquetFile(f, page_checksum_verification=True)
-                    # Arrow type equality ignores list item names ("item" in memory, "element" in Parquet).
-                    if not pf.schema_arrow.equals(expected):
-                        raise IntegrityError(f"damaged part {where}: schema differs from the manifest")
-                    if pf.metadata.num_rows != part.rows:
-                        raise IntegrityError(
-                            f"damaged part {where}: {pf.metadata.num_rows} rows, manifest says {part.rows}"
-                        )
-                    yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
-            except FileNotFoundError:
-                raise IntegrityError(f"missing part {where}") from None
-            except pa.ArrowException as exc:  # undecodable Parquet: damage
+            for batch in self._part_batches(part, expected, batch_rows, columns):
+                rows = batch.num_rows
+                keep = removed.keep(start, rows) if removed is not None else None
+                start += rows
+                if keep is not None:
+                    batch = batch.filter(pa.array(keep))
+                if batch.num_rows:
+                    yield batch
+
+    def removed(self, dataset: DatasetManifest) -> Removed | None:
+        """The records a chained dataset's tombstones remove (None for a dataset that is not chained)."""
+        if not dataset.chained:
+            return None
+        tables = [
+            (
+                n,
+                pa.Table.from_batches(
+                    list(self._part_batches(part, TOMBSTONE_SCHEMA, 1 << 20, ("part", "row", "deleted")))
+                ),
+            )
+            for n, link in enumerate(dataset.chain)
+            for part in link.tombstones
+        ]
+        return Removed.of(dataset, tables)
+
+    def id_digests(self, dataset: DatasetManifest, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+        """(id, digest) of every live record of `dataset` (INDEX_SCHEMA), from its record index where it has
+        one (no record is read), else computed from its records (bundles of 0.3.x, other kinds)."""
+        if not dataset.chain:
+            for batch in self.batches(dataset, batch_rows):
+                digests = record_digests(batch, (), dataset.digest_algorithm)
+                data = pa.py_buffer(b"".join(digests))
+                column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), batch.num_rows, [None, data])
+                yield pa.RecordBatch.from_arrays([batch.column(0).cast(pa.string()), column], schema=INDEX_SCHEMA)
+            return
+        removed = self.removed(dataset)
+        start = 0
+        for link in dataset.chain:
+            for part in link.index:
+                for batch in self._part_batches(part, INDEX_SCHEMA, batch_rows, None):
+                    rows = batch.num_rows
+                    keep = removed.keep(start, rows) if removed is not None else None
+                    start += rows
+                    if keep is not None:
+                        batch = batch.filter(pa.array(keep))
+                    if batch.num_rows:
+                        yield batch
+
+    def _part_batches(
+        self, part: PartEntry, expected: pa.Schema, batch_rows: int, columns: Sequence[str] | None
+    ) -> Iterator[pa.RecordBatch]:
+        """The batches of one part, checked as it is opened (see :meth:`batches`)."""
+        where = self.repo.storage.display(part.path)
+        try:
+            with self.repo.storage.open_read(part.path) as f:
+                pf = pq.ParquetFile(f, page_checksum_verification=True)
+                # Arrow type equality ignores list item names ("item" in memory, "element" in Parquet).
+                if not pf.schema_arrow.equals(expected):
+                    raise IntegrityError(f"damaged part {where}: schema differs from the manifest")
+                if pf.metadata.num_rows != part.rows:
+                    raise IntegrityError(
+                        f"damaged part {where}: {pf.metadata.num_rows} rows, manifest says {part.rows}"
+                    )
+                yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+        except FileNotFoundError:
+            raise IntegrityError(f"missing part {where}") from None
+        except pa.ArrowException as exc:  # undecodable Parquet: damage
+            raise IntegrityError(f"damaged part {where}: {first_line(exc)}") from None
+        except OSError as exc:
+            # pyarrow reports a failed page CRC as a plain OSError; anything else is the storage.
+            if "checksum" in str(exc).lower():
                 raise IntegrityError(f"damaged part {where}: {first_line(exc)}") from None
-            except OSError as exc:
-                # pyarrow reports a failed page CRC as a plain OSError; anything else is the storage.
-                if "checksum" in str(exc).lower():
-                    raise IntegrityError(f"damaged part {where}: {first_line(exc)}") from None
-                raise UnavailableError(f"cannot read {where}: {first_line(exc)}") from None
+            raise UnavailableError(f"cannot read {where}: {first_line(exc)}") from None

@@ -155,7 +155,7 @@ def _layout_check(
 # --- record-by-record comparison ------------------------------------------------------------------------
 
 
-class _Side:
+class BucketedSide:
     """One side of the comparison, split into buckets by a hash of the id (spilled to Parquet if large)."""
 
     def __init__(self, name: str, buckets: int, folder: Path | None, vector_types: Mapping[str, pa.DataType]):
@@ -172,10 +172,14 @@ class _Side:
         digests = record_digests(batch, exclude)
         ids = batch.column("id")
         columns = [ids, pa.array(digests, pa.binary(16))] + [batch.column(c) for c in exclude]
-        slim = pa.RecordBatch.from_arrays(columns, schema=self.schema)
+        self.put(pa.RecordBatch.from_arrays(columns, schema=self.schema))
+
+    def put(self, slim: pa.RecordBatch) -> None:
+        """Add records already in this side's schema (id, digest, tolerated vectors) to their buckets."""
         if self.buckets == 1:
             self.memory.append(slim)
             return
+        ids = slim.column(0)
         bucket_of = np.fromiter((_bucket(i, self.buckets) for i in ids.to_pylist()), dtype=np.int64, count=len(ids))
         for b in np.unique(bucket_of):
             part = slim.filter(pa.array(bucket_of == b))
@@ -205,7 +209,7 @@ def _bucket(record_id: str, buckets: int) -> int:
     return int.from_bytes(h, "little") % buckets
 
 
-def _bucket_count(rows: int, vector_types: Mapping[str, pa.DataType]) -> int:
+def bucket_count(rows: int, vector_types: Mapping[str, pa.DataType]) -> int:
     per_row = 64 + sum(_row_bytes(t) for t in vector_types.values())
     return max(1, math.ceil(rows * per_row / BUCKET_BYTES))
 
@@ -228,12 +232,12 @@ def _compare(
 ) -> list[Check]:
     exclude = sorted(tolerances)
     vector_types = {c: schema.field(c).type for c in exclude}
-    buckets = _bucket_count(rows, vector_types)
+    buckets = bucket_count(rows, vector_types)
     tally = _Tally()
     with tempfile.TemporaryDirectory(prefix="aibackup-check-") as tmp:
         folder = Path(tmp) if buckets > 1 else None
-        exp = _Side("expected", buckets, folder, vector_types)
-        act = _Side("actual", buckets, folder, vector_types)
+        exp = BucketedSide("expected", buckets, folder, vector_types)
+        act = BucketedSide("actual", buckets, folder, vector_types)
         for side, stream in ((exp, expected), (act, actual)):
             for batch in stream:
                 side.add(batch, exclude)

@@ -18,6 +18,7 @@ from aibackup.cli_common import (
     size,
     table,
 )
+from aibackup.config import FULL_EVERY
 from aibackup.errors import (
     UsageError,
 )
@@ -66,6 +67,19 @@ from aibackup.recall_rule import DEFAULT_QUERIES
     help="Vectors: query records sampled per dense vector for the search baseline (the source's own answers, "
     "which a restore is compared with); 0 records none.",
 )
+@click.option(
+    "--full",
+    is_flag=True,
+    help="Vectors: a full backup, even where an incremental one could follow the previous bundle's chain.",
+)
+@click.option(
+    "--full-every",
+    type=click.IntRange(0, 100_000),
+    default=None,
+    metavar="N",
+    help=f"Vectors: at most N incremental backups after a full one, then a full one (default {FULL_EVERY}, or "
+    "the source's full_every; 0: every backup full).",
+)
 @key_file_option
 @observe_options
 @repo_option
@@ -79,6 +93,8 @@ def backup(
     job_config: str | None,
     redact_secrets: bool,
     queries: int,
+    full: bool,
+    full_every: int | None,
     key_file: str | None,
     show_progress: bool | None,
     log_format: str,
@@ -91,16 +107,22 @@ def backup(
 
     SOURCE is chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT,
     conversations:PATH, conversations+sqlite:PATH?table=T, finetune:PATH or config:PATH.
-    The repository is created if it is missing or empty. Conversation logs are backed up
-    incrementally: only what is new since the previous bundle of the same source. A backup of a
-    source already running (say an overlapping cron run) is refused by the repository lock.
+    The repository is created if it is missing or empty. Vector collections are backed up
+    incrementally once a full backup exists: the source is read whole, and only the records added or
+    changed since the previous bundle are written, with tombstones for those deleted (full again with
+    --full, every --full-every backups, when more than half the records changed or the vectors' shape
+    did). Conversation logs are backed up incrementally: only what is new since the previous bundle of
+    the same source. A backup of a source already running (say an overlapping cron run) is refused by
+    the repository lock.
     """
     from aibackup import api
     from aibackup.progress import make_progress
 
     repo, config = resolve(repo, config_path, need_config=source is None)
     if source is None:
-        _backup_config(config, source_names, queries, show_progress, log_format, metrics_file, as_json)
+        _backup_config(
+            config, source_names, queries, full, full_every, show_progress, log_format, metrics_file, as_json
+        )
         return
     if source_names:
         raise UsageError("--source names configured sources: give either SOURCE or --source")
@@ -119,6 +141,8 @@ def backup(
             golden_queries=_configured_golden(config, source),
             key_file=key_file or (config.key_file if config else None),
             progress=progress,
+            full=full,
+            full_every=_configured(config, source, "full_every", FULL_EVERY) if full_every is None else full_every,
         )
     finally:
         progress.close()
@@ -132,15 +156,16 @@ def backup(
     click.echo(f"bundle {m.bundle_id} committed ({result.seconds:.1f} s)")
     own = f"data/{m.bundle_id}/"
     table(
-        ["COLLECTION", "KIND", "ROWS", "NEW", "PARTS", "BYTES"],
+        ["COLLECTION", "KIND", "ROWS", "NEW", "DELETED", "WRITTEN", "TOTAL"],
         [
             [
                 d.name,
                 d.kind,
                 str(d.rows),
                 str(sum(p.rows for p in d.parts if p.path.startswith(own))) + (" (incremental)" if d.extends else ""),
-                str(len(d.parts)),
-                size(sum(p.bytes for p in d.parts)),
+                str(result.outcome(d).deleted),
+                size(result.outcome(d).new_bytes),
+                size(sum(p.bytes for p in d.all_parts())),
             ]
             for d in m.datasets
         ],
@@ -155,21 +180,29 @@ def backup(
 def _configured_golden(config: Any, source: str) -> str | None:
     """The golden queries the config names for the store `source` (a source given by URI is still the
     configured source of that store: its bundles get the golden baseline the drill compares with)."""
+    golden = _configured(config, source, "golden_queries", None)
+    return str(golden) if golden else None
+
+
+def _configured(config: Any, source: str, key: str, default: Any) -> Any:
+    """A setting of the configured source whose store is `source` (`default` when none is)."""
     if config is None:
-        return None
+        return default
     from aibackup.connectors.registry import parse_location
 
     store = parse_location(source).display()
     for configured in config.sources.values():
         if parse_location(configured.uri).display() == store:
-            return str(configured.golden_queries) if configured.golden_queries else None
-    return None
+            return getattr(configured, key)
+    return default
 
 
 def _backup_config(
     config: Any,
     names: tuple[str, ...],
     queries: int,
+    full: bool,
+    full_every: int | None,
     show_progress: bool | None,
     log_format: str,
     metrics_file: str | None,
@@ -182,7 +215,7 @@ def _backup_config(
     progress = make_progress(show_progress, log_format)
     try:
         # Through the URL, not an opened repository: the first backup creates it (as `backup SOURCE`).
-        result = backup_sources(config, names, progress, queries=queries)
+        result = backup_sources(config, names, progress, queries=queries, full=full, full_every=full_every)
     finally:
         progress.close()
     runs = result.runs

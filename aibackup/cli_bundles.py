@@ -1,4 +1,4 @@
-"""The commands on bundles: `list`, `show`, `verify`, `restore`."""
+"""The commands on bundles: `list`, `show`, `verify`, `diff`, `restore`."""
 
 from __future__ import annotations
 
@@ -154,6 +154,66 @@ def verify(
 
 
 @click.command()
+@click.argument("bundle_a", metavar="BUNDLE_A")
+@click.argument("bundle_b", metavar="BUNDLE_B")
+@click.option(
+    "--collection",
+    "collections",
+    multiple=True,
+    metavar="NAME",
+    help="Compare only this collection (repeatable). Default: every collection of either bundle.",
+)
+@click.option(
+    "--limit",
+    default=1000,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="List at most N ids of each kind (added, changed, deleted) per collection; 0: counts only.",
+)
+@key_file_option
+@repo_option
+@config_option
+@json_option
+def diff(
+    bundle_a: str,
+    bundle_b: str,
+    collections: tuple[str, ...],
+    limit: int,
+    key_file: str | None,
+    repo: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """The records added, changed and deleted from BUNDLE_A to BUNDLE_B (ids, unique prefixes, or
+    `latest`), two bundles of one source, per collection: exact counts, then the ids."""
+    url, config = resolve(repo, config_path)
+    result = open_repository(url).diff(
+        bundle_a, bundle_b, collections, limit=limit, key_file=key_file or (config.key_file if config else None)
+    )
+    if as_json:
+        emit_json(result.to_json())
+        return
+    click.echo(f"from {result.a} to {result.b} ({result.source.get('kind')} {result.source.get('uri')})\n")
+    table(
+        ["COLLECTION", "ADDED", "CHANGED", "DELETED"],
+        [[d.name, str(d.added), str(d.changed), str(d.deleted)] for d in result.datasets],
+    )
+    for d in result.datasets:
+        if not d.total or not limit:
+            continue
+        click.echo(f"\ncollection {d.name!r}:")
+        for kind, mark, count in (("added", "+", d.added), ("changed", "~", d.changed), ("deleted", "-", d.deleted)):
+            listed = d.ids[kind]
+            for record_id in listed:
+                click.echo(f"{mark} {record_id}")
+            more = count - len(listed)
+            if more:
+                click.echo(f"… and {more} more {kind}")
+    if not result.total:
+        click.echo("\nno differences")
+
+
+@click.command()
 @click.argument("bundle", required=False)
 @click.option(
     "--to",
@@ -289,4 +349,4 @@ def restore(
         sys.exit(EXIT_INTEGRITY)
 
 
-COMMANDS = [list_, show, verify, restore]
+COMMANDS = [list_, show, verify, diff, restore]

@@ -17,6 +17,7 @@ from aibackup.cli_common import (
     open_repository,
     repo_option,
     resolve,
+    size,
     table,
 )
 from aibackup.errors import EXIT_INTEGRITY
@@ -29,6 +30,14 @@ def _age(seconds: float | None) -> str:
         if seconds >= span:
             return f"{seconds / span:.1f}{unit}"
     return f"{seconds:.0f}s"
+
+
+def _wrote(run: dict[str, Any] | None) -> str:
+    """What the last successful backup run wrote: bytes, and new records of all."""
+    if not run:
+        return "-"
+    written = run.get("new_bytes", run.get("bytes"))
+    return f"{size(int(written or 0))} ({run.get('new_rows', 0)} of {run.get('rows', 0)} rows)"
 
 
 @click.command()
@@ -56,10 +65,12 @@ def status(metrics_file: str | None, repo: str | None, config_path: str | None, 
                     _age(s.age_seconds),
                     _age(s.rpo_seconds),
                     "BREACHED" if s.rpo_breached else "ok",
+                    _wrote(s.last_successful_backup),
                     tested,
                 ]
             )
-        table(["SOURCE", "NEWEST BUNDLE", "AGE", "RPO", "RPO STATUS", "LAST RESTORE TEST (RTO)"], rows)
+        headers = ["SOURCE", "NEWEST BUNDLE", "AGE", "RPO", "RPO STATUS", "LAST RUN WROTE", "LAST RESTORE TEST (RTO)"]
+        table(headers, rows)
     conclude(config, metrics_file, 0 if report.ok else EXIT_INTEGRITY, as_json)
 
 
@@ -174,6 +185,11 @@ def prune(
         f"({result.bytes_removed} bytes), {len(result.orphans_removed)} orphan part(s); "
         f"{len(result.orphans_waiting)} orphan part(s) younger than the grace period kept"
     )
+    if result.parts_kept_for_chains:
+        click.echo(
+            f"{len(result.parts_kept_for_chains)} part(s) of {'these' if dry_run else 'the removed'} bundles kept: "
+            "the chains of kept bundles still read them"
+        )
     for note in result.notes:
         click.echo(f"note: {note}")
     conclude(config, metrics_file, 0, as_json)

@@ -89,6 +89,7 @@ COUNTS = ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly
 #: per-source keys that only one kind of data understands (the connector's dataset_kind)
 ONLY_FOR = {"on_bad_line": "conversations", "job_config": "finetune", "redact_secrets": "config"}
 ONLY_FOR["golden_queries"] = "vectors"
+ONLY_FOR["full_every"] = "vectors"
 DURATION_HINT = "use 30m, 24h, 7d"
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([wdhms])")
 _UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -127,6 +128,10 @@ class _SafeRepr:
 
 def _env_field() -> Any:
     return field(default=frozenset(), repr=False, compare=False)
+
+
+#: Vectors: incremental links after a full backup before the next backup is full (``full_every``).
+FULL_EVERY = 30
 
 
 @dataclass(frozen=True, repr=False)
@@ -174,6 +179,7 @@ class SourceConfig(_SafeRepr):
     redact_secrets: bool = False
     retention: RetentionPolicy | None = None  # this source's rules only; see Config.retention_for
     golden_queries: str | None = None
+    full_every: int = FULL_EVERY  # vectors: incremental links after a full backup (0: every backup full)
     restore_test_target: str | None = None  # a target name
     restore_test_skip: bool = False
     env_fields: frozenset[str] = _env_field()

@@ -12,6 +12,7 @@ picture whichever job ran last. Metrics (label ``source`` = the configured sourc
 ``aibackup_backup_success``                  1 if the last backup run of the source succeeded, else 0
 ``aibackup_backup_duration_seconds``         duration of the last successful backup run
 ``aibackup_backup_bytes``                    bytes that run wrote (new parts only)
+``aibackup_backup_new_bytes``                the same, by its 0.4.0 name: an incremental run's change only
 ``aibackup_backup_rows``                     rows of the newest bundle (the whole dataset)
 ``aibackup_verify_success``                  1 if the newest bundle was verified with --read-data intact
 ``aibackup_restore_test_success``            1 if the last restore test of the source passed, else 0
@@ -41,6 +42,10 @@ HELP = {
     "aibackup_backup_success": ("gauge", "1 if the last backup run succeeded."),
     "aibackup_backup_duration_seconds": ("gauge", "Duration of the last successful backup run."),
     "aibackup_backup_bytes": ("gauge", "Bytes written by the last successful backup run."),
+    "aibackup_backup_new_bytes": (
+        "gauge",
+        "Bytes the last successful backup run wrote: records, record index and tombstones (incremental: the change).",
+    ),
     "aibackup_backup_rows": ("gauge", "Rows of the newest bundle."),
     "aibackup_verify_success": ("gauge", "1 if the newest bundle passed verify --read-data."),
     "aibackup_restore_test_success": ("gauge", "1 if the last restore test passed."),
@@ -68,6 +73,7 @@ def render(config: Config, statuses: Sequence[SourceStatus], verified: dict[str,
         if good:  # the last successful run's numbers stay while a later run fails
             add("aibackup_backup_duration_seconds", float(good.get("seconds") or 0))
             add("aibackup_backup_bytes", float(good.get("bytes") or 0))
+            add("aibackup_backup_new_bytes", float(good.get("new_bytes", good.get("bytes")) or 0))
             add("aibackup_backup_rows", float(good.get("rows") or 0))
         if s.newest_bundle is not None:
             add("aibackup_verify_success", int(s.newest_bundle in verified))

@@ -47,6 +47,7 @@ class SourceRun:
             "rows": self.rows,
             "new_rows": self.new_rows,
             "bytes": self.bytes,
+            "new_bytes": self.bytes,  # the bytes this run wrote (an incremental run: the change only)
             "seconds": round(self.seconds, 3),
             "error": self.error,
             "notes": self.notes,
@@ -81,11 +82,15 @@ def backup_sources(
     *,
     queries: int = DEFAULT_QUERIES,
     repo: Repository | None = None,
+    full: bool = False,
+    full_every: int | None = None,
 ) -> SourcesResult:
     """Back up every named source (all when empty), each on its own: one failing source does not stop the
     others. Every run leaves a report in the repository (when the repository can be reached). `queries`:
     the search baseline's query records per dense vector (a source's golden queries are recorded too).
-    `repo`: the config's repository, already opened (else its URL is used, and created when missing)."""
+    `repo`: the config's repository, already opened (else its URL is used, and created when missing).
+    `full`, `full_every` (vectors): every backup full; the most incremental links after a full one, over
+    each source's ``full_every``."""
     report = progress or Quiet()
     runs: list[SourceRun] = []
     for source in sources_of(config, names):
@@ -97,6 +102,8 @@ def backup_sources(
             key_file=config.key_file,
             queries=queries,
             golden_queries=source.golden_queries,
+            full=full,
+            full_every=source.full_every if full_every is None else full_every,
         )
         try:
             result = run_backup(
@@ -112,19 +119,15 @@ def backup_sources(
                 source.name, False, seconds=time.perf_counter() - started, error=str(exc), exit_code=exc.exit_code
             )
         else:
-            own = [
-                p
-                for d in result.manifest.datasets
-                for p in d.parts
-                if p.path.startswith(f"data/{result.manifest.bundle_id}/")
-            ]
+            mine = f"data/{result.manifest.bundle_id}/"
+            datasets = result.manifest.datasets
             run = SourceRun(
                 source.name,
                 True,
                 bundle_id=result.manifest.bundle_id,
-                rows=sum(d.rows for d in result.manifest.datasets),
-                new_rows=sum(p.rows for p in own),
-                bytes=sum(p.bytes for p in own),
+                rows=sum(d.rows for d in datasets),
+                new_rows=sum(p.rows for d in datasets for p in d.parts if p.path.startswith(mine)),
+                bytes=sum(result.outcome(d).new_bytes for d in datasets),
                 seconds=result.seconds,
                 notes=list(result.notes),
             )
@@ -216,7 +219,10 @@ class SourceStatus:
             },
             "last_backup": None
             if not self.last_backup
-            else {k: self.last_backup.get(k) for k in ("ok", "recorded_at", "bundle_id", "error", "seconds")},
+            else {
+                k: self.last_backup.get(k)
+                for k in ("ok", "recorded_at", "bundle_id", "error", "seconds", "rows", "new_rows", "new_bytes")
+            },
         }
 
 
@@ -255,7 +261,7 @@ def status(config: Config, repo: Repository | None = None) -> list[SourceStatus]
         for manifest in reversed(good):
             if not of_source(manifest, source):
                 continue
-            parts = [p for d in manifest.datasets for p in d.parts]
+            parts = [p for d in manifest.datasets for p in d.all_parts()]
             if not any(reader.check_part(p, read_data=False) for p in parts):
                 newest = manifest
                 break

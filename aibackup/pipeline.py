@@ -14,7 +14,7 @@ import gc
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import TypeVar
 
 import pyarrow as pa
@@ -148,7 +148,7 @@ def steady_memory() -> Iterator[None]:
 MAX_COLLECT_EVERY = 8
 
 
-def collecting(items: Iterable[T]) -> Iterator[T]:
+def collecting(items: Iterable[T]) -> Generator[T, None, None]:
     """Yield the items of `items`, freeing the cyclic garbage each one left once the consumer is done with
     it (cheap inside :func:`steady_memory`).
 

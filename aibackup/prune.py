@@ -70,6 +70,8 @@ class PruneResult:
     orphans_waiting: list[str]  # unreferenced parts within the grace period (maybe a running backup's)
     dry_run: bool
     notes: list[str] = field(default_factory=list)  # why parts were held back, what was left alone
+    #: Parts written by removed bundles that stay: the chains of kept bundles still read them.
+    parts_kept_for_chains: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         """The `prune --json` document."""
@@ -78,6 +80,7 @@ class PruneResult:
             "kept": [{"bundle_id": d.bundle_id, "reasons": list(d.reasons)} for d in self.kept],
             "removed": [{"bundle_id": d.bundle_id, "reasons": list(d.reasons)} for d in self.removed],
             "parts_removed": list(self.parts_removed),
+            "parts_kept_for_chains": list(self.parts_kept_for_chains),
             "orphans_removed": list(self.orphans_removed),
             "orphans_waiting": list(self.orphans_waiting),
             "bytes_removed": self.bytes_removed,
@@ -137,7 +140,7 @@ def run_prune(
 
     gone = {d.bundle_id for d in decisions if not d.keep}
     removed_manifests = [m for m in good if m.bundle_id in gone]
-    referenced = {p.path for m in good if m.bundle_id not in gone for d in m.datasets for p in d.parts}
+    referenced = {p.path for m in good if m.bundle_id not in gone for d in m.datasets for p in d.all_parts()}
     stored = _list_data(repo)  # before anything goes: what a backup writes after this is never seen
 
     if not dry_run:
@@ -151,13 +154,16 @@ def run_prune(
         if bundle_id in known:
             continue
         try:
-            referenced |= {p.path for d in repo.load(bundle_id).datasets for p in d.parts}
+            referenced |= {p.path for d in repo.load(bundle_id).datasets for p in d.all_parts()}
         except (IntegrityError, ManifestVersionError):
             unreadable.append(bundle_id)
         except BundleNotFoundError:
             pass
 
-    freed = {p.path for m in removed_manifests for d in m.datasets for p in d.parts} - referenced
+    freed = {p.path for m in removed_manifests for d in m.datasets for p in d.all_parts()} - referenced
+    # What the removed bundles wrote that a kept bundle's chain still reads: it stays (their links).
+    own = {f"{DATA}/{m.bundle_id}/" for m in removed_manifests}
+    chained = sorted(p for p in referenced if p.split("/", 2)[0] + "/" + p.split("/", 2)[1] + "/" in own)
     parts = sorted(p for p in freed if p in stored)
     missing = len(freed) - len(parts)
     orphans, waiting, foreign = _orphans(stored, referenced | freed, moment, grace)
@@ -184,6 +190,7 @@ def run_prune(
         orphans_waiting=waiting,
         dry_run=dry_run,
         notes=notes,
+        parts_kept_for_chains=chained,
     )
     if not dry_run:
         for path in parts + orphans:

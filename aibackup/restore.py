@@ -27,7 +27,7 @@ from aibackup.connectors.registry import connector_class, open_connector, parse_
 from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UsageError
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
-from aibackup.manifests.model import BundleManifest, DatasetManifest
+from aibackup.manifests.model import BundleManifest, DatasetManifest, PartEntry
 from aibackup.manifests.vectors import ID, METADATA
 from aibackup.pipeline import prefetch, use_arrow_allocator
 from aibackup.proof import Check
@@ -137,7 +137,7 @@ def run_restore(
     manifest = repo.resolve(ref, datasets=[src for src, _ in pairs], at=at)
     selected = _select(manifest, pairs)
     reader = BundleReader(repo)
-    _verify_before_writing(reader, repo, [d for d, _ in selected])
+    _verify_before_writing(reader, repo, manifest, [d for d, _ in selected])
     results: list[DatasetResult] = []
     location = parse_location(target_uri, target=True)
     target_kind = connector_class(location.kind).dataset_kind
@@ -293,12 +293,27 @@ def _select(manifest: BundleManifest, pairs: list[tuple[str, str]]) -> list[tupl
     return selected
 
 
-def _verify_before_writing(reader: BundleReader, repo: Repository, datasets: list[DatasetManifest]) -> None:
+def _verify_before_writing(
+    reader: BundleReader, repo: Repository, manifest: BundleManifest, datasets: list[DatasetManifest]
+) -> None:
+    """Re-hash every part the selected datasets need (a chain's: every link's) before anything is written."""
     for dataset in datasets:
-        for part in dataset.parts:
+        for part in dataset.all_parts():
             problem = reader.check_part(part, read_data=True)
             if problem:
                 raise IntegrityError(
-                    f"refusing to restore: {repo.storage.display(part.path)}: {problem}; "
+                    f"refusing to restore: {chain_problem(repo, manifest.bundle_id, dataset, part, problem)}; "
                     "nothing was written (run `aibackup verify --read-data`)"
                 )
+
+
+def chain_problem(repo: Repository, bundle_id: str, dataset: DatasetManifest, part: PartEntry, problem: str) -> str:
+    """One line for a damaged part: in a chain, which link it belongs to and which bundle needs it."""
+    where = f"{repo.storage.display(part.path)}: {problem}"
+    link = dataset.link_of(part)
+    if dataset.chained and link is not None and link.bundle != bundle_id:
+        return (
+            f"broken chain: collection {dataset.name!r} of bundle {bundle_id} needs link {link.bundle}, and its "
+            f"part {where}"
+        )
+    return where

@@ -102,11 +102,14 @@ def run_verify(
             continue
         for dataset in manifest.datasets:
             damaged = False
-            for part in dataset.parts:
+            for part in dataset.all_parts():
                 parts += 1
                 problem = reader.check_part(part, read_data=read_data)
                 if problem:
                     damaged = True
+                    link = dataset.link_of(part)
+                    if dataset.chained and link is not None and link.bundle != bundle_id:
+                        problem = f"broken chain: collection {dataset.name!r} needs link {link.bundle}: {problem}"
                     problems.append(Problem(bundle_id, repo.storage.display(part.path), problem))
                 elif read_data:
                     bytes_read += part.bytes

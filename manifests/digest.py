@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 
 from aibackup.manifests.model import DIGEST_ALGORITHM, DIGEST_ALGORITHMS
 
-__all__ = ["DIGEST_ALGORITHM", "DIGEST_ALGORITHMS", "DatasetDigest", "record_digests"]
+__all__ = ["DIGEST_ALGORITHM", "DIGEST_ALGORITHMS", "DatasetDigest", "digest_sum", "record_digests"]
 
 MOD = 1 << 128
 _NULL = b"\x00"
@@ -171,6 +171,17 @@ def _unknown(algorithm: str) -> str:
     return f"unknown digest algorithm {algorithm!r} (known: {', '.join(DIGEST_ALGORITHMS)})"
 
 
+def digest_sum(joined: bytes | np.ndarray) -> int:
+    """The sum modulo 2**128 of record digests given end to end (16 bytes each, as bytes or a uint8/uint64
+    array): a dataset digest, or what a chain adds to or removes from one."""
+    data = np.frombuffer(joined, dtype=np.uint8) if isinstance(joined, bytes) else np.ascontiguousarray(joined)
+    words = data.view("<u4").reshape(-1, 4)
+    # Four 32-bit limbs summed in uint64 (exact below 2**32 records per call), then carried in Python: no
+    # per-record Python integer.
+    limbs = words.sum(axis=0, dtype=np.uint64)
+    return sum(int(limb) << (32 * k) for k, limb in enumerate(limbs)) % MOD
+
+
 def record_digests(
     batch: pa.RecordBatch, exclude: Iterable[str] = (), algorithm: str = DIGEST_ALGORITHM
 ) -> list[bytes]:
@@ -210,13 +221,8 @@ class DatasetDigest:
 
     def add_digests(self, digests: Iterable[bytes]) -> None:
         joined = b"".join(digests)
-        n = len(joined) // 16
-        # The sum of n 128-bit numbers as four 32-bit limbs summed in uint64 (exact below 2**32 records
-        # per call), then carried in Python: no per-record Python integer.
-        limbs = np.frombuffer(joined, dtype="<u4").reshape(n, 4).sum(axis=0, dtype=np.uint64)
-        total = self._sum + sum(int(limb) << (32 * k) for k, limb in enumerate(limbs))
-        self._sum = total % MOD
-        self.rows += n
+        self._sum = (self._sum + digest_sum(joined)) % MOD
+        self.rows += len(joined) // 16
 
     def add_batch(self, batch: pa.RecordBatch) -> list[bytes]:
         """Add every record of `batch`; returns their digests for callers that need them too."""

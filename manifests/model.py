@@ -27,10 +27,14 @@ from typing import Any
 
 from aibackup.manifests import fields
 from aibackup.manifests.baseline import SearchBaseline
+from aibackup.manifests.chain import ChainLink, PartEntry, check_chain
 from aibackup.manifests.fields import DISTANCES, ManifestError
 
 FORMAT = "aibackup-bundle"
-FORMAT_VERSION = 1
+#: The newest format this version reads and writes. Version 2 (0.4.0) adds chained datasets (``chain`` with
+#: more than one link: aibackup.manifests.chain), which an older reader must not take for a full dataset; a
+#: manifest without one is still written as version 1, readable by 0.3.x.
+FORMAT_VERSION = 2
 #: The MAC an encrypted repository's manifests carry, and the context string it is computed after.
 MAC_ALGORITHM = "hmac-sha256"
 MAC_CONTEXT = b"aibackup-manifest-authentication-v1\x00"
@@ -197,31 +201,6 @@ def _layout(doc: Mapping[str, Any] | None, where: str) -> Mapping[str, Any] | No
 
 
 @dataclass(frozen=True)
-class PartEntry:
-    """One immutable Parquet part: its path relative to the repository root, rows, bytes and sha256."""
-
-    path: str
-    rows: int
-    bytes: int
-    sha256: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "rows": self.rows, "bytes": self.bytes, "sha256": self.sha256}
-
-    @classmethod
-    def from_json(cls, doc: Mapping[str, Any], where: str) -> PartEntry:
-        path = fields.get(doc, "path", str, where)
-        if path.startswith("/") or ".." in path.split("/") or not path.startswith("data/"):
-            raise ManifestError(f"{where}.path: {path!r} is not a part path under data/")
-        return cls(
-            path=path,
-            rows=fields.count(doc, "rows", where),
-            bytes=fields.count(doc, "bytes", where),
-            sha256=fields.hex_digits(doc, "sha256", where, 64),
-        )
-
-
-@dataclass(frozen=True)
 class FieldEntry:
     """One column of a dataset's Arrow schema: name, Arrow type as pyarrow prints it, nullability."""
 
@@ -270,6 +249,25 @@ class DatasetManifest:
     #: Vectors: how the source store answered sampled queries at backup (aibackup.manifests.baseline); None for
     #: other kinds, bundles of 0.2.x, and backups run with ``--queries 0``.
     baseline: SearchBaseline | None = None
+    #: Since 0.4.0 (vectors): the links of the chain this dataset is the live state of, oldest first; a full
+    #: backup is a chain of one link. Empty for other kinds and older bundles (see aibackup.manifests.chain).
+    chain: tuple[ChainLink, ...] = ()
+
+    @property
+    def chained(self) -> bool:
+        """Whether the dataset is an incremental link: records of earlier bundles, less its tombstones."""
+        return len(self.chain) > 1
+
+    def all_parts(self) -> tuple[PartEntry, ...]:
+        """Every part the dataset needs: its record parts, then each link's index and tombstones."""
+        return self.parts + tuple(p for link in self.chain for p in link.own_parts())
+
+    def link_of(self, part: PartEntry) -> ChainLink | None:
+        """The link that wrote `part` (None outside a chain)."""
+        for link in self.chain:
+            if part.bundle == link.bundle:
+                return link
+        return None
 
     def vectors_config(self) -> VectorsConfig:
         return VectorsConfig.from_json(self.config, f"dataset {self.name!r} config")
@@ -289,6 +287,8 @@ class DatasetManifest:
         }
         if self.baseline is not None:  # absent rather than null: 0.2.x manifests stay byte-for-byte what they were
             doc["baseline"] = self.baseline.to_json()
+        if self.chain:
+            doc["chain"] = [link.to_json() for link in self.chain]
         return doc
 
     @classmethod
@@ -304,7 +304,13 @@ class DatasetManifest:
             for i, p in enumerate(fields.get(doc, "parts", list, where))
         )
         rows = fields.count(doc, "rows", where)
-        if sum(p.rows for p in parts) != rows:
+        chain = tuple(
+            ChainLink.from_json(fields.obj(link, f"{where}.chain[{i}]"), f"{where}.chain[{i}]")
+            for i, link in enumerate(fields.opt(doc, "chain", list, where, []))
+        )
+        if chain:
+            check_chain(chain, parts, rows, where)
+        elif sum(p.rows for p in parts) != rows:
             raise ManifestError(f"{where}: parts hold {sum(p.rows for p in parts)} rows, manifest says {rows}")
         id_types = fields.opt(doc, "id_types", dict, where, {})
         if any(not isinstance(v, int) or isinstance(v, bool) for v in id_types.values()):
@@ -328,6 +334,7 @@ class DatasetManifest:
             state=fields.opt(doc, "state", dict, where, None),
             extends=fields.opt(doc, "extends", str, where, None),
             baseline=None if baseline is None else SearchBaseline.from_json(baseline, f"{where}.baseline"),
+            chain=chain,
         )
         if kind == "vectors":
             dataset.vectors_config()  # validate now, not at restore time
@@ -344,9 +351,15 @@ class BundleManifest:
     source: Mapping[str, Any]  # {"kind": "chroma", "uri": "chroma:/abs/path"} (credentials redacted)
     datasets: tuple[DatasetManifest, ...]
     parent: str | None = None
-    format_version: int = FORMAT_VERSION
+    #: Left out (None): the oldest version that holds these datasets, 2 with a chained dataset, else 1.
+    format_version: int = None  # type: ignore[assignment]  # always an int after __post_init__
     #: HMAC-SHA256 (hex) of :meth:`signed_bytes` under an encrypted repository's key; None elsewhere.
     authentication: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format_version is None:
+            needed = 2 if any(d.chained for d in self.datasets) else 1
+            object.__setattr__(self, "format_version", needed)
 
     def signed_bytes(self) -> bytes:
         """What an encrypted repository's key authenticates: the body, canonical, after a context string
@@ -424,6 +437,8 @@ class BundleManifest:
             DatasetManifest.from_json(fields.obj(d, f"{where}.datasets[{i}]"), f"{where}.datasets[{i}]")
             for i, d in enumerate(datasets)
         )
+        if version < 2 and any(d.chained for d in parsed):
+            raise ManifestError(f"{where}: a chained dataset needs format_version 2, the manifest says {version}")
         names = [d.name for d in parsed]
         if len(set(names)) != len(names):
             raise ManifestError(f"{where}: duplicate dataset names")

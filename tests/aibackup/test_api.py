@@ -66,9 +66,12 @@ def test_operations_results_are_what_the_commands_print(tmp_path: Path, store: P
         f"repository: {tmp_path / 'repo'}\nsources:\n  kb: {{uri: 'chroma:{store}', rpo: 24h, rto: 1h}}\n"
         "restore_test: {queries: 5}\n"
     )
+    # Each one the first backup of its own repository: a second backup of one repository would be incremental.
+    twin = tmp_path / "twin.yaml"
+    twin.write_text(config.read_text().replace(str(tmp_path / "repo"), str(tmp_path / "twin")))
     repo = aibackup.Repository.open(str(tmp_path / "repo"), create=True)
     nightly = repo.backup_sources(str(config), queries=5)
-    by_cli = ok(cli("backup", "--config", str(config), "--queries", "5", "--json")).json()
+    by_cli = ok(cli("backup", "--config", str(twin), "--queries", "5", "--json")).json()
     assert masked(nightly.to_json(), bundle_id="*") == masked(by_cli, bundle_id="*")
     assert nightly.ok and nightly.exit_code == 0
 

@@ -77,7 +77,10 @@ def test_nightly_backups_status_retention_and_metrics(
     assert len(pruned["removed"]) == 2 * 40 - 2 * 4
     ok(cli("pin", pruned["removed"][0]["bundle_id"]))
     pruned = ok(cli("prune", "--json")).json()
-    assert len(pruned["removed"]) == 2 * 40 - 2 * 4 - 1 and pruned["parts_removed"]
+    assert len(pruned["removed"]) == 2 * 40 - 2 * 4 - 1
+    # Every chain is still read by a kept bundle (January's last night extends the first full backup of
+    # kb; the newest logs bundle extends every night's): their parts stay, none is removed.
+    assert pruned["parts_kept_for_chains"] and pruned["parts_removed"] == []
     # The conversation log chain still restores whole after its middle links were pruned.
     restored = ok(
         cli("restore", "latest", "--collection", "logs", "--to", f"conversations:{tmp_path / 'out'}", "--json")

@@ -158,6 +158,7 @@ def test_bytes_removed_and_json(tmp_path: Path) -> None:
         "kept": [{"bundle_id": bundles[2], "reasons": ["last 1"]}],
         "removed": [{"bundle_id": b, "reasons": []} for b in reversed(bundles[:2])],
         "parts_removed": sorted(sizes),
+        "parts_kept_for_chains": [],
         "orphans_removed": [],
         "orphans_waiting": [],
         "bytes_removed": sum(sizes.values()),

@@ -9,6 +9,7 @@ import pytest
 
 from aibackup import manifests
 from aibackup.manifests.model import (
+    FORMAT_VERSION,
     BundleManifest,
     DatasetManifest,
     FieldEntry,
@@ -80,8 +81,8 @@ def test_every_flipped_byte_is_detected(position: int) -> None:
 
 def test_newer_format_is_refused_with_its_version() -> None:
     doc = json.loads(sample_manifest().to_bytes())
-    doc["format_version"] = 2
-    with pytest.raises(ManifestVersionTooNewError, match="version 2"):
+    doc["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(ManifestVersionTooNewError, match=f"version {FORMAT_VERSION + 1}"):
         BundleManifest.from_bytes(canonical_bytes(doc) + b"\n")
 
 

@@ -31,7 +31,7 @@ def test_a_full_disk_fails_the_backup_cleanly(tmp_path: Path, cli: Cli) -> None:
     ok(cli("backup", f"chroma:{store}", "--repo", str(repo)))
     before = sorted(p.relative_to(repo) for p in repo.rglob("*") if p.is_file())
     full = subprocess.run(
-        [sys.executable, "-c", FULL_DISK, str(100_000), "backup", f"chroma:{store}", "--repo", str(repo)],
+        [sys.executable, "-c", FULL_DISK, str(100_000), "backup", f"chroma:{store}", "--full", "--repo", str(repo)],
         capture_output=True,
         text=True,
         timeout=300,
