@@ -235,7 +235,9 @@ def run_backup(
                 # parts just written (an embedded store's threads and memory would compete with them).
                 connector.close()
                 for n, recorder in enumerate(recorders):
-                    baseline, said = recorder.settle(BundleReader(repo), datasets[n])
+                    # A chained dataset's exact pass would read the whole chain: the source's answers are kept
+                    # without it (aibackup.baseline).
+                    baseline, said = recorder.settle(BundleReader(repo), datasets[n], measure=not datasets[n].chained)
                     datasets[n] = replace(datasets[n], baseline=baseline)
                     notes += said
             manifest = BundleManifest(

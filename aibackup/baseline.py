@@ -11,6 +11,11 @@ source still open:
    finds the exact top-k of every query and the exact distances of the source's answers (ties count);
 3. the source's recall@k, its answers and the query ids go into the manifest.
 
+An incremental backup (aibackup.incremental) skips step 2 where the source was asked: the pass would read
+every link of the chain after the source, the one cost of such a backup that grows with the dataset rather
+than the change. A restore measures the source's answers against an exact search over what it restored in
+any case; only the recall the source reached at backup (shown by ``aibackup show``) is then not recorded.
+
 The pass reads back what was written rather than the source: a query is known only once its record has
 streamed past, and the exact search needs every record after that. Reading the parts back costs a local
 read of the vector columns (the benchmark states it); on S3 it downloads them again. A failed search of
@@ -108,29 +113,37 @@ class BaselineRecorder:
             self.probes[column] = _Probe(spec, ids, ExactTopK(vectors, K, spec.distance, watch), answers, index)
         self.golden = self._golden(connector, golden, self.notes)
 
-    def settle(self, reader: BundleReader, dataset: DatasetManifest) -> tuple[SearchBaseline | None, list[str]]:
+    def settle(
+        self, reader: BundleReader, dataset: DatasetManifest, *, measure: bool = True
+    ) -> tuple[SearchBaseline | None, list[str]]:
         """After :meth:`ask`, with the source closed (its threads and memory no longer compete): one pass over
         the vectors `dataset` wrote into `reader`'s repository for the exact top k; the baseline and the
         notes for the user. None when there is nothing to record (no dense vector, ``--queries 0``, no
-        golden queries)."""
-        if self.probes:
+        golden queries).
+
+        Without `measure` (an incremental backup, whose pass would read every link of the chain) the pass
+        runs only for vectors whose source search is an exact scan (their answers are the pass's); the
+        others keep the source's answers with their recall not measured (None)."""
+        passed = {column: p for column, p in self.probes.items() if measure or p.answers is None}
+        if passed:
             # Read ahead in a thread: decoding the parts and the distances (numpy) both release the GIL. Small
             # batches keep the float64 copies small (8192-row batches raised a 100k x 384 backup's peak RSS
             # by 45-95 MB; at 2048 rows it is the peak of a backup without a baseline).
-            batches = reader.batches(dataset, batch_rows=SETTLE_ROWS, columns=[ID, *self.probes])
+            batches = reader.batches(dataset, batch_rows=SETTLE_ROWS, columns=[ID, *passed])
             for batch in prefetch(batches, depth=1):
-                for column, probe in self.probes.items():
+                for column, probe in passed.items():
                     probe.search.add(batch.column(ID), batch.column(column))
         entries = []
-        for probe in self.probes.values():
+        for column, probe in self.probes.items():
             got = probe.answers if probe.answers is not None else probe.search.top()
+            recall = round(float(np.mean(probe.search.recalls(got))), 6) if column in passed else None
             entries.append(
                 VectorBaseline(
                     vector=probe.spec.name,
                     distance=probe.spec.distance,
                     queries=tuple(probe.ids),
                     answers=tuple(tuple(a[:K]) for a in got),
-                    recall=round(float(np.mean(probe.search.recalls(got))), 6),
+                    recall=recall,
                     index=probe.index,
                 )
             )

@@ -93,12 +93,30 @@ def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) 
                 click.echo(f"  {line}")
         else:
             click.echo(f"  config: {json.dumps(d.config, ensure_ascii=False, sort_keys=True)[:2000]}")
-        if d.extends:
+        if d.chain:
+            for line in _chain_lines(d, manifest.bundle_id):
+                click.echo(f"  {line}")
+        elif d.extends:
             click.echo(f"  incremental: extends bundle {d.extends}; high-water mark {json.dumps(d.state)[:500]}")
         if d.id_types:
             click.echo("  ids: " + ", ".join(f"{n} {t}" for t, n in d.id_types.items()))
-        for p in d.parts:
-            click.echo(f"  part {p.path}  {p.rows} rows  {size(p.bytes)}  sha256 {p.sha256[:16]}…")
+        for p in d.all_parts():
+            link = d.link_of(p)
+            role = "index" if link and p in link.index else "tombstones" if link and p in link.tombstones else "part"
+            click.echo(f"  {role} {p.path}  {p.rows} rows  {size(p.bytes)}  sha256 {p.sha256[:16]}…")
+
+
+def _chain_lines(dataset: Any, bundle_id: str) -> list[str]:
+    """What `show` says of a chained dataset: its links, oldest (the full backup) first."""
+    links = dataset.chain
+    if len(links) == 1:
+        return ["full backup (with a record index: the next backup can be incremental)"]
+    lines = [f"incremental: link {len(links) - 1} after the full backup {links[0].bundle}; extends {dataset.extends}"]
+    for n, link in enumerate(links):
+        what = "full" if n == 0 else f"+{link.added} added, ~{link.changed} changed, -{link.deleted} deleted"
+        mine = " (this bundle)" if link.bundle == bundle_id else ""
+        lines.append(f"  link {n}: {link.bundle}{mine}: {link.rows} records written ({what})")
+    return lines
 
 
 def _baseline_lines(dataset: Any) -> list[str]:
@@ -111,7 +129,7 @@ def _baseline_lines(dataset: Any) -> list[str]:
         how = "exact scan" if v.exact else "approximate index"
         lines.append(
             f"search baseline {v.vector or '(default)'}: {len(v.queries)} queries (seed {baseline.seed}), source "
-            f"recall@{baseline.k} {v.recall:.3f} ({v.index.get('store', '?')}, {how})"
+            f"recall@{baseline.k} {_recall(v.recall)} ({v.index.get('store', '?')}, {how})"
         )
     if baseline.golden is not None:
         g = baseline.golden
@@ -350,3 +368,7 @@ def restore(
 
 
 COMMANDS = [list_, show, verify, diff, restore]
+
+
+def _recall(value: float | None) -> str:
+    return "not measured (incremental backup)" if value is None else f"{value:.3f}"

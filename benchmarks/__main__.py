@@ -5,7 +5,9 @@
 Sections (``--sections``, all by default; a subset reruns those and keeps the others' last results):
 ``backup`` (backup vs bare read per backend, server-side peak RSS at ``--rows`` and ``--memory-rows``),
 ``writer`` (our Parquet writing vs raw pyarrow), ``restore`` (restore load vs bare bulk load per backend),
-``sizes`` (bundle vs raw float32 vs the store on disk vs a vdf-io export). Results go to
+``sizes`` (bundle vs raw float32 vs the store on disk vs a vdf-io export), ``incremental`` (issue 16: a 1%
+change at ``--incremental-rows``: bytes, time and memory against the full backup and the bare read; the read
+side of a restore of a 30-link chain against its equivalent full bundle). Results go to
 ``benchmarks/results/bench-ROWSxDIM.json`` and ``docs/benchmarks.md`` (with ``docs/benchmarks.png``);
 ``--report-only`` redraws the page from the JSON. Seeded stores are cached under ``benchmarks/.cache``
 (the first run seeds them: Chroma ~2000 records/s, Qdrant local ~1000 points/s).
@@ -20,11 +22,11 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import backup, restore, writer
+from benchmarks import backup, incremental, restore, writer
 from benchmarks.common import RESULTS, ROOT, machine, seeded_chroma, seeded_qdrant
 from benchmarks.report import chart, markdown, targets
 
-SECTIONS = ("backup", "writer", "restore", "sizes")
+SECTIONS = ("backup", "writer", "restore", "sizes", "incremental")
 DOCS = ROOT / "docs"
 
 
@@ -75,6 +77,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--memory-rows", type=int, default=1_000_000, help="second size for peak RSS (0: skip)")
     parser.add_argument("--restore-rows", type=int, default=20_000, help="records restored into Chroma")
     parser.add_argument("--qdrant-restore-rows", type=int, default=3_000, help="points restored into Qdrant")
+    parser.add_argument("--incremental-rows", type=int, default=1_000_000, help="records of the incremental section")
+    parser.add_argument("--links", type=int, default=incremental.LINKS, help="links of the restored chain")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each bare loop and aibackup")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     parser.add_argument("--no-vdfio", action="store_true", help="skip the vdf-io export (it installs GBs once)")
@@ -103,6 +107,7 @@ def main(argv: list[str]) -> int:
             "writer": lambda: writer.measure(args.rows, args.dim, args.repeats),
             "restore": lambda: restore.measure(args.restore_rows, args.dim, args.repeats, args.qdrant_restore_rows),
             "sizes": lambda: sizes(args.rows, args.dim, args.qdrant_rows, result.get("backup"), not args.no_vdfio),
+            "incremental": lambda: incremental.measure(args.incremental_rows, args.dim, args.repeats, args.links),
         }
         for section in SECTIONS:
             if section in sections:

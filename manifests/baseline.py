@@ -46,7 +46,10 @@ class VectorBaseline:
     distance: str
     queries: tuple[str, ...]
     answers: tuple[tuple[str, ...], ...]
-    recall: float
+    #: The source's recall@k against an exact search over the records; None where it was not measured (an
+    #: incremental backup skips that pass over the whole chain: a restore measures the source's answers
+    #: against an exact search over what it restored in any case).
+    recall: float | None
     #: How the source searched: ``store`` (its kind), ``exact`` (True: it scans every record, so its
     #: answers are an exact search's), and the index parameters it reported (neutral names).
     index: Mapping[str, Any] = field(default_factory=dict)
@@ -79,7 +82,7 @@ class VectorBaseline:
             distance=distance,
             queries=queries,
             answers=tuple(_strings(a, f"{where}.answers[{i}]") for i, a in enumerate(answers)),
-            recall=_fraction(doc, "recall", where),
+            recall=None if doc.get("recall", 0) is None else _fraction(doc, "recall", where),
             index=fields.opt(doc, "index", dict, where, {}),
         )
 

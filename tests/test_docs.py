@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import Cli, seed_chroma
+from tests.helpers import Cli, chroma_client, seed_chroma
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -108,9 +108,21 @@ def test_a_bundle_reads_without_aibackup_as_the_format_page_shows(
     workspace(tmp_path)
     monkeypatch.chdir(tmp_path)
     assert cli("backup", "chroma:./data/chroma").code == 0
-    (block,) = re.findall(
+    full, chained = re.findall(
         r"```python\n(.*?)```", (ROOT / "docs" / "bundle-format.md").read_text(encoding="utf-8"), flags=re.S
     )
     namespace: dict[str, object] = {}
-    exec(compile(block, "bundle-format.md", "exec"), namespace)
+    exec(compile(full, "bundle-format.md", "exec"), namespace)
     assert namespace["table"].num_rows == 80  # type: ignore[attr-defined]
+    # An incremental bundle: one record changed and one deleted since.
+    collection = chroma_client(tmp_path / "data" / "chroma").get_collection("docs", embedding_function=None)
+    got = collection.get(limit=2, include=["embeddings"])
+    first, second = got["ids"]
+    collection.update(ids=[first], embeddings=[got["embeddings"][0]], documents=["changed"])
+    collection.delete(ids=[second])
+    assert cli("backup", "chroma:./data/chroma").code == 0
+    namespace = {}
+    exec(compile(full + chained, "bundle-format.md", "exec"), namespace)
+    assert namespace["table"].num_rows == 81 and namespace["live"].num_rows == 79  # type: ignore[attr-defined]
+    live = namespace["live"].to_pydict()  # type: ignore[attr-defined]
+    assert second not in live["id"] and live["document"][live["id"].index(first)] == "changed"
