@@ -222,15 +222,15 @@ def test_large_datasets_are_compared_bucket_by_bucket_through_spilled_files(
     repo, a, b = history
     # About 40 records a bucket: the 310 of docs are split into 8 buckets, spilled to Parquet files.
     monkeypatch.setattr(aibackup.checks, "BUCKET_BYTES", 64 * 40)
-    assert aibackup.checks._bucket_count(310, {}) == 8
+    assert aibackup.checks.bucket_count(310, {}) == 8
     spilled: list[int] = []
-    write = aibackup.checks._Side._write
+    write = aibackup.checks.BucketedSide._write
 
-    def counting(side: aibackup.checks._Side, bucket: int, part: Any) -> None:
+    def counting(side: aibackup.checks.BucketedSide, bucket: int, part: Any) -> None:
         spilled.append(bucket)
         write(side, bucket, part)
 
-    monkeypatch.setattr(aibackup.checks._Side, "_write", counting)
+    monkeypatch.setattr(aibackup.checks.BucketedSide, "_write", counting)
     assert by_name(repo.diff(a, b)) == EXPECTED
     assert len(set(spilled)) == 8
     # The first ids of each kind are the smallest over every bucket, not the first buckets' ones.
