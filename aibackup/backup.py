@@ -16,15 +16,16 @@ from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
-from aibackup import __version__, clock
+from aibackup import __version__, clock, filereuse
 from aibackup.baseline import BaselineRecorder, seed_for
-from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
+from aibackup.bundle import BundleReader, BundleWriter, PartGroups, WriteOptions
 from aibackup.config import FULL_EVERY
 from aibackup.connectors import layouts
 from aibackup.connectors.base import Connector, DatasetDescription
 from aibackup.connectors.registry import open_connector, parse_location
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import AibackupError, UsageError
+from aibackup.filereuse import FILE_KINDS, Offer
 from aibackup.golden import GoldenFile
 from aibackup.golden import load as load_golden
 from aibackup.incremental import CHAINED_KINDS, Delta, Outcome, ParentIndex, TooManyChanges, full_reason
@@ -101,6 +102,10 @@ class BackupResult:
             "notes": list(self.notes),
             "seconds": round(self.seconds, 3),
         }
+
+
+#: Why a file-kind dataset referenced nothing from its parent although it could have.
+PARTS_CHANGED = "every part of the previous bundle holds a changed file or is small (written again with the changes)"
 
 
 def source_identity(source: Mapping[str, object]) -> tuple[object, object]:
@@ -203,6 +208,18 @@ def run_backup(
                         )
                         previous = None
                     since = previous.state if previous is not None else None
+                    file_kind = FILE_KINDS.get(description.kind)
+                    offer: Offer | None = None
+                    groups: PartGroups | None = None
+                    if file_kind is not None:  # fine-tuning and config files: unchanged files are referenced
+                        earlier, earlier_dataset = _previous_dataset(repo, source, description)
+                        offer, unreused = filereuse.offer(
+                            BundleReader(repo), file_kind, earlier, earlier_dataset, full=source_options.full
+                        )
+                        if offer is None and earlier is not None:
+                            notes.append(f"{description.name}: every file written: {unreused}")
+                        since = offer.since() if offer is not None else None
+                        groups = PartGroups(file_kind.column, split=file_kind.split)
                     # an incremental export yields only what is new: its size is not known ahead
                     report.dataset(description.name, None if since else description.rows)
                     recorder = BaselineRecorder(connector, description, source_options.queries, seed_for(bundle_id))
@@ -214,6 +231,7 @@ def run_backup(
                         connector.id_types,
                         report.advance,
                         _each(recorder.add, detector.add),
+                        groups=groups,
                     )
                     recorder.ask(golden)
                     recorders.append(recorder)
@@ -221,7 +239,22 @@ def run_backup(
                     if found is not None:  # every record is in a framework's layout: the restore keeps it
                         dataset = replace(dataset, config={**dataset.config, "layout": found})
                     state = connector.export_state(description.name)
-                    if state is not None:
+                    if file_kind is not None and groups is not None and state is not None:
+                        assembled = filereuse.assemble(
+                            file_kind, dataset, groups.parts, state.state, state.config or dataset.config, offer
+                        )
+                        dataset = assembled.dataset
+                        notes += [f"{description.name}: {note}" for note in state.notes]
+                        if assembled.reused:
+                            notes.append(
+                                f"{description.name}: {assembled.referenced} of {assembled.files} file(s) referenced "
+                                f"from bundle {assembled.dataset.extends}, not written again (unchanged since)"
+                            )
+                            reason = None
+                        else:
+                            reason = unreused if offer is None else PARTS_CHANGED
+                        outcomes[description.name] = Outcome.of(dataset, bundle_id, reason)
+                    elif state is not None:
                         notes += [f"{description.name}: {note}" for note in state.notes]
                         dataset = replace(
                             dataset,

@@ -26,7 +26,7 @@ from aibackup.chains import Removed
 from aibackup.connectors.base import DatasetDescription
 from aibackup.errors import IntegrityError, SourceDataError, UnavailableError, first_line
 from aibackup.manifests.chain import INDEX_SCHEMA, TOMBSTONE_SCHEMA, ChainLink
-from aibackup.manifests.digest import DIGEST_ALGORITHM, DatasetDigest, record_digests
+from aibackup.manifests.digest import DIGEST_ALGORITHM, DatasetDigest, digest_sum, record_digests
 from aibackup.manifests.kinds import arrow_schema
 from aibackup.manifests.model import DatasetManifest, FieldEntry, ManifestError, PartEntry
 from aibackup.manifests.vectors import float_vector_paths
@@ -49,6 +49,31 @@ class WriteOptions:
     compression_level: int = 1
     row_group_bytes: int = 8 * 1024 * 1024
     part_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PartContents:
+    """What one part written under :class:`PartGroups` holds: its entry, its rows per value of the grouping
+    column (a file name), in row order, and the sum modulo 2**128 of its records' digests."""
+
+    part: PartEntry
+    files: dict[str, int]
+    digest: int
+
+
+class PartGroups:
+    """Asks ``write_dataset`` to record which values of `column` (the file a record comes from) each part
+    holds, for a later bundle that references the parts of unchanged files instead of writing them again.
+
+    With `split`, a part never holds records of two values: a new part starts wherever the value changes
+    (the records of one value must come together; they still roll into several parts at ``part_bytes``).
+    ``parts`` is filled in part order once the dataset is written.
+    """
+
+    def __init__(self, column: str, *, split: bool = False) -> None:
+        self.column = column
+        self.split = split
+        self.parts: list[PartContents] = []
 
 
 def slug(name: str) -> str:
@@ -257,6 +282,7 @@ class BundleWriter:
         on_batch: Callable[[pa.RecordBatch], None] | None = None,
         select: Select | None = None,
         with_index: bool = False,
+        groups: PartGroups | None = None,
     ) -> DatasetManifest:
         """Stream `batches` (canonical schema of `description`) into parts; return the dataset's manifest.
 
@@ -265,7 +291,8 @@ class BundleWriter:
         read with its record digests and returns the rows to write (None: all); the manifest's rows,
         digest and id types are those of the records written. With `with_index`, the id and digest of every
         record written also go into record-index parts (aibackup.manifests.chain), in record order, and the
-        manifest is a chain of one link (this bundle's).
+        manifest is a chain of one link (this bundle's). With `groups`, what each part holds is recorded
+        there (and with ``groups.split`` parts are rolled wherever the grouping value changes).
 
         Raises SourceDataError if a batch does not have the dataset's schema (a connector bug must not
         produce a bundle that cannot be restored).
@@ -280,6 +307,9 @@ class BundleWriter:
         pending: list[pa.RecordBatch] = []
         pending_bytes = 0
         part = part_bytes = 0  # the part being filled and the Arrow bytes given to it so far
+        held: dict[int, Counter[str]] = {}  # with `groups`: each part's rows per value
+        held_digest: Counter[int] = Counter()  # with `groups`: each part's digest sum (reduced at the end)
+        value: object = None  # with `groups.split`: the value of the part being filled
 
         def write_group(number: int, table: pa.Table) -> None:
             """Encode one row group into part `number` (in that part's encoder thread, in order)."""
@@ -302,18 +332,28 @@ class BundleWriter:
         ahead = max(1, -(-self.options.part_bytes // self.options.row_group_bytes))
         encoders = [_Encoder(ahead) for _ in range(ENCODERS)]
 
-        def flush() -> None:
+        def flush(roll: bool = False) -> None:
+            """Encode the pending batches into the current part; finish it when full (or `roll`)."""
             nonlocal pending, pending_bytes, part, part_bytes
-            if not pending:
-                return
-            table = pa.Table.from_batches(pending, schema=schema)
-            pending, pending_bytes = [], 0
-            encoder = encoders[part % ENCODERS]
-            encoder.submit(write_group, part, table)
-            part_bytes += table.nbytes
-            if part_bytes >= self.options.part_bytes:
-                encoder.submit(finish_part, part)
+            if pending:
+                table = pa.Table.from_batches(pending, schema=schema)
+                pending, pending_bytes = [], 0
+                encoders[part % ENCODERS].submit(write_group, part, table)
+                part_bytes += table.nbytes
+            if part_bytes and (roll or part_bytes >= self.options.part_bytes):
+                encoders[part % ENCODERS].submit(finish_part, part)
                 part, part_bytes = part + 1, 0
+
+        def add(batch: pa.RecordBatch, digests: list[bytes]) -> None:
+            """Queue rows for the current part (with `groups`: rows of one value when split)."""
+            nonlocal pending_bytes
+            if groups is not None:
+                held.setdefault(part, Counter()).update(batch.column(groups.column).to_pylist())
+                held_digest[part] += digest_sum(b"".join(digests))
+            pending.append(batch)
+            pending_bytes += batch.nbytes
+            if pending_bytes >= self.options.row_group_bytes:
+                flush()
 
         try:
             for batch in batches:
@@ -341,13 +381,15 @@ class BundleWriter:
                 kinds.update(id_types(ids) if id_types else {"string": len(ids)})
                 if record_index is not None:
                     record_index.add(ids, digests)
-                pending.append(batch)
-                pending_bytes += batch.nbytes
-                if pending_bytes >= self.options.row_group_bytes:
-                    flush()
-            flush()
-            if part_bytes:
-                encoders[part % ENCODERS].submit(finish_part, part)
+                if groups is not None and groups.split:
+                    for start, stop, run in _runs(batch.column(groups.column).to_pylist()):
+                        if run != value and (pending or part_bytes):
+                            flush(roll=True)  # a part never holds two values
+                        value = run
+                        add(batch.slice(start, stop - start), digests[start:stop])
+                else:
+                    add(batch, digests)
+            flush(roll=True)
             index_parts = record_index.finish() if record_index is not None else ()
             for encoder in encoders:
                 encoder.drain()
@@ -363,6 +405,10 @@ class BundleWriter:
             for encoder in encoders:
                 encoder.stop()
         parts = tuple(finished[number] for number in sorted(finished))
+        if groups is not None:
+            groups.parts = [
+                PartContents(finished[n], dict(held[n]), held_digest[n] % (1 << 128)) for n in sorted(finished)
+            ]
         chain: tuple[ChainLink, ...] = ()
         if with_index:
             rows = digest.rows
@@ -394,6 +440,15 @@ class BundleWriter:
     def dataset_folder(self, index: int, name: str) -> str:
         """Where the parts of the bundle's `index`-th dataset go."""
         return f"{self.repo.part_prefix(self.bundle_id)}/{index:03d}-{slug(name)}"
+
+
+def _runs(values: list[object]) -> Iterator[tuple[int, int, object]]:
+    """(start, stop, value) of each run of equal consecutive values."""
+    start = 0
+    for n in range(1, len(values) + 1):
+        if n == len(values) or values[n] != values[start]:
+            yield start, n, values[start]
+            start = n
 
 
 class BundleReader:

@@ -96,6 +96,13 @@ def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) 
         if d.chain:
             for line in _chain_lines(d, manifest.bundle_id):
                 click.echo(f"  {line}")
+        elif d.extends and d.kind in ("finetune", "config"):  # aibackup.filereuse: parts referenced
+            own = f"data/{manifest.bundle_id}/"
+            borrowed = sorted({p.bundle for p in d.parts if not p.path.startswith(own)})
+            click.echo(
+                f"  incremental: unchanged files referenced from bundle(s) {', '.join(borrowed)} "
+                f"({sum(p.rows for p in d.parts if not p.path.startswith(own))} of {d.rows} rows)"
+            )
         elif d.extends:
             click.echo(f"  incremental: extends bundle {d.extends}; high-water mark {json.dumps(d.state)[:500]}")
         if d.id_types:

@@ -7,7 +7,8 @@ for a symlink), ``link`` (``os.readlink`` exactly), ``secrets``, ``redacted``, `
 ``sha256:<hex>``, or ``hmac-sha256:<hex>`` for a file with sealed secrets; a symlink's is of its target).
 Not kept: empty folders (a note names them), folder modes, mtimes, owners; sockets, pipes and devices are
 skipped with a note. Refused (SourceDataError): names that are not UTF-8 or hold a backslash (they could
-not be restored), files over 512 MiB.
+not be restored), files over 512 MiB. A later backup writes again only the parts of its parent that hold a
+changed entry (:mod:`aibackup.filereuse`): the state records each entry's identity (``files``).
 
 Secrets (what is one: :mod:`aibackup.connectors.files.secrets`)
 - With the repository key (``options["secrets"]``, a SecretBox): ``content`` = the bytes with each secret
@@ -43,6 +44,7 @@ from typing import Any
 import pyarrow as pa
 
 from aibackup.connectors.base import Connector, DatasetDescription, ExportState, ImportPlan, Location, SecretBox
+from aibackup.connectors.files import reuse
 from aibackup.connectors.files.configfiles_restore import ConfigRestore, examples, secrets_aad
 from aibackup.connectors.files.lines import refuse_unrestorable
 from aibackup.connectors.files.secrets import PLACEHOLDER, Span, find_secrets, line_of
@@ -139,9 +141,14 @@ class ConfigConnector(Connector):
         return [replace(desc, name=name) for name in names]
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
-        """Every file and symlink as CONFIG batches (≤ 8 MiB of content or 1000 rows each); always a full
-        export. Without a key and without ``redact_secrets``, every file is scanned first and a secret
-        raises ConfigError here, before any batch. SourceDataError for names or files it cannot keep."""
+        """Every file and symlink as CONFIG batches (≤ 8 MiB of content or 1000 rows each). Without a
+        key and without ``redact_secrets``, every file is scanned first and a secret raises ConfigError
+        here, before any batch. SourceDataError for names or files it cannot keep.
+
+        With an offer of the parent's parts in `since` (:mod:`aibackup.connectors.files.reuse`), every entry
+        is read once first for its identity (type, mode, placeholders, sealed or not, hash); the entries
+        of unchanged parts are then left out (the backup references those parts). One of them changing
+        between the two reads fails the backup with SourceDataError (run it again)."""
         listing = self._list()
         # An explicit --redact-secrets wins over the key: the user asked for no values in this bundle.
         policy = (
@@ -149,7 +156,11 @@ class ConfigConnector(Connector):
         )
         if policy == "refuse":
             self._refuse_secrets(listing)
-        return self._batches(dataset.name, listing, policy)
+        first: dict[str, str] = {}
+        if reuse.offered(since) is not None:
+            first = {e.rel: _identity(self._row(e, policy)[0]) for e in listing.entries}
+        leave = {rel: first[rel] for rel in reuse.left_out(since, dict(first))}
+        return self._batches(dataset.name, listing, policy, leave)
 
     def export_state(self, name: str) -> ExportState | None:
         """Counts (files, bytes, secret_files, redacted_files, symlinks) and notes of the last export."""
@@ -230,13 +241,16 @@ class ConfigConnector(Connector):
                 f"encrypted repository (aibackup init --encrypt and AIBACKUP_KEY) or pass --redact-secrets{more}"
             )
 
-    def _batches(self, name: str, listing: _Listing, policy: str) -> Iterator[pa.RecordBatch]:
+    def _batches(self, name: str, listing: _Listing, policy: str, leave: Mapping[str, str]) -> Iterator[pa.RecordBatch]:
+        """The records of `listing`, but those of `leave` (path -> the identity they must still have)."""
         rows: list[dict[str, Any]] = []
+        identities: dict[str, str] = {}
         size = files = total = sealed = 0
         redacted_notes: list[str] = []
         with_placeholders: list[str] = []
         for entry in listing.entries:
             row, replaced = self._row(entry, policy)
+            identities[entry.rel] = _identity(row)
             if row["type"] == "file":
                 files += 1
                 total += entry.st.st_size
@@ -245,6 +259,12 @@ class ConfigConnector(Connector):
                     redacted_notes.append(f"{replaced} secret value(s) redacted in {self._show(entry.rel)}")
                 elif row["redacted"]:
                     with_placeholders.append(self._show(entry.rel))
+            if entry.rel in leave:
+                if leave[entry.rel] != identities[entry.rel]:
+                    raise SourceDataError(
+                        f"{self._show(entry.rel)} changed while it was being backed up; run the backup again"
+                    )
+                continue
             rows.append(row)
             size += len(row["content"] or b"")
             if size >= BATCH_BYTES or len(rows) >= BATCH_ROWS:
@@ -267,7 +287,7 @@ class ConfigConnector(Connector):
                 notes.append(f"{len(items)} {text}: {examples(items)}")
         config = {"files": files, "symlinks": len(listing.entries) - files, "bytes": total}
         config |= {"secret_files": sealed, "redacted_files": redacted}
-        self._states[name] = ExportState(state={}, config=config, notes=tuple(notes))
+        self._states[name] = ExportState(state={"files": identities}, config=config, notes=tuple(notes))
 
     def _row(self, entry: _Entry, policy: str) -> tuple[dict[str, Any], int]:
         """The record of one entry, and how many secret values this export replaced by placeholders."""
@@ -340,3 +360,10 @@ class ConfigConnector(Connector):
         """``files``: every written file re-read (without following symlinks) and its hash (HMAC for files
         with secrets) and mode compared with its record; every symlink's target compared."""
         return self._restore.checks(plan)
+
+
+def _identity(row: Mapping[str, Any]) -> str:
+    """What a later backup compares to tell an entry unchanged: type, mode, placeholders, whether its
+    secrets are sealed, and its hash (of the bytes, the HMAC for sealed files, a symlink's target)."""
+    sealed = "sealed" if row["secrets"] is not None else "plain"
+    return f"{row['type']}:{row['mode']:o}:{row['redacted']}:{sealed}:{row['sha256']}"

@@ -21,8 +21,9 @@ each line is classified (``problem`` says why a line is not valid, never quoting
 
 The dataset config holds, per file: ``examples`` (valid lines), ``formats`` (counts), ``roles`` (message
 counts by role), ``invalid`` (count) and ``problems`` (the first 20 "line N: why"), ``lines``, ``bytes``
-and ``sha256`` of the decompressed content, ``compression``; the export notes the invalid lines. Every
-backup is a full one (datasets are small and rewritten whole).
+and ``sha256`` of the decompressed content, ``compression``; the export notes the invalid lines. A
+later backup writes only the files whose content changed: one whose sha256 equals the parent bundle's
+is referenced from it (:mod:`aibackup.filereuse`; each part holds one file's lines).
 
 Job config (option ``job_config``, ``--job-config FILE``): a YAML (``.yaml``/``.yml``) or JSON file
 (others: JSON, else YAML) with the base model, hyperparameters, seed, provider job id... It is scanned for
@@ -55,7 +56,7 @@ from typing import Any
 import pyarrow as pa
 
 from aibackup.connectors.base import DatasetDescription, ExportState, ImportPlan, Location, identity
-from aibackup.connectors.files import lines
+from aibackup.connectors.files import lines, reuse
 from aibackup.connectors.files.conversation_records import BATCH_BYTES, BATCH_ROWS, BOM, SURROGATE_ESCAPE
 from aibackup.connectors.files.filetarget import (
     FileWriter,
@@ -174,13 +175,25 @@ class FinetuneConnector(LineFiles):
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Every line of every file as canonical batches (at most 2000 rows or ~32 MB); never fails on
-        content (SourceDataError/UnavailableError only for damaged or unreadable files). `since` is ignored:
-        every backup is full. ``export_state`` then gives the per-file summaries."""
+        content (SourceDataError/UnavailableError only for damaged or unreadable files). ``export_state``
+        then gives the per-file summaries.
+
+        With an offer of the parent's parts in `since` (:mod:`aibackup.connectors.files.reuse`), every file
+        the parent holds is hashed first, and one whose sha256 equals the parent's is left out: the backup
+        references the parent's parts for it, and its summary is the parent's."""
         columns: dict[str, list[Any]] = {f.name: [] for f in FINETUNE}
         size = 0
         summaries = []
         invalid: list[str] = []
-        for f in self._files():
+        files = self._files()
+        reused = _reused(files, since)
+        for f in files:
+            if f.name in reused:
+                summary = reused[f.name]
+                summaries.append(summary)
+                invalid += [f"{f.shown}:{p.split(':')[0].removeprefix('line ')}" for p in summary["problems"]]
+                invalid += [f"{f.shown}:?"] * (summary["invalid"] - len(summary["problems"]))
+                continue
             digest = hashlib.sha256()
             formats: Counter[str] = Counter()
             roles: Counter[str] = Counter()
@@ -291,6 +304,27 @@ class FinetuneConnector(LineFiles):
             return self._file_checks(plan)
         sha = hashlib.sha256(str(job["text"]).encode("utf-8")).hexdigest()
         return self._file_checks(plan, {str(job["name"]): sha}, " (with the job config)")
+
+
+def _reused(files: Sequence[lines.SourceFile], since: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """The parent's summaries of the files this export leaves out (their content's sha256 is the parent's)."""
+    offer = reuse.offered(since)
+    if offer is None:
+        return {}
+    then, offered = offer
+    summaries = {
+        s["name"]: s
+        for s in offered.get("config", {}).get("files", ())
+        if isinstance(s, dict) and _whole(s) and s["sha256"] == then.get(s["name"])
+    }
+    identities = {f.name: lines.content_sha256(f) if f.name in summaries else None for f in files}
+    return {name: summaries[name] for name in reuse.left_out(since, identities)}
+
+
+def _whole(summary: Mapping[str, Any]) -> bool:
+    """Whether a parent's summary has every key a summary has (one written by this version's export)."""
+    keys = ("name", "bytes", "lines", "sha256", "compression", "examples", "formats", "roles", "invalid", "problems")
+    return all(k in summary for k in keys) and isinstance(summary["problems"], list)
 
 
 def _flush(columns: dict[str, list[Any]]) -> pa.RecordBatch:

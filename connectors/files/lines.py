@@ -319,6 +319,15 @@ def hash_prefix(file: SourceFile, nbytes: int) -> tuple[_Hash | None, bool]:
         return digest, bool(stream.read(1))
 
 
+def content_sha256(file: SourceFile) -> str:
+    """sha256 (hex) of a file's decompressed bytes: what a fine-tuning dataset records per file."""
+    digest = hashlib.sha256()
+    with open_file(file) as stream, reading(file):
+        while chunk := stream.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def count_lines(file: SourceFile) -> tuple[int, int]:
     """(decompressed bytes, lines) of a file: a newline count at memory speed, plus one for a last line
     without a newline."""

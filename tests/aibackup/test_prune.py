@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from aibackup.backup import run_backup
+from aibackup.backup import SourceOptions, run_backup
 from aibackup.config import RetentionPolicy
 from aibackup.errors import BundleNotFoundError, UsageError
 from aibackup.manifests.model import BundleManifest
@@ -46,8 +46,10 @@ def finetune_source(tmp_path: Path, name: str = "ft") -> str:
     return f"finetune:{folder}"
 
 
-def backup(source: str, moment: dt.datetime) -> str:
-    return run_backup(REPO, source, now=moment).manifest.bundle_id
+def backup(source: str, moment: dt.datetime, *, full: bool = True) -> str:
+    """A backup at `moment`; `full` (the default here: these tests reason about bundles whose parts are their
+    own) writes every file, none referenced from the previous bundle (aibackup.filereuse)."""
+    return run_backup(REPO, source, now=moment, source_options=SourceOptions(full=full)).manifest.bundle_id
 
 
 def conversation_night(logs: Path, n: int, moment: dt.datetime) -> str:
@@ -431,7 +433,11 @@ def test_prune_on_s3(tmp_path: Path, s3_env: Any) -> None:
     repo_url = "s3://prune/ai"
     source = finetune_source(tmp_path)
     real_now = dt.datetime.now(UTC)
-    bundles = [run_backup(repo_url, source, now=real_now - dt.timedelta(hours=3 - n)).manifest for n in range(3)]
+    full = SourceOptions(full=True)
+    bundles = [
+        run_backup(repo_url, source, now=real_now - dt.timedelta(hours=3 - n), source_options=full).manifest
+        for n in range(3)
+    ]
     repo = Repository.open(repo_url)
     crashed = bundles[1].bundle_id
     repo.storage.remove(repo.manifest_path(crashed))
