@@ -2,7 +2,8 @@
 
 ``samples/repo-<version>/`` is a whole repository written by that version of aibackup (a Chroma collection
 with cosine vectors, documents, uris and metadata; a Qdrant collection with named, multi and sparse
-vectors and nested payload). Add a new one whenever the format changes; never edit an old one.
+vectors and nested payload; from 0.4.0, a full bundle of the Chroma collection and an incremental link
+after it: 10 records changed, 5 deleted, 5 added). Add a new one whenever the format changes; never edit an old one.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ def test_sample_repository_verifies_and_restores(repo: Path, tmp_path: Path, cli
     shutil.copytree(repo, copy)
     verified = cli("verify", "--read-data", "--repo", str(copy), "--json")
     assert verified.code == 0 and verified.json()["ok"], verified
-    for bundle in cli("list", "--repo", str(copy), "--json").json():
+    for n, bundle in enumerate(cli("list", "--repo", str(copy), "--json").json()):
         kind = "qdrant" if bundle["source"]["kind"] == "chroma" else "chroma"
-        args = ["restore", bundle["bundle_id"], "--repo", str(copy), "--to", f"{kind}:{tmp_path / kind}"]
+        # A store per bundle: the two bundles of a chain (0.4.0) hold the same collection.
+        args = ["restore", bundle["bundle_id"], "--repo", str(copy), "--to", f"{kind}:{tmp_path / f'{kind}-{n}'}"]
         if kind == "chroma":
             args.append("--allow-lossy")  # named, multi and sparse vectors do not all fit into Chroma
         restored = cli(*args, "--json")
