@@ -93,6 +93,9 @@ def test_prune_keeps_the_parts_a_kept_bundle_references(tmp_path: Path, cli: Cli
     pruned = ok(cli("prune", "--keep-last", "1", "--grace", "0s", "--repo", repo, "--json")).json()
     assert [r["bundle_id"] for r in pruned["removed"]] == [first["bundle_id"]]
     assert all("/000-" in p for p in pruned["parts_removed"]) and len(pruned["parts_removed"]) == 1  # b's old part
+    referenced = [p.path for p in Repository.open(repo).load(second["bundle_id"]).datasets[0].parts]
+    assert pruned["parts_kept_for_chains"] == [p for p in referenced if first["bundle_id"] in p]  # a's part
+    assert len(pruned["parts_kept_for_chains"]) == 1
     assert ok(cli("verify", "--read-data", "--repo", repo, "--json")).json()["ok"]
     target = tmp_path / "out"
     ok(cli("restore", second["bundle_id"], "--to", f"finetune:{target}", "--repo", repo))
