@@ -50,7 +50,7 @@ from benchmarks.common import (
 )
 
 MODULE = "benchmarks.incremental"
-PAGES = (2500, 5000)
+PAGES = (2500, 5000, 10000)
 #: The night's change, as shares of the records: updated, deleted, added.
 UPDATED, DELETED, ADDED = 0.005, 0.0025, 0.0025
 LINKS = 30

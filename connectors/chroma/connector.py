@@ -52,12 +52,13 @@ at norms ~1e-19), so ``plan.tolerances`` = ``{vector column: "ulp"}`` for cosine
 Limits found: ``get()`` with embeddings fails above ~32k ids per call; pages of ``batch_rows`` (default
 2500: a full backup of 100k×384 embedded records measured fastest at 2500 (vs 1000 and 5000), ~23k
 records/s; ~10k/s from a server; a page's Python objects dominate the reader's memory, so bigger pages
-cost memory for no speed). Pages are read through :func:`raw_get`, two ahead of their conversion.
-Writes run ~1800 records/s at dim 384 (~9000/s at dim 64) whatever the batch size. Collection names: 3-512
-of [a-zA-Z0-9._-]. ``upsert`` merges metadata into an existing record, so merge mode deletes a batch's
-existing ids, then adds. Chroma 1.5.9 leaves a deleted collection's list-valued metadata rows behind and a
-later record reusing the row id inherits them: a collection is emptied record by record (~5k/s) before it
-is deleted (overwrite, or create over an empty one).
+cost memory for no speed; from LARGE_COLLECTION records on, an embedded store is read in pages of
+LARGE_PAGE_ROWS, since its offset pages slow down the further in they start). Pages are read through
+:func:`raw_get`, two ahead of their conversion. Writes run ~1800 records/s at dim 384 (~9000/s at dim 64)
+whatever the batch size. Collection names: 3-512 of [a-zA-Z0-9._-]. ``upsert`` merges metadata into an
+existing record, so merge mode deletes a batch's existing ids, then adds. Chroma 1.5.9 leaves a deleted
+collection's list-valued metadata rows behind and a later record reusing the row id inherits them: a
+collection is emptied record by record (~5k/s) before it is deleted (overwrite, or create over an empty one).
 """
 
 from __future__ import annotations
@@ -102,6 +103,13 @@ from aibackup.manifests.model import DenseVectorSpec, VectorsConfig
 from aibackup.manifests.vectors import dense_column
 
 MAX_GET = 30_000  # get() with embeddings fails above ~32k ids per call
+PAGE_ROWS = 2500  # the export's page (fastest at 100k x 384, embedded and server)
+#: Embedded Chroma's offset pages cost more the further in they start (its SQLite skips the rows before
+#: the offset), so a large embedded collection is read in bigger pages: 1M x 384 records measured 82.7 s in
+#: 2,500-record pages, 64 s in 5,000 and 58-60 s in 10,000 (2026-12-05). A server keeps PAGE_ROWS (its
+#: client's memory is what the benchmarks hold flat).
+LARGE_PAGE_ROWS = 10_000
+LARGE_COLLECTION = 500_000
 FETCH_AHEAD = 2  # pages a Chroma export reads ahead of their conversion
 ID_PAGE = 200_000  # ids-only pages of the proof pass (1M records: 3.2 s in 200k pages, 5.2 s in 50k pages)
 
@@ -120,12 +128,13 @@ class ChromaConnector(VectorConnector):
         *,
         create: bool = False,
         options: Mapping[str, Any] | None = None,
-        batch_rows: int = 2500,
+        batch_rows: int | None = None,
     ) -> None:
         """Open the store. Source (`create` False): a path without chroma.sqlite3 raises DatasetNotFoundError.
-        A server that does not answer raises UnavailableError. `batch_rows` is the export page size."""
+        A server that does not answer raises UnavailableError. `batch_rows` is the export page size (None:
+        PAGE_ROWS, or LARGE_PAGE_ROWS for an embedded collection of LARGE_COLLECTION records or more)."""
         super().__init__(location, create=create, options=options)
-        if not 1 <= batch_rows <= MAX_GET:
+        if batch_rows is not None and not 1 <= batch_rows <= MAX_GET:
             raise UsageError(f"batch_rows must be between 1 and {MAX_GET} (Chroma's get() limit)")
         self.batch_rows = batch_rows
         self._store = location.display()
@@ -244,7 +253,7 @@ class ChromaConnector(VectorConnector):
             rows += len(ids)
             return cm.page_to_batch(dataset.name, schema, size, page)
 
-        final_rows, final_sum = yield from self._pages(col, include, dataset.name, convert)
+        final_rows, final_sum = yield from self._pages(col, include, dataset.name, convert, dataset.rows)
         if (final_rows, final_sum) != (rows, id_sum):
             raise SourceDataError(
                 f"collection {dataset.name!r} in {self._store} changed during the backup (exported {rows} "
@@ -252,11 +261,19 @@ class ChromaConnector(VectorConnector):
                 "writes to the collection"
             )
 
+    def page_rows(self, rows: int) -> int:
+        """The page size of an export of a collection described with `rows` records."""
+        if self.batch_rows is not None:
+            return self.batch_rows
+        large = not self.location.is_server and rows >= LARGE_COLLECTION
+        return LARGE_PAGE_ROWS if large else PAGE_ROWS
+
     def _pages(
-        self, col: Any, include: list[str], name: str, convert: Callable[[Any], pa.RecordBatch]
+        self, col: Any, include: list[str], name: str, convert: Callable[[Any], pa.RecordBatch], expected: int = 0
     ) -> Generator[pa.RecordBatch, None, tuple[int, int]]:
-        """Yield ``convert(page)`` for every non-empty ``get`` page in offset order; return the ids-only pass
-        (:meth:`_id_sum`) run after the last page was read.
+        """Yield ``convert(page)`` for every non-empty ``get`` page in offset order (pages of
+        :meth:`page_rows` for a collection of `expected` records); return the ids-only pass (:meth:`_id_sum`)
+        run after the last page was read.
 
         Chroma's ``get`` spends about half its time in Rust with the GIL released, so a worker thread
         fetches up to ``FETCH_AHEAD`` pages ahead (in order, one at a time) while this thread turns pages
@@ -267,11 +284,12 @@ class ChromaConnector(VectorConnector):
         conversion of the last page and the writer's tail.
         """
 
+        step = self.page_rows(expected)
+
         def fetch(offset: int) -> Any:
             with self._errors("read records", name):
-                return raw_get(col, include, limit=self.batch_rows, offset=offset)
+                return raw_get(col, include, limit=step, offset=offset)
 
-        step = self.batch_rows
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aibackup-chroma-get") as pool:
             ahead = deque(pool.submit(fetch, k * step) for k in range(FETCH_AHEAD))
             following = FETCH_AHEAD * step  # the offset of the next page to ask for

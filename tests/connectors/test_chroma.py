@@ -30,7 +30,14 @@ from chromadb.utils.embedding_functions import known_embedding_functions
 
 from aibackup.connectors.base import DatasetDescription, ImportPlan
 from aibackup.connectors.chroma import metadata as cm
-from aibackup.connectors.chroma.connector import FETCH_AHEAD, ChromaConnector, raw_get
+from aibackup.connectors.chroma.connector import (
+    FETCH_AHEAD,
+    LARGE_COLLECTION,
+    LARGE_PAGE_ROWS,
+    PAGE_ROWS,
+    ChromaConnector,
+    raw_get,
+)
 from aibackup.connectors.registry import open_connector, parse_location
 from aibackup.errors import (
     ConnectorError,
@@ -210,6 +217,19 @@ def test_describe_maps_legacy_metadata_and_names(tmp_path: Path) -> None:
     assert named.config.dense == (DenseVectorSpec("text", 1, "l2"),)
     assert named.config.metadata is None  # the vector-name key is hidden from the neutral metadata
     assert named.schema.names == ["id", "vector:text", "document", "uri", "metadata"]
+
+
+@pytest.mark.chroma_server
+def test_large_embedded_collections_are_read_in_larger_pages(tmp_path: Path, chroma_server: Server) -> None:
+    with seed(tmp_path / "s") as client:
+        client.create_collection("few", embedding_function=None)
+    with source(tmp_path / "s") as conn:
+        assert conn.page_rows(100_000) == PAGE_ROWS == 2500
+        assert conn.page_rows(LARGE_COLLECTION) == LARGE_PAGE_ROWS == 10_000
+    with source(tmp_path / "s", batch_rows=300) as conn:
+        assert conn.page_rows(LARGE_COLLECTION) == 300  # an explicit page size wins
+    with server(chroma_server) as conn:
+        assert conn.page_rows(LARGE_COLLECTION) == PAGE_ROWS  # the client's memory stays flat
 
 
 def test_paging_returns_each_record_once(tmp_path: Path) -> None:
