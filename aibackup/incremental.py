@@ -13,10 +13,10 @@ The link's digest is the parent's plus what was written minus what was removed, 
 of every digest read: the two are computed independently, so a chain that would not restore to what the
 source held is never committed.
 
-A backup is full instead (:func:`full_reason`) on ``--full``, past ``full_every`` links, when the parent
-has no usable index or chain, when the collection's vectors changed, and when more than half of the
-records changed (:class:`TooManyChanges`, raised from the stream as soon as that is certain from what was
-written).
+A backup is full instead (:func:`full_reason`) on ``--full``, past ``full_every`` links, once the chain
+stores MAX_DEAD dead records per live one, when the parent has no usable index or chain, when the
+collection's vectors changed, and when more than half of the records changed (:class:`TooManyChanges`,
+raised from the stream as soon as that is certain from what was written).
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ from aibackup.manifests.model import DIGEST_ALGORITHM, DatasetManifest, VectorsC
 
 #: More than this share of the parent's records changed (added, changed or deleted): a full backup.
 MAX_CHANGED = 0.5
+#: A chain whose stored records that are no longer live (old versions of changed records, deleted ones)
+#: reach this share of its live records is followed by a full backup: a restore reads and checks every
+#: stored record, so this bounds its read to about 1.2x that of a full bundle, whatever the churn.
+MAX_DEAD = 0.2
 #: The kinds whose datasets chain record by record (order-free sets of records keyed by id).
 CHAINED_KINDS = ("vectors",)
 
@@ -82,6 +86,12 @@ def full_reason(
         return f"the previous bundle's record digests are {parent.digest_algorithm}, an older format"
     if len(parent.chain) > full_every:
         return f"the chain reached full_every ({full_every} incremental links after a full backup)"
+    dead = sum(link.rows for link in parent.chain) - parent.rows
+    if parent.rows and dead >= MAX_DEAD * parent.rows:
+        return (
+            f"the chain holds {dead:,} records that are no longer live, {dead / parent.rows:.0%} of the "
+            f"{parent.rows:,} live ones (a restore reads them too; at {MAX_DEAD:.0%} a backup is full)"
+        )
     changed = _vectors_changed(parent, description)
     if changed:
         return f"the collection's vectors changed ({changed})"

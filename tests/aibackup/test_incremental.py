@@ -124,6 +124,25 @@ def test_full_backups_say_why(tmp_path: Path, store: Path, cli: Cli) -> None:
     assert "DELETED" in text and "WRITTEN" in text
 
 
+def test_a_chain_holding_too_many_dead_records_is_followed_by_a_full_backup(tmp_path: Path, store: Path) -> None:
+    repo, source = str(tmp_path / "repo"), f"chroma:{store}"
+    api.backup(repo, source)
+    change(store, update=[f"doc-{i:05d}" for i in range(40)], delete=[f"doc-{i:05d}" for i in range(40, 60)], seed=1)
+    first = docs(api.backup(repo, source))  # 60 old versions and deleted records: 16% of the 380 live ones
+    assert first["incremental"] and first["deleted"] == 20
+    change(store, update=[f"doc-{i:05d}" for i in range(100, 130)], seed=2)
+    second = api.backup(repo, source)  # the parent's 16% < 20%: still a link; now 90 dead, 24%
+    assert docs(second)["incremental"]
+    third = docs(api.backup(repo, source))  # nothing changed tonight, but the chain reads 24% more than it holds
+    assert third["incremental"] is False and third["new_rows"] == 380
+    assert third["full_reason"] == (
+        "the chain holds 90 records that are no longer live, 24% of the 380 live ones "
+        "(a restore reads them too; at 20% a backup is full)"
+    )
+    assert docs(api.backup(repo, source))["incremental"]  # the new chain starts clean
+    assert restored(tmp_path, Path(repo), second.bundle_id) == chroma_contents(store, "docs")
+
+
 def test_the_full_every_flag_and_config_key(tmp_path: Path, store: Path, cli: Cli) -> None:
     config = tmp_path / "aibackup.yaml"
     config.write_text(f"repository: {tmp_path / 'repo'}\nsources:\n  kb: {{uri: 'chroma:{store}', full_every: 0}}\n")
