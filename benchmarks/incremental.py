@@ -20,7 +20,9 @@ by 1% (0.5% of the records updated, 0.25% deleted, 0.25% added), then:
   source: thirty reads of the 1M Chroma store would take half an hour, and the read side does not depend
   on where the records came from.
 
-10M records are extrapolated from the measured per-record bytes (index on disk, index in memory).
+10M records: the per-record bytes measured above (index on disk, index in memory), and a record index of
+10M records (random digests, random 36-character UUIDs) written as a full backup writes it, then loaded
+as an incremental backup loads it before its read: seconds, peak RSS over the process before, RSS held.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ PAGES = (2500, 5000, 10000)
 #: The night's change, as shares of the records: updated, deleted, added.
 UPDATED, DELETED, ADDED = 0.005, 0.0025, 0.0025
 LINKS = 30
+INDEX_ROWS = 10_000_000  # the record index whose load is measured (random digests, random UUIDs)
 READ_PHASES = ("seconds", "hash_seconds", "validate_seconds", "stream_seconds")
 
 
@@ -278,7 +281,74 @@ def child_read(repo_path: str, bundle_id: str) -> dict[str, Any]:
     }
 
 
-CHILDREN = {"backup": child_backup, "change": child_change, "chain": child_chain, "read": child_read}
+def child_index_write(repo_path: str, rows: str) -> dict[str, Any]:
+    """A record index of `rows` records (random digests, random 36-character UUIDs), as a full backup of
+    one link writes it, in a new repository; the dataset's manifest is kept beside it for the load."""
+    import pickle
+
+    import pyarrow as pa
+
+    from aibackup.bundle import BundleWriter
+    from aibackup.manifests.chain import INDEX_SCHEMA, ChainLink
+    from aibackup.manifests.digest import MOD, digest_sum
+    from aibackup.manifests.model import DatasetManifest
+    from aibackup.repository import Repository
+
+    repo, n = Repository.init(repo_path), int(rows)
+    bundle_id = "20261101T020000.000000Z-00000000"
+    writer = BundleWriter(repo, bundle_id)
+    rng = np.random.default_rng(10)
+    parts, total, step = [], 0, 1_000_000
+    for start in range(0, n, step):
+        count = min(step, n - start)
+        words = rng.integers(0, 2**63, size=(count, 2), dtype=np.uint64)
+        raw = rng.bytes(16 * count).hex()  # random (version 4 style) UUIDs: what compresses least
+        hexes = (raw[k : k + 32] for k in range(0, len(raw), 32))
+        ids = pa.array([f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in hexes])
+        digests = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), count, [None, pa.py_buffer(words.tobytes())])
+        path = f"{writer.dataset_folder(0, COLLECTION)}/index-{start // step:05d}.parquet"
+        parts.append(writer.write_table(path, pa.Table.from_arrays([ids, digests], schema=INDEX_SCHEMA)))
+        total += digest_sum(words)
+    link = ChainLink(bundle_id, parts=0, rows=n, index=tuple(parts), tombstones=(), added=0, changed=0, deleted=0)
+    dataset = DatasetManifest(COLLECTION, "vectors", n, (), {}, f"{total % MOD:032x}", (), chain=(link,))
+    with open(Path(repo_path) / "dataset.pickle", "wb") as f:
+        pickle.dump(dataset, f)
+    return {"index_bytes": sum(p.bytes for p in parts)}
+
+
+def child_index_load(repo_path: str) -> dict[str, Any]:
+    """Load the index :func:`child_index_write` wrote as an incremental backup does before its read: the
+    seconds, and the process's RSS before, at its peak and after (MB)."""
+    import pickle
+    import resource
+
+    from aibackup.bundle import BundleReader
+    from aibackup.incremental import ParentIndex
+    from aibackup.repository import Repository
+
+    def rss() -> float:
+        with open("/proc/self/status") as f:
+            return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
+
+    with open(Path(repo_path) / "dataset.pickle", "rb") as f:
+        dataset = pickle.load(f)
+    reader = BundleReader(Repository.open(repo_path))
+    before = max(rss(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    started = time.perf_counter()
+    index = ParentIndex.load(reader, dataset)
+    seconds = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rows": len(index), "seconds": seconds, "peak_over_mb": peak - before, "held_mb": rss() - before}
+
+
+CHILDREN = {
+    "backup": child_backup,
+    "change": child_change,
+    "chain": child_chain,
+    "read": child_read,
+    "index-write": child_index_write,
+    "index-load": child_index_load,
+}
 
 
 def _forget(repo: Path, bundle_id: str) -> None:
@@ -315,6 +385,9 @@ def measure(rows: int, dim: int, repeats: int, links: int = LINKS) -> dict[str, 
         for _ in range(repeats):
             chain_reads.append(run_child(MODULE, "read", str(Path(tmp) / "chain"), chain["chain"]))
             full_reads.append(run_child(MODULE, "read", str(Path(tmp) / "chain"), chain["full"]))
+        # 10M records, measured: the index a full backup of them writes, and its load before the read.
+        written = run_child(MODULE, "index-write", str(Path(tmp) / "index10m"), str(INDEX_ROWS))
+        loaded = run_child(MODULE, "index-load", str(Path(tmp) / "index10m"))
     chain_read, full_read = fastest(chain_reads), fastest(full_reads)
     scan = fastest(runs, "scan_seconds")
     index_per_record = full["index_bytes"] / full["rows"]
@@ -370,6 +443,13 @@ def measure(rows: int, dim: int, repeats: int, links: int = LINKS) -> dict[str, 
         "at_10m": {
             "index_mb": round(index_per_record * 10_000_000 / 2**20),
             "memory_mb": round(memory_per_record * 10_000_000 / 2**20),
+            "measured": {
+                "rows": loaded["rows"],
+                "index_mb": round(written["index_bytes"] / 2**20, 1),
+                "load_seconds": round(loaded["seconds"], 2),
+                "load_peak_over_mb": round(loaded["peak_over_mb"]),
+                "held_mb": round(loaded["held_mb"]),
+            },
         },
     }
 
