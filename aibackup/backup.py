@@ -200,12 +200,13 @@ def run_backup(
                         notes += chained.notes
                         continue
                     previous = _previous(repo, parent, description.name, description.kind)
+                    unchained = "no earlier bundle of this dataset"  # why it is full, if it is
                     if previous is not None and previous.digest_algorithm != DIGEST_ALGORITHM:
                         # The dataset digest of a chain is a sum: every link must use one algorithm.
-                        notes.append(
-                            f"{description.name}: full backup, not incremental (the previous bundle's "
-                            f"record digests are {previous.digest_algorithm}, an older format)"
+                        unchained = (
+                            f"the previous bundle's record digests are {previous.digest_algorithm}, an older format"
                         )
+                        notes.append(f"{description.name}: full backup, not incremental ({unchained})")
                         previous = None
                     since = previous.state if previous is not None else None
                     file_kind = FILE_KINDS.get(description.kind)
@@ -263,6 +264,11 @@ def run_backup(
                         )
                         if state.incremental and previous is not None and parent is not None:
                             dataset = chain(previous, dataset, parent)
+                    if description.name not in outcomes:  # conversation logs: continued from their mark, or not
+                        if previous is not None and dataset.extends is None:
+                            unchained = "the source could not continue from the previous bundle (see the notes)"
+                        reason = None if dataset.extends else unchained
+                        outcomes[description.name] = Outcome.of(dataset, bundle_id, reason)
                     datasets.append(dataset)
                 # The source is done with: close it before the baselines' exact passes, which read the
                 # parts just written (an embedded store's threads and memory would compete with them).

@@ -68,12 +68,14 @@ def test_incremental_conversation_logs_over_several_nights(tmp_path: Path, cli: 
     night1 = ok(cli("backup", source, "--json")).json()
     assert night1["datasets"][0]["kind"] == "conversations"
     assert night1["datasets"][0]["rows"] == 16 and not night1["datasets"][0]["incremental"]
+    assert night1["datasets"][0]["full_reason"] == "no earlier bundle of this dataset"
     snapshot1 = {"app.jsonl": app.read_bytes()}
 
     with app.open("ab") as f:
         f.write(b"".join(line(exchange(n)) for n in range(5, 8)))
     night2 = ok(cli("backup", source, "--json")).json()
     assert night2["datasets"][0]["incremental"] and night2["datasets"][0]["new_rows"] == 3
+    assert night2["datasets"][0]["full_reason"] is None
     assert night2["datasets"][0]["rows"] == 19
 
     # A restore in the middle of the chain gives back exactly the first night.
