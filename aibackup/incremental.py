@@ -39,9 +39,10 @@ from aibackup.manifests.model import DIGEST_ALGORITHM, DatasetManifest, VectorsC
 #: More than this share of the parent's records changed (added, changed or deleted): a full backup.
 MAX_CHANGED = 0.5
 #: A chain whose stored records that are no longer live (old versions of changed records, deleted ones)
-#: reach this share of its live records is followed by a full backup: a restore reads and checks every
-#: stored record, so this bounds its read to about 1.2x that of a full bundle, whatever the churn.
-MAX_DEAD = 0.2
+#: reach this share of its live records is followed by a full backup. A restore reads and checks every
+#: stored record and filters the dead ones out (about 5% more), so this bounds its read to about 1.2x
+#: that of a full bundle (measured: docs/benchmarks.md), whatever the churn.
+MAX_DEAD = 0.15
 #: The kinds whose datasets chain record by record (order-free sets of records keyed by id).
 CHAINED_KINDS = ("vectors",)
 

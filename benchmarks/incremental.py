@@ -28,6 +28,7 @@ as an incremental backup loads it before its read: seconds, peak RSS over the pr
 from __future__ import annotations
 
 import datetime as dt
+import math
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from aibackup.incremental import MAX_DEAD
 from benchmarks.common import (
     COLLECTION,
     Stopwatch,
@@ -204,9 +206,10 @@ class _Nights:
             yield pa.RecordBatch.from_arrays([columns[f.name] for f in schema], schema=schema)
 
 
-def child_chain(repo_path: str, rows: str, dim: str, links: str) -> dict[str, Any]:
+def child_chain(repo_path: str, rows: str, dim: str, links: str, also: str = "0") -> dict[str, Any]:
     """Write a full backup and `links` links of the generated source into a new repository, then the
-    equivalent full bundle of the last night's live records; their ids and bytes."""
+    equivalent full bundle of the last night's live records; their ids and bytes, and the id of the
+    bundle after link `also` (a shorter chain of as many live records)."""
     from aibackup import __version__
     from aibackup.bundle import BundleReader, BundleWriter
     from aibackup.incremental import Delta, ParentIndex
@@ -220,6 +223,7 @@ def child_chain(repo_path: str, rows: str, dim: str, links: str) -> dict[str, An
     start = dt.datetime(2026, 11, 1, 2, 0, tzinfo=dt.UTC)
     parent = None
     previous = None
+    shorter = ""
     for n in range(int(links) + 1):
         if n:
             nights.night(n)
@@ -234,6 +238,8 @@ def child_chain(repo_path: str, rows: str, dim: str, links: str) -> dict[str, An
         created = iso(start + dt.timedelta(days=n))
         repo.commit(BundleManifest(bundle_id, created, __version__, source, (dataset,), parent=parent))
         parent, previous = bundle_id, dataset
+        if n == int(also):
+            shorter = bundle_id
         print(f"  chain: link {n}: {dataset.rows} live rows", file=sys.stderr, flush=True)
     assert previous is not None
     equivalent = repo.next_bundle_id(start + dt.timedelta(days=int(links) + 1))
@@ -243,6 +249,7 @@ def child_chain(repo_path: str, rows: str, dim: str, links: str) -> dict[str, An
         raise RuntimeError("the equivalent full bundle does not hold the chain's live records")
     return {
         "chain": parent,
+        "shorter": shorter if int(also) else None,
         "full": equivalent,
         "rows": full.rows,
         "chain_stored_rows": sum(p.rows for p in previous.parts),
@@ -383,11 +390,16 @@ def measure(rows: int, dim: int, repeats: int, links: int = LINKS) -> dict[str, 
         bare, inc = fastest(bare_runs), fastest(runs)
         if inc["rows"] != bare["rows"]:
             raise RuntimeError(f"the backup holds {inc['rows']} records, the bare loop read {bare['rows']}")
-        chain = run_child(MODULE, "chain", str(Path(tmp) / "chain"), str(rows), str(dim), str(links))
+        # The longest chain backups build at this churn (incremental.MAX_DEAD), read beside the forced one.
+        longest = math.ceil(MAX_DEAD / (UPDATED + DELETED))
+        chain = run_child(MODULE, "chain", str(Path(tmp) / "chain"), str(rows), str(dim), str(links), str(longest))
+        shorter_reads = []
         chain_reads, full_reads = [], []
         for _ in range(max(repeats, READ_REPEATS)):
             chain_reads.append(run_child(MODULE, "read", str(Path(tmp) / "chain"), chain["chain"]))
             full_reads.append(run_child(MODULE, "read", str(Path(tmp) / "chain"), chain["full"]))
+            if longest < links:
+                shorter_reads.append(run_child(MODULE, "read", str(Path(tmp) / "chain"), chain["shorter"]))
         # 10M records, measured: the index a full backup of them writes, and its load before the read.
         written = run_child(MODULE, "index-write", str(Path(tmp) / "index10m"), str(INDEX_ROWS))
         loaded = run_child(MODULE, "index-load", str(Path(tmp) / "index10m"))
@@ -435,9 +447,22 @@ def measure(rows: int, dim: int, repeats: int, links: int = LINKS) -> dict[str, 
                 k: round(full_read[k], 3) for k in ("seconds", "hash_seconds", "validate_seconds", "stream_seconds")
             },
             "chain_runs": [round(r["seconds"], 3) for r in chain_reads],
+            "longest": longest,
+            "shorter_read": (
+                {
+                    k: round(fastest(shorter_reads)[k], 3)
+                    for k in ("seconds", "hash_seconds", "validate_seconds", "stream_seconds")
+                }
+                if shorter_reads
+                else None
+            ),
+            "shorter_runs": [round(r["seconds"], 3) for r in shorter_reads],
             "full_runs": [round(r["seconds"], 3) for r in full_reads],
         },
         "chain_read_vs_full": round(chain_read["seconds"] / full_read["seconds"], 3),
+        "shorter_read_vs_full": (
+            round(fastest(shorter_reads)["seconds"] / full_read["seconds"], 3) if shorter_reads else None
+        ),
         "per_record": {
             "index_bytes": round(index_per_record, 1),
             "memory_bytes": round(memory_per_record, 1),

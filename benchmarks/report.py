@@ -348,6 +348,15 @@ def _incremental(i: dict[str, Any]) -> list[str]:
         f"records die a night) a chain has at most {longest} links, storing {1 + longest * dead:.3f}× the live "
         f"records; the {c['links']} links measured here are written by the benchmark itself.",
     ]
+    if i.get("shorter_read_vs_full"):
+        x = c["shorter_read"]
+        out += [
+            "",
+            f"That longest chain (a full backup and {c['longest']} links, bundle {c['shorter']} of the same run): "
+            f"re-hash {x['hash_seconds']:.2f} s, validate {x['validate_seconds']:.2f} s, stream "
+            f"{x['stream_seconds']:.2f} s, total {x['seconds']:.2f} s: **{i['shorter_read_vs_full']:.2f}×** the "
+            f"equivalent full bundle's read (runs {', '.join(map(str, c['shorter_runs']))}).",
+        ]
     return out
 
 

@@ -127,17 +127,17 @@ def test_full_backups_say_why(tmp_path: Path, store: Path, cli: Cli) -> None:
 def test_a_chain_holding_too_many_dead_records_is_followed_by_a_full_backup(tmp_path: Path, store: Path) -> None:
     repo, source = str(tmp_path / "repo"), f"chroma:{store}"
     api.backup(repo, source)
-    change(store, update=[f"doc-{i:05d}" for i in range(40)], delete=[f"doc-{i:05d}" for i in range(40, 60)], seed=1)
-    first = docs(api.backup(repo, source))  # 60 old versions and deleted records: 16% of the 380 live ones
-    assert first["incremental"] and first["deleted"] == 20
+    change(store, update=[f"doc-{i:05d}" for i in range(30)], delete=[f"doc-{i:05d}" for i in range(30, 40)], seed=1)
+    first = docs(api.backup(repo, source))  # 40 old versions and deleted records: 10% of the 390 live ones
+    assert first["incremental"] and first["deleted"] == 10
     change(store, update=[f"doc-{i:05d}" for i in range(100, 130)], seed=2)
-    second = api.backup(repo, source)  # the parent's 16% < 20%: still a link; now 90 dead, 24%
+    second = api.backup(repo, source)  # the parent's 10% < 15%: still a link; now 70 dead, 18%
     assert docs(second)["incremental"]
-    third = docs(api.backup(repo, source))  # nothing changed tonight, but the chain reads 24% more than it holds
-    assert third["incremental"] is False and third["new_rows"] == 380
+    third = docs(api.backup(repo, source))  # nothing changed tonight, but the chain reads 18% more than it holds
+    assert third["incremental"] is False and third["new_rows"] == 390
     assert third["full_reason"] == (
-        "the chain holds 90 records that are no longer live, 24% of the 380 live ones "
-        "(a restore reads them too; at 20% a backup is full)"
+        "the chain holds 70 records that are no longer live, 18% of the 390 live ones "
+        "(a restore reads them too; at 15% a backup is full)"
     )
     assert docs(api.backup(repo, source))["incremental"]  # the new chain starts clean
     assert restored(tmp_path, Path(repo), second.bundle_id) == chroma_contents(store, "docs")
