@@ -58,7 +58,7 @@ def targets(r: dict[str, Any]) -> list[Target]:
 
 
 def _fmt(t: Target) -> str:
-    value = f"{t.value:.0f}{t.unit}" if t.unit != "×" else f"{t.value:.2f}×"
+    value = f"{t.value:.0f}{t.unit}" if t.unit != "×" else f"{t.value:.3g}×" if t.value < 0.1 else f"{t.value:.2f}×"
     bound = f"{t.bound:.0f}{t.unit}" if t.unit != "×" else f"{t.bound}×"
     return f"| {t.label} | **{value}** | ≤ {bound} | {'met' if t.met else '**missed**'} |"
 
