@@ -199,7 +199,9 @@ def run_backup(
                         outcomes[description.name] = Outcome.of(chained.dataset, bundle_id, chained.full_reason)
                         notes += chained.notes
                         continue
-                    previous = _previous(repo, parent, description.name, description.kind)
+                    file_kind = FILE_KINDS.get(description.kind)
+                    # File kinds find what they may reference themselves (filereuse.offer, below).
+                    previous = None if file_kind else _previous(repo, parent, description.name, description.kind)
                     unchained = "no earlier bundle of this dataset"  # why it is full, if it is
                     if previous is not None and previous.digest_algorithm != DIGEST_ALGORITHM:
                         # The dataset digest of a chain is a sum: every link must use one algorithm.
@@ -209,7 +211,6 @@ def run_backup(
                         notes.append(f"{description.name}: full backup, not incremental ({unchained})")
                         previous = None
                     since = previous.state if previous is not None else None
-                    file_kind = FILE_KINDS.get(description.kind)
                     offer: Offer | None = None
                     groups: PartGroups | None = None
                     if file_kind is not None:  # fine-tuning and config files: unchanged files are referenced

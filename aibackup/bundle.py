@@ -486,18 +486,7 @@ class BundleReader:
         the manifest); any damage raises IntegrityError naming the part. Callers that must refuse damage
         *before* acting (restore) run :meth:`check_part` with ``read_data=True`` on every part first.
         """
-        removed = self.removed(dataset)
-        expected = dataset_schema(dataset)
-        start = 0
-        for part in dataset.parts:
-            for batch in self._part_batches(part, expected, batch_rows, columns):
-                rows = batch.num_rows
-                keep = removed.keep(start, rows) if removed is not None else None
-                start += rows
-                if keep is not None:
-                    batch = batch.filter(pa.array(keep))
-                if batch.num_rows:
-                    yield batch
+        yield from self._live(dataset.parts, dataset_schema(dataset), batch_rows, columns, self.removed(dataset))
 
     def removed(self, dataset: DatasetManifest) -> Removed | None:
         """The records a chained dataset's tombstones remove (None for a dataset that is not chained)."""
@@ -525,18 +514,29 @@ class BundleReader:
                 column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), batch.num_rows, [None, data])
                 yield pa.RecordBatch.from_arrays([batch.column(0).cast(pa.string()), column], schema=INDEX_SCHEMA)
             return
-        removed = self.removed(dataset)
+        index = [part for link in dataset.chain for part in link.index]
+        yield from self._live(index, INDEX_SCHEMA, batch_rows, None, self.removed(dataset))
+
+    def _live(
+        self,
+        parts: Sequence[PartEntry],
+        expected: pa.Schema,
+        batch_rows: int,
+        columns: Sequence[str] | None,
+        removed: Removed | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """The batches of `parts`, read one after the other (record ordinals count from the first part's
+        first row, as tombstones do), less the records `removed` names."""
         start = 0
-        for link in dataset.chain:
-            for part in link.index:
-                for batch in self._part_batches(part, INDEX_SCHEMA, batch_rows, None):
-                    rows = batch.num_rows
-                    keep = removed.keep(start, rows) if removed is not None else None
-                    start += rows
-                    if keep is not None:
-                        batch = batch.filter(pa.array(keep))
-                    if batch.num_rows:
-                        yield batch
+        for part in parts:
+            for batch in self._part_batches(part, expected, batch_rows, columns):
+                rows = batch.num_rows
+                keep = removed.keep(start, rows) if removed is not None else None
+                start += rows
+                if keep is not None:
+                    batch = batch.filter(pa.array(keep))
+                if batch.num_rows:
+                    yield batch
 
     def _part_batches(
         self, part: PartEntry, expected: pa.Schema, batch_rows: int, columns: Sequence[str] | None

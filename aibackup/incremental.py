@@ -32,7 +32,7 @@ from aibackup.bundle import BundleReader, BundleWriter, IdTypes, schema_entries
 from aibackup.chains import part_starts
 from aibackup.connectors.base import DatasetDescription
 from aibackup.errors import IntegrityError, SourceDataError
-from aibackup.manifests.chain import INDEX_SCHEMA, TOMBSTONE_SCHEMA, ChainLink, PartEntry
+from aibackup.manifests.chain import INDEX_SCHEMA, TOMBSTONE_SCHEMA, PartEntry
 from aibackup.manifests.digest import MOD, digest_sum
 from aibackup.manifests.model import DIGEST_ALGORITHM, DatasetManifest, VectorsConfig
 
@@ -287,17 +287,7 @@ class Delta:
                 schema=TOMBSTONE_SCHEMA,
             )
             tombstones = (writer.write_table(f"{folder}/tombstones-00000.parquet", table),)
-        own = written.chain[0]
-        link = ChainLink(
-            bundle=own.bundle,
-            parts=own.parts,
-            rows=own.rows,
-            index=own.index,
-            tombstones=tombstones,
-            added=added,
-            changed=n_changed,
-            deleted=n_deleted,
-        )
+        link = replace(written.chain[0], tombstones=tombstones, added=added, changed=n_changed, deleted=n_deleted)
         return replace(
             written,
             rows=rows,
