@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,18 +24,20 @@ from aibackup.config import FULL_EVERY
 from aibackup.connectors import layouts
 from aibackup.connectors.base import Connector, DatasetDescription
 from aibackup.connectors.registry import open_connector, parse_location
-from aibackup.crypto import RepositoryKey
+from aibackup.crypto import RepositoryKey, passphrase_from
 from aibackup.errors import AibackupError, UsageError
 from aibackup.filereuse import FILE_KINDS, Offer
 from aibackup.golden import GoldenFile
 from aibackup.golden import load as load_golden
 from aibackup.incremental import CHAINED_KINDS, Delta, Outcome, ParentIndex, TooManyChanges, full_reason
+from aibackup.keyring import Keyring
 from aibackup.lock import DEFAULT_STALE_AFTER, LockedError, RepositoryLock
 from aibackup.manifests.model import DIGEST_ALGORITHM, BundleManifest, DatasetManifest
 from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
 from aibackup.progress import Progress, Quiet
 from aibackup.recall_rule import DEFAULT_QUERIES
-from aibackup.repository import Repository, Where, iso, storage_of
+from aibackup.repository import KEY_ROTATED, Repository, Where, iso, storage_of
+from aibackup.vault import Vault
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,13 @@ def run_backup(
     key = repo.key(source_options.key_file) if repo is not None else None
     if repo is not None:
         repo.use_key(key)  # an encrypted repository: manifests are signed, and read ones must be authentic
-    if key is None and source_options.key_file:
+    # A new repository is created encrypted when a key is given (--key-file, AIBACKUP_KEY_FILE, AIBACKUP_KEY):
+    # whoever set a key wants its backups encrypted.
+    new_passphrase = passphrase_from(source_options.key_file) if repo is None else None
+    new_keyring = Keyring.new(str(uuid.uuid4()), iso(started)) if new_passphrase is not None else None
+    if new_keyring is not None:
+        key = Vault(new_keyring, "").secrets  # the connector seals secrets with the key-to-be
+    if repo is not None and key is None and source_options.key_file:
         raise UsageError(
             f"--key-file given, but the repository at {storage.display()} is not encrypted "
             "(see `aibackup init --encrypt`)"
@@ -167,7 +176,8 @@ def run_backup(
             raise UsageError(f"{connector.location.display()} holds no collections: nothing to back up")
         created = repo is None
         if repo is None:
-            repo = Repository.init(storage)
+            repo = Repository.init(storage, passphrase=new_passphrase, keyring=new_keyring)
+            repo.use_key(repo.key())
         source = {"kind": connector.kind, "uri": connector.location.display()}
         # One backup of a source at a time (a cron run overlapping the previous one is refused), and never
         # while a prune runs; a crashed run's lock goes stale by itself.
@@ -208,6 +218,10 @@ def run_backup(
                         unchained = (
                             f"the previous bundle's record digests are {previous.digest_algorithm}, an older format"
                         )
+                        notes.append(f"{description.name}: full backup, not incremental ({unchained})")
+                        previous = None
+                    if previous is not None and repo.rotated_since(p.path for p in previous.all_parts()):
+                        unchained = KEY_ROTATED
                         notes.append(f"{description.name}: full backup, not incremental ({unchained})")
                         previous = None
                     since = previous.state if previous is not None else None

@@ -127,7 +127,10 @@ class _PartSink:
         self.stream = pa.BufferedOutputStream(pa.PythonFile(self.file, mode="w"), buffer_size=CHUNK)
         # plain (record indexes, tombstones): unique ids and digests, where dictionaries and statistics are
         # waste.
-        kwargs = _PLAIN if plain else parquet_options(schema, options)
+        kwargs = dict(_PLAIN if plain else parquet_options(schema, options))
+        encryption = repo.part_encryption(path)  # an encrypted repository: PME, footer and every column
+        if encryption is not None:
+            kwargs["encryption_properties"] = encryption
         self.writer = pq.ParquetWriter(self.stream, schema, **kwargs)
 
     def write(self, table: pa.Table) -> None:
@@ -438,7 +441,10 @@ class BundleWriter:
             raise
 
     def dataset_folder(self, index: int, name: str) -> str:
-        """Where the parts of the bundle's `index`-th dataset go."""
+        """Where the parts of the bundle's `index`-th dataset go (named after it, but in an encrypted
+        repository, whose listing must not say what it holds)."""
+        if self.repo.fully_encrypted:
+            return f"{self.repo.part_prefix(self.bundle_id)}/{index:03d}"
         return f"{self.repo.part_prefix(self.bundle_id)}/{index:03d}-{slug(name)}"
 
 
@@ -544,8 +550,9 @@ class BundleReader:
         """The batches of one part, checked as it is opened (see :meth:`batches`)."""
         where = self.repo.storage.display(part.path)
         try:
+            decryption = self.repo.part_decryption(part.path)
             with self.repo.storage.open_read(part.path) as f:
-                pf = pq.ParquetFile(f, page_checksum_verification=True)
+                pf = pq.ParquetFile(f, page_checksum_verification=True, decryption_properties=decryption)
                 # Arrow type equality ignores list item names ("item" in memory, "element" in Parquet).
                 if not pf.schema_arrow.equals(expected):
                     raise IntegrityError(f"damaged part {where}: schema differs from the manifest")
@@ -559,7 +566,8 @@ class BundleReader:
         except pa.ArrowException as exc:  # undecodable Parquet: damage
             raise IntegrityError(f"damaged part {where}: {first_line(exc)}") from None
         except OSError as exc:
-            # pyarrow reports a failed page CRC as a plain OSError; anything else is the storage.
-            if "checksum" in str(exc).lower():
+            # pyarrow reports a failed page CRC, and an encrypted module that does not authenticate (changed,
+            # moved, another key), as a plain OSError; anything else is the storage.
+            if any(word in str(exc).lower() for word in ("checksum", "decrypt", "encrypted")):
                 raise IntegrityError(f"damaged part {where}: {first_line(exc)}") from None
             raise UnavailableError(f"cannot read {where}: {first_line(exc)}") from None

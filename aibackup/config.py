@@ -5,6 +5,9 @@ Example (every key; only ``repository`` and ``sources`` are required)::
 
     repository: s3://backups/ai                  # where bundles go: a path or s3://bucket/prefix
     key_file: ./secrets/aibackup.key             # key of an encrypted repository
+    kms_key_id: alias/aibackup                   # `init --encrypt`: also wrap its key with this AWS KMS key
+    sse: aws:kms                                 # S3 server-side encryption of every object (or AES256)
+    sse_kms_key_id: alias/bucket-key             # with sse: aws:kms, the bucket key (default: AWS's)
     metrics_file: ./metrics/aibackup.prom        # Prometheus text file written after each run
     lock: {stale_after: 10m}                     # a run's lock not refreshed for this long may be taken over
     sources:                                     # at least one, kept in file order
@@ -48,6 +51,9 @@ Keys:
   ``min_recall`` (0 to 1: an absolute floor besides; the rule of bundles without a search baseline, 0.9 by
   default there), ``queries`` (queries of the search check: default every query of the bundle's baseline,
   20 for a bundle without one; 0 skips them), ``report`` (PATH: the test writes PATH.md and PATH.json).
+- ``kms_key_id``: the AWS KMS key ``aibackup init --encrypt`` wraps the master key with (a key slot).
+- ``sse`` (``AES256``, ``aws:kms``, ``aws:kms:dsse``) and ``sse_kms_key_id``: S3 server-side encryption
+  sent with every object written (the same as ``?sse=…&sse_kms_key_id=…`` on the repository URL).
 - ``key_file``, ``metrics_file`` (paths); ``lock: {stale_after: DURATION}`` (default 10m, at least 3m:
   three lock heartbeats).
 - Top-level keys starting with ``x-`` are ignored: a place for YAML anchors (``<<: *anchor`` merges work).
@@ -217,6 +223,7 @@ class Config(_SafeRepr):
     retention: RetentionPolicy | None = None
     restore_test: RestoreTestConfig = RestoreTestConfig()
     key_file: str | None = None
+    kms_key_id: str | None = None
     metrics_file: str | None = None
     lock_stale_after: datetime.timedelta = datetime.timedelta(minutes=10)
     env_fields: frozenset[str] = _env_field()

@@ -300,8 +300,16 @@ class _Reader:
     def config(self, root: yaml.Node) -> Config:
         readers: dict[str, Reader] = {"repository": self.repository}
         readers |= {"key_file": self.path, "metrics_file": self.path, "lock": self.lock, "targets": self.targets_}
+        readers |= {"sse": self.text, "sse_kms_key_id": self.text, "kms_key_id": self.text}
         readers |= {"retention": self.global_retention, "restore_test": self.restore_test, "sources": self.sources}
         values, env = self.fields(root, "", readers)
+        sse = {key: values.pop(key) for key in ("sse", "sse_kms_key_id") if key in values}
+        if sse and "repository" in values:
+            # Server-side encryption travels with the repository URL, where Storage reads and checks it.
+            if not str(values["repository"]).startswith(("s3://", "s3a://")):
+                self.fail(root, "sse", "server-side encryption (sse, sse_kms_key_id) is for an s3:// repository")
+            query = "&".join(f"{key}={value}" for key, value in sse.items())
+            values["repository"] = f"{values['repository']}?{query}"
         for key, what in (("repository", "where bundles go"), ("sources", "the sources to back up")):
             if key not in values:
                 self.fail(root, key, f"missing: name {what}")

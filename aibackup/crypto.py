@@ -1,6 +1,8 @@
 """The repository key: AES-256-GCM for secret values, HMAC-SHA256 for hashes of secret-bearing bytes.
 
-``aibackup init --encrypt`` stores in the repository marker a random salt, the scrypt parameters and a key
+Since 0.5 its 64 bytes are the keyring's seal key (:mod:`aibackup.keyring`), and everything else of an
+encrypted repository is encrypted too (:mod:`aibackup.vault`). Repositories encrypted by 0.4 (the
+*legacy* scheme, read as before) keep in the marker a random salt, the scrypt parameters and a key
 check (an HMAC of a fixed text); never the key. The key comes from ``AIBACKUP_KEY`` (a passphrase) or a key
 file (``--key-file`` / ``AIBACKUP_KEY_FILE``), and scrypt derives 64 bytes from it and the salt: the first
 32 are the AES-256-GCM key, the last 32 the HMAC key. A wrong key is caught by the key check before
@@ -96,7 +98,8 @@ def passphrase_from(key_file: str | None = None) -> bytes | None:
 
 
 def new_encryption(passphrase: bytes, repository_id: str) -> dict[str, Any]:
-    """The marker's ``encryption`` entry for a new repository (salt, parameters, key check)."""
+    """The marker's ``encryption`` entry of the 0.4 scheme (salt, parameters, key check): no longer made by
+    ``init``; kept so that the tests can make such a repository and prove it still opens."""
     if len(passphrase) < 8:
         raise UsageError("the repository key must be at least 8 characters long")
     salt = secrets.token_bytes(16)

@@ -37,6 +37,7 @@ from typing import Any
 
 from aibackup.bundle import BundleReader, PartContents
 from aibackup.manifests.model import DIGEST_ALGORITHM, DatasetManifest, PartEntry
+from aibackup.repository import KEY_ROTATED
 
 MOD = 1 << 128
 #: A config unit whose parts hold fewer bytes is written again, beside what changed, rather than referenced.
@@ -104,6 +105,8 @@ def offer(
         return None, "--full was given"
     if previous.digest_algorithm != DIGEST_ALGORITHM:
         return None, f"the previous bundle's record digests are {previous.digest_algorithm}, an older format"
+    if reader.repo.rotated_since(p.path for p in previous.parts):
+        return None, KEY_ROTATED
     try:
         units = units_of(previous, kind)
     except ValueError as exc:

@@ -35,6 +35,7 @@ from aibackup.errors import IntegrityError, SourceDataError
 from aibackup.manifests.chain import INDEX_SCHEMA, TOMBSTONE_SCHEMA, PartEntry
 from aibackup.manifests.digest import MOD, digest_sum
 from aibackup.manifests.model import DIGEST_ALGORITHM, DatasetManifest, VectorsConfig
+from aibackup.repository import KEY_ROTATED
 
 #: More than this share of the parent's records changed (added, changed or deleted): a full backup.
 MAX_CHANGED = 0.5
@@ -84,6 +85,8 @@ def full_reason(
         return "--full was given"
     if not parent.chain:
         return "the previous bundle has no record index (written before aibackup 0.4.0)"
+    if reader.repo.rotated_since(p.path for p in parent.all_parts()):
+        return KEY_ROTATED
     if parent.digest_algorithm != DIGEST_ALGORITHM:
         return f"the previous bundle's record digests are {parent.digest_algorithm}, an older format"
     if len(parent.chain) > full_every:

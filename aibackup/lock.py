@@ -82,7 +82,6 @@ from aibackup.lock_files import (
     read_lock,
     remove_quietly,
     rewrite,
-    scope_hash,
 )
 from aibackup.repository import Repository, iso
 
@@ -177,7 +176,7 @@ class RepositoryLock:
             raise RuntimeError("this repository lock is already held")
         storage = self.repo.storage
         now = clock.now()
-        name = f"{self.kind}-{scope_hash(self.scope)}-{secrets.token_hex(8)}.json"
+        name = f"{self.kind}-{self.repo.opaque(self.scope)}-{secrets.token_hex(8)}.json"
         rel = f"{LOCKS}/{name}"
         self._record = {
             "format": LOCK_FORMAT,

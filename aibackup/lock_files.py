@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -19,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from aibackup import clock
-from aibackup.errors import AibackupError
+from aibackup.errors import AibackupError, IntegrityError
 from aibackup.storage import Storage
 
 LOCKS = "locks"
@@ -146,6 +145,8 @@ def read_lock(storage: Storage, name: str) -> LockFile | None:
         raw = storage.read_bytes(rel)
     except FileNotFoundError:
         return None
+    except IntegrityError:  # an encrypted lock that does not authenticate: damaged, as unparseable
+        raw = b""
     try:
         record = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
@@ -183,6 +184,7 @@ def rewrite(storage: Storage, rel: str, data: bytes, still_ours: Callable[[], bo
     window in which a removal could slip in between check and replace stays a few microseconds on disk.
     """
     path = storage.full(rel)
+    data = storage.encode_document(rel, data)
     if not storage.is_local:
         if not still_ours():
             return False
@@ -213,10 +215,6 @@ def remove_quietly(storage: Storage, rel: str) -> None:
 
 def encode(record: dict[str, Any]) -> bytes:
     return (json.dumps(record, indent=2) + "\n").encode()
-
-
-def scope_hash(scope: str) -> str:
-    return hashlib.sha256(scope.encode()).hexdigest()[:12]
 
 
 def parse_time(value: object) -> dt.datetime | None:

@@ -20,12 +20,13 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Self
 
 from aibackup import __version__, clock
-from aibackup.crypto import KEY_ENV, RepositoryKey, new_encryption, open_key, passphrase_from
+from aibackup import keyring as keyslots
+from aibackup.crypto import KEY_ENV, KEY_FILE_ENV, RepositoryKey, open_key, passphrase_from
 from aibackup.errors import (
     BundleNotFoundError,
     ConfigError,
@@ -36,10 +37,13 @@ from aibackup.errors import (
 )
 from aibackup.manifests.model import BundleManifest, ManifestError, ManifestVersionTooNewError
 from aibackup.storage import AlreadyExistsError, Storage
+from aibackup.vault import Vault, bundle_of_part
 
 MARKER = "aibackup.json"
 REPO_FORMAT = "aibackup-repository"
-REPO_VERSION = 1
+#: The newest repository format this version reads. 2: encrypted with key slots (every byte encrypted),
+#: so that aibackup 0.4 refuses such a repository as newer instead of misreading it; others stay 1.
+REPO_VERSION = 2
 BUNDLES = "bundles"
 DATA = "data"
 BUNDLE_ID = re.compile(r"^\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}$")
@@ -48,6 +52,8 @@ _ID_TIME = "%Y%m%dT%H%M%S.%fZ"
 
 #: How far a clock may have stepped back before a new bundle id refuses to sort after the newest one.
 MAX_CLOCK_STEP_BACK = dt.timedelta(days=1)
+#: Why a backup is full (or references nothing) after `aibackup key rotate`.
+KEY_ROTATED = "the repository's master key was rotated since (a full backup lets prune retire the old key)"
 
 
 def id_time(bundle_id: str) -> dt.datetime | None:
@@ -109,13 +115,19 @@ class Repository:
     """An opened repository. Use :meth:`open`, :meth:`init` or :meth:`find` (the verbs, for callers:
     :class:`aibackup.api.Repository`)."""
 
-    def __init__(self, storage: Storage, marker: Mapping[str, Any]) -> None:
+    def __init__(self, storage: Storage, marker: Mapping[str, Any], vault: Vault | None = None) -> None:
         self.storage = storage
         self.marker = marker
         self._key: RepositoryKey | None = None
         #: The passphrase given when the repository was opened (API ``key=``/``key_file=``), used where
         #: a verb is given no key file of its own; else AIBACKUP_KEY.
         self.passphrase: bytes | None = None
+        self._vault = vault
+        self._vault_from: str | None = None  # the key file the vault was opened with
+        if self.fully_encrypted:
+            # Every document but the marker is sealed; the key is opened at the first one read or written
+            # (a verb given --key-file opens it first, through key()).
+            storage.documents = _Documents(self)
 
     def use_key(self, key: RepositoryKey | None) -> None:
         """Authenticate manifests with `key` from now on (an encrypted repository's key; None: do not):
@@ -130,6 +142,59 @@ class Repository:
     def encrypted(self) -> bool:
         return isinstance(self.marker.get("encryption"), dict)
 
+    @property
+    def fully_encrypted(self) -> bool:
+        """Encrypted with key slots (0.5 on): every byte but the marker's public parameters. An encrypted
+        repository made by 0.4 seals only config secrets and authenticates manifests (``legacy``)."""
+        return self.encrypted and self.marker["encryption"].get("scheme") == keyslots.SCHEME
+
+    def vault(self, key_file: str | None = None) -> Vault:
+        """The opened keyring (:class:`Vault`) of a fully encrypted repository, from the passphrase of
+        `key_file`, the one given at opening, AIBACKUP_KEY(_FILE), or else a KMS slot. Opened once per key
+        file; ConfigError without any key, UsageError for a wrong one (before anything else is read)."""
+        if self._vault is not None and (key_file is None or key_file == self._vault_from):
+            return self._vault
+        passphrase = self.passphrase_for(key_file)
+        how = f"set {KEY_ENV} or {KEY_FILE_ENV}, or pass --key-file"
+        keyring, slot = keyslots.open_keyring(
+            self.marker["encryption"], self.id, passphrase, self.storage.display(MARKER), how
+        )
+        self._vault, self._vault_from = Vault(keyring, slot), key_file
+        return self._vault
+
+    def adopt(self, vault: Vault) -> None:
+        """Use `vault` from now on (the keyring a key verb just stored)."""
+        self._vault = vault
+
+    def part_encryption(self, path: str) -> Any:
+        """Parquet encryption properties for writing the part at `path` (None: not encrypted)."""
+        return self.vault().part_encryption(path) if self.fully_encrypted else None
+
+    def part_decryption(self, path: str) -> Any:
+        return self.vault().part_decryption(path) if self.fully_encrypted else None
+
+    def rotated_since(self, paths: Iterable[str]) -> bool:
+        """Whether the parts at `paths` were written under an older master key than the current one (a
+        backup then writes in full rather than reference them, so that `prune` can retire the old key)."""
+        if not self.fully_encrypted:
+            return False
+        keyring = self.vault().keyring
+        return any(keyring.for_bundle(bundle_of_part(p)).id != keyring.current.id for p in paths)
+
+    def opaque(self, text: str) -> str:
+        """A short name for `text` in object names (lock files): a keyed hash in an encrypted repository,
+        so that a guessable source URI cannot be confirmed from a listing."""
+        if self.fully_encrypted:
+            return self.vault().secrets.keyed_hash(text.encode())[:12]
+        import hashlib
+
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def write_marker(self, marker: Mapping[str, Any]) -> None:
+        """Replace the marker (key slots changed); the caller holds the repository lock."""
+        self.storage.replace(MARKER, (json.dumps(marker, indent=2) + "\n").encode())
+        self.marker = dict(marker)
+
     def passphrase_for(self, key_file: str | None = None) -> bytes | None:
         """The passphrase a verb uses: of `key_file`, else the one given at opening, else AIBACKUP_KEY's."""
         return passphrase_from(key_file) if key_file or self.passphrase is None else self.passphrase
@@ -140,6 +205,8 @@ class Repository:
         UsageError for a wrong key (both before anything is read or written)."""
         if not self.encrypted:
             return None
+        if self.fully_encrypted:
+            return self.vault(key_file).secrets
         passphrase = self.passphrase_for(key_file)
         if passphrase is None:
             raise ConfigError(
@@ -169,32 +236,53 @@ class Repository:
         return cls(storage, _check_marker(raw, storage.display(MARKER)))
 
     @classmethod
-    def init(cls, url: Where, *, passphrase: bytes | None = None) -> Self:
+    def init(
+        cls,
+        url: Where,
+        *,
+        passphrase: bytes | None = None,
+        kms_key_id: str | None = None,
+        keyring: keyslots.Keyring | None = None,
+    ) -> Self:
         """Create a repository; refuses a location that already holds one (or anything else).
 
-        With `passphrase` the repository is encrypted: secrets are sealed under a key derived from it (the
-        marker keeps the salt, the parameters and a key check, never the key)."""
+        With `passphrase` and/or `kms_key_id` the repository is encrypted (every byte but the marker's
+        public parameters): a random master key, wrapped in a passphrase slot and/or an AWS KMS slot.
+        `keyring`: the keyring to keep (made beforehand by a caller that needed its keys early; its
+        repository id becomes the repository's)."""
         storage = storage_of(url)
         storage.ensure_reachable()
         if storage.exists(MARKER):
             raise UsageError(f"{storage.display()} is already an aibackup repository")
         if not storage.is_empty_or_missing():
             raise UsageError(f"{storage.display()} is not empty; a new repository needs an empty location")
-        repository_id = str(uuid.uuid4())
+        repository_id = keyring.repository_id if keyring is not None else str(uuid.uuid4())
         marker: dict[str, Any] = {
             "format": REPO_FORMAT,
-            "version": REPO_VERSION,
+            "version": 1,
             "id": repository_id,
             "created_at": iso(clock.now()),
             "created_by": f"aibackup {__version__}",
         }
-        if passphrase is not None:
-            marker["encryption"] = new_encryption(passphrase, repository_id)
+        vault = None
+        if passphrase is not None or kms_key_id is not None:
+            keyring = keyring or keyslots.Keyring.new(repository_id, marker["created_at"])
+            slots = []
+            if passphrase is not None:
+                slots.append(keyslots.passphrase_slot(passphrase, keyring))
+            if kms_key_id is not None:
+                slots.append(keyslots.kms_slot(kms_key_id, keyring))
+            marker["encryption"] = keyslots.new_entry(slots)
+            marker["version"] = 2
+            vault = Vault(keyring, str(slots[0]["id"]))
         try:
             storage.write_exclusive(MARKER, (json.dumps(marker, indent=2) + "\n").encode())
         except AlreadyExistsError:
             raise UsageError(f"{storage.display()} is already an aibackup repository") from None
-        return cls(storage, marker)
+        created = cls(storage, marker, vault)
+        if passphrase is not None:
+            created.passphrase = passphrase
+        return created
 
     def forget(self) -> None:
         """Remove a repository that holds no bundle (best effort): its marker and empty folders. Used when
@@ -350,6 +438,19 @@ class Repository:
             return False
 
 
+class _Documents:
+    """The storage's document codec of a fully encrypted repository: everything but the marker sealed."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo = repo
+
+    def seal(self, rel: str, data: bytes) -> bytes:
+        return data if rel == MARKER else self.repo.vault().seal(rel, data)
+
+    def open(self, rel: str, raw: bytes, where: str) -> bytes:
+        return raw if rel == MARKER else self.repo.vault().open(rel, raw, where)
+
+
 def _check_marker(raw: bytes, where: str) -> dict[str, Any]:
     try:
         marker = json.loads(raw)
@@ -367,4 +468,10 @@ def _check_marker(raw: bytes, where: str) -> dict[str, Any]:
         )
     if not isinstance(marker.get("id"), str) or ("encryption" in marker and not isinstance(marker["encryption"], dict)):
         raise IntegrityError(f"damaged repository marker {where}: bad id or encryption entry")
+    scheme = marker.get("encryption", {}).get("scheme")
+    if scheme is not None and scheme != keyslots.SCHEME:
+        raise ManifestVersionError(
+            f"the repository at {where} is encrypted with scheme {scheme!r}, which this aibackup does not read; "
+            "upgrade aibackup"
+        )
     return marker

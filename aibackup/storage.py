@@ -28,7 +28,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, Any, Protocol
+from urllib.parse import parse_qs
 
 import fsspec
 
@@ -46,6 +47,19 @@ from aibackup.errors import (
 CHUNK = 8 * 1024 * 1024
 #: Whole reads of an object tried before a read that keeps breaking off is reported as unavailable.
 READ_ATTEMPTS = 3
+
+
+class DocumentCodec(Protocol):
+    """How documents (everything written with ``write_exclusive`` and read with ``read_bytes``) are stored:
+    an encrypted repository seals them (:class:`aibackup.vault.Vault`). Paths are repository-relative."""
+
+    def seal(self, rel: str, data: bytes) -> bytes: ...
+
+    def open(self, rel: str, raw: bytes, where: str) -> bytes: ...
+
+
+#: Server-side encryption settings an S3 repository URL may carry (``?sse=aws:kms&sse_kms_key_id=…``).
+SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
 
 
 class AlreadyExistsError(AibackupError):
@@ -200,21 +214,37 @@ def _write_back_local(raw: IO[bytes]) -> None:
 
 
 class Storage:
-    """A repository root on a local path or an fsspec URL (``s3://bucket/prefix``)."""
+    """A repository root on a local path or an fsspec URL (``s3://bucket/prefix``).
+
+    An S3 URL may ask for server-side encryption of every object written: ``?sse=AES256`` or
+    ``?sse=aws:kms[&sse_kms_key_id=KEY]`` (a config file's ``sse`` keys are added to its repository URL).
+    ``documents`` is set by an encrypted repository (see :class:`DocumentCodec`); parts are not touched by
+    it."""
 
     def __init__(self, url: str) -> None:
         if not url or not url.strip():
             raise UsageError("empty repository location")
         self.url = url
+        self.documents: DocumentCodec | None = None
         protocol, _, rest = url.partition("://")
         if not _:
             protocol, rest = "file", url
         self.is_local = protocol in ("file", "local")
+        rest, _, query = rest.partition("?") if protocol in ("s3", "s3a") else (rest, "", "")
+        options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        unknown = sorted(set(options) - {"sse", "sse_kms_key_id"})
+        if unknown:
+            raise UsageError(f"bad repository {url!r}: unknown option {unknown[0]!r} (known: sse, sse_kms_key_id)")
+        sse, sse_kms_key_id = options.get("sse"), options.get("sse_kms_key_id")
+        if sse is not None and sse not in SSE_VALUES:
+            raise UsageError(f"bad repository {url!r}: sse must be one of {', '.join(SSE_VALUES)}, not {sse!r}")
+        if sse_kms_key_id and not (sse or "").startswith("aws:kms"):
+            raise UsageError(f"bad repository {url!r}: sse_kms_key_id needs sse=aws:kms")
         if self.is_local:
             self.fs: fsspec.AbstractFileSystem = fsspec.filesystem("file")
             self.root = str(Path(rest).expanduser().resolve())
         elif protocol in ("s3", "s3a"):
-            self.fs = _s3_filesystem()
+            self.fs = _s3_filesystem(sse, sse_kms_key_id)
             self.root = rest.strip("/")
             if not self.root:
                 raise UsageError(f"bad repository {url!r}: expected s3://BUCKET[/PREFIX]")
@@ -231,6 +261,13 @@ class Storage:
         if self.is_local:
             return self.full(rel)
         return f"s3://{self.full(rel)}"
+
+    def _open_document(self, rel: str, raw: bytes) -> bytes:
+        return raw if self.documents is None else self.documents.open(rel, raw, self.display(rel))
+
+    def encode_document(self, rel: str, data: bytes) -> bytes:
+        """The bytes stored for document `data` at `rel` (sealed in an encrypted repository)."""
+        return data if self.documents is None else self.documents.seal(rel, data)
 
     def ensure_reachable(self) -> None:
         """Fail early, with one line, when the root is a file or an S3 bucket is missing or not accessible."""
@@ -252,10 +289,11 @@ class Storage:
             return bool(self.fs.exists(self.full(rel)))
 
     def read_bytes(self, rel: str) -> bytes:
-        """The whole object. FileNotFoundError passes through for the caller to word."""
+        """The whole document (opened, in an encrypted repository: IntegrityError when it does not
+        authenticate). FileNotFoundError passes through for the caller to word."""
         with self._errors(rel):
             data: bytes = self.fs.cat_file(self.full(rel))
-            return data
+        return self._open_document(rel, data)
 
     def size(self, rel: str) -> int:
         with self._errors(rel):
@@ -312,12 +350,13 @@ class Storage:
         lost, and the retry then meets the object it wrote itself.
         """
         path = self.full(rel)
+        stored = self.encode_document(rel, data)
         with self._errors(rel, writing=True):
             try:
                 if self.is_local:
-                    self._write_exclusive_local(path, data)
+                    self._write_exclusive_local(path, stored)
                 else:
-                    self.fs.pipe_file(path, data, mode="create")
+                    self.fs.pipe_file(path, stored, mode="create")
             except (FileExistsError, AlreadyExistsError):
                 if self.read_bytes(rel) != data:
                     raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
@@ -368,6 +407,27 @@ class Storage:
                     raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
             if self.is_local:
                 _fsync_dir(os.path.dirname(self.full(rel)))
+
+    def replace(self, rel: str, data: bytes) -> None:
+        """Replace a document atomically (readers see the old bytes or the new): the repository marker when
+        its key slots change, a report resealed under a newer key. Callers hold the repository lock."""
+        path = self.full(rel)
+        stored = self.encode_document(rel, data)
+        with self._errors(rel, writing=True):
+            if not self.is_local:
+                self.fs.pipe_file(path, stored)  # an S3 put replaces the object atomically
+                return
+            folder = os.path.dirname(path)
+            tmp = os.path.join(folder, f".tmp-{secrets.token_hex(8)}")
+            try:
+                with open(tmp, "xb") as f:
+                    f.write(stored)
+                    _fsync_local(f)
+                os.replace(tmp, path)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            _fsync_dir(folder)
 
     def remove(self, rel: str) -> None:
         with self._errors(rel), contextlib.suppress(FileNotFoundError):
@@ -441,7 +501,7 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
-def _s3_filesystem() -> fsspec.AbstractFileSystem:
+def _s3_filesystem(sse: str | None = None, sse_kms_key_id: str | None = None) -> fsspec.AbstractFileSystem:
     try:
         import s3fs
     except ImportError:
@@ -460,7 +520,14 @@ def _s3_filesystem() -> fsspec.AbstractFileSystem:
         attempts = max(1, int(os.environ.get("AWS_MAX_ATTEMPTS") or 5))
     except ValueError:
         raise ConfigError("AWS_MAX_ATTEMPTS must be a whole number") from None
+    # Server-side encryption: s3fs adds these to every PutObject and CreateMultipartUpload it sends.
+    additional: dict[str, str] = {}
+    if sse:
+        additional["ServerSideEncryption"] = sse
+    if sse_kms_key_id:
+        additional["SSEKMSKeyId"] = sse_kms_key_id
     fs = s3fs.S3FileSystem(
+        s3_additional_kwargs=additional or None,
         client_kwargs=client_kwargs,
         use_listings_cache=False,
         skip_instance_cache=True,

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aibackup import reports
 from aibackup.bundle import BundleReader
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import DatasetManifest
 from aibackup.pipeline import use_arrow_allocator
+from aibackup.prune import PINS
 from aibackup.repository import Repository, Where
 
 
@@ -86,7 +88,10 @@ def run_verify(
     use_arrow_allocator()
     repo = repository if isinstance(repository, Repository) else Repository.open(repository)
     authenticated = None
-    if repo.encrypted:
+    if repo.fully_encrypted:  # nothing reads without the key; every document and part authenticates
+        repo.use_key(repo.key(key_file))
+        authenticated = True
+    elif repo.encrypted:
         authenticated = repo.passphrase_for(key_file) is not None
         if authenticated:
             repo.use_key(repo.key(key_file))
@@ -118,6 +123,27 @@ def run_verify(
                 problem = _content_problem(reader, dataset)
                 if problem:
                     problems.append(Problem(bundle_id, repo.storage.display(repo.manifest_path(bundle_id)), problem))
+    if not refs and repo.fully_encrypted:
+        problems += _document_problems(repo)
     return VerifyResult(
         bundle_ids=list(ids), parts=parts, bytes_read=bytes_read, problems=problems, authenticated=authenticated
     )
+
+
+#: The folders of documents besides manifests (each sealed and authenticated in an encrypted repository).
+DOCUMENT_FOLDERS = (reports.BACKUPS, reports.RESTORE_TESTS, reports.VERIFY, PINS)
+
+
+def _document_problems(repo: Repository) -> list[Problem]:
+    """The reports and pins of an encrypted repository that do not authenticate (each named)."""
+    problems = []
+    for folder in DOCUMENT_FOLDERS:
+        for name in repo.storage.list_names(folder):
+            rel = f"{folder}/{name}"
+            try:
+                repo.storage.read_bytes(rel)
+            except IntegrityError as exc:
+                problems.append(Problem("", repo.storage.display(rel), str(exc)))
+            except FileNotFoundError:
+                continue  # removed meanwhile (a prune)
+    return problems
