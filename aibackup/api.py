@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Self
 
+from aibackup import keys
 from aibackup import repository as _repository
 from aibackup.config import FULL_EVERY
 from aibackup.crypto import passphrase_from
@@ -110,7 +111,8 @@ class Repository(_repository.Repository):
         key_file: str | None = None,
     ) -> Self:
         """Open the repository at `url`. With `create`, a missing or empty location gets a new one
-        (encrypted when a `key` or `key_file` is given: the passphrase, as ``aibackup init --encrypt``).
+        (encrypted when a `key` or `key_file` is given, else AIBACKUP_KEY_FILE or AIBACKUP_KEY, as a
+        backup into a new location does: the passphrase, as ``aibackup init --encrypt``).
         A key given is checked now and used by every method that needs one (else AIBACKUP_KEY, when one
         does). NotARepositoryError (exit 2) without `create` when there is no repository; UsageError for
         a wrong key."""
@@ -118,7 +120,7 @@ class Repository(_repository.Repository):
         given = key.encode("utf-8") if key is not None else passphrase_from(key_file) if key_file else None
         found = cls.find(storage) if create else cls._read(storage)
         if found is None:
-            found = cls.init(storage, passphrase=given)
+            found = cls.init(storage, passphrase=given if given is not None else passphrase_from())
         if given is not None:
             found.passphrase = given
             found.key()  # an encrypted repository: a wrong key stops here
@@ -308,7 +310,51 @@ class Repository(_repository.Repository):
         policy = policies_for(loaded, rules)
         stale = loaded.lock_stale_after if loaded else DEFAULT_STALE_AFTER
         with RepositoryLock(self, "prune", "*", stale_after=stale):
-            return run_prune(self, policy, dry_run=dry_run, grace=grace)
+            result = run_prune(self, policy, dry_run=dry_run, grace=grace)
+            retired = keys.retire(self, dry_run=dry_run)  # an encrypted repository: old keys out of use
+        if retired.generations:
+            verb = "would be retired" if dry_run else "retired"
+            resealed = (
+                f" ({retired.resealed} report(s) and pin(s) resealed under the current key)" if retired.resealed else ""
+            )
+            result.notes.append(f"master key generation(s) {retired.generations} {verb}: no bundle uses them{resealed}")
+        if retired.problem:
+            result.notes.append(retired.problem)
+        return result
+
+    # --- keys ------------------------------------------------------------------------------------------
+
+    def keys(self, *, key_file: str | None = None) -> dict[str, Any]:
+        """The key slots (never a key) and master key generations of an encrypted repository, as
+        ``aibackup key list --json``."""
+        return keys.describe(self, key_file)
+
+    def add_key(
+        self, *, passphrase: str | None = None, kms_key_id: str | None = None, key_file: str | None = None
+    ) -> dict[str, Any]:
+        """Add a key slot: a new passphrase, or an AWS KMS key. Returns the slot (id, type)."""
+        from aibackup.lock import RepositoryLock
+
+        self.key(key_file)  # a wrong key stops here, before the lock is written
+        with RepositoryLock(self, "prune", "*"):
+            given = passphrase.encode("utf-8") if passphrase is not None else None
+            return keys.add(self, passphrase=given, kms_key_id=kms_key_id, key_file=key_file)
+
+    def remove_key(self, slot_id: str, *, key_file: str | None = None) -> dict[str, Any]:
+        """Remove a key slot (an id or a unique prefix): not the last, not the one opening the repository."""
+        from aibackup.lock import RepositoryLock
+
+        self.key(key_file)
+        with RepositoryLock(self, "prune", "*"):
+            return keys.remove(self, slot_id, key_file)
+
+    def rotate_key(self, *, key_file: str | None = None) -> dict[str, Any]:
+        """A new master key for the bundles from now on (old ones stay readable); its generation."""
+        from aibackup.lock import RepositoryLock
+
+        self.key(key_file)
+        with RepositoryLock(self, "prune", "*"):
+            return keys.rotate(self, key_file)
 
     def pin(self, ref: str) -> str:
         """Pin a bundle (an id, a unique prefix, or latest): prune never removes it. Returns its id."""

@@ -31,6 +31,7 @@ from aibackup.errors import (
     EXIT_USAGE,
     AibackupError,
     ConfigError,
+    UsageError,
 )
 
 
@@ -45,25 +46,42 @@ def cli() -> None:
 @click.option(
     "--encrypt",
     is_flag=True,
-    help="Seal secret values (config: sources) with AES-256-GCM under a key derived from $AIBACKUP_KEY "
-    "or --key-file; the repository keeps only a salt and a key check.",
+    help="Encrypt every byte written (AES-256-GCM) under a random master key, kept in key slots: a "
+    "passphrase slot ($AIBACKUP_KEY or --key-file) and/or an AWS KMS slot (--kms-key-id).",
+)
+@click.option(
+    "--kms-key-id",
+    metavar="ARN|ALIAS",
+    default=None,
+    help="With --encrypt: also (or only) wrap the master key with this AWS KMS key, so that jobs with AWS "
+    "credentials need no passphrase.",
 )
 @key_file_option
 @repo_option
 @config_option
 @json_option
-def init(encrypt: bool, key_file: str | None, repo: str | None, config_path: str | None, as_json: bool) -> None:
+def init(
+    encrypt: bool,
+    kms_key_id: str | None,
+    key_file: str | None,
+    repo: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
     """Create an empty repository at --repo."""
-    repo, _config = resolve(repo, config_path)
+    repo, config = resolve(repo, config_path)
     from aibackup.crypto import KEY_ENV, passphrase_from
     from aibackup.repository import Repository
 
     passphrase = None
+    kms_key_id = kms_key_id or (config.kms_key_id if config is not None else None)
+    if kms_key_id and not encrypt:
+        raise UsageError("--kms-key-id wraps the key of an encrypted repository: add --encrypt")
     if encrypt:
-        passphrase = passphrase_from(key_file)
-        if passphrase is None:
-            raise ConfigError(f"--encrypt needs a key: set {KEY_ENV} or pass --key-file")
-    created = Repository.init(repo, passphrase=passphrase)
+        passphrase = passphrase_from(key_file or (config.key_file if config is not None else None))
+        if passphrase is None and not kms_key_id:
+            raise ConfigError(f"--encrypt needs a key: set {KEY_ENV}, pass --key-file, or give --kms-key-id")
+    created = Repository.init(repo, passphrase=passphrase, kms_key_id=kms_key_id)
     if as_json:
         emit_json({"repository": created.storage.display(), "created": True, "encrypted": created.encrypted})
     else:
@@ -121,9 +139,9 @@ def _fail(as_json: bool, code: str, message: str, exit_code: int) -> None:
 
 
 def _register() -> None:
-    from aibackup import cli_backup, cli_bundles, cli_ops
+    from aibackup import cli_backup, cli_bundles, cli_keys, cli_ops
 
-    for module in (cli_backup, cli_bundles, cli_ops):
+    for module in (cli_backup, cli_bundles, cli_keys, cli_ops):
         for command in module.COMMANDS:
             cli.add_command(command)
 
