@@ -20,9 +20,11 @@ install: $(STAMP)
 demo: install
 	$(BIN)/python -m aibackup.demo
 
-## test: every test but the `slow` ones; the fixtures start the moto S3 server and `chroma run` themselves
+## test: every test but the `slow` ones, then all of them again against encrypted repositories; the fixtures
+## start the moto S3/KMS server and `chroma run` themselves
 test: install
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	AIBACKUP_TEST_ENCRYPTED=1 $(BIN)/python -m pytest -m "not slow" -p no:cacheprovider $(PYTEST_ARGS)
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)

@@ -9,7 +9,16 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.helpers import chroma_contents, ok, one_line_error, seed_chroma
+from tests.helpers import (
+    chroma_contents,
+    ok,
+    one_line_error,
+    repo_doc,
+    repo_json,
+    resigned_manifest,
+    seed_chroma,
+    write_repo_doc,
+)
 from tests.vectordata import chroma_records
 
 Cli = Any
@@ -129,7 +138,9 @@ def test_damage_is_caught_by_verify_and_refused_by_restore(tmp_path: Path, cli: 
         part.unlink()
         damaged = part
     else:
-        manifest.write_bytes(manifest.read_bytes().replace(b'"rows":100', b'"rows":101', 1))
+        plain = repo_doc(repo, manifest)
+        assert b'"rows":100' in plain
+        write_repo_doc(repo, manifest, plain.replace(b'"rows":100', b'"rows":101', 1))
         damaged = manifest
     verified = cli("verify", "--read-data", "--json")
     assert verified.code == 1
@@ -291,18 +302,15 @@ def test_bad_input_gives_one_line_and_the_documented_exit_code(tmp_path: Path, c
 
 
 def test_newer_manifest_version_is_refused_clearly(tmp_path: Path, cli: Cli) -> None:
-    import hashlib
-
-    from aibackup.manifests.model import FORMAT_VERSION, canonical_bytes
+    from aibackup.manifests.model import FORMAT_VERSION
 
     seed_chroma(tmp_path / "chroma", "docs", n=10)
     bundle = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()["bundle_id"]
-    path = tmp_path / "aibackup-repo" / "bundles" / f"{bundle}.json"
-    doc = json.loads(path.read_bytes())
+    repo = tmp_path / "aibackup-repo"
+    path = f"bundles/{bundle}.json"
+    doc = repo_json(repo, path)
     doc["format_version"] = FORMAT_VERSION + 1
-    body = {k: v for k, v in doc.items() if k != "checksum"}
-    doc["checksum"]["value"] = hashlib.sha256(canonical_bytes(body)).hexdigest()
-    path.write_bytes(canonical_bytes(doc) + b"\n")
+    write_repo_doc(repo, path, resigned_manifest(repo, doc))  # as a newer aibackup would write it
     one_line_error(cli("restore", "--to", "qdrant"), 2, "newer", "upgrade")
     one_line_error(cli("show", bundle), 2, "newer")
 
@@ -398,22 +406,18 @@ def test_a_broken_repository_layout_is_named_never_a_traceback(tmp_path: Path, c
 
 
 def test_a_manifest_rewritten_with_a_valid_checksum_is_still_caught(tmp_path: Path, cli: Cli) -> None:
-    """A digest or a dataset kind changed and the checksum recomputed: verify decodes, restore refuses."""
-    import hashlib
-
-    from aibackup.manifests.model import canonical_bytes
-
+    """A digest or a dataset kind changed and the checksum recomputed (and, in an encrypted repository, the
+    MAC: a writer holding the key): verify decodes, restore refuses."""
     seed_chroma(tmp_path / "chroma", "docs", n=30)
     bundle = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--json")).json()["bundle_id"]
-    path = tmp_path / "aibackup-repo" / "bundles" / f"{bundle}.json"
-    original = path.read_bytes()
+    repo = tmp_path / "aibackup-repo"
+    path = repo / "bundles" / f"{bundle}.json"
+    original, plaintext = path.read_bytes(), repo_doc(repo, path)
 
     def rewrite(change: Any) -> None:
-        doc = json.loads(original)
+        doc = json.loads(plaintext)
         change(doc["datasets"][0])
-        body = {k: v for k, v in doc.items() if k != "checksum"}
-        doc["checksum"]["value"] = hashlib.sha256(canonical_bytes(body)).hexdigest()
-        path.write_bytes(canonical_bytes(doc) + b"\n")
+        write_repo_doc(repo, path, resigned_manifest(repo, doc))
 
     rewrite(lambda d: d["digest"].update(value="0" * 32))
     verified = cli("verify", "--read-data", "--json")

@@ -257,9 +257,12 @@ def test_a_bundle_of_the_older_digest_format_is_compared_record_by_record(
     assert by_name(repo.diff(a, b))["docs"] == EXPECTED["docs"]
 
 
-def test_config_files_with_sealed_secrets_are_not_reported_changed(tmp_path: Path, cli: Cli) -> None:
+def test_config_files_with_sealed_secrets_are_not_reported_changed(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A config bundle seals secret values with a fresh nonce at every backup: an unchanged file must not
     be reported changed (its keyed hash of the plaintext is compared instead); an edited one is."""
+    monkeypatch.delenv("AIBACKUP_KEY", raising=False)  # the repository's key is given only where said
     deploy = tmp_path / "deploy"
     deploy.mkdir()
     (deploy / ".env").write_text("export API_TOKEN=planted-env-token-77a1\nDEBUG=\n")

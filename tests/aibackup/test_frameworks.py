@@ -23,7 +23,7 @@ from qdrant_client import QdrantClient
 from qdrant_client.http import models
 
 from aibackup.connectors.qdrant.points import AIBACKUP_NAMESPACE
-from tests.helpers import Cli, chroma_client, ok
+from tests.helpers import Cli, chroma_client, manifest_json, ok
 
 pytestmark = pytest.mark.filterwarnings("ignore:Payload indexes have no effect")  # LlamaIndex on local mode
 
@@ -82,7 +82,7 @@ def restored(cli: Cli, repo: Path, target: str, *args: str) -> dict[str, Any]:
 
 
 def layout_of(cli: Cli, repo: Path) -> dict[str, Any]:
-    bundle = json.loads(sorted((repo / "bundles").glob("*.json"))[-1].read_bytes())
+    bundle = manifest_json(repo)
     (dataset,) = bundle["datasets"]
     layout: dict[str, Any] = dataset["config"]["layout"]
     return layout
@@ -200,9 +200,7 @@ def test_an_explicit_layout_refuses_records_outside_it_before_writing(tmp_path: 
     collection.add(ids=["a", "b"], embeddings=[[0.1] * DIM, [0.2] * DIM], documents=["has text", None])
     repo = tmp_path / "repo"
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
-    assert (
-        "layout" not in json.loads(sorted((repo / "bundles").glob("*.json"))[-1].read_bytes())["datasets"][0]["config"]
-    )
+    assert "layout" not in manifest_json(repo)["datasets"][0]["config"]
     refused = cli(
         "restore", "latest", "--repo", str(repo), "--to", f"qdrant:{tmp_path / 'qdrant'}", "--layout", "langchain"
     )

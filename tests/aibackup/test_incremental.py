@@ -17,7 +17,7 @@ from aibackup.chains import Removed
 from aibackup.errors import IntegrityError
 from aibackup.incremental import ParentIndex
 from aibackup.manifests.model import BundleManifest
-from tests.helpers import Cli, chroma_client, chroma_contents, ok, one_line_error, seed_chroma
+from tests.helpers import Cli, chroma_client, chroma_contents, ok, one_line_error, repo_doc, seed_chroma
 
 DIM = 16
 
@@ -44,7 +44,7 @@ def docs(result: api.BackupResult) -> dict[str, Any]:
 
 
 def manifest(repo: Path, bundle_id: str) -> BundleManifest:
-    return BundleManifest.from_bytes((repo / "bundles" / f"{bundle_id}.json").read_bytes())
+    return BundleManifest.from_bytes(repo_doc(repo, f"bundles/{bundle_id}.json"))
 
 
 def restored(tmp_path: Path, repo: Path, bundle_id: str) -> dict[str, tuple[Any, ...]]:

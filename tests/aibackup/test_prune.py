@@ -23,6 +23,7 @@ from aibackup.manifests.model import BundleManifest
 from aibackup.prune import PruneResult, pin, pinned, run_prune, unpin
 from aibackup.repository import Repository
 from aibackup.restore import run_restore
+from tests.helpers import repo_json, write_repo_doc
 
 UTC = dt.UTC
 REPO = "aibackup-repo"
@@ -189,7 +190,7 @@ def test_pins_keep_a_bundle_outside_every_rule(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("AIBACKUP_NOW", "2026-10-05T13:00:00Z")
     pin(repo, bundles[0])  # pinning twice is fine and keeps the first time
     assert pinned(repo) == {bundles[0]}
-    pin_doc = json.loads((repo_path() / "pins" / bundles[0]).read_text())
+    pin_doc = repo_json(repo_path(), f"pins/{bundles[0]}")
     assert pin_doc == {"bundle_id": bundles[0], "pinned_at": "2026-10-05T12:00:00.000000Z"}
     with pytest.raises(BundleNotFoundError):
         pin(repo, "20991231T000000.000000Z-00000000")
@@ -362,9 +363,9 @@ def damage(bundle_id: str, how: str) -> None:
         data[len(data) // 2] ^= 0x01
         path.write_bytes(bytes(data))
     else:  # a manifest written by a newer aibackup
-        doc = json.loads(path.read_bytes())
+        doc = repo_json(repo_path(), path)
         doc["format_version"] = 99
-        path.write_bytes(json.dumps(doc).encode())
+        write_repo_doc(repo_path(), path, json.dumps(doc).encode())
 
 
 @pytest.mark.parametrize("how", ["flip", "newer"])

@@ -282,6 +282,7 @@ def test_config_secrets_are_sealed_and_never_in_plaintext(
         return result
 
     # An unencrypted repository refuses, naming file and line but never the value.
+    monkeypatch.delenv("AIBACKUP_KEY", raising=False)  # without a key, a backup creates an unencrypted one
     refused = run("backup", f"config:{cfg}")
     one_line_error(refused, 2, ".env", "--redact-secrets")
 

@@ -227,14 +227,14 @@ def test_search_failure_at_backup_is_a_note_not_a_failed_backup(
     def refuse(*args: object) -> list[list[str]]:
         raise UnavailableError("the index is loading")
 
-    monkeypatch.setattr(ChromaConnector, "search", refuse)
-    result = ok(cli("backup", f"chroma:{chroma}", "--repo", str(tmp_path / "repo"), "--json")).json()
-    assert result["notes"] == [
-        "small: search baseline: vector '': the source could not be searched: the index is loading"
-    ]
-    baseline = manifest(tmp_path / "repo", result["bundle_id"]).dataset("small").baseline
-    assert baseline is not None and baseline.vectors == () and baseline.note_for("") is not None
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:  # undone after the backup (the suite's own settings stay)
+        patch.setattr(ChromaConnector, "search", refuse)
+        result = ok(cli("backup", f"chroma:{chroma}", "--repo", str(tmp_path / "repo"), "--json")).json()
+        assert result["notes"] == [
+            "small: search baseline: vector '': the source could not be searched: the index is loading"
+        ]
+        baseline = manifest(tmp_path / "repo", result["bundle_id"]).dataset("small").baseline
+        assert baseline is not None and baseline.vectors == () and baseline.note_for("") is not None
     check = search_check(ok(restore(cli, str(tmp_path / "repo"), result["bundle_id"], f"qdrant:{tmp_path / 'q'}")))
     assert check["measures"]["rule"] == "absolute"
     assert "the backup recorded no baseline for this vector (the source could not be searched" in check["detail"]

@@ -19,7 +19,7 @@ import pytest
 
 from aibackup.verify import run_verify
 from tests import logdata
-from tests.helpers import Cli, ok, seed_chroma
+from tests.helpers import Cli, legacy_encrypted_repository, ok, seed_chroma
 
 #: Damages per kind (9 kinds: 225 in all) and how many of each are also restored.
 PER_KIND = 25
@@ -203,10 +203,11 @@ def test_an_encrypted_repository_refuses_tampered_parts_and_manifests(
 def test_an_encrypted_repository_refuses_a_manifest_forged_with_its_checksum(
     tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Someone with write access but without the key swaps a part for another bundle's and rewrites the
-    manifest to match, checksum and all: the checksum is then right, but the MAC under the repository key
-    is not. Restore refuses before writing; verify with the key names the manifest; verify without the key
-    says it could not authenticate."""
+    """A repository encrypted by aibackup 0.4 (manifests in the clear, authenticated by a MAC): someone with
+    write access but without the key swaps a part for another bundle's and rewrites the manifest to match,
+    checksum and all: the checksum is then right, but the MAC under the repository key is not. Restore
+    refuses before writing; verify with the key names the manifest; verify without the key says it could
+    not authenticate. (A repository encrypted by 0.5 seals its manifests: tests/aibackup/test_encryption.py.)"""
     import dataclasses
 
     from aibackup.manifests.model import BundleManifest
@@ -214,7 +215,7 @@ def test_an_encrypted_repository_refuses_a_manifest_forged_with_its_checksum(
 
     monkeypatch.setenv("AIBACKUP_KEY", "correct horse battery staple")
     repo = tmp_path / "enc"
-    ok(cli("init", "--encrypt", "--repo", str(repo)))
+    legacy_encrypted_repository(repo, "correct horse battery staple")
     cfg = config_folder(tmp_path)
     ok(cli("backup", f"config:{cfg}", "--repo", str(repo)))
     (cfg / "extra.yaml").write_text("added: later\n")
