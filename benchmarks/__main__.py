@@ -7,7 +7,9 @@ Sections (``--sections``, all by default; a subset reruns those and keeps the ot
 ``writer`` (our Parquet writing vs raw pyarrow), ``restore`` (restore load vs bare bulk load per backend),
 ``sizes`` (bundle vs raw float32 vs the store on disk vs a vdf-io export), ``incremental`` (issue 16: a 1%
 change at ``--incremental-rows``: bytes, time and memory against the full backup and the bare read; the read
-side of a restore of a 30-link chain against its equivalent full bundle). Results go to
+side of a restore of a 30-link chain against its equivalent full bundle), ``encryption`` (issue 17: backup,
+restore, ``verify --read-data`` and bytes of an encrypted repository against an unencrypted one at ``--rows``,
+and the cipher's throughput). Results go to
 ``benchmarks/results/bench-ROWSxDIM.json`` and ``docs/benchmarks.md`` (with ``docs/benchmarks.png``);
 ``--report-only`` redraws the page from the JSON. Seeded stores are cached under ``benchmarks/.cache``
 (the first run seeds them: Chroma ~2000 records/s, Qdrant local ~1000 points/s).
@@ -22,11 +24,11 @@ import sys
 import time
 from typing import Any
 
-from benchmarks import backup, incremental, restore, writer
+from benchmarks import backup, encryption, incremental, restore, writer
 from benchmarks.common import RESULTS, ROOT, machine, seeded_chroma, seeded_qdrant
 from benchmarks.report import chart, markdown, targets
 
-SECTIONS = ("backup", "writer", "restore", "sizes", "incremental")
+SECTIONS = ("backup", "writer", "restore", "sizes", "incremental", "encryption")
 DOCS = ROOT / "docs"
 
 
@@ -108,6 +110,7 @@ def main(argv: list[str]) -> int:
             "restore": lambda: restore.measure(args.restore_rows, args.dim, args.repeats, args.qdrant_restore_rows),
             "sizes": lambda: sizes(args.rows, args.dim, args.qdrant_rows, result.get("backup"), not args.no_vdfio),
             "incremental": lambda: incremental.measure(args.incremental_rows, args.dim, args.repeats, args.links),
+            "encryption": lambda: encryption.measure(args.rows, args.dim, args.repeats),
         }
         for section in SECTIONS:
             if section in sections:
