@@ -43,10 +43,7 @@ def list_(key_file: str | None, repo: str | None, config_path: str | None, as_js
         return
     table(
         ["SLOT", "TYPE", "CREATED", "KMS KEY", ""],
-        [
-            [s["id"], s["type"], s["created_at"], s.get("kms_key_id") or "-", "opened now" if s["opened"] else ""]
-            for s in found["slots"]
-        ],
+        [[s["id"], s["type"], s["created_at"], s.get("kms_key_id") or "-", _state(s)] for s in found["slots"]],
     )
     click.echo("")
     table(
@@ -56,6 +53,12 @@ def list_(key_file: str | None, repo: str | None, config_path: str | None, as_js
             for g in found["generations"]
         ],
     )
+
+
+def _state(slot: dict[str, object]) -> str:
+    if not slot.get("authentic", True):
+        return "NOT AUTHENTIC: not made with this repository's key (check who added it, then remove it)"
+    return "opened now" if slot["opened"] else ""
 
 
 @key.command()

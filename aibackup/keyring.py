@@ -21,7 +21,10 @@ The keyring is stored in the marker only wrapped, once per **slot** (restic's ke
   under it with AES-256-GCM.
 
 Every seal binds the repository id and the slot id (associated data), so a slot copied into another
-repository's marker, or moved to another slot, does not open.
+repository's marker, or moved to another slot, does not open. Every slot also carries a MAC of its public
+fields under a key derived from the seal key: the marker is writable by whoever can write the bucket, and
+a slot planted there (an attacker's public key or KMS key) would otherwise be handed the keyring by the
+next rotation; :func:`wrap` refuses a slot without a valid MAC.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import base64
 import datetime as dt
 import functools
 import hashlib
+import hmac
 import json
 import secrets
 from collections.abc import Mapping, Sequence
@@ -234,7 +238,7 @@ def passphrase_slot(passphrase: bytes, keyring: Keyring) -> dict[str, Any]:
         "salt": b64(salt),
         "public_key": b64(public),
     }
-    return wrap(slot, keyring)
+    return wrap(slot, keyring, new=True)
 
 
 def kms_slot(kms_key_id: str, keyring: Keyring) -> dict[str, Any]:
@@ -242,12 +246,36 @@ def kms_slot(kms_key_id: str, keyring: Keyring) -> dict[str, Any]:
     if not kms_key_id.strip():
         raise UsageError("--kms-key-id is empty: give a KMS key ARN, key id or alias/NAME")
     slot: dict[str, Any] = {"id": secrets.token_hex(4), "type": "kms", "created_at": _now(), "kms_key_id": kms_key_id}
-    return wrap(slot, keyring)
+    return wrap(slot, keyring, new=True)
 
 
-def wrap(slot: Mapping[str, Any], keyring: Keyring) -> dict[str, Any]:
-    """`slot` holding `keyring` (a fresh wrap: new ephemeral key, or a new KMS slot key)."""
+#: What a slot's MAC covers: everything a wrap uses (so no one without the key can add a slot, or point
+#: one at their own public key or KMS key, and have the next rotation wrap the keyring for them).
+_SLOT_FIELDS = ("id", "type", "created_at", "kdf", "kdf_params", "salt", "public_key", "kms_key_id")
+
+
+def slot_mac(slot: Mapping[str, Any], keyring: Keyring) -> str:
+    """HMAC-SHA256, under a key derived from the keyring's seal key, of a slot's public fields."""
+    fields = {k: slot[k] for k in _SLOT_FIELDS if k in slot}
+    key = hkdf(keyring.seal_key, b"aibackup slot mac v1")
+    return hmac.new(key, json.dumps(fields, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def authentic(slot: Mapping[str, Any], keyring: Keyring) -> bool:
+    return hmac.compare_digest(str(slot.get("mac", "")), slot_mac(slot, keyring))
+
+
+def wrap(slot: Mapping[str, Any], keyring: Keyring, *, new: bool = False) -> dict[str, Any]:
+    """`slot` holding `keyring` (a fresh wrap: new ephemeral key, or a new KMS slot key). An existing slot
+    must carry the MAC that only a holder of the keyring could have made (IntegrityError otherwise): the
+    marker is writable by whoever can write the bucket, and a wrap hands the keyring to the slot's owner."""
+    if not new and not authentic(slot, keyring):
+        raise IntegrityError(
+            f"damaged repository marker: key slot {slot.get('id')} is not authenticated by the repository's key "
+            "(added or changed by someone without it); remove it from aibackup.json after checking who made it"
+        )
     out = dict(slot)
+    out["mac"] = slot_mac(slot, keyring)
     aad = _slot_aad(keyring.repository_id, str(slot["id"]))
     if slot["type"] == "passphrase":
         out["wrapped"] = b64(_seal_to(unb64(slot["public_key"], "public key"), keyring.to_bytes(), aad))
@@ -322,9 +350,12 @@ def new_entry(slots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return {"scheme": SCHEME, "cipher": CIPHER, "slots": [dict(s) for s in slots]}
 
 
-def describe_slot(slot: Mapping[str, Any]) -> dict[str, Any]:
-    """What `key list` shows of a slot: never a key, salt or wrapped bytes."""
+def describe_slot(slot: Mapping[str, Any], keyring: Keyring | None = None) -> dict[str, Any]:
+    """What `key list` shows of a slot: never a key, salt or wrapped bytes; with the keyring, whether the
+    slot is authentic (made by a holder of the key)."""
     shown = {k: slot.get(k) for k in ("id", "type", "created_at")}
+    if keyring is not None:
+        shown["authentic"] = authentic(slot, keyring)
     if slot.get("type") == "kms":
         shown["kms_key_id"] = slot.get("kms_key_id")
     return shown

@@ -44,7 +44,8 @@ def describe(repo: Repository, key_file: str | None = None) -> dict[str, Any]:
     vault = repo.vault(key_file)
     return {
         "slots": [
-            {**keyslots.describe_slot(s), "opened": s["id"] == vault.slot_id} for s in keyslots.slots_of(_entry(repo))
+            {**keyslots.describe_slot(s, vault.keyring), "opened": s["id"] == vault.slot_id}
+            for s in keyslots.slots_of(_entry(repo))
         ],
         "generations": [
             {

@@ -10,6 +10,7 @@ collection name or secret.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import json
@@ -373,3 +374,29 @@ def test_an_encrypted_repository_is_format_2_and_a_newer_scheme_is_refused(
     marker["encryption"]["scheme"] = "keyslots-9"
     (tmp_path / "enc" / "aibackup.json").write_text(json.dumps(marker))
     one_line_error(cli("list", "--repo", str(tmp_path / "enc")), 2, "keyslots-9", "upgrade")
+
+
+def test_a_slot_planted_in_the_marker_is_never_handed_the_keyring(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whoever can write the bucket can edit aibackup.json: a slot they add (their own public key) must not
+    receive the keyring at the next rotation; `key list` marks it, rotate and add refuse, naming it."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
+    repo = tmp_path / "repo"
+    ok(cli("init", "--encrypt", "--repo", str(repo)))
+    marker = json.loads((repo / "aibackup.json").read_text())
+    genuine = dict(marker["encryption"]["slots"][0])
+    attacker = X25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    planted = {**genuine, "id": "0badc0de", "public_key": base64.b64encode(attacker).decode()}
+    marker["encryption"]["slots"].append(planted)
+    (repo / "aibackup.json").write_text(json.dumps(marker))
+    before = (repo / "aibackup.json").read_bytes()
+    listed = ok(cli("key", "list", "--repo", str(repo), "--json")).json()["slots"]
+    assert [s["authentic"] for s in listed] == [True, False]
+    one_line_error(cli("key", "rotate", "--repo", str(repo)), 1, "0badc0de", "not authenticated")
+    monkeypatch.setenv("AIBACKUP_NEW_KEY", "yet another passphrase")
+    one_line_error(cli("key", "add", "--repo", str(repo)), 1, "0badc0de")
+    assert (repo / "aibackup.json").read_bytes() == before  # nothing re-wrapped for the planted slot
