@@ -155,6 +155,7 @@ def run_backup(
     key = repo.key(source_options.key_file) if repo is not None else None
     if repo is not None:
         repo.use_key(key)  # an encrypted repository: manifests are signed, and read ones must be authentic
+        repo.refuse_downgrade()
     # A new repository is created encrypted when a key is given (--key-file, AIBACKUP_KEY_FILE, AIBACKUP_KEY):
     # whoever set a key wants its backups encrypted.
     new_passphrase = passphrase_from(source_options.key_file) if repo is None else None

@@ -14,6 +14,7 @@ even if the clock stepped back, so "latest" is the bundle started last.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hmac
 import json
@@ -37,6 +38,7 @@ from aibackup.errors import (
 )
 from aibackup.manifests.model import BundleManifest, ManifestError, ManifestVersionTooNewError
 from aibackup.storage import AlreadyExistsError, Storage
+from aibackup.vault import MAGIC as SEALED
 from aibackup.vault import Vault, bundle_of_part
 
 MARKER = "aibackup.json"
@@ -180,6 +182,23 @@ class Repository:
             return False
         keyring = self.vault().keyring
         return any(keyring.for_bundle(bundle_of_part(p)).id != keyring.current.id for p in paths)
+
+    def refuse_downgrade(self) -> None:
+        """IntegrityError when the marker says "not encrypted" over sealed manifests (its encryption entry
+        removed by someone who can write the bucket): a backup must not then write plaintext beside them.
+        The oldest and newest manifests are looked at (two small reads)."""
+        if self.encrypted:
+            return
+        ids = self.bundle_ids()
+        for bundle_id in {ids[0], ids[-1]} if ids else ():
+            with contextlib.suppress(FileNotFoundError):
+                raw = self.storage.fs.cat_file(self.storage.full(self.manifest_path(bundle_id)))
+                if raw[: len(SEALED)] == SEALED:
+                    raise IntegrityError(
+                        f"the repository marker {self.storage.display(MARKER)} says the repository is not encrypted, "
+                        f"but bundle {bundle_id} is: the marker was changed (its encryption entry removed?); "
+                        "refusing to write plaintext into an encrypted repository"
+                    )
 
     def opaque(self, text: str) -> str:
         """A short name for `text` in object names (lock files): a keyed hash in an encrypted repository,

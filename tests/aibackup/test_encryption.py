@@ -400,3 +400,23 @@ def test_a_slot_planted_in_the_marker_is_never_handed_the_keyring(
     monkeypatch.setenv("AIBACKUP_NEW_KEY", "yet another passphrase")
     one_line_error(cli("key", "add", "--repo", str(repo)), 1, "0badc0de")
     assert (repo / "aibackup.json").read_bytes() == before  # nothing re-wrapped for the planted slot
+
+
+def test_a_marker_stripped_of_its_encryption_never_gets_plaintext_written_beside_sealed_bundles(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _sources(tmp_path)
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
+    repo = tmp_path / "repo"
+    ok(cli("init", "--encrypt", "--repo", str(repo)))
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
+    marker = json.loads((repo / "aibackup.json").read_text())
+    del marker["encryption"]
+    marker["version"] = 1
+    (repo / "aibackup.json").write_text(json.dumps(marker))
+    before = sorted(str(p) for p in repo.rglob("*"))
+    for key in (PASSPHRASE, None):
+        if key is None:
+            monkeypatch.delenv("AIBACKUP_KEY")
+        one_line_error(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)), 1, "marker", "plaintext")
+    assert sorted(str(p) for p in repo.rglob("*")) == before
