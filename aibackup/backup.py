@@ -214,15 +214,16 @@ def run_backup(
                     # File kinds find what they may reference themselves (filereuse.offer, below).
                     previous = None if file_kind else _previous(repo, parent, description.name, description.kind)
                     unchained = "no earlier bundle of this dataset"  # why it is full, if it is
+                    refused = None  # why an earlier bundle there is not continued
                     if previous is not None and previous.digest_algorithm != DIGEST_ALGORITHM:
                         # The dataset digest of a chain is a sum: every link must use one algorithm.
-                        unchained = (
+                        refused = (
                             f"the previous bundle's record digests are {previous.digest_algorithm}, an older format"
                         )
-                        notes.append(f"{description.name}: full backup, not incremental ({unchained})")
-                        previous = None
-                    if previous is not None and repo.rotated_since(p.path for p in previous.all_parts()):
-                        unchained = KEY_ROTATED
+                    elif previous is not None and repo.rotated_since(p.path for p in previous.all_parts()):
+                        refused = KEY_ROTATED
+                    if refused is not None:
+                        unchained = refused
                         notes.append(f"{description.name}: full backup, not incremental ({unchained})")
                         previous = None
                     since = previous.state if previous is not None else None

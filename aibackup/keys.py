@@ -24,7 +24,7 @@ from aibackup import keyring as keyslots
 from aibackup.errors import AibackupError, IntegrityError, UsageError
 from aibackup.keyring import Keyring
 from aibackup.repository import Repository, iso
-from aibackup.vault import MAGIC, Vault, bundle_of_part
+from aibackup.vault import Vault, bundle_of_part, generation_of
 from aibackup.verify import DOCUMENT_FOLDERS
 
 
@@ -163,10 +163,10 @@ def retire(repo: Repository, dry_run: bool = False) -> Retired:
             for name in repo.storage.list_names(folder):
                 rel = f"{folder}/{name}"
                 raw = repo.storage.fs.cat_file(repo.storage.full(rel))
-                if raw[: len(MAGIC)] != MAGIC or int.from_bytes(raw[len(MAGIC) + 1 : len(MAGIC) + 5]) not in unused:
+                if generation_of(raw) not in unused:
                     continue
                 try:
-                    data = repo.storage.read_bytes(rel)
+                    data = vault.open(rel, raw, repo.storage.display(rel))
                 except IntegrityError:
                     continue  # damaged already: `verify` names it; it was lost history either way
                 repo.storage.replace(rel, data)  # sealed again, under the current key

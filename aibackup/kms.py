@@ -10,7 +10,6 @@ wrong or missing), an unreachable endpoint UnavailableError (exit 3).
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from aibackup.errors import (
@@ -21,6 +20,7 @@ from aibackup.errors import (
     UnavailableError,
     first_line,
 )
+from aibackup.storage import aws_client_kwargs
 
 _CONTEXT = "aibackup-repository"
 
@@ -30,14 +30,7 @@ def _client() -> Any:
         import boto3
     except ImportError:
         raise ConnectorNotInstalledError("a KMS key slot needs boto3: pip install 'aibackup[s3]'") from None
-    kwargs: dict[str, Any] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_KMS") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        kwargs["endpoint_url"] = endpoint
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region_name"] = region
-    return boto3.client("kms", **kwargs)
+    return boto3.client("kms", **aws_client_kwargs("KMS"))
 
 
 def encrypt(key_id: str, plaintext: bytes, repository_id: str) -> bytes:

@@ -38,8 +38,7 @@ from aibackup.errors import (
 )
 from aibackup.manifests.model import BundleManifest, ManifestError, ManifestVersionTooNewError
 from aibackup.storage import AlreadyExistsError, Storage
-from aibackup.vault import MAGIC as SEALED
-from aibackup.vault import Vault, bundle_of_part
+from aibackup.vault import Vault, bundle_of_part, generation_of
 
 MARKER = "aibackup.json"
 REPO_FORMAT = "aibackup-repository"
@@ -193,7 +192,7 @@ class Repository:
         for bundle_id in {ids[0], ids[-1]} if ids else ():
             with contextlib.suppress(FileNotFoundError):
                 raw = self.storage.fs.cat_file(self.storage.full(self.manifest_path(bundle_id)))
-                if raw[: len(SEALED)] == SEALED:
+                if generation_of(raw) is not None:
                     raise IntegrityError(
                         f"the repository marker {self.storage.display(MARKER)} says the repository is not encrypted, "
                         f"but bundle {bundle_id} is: the marker was changed (its encryption entry removed?); "

@@ -501,18 +501,26 @@ def _fsync_dir(folder: str) -> None:
         os.close(fd)
 
 
+def aws_client_kwargs(service: str) -> dict[str, Any]:
+    """``endpoint_url`` and ``region_name`` for an AWS client of `service` (``S3``, ``KMS``) from the
+    standard environment: ``AWS_ENDPOINT_URL_<SERVICE>`` wins over ``AWS_ENDPOINT_URL``, ``AWS_REGION``
+    over ``AWS_DEFAULT_REGION``; unset ones are left to botocore."""
+    kwargs: dict[str, Any] = {}
+    endpoint = os.environ.get(f"AWS_ENDPOINT_URL_{service}") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region_name"] = region
+    return kwargs
+
+
 def _s3_filesystem(sse: str | None = None, sse_kms_key_id: str | None = None) -> fsspec.AbstractFileSystem:
     try:
         import s3fs
     except ImportError:
         raise ConnectorNotInstalledError("an s3:// repository needs s3fs: pip install 'aibackup[s3]'") from None
-    client_kwargs: dict[str, Any] = {}
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        client_kwargs["endpoint_url"] = endpoint
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        client_kwargs["region_name"] = region
+    client_kwargs = aws_client_kwargs("S3")
     # No listing cache: a manifest committed by another process must be seen by the next `list`.
     # No instance cache: the environment (endpoint, credentials) may change between calls in one process.
     # Transient errors are retried with backoff (botocore "standard" mode); AWS_MAX_ATTEMPTS overrides.

@@ -35,6 +35,14 @@ _DOCS_INFO = b"aibackup documents v1"
 _PART_INFO = b"aibackup part v1\x00"
 
 
+def generation_of(raw: bytes) -> int | None:
+    """The key generation a sealed document's header names; None when `raw` is not a sealed document."""
+    if len(raw) < _HEADER or raw[: len(MAGIC) + 1] != MAGIC + _VERSION:
+        return None
+    generation: int = struct.unpack(">I", raw[len(MAGIC) + 1 : _HEADER])[0]
+    return generation
+
+
 def bundle_of_part(path: str) -> str:
     """The id of the bundle that wrote the part at `path` (``data/<bundle-id>/...``)."""
     parts = path.split("/")
@@ -78,10 +86,10 @@ class Vault:
         moved, not encrypted, or sealed by another repository."""
         from cryptography.exceptions import InvalidTag
 
-        if len(raw) < _HEADER + _NONCE + 16 or raw[: len(MAGIC) + 1] != MAGIC + _VERSION:
+        generation_id = generation_of(raw)
+        if generation_id is None or len(raw) < _HEADER + _NONCE + 16:
             raise IntegrityError(f"damaged {where}: not an encrypted document of this repository")
         header = raw[:_HEADER]
-        (generation_id,) = struct.unpack(">I", raw[len(MAGIC) + 1 : _HEADER])
         try:
             generation = self.keyring.by_id(generation_id)
         except IntegrityError as exc:

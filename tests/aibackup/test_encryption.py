@@ -78,6 +78,17 @@ def _sources(root: Path) -> Path:
     return config
 
 
+@pytest.fixture
+def encrypted_kb(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every kind of source (see _sources), an encrypted repository ./repo under PASSPHRASE (set in
+    AIBACKUP_KEY) and one backup of the `kb` source in it; returns the config file."""
+    config = _sources(tmp_path)
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
+    ok(cli("init", "--encrypt", "--config", str(config)))
+    ok(cli("backup", "--config", str(config), "--source", "kb"))
+    return config
+
+
 def _decoded(data: bytes) -> list[bytes]:
     """The bytes of an object as stored, and whatever a reader without the key could decompress."""
     out = [data]
@@ -161,12 +172,9 @@ def test_no_planted_value_in_any_byte_or_name_of_an_encrypted_repository(
 
 
 def test_tampering_is_detected_and_restore_refuses_before_writing(
-    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, encrypted_kb: Path
 ) -> None:
-    config = _sources(tmp_path)
-    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
-    ok(cli("init", "--encrypt", "--config", str(config)))
-    ok(cli("backup", "--config", str(config), "--source", "kb"))
+    config = encrypted_kb
     ok(cli("verify", "--read-data", "--config", str(config)))
     repo = tmp_path / "repo"
     (bundle,) = [p.stem for p in (repo / "bundles").glob("*.json")]
@@ -219,12 +227,9 @@ def test_tampering_is_detected_and_restore_refuses_before_writing(
 
 
 def test_wrong_or_missing_key_exits_2_before_anything_is_read_or_written(
-    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, encrypted_kb: Path
 ) -> None:
-    config = _sources(tmp_path)
-    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
-    ok(cli("init", "--encrypt", "--config", str(config)))
-    ok(cli("backup", "--config", str(config), "--source", "kb"))
+    config = encrypted_kb
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "repo").rglob("*"))
     for key in ("a wrong passphrase", None):
         if key is None:
@@ -246,12 +251,9 @@ def test_wrong_or_missing_key_exits_2_before_anything_is_read_or_written(
 
 
 def test_key_slots_add_remove_rotate_and_prune_retires_old_keys(
-    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, encrypted_kb: Path
 ) -> None:
-    config = _sources(tmp_path)
-    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
-    ok(cli("init", "--encrypt", "--config", str(config)))
-    ok(cli("backup", "--config", str(config), "--source", "kb"))
+    config = encrypted_kb
     monkeypatch.setenv("AIBACKUP_NEW_KEY", "second passphrase here")
     added = ok(cli("key", "add", "--config", str(config), "--json")).json()["added"]
     listed = ok(cli("key", "list", "--config", str(config), "--json")).json()
