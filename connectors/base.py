@@ -45,23 +45,34 @@ MODES = ("create", "overwrite", "merge")
 class Location:
     """A parsed connector URI. ``path`` for embedded stores; ``host``/``port``/``tls`` for servers."""
 
-    scheme: str  # as written: "chroma", "chroma+http", "qdrant+https", "conversations+sqlite", ...
-    kind: str  # registry kind: "chroma", "qdrant", "conversations", "finetune", "config"
+    scheme: str  # as written: "chroma", "chroma+http", "qdrant+https", "conversations+sqlite", "pgvector", ...
+    kind: str  # registry kind: "chroma", "qdrant", "pgvector", "lancedb", "milvus", "conversations", ...
     path: str | None = None
     host: str | None = None
     port: int | None = None
     tls: bool = False
     params: Mapping[str, str] = field(default_factory=dict)  # query parameters (?api_key_env=NAME)
+    #: PostgreSQL forms (``pgvector://USER@HOST:PORT/DB``): the database and the user name (never a
+    #: password). A socket connection has no ``host``; its folder is ``params["host"]``.
+    database: str | None = None
+    user: str | None = None
 
     @property
     def is_server(self) -> bool:
-        return self.host is not None
+        return self.host is not None or self.database is not None
 
     def display(self) -> str:
         """The URI with no credentials (none are ever part of it: keys come from the environment).
 
         It names the source in manifests, so two backups of the same store give the same text."""
-        base = f"{self.scheme}://{self.host}:{self.port}" if self.is_server else f"{self.scheme}:{self.path}"
+        if self.database is not None:
+            user = f"{self.user}@" if self.user else ""
+            where = f"{self.host}:{self.port}" if self.host else ""
+            base = f"{self.scheme}://{user}{where}/{self.database}"
+        elif self.host is not None:
+            base = f"{self.scheme}://{self.host}:{self.port}"
+        else:
+            base = f"{self.scheme}:{self.path}"
         # Parameters that pick the data (tenant, database, table) name the store; api_key_env does not.
         naming = sorted((k, v) for k, v in self.params.items() if k != "api_key_env")
         return f"{base}?{urlencode(naming)}" if naming else base

@@ -15,7 +15,15 @@ Accepted forms (a bare ``chroma``/``qdrant`` restore target means ``./aibackup-r
 ``finetune:PATH``                          fine-tuning JSONL files (a file, a folder or a glob); as a
                                            target, a folder
 ``config:PATH``                            configuration files (a folder or a file); as a target, a folder
-``chroma`` / ``qdrant``                    restore targets only: ``./aibackup-restore/<kind>``
+``pgvector://[USER@]HOST[:PORT]/DB``       PostgreSQL tables with pgvector columns (``?schema=``,
+                                           ``?sslmode=``, ``?document=COLUMN``); ``pgvector:///DB?host=DIR``
+                                           for a socket; the password from ``PGPASSWORD`` or ``~/.pgpass``
+``conversations+postgresql://…/DB?table=T`` conversation logs in a PostgreSQL table (``?key=COLUMN``)
+``lancedb:PATH``                           embedded LanceDB (``?id=COLUMN``: the record id column)
+``milvus:PATH``                            Milvus Lite (a local ``.db`` file)
+``milvus+http://HOST:PORT``                a Milvus server (``milvus+https://``); token from ``MILVUS_TOKEN``
+``chroma`` / ``qdrant`` / ``lancedb`` /    restore targets only: ``./aibackup-restore/<kind>``
+``milvus``                                 (Milvus: ``./aibackup-restore/milvus/milvus.db``)
 =========================================  ========================================================
 """
 
@@ -38,12 +46,24 @@ CONNECTORS = {
     "conversations": "aibackup.connectors.files.conversations:ConversationsConnector",
     "finetune": "aibackup.connectors.files.finetune:FinetuneConnector",
     "config": "aibackup.connectors.files.configfiles:ConfigConnector",
+    "pgvector": "aibackup.connectors.pgvector.connector:PgvectorConnector",
+    "lancedb": "aibackup.connectors.lancedb.connector:LanceDBConnector",
+    "milvus": "aibackup.connectors.milvus.connector:MilvusConnector",
 }
 #: kind -> the transports it accepts after "+": servers speak http(s); conversations also live in SQLite.
-TRANSPORTS = {"chroma": ("http", "https"), "qdrant": ("http", "https"), "conversations": ("sqlite",)}
+TRANSPORTS = {
+    "chroma": ("http", "https"),
+    "qdrant": ("http", "https"),
+    "milvus": ("http", "https"),
+    "conversations": ("sqlite", "postgresql"),
+}
 #: kinds a bare name may stand for as a restore target (an embedded default under DEFAULT_RESTORE_ROOT)
-BARE_TARGETS = ("chroma", "qdrant")
-DEFAULT_PORTS = {"chroma": 8000, "qdrant": 6333}
+BARE_TARGETS = ("chroma", "qdrant", "lancedb", "milvus")
+#: the file a bare target names inside its folder, for stores that are one file
+BARE_FILES = {"milvus": "milvus.db"}
+DEFAULT_PORTS = {"chroma": 8000, "qdrant": 6333, "milvus": 19530, "pgvector": 5432, "conversations": 5432}
+#: schemes written as PostgreSQL URLs: ``SCHEME://[USER@]HOST[:PORT]/DB`` or ``SCHEME:///DB?host=SOCKET_DIR``
+POSTGRES_SCHEMES = ("pgvector", "conversations+postgresql")
 #: scheme -> the query parameters it takes. Anything else is refused: a parameter is never a credential
 #: (`?api_key=...` would end up in manifests and logs); keys come from the environment (api_key_env).
 PARAMETERS = {
@@ -53,11 +73,17 @@ PARAMETERS = {
     "qdrant+http": ("api_key_env",),
     "qdrant+https": ("api_key_env",),
     "conversations+sqlite": ("table",),
+    "pgvector": ("schema", "sslmode", "document", "host"),
+    "conversations+postgresql": ("table", "key", "schema", "sslmode", "host"),
+    "lancedb": ("id",),
+    "milvus+http": ("api_key_env",),
+    "milvus+https": ("api_key_env",),
 }
 DEFAULT_RESTORE_ROOT = "aibackup-restore"
 KNOWN_FORMS = (
-    "chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT, conversations:PATH, "
-    "conversations+sqlite:PATH?table=T, finetune:PATH, config:PATH"
+    "chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT, pgvector://HOST/DB, "
+    "lancedb:PATH, milvus:PATH, milvus+http://HOST:PORT, conversations:PATH, conversations+sqlite:PATH?table=T, "
+    "conversations+postgresql://HOST/DB?table=T, finetune:PATH, config:PATH"
 )
 
 
@@ -78,7 +104,8 @@ def parse_location(uri: str, *, target: bool = False) -> Location:
 def _parse(uri: str, *, target: bool) -> Location:
     text = uri.strip()
     if target and text in BARE_TARGETS:
-        return Location(scheme=text, kind=text, path=str(Path(DEFAULT_RESTORE_ROOT, text).resolve()))
+        bare = Path(DEFAULT_RESTORE_ROOT, text, *([BARE_FILES[text]] if text in BARE_FILES else []))
+        return Location(scheme=text, kind=text, path=str(bare.resolve()))
     scheme, sep, rest = text.partition(":")
     kind, plus, transport = scheme.partition("+")
     if not sep or kind not in CONNECTORS:
@@ -86,6 +113,8 @@ def _parse(uri: str, *, target: bool) -> Location:
     if plus and transport not in TRANSPORTS.get(kind, ()):
         allowed = " or ".join(TRANSPORTS.get(kind, ())) or "nothing"
         raise UsageError(f"unknown store {uri!r}: after '{kind}+' comes {allowed}")
+    if scheme in POSTGRES_SCHEMES:
+        return _parse_postgres(uri, scheme, kind, rest)
     if not plus or transport == "sqlite":
         path, _, query = rest.partition("?")
         if path.startswith("//"):
@@ -112,6 +141,40 @@ def _parse(uri: str, *, target: bool) -> Location:
         port=port,
         tls=transport == "https",
         params=dict(parse_qsl(parts.query)),
+    )
+
+
+def _parse_postgres(uri: str, scheme: str, kind: str, rest: str) -> Location:
+    """``SCHEME://[USER@]HOST[:PORT]/DB[?…]`` or ``SCHEME:///DB?host=SOCKET_DIR`` (libpq's own defaults
+    apply to what is left out: a socket dir from ``PGHOST``, the user from ``PGUSER`` or the login)."""
+    if not rest.startswith("//"):
+        raise UsageError(f"bad store {uri!r}: write {scheme}://[USER@]HOST[:PORT]/DATABASE")
+    parts = urlsplit(f"postgresql:{rest}")
+    if parts.password is not None:
+        raise UsageError(
+            f"bad store {uri.split('@', 1)[-1]!r}: put no password in the URI; set PGPASSWORD or use ~/.pgpass"
+        )
+    database = parts.path.lstrip("/")
+    if not database or "/" in database:
+        raise UsageError(f"bad store {uri!r}: name one database after the host, as in {scheme}://HOST/DATABASE")
+    params = dict(parse_qsl(parts.query))
+    if scheme == "conversations+postgresql" and not params.get("table"):
+        raise UsageError(f"bad store {uri!r}: name the table, as in {scheme}://HOST/DB?table=conversations")
+    try:
+        port = parts.port or DEFAULT_PORTS[kind]
+    except ValueError:
+        raise UsageError(f"bad store {uri!r}: the port is not a number") from None
+    host = parts.hostname or None
+    if host is None and not params.get("host"):
+        raise UsageError(f"bad store {uri!r}: no host (write {scheme}:///{database}?host=/run/postgresql for a socket)")
+    return Location(
+        scheme=scheme,
+        kind=kind,
+        host=host,
+        port=port,
+        params=params,
+        database=database,
+        user=parts.username or None,
     )
 
 

@@ -15,11 +15,16 @@ words it for the user.
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 HEADER = SIGNATURE + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 TRAILER = b"\xff\xff"
+_INT16 = struct.Struct(">h")
+_INT32 = struct.Struct(">i")
+_SPARSE_HEAD = struct.Struct(">iii")
 #: pgvector's element types by column type.
 ELEMENTS = {"vector": ">f4", "halfvec": ">f2"}
 
@@ -79,3 +84,128 @@ def encode_vectors(vectors: np.ndarray, kind: str = "vector") -> bytes:
     out["unused"] = 0
     out["values"] = converted
     return HEADER + out.tobytes() + TRAILER
+
+
+def split_tuples(buf: bytes | bytearray | memoryview, nfields: int, start: int) -> tuple[list[list[int]], int, bool]:
+    """The complete tuples of a binary COPY stream in ``buf[start:]``, as per-field position lists.
+
+    Returns ``(fields, end, finished)``: ``fields[f]`` alternates (offset, length) of field `f` in each
+    tuple (length -1 for NULL), ``end`` is the offset after the last complete tuple (where the next chunk's
+    bytes continue), ``finished`` is True once the trailer was read. One Python step per field: the
+    columns are then cut out of ``buf`` with numpy, not a Python object per value.
+    """
+    unpack = _INT32.unpack_from
+    count = _INT16.unpack_from
+    size = len(buf)
+    fields: list[list[int]] = [[] for _ in range(nfields)]
+    appends = [f.extend for f in fields]
+    pos = start
+    while pos + 2 <= size:
+        (n,) = count(buf, pos)
+        if n == -1:
+            return fields, pos + 2, True
+        if n != nfields:
+            raise ValueError(f"binary COPY tuple with {n} fields, expected {nfields}")
+        cursor = pos + 2
+        row: list[tuple[int, int]] = []
+        for _ in range(nfields):
+            if cursor + 4 > size:
+                break
+            (length,) = unpack(buf, cursor)
+            cursor += 4
+            row.append((cursor, length))
+            if length > 0:
+                cursor += length
+        if len(row) < nfields or cursor > size:
+            break  # the tuple continues in the next chunk
+        for append, cell in zip(appends, row, strict=True):
+            append(cell)
+        pos = cursor
+    return fields, pos, False
+
+
+def cells(buf: bytes | bytearray | memoryview, positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, lengths) of one field's cells, as int64 arrays (length -1: NULL)."""
+    flat = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
+    return flat[:, 0], flat[:, 1]
+
+
+def gather(buf: bytes | bytearray | memoryview, offsets: np.ndarray, lengths: np.ndarray) -> tuple[bytes, np.ndarray]:
+    """The bytes of the non-NULL cells concatenated, and Arrow-style int32/int64 offsets into them (one per
+    cell plus one; a NULL cell is empty)."""
+    sizes = np.maximum(lengths, 0)
+    bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=bounds[1:])
+    view = memoryview(buf)
+    data = b"".join([view[o : o + s] for o, s in zip(offsets.tolist(), sizes.tolist(), strict=True) if s])
+    return data, bounds
+
+
+def decode_dense(
+    buf: bytes | bytearray | memoryview, offsets: np.ndarray, lengths: np.ndarray, dim: int, kind: str
+) -> np.ndarray:
+    """The (cells, dim) little-endian float32 values of non-NULL ``vector``/``halfvec`` cells (NULL rows
+    are zero: the caller masks them). ValueError for a cell of another dimension."""
+    element = np.dtype(ELEMENTS[kind])
+    present = lengths >= 0
+    expected = 4 + element.itemsize * dim
+    if not (lengths[present] == expected).all():
+        bad = int(np.flatnonzero(present & (lengths != expected))[0])
+        got = (int(lengths[bad]) - 4) // element.itemsize
+        raise ValueError(f"row {bad} holds a {kind} of {got} dimensions, not {dim}")
+    data, _ = gather(buf, offsets[present], lengths[present])
+    values = np.frombuffer(data, dtype=np.dtype([("dim", ">u2"), ("unused", ">u2"), ("values", element, (dim,))]))
+    out = np.zeros((len(lengths), dim), dtype="<f4")
+    out[present] = values["values"]
+    return out
+
+
+def decode_sparse(cell: bytes | memoryview) -> tuple[int, np.ndarray, np.ndarray]:
+    """One ``sparsevec`` cell: (dim, 0-based indices as uint32, values as float32)."""
+    dim, nnz, _ = _SPARSE_HEAD.unpack_from(cell, 0)
+    indices = np.frombuffer(cell, dtype=">i4", count=nnz, offset=12).astype(np.uint32)
+    values = np.frombuffer(cell, dtype=">f4", count=nnz, offset=12 + 4 * nnz).astype("<f4")
+    return dim, indices, values
+
+
+def encode_sparse(dim: int, indices: np.ndarray, values: np.ndarray) -> bytes:
+    """The binary form of one ``sparsevec`` (indices 0-based, strictly increasing, below `dim`)."""
+    return (
+        _SPARSE_HEAD.pack(dim, len(indices), 0)
+        + np.asarray(indices, dtype=">i4").tobytes()
+        + np.asarray(values, dtype=">f4").tobytes()
+    )
+
+
+def encode_rows(columns: list[list[bytes | None]]) -> bytes:
+    """The binary COPY tuples (no header or trailer) of `columns`, each a list of one field's cells
+    already in binary form (None: NULL)."""
+    nfields = _INT16.pack(len(columns))
+    null = _INT32.pack(-1)
+    pack = _INT32.pack
+    out: list[bytes] = []
+    for row in zip(*columns, strict=True):
+        out.append(nfields)
+        for cell in row:
+            if cell is None:
+                out.append(null)
+            else:
+                out.append(pack(len(cell)))
+                out.append(cell)
+    return b"".join(out)
+
+
+def encode_dense_cells(vectors: np.ndarray, kind: str) -> list[bytes]:
+    """One binary ``vector``/``halfvec`` cell per row of `vectors` (rows, dim); ValueError when a halfvec
+    cannot hold the values exactly."""
+    rows, dim = vectors.shape
+    converted = vectors.astype(ELEMENTS[kind])
+    if kind == "halfvec" and not np.array_equal(converted.astype("<f4"), vectors.astype("<f4"), equal_nan=True):
+        raise ValueError("these vectors do not fit halfvec exactly (float16)")
+    head = np.empty(rows, dtype=np.dtype([("dim", ">u2"), ("unused", ">u2"), ("values", ELEMENTS[kind], (dim,))]))
+    head["dim"] = dim
+    head["unused"] = 0
+    head["values"] = converted
+    raw = head.tobytes()
+    step = head.dtype.itemsize
+    return [raw[i * step : (i + 1) * step] for i in range(rows)]
