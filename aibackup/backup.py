@@ -389,6 +389,8 @@ def _write_chained(
     if found is not None:  # every record is in a framework's layout: the restore keeps it
         dataset = replace(dataset, config={**dataset.config, "layout": found})
     notes = [f"{description.name}: full backup: {reason}"] if reason and previous is not None else []
+    state = connector.export_state(description.name)  # a vector connector's notes (ids it had to make up)
+    notes += [f"{description.name}: {note}" for note in (state.notes if state is not None else ())]
     return _Chained(dataset, recorder, reason, notes)
 
 

@@ -15,7 +15,7 @@ import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
@@ -158,6 +158,9 @@ def run_restore(
                 chosen = layouts.resolve(layout, d.vectors_config().layout, source_kind, connector.kind, d.name)
             if chosen is not None:
                 plan = layouts.apply(plan, chosen)
+            elif d.kind == "vectors":
+                note = layouts.fallback_note(layout, d.vectors_config().layout, source_kind, connector.kind)
+                plan = replace(plan, notes=(*plan.notes, note)) if note else plan
             applied[d.name] = chosen
             plans.append((d, plan))
         # Every record is checked against the manifest's digest and against what the target can hold

@@ -297,6 +297,8 @@ def resolve(
     if framework == RAW:
         return None
     found = recorded is not None and recorded.get("framework") == framework and recorded.get("backend") == source
+    if choice == "auto" and unknown_backend(source, target) is not None:
+        return None  # raw, and the restore says why (fallback_note)
     for side, kind in (("source", source), ("target", target)):
         if kind not in BACKENDS:
             raise UsageError(
@@ -304,6 +306,25 @@ def resolve(
                 f"aibackup (known: {', '.join(BACKENDS)}); restore with --layout raw"
             )
     return Applied(framework, source, target, found)
+
+
+def unknown_backend(source: str, target: str) -> str | None:
+    """The first of the two backends whose framework layouts are not known (None: both are)."""
+    return next((kind for kind in (source, target) if kind not in BACKENDS), None)
+
+
+def fallback_note(choice: str, recorded: Mapping[str, Any] | None, source: str, target: str) -> str | None:
+    """Why a restore with ``--layout auto`` writes raw records although the backup recorded a layout: the
+    framework's layout on one of the backends is not known (an explicit ``--layout`` is refused instead)."""
+    framework = (recorded or {}).get("framework", RAW)
+    kind = unknown_backend(source, target)
+    if choice != "auto" or framework == RAW or kind is None:
+        return None
+    return (
+        f"recorded in {framework}'s layout, restored raw: {framework}'s layout on {kind} is not known to this "
+        f"aibackup (known: {', '.join(BACKENDS)}); the records are whole, an application reading them through "
+        f"{framework} may need its own mapping"
+    )
 
 
 def apply(plan: ImportPlan, layout: Applied) -> ImportPlan:

@@ -36,7 +36,9 @@ Canonical mapping
 - **metadata**: every other column, by name; NULL is an absent key. Values as PostgreSQL's ``to_jsonb``
   writes them (numbers, booleans, text, jsonb as JSON, arrays as lists, timestamps in ISO 8601 UTC,
   ``bytea`` as ``\\x`` hex), but ``numeric`` as text and ``json`` as its text, so that they come back
-  exactly. Numbers inside jsonb are JSON numbers (float64 for fractions).
+  exactly. A jsonb column is JSON, unless it holds a number float64 would not give back as written
+  (``1.10``, 20 significant digits): then that column's values are its text (the backup reads each jsonb
+  column once more to know).
 - **the layout restores from other backends write** ``(id text primary key, <vector columns>, [sparse
   columns], document text, uri text, metadata jsonb)``: read back, its ``metadata`` column is the record's
   metadata (not a key of it), so Chroma -> pgvector -> export gives the same records.
@@ -179,7 +181,12 @@ class PgvectorConnector(VectorConnector):
             if key is None:
                 raise DatasetNotFoundError(f"table {name!r} with a vector column not found in {self._where}")
             out.append(self._describe(self._name(*key), *key))
+        if self._document and out and not any(self._has_document(d) for d in out):
+            raise UsageError(f"no table of {self._where} has the column {self._document!r} that ?document= names")
         return out
+
+    def _has_document(self, dataset: DatasetDescription) -> bool:
+        return self._columns(dataset.config.native, dataset.name).document == self._document
 
     def _name(self, schema: str, table: str) -> str:
         return table if schema == (self._schema or "public") else f"{schema}.{table}"
@@ -194,6 +201,9 @@ class PgvectorConnector(VectorConnector):
         conn = self._require()
         with self._errors("reading the definition of", name):
             native = catalog.definition(conn, schema, table)
+            for column in native["columns"]:
+                if column["base"] == "jsonb" and _float_text_matters(conn, qualified(schema, table), column["name"]):
+                    column["exported_as"] = "text"
             rows = _scalar(conn, f"SELECT count(*) FROM {qualified(schema, table)}")
         columns = self._columns(native, name)
         dense, hnsw = [], None
@@ -239,10 +249,11 @@ class PgvectorConnector(VectorConnector):
             and set(names) <= {DOCUMENT, URI, METADATA}
             and all(names[k]["base"] == "text" for k in (DOCUMENT, URI) if k in names)
         )
-        document = self._document or (DOCUMENT if layout and DOCUMENT in names else None)
+        # ?document= names the column in the tables that have it (a database may hold several kinds).
+        document = self._document if self._document in names else None
+        if document is None and layout and DOCUMENT in names:
+            document = DOCUMENT
         if document is not None:
-            if document not in names:
-                raise UsageError(f"table {name} has no column {document!r} (?document=) besides its id and vectors")
             if names[document]["base"] not in ("text", "varchar", "bpchar"):
                 raise UsageError(f"table {name}: ?document={document} is {names[document]['type']}, not text")
         uri = URI if layout and URI in names else None
@@ -389,12 +400,16 @@ class PgvectorConnector(VectorConnector):
             id_sql = f"{quote(columns.id[0])}::text"
         elif columns.id:
             id_sql = f"jsonb_build_array({', '.join(map(quote, columns.id))})::text"
-        else:
-            raise UnsupportedFeatureError(f"table {name} has no primary key: its records cannot be searched by id")
         operator = catalog.DISTANCE_OPERATOR[spec.distance]
         sql_type = "halfvec" if spec.datatype == "float16" else "vector"
+        source = qualified(native["schema"], native["table"])
+        if not columns.id:
+            # Ids are row positions in physical order (as the export numbers them): an exact search over a
+            # numbered scan, no index.
+            id_sql = "(n - 1)::text"
+            source = f"(SELECT row_number() OVER () AS n, {quote(column)} FROM {source}) numbered"
         sql = (
-            f"SELECT {id_sql} FROM {qualified(native['schema'], native['table'])} "
+            f"SELECT {id_sql} FROM {source} "
             f"WHERE {quote(column)} IS NOT NULL ORDER BY {quote(column)} {operator} %s::{sql_type} LIMIT {int(k)}"
         )
         out: list[list[str]] = []
@@ -408,7 +423,7 @@ class PgvectorConnector(VectorConnector):
     def search_index(self, dataset: DatasetDescription, vector: str) -> dict[str, Any]:
         spec = dataset.config.dense_by_name(vector)
         index = spec.options.get("index")
-        if not index:
+        if not index or not self._columns(dataset.config.native, dataset.name).id:
             return {"store": self.kind, "exact": True}
         out: dict[str, Any] = {"store": self.kind, "exact": False, "method": index["method"]}
         params = index.get("options", {})
@@ -678,14 +693,14 @@ class PgvectorConnector(VectorConnector):
         if columns.layout:  # the layout's metadata and uri columns are the record's own
             direct |= {METADATA, URI}
         names, values = [], []
-        json_columns = {c["name"] for c in native["columns"] if c["base"] == "json"}
+        json_columns = {c["name"]: c["base"] for c in native["columns"] if c["base"] == "json" or c.get("exported_as")}
         for column in catalog.writable(native):
             name = column["name"]
             names.append(quote(name))
             if name in direct:
                 values.append(f"s.{quote(name)}")
             elif name in json_columns:
-                values.append(f"(({record})->>{catalog.literal(name)})::json")
+                values.append(f"(({record})->>{catalog.literal(name)})::{json_columns[name]}")
             else:
                 values.append(f"r.{quote(name)}")
         overriding = " OVERRIDING SYSTEM VALUE" if any(c.get("identity") == "always" for c in native["columns"]) else ""
@@ -900,6 +915,22 @@ def _sparse(buffer: bytearray, offsets: np.ndarray, lengths: np.ndarray) -> pa.A
     return pa.array(cells, SPARSE_ARROW)
 
 
+#: Does a jsonb column hold a number that float64 would not give back as PostgreSQL wrote it (``1.10``, more
+#: digits than a double holds, beyond its range)? Integers are exact either way (Python's ints).
+FLOAT_TEXT_SQL = """
+SELECT EXISTS (
+  SELECT 1 FROM {table} t, jsonb_path_query(t.{column}, 'strict $.**') v
+  WHERE jsonb_typeof(v) = 'number' AND v::text ~ '[.eE]'
+    AND (abs(v::text::numeric) >= 1e308 OR v::text::numeric::float8::text::numeric::text <> v::text))
+"""
+
+
+def _float_text_matters(conn: Any, table: str, column: str) -> bool:
+    """True when a jsonb column must be kept as its text to come back exactly (its metadata value is then
+    the jsonb's text, a string: see the module docstring)."""
+    return bool(_scalar(conn, FLOAT_TEXT_SQL.format(table=table, column=quote(column))))
+
+
 def _json_object(columns: Sequence[dict[str, Any]]) -> str:
     """jsonb_build_object of metadata columns: numeric and json as their text (exact), the rest as to_jsonb
     writes them."""
@@ -911,7 +942,7 @@ def _json_object(columns: Sequence[dict[str, Any]]) -> str:
             value = f"{name}::text"
         elif base == "_numeric":
             value = f"{name}::text[]"
-        elif base == "json":
+        elif base == "json" or c.get("exported_as") == "text":
             value = f"{name}::text"
         else:
             value = name

@@ -1,0 +1,239 @@
+"""The pgvector connector against a real PostgreSQL 18 with pgvector 0.8 (the `postgres` session fixture):
+a table's definition and values round trip exactly, one snapshot per backup, tables without a primary key,
+and every bad input named in one line with its exit code."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from aibackup.connectors.registry import open_connector
+from tests.conftest import Postgres
+from tests.helpers import Cli, chroma_client, ok, one_line_error
+
+pytestmark = pytest.mark.postgres
+
+RICH_TABLE = """
+CREATE TABLE items (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  embedding vector(3) NOT NULL,
+  small halfvec(2),
+  sp sparsevec(10),
+  content text,
+  price numeric(10,2) CHECK (price >= 0),
+  at timestamptz DEFAULT now(),
+  tags text[],
+  nums int[],
+  blob bytea,
+  doc jsonb,
+  raw json,
+  ratio real,
+  big double precision,
+  flag boolean,
+  u uuid UNIQUE,
+  twice bigint GENERATED ALWAYS AS (id * 2) STORED,
+  seq serial
+);
+COMMENT ON TABLE items IS 'the items ✓';
+COMMENT ON COLUMN items.content IS 'what it says';
+CREATE INDEX items_hnsw ON items USING hnsw (embedding vector_cosine_ops) WITH (m = 8, ef_construction = 32);
+CREATE INDEX items_small ON items USING hnsw (small halfvec_l2_ops);
+CREATE INDEX items_price ON items (price);
+INSERT INTO items (embedding, small, sp, content, price, at, tags, nums, blob, doc, raw, ratio, big, flag, u) VALUES
+ ('[1,2,3]', '[0.5,1.5]', '{1:0.5,3:2}/10', E'héllo ✓ "quoted"\\nline 🚀', 12.30, '2026-01-02 03:04:05.123456+02',
+  '{a,"b c",NULL}', '{1,2,NULL}', '\\x00ff', '{"z":1,"a":[1.5,null,"x"],"n":{"d":1.10}}', '{"b":1,  "a":2}', 0.1,
+  1e300, true, 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'),
+ ('[-1,0,1.5]', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'NaN', '-Infinity', false, NULL),
+ ('[0.25,0.5,0.75]', '[1,2]', '{10:1}/10', '', 0, 'infinity', '{}', '{}', '', '[]', 'null', -0.0, 5e-324, NULL,
+  '00000000-0000-0000-0000-000000000000');
+"""
+
+
+def run_sql(server: Postgres, db: str, sql: str) -> None:
+    with server.connect(db) as conn:
+        conn.execute(sql)
+
+
+def rows_as_text(server: Postgres, db: str, table: str = "items") -> list[tuple[Any, ...]]:
+    with server.connect(db) as conn:
+        # Each row as PostgreSQL's own text of it: every type compared as the server writes it.
+        return conn.execute(f"SELECT r::text FROM {table} r ORDER BY r::text").fetchall()  # type: ignore[no-any-return]
+
+
+def database(server: Postgres, tmp_path: Path, what: str) -> str:
+    return server.database(f"pg_{what}_{abs(hash(str(tmp_path))) % 10**8}")
+
+
+def test_a_table_round_trips_with_its_definition_and_values(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    src, dst = database(postgres, tmp_path, "src"), database(postgres, tmp_path, "dst")
+    run_sql(postgres, src, RICH_TABLE)
+    repo = str(tmp_path / "repo")
+    ok(cli("backup", postgres.uri(src), "--repo", repo))
+    manifest = json.loads(cli("list", "--repo", repo, "--json").out)[0]
+    assert [d["name"] for d in manifest["datasets"]] == ["items"]
+    restored = ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--json")).json()
+    checks = {c["name"]: c for c in restored["datasets"][0]["checks"]}
+    assert restored["ok"] and checks["definition"]["ok"] and checks["content"]["ok"], checks
+    assert rows_as_text(postgres, dst) == rows_as_text(postgres, src)
+    with postgres.connect(dst) as conn:
+        indexes = {
+            r[0]: r[1] for r in conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'items'")
+        }
+        assert "vector_cosine_ops" in indexes["items_hnsw"] and "m='8'" in indexes["items_hnsw"]
+        assert "halfvec_l2_ops" in indexes["items_small"] and set(indexes) >= {"items_price", "items_u_key"}
+        assert conn.execute("SELECT obj_description('items'::regclass)").fetchone()[0] == "the items ✓"
+        # The identity and the serial sequence continue after the restored rows.
+        conn.execute("INSERT INTO items (embedding) VALUES ('[9,9,9]')")
+        assert conn.execute("SELECT max(id), max(seq), max(twice) FROM items").fetchone() == (4, 4, 8)
+
+
+def test_halfvec_sparsevec_and_named_vectors_cross_to_qdrant_and_back(
+    postgres: Postgres, tmp_path: Path, cli: Cli
+) -> None:
+    src, back = database(postgres, tmp_path, "src"), database(postgres, tmp_path, "back")
+    run_sql(postgres, src, RICH_TABLE)
+    repo, repo2 = str(tmp_path / "repo"), str(tmp_path / "repo2")
+    ok(cli("backup", postgres.uri(src), "--repo", repo))
+    qdrant = f"qdrant:{tmp_path / 'qdrant'}"
+    result = ok(cli("restore", "latest", "--repo", repo, "--to", qdrant, "--json")).json()
+    assert result["ok"]
+    ok(cli("backup", qdrant, "--repo", repo2, "--queries", "0"))
+    again = ok(cli("restore", "latest", "--repo", repo2, "--to", postgres.uri(back), "--json")).json()
+    assert again["ok"], again
+    with postgres.connect(back) as conn:
+        got = conn.execute("SELECT id, embedding::text, small::text, sp::text FROM items ORDER BY id").fetchall()
+        types = dict(
+            conn.execute(
+                "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = 'items'::regclass AND attnum > 0"
+            ).fetchall()
+        )
+    assert got[0] == ("1", "[1,2,3]", "[0.5,1.5]", "{1:0.5,3:2}/1000000000")
+    assert types["small"] == "halfvec(2)"  # float16 recorded, made again
+
+
+def test_sparse_zeros_are_refused_or_left_out(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    from tests.contracts.test_vector_backends import qdrant_bundle_with_sparse
+
+    repo = qdrant_bundle_with_sparse(tmp_path, cli)  # point 0 holds a sparse value 1.0 at index 0: no zero
+    dst = database(postgres, tmp_path, "dst")
+    assert ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--json")).json()["ok"]
+
+
+def test_a_table_without_a_primary_key_uses_row_positions(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    src, dst = database(postgres, tmp_path, "src"), database(postgres, tmp_path, "dst")
+    run_sql(
+        postgres,
+        src,
+        "CREATE TABLE loose (embedding vector(2), note text);"
+        "INSERT INTO loose VALUES ('[1,0]', 'a'), ('[0,1]', NULL), (NULL, 'c')",
+    )
+    repo = str(tmp_path / "repo")
+    backup = ok(cli("backup", postgres.uri(src), "--repo", repo))
+    assert "no primary key" in backup.out + backup.err
+    ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst)))
+    assert rows_as_text(postgres, dst, "loose") == rows_as_text(postgres, src, "loose")
+
+
+def test_the_whole_backup_reads_one_snapshot(postgres: Postgres, tmp_path: Path) -> None:
+    src = database(postgres, tmp_path, "snap")
+    run_sql(
+        postgres,
+        src,
+        "CREATE TABLE t (id int PRIMARY KEY, embedding vector(2));"
+        "INSERT INTO t SELECT i, '[1,2]' FROM generate_series(1, 10) i",
+    )
+    with open_connector(postgres.uri(src)) as conn:
+        (described,) = conn.describe()
+        run_sql(postgres, src, "INSERT INTO t VALUES (11, '[3,4]'); DELETE FROM t WHERE id = 1")
+        ids = [i for b in conn.export(described) for i in b.column("id").to_pylist()]
+    assert described.rows == 10 and sorted(ids, key=int) == [str(i) for i in range(1, 11)]
+
+
+def test_collections_by_table_or_schema_and_a_document_column(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    src = database(postgres, tmp_path, "pick")
+    run_sql(
+        postgres,
+        src,
+        "CREATE SCHEMA kb; CREATE TABLE kb.docs (id text PRIMARY KEY, body text, embedding vector(2));"
+        "INSERT INTO kb.docs VALUES ('a', 'first', '[1,0]'); CREATE TABLE other (id int PRIMARY KEY, v vector(2))",
+    )
+    with open_connector(postgres.uri(src, document="body")) as conn:
+        assert [d.name for d in conn.describe()] == ["kb.docs", "other"]
+        (docs,) = conn.describe(["kb.docs"])
+        batch = next(iter(conn.export(docs)))
+        assert batch.column("document").to_pylist() == ["first"] and batch.column("metadata").to_pylist() == [None]
+    with open_connector(postgres.uri(src, schema="kb")) as conn:
+        assert [d.name for d in conn.describe(["docs"])] == ["docs"]
+    one_line_error(cli("backup", postgres.uri(src), "--collection", "ghost", "--repo", str(tmp_path / "r")), 2, "ghost")
+
+
+def test_chroma_into_pgvector_makes_the_layout_with_a_matching_hnsw_index(
+    postgres: Postgres, tmp_path: Path, cli: Cli
+) -> None:
+    path = tmp_path / "chroma"
+    col = chroma_client(path).create_collection("notes", metadata={"hnsw:space": "cosine"}, embedding_function=None)
+    rng = np.random.default_rng(3)
+    col.add(
+        ids=[f"n{i}" for i in range(50)],
+        embeddings=rng.standard_normal((50, 8)).astype(np.float32),
+        documents=[f"note {i} ✓" for i in range(50)],
+        metadatas=[{"i": i, "even": i % 2 == 0} for i in range(50)],
+    )
+    repo, dst = str(tmp_path / "repo"), database(postgres, tmp_path, "dst")
+    ok(cli("backup", f"chroma:{path}", "--repo", repo))
+    result = ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--json")).json()
+    assert result["ok"], result
+    with postgres.connect(dst) as conn:
+        (indexdef,) = conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'notes' AND indexdef LIKE '%hnsw%'"
+        ).fetchone()
+        row = conn.execute("SELECT document, metadata FROM notes WHERE id = 'n3'").fetchone()
+    assert "vector_cosine_ops" in indexdef and row == ("note 3 ✓", {"i": 3, "even": False})
+    # Restoring again in the default mode refuses the non-empty table; nothing is dropped.
+    one_line_error(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst)), 2, "notes")
+
+
+def test_wrong_credentials_are_exit_3_and_never_print_the_password(
+    postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PGPASSWORD", "wrong horse battery")
+    uri = f"pgvector://{Postgres.LOCKED}@{postgres.host}:{postgres.port}/postgres"
+    line = one_line_error(cli("backup", uri, "--repo", str(tmp_path / "r")), 3, "password authentication failed")
+    assert "wrong horse" not in line
+    line = one_line_error(cli("backup", "pgvector://u:secret@h/db", "--repo", str(tmp_path / "r")), 2, "PGPASSWORD")
+    assert "secret" not in line
+
+
+def test_a_target_without_pgvector_that_cannot_create_it_is_exit_2(
+    postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = database(postgres, tmp_path, "src")
+    run_sql(
+        postgres, src, "CREATE TABLE t (id int PRIMARY KEY, embedding vector(2)); INSERT INTO t VALUES (1, '[1,2]')"
+    )
+    repo = str(tmp_path / "repo")
+    ok(cli("backup", postgres.uri(src), "--repo", repo))
+    bare = f"pg_bare_{abs(hash(str(tmp_path))) % 10**8}"
+    with postgres.connect() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{bare}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{bare}" OWNER {Postgres.LOCKED}')
+    monkeypatch.setenv("PGPASSWORD", Postgres.LOCKED_PASSWORD)
+    target = f"pgvector://{Postgres.LOCKED}@{postgres.host}:{postgres.port}/{bare}"
+    one_line_error(cli("restore", "latest", "--repo", repo, "--to", target), 2, "pgvector extension (vector)")
+    with postgres.connect(bare) as conn:
+        assert conn.execute("SELECT to_regclass('t')").fetchone() == (None,)  # nothing half-made
+
+
+def test_vectors_of_another_dimension_are_refused(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    src = database(postgres, tmp_path, "dims")
+    run_sql(
+        postgres,
+        src,
+        "CREATE TABLE t (id int PRIMARY KEY, embedding vector); INSERT INTO t VALUES (1, '[1,2]'), (2, '[1,2,3]')",
+    )
+    one_line_error(cli("backup", postgres.uri(src), "--repo", str(tmp_path / "r")), 2, "without a dimension")
