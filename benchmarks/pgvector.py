@@ -1,0 +1,226 @@
+"""pgvector backup and restore against the bare psycopg loops (issue 18), side by side in one run, on a
+PostgreSQL 18 + pgvector 0.8 server started for the run (tests/pgserver.py, ``maintenance_work_mem`` 1 GB
+for every index build of either side).
+
+The table: ``items (id bigint primary key, content text, metadata jsonb, embedding vector(DIM))`` with an
+HNSW index (``vector_cosine_ops``, m 16, ef_construction 64), the seeded embeddings of benchmarks.common.
+Each measure alternates aibackup and its bare loop, ``repeats`` times, fastest of each:
+
+- **backup**: ``run_backup`` of the table (``--queries 0``: the search baseline is measured apart by the
+  backup section) against a bare ``COPY (SELECT embedding …) TO STDOUT (FORMAT BINARY)`` loop decoded into
+  a float32 numpy matrix, and against a bare binary COPY of every column (bytes only, nothing decoded);
+- **restore**: the restore's load of that bundle into a new database (table, binary COPY, HNSW index,
+  ANALYZE; checks apart) against a bare binary ``COPY FROM`` of the same rows plus the same index build;
+- **memory**: the backup's peak RSS at ``--memory-rows`` against at ``rows``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import Stopwatch, child_main, embeddings, fastest, metadata, run_child
+
+MODULE = "benchmarks.pgvector"
+INDEX = (
+    "CREATE INDEX items_embedding ON items USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
+)
+TABLE = "CREATE TABLE items (id bigint PRIMARY KEY, content text, metadata jsonb, embedding vector({dim}))"
+
+
+def _connect(uri: str) -> Any:
+    import psycopg
+
+    from aibackup.connectors.registry import parse_location
+
+    location = parse_location(uri)
+    return psycopg.connect(
+        host=location.host, port=location.port, user=location.user, dbname=location.database, autocommit=True
+    )
+
+
+def _rows(start: int, end: int, vectors: np.ndarray) -> bytes:
+    """Binary COPY tuples of (id, content, metadata, embedding) for rows start..end."""
+    from aibackup.connectors.pgvector import codec
+
+    cells: list[list[bytes | None]] = [
+        [int(i).to_bytes(8, "big", signed=True) for i in range(start, end)],
+        [f"document number {i} about topic {i % 97}".encode() for i in range(start, end)],
+        [b"\x01" + json.dumps(metadata(i)).encode() for i in range(start, end)],
+        list(codec.encode_dense_cells(vectors, "vector")),
+    ]
+    return codec.encode_rows(cells)
+
+
+def seed(uri: str, rows: int, dim: int, *, index: bool = True) -> None:
+    """The benchmark table in the database of `uri`, seeded by binary COPY, with its HNSW index."""
+    from aibackup.connectors.pgvector import codec
+
+    vectors = embeddings(rows, dim)
+    with _connect(uri) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute(TABLE.format(dim=dim))
+        with conn.cursor() as cur, cur.copy("COPY items FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(codec.HEADER)
+            for start in range(0, rows, 20_000):
+                end = min(rows, start + 20_000)
+                copy.write(_rows(start, end, vectors[start:end]))
+            copy.write(codec.TRAILER)
+        if index:
+            conn.execute(INDEX)
+        conn.execute("VACUUM ANALYZE items")
+
+
+def child_backup(uri: str, repo: str) -> dict[str, Any]:
+    import psycopg  # noqa: F401 - imported before the clock starts
+
+    from aibackup.backup import SourceOptions, run_backup
+
+    clock = Stopwatch()
+    run_backup(repo, uri, source_options=SourceOptions(queries=0))
+    return clock.read()
+
+
+def child_bare_read(uri: str, dim: str, columns: str) -> dict[str, Any]:
+    """The bare loop: binary COPY of the embedding column decoded into float32 (or of every column, kept
+    as bytes)."""
+    import psycopg  # noqa: F401 - imported before the clock starts, as for the backup
+
+    from aibackup.connectors.pgvector.codec import decode_vectors
+
+    clock = Stopwatch()
+    with _connect(uri) as conn, conn.cursor() as cur:
+        buffer = bytearray()
+        select = "embedding" if columns == "vector" else "id, content, metadata, embedding"
+        with cur.copy(f"COPY (SELECT {select} FROM items) TO STDOUT (FORMAT BINARY)") as copy:
+            for chunk in copy:
+                buffer += chunk
+        if columns == "vector":
+            matrix = decode_vectors(buffer, int(dim))
+            assert matrix.dtype == np.float32
+    return clock.read()
+
+
+def child_restore(repo: str, uri: str) -> dict[str, Any]:
+    import psycopg  # noqa: F401
+
+    from aibackup.restore import run_restore
+
+    clock = Stopwatch()
+    result = run_restore(repo, None, uri)
+    out = clock.read()
+    failed = [c.name for d in result.datasets for c in d.checks if not c.ok]
+    if failed:
+        raise RuntimeError(f"restore checks failed: {failed}")
+    return {**out, "load_seconds": result.datasets[0].load_seconds}
+
+
+def child_bare_load(uri: str, rows: str, dim: str) -> dict[str, Any]:
+    """The bare restore: the same rows (pre-encoded before the clock) by binary COPY FROM, then the index."""
+    from aibackup.connectors.pgvector import codec
+
+    import psycopg  # noqa: F401
+
+    n, d = int(rows), int(dim)
+    vectors = embeddings(n, d)
+    payload = [_rows(s, min(n, s + 20_000), vectors[s : s + 20_000]) for s in range(0, n, 20_000)]
+    clock = Stopwatch()
+    with _connect(uri) as conn:
+        conn.execute(TABLE.format(dim=d))
+        with conn.cursor() as cur, cur.copy("COPY items FROM STDIN (FORMAT BINARY)") as copy:
+            copy.write(codec.HEADER)
+            for chunk in payload:
+                copy.write(chunk)
+            copy.write(codec.TRAILER)
+        conn.execute(INDEX)
+        conn.execute("ANALYZE items")
+    return {**clock.read(), "load_seconds": clock.read()["seconds"]}
+
+
+CHILDREN = {
+    "backup": child_backup,
+    "bare_read": child_bare_read,
+    "restore": child_restore,
+    "bare_load": child_bare_load,
+}
+
+
+def measure(rows: int, dim: int, repeats: int, memory_rows: int = 0) -> dict[str, Any]:
+    from tests.conftest import free_port
+    from tests.pgserver import running_postgres
+
+    work = Path(tempfile.mkdtemp(prefix="aibackup-bench-pgvector-"))
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("backup", "vector", "all", "restore", "load")}
+    try:
+        with running_postgres(free_port(), "-c maintenance_work_mem=1GB") as server:
+            server.database("bench")
+            seed(server.uri("bench"), rows, dim)
+            print("benchmarks: pgvector seeded", file=sys.stderr, flush=True)
+            source = server.uri("bench")
+            for n in range(repeats):
+                repo = work / f"repo-{n}"
+                runs["backup"].append(run_child(MODULE, "backup", source, str(repo)))
+                runs["vector"].append(run_child(MODULE, "bare_read", source, str(dim), "vector"))
+                runs["all"].append(run_child(MODULE, "bare_read", source, str(dim), "all"))
+                if n:
+                    shutil.rmtree(repo)
+            print("benchmarks: pgvector backups done", file=sys.stderr, flush=True)
+            for n in range(max(1, repeats - 2)):  # each side builds a 100k HNSW index: about a minute
+                ours, bare = server.database(f"restored{n}"), server.database(f"bare{n}")
+                runs["restore"].append(run_child(MODULE, "restore", str(work / "repo-0"), server.uri(ours)))
+                runs["load"].append(run_child(MODULE, "bare_load", server.uri(bare), str(rows), str(dim)))
+            memory = None
+            if memory_rows:
+                server.database("big")
+                seed(server.uri("big"), memory_rows, dim, index=False)
+                big = run_child(MODULE, "backup", server.uri("big"), str(work / "repo-big"))
+                small = fastest(runs["backup"])
+                memory = {
+                    "rows": memory_rows,
+                    "max_rss_mb": big["max_rss_mb"],
+                    "max_rss_mb_at_rows": small["max_rss_mb"],
+                    "ratio": round(big["max_rss_mb"] / small["max_rss_mb"], 3),
+                    "seconds": round(big["seconds"], 3),
+                }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    best = {k: fastest(v) for k, v in runs.items() if v}
+    load = {k: fastest(runs[k], "load_seconds") for k in ("restore", "load")}
+    return {
+        "rows": rows,
+        "dim": dim,
+        "backup_seconds": round(best["backup"]["seconds"], 3),
+        "bare_copy_vector_seconds": round(best["vector"]["seconds"], 3),
+        "bare_copy_all_seconds": round(best["all"]["seconds"], 3),
+        "backup_vs_bare_vector": round(best["backup"]["seconds"] / best["vector"]["seconds"], 3),
+        "backup_vs_bare_all": round(best["backup"]["seconds"] / best["all"]["seconds"], 3),
+        "restore_load_seconds": round(load["restore"]["load_seconds"], 3),
+        "bare_load_seconds": round(load["load"]["load_seconds"], 3),
+        "restore_vs_bare_load": round(load["restore"]["load_seconds"] / load["load"]["load_seconds"], 3),
+        "backup_max_rss_mb": best["backup"]["max_rss_mb"],
+        "memory": memory,
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) > 1 and argv[1] == "--child":
+        return child_main(CHILDREN, argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.pgvector")
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-rows", type=int, default=0)
+    args = parser.parse_args(argv[1:])
+    print(json.dumps(measure(args.rows, args.dim, args.repeats, args.memory_rows), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
