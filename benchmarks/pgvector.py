@@ -2,8 +2,10 @@
 PostgreSQL 18 + pgvector 0.8 server started for the run (tests/pgserver.py, ``maintenance_work_mem`` 1 GB
 for every index build of either side).
 
-The table: ``items (id bigint primary key, content text, metadata jsonb, embedding vector(DIM))`` with an
-HNSW index (``vector_cosine_ops``, m 16, ef_construction 64), the seeded embeddings of benchmarks.common.
+Two tables of the same rows (the seeded embeddings of benchmarks.common): ``items (id bigint primary key,
+content text, topic int, lang text, embedding vector(DIM))`` with an HNSW index (``vector_cosine_ops``, m 16,
+ef_construction 64), backed up with ``?document=content``; and ``items_jsonb`` with the metadata in one
+``jsonb`` column instead (each row's JSON then parsed and written canonical in Python).
 Each measure alternates aibackup and its bare loop, ``repeats`` times, fastest of each:
 
 - **backup**: ``run_backup`` of the table (``--queries 0``: the search baseline is measured apart by the
@@ -32,7 +34,10 @@ MODULE = "benchmarks.pgvector"
 INDEX = (
     "CREATE INDEX items_embedding ON items USING hnsw (embedding vector_cosine_ops) WITH (m = 16, ef_construction = 64)"
 )
-TABLE = "CREATE TABLE items (id bigint PRIMARY KEY, content text, metadata jsonb, embedding vector({dim}))"
+TABLES = {
+    "items": "CREATE TABLE items (id bigint PRIMARY KEY, content text, topic int, lang text, embedding vector({dim}))",
+    "items_jsonb": "CREATE TABLE items_jsonb (id bigint PRIMARY KEY, content text, metadata jsonb, embedding vector({dim}))",
+}
 
 
 def _connect(uri: str) -> Any:
@@ -46,16 +51,20 @@ def _connect(uri: str) -> Any:
     )
 
 
-def _rows(start: int, end: int, vectors: np.ndarray) -> bytes:
-    """Binary COPY tuples of (id, content, metadata, embedding) for rows start..end."""
+def _rows(start: int, end: int, vectors: np.ndarray, table: str = "items") -> bytes:
+    """Binary COPY tuples of the table's columns for rows start..end."""
     from aibackup.connectors.pgvector import codec
 
     cells: list[list[bytes | None]] = [
         [int(i).to_bytes(8, "big", signed=True) for i in range(start, end)],
         [f"document number {i} about topic {i % 97}".encode() for i in range(start, end)],
-        [b"\x01" + json.dumps(metadata(i)).encode() for i in range(start, end)],
-        list(codec.encode_dense_cells(vectors, "vector")),
     ]
+    if table == "items":
+        cells.append([int(metadata(i)["topic"]).to_bytes(4, "big", signed=True) for i in range(start, end)])
+        cells.append([str(metadata(i)["lang"]).encode() for i in range(start, end)])
+    else:
+        cells.append([b"\x01" + json.dumps(metadata(i)).encode() for i in range(start, end)])
+    cells.append(list(codec.encode_dense_cells(vectors, "vector")))
     return codec.encode_rows(cells)
 
 
@@ -66,29 +75,31 @@ def seed(uri: str, rows: int, dim: int, *, index: bool = True) -> None:
     vectors = embeddings(rows, dim)
     with _connect(uri) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        conn.execute(TABLE.format(dim=dim))
-        with conn.cursor() as cur, cur.copy("COPY items FROM STDIN (FORMAT BINARY)") as copy:
-            copy.write(codec.HEADER)
-            for start in range(0, rows, 20_000):
-                end = min(rows, start + 20_000)
-                copy.write(_rows(start, end, vectors[start:end]))
-            copy.write(codec.TRAILER)
+        for table, ddl in TABLES.items():
+            conn.execute(ddl.format(dim=dim))
+            with conn.cursor() as cur, cur.copy(f"COPY {table} FROM STDIN (FORMAT BINARY)") as copy:
+                copy.write(codec.HEADER)
+                for start in range(0, rows, 20_000):
+                    end = min(rows, start + 20_000)
+                    copy.write(_rows(start, end, vectors[start:end], table))
+                copy.write(codec.TRAILER)
+            conn.execute(f"VACUUM ANALYZE {table}")
         if index:
             conn.execute(INDEX)
-        conn.execute("VACUUM ANALYZE items")
 
 
-def child_backup(uri: str, repo: str) -> dict[str, Any]:
+def child_backup(uri: str, repo: str, table: str) -> dict[str, Any]:
     import psycopg  # noqa: F401 - imported before the clock starts
 
     from aibackup.backup import SourceOptions, run_backup
 
     clock = Stopwatch()
-    run_backup(repo, uri, source_options=SourceOptions(queries=0))
+    source = uri + ("?document=content" if table == "items" else "")
+    run_backup(repo, source, [table], source_options=SourceOptions(queries=0))
     return clock.read()
 
 
-def child_bare_read(uri: str, dim: str, columns: str) -> dict[str, Any]:
+def child_bare_read(uri: str, dim: str, columns: str, table: str) -> dict[str, Any]:
     """The bare loop: binary COPY of the embedding column decoded into float32 (or of every column, kept
     as bytes)."""
     import psycopg  # noqa: F401 - imported before the clock starts, as for the backup
@@ -98,8 +109,8 @@ def child_bare_read(uri: str, dim: str, columns: str) -> dict[str, Any]:
     clock = Stopwatch()
     with _connect(uri) as conn, conn.cursor() as cur:
         buffer = bytearray()
-        select = "embedding" if columns == "vector" else "id, content, metadata, embedding"
-        with cur.copy(f"COPY (SELECT {select} FROM items) TO STDOUT (FORMAT BINARY)") as copy:
+        select = "embedding" if columns == "vector" else "*"
+        with cur.copy(f"COPY (SELECT {select} FROM {table}) TO STDOUT (FORMAT BINARY)") as copy:
             for chunk in copy:
                 buffer += chunk
         if columns == "vector":
@@ -124,16 +135,16 @@ def child_restore(repo: str, uri: str) -> dict[str, Any]:
 
 def child_bare_load(uri: str, rows: str, dim: str) -> dict[str, Any]:
     """The bare restore: the same rows (pre-encoded before the clock) by binary COPY FROM, then the index."""
-    from aibackup.connectors.pgvector import codec
-
     import psycopg  # noqa: F401
+
+    from aibackup.connectors.pgvector import codec
 
     n, d = int(rows), int(dim)
     vectors = embeddings(n, d)
     payload = [_rows(s, min(n, s + 20_000), vectors[s : s + 20_000]) for s in range(0, n, 20_000)]
     clock = Stopwatch()
     with _connect(uri) as conn:
-        conn.execute(TABLE.format(dim=d))
+        conn.execute(TABLES["items"].format(dim=d))
         with conn.cursor() as cur, cur.copy("COPY items FROM STDIN (FORMAT BINARY)") as copy:
             copy.write(codec.HEADER)
             for chunk in payload:
@@ -157,7 +168,8 @@ def measure(rows: int, dim: int, repeats: int, memory_rows: int = 0) -> dict[str
     from tests.pgserver import running_postgres
 
     work = Path(tempfile.mkdtemp(prefix="aibackup-bench-pgvector-"))
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("backup", "vector", "all", "restore", "load")}
+    kinds = ("backup", "vector", "all", "backup_jsonb", "vector_jsonb", "restore", "load")
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     try:
         with running_postgres(free_port(), "-c maintenance_work_mem=1GB") as server:
             server.database("bench")
@@ -166,9 +178,13 @@ def measure(rows: int, dim: int, repeats: int, memory_rows: int = 0) -> dict[str
             source = server.uri("bench")
             for n in range(repeats):
                 repo = work / f"repo-{n}"
-                runs["backup"].append(run_child(MODULE, "backup", source, str(repo)))
-                runs["vector"].append(run_child(MODULE, "bare_read", source, str(dim), "vector"))
-                runs["all"].append(run_child(MODULE, "bare_read", source, str(dim), "all"))
+                runs["backup"].append(run_child(MODULE, "backup", source, str(repo), "items"))
+                runs["vector"].append(run_child(MODULE, "bare_read", source, str(dim), "vector", "items"))
+                runs["all"].append(run_child(MODULE, "bare_read", source, str(dim), "all", "items"))
+                jsonb = work / f"jsonb-{n}"
+                runs["backup_jsonb"].append(run_child(MODULE, "backup", source, str(jsonb), "items_jsonb"))
+                runs["vector_jsonb"].append(run_child(MODULE, "bare_read", source, str(dim), "vector", "items_jsonb"))
+                shutil.rmtree(jsonb)
                 if n:
                     shutil.rmtree(repo)
             print("benchmarks: pgvector backups done", file=sys.stderr, flush=True)
@@ -180,7 +196,7 @@ def measure(rows: int, dim: int, repeats: int, memory_rows: int = 0) -> dict[str
             if memory_rows:
                 server.database("big")
                 seed(server.uri("big"), memory_rows, dim, index=False)
-                big = run_child(MODULE, "backup", server.uri("big"), str(work / "repo-big"))
+                big = run_child(MODULE, "backup", server.uri("big"), str(work / "repo-big"), "items")
                 small = fastest(runs["backup"])
                 memory = {
                     "rows": memory_rows,
@@ -201,6 +217,9 @@ def measure(rows: int, dim: int, repeats: int, memory_rows: int = 0) -> dict[str
         "bare_copy_all_seconds": round(best["all"]["seconds"], 3),
         "backup_vs_bare_vector": round(best["backup"]["seconds"] / best["vector"]["seconds"], 3),
         "backup_vs_bare_all": round(best["backup"]["seconds"] / best["all"]["seconds"], 3),
+        "jsonb_backup_seconds": round(best["backup_jsonb"]["seconds"], 3),
+        "jsonb_bare_copy_vector_seconds": round(best["vector_jsonb"]["seconds"], 3),
+        "jsonb_backup_vs_bare_vector": round(best["backup_jsonb"]["seconds"] / best["vector_jsonb"]["seconds"], 3),
         "restore_load_seconds": round(load["restore"]["load_seconds"], 3),
         "bare_load_seconds": round(load["load"]["load_seconds"], 3),
         "restore_vs_bare_load": round(load["restore"]["load_seconds"] / load["load"]["load_seconds"], 3),

@@ -67,7 +67,7 @@ class Location:
         It names the source in manifests, so two backups of the same store give the same text."""
         if self.database is not None:
             user = f"{self.user}@" if self.user else ""
-            where = f"{self.host}:{self.port}" if self.host else ""
+            where = (self.host or "") + (f":{self.port}" if self.port is not None else "")
             base = f"{self.scheme}://{user}{where}/{self.database}"
         elif self.host is not None:
             base = f"{self.scheme}://{self.host}:{self.port}"

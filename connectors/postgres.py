@@ -60,7 +60,9 @@ def connect(location: Location, *, autocommit: bool = True) -> psycopg.Connectio
     import os
 
     pg = require_psycopg()
-    kwargs: dict[str, Any] = {"dbname": location.database, "port": location.port, "autocommit": autocommit}
+    kwargs: dict[str, Any] = {"dbname": location.database, "autocommit": autocommit}
+    if location.port is not None:  # else libpq's PGPORT or 5432
+        kwargs["port"] = location.port
     host = location.host or location.params.get("host")
     if host:
         kwargs["host"] = host
@@ -118,4 +120,5 @@ def message(exc: BaseException) -> str:
             text = text[len(prefix) :]
     text = text.replace("FATAL: ", "").replace("ERROR: ", "")
     # libpq appends a hint ("Is the server running on that host…") to refused connections: keep the cause.
-    return text.split(" Is the server running")[0].strip()
+    # libpq adds a hint to refused connections, the server a "LINE n: …" excerpt to statement errors.
+    return text.split(" Is the server running")[0].split(" LINE ")[0].strip()

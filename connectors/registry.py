@@ -61,7 +61,7 @@ TRANSPORTS = {
 BARE_TARGETS = ("chroma", "qdrant", "lancedb", "milvus")
 #: the file a bare target names inside its folder, for stores that are one file
 BARE_FILES = {"milvus": "milvus.db"}
-DEFAULT_PORTS = {"chroma": 8000, "qdrant": 6333, "milvus": 19530, "pgvector": 5432, "conversations": 5432}
+DEFAULT_PORTS = {"chroma": 8000, "qdrant": 6333, "milvus": 19530}
 #: schemes written as PostgreSQL URLs: ``SCHEME://[USER@]HOST[:PORT]/DB`` or ``SCHEME:///DB?host=SOCKET_DIR``
 POSTGRES_SCHEMES = ("pgvector", "conversations+postgresql")
 #: scheme -> the query parameters it takes. Anything else is refused: a parameter is never a credential
@@ -161,7 +161,7 @@ def _parse_postgres(uri: str, scheme: str, kind: str, rest: str) -> Location:
     if scheme == "conversations+postgresql" and not params.get("table"):
         raise UsageError(f"bad store {uri!r}: name the table, as in {scheme}://HOST/DB?table=conversations")
     try:
-        port = parts.port or DEFAULT_PORTS[kind]
+        port = parts.port  # None: libpq's PGPORT, else 5432
     except ValueError:
         raise UsageError(f"bad store {uri!r}: the port is not a number") from None
     host = parts.hostname or None

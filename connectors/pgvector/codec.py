@@ -124,6 +124,42 @@ def split_tuples(buf: bytes | bytearray | memoryview, nfields: int, start: int) 
     return fields, pos, False
 
 
+def split_rows(
+    buf: bytes | bytearray | memoryview, start: int, ends: list[int], nfields: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The fields of binary COPY tuples whose ends are known (PostgreSQL sends one message per row: the
+    first tuple starts at `start`, each ends where its message ended), walked field by field for every row at
+    once with numpy: per field (offsets, lengths) as int64 arrays, length -1 for NULL. ValueError when the
+    tuples do not end where their messages did (then :func:`split_tuples` is the slow, general way)."""
+    data = np.frombuffer(buf, dtype=np.uint8)
+    stops = np.asarray(ends, dtype=np.int64)
+    begins = np.empty_like(stops)
+    if len(stops):
+        begins[0] = start
+        begins[1:] = stops[:-1]
+    counts = _read_be(data, begins, 2).astype(np.int16)
+    if len(counts) and not (counts == nfields).all():
+        raise ValueError(f"binary COPY tuples without {nfields} fields")
+    position = begins + 2
+    out = []
+    for _ in range(nfields):
+        lengths = _read_be(data, position, 4).astype(np.int32).astype(np.int64)
+        offsets = position + 4
+        position = offsets + np.maximum(lengths, 0)
+        out.append((offsets, lengths))
+    if not np.array_equal(position, stops):
+        raise ValueError("binary COPY tuples do not end where their messages do")
+    return out
+
+
+def _read_be(data: np.ndarray, positions: np.ndarray, size: int) -> np.ndarray:
+    """The big-endian unsigned integers of `size` bytes at each of `positions` (uint32)."""
+    out = np.zeros(len(positions), dtype=np.uint32)
+    for k in range(size):
+        out = (out << 8) | data[positions + k]
+    return out
+
+
 def cells(buf: bytes | bytearray | memoryview, positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, lengths) of one field's cells, as int64 arrays (length -1: NULL)."""
     flat = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
@@ -131,14 +167,18 @@ def cells(buf: bytes | bytearray | memoryview, positions: list[int]) -> tuple[np
 
 
 def gather(buf: bytes | bytearray | memoryview, offsets: np.ndarray, lengths: np.ndarray) -> tuple[bytes, np.ndarray]:
-    """The bytes of the non-NULL cells concatenated, and Arrow-style int32/int64 offsets into them (one per
-    cell plus one; a NULL cell is empty)."""
+    """The bytes of the non-NULL cells concatenated, and Arrow-style int64 offsets into them (one per cell
+    plus one; a NULL cell is empty). One numpy gather, no Python step per cell."""
     sizes = np.maximum(lengths, 0)
     bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.cumsum(sizes, out=bounds[1:])
-    view = memoryview(buf)
-    data = b"".join([view[o : o + s] for o, s in zip(offsets.tolist(), sizes.tolist(), strict=True) if s])
-    return data, bounds
+    total = int(bounds[-1])
+    if not total:
+        return b"", bounds
+    data = np.frombuffer(buf, dtype=np.uint8)
+    # index of each output byte = its cell's offset + its place inside the cell
+    index = np.arange(total, dtype=np.int64) + np.repeat(offsets - bounds[:-1], sizes)
+    return data[index].tobytes(), bounds
 
 
 def decode_dense(
@@ -153,10 +193,13 @@ def decode_dense(
         bad = int(np.flatnonzero(present & (lengths != expected))[0])
         got = (int(lengths[bad]) - 4) // element.itemsize
         raise ValueError(f"row {bad} holds a {kind} of {got} dimensions, not {dim}")
-    data, _ = gather(buf, offsets[present], lengths[present])
-    values = np.frombuffer(data, dtype=np.dtype([("dim", ">u2"), ("unused", ">u2"), ("values", element, (dim,))]))
+    cell = np.dtype([("dim", ">u2"), ("unused", ">u2"), ("values", element, (dim,))])
+    # Big fixed-size cells: one join of memoryview slices copies at memory speed (a numpy fancy index of
+    # every byte measured 2.5x slower).
+    view = memoryview(buf)
+    data = b"".join([view[o : o + expected] for o in offsets[present].tolist()])
     out = np.zeros((len(lengths), dim), dtype="<f4")
-    out[present] = values["values"]
+    out[present] = np.frombuffer(data, dtype=cell)["values"]
     return out
 
 

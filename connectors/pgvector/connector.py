@@ -166,6 +166,8 @@ class PgvectorConnector(VectorConnector):
             # Timestamps are written in UTC whatever the server's zone: two backups give the same text.
             self._conn.execute("SET TIME ZONE 'UTC'")
         self._notes: dict[str, list[str]] = {}
+        #: (schema, table) -> the document column of a table restored here (for the restore's checks)
+        self._documents: dict[tuple[str, str], str] = {}
 
     # --- reading -----------------------------------------------------------------------------------------
 
@@ -206,6 +208,7 @@ class PgvectorConnector(VectorConnector):
                     column["exported_as"] = "text"
             rows = _scalar(conn, f"SELECT count(*) FROM {qualified(schema, table)}")
         columns = self._columns(native, name)
+        native["document"] = columns.document  # a restore of this bundle knows it again
         dense, hnsw = [], None
         for column, sql_type, dim in columns.dense:
             index = catalog.vector_index(native, column)
@@ -249,8 +252,10 @@ class PgvectorConnector(VectorConnector):
             and set(names) <= {DOCUMENT, URI, METADATA}
             and all(names[k]["base"] == "text" for k in (DOCUMENT, URI) if k in names)
         )
-        # ?document= names the column in the tables that have it (a database may hold several kinds).
+        # ?document= names the column in the tables that have it (a database may hold several kinds); a
+        # table this connector restored keeps the document column its bundle recorded.
         document = self._document if self._document in names else None
+        document = document or self._documents.get((native["schema"], native["table"]))
         if document is None and layout and DOCUMENT in names:
             document = DOCUMENT
         if document is not None and names[document]["base"] not in ("text", "varchar", "bpchar"):
@@ -278,29 +283,33 @@ class PgvectorConnector(VectorConnector):
                 "snapshot in physical order, not stable names"
             )
         with self._errors("reading", dataset.name), conn.cursor() as cur, cur.copy(sql) as copy:
-            buffer = bytearray()
-            start, header = 0, False
+            # PostgreSQL sends one COPY message per row (the header rides with the first, the trailer comes
+            # alone): the message ends are the row ends, so a row never straddles two batches.
+            buffer, ends, start, finished = bytearray(), [], -1, False
             for chunk in copy:
-                buffer += chunk
-                if len(buffer) - start < CHUNK_BYTES:
-                    continue
-                if not header:
-                    start, header = _skip_header(buffer), True
-                batch, start, _ = self._decode(buffer, start, decoders, columns, schema, position, dataset.name)
-                if batch is not None:
-                    position += batch.num_rows
-                    yield batch
-                del buffer[:start]
-                start = 0
-            if buffer:
-                if not header:
+                if finished:
+                    raise ConnectorError(f"the COPY of table {dataset.name} from {self._where} went on after its end")
+                if start < 0:
+                    buffer += chunk
                     start = _skip_header(buffer)
-                batch, start, finished = self._decode(buffer, start, decoders, columns, schema, position, dataset.name)
-                if batch is not None:
+                    if bytes(buffer[start:]) == codec.TRAILER:  # no rows: header and trailer in one message
+                        finished = True
+                        continue
+                elif len(chunk) == 2 and bytes(chunk) == codec.TRAILER:
+                    finished = True
+                    continue
+                else:
+                    buffer += chunk
+                ends.append(len(buffer))
+                if len(buffer) >= CHUNK_BYTES:
+                    batch = self._decode(buffer, start, ends, decoders, columns, schema, position, dataset.name)
                     position += batch.num_rows
                     yield batch
-                if not finished:
-                    raise ConnectorError(f"the COPY of table {dataset.name} from {self._where} ended early")
+                    buffer, ends, start = bytearray(), [], 0
+            if not finished:
+                raise ConnectorError(f"the COPY of table {dataset.name} from {self._where} ended early")
+            if ends and ends[-1] > start:
+                yield self._decode(buffer, start, ends, decoders, columns, schema, position, dataset.name)
         self._notes[dataset.name] = notes
 
     def export_state(self, name: str) -> ExportState | None:
@@ -331,6 +340,9 @@ class PgvectorConnector(VectorConnector):
         if columns.layout:
             select.append(f"{quote(METADATA)}::text")
             decoders.append("metadata")
+        elif columns.metadata and (canonical := simple_metadata_sql(columns.metadata)) is not None:
+            select.append(canonical)
+            decoders.append("metadata-canonical")
         elif columns.metadata:
             parts = [
                 _json_object(columns.metadata[i : i + OBJECT_COLUMNS])
@@ -344,21 +356,23 @@ class PgvectorConnector(VectorConnector):
         self,
         buffer: bytearray,
         start: int,
+        ends: list[int],
         decoders: list[str],
         columns: Columns,
         schema: pa.Schema,
         position: int,
         name: str,
-    ) -> tuple[pa.RecordBatch | None, int, bool]:
-        fields, end, finished = codec.split_tuples(buffer, len(decoders), start)
-        rows = len(fields[0]) // 2 if fields else 0
-        if not rows:
-            return None, end, finished
+    ) -> pa.RecordBatch:
+        """The canonical batch of the rows in ``buffer[start:]`` (`ends`: where each row ends)."""
+        try:
+            fields = codec.split_rows(buffer, start, ends, len(decoders))
+        except ValueError as exc:
+            raise ConnectorError(f"the COPY of table {name} from {self._where} cannot be read: {exc}") from None
+        rows = len(ends)
         arrays: dict[str, pa.Array] = {}
         dense = iter(columns.dense)
         sparse = iter(columns.sparse)
-        for decoder, positions in zip(decoders, fields, strict=True):
-            offsets, lengths = codec.cells(buffer, positions)
+        for decoder, (offsets, lengths) in zip(decoders, fields, strict=True):
             if decoder in ("id", "document", "uri"):
                 arrays[{"id": ID}.get(decoder, decoder)] = _strings(buffer, offsets, lengths)
             elif decoder == "id-json":
@@ -378,13 +392,14 @@ class PgvectorConnector(VectorConnector):
             elif decoder == "sparse":
                 column, _ = next(sparse)
                 arrays[sparse_column(column)] = _sparse(buffer, offsets, lengths)
+            elif decoder == "metadata-canonical":  # written canonical by the server (simple_metadata_sql)
+                arrays[METADATA] = _strings(buffer, offsets, lengths)
             else:
                 texts = _strings(buffer, offsets, lengths).to_pylist()
                 arrays[METADATA] = pa.array([_metadata(t, columns.layout) for t in texts], pa.string())
         if not columns.id:
             arrays[ID] = pa.array([str(i) for i in range(position, position + rows)], pa.string())
-        batch = pa.RecordBatch.from_arrays([arrays.get(f.name, pa.nulls(rows, f.type)) for f in schema], schema=schema)
-        return batch, end, finished
+        return pa.RecordBatch.from_arrays([arrays.get(f.name, pa.nulls(rows, f.type)) for f in schema], schema=schema)
 
     # --- search ------------------------------------------------------------------------------------------
 
@@ -490,6 +505,8 @@ class PgvectorConnector(VectorConnector):
         if native is not None and any(c.get("generated") for c in native["columns"]):
             notes.append("generated columns are computed again by PostgreSQL")
         self._check_extension()
+        if native is not None and native.get("document"):
+            self._documents[(schema, table)] = native["document"]
         if native is not None:
             notes += catalog.after_data_statements(dict(native), schema, table)[1]
         existing = self._existing(schema, table)
@@ -928,6 +945,35 @@ def _float_text_matters(conn: Any, table: str, column: str) -> bool:
     """True when a jsonb column must be kept as its text to come back exactly (its metadata value is then
     the jsonb's text, a string: see the module docstring)."""
     return bool(_scalar(conn, FLOAT_TEXT_SQL.format(table=table, column=quote(column))))
+
+
+#: Column types whose canonical JSON the server writes exactly as :func:`canonical_json` would: integers
+#: (decimal), booleans, and text (``to_json``'s escapes are Python's with ``ensure_ascii`` off: ``\\"``,
+#: ``\\\\``, ``\\b\\f\\n\\r\\t``, other controls ``\\u00xx``; tests/connectors/test_pgvector.py compares them).
+SIMPLE_JSON = {
+    "int2": "{}::text",
+    "int4": "{}::text",
+    "int8": "{}::text",
+    "bool": "{}::text",
+    "text": "to_json({})::text",
+}
+SIMPLE_JSON |= {"varchar": SIMPLE_JSON["text"]}
+
+
+def simple_metadata_sql(columns: Sequence[dict[str, Any]]) -> str | None:
+    """The metadata cell built canonical by the server when every metadata column is an integer, boolean
+    or text (sorted keys, NULL columns absent, none at all: NULL), so no row is parsed in Python; None
+    when a column is of another type (or there are too many for one call)."""
+    if len(columns) > 90 or any(c["base"] not in SIMPLE_JSON or c.get("array") for c in columns):
+        return None
+    parts = []
+    for c in sorted(columns, key=lambda c: c["name"]):
+        key = catalog.literal(canonical_json(c["name"]) + ":")
+        value = SIMPLE_JSON[c["base"]].format(quote(c["name"]))
+        if c["base"] == "bool":  # PostgreSQL writes booleans as t/f
+            value = f"CASE WHEN {quote(c['name'])} THEN 'true' ELSE 'false' END"
+        parts.append(f"CASE WHEN {quote(c['name'])} IS NULL THEN NULL ELSE {key} || {value} END")
+    return f"NULLIF('{{' || concat_ws(',', {', '.join(parts)}) || '}}', '{{}}')"
 
 
 def _json_object(columns: Sequence[dict[str, Any]]) -> str:

@@ -170,6 +170,13 @@ def test_collections_by_table_or_schema_and_a_document_column(postgres: Postgres
     with open_connector(postgres.uri(src, schema="kb")) as conn:
         assert [d.name for d in conn.describe(["docs"])] == ["docs"]
     one_line_error(cli("backup", postgres.uri(src), "--collection", "ghost", "--repo", str(tmp_path / "r")), 2, "ghost")
+    # The document column travels with the bundle: restored into another database, the proof knows it.
+    repo, dst = str(tmp_path / "repo"), database(postgres, tmp_path, "pickdst")
+    ok(cli("backup", postgres.uri(src, document="body"), "--collection", "kb.docs", "--repo", repo))
+    restored = ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--json")).json()
+    assert restored["ok"]
+    with postgres.connect(dst) as conn:
+        assert conn.execute("SELECT id, body FROM kb.docs").fetchall() == [("a", "first")]
 
 
 def test_chroma_into_pgvector_makes_the_layout_with_a_matching_hnsw_index(
@@ -237,3 +244,30 @@ def test_vectors_of_another_dimension_are_refused(postgres: Postgres, tmp_path: 
         "CREATE TABLE t (id int PRIMARY KEY, embedding vector); INSERT INTO t VALUES (1, '[1,2]'), (2, '[1,2,3]')",
     )
     one_line_error(cli("backup", postgres.uri(src), "--repo", str(tmp_path / "r")), 2, "without a dimension")
+
+
+def test_metadata_the_server_writes_canonical_is_what_python_would_write(postgres: Postgres, tmp_path: Path) -> None:
+    """Integer, boolean and text columns: the server builds the canonical JSON (no row parsed in Python);
+    every control character, quote, backslash, non-BMP character and NULL must give Python's text."""
+    from aibackup.manifests.vectors import metadata_json
+
+    src = database(postgres, tmp_path, "canon")
+    texts = ["".join(chr(c) for c in range(1, 0x80)), 'q"b\\s/', "ünï ✓ 🚀 \u2028\u2029 \ufeff", "", None]
+    run_sql(
+        postgres, src, 'CREATE TABLE t (id int PRIMARY KEY, embedding vector(1), "a key" text, n bigint, ok boolean)'
+    )
+    with postgres.connect(src) as conn:
+        for i, text in enumerate(texts):
+            conn.execute("INSERT INTO t VALUES (%s, '[1]', %s, %s, %s)", [i, text, -(2**63) + i, i % 2 == 0])
+        conn.execute("INSERT INTO t VALUES (99, '[1]', NULL, NULL, NULL)")
+    with open_connector(postgres.uri(src)) as conn:
+        (described,) = conn.describe()
+        got = {
+            r: m
+            for b in conn.export(described)
+            for r, m in zip(b.column("id").to_pylist(), b.column("metadata").to_pylist(), strict=True)
+        }
+    for i, text in enumerate(texts):
+        expected = {"n": -(2**63) + i, "ok": i % 2 == 0} | ({"a key": text} if text is not None else {})
+        assert got[str(i)] == metadata_json(expected)
+    assert got["99"] is None
