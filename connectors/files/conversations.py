@@ -1,5 +1,6 @@
-"""Conversation logs: JSONL files (``conversations:PATH``) and SQLite tables
-(``conversations+sqlite:PATH?table=T``), kind "conversations", one dataset per source.
+"""Conversation logs: JSONL files (``conversations:PATH``), SQLite tables (``conversations+sqlite:PATH?table=T``)
+and PostgreSQL tables (``conversations+postgresql://[USER@]HOST[:PORT]/DB?table=T``), kind "conversations",
+one dataset per source.
 
 Sources
 -------
@@ -8,7 +9,8 @@ glob, expanded and named as :mod:`aibackup.connectors.files.lines` documents; ``
 decompressed. The dataset's name is the file's base name without ``.jsonl``/``.gz``/``.zst``, the folder's
 name, the glob's fixed folder's name, or the table's name. ``rows`` in ``describe`` is exact (a newline
 count; a decompression pass for compressed files; ``count(*)`` for a table). SQLite: see
-:mod:`aibackup.connectors.files.conversations_sqlite`.
+:mod:`aibackup.connectors.files.conversations_sqlite`; PostgreSQL (the same semantics: one snapshot, a
+high-water mark on ``?key=COLUMN``): :mod:`aibackup.connectors.files.conversations_postgres`.
 
 Records (:data:`aibackup.manifests.records.CONVERSATIONS`): one per line, ``id`` = ``"<relative file>#<line>"``,
 ``offset`` the line's byte offset in the decompressed file, ``raw`` its exact bytes with the terminator.
@@ -51,11 +53,13 @@ leave DIR are refused; modes ``create`` (refuses existing files), ``overwrite`` 
 files only), ``merge`` refused: rules in :mod:`aibackup.connectors.files.filetarget`. A SQLite bundle of a table's own
 layout becomes ``DIR/<table>.jsonl``: one line per row in rowid order, the row's JSON object (``raw``)
 and a newline, so the folder's records are those lines (ids ``<table>.jsonl#<n>``, typed fields as any log
-line gives them: ``plan.transform`` builds exactly that; the table's definition is not kept). A SQLite
-bundle of the canonical layout is written back as the files it came from.
+line gives them: ``plan.transform`` builds exactly that; the table's definition is not kept). A PostgreSQL
+table bundle is written the same way, its rows in bundle (export) order. A SQLite or PostgreSQL bundle of
+the canonical layout is written back as the files it came from.
 
 ``conversations+sqlite:PATH?table=T``: a table bundle recreates its table as T, any other bundle goes into
-the canonical layout (see :mod:`.conversations_sqlite`). After a restore the target is read back
+the canonical layout (see :mod:`.conversations_sqlite`). ``conversations+postgresql://…?table=T`` likewise
+with a PostgreSQL table bundle (see :mod:`.conversations_postgres`). After a restore the target is read back
 with malformed lines kept raw, and a folder target reads back only the files the restore wrote; the
 ``files`` check compares each file's sha256 with the bundle's config.
 """
@@ -69,8 +73,10 @@ from typing import Any
 import pyarrow as pa
 
 from aibackup.connectors.base import MODES, DatasetDescription, ExportState, ImportPlan, Location, identity
-from aibackup.connectors.files import lines
+from aibackup.connectors.files import conversations_postgres_restore as pg_target
+from aibackup.connectors.files import lines, pg_layout
 from aibackup.connectors.files.conversation_records import Rows, RowsAsLines, parse_line
+from aibackup.connectors.files.conversations_postgres import PostgresTable
 from aibackup.connectors.files.conversations_sqlite import SqliteTable
 from aibackup.connectors.files.filetarget import (
     check_mode,
@@ -89,7 +95,7 @@ EXAMPLES = 5
 
 
 class ConversationsConnector(LineFiles):
-    """Conversation logs in JSONL files or a SQLite table (see the module docstring)."""
+    """Conversation logs in JSONL files, a SQLite table or a PostgreSQL table (see the module docstring)."""
 
     kind = "conversations"
     dataset_kind = "conversations"
@@ -104,19 +110,28 @@ class ConversationsConnector(LineFiles):
         # A restore target is read back as the bundle held it, malformed lines included.
         self.on_bad_line = "skip" if create else on_bad_line
         self._table: SqliteTable | None = None
+        self._pg: PostgresTable | None = None
         if location.scheme == "conversations+sqlite":
             self._table = SqliteTable(self.root, location.params["table"], create=create)
             if not create:
                 self._table.require()
+        elif location.scheme == "conversations+postgresql":
+            self._pg = PostgresTable(location, create=create)
+            if not create:
+                self._pg.require()
         else:
             self._open_folder()
 
     @property
     def _name(self) -> str:
+        if self._pg is not None:
+            return self._pg.table
         return self._table.table if self._table is not None else super()._name
 
     @property
     def _where(self) -> str:
+        if self._pg is not None:
+            return self._pg.where
         return self._table.where if self._table is not None else super()._where
 
     # --- reading -----------------------------------------------------------------------------------------
@@ -125,6 +140,8 @@ class ConversationsConnector(LineFiles):
         """The one dataset of the source (`names` must be None or name exactly it, else
         DatasetNotFoundError). Rows are exact; config lists the files (or the table definition)."""
         name = self._the_dataset(names)
+        if self._pg is not None:
+            return [self._pg.describe()]
         if self._table is not None:
             info = self._table.require()
             config = info.config(self._table.table)
@@ -140,6 +157,10 @@ class ConversationsConnector(LineFiles):
         if self._table is not None:
             yield from self._table.export(since)
             self._states[dataset.name] = self._table.states[self._table.table]
+            return
+        if self._pg is not None:
+            yield from self._pg.export(since)
+            self._states[dataset.name] = self._pg.states[self._pg.table]
             return
         yield from self._export_files(dataset.name, since)
 
@@ -221,19 +242,22 @@ class ConversationsConnector(LineFiles):
         a merge into a table of another layout), UsageError for an unknown mode. `dest` is not used: the
         target URI names the folder or table, and the plan's target carries that name."""
         config = dict(source.config)
+        if self._pg is not None:
+            return pg_target.plan(self._pg, source, mode)
         if self._table is not None:
             return self._plan_table(source, config, mode)
         where = self._where
         check_mode(mode, where)
         notes: list[str] = []
-        if _table_layout(config):
+        if _table_layout(config) or pg_layout.is_pg_table(config):
             file_name = f"{config.get('table')}.jsonl"
             expected: dict[str, str | None] = {file_name: None}
-            transform: Any = RowsAsLines(file_name)
+            sqlite = _table_layout(config)
+            transform: Any = RowsAsLines(file_name) if sqlite else pg_layout.RowsAsLinesInOrder(file_name)
             notes.append(
                 f"the rows of table {config.get('table')!r} become the lines of {file_name}: each row's JSON "
-                'object (column: value, blobs as {"base64": ...}) in rowid order; the table definition is '
-                "not kept in a folder"
+                'object (column: value, blobs as {"base64": ...}) in '
+                f"{'rowid' if sqlite else 'export'} order; the table definition is not kept in a folder"
             )
         else:
             files = [f["name"] for f in config.get("files", ())]
@@ -286,6 +310,8 @@ class ConversationsConnector(LineFiles):
         """Every check `import_` runs, writing nothing: file names inside the folder and listed in the
         bundle, records forming each file line after line; for a table, every row fitting it."""
         checked = 0
+        if self._pg is not None:
+            return pg_target.validate(self._pg, plan, batches)
         if self._table is not None:
             columns = [c["name"] for c in plan.source.config.get("columns", ()) if not c.get("generated")]
             for batch in batches:
@@ -298,6 +324,8 @@ class ConversationsConnector(LineFiles):
 
     def import_(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """Write the bundle's records (module docstring); returns the records written."""
+        if self._pg is not None:
+            return pg_target.write(self._pg, plan, batches)
         if self._table is not None:
             return self._table.write(plan.source.config, plan.mode, batches, plan.transform)
         return self._write_folder(plan, batches, "source")
@@ -305,13 +333,16 @@ class ConversationsConnector(LineFiles):
     def extra_checks(self, plan: ImportPlan) -> list[tuple[str, bool, str]]:
         """For a folder: every written file's sha256 against the bundle's (or, for a table bundle, against
         what was written). Nothing more for a table (rows are compared record by record)."""
-        return [] if self._table is not None else self._file_checks(plan)
+        return [] if self._table is not None or self._pg is not None else self._file_checks(plan)
 
     def close(self) -> None:
         """Close the database, if any. Safe to call twice."""
         table, self._table = self._table, None
         if table is not None:
             table.close()
+        pg, self._pg = self._pg, None
+        if pg is not None:
+            pg.close()
 
 
 def _table_layout(config: Mapping[str, Any]) -> bool:
