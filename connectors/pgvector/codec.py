@@ -86,51 +86,13 @@ def encode_vectors(vectors: np.ndarray, kind: str = "vector") -> bytes:
     return HEADER + out.tobytes() + TRAILER
 
 
-def split_tuples(buf: bytes | bytearray | memoryview, nfields: int, start: int) -> tuple[list[list[int]], int, bool]:
-    """The complete tuples of a binary COPY stream in ``buf[start:]``, as per-field position lists.
-
-    Returns ``(fields, end, finished)``: ``fields[f]`` alternates (offset, length) of field `f` in each
-    tuple (length -1 for NULL), ``end`` is the offset after the last complete tuple (where the next chunk's
-    bytes continue), ``finished`` is True once the trailer was read. One Python step per field: the
-    columns are then cut out of ``buf`` with numpy, not a Python object per value.
-    """
-    unpack = _INT32.unpack_from
-    count = _INT16.unpack_from
-    size = len(buf)
-    fields: list[list[int]] = [[] for _ in range(nfields)]
-    appends = [f.extend for f in fields]
-    pos = start
-    while pos + 2 <= size:
-        (n,) = count(buf, pos)
-        if n == -1:
-            return fields, pos + 2, True
-        if n != nfields:
-            raise ValueError(f"binary COPY tuple with {n} fields, expected {nfields}")
-        cursor = pos + 2
-        row: list[tuple[int, int]] = []
-        for _ in range(nfields):
-            if cursor + 4 > size:
-                break
-            (length,) = unpack(buf, cursor)
-            cursor += 4
-            row.append((cursor, length))
-            if length > 0:
-                cursor += length
-        if len(row) < nfields or cursor > size:
-            break  # the tuple continues in the next chunk
-        for append, cell in zip(appends, row, strict=True):
-            append(cell)
-        pos = cursor
-    return fields, pos, False
-
-
 def split_rows(
     buf: bytes | bytearray | memoryview, start: int, ends: list[int], nfields: int
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """The fields of binary COPY tuples whose ends are known (PostgreSQL sends one message per row: the
     first tuple starts at `start`, each ends where its message ended), walked field by field for every row at
     once with numpy: per field (offsets, lengths) as int64 arrays, length -1 for NULL. ValueError when the
-    tuples do not end where their messages did (then :func:`split_tuples` is the slow, general way)."""
+    tuples do not end where their messages did."""
     data = np.frombuffer(buf, dtype=np.uint8)
     stops = np.asarray(ends, dtype=np.int64)
     begins = np.empty_like(stops)
@@ -158,12 +120,6 @@ def _read_be(data: np.ndarray, positions: np.ndarray, size: int) -> np.ndarray:
     for k in range(size):
         out = (out << 8) | data[positions + k]
     return out
-
-
-def cells(buf: bytes | bytearray | memoryview, positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """(offsets, lengths) of one field's cells, as int64 arrays (length -1: NULL)."""
-    flat = np.asarray(positions, dtype=np.int64).reshape(-1, 2)
-    return flat[:, 0], flat[:, 1]
 
 
 def gather(buf: bytes | bytearray | memoryview, offsets: np.ndarray, lengths: np.ndarray) -> tuple[bytes, np.ndarray]:
