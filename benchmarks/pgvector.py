@@ -36,7 +36,9 @@ INDEX = (
 )
 TABLES = {
     "items": "CREATE TABLE items (id bigint PRIMARY KEY, content text, topic int, lang text, embedding vector({dim}))",
-    "items_jsonb": "CREATE TABLE items_jsonb (id bigint PRIMARY KEY, content text, metadata jsonb, embedding vector({dim}))",
+    "items_jsonb": (
+        "CREATE TABLE items_jsonb (id bigint PRIMARY KEY, content text, metadata jsonb, embedding vector({dim}))"
+    ),
 }
 
 
@@ -155,7 +157,16 @@ def child_bare_load(uri: str, rows: str, dim: str) -> dict[str, Any]:
     return {**clock.read(), "load_seconds": clock.read()["seconds"]}
 
 
+def child_seed(uri: str, rows: str, dim: str, index: str) -> dict[str, Any]:
+    """Seeding in a child of its own: the parent stays small. A child's peak RSS counts from the memory of
+    the process it was forked from (Linux keeps the high-water mark across exec), so a parent holding 1M
+    seeded vectors would make every later child look 2 GB large."""
+    seed(uri, int(rows), int(dim), index=index == "1")
+    return {}
+
+
 CHILDREN = {
+    "seed": child_seed,
     "backup": child_backup,
     "bare_read": child_bare_read,
     "restore": child_restore,
@@ -173,7 +184,7 @@ def measure(rows: int, dim: int, repeats: int, memory_rows: int = 0) -> dict[str
     try:
         with running_postgres(free_port(), "-c maintenance_work_mem=1GB") as server:
             server.database("bench")
-            seed(server.uri("bench"), rows, dim)
+            run_child(MODULE, "seed", server.uri("bench"), str(rows), str(dim), "1")
             print("benchmarks: pgvector seeded", file=sys.stderr, flush=True)
             source = server.uri("bench")
             for n in range(repeats):
@@ -195,7 +206,7 @@ def measure(rows: int, dim: int, repeats: int, memory_rows: int = 0) -> dict[str
             memory = None
             if memory_rows:
                 server.database("big")
-                seed(server.uri("big"), memory_rows, dim, index=False)
+                run_child(MODULE, "seed", server.uri("big"), str(memory_rows), str(dim), "0")
                 big = run_child(MODULE, "backup", server.uri("big"), str(work / "repo-big"), "items")
                 small = fastest(runs["backup"])
                 memory = {

@@ -20,7 +20,7 @@ Accepted forms (a bare ``chroma``/``qdrant`` restore target means ``./aibackup-r
                                            for a socket; the password from ``PGPASSWORD`` or ``~/.pgpass``
 ``conversations+postgresql://…/DB?table=T`` conversation logs in a PostgreSQL table (``?key=COLUMN``)
 ``lancedb:PATH``                           embedded LanceDB (``?id=COLUMN``: the record id column)
-``milvus:PATH``                            Milvus Lite (a local ``.db`` file)
+``milvus:PATH``                            Milvus Lite 3 (a local folder, ``*.db`` by convention)
 ``milvus+http://HOST:PORT``                a Milvus server (``milvus+https://``); token from ``MILVUS_TOKEN``
 ``chroma`` / ``qdrant`` / ``lancedb`` /    restore targets only: ``./aibackup-restore/<kind>``
 ``milvus``                                 (Milvus: ``./aibackup-restore/milvus/milvus.db``)

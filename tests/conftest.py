@@ -134,7 +134,7 @@ def s3_env(moto_s3: Server, monkeypatch: pytest.MonkeyPatch) -> Server:
 def _isolated_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test runs in its own folder so default paths (./aibackup-repo, ./aibackup-restore) never clash."""
     monkeypatch.chdir(tmp_path)
-    for var in ("AIBACKUP_REPO", "QDRANT_API_KEY", "CHROMA_API_KEY"):
+    for var in ("AIBACKUP_REPO", "QDRANT_API_KEY", "CHROMA_API_KEY", "MILVUS_TOKEN"):
         monkeypatch.delenv(var, raising=False)
     if ENCRYPTED_RUN:
         # The whole suite again, against encrypted repositories: every repository a backup creates is
