@@ -305,7 +305,8 @@ def test_a_partitioned_table_is_one_collection(postgres: Postgres, tmp_path: Pat
         postgres,
         src,
         "CREATE TABLE ev (id int, day int, embedding vector(2), PRIMARY KEY (id, day)) PARTITION BY RANGE (day);"
-        "CREATE TABLE ev1 PARTITION OF ev FOR VALUES FROM (0) TO (10); CREATE TABLE ev2 PARTITION OF ev FOR VALUES FROM (10) TO (20);"
+        "CREATE TABLE ev1 PARTITION OF ev FOR VALUES FROM (0) TO (10);"
+        "CREATE TABLE ev2 PARTITION OF ev FOR VALUES FROM (10) TO (20);"
         "INSERT INTO ev SELECT i, i % 20, '[1,2]' FROM generate_series(1, 40) i",
     )
     repo = str(tmp_path / "repo")
