@@ -9,7 +9,10 @@ Sections (``--sections``, all by default; a subset reruns those and keeps the ot
 change at ``--incremental-rows``: bytes, time and memory against the full backup and the bare read; the read
 side of a restore of a 30-link chain against its equivalent full bundle), ``encryption`` (issue 17: backup,
 restore, ``verify --read-data`` and bytes of an encrypted repository against an unencrypted one at ``--rows``,
-and the cipher's throughput). Results go to
+and the cipher's throughput), ``stores`` (issue 18: pgvector backup against bare binary COPY loops and
+its restore load against a bare COPY FROM plus the same HNSW build, peak RSS at ``--memory-rows``; LanceDB
+backup against a bare scanner read and restore against a bare ``create_table``; Milvus Lite backup at
+``--milvus-rows`` against a bare query-iterator loop). Results go to
 ``benchmarks/results/bench-ROWSxDIM.json`` and ``docs/benchmarks.md`` (with ``docs/benchmarks.png``);
 ``--report-only`` redraws the page from the JSON. Seeded stores are cached under ``benchmarks/.cache``
 (the first run seeds them: Chroma ~2000 records/s, Qdrant local ~1000 points/s).
@@ -25,10 +28,13 @@ import time
 from typing import Any
 
 from benchmarks import backup, encryption, incremental, restore, writer
+from benchmarks import lancedb as lancedb_bench
+from benchmarks import milvus as milvus_bench
+from benchmarks import pgvector as pgvector_bench
 from benchmarks.common import RESULTS, ROOT, machine, seeded_chroma, seeded_qdrant
 from benchmarks.report import chart, markdown, targets
 
-SECTIONS = ("backup", "writer", "restore", "sizes", "incremental", "encryption")
+SECTIONS = ("backup", "writer", "restore", "sizes", "incremental", "encryption", "stores")
 DOCS = ROOT / "docs"
 
 
@@ -81,6 +87,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--qdrant-restore-rows", type=int, default=3_000, help="points restored into Qdrant")
     parser.add_argument("--incremental-rows", type=int, default=1_000_000, help="records of the incremental section")
     parser.add_argument("--links", type=int, default=incremental.LINKS, help="links of the restored chain")
+    parser.add_argument("--milvus-rows", type=int, default=20_000, help="records of the Milvus Lite collection")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each bare loop and aibackup")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     parser.add_argument("--no-vdfio", action="store_true", help="skip the vdf-io export (it installs GBs once)")
@@ -111,6 +118,11 @@ def main(argv: list[str]) -> int:
             "sizes": lambda: sizes(args.rows, args.dim, args.qdrant_rows, result.get("backup"), not args.no_vdfio),
             "incremental": lambda: incremental.measure(args.incremental_rows, args.dim, args.repeats, args.links),
             "encryption": lambda: encryption.measure(args.rows, args.dim, args.repeats),
+            "stores": lambda: {
+                "pgvector": pgvector_bench.measure(args.rows, args.dim, args.repeats, args.memory_rows),
+                "lancedb": lancedb_bench.measure(args.rows, args.dim, args.repeats),
+                "milvus": milvus_bench.measure(args.milvus_rows, args.dim, max(args.repeats, 5)),
+            },
         }
         for section in SECTIONS:
             if section in sections:

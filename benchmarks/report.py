@@ -54,6 +54,27 @@ def targets(r: dict[str, Any]) -> list[Target]:
         out.append(
             Target(f"restore read side: full + {i['chain']['links']} links / full", i["chain_read_vs_full"], 1.2)
         )
+    if st := r.get("stores"):
+        p, lance, m = st["pgvector"], st["lancedb"], st["milvus"]
+        out.append(
+            Target("pgvector backup / bare binary COPY of the vectors into numpy", p["backup_vs_bare_vector"], 1.3)
+        )
+        out.append(
+            Target("pgvector restore load / bare COPY FROM + the same HNSW build", p["restore_vs_bare_load"], 1.3)
+        )
+        if mem := p.get("memory"):
+            out.append(Target(f"pgvector backup peak RSS {mem['rows']:,} / {p['rows']:,} rows", mem["ratio"], 1.25))
+        out.append(Target("LanceDB backup / bare scanner read", lance["backup_vs_bare_read"], 1.1))
+        out.append(
+            Target(
+                "LanceDB restore load / bare create_table",
+                lance["restore_load_seconds"] / lance["bare_create_seconds"],
+                1.2,
+            )
+        )
+        out.append(
+            Target(f"Milvus Lite backup / bare query-iterator loop ({m['rows']:,} rows)", m["backup_vs_bare"], 1.2)
+        )
     if e := r.get("encryption"):
         out.append(Target("encrypted / unencrypted backup", e["backup_ratio"], 1.10))
         out.append(Target("encrypted / unencrypted restore (into Chroma, checks included)", e["restore_ratio"], 1.05))
@@ -78,7 +99,7 @@ def markdown(r: dict[str, Any], chart: str | None) -> str:
         f"noisy, and noise only ever adds time). Raw numbers: [`{r['json']}`](../{r['json']}).",
         *_older_sections(r),
         "",
-        "## Targets (issues 5, 16 and 17)",
+        "## Targets (issues 5, 16, 17 and 18)",
         "",
         "| measure | value | target | |",
         "|---|---|---|---|",
@@ -98,6 +119,8 @@ def markdown(r: dict[str, Any], chart: str | None) -> str:
         lines += ["", "## Incremental backups (1% changed)", "", *_incremental(i)]
     if e := r.get("encryption"):
         lines += ["", "## Encrypted repositories", "", *_encryption(e)]
+    if st := r.get("stores"):
+        lines += ["", "## pgvector, LanceDB and Milvus Lite", "", *_stores(st)]
     lines += ["", "## Backend limits", "", *_limits(r)]
     return "\n".join(lines) + "\n"
 
@@ -405,6 +428,55 @@ def _encryption(e: dict[str, Any]) -> list[str]:
         "",
         f"The cipher on this machine: AES-256-GCM encrypts {cipher['aes_gcm_encrypt_bytes_per_s'] / 1e9:.2f} GB/s "
         f"(sha256, which every byte also goes through: {cipher['sha256_bytes_per_s'] / 1e9:.2f} GB/s), one core.",
+    ]
+    return out
+
+
+def _stores(st: dict[str, Any]) -> list[str]:
+    """Issue 18: each new store's backup and restore beside its bare client loop, in one run."""
+    p, lance, m = st["pgvector"], st["lancedb"], st["milvus"]
+    out = [
+        f"**pgvector** ({p['rows']:,} × {p['dim']}, PostgreSQL 18 + pgvector 0.8 started for the run, over TCP):",
+        "",
+        "| step | bare loop | aibackup | ratio |",
+        "|---|---|---|---|",
+        f"| backup, table (id, content as the document, int and text metadata, vector) vs a binary COPY of the "
+        f"vectors decoded into numpy | {p['bare_copy_vector_seconds']:.2f} s | {p['backup_seconds']:.2f} s "
+        f"| **{p['backup_vs_bare_vector']:.2f}×** |",
+        f"| the same backup vs a binary COPY of every column, not decoded | {p['bare_copy_all_seconds']:.2f} s "
+        f"| {p['backup_seconds']:.2f} s | {p['backup_vs_bare_all']:.2f}× |",
+        f"| backup, metadata in one jsonb column (parsed and written canonical in Python) | "
+        f"{p['jsonb_bare_copy_vector_seconds']:.2f} s | {p['jsonb_backup_seconds']:.2f} s "
+        f"| {p['jsonb_backup_vs_bare_vector']:.2f}× |",
+        f"| restore load (table, binary COPY, HNSW m 16 ef_construction 64, ANALYZE) vs bare COPY FROM + the same "
+        f"index | {p['bare_load_seconds']:.1f} s | {p['restore_load_seconds']:.1f} s "
+        f"| **{p['restore_vs_bare_load']:.2f}×** |",
+    ]
+    if mem := p.get("memory"):
+        out.append(
+            f"| backup peak RSS, {mem['rows']:,} rows vs {p['rows']:,} | {mem['max_rss_mb_at_rows']:.0f} MB "
+            f"| {mem['max_rss_mb']:.0f} MB | **{mem['ratio']:.2f}×** |"
+        )
+    out += [
+        "",
+        "The COPY itself is as fast as the bare loop's (rows are cut at PostgreSQL's message boundaries and",
+        "decoded field by field with numpy); the rest of a backup is the core's per-byte work, which a bare",
+        "COPY at ~300k rows/s does not do: the record digests, the Parquet encoding (zstd, byte_stream_split)",
+        "and the sha256 of every part. Against a source this fast that work, not the source, sets the pace.",
+        "",
+        f"**LanceDB** ({lance['rows']:,} × {lance['dim']}, no vector index): bare scanner read "
+        f"{lance['bare_read_seconds']:.2f} s, backup {lance['backup_seconds']:.2f} s "
+        f"(**{lance['backup_vs_bare_read']:.2f}×**; without the search baseline "
+        f"{lance['backup_no_baseline_seconds']:.2f} s, "
+        f"{lance['backup_no_baseline_vs_bare_read']:.2f}×: a table without an index is searched exactly, by the core, "
+        f"over the written records); bare create_table {lance['bare_create_seconds']:.2f} s, restore load "
+        f"{lance['restore_load_seconds']:.2f} s "
+        f"(**{lance['restore_load_seconds'] / lance['bare_create_seconds']:.2f}×**; validation "
+        f"{lance['restore_validate_seconds']:.2f} s and checks {lance['restore_check_seconds']:.2f} s apart).",
+        "",
+        f"**Milvus Lite** ({m['rows']:,} × {m['dim']}): bare query-iterator loop {m['bare_seconds']:.2f} s, backup "
+        f"{m['backup_seconds']:.2f} s (**{m['backup_vs_bare']:.2f}×**; without the search baseline "
+        f"{m['no_baseline_seconds']:.2f} s, {m['no_baseline_vs_bare']:.2f}×).",
     ]
     return out
 

@@ -28,6 +28,7 @@ class Postgres:
     host: str
     port: int
     user: str
+    socket_dir: str = ""  # where its Unix socket is (the -k folder)
 
     LOCKED: ClassVar[str] = "locked"
     LOCKED_PASSWORD: ClassVar[str] = "right horse battery"
@@ -74,7 +75,7 @@ def running_postgres(port: int, settings: str = "") -> Iterator[Postgres]:
     log = root / "postgres.log"
     subprocess.run([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(log), "-w", "start"], **run)
     try:
-        server = Postgres("127.0.0.1", port, "postgres")
+        server = Postgres("127.0.0.1", port, "postgres", str(root))
         with server.connect() as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
             conn.execute(f"CREATE ROLE {Postgres.LOCKED} LOGIN PASSWORD '{Postgres.LOCKED_PASSWORD}'")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from aibackup.connectors.jsonnumbers import INT64_MAX, INT64_MIN, json_number_problem, json_safe
 from aibackup.connectors.milvus.schema import DEFAULT_PARTITION, NAME, PARTITION_KEY, Field, Layout
 from aibackup.errors import SourceDataError, UnsupportedFeatureError
 from aibackup.manifests.vectors import (
@@ -28,7 +29,6 @@ from aibackup.manifests.vectors import (
 
 Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 INT_RANGES = {
     "INT8": (-(2**7), 2**7 - 1),
     "INT16": (-(2**15), 2**15 - 1),
@@ -338,7 +338,7 @@ def _partition(value: Any, layout: Layout, i: int) -> str | None:
 def _route(meta: dict[str, Any], row: dict[str, Any], layout: Layout, i: int) -> None:
     """Put a record's metadata into its fields (a JSON field, typed fields, dynamic keys)."""
     if layout.metadata_field is not None:
-        problem = json_problem(meta)
+        problem = json_number_problem(meta)
         if problem:
             raise _Refused(i, f"metadata {problem}, which Milvus JSON cannot hold (--allow-lossy: float/null)")
         row[layout.metadata_field.name] = meta or None
@@ -361,7 +361,7 @@ def _route(meta: dict[str, Any], row: dict[str, Any], layout: Layout, i: int) ->
     for key, value in meta.items():
         if key == "$meta" or key in row:
             raise _Refused(i, f"metadata key {key!r} clashes with a Milvus field")
-        problem = json_problem(value, key)
+        problem = json_number_problem(value, key)
         if problem:
             raise _Refused(i, f"metadata {problem}, which Milvus JSON cannot hold (--allow-lossy: float/null)")
         row[key] = value
@@ -387,7 +387,7 @@ def value_problem(value: Any, f: Field, element: str | None = None) -> str | Non
             return f"is longer than {limit} bytes"
         return None
     if kind == "JSON":
-        problem = json_problem(value)
+        problem = json_number_problem(value)
         return None if problem is None else f"holds {problem}, which Milvus JSON cannot hold"
     if kind == "ARRAY":
         if not isinstance(value, list):
@@ -400,22 +400,6 @@ def value_problem(value: Any, f: Field, element: str | None = None) -> str | Non
                 return f"element {problem}"
         return None
     return None  # a type this version does not check: Milvus itself decides
-
-
-def json_problem(value: Any, path: str = "") -> str | None:
-    """The first number JSON in Milvus cannot hold (an int outside int64, NaN or Infinity), or None."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return None
-    if isinstance(value, int):
-        return None if INT64_MIN <= value <= INT64_MAX else f"{path or 'value'} = {value} (outside int64)"
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{path or 'value'} = {value}"
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        problem = json_problem(item, f"{path}.{key}" if path else str(key))
-        if problem:
-            return problem
-    return None
 
 
 # --- transforms: canonical -> canonical -----------------------------------------------------------------
@@ -512,28 +496,11 @@ def lossy_json_numbers(layout: Layout) -> Transform:
             meta = parse_metadata(text)
             if not meta:
                 continue
-            if any(json_problem(v) for k, v in meta.items() if k not in typed):
-                cells[i] = canonical_json({k: v if k in typed else _json_safe(v) for k, v in meta.items()})
+            if any(json_number_problem(v) for k, v in meta.items() if k not in typed):
+                cells[i] = canonical_json({k: v if k in typed else json_safe(v) for k, v in meta.items()})
                 changed = True
         if not changed:
             return batch
         return batch.set_column(index, batch.schema.field(index), pa.array(cells, pa.string()))
 
     return apply
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-        try:
-            return float(value)
-        except OverflowError:
-            return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value

@@ -172,6 +172,9 @@ class PgvectorConnector(VectorConnector):
         self._notes: dict[str, list[str]] = {}
         #: (schema, table) -> the document column of a table restored here (for the restore's checks)
         self._documents: dict[tuple[str, str], str] = {}
+        #: name -> the last description of that table (a source's snapshot does not change; a target's
+        #: is described again after each import)
+        self._described: dict[str, DatasetDescription] = {}
 
     # --- reading -----------------------------------------------------------------------------------------
 
@@ -228,7 +231,8 @@ class PgvectorConnector(VectorConnector):
             dense.append(DenseVectorSpec(spec_name, dim, distance or "l2", datatype=datatype, options=options))
         sparse = [SparseVectorSpec(c, options={"column": c, "dim": d}) for c, d in columns.sparse]
         config = VectorsConfig(dense=tuple(dense), sparse=tuple(sparse), hnsw=hnsw, native=native)
-        return DatasetDescription(name=name, config=config, rows=rows)
+        self._described[name] = DatasetDescription(name=name, config=config, rows=rows)
+        return self._described[name]
 
     def _columns(self, native: Mapping[str, Any], name: str) -> Columns:
         """The role of each column (see the module docstring), or SourceDataError for a table aibackup
@@ -443,7 +447,9 @@ class PgvectorConnector(VectorConnector):
 
     def search(self, name: str, vector: str, queries: np.ndarray, k: int) -> list[list[str]]:
         conn = self._require()
-        (dataset,) = self.describe([name])
+        # A restore's checks search the table it just described: its description serves again (describing
+        # reads the catalog, counts the rows and scans jsonb columns).
+        dataset = self._described.get(name) or self.describe([name])[0]
         spec = dataset.config.dense_by_name(vector)
         native = dataset.config.native
         column = spec.options.get("column", UNNAMED_COLUMN if vector == "" else vector)
@@ -535,7 +541,7 @@ class PgvectorConnector(VectorConnector):
                         f"no HNSW index on {spec.name or UNNAMED_COLUMN}: {spec.size} dimensions (limit {limit})"
                     )
         target_config = VectorsConfig(
-            dense=tuple(self._target_dense(d, native is not None) for d in kept),
+            dense=kept,
             sparse=config.sparse,
             hnsw=config.hnsw,
             native=native,
@@ -578,10 +584,6 @@ class PgvectorConnector(VectorConnector):
                 "and the server has none to install: install pgvector on the server"
             )
 
-    def _target_dense(self, spec: DenseVectorSpec, native: bool) -> DenseVectorSpec:
-        """The spec as the restored table will describe it: its distance kept where an index records it."""
-        return spec
-
     def _target_name(self, dest: str) -> tuple[str, str]:
         schema, dot, table = dest.partition(".")
         if not dot:
@@ -613,6 +615,7 @@ class PgvectorConnector(VectorConnector):
         target = qualified(schema, table)
         native = plan.target.config.native
         written = 0
+        self._described.pop(plan.target.name, None)
         with self._errors("restoring", plan.target.name), conn.transaction():
             if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone() is None:
                 self._create_extension()

@@ -8,7 +8,6 @@ imported only inside the functions that build its models, so :mod:`.connector` c
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -19,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aibackup.connectors.base import dense_array
+from aibackup.connectors.jsonnumbers import json_number_problem, json_safe
 from aibackup.errors import SourceDataError, UnsupportedFeatureError
 from aibackup.manifests.model import VectorsConfig
 from aibackup.manifests.vectors import (
@@ -49,7 +49,6 @@ DOCUMENT_KEY = "_aibackup_document"
 URI_KEY = "_aibackup_uri"
 RESERVED_KEYS = (ID_KEY, DOCUMENT_KEY, URI_KEY)
 _UINT64_LIMIT = 1 << 64
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def to_point_id(canonical: str) -> tuple[int | str, bool]:
@@ -293,40 +292,6 @@ def _payload(text: str | None, record_id: str, collection: str, server: bool) ->
 # --- what a Qdrant server cannot hold exactly, and the lossy mapping --------------------------------------
 
 
-def json_number_problem(value: Any, path: str = "") -> str | None:
-    """A description of the first number a Qdrant server would change (an int outside int64, NaN or
-    Infinity: JSON has no such numbers), or None."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return None
-    if isinstance(value, int):
-        return None if _INT64_MIN <= value <= _INT64_MAX else f"{path or 'value'} = {value} is outside int64"
-    if isinstance(value, float):
-        return None if math.isfinite(value) else f"{path or 'value'} = {value}"
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        problem = json_number_problem(item, f"{path}.{key}" if path else str(key))
-        if problem:
-            return problem
-    return None
-
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
-        try:
-            return float(value)
-        except OverflowError:
-            return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def lossy_numbers(batch: pa.RecordBatch) -> pa.RecordBatch:
     """The documented lossy mapping for a server: ints outside int64 -> float (null beyond float range),
     NaN/Infinity -> null, inside the metadata JSON."""
@@ -337,7 +302,7 @@ def lossy_numbers(batch: pa.RecordBatch) -> pa.RecordBatch:
             continue
         value = parse_metadata(text)
         if json_number_problem(value):
-            cells[i] = canonical_json(_json_safe(value))
+            cells[i] = canonical_json(json_safe(value))
             changed = True
     if not changed:
         return batch

@@ -117,7 +117,7 @@ def test_halfvec_sparsevec_and_named_vectors_cross_to_qdrant_and_back(
 
 
 def test_sparse_zeros_are_refused_or_left_out(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
-    from tests.contracts.test_vector_backends import qdrant_bundle_with_sparse
+    from tests.contracts.bundles import qdrant_bundle_with_sparse
 
     repo = qdrant_bundle_with_sparse(tmp_path, cli)  # point 0 holds a sparse value 1.0 at index 0: no zero
     dst = database(postgres, tmp_path, "dst")
@@ -316,3 +316,17 @@ def test_a_partitioned_table_is_one_collection(postgres: Postgres, tmp_path: Pat
     assert ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--json")).json()["ok"]
     with postgres.connect(dst) as conn:
         assert conn.execute("SELECT count(*), min(id::text) FROM ev").fetchone() == (40, "1")
+
+
+def test_a_socket_and_the_port_from_the_uri_or_pgport(
+    postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pgvector://USER@/DB?host=SOCKET_DIR``: no TCP; without a port in the URI, libpq's PGPORT."""
+    src = database(postgres, tmp_path, "sock")
+    run_sql(
+        postgres, src, "CREATE TABLE t (id int PRIMARY KEY, embedding vector(2)); INSERT INTO t VALUES (1, '[1,2]')"
+    )
+    monkeypatch.setenv("PGPORT", str(postgres.port))
+    uri = f"pgvector://{postgres.user}@/{src}?host={postgres.socket_dir}"
+    backed_up = ok(cli("backup", uri, "--repo", str(tmp_path / "repo"), "--json")).json()
+    assert backed_up["datasets"][0]["rows"] == 1

@@ -22,9 +22,10 @@ from qdrant_client import QdrantClient
 from qdrant_client.http import models as m
 
 from aibackup.connectors.base import DatasetDescription, VectorConnector
+from aibackup.connectors.jsonnumbers import json_number_problem
 from aibackup.connectors.qdrant.config import describe_config, plan_collection
 from aibackup.connectors.qdrant.connector import AIBACKUP_NAMESPACE, QdrantConnector
-from aibackup.connectors.qdrant.points import id_types, json_number_problem, lossy_numbers, points_to_batch, to_point_id
+from aibackup.connectors.qdrant.points import id_types, lossy_numbers, points_to_batch, to_point_id
 from aibackup.connectors.registry import open_connector, parse_location
 from aibackup.errors import (
     DatasetNotFoundError,

@@ -18,45 +18,13 @@ from typing import ClassVar
 
 import pyarrow as pa
 import pytest
-from qdrant_client import QdrantClient, models
 
 from aibackup.connectors.base import DatasetDescription
 from aibackup.errors import UnsupportedFeatureError
 from tests.conftest import free_port
+from tests.contracts.bundles import qdrant_bundle_with_multivector
 from tests.contracts.vector import VectorContract, collection, rich_batch, rich_config
-from tests.helpers import Cli, ok
-
-
-def qdrant_bundle_with_a_multivector(tmp_path: Path, cli: Cli) -> str:
-    """A bundle of a Qdrant collection with a plain named vector and a multivector (what Milvus cannot hold)."""
-    path, name = tmp_path / "qdrant-source", collection(tmp_path, "multi")
-    client = QdrantClient(path=str(path))
-    try:
-        client.create_collection(
-            name,
-            vectors_config={
-                "text": models.VectorParams(size=4, distance=models.Distance.COSINE),
-                "colbert": models.VectorParams(
-                    size=2,
-                    distance=models.Distance.DOT,
-                    multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
-                ),
-            },
-        )
-        points = [
-            models.PointStruct(
-                id=i,
-                vector={"text": [float(i), 1.0, 0.5, 0.25], "colbert": [[1.0, float(i)], [0.5, 0.5]]},
-                payload={"n": i},
-            )
-            for i in range(3)
-        ]
-        client.upsert(name, points)
-    finally:
-        client.close()
-    repo = str(tmp_path / "repo")
-    ok(cli("backup", f"qdrant:{path}", "--repo", repo, "--queries", "0"))
-    return repo
+from tests.helpers import Cli
 
 
 class TestMilvusLite(VectorContract):
@@ -78,7 +46,7 @@ class TestMilvusLite(VectorContract):
         return f"milvus:{self.store}"
 
     def refused(self, tmp_path: Path, cli: Cli) -> tuple[str, str, bool]:
-        return qdrant_bundle_with_a_multivector(tmp_path, cli), "multivectors", True
+        return qdrant_bundle_with_multivector(tmp_path, cli), "multivectors", True
 
     def test_a_10_mb_document_round_trips(self, tmp_path: Path) -> None:
         """Overrides the contract: Milvus holds at most 65535 bytes in a VARCHAR field, so the 10 MB
@@ -102,9 +70,3 @@ class TestMilvusLite(VectorContract):
         cut = documents["big"]
         assert len(cut.encode("utf-8")) <= 65535 and text.startswith(cut) and len(cut.encode("utf-8")) > 65530
         assert documents["small"] == "small"
-
-
-def test_the_contract_runs_for_milvus() -> None:
-    """A guard: the class above is collected with every test of the contract."""
-    contract = {name for name in dir(VectorContract) if name.startswith("test_")}
-    assert len(contract) >= 9 and contract <= set(dir(TestMilvusLite))

@@ -8,41 +8,13 @@ from pathlib import Path
 from typing import ClassVar
 
 import pytest
-from qdrant_client import QdrantClient, models
 
 from tests.conftest import Postgres, free_port
-from tests.contracts.vector import VectorContract, collection
-from tests.helpers import Cli, ok
+from tests.contracts.bundles import qdrant_bundle_with_multivector
+from tests.contracts.vector import VectorContract
+from tests.helpers import Cli
 
 pytestmark = pytest.mark.postgres
-
-
-def qdrant_bundle_with_multivector(tmp_path: Path, cli: Cli) -> str:
-    """A bundle of a Qdrant collection with a multivector (pgvector has no such type)."""
-    path, name = tmp_path / "qdrant-source", collection(tmp_path, "multi")
-    client = QdrantClient(path=str(path))
-    try:
-        client.create_collection(
-            name,
-            vectors_config={
-                "": models.VectorParams(size=4, distance=models.Distance.EUCLID),
-                "colbert": models.VectorParams(
-                    size=2,
-                    distance=models.Distance.DOT,
-                    multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
-                ),
-            },
-        )
-        points = [
-            models.PointStruct(id=i, vector={"": [float(i), 1.0, 0.5, 0.25], "colbert": [[1.0, 0.0], [0.0, 1.0]]})
-            for i in range(3)
-        ]
-        client.upsert(name, points)
-    finally:
-        client.close()
-    repo = str(tmp_path / "repo")
-    ok(cli("backup", f"qdrant:{path}", "--repo", repo, "--queries", "0"))
-    return repo
 
 
 class TestPgvector(VectorContract):

@@ -8,35 +8,11 @@ from typing import ClassVar
 
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient, models
 
 from tests.conftest import Server, free_port
+from tests.contracts.bundles import qdrant_bundle_with_sparse
 from tests.contracts.vector import VectorContract, collection
 from tests.helpers import Cli, chroma_client, ok
-
-
-def qdrant_bundle_with_sparse(tmp_path: Path, cli: Cli) -> str:
-    """A bundle of a Qdrant collection with a sparse vector (what Chroma cannot hold)."""
-    path, name = tmp_path / "qdrant-source", collection(tmp_path, "sparse")
-    client = QdrantClient(path=str(path))
-    try:
-        client.create_collection(
-            name,
-            vectors_config=models.VectorParams(size=4, distance=models.Distance.EUCLID),
-            sparse_vectors_config={"bm25": models.SparseVectorParams()},
-        )
-        points = [
-            models.PointStruct(
-                id=i, vector={"": [float(i), 1.0, 0.5, 0.25], "bm25": models.SparseVector(indices=[i], values=[1.0])}
-            )
-            for i in range(3)
-        ]
-        client.upsert(name, points)
-    finally:
-        client.close()
-    repo = str(tmp_path / "repo")
-    ok(cli("backup", f"qdrant:{path}", "--repo", repo, "--queries", "0"))
-    return repo
 
 
 class TestChromaEmbedded(VectorContract):
@@ -79,8 +55,13 @@ class TestQdrantLocal(VectorContract):
 
 
 def test_the_contract_runs_for_every_backend() -> None:
-    """A guard: each class above is collected with every test of the contract."""
+    """A guard: each class above, and those of the backends with files of their own (imported here, not at
+    the top: pytest would collect them twice), is collected with every test of the contract."""
+    from tests.contracts.test_lancedb_contract import TestLanceDB
+    from tests.contracts.test_milvus_contract import TestMilvusLite
+    from tests.contracts.test_pgvector_contract import TestPgvector
+
     contract = {name for name in dir(VectorContract) if name.startswith("test_")}
     assert len(contract) >= 9
-    for cls in (TestChromaEmbedded, TestChromaServer, TestQdrantLocal):
+    for cls in (TestChromaEmbedded, TestChromaServer, TestQdrantLocal, TestPgvector, TestLanceDB, TestMilvusLite):
         assert contract <= set(dir(cls))
