@@ -158,3 +158,27 @@ def test_commands_that_touch_no_store_run_without_the_client_libraries(tmp_path:
         [sys.executable, "-c", code, "backup", f"chroma:{tmp_path}", "--repo", repo], capture_output=True, text=True
     )
     assert chroma.returncode == 2 and "aibackup[chroma]" in chroma.stderr, chroma.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "uri", "extra"),
+    [
+        ("psycopg", "pgvector://u@127.0.0.1:1/db", "pgvector"),
+        ("psycopg", "conversations+postgresql://u@127.0.0.1:1/db?table=t", "pgvector"),
+        ("lancedb", "lancedb:{tmp}", "lancedb"),
+        ("pymilvus", "milvus:{tmp}/m.db", "milvus"),
+    ],
+)
+def test_a_missing_client_library_names_its_extra(tmp_path: Path, module: str, uri: str, extra: str) -> None:
+    """Each store's client library is an extra: without it, one line naming the extra (exit 2)."""
+    code = (
+        f"import sys\nsys.modules[{module!r}] = None  # as if not installed\n"
+        "from aibackup.cli import main\nmain(sys.argv[1:])\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, "backup", uri.format(tmp=tmp_path), "--repo", str(tmp_path / "repo")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 2 and f"aibackup[{extra}]" in run.stderr, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr
