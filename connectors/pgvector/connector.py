@@ -28,7 +28,8 @@ Canonical mapping
 - **dense vectors**: each ``vector``/``halfvec`` column; a column named ``embedding`` is the unnamed vector
   (``vector`` in the bundle), any other is a named vector of its column's name. ``halfvec`` is widened to
   float32 exactly and recorded (``datatype`` float16): a pgvector restore makes halfvec again. NULL is a
-  null cell. A value of another dimension than the column's is refused (SourceDataError).
+  null cell. A column declared without a dimension (langchain-postgres's ``embedding vector``) takes the
+  one its vectors hold; vectors of several dimensions in one column are refused (SourceDataError).
 - **distance**: the operator class of the column's HNSW or IVFFlat index (``vector_cosine_ops`` cosine,
   ``_l2_ops`` l2, ``_ip_ops`` ip, ``_l1_ops`` manhattan); a column without one is l2 (pgvector's ``<->``),
   and the manifest says the distance was not known (``options.distance_from``).
@@ -213,6 +214,8 @@ class PgvectorConnector(VectorConnector):
             for column in native["columns"]:
                 if column["base"] == "jsonb" and _float_text_matters(conn, qualified(schema, table), column["name"]):
                     column["exported_as"] = "text"
+                if column["base"] in DENSE_TYPES and not column.get("dim"):
+                    column["dim_held"] = self._held_dimension(qualified(schema, table), column["name"], name)
             rows = _scalar(conn, f"SELECT count(*) FROM {qualified(schema, table)}")
         columns = self._columns(native, name)
         native["document"] = columns.document  # a restore of this bundle knows it again
@@ -234,6 +237,20 @@ class PgvectorConnector(VectorConnector):
         self._described[name] = DatasetDescription(name=name, config=config, rows=rows)
         return self._described[name]
 
+    def _held_dimension(self, table: str, column: str, name: str) -> int | None:
+        """The one dimension the vectors of a column declared without one hold (LangChain's
+        ``langchain_pg_embedding.embedding`` is such a column); None when it holds none. SourceDataError
+        for vectors of several dimensions (a bundle column has one)."""
+        low, high = _scalar_row(
+            self._require(), f"SELECT min(vector_dims({quote(column)})), max(vector_dims({quote(column)})) FROM {table}"
+        )
+        if low != high:
+            raise SourceDataError(
+                f"table {name}: column {column} holds vectors of {low} to {high} dimensions; a backup keeps one "
+                "dimension per vector column (split the table, or give the column one dimension)"
+            )
+        return int(low) if low is not None else None
+
     def _columns(self, native: Mapping[str, Any], name: str) -> Columns:
         """The role of each column (see the module docstring), or SourceDataError for a table aibackup
         cannot represent (a vector column without a fixed dimension, a document column that is no text)."""
@@ -242,12 +259,14 @@ class PgvectorConnector(VectorConnector):
         dense, sparse, rest = [], [], []
         for c in cols:
             if c["base"] in DENSE_TYPES:
-                if not c.get("dim"):
+                dim = c.get("dim") or c.get("dim_held")
+                if not dim:
                     raise SourceDataError(
-                        f"table {name}: column {c['name']} is {c['type']} without a dimension; give it one "
-                        f"(ALTER TABLE … ALTER COLUMN {c['name']} TYPE {c['base']}(N)) to back it up"
+                        f"table {name}: column {c['name']} is {c['type']} without a dimension and holds no "
+                        f"vector to learn one from; give it one (ALTER TABLE … ALTER COLUMN {c['name']} TYPE "
+                        f"{c['base']}(N)) to back it up"
                     )
-                dense.append((c["name"], c["base"], int(c["dim"])))
+                dense.append((c["name"], c["base"], int(dim)))
             elif c["base"] == SPARSE_TYPE:
                 sparse.append((c["name"], c.get("dim")))
             elif c["name"] not in primary:

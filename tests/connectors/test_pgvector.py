@@ -236,14 +236,28 @@ def test_a_target_without_pgvector_that_cannot_create_it_is_exit_2(
         assert conn.execute("SELECT to_regclass('t')").fetchone() == (None,)  # nothing half-made
 
 
-def test_vectors_of_another_dimension_are_refused(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
-    src = database(postgres, tmp_path, "dims")
+def test_a_column_without_a_dimension_backs_up_the_one_its_vectors_hold(
+    postgres: Postgres, tmp_path: Path, cli: Cli
+) -> None:
+    """LangChain's langchain_pg_embedding declares ``embedding vector`` without a dimension: the backup takes
+    the one its vectors hold and the table comes back as it was; vectors of two dimensions are refused."""
+    src, dst = database(postgres, tmp_path, "dims"), database(postgres, tmp_path, "dimsdst")
     run_sql(
         postgres,
         src,
-        "CREATE TABLE t (id int PRIMARY KEY, embedding vector); INSERT INTO t VALUES (1, '[1,2]'), (2, '[1,2,3]')",
+        "CREATE TABLE langchain_pg_embedding (id varchar PRIMARY KEY, collection_id uuid, embedding vector, "
+        "document varchar, cmetadata jsonb);"
+        "INSERT INTO langchain_pg_embedding VALUES ('a', gen_random_uuid(), '[1,2,3]', 'first', '{\"k\": 1}'),"
+        "('b', NULL, '[4,5,6]', 'second', NULL)",
     )
-    one_line_error(cli("backup", postgres.uri(src), "--repo", str(tmp_path / "r")), 2, "without a dimension")
+    repo = str(tmp_path / "repo")
+    ok(cli("backup", postgres.uri(src, document="document"), "--repo", repo))
+    assert ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--json")).json()["ok"]
+    assert rows_as_text(postgres, dst, "langchain_pg_embedding") == rows_as_text(
+        postgres, src, "langchain_pg_embedding"
+    )
+    run_sql(postgres, src, "INSERT INTO langchain_pg_embedding VALUES ('c', NULL, '[1,2]', 'short', NULL)")
+    one_line_error(cli("backup", postgres.uri(src), "--repo", str(tmp_path / "r2")), 2, "2 to 3 dimensions")
 
 
 def test_metadata_the_server_writes_canonical_is_what_python_would_write(postgres: Postgres, tmp_path: Path) -> None:
