@@ -176,6 +176,8 @@ class PgvectorConnector(VectorConnector):
         #: name -> the last description of that table (a source's snapshot does not change; a target's
         #: is described again after each import)
         self._described: dict[str, DatasetDescription] = {}
+        #: name -> whether the last import made the table (the definition check applies only then)
+        self._created: dict[str, bool] = {}
 
     # --- reading -----------------------------------------------------------------------------------------
 
@@ -639,6 +641,7 @@ class PgvectorConnector(VectorConnector):
             if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone() is None:
                 self._create_extension()
             created = self._prepare(plan, schema, table)
+            self._created[plan.target.name] = created
             staging, columns = self._staging(plan, native is not None or plan.mode == "merge" or not created)
             with conn.cursor() as cur:
                 with cur.copy(f"COPY {staging} ({', '.join(map(quote, columns))}) FROM STDIN (FORMAT BINARY)") as copy:
@@ -879,9 +882,10 @@ class PgvectorConnector(VectorConnector):
         return True
 
     def extra_checks(self, plan: ImportPlan) -> list[tuple[str, bool, str]]:
-        """pgvector -> pgvector: the restored table's definition against the recorded one."""
+        """pgvector -> pgvector into a table this restore created: its definition against the recorded one
+        (a table that existed keeps its own indexes and constraints: not compared, no false alarm)."""
         native = plan.target.config.native
-        if native is None:
+        if native is None or not self._created.get(plan.target.name):
             return []
         schema, table = plan.extra["schema"], plan.extra["table"]
         with self._errors("reading the definition of", plan.target.name):

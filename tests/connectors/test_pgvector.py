@@ -79,6 +79,10 @@ def test_a_table_round_trips_with_its_definition_and_values(postgres: Postgres, 
     checks = {c["name"]: c for c in restored["datasets"][0]["checks"]}
     assert restored["ok"] and checks["definition"]["ok"] and checks["content"]["ok"], checks
     assert rows_as_text(postgres, dst) == rows_as_text(postgres, src)
+    # Merged into the table as it now stands, with an index of its own: no definition check to cry wolf.
+    run_sql(postgres, dst, "CREATE INDEX items_extra ON items (flag)")
+    merged = ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--mode", "merge", "--json"))
+    assert merged.json()["ok"] and "definition" not in {c["name"] for c in merged.json()["datasets"][0]["checks"]}
     with postgres.connect(dst) as conn:
         indexes = {
             r[0]: r[1] for r in conn.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'items'")
