@@ -63,10 +63,16 @@ GROUP BY con.conname
 """
 
 CONSTRAINTS_SQL = """
-SELECT conname, contype::text, pg_get_constraintdef(oid)
-FROM pg_constraint WHERE conrelid = %(oid)s AND contype NOT IN ('p', 'n')
-ORDER BY conname
+SELECT con.conname, con.contype::text, pg_get_constraintdef(con.oid), rn.nspname, rc.relname
+FROM pg_constraint con
+LEFT JOIN pg_class rc ON rc.oid = con.confrelid
+LEFT JOIN pg_namespace rn ON rn.oid = rc.relnamespace
+WHERE con.conrelid = %(oid)s AND con.contype NOT IN ('p', 'n')
+ORDER BY con.conname
 """
+#: A table a vector table's foreign key references (LangChain's ``langchain_pg_collection``) travels with it,
+#: rows and all, when it holds at most this many rows: the restored foreign key then has its rows.
+REFERENCE_ROWS = 10_000
 
 INDEXES_SQL = """
 SELECT ic.relname, pg_get_indexdef(i.indexrelid), am.amname, pg_get_indexdef(i.indexrelid, 1, true),
@@ -117,9 +123,12 @@ def definition(conn: Any, schema: str, table: str) -> dict[str, Any]:
             column["comment"] = comment
         columns.append(column)
     primary = conn.execute(PRIMARY_KEY_SQL, {"oid": oid}).fetchone()
-    constraints = [
-        {"name": n, "type": t, "definition": d} for n, t, d in conn.execute(CONSTRAINTS_SQL, {"oid": oid}).fetchall()
-    ]
+    constraints = []
+    for name, kind, ddl, ref_schema, ref_table in conn.execute(CONSTRAINTS_SQL, {"oid": oid}).fetchall():
+        constraint: dict[str, Any] = {"name": name, "type": kind, "definition": ddl}
+        if kind == "f":
+            constraint["references"] = [ref_schema, ref_table]
+        constraints.append(constraint)
     indexes = []
     for name, ddl, method, first, opclass, options in conn.execute(INDEXES_SQL, {"oid": oid}).fetchall():
         index: dict[str, Any] = {"name": name, "definition": ddl, "method": method, "column": first}
@@ -206,11 +215,12 @@ def after_data_statements(native: dict[str, Any], schema: str, table: str) -> tu
     notes: list[str] = []
     if native.get("partitioned"):
         notes.append(f"{native['table']} was partitioned: restored as one plain table (its partitions are not made)")
+    carried = {(r["definition"]["schema"], r["definition"]["table"]) for r in native.get("references", ())}
     for constraint in native.get("constraints", ()):
-        if constraint["type"] == "f":
+        if constraint["type"] == "f" and tuple(constraint.get("references") or ()) not in carried:
             notes.append(
-                f"foreign key {constraint['name']} of {native['table']} not recreated (it references another "
-                f"table): {constraint['definition']}"
+                f"foreign key {constraint['name']} of {native['table']} not recreated (the table it references "
+                f"is not in the bundle): {constraint['definition']}"
             )
             continue
         name = _renamed(constraint["name"], native["table"], table)
@@ -286,3 +296,50 @@ def differences(recorded: dict[str, Any], restored: dict[str, Any]) -> list[str]
     if recorded.get("comment") != restored.get("comment"):
         out.append("the table's comment differs")
     return out
+
+
+def referenced_tables(conn: Any, native: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The tables the foreign keys of `native` reference (itself aside) with their definitions and rows
+    (each row as PostgreSQL's text of it: exact for every type), read in the caller's snapshot; and notes
+    for those left out (more than REFERENCE_ROWS rows)."""
+    out: list[dict[str, Any]] = []
+    notes: list[str] = []
+    seen = {(native["schema"], native["table"])}
+    for constraint in native.get("constraints", ()):
+        ref = tuple(constraint.get("references") or ())
+        if constraint["type"] != "f" or ref in seen or len(ref) != 2:
+            continue
+        seen.add(ref)
+        target = qualified(*ref)
+        rows = conn.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
+        if rows > REFERENCE_ROWS:
+            notes.append(f"{ref[0]}.{ref[1]} (referenced by {native['table']}) holds {rows} rows: not carried")
+            continue
+        texts = [r[0] for r in conn.execute(f"SELECT t::text FROM {target} t ORDER BY t::text").fetchall()]
+        out.append({"definition": definition(conn, *ref), "rows": texts})
+    return out, notes
+
+
+def reference_statements(conn: Any, reference: dict[str, Any]) -> list[tuple[str, list[Any]]]:
+    """(statement, parameters) that make a carried referenced table and its rows where it is missing, or
+    add its missing rows where it exists (rows that collide with a unique key there are left as they are)."""
+    ref = reference["definition"]
+    target = qualified(ref["schema"], ref["table"])
+    statements: list[tuple[str, list[Any]]] = []
+    exists = conn.execute("SELECT to_regclass(%s)", [target]).fetchone()[0] is not None
+    if not exists:
+        statements.append((f"CREATE SCHEMA IF NOT EXISTS {quote(ref['schema'])}", []))
+        statements.append((create_statement(ref, ref["schema"], ref["table"]), []))
+    names = [quote(c["name"]) for c in writable(ref)]
+    overriding = " OVERRIDING SYSTEM VALUE" if any(c.get("identity") == "always" for c in ref["columns"]) else ""
+    statements.append(
+        (
+            f"INSERT INTO {target} ({', '.join(names)}){overriding} SELECT {', '.join(f'(r).{n}' for n in names)} "
+            f"FROM (SELECT row_text::{target} AS r FROM unnest(%s::text[]) AS row_text) parsed ON CONFLICT DO NOTHING",
+            [reference["rows"]],
+        )
+    )
+    if not exists:
+        made, _ = after_data_statements(ref, ref["schema"], ref["table"])
+        statements += [(statement, []) for statement in made]
+    return statements

@@ -63,8 +63,10 @@ memory. Nothing is ever dropped that the restore did not create, but with ``--mo
 
 Lossy rules (refused with UnsupportedFeatureError unless --allow-lossy): multivectors (no pgvector type)
 are dropped. Never mapped: NaN/Infinity in a vector (pgvector refuses them) or in metadata (jsonb holds
-neither), text holding NUL (PostgreSQL text cannot), a vector above 16000 dimensions. Foreign keys are not
-recreated (the tables they point at are not in the bundle): the restore says so.
+neither), text holding NUL (PostgreSQL text cannot), a vector above 16000 dimensions. A table a foreign key
+references travels with the table (definition and rows, up to 10,000: :func:`.catalog.referenced_tables`)
+and is made first where missing, so the key is made again; a larger one is left out and its key with it
+(said).
 
 Checks: beyond the records, a pgvector -> pgvector restore compares the restored table's definition with
 the recorded one (columns, types, nullability, primary key, constraints, index methods and parameters).
@@ -219,6 +221,8 @@ class PgvectorConnector(VectorConnector):
                 if column["base"] in DENSE_TYPES and not column.get("dim"):
                     column["dim_held"] = self._held_dimension(qualified(schema, table), column["name"], name)
             rows = _scalar(conn, f"SELECT count(*) FROM {qualified(schema, table)}")
+            native["references"], left_out = catalog.referenced_tables(conn, native)
+        self._notes[name] = left_out
         columns = self._columns(native, name)
         native["document"] = columns.document  # a restore of this bundle knows it again
         dense, hnsw = [], None
@@ -284,7 +288,7 @@ class PgvectorConnector(VectorConnector):
         # ?document= names the column in the tables that have it (a database may hold several kinds); a
         # table this connector restored keeps the document column its bundle recorded.
         document = self._document if self._document in names else None
-        document = document or self._documents.get((native["schema"], native["table"]))
+        document = document or native.get("document") or self._documents.get((native["schema"], native["table"]))
         if document is None and layout and DOCUMENT in names:
             document = DOCUMENT
         if document is not None and names[document]["base"] not in ("text", "varchar", "bpchar"):
@@ -303,7 +307,7 @@ class PgvectorConnector(VectorConnector):
         select, decoders = self._select(columns)
         schema = dataset.schema
         position = 0
-        notes = []
+        notes = list(self._notes.get(dataset.name, ()))  # what describe found (referenced tables left out)
         if not columns.id:
             notes.append(
                 f"table {dataset.name} has no primary key: its ids are the row positions (0, 1, …) of this "
@@ -640,6 +644,10 @@ class PgvectorConnector(VectorConnector):
         with self._errors("restoring", plan.target.name), conn.transaction():
             if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone() is None:
                 self._create_extension()
+            if native is not None:  # the tables its foreign keys reference, before it (the keys come after the data)
+                for reference in native.get("references", ()):
+                    for statement, params in catalog.reference_statements(conn, reference):
+                        conn.execute(statement, params or None)
             created = self._prepare(plan, schema, table)
             self._created[plan.target.name] = created
             staging, columns = self._staging(plan, native is not None or plan.mode == "merge" or not created)

@@ -348,3 +348,42 @@ def test_a_socket_and_the_port_from_the_uri_or_pgport(
     uri = f"pgvector://{postgres.user}@/{src}?host={postgres.socket_dir}"
     backed_up = ok(cli("backup", uri, "--repo", str(tmp_path / "repo"), "--json")).json()
     assert backed_up["datasets"][0]["rows"] == 1
+
+
+def test_langchain_postgres_tables_come_back_with_the_collection_they_reference(
+    postgres: Postgres, tmp_path: Path, cli: Cli
+) -> None:
+    """langchain-postgres keeps its collections in langchain_pg_collection (no vector column) and points at
+    them by a foreign key: the referenced table travels with the embeddings, so the restored application
+    finds its collection, and the key is made again."""
+    src, dst = database(postgres, tmp_path, "lc"), database(postgres, tmp_path, "lcdst")
+    run_sql(
+        postgres,
+        src,
+        "CREATE TABLE langchain_pg_collection (uuid uuid PRIMARY KEY, name varchar UNIQUE NOT NULL, cmetadata json);"
+        "CREATE TABLE langchain_pg_embedding (id varchar PRIMARY KEY, collection_id uuid REFERENCES "
+        "langchain_pg_collection (uuid) ON DELETE CASCADE, embedding vector, document varchar, cmetadata jsonb);"
+        "INSERT INTO langchain_pg_collection VALUES ('6f1c2b7a-0d3e-4c5b-9a8f-1e2d3c4b5a69', 'docs', '{\"a\": 1}');"
+        "INSERT INTO langchain_pg_embedding VALUES ('x', '6f1c2b7a-0d3e-4c5b-9a8f-1e2d3c4b5a69', '[1,2]', 'hi', '{}')",
+    )
+    repo = str(tmp_path / "repo")
+    ok(cli("backup", postgres.uri(src, document="document"), "--repo", repo))
+    assert ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--json")).json()["ok"]
+    for table in ("langchain_pg_collection", "langchain_pg_embedding"):
+        assert rows_as_text(postgres, dst, table) == rows_as_text(postgres, src, table)
+    with postgres.connect(dst) as conn:
+        (fk,) = conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'f'").fetchone()
+    assert "REFERENCES langchain_pg_collection(uuid) ON DELETE CASCADE" in fk
+    # Restored again beside it under another name: the collection rows already there are kept as they are.
+    ok(
+        cli(
+            "restore",
+            "latest",
+            "--repo",
+            repo,
+            "--to",
+            postgres.uri(dst),
+            "--collection",
+            "langchain_pg_embedding=again",
+        )
+    )
