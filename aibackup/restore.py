@@ -180,8 +180,13 @@ def run_restore(
                 results.append(_restore_one(connector, reader, dataset, plan, check_options, applied[dataset.name]))
             except AibackupError as exc:
                 done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
+                state = (
+                    "; nothing of it was written (the target writes in one transaction)"
+                    if connector.atomic_import
+                    else ", which may now hold part of the bundle"
+                )
                 raise type(exc)(
-                    f"restore stopped in collection {plan.target.name!r}, which may now hold part of the bundle: "
+                    f"restore stopped in collection {plan.target.name!r}{state}: "
                     f"{exc}" + (f" (already restored: {done})" if done else "")
                 ) from None
         target = connector.location.display()

@@ -225,6 +225,12 @@ class Connector(ABC):
         """
         return sum(plan.transform(batch).num_rows for batch in batches)
 
+    @property
+    def atomic_import(self) -> bool:
+        """True when ``import_`` writes in one transaction of the store (PostgreSQL): a failure leaves the
+        collection as it was, so the restore can say that nothing of it was written. Default: False."""
+        return False
+
     def drop(self, name: str) -> bool:
         """Remove dataset `name`, which a restore test wrote into a configured scratch target, so the
         drill leaves no copy of production behind. Returns False when this kind of store cannot (the

@@ -330,6 +330,10 @@ class ConversationsConnector(LineFiles):
             return self._table.write(plan.source.config, plan.mode, batches, plan.transform)
         return self._write_folder(plan, batches, "source")
 
+    @property
+    def atomic_import(self) -> bool:
+        return self._pg is not None  # a PostgreSQL table is written in one transaction
+
     def extra_checks(self, plan: ImportPlan) -> list[tuple[str, bool, str]]:
         """For a folder: every written file's sha256 against the bundle's (or, for a table bundle, against
         what was written). Nothing more for a table (rows are compared record by record)."""

@@ -883,6 +883,10 @@ class PgvectorConnector(VectorConnector):
         out.append([_jsonb(m, name, i) for i, m in zip(ids, batch.column(METADATA).to_pylist(), strict=True)])
         return out
 
+    @property
+    def atomic_import(self) -> bool:
+        return True  # import_ runs in one transaction
+
     def drop(self, name: str) -> bool:
         schema, table = self._target_name(name)
         with self._errors("dropping", name):

@@ -387,3 +387,23 @@ def test_langchain_postgres_tables_come_back_with_the_collection_they_reference(
             "langchain_pg_embedding=again",
         )
     )
+
+
+def test_a_restore_that_fails_inside_the_target_leaves_nothing_and_says_so(
+    postgres: Postgres, tmp_path: Path, cli: Cli
+) -> None:
+    """A type the target database lacks (an enum) fails the CREATE TABLE inside the restore's transaction:
+    one line saying nothing was written, and no table."""
+    src, dst = database(postgres, tmp_path, "enum"), database(postgres, tmp_path, "enumdst")
+    run_sql(
+        postgres,
+        src,
+        "CREATE TYPE mood AS ENUM ('ok', 'sad'); CREATE TABLE t (id int PRIMARY KEY, "
+        "embedding vector(2), m mood); INSERT INTO t VALUES (1, '[1,2]', 'ok')",
+    )
+    repo = str(tmp_path / "repo")
+    ok(cli("backup", postgres.uri(src), "--repo", repo))
+    line = one_line_error(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst)), 2, "mood")
+    assert "nothing of it was written" in line
+    with postgres.connect(dst) as conn:
+        assert conn.execute("SELECT to_regclass('t')").fetchone() == (None,)
