@@ -114,9 +114,7 @@ from aibackup.connectors.milvus.records import (
     lossy_json_numbers,
     reshape,
     rows_to_batch,
-    sorted_sparse,
     truncated_documents,
-    without_zero_weights,
 )
 from aibackup.connectors.milvus.schema import (
     DEFAULT_PARTITION,
@@ -132,6 +130,7 @@ from aibackup.connectors.milvus.schema import (
     native_of,
     plan_collection,
 )
+from aibackup.connectors.sparse import sorted_sparse_vectors, sparse_without_zeros
 from aibackup.errors import (
     AibackupError,
     ConnectorError,
@@ -428,11 +427,11 @@ class MilvusConnector(VectorConnector):
         if made.renamed or set(source.schema.names) != set(target.schema.names):
             steps.append(reshape(target.schema, made.columns))
         if target.config.sparse:
-            steps.append(sorted_sparse)
+            steps.append(sorted_sparse_vectors)
         dropped = list(made.dropped)
         if allow_lossy:
             if self.lite and target.config.sparse:
-                steps.append(without_zero_weights)
+                steps.append(sparse_without_zeros)
                 dropped.append("zero weights of sparse vectors, if any (Milvus Lite does not store them)")
             steps.append(lossy_json_numbers(layout))
             dropped.append(

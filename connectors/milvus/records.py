@@ -425,46 +425,6 @@ def reshape(schema: pa.Schema, columns: Mapping[str, str]) -> Transform:
     return apply
 
 
-def sorted_sparse(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Milvus returns sparse vectors sorted by index: the bundle's are sorted the same way (not a loss)."""
-    for index, fld in enumerate(batch.schema):
-        if not fld.name.startswith("sparse:"):
-            continue
-        cells = batch.column(index).to_pylist()
-        if all(c is None or c["indices"] == sorted(c["indices"]) for c in cells):
-            continue
-        fixed: list[dict[str, list[Any]] | None] = []
-        for c in cells:
-            if c is None:
-                fixed.append(None)
-                continue
-            pairs = sorted(zip(c["indices"], c["values"], strict=True))
-            fixed.append({"indices": [p[0] for p in pairs], "values": [p[1] for p in pairs]})
-        batch = batch.set_column(index, fld, pa.array(fixed, SPARSE_TYPE))
-    return batch
-
-
-def without_zero_weights(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """The lossy mapping of sparse vectors into Milvus Lite, which does not store zero weights: dropped."""
-    for index, fld in enumerate(batch.schema):
-        if not fld.name.startswith("sparse:"):
-            continue
-        cells = batch.column(index).to_pylist()
-        if all(c is None or all(c["values"]) for c in cells):
-            continue
-        fixed = [
-            None
-            if c is None
-            else {
-                "indices": [i for i, v in zip(c["indices"], c["values"], strict=True) if v],
-                "values": [v for v in c["values"] if v],
-            }
-            for c in cells
-        ]
-        batch = batch.set_column(index, fld, pa.array(fixed, SPARSE_TYPE))
-    return batch
-
-
 def truncated_documents(limit: int) -> Transform:
     """The lossy mapping of documents longer than `limit` UTF-8 bytes: cut at a character boundary."""
 

@@ -95,6 +95,7 @@ from aibackup.connectors.base import (
 )
 from aibackup.connectors.pgvector import catalog, codec
 from aibackup.connectors.pgvector.catalog import DENSE_TYPES, SPARSE_TYPE, qualified, quote
+from aibackup.connectors.sparse import sparse_without_zeros
 from aibackup.errors import (
     ConnectorError,
     DatasetNotFoundError,
@@ -543,7 +544,7 @@ class PgvectorConnector(VectorConnector):
         if config.sparse and allow_lossy:
             # sparsevec keeps no explicit zero: validate_records refuses them without --allow-lossy.
             notes.append("zero values in sparse vectors are not kept (sparsevec holds none)")
-            transform = _chain(transform, _without_sparse_zeros)
+            transform = _chain(transform, sparse_without_zeros)
         kept = tuple(d for d in config.dense if not d.multivector)
         for spec in kept:
             if spec.size > MAX_DIM:
@@ -955,22 +956,6 @@ def _dense_matrix(column: pa.Array, size: int) -> np.ndarray:
 
 def _chain(first: Any, second: Any) -> Any:
     return lambda batch: second(first(batch))
-
-
-def _without_sparse_zeros(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """The batch with explicit zero entries left out of its sparse vectors (sorted by index, as read back)."""
-    for i, field in enumerate(batch.schema):
-        if not field.name.startswith(sparse_column("")):
-            continue
-        cells: list[dict[str, Any] | None] = []
-        for cell in batch.column(i).to_pylist():
-            if cell is None:
-                cells.append(None)
-                continue
-            pairs = sorted((ix, v) for ix, v in zip(cell["indices"], cell["values"], strict=True) if v != 0.0)
-            cells.append({"indices": [p[0] for p in pairs], "values": [p[1] for p in pairs]})
-        batch = batch.set_column(i, field, pa.array(cells, field.type))
-    return batch
 
 
 def _is_pgvector(config: VectorsConfig) -> bool:

@@ -85,8 +85,8 @@ from aibackup.connectors.qdrant.points import (
     lossy_numbers,
     page_rows,
     points_to_batch,
-    sorted_sparse_vectors,
 )
+from aibackup.connectors.sparse import sorted_sparse_vectors
 from aibackup.errors import (
     AibackupError,
     ConnectorError,

@@ -310,25 +310,6 @@ def lossy_numbers(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch.set_column(index, batch.schema.field(index), pa.array(cells, pa.string()))
 
 
-def sorted_sparse_vectors(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Qdrant keeps sparse vectors sorted by index: the bundle's are sorted the same way (not a loss)."""
-    for index, field in enumerate(batch.schema):
-        if not field.name.startswith("sparse:"):
-            continue
-        cells = batch.column(index).to_pylist()
-        if all(c is None or c["indices"] == sorted(c["indices"]) for c in cells):
-            continue
-        fixed: list[dict[str, list[Any]] | None] = []
-        for c in cells:
-            if c is None:
-                fixed.append(None)
-                continue
-            pairs = sorted(zip(c["indices"], c["values"], strict=True))
-            fixed.append({"indices": [p[0] for p in pairs], "values": [p[1] for p in pairs]})
-        batch = batch.set_column(index, field, pa.array(fixed, SPARSE_TYPE))
-    return batch
-
-
 Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
 
 
