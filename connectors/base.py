@@ -73,8 +73,9 @@ class Location:
             base = f"{self.scheme}://{self.host}:{self.port}"
         else:
             base = f"{self.scheme}:{self.path}"
-        # Parameters that pick the data (tenant, database, table) name the store; api_key_env does not.
-        naming = sorted((k, v) for k, v in self.params.items() if k != "api_key_env")
+        # Parameters that pick the data (tenant, database, table, document column) name the store; how to
+        # reach it (api_key_env, sslmode) does not: changing it must not start a new chain of bundles.
+        naming = sorted((k, v) for k, v in self.params.items() if k not in ("api_key_env", "sslmode"))
         return f"{base}?{urlencode(naming)}" if naming else base
 
 
