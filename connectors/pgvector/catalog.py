@@ -13,7 +13,6 @@ does: the table first, then, after the data, constraints, indexes, comments and 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Any
 
 #: pgvector's types, by the role their column takes in a bundle.
@@ -28,7 +27,6 @@ DISTANCE_OPERATOR = {"l2": "<->", "cosine": "<=>", "ip": "<#>", "manhattan": "<+
 #: Serial columns are a default of nextval() on a sequence the table owns: the restore writes the serial
 #: type, which makes a sequence of its own.
 SERIAL_TYPES = {"smallint": "smallserial", "integer": "serial", "bigint": "bigserial"}
-SKIPPED_SCHEMAS = ("pg_catalog", "information_schema")
 
 TABLES_SQL = """
 SELECT n.nspname, c.relname
@@ -257,10 +255,6 @@ def literal(text: str) -> str:
 def writable(native: dict[str, Any]) -> list[dict[str, Any]]:
     """The columns a restore writes: all but generated ones (PostgreSQL computes those)."""
     return [c for c in native["columns"] if not c.get("generated")]
-
-
-def column_names(columns: Sequence[dict[str, Any]]) -> list[str]:
-    return [c["name"] for c in columns]
 
 
 def differences(recorded: dict[str, Any], restored: dict[str, Any]) -> list[str]:

@@ -136,7 +136,6 @@ SPARSE_MAX_DIM = 1_000_000_000
 WRITE_ROWS = 5000
 #: jsonb_build_object takes at most 100 arguments: metadata objects are built 40 columns at a time.
 OBJECT_COLUMNS = 40
-SEARCH_CHUNK = 64
 
 
 @dataclass(frozen=True)
