@@ -139,6 +139,17 @@ def identity(batch: pa.RecordBatch) -> pa.RecordBatch:
     return batch
 
 
+def chain(steps: Sequence[Transform]) -> Transform:
+    """One transform applying `steps` in order (identity when empty): a plan's mappings composed."""
+
+    def apply(batch: pa.RecordBatch) -> pa.RecordBatch:
+        for step in steps:
+            batch = step(batch)
+        return batch
+
+    return apply
+
+
 @dataclass(frozen=True)
 class ImportPlan:
     """What `import_` will do, decided before anything is written.

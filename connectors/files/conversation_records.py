@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import bisect
 import datetime as dt
+import hashlib
 import json
 import math
 import re
@@ -30,6 +31,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from aibackup.connectors.files.lines import compression_of
 from aibackup.manifests.records import CONVERSATIONS
 from aibackup.manifests.vectors import canonical_json
 
@@ -231,6 +233,32 @@ class Rows:
         self.rows = []
         self.size = 0
         return pa.RecordBatch.from_arrays(arrays, schema=CONVERSATIONS)
+
+
+class FileSummaries:
+    """The per-file summary a canonical-layout table export records (``config["files"]``): bytes, lines and
+    sha256 of each source file's rows, so a restore into a folder proves every file it writes."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, dict[str, Any]] = {}
+
+    def add(self, values: Mapping[str, Any]) -> None:
+        summary = self.files.setdefault(values["source"], {"bytes": 0, "lines": 0, "sha": hashlib.sha256()})
+        summary["bytes"] += len(values["raw"])
+        summary["lines"] += 1
+        summary["sha"].update(values["raw"])
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "name": n,
+                "bytes": s["bytes"],
+                "lines": s["lines"],
+                "sha256": s["sha"].hexdigest(),
+                "compression": compression_of(n),
+            }
+            for n, s in sorted(self.files.items())
+        ]
 
 
 def line_record(rows: Rows, source: str, line: int, offset: int, raw: bytes) -> str | None:

@@ -61,8 +61,7 @@ from typing import Any
 import pyarrow as pa
 
 from aibackup.connectors.base import DatasetDescription, ExportState, Location
-from aibackup.connectors.files.conversation_records import BATCH_ROWS, Rows, typed_fields
-from aibackup.connectors.files.lines import compression_of
+from aibackup.connectors.files.conversation_records import BATCH_ROWS, FileSummaries, Rows, typed_fields
 from aibackup.connectors.files.pg_layout import (
     CANONICAL_COLUMNS,
     KINDS,
@@ -404,7 +403,7 @@ class PostgresTable:
 
     def _export_canonical(self, info: PgTable, since: Mapping[str, Any] | None) -> Iterator[pa.RecordBatch]:
         """Rows of the canonical layout as they are, by source and line, with the per-file summary."""
-        files: dict[str, dict[str, Any]] = {}
+        files = FileSummaries()
         names = [n for n, _, _ in CANONICAL_COLUMNS]
         required = [n for n, _, notnull in CANONICAL_COLUMNS if notnull]
         with self.errors("reading the rows of"):
@@ -425,10 +424,7 @@ class PostgresTable:
                             f"PostgreSQL {self.where} row {values['id']!r}: column {missing!r} is null"
                         )
                     out.add(values)
-                    summary = files.setdefault(values["source"], {"bytes": 0, "lines": 0, "sha": hashlib.sha256()})
-                    summary["bytes"] += len(values["raw"])
-                    summary["lines"] += 1
-                    summary["sha"].update(values["raw"])
+                    files.add(values)
                     if out.full:
                         yield out.flush()
                 if len(out):
@@ -437,15 +433,6 @@ class PostgresTable:
             with contextlib.suppress(Exception):  # the transaction may be failed already: its error stands
                 cursor.close()
         config = self.config(info)
-        config["files"] = [
-            {
-                "name": n,
-                "bytes": s["bytes"],
-                "lines": s["lines"],
-                "sha256": s["sha"].hexdigest(),
-                "compression": compression_of(n),
-            }
-            for n, s in sorted(files.items())
-        ]
+        config["files"] = files.to_json()
         notes = (f"table {self.table!r} is in aibackup's canonical layout: backed up in full",) if since else ()
         self.states[self.table] = ExportState(state={"format": "postgresql-canonical"}, config=config, notes=notes)

@@ -48,11 +48,12 @@ import pyarrow as pa
 from aibackup.connectors.base import ExportState, client_errors
 from aibackup.connectors.files.conversation_records import (
     BATCH_ROWS,
+    FileSummaries,
     Rows,
     sqlite_value,
     typed_fields,
 )
-from aibackup.connectors.files.lines import compression_of, shown
+from aibackup.connectors.files.lines import shown
 from aibackup.connectors.files.sqlite_layout import (
     CANONICAL_COLUMNS,
     TableInfo,
@@ -270,7 +271,7 @@ class SqliteTable:
 
     def _export_canonical(self, info: TableInfo, since: Mapping[str, Any] | None) -> Iterator[pa.RecordBatch]:
         """Rows of the canonical layout as they are, in rowid order, with the per-file summary."""
-        files: dict[str, dict[str, Any]] = {}
+        files = FileSummaries()
         with self.errors("reading rows"):
             cursor = self.conn.execute(
                 f"SELECT {info.rowid}, {', '.join(q(n) for n, _ in CANONICAL_COLUMNS)} FROM {q(self.table)} "
@@ -287,22 +288,10 @@ class SqliteTable:
                 values = dict(zip(names, row[1:], strict=True))
                 check_canonical(values, self.where, row[0])
                 out.add(values)
-                summary = files.setdefault(values["source"], {"bytes": 0, "lines": 0, "sha": hashlib.sha256()})
-                summary["bytes"] += len(values["raw"])
-                summary["lines"] += 1
-                summary["sha"].update(values["raw"])
+                files.add(values)
             yield out.flush()
         config = info.config(self.table)
-        config["files"] = [
-            {
-                "name": n,
-                "bytes": s["bytes"],
-                "lines": s["lines"],
-                "sha256": s["sha"].hexdigest(),
-                "compression": compression_of(n),
-            }
-            for n, s in sorted(files.items())
-        ]
+        config["files"] = files.to_json()
         notes = (f"table {self.table!r} is in aibackup's canonical layout: backed up in full",) if since else ()
         self.states[self.table] = ExportState(state={"format": "sqlite-canonical"}, config=config, notes=notes)
 

@@ -94,6 +94,7 @@ from aibackup.connectors.base import (
     ImportPlan,
     Location,
     VectorConnector,
+    chain,
     client_errors,
     id_checksum,
     identity,
@@ -110,7 +111,6 @@ from aibackup.connectors.milvus.client import (
 from aibackup.connectors.milvus.records import (
     Transform,
     batch_to_rows,
-    chain,
     lossy_json_numbers,
     reshape,
     rows_to_batch,

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from aibackup.connectors.base import Transform
 from aibackup.connectors.jsonnumbers import INT64_MAX, INT64_MIN, json_number_problem, json_safe
 from aibackup.connectors.milvus.schema import DEFAULT_PARTITION, NAME, PARTITION_KEY, Field, Layout
 from aibackup.errors import SourceDataError, UnsupportedFeatureError
@@ -26,8 +27,6 @@ from aibackup.manifests.vectors import (
     parse_metadata,
     sparse_column,
 )
-
-Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
 
 INT_RANGES = {
     "INT8": (-(2**7), 2**7 - 1),
@@ -403,15 +402,6 @@ def value_problem(value: Any, f: Field, element: str | None = None) -> str | Non
 
 
 # --- transforms: canonical -> canonical -----------------------------------------------------------------
-
-
-def chain(steps: Sequence[Transform]) -> Transform:
-    def apply(batch: pa.RecordBatch) -> pa.RecordBatch:
-        for step in steps:
-            batch = step(batch)
-        return batch
-
-    return apply
 
 
 def reshape(schema: pa.Schema, columns: Mapping[str, str]) -> Transform:

@@ -90,7 +90,9 @@ from aibackup.connectors.base import (
     ExportState,
     ImportPlan,
     Location,
+    Transform,
     VectorConnector,
+    chain,
     identity,
 )
 from aibackup.connectors.pgvector import catalog, codec
@@ -528,7 +530,7 @@ class PgvectorConnector(VectorConnector):
         native = config.native if _is_pgvector(config) else None
         dropped: list[str] = []
         notes: list[str] = []
-        transform = identity
+        steps: list[Transform] = []
         multi = [d for d in config.dense if d.multivector]
         if multi:
             feature = f"multivectors ({', '.join(d.name or 'default' for d in multi)}): pgvector has no such type"
@@ -536,14 +538,11 @@ class PgvectorConnector(VectorConnector):
                 raise UnsupportedFeatureError(f"collection {source.name}: {feature} (--allow-lossy drops them)")
             dropped.append(feature)
             drop_names = [dense_column(d.name) for d in multi]
-
-            def transform(batch: pa.RecordBatch) -> pa.RecordBatch:
-                return batch.drop_columns(drop_names)
-
+            steps.append(lambda batch: batch.drop_columns(drop_names))
         if config.sparse and allow_lossy:
             # sparsevec keeps no explicit zero: validate_records refuses them without --allow-lossy.
             notes.append("zero values in sparse vectors are not kept (sparsevec holds none)")
-            transform = _chain(transform, sparse_without_zeros)
+            steps.append(sparse_without_zeros)
         kept = tuple(d for d in config.dense if not d.multivector)
         for spec in kept:
             if spec.size > MAX_DIM:
@@ -591,7 +590,7 @@ class PgvectorConnector(VectorConnector):
             source=source,
             target=target,
             mode=mode,
-            transform=transform,
+            transform=chain(steps) if steps else identity,
             dropped=tuple(dropped),
             notes=tuple(notes),
             extra={"schema": schema, "table": table, "existing": existing is not None, "allow_lossy": allow_lossy},
@@ -951,10 +950,6 @@ def _dense_matrix(column: pa.Array, size: int) -> np.ndarray:
     elif len(column):
         out[:] = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, size)
     return out
-
-
-def _chain(first: Any, second: Any) -> Any:
-    return lambda batch: second(first(batch))
 
 
 def _is_pgvector(config: VectorsConfig) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -308,17 +308,3 @@ def lossy_numbers(batch: pa.RecordBatch) -> pa.RecordBatch:
         return batch
     index = batch.schema.get_field_index(METADATA)
     return batch.set_column(index, batch.schema.field(index), pa.array(cells, pa.string()))
-
-
-Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
-
-
-def chain(steps: Sequence[Transform]) -> Transform:
-    """One transform applying `steps` in order (identity when empty)."""
-
-    def apply(batch: pa.RecordBatch) -> pa.RecordBatch:
-        for step in steps:
-            batch = step(batch)
-        return batch
-
-    return apply
