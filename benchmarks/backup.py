@@ -37,6 +37,7 @@ from benchmarks.common import (
     COLLECTION,
     ChromaServer,
     Stopwatch,
+    backup_summary,
     child_main,
     disk_bytes,
     fastest,
@@ -167,16 +168,7 @@ def child_backup(source: str, repo: str, queries: str = str(DEFAULT_QUERIES)) ->
     recorder.settle = timed(recorder.settle)  # type: ignore[method-assign]
     clock = Stopwatch()
     result = run_backup(repo, source, source_options=SourceOptions(queries=int(queries)))
-    out = clock.read()
-    dataset = result.manifest.datasets[0]
-    recall = [v.recall for v in dataset.baseline.vectors] if dataset.baseline else []
-    return {
-        **out,
-        "rows": dataset.rows,
-        "bundle_bytes": sum(p.bytes for p in dataset.parts),
-        "baseline_seconds": spent[0],
-        "source_recall": recall[0] if recall else None,
-    }
+    return {**clock.read(), **backup_summary(result), "baseline_seconds": spent[0]}
 
 
 CHILDREN = {

@@ -8,6 +8,7 @@ local mode ~1000 points/s on this machine, so seeding is paid once.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -220,3 +221,32 @@ def fastest(runs: list[dict[str, Any]], key: str = "seconds") -> dict[str, Any]:
 
 def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def backup_summary(result: Any) -> dict[str, Any]:
+    """Rows, bundle bytes and the source's baseline recall of a one-dataset ``run_backup`` result."""
+    dataset = result.manifest.datasets[0]
+    recall = [v.recall for v in dataset.baseline.vectors] if dataset.baseline else []
+    return {
+        "rows": dataset.rows,
+        "bundle_bytes": sum(p.bytes for p in dataset.parts),
+        "source_recall": recall[0] if recall else None,
+    }
+
+
+def section_main(
+    argv: list[str], children: dict[str, Child], measure: Callable[..., dict[str, Any]], *, rows: int, **extra: int
+) -> int:
+    """``python -m benchmarks.<section> [--rows N] [--dim D] [--repeats R] [--<extra> N]``: the section
+    alone, its JSON printed; ``--child KIND ARGS`` runs one of its children (:func:`run_child`)."""
+    if argv[:1] == ["--child"]:
+        return child_main(children, argv)
+    parser = argparse.ArgumentParser(prog=f"python -m {measure.__module__}")
+    parser.add_argument("--rows", type=int, default=rows)
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--repeats", type=int, default=3)
+    for name, default in extra.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    args = vars(parser.parse_args(argv))
+    print(json.dumps(measure(args.pop("rows"), args.pop("dim"), args.pop("repeats"), **args), indent=2))
+    return 0

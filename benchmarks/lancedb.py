@@ -22,8 +22,6 @@ Both sides of each ratio import lancedb before their clock starts.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
 import sys
@@ -36,13 +34,13 @@ from benchmarks.common import (
     COLLECTION,
     Stopwatch,
     _built_once,
-    child_main,
     document,
     embeddings,
     fastest,
     machine,
     record_id,
     run_child,
+    section_main,
 )
 
 MODULE = "benchmarks.lancedb"
@@ -230,17 +228,5 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
-    if argv[:1] == ["--child"]:
-        return child_main(CHILDREN, argv)
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.lancedb", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    print(json.dumps(measure(args.rows, args.dim, args.repeats), indent=2))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(section_main(sys.argv[1:], CHILDREN, measure, rows=100_000))

@@ -21,8 +21,6 @@ process (:func:`benchmarks.common.run_child`); the fastest of `repeats` is kept 
 
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -35,7 +33,7 @@ from benchmarks.common import (
     COLLECTION,
     Stopwatch,
     _built_once,
-    child_main,
+    backup_summary,
     disk_bytes,
     document,
     embeddings,
@@ -44,6 +42,7 @@ from benchmarks.common import (
     metadata,
     record_id,
     run_child,
+    section_main,
 )
 
 MODULE = "benchmarks.milvus"
@@ -122,15 +121,7 @@ def child_backup(path: str, repo: str, queries: str) -> dict[str, Any]:
 
     clock = Stopwatch()
     result = run_backup(repo, f"milvus:{path}", source_options=SourceOptions(queries=int(queries)))
-    out = clock.read()
-    dataset = result.manifest.datasets[0]
-    recall = [v.recall for v in dataset.baseline.vectors] if dataset.baseline else []
-    return {
-        **out,
-        "rows": dataset.rows,
-        "bundle_bytes": sum(p.bytes for p in dataset.parts),
-        "source_recall": recall[0] if recall else None,
-    }
+    return {**clock.read(), **backup_summary(result)}
 
 
 CHILDREN = {"seed": child_seed, "bare": child_bare, "backup": child_backup}
@@ -186,17 +177,5 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.milvus", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args(argv)
-    print(json.dumps(measure(args.rows, args.dim, args.repeats), indent=2))
-    return 0
-
-
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        sys.exit(child_main(CHILDREN, sys.argv[1:]))
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(section_main(sys.argv[1:], CHILDREN, measure, rows=20_000))

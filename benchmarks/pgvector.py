@@ -18,7 +18,6 @@ Each measure alternates aibackup and its bare loop, ``repeats`` times, fastest o
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Stopwatch, child_main, embeddings, fastest, metadata, run_child
+from benchmarks.common import Stopwatch, embeddings, fastest, metadata, run_child, section_main
 
 MODULE = "benchmarks.pgvector"
 INDEX = (
@@ -239,18 +238,5 @@ def measure(rows: int, dim: int, repeats: int, memory_rows: int = 0) -> dict[str
     }
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) > 1 and argv[1] == "--child":
-        return child_main(CHILDREN, argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.pgvector")
-    parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-rows", type=int, default=0)
-    args = parser.parse_args(argv[1:])
-    print(json.dumps(measure(args.rows, args.dim, args.repeats, args.memory_rows), indent=2))
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(section_main(sys.argv[1:], CHILDREN, measure, rows=100_000, memory_rows=0))
