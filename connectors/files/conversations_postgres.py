@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -350,44 +350,33 @@ class PostgresTable:
                 where, args = f"WHERE {key.ordered(self.name)} > CAST(%s AS {key.type})", [resume["mark"]]
         by_key = info.numbering == "primary key"
         position = int(resume["rows"]) if resume is not None else 0
-        with self.errors("reading the rows of"):
-            cursor = self.conn.cursor(name="aibackup_export")
-            cursor.execute(f"{self._select(info)} {where} ORDER BY {self._order(info, key)}", args)
         source = f"table:{self.table}"
         out = Rows()
         exported = 0
-        try:
-            while True:
-                with self.errors("reading the rows of"):
-                    page = cursor.fetchmany(BATCH_ROWS)
-                if not page:
-                    break
-                for texts in page:
-                    position += 1
-                    obj, raw = self._raw(info, texts)
-                    pk = [obj[n] for n in info.primary_key]
-                    line = int(pk[0]) if by_key else position
-                    typed, extra = typed_fields(obj, messages_text=True)
-                    out.add(
-                        {
-                            "id": record_id(self.table, pk) if pk else f"{self.table}#{line}",
-                            "source": source,
-                            "line": line,
-                            "offset": None,
-                            **typed,
-                            "extra": extra,
-                            "raw": raw,
-                            "valid": True,
-                        }
-                    )
-                    if out.full:
-                        yield out.flush()
-                exported += len(page)
-                if len(out):
+        for page in self._pages(f"{self._select(info)} {where} ORDER BY {self._order(info, key)}", args):
+            for texts in page:
+                position += 1
+                obj, raw = self._raw(info, texts)
+                pk = [obj[n] for n in info.primary_key]
+                line = int(pk[0]) if by_key else position
+                typed, extra = typed_fields(obj, messages_text=True)
+                out.add(
+                    {
+                        "id": record_id(self.table, pk) if pk else f"{self.table}#{line}",
+                        "source": source,
+                        "line": line,
+                        "offset": None,
+                        **typed,
+                        "extra": extra,
+                        "raw": raw,
+                        "valid": True,
+                    }
+                )
+                if out.full:
                     yield out.flush()
-        finally:
-            with contextlib.suppress(Exception):  # the transaction may be failed already: its error stands
-                cursor.close()
+            exported += len(page)
+            if len(out):
+                yield out.flush()
         # One snapshot: the rows read are exactly the rows counted (all, or those past the mark).
         expected = state["rows"] - (int(resume["rows"]) if resume is not None else 0)
         if exported != expected:
@@ -401,37 +390,42 @@ class PostgresTable:
             state=mark, incremental=resume is not None, config=self.config(info), notes=(note,) if note else ()
         )
 
-    def _export_canonical(self, info: PgTable, since: Mapping[str, Any] | None) -> Iterator[pa.RecordBatch]:
-        """Rows of the canonical layout as they are, by source and line, with the per-file summary."""
-        files = FileSummaries()
-        names = [n for n, _, _ in CANONICAL_COLUMNS]
-        required = [n for n, _, notnull in CANONICAL_COLUMNS if notnull]
+    def _pages(self, sql: str, args: Sequence[Any] = ()) -> Iterator[list[Any]]:
+        """The rows of a query, BATCH_ROWS at a time, through a server-side cursor (bounded memory)."""
         with self.errors("reading the rows of"):
             cursor = self.conn.cursor(name="aibackup_export")
-            cursor.execute(f'SELECT {", ".join(map(q, names))} FROM {self.name} ORDER BY source COLLATE "C", line, id')
-        out = Rows()
+            cursor.execute(sql, args)
         try:
             while True:
                 with self.errors("reading the rows of"):
                     page = cursor.fetchmany(BATCH_ROWS)
                 if not page:
-                    break
-                for row in page:
-                    values = dict(zip(names, row, strict=True))
-                    missing = next((n for n in required if values[n] is None), None)
-                    if missing is not None:
-                        raise SourceDataError(
-                            f"PostgreSQL {self.where} row {values['id']!r}: column {missing!r} is null"
-                        )
-                    out.add(values)
-                    files.add(values)
-                    if out.full:
-                        yield out.flush()
-                if len(out):
-                    yield out.flush()
+                    return
+                yield page
         finally:
             with contextlib.suppress(Exception):  # the transaction may be failed already: its error stands
                 cursor.close()
+
+    def _export_canonical(self, info: PgTable, since: Mapping[str, Any] | None) -> Iterator[pa.RecordBatch]:
+        """Rows of the canonical layout as they are, by source and line, with the per-file summary."""
+        files = FileSummaries()
+        names = [n for n, _, _ in CANONICAL_COLUMNS]
+        required = [n for n, _, notnull in CANONICAL_COLUMNS if notnull]
+        out = Rows()
+        for page in self._pages(
+            f'SELECT {", ".join(map(q, names))} FROM {self.name} ORDER BY source COLLATE "C", line, id'
+        ):
+            for row in page:
+                values = dict(zip(names, row, strict=True))
+                missing = next((n for n in required if values[n] is None), None)
+                if missing is not None:
+                    raise SourceDataError(f"PostgreSQL {self.where} row {values['id']!r}: column {missing!r} is null")
+                out.add(values)
+                files.add(values)
+                if out.full:
+                    yield out.flush()
+            if len(out):
+                yield out.flush()
         config = self.config(info)
         config["files"] = files.to_json()
         notes = (f"table {self.table!r} is in aibackup's canonical layout: backed up in full",) if since else ()
