@@ -247,9 +247,11 @@ class Repository(_repository.Repository):
         recall_tolerance: float = DEFAULT_TOLERANCE,
         min_recall: float | None = None,
         key_file: str | None = None,
+        load_check: bool = False,
     ) -> RestoreResult:
         """Restore bundle `ref` into the target URI `to` and prove it, as ``aibackup restore``. A failed
-        check is not an exception: the result's ``ok`` is False (the command exits 1)."""
+        check is not an exception: the result's ``ok`` is False (the command exits 1). `load_check`
+        (models): also open every safetensors file with the safetensors library."""
         from aibackup.restore import run_restore
 
         return run_restore(
@@ -263,6 +265,7 @@ class Repository(_repository.Repository):
             at=at,
             check_options=CheckOptions(queries=queries, min_recall=min_recall, recall_tolerance=recall_tolerance),
             key_file=key_file,
+            load_check=load_check,
         )
 
     # --- operations (aibackup.yaml) ----------------------------------------------------------------------

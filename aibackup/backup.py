@@ -20,9 +20,10 @@ import pyarrow as pa
 from aibackup import __version__, clock, filereuse
 from aibackup.baseline import BaselineRecorder, seed_for
 from aibackup.bundle import BundleReader, BundleWriter, PartGroups, WriteOptions
+from aibackup.chunks import ChunkStore
 from aibackup.config import FULL_EVERY
 from aibackup.connectors import layouts
-from aibackup.connectors.base import Connector, DatasetDescription
+from aibackup.connectors.base import ChunkedConnector, Connector, DatasetDescription
 from aibackup.connectors.registry import open_connector, parse_location
 from aibackup.crypto import RepositoryKey, passphrase_from
 from aibackup.errors import AibackupError, UsageError
@@ -199,6 +200,10 @@ def run_backup(
         recorders: list[BaselineRecorder] = []
         outcomes: dict[str, Outcome] = {}
         committing = False
+        # Model files: their chunks go to the repository's chunk store, in packs of this bundle (aibackup.chunks).
+        store = ChunkStore(repo, bundle_id) if isinstance(connector, ChunkedConnector) else None
+        if store is not None and isinstance(connector, ChunkedConnector):
+            connector.use_chunks(store)
         try:
             with steady_memory():
                 for index, description in enumerate(descriptions):
@@ -288,6 +293,11 @@ def run_backup(
                             unchained = "the source could not continue from the previous bundle (see the notes)"
                         reason = None if dataset.extends else unchained
                         outcomes[description.name] = Outcome.of(dataset, bundle_id, reason)
+                    if store is not None and description.kind == "model":
+                        stored = {**dataset.config, "stored": store.stats.to_json(), "chunk_ids": store.ids.algorithm}
+                        dataset = replace(dataset, config=stored)
+                        new_bytes = outcomes[description.name].new_bytes + store.stats.new_bytes
+                        outcomes[description.name] = replace(outcomes[description.name], new_bytes=new_bytes)
                     datasets.append(dataset)
                 # The source is done with: close it before the baselines' exact passes, which read the
                 # parts just written (an embedded store's threads and memory would compete with them).
@@ -306,6 +316,9 @@ def run_backup(
                 datasets=tuple(datasets),
                 parent=parent,
             )
+            if store is not None:  # packs, then their index, then (below) the manifest
+                store.publish()
+                store.check_referenced()
             if lock.lost:  # a run that lost its lock may no longer be alone: publish nothing
                 raise LockedError(
                     f"the lock of this backup of {source['uri']} was taken over while it ran (stale heartbeat?); "
@@ -323,6 +336,8 @@ def run_backup(
             # unreferenced orphans, which no reader ever looks at.) A repository this run created goes as
             # well, so that the fix an error suggests (say `aibackup init --encrypt`) works on the spot.
             writer.discard()
+            if store is not None:
+                store.discard()
             if created:
                 repo.forget()
             raise

@@ -321,7 +321,7 @@ class _Tally:
         else:
             tol = f"; tolerated vectors within {self.worst:.1e} × norm" if self.tolerated else ""
             if self.covered:
-                tol += f"; {', '.join(sorted(self.covered))} compared through the keyed hash of the plaintext"
+                tol += f"; {', '.join(sorted(self.covered))} compared through a hash of the content"
             content = Check("content", True, f"all {common} records identical{tol}")
         return [Check("ids", ids_ok, ids_detail), content]
 

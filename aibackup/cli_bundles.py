@@ -306,6 +306,12 @@ def diff(
     help="An absolute floor on the target's recall@10, besides the comparison with the source (the rule of "
     f"bundles without a search baseline; default {ABSOLUTE_MIN_RECALL} there).",
 )
+@click.option(
+    "--load-check",
+    is_flag=True,
+    help="Models: also open every restored safetensors file with the safetensors library and compare each "
+    "tensor's shape and dtype with its header.",
+)
 @key_file_option
 @repo_option
 @config_option
@@ -321,6 +327,7 @@ def restore(
     queries: int | None,
     recall_tolerance: float,
     min_recall: float | None,
+    load_check: bool,
     key_file: str | None,
     repo: str | None,
     config_path: str | None,
@@ -346,6 +353,7 @@ def restore(
         recall_tolerance=recall_tolerance,
         min_recall=min_recall,
         key_file=key_file or (config.key_file if config else None),
+        load_check=load_check,
     )
     if as_json:
         emit_json(result.to_json())

@@ -185,6 +185,13 @@ def prune(
         f"({result.bytes_removed} bytes), {len(result.orphans_removed)} orphan part(s); "
         f"{len(result.orphans_waiting)} orphan part(s) younger than the grace period kept"
     )
+    chunks = result.chunks
+    if chunks.packs_removed or chunks.packs_repacked:
+        click.echo(
+            f"chunk store: {len(chunks.packs_removed)} pack(s) {verb}, {len(chunks.packs_repacked)} repacked, "
+            f"{chunks.bytes_reclaimed} bytes {'to reclaim' if dry_run else 'reclaimed'} "
+            f"({chunks.chunks_removed} unused chunk(s); {chunks.chunks_live} still used)"
+        )
     if result.parts_kept_for_chains:
         click.echo(
             f"{len(result.parts_kept_for_chains)} part(s) of {'these' if dry_run else 'the removed'} bundles kept: "

@@ -21,6 +21,7 @@ from typing import Any
 
 from aibackup import clock
 from aibackup import keyring as keyslots
+from aibackup.chunks import ChunkIndex
 from aibackup.errors import AibackupError, IntegrityError, UsageError
 from aibackup.keyring import Keyring
 from aibackup.repository import Repository, iso
@@ -153,6 +154,9 @@ def retire(repo: Repository, dry_run: bool = False) -> Retired:
         for dataset in manifest.datasets:
             for part in dataset.all_parts():
                 used.add(keyring.for_bundle(bundle_of_part(part.path)).id)
+    # Chunk packs (model files) are listed by the chunk index, not by manifests.
+    for pack in {place.pack for place in ChunkIndex.load(repo).every()}:
+        used.add(keyring.for_bundle(bundle_of_part(pack)).id)
     unused = [g.id for g in keyring.generations if g.id not in used]
     if not unused or dry_run:
         return Retired(unused, 0)

@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aibackup import clock
+from aibackup.chunkprune import ChunkPruneResult, pack_files, prune_chunks
+from aibackup.chunks import is_pack
 from aibackup.errors import BundleNotFoundError, IntegrityError, ManifestVersionError, UsageError
 from aibackup.lock_files import CLOCK_SKEW
 from aibackup.manifests.model import BundleManifest
@@ -72,6 +74,8 @@ class PruneResult:
     notes: list[str] = field(default_factory=list)  # why parts were held back, what was left alone
     #: Parts written by removed bundles that stay: the chains of kept bundles still read them.
     parts_kept_for_chains: list[str] = field(default_factory=list)
+    #: The chunk store's prune (model files): packs removed and repacked (aibackup.chunkprune).
+    chunks: ChunkPruneResult = field(default_factory=ChunkPruneResult)
 
     def to_json(self) -> dict[str, object]:
         """The `prune --json` document."""
@@ -84,6 +88,7 @@ class PruneResult:
             "orphans_removed": list(self.orphans_removed),
             "orphans_waiting": list(self.orphans_waiting),
             "bytes_removed": self.bytes_removed,
+            "chunks": self.chunks.to_json(),
             "notes": list(self.notes),
         }
 
@@ -150,11 +155,14 @@ def run_prune(
     # A manifest committed since the scan (the lock should prevent it; never rely on that alone).
     unreadable = [d.bundle_id for d in bad]
     known = {m.bundle_id for m in good} | set(unreadable)
+    remaining = [m for m in good if m.bundle_id not in gone]
     for bundle_id in repo.bundle_ids():
         if bundle_id in known:
             continue
         try:
-            referenced |= {p.path for d in repo.load(bundle_id).datasets for p in d.all_parts()}
+            late = repo.load(bundle_id)
+            remaining.append(late)
+            referenced |= {p.path for d in late.datasets for p in d.all_parts()}
         except (IntegrityError, ManifestVersionError):
             unreadable.append(bundle_id)
         except BundleNotFoundError:
@@ -167,6 +175,10 @@ def run_prune(
     parts = sorted(p for p in freed if p in stored)
     missing = len(freed) - len(parts)
     orphans, waiting, foreign = _orphans(stored, referenced | freed, moment, grace)
+    chunks = ChunkPruneResult()
+    if not unreadable:  # the chunk store: reference counts over what remains (aibackup.chunkprune)
+        packs = pack_files({p: (f.size, f.modified) for p, f in stored.items()}, moment, grace)
+        chunks = prune_chunks(repo, remaining, packs, dry_run=dry_run, now=moment)
 
     notes: list[str] = []
     if missing:
@@ -191,7 +203,9 @@ def run_prune(
         dry_run=dry_run,
         notes=notes,
         parts_kept_for_chains=chained,
+        chunks=chunks,
     )
+    notes += chunks.notes
     if not dry_run:
         for path in parts + orphans:
             repo.storage.remove(path)
@@ -291,6 +305,8 @@ def _orphans(
     folders: dict[str, list[str]] = {}
     foreign: list[str] = []
     for path in stored:
+        if is_pack(path):
+            continue  # chunk packs: the chunk store's prune decides (aibackup.chunkprune)
         _, bundle_id, *rest = path.split("/")
         if rest and id_time(bundle_id) is not None:
             folders.setdefault(bundle_id, []).append(path)

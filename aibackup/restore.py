@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import time
 from collections import Counter
@@ -21,8 +22,9 @@ import pyarrow as pa
 
 from aibackup.bundle import BundleReader
 from aibackup.checks import prove
+from aibackup.chunks import ChunkReader
 from aibackup.connectors import layouts
-from aibackup.connectors.base import MODES, Connector, DatasetDescription, ImportPlan
+from aibackup.connectors.base import MODES, ChunkedConnector, Connector, DatasetDescription, ImportPlan
 from aibackup.connectors.registry import connector_class, open_connector, parse_location
 from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UsageError
 from aibackup.manifests.digest import DatasetDigest
@@ -121,11 +123,13 @@ def run_restore(
     check_options: CheckOptions | None = None,
     key_file: str | None = None,
     layout: str = "auto",
+    load_check: bool = False,
 ) -> RestoreResult:
     """Restore bundle `ref` (an id, a prefix or latest; `at`: the newest bundle up to that time) into
     `target_uri` and prove it. `layout` (vectors): auto writes each collection in the application layout
     recorded at backup (aibackup.connectors.layouts), raw in each connector's own mapping, langchain or
-    llamaindex in that framework's layout for the target."""
+    llamaindex in that framework's layout for the target. `load_check` (models): also open every restored
+    safetensors file with the safetensors library and compare each tensor's shape and dtype."""
     layouts.check_choice(layout)  # a bad flag is refused before anything is opened
     if mode not in MODES:
         raise UsageError(f"bad --mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -147,7 +151,8 @@ def run_restore(
                 f"collection {dataset.name!r} holds {dataset.kind}; {location.display()} holds "
                 f"{target_kind}: restore it into a {dataset.kind} target"
             )
-    with open_connector(target_uri, target=True, options={"secrets": key}) as connector:
+    options = {"secrets": key, "load_check": load_check}
+    with open_connector(target_uri, target=True, options=options) as connector, _chunks(repo, connector):
         source_kind = str(manifest.source.get("kind"))
         plans: list[tuple[DatasetManifest, ImportPlan]] = []
         applied: dict[str, layouts.Applied | None] = {}
@@ -193,6 +198,20 @@ def run_restore(
     return RestoreResult(
         bundle_id=manifest.bundle_id, target=target, datasets=results, validate_seconds=validate_seconds
     )
+
+
+@contextlib.contextmanager
+def _chunks(repo: Repository, connector: Connector) -> Iterator[None]:
+    """A target whose files travel as chunks (models) reads them from the repository's chunk store."""
+    if not isinstance(connector, ChunkedConnector):
+        yield
+        return
+    reader = ChunkReader(repo)
+    connector.use_chunks(reader)
+    try:
+        yield
+    finally:
+        reader.close()
 
 
 def _restore_one(

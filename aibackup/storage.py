@@ -75,8 +75,11 @@ class HashingWriter:
     the next ``write``, ``flush`` or ``close``. ``sha256`` and ``bytes`` are final once ``close`` returned.
     """
 
-    def __init__(self, raw: IO[bytes], on_close: Any = None, depth: int = 2, on_write: Any = None) -> None:
+    def __init__(
+        self, raw: IO[bytes], on_close: Any = None, depth: int = 2, on_write: Any = None, *, hashing: bool = True
+    ) -> None:
         self._raw = raw
+        self._hashing = hashing  # False: a chunk pack, whose every chunk is hashed on its own (aibackup.chunks)
         self._on_write = on_write  # called with `raw` after each chunk, in the background thread
         self._sha = hashlib.sha256()
         self.bytes = 0
@@ -94,7 +97,8 @@ class HashingWriter:
                 if chunk is None:
                     return
                 if self._error is None:  # after an error, keep consuming so that no writer blocks
-                    self._sha.update(chunk)
+                    if self._hashing:
+                        self._sha.update(chunk)
                     self._raw.write(chunk)
                     if self._on_write is not None:
                         self._on_write(self._raw)
@@ -378,8 +382,9 @@ class Storage:
                 os.unlink(tmp)
         _fsync_dir(folder)
 
-    def create(self, rel: str) -> HashingWriter:
-        """Open a new immutable object for streaming writes; fails if it exists.
+    def create(self, rel: str, *, hashing: bool = True) -> HashingWriter:
+        """Open a new immutable object for streaming writes; fails if it exists. Without `hashing` its sha256
+        is not computed (a chunk pack: every chunk in it is hashed on its own).
 
         Local files are fsynced on close. On S3 the object appears only when the upload completes.
         """
@@ -391,8 +396,8 @@ class Storage:
                     raw: IO[bytes] = open(path, "xb")  # noqa: SIM115 - owned by HashingWriter
                 except FileExistsError:
                     raise AlreadyExistsError(f"{path} already exists") from None
-                return HashingWriter(raw, on_close=_fsync_local, on_write=_write_back_local)
-            return HashingWriter(self.fs.open(path, "xb", block_size=64 * 1024 * 1024))
+                return HashingWriter(raw, on_close=_fsync_local, on_write=_write_back_local, hashing=hashing)
+            return HashingWriter(self.fs.open(path, "xb", block_size=64 * 1024 * 1024), hashing=hashing)
 
     def close_part(self, writer: HashingWriter, rel: str) -> None:
         """Complete a part written through :meth:`create` (flushes, uploads, fsyncs its folder).

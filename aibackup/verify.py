@@ -3,8 +3,9 @@
 Always: every manifest parses, its checksum and canonical bytes hold, it names itself, and every part it
 lists exists with the recorded size. With ``read_data``: every byte of every part is re-hashed (sha256),
 and the records are decoded and must give the manifest's row count and dataset digest (so a manifest
-that was rewritten with a valid checksum but other contents is caught too). Each damaged file is named in
-its own problem entry; nothing is modified.
+that was rewritten with a valid checksum but other contents is caught too). Model datasets: every chunk
+their files list is in the chunk store, and with ``read_data`` re-hashed (:mod:`aibackup.chunkcheck`).
+Each damaged file is named in its own problem entry; nothing is modified.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 
 from aibackup import reports
 from aibackup.bundle import BundleReader
+from aibackup.chunkcheck import ChunkCheck
+from aibackup.chunks import INDEX
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
@@ -96,6 +99,7 @@ def run_verify(
         if authenticated:
             repo.use_key(repo.key(key_file))
     reader = BundleReader(repo)
+    chunk_check = ChunkCheck(reader, read_data)
     ids = [repo.match_id(r) for r in refs] if refs else repo.bundle_ids()
     problems: list[Problem] = []
     parts = bytes_read = 0
@@ -123,6 +127,11 @@ def run_verify(
                 problem = _content_problem(reader, dataset)
                 if problem:
                     problems.append(Problem(bundle_id, repo.storage.display(repo.manifest_path(bundle_id)), problem))
+            if dataset.kind == "model" and not damaged:  # its files' bytes are chunks in the chunk store
+                problems += [Problem(bundle_id, where, why) for where, why in chunk_check.problems(dataset)]
+    chunk_check.close()
+    bytes_read += chunk_check.bytes_read
+    parts += len(chunk_check.packs)
     if not refs and repo.fully_encrypted:
         problems += _document_problems(repo)
     return VerifyResult(
@@ -131,7 +140,7 @@ def run_verify(
 
 
 #: The folders of documents besides manifests (each sealed and authenticated in an encrypted repository).
-DOCUMENT_FOLDERS = (reports.BACKUPS, reports.RESTORE_TESTS, reports.VERIFY, PINS)
+DOCUMENT_FOLDERS = (reports.BACKUPS, reports.RESTORE_TESTS, reports.VERIFY, PINS, INDEX)
 
 
 def _document_problems(repo: Repository) -> list[Problem]:

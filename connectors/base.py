@@ -132,6 +132,27 @@ class SecretBox(Protocol):
     def keyed_hash(self, data: bytes) -> str: ...
 
 
+class ChunkSink(Protocol):
+    """The repository's chunk store as a model connector sees it (the core provides it; a connector never
+    sees packs, keys or storage). ``seed`` seeds the chunker's gear table (0, or keyed in an encrypted
+    repository); ``chunk_id`` names a chunk (32 bytes: sha256, or keyed HMAC); ``put`` keeps a chunk the
+    repository lacks and says whether it was new (a restore's proof, reading a target back, stores
+    nothing); ``get`` gives a chunk's bytes back, checked against its id unless `check` is False (the
+    caller then proves the bytes otherwise: a file's sha256); IntegrityError naming it when it is missing
+    or damaged; ``size`` is a stored chunk's byte count, None for a chunk the store does not hold."""
+
+    @property
+    def seed(self) -> int: ...
+
+    def chunk_id(self, data: bytes | memoryview) -> bytes: ...
+
+    def put(self, chunk: bytes, data: bytes | memoryview) -> bool: ...
+
+    def get(self, chunk: bytes, *, check: bool = True) -> bytes: ...
+
+    def size(self, chunk: bytes) -> int | None: ...
+
+
 Transform = Callable[[pa.RecordBatch], pa.RecordBatch]
 
 
@@ -267,6 +288,17 @@ class Connector(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class ChunkedConnector(Connector):
+    """A store of files whose bytes travel as content-defined chunks (model artifacts): its records name
+    chunks, and the core hands it the repository's chunk store with :meth:`use_chunks` before ``export``
+    (a backup, or a restore's proof) or ``import_``."""
+
+    chunks: ChunkSink | None = None
+
+    def use_chunks(self, chunks: ChunkSink) -> None:
+        self.chunks = chunks
 
 
 class VectorConnector(Connector):

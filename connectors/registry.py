@@ -22,6 +22,8 @@ Accepted forms (a bare ``chroma``/``qdrant`` restore target means ``./aibackup-r
 ``lancedb:PATH``                           embedded LanceDB (``?id=COLUMN``: the record id column)
 ``milvus:PATH``                            Milvus Lite 3 (a local folder, ``*.db`` by convention)
 ``milvus+http://HOST:PORT``                a Milvus server (``milvus+https://``); token from ``MILVUS_TOKEN``
+``model:PATH``                             model artifacts: a folder (or one file) of weights, adapters,
+                                           tokenizers and configs; as a target, a folder
 ``chroma`` / ``qdrant`` / ``lancedb`` /    restore targets only: ``./aibackup-restore/<kind>``
 ``milvus``                                 (Milvus: ``./aibackup-restore/milvus/milvus.db``)
 =========================================  ========================================================
@@ -49,6 +51,7 @@ CONNECTORS = {
     "pgvector": "aibackup.connectors.pgvector.connector:PgvectorConnector",
     "lancedb": "aibackup.connectors.lancedb.connector:LanceDBConnector",
     "milvus": "aibackup.connectors.milvus.connector:MilvusConnector",
+    "model": "aibackup.connectors.model.connector:ModelConnector",
 }
 #: kind -> the transports it accepts after "+": servers speak http(s); conversations also live in SQLite.
 TRANSPORTS = {
@@ -83,7 +86,7 @@ DEFAULT_RESTORE_ROOT = "aibackup-restore"
 KNOWN_FORMS = (
     "chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT, pgvector://HOST/DB, "
     "lancedb:PATH, milvus:PATH, milvus+http://HOST:PORT, conversations:PATH, conversations+sqlite:PATH?table=T, "
-    "conversations+postgresql://HOST/DB?table=T, finetune:PATH, config:PATH"
+    "conversations+postgresql://HOST/DB?table=T, finetune:PATH, config:PATH, model:PATH"
 )
 
 

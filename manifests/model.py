@@ -33,8 +33,10 @@ from aibackup.manifests.fields import DISTANCES, ManifestError
 FORMAT = "aibackup-bundle"
 #: The newest format this version reads and writes. Version 2 (0.4.0) adds chained datasets (``chain`` with
 #: more than one link: aibackup.manifests.chain), which an older reader must not take for a full dataset; a
-#: manifest without one is still written as version 1, readable by 0.3.x.
-FORMAT_VERSION = 2
+#: manifest without one is still written as version 1, readable by 0.3.x. Version 3 (0.7.0) adds model
+#: datasets, whose bytes live in the repository's chunk store (aibackup.chunks): an older reader must refuse
+#: them, and while it cannot read a manifest its prune removes no part at all (so never a chunk pack).
+FORMAT_VERSION = 3
 #: The MAC an encrypted repository's manifests carry, and the context string it is computed after.
 MAC_ALGORITHM = "hmac-sha256"
 MAC_CONTEXT = b"aibackup-manifest-authentication-v1\x00"
@@ -351,14 +353,21 @@ class BundleManifest:
     source: Mapping[str, Any]  # {"kind": "chroma", "uri": "chroma:/abs/path"} (credentials redacted)
     datasets: tuple[DatasetManifest, ...]
     parent: str | None = None
-    #: Left out (None): the oldest version that holds these datasets, 2 with a chained dataset, else 1.
+    #: Left out (None): the oldest version that holds these datasets: 3 with a model dataset, 2 with a chained
+    #: dataset, else 1.
     format_version: int = None  # type: ignore[assignment]  # always an int after __post_init__
     #: HMAC-SHA256 (hex) of :meth:`signed_bytes` under an encrypted repository's key; None elsewhere.
     authentication: str | None = None
 
     def __post_init__(self) -> None:
         if self.format_version is None:
-            needed = 2 if any(d.chained for d in self.datasets) else 1
+            needed = (
+                3
+                if any(d.kind == "model" for d in self.datasets)
+                else 2
+                if any(d.chained for d in self.datasets)
+                else 1
+            )
             object.__setattr__(self, "format_version", needed)
 
     def signed_bytes(self) -> bytes:
@@ -439,6 +448,8 @@ class BundleManifest:
         )
         if version < 2 and any(d.chained for d in parsed):
             raise ManifestError(f"{where}: a chained dataset needs format_version 2, the manifest says {version}")
+        if version < 3 and any(d.kind == "model" for d in parsed):
+            raise ManifestError(f"{where}: a model dataset needs format_version 3, the manifest says {version}")
         names = [d.name for d in parsed]
         if len(set(names)) != len(names):
             raise ManifestError(f"{where}: duplicate dataset names")

@@ -1,4 +1,4 @@
-"""Canonical Arrow schemas of the record kinds that are not vectors: conversations, finetune, config.
+"""Canonical Arrow schemas of the record kinds that are not vectors: conversations, finetune, config, model.
 
 Every schema starts with ``id`` (string, not null, unique within the dataset): the record's stable name,
 which the restore checks match records by. Record digests (:mod:`aibackup.manifests.digest`) cover every column.
@@ -27,6 +27,15 @@ config — one row per file (or symlink) under a configuration folder
     are); ``sha256`` always names its hash: ``sha256:<hex>`` of the bytes a restore writes (for a
     symlink, of its target text), or for a file holding sealed secrets ``hmac-sha256:<hex>`` keyed by the
     repository key (a plain hash would let weak secrets be guessed offline).
+
+model — one row per file (or symlink) under a model folder; the bytes live in the repository's chunk store
+    ``id`` and ``path`` the '/'-separated relative path; ``type`` "file" | "symlink"; ``mode`` permission
+    bits; ``size`` the file's bytes (0 for a symlink); ``sha256`` ``sha256:<hex>`` of the file's bytes (the
+    same as a Hugging Face LFS object id; for a symlink, of its target text); ``link`` a symlink's target;
+    ``chunks`` the ids of the file's content-defined chunks in file order, 32 bytes each, concatenated
+    (null for a symlink; a chunk's id is the sha256 of its bytes, or in an encrypted repository their
+    HMAC-SHA256 under a key derived from the repository key); ``format`` canonical JSON of what the file
+    is (``{"format", "valid", "problem", "summary"}``: safetensors, GGUF, ...; null for a symlink).
 """
 
 from __future__ import annotations
@@ -83,4 +92,18 @@ CONFIG = pa.schema(
     ]
 )
 
-SCHEMAS = {"conversations": CONVERSATIONS, "finetune": FINETUNE, "config": CONFIG}
+MODEL = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("type", pa.string(), nullable=False),
+        pa.field("mode", pa.int64(), nullable=False),
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),
+        pa.field("link", pa.string()),
+        pa.field("chunks", pa.binary()),
+        pa.field("format", pa.string()),
+    ]
+)
+
+SCHEMAS = {"conversations": CONVERSATIONS, "finetune": FINETUNE, "config": CONFIG, "model": MODEL}

@@ -37,7 +37,7 @@ import json
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +46,8 @@ import pyarrow as pa
 from aibackup.connectors.base import Connector, DatasetDescription, ExportState, ImportPlan, Location, SecretBox
 from aibackup.connectors.files import reuse
 from aibackup.connectors.files.configfiles_restore import ConfigRestore, examples, secrets_aad
-from aibackup.connectors.files.lines import refuse_unrestorable
 from aibackup.connectors.files.secrets import PLACEHOLDER, Span, find_secrets, line_of
+from aibackup.connectors.files.walk import Entry, Listing, walk
 from aibackup.errors import (
     ConfigError,
     DatasetNotFoundError,
@@ -74,20 +74,6 @@ def _splice(data: bytes, spans: Sequence[Span], insert: bytes | None) -> bytes:
             out += insert
         pos = span.end
     return bytes(out + data[pos:])
-
-
-@dataclass(frozen=True)
-class _Entry:
-    rel: str
-    path: str
-    st: os.stat_result
-
-
-@dataclass
-class _Listing:
-    entries: list[_Entry] = field(default_factory=list)
-    special: list[str] = field(default_factory=list)
-    empty_dirs: list[str] = field(default_factory=list)
 
 
 class ConfigConnector(Connector):
@@ -169,48 +155,15 @@ class ConfigConnector(Connector):
     def _show(self, rel: str) -> str:
         return rel if self._single else f"{self._name}/{rel}"
 
-    def _list(self) -> _Listing:
-        """Files and symlinks under the root, sorted, symlinks not followed (an explicit stack: no depth limit)."""
-        listing = _Listing()
-        if self._single:
-            listing.entries.append(_Entry(self.root.name, str(self.root), os.lstat(self.root)))
-            return listing
-        if not self.root.is_dir():
-            return listing
-        stack: list[tuple[str, str]] = [(str(self.root), "")]
-        while stack:
-            folder, prefix = stack.pop()
-            try:
-                with os.scandir(folder) as it:
-                    items = sorted(it, key=lambda e: e.name)
-            except OSError as exc:
-                where = self._show(prefix.rstrip("/")) if prefix else self.root
-                raise SourceDataError(f"cannot read the folder {where}: {exc.strerror}") from None
-            if not items and prefix:
-                listing.empty_dirs.append(prefix.rstrip("/"))
-            subdirs = []
-            for item in items:
-                rel = prefix + item.name
-                refuse_unrestorable(rel, self._show(rel))
-                try:
-                    st = item.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed while the backup walked past it: not part of this snapshot
-                if any(os.path.abspath(item.path) == os.path.abspath(e) for e in self.options.get("exclude", ())):
-                    continue  # the repository itself, inside the source folder: never back it up into itself
-                if stat.S_ISDIR(st.st_mode):
-                    subdirs.append((item.path, rel + "/"))
-                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
-                    listing.entries.append(_Entry(rel, item.path, st))
-                else:
-                    listing.special.append(rel)
-            stack.extend(reversed(subdirs))
-        listing.entries.sort(key=lambda e: e.rel)
+    def _list(self) -> Listing:
+        """Files and symlinks under the root, sorted, symlinks not followed (only the restored paths for the
+        proof of a restore)."""
+        listing = walk(self.root, single=self._single, show=self._show, exclude=self.options.get("exclude", ()))
         if self._scope is not None:
             listing.entries = [e for e in listing.entries if e.rel in self._scope]
         return listing
 
-    def _read(self, entry: _Entry) -> bytes:
+    def _read(self, entry: Entry) -> bytes:
         if entry.st.st_size > MAX_FILE_BYTES:
             raise SourceDataError(
                 f"{self._show(entry.rel)}: {entry.st.st_size} bytes is too large for a configuration file "
@@ -225,7 +178,7 @@ class ConfigConnector(Connector):
                 raise SourceDataError(f"{self._show(entry.rel)} changed while it was being backed up")
             return f.read()
 
-    def _refuse_secrets(self, listing: _Listing) -> None:
+    def _refuse_secrets(self, listing: Listing) -> None:
         found: list[tuple[str, int, Span]] = []
         for entry in listing.entries:
             if stat.S_ISREG(entry.st.st_mode):
@@ -241,7 +194,7 @@ class ConfigConnector(Connector):
                 f"encrypted repository (aibackup init --encrypt and AIBACKUP_KEY) or pass --redact-secrets{more}"
             )
 
-    def _batches(self, name: str, listing: _Listing, policy: str, leave: Mapping[str, str]) -> Iterator[pa.RecordBatch]:
+    def _batches(self, name: str, listing: Listing, policy: str, leave: Mapping[str, str]) -> Iterator[pa.RecordBatch]:
         """The records of `listing`, but those of `leave` (path -> the identity they must still have)."""
         rows: list[dict[str, Any]] = []
         identities: dict[str, str] = {}
@@ -289,7 +242,7 @@ class ConfigConnector(Connector):
         config |= {"secret_files": sealed, "redacted_files": redacted}
         self._states[name] = ExportState(state={"files": identities}, config=config, notes=tuple(notes))
 
-    def _row(self, entry: _Entry, policy: str) -> tuple[dict[str, Any], int]:
+    def _row(self, entry: Entry, policy: str) -> tuple[dict[str, Any], int]:
         """The record of one entry, and how many secret values this export replaced by placeholders."""
         mode = entry.st.st_mode & 0o7777
         row: dict[str, Any] = {"id": entry.rel, "path": entry.rel, "mode": mode, "secrets": None, "redacted": 0}

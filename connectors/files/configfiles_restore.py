@@ -21,7 +21,7 @@ by ``sha256``; ``extra_checks`` re-reads every written file and compares its has
 Structure: :class:`SafeFolder` owns every file-system access of the write and the re-read (descriptor
 walking with O_NOFOLLOW, temp-file writes, re-reads); :class:`ConfigRestore` runs the four restore steps
 (plan, validation, import, checks) that :class:`aibackup.connectors.files.configfiles.ConfigConnector` delegates to; the
-private ``_Checker`` holds the per-record checks shared by validation and import.
+``PathChecker`` holds the per-record checks shared by validation and import.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import os
 import secrets as random
 import stat
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,10 +143,21 @@ class SafeFolder:
             fd = nfd
         return fd
 
-    def write(self, root_fd: int, rel: str, data: bytes, mode: int, plan_mode: str, link: str | None) -> None:
-        """Write `rel` (a file holding `data`, or a symlink to `link`): temp entry in the same folder (mode
-        set, fsynced), renamed over `rel`, folder fsynced. In ``create`` mode a `rel` that appeared since
-        the checks raises TargetNotEmptyError and the temp entry is removed."""
+    def write(
+        self,
+        root_fd: int,
+        rel: str,
+        data: bytes | Iterable[bytes],
+        mode: int,
+        plan_mode: str,
+        link: str | None,
+        before_rename: Callable[[], None] | None = None,
+    ) -> None:
+        """Write `rel` (a file holding `data`, given whole or as pieces in order, or a symlink to `link`):
+        temp entry in the same folder (mode set, fsynced), renamed over `rel`, folder fsynced. In ``create``
+        mode a `rel` that appeared since the checks raises TargetNotEmptyError and the temp entry is removed.
+        `before_rename` runs once the bytes are durable and may raise to keep `rel` as it was (a streamed
+        file whose hash turned out wrong)."""
         dfd = self.parent_fd(root_fd, rel, create=True)
         name, tmp = rel.rsplit("/", 1)[-1], f"{TMP_PREFIX}{random.token_hex(6)}.tmp"
         try:
@@ -159,14 +170,20 @@ class SafeFolder:
                     tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd
                 )
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    for piece in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
+                        view = memoryview(piece)
+                        while view:
+                            view = view[os.write(fd, view) :]
                     os.fchmod(fd, mode)
                     os.fsync(fd)
-                finally:
+                except BaseException:
                     os.close(fd)
+                    os.unlink(tmp, dir_fd=dfd)
+                    raise
+                os.close(fd)
             try:
+                if before_rename is not None:
+                    before_rename()
                 if plan_mode == "create":
                     with contextlib.suppress(FileNotFoundError):
                         os.lstat(name, dir_fd=dfd)
@@ -252,7 +269,7 @@ class ConfigRestore:
     def validate(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """Every check of `write` (paths, DIR's existing entries, symlink targets, opening sealed values and
         the hash of every rebuilt file), writing nothing. Returns the rows checked."""
-        check = _Checker(self.root, self.box, plan)
+        check = PathChecker(self.root, self.box, plan)
         rows = 0
         for batch in batches:
             for row in batch.to_pylist():
@@ -265,7 +282,7 @@ class ConfigRestore:
         """Write the files (then the symlinks, once every target is known to stay inside DIR); nothing else in
         DIR is touched. Returns the records written and the paths restored."""
         state: RestoreState = plan.extra["state"]
-        check = _Checker(self.root, self.box, plan)
+        check = PathChecker(self.root, self.box, plan)
         links: list[tuple[str, str, int]] = []
         written = 0
         try:
@@ -329,7 +346,7 @@ class ConfigRestore:
         return [("files", True, detail)]
 
 
-class _Checker:
+class PathChecker:
     """The per-record checks shared by validation and import (see the module docstring)."""
 
     def __init__(self, root: Path, box: SecretBox | None, plan: ImportPlan) -> None:
@@ -347,6 +364,27 @@ class _Checker:
     def row(self, row: Mapping[str, Any]) -> bytes:
         """Check one record; returns the bytes its file will hold (b"" for a symlink)."""
         path = row["path"]
+        if row["type"] == "symlink":
+            link = row["link"]
+            valid = bool(link) and row["content"] is None and hash_matches(str(link).encode(), row["sha256"], None)
+            self.place(row, valid_link=valid)
+            return b""
+        self.place(row)
+        if row["content"] is None:
+            raise self.refuse(path, "a file without content")
+        data = self.rebuild(path, row["content"], row["secrets"])
+        if not hash_matches(data, row["sha256"], self.box):
+            raise IntegrityError(
+                f"{path!r}: the rebuilt file does not match its {row['sha256'].partition(':')[0] or 'hash'} in the "
+                "manifest (damaged bundle or another repository's key); nothing was written"
+            )
+        return data
+
+    def place(self, row: Mapping[str, Any], *, valid_link: bool = True) -> None:
+        """The checks of one file or symlink record that hold for any folder target: a safe path equal to its
+        id, once; no file of the bundle above it; a valid mode; what DIR holds along the path; a symlink with
+        a target (`valid_link`: its other fields agree), remembered for :meth:`finish`."""
+        path = row["path"]
         why = _unsafe(path)
         if why:
             raise self.refuse(path, f"{why} (it would be written outside the target folder)")
@@ -363,27 +401,14 @@ class _Checker:
         mode = row["mode"]
         if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise self.refuse(path, f"bad mode {mode!r}")
+        if row["type"] not in ("file", "symlink"):
+            raise self.refuse(path, f"type {row['type']!r} (this aibackup knows files and symlinks)")
         self.existing(path, parents, row["type"])
         if row["type"] == "symlink":
             link = row["link"]
-            if (
-                not link
-                or "\x00" in link
-                or row["content"] is not None
-                or not hash_matches(link.encode(), row["sha256"], None)
-            ):
+            if not link or "\x00" in link or not valid_link:
                 raise self.refuse(path, "a symlink without a target, with content, or not matching its sha256")
             self.links[path] = link
-            return b""
-        if row["type"] != "file" or row["content"] is None:
-            raise self.refuse(path, f"type {row['type']!r} without content (this aibackup knows files and symlinks)")
-        data = self.rebuild(path, row["content"], row["secrets"])
-        if not hash_matches(data, row["sha256"], self.box):
-            raise IntegrityError(
-                f"{path!r}: the rebuilt file does not match its {row['sha256'].partition(':')[0] or 'hash'} in the "
-                "manifest (damaged bundle or another repository's key); nothing was written"
-            )
-        return data
 
     def existing(self, path: str, parents: list[str], kind: str) -> None:
         """What DIR already holds along `path`: folders only, never a symlink, on the way."""

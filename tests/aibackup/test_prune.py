@@ -165,6 +165,14 @@ def test_bytes_removed_and_json(tmp_path: Path) -> None:
         "orphans_removed": [],
         "orphans_waiting": [],
         "bytes_removed": sum(sizes.values()),
+        "chunks": {
+            "packs_removed": [],
+            "packs_repacked": [],
+            "packs_written": [],
+            "bytes_reclaimed": 0,
+            "chunks_live": 0,
+            "chunks_removed": 0,
+        },
         "notes": [],
     }
 

@@ -1,0 +1,85 @@
+"""Verifying the chunks a model dataset needs (``verify``; the packs are in the chunk store, not in a
+manifest's part list: :mod:`aibackup.chunks`).
+
+Always: every chunk a file of the dataset lists is in the repository's chunk index, and its pack exists.
+With ``read_data``: every chunk is read and re-hashed against its id (each chunk once per run, however many
+bundles share it). A damaged chunk is reported with its pack, the files it belongs to and, for a
+safetensors or GGUF file, the tensors whose bytes it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aibackup.bundle import BundleReader
+from aibackup.chunks import ChunkIndex, ChunkReader
+from aibackup.connectors.model.restore import chunk_ids, damaged_chunks
+from aibackup.errors import IntegrityError
+from aibackup.manifests.model import DatasetManifest
+
+
+@dataclass
+class ChunkCheck:
+    """One verify run's view of the chunk store: what was checked, with results shared across bundles."""
+
+    reader: BundleReader
+    read_data: bool
+    _chunks: ChunkReader | None = None
+    packs: dict[str, bool] = field(default_factory=dict)  # pack -> exists
+    verdicts: dict[bytes, str | None] = field(default_factory=dict)  # chunk -> problem (None: sound)
+    bytes_read: int = 0
+
+    @property
+    def chunks(self) -> ChunkReader:
+        if self._chunks is None:
+            self._chunks = ChunkReader(self.reader.repo, ChunkIndex.load(self.reader.repo))
+        return self._chunks
+
+    def problems(self, dataset: DatasetManifest) -> list[tuple[str, str]]:
+        """(where, problem) for each missing or damaged chunk of `dataset`'s files."""
+        found: list[tuple[str, str]] = []
+        storage = self.reader.repo.storage
+        try:
+            for batch in self.reader.batches(dataset, columns=None):
+                for row in batch.to_pylist():
+                    if row["type"] != "file":
+                        continue
+                    bad: set[bytes] = set()
+                    for chunk in chunk_ids(row):
+                        problem = self._verdict(chunk)
+                        if problem is not None:
+                            bad.add(chunk)
+                    for chunk, where in damaged_chunks(row, self.chunks, bad) if bad else ():
+                        place = self.chunks.index.get(chunk)
+                        pack = storage.display(place.pack) if place is not None else "chunk index"
+                        found.append((pack, f"{self.verdicts[chunk]}{where}"))
+        except IntegrityError as exc:
+            found.append(("", str(exc)))
+        return found
+
+    def _verdict(self, chunk: bytes) -> str | None:
+        if chunk in self.verdicts:
+            return self.verdicts[chunk]
+        place = self.chunks.index.get(chunk)
+        problem: str | None = None
+        if place is None:
+            problem = f"chunk {chunk.hex()[:16]}… is in no pack of the chunk index"
+        elif not self._pack_exists(place.pack):
+            problem = f"missing chunk pack {self.reader.repo.storage.display(place.pack)}"
+        elif self.read_data:
+            try:
+                self.chunks.get(chunk, check=True)
+                self.bytes_read += place.stored
+            except IntegrityError as exc:
+                problem = str(exc)
+        self.verdicts[chunk] = problem
+        return problem
+
+    def _pack_exists(self, pack: str) -> bool:
+        if pack not in self.packs:
+            self.packs[pack] = self.reader.repo.storage.exists(pack)
+        return self.packs[pack]
+
+    def close(self) -> None:
+        if self._chunks is not None:
+            self._chunks.close()

@@ -1,0 +1,224 @@
+"""Prune of the chunk store (:mod:`aibackup.chunks`): chunks are reference-counted over the bundles that
+remain, packs nothing needs are removed, packs mostly unneeded are repacked.
+
+Run by :func:`aibackup.prune.run_prune` once the removed bundles' manifests are gone (under the prune lock,
+which no backup holds at the same time). In this order, restic's:
+
+1. **Decide.** The live chunks are those the files of every remaining model dataset list (its file table
+   parts are read; one that cannot be read holds every pack: nothing of the chunk store is removed). Each
+   indexed pack is *dead* (no live chunk), *sparse* (more than :data:`REPACK_UNUSED` of its stored bytes
+   unused: repacked) or kept. A pack no index lists is a crashed backup's, removed like any orphan part;
+   a pack whose folder showed a sign of life within the grace period is never touched (a backup still
+   writing, or one whose manifest is about to be committed).
+2. **Repack.** The live chunks of sparse packs are read (each checked against its id: a damaged chunk is
+   not copied, its pack is kept and the notes say so) and written into new packs of a new writer id.
+3. **Publish** one new index file listing every kept and new pack's chunks, then remove the old index files:
+   every live chunk is findable at every moment (before: through the old index; after: the new one).
+4. **Remove** dead, repacked and orphan packs.
+
+``dry_run`` decides exactly the same and changes nothing; ``bytes_reclaimed`` is what removal and repacking
+free (a repack's new packs are counted against it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from aibackup.bundle import BundleReader
+from aibackup.chunks import INDEX, ChunkReader, PackWriter, Stored, index_bytes, is_pack, new_writer_id, read_index
+from aibackup.connectors.model.restore import chunk_ids
+from aibackup.errors import AibackupError, IntegrityError
+from aibackup.manifests.model import BundleManifest
+from aibackup.repository import Repository, id_time
+
+#: A pack is repacked when more than this share of its stored bytes holds chunks no bundle needs.
+REPACK_UNUSED = 0.5
+
+
+@dataclass
+class ChunkPruneResult:
+    """What the chunk store's prune removed, repacked and published (or would, in a dry run)."""
+
+    packs_removed: list[str] = field(default_factory=list)
+    packs_repacked: list[str] = field(default_factory=list)
+    packs_written: list[str] = field(default_factory=list)
+    bytes_reclaimed: int = 0
+    chunks_live: int = 0
+    chunks_removed: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "packs_removed": list(self.packs_removed),
+            "packs_repacked": list(self.packs_repacked),
+            "packs_written": list(self.packs_written),
+            "bytes_reclaimed": self.bytes_reclaimed,
+            "chunks_live": self.chunks_live,
+            "chunks_removed": self.chunks_removed,
+        }
+
+
+@dataclass(frozen=True)
+class PackFile:
+    """A pack as the storage lists it: size and the latest sign of life of its folder (None: unknown)."""
+
+    size: int
+    young: bool
+
+
+def live_chunks(repo: Repository, manifests: Iterable[BundleManifest]) -> set[bytes]:
+    """Every chunk the model datasets of `manifests` list. IntegrityError when a file table cannot be read."""
+    reader = BundleReader(repo)
+    live: set[bytes] = set()
+    for manifest in manifests:
+        for dataset in manifest.datasets:
+            if dataset.kind != "model":
+                continue
+            for batch in reader.batches(dataset, columns=["chunks"]):
+                for data in batch.column(0).to_pylist():
+                    if data:
+                        live.update(chunk_ids({"chunks": data}))
+    return live
+
+
+def prune_chunks(
+    repo: Repository,
+    remaining: Iterable[BundleManifest],
+    packs: Mapping[str, PackFile],
+    *,
+    dry_run: bool,
+    now: dt.datetime,
+) -> ChunkPruneResult:
+    """Reference-count the chunk store against the `remaining` bundles and remove or repack what they do not
+    need (see the module docstring). `packs`: every pack file stored, with its size and youth."""
+    result = ChunkPruneResult()
+    try:
+        live = live_chunks(repo, remaining)
+    except AibackupError as exc:
+        result.notes.append(f"chunk store left as it is: a model bundle's file list cannot be read ({exc})")
+        return result
+    files = [f"{INDEX}/{name}" for name in repo.storage.list_names(INDEX) if name.endswith(".parquet")]
+    entries: list[tuple[bytes, Stored]] = []
+    for rel in files:
+        entries += read_index(repo.storage.read_bytes(rel), repo.storage.display(rel))
+
+    # The place each live chunk is read from: the first entry whose pack exists (a chunk found twice is
+    # stored twice; the other copy is unused).
+    home: dict[bytes, Stored] = {}
+    for chunk, place in entries:
+        if chunk in live and chunk not in home and place.pack in packs:
+            home[chunk] = place
+    missing = live - home.keys()
+    if missing:
+        result.notes.append(
+            f"chunk store left as it is: {len(missing)} chunk(s) that bundles need are in no stored pack "
+            "(run `aibackup verify`)"
+        )
+        return result
+    used: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for chunk, place in entries:
+        total[place.pack] = total.get(place.pack, 0) + place.stored
+        if home.get(chunk) == place:
+            used[place.pack] = used.get(place.pack, 0) + place.stored
+    indexed = set(total)
+    dead = sorted(p for p in indexed if p in packs and not used.get(p) and not packs[p].young)
+    sparse = sorted(
+        p
+        for p in indexed
+        if p in packs and used.get(p) and not packs[p].young and total[p] - used[p] > REPACK_UNUSED * total[p]
+    )
+    orphans = sorted(p for p in packs if p not in indexed and not packs[p].young)
+    result.chunks_live = len(home)
+    result.chunks_removed = sum(1 for c, p in entries if p.pack in dead or (p.pack in sparse and home.get(c) != p))
+    result.bytes_reclaimed = sum(packs[p].size for p in dead + orphans) + sum(packs[p].size - used[p] for p in sparse)
+    if not (dead or sparse or orphans) and len(files) <= 1:
+        return result
+    result.packs_removed = dead + orphans
+    result.packs_repacked = sparse
+    if dry_run:
+        return result
+
+    gone = set(dead) | set(orphans)
+    moved: list[tuple[bytes, Stored]] = []
+    if sparse:
+        writer_id = new_writer_id(repo)
+        writer = PackWriter(repo, writer_id)
+        chunks = ChunkReader(repo)
+        held: dict[str, list[bytes]] = {}
+        for chunk, place in home.items():
+            held.setdefault(place.pack, []).append(chunk)
+        try:
+            for pack in sparse:
+                keep_pack = False
+                for chunk in held.get(pack, []):
+                    try:
+                        data = chunks.get(chunk, check=True)
+                    except IntegrityError as exc:
+                        result.notes.append(f"pack {pack} kept: a chunk it holds cannot be copied ({exc})")
+                        keep_pack = True
+                        break
+                    writer.add(chunk, data)
+                if keep_pack:
+                    continue
+                gone.add(pack)
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            for path in writer.packs:
+                with contextlib.suppress(Exception):
+                    repo.storage.remove(path)
+            raise
+        finally:
+            chunks.close()
+        moved = writer.entries
+        result.packs_written = list(writer.packs)
+        result.packs_repacked = [p for p in sparse if p in gone]
+        result.bytes_reclaimed -= writer.stored_bytes
+    kept = [(c, p) for c, p in entries if p.pack not in gone]
+    new_index = f"{INDEX}/{new_writer_id(repo)}.parquet"
+    repo.storage.write_exclusive(new_index, index_bytes(_unique(moved + kept)))
+    for rel in files:
+        repo.storage.remove(rel)
+    for pack in sorted(gone):
+        repo.storage.remove(pack)
+    result.packs_removed = sorted(gone - set(sparse))
+    return result
+
+
+def _unique(entries: list[tuple[bytes, Stored]]) -> list[tuple[bytes, Stored]]:
+    """`entries` without repeats of one (chunk, place)."""
+    seen: set[tuple[bytes, Stored]] = set()
+    out = []
+    for entry in entries:
+        if entry not in seen:
+            seen.add(entry)
+            out.append(entry)
+    return out
+
+
+def pack_files(
+    stored: Mapping[str, tuple[int, dt.datetime | None]], now: dt.datetime, grace: dt.timedelta
+) -> dict[str, PackFile]:
+    """The packs among `stored` (every file under data/: size, modification time), each young when its
+    folder's writer id or any of its files is within `grace` of `now` (or a time is unknown)."""
+    folders: dict[str, list[dt.datetime | None]] = {}
+    for path, (_, modified) in stored.items():
+        folders.setdefault(path.split("/")[1], []).append(modified)
+    packs: dict[str, PackFile] = {}
+    for path, (size, _) in stored.items():
+        if not is_pack(path):
+            continue
+        writer = path.split("/")[1]
+        times = folders[writer]
+        started = id_time(writer)
+        young = started is None or any(t is None for t in times)
+        if not young:
+            assert started is not None
+            latest = max([started, *[t for t in times if t is not None]])
+            young = now - latest < grace
+        packs[path] = PackFile(size, young)
+    return packs

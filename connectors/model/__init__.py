@@ -1,0 +1,1 @@
+"""Model artifacts: weights, adapters and their configs (model:PATH)."""
