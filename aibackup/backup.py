@@ -293,12 +293,11 @@ def run_backup(
                             unchained = "the source could not continue from the previous bundle (see the notes)"
                         reason = None if dataset.extends else unchained
                         outcomes[description.name] = Outcome.of(dataset, bundle_id, reason)
-                    if store is not None and description.kind == "model":
-                        stored = {**dataset.config, "stored": store.stats.to_json(), "chunk_ids": store.ids.algorithm}
-                        dataset = replace(dataset, config=stored)
-                        new_bytes = outcomes[description.name].new_bytes + store.stats.new_bytes
-                        outcomes[description.name] = replace(outcomes[description.name], new_bytes=new_bytes)
                     datasets.append(dataset)
+                if store is not None:  # packs, then their index, then (below) the manifest
+                    store.publish()
+                    store.check_referenced()
+                    datasets = [_with_chunk_stats(d, store, outcomes) if d.kind == "model" else d for d in datasets]
                 # The source is done with: close it before the baselines' exact passes, which read the
                 # parts just written (an embedded store's threads and memory would compete with them).
                 connector.close()
@@ -316,9 +315,6 @@ def run_backup(
                 datasets=tuple(datasets),
                 parent=parent,
             )
-            if store is not None:  # packs, then their index, then (below) the manifest
-                store.publish()
-                store.check_referenced()
             if lock.lost:  # a run that lost its lock may no longer be alone: publish nothing
                 raise LockedError(
                     f"the lock of this backup of {source['uri']} was taken over while it ran (stale heartbeat?); "
@@ -343,6 +339,15 @@ def run_backup(
             raise
         lock.release()
     return BackupResult(manifest, created, time.perf_counter() - timer, tuple(notes), outcomes)
+
+
+def _with_chunk_stats(dataset: DatasetManifest, store: ChunkStore, outcomes: dict[str, Outcome]) -> DatasetManifest:
+    """A model dataset with what the chunk store did for it (``config.stored``); its outcome counts the new
+    packs' bytes. (A model source has one dataset: the store's figures are its.)"""
+    config = {**dataset.config, "stored": store.stats.to_json(), "chunk_ids": store.ids.algorithm}
+    outcome = outcomes[dataset.name]
+    outcomes[dataset.name] = replace(outcome, new_bytes=outcome.new_bytes + store.stats.new_bytes)
+    return replace(dataset, config=config)
 
 
 @dataclass

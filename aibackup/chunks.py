@@ -35,6 +35,7 @@ import contextlib
 import hashlib
 import hmac
 import io
+import queue
 import secrets
 import threading
 from collections import OrderedDict
@@ -178,7 +179,8 @@ def read_index(raw: bytes, where: str) -> list[tuple[bytes, Stored]]:
         cols = [table.column(n).to_pylist() for n in INDEX_SCHEMA.names]
     except pa.ArrowException as exc:
         raise IntegrityError(f"damaged chunk index {where}: {first_line(exc)}") from None
-    return [(c, Stored(p, r, s, t)) for c, p, r, s, t in zip(*cols, strict=True)]
+    packs: dict[str, str] = {}  # one string per pack, not one per chunk (an index holds millions of rows)
+    return [(c, Stored(packs.setdefault(p, p), r, s, t)) for c, p, r, s, t in zip(*cols, strict=True)]
 
 
 def index_bytes(entries: Iterable[tuple[bytes, Stored]]) -> bytes:
@@ -217,56 +219,73 @@ def decompress(data: bytes, size: int) -> bytes:
 
 class PackWriter:
     """Writes chunks into packs under ``data/<writer_id>/packs/``, one row group per chunk, rolling at
-    :data:`PACK_BYTES`. Compression runs in a worker thread (zstd releases the GIL) one chunk ahead of
-    the Parquet encoding, which hands its pages to the part writer's own thread."""
+    :data:`PACK_BYTES`. Compressing and encoding run in a thread of their own, a few chunks behind the
+    caller (zstd and pyarrow release the GIL), which hands its pages to the part writer's own thread: the
+    caller keeps reading, cutting and hashing meanwhile. An error of the thread is raised by the next
+    :meth:`add` or by :meth:`finish`."""
+
+    QUEUE = 4  # chunks waiting (at most 4 MiB each)
 
     def __init__(self, repo: Repository, writer_id: str) -> None:
         self.repo = repo
         self.writer_id = writer_id
         self.packs: list[str] = []  # every pack created (finished or not), for discard
-        self.entries: list[tuple[bytes, Stored]] = []
+        self.entries: list[tuple[bytes, Stored]] = []  # complete once finish() returned
         self.stored_bytes = 0
         self.raw_bytes = 0
         self._writer: pq.ParquetWriter | None = None
         self._file: HashingWriter | None = None
-        self._stream: pa.NativeFile | None = None
         self._rows = 0
         self._pack_bytes = 0
-        self._lock = threading.Lock()
+        self._queue: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize=self.QUEUE)
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
-    def add(self, chunk: bytes, data: bytes) -> Stored:
-        """Write one chunk (its bytes compressed here when that pays); returns where it now is."""
+    def add(self, chunk: bytes, data: bytes) -> None:
+        """Queue one chunk to be written (compressed there when that pays)."""
+        if self._error is not None:
+            raise self._error
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="aibackup-pack-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((chunk, data))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if self._error is None:  # after an error, keep consuming so that the caller never blocks
+                try:
+                    self._write(*item)
+                except BaseException as exc:
+                    self._error = exc
+
+    def _write(self, chunk: bytes, data: bytes) -> None:
         packed = compress(data)
         stored = packed if packed is not None else data
-        with self._lock:
-            if self._writer is None:
-                self._open()
-            assert self._writer is not None
-            table = pa.table(
-                [[chunk], [len(data)], [packed is not None], [stored]],
-                schema=PACK_SCHEMA,
-            )
-            self._writer.write_table(table, row_group_size=1)
-            place = Stored(self.packs[-1], self._rows, len(data), len(stored))
-            self._rows += 1
-            self._pack_bytes += len(stored)
-            self.entries.append((chunk, place))
-            self.stored_bytes += len(stored)
-            self.raw_bytes += len(data)
-            if self._pack_bytes >= PACK_BYTES:
-                self._close()
-        return place
+        if self._writer is None:
+            self._open()
+        assert self._writer is not None
+        table = pa.table([[chunk], [len(data)], [packed is not None], [stored]], schema=PACK_SCHEMA)
+        self._writer.write_table(table, row_group_size=1)
+        self.entries.append((chunk, Stored(self.packs[-1], self._rows, len(data), len(stored))))
+        self._rows += 1
+        self._pack_bytes += len(stored)
+        self.stored_bytes += len(stored)
+        self.raw_bytes += len(data)
+        if self._pack_bytes >= PACK_BYTES:
+            self._close()
 
     def _open(self) -> None:
         path = f"{pack_folder(self.writer_id)}/pack-{len(self.packs):05d}.parquet"
         self.packs.append(path)
         self._file = self.repo.storage.create(path, hashing=False)
-        self._stream = pa.PythonFile(self._file, mode="w")
         kwargs = dict(_PACK_OPTIONS)
         encryption = self.repo.part_encryption(path)
         if encryption is not None:
             kwargs["encryption_properties"] = encryption
-        self._writer = pq.ParquetWriter(self._stream, PACK_SCHEMA, **kwargs)
+        self._writer = pq.ParquetWriter(pa.PythonFile(self._file, mode="w"), PACK_SCHEMA, **kwargs)
         self._rows = self._pack_bytes = 0
 
     def _close(self) -> None:
@@ -275,22 +294,31 @@ class PackWriter:
         assert self._file is not None
         self._writer.close()
         self.repo.storage.close_part(self._file, self.packs[-1])
-        self._writer = self._file = self._stream = None
+        self._writer = self._file = None
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
 
     def finish(self) -> None:
-        """Close the last pack (every pack is then durable)."""
-        with self._lock:
-            self._close()
+        """Write what is queued and close the last pack (every pack is then durable)."""
+        self._stop()
+        if self._error is not None:
+            raise self._error
+        self._close()
 
     def abort(self) -> None:
         """Stop writing; the caller removes the packs."""
-        with self._lock:
-            if self._writer is not None:
-                with contextlib.suppress(Exception):
-                    self._writer.close()
-                if self._file is not None:
-                    self._file.abort()
-            self._writer = self._file = self._stream = None
+        with contextlib.suppress(BaseException):
+            self._stop()
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        if self._file is not None:
+            self._file.abort()
+        self._writer = self._file = None
 
 
 @dataclass
@@ -327,7 +355,7 @@ class ChunkStore:
         self.index = index if index is not None else ChunkIndex.load(repo)
         self._usable: dict[str, bool] = {}
         self._packs = PackWriter(repo, writer_id)
-        self._new: dict[bytes, Stored] = {}
+        self._new: set[bytes] = set()
         self._reused: set[bytes] = set()  # chunks found in packs of earlier runs
         self.stats = StoreStats()
         self.published: str | None = None
@@ -349,19 +377,15 @@ class ChunkStore:
         if self._has(chunk):
             self._reused.add(chunk)
             return False
-        place = self._packs.add(chunk, bytes(data))
-        self._new[chunk] = place
-        self.stats.new_chunks += 1
-        self.stats.new_bytes += place.stored
-        self.stats.raw_new_bytes += place.size
-        self.stats.compressed_chunks += place.stored != place.size or 0
+        self._packs.add(chunk, bytes(data))
+        self._new.add(chunk)
         return True
 
     def get(self, chunk: bytes, *, check: bool = True) -> bytes:
         raise NotImplementedError("a backup's chunk store is written, not read")
 
     def size(self, chunk: bytes) -> int | None:
-        place = self._new.get(chunk) or self.index.get(chunk)
+        place = self.index.get(chunk)
         return None if place is None else place.size
 
     def _has(self, chunk: bytes) -> bool:
@@ -374,9 +398,14 @@ class ChunkStore:
         return usable
 
     def publish(self) -> None:
-        """Close the packs and write this backup's index file (nothing when no chunk was new). From here on
-        the chunks are the repository's: :meth:`discard` leaves them."""
+        """Close the packs and write this backup's index file (nothing when no chunk was new); ``stats`` are
+        complete from here. From here on the chunks are the repository's: :meth:`discard` leaves them."""
         self._packs.finish()
+        for _, place in self._packs.entries:
+            self.stats.new_chunks += 1
+            self.stats.new_bytes += place.stored
+            self.stats.raw_new_bytes += place.size
+            self.stats.compressed_chunks += place.stored != place.size
         if self._packs.entries:
             rel = f"{INDEX}/{self.writer_id}.parquet"
             self.repo.storage.write_exclusive(rel, index_bytes(self._packs.entries))

@@ -11,7 +11,9 @@ import re
 import shlex
 from pathlib import Path
 
+import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from tests.helpers import Cli, chroma_client, seed_chroma
 
@@ -58,7 +60,8 @@ def test_every_command_line_parses(page: Path) -> None:
 
 def workspace(folder: Path) -> None:
     """The stores the documentation names: ./data/chroma (collection docs), ./logs, ./data/ft with its
-    job config, ./deploy, and an aibackup.yaml of them with a local repository."""
+    job config, ./deploy, a model folder ./checkpoints/llama-ft, and an aibackup.yaml of them with a local
+    repository."""
     seed_chroma(folder / "data" / "chroma", "docs", n=80, dim=8)
     (folder / "logs").mkdir()
     (folder / "logs" / "app.jsonl").write_text('{"user_id": "u1", "input": "hi", "output": "hello"}\n')
@@ -71,6 +74,11 @@ def workspace(folder: Path) -> None:
         where.write_text("base_model: tiny\nepochs: 2\n")
     (folder / "deploy").mkdir()
     (folder / "deploy" / "app.yaml").write_text("model: tiny\n")
+    model = folder / "checkpoints" / "llama-ft"
+    model.mkdir(parents=True)
+    tensors = {"embed.weight": np.ones((64, 16), dtype=np.float16), "norm.weight": np.ones(16, dtype=np.float32)}
+    save_file(tensors, str(model / "model.safetensors"), metadata={"format": "pt"})
+    (model / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}\n')
     (folder / "aibackup.yaml").write_text(
         "repository: ./aibackup-repo\n"
         "sources:\n"

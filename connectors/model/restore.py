@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,8 @@ from aibackup.connectors.model.formatinfo import FormatInfo
 from aibackup.errors import IntegrityError, UnavailableError, UnsupportedFeatureError, UsageError
 
 ID_BYTES = 32
+#: Chunks read ahead of the one being written (at most 4 MiB each: memory stays bounded).
+AHEAD = 3
 
 
 @dataclass
@@ -158,21 +162,34 @@ class ModelRestore:
         ids = chunk_ids(row)
 
         def pieces() -> Iterator[bytes]:
-            for chunk in ids:
-                # Each chunk's own hash is not computed here: the file's sha256 proves every byte, and a
-                # mismatch is traced to its chunk below.
-                try:
-                    data = chunks.get(chunk, check=False)
-                except IntegrityError:
-                    raise IntegrityError(f"refusing to write {row['path']!r}: {damaged(row, chunks)}") from None
-                sha.update(data)
-                yield data
+            # Chunks are read (and decompressed) AHEAD chunks ahead in a worker thread while this one hashes
+            # and writes: pyarrow, zstd, hashlib and os.write all release the GIL. Each chunk's own hash is
+            # not computed: the file's sha256 proves every byte, and a mismatch is traced to its chunk.
+            with ThreadPoolExecutor(1, thread_name_prefix="aibackup-chunk-read") as pool:
+                ahead: deque[Future[bytes]] = deque()
+                for chunk in ids:
+                    ahead.append(pool.submit(chunks.get, chunk, check=False))
+                    if len(ahead) > AHEAD:
+                        yield self._take(ahead, row, chunks, sha)
+                while ahead:
+                    yield self._take(ahead, row, chunks, sha)
 
         def proven() -> None:
             if "sha256:" + sha.hexdigest() != row["sha256"]:
                 raise IntegrityError(f"refusing to write {row['path']!r}: {damaged(row, chunks)}")
 
         self.folder.write(root_fd, row["path"], pieces(), row["mode"], mode, link=None, before_rename=proven)
+
+    @staticmethod
+    def _take(ahead: deque[Future[bytes]], row: Mapping[str, Any], chunks: ChunkSink, sha: Any) -> bytes:
+        try:
+            data = ahead.popleft().result()
+        except IntegrityError:
+            for pending in ahead:
+                pending.cancel()
+            raise IntegrityError(f"refusing to write {row['path']!r}: {damaged(row, chunks)}") from None
+        sha.update(data)
+        return data
 
     def checks(self, plan: ImportPlan, results: Mapping[str, Any]) -> list[tuple[str, bool, str]]:
         """``files``, ``structure`` and (with load_check) ``load``, from the proof's read-back `results`
