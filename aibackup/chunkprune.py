@@ -161,7 +161,7 @@ def prune_chunks(
                         result.notes.append(f"pack {pack} kept: a chunk it holds cannot be copied ({exc})")
                         keep_pack = True
                         break
-                    writer.add(chunk, data)
+                    writer.add(chunk, bytes(data))
                 if keep_pack:
                     continue
                 gone.add(pack)

@@ -40,6 +40,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,7 +211,7 @@ def compress(data: bytes) -> bytes | None:
     return packed if len(packed) < COMPRESS_BELOW * len(data) else None
 
 
-def decompress(data: bytes, size: int) -> bytes:
+def decompress(data: bytes | memoryview, size: int) -> bytes:
     import zstandard
 
     out: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
@@ -225,6 +226,9 @@ class PackWriter:
     :meth:`add` or by :meth:`finish`."""
 
     QUEUE = 4  # chunks waiting (at most 4 MiB each)
+    #: Packs completing at once (S3: their last parts upload, the multipart upload completes; local disk:
+    #: the fsync) while the next pack is written. Memory: at most this many packs' unsent buffers.
+    CLOSING = 2
 
     def __init__(self, repo: Repository, writer_id: str) -> None:
         self.repo = repo
@@ -240,6 +244,8 @@ class PackWriter:
         self._queue: queue.Queue[tuple[bytes, bytes] | None] = queue.Queue(maxsize=self.QUEUE)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._closing: list[Future[None]] = []
+        self._closer: ThreadPoolExecutor | None = None
 
     def add(self, chunk: bytes, data: bytes) -> None:
         """Queue one chunk to be written (compressed there when that pays)."""
@@ -289,12 +295,26 @@ class PackWriter:
         self._rows = self._pack_bytes = 0
 
     def _close(self) -> None:
+        """Complete the current pack in the background (at most CLOSING at once)."""
         if self._writer is None:
             return
         assert self._file is not None
         self._writer.close()
-        self.repo.storage.close_part(self._file, self.packs[-1])
+        if self._closer is None:
+            self._closer = ThreadPoolExecutor(self.CLOSING, thread_name_prefix="aibackup-pack-close")
+        while len(self._closing) >= self.CLOSING:
+            self._closing.pop(0).result()
+        self._closing.append(self._closer.submit(self.repo.storage.close_part, self._file, self.packs[-1]))
         self._writer = self._file = None
+
+    def _drain_closing(self) -> None:
+        try:
+            while self._closing:
+                self._closing.pop(0).result()
+        finally:
+            if self._closer is not None:
+                self._closer.shutdown(wait=True)
+                self._closer = None
 
     def _stop(self) -> None:
         if self._thread is not None:
@@ -308,11 +328,14 @@ class PackWriter:
         if self._error is not None:
             raise self._error
         self._close()
+        self._drain_closing()
 
     def abort(self) -> None:
         """Stop writing; the caller removes the packs."""
         with contextlib.suppress(BaseException):
             self._stop()
+        with contextlib.suppress(BaseException):
+            self._drain_closing()
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 self._writer.close()
@@ -381,7 +404,7 @@ class ChunkStore:
         self._new.add(chunk)
         return True
 
-    def get(self, chunk: bytes, *, check: bool = True) -> bytes:
+    def get(self, chunk: bytes, *, check: bool = True) -> bytes | memoryview:
         raise NotImplementedError("a backup's chunk store is written, not read")
 
     def size(self, chunk: bytes) -> int | None:
@@ -436,8 +459,11 @@ class ChunkReader:
 
     OPEN_PACKS = 4
 
-    def __init__(self, repo: Repository, index: ChunkIndex | None = None) -> None:
+    def __init__(self, repo: Repository, index: ChunkIndex | None = None, *, page_checksums: bool = True) -> None:
+        """`page_checksums` False: pages are not CRC-checked as they are read (a restore, which proves every
+        byte by its file's sha256 and then traces a mismatch to its chunk by the chunk's own hash)."""
         self.repo = repo
+        self.page_checksums = page_checksums
         self.ids = ChunkIds(repo.key())
         self.index = index if index is not None else ChunkIndex.load(repo)
         self._open: OrderedDict[str, tuple[Any, pq.ParquetFile]] = OrderedDict()
@@ -463,9 +489,9 @@ class ChunkReader:
             raise IntegrityError(f"chunk {chunk.hex()[:16]}… is in no pack of the repository's chunk index")
         return place
 
-    def get(self, chunk: bytes, *, check: bool = True) -> bytes:
-        """The bytes of chunk `chunk`. IntegrityError when it is missing, its pack is damaged, or (with
-        `check`) its bytes do not give its id."""
+    def get(self, chunk: bytes, *, check: bool = True) -> bytes | memoryview:
+        """The bytes of chunk `chunk` (a view of Arrow's buffer when stored uncompressed). IntegrityError
+        when it is missing, its pack is damaged, or (with `check`) its bytes do not give its id."""
         place = self.where(chunk)
         where = self.repo.storage.display(place.pack)
         try:
@@ -481,11 +507,17 @@ class ChunkReader:
             if any(word in str(exc).lower() for word in ("checksum", "decrypt", "encrypted")):
                 raise IntegrityError(f"damaged chunk pack {where}: {first_line(exc)}") from None
             raise UnavailableError(f"cannot read {where}: {first_line(exc)}") from None
-        row = table.to_pylist()
-        if len(row) != 1 or row[0]["chunk"] != chunk or row[0]["size"] != place.size:
+        if (
+            table.num_rows != 1
+            or table.column("chunk")[0].as_py() != chunk
+            or table.column("size")[0].as_py() != place.size
+        ):
             raise IntegrityError(f"damaged chunk pack {where}: row {place.row} is not chunk {chunk.hex()[:16]}…")
-        data: bytes = row[0]["data"]
-        if row[0]["zstd"]:
+        # The bytes as Arrow holds them, without a copy into a Python bytes object (a view of the buffer).
+        cell = table.column("data").chunk(0)
+        value = cell[0].as_buffer()
+        data: bytes | memoryview = memoryview(value)
+        if table.column("zstd")[0].as_py():
             try:
                 data = decompress(data, place.size)
             except Exception:  # zstandard raises its own ZstdError for damaged frames
@@ -502,7 +534,9 @@ class ChunkReader:
         f = self.repo.storage.open_read(path)
         try:
             pf = pq.ParquetFile(
-                f, page_checksum_verification=True, decryption_properties=self.repo.part_decryption(path)
+                f,
+                page_checksum_verification=self.page_checksums,
+                decryption_properties=self.repo.part_decryption(path),
             )
             if not pf.schema_arrow.equals(PACK_SCHEMA):
                 raise IntegrityError(f"damaged chunk pack {self.repo.storage.display(path)}: unexpected columns")

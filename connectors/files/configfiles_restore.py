@@ -147,7 +147,7 @@ class SafeFolder:
         self,
         root_fd: int,
         rel: str,
-        data: bytes | Iterable[bytes],
+        data: bytes | Iterable[bytes | memoryview],
         mode: int,
         plan_mode: str,
         link: str | None,

@@ -161,12 +161,12 @@ class ModelRestore:
         sha = hashlib.sha256()
         ids = chunk_ids(row)
 
-        def pieces() -> Iterator[bytes]:
+        def pieces() -> Iterator[bytes | memoryview]:
             # Chunks are read (and decompressed) AHEAD chunks ahead in a worker thread while this one hashes
             # and writes: pyarrow, zstd, hashlib and os.write all release the GIL. Each chunk's own hash is
             # not computed: the file's sha256 proves every byte, and a mismatch is traced to its chunk.
             with ThreadPoolExecutor(1, thread_name_prefix="aibackup-chunk-read") as pool:
-                ahead: deque[Future[bytes]] = deque()
+                ahead: deque[Future[bytes | memoryview]] = deque()
                 for chunk in ids:
                     ahead.append(pool.submit(chunks.get, chunk, check=False))
                     if len(ahead) > AHEAD:
@@ -181,7 +181,9 @@ class ModelRestore:
         self.folder.write(root_fd, row["path"], pieces(), row["mode"], mode, link=None, before_rename=proven)
 
     @staticmethod
-    def _take(ahead: deque[Future[bytes]], row: Mapping[str, Any], chunks: ChunkSink, sha: Any) -> bytes:
+    def _take(
+        ahead: deque[Future[bytes | memoryview]], row: Mapping[str, Any], chunks: ChunkSink, sha: Any
+    ) -> bytes | memoryview:
         try:
             data = ahead.popleft().result()
         except IntegrityError:
@@ -321,7 +323,7 @@ def file_info(row: Mapping[str, Any], chunks: ChunkSink) -> FormatInfo | None:
 
     def read_head(n: int) -> bytes:
         while sum(len(b) for b in held) < n and len(held) < len(ids):
-            held.append(chunks.get(ids[len(held)], check=True))
+            held.append(bytes(chunks.get(ids[len(held)], check=True)))
         return b"".join(held)[:n]
 
     try:
