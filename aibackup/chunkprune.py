@@ -105,11 +105,17 @@ def prune_chunks(
     for rel in files:
         entries += read_index(repo.storage.read_bytes(rel), repo.storage.display(rel))
 
-    # The place each live chunk is read from: the first entry whose pack exists (a chunk found twice is
-    # stored twice; the other copy is unused).
+    # The copy of each live chunk that stays: in a pack that exists, preferably under the current master key
+    # (so that an older key can retire), then the newest (index files are read oldest first). Other copies of
+    # a chunk stored twice are unused.
     home: dict[bytes, Stored] = {}
+    rotated: dict[str, bool] = {}
     for chunk, place in entries:
-        if chunk in live and chunk not in home and place.pack in packs:
+        if chunk not in live or place.pack not in packs:
+            continue
+        old = rotated.setdefault(place.pack, repo.rotated_since([place.pack]))
+        chosen = home.get(chunk)
+        if chosen is None or not old or rotated[chosen.pack]:
             home[chunk] = place
     missing = live - home.keys()
     if missing:
@@ -135,7 +141,8 @@ def prune_chunks(
     result.chunks_live = len(home)
     result.chunks_removed = sum(1 for c, p in entries if p.pack in dead or (p.pack in sparse and home.get(c) != p))
     result.bytes_reclaimed = sum(packs[p].size for p in dead + orphans) + sum(packs[p].size - used[p] for p in sparse)
-    if not (dead or sparse or orphans) and len(files) <= 1:
+    lost = {p.pack for _, p in entries if p.pack not in packs}
+    if not (dead or sparse or orphans or lost) and len(files) <= 1:
         return result
     result.packs_removed = dead + orphans
     result.packs_repacked = sparse
@@ -177,8 +184,10 @@ def prune_chunks(
         moved = writer.entries
         result.packs_written = list(writer.packs)
         result.packs_repacked = [p for p in sparse if p in gone]
-        result.bytes_reclaimed -= writer.stored_bytes
-    kept = [(c, p) for c, p in entries if p.pack not in gone]
+        # The packs removed, less the live chunks moved into new packs (their few bytes of Parquet framing
+        # aside: so the dry run, which cannot know those, says the same).
+        result.bytes_reclaimed = sum(packs[p].size for p in gone) - writer.stored_bytes
+    kept = [(c, p) for c, p in entries if p.pack not in gone and p.pack in packs]  # a lost pack's entries go
     new_index = f"{INDEX}/{new_writer_id(repo)}.parquet"
     repo.storage.write_exclusive(new_index, index_bytes(_unique(moved + kept)))
     for rel in files:

@@ -131,7 +131,8 @@ class Stored:
 
 @dataclass
 class ChunkIndex:
-    """The union of the repository's index files: chunk id -> where it is stored."""
+    """The union of the repository's index files: chunk id -> where it is stored (the newest copy of a chunk
+    stored twice; the others in ``copies``)."""
 
     places: dict[bytes, Stored] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)  # the index files read, relative to the repository
@@ -151,8 +152,12 @@ class ChunkIndex:
             except FileNotFoundError:
                 continue  # removed by a prune that just replaced it: its entries are in the new one
             for chunk, place in read_index(raw, repo.storage.display(rel)):
-                if index.places.setdefault(chunk, place) is not place:
-                    index.copies.append(place)
+                # Index files are read oldest first and a later copy wins: it is the one under the
+                # current master key (an older copy is prune's to drop once the old key retires).
+                older = index.places.get(chunk)
+                if older is not None:
+                    index.copies.append(older)
+                index.places[chunk] = place
             index.files.append(rel)
         return index
 
@@ -412,12 +417,16 @@ class ChunkStore:
         return None if place is None else place.size
 
     def _has(self, chunk: bytes) -> bool:
+        """Whether the repository holds `chunk` in a pack this backup may reference: one under the current
+        master key (so that prune can retire an older key) that is still there (a pack lost to damage or a
+        hand-made deletion would otherwise keep every later backup from storing its chunks again)."""
         place = self.index.get(chunk)
         if place is None:
             return False
         usable = self._usable.get(place.pack)
         if usable is None:
-            usable = self._usable[place.pack] = not self.repo.rotated_since([place.pack])
+            usable = not self.repo.rotated_since([place.pack]) and self.repo.storage.exists(place.pack)
+            self._usable[place.pack] = usable
         return usable
 
     def publish(self) -> None:
@@ -467,6 +476,7 @@ class ChunkReader:
         self.ids = ChunkIds(repo.key())
         self.index = index if index is not None else ChunkIndex.load(repo)
         self._open: OrderedDict[str, tuple[Any, pq.ParquetFile]] = OrderedDict()
+        self._present: dict[str, bool] = {}
 
     @property
     def seed(self) -> int:
@@ -480,8 +490,15 @@ class ChunkReader:
         return False
 
     def size(self, chunk: bytes) -> int | None:
+        """The chunk's size, None when the index does not list it or its pack is gone (checked once per pack:
+        a restore refuses such a file before it writes anything)."""
         place = self.index.get(chunk)
-        return None if place is None else place.size
+        if place is None:
+            return None
+        present = self._present.get(place.pack)
+        if present is None:
+            present = self._present[place.pack] = self.repo.storage.exists(place.pack)
+        return place.size if present else None
 
     def where(self, chunk: bytes) -> Stored:
         place = self.index.get(chunk)

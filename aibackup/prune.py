@@ -209,7 +209,7 @@ def run_prune(
     if not dry_run:
         for path in parts + orphans:
             repo.storage.remove(path)
-        _remove_emptied_folders(repo, parts + orphans)
+        _remove_emptied_folders(repo, parts + orphans + chunks.packs_removed + chunks.packs_repacked)
     return result
 
 

@@ -12,7 +12,9 @@ restore, ``verify --read-data`` and bytes of an encrypted repository against an 
 and the cipher's throughput), ``stores`` (issue 18: pgvector backup against bare binary COPY loops and
 its restore load against a bare COPY FROM plus the same HNSW build, peak RSS at ``--memory-rows``; LanceDB
 backup against a bare scanner read and restore against a bare ``create_table``; Milvus Lite backup at
-``--milvus-rows`` against a bare query-iterator loop). Results go to
+``--milvus-rows`` against a bare query-iterator loop), ``models`` (issue 19: backup and restore of a
+``--model-gib`` model folder against a bare copy, new bytes of later versions, peak RSS at ``--model-big-gib``,
+the chunker and zstd; see :mod:`benchmarks.models`). Results go to
 ``benchmarks/results/bench-ROWSxDIM.json`` and ``docs/benchmarks.md`` (with ``docs/benchmarks.png``);
 ``--report-only`` redraws the page from the JSON. Seeded stores are cached under ``benchmarks/.cache``
 (the first run seeds them: Chroma ~2000 records/s, Qdrant local ~1000 points/s).
@@ -30,11 +32,12 @@ from typing import Any
 from benchmarks import backup, encryption, incremental, restore, writer
 from benchmarks import lancedb as lancedb_bench
 from benchmarks import milvus as milvus_bench
+from benchmarks import models as models_bench
 from benchmarks import pgvector as pgvector_bench
 from benchmarks.common import RESULTS, ROOT, machine, seeded_chroma, seeded_qdrant
 from benchmarks.report import chart, markdown, targets
 
-SECTIONS = ("backup", "writer", "restore", "sizes", "incremental", "encryption", "stores")
+SECTIONS = ("backup", "writer", "restore", "sizes", "incremental", "encryption", "stores", "models")
 DOCS = ROOT / "docs"
 
 
@@ -88,6 +91,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--incremental-rows", type=int, default=1_000_000, help="records of the incremental section")
     parser.add_argument("--links", type=int, default=incremental.LINKS, help="links of the restored chain")
     parser.add_argument("--milvus-rows", type=int, default=20_000, help="records of the Milvus Lite collection")
+    parser.add_argument("--model-gib", type=float, default=2.0, help="tensor GiB of the models section's folder")
+    parser.add_argument("--model-big-gib", type=float, default=10.0, help="one-file peak RSS run of models (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each bare loop and aibackup")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated: {', '.join(SECTIONS)}")
     parser.add_argument("--no-vdfio", action="store_true", help="skip the vdf-io export (it installs GBs once)")
@@ -96,6 +101,8 @@ def main(argv: list[str]) -> int:
     sections = [s for s in args.sections.split(",") if s]
     if unknown := sorted(set(sections) - set(SECTIONS)):
         parser.error(f"unknown section(s) {', '.join(unknown)}; choose from {', '.join(SECTIONS)}")
+    if "models" in sections and not args.report_only and (problem := models_bench.missing_connector()):
+        parser.error(problem)  # before hours of other sections, whose results would be lost with it
     out = RESULTS / f"bench-{args.rows}x{args.dim}.json"
     if args.report_only:
         result = json.loads(out.read_text())
@@ -123,6 +130,7 @@ def main(argv: list[str]) -> int:
                 "lancedb": lancedb_bench.measure(args.rows, args.dim, args.repeats),
                 "milvus": milvus_bench.measure(args.milvus_rows, args.dim, max(args.repeats, 5)),
             },
+            "models": lambda: models_bench.measure(args.model_gib, args.model_big_gib, args.repeats),
         }
         for section in SECTIONS:
             if section in sections:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from aibackup.incremental import MAX_DEAD
+from benchmarks import models as models_bench
 
 MIB = 2**20
 
@@ -75,6 +76,8 @@ def targets(r: dict[str, Any]) -> list[Target]:
         out.append(
             Target(f"Milvus Lite backup / bare query-iterator loop ({m['rows']:,} rows)", m["backup_vs_bare"], 1.2)
         )
+    if mo := r.get("models"):
+        out += [Target(label, value, bound, unit) for label, value, bound, unit in models_bench.target_values(mo)]
     if e := r.get("encryption"):
         out.append(Target("encrypted / unencrypted backup", e["backup_ratio"], 1.10))
         out.append(Target("encrypted / unencrypted restore (into Chroma, checks included)", e["restore_ratio"], 1.05))
@@ -99,7 +102,7 @@ def markdown(r: dict[str, Any], chart: str | None) -> str:
         f"noisy, and noise only ever adds time). Raw numbers: [`{r['json']}`](../{r['json']}).",
         *_older_sections(r),
         "",
-        "## Targets (issues 5, 16, 17 and 18)",
+        "## Targets (issues 5, 16, 17, 18 and 19)",
         "",
         "| measure | value | target | |",
         "|---|---|---|---|",
@@ -121,6 +124,8 @@ def markdown(r: dict[str, Any], chart: str | None) -> str:
         lines += ["", "## Encrypted repositories", "", *_encryption(e)]
     if st := r.get("stores"):
         lines += ["", "## pgvector, LanceDB and Milvus Lite", "", *_stores(st)]
+    if mo := r.get("models"):
+        lines += ["", "## Model artifacts", "", *models_bench.table(mo)]
     lines += ["", "## Backend limits", "", *_limits(r)]
     return "\n".join(lines) + "\n"
 

@@ -64,6 +64,8 @@ TRANSPORTS = {
 BARE_TARGETS = ("chroma", "qdrant", "lancedb", "milvus")
 #: the file a bare target names inside its folder, for stores that are one file
 BARE_FILES = {"milvus": "milvus.db"}
+#: kinds whose path keeps its last component as written (not resolved through a symlink)
+NAMED_AS_GIVEN = ("model",)
 DEFAULT_PORTS = {"chroma": 8000, "qdrant": 6333, "milvus": 19530}
 #: schemes written as PostgreSQL URLs: ``SCHEME://[USER@]HOST[:PORT]/DB`` or ``SCHEME:///DB?host=SOCKET_DIR``
 POSTGRES_SCHEMES = ("pgvector", "conversations+postgresql")
@@ -127,7 +129,11 @@ def _parse(uri: str, *, target: bool) -> Location:
         params = dict(parse_qsl(query))
         if transport == "sqlite" and not params.get("table"):
             raise UsageError(f"bad store {uri!r}: name the table, as in {scheme}:PATH?table=conversations")
-        return Location(scheme=scheme, kind=kind, path=str(Path(path).expanduser().resolve()), params=params)
+        # A model file named through a symlink (a Hugging Face snapshot's model.safetensors -> ../../blobs/<sha>)
+        # keeps the name it was given: only its folders are resolved.
+        where = Path(path).expanduser()
+        full = where.parent.resolve() / where.name if kind in NAMED_AS_GIVEN and where.name else where.resolve()
+        return Location(scheme=scheme, kind=kind, path=str(full), params=params)
     parts = urlsplit(f"{transport}:{rest}")
     if not parts.hostname:
         raise UsageError(f"bad store {uri!r}: no host")

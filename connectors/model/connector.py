@@ -142,7 +142,9 @@ class ModelConnector(ChunkedConnector):
         return ExportState(state={}, config=config, notes=tuple(state.notes))
 
     def _entries(self) -> list[Entry]:
-        listing = walk(self.root, single=self._single, show=self._show, exclude=self.options.get("exclude", ()))
+        if self._single:  # one file, read through a symlink if it was named through one
+            return [Entry(self.root.name, os.path.realpath(self.root), os.stat(self.root))]
+        listing = walk(self.root, single=False, show=self._show, exclude=self.options.get("exclude", ()))
         entries = listing.entries
         if self._scope is not None:
             entries = [e for e in entries if e.rel in self._scope]

@@ -118,8 +118,7 @@ class ModelRestore:
             size = chunks.size(chunk)
             if size is None:
                 raise IntegrityError(
-                    f"refusing to restore {path!r}: its chunk {chunk.hex()[:16]}… is in no pack of the repository "
-                    "(run `aibackup verify --read-data`); nothing was written"
+                    f"refusing to restore {path!r}: {chunk_problem(chunks, chunk)}; nothing was written"
                 )
             total += size
         if total != row["size"]:
@@ -322,11 +321,13 @@ def file_info(row: Mapping[str, Any], chunks: ChunkSink) -> FormatInfo | None:
     held: list[bytes] = []
 
     def read_head(n: int) -> bytes:
+        # Up to the first damaged chunk: a header held by intact chunks still names the tensors after it.
         while sum(len(b) for b in held) < n and len(held) < len(ids):
-            held.append(bytes(chunks.get(ids[len(held)], check=True)))
+            try:
+                held.append(bytes(chunks.get(ids[len(held)], check=True)))
+            except IntegrityError:
+                break
         return b"".join(held)[:n]
 
-    try:
-        return formats.inspect(row["path"], int(row["size"]), read_head)
-    except IntegrityError:
-        return None
+    info = formats.inspect(row["path"], int(row["size"]), read_head)
+    return info if info.tensors else None
