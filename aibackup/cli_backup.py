@@ -175,7 +175,7 @@ def backup(
                 str(sum(p.rows for p in d.parts if p.path.startswith(own))) + (" (incremental)" if d.extends else ""),
                 str(result.outcome(d).deleted),
                 size(result.outcome(d).new_bytes),
-                size(sum(p.bytes for p in d.all_parts())),
+                size(d.config.get("bytes", 0) if d.kind == "model" else sum(p.bytes for p in d.all_parts())),
             ]
             for d in m.datasets
         ],
@@ -183,6 +183,8 @@ def backup(
     for d in m.datasets:
         if d.kind == "finetune":
             _finetune_summary(d.config)
+        if d.kind == "model":
+            _model_summary(d.config)
     for note in result.notes:
         click.echo(f"note: {note}")
 
@@ -247,6 +249,24 @@ def _backup_config(
             for note in r.notes:
                 click.echo(f"{r.source}: note: {note}")
     conclude(config, metrics_file, result.exit_code, as_json)
+
+
+def _model_summary(config: Any) -> None:
+    """What a model backup stored: files by format, chunks, and what the chunk store already held."""
+    stored = config.get("stored", {})
+    formats = ", ".join(f"{n} {fmt}" for fmt, n in config.get("formats", {}).items())
+    files = config.get("files", [])
+    invalid = [f for f in files if (f.get("format") or {}).get("valid") is False]
+    total = config.get("bytes", 0)
+    kept_out = 1 - stored.get("raw_new_bytes", 0) / total if total else 0.0
+    click.echo(
+        f"model: {len(files)} entries ({formats or 'no known formats'}), {size(total)}; {stored.get('chunks', 0)} "
+        f"chunks, {stored.get('new_chunks', 0)} new: {size(stored.get('new_bytes', 0))} stored "
+        f"({kept_out:.1%} of the bytes were already in the repository)"
+    )
+    for f in invalid[:5]:
+        what = f["format"]
+        click.echo(f"note: {f['path']} is not a valid {what['format']} file ({what['problem']}): backed up as it is")
 
 
 def _finetune_summary(config: Any) -> None:

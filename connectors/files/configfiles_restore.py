@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 
 from aibackup.connectors.base import MODES, DatasetDescription, ImportPlan, SecretBox
 from aibackup.connectors.files.secrets import PLACEHOLDER
+from aibackup.connectors.files.writeback import WriteBack
 from aibackup.errors import (
     AibackupError,
     IntegrityError,
@@ -170,10 +171,13 @@ class SafeFolder:
                     tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd
                 )
                 try:
+                    back = WriteBack(fd)  # the disk writes while the next pieces come (large files)
                     for piece in [data] if isinstance(data, bytes | bytearray | memoryview) else data:
                         view = memoryview(piece)
                         while view:
-                            view = view[os.write(fd, view) :]
+                            n = os.write(fd, view)
+                            view = view[n:]
+                            back.wrote(n)
                     os.fchmod(fd, mode)
                     os.fsync(fd)
                 except BaseException:

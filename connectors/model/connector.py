@@ -123,9 +123,8 @@ class ModelConnector(ChunkedConnector):
         leaves ``chunks`` null: a restored file is proven by its sha256."""
         if self.chunks is None and not self._target:
             raise RuntimeError("internal error: a model backup needs the repository's chunk store")
-        entries = self._entries()
         state = self._exports[dataset.name] = _Export()
-        return self._batches(entries, state)
+        return self._batches(self._entries(state), state)
 
     def export_state(self, name: str) -> ExportState | None:
         """Per-file summaries (path, type, mode, size, sha256, chunks, format) and the chunker's settings."""
@@ -141,10 +140,20 @@ class ModelConnector(ChunkedConnector):
         }
         return ExportState(state={}, config=config, notes=tuple(state.notes))
 
-    def _entries(self) -> list[Entry]:
+    def _entries(self, state: _Export | None = None) -> list[Entry]:
+        """The files and symlinks to read (what is left out is noted in `state`)."""
         if self._single:  # one file, read through a symlink if it was named through one
             return [Entry(self.root.name, os.path.realpath(self.root), os.stat(self.root))]
         listing = walk(self.root, single=False, show=self._show, exclude=self.options.get("exclude", ()))
+        if state is not None:
+            for found, what in (
+                (listing.special, "socket, pipe or device file(s) skipped"),
+                (listing.empty_dirs, "empty folder(s) not kept"),
+            ):
+                if found:
+                    state.notes.append(
+                        f"{len(found)} {what}: {', '.join(found[:3])}{', ...' if len(found) > 3 else ''}"
+                    )
         entries = listing.entries
         if self._scope is not None:
             entries = [e for e in entries if e.rel in self._scope]
