@@ -32,11 +32,11 @@ fingerprint known files).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import hmac
 import io
 import queue
-import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -47,6 +47,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aibackup import clock
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import IntegrityError, UnavailableError, first_line
 from aibackup.repository import Repository
@@ -573,9 +574,6 @@ class ChunkReader:
 
 
 def new_writer_id(repo: Repository) -> str:
-    """An id for a prune's repacked packs, sorting after every bundle (so its key generation is current)."""
-    import datetime as dt
-
-    from aibackup import clock
-
-    return repo.next_bundle_id(clock.now().astimezone(dt.UTC)) if repo else secrets.token_hex(8)
+    """An id for what a prune writes (repacked packs, the new index file): a bundle id no bundle has, sorting
+    after every one, so that its key generation is the current one."""
+    return repo.next_bundle_id(clock.now().astimezone(dt.UTC))
