@@ -370,7 +370,20 @@ class StoreStats:
         }
 
 
-class ChunkStore:
+class _Named:
+    """What every access to the chunk store shares: how chunks are named, and the chunker's seed."""
+
+    ids: ChunkIds
+
+    @property
+    def seed(self) -> int:
+        return self.ids.seed
+
+    def chunk_id(self, data: bytes | memoryview) -> bytes:
+        return self.ids(data)
+
+
+class ChunkStore(_Named):
     """A backup's access to the chunk store (implements the connectors' ``ChunkSink``): names chunks, stores
     those the repository lacks (in packs of this backup), then publishes them with one index file.
 
@@ -389,13 +402,6 @@ class ChunkStore:
         self.stats = StoreStats()
         self.published: str | None = None
         self.writer_id = writer_id
-
-    @property
-    def seed(self) -> int:
-        return self.ids.seed
-
-    def chunk_id(self, data: bytes | memoryview) -> bytes:
-        return self.ids(data)
 
     def put(self, chunk: bytes, data: bytes | memoryview) -> bool:
         """Keep chunk `chunk` (its id, from :meth:`chunk_id`) holding `data`; True when it was stored now,
@@ -463,7 +469,7 @@ class ChunkStore:
                 self.repo.storage.remove(pack)
 
 
-class ChunkReader:
+class ChunkReader(_Named):
     """Reads chunks back (restore, verify): each one checked against its id, so damage is always named.
     Packs are opened once and kept open while read (a few at a time)."""
 
@@ -478,13 +484,6 @@ class ChunkReader:
         self.index = index if index is not None else ChunkIndex.load(repo)
         self._open: OrderedDict[str, tuple[Any, pq.ParquetFile]] = OrderedDict()
         self._present: dict[str, bool] = {}
-
-    @property
-    def seed(self) -> int:
-        return self.ids.seed
-
-    def chunk_id(self, data: bytes | memoryview) -> bytes:
-        return self.ids(data)
 
     def put(self, chunk: bytes, data: bytes | memoryview) -> bool:
         """Reading a store back stores nothing (a restore's proof chunks the restored files the same way)."""

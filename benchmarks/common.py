@@ -234,6 +234,28 @@ def backup_summary(result: Any) -> dict[str, Any]:
     }
 
 
+def timed_restore(repo: str, target: str) -> dict[str, Any]:
+    """Restore the latest bundle of `repo` into `target` on the clock (checks included); RuntimeError naming
+    the failed checks, else the seconds and the restore's own split: validation, load, checks."""
+    from aibackup.restore import run_restore
+
+    clock = Stopwatch()
+    result = run_restore(repo, None, target)
+    out = clock.read()
+    failed = [c.name for d in result.datasets for c in d.checks if not c.ok]
+    if failed:
+        raise RuntimeError(f"restore checks failed: {failed}")
+    dataset = result.datasets[0]
+    return {
+        **out,
+        "rows": dataset.rows,
+        "validate_seconds": result.validate_seconds,
+        "load_seconds": dataset.load_seconds,
+        "check_seconds": dataset.check_seconds,
+        "checks": [c.name for c in dataset.checks],
+    }
+
+
 def section_main(
     argv: list[str], children: dict[str, Child], measure: Callable[..., dict[str, Any]], *, rows: int, **extra: int
 ) -> int:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Stopwatch, child_main, fastest, run_child, seeded_chroma
+from benchmarks.common import Stopwatch, child_main, fastest, run_child, seeded_chroma, timed_restore
 
 MODULE = "benchmarks.encryption"
 PASSPHRASE = "benchmark passphrase, not a secret"
@@ -56,16 +56,9 @@ def child_restore(repo: str, target: str, mode: str) -> dict[str, Any]:
     import chromadb  # noqa: F401
 
     import aibackup.connectors.chroma.connector  # noqa: F401
-    from aibackup.restore import run_restore
 
     _key(mode)
-    clock = Stopwatch()
-    result = run_restore(repo, None, target)
-    out = clock.read()
-    failed = [c.name for d in result.datasets for c in d.checks if not c.ok]
-    if failed:
-        raise RuntimeError(f"restore checks failed: {failed}")
-    return {**out, "validate_seconds": result.validate_seconds, "load_seconds": result.datasets[0].load_seconds}
+    return timed_restore(repo, target)
 
 
 def child_verify(repo: str, mode: str) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from benchmarks.common import (
     record_id,
     run_child,
     section_main,
+    timed_restore,
 )
 
 MODULE = "benchmarks.lancedb"
@@ -138,22 +139,8 @@ def child_bare_create(path: str, target: str) -> dict[str, Any]:
 def child_restore(repo: str, target: str) -> dict[str, Any]:
     _quiet()
     import aibackup.connectors.lancedb.connector  # noqa: F401
-    from aibackup.restore import run_restore
 
-    clock = Stopwatch()
-    result = run_restore(repo, None, f"lancedb:{target}")
-    out = clock.read()
-    failed = [c.name for d in result.datasets for c in d.checks if not c.ok]
-    if failed:
-        raise RuntimeError(f"restore checks failed: {failed}")
-    dataset = result.datasets[0]
-    return {
-        **out,
-        "rows": dataset.rows,
-        "validate_seconds": result.validate_seconds,
-        "load_seconds": dataset.load_seconds,
-        "check_seconds": dataset.check_seconds,
-    }
+    return timed_restore(repo, f"lancedb:{target}")
 
 
 CHILDREN = {

@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from aibackup.connectors.model.formatinfo import Tensor as Stored  # a tensor as a file holds it: bytes [start, end)
+
 MIB = 1 << 20
 GIB = 1 << 30
 SHARD_BYTES = 512 * MIB
@@ -86,17 +88,6 @@ class Tensor:
     @property
     def nbytes(self) -> int:
         return self.count * DTYPE_BYTES[self.dtype]
-
-
-@dataclass(frozen=True)
-class Stored:
-    """A tensor as a file holds it: its bytes are ``[start, end)`` of the file (absolute offsets)."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
 
 
 @dataclass(frozen=True)

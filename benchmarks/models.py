@@ -49,7 +49,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Stopwatch, child_main, fastest, machine, run_child
+from benchmarks.common import Stopwatch, child_main, fastest, machine, run_child, timed_restore
 
 MODULE = "benchmarks.models"
 GIB = 1 << 30
@@ -154,22 +154,7 @@ def child_backup_cli(repo: str, source: str) -> dict[str, Any]:
 
 def child_restore(repo: str, target: str) -> dict[str, Any]:
     _import_connector()
-    from aibackup.restore import run_restore
-
-    clock = Stopwatch()
-    result = run_restore(repo, None, f"model:{target}")
-    out = clock.read()
-    failed = [c.name for d in result.datasets for c in d.checks if not c.ok]
-    if failed:
-        raise RuntimeError(f"restore checks failed: {failed}")
-    dataset = result.datasets[0]
-    return {
-        **out,
-        "validate_seconds": result.validate_seconds,
-        "load_seconds": dataset.load_seconds,
-        "check_seconds": dataset.check_seconds,
-        "checks": [c.name for c in dataset.checks],
-    }
+    return timed_restore(repo, f"model:{target}")
 
 
 def _source_bytes(source: Path) -> int:

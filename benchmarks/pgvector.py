@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import Stopwatch, embeddings, fastest, metadata, run_child, section_main
+from benchmarks.common import Stopwatch, embeddings, fastest, metadata, run_child, section_main, timed_restore
 
 MODULE = "benchmarks.pgvector"
 INDEX = (
@@ -123,15 +123,7 @@ def child_bare_read(uri: str, dim: str, columns: str, table: str) -> dict[str, A
 def child_restore(repo: str, uri: str) -> dict[str, Any]:
     import psycopg  # noqa: F401
 
-    from aibackup.restore import run_restore
-
-    clock = Stopwatch()
-    result = run_restore(repo, None, uri)
-    out = clock.read()
-    failed = [c.name for d in result.datasets for c in d.checks if not c.ok]
-    if failed:
-        raise RuntimeError(f"restore checks failed: {failed}")
-    return {**out, "load_seconds": result.datasets[0].load_seconds}
+    return timed_restore(repo, uri)
 
 
 def child_bare_load(uri: str, rows: str, dim: str) -> dict[str, Any]:

@@ -37,7 +37,6 @@ import json
 import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +46,9 @@ from aibackup.connectors.base import Connector, DatasetDescription, ExportState,
 from aibackup.connectors.files import reuse
 from aibackup.connectors.files.configfiles_restore import ConfigRestore, examples, secrets_aad
 from aibackup.connectors.files.secrets import PLACEHOLDER, Span, find_secrets, line_of
-from aibackup.connectors.files.walk import Entry, Listing, walk
+from aibackup.connectors.files.walk import Entry, Listing, check_root, named, walk
 from aibackup.errors import (
     ConfigError,
-    DatasetNotFoundError,
     SourceDataError,
     UsageError,
 )
@@ -94,18 +92,9 @@ class ConfigConnector(Connector):
         self._box: SecretBox | None = self.options.get("secrets")
         self._redact = bool(self.options.get("redact_secrets"))
         self._states: dict[str, ExportState] = {}
-        self._single = False
         #: After an import, the paths it restored: the proof reads back those only (DIR may hold others).
         self._scope: set[str] | None = None
-        if not create:
-            if not os.path.lexists(self.root):
-                raise DatasetNotFoundError(f"no configuration files at {self.root}: it does not exist")
-            st = os.stat(self.root)
-            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-                raise UsageError(f"{self.root} is neither a folder nor a regular file")
-            self._single = stat.S_ISREG(st.st_mode)
-        elif self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"the restore target {self.root} is not a folder")
+        self._single = check_root(self.root, target=create, what="configuration files")
         self._name = self.root.name or "root"
         self._restore = ConfigRestore(self.root, self._box)
 
@@ -119,12 +108,7 @@ class ConfigConnector(Connector):
         config = {"files": len(files), "symlinks": len(listing.entries) - len(files)}
         config["bytes"] = sum(e.st.st_size for e in files)
         desc = DatasetDescription(name=self._name, config=config, rows=len(listing.entries), kind="config")
-        if names is None:
-            return [desc]
-        for name in names:
-            if not self._target and name != self._name:
-                raise DatasetNotFoundError(f"{self.location.display()} holds one dataset, {self._name!r}, not {name!r}")
-        return [replace(desc, name=name) for name in names]
+        return named(desc, names, target=self._target, where=self.location.display())
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Every file and symlink as CONFIG batches (≤ 8 MiB of content or 1000 rows each). Without a

@@ -118,6 +118,14 @@ class SafeFolder:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def open_root(self) -> int:
+        """A descriptor of DIR (created when missing) for the writes below it; the caller closes it."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise UnavailableError(f"cannot create the target folder {self.root}: {exc.strerror}") from None
+
     def parent_fd(self, root_fd: int, rel: str, create: bool) -> int:
         """A descriptor of `rel`'s folder (the caller closes it), opened component by component from
         `root_fd` without following any symlink; missing folders are made when `create`."""
@@ -289,11 +297,7 @@ class ConfigRestore:
         check = PathChecker(self.root, self.box, plan)
         links: list[tuple[str, str, int]] = []
         written = 0
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise UnavailableError(f"cannot create the target folder {self.root}: {exc.strerror}") from None
+        root_fd = self.folder.open_root()
         try:
             for batch in batches:
                 for row in batch.to_pylist():

@@ -11,11 +11,12 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from aibackup.connectors.base import DatasetDescription
 from aibackup.connectors.files.lines import refuse_unrestorable
-from aibackup.errors import SourceDataError
+from aibackup.errors import DatasetNotFoundError, SourceDataError, UsageError
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,35 @@ class Listing:
     entries: list[Entry] = field(default_factory=list)
     special: list[str] = field(default_factory=list)  # sockets, pipes, devices (not kept)
     empty_dirs: list[str] = field(default_factory=list)
+
+
+def named(
+    description: DatasetDescription, names: Sequence[str] | None, *, target: bool, where: str
+) -> list[DatasetDescription]:
+    """The one dataset of a folder store, as ``describe`` answers for `names`: a source holds it under its own
+    name only (DatasetNotFoundError naming `where` otherwise); a restore target answers to any name."""
+    if names is None:
+        return [description]
+    for name in names:
+        if not target and name != description.name:
+            raise DatasetNotFoundError(f"{where} holds one dataset, {description.name!r}, not {name!r}")
+    return [replace(description, name=name) for name in names]
+
+
+def check_root(root: Path, *, target: bool, what: str) -> bool:
+    """The root of a folder source or target, checked; True when a source is one regular file. A source must
+    exist (DatasetNotFoundError naming `what` it should hold) and be a folder or a regular file (reached
+    through a symlink or not); a target folder may be missing, but not be something else (UsageError)."""
+    if target:
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"the restore target {root} is not a folder")
+        return False
+    if not os.path.lexists(root):
+        raise DatasetNotFoundError(f"no {what} at {root}: it does not exist")
+    st = os.stat(root)
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise UsageError(f"{root} is neither a folder nor a regular file")
+    return stat.S_ISREG(st.st_mode)
 
 
 def walk(root: Path, *, single: bool, show: Callable[[str], str], exclude: Sequence[str] = ()) -> Listing:

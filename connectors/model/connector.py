@@ -29,19 +29,19 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
 from aibackup.connectors.base import ChunkedConnector, ChunkSink, DatasetDescription, ExportState, ImportPlan, Location
-from aibackup.connectors.files.walk import Entry, walk
+from aibackup.connectors.files.walk import Entry, check_root, named, walk
 from aibackup.connectors.model import formats
 from aibackup.connectors.model.chunking import Chunker
 from aibackup.connectors.model.formatinfo import FormatInfo
 from aibackup.connectors.model.restore import ModelRestore
-from aibackup.errors import DatasetNotFoundError, SourceDataError, UsageError
+from aibackup.errors import SourceDataError, UsageError
 from aibackup.manifests.records import MODEL
 
 #: Bytes read at a time: the chunker's, the hash's and the inspection's unit.
@@ -86,19 +86,10 @@ class ModelConnector(ChunkedConnector):
             raise UsageError(f"bad store {location.display()}: no path")
         self.root = Path(location.path)
         self._target = create
-        self._single = False
         self._exports: dict[str, _Export] = {}
         #: After an import, the paths it restored: the proof reads back those only (DIR may hold others).
         self._scope: set[str] | None = None
-        if not create:
-            if not os.path.lexists(self.root):
-                raise DatasetNotFoundError(f"no model at {self.root}: it does not exist")
-            st = os.stat(self.root)
-            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-                raise UsageError(f"{self.root} is neither a folder nor a regular file")
-            self._single = stat.S_ISREG(st.st_mode)
-        elif self.root.exists() and not self.root.is_dir():
-            raise UsageError(f"the restore target {self.root} is not a folder")
+        self._single = check_root(self.root, target=create, what="model")
         self._name = self.root.name or "root"
         self._restore = ModelRestore(self.root, load_check=bool(self.options.get("load_check")))
 
@@ -110,12 +101,7 @@ class ModelConnector(ChunkedConnector):
         files = [e for e in entries if stat.S_ISREG(e.st.st_mode)]
         config = {"files": len(files), "symlinks": len(entries) - len(files), "bytes": sum(e.st.st_size for e in files)}
         desc = DatasetDescription(name=self._name, config=config, rows=len(entries), kind="model")
-        if names is None:
-            return [desc]
-        for name in names:
-            if not self._target and name != self._name:
-                raise DatasetNotFoundError(f"{self.location.display()} holds one dataset, {self._name!r}, not {name!r}")
-        return [replace(desc, name=name) for name in names]
+        return named(desc, names, target=self._target, where=self.location.display())
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Every file and symlink as MODEL batches, each file read once (see the module docstring). Needs

@@ -39,7 +39,7 @@ from aibackup.connectors.base import MODES, ChunkSink, DatasetDescription, Impor
 from aibackup.connectors.files.configfiles_restore import PathChecker, SafeFolder, examples
 from aibackup.connectors.model import formats
 from aibackup.connectors.model.formatinfo import FormatInfo
-from aibackup.errors import IntegrityError, UnavailableError, UnsupportedFeatureError, UsageError
+from aibackup.errors import IntegrityError, UnsupportedFeatureError, UsageError
 
 ID_BYTES = 32
 #: Chunks read ahead of the one being written (at most 4 MiB each: memory stays bounded).
@@ -132,11 +132,7 @@ class ModelRestore:
         state: RestoreState = plan.extra["state"]
         check = PathChecker(self.root, None, plan)
         links: list[dict[str, Any]] = []
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            raise UnavailableError(f"cannot create the target folder {self.root}: {exc.strerror}") from None
+        root_fd = self.folder.open_root()
         try:
             for batch in batches:
                 for row in batch.to_pylist():
