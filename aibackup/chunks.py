@@ -548,7 +548,9 @@ class ChunkReader(_Named):
         if held is not None:
             self._open.move_to_end(path)
             return held[1]
-        f = self.repo.storage.open_read(path)
+        storage = self.repo.storage
+        # On local disk the pack is mapped: Arrow reads its pages in place, without a copy through Python.
+        f: Any = pa.memory_map(storage.full(path)) if storage.is_local else storage.open_read(path)
         try:
             pf = pq.ParquetFile(
                 f,

@@ -4,6 +4,7 @@ AIBACKUP_TEST_ENCRYPTED=1, an encrypted one (HMAC chunk ids, a seeded chunker, e
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import os
@@ -21,10 +22,12 @@ import pytest
 
 from aibackup.backup import SourceOptions, run_backup
 from aibackup.chunks import ChunkIndex, ChunkReader
+from aibackup.config import RetentionPolicy
 from aibackup.connectors.model.chunking import MAX_SIZE, Chunker
 from aibackup.connectors.registry import open_connector
 from aibackup.errors import IntegrityError, SourceDataError, TargetNotEmptyError, UnsupportedFeatureError
 from aibackup.manifests.records import MODEL
+from aibackup.prune import run_prune
 from aibackup.repository import Repository
 from aibackup.restore import description_of, run_restore
 from aibackup.verify import run_verify
@@ -606,6 +609,18 @@ def test_a_model_round_trips_through_s3(tmp_path: Path, request: pytest.FixtureR
     verified = run_verify(url, read_data=True)
     assert verified.ok, verified.to_json()
     assert verified.bytes_read >= (src / "model.safetensors").stat().st_size
+
+    # A second version, then prune on S3: the first bundle's unshared chunks go, the second restores.
+    write_safetensors(src / "model.safetensors", {"a": weights(512, seed=3), "b": weights(64, seed=2)})
+    backup(src, repo=url)
+    repo = Repository.open(url)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)  # past the grace period of every pack
+    pruned = run_prune(repo, lambda _source: RetentionPolicy(keep_last=1), now=later)
+    assert len(pruned.removed) == 1 and pruned.chunks.bytes_reclaimed > 0, pruned.to_json()
+    assert run_verify(url, read_data=True).ok
+    again = tmp_path / "restored-2"
+    assert restore(again, repo=url).ok
+    assert tree(again) == tree(src)
 
 
 def test_the_restore_test_drill_restores_and_proves_a_model(model_dir: Path, tmp_path: Path, cli: Cli) -> None:
