@@ -34,6 +34,7 @@ from aibackup.repository import storage_of
 if TYPE_CHECKING:
     from aibackup.backup import BackupResult
     from aibackup.config import Config
+    from aibackup.copy import CopyResult
     from aibackup.diff import DiffResult
     from aibackup.drill import DrillReport
     from aibackup.manifests.model import BundleManifest
@@ -219,6 +220,20 @@ class Repository(_repository.Repository):
         if read_data:  # evidence for `status` and the metrics (best effort: a read-only repository loses it)
             record_verify(self, result.bundle_ids, result.ok, [p.to_json() for p in result.problems])
         return result
+
+    def copy(
+        self,
+        bundles: Sequence[str] = (),
+        *,
+        to_repo: str,
+        key_file: str | None = None,
+        to_key_file: str | None = None,
+    ) -> CopyResult:
+        """Copy the bundles (all by default) that the repository at `to_repo` lacks into it, verified on the
+        way, as ``aibackup copy``. A damaged source part fails its bundle only (the result's ``failed``)."""
+        from aibackup.copy import run_copy
+
+        return run_copy(self, to_repo, bundles, key_file=key_file, to_key_file=to_key_file)
 
     def diff(
         self, a: str, b: str, collections: Sequence[str] = (), *, limit: int = 1000, key_file: str | None = None

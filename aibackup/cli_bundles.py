@@ -179,6 +179,51 @@ def verify(
 
 
 @click.command()
+@click.argument("bundles", nargs=-1, metavar="[BUNDLE|latest]...")
+@click.option(
+    "--to-repo", "to_repo", required=True, help="The repository to copy into (created when missing or empty)."
+)
+@click.option(
+    "--to-key-file",
+    default=None,
+    help="The destination's key (a passphrase file), when it has a key slot of its own; default: the source's key.",
+)
+@key_file_option
+@repo_option
+@config_option
+@json_option
+def copy(
+    bundles: tuple[str, ...],
+    to_repo: str,
+    to_key_file: str | None,
+    key_file: str | None,
+    repo: str | None,
+    config_path: str | None,
+    as_json: bool,
+) -> None:
+    """Copy the bundles (all by default) that the repository TO_REPO lacks into it: every part, chain link and
+    chunk pack they need, re-hashed on the way, manifests last. Exits 1 if a bundle could not be copied."""
+    url, config = resolve(repo, config_path)
+    key_file = key_file or (config.key_file if config else None)
+    result = open_repository(url).copy(bundles, to_repo=to_repo, key_file=key_file, to_key_file=to_key_file)
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        if result.destination_created:
+            click.echo(f"created repository at {to_repo} (a copy of {url}: same id and key slots)")
+        for bundle_id in result.copied:
+            click.echo(f"copied   {bundle_id}")
+        for bundle_id, problem in result.failed:
+            click.echo(f"FAILED   {bundle_id}: {problem}")
+        click.echo(
+            f"{len(result.copied)} copied, {len(result.skipped)} already there, {len(result.failed)} failed; "
+            f"{size(result.bytes)} in {result.seconds:.1f} s"
+        )
+    if not result.ok:
+        sys.exit(EXIT_INTEGRITY)
+
+
+@click.command()
 @click.argument("bundle_a", metavar="BUNDLE_A")
 @click.argument("bundle_b", metavar="BUNDLE_B")
 @click.option(
@@ -383,7 +428,7 @@ def restore(
         sys.exit(EXIT_INTEGRITY)
 
 
-COMMANDS = [list_, show, verify, diff, restore]
+COMMANDS = [list_, show, verify, copy, diff, restore]
 
 
 def _recall(value: float | None) -> str:

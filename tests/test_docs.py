@@ -100,7 +100,7 @@ def test_the_offline_command_lines_run(page: Path, tmp_path: Path, cli: Cli, mon
         if OFFLINE_NOT.search(shlex.join(words)):
             continue
         if (
-            words[0] in ("list", "show", "verify", "restore", "status", "prune")
+            words[0] in ("list", "show", "verify", "restore", "status", "prune", "copy")
             and not (tmp_path / "aibackup-repo").exists()
         ):
             cli("backup", "--json")  # a page that starts in an incident: the nightly backup ran before

@@ -1,0 +1,308 @@
+"""The copy verb: the bundles a second repository lacks, copied into it byte for byte and verified on the way.
+
+``run_copy(source, destination, refs)`` copies every bundle of `source` (or the named ones) that
+`destination` does not hold yet, oldest first, with every part its manifest lists (a chain's earlier links,
+a file kind's referenced parts) and, for model bundles, every chunk pack its files need. The bytes are the
+source's own (an encrypted repository's parts and documents stay sealed), so bundle ids, manifests, MACs and
+part hashes are the same in both repositories: ``restore``, ``verify``, ``list`` and ``--at`` behave the same
+on the copy.
+
+Nothing unverified is copied: each part is hashed while it streams and must give its manifest's sha256 and
+size before its upload completes (else it is discarded and the bundle fails, naming the part; the other
+bundles still copy); each chunk pack is read and every chunk checked against its id before it is written.
+Per bundle, in the commit order of a backup: parts, packs, the destination's index file for the packs it
+was given, then the manifest, written exclusively, last. An interrupted copy therefore leaves no partial
+bundle, only unreferenced parts (which a rerun reuses when their size is right, and prune removes after its
+grace period otherwise); a second run copies nothing.
+
+The destination is a repository of its own (its own locks, retention, reports). A missing or empty one is
+created with the source's marker (same repository id and, when encrypted, the same key slots: the same
+passphrase opens it; add slots of its own with ``aibackup key add``). An existing destination must match:
+copying between an encrypted and an unencrypted repository is refused, and an encrypted destination must be
+the same repository (its id) holding every master key generation the copied bundles use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aibackup.bundle import BundleReader
+from aibackup.chunks import INDEX, PACK_SCHEMA, ChunkIds, ChunkIndex, Stored, decompress, index_bytes
+from aibackup.connectors.model.restore import chunk_ids
+from aibackup.errors import IntegrityError, UsageError, first_line
+from aibackup.lock import RepositoryLock
+from aibackup.manifests.model import BundleManifest, PartEntry
+from aibackup.repository import MARKER, Repository, Where, storage_of
+from aibackup.storage import CHUNK, Storage
+from aibackup.vault import bundle_of_part
+
+
+@dataclass
+class CopyResult:
+    """What a copy did: bundles copied, already there, failed (with why); bytes moved."""
+
+    copied: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+    destination_created: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_json(self) -> dict[str, object]:
+        """The `copy --json` contract."""
+        return {
+            "ok": self.ok,
+            "copied": list(self.copied),
+            "skipped": list(self.skipped),
+            "failed": [{"bundle_id": b, "problem": p} for b, p in self.failed],
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def run_copy(
+    source: Repository,
+    destination: Where,
+    refs: Sequence[str] = (),
+    *,
+    key_file: str | None = None,
+    to_key_file: str | None = None,
+) -> CopyResult:
+    """Copy the bundles of `source` named by `refs` (ids, prefixes or latest; all when empty) that
+    `destination` lacks (see the module docstring). UsageError before anything is written for a destination
+    that cannot take them; a damaged source part fails its bundle only (``failed``)."""
+    started = time.perf_counter()
+    key = source.key(key_file)  # an encrypted source: a wrong or missing key stops here
+    source.use_key(key)
+    wanted = [source.match_id(r) for r in refs] if refs else source.bundle_ids()
+    target, created = _destination(source, storage_of(destination), key_file, to_key_file)
+    result = CopyResult(destination_created=created)
+    with (
+        RepositoryLock(source, "backup", f"copy to {target.storage.display()}"),
+        RepositoryLock(target, "backup", f"copy from {source.storage.display()}"),
+    ):
+        present = set(target.bundle_ids())
+        copier = _Copier(source, target)
+        for bundle_id in sorted(set(wanted)):
+            if bundle_id in present:
+                result.skipped.append(bundle_id)
+                continue
+            try:
+                result.bytes += copier.bundle(bundle_id)
+            except IntegrityError as exc:
+                result.failed.append((bundle_id, str(exc)))
+                continue
+            result.copied.append(bundle_id)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _destination(
+    source: Repository, storage: Storage, key_file: str | None, to_key_file: str | None
+) -> tuple[Repository, bool]:
+    """The destination repository, created from the source's marker when the location is missing or empty;
+    UsageError when it cannot take the source's bundles as they are."""
+    if storage.url.rstrip("/") == source.storage.url.rstrip("/"):
+        raise UsageError("the destination is the source repository itself")
+    found = Repository.find(storage)
+    if found is None:
+        raw = source.storage.fs.cat_file(source.storage.full(MARKER))
+        storage.write_exclusive(MARKER, raw)  # the marker is never sealed: its bytes as they are
+        target = Repository.open(storage)
+        created = True
+    else:
+        target, created = found, False
+    if target.encrypted != source.encrypted or target.fully_encrypted != source.fully_encrypted:
+        what = "encrypted" if source.encrypted else "not encrypted"
+        raise UsageError(
+            f"the source repository is {what} and {storage.display()} is not: a copy keeps the bytes as they are, "
+            "so both must be the same kind (copy into a new location, or `aibackup init` it like the source)"
+        )
+    if target.encrypted:
+        if target.id != source.id:
+            raise UsageError(
+                f"{storage.display()} is another encrypted repository (id {target.id}, the source's is {source.id}): "
+                "encrypted bytes are bound to their repository; copy into a new location"
+            )
+        target.use_key(target.key(to_key_file or key_file))
+        if target.fully_encrypted:
+            theirs = {g.id: g.key for g in target.vault(to_key_file or key_file).keyring.generations}
+            ours = {g.id: g.key for g in source.vault(key_file).keyring.generations}
+            missing = sorted(g for g, k in ours.items() if theirs.get(g) != k)
+            if missing:
+                raise UsageError(
+                    f"{storage.display()} lacks master key generation(s) {missing} of the source (rotated since it "
+                    "was made): copy into a new location"
+                )
+    return target, created
+
+
+class _Copier:
+    """Copies bundles from one repository into another, sharing what it learned between bundles."""
+
+    def __init__(self, source: Repository, target: Repository) -> None:
+        self.source = source
+        self.target = target
+        self.reader = BundleReader(source)
+        self.ids = ChunkIds(source.key())
+        self._source_index: ChunkIndex | None = None
+        self._target_index: ChunkIndex | None = None
+
+    def bundle(self, bundle_id: str) -> int:
+        """Copy one bundle (parts, packs, index, manifest last); returns the bytes written. IntegrityError
+        naming what is damaged in the source (nothing of this bundle is published then)."""
+        manifest = self.source.load(bundle_id)  # authenticated when the source is encrypted
+        written = 0
+        for part in _parts(manifest):
+            written += self._part(part)
+        written += self._chunks(manifest)
+        raw = self.source.storage.fs.cat_file(self.source.storage.full(self.source.manifest_path(bundle_id)))
+        _raw_exclusive(self.target.storage, self.target.manifest_path(bundle_id), raw)
+        return written + len(raw)
+
+    def _part(self, part: PartEntry) -> int:
+        """One part, unless the destination holds it already (the right size); hashed on the way, and
+        completed (an S3 upload finished, a local file fsynced) only when it gives the manifest's sha256."""
+        dest = self.target.storage
+        with contextlib.suppress(FileNotFoundError):
+            if dest.size(part.path) == part.bytes:
+                return 0
+            dest.remove(part.path)  # a copy interrupted mid-part (a local file is written in place)
+        where = self.source.storage.display(part.path)
+        sha = hashlib.sha256()
+        size = 0
+        writer = dest.create(part.path, hashing=False)
+        try:
+            with self.source.storage.open_read(part.path) as f:
+                while block := f.read(CHUNK):
+                    sha.update(block)
+                    size += len(block)
+                    writer.write(block)
+            if (size, sha.hexdigest()) != (part.bytes, part.sha256):
+                raise IntegrityError(f"damaged part {where}: its bytes do not match the manifest's sha256 and size")
+            dest.close_part(writer, part.path)
+        except FileNotFoundError:
+            writer.abort()
+            with contextlib.suppress(Exception):
+                dest.remove(part.path)
+            raise IntegrityError(f"missing part {where}") from None
+        except BaseException:
+            writer.abort()
+            with contextlib.suppress(Exception):
+                dest.remove(part.path)
+            raise
+        return part.bytes
+
+    def _chunks(self, manifest: BundleManifest) -> int:
+        """The chunk packs a model bundle's files need that the destination lacks, each read and every chunk
+        checked before it is written, then one index file for them. Returns the bytes written."""
+        needed: set[bytes] = set()
+        for dataset in manifest.datasets:
+            if dataset.kind == "model":
+                for batch in self.reader.batches(dataset, columns=["chunks"]):
+                    for data in batch.column(0).to_pylist():
+                        if data:
+                            needed.update(chunk_ids({"chunks": data}))
+        if not needed:
+            return 0
+        source_index = self._index(self.source, "_source_index")
+        target_index = self._index(self.target, "_target_index")
+        lacking = {c for c in needed if c not in target_index}
+        places: dict[str, list[tuple[bytes, Stored]]] = {}
+        for chunk in lacking:
+            place = source_index.get(chunk)
+            if place is None:
+                raise IntegrityError(f"chunk {chunk.hex()[:16]}… of bundle {manifest.bundle_id} is in no pack")
+            places.setdefault(place.pack, []).append((chunk, place))
+        written = 0
+        entries: list[tuple[bytes, Stored]] = []
+        for pack in sorted(places):
+            written += self._pack(pack)
+            # Every chunk the pack holds becomes findable in the destination, not only those needed now.
+            entries += self._pack_entries(source_index, pack)
+        if entries:
+            rel = f"{INDEX}/{manifest.bundle_id}-copy.parquet"
+            with contextlib.suppress(FileNotFoundError):
+                self.target.storage.remove(rel)  # an interrupted copy's: rewritten whole
+            self.target.storage.write_exclusive(rel, index_bytes(entries))
+            for chunk, place in entries:
+                target_index.places.setdefault(chunk, place)
+        return written
+
+    @staticmethod
+    def _pack_entries(index: ChunkIndex, pack: str) -> list[tuple[bytes, Stored]]:
+        return [(c, p) for c, p in index.places.items() if p.pack == pack]
+
+    def _pack(self, pack: str) -> int:
+        """One pack: read whole (at most a few tens of MiB), every chunk checked against its id, written."""
+        where = self.source.storage.display(pack)
+        try:
+            raw = self.source.storage.fs.cat_file(self.source.storage.full(pack))
+        except FileNotFoundError:
+            raise IntegrityError(f"missing chunk pack {where}") from None
+        dest = self.target.storage
+        with contextlib.suppress(FileNotFoundError):
+            if dest.size(pack) == len(raw):
+                return 0
+            dest.remove(pack)
+        try:
+            pf = pq.ParquetFile(
+                pa.BufferReader(raw),
+                page_checksum_verification=True,
+                decryption_properties=self.source.part_decryption(pack),
+            )
+            if not pf.schema_arrow.equals(PACK_SCHEMA):
+                raise IntegrityError(f"damaged chunk pack {where}: unexpected columns")
+            for n in range(pf.metadata.num_row_groups):
+                row = pf.read_row_group(n).to_pylist()[0]
+                data = decompress(row["data"], row["size"]) if row["zstd"] else row["data"]
+                if self.ids(data) != row["chunk"]:
+                    raise IntegrityError(f"damaged chunk pack {where}: row {n} does not match its id")
+        except pa.ArrowException as exc:
+            raise IntegrityError(f"damaged chunk pack {where}: {first_line(exc)}") from None
+        except OSError as exc:
+            raise IntegrityError(f"damaged chunk pack {where}: {first_line(exc)}") from None
+        writer = dest.create(pack, hashing=False)
+        try:
+            writer.write(raw)
+            dest.close_part(writer, pack)
+        except BaseException:
+            writer.abort()
+            raise
+        return len(raw)
+
+    def _index(self, repo: Repository, attr: str) -> ChunkIndex:
+        index: ChunkIndex | None = getattr(self, attr)
+        if index is None:
+            index = ChunkIndex.load(repo)
+            setattr(self, attr, index)
+        return index
+
+
+def _parts(manifest: BundleManifest) -> list[PartEntry]:
+    """Every part the bundle's datasets list, each once, oldest bundle's first (a chain's links in order)."""
+    seen: dict[str, PartEntry] = {}
+    for dataset in manifest.datasets:
+        for part in dataset.all_parts():
+            seen.setdefault(part.path, part)
+    return sorted(seen.values(), key=lambda p: (bundle_of_part(p.path), p.path))
+
+
+def _raw_exclusive(storage: Storage, rel: str, data: bytes) -> None:
+    """Write `data` at `rel` exclusively as it is (a sealed document stays sealed: no codec applied)."""
+    codec, storage.documents = storage.documents, None
+    try:
+        storage.write_exclusive(rel, data)
+    finally:
+        storage.documents = codec

@@ -1,0 +1,173 @@
+"""`aibackup copy`: the bundles a second repository lacks, copied byte for byte and verified on the way
+(issue 20's first part). Every test runs against plain and (second CI pass) encrypted repositories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from aibackup.repository import Repository
+from tests.helpers import Cli, ok, one_line_error, repository_url
+
+
+def conversations(folder: Path, lines: int, start: int = 0) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "app.jsonl").open("a") as f:
+        for n in range(start, start + lines):
+            f.write(json.dumps({"user_id": f"u{n}", "input": f"question {n}", "output": f"answer {n}"}) + "\n")
+    return folder
+
+
+def model(folder: Path, seed: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    save_file({"w": rng.standard_normal((512, 1024)).astype(np.float32)}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text('{"model_type": "llama"}\n')
+    return folder
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def three_bundles(cli: Cli, tmp_path: Path, repo: str) -> list[str]:
+    """An incremental chain of conversation logs (the second and third bundles list the first's part) and a
+    model bundle (its bytes in chunk packs)."""
+    logs = conversations(tmp_path / "logs", 50)
+    ok(cli("backup", f"conversations:{logs}", "--repo", repo))
+    conversations(logs, 10, start=50)
+    ok(cli("backup", f"conversations:{logs}", "--repo", repo))
+    ok(cli("backup", f"model:{model(tmp_path / 'llm', 1)}", "--repo", repo))
+    return Repository.open(repo).bundle_ids()
+
+
+@pytest.mark.parametrize(
+    ("source_where", "dest_where"), [("local", "local"), pytest.param("local", "s3", marks=pytest.mark.s3)]
+)
+def test_copy_brings_every_bundle_and_a_second_run_nothing(
+    cli: Cli, tmp_path: Path, request: pytest.FixtureRequest, source_where: str, dest_where: str
+) -> None:
+    source = str(tmp_path / "repo")
+    ids = three_bundles(cli, tmp_path, source)
+    dest = repository_url(dest_where, tmp_path, request) + ("-copy" if dest_where == "local" else "")
+    first = json.loads(ok(cli("copy", "--repo", source, "--to-repo", dest, "--json")).out)
+    assert first["ok"] and first["copied"] == ids and first["skipped"] == [] and first["bytes"] > 0
+    again = json.loads(ok(cli("copy", "--repo", source, "--to-repo", dest, "--json")).out)
+    assert again["copied"] == [] and again["skipped"] == ids and again["bytes"] == 0
+    assert Repository.open(dest).bundle_ids() == ids
+    ok(cli("verify", "--repo", dest, "--read-data"))
+    # The copy restores like the source: the chain's newest bundle, and the model byte for byte.
+    ok(cli("restore", ids[1], "--repo", dest, "--to", f"conversations:{tmp_path / 'logs-back'}"))
+    assert (tmp_path / "logs-back" / "app.jsonl").read_bytes() == (tmp_path / "logs" / "app.jsonl").read_bytes()
+    ok(cli("restore", "latest", "--repo", dest, "--to", f"model:{tmp_path / 'llm-back'}"))
+    assert files_of(tmp_path / "llm-back") == files_of(tmp_path / "llm")
+
+
+@pytest.mark.s3
+def test_copy_from_s3_to_s3_and_back_to_local(cli: Cli, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    url = repository_url("s3", tmp_path, request)
+    ids = three_bundles(cli, tmp_path, url)
+    other = url.rsplit("/", 1)[0] + "/second-region"
+    ok(cli("copy", "--repo", url, "--to-repo", other))
+    local = str(tmp_path / "third")
+    ok(cli("copy", "--repo", other, "--to-repo", local))
+    assert Repository.open(local).bundle_ids() == ids
+    ok(cli("verify", "--repo", local, "--read-data"))
+
+
+def test_copy_of_one_bundle_brings_the_chain_it_needs(cli: Cli, tmp_path: Path) -> None:
+    source = str(tmp_path / "repo")
+    ids = three_bundles(cli, tmp_path, source)
+    dest = str(tmp_path / "copy")
+    out = json.loads(ok(cli("copy", ids[1], "--repo", source, "--to-repo", dest, "--json")).out)
+    assert out["copied"] == [ids[1]]
+    ok(cli("restore", ids[1], "--repo", dest, "--to", f"conversations:{tmp_path / 'back'}"))
+    assert (tmp_path / "back" / "app.jsonl").read_bytes() == (tmp_path / "logs" / "app.jsonl").read_bytes()
+    # The first bundle's part came with it (the chain lists it); copying that bundle later adds its manifest.
+    out = json.loads(ok(cli("copy", "--repo", source, "--to-repo", dest, "--json")).out)
+    assert out["copied"] == [ids[0], ids[2]]
+
+
+def test_a_damaged_source_part_fails_its_bundle_only(cli: Cli, tmp_path: Path) -> None:
+    source = str(tmp_path / "repo")
+    logs = conversations(tmp_path / "logs", 50)
+    ok(cli("backup", f"conversations:{logs}", "--repo", source, "--full"))
+    ok(cli("backup", f"model:{model(tmp_path / 'llm', 1)}", "--repo", source))
+    first, second = Repository.open(source).bundle_ids()
+    part = next((tmp_path / "repo" / "data" / first).rglob("part-*.parquet"))
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    part.write_bytes(bytes(data))
+    dest = str(tmp_path / "copy")
+    result = cli("copy", "--repo", source, "--to-repo", dest, "--json")
+    assert result.code == 1
+    out = json.loads(result.out)
+    assert out["copied"] == [second] and [f["bundle_id"] for f in out["failed"]] == [first]
+    assert part.name in out["failed"][0]["problem"] and "sha256" in out["failed"][0]["problem"]
+    assert Repository.open(dest).bundle_ids() == [second]  # no partial bundle
+    assert not list((tmp_path / "copy" / "data").glob(f"{first}/**/*.parquet"))
+
+
+def test_an_interrupted_copy_is_completed_by_a_rerun(cli: Cli, tmp_path: Path) -> None:
+    source = str(tmp_path / "repo")
+    ids = three_bundles(cli, tmp_path, source)
+    dest = tmp_path / "copy"
+    ok(cli("copy", ids[0], "--repo", source, "--to-repo", str(dest)))
+    # As a crash leaves it: a part of the next bundle half-written, its manifest never written.
+    part = next((tmp_path / "repo" / "data" / ids[1]).rglob("part-*.parquet"))
+    half = dest / part.relative_to(tmp_path / "repo")
+    half.parent.mkdir(parents=True, exist_ok=True)
+    half.write_bytes(part.read_bytes()[: part.stat().st_size // 2])
+    assert Repository.open(str(dest)).bundle_ids() == [ids[0]]
+    out = json.loads(ok(cli("copy", "--repo", source, "--to-repo", str(dest), "--json")).out)
+    assert out["copied"] == ids[1:] and out["skipped"] == [ids[0]]
+    ok(cli("verify", "--repo", str(dest), "--read-data"))
+
+
+def test_a_damaged_chunk_pack_is_not_copied(cli: Cli, tmp_path: Path) -> None:
+    source = str(tmp_path / "repo")
+    ok(cli("backup", f"model:{model(tmp_path / 'llm', 1)}", "--repo", source))
+    pack = next((tmp_path / "repo" / "data").rglob("packs/*.parquet"))
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    result = cli("copy", "--repo", source, "--to-repo", str(tmp_path / "copy"), "--json")
+    assert result.code == 1
+    (failed,) = json.loads(result.out)["failed"]
+    assert "damaged chunk pack" in failed["problem"] and pack.name in failed["problem"]
+    assert not list((tmp_path / "copy").rglob("packs/*.parquet"))
+
+
+def test_prune_on_the_copy_keeps_what_its_bundles_need(cli: Cli, tmp_path: Path) -> None:
+    source = str(tmp_path / "repo")
+    ok(cli("backup", f"model:{model(tmp_path / 'llm', 1)}", "--repo", source))
+    model(tmp_path / "llm", 2)
+    ok(cli("backup", f"model:{tmp_path / 'llm'}", "--repo", source))
+    dest = str(tmp_path / "copy")
+    ok(cli("copy", "--repo", source, "--to-repo", dest))
+    ok(cli("prune", "--repo", dest, "--keep-last", "1", "--grace", "0s"))
+    assert len(Repository.open(dest).bundle_ids()) == 1
+    assert len(Repository.open(source).bundle_ids()) == 2  # its own retention: the source is untouched
+    ok(cli("verify", "--repo", dest, "--read-data"))
+    ok(cli("restore", "latest", "--repo", dest, "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(tmp_path / "llm")
+
+
+def test_copying_between_encrypted_and_plain_repositories_is_refused(cli: Cli, tmp_path: Path) -> None:
+    source = str(tmp_path / "repo")
+    ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 5)}", "--repo", source))
+    encrypted = Repository.open(source).encrypted
+    other = tmp_path / "other"
+    Repository.init(str(other), passphrase=None if encrypted else b"another passphrase")
+    one_line_error(cli("copy", "--repo", source, "--to-repo", str(other)), 2, "encrypted", str(other))
+    assert Repository.open(str(other)).bundle_ids() == []
+
+
+def test_the_destination_is_not_the_source(tmp_path: Path, cli: Cli) -> None:
+    source = str(tmp_path / "repo")
+    ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 5)}", "--repo", source))
+    one_line_error(cli("copy", "--repo", source, "--to-repo", source), 2, "the source repository itself")
