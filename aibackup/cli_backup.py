@@ -248,6 +248,13 @@ def _backup_config(
                 click.echo(f"{r.source}: {r.error}")
             for note in r.notes:
                 click.echo(f"{r.source}: note: {note}")
+        for c in result.copies:
+            if c.error:
+                click.echo(f"copy to {c.repository}: FAILED: {c.error}")
+                continue
+            click.echo(f"copy to {c.repository}: {len(c.copied)} bundle(s) copied ({size(c.bytes)}, {c.seconds:.1f} s)")
+            for f in c.failed:
+                click.echo(f"copy to {c.repository}: FAILED {f['bundle_id']}: {f['problem']}")
     conclude(config, metrics_file, result.exit_code, as_json)
 
 

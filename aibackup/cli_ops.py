@@ -71,6 +71,22 @@ def status(metrics_file: str | None, repo: str | None, config_path: str | None, 
             )
         headers = ["SOURCE", "NEWEST BUNDLE", "AGE", "RPO", "RPO STATUS", "LAST RUN WROTE", "LAST RESTORE TEST (RTO)"]
         table(headers, rows)
+        copies = [(s.source, c) for s in report.sources for c in s.copies]
+        if copies:
+            click.echo("")
+            table(
+                ["SOURCE", "COPY", "NEWEST BUNDLE", "AGE", "RPO STATUS"],
+                [
+                    [
+                        name,
+                        c["repository"],
+                        c["newest_bundle"] or ("unreadable: " + c["error"] if c["error"] else "none"),
+                        _age(c["age_seconds"]),
+                        "BREACHED" if c["rpo_breached"] else "ok",
+                    ]
+                    for name, c in copies
+                ],
+            )
     conclude(config, metrics_file, 0 if report.ok else EXIT_INTEGRITY, as_json)
 
 

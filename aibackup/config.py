@@ -200,6 +200,16 @@ class TargetConfig(_SafeRepr):
 
 
 @dataclass(frozen=True, repr=False)
+class CopyConfig(_SafeRepr):
+    """One entry of ``copies``: a second repository each new bundle is copied into after the backups, and
+    its own key (a passphrase file) when it has a key slot of its own."""
+
+    repository: str
+    key_file: str | None = None
+    env_fields: frozenset[str] = _env_field()
+
+
+@dataclass(frozen=True, repr=False)
 class RestoreTestConfig(_SafeRepr):
     """The top-level ``restore_test`` settings."""
 
@@ -226,6 +236,7 @@ class Config(_SafeRepr):
     kms_key_id: str | None = None
     metrics_file: str | None = None
     lock_stale_after: datetime.timedelta = datetime.timedelta(minutes=10)
+    copies: tuple[CopyConfig, ...] = ()
     env_fields: frozenset[str] = _env_field()
 
     def source(self, name: str) -> SourceConfig:

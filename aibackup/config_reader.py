@@ -20,6 +20,7 @@ from aibackup.config import (
     DURATION_HINT,
     ONLY_FOR,
     Config,
+    CopyConfig,
     EnvStr,
     RestoreTestConfig,
     RetentionPolicy,
@@ -302,6 +303,7 @@ class _Reader:
         readers |= {"key_file": self.path, "metrics_file": self.path, "lock": self.lock, "targets": self.targets_}
         readers |= {"sse": self.text, "sse_kms_key_id": self.text, "kms_key_id": self.text}
         readers |= {"retention": self.global_retention, "restore_test": self.restore_test, "sources": self.sources}
+        readers |= {"copies": self.copies}
         values, env = self.fields(root, "", readers)
         sse = {key: values.pop(key) for key in ("sse", "sse_kms_key_id") if key in values}
         if sse and "repository" in values:
@@ -318,6 +320,23 @@ class _Reader:
             env |= {"lock_stale_after"} if "lock" in env else set()
         values["targets"] = MappingProxyType(self.targets)
         return Config(path=os.path.abspath(self.file), env_fields=frozenset(env - {"lock"}), **values)
+
+    def copies(self, node: yaml.Node, path: str) -> _Scalar:
+        """``copies: [{repository: URL, key_file: PATH}]``: second repositories, each named once."""
+        if node.tag == _NULL:
+            return self.done((), node, path)
+        if not isinstance(node, yaml.SequenceNode):
+            self.fail(node, path, f"expected a list of {{repository: URL}}, got {_kind(node)}")
+        found: list[CopyConfig] = []
+        for i, item in enumerate(node.value):
+            where = f"{path}[{i}]"
+            values, env = self.fields(item, where, {"repository": self.repository, "key_file": self.path})
+            if "repository" not in values:
+                self.fail(item, f"{where}.repository", "missing: every copy needs a repository")
+            if any(c.repository == values["repository"] for c in found):
+                self.fail(item, f"{where}.repository", f"{values['repository']!r} is listed twice")
+            found.append(CopyConfig(**values, env_fields=frozenset(env)))
+        return self.done(tuple(found), node, path)
 
     def lock(self, node: yaml.Node, path: str) -> _Scalar:
         from aibackup.lock import DEFAULT_HEARTBEAT

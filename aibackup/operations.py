@@ -13,7 +13,7 @@ from typing import Any
 
 from aibackup import clock, reports
 from aibackup.backup import SourceOptions, run_backup
-from aibackup.config import Config, SourceConfig
+from aibackup.config import Config, CopyConfig, SourceConfig
 from aibackup.connectors.registry import parse_location
 from aibackup.errors import AibackupError, ConfigError, IntegrityError, UsageError
 from aibackup.manifests.model import BundleManifest
@@ -55,24 +55,57 @@ class SourceRun:
 
 
 @dataclass
+class CopyRun:
+    """The copy of a config-driven backup's new bundles into one of the config's ``copies``."""
+
+    repository: str
+    ok: bool
+    copied: list[str] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)
+    bytes: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    exit_code: int = 0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "repository": self.repository,
+            "ok": self.ok,
+            "copied": self.copied,
+            "failed": self.failed,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
+            "error": self.error,
+        }
+
+
+@dataclass
 class SourcesResult:
-    """A config-driven backup: one run per source; ``ok`` when every source was backed up."""
+    """A config-driven backup: one run per source, then one copy per configured second repository; ``ok``
+    when every source was backed up and every new bundle copied."""
 
     runs: list[SourceRun]
+    copies: list[CopyRun] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.runs)
+        return all(r.ok for r in self.runs) and all(c.ok for c in self.copies)
 
     @property
     def exit_code(self) -> int:
-        """The command's exit code: the first failed source's, 0 when none failed."""
-        failed = [r for r in self.runs if not r.ok]
-        return (failed[0].exit_code or IntegrityError.exit_code) if failed else 0
+        """The command's exit code: the first failed source's, else the first failed copy's, else 0."""
+        failed = [(r.exit_code, r.ok) for r in self.runs if not r.ok] + [
+            (c.exit_code, c.ok) for c in self.copies if not c.ok
+        ]
+        return (failed[0][0] or IntegrityError.exit_code) if failed else 0
 
     def to_json(self) -> dict[str, object]:
-        """The `backup --json` document without SOURCE: ok and sources [...]."""
-        return {"ok": self.ok, "sources": [r.to_json() for r in self.runs]}
+        """The `backup --json` document without SOURCE: ok, sources [...] and copies [...]."""
+        return {
+            "ok": self.ok,
+            "sources": [r.to_json() for r in self.runs],
+            "copies": [c.to_json() for c in self.copies],
+        }
 
 
 def backup_sources(
@@ -134,7 +167,31 @@ def backup_sources(
         report.event("source_done", _summary(run), **run.to_json())
         record_report(config, reports.BACKUPS, {"kind": "backup", "uri": source.uri, **run.to_json()}, repo)
         runs.append(run)
-    return SourcesResult(runs)
+    new = [r.bundle_id for r in runs if r.ok and r.bundle_id]
+    return SourcesResult(runs, [copy_bundles(config, c, new, repo, report) for c in config.copies] if new else [])
+
+
+def copy_bundles(
+    config: Config, copy: CopyConfig, bundle_ids: Sequence[str], repo: Repository | None, report: Progress
+) -> CopyRun:
+    """Copy `bundle_ids` (this run's new bundles) into `copy`'s repository; never raises (a copy that cannot
+    be made is a failed CopyRun, the backups themselves stand)."""
+    from aibackup.copy import run_copy
+
+    started = time.perf_counter()
+    try:
+        source = repo if repo is not None else Repository.open(config.repository)
+        done = run_copy(source, copy.repository, bundle_ids, key_file=config.key_file, to_key_file=copy.key_file)
+    except AibackupError as exc:
+        run = CopyRun(
+            copy.repository, False, seconds=time.perf_counter() - started, error=str(exc), exit_code=exc.exit_code
+        )
+    else:
+        failed = [{"bundle_id": b, "problem": p} for b, p in done.failed]
+        run = CopyRun(copy.repository, done.ok, done.copied, failed, done.bytes, done.seconds)
+        run.exit_code = 0 if done.ok else IntegrityError.exit_code
+    report.event("copy_done", f"copy to {copy.repository}: {'ok' if run.ok else 'FAILED'}", **run.to_json())
+    return run
 
 
 def _summary(run: SourceRun) -> str:
@@ -196,10 +253,14 @@ class SourceStatus:
     last_restore_test: dict[str, Any] | None
     last_backup: dict[str, Any] | None
     last_successful_backup: dict[str, Any] | None = None
+    #: Per configured copy: {"repository", "newest_bundle", "age_seconds", "rpo_breached", "error"}; a copy
+    #: that falls behind breaches the source's RPO as the repository itself would.
+    copies: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         test = self.last_restore_test or {}
         return {
+            "copies": self.copies,
             "source": self.source,
             "uri": self.uri,
             "newest_bundle": self.newest_bundle,
@@ -254,24 +315,20 @@ def status(config: Config, repo: Repository | None = None) -> list[SourceStatus]
     tests = reports.latest_by_source(repo, reports.RESTORE_TESTS, names)
     backups = reports.latest_by_source(repo, reports.BACKUPS, names)
     good_backups = reports.latest_by_source(repo, reports.BACKUPS, names, lambda doc: bool(doc.get("ok")))
+    copies = [_copy_view(config, copy) for copy in config.copies]
     out: list[SourceStatus] = []
     for source in config.sources.values():
         uri = parse_location(source.uri).display()
-        newest: BundleManifest | None = None
-        for manifest in reversed(good):
-            if not of_source(manifest, source):
-                continue
-            parts = [p for d in manifest.datasets for p in d.all_parts()]
-            if not any(reader.check_part(p, read_data=False) for p in parts):
-                newest = manifest
-                break
-        age = None
-        if newest is not None:
-            created = parse_iso(newest.created_at)
-            age = (now - created).total_seconds()
+        newest = _newest_intact(good, reader, source)
+        age = None if newest is None else (now - parse_iso(newest.created_at)).total_seconds()
         rpo = source.rpo.total_seconds() if source.rpo else None
         # No intact bundle at all is a breach whatever the RPO: there is nothing to restore.
         breached = age is None or (rpo is not None and age > rpo)
+        in_copies = []
+        for copy, view in zip(config.copies, copies, strict=True):
+            entry = _copy_status(copy, view, source, now, rpo)
+            breached = breached or entry["rpo_breached"]
+            in_copies.append(entry)
         out.append(
             SourceStatus(
                 source=source.name,
@@ -285,9 +342,47 @@ def status(config: Config, repo: Repository | None = None) -> list[SourceStatus]
                 last_restore_test=tests.get(source.name),
                 last_backup=backups.get(source.name),
                 last_successful_backup=good_backups.get(source.name),
+                copies=in_copies,
             )
         )
     return out
+
+
+def _newest_intact(good: Sequence[BundleManifest], reader: Any, source: SourceConfig) -> BundleManifest | None:
+    """The newest bundle of `source` among `good` (oldest first) whose every part is there with its size."""
+    for manifest in reversed(good):
+        if not of_source(manifest, source):
+            continue
+        parts = [p for d in manifest.datasets for p in d.all_parts()]
+        if not any(reader.check_part(p, read_data=False) for p in parts):
+            return manifest
+    return None
+
+
+def _copy_view(config: Config, copy: CopyConfig) -> tuple[Any, Any] | str:
+    """A copy's manifests and part reader, or why it cannot be read (unreachable, no repository, no key)."""
+    from aibackup.bundle import BundleReader
+
+    try:
+        repo = Repository.open(copy.repository)
+        repo.use_key(repo.key(copy.key_file or config.key_file))
+        good, _damaged = repo.scan()
+        return good, BundleReader(repo)
+    except AibackupError as exc:
+        return str(exc)
+
+
+def _copy_status(
+    copy: CopyConfig, view: tuple[Any, Any] | str, source: SourceConfig, now: Any, rpo: float | None
+) -> dict[str, Any]:
+    """One source's newest intact bundle in one copy, against the source's RPO."""
+    entry: dict[str, Any] = {"repository": copy.repository, "newest_bundle": None, "age_seconds": None}
+    if isinstance(view, str):
+        return entry | {"rpo_breached": True, "error": view}
+    newest = _newest_intact(view[0], view[1], source)
+    age = None if newest is None else (now - parse_iso(newest.created_at)).total_seconds()
+    entry |= {"newest_bundle": newest.bundle_id if newest else None, "age_seconds": age, "error": None}
+    return entry | {"rpo_breached": age is None or (rpo is not None and age > rpo)}
 
 
 def record_verify(repo: Repository, bundle_ids: list[str], ok: bool, problems: list[dict[str, str]]) -> None:

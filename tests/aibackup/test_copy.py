@@ -171,3 +171,64 @@ def test_the_destination_is_not_the_source(tmp_path: Path, cli: Cli) -> None:
     source = str(tmp_path / "repo")
     ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 5)}", "--repo", source))
     one_line_error(cli("copy", "--repo", source, "--to-repo", source), 2, "the source repository itself")
+
+
+def test_the_nightly_backup_copies_its_new_bundles_into_every_configured_copy(cli: Cli, tmp_path: Path) -> None:
+    logs = conversations(tmp_path / "logs", 20)
+    (tmp_path / "aibackup.yaml").write_text(
+        "repository: ./repo\n"
+        f"sources:\n  logs: {{uri: 'conversations:{logs}', rpo: 1h}}\n  llm: 'model:{model(tmp_path / 'llm', 1)}'\n"
+        "copies:\n  - {repository: ./copy-eu}\n  - repository: ./copy-us\n"
+    )
+    out = json.loads(ok(cli("backup", "--json")).out)
+    new = sorted(r["bundle_id"] for r in out["sources"])
+    assert [c["repository"].rsplit("/", 1)[-1] for c in out["copies"]] == ["copy-eu", "copy-us"]
+    assert all(c["ok"] and sorted(c["copied"]) == new for c in out["copies"]), out["copies"]
+    for copy in ("copy-eu", "copy-us"):
+        assert Repository.open(str(tmp_path / copy)).bundle_ids() == new
+        ok(cli("verify", "--repo", str(tmp_path / copy), "--read-data"))
+    # The next night copies only what is new.
+    conversations(logs, 5, start=20)
+    again = json.loads(ok(cli("backup", "--json")).out)
+    assert all(len(c["copied"]) == 2 for c in again["copies"])
+
+
+def test_a_copy_that_cannot_be_made_fails_the_run_but_keeps_the_backups(cli: Cli, tmp_path: Path) -> None:
+    logs = conversations(tmp_path / "logs", 20)
+    (tmp_path / "not-a-repo").mkdir()
+    (tmp_path / "not-a-repo" / "something.txt").write_text("not ours\n")
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: 'conversations:{logs}'\ncopies:\n  - {{repository: ./not-a-repo}}\n"
+    )
+    result = cli("backup", "--json")
+    assert result.code == 2, (result.out, result.err)
+    out = json.loads(result.out)
+    assert out["sources"][0]["ok"] and not out["copies"][0]["ok"] and "not-a-repo" in out["copies"][0]["error"]
+    assert len(Repository.open(str(tmp_path / "repo")).bundle_ids()) == 1
+
+
+def test_copies_in_the_config_are_checked(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "aibackup.yaml").write_text(
+        "repository: ./repo\nsources:\n  logs: 'conversations:./logs'\ncopies:\n  - {key_file: ./k}\n"
+    )
+    one_line_error(cli("list"), 2, "copies[0].repository", "missing")
+
+
+def test_status_shows_each_copy_and_a_copy_falling_behind_breaches_the_rpo(cli: Cli, tmp_path: Path) -> None:
+    import shutil
+
+    logs = conversations(tmp_path / "logs", 20)
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: {{uri: 'conversations:{logs}', rpo: 1h}}\n"
+        "copies:\n  - {repository: ./copy-eu}\n"
+    )
+    newest = json.loads(ok(cli("backup", "--json")).out)["sources"][0]["bundle_id"]
+    status = json.loads(ok(cli("status", "--json")).out)
+    (copy,) = status["sources"][0]["copies"]
+    assert status["ok"] and copy["newest_bundle"] == newest and not copy["rpo_breached"] and copy["error"] is None
+    assert "copy-eu" in ok(cli("status")).out
+    shutil.rmtree(tmp_path / "copy-eu")  # the second region is gone
+    result = cli("status", "--json")
+    assert result.code == 1
+    (copy,) = json.loads(result.out)["sources"][0]["copies"]
+    assert copy["rpo_breached"] and copy["newest_bundle"] is None and "copy-eu" in copy["error"]
