@@ -218,6 +218,7 @@ class RestoreTestConfig(_SafeRepr):
     recall_tolerance: float = 0.05
     queries: int | None = None  # None: every query of the bundle's search baseline (20 without one)
     report: str | None = None
+    repository: str | None = None  # restore from this copy instead of the repository (a second region)
     env_fields: frozenset[str] = _env_field()
 
 

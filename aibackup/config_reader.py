@@ -387,7 +387,7 @@ class _Reader:
     def restore_test(self, node: yaml.Node, path: str) -> _Scalar:
         readers = {"target": self.target_name, "min_recall": self.fraction, "queries": self.integer}
         readers["recall_tolerance"] = self.fraction
-        values, env = self.fields(node, path, {**readers, "report": self.path})
+        values, env = self.fields(node, path, {**readers, "report": self.path, "repository": self.repository})
         return self.done(RestoreTestConfig(**values, env_fields=frozenset(env)), node, path)
 
     def sources(self, node: yaml.Node, path: str) -> _Scalar:

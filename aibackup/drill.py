@@ -46,6 +46,7 @@ class DrillResult:
     checks: list[Check] = field(default_factory=list)
     error: str | None = None
     cleanup: str | None = None
+    repository: str | None = None  # the copy tested (``restore_test.repository``); None: the repository
 
     @property
     def rto_met(self) -> bool:
@@ -63,6 +64,7 @@ class DrillResult:
             "checks": [c.to_json() for c in self.checks],
             "error": self.error,
             "cleanup": self.cleanup,
+            "repository": self.repository,
         }
 
 
@@ -105,10 +107,13 @@ def restore_test(
     report = progress or Quiet()
     repo = repo or Repository.open(config.repository)
     results: list[DrillResult] = []
+    tested, key_file = _tested_repository(config, repo)
     for source in sources_of(config, names):
         if source.restore_test_skip and not names:
             continue
-        result = _drill(config, repo, source)
+        result = _drill(config, tested, source, key_file)
+        if tested is not repo:
+            result.repository = config.restore_test.repository
         state = "ok" if result.ok else "FAILED"
         report.event(
             "restore_test", f"{source.name}: restore test {state} in {result.rto_seconds:.1f} s", **result.to_json()
@@ -118,7 +123,19 @@ def restore_test(
     return DrillReport(results)
 
 
-def _drill(config: Config, repo: Repository, source: SourceConfig) -> DrillResult:
+def _tested_repository(config: Config, repo: Repository) -> tuple[Repository, str | None]:
+    """The repository the drill restores from, and its key file: a configured copy when ``restore_test``
+    names one (its own key file, when the copy has one), else the repository itself. The reports go to the
+    repository either way (``status`` reads them there)."""
+    where = config.restore_test.repository
+    if where is None:
+        return repo, config.key_file
+    copy = next((c for c in config.copies if c.repository == where), None)
+    key_file = (copy.key_file if copy is not None else None) or config.key_file
+    return Repository.open(where), key_file
+
+
+def _drill(config: Config, repo: Repository, source: SourceConfig, key_file: str | None) -> DrillResult:
     started = time.perf_counter()
     objective = source.rto.total_seconds() if source.rto else None
     bundle: BundleManifest | None = None
@@ -138,7 +155,7 @@ def _drill(config: Config, repo: Repository, source: SourceConfig) -> DrillResul
                 source.collections,
                 mode="overwrite",
                 check_options=options,
-                key_file=config.key_file,
+                key_file=key_file,
             )
             checks = [c for d in result.datasets for c in _named(d.name, d.checks, len(result.datasets))]
             if source.golden_queries:

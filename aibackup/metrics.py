@@ -18,6 +18,11 @@ picture whichever job ran last. Metrics (label ``source`` = the configured sourc
 ``aibackup_restore_test_success``            1 if the last restore test of the source passed, else 0
 ``aibackup_restore_test_rto_seconds``        its achieved RTO (start to verified)
 ``aibackup_rto_objective_seconds``           the source's RTO objective
+``aibackup_copy_bundle_age_seconds``         per configured copy (label ``copy``): age of the source's newest
+                                             intact bundle there
+``aibackup_copy_rpo_breached``               per copy: 1 when that bundle is older than the RPO, or none is
+                                             there, or the copy cannot be read (the source's
+                                             ``aibackup_rpo_breached`` counts its copies too)
 =========================================  ===============================================================
 """
 
@@ -51,13 +56,21 @@ HELP = {
     "aibackup_restore_test_success": ("gauge", "1 if the last restore test passed."),
     "aibackup_restore_test_rto_seconds": ("gauge", "Achieved RTO of the last restore test."),
     "aibackup_rto_objective_seconds": ("gauge", "Recovery time objective of the source."),
+    "aibackup_copy_bundle_age_seconds": ("gauge", "Age of the source's newest intact bundle in a copy."),
+    "aibackup_copy_rpo_breached": ("gauge", "1 when a copy's newest bundle of the source is older than the RPO."),
 }
 
 
 def render(config: Config, statuses: Sequence[SourceStatus], verified: dict[str, str]) -> str:
-    samples: dict[str, list[tuple[str, float]]] = {name: [] for name in HELP}
+    samples: dict[str, list[tuple[str, float]]] = {name: [] for name in HELP}  # metric -> (labels, value)
     for s in statuses:
-        add = lambda metric, value, s=s: samples[metric].append((s.source, float(value)))  # noqa: E731
+        labels = f'source="{_label(s.source)}"'
+        add = lambda metric, value, labels=labels: samples[metric].append((labels, float(value)))  # noqa: E731
+        for copy in s.copies:
+            where = f'{labels},copy="{_label(str(copy["repository"]))}"'
+            if copy["age_seconds"] is not None:
+                samples["aibackup_copy_bundle_age_seconds"].append((where, float(copy["age_seconds"])))
+            samples["aibackup_copy_rpo_breached"].append((where, float(int(copy["rpo_breached"]))))
         source = config.sources[s.source]
         if s.newest_created_at is not None and s.age_seconds is not None:
             add("aibackup_last_success_timestamp_seconds", parse_iso(s.newest_created_at).timestamp())
@@ -87,7 +100,7 @@ def render(config: Config, statuses: Sequence[SourceStatus], verified: dict[str,
             continue
         kind, text = HELP[metric]
         lines += [f"# HELP {metric} {text}", f"# TYPE {metric} {kind}"]
-        lines += [f'{metric}{{source="{_label(name)}"}} {_number(value)}' for name, value in values]
+        lines += [f"{metric}{{{labels}}} {_number(value)}" for labels, value in values]
     return "\n".join(lines) + "\n"
 
 

@@ -227,8 +227,33 @@ def test_status_shows_each_copy_and_a_copy_falling_behind_breaches_the_rpo(cli: 
     (copy,) = status["sources"][0]["copies"]
     assert status["ok"] and copy["newest_bundle"] == newest and not copy["rpo_breached"] and copy["error"] is None
     assert "copy-eu" in ok(cli("status")).out
+    ok(cli("status", "--metrics-file", str(tmp_path / "aibackup.prom")))
+    metrics = (tmp_path / "aibackup.prom").read_text()
+    label = f'{{source="logs",copy="{tmp_path / "copy-eu"}"}}'
+    assert f"aibackup_copy_rpo_breached{label} 0" in metrics and f"aibackup_copy_bundle_age_seconds{label}" in metrics
     shutil.rmtree(tmp_path / "copy-eu")  # the second region is gone
     result = cli("status", "--json")
     assert result.code == 1
     (copy,) = json.loads(result.out)["sources"][0]["copies"]
     assert copy["rpo_breached"] and copy["newest_bundle"] is None and "copy-eu" in copy["error"]
+    cli("status", "--metrics-file", str(tmp_path / "aibackup.prom"))
+    assert f"aibackup_copy_rpo_breached{label} 1" in (tmp_path / "aibackup.prom").read_text()
+
+
+def test_the_drill_can_test_a_copy(cli: Cli, tmp_path: Path) -> None:
+    logs = conversations(tmp_path / "logs", 20)
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: {{uri: 'conversations:{logs}', rto: 1h}}\n"
+        "copies:\n  - {repository: ./copy-eu}\nrestore_test: {repository: ./copy-eu}\n"
+    )
+    bundle = json.loads(ok(cli("backup", "--json")).out)["sources"][0]["bundle_id"]
+    drill = json.loads(ok(cli("restore-test", "--json")).out)
+    (source,) = drill["sources"]
+    assert source["ok"] and source["bundle_id"] == bundle, source
+    assert source["repository"] == str(tmp_path / "copy-eu")
+    # Tested from the copy: with the copy gone the drill fails, the repository itself untouched.
+    import shutil
+
+    shutil.rmtree(tmp_path / "copy-eu")
+    assert cli("restore-test", "--json").code != 0
+    assert Repository.open(str(tmp_path / "repo")).bundle_ids() == [bundle]
