@@ -1,0 +1,85 @@
+"""Crash consistency of `aibackup copy`: killed with SIGKILL at sampled storage steps (the machinery of
+:mod:`tests.reliability.test_crash`), into a local and an S3 destination. After every kill the destination
+lists only complete bundles and verifies clean; a rerun completes the copy; at the end every bundle is there,
+verified, and restores. (`-m slow`: every step.)"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from tests.helpers import Cli, ok, repository_url
+from tests.reliability.test_crash import SEED, _child, _later, _steps
+
+#: Kill points per destination kind in CI.
+CI_POINTS = 6
+
+
+def _source(cli: Cli, tmp_path: Path) -> tuple[str, list[str]]:
+    """A repository of three bundles: a chain of conversation logs (the second lists the first's part) and a
+    model (its bytes in a chunk pack)."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    repo = str(tmp_path / "repo")
+    for start in (0, 40):
+        with (logs / "app.jsonl").open("a") as f:
+            for n in range(start, start + 40):
+                f.write(json.dumps({"user_id": f"u{n}", "input": f"q {n}", "output": f"a {n}"}) + "\n")
+        ok(cli("backup", f"conversations:{logs}", "--repo", repo))
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    weights = np.random.default_rng(3).standard_normal((512, 1024)).astype(np.float32)
+    save_file({"w": weights}, str(llm / "model.safetensors"))
+    ok(cli("backup", f"model:{llm}", "--repo", repo))
+    return repo, [b["bundle_id"] for b in ok(cli("list", "--repo", repo, "--json")).json()][::-1]
+
+
+def _copy_crash_suite(tmp_path: Path, cli: Cli, base: str, points: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    source, ids = _source(cli, tmp_path)
+    total = _steps(_child(["copy", "--repo", source, "--to-repo", f"{base}-probe"], 0))
+    chosen = range(1, total + 1) if points is None else sorted(random.Random(SEED).sample(range(1, total + 1), points))
+    minutes = 0
+    for n in chosen:
+        dest = f"{base}-{n}"  # each kill hits a copy into a fresh destination, at its n-th storage step
+        args = ["copy", "--repo", source, "--to-repo", dest]
+        minutes += 11  # a killed run's locks (source and destination) turn stale 10 minutes later
+        killed = _child(args, n, _later(minutes))
+        assert killed.returncode == -9, (n, killed.returncode, killed.stderr)
+        monkeypatch.setenv("AIBACKUP_NOW", _later(minutes)["AIBACKUP_NOW"])
+        listed = cli("list", "--repo", dest, "--json")
+        if listed.code == 0:  # the destination exists once its marker was written
+            present = [b["bundle_id"] for b in listed.json()]
+            assert set(present) <= set(ids), (n, present)
+            verified = ok(cli("verify", "--read-data", "--repo", dest, "--json")).json()
+            assert verified["ok"] and verified["bundles"] == len(present), (n, verified)
+        minutes += 11
+        monkeypatch.setenv("AIBACKUP_NOW", _later(minutes)["AIBACKUP_NOW"])
+        done = ok(cli(*args, "--json")).json()  # the rerun completes the copy
+        assert done["ok"] and sorted(done["copied"] + done["skipped"]) == ids, (n, done)
+        assert ok(cli("verify", "--read-data", "--repo", dest, "--json")).json()["ok"], n
+    ok(cli("restore", "latest", "--repo", dest, "--to", f"model:{tmp_path / 'back'}"))
+    assert (tmp_path / "back" / "model.safetensors").read_bytes() == (
+        tmp_path / "llm" / "model.safetensors"
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+def test_a_killed_copy_leaves_the_destination_sound_and_a_rerun_completes_it(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+) -> None:
+    dest = repository_url(where, tmp_path, request) + ("-copy" if where == "local" else "")
+    _copy_crash_suite(tmp_path, cli, dest, CI_POINTS, monkeypatch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+def test_a_copy_killed_at_every_step_leaves_the_destination_sound(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, where: str
+) -> None:
+    dest = repository_url(where, tmp_path, request) + ("-copy" if where == "local" else "")
+    _copy_crash_suite(tmp_path, cli, dest, None, monkeypatch)
