@@ -66,3 +66,54 @@ def test_backups_and_restores_through_a_very_faulty_s3(
     tmp_path: Path, cli: Cli, s3_env: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _runs(tmp_path, cli, s3_env, monkeypatch, 0.3, 20)
+
+
+def _copy_runs(tmp_path: Path, cli: Cli, s3: Server, monkeypatch: pytest.MonkeyPatch, rate: float, runs: int) -> None:
+    """`copy` from a local repository into S3 through the fault proxy: each run succeeds through retries or
+    fails with exit 3 and one line; looked at directly, the copy holds only complete bundles and verifies;
+    a copy without faults then completes it."""
+    import json
+
+    source = str(tmp_path / "repo")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for start in (0, 50):
+        with (logs / "app.jsonl").open("a") as f:
+            for n in range(start, start + 50):
+                f.write(json.dumps({"user_id": f"u{n}", "input": f"q {n}", "output": f"a {n}"}) + "\n")
+        ok(cli("backup", f"conversations:{logs}", "--repo", source))
+    seed_chroma(tmp_path / "chroma", "docs", n=300)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", source))
+    ids = sorted(b["bundle_id"] for b in ok(cli("list", "--repo", source, "--json")).json())
+    boto3.client("s3").create_bucket(Bucket="faults-copy")
+    dest = "s3://faults-copy/repo"
+    outcomes: list[str] = []
+    for run in range(runs):
+        with FaultProxy(f"{s3.host}:{s3.port}", rate, SEED + run, stall=0.5) as proxy:
+            monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+            copied = cli("copy", "--repo", source, "--to-repo", dest, "--json")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
+        assert copied.code in (0, 3), (run, copied.code, copied.err, dict(proxy.injected))
+        if copied.code == 3:
+            lines = copied.err.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in copied.err, copied.err
+        outcomes.append(f"run {run}: copy {copied.code}, faults {dict(proxy.injected)}")
+        listed = cli("list", "--repo", dest, "--json")
+        if listed.code == 0:  # the copy exists once its marker landed
+            assert {b["bundle_id"] for b in listed.json()} <= set(ids), outcomes
+            verified = ok(cli("verify", "--read-data", "--repo", dest, "--json")).json()
+            assert verified["ok"], (run, verified["problems"], outcomes)
+    done = ok(cli("copy", "--repo", source, "--to-repo", dest, "--json")).json()
+    assert done["ok"] and sorted(done["copied"] + done["skipped"]) == ids, (done, outcomes)
+    assert ok(cli("verify", "--read-data", "--repo", dest, "--json")).json()["ok"]
+
+
+def test_copies_into_a_faulty_s3(tmp_path: Path, cli: Cli, s3_env: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    _copy_runs(tmp_path, cli, s3_env, monkeypatch, 0.1, CI_RUNS)
+
+
+@pytest.mark.slow
+def test_copies_into_a_very_faulty_s3(
+    tmp_path: Path, cli: Cli, s3_env: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _copy_runs(tmp_path, cli, s3_env, monkeypatch, 0.3, 12)
