@@ -25,7 +25,6 @@ class ChunkCheck:
     reader: BundleReader
     read_data: bool
     _chunks: ChunkReader | None = None
-    packs: dict[str, bool] = field(default_factory=dict)  # pack -> exists
     verdicts: dict[bytes, str | None] = field(default_factory=dict)  # chunk -> problem (None: sound)
     bytes_read: int = 0
 
@@ -64,7 +63,7 @@ class ChunkCheck:
         problem: str | None = None
         if place is None:
             problem = f"chunk {chunk.hex()[:16]}… is in no pack of the chunk index"
-        elif not self._pack_exists(place.pack):
+        elif self.chunks.size(chunk) is None:  # its pack is gone (looked at once per pack)
             problem = f"missing chunk pack {self.reader.repo.storage.display(place.pack)}"
         elif self.read_data:
             try:
@@ -75,10 +74,9 @@ class ChunkCheck:
         self.verdicts[chunk] = problem
         return problem
 
-    def _pack_exists(self, pack: str) -> bool:
-        if pack not in self.packs:
-            self.packs[pack] = self.reader.repo.storage.exists(pack)
-        return self.packs[pack]
+    @property
+    def packs_checked(self) -> int:
+        return len(self._chunks.present) if self._chunks is not None else 0
 
     def close(self) -> None:
         if self._chunks is not None:

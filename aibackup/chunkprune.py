@@ -28,11 +28,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aibackup.bundle import BundleReader
-from aibackup.chunks import INDEX, ChunkReader, PackWriter, Stored, index_bytes, is_pack, new_writer_id, read_index
+from aibackup.chunks import INDEX, ChunkReader, PackWriter, Stored, index_bytes, new_writer_id, read_index
 from aibackup.connectors.model.restore import chunk_ids
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.manifests.model import BundleManifest
-from aibackup.repository import Repository, id_time
+from aibackup.repository import Repository
 
 #: A pack is repacked when more than this share of its stored bytes holds chunks no bundle needs.
 REPACK_UNUSED = 0.5
@@ -69,8 +69,9 @@ class PackFile:
     young: bool
 
 
-def live_chunks(repo: Repository, manifests: Iterable[BundleManifest]) -> set[bytes]:
-    """Every chunk the model datasets of `manifests` list. IntegrityError when a file table cannot be read."""
+def referenced_chunks(repo: Repository, manifests: Iterable[BundleManifest]) -> set[bytes]:
+    """Every chunk the model datasets of `manifests` list (prune: what remains needs; copy: what a bundle
+    needs). IntegrityError when a file table cannot be read."""
     reader = BundleReader(repo)
     live: set[bytes] = set()
     for manifest in manifests:
@@ -96,7 +97,7 @@ def prune_chunks(
     need (see the module docstring). `packs`: every pack file stored, with its size and youth."""
     result = ChunkPruneResult()
     try:
-        live = live_chunks(repo, remaining)
+        live = referenced_chunks(repo, remaining)
     except AibackupError as exc:
         result.notes.append(f"chunk store left as it is: a model bundle's file list cannot be read ({exc})")
         return result
@@ -207,27 +208,3 @@ def _unique(entries: list[tuple[bytes, Stored]]) -> list[tuple[bytes, Stored]]:
             seen.add(entry)
             out.append(entry)
     return out
-
-
-def pack_files(
-    stored: Mapping[str, tuple[int, dt.datetime | None]], now: dt.datetime, grace: dt.timedelta
-) -> dict[str, PackFile]:
-    """The packs among `stored` (every file under data/: size, modification time), each young when its
-    folder's writer id or any of its files is within `grace` of `now` (or a time is unknown)."""
-    folders: dict[str, list[dt.datetime | None]] = {}
-    for path, (_, modified) in stored.items():
-        folders.setdefault(path.split("/")[1], []).append(modified)
-    packs: dict[str, PackFile] = {}
-    for path, (size, _) in stored.items():
-        if not is_pack(path):
-            continue
-        writer = path.split("/")[1]
-        times = folders[writer]
-        started = id_time(writer)
-        young = started is None or any(t is None for t in times)
-        if not young:
-            assert started is not None
-            latest = max([started, *[t for t in times if t is not None]])
-            young = now - latest < grace
-        packs[path] = PackFile(size, young)
-    return packs

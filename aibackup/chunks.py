@@ -483,7 +483,7 @@ class ChunkReader(_Named):
         self.ids = ChunkIds(repo.key())
         self.index = index if index is not None else ChunkIndex.load(repo)
         self._open: OrderedDict[str, tuple[Any, pq.ParquetFile]] = OrderedDict()
-        self._present: dict[str, bool] = {}
+        self.present: dict[str, bool] = {}  # pack -> whether it exists, for the packs looked at
 
     def put(self, chunk: bytes, data: bytes | memoryview) -> bool:
         """Reading a store back stores nothing (a restore's proof chunks the restored files the same way)."""
@@ -495,9 +495,9 @@ class ChunkReader(_Named):
         place = self.index.get(chunk)
         if place is None:
             return None
-        present = self._present.get(place.pack)
+        present = self.present.get(place.pack)
         if present is None:
-            present = self._present[place.pack] = self.repo.storage.exists(place.pack)
+            present = self.present[place.pack] = self.repo.storage.exists(place.pack)
         return place.size if present else None
 
     def where(self, chunk: bytes) -> Stored:

@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aibackup.bundle import BundleReader
+from aibackup.chunkprune import referenced_chunks
 from aibackup.chunks import INDEX, PACK_SCHEMA, ChunkIds, ChunkIndex, Stored, decompress, index_bytes
-from aibackup.connectors.model.restore import chunk_ids
 from aibackup.errors import IntegrityError, UsageError, first_line
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
@@ -154,7 +153,6 @@ class _Copier:
     def __init__(self, source: Repository, target: Repository) -> None:
         self.source = source
         self.target = target
-        self.reader = BundleReader(source)
         self.ids = ChunkIds(source.key())
         self._source_index: ChunkIndex | None = None
         self._target_index: ChunkIndex | None = None
@@ -168,7 +166,7 @@ class _Copier:
             written += self._part(part)
         written += self._chunks(manifest)
         raw = self.source.storage.fs.cat_file(self.source.storage.full(self.source.manifest_path(bundle_id)))
-        _raw_exclusive(self.target.storage, self.target.manifest_path(bundle_id), raw)
+        self.target.storage.write_exclusive(self.target.manifest_path(bundle_id), raw, as_stored=True)
         return written + len(raw)
 
     def _part(self, part: PartEntry) -> int:
@@ -207,13 +205,7 @@ class _Copier:
     def _chunks(self, manifest: BundleManifest) -> int:
         """The chunk packs a model bundle's files need that the destination lacks, each read and every chunk
         checked before it is written, then one index file for them. Returns the bytes written."""
-        needed: set[bytes] = set()
-        for dataset in manifest.datasets:
-            if dataset.kind == "model":
-                for batch in self.reader.batches(dataset, columns=["chunks"]):
-                    for data in batch.column(0).to_pylist():
-                        if data:
-                            needed.update(chunk_ids({"chunks": data}))
+        needed = referenced_chunks(self.source, [manifest])
         if not needed:
             return 0
         source_index = self._index(self.source, "_source_index")
@@ -297,12 +289,3 @@ def _parts(manifest: BundleManifest) -> list[PartEntry]:
         for part in dataset.all_parts():
             seen.setdefault(part.path, part)
     return sorted(seen.values(), key=lambda p: (bundle_of_part(p.path), p.path))
-
-
-def _raw_exclusive(storage: Storage, rel: str, data: bytes) -> None:
-    """Write `data` at `rel` exclusively as it is (a sealed document stays sealed: no codec applied)."""
-    codec, storage.documents = storage.documents, None
-    try:
-        storage.write_exclusive(rel, data)
-    finally:
-        storage.documents = codec

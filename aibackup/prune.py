@@ -37,12 +37,12 @@ import contextlib
 import datetime as dt
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aibackup import clock
-from aibackup.chunkprune import ChunkPruneResult, pack_files, prune_chunks
+from aibackup.chunkprune import ChunkPruneResult, PackFile, prune_chunks
 from aibackup.chunks import is_pack
 from aibackup.errors import BundleNotFoundError, IntegrityError, ManifestVersionError, UsageError
 from aibackup.lock_files import CLOCK_SKEW
@@ -177,8 +177,7 @@ def run_prune(
     orphans, waiting, foreign = _orphans(stored, referenced | freed, moment, grace)
     chunks = ChunkPruneResult()
     if not unreadable:  # the chunk store: reference counts over what remains (aibackup.chunkprune)
-        packs = pack_files({p: (f.size, f.modified) for p, f in stored.items()}, moment, grace)
-        chunks = prune_chunks(repo, remaining, packs, dry_run=dry_run, now=moment)
+        chunks = prune_chunks(repo, remaining, _packs(stored, moment, grace), dry_run=dry_run, now=moment)
 
     notes: list[str] = []
     if missing:
@@ -318,16 +317,35 @@ def _orphans(
         unreferenced = [p for p in paths if p not in referenced]
         if not unreferenced:
             continue
-        times = [stored[p].modified for p in paths]
-        started = id_time(bundle_id)
-        assert started is not None
-        known = [t for t in times if t is not None]
-        # A bundle id dated in the future (a run under a later AIBACKUP_NOW, a clock running ahead) would
-        # keep its orphans for ever: then only the files' own modification times count.
-        signs = known if started > now + CLOCK_SKEW and known else [started, *known]
-        expired = len(known) == len(times) and now - max(signs) >= grace
+        expired = _expired(bundle_id, [stored[p].modified for p in paths], now, grace)
         (old if expired else young).extend(unreferenced)
     return sorted(old), sorted(young), sorted(foreign)
+
+
+def _expired(bundle_id: str, times: Sequence[dt.datetime | None], now: dt.datetime, grace: dt.timedelta) -> bool:
+    """Whether a ``data/<bundle-id>/`` folder (its files' modification times: `times`) showed its last sign
+    of life more than `grace` ago: its bundle id's time or any file's, whichever is later. A time the storage
+    does not give keeps the folder young."""
+    started = id_time(bundle_id)
+    known = [t for t in times if t is not None]
+    if started is None or len(known) != len(times):
+        return False
+    # A bundle id dated in the future (a run under a later AIBACKUP_NOW, a clock running ahead) would keep
+    # its folder young for ever: then only the files' own modification times count.
+    signs = known if started > now + CLOCK_SKEW and known else [started, *known]
+    return now - max(signs) >= grace
+
+
+def _packs(stored: Mapping[str, _Stored], now: dt.datetime, grace: dt.timedelta) -> dict[str, PackFile]:
+    """The chunk packs among `stored`, each young unless its folder expired (the rule of orphan parts)."""
+    folders: dict[str, list[dt.datetime | None]] = {}
+    for path, info in stored.items():
+        folders.setdefault(path.split("/")[1], []).append(info.modified)
+    return {
+        path: PackFile(info.size, not _expired(path.split("/")[1], folders[path.split("/")[1]], now, grace))
+        for path, info in stored.items()
+        if is_pack(path)
+    }
 
 
 def _list_data(repo: Repository) -> dict[str, _Stored]:

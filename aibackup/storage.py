@@ -346,15 +346,16 @@ class Storage:
 
     # --- writing ---------------------------------------------------------------------------------------
 
-    def write_exclusive(self, rel: str, data: bytes) -> None:
-        """Write a small object that must not exist yet, atomically and durably.
+    def write_exclusive(self, rel: str, data: bytes, *, as_stored: bool = False) -> None:
+        """Write a small object that must not exist yet, atomically and durably (`as_stored`: `data` is
+        already the stored form, a document another repository sealed: copied as it is).
 
         Raises AlreadyExistsError if the name is taken by other bytes; never replaces an existing object.
         An object that already holds exactly `data` counts as written: S3 may apply a write whose answer is
         lost, and the retry then meets the object it wrote itself.
         """
         path = self.full(rel)
-        stored = self.encode_document(rel, data)
+        stored = data if as_stored else self.encode_document(rel, data)
         with self._errors(rel, writing=True):
             try:
                 if self.is_local:
@@ -362,7 +363,8 @@ class Storage:
                 else:
                     self.fs.pipe_file(path, stored, mode="create")
             except (FileExistsError, AlreadyExistsError):
-                if self.read_bytes(rel) != data:
+                held = self.fs.cat_file(path) if as_stored else self.read_bytes(rel)
+                if held != data:
                     raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
 
     def _write_exclusive_local(self, path: str, data: bytes) -> None:

@@ -131,7 +131,7 @@ def run_verify(
                 problems += [Problem(bundle_id, where, why) for where, why in chunk_check.problems(dataset)]
     chunk_check.close()
     bytes_read += chunk_check.bytes_read
-    parts += len(chunk_check.packs)
+    parts += chunk_check.packs_checked
     if not refs and repo.fully_encrypted:
         problems += _document_problems(repo)
     return VerifyResult(

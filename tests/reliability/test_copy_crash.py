@@ -5,14 +5,12 @@ verified, and restores. (`-m slow`: every step.)"""
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
+from tests.aibackup.test_copy import three_bundles
 from tests.helpers import Cli, ok, repository_url
 from tests.reliability.test_crash import SEED, _child, _later, _steps
 
@@ -20,27 +18,9 @@ from tests.reliability.test_crash import SEED, _child, _later, _steps
 CI_POINTS = 6
 
 
-def _source(cli: Cli, tmp_path: Path) -> tuple[str, list[str]]:
-    """A repository of three bundles: a chain of conversation logs (the second lists the first's part) and a
-    model (its bytes in a chunk pack)."""
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    repo = str(tmp_path / "repo")
-    for start in (0, 40):
-        with (logs / "app.jsonl").open("a") as f:
-            for n in range(start, start + 40):
-                f.write(json.dumps({"user_id": f"u{n}", "input": f"q {n}", "output": f"a {n}"}) + "\n")
-        ok(cli("backup", f"conversations:{logs}", "--repo", repo))
-    llm = tmp_path / "llm"
-    llm.mkdir()
-    weights = np.random.default_rng(3).standard_normal((512, 1024)).astype(np.float32)
-    save_file({"w": weights}, str(llm / "model.safetensors"))
-    ok(cli("backup", f"model:{llm}", "--repo", repo))
-    return repo, [b["bundle_id"] for b in ok(cli("list", "--repo", repo, "--json")).json()][::-1]
-
-
 def _copy_crash_suite(tmp_path: Path, cli: Cli, base: str, points: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
-    source, ids = _source(cli, tmp_path)
+    source = str(tmp_path / "repo")
+    ids = three_bundles(cli, tmp_path, source)  # a chain of conversation logs and a model (a chunk pack)
     total = _steps(_child(["copy", "--repo", source, "--to-repo", f"{base}-probe"], 0))
     chosen = range(1, total + 1) if points is None else sorted(random.Random(SEED).sample(range(1, total + 1), points))
     minutes = 0

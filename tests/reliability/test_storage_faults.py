@@ -72,16 +72,11 @@ def _copy_runs(tmp_path: Path, cli: Cli, s3: Server, monkeypatch: pytest.MonkeyP
     """`copy` from a local repository into S3 through the fault proxy: each run succeeds through retries or
     fails with exit 3 and one line; looked at directly, the copy holds only complete bundles and verifies;
     a copy without faults then completes it."""
-    import json
+    from tests.aibackup.test_copy import conversations
 
     source = str(tmp_path / "repo")
-    logs = tmp_path / "logs"
-    logs.mkdir()
     for start in (0, 50):
-        with (logs / "app.jsonl").open("a") as f:
-            for n in range(start, start + 50):
-                f.write(json.dumps({"user_id": f"u{n}", "input": f"q {n}", "output": f"a {n}"}) + "\n")
-        ok(cli("backup", f"conversations:{logs}", "--repo", source))
+        ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 50, start)}", "--repo", source))
     seed_chroma(tmp_path / "chroma", "docs", n=300)
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", source))
     ids = sorted(b["bundle_id"] for b in ok(cli("list", "--repo", source, "--json")).json())
