@@ -38,6 +38,7 @@ from aibackup.pipeline import collecting, collector_paused, prefetch, steady_mem
 from aibackup.progress import Progress, Quiet
 from aibackup.recall_rule import DEFAULT_QUERIES
 from aibackup.repository import KEY_ROTATED, Repository, Where, iso, storage_of
+from aibackup.spool import PartSpool
 from aibackup.vault import Vault
 
 
@@ -194,7 +195,9 @@ def run_backup(
         notes: list[str] = list(lock.notes)
         parent = _parent(repo, source)
         bundle_id = repo.next_bundle_id(started)
-        writer = BundleWriter(repo, bundle_id, options)
+        # A remote repository: the vector parts are also kept locally, for the baselines' exact passes.
+        spool = None if repo.storage.is_local else PartSpool(repo.storage)
+        writer = BundleWriter(repo, bundle_id, options, spool=spool)
         golden = _golden(source_options.golden_queries, notes)
         datasets: list[DatasetManifest] = []
         recorders: list[BaselineRecorder] = []
@@ -304,7 +307,9 @@ def run_backup(
                 for n, recorder in enumerate(recorders):
                     # A chained dataset's exact pass would read the whole chain: the source's answers are kept
                     # without it (aibackup.baseline).
-                    baseline, said = recorder.settle(BundleReader(repo), datasets[n], measure=not datasets[n].chained)
+                    baseline, said = recorder.settle(
+                        BundleReader(repo, spool=spool or False), datasets[n], measure=not datasets[n].chained
+                    )
                     datasets[n] = replace(datasets[n], baseline=baseline)
                     notes += said
             manifest = BundleManifest(
@@ -337,6 +342,9 @@ def run_backup(
             if created:
                 repo.forget()
             raise
+        finally:
+            if spool is not None:
+                spool.close()
         lock.release()
     return BackupResult(manifest, created, time.perf_counter() - timer, tuple(notes), outcomes)
 

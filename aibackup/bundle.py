@@ -31,6 +31,7 @@ from aibackup.manifests.kinds import arrow_schema
 from aibackup.manifests.model import DatasetManifest, FieldEntry, ManifestError, PartEntry
 from aibackup.manifests.vectors import float_vector_paths
 from aibackup.repository import Repository
+from aibackup.spool import PartSpool
 from aibackup.storage import CHUNK, HashingWriter
 
 IdTypes = Callable[[pa.Array], Counter[str]]
@@ -115,12 +116,20 @@ class _PartSink:
     """One part being written: the hashing file and its Parquet writer."""
 
     def __init__(
-        self, repo: Repository, path: str, schema: pa.Schema, options: WriteOptions, *, plain: bool = False
+        self,
+        repo: Repository,
+        path: str,
+        schema: pa.Schema,
+        options: WriteOptions,
+        *,
+        plain: bool = False,
+        spool: PartSpool | None = None,
     ) -> None:
         self.path = path
         self.rows = 0
         self.arrow_bytes = 0
-        self.file: HashingWriter = repo.storage.create(path)
+        self.spool = spool
+        self.file: HashingWriter = repo.storage.create(path, copy=spool.tee() if spool is not None else None)
         # Pages reach the (Python) hashing file in CHUNK-sized writes, not one call per page: each call
         # needs the GIL, which the digests hold most of the time (measured 1.9x raw pyarrow with per-page
         # calls).
@@ -142,6 +151,8 @@ class _PartSink:
         self.writer.close()
         self.stream.flush()
         repo.storage.close_part(self.file, self.path)
+        if self.spool is not None:
+            self.spool.keep(self.path, self.file.copy)
         return PartEntry(path=self.path, rows=self.rows, bytes=self.file.bytes, sha256=self.file.sha256)
 
     def abort(self) -> None:
@@ -258,10 +269,14 @@ class _Encoder:
 class BundleWriter:
     """Writes the parts of one bundle. The manifest is committed separately, last (see backup.py)."""
 
-    def __init__(self, repo: Repository, bundle_id: str, options: WriteOptions | None = None) -> None:
+    def __init__(
+        self, repo: Repository, bundle_id: str, options: WriteOptions | None = None, *, spool: PartSpool | None = None
+    ) -> None:
         self.repo = repo
         self.bundle_id = bundle_id
         self.options = options or WriteOptions()
+        #: Where vector parts also go, locally, for the backup's read of them (a remote repository's).
+        self.spool = spool
         #: Every part path this writer created (finished or not), for `discard`.
         self.created: list[str] = []
 
@@ -320,7 +335,8 @@ class BundleWriter:
             if sink is None:
                 path = f"{folder}/part-{number:05d}.parquet"
                 self.created.append(path)
-                sink = sinks[number] = _PartSink(self.repo, path, schema, self.options)
+                spool = self.spool if description.kind == "vectors" else None  # the search baseline reads them
+                sink = sinks[number] = _PartSink(self.repo, path, schema, self.options, spool=spool)
             sink.write(table)
 
         def finish_part(number: int) -> None:
@@ -458,17 +474,41 @@ def _runs(values: list[object]) -> Iterator[tuple[int, int, object]]:
 
 
 class BundleReader:
-    """Reads the parts of a committed bundle, checking each against its manifest entry."""
+    """Reads the parts of a committed bundle, checking each against its manifest entry.
 
-    def __init__(self, repo: Repository) -> None:
+    With `spool` (a command that reads parts more than once: restore, ``verify --read-data``), the parts of
+    a remote repository are downloaded once, by :meth:`check_part`, into a local spool that later reads use
+    (:mod:`aibackup.spool`); :meth:`close` (or the ``with`` block) removes it. A :class:`PartSpool` given
+    (a backup's, holding the parts it wrote) is read from, and left to its owner to close."""
+
+    def __init__(self, repo: Repository, *, spool: bool | PartSpool = False) -> None:
         self.repo = repo
+        self._owned = spool is True and not repo.storage.is_local  # a spool given is closed by its owner
+        self.spool = spool if isinstance(spool, PartSpool) else PartSpool(repo.storage) if self._owned else None
+
+    def fetch_ahead(self, parts: Sequence[PartEntry]) -> None:
+        """With a spool: start downloading `parts` in the background, in this order (see
+        :meth:`aibackup.spool.PartSpool.fetch_ahead`); without one, nothing."""
+        if self.spool is not None:
+            self.spool.fetch_ahead((part.path, part.bytes) for part in parts)
+
+    def close(self) -> None:
+        if self.spool is not None and self._owned:
+            self.spool.close()
+
+    def __enter__(self) -> BundleReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def check_part(self, part: PartEntry, *, read_data: bool) -> str | None:
         """The problem with one part, or None. Without `read_data` only presence and size are checked."""
         storage = self.repo.storage
         try:
             if read_data:
-                sha, size = storage.hash_file(part.path)
+                spool = self.spool
+                sha, size = spool.hash(part.path, part.bytes) if spool else storage.hash_file(part.path)
             else:
                 sha, size = None, storage.size(part.path)
         except FileNotFoundError:
@@ -551,7 +591,8 @@ class BundleReader:
         where = self.repo.storage.display(part.path)
         try:
             decryption = self.repo.part_decryption(part.path)
-            with self.repo.storage.open_read(part.path) as f:
+            opened = self.spool.open(part.path) if self.spool else self.repo.storage.open_read(part.path)
+            with opened as f:
                 pf = pq.ParquetFile(f, page_checksum_verification=True, decryption_properties=decryption)
                 # Arrow type equality ignores list item names ("item" in memory, "element" in Parquet).
                 if not pf.schema_arrow.equals(expected):

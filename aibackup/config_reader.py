@@ -311,7 +311,8 @@ class _Reader:
             if not str(values["repository"]).startswith(("s3://", "s3a://")):
                 self.fail(root, "sse", "server-side encryption (sse, sse_kms_key_id) is for an s3:// repository")
             query = "&".join(f"{key}={value}" for key, value in sse.items())
-            values["repository"] = f"{values['repository']}?{query}"
+            joint = "&" if "?" in str(values["repository"]) else "?"  # after the URL's own options (endpoint=…)
+            values["repository"] = f"{values['repository']}{joint}{query}"
         for key, what in (("repository", "where bundles go"), ("sources", "the sources to back up")):
             if key not in values:
                 self.fail(root, key, f"missing: name {what}")

@@ -24,6 +24,7 @@ the same repository (its id) holding every master key generation the copied bund
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import hashlib
 import time
@@ -39,7 +40,8 @@ from aibackup.errors import IntegrityError, UsageError, first_line
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
 from aibackup.repository import MARKER, Repository, Where, storage_of
-from aibackup.storage import CHUNK, Storage
+from aibackup.spool import PARTS_AT_ONCE
+from aibackup.storage import Storage
 from aibackup.vault import bundle_of_part
 
 
@@ -162,8 +164,17 @@ class _Copier:
         naming what is damaged in the source (nothing of this bundle is published then)."""
         manifest = self.source.load(bundle_id)  # authenticated when the source is encrypted
         written = 0
-        for part in _parts(manifest):
-            written += self._part(part)
+        # Parts travel PARTS_AT_ONCE at a time: one's upload completes (or its first ranges download) while
+        # the next one streams. The first failure cancels those not started; the running ones finish.
+        with concurrent.futures.ThreadPoolExecutor(PARTS_AT_ONCE, thread_name_prefix="aibackup-copy") as pool:
+            copies = [pool.submit(self._part, part) for part in _parts(manifest)]
+            try:
+                for copied in copies:
+                    written += copied.result()
+            except BaseException:
+                for copied in copies:
+                    copied.cancel()
+                raise
         written += self._chunks(manifest)
         raw = self.source.storage.fs.cat_file(self.source.storage.full(self.source.manifest_path(bundle_id)))
         self.target.storage.write_exclusive(self.target.manifest_path(bundle_id), raw, as_stored=True)
@@ -182,11 +193,10 @@ class _Copier:
         size = 0
         writer = dest.create(part.path, hashing=False)
         try:
-            with self.source.storage.open_read(part.path) as f:
-                while block := f.read(CHUNK):
-                    sha.update(block)
-                    size += len(block)
-                    writer.write(block)
+            for block in self.source.storage.read_blocks(part.path):
+                sha.update(block)
+                size += len(block)
+                writer.write(block)
             if (size, sha.hexdigest()) != (part.bytes, part.sha256):
                 raise IntegrityError(f"damaged part {where}: its bytes do not match the manifest's sha256 and size")
             dest.close_part(writer, part.path)

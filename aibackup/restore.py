@@ -140,64 +140,66 @@ def run_restore(
     repo.use_key(key)  # ... and every manifest read must be authenticated by it
     manifest = repo.resolve(ref, datasets=[src for src, _ in pairs], at=at)
     selected = _select(manifest, pairs)
-    reader = BundleReader(repo)
-    _verify_before_writing(reader, repo, manifest, [d for d, _ in selected])
-    results: list[DatasetResult] = []
-    location = parse_location(target_uri, target=True)
-    target_kind = connector_class(location.kind).dataset_kind
-    for dataset, _ in selected:  # before the target is opened (opening an embedded store creates it)
-        if dataset.kind != target_kind:
-            raise UsageError(
-                f"collection {dataset.name!r} holds {dataset.kind}; {location.display()} holds "
-                f"{target_kind}: restore it into a {dataset.kind} target"
-            )
-    options = {"secrets": key, "load_check": load_check}
-    with open_connector(target_uri, target=True, options=options) as connector, _chunks(repo, connector):
-        source_kind = str(manifest.source.get("kind"))
-        plans: list[tuple[DatasetManifest, ImportPlan]] = []
-        applied: dict[str, layouts.Applied | None] = {}
-        for d, dest in selected:
-            plan = connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy)
-            chosen = None
-            if d.kind == "vectors":
-                chosen = layouts.resolve(layout, d.vectors_config().layout, source_kind, connector.kind, d.name)
-            if chosen is not None:
-                plan = layouts.apply(plan, chosen)
-            elif d.kind == "vectors":
-                note = layouts.fallback_note(layout, d.vectors_config().layout, source_kind, connector.kind)
-                plan = replace(plan, notes=(*plan.notes, note)) if note else plan
-            applied[d.name] = chosen
-            plans.append((d, plan))
-        # Every record is checked against the manifest's digest and against what the target can hold
-        # before anything is written.
-        validated = time.perf_counter()
-        for dataset, plan in plans:
-            digest = DatasetDigest(algorithm=dataset.digest_algorithm)
-            connector.validate_records(plan, _digesting(prefetch(reader.batches(dataset)), digest))
-            if (digest.hexdigest, digest.rows) != (dataset.digest, dataset.rows):
-                raise IntegrityError(
-                    f"refusing to restore: the records of collection {dataset.name!r} in bundle "
-                    f"{manifest.bundle_id} do not match its manifest's digest; nothing was written"
+    # Each part is read up to four times (re-hash, validation, import, content check): a remote repository's
+    # parts are downloaded once, into a local spool that the later reads use.
+    with BundleReader(repo, spool=True) as reader:
+        _verify_before_writing(reader, repo, manifest, [d for d, _ in selected])
+        results: list[DatasetResult] = []
+        location = parse_location(target_uri, target=True)
+        target_kind = connector_class(location.kind).dataset_kind
+        for dataset, _ in selected:  # before the target is opened (opening an embedded store creates it)
+            if dataset.kind != target_kind:
+                raise UsageError(
+                    f"collection {dataset.name!r} holds {dataset.kind}; {location.display()} holds "
+                    f"{target_kind}: restore it into a {dataset.kind} target"
                 )
-        validate_seconds = time.perf_counter() - validated
-        for dataset, plan in plans:
-            try:
-                results.append(_restore_one(connector, reader, dataset, plan, check_options, applied[dataset.name]))
-            except AibackupError as exc:
-                done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
-                state = (
-                    "; nothing of it was written (the target writes in one transaction)"
-                    if connector.atomic_import
-                    else ", which may now hold part of the bundle"
-                )
-                raise type(exc)(
-                    f"restore stopped in collection {plan.target.name!r}{state}: "
-                    f"{exc}" + (f" (already restored: {done})" if done else "")
-                ) from None
-        target = connector.location.display()
-    return RestoreResult(
-        bundle_id=manifest.bundle_id, target=target, datasets=results, validate_seconds=validate_seconds
-    )
+        options = {"secrets": key, "load_check": load_check}
+        with open_connector(target_uri, target=True, options=options) as connector, _chunks(repo, connector):
+            source_kind = str(manifest.source.get("kind"))
+            plans: list[tuple[DatasetManifest, ImportPlan]] = []
+            applied: dict[str, layouts.Applied | None] = {}
+            for d, dest in selected:
+                plan = connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy)
+                chosen = None
+                if d.kind == "vectors":
+                    chosen = layouts.resolve(layout, d.vectors_config().layout, source_kind, connector.kind, d.name)
+                if chosen is not None:
+                    plan = layouts.apply(plan, chosen)
+                elif d.kind == "vectors":
+                    note = layouts.fallback_note(layout, d.vectors_config().layout, source_kind, connector.kind)
+                    plan = replace(plan, notes=(*plan.notes, note)) if note else plan
+                applied[d.name] = chosen
+                plans.append((d, plan))
+            # Every record is checked against the manifest's digest and against what the target can hold
+            # before anything is written.
+            validated = time.perf_counter()
+            for dataset, plan in plans:
+                digest = DatasetDigest(algorithm=dataset.digest_algorithm)
+                connector.validate_records(plan, _digesting(prefetch(reader.batches(dataset)), digest))
+                if (digest.hexdigest, digest.rows) != (dataset.digest, dataset.rows):
+                    raise IntegrityError(
+                        f"refusing to restore: the records of collection {dataset.name!r} in bundle "
+                        f"{manifest.bundle_id} do not match its manifest's digest; nothing was written"
+                    )
+            validate_seconds = time.perf_counter() - validated
+            for dataset, plan in plans:
+                try:
+                    results.append(_restore_one(connector, reader, dataset, plan, check_options, applied[dataset.name]))
+                except AibackupError as exc:
+                    done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
+                    state = (
+                        "; nothing of it was written (the target writes in one transaction)"
+                        if connector.atomic_import
+                        else ", which may now hold part of the bundle"
+                    )
+                    raise type(exc)(
+                        f"restore stopped in collection {plan.target.name!r}{state}: "
+                        f"{exc}" + (f" (already restored: {done})" if done else "")
+                    ) from None
+            target = connector.location.display()
+        return RestoreResult(
+            bundle_id=manifest.bundle_id, target=target, datasets=results, validate_seconds=validate_seconds
+        )
 
 
 @contextlib.contextmanager
@@ -324,6 +326,7 @@ def _verify_before_writing(
     reader: BundleReader, repo: Repository, manifest: BundleManifest, datasets: list[DatasetManifest]
 ) -> None:
     """Re-hash every part the selected datasets need (a chain's: every link's) before anything is written."""
+    reader.fetch_ahead([part for dataset in datasets for part in dataset.all_parts()])
     for dataset in datasets:
         for part in dataset.all_parts():
             problem = reader.check_part(part, read_data=True)

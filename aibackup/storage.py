@@ -18,6 +18,7 @@ unreachable endpoints, missing buckets and denied access become :class:`Unavaila
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -26,6 +27,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Protocol
@@ -45,8 +47,6 @@ from aibackup.errors import (
 )
 
 CHUNK = 8 * 1024 * 1024
-#: Whole reads of an object tried before a read that keeps breaking off is reported as unavailable.
-READ_ATTEMPTS = 3
 
 
 class DocumentCodec(Protocol):
@@ -60,6 +60,9 @@ class DocumentCodec(Protocol):
 
 #: Server-side encryption settings an S3 repository URL may carry (``?sse=aws:kms&sse_kms_key_id=…``).
 SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
+#: The options an S3 repository URL may carry: server-side encryption, and where and as whom it is reached
+#: (``?endpoint=https://…&region=eu-west-1&profile=dr``; the standard AWS environment otherwise).
+S3_OPTIONS = ("sse", "sse_kms_key_id", "endpoint", "region", "profile")
 
 
 class AlreadyExistsError(AibackupError):
@@ -76,9 +79,18 @@ class HashingWriter:
     """
 
     def __init__(
-        self, raw: IO[bytes], on_close: Any = None, depth: int = 2, on_write: Any = None, *, hashing: bool = True
+        self,
+        raw: IO[bytes],
+        on_close: Any = None,
+        depth: int = 2,
+        on_write: Any = None,
+        *,
+        hashing: bool = True,
+        copy: IO[bytes] | None = None,
     ) -> None:
         self._raw = raw
+        # A local copy of every byte (a spool's, aibackup.spool): best effort, dropped on the first error.
+        self.copy = copy
         self._hashing = hashing  # False: a chunk pack, whose every chunk is hashed on its own (aibackup.chunks)
         self._on_write = on_write  # called with `raw` after each chunk, in the background thread
         self._sha = hashlib.sha256()
@@ -100,12 +112,27 @@ class HashingWriter:
                     if self._hashing:
                         self._sha.update(chunk)
                     self._raw.write(chunk)
+                    if self.copy is not None:
+                        self._write_copy(chunk)
                     if self._on_write is not None:
                         self._on_write(self._raw)
             except BaseException as exc:  # handed to the caller's next call
                 self._error = exc
             finally:
                 self._queue.task_done()
+
+    def _write_copy(self, chunk: bytes) -> None:
+        try:
+            self.copy.write(chunk)  # type: ignore[union-attr]
+        except OSError:  # a full spool disk: the part itself goes on, without its copy
+            self._drop_copy()
+
+    def _drop_copy(self) -> None:
+        if self.copy is not None:
+            with contextlib.suppress(OSError):
+                self.copy.close()
+                os.unlink(self.copy.name)
+            self.copy = None
 
     def _raise_error(self) -> None:
         if self._error is not None:
@@ -161,10 +188,12 @@ class HashingWriter:
             self._raise_error()
             if self._on_close is not None:
                 self._on_close(self._raw)
+            self._raw.close()  # an S3 upload completes here (and may find the name taken)
+            if self.copy is not None:
+                self.copy.close()
         except BaseException:
             self._discard()
             raise
-        self._raw.close()
 
     def abort(self) -> None:
         """Close without completing (an S3 multipart upload is discarded); the caller removes leftovers."""
@@ -176,6 +205,7 @@ class HashingWriter:
         self._discard()
 
     def _discard(self) -> None:
+        self._drop_copy()
         with contextlib.suppress(Exception):
             discard = getattr(self._raw, "discard", None)
             if callable(discard):
@@ -221,7 +251,9 @@ class Storage:
     """A repository root on a local path or an fsspec URL (``s3://bucket/prefix``).
 
     An S3 URL may ask for server-side encryption of every object written: ``?sse=AES256`` or
-    ``?sse=aws:kms[&sse_kms_key_id=KEY]`` (a config file's ``sse`` keys are added to its repository URL).
+    ``?sse=aws:kms[&sse_kms_key_id=KEY]`` (a config file's ``sse`` keys are added to its repository URL),
+    and say where and as whom the bucket is reached, over the AWS environment: ``endpoint=URL`` (a second
+    S3-compatible service), ``region=NAME``, ``profile=NAME`` (see :class:`S3Settings`).
     ``documents`` is set by an encrypted repository (see :class:`DocumentCodec`); parts are not touched by
     it."""
 
@@ -236,19 +268,32 @@ class Storage:
         self.is_local = protocol in ("file", "local")
         rest, _, query = rest.partition("?") if protocol in ("s3", "s3a") else (rest, "", "")
         options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
-        unknown = sorted(set(options) - {"sse", "sse_kms_key_id"})
+        unknown = sorted(set(options) - set(S3_OPTIONS))
         if unknown:
-            raise UsageError(f"bad repository {url!r}: unknown option {unknown[0]!r} (known: sse, sse_kms_key_id)")
+            raise UsageError(f"bad repository {url!r}: unknown option {unknown[0]!r} (known: {', '.join(S3_OPTIONS)})")
         sse, sse_kms_key_id = options.get("sse"), options.get("sse_kms_key_id")
         if sse is not None and sse not in SSE_VALUES:
             raise UsageError(f"bad repository {url!r}: sse must be one of {', '.join(SSE_VALUES)}, not {sse!r}")
         if sse_kms_key_id and not (sse or "").startswith("aws:kms"):
             raise UsageError(f"bad repository {url!r}: sse_kms_key_id needs sse=aws:kms")
+        endpoint = options.get("endpoint")
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise UsageError(f"bad repository {url!r}: endpoint must be an http:// or https:// URL, not {endpoint!r}")
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # parallel uploads (aibackup.s3io)
+        self._client: Any = None
+        self._lock = threading.Lock()
         if self.is_local:
             self.fs: fsspec.AbstractFileSystem = fsspec.filesystem("file")
             self.root = str(Path(rest).expanduser().resolve())
         elif protocol in ("s3", "s3a"):
-            self.fs = _s3_filesystem(sse, sse_kms_key_id)
+            self.s3 = S3Settings.of(
+                sse=sse,
+                sse_kms_key_id=sse_kms_key_id,
+                endpoint=endpoint,
+                region=options.get("region"),
+                profile=options.get("profile"),
+            )
+            self.fs = self.s3.filesystem()
             self.root = rest.strip("/")
             if not self.root:
                 raise UsageError(f"bad repository {url!r}: expected s3://BUCKET[/PREFIX]")
@@ -304,26 +349,32 @@ class Storage:
             return int(self.fs.size(self.full(rel)))
 
     def hash_file(self, rel: str) -> tuple[str, int]:
-        """sha256 and size of an object, streamed in chunks (memory stays flat).
+        """sha256 and size of an object, streamed (see :meth:`read_blocks`: memory stays bounded, S3 reads
+        run several ranges at once)."""
+        sha = hashlib.sha256()
+        n = 0
+        for block in self.read_blocks(rel):
+            sha.update(block)
+            n += len(block)
+        return sha.hexdigest(), n
 
-        A read that ends before the object's stated size is the storage breaking off (s3fs can return a
-        short read after a reset connection), not a damaged object: it is read again, up to READ_ATTEMPTS
-        times, then UnavailableError (exit 3). A truncated object states its own, smaller size.
-        """
-        for _ in range(READ_ATTEMPTS):
-            sha = hashlib.sha256()
-            n = 0
-            with self._errors(rel), self.fs.open(self.full(rel), "rb", block_size=CHUNK) as f:
-                stated = getattr(f, "size", None)
-                while chunk := f.read(CHUNK):
-                    sha.update(chunk)
-                    n += len(chunk)
-            if stated is None or n == stated:
-                return sha.hexdigest(), n
-        raise UnavailableError(
-            f"reading {self.display(rel)} stopped after {n} of its {stated} bytes {READ_ATTEMPTS} times "
-            "(the storage broke off); try again"
-        )
+    def read_blocks(self, rel: str) -> Iterator[bytes]:
+        """The bytes of an object in order, a block (at most 8 MiB) at a time: one sequential read on a
+        local disk; on S3, up to :data:`aibackup.s3io.CONCURRENCY` ranged GETs in flight (64 MiB at most).
+
+        A read that keeps breaking off (s3fs can answer short after a reset connection) is the storage, not
+        a damaged object: each range is asked again (``s3io.RANGE_ATTEMPTS`` tries), then UnavailableError
+        (exit 3). A truncated object states its own, smaller size. FileNotFoundError passes through."""
+        with self._errors(rel):
+            if self.is_local:
+                with open(self.full(rel), "rb") as f:
+                    while block := f.read(CHUNK):
+                        yield block
+                return
+            from aibackup import s3io
+
+            size = int(self.fs.info(self.full(rel))["size"])
+            yield from s3io.read_blocks(self.fs, self.full(rel), size, block_size=CHUNK)
 
     def list_names(self, rel_dir: str) -> list[str]:
         """Names of the objects directly in a folder ([] if it does not exist)."""
@@ -384,9 +435,10 @@ class Storage:
                 os.unlink(tmp)
         _fsync_dir(folder)
 
-    def create(self, rel: str, *, hashing: bool = True) -> HashingWriter:
+    def create(self, rel: str, *, hashing: bool = True, copy: IO[bytes] | None = None) -> HashingWriter:
         """Open a new immutable object for streaming writes; fails if it exists. Without `hashing` its sha256
-        is not computed (a chunk pack: every chunk in it is hashed on its own).
+        is not computed (a chunk pack: every chunk in it is hashed on its own). `copy`: a local file that
+        gets every byte too (a spool's, :meth:`aibackup.spool.PartSpool.tee`), as long as it can be written.
 
         Local files are fsynced on close. On S3 the object appears only when the upload completes.
         """
@@ -398,8 +450,23 @@ class Storage:
                     raw: IO[bytes] = open(path, "xb")  # noqa: SIM115 - owned by HashingWriter
                 except FileExistsError:
                     raise AlreadyExistsError(f"{path} already exists") from None
-                return HashingWriter(raw, on_close=_fsync_local, on_write=_write_back_local, hashing=hashing)
-            return HashingWriter(self.fs.open(path, "xb", block_size=64 * 1024 * 1024), hashing=hashing)
+                return HashingWriter(raw, on_close=_fsync_local, on_write=_write_back_local, hashing=hashing, copy=copy)
+            # Parts go up as a multipart upload with several parts in flight (s3fs's own file uploads one
+            # at a time), while the writer encodes the next: 8 x 8 MiB in memory at most.
+            return HashingWriter(self._upload(path), hashing=hashing, copy=copy)
+
+    def _upload(self, path: str) -> Any:
+        from aibackup import s3io
+
+        with self._lock:  # two packs close at once (aibackup.chunks), two parts copy at once (aibackup.copy)
+            if self._client is None:
+                self._client = self.s3.client()
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    2 * s3io.CONCURRENCY, thread_name_prefix="aibackup-upload"
+                )
+        assert self._pool is not None
+        bucket, _, key = path.partition("/")
+        return s3io.ParallelUpload(self._client, self._pool, bucket, key, extra=self.s3.additional, block_size=CHUNK)
 
     def close_part(self, writer: HashingWriter, rel: str) -> None:
         """Complete a part written through :meth:`create` (flushes, uploads, fsyncs its folder).
@@ -522,31 +589,75 @@ def aws_client_kwargs(service: str) -> dict[str, Any]:
     return kwargs
 
 
-def _s3_filesystem(sse: str | None = None, sse_kms_key_id: str | None = None) -> fsspec.AbstractFileSystem:
-    try:
-        import s3fs
-    except ImportError:
-        raise ConnectorNotInstalledError("an s3:// repository needs s3fs: pip install 'aibackup[s3]'") from None
-    client_kwargs = aws_client_kwargs("S3")
-    # No listing cache: a manifest committed by another process must be seen by the next `list`.
-    # No instance cache: the environment (endpoint, credentials) may change between calls in one process.
-    # Transient errors are retried with backoff (botocore "standard" mode); AWS_MAX_ATTEMPTS overrides.
-    try:
-        attempts = max(1, int(os.environ.get("AWS_MAX_ATTEMPTS") or 5))
-    except ValueError:
-        raise ConfigError("AWS_MAX_ATTEMPTS must be a whole number") from None
-    # Server-side encryption: s3fs adds these to every PutObject and CreateMultipartUpload it sends.
-    additional: dict[str, str] = {}
-    if sse:
-        additional["ServerSideEncryption"] = sse
-    if sse_kms_key_id:
-        additional["SSEKMSKeyId"] = sse_kms_key_id
-    fs = s3fs.S3FileSystem(
-        s3_additional_kwargs=additional or None,
-        client_kwargs=client_kwargs,
-        use_listings_cache=False,
-        skip_instance_cache=True,
-        config_kwargs={"retries": {"max_attempts": attempts, "mode": "standard"}},
-    )
-    fs.retries = attempts  # s3fs's own retry loop around botocore's, for errors botocore gives up on
-    return fs
+@dataclass(frozen=True)
+class S3Settings:
+    """How an S3 repository is reached: from its URL's options (``?endpoint=…&region=…&profile=…``, for two
+    repositories in two regions or on two S3-compatible services) over the standard AWS environment
+    (:func:`aws_client_kwargs`), and what every object written carries (server-side encryption). Both
+    clients of a repository are built from it: the s3fs filesystem (listings, small objects, ranged reads)
+    and the boto3 client of parallel uploads (:mod:`aibackup.s3io`)."""
+
+    client_kwargs: dict[str, Any]
+    profile: str | None
+    attempts: int
+    additional: dict[str, str]
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
+        endpoint: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+    ) -> S3Settings:
+        client_kwargs = aws_client_kwargs("S3")
+        if endpoint:
+            client_kwargs["endpoint_url"] = endpoint
+        if region:
+            client_kwargs["region_name"] = region
+        # Transient errors are retried with backoff (botocore "standard" mode); AWS_MAX_ATTEMPTS overrides.
+        try:
+            attempts = max(1, int(os.environ.get("AWS_MAX_ATTEMPTS") or 5))
+        except ValueError:
+            raise ConfigError("AWS_MAX_ATTEMPTS must be a whole number") from None
+        # Server-side encryption: added to every PutObject and CreateMultipartUpload.
+        additional: dict[str, str] = {}
+        if sse:
+            additional["ServerSideEncryption"] = sse
+        if sse_kms_key_id:
+            additional["SSEKMSKeyId"] = sse_kms_key_id
+        return cls(client_kwargs, profile or None, attempts, additional)
+
+    def _retries(self) -> dict[str, Any]:
+        return {"retries": {"max_attempts": self.attempts, "mode": "standard"}}
+
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        try:
+            import s3fs
+        except ImportError:
+            raise ConnectorNotInstalledError("an s3:// repository needs s3fs: pip install 'aibackup[s3]'") from None
+        # No listing cache: a manifest committed by another process must be seen by the next `list`.
+        # No instance cache: the environment (endpoint, credentials) may change between calls in one process.
+        fs = s3fs.S3FileSystem(
+            s3_additional_kwargs=dict(self.additional) or None,
+            client_kwargs=dict(self.client_kwargs),
+            use_listings_cache=False,
+            skip_instance_cache=True,
+            config_kwargs=self._retries(),
+            **({"profile": self.profile} if self.profile else {}),
+        )
+        fs.retries = self.attempts  # s3fs's own retry loop around botocore's, for errors botocore gives up on
+        return fs
+
+    def client(self) -> Any:
+        """A boto3 S3 client with these settings (thread-safe; its pool holds s3io.CONCURRENCY x 2 connections)."""
+        import boto3
+        import botocore.config
+
+        from aibackup import s3io
+
+        session = boto3.session.Session(profile_name=self.profile) if self.profile else boto3.session.Session()
+        config = botocore.config.Config(max_pool_connections=2 * s3io.CONCURRENCY, **self._retries())
+        return session.client("s3", config=config, **self.client_kwargs)

@@ -98,7 +98,14 @@ def run_verify(
         authenticated = repo.passphrase_for(key_file) is not None
         if authenticated:
             repo.use_key(repo.key(key_file))
-    reader = BundleReader(repo)
+    # --read-data reads each part twice (its bytes, then its records): a remote part is downloaded once.
+    with BundleReader(repo, spool=read_data) as reader:
+        return _verify(repo, reader, refs, read_data, authenticated)
+
+
+def _verify(
+    repo: Repository, reader: BundleReader, refs: Sequence[str], read_data: bool, authenticated: bool | None
+) -> VerifyResult:
     chunk_check = ChunkCheck(reader, read_data)
     ids = [repo.match_id(r) for r in refs] if refs else repo.bundle_ids()
     problems: list[Problem] = []
@@ -111,6 +118,12 @@ def run_verify(
             continue
         for dataset in manifest.datasets:
             damaged = False
+            content_problem = None
+            if read_data and dataset.kind in KINDS:
+                # The records are decoded while the next parts download (a remote repository), and the
+                # parts' own checks below wait for their downloads; a damaged part's problem wins.
+                reader.fetch_ahead(dataset.all_parts())
+                content_problem = _content_problem(reader, dataset)
             for part in dataset.all_parts():
                 parts += 1
                 problem = reader.check_part(part, read_data=read_data)
@@ -123,10 +136,11 @@ def run_verify(
                 elif read_data:
                     bytes_read += part.bytes
             # A kind this version does not know (a newer aibackup wrote it): its parts are still re-hashed.
-            if read_data and not damaged and dataset.kind in KINDS:
-                problem = _content_problem(reader, dataset)
-                if problem:
-                    problems.append(Problem(bundle_id, repo.storage.display(repo.manifest_path(bundle_id)), problem))
+            if content_problem and not damaged:
+                where = repo.storage.display(repo.manifest_path(bundle_id))
+                problems.append(Problem(bundle_id, where, content_problem))
+            if reader.spool is not None:
+                reader.spool.drop()  # one dataset's parts on the local disk at a time
             if dataset.kind == "model" and not damaged:  # its files' bytes are chunks in the chunk store
                 problems += [Problem(bundle_id, where, why) for where, why in chunk_check.problems(dataset)]
     chunk_check.close()

@@ -95,6 +95,17 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """moto's S3 server over HTTP on a free loopback port (the real s3fs/botocore clients talk to it)."""
+    yield from _moto(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def moto_s3_second(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A second, separate moto S3 server: another "region" (or another S3-compatible service), reached
+    through a repository URL's own ``?endpoint=``."""
+    yield from _moto(tmp_path_factory)
+
+
+def _moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     port = free_port()
     log_dir = tmp_path_factory.mktemp("moto")
     log = open(log_dir / "moto.log", "wb")  # noqa: SIM115

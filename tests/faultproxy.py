@@ -6,7 +6,9 @@ Each request draws, from a seeded generator, whether it fails and how:
 - ``reset``: the connection is reset (TCP RST) without any answer;
 - ``stall``: the request waits `stall` seconds, then is forwarded;
 - ``lost``: the request **is** forwarded and applied, but the client gets a 500 instead of the answer (the
-  cruellest case: a write that happened while the client believes it failed).
+  cruellest case: a write that happened while the client believes it failed);
+- ``cut`` (only when asked for): the answer's status and headers arrive, then half its body, then the
+  connection closes (a download that breaks off mid-body).
 
 Only the proxy is fake: the S3 server behind it and every client are real.
 """
@@ -65,6 +67,9 @@ class FaultProxy:
                 if fault == "stall":
                     time.sleep(proxy.stall)
                 status, headers, payload = proxy._forward(self.command, self.path, dict(self.headers), body)
+                if fault == "cut" and self.command != "HEAD" and len(payload) > 1:
+                    self._reply(status, headers, payload, cut=True)
+                    return
                 if fault == "lost":
                     error = ERROR_XML.format(code="InternalError", message="injected after applying").encode()
                     self._reply(500, {"Content-Type": "application/xml"}, error)
@@ -85,7 +90,7 @@ class FaultProxy:
                 length = int(self.headers.get("Content-Length") or 0)
                 return self.rfile.read(length) if length else b""
 
-            def _reply(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+            def _reply(self, status: int, headers: dict[str, str], payload: bytes, cut: bool = False) -> None:
                 self.send_response(status)
                 length = str(len(payload))
                 for key, value in headers.items():
@@ -96,7 +101,11 @@ class FaultProxy:
                 self.send_header("Content-Length", length)
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(payload)
+                    self.wfile.write(payload[: len(payload) // 2] if cut else payload)
+                if cut:
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle  # http.server's names
 

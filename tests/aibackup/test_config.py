@@ -555,3 +555,15 @@ def test_one_store_is_one_source_and_never_a_scratch_target(tmp_path: Path) -> N
     path.write_text("repository: ./r\nsources:\n  a: {uri: 'chroma:./c'}\ntargets:\n  live: chroma:./c\n")
     with pytest.raises(ConfigError, match=r"aibackup.yaml:5: targets.live: is the store of source 'a'"):
         load_config(str(path))
+
+
+def test_sse_keys_join_the_options_a_repository_url_already_has() -> None:
+    config = load(
+        """
+        repository: s3://backups-eu/ai?region=eu-west-1
+        sse: aws:kms
+        sse_kms_key_id: alias/bucket-key
+        sources: {kb: {uri: "chroma:./data"}}
+        """
+    )
+    assert config.repository == "s3://backups-eu/ai?region=eu-west-1&sse=aws:kms&sse_kms_key_id=alias/bucket-key"

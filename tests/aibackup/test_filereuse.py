@@ -145,7 +145,7 @@ def test_config_parts_with_only_unchanged_files_are_referenced(
     small = WriteOptions(part_bytes=20000, row_group_bytes=20000)
     writer = backup_module.BundleWriter
     monkeypatch.setattr(
-        backup_module, "BundleWriter", lambda repo, bundle_id, _options=None: writer(repo, bundle_id, small)
+        backup_module, "BundleWriter", lambda repo, bundle_id, _options=None, **kw: writer(repo, bundle_id, small, **kw)
     )
     first = _backup(cli, f"config:{conf}", "--repo", repo)
     parts = len(Repository.open(repo).load(first["bundle_id"]).datasets[0].parts)

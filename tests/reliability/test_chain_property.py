@@ -445,8 +445,8 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
 
     options = bundle.WriteOptions(row_group_bytes=2048, part_bytes=4096)
 
-    def writer(repo: Any, bundle_id: str, _options: Any = None) -> bundle.BundleWriter:
-        return bundle.BundleWriter(repo, bundle_id, options)
+    def writer(repo: Any, bundle_id: str, _options: Any = None, **kwargs: Any) -> bundle.BundleWriter:
+        return bundle.BundleWriter(repo, bundle_id, options, **kwargs)
 
     monkeypatch.setattr(backup, "BundleWriter", writer)
     monkeypatch.setattr(bundle._IndexWriter, "GROUP_ROWS", 40)

@@ -80,8 +80,9 @@ def _copy_runs(tmp_path: Path, cli: Cli, s3: Server, monkeypatch: pytest.MonkeyP
     seed_chroma(tmp_path / "chroma", "docs", n=300)
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", source))
     ids = sorted(b["bundle_id"] for b in ok(cli("list", "--repo", source, "--json")).json())
-    boto3.client("s3").create_bucket(Bucket="faults-copy")
-    dest = "s3://faults-copy/repo"
+    bucket = f"faults-copy-{runs}"  # its own per test: moto's server (and so its buckets) lives for the session
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    dest = f"s3://{bucket}/repo"
     outcomes: list[str] = []
     for run in range(runs):
         with FaultProxy(f"{s3.host}:{s3.port}", rate, SEED + run, stall=0.5) as proxy:

@@ -1,0 +1,153 @@
+"""A local spool of the parts one command reads several times from a remote repository.
+
+A restore reads each part up to four times (the re-hash before anything is written, the validation, the
+import, the content check) and ``verify --read-data`` twice (the re-hash, then the records against the
+dataset digest). From S3 each read would be a download, slow and billed. With a spool the first read
+downloads the part once, hashing it on the way, into a private temporary folder; every later read opens
+that local copy (memory-mapped). A local repository needs none: its parts are read where they lie.
+
+The spool holds the parts in their stored form: an encrypted repository's parts stay encrypted on the local
+disk. It is removed when the command ends (:meth:`PartSpool.close`), and a part can be dropped earlier
+(:meth:`PartSpool.drop`: verify keeps one dataset's parts at a time). A part the spool's disk has no room for
+(its size plus :data:`RESERVE` free) is not spooled: it is hashed from the repository, and later reads go
+back to the repository, slower but correct. ``AIBACKUP_SPOOL_DIR`` chooses the folder (default: the system's
+temporary folder).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import hashlib
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable
+from typing import IO
+
+import pyarrow as pa
+
+from aibackup.storage import Storage
+
+#: Free bytes the spool leaves on its disk beyond the part it writes.
+RESERVE = 512 * 1024 * 1024
+#: Parts fetched at once by :meth:`PartSpool.fetch_ahead` (each with its own ranged GETs in flight).
+PARTS_AT_ONCE = 2
+
+
+class PartSpool:
+    """Local copies of a remote repository's parts, for one command (see the module docstring)."""
+
+    def __init__(self, storage: Storage, directory: str | None = None) -> None:
+        self.storage = storage
+        self._parent = directory or os.environ.get("AIBACKUP_SPOOL_DIR") or None
+        self._dir: str | None = None
+        self._files: dict[str, str] = {}  # part path -> local copy
+        self._names = itertools.count()
+        self._lock = threading.Lock()
+        self._ahead: dict[str, concurrent.futures.Future[tuple[str, int]]] = {}
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def _folder(self) -> str:
+        with self._lock:
+            if self._dir is None:
+                self._dir = tempfile.mkdtemp(prefix="aibackup-spool-", dir=self._parent)  # mode 0700
+            return self._dir
+
+    def fetch_ahead(self, parts: Iterable[tuple[str, int]]) -> None:
+        """Start fetching these (path, size) parts in the background, :data:`PARTS_AT_ONCE` at a time and in
+        this order, so that the caller works on one part while the next ones download. :meth:`hash` and
+        :meth:`open` of a part fetched ahead wait for it (and :meth:`hash` raises what its fetch raised)."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(PARTS_AT_ONCE, thread_name_prefix="aibackup-spool")
+        for rel, size in parts:
+            if rel not in self._ahead and rel not in self._files:
+                self._ahead[rel] = self._pool.submit(self._fetch, rel, size)
+
+    def hash(self, rel: str, size_hint: int) -> tuple[str, int]:
+        """sha256 and size of the part at `rel`, read once from the repository and kept in the spool when
+        its disk has room for `size_hint` bytes (the manifest's size). FileNotFoundError passes through."""
+        ahead = self._ahead.pop(rel, None)
+        if ahead is not None:
+            return ahead.result()
+        if rel in self._files:
+            return _hash_local(self._files[rel])
+        return self._fetch(rel, size_hint)
+
+    def _fetch(self, rel: str, size_hint: int) -> tuple[str, int]:
+        folder = self._folder()
+        if shutil.disk_usage(folder).free < size_hint + RESERVE:
+            return self.storage.hash_file(rel)
+        local = os.path.join(folder, f"{next(self._names):06d}.part")
+        sha = hashlib.sha256()
+        size = 0
+        try:
+            with open(local, "xb") as out:
+                for block in self.storage.read_blocks(rel):
+                    sha.update(block)
+                    out.write(block)
+                    size += len(block)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(local)
+            raise
+        with self._lock:
+            self._files[rel] = local
+        return sha.hexdigest(), size
+
+    def tee(self) -> IO[bytes] | None:
+        """A new local file for the copy of a part being written (``Storage.create(copy=…)``): a backup's
+        later pass over what it wrote (the search baseline's) then reads it here, not from the repository.
+        None when the spool's disk is short of room. Register it with :meth:`keep` once the part is written."""
+        folder = self._folder()
+        if shutil.disk_usage(folder).free < 2 * RESERVE:
+            return None
+        return open(os.path.join(folder, f"{next(self._names):06d}.part"), "xb")
+
+    def keep(self, rel: str, copy: IO[bytes] | None) -> None:
+        """Serve part `rel` from `copy` (closed and complete, as ``HashingWriter`` leaves a copy that held)."""
+        if copy is not None:
+            with self._lock:
+                self._files[rel] = copy.name
+
+    def open(self, rel: str) -> IO[bytes] | pa.NativeFile:
+        """The part at `rel`: its local copy when spooled, else the repository's object."""
+        ahead = self._ahead.get(rel)
+        if ahead is not None:
+            concurrent.futures.wait([ahead])  # its outcome is for hash() to report
+        local = self._files.get(rel)
+        if local is None:
+            return self.storage.open_read(rel)
+        return pa.memory_map(local)
+
+    def drop(self) -> None:
+        """Remove every local copy (the spool stays usable); fetches still running are waited for."""
+        for ahead in self._ahead.values():
+            ahead.cancel()
+        concurrent.futures.wait(list(self._ahead.values()))
+        self._ahead.clear()
+        for local in self._files.values():
+            with contextlib.suppress(OSError):
+                os.unlink(local)
+        self._files.clear()
+
+    def close(self) -> None:
+        self.drop()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+
+
+def _hash_local(path: str) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(8 * 1024 * 1024):
+            sha.update(block)
+            size += len(block)
+    return sha.hexdigest(), size
