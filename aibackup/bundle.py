@@ -13,9 +13,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
+import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,8 @@ Select = Callable[[pa.RecordBatch, list[bytes]], "np.ndarray | None"]
 
 #: Parts encoded at once, each by its own thread (the machine this was tuned on has 2 cores).
 ENCODERS = 2
+#: Parts of one dataset being completed at once (their uploads finishing) while the encoders go on.
+CLOSING = 2
 
 
 @dataclass(frozen=True)
@@ -148,12 +152,23 @@ class _PartSink:
         self.arrow_bytes += table.nbytes
 
     def finish(self, repo: Repository) -> PartEntry:
+        entry = self.seal(repo)
+        self.complete(repo)
+        return entry
+
+    def seal(self, repo: Repository) -> PartEntry:
+        """Write the Parquet footer and hand every byte to storage: the part's size and sha256 are final,
+        its upload or fsync may still be running (:meth:`complete` waits for it)."""
         self.writer.close()
         self.stream.flush()
+        repo.storage.settle_part(self.file, self.path)
+        return PartEntry(path=self.path, rows=self.rows, bytes=self.file.bytes, sha256=self.file.sha256)
+
+    def complete(self, repo: Repository) -> None:
+        """Make the sealed part durable (an S3 upload completed, a local file fsynced)."""
         repo.storage.close_part(self.file, self.path)
         if self.spool is not None:
             self.spool.keep(self.path, self.file.copy)
-        return PartEntry(path=self.path, rows=self.rows, bytes=self.file.bytes, sha256=self.file.sha256)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):  # the original error matters, not this one
@@ -339,9 +354,24 @@ class BundleWriter:
                 sink = sinks[number] = _PartSink(self.repo, path, schema, self.options, spool=spool)
             sink.write(table)
 
+        # A full part is sealed by its encoder, which then moves on, and completed (its upload finished,
+        # on S3 a round trip or two and the last parts in flight) by one of CLOSING threads; an encoder
+        # waits only when CLOSING parts are completing already, so memory stays bounded.
+        closer = ThreadPoolExecutor(CLOSING, thread_name_prefix="aibackup-part-close")
+        closing_slots = threading.BoundedSemaphore(CLOSING)
+        closing: list[Future[None]] = []
+
+        def complete(sink: _PartSink) -> None:
+            try:
+                sink.complete(self.repo)
+            finally:
+                closing_slots.release()
+
         def finish_part(number: int) -> None:
-            finished[number] = sinks[number].finish(self.repo)
-            del sinks[number]  # only now: a part whose commit failed is still aborted below
+            finished[number] = sinks[number].seal(self.repo)
+            closing_slots.acquire()
+            closing.append(closer.submit(complete, sinks[number]))
+            del sinks[number]  # only now: a part that could not be sealed is still aborted below
 
         # Parts are encoded in parallel, part k by encoder k % ENCODERS (Parquet encoding is C++ with the
         # GIL released), while this thread computes the record digests. Rows stay in order: part k holds
@@ -412,9 +442,12 @@ class BundleWriter:
             index_parts = record_index.finish() if record_index is not None else ()
             for encoder in encoders:
                 encoder.drain()
+            for completed in closing:
+                completed.result()  # the first part that could not be completed fails the dataset
         except BaseException:
             for encoder in encoders:  # the open sinks are the encoders' until they stop
                 encoder.stop()
+            futures_wait(closing)  # a part being completed finishes (or fails) before the caller discards
             for sink in sinks.values():
                 sink.abort()
             if record_index is not None:
@@ -423,6 +456,7 @@ class BundleWriter:
         finally:
             for encoder in encoders:
                 encoder.stop()
+            closer.shutdown(wait=True)
         parts = tuple(finished[number] for number in sorted(finished))
         if groups is not None:
             groups.parts = [

@@ -179,6 +179,12 @@ class HashingWriter:
     def readable(self) -> bool:
         return False
 
+    def settle(self) -> None:
+        """Wait until every byte written so far is hashed and handed to the storage (``sha256`` and
+        ``bytes`` are then final; an upload may still be running until ``close``)."""
+        self._stop()
+        self._raise_error()
+
     def close(self) -> None:
         if self.closed:
             return
@@ -467,6 +473,12 @@ class Storage:
         assert self._pool is not None
         bucket, _, key = path.partition("/")
         return s3io.ParallelUpload(self._client, self._pool, bucket, key, extra=self.s3.additional, block_size=CHUNK)
+
+    def settle_part(self, writer: HashingWriter, rel: str) -> None:
+        """Hand every byte written to a part through :meth:`create` to the storage (its sha256 and size are
+        then final); :meth:`close_part` completes it later. Errors are worded as :meth:`close_part`'s."""
+        with self._errors(rel, writing=True):
+            writer.settle()
 
     def close_part(self, writer: HashingWriter, rel: str) -> None:
         """Complete a part written through :meth:`create` (flushes, uploads, fsyncs its folder).
