@@ -14,7 +14,10 @@ its restore load against a bare COPY FROM plus the same HNSW build, peak RSS at 
 backup against a bare scanner read and restore against a bare ``create_table``; Milvus Lite backup at
 ``--milvus-rows`` against a bare query-iterator loop), ``models`` (issue 19: backup and restore of a
 ``--model-gib`` model folder against a bare copy, new bytes of later versions, peak RSS at ``--model-big-gib``,
-the chunker and zstd; see :mod:`benchmarks.models`). Results go to
+the chunker and zstd; see :mod:`benchmarks.models`), ``s3`` (issue 20: against moto's S3 server on this
+machine at ``--rows``: backup to S3 against local disk, ``verify --read-data`` and ``copy`` both ways against
+bare boto3 transfer loops, the restore read side from S3 against local disk, and moto's own PUT and GET
+throughput; see :mod:`benchmarks.s3`). Results go to
 ``benchmarks/results/bench-ROWSxDIM.json`` and ``docs/benchmarks.md`` (with ``docs/benchmarks.png``);
 ``--report-only`` redraws the page from the JSON. Seeded stores are cached under ``benchmarks/.cache``
 (the first run seeds them: Chroma ~2000 records/s, Qdrant local ~1000 points/s).
@@ -34,10 +37,11 @@ from benchmarks import lancedb as lancedb_bench
 from benchmarks import milvus as milvus_bench
 from benchmarks import models as models_bench
 from benchmarks import pgvector as pgvector_bench
+from benchmarks import s3 as s3_bench
 from benchmarks.common import RESULTS, ROOT, machine, seeded_chroma, seeded_qdrant
 from benchmarks.report import chart, markdown, targets
 
-SECTIONS = ("backup", "writer", "restore", "sizes", "incremental", "encryption", "stores", "models")
+SECTIONS = ("backup", "writer", "restore", "sizes", "incremental", "encryption", "stores", "models", "s3")
 DOCS = ROOT / "docs"
 
 
@@ -131,6 +135,7 @@ def main(argv: list[str]) -> int:
                 "milvus": milvus_bench.measure(args.milvus_rows, args.dim, max(args.repeats, 5)),
             },
             "models": lambda: models_bench.measure(args.model_gib, args.model_big_gib, args.repeats),
+            "s3": lambda: s3_bench.measure(args.rows, args.dim, args.repeats),
         }
         for section in SECTIONS:
             if section in sections:
