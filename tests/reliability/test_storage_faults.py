@@ -113,3 +113,37 @@ def test_copies_into_a_very_faulty_s3(
     tmp_path: Path, cli: Cli, s3_env: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _copy_runs(tmp_path, cli, s3_env, monkeypatch, 0.3, 12)
+
+
+def test_copies_out_of_a_faulty_s3(tmp_path: Path, cli: Cli, s3_env: Server) -> None:
+    """`copy` from an S3 repository reached through the fault proxy (its URL's own ``?endpoint=``; the
+    destination, a new local folder each run, is not) with reads that also break off mid-body: each run
+    succeeds through retries or fails with exit 3 and one line; the copy holds only complete bundles and
+    verifies; a copy without faults completes it."""
+    from tests.aibackup.test_copy import conversations
+
+    boto3.client("s3").create_bucket(Bucket="faults-source")
+    source = "s3://faults-source/repo"
+    for start in (0, 50):
+        ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 50, start)}", "--repo", source))
+    seed_chroma(tmp_path / "chroma", "docs", n=300)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", source))
+    ids = sorted(b["bundle_id"] for b in ok(cli("list", "--repo", source, "--json")).json())
+    outcomes: list[str] = []
+    kinds = ("500", "503", "reset", "stall", "lost", "cut")
+    for run in range(CI_RUNS):
+        dest = str(tmp_path / f"copy-{run}")
+        with FaultProxy(f"{s3_env.host}:{s3_env.port}", 0.2, SEED + run, kinds=kinds, stall=0.5) as proxy:
+            copied = cli("copy", "--repo", f"{source}?endpoint={proxy.url}", "--to-repo", dest, "--json")
+        assert copied.code in (0, 3), (run, copied.code, copied.err, dict(proxy.injected))
+        if copied.code == 3:
+            lines = copied.err.strip().splitlines()
+            assert len(lines) == 1 and "Traceback" not in copied.err, copied.err
+        outcomes.append(f"run {run}: copy {copied.code}, faults {dict(proxy.injected)}")
+        listed = cli("list", "--repo", dest, "--json")
+        if listed.code == 0:
+            assert {b["bundle_id"] for b in listed.json()} <= set(ids), outcomes
+            assert ok(cli("verify", "--read-data", "--repo", dest, "--json")).json()["ok"], outcomes
+        done = ok(cli("copy", "--repo", source, "--to-repo", dest, "--json")).json()
+        assert done["ok"] and sorted(done["copied"] + done["skipped"]) == ids, (done, outcomes)
+    assert any("copy 0" in o for o in outcomes), outcomes
