@@ -256,6 +256,44 @@ def timed_restore(repo: str, target: str) -> dict[str, Any]:
     }
 
 
+def restore_read_side(repo_url: str, bundle_id: str) -> dict[str, Any]:
+    """The read side of a restore of the bundle's first dataset into a target that discards, as
+    ``run_restore`` reads: re-hash every part the dataset needs (fetched ahead; a remote repository's parts
+    are downloaded once, into the spool), stream its live records recomputing the digest (the validation),
+    stream them again (the import). Seconds of each step; ``close_seconds``: removing the spool."""
+    from aibackup.bundle import BundleReader
+    from aibackup.manifests.digest import DatasetDigest
+    from aibackup.pipeline import prefetch
+    from aibackup.repository import Repository
+
+    repo = Repository.open(repo_url)
+    dataset = repo.load(bundle_id).datasets[0]
+    clock = Stopwatch()
+    with BundleReader(repo, spool=True) as reader:
+        reader.fetch_ahead(dataset.all_parts())
+        for part in dataset.all_parts():
+            if problem := reader.check_part(part, read_data=True):
+                raise RuntimeError(problem)
+        hashed = time.perf_counter()
+        digest = DatasetDigest(algorithm=dataset.digest_algorithm)
+        for batch in prefetch(reader.batches(dataset)):
+            digest.add_batch(batch)
+        if (digest.rows, digest.hexdigest) != (dataset.rows, dataset.digest):
+            raise RuntimeError("the records do not give the manifest's digest")
+        validated = time.perf_counter()
+        rows = sum(batch.num_rows for batch in prefetch(reader.batches(dataset)))
+        streamed = time.perf_counter()
+    out = clock.read()
+    return {
+        **out,
+        "rows": rows,
+        "hash_seconds": hashed - clock.wall,
+        "validate_seconds": validated - hashed,
+        "stream_seconds": streamed - validated,
+        "close_seconds": out["seconds"] - (streamed - clock.wall),
+    }
+
+
 def section_main(
     argv: list[str], children: dict[str, Child], measure: Callable[..., dict[str, Any]], *, rows: int, **extra: int
 ) -> int:

@@ -49,6 +49,7 @@ from benchmarks.common import (
     fastest,
     metadata,
     record_id,
+    restore_read_side,
     run_child,
     seeded_chroma,
 )
@@ -259,36 +260,8 @@ def child_chain(repo_path: str, rows: str, dim: str, links: str, also: str = "0"
 
 
 def child_read(repo_path: str, bundle_id: str) -> dict[str, Any]:
-    """The read side of a restore, into a target that discards: re-hash every part the dataset needs, then
-    stream its live records recomputing the digest (the validation), then stream them again (the import)."""
-    from aibackup.bundle import BundleReader
-    from aibackup.manifests.digest import DatasetDigest
-    from aibackup.pipeline import prefetch
-    from aibackup.repository import Repository
-
-    repo = Repository.open(repo_path)
-    dataset = repo.load(bundle_id).datasets[0]
-    reader = BundleReader(repo)
-    clock = Stopwatch()
-    for part in dataset.all_parts():
-        if problem := reader.check_part(part, read_data=True):
-            raise RuntimeError(problem)
-    hashed = time.perf_counter()
-    digest = DatasetDigest(algorithm=dataset.digest_algorithm)
-    for batch in prefetch(reader.batches(dataset)):
-        digest.add_batch(batch)
-    if (digest.rows, digest.hexdigest) != (dataset.rows, dataset.digest):
-        raise RuntimeError("the records do not give the manifest's digest")
-    validated = time.perf_counter()
-    rows = sum(batch.num_rows for batch in prefetch(reader.batches(dataset)))
-    out = clock.read()
-    return {
-        **out,
-        "rows": rows,
-        "hash_seconds": hashed - clock.wall,
-        "validate_seconds": validated - hashed,
-        "stream_seconds": time.perf_counter() - validated,
-    }
+    """The read side of a restore, into a target that discards (:func:`benchmarks.common.restore_read_side`)."""
+    return restore_read_side(repo_path, bundle_id)
 
 
 def child_index_write(repo_path: str, rows: str) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Stopwatch, fastest, run_child, section_main, seeded_chroma
+from benchmarks.common import Stopwatch, fastest, restore_read_side, run_child, section_main, seeded_chroma
 
 MODULE = "benchmarks.s3"
 BUCKET = "aibackup-bench"
@@ -207,43 +207,11 @@ def child_bare_get(url: str, bundle_id: str, folder: str) -> dict[str, Any]:
 
 
 def child_read(url: str, bundle_id: str) -> dict[str, Any]:
-    """The read side of a restore from `url`, into a target that discards (as ``child_read`` of
-    benchmarks/incremental.py), through a spooling reader: re-hash every part (a remote part is downloaded
-    into the spool on the way), stream the records recomputing the digest (validation), stream them again
-    (the import)."""
-    import s3fs  # noqa: F401
+    """The read side of a restore from `url` into a target that discards, through a spooling reader
+    (:func:`benchmarks.common.restore_read_side`): a remote part is downloaded once, into the spool."""
+    import s3fs  # noqa: F401 - imported before the clock starts
 
-    from aibackup.bundle import BundleReader
-    from aibackup.manifests.digest import DatasetDigest
-    from aibackup.pipeline import prefetch
-    from aibackup.repository import Repository
-
-    repo = Repository.open(url)
-    dataset = repo.load(bundle_id).datasets[0]
-    clock = Stopwatch()
-    with BundleReader(repo, spool=True) as reader:
-        reader.fetch_ahead(dataset.all_parts())  # as run_restore's re-hash does: the next parts download meanwhile
-        for part in dataset.all_parts():
-            if problem := reader.check_part(part, read_data=True):
-                raise RuntimeError(problem)
-        hashed = time.perf_counter()
-        digest = DatasetDigest(algorithm=dataset.digest_algorithm)
-        for batch in prefetch(reader.batches(dataset)):
-            digest.add_batch(batch)
-        if (digest.rows, digest.hexdigest) != (dataset.rows, dataset.digest):
-            raise RuntimeError("the records do not give the manifest's digest")
-        validated = time.perf_counter()
-        rows = sum(batch.num_rows for batch in prefetch(reader.batches(dataset)))
-        streamed = time.perf_counter()
-    out = clock.read()  # the spool's removal (on leaving the reader) included
-    return {
-        **out,
-        "rows": rows,
-        "hash_seconds": hashed - clock.wall,
-        "validate_seconds": validated - hashed,
-        "stream_seconds": streamed - validated,
-        "close_seconds": out["seconds"] - (streamed - clock.wall),
-    }
+    return restore_read_side(url, bundle_id)
 
 
 def child_copy(source: str, destination: str) -> dict[str, Any]:

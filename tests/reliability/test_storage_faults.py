@@ -12,7 +12,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import CliResult, Server
 from tests.faultproxy import FaultProxy
 from tests.helpers import Cli, ok, seed_chroma
 
@@ -68,18 +68,39 @@ def test_backups_and_restores_through_a_very_faulty_s3(
     _runs(tmp_path, cli, s3_env, monkeypatch, 0.3, 20)
 
 
-def _copy_runs(tmp_path: Path, cli: Cli, s3: Server, monkeypatch: pytest.MonkeyPatch, rate: float, runs: int) -> None:
-    """`copy` from a local repository into S3 through the fault proxy: each run succeeds through retries or
-    fails with exit 3 and one line; looked at directly, the copy holds only complete bundles and verifies;
-    a copy without faults then completes it."""
+def _copy_source(tmp_path: Path, cli: Cli, source: str) -> list[str]:
+    """Three bundles in `source` (a conversation chain of two and a Chroma store); their ids."""
     from tests.aibackup.test_copy import conversations
 
-    source = str(tmp_path / "repo")
     for start in (0, 50):
         ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 50, start)}", "--repo", source))
     seed_chroma(tmp_path / "chroma", "docs", n=300)
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", source))
-    ids = sorted(b["bundle_id"] for b in ok(cli("list", "--repo", source, "--json")).json())
+    return sorted(b["bundle_id"] for b in ok(cli("list", "--repo", source, "--json")).json())
+
+
+def _judge_copy(cli: Cli, copied: CliResult, proxy: FaultProxy, run: int, dest: str, ids: list[str]) -> str:
+    """One copy through faults: exit 0, or 3 with one line; looked at directly (no proxy), the destination
+    lists only bundles of the source and verifies. Returns the run's outcome line."""
+    assert copied.code in (0, 3), (run, copied.code, copied.err, dict(proxy.injected))
+    if copied.code == 3:
+        lines = copied.err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in copied.err, copied.err
+    outcome = f"run {run}: copy {copied.code}, faults {dict(proxy.injected)}"
+    listed = cli("list", "--repo", dest, "--json")
+    if listed.code == 0:  # the copy exists once its marker landed
+        assert {b["bundle_id"] for b in listed.json()} <= set(ids), outcome
+        verified = ok(cli("verify", "--read-data", "--repo", dest, "--json")).json()
+        assert verified["ok"], (run, verified["problems"], outcome)
+    return outcome
+
+
+def _copy_runs(tmp_path: Path, cli: Cli, s3: Server, monkeypatch: pytest.MonkeyPatch, rate: float, runs: int) -> None:
+    """`copy` from a local repository into S3 through the fault proxy: each run succeeds through retries or
+    fails with exit 3 and one line; looked at directly, the copy holds only complete bundles and verifies;
+    a copy without faults then completes it."""
+    source = str(tmp_path / "repo")
+    ids = _copy_source(tmp_path, cli, source)
     bucket = f"faults-copy-{runs}"  # its own per test: moto's server (and so its buckets) lives for the session
     boto3.client("s3").create_bucket(Bucket=bucket)
     dest = f"s3://{bucket}/repo"
@@ -89,16 +110,7 @@ def _copy_runs(tmp_path: Path, cli: Cli, s3: Server, monkeypatch: pytest.MonkeyP
             monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
             copied = cli("copy", "--repo", source, "--to-repo", dest, "--json")
         monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
-        assert copied.code in (0, 3), (run, copied.code, copied.err, dict(proxy.injected))
-        if copied.code == 3:
-            lines = copied.err.strip().splitlines()
-            assert len(lines) == 1 and "Traceback" not in copied.err, copied.err
-        outcomes.append(f"run {run}: copy {copied.code}, faults {dict(proxy.injected)}")
-        listed = cli("list", "--repo", dest, "--json")
-        if listed.code == 0:  # the copy exists once its marker landed
-            assert {b["bundle_id"] for b in listed.json()} <= set(ids), outcomes
-            verified = ok(cli("verify", "--read-data", "--repo", dest, "--json")).json()
-            assert verified["ok"], (run, verified["problems"], outcomes)
+        outcomes.append(_judge_copy(cli, copied, proxy, run, dest, ids))
     done = ok(cli("copy", "--repo", source, "--to-repo", dest, "--json")).json()
     assert done["ok"] and sorted(done["copied"] + done["skipped"]) == ids, (done, outcomes)
     assert ok(cli("verify", "--read-data", "--repo", dest, "--json")).json()["ok"]
@@ -120,30 +132,16 @@ def test_copies_out_of_a_faulty_s3(tmp_path: Path, cli: Cli, s3_env: Server) -> 
     destination, a new local folder each run, is not) with reads that also break off mid-body: each run
     succeeds through retries or fails with exit 3 and one line; the copy holds only complete bundles and
     verifies; a copy without faults completes it."""
-    from tests.aibackup.test_copy import conversations
-
     boto3.client("s3").create_bucket(Bucket="faults-source")
     source = "s3://faults-source/repo"
-    for start in (0, 50):
-        ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 50, start)}", "--repo", source))
-    seed_chroma(tmp_path / "chroma", "docs", n=300)
-    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", source))
-    ids = sorted(b["bundle_id"] for b in ok(cli("list", "--repo", source, "--json")).json())
+    ids = _copy_source(tmp_path, cli, source)
     outcomes: list[str] = []
     kinds = ("500", "503", "reset", "stall", "lost", "cut")
     for run in range(CI_RUNS):
         dest = str(tmp_path / f"copy-{run}")
         with FaultProxy(f"{s3_env.host}:{s3_env.port}", 0.2, SEED + run, kinds=kinds, stall=0.5) as proxy:
             copied = cli("copy", "--repo", f"{source}?endpoint={proxy.url}", "--to-repo", dest, "--json")
-        assert copied.code in (0, 3), (run, copied.code, copied.err, dict(proxy.injected))
-        if copied.code == 3:
-            lines = copied.err.strip().splitlines()
-            assert len(lines) == 1 and "Traceback" not in copied.err, copied.err
-        outcomes.append(f"run {run}: copy {copied.code}, faults {dict(proxy.injected)}")
-        listed = cli("list", "--repo", dest, "--json")
-        if listed.code == 0:
-            assert {b["bundle_id"] for b in listed.json()} <= set(ids), outcomes
-            assert ok(cli("verify", "--read-data", "--repo", dest, "--json")).json()["ok"], outcomes
+        outcomes.append(_judge_copy(cli, copied, proxy, run, dest, ids))
         done = ok(cli("copy", "--repo", source, "--to-repo", dest, "--json")).json()
         assert done["ok"] and sorted(done["copied"] + done["skipped"]) == ids, (done, outcomes)
     assert any("copy 0" in o for o in outcomes), outcomes
