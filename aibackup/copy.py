@@ -27,6 +27,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -158,6 +159,10 @@ class _Copier:
         self.ids = ChunkIds(source.key())
         self._source_index: ChunkIndex | None = None
         self._target_index: ChunkIndex | None = None
+        # What the destination holds, by top folder (data/<bundle or writer>): one listing each, not a HEAD
+        # per part (s3fs's size() of a missing key is a HEAD and a LIST), updated as objects land.
+        self._held: dict[str, dict[str, int]] = {}
+        self._held_lock = threading.Lock()
 
     def bundle(self, bundle_id: str) -> int:
         """Copy one bundle (parts, packs, index, manifest last); returns the bytes written. IntegrityError
@@ -184,9 +189,10 @@ class _Copier:
         """One part, unless the destination holds it already (the right size); hashed on the way, and
         completed (an S3 upload finished, a local file fsynced) only when it gives the manifest's sha256."""
         dest = self.target.storage
-        with contextlib.suppress(FileNotFoundError):
-            if dest.size(part.path) == part.bytes:
-                return 0
+        held = self._held_size(part.path)
+        if held == part.bytes:
+            return 0
+        if held is not None:
             dest.remove(part.path)  # a copy interrupted mid-part (a local file is written in place)
         where = self.source.storage.display(part.path)
         sha = hashlib.sha256()
@@ -210,6 +216,7 @@ class _Copier:
             with contextlib.suppress(Exception):
                 dest.remove(part.path)
             raise
+        self._landed(part.path, part.bytes)
         return part.bytes
 
     def _chunks(self, manifest: BundleManifest) -> int:
@@ -254,9 +261,10 @@ class _Copier:
         except FileNotFoundError:
             raise IntegrityError(f"missing chunk pack {where}") from None
         dest = self.target.storage
-        with contextlib.suppress(FileNotFoundError):
-            if dest.size(pack) == len(raw):
-                return 0
+        held = self._held_size(pack)
+        if held == len(raw):
+            return 0
+        if held is not None:
             dest.remove(pack)
         try:
             pf = pq.ParquetFile(
@@ -282,7 +290,21 @@ class _Copier:
         except BaseException:
             writer.abort()
             raise
+        self._landed(pack, len(raw))
         return len(raw)
+
+    def _held_size(self, rel: str) -> int | None:
+        """The size of the destination's object at `rel` (None: not there), from one listing of its top
+        folder per copy run."""
+        folder = "/".join(rel.split("/")[:2])
+        with self._held_lock:
+            if folder not in self._held:
+                self._held[folder] = self.target.storage.sizes_below(folder)
+            return self._held[folder].get(rel)
+
+    def _landed(self, rel: str, size: int) -> None:
+        with self._held_lock:
+            self._held.setdefault("/".join(rel.split("/")[:2]), {})[rel] = size
 
     def _index(self, repo: Repository, attr: str) -> ChunkIndex:
         index: ChunkIndex | None = getattr(self, attr)
