@@ -11,7 +11,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -186,7 +186,7 @@ def _clean_scratch(config: Config, source: SourceConfig, target: str, result: Re
 
 def _named(dataset: str, checks: list[Check], datasets: int) -> list[Check]:
     """Check names prefixed by their dataset when a source holds several."""
-    return checks if datasets == 1 else [Check(f"{dataset}: {c.name}", c.ok, c.detail) for c in checks]
+    return checks if datasets == 1 else [replace(c, name=f"{dataset}: {c.name}") for c in checks]
 
 
 @contextlib.contextmanager

@@ -320,3 +320,19 @@ def test_operator_edges(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatc
     os.utime(path, (past, past))
     taken = ok(cli("backup", "--source", "kb", "--json")).json()
     assert taken["ok"] and any("stale lock" in n for s in taken["sources"] for n in s["notes"])
+
+
+def test_the_drill_report_shows_both_recalls_for_every_collection(tmp_path: Path, cli: Cli) -> None:
+    """A source of several collections: each collection's search check keeps its measures, so the report's
+    source-vs-restored table has a row per collection (the check names carry the collection)."""
+    seed_chroma(tmp_path / "chroma", "docs", n=40, dim=8, space="l2")
+    seed_chroma(tmp_path / "chroma", "faqs", n=30, dim=8, space="cosine")
+    write_config(tmp_path)
+    ok(cli("backup", "--source", "kb"))
+    drill = ok(cli("restore-test", "--source", "kb", "--json")).json()
+    searches = {c["name"]: c for c in drill["sources"][0]["checks"] if c["name"].endswith(": search")}
+    assert set(searches) == {"docs: search", "faqs: search"}
+    assert all(c["measures"]["rule"] and "recall" in c["measures"] for c in searches.values())
+    report = (tmp_path / "reports" / "drill.md").read_text()
+    for name in searches:
+        assert f"| {name} | 1.000 | 1.000 | baseline | ok |" in report
