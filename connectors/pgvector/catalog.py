@@ -8,11 +8,13 @@ constraints; every index not made by a constraint, with its access method, first
 class) into the JSON the manifest keeps (``config.native``); :func:`create_statements` and
 :func:`after_data_statements` turn that JSON back into DDL for a table of another name, split as pg_restore
 does: the table first, then, after the data, constraints, indexes, comments and sequence positions.
+:func:`scalar` and :func:`scalar_row` read the one value or row a statement returns.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 #: pgvector's types, by the role their column takes in a bundle.
@@ -91,6 +93,20 @@ def quote(name: str) -> str:
 
 def qualified(schema: str, table: str) -> str:
     return f"{quote(schema)}.{quote(table)}"
+
+
+def scalar_row(conn: Any, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:
+    """The first row a statement returns (it always returns one)."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return tuple(row)
+
+
+def scalar(conn: Any, sql: str, params: Sequence[Any] | None = None) -> Any:
+    """The first column of the first row a statement returns (it always returns one)."""
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None, sql
+    return row[0]
 
 
 def tables(conn: Any, schema: str | None) -> list[tuple[str, str]]:

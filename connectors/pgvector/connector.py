@@ -70,14 +70,15 @@ and is made first where missing, so the key is made again; a larger one is left 
 
 Checks: beyond the records, a pgvector -> pgvector restore compares the restored table's definition with
 the recorded one (columns, types, nullability, primary key, constraints, index methods and parameters).
+
+This module holds the connector class; the mapping of a table is in :mod:`.mapping`, the reading in
+:mod:`.reading`, the restore's SQL in :mod:`.restore` and its COPY cells in :mod:`.cells`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -90,67 +91,28 @@ from aibackup.connectors.base import (
     ExportState,
     ImportPlan,
     Location,
-    Transform,
     VectorConnector,
     chain,
     identity,
 )
-from aibackup.connectors.pgvector import catalog, codec
-from aibackup.connectors.pgvector.catalog import DENSE_TYPES, SPARSE_TYPE, qualified, quote
-from aibackup.connectors.sparse import sparse_without_zeros
+from aibackup.connectors.pgvector import catalog, cells, codec, mapping, reading, restore
+from aibackup.connectors.pgvector.catalog import DENSE_TYPES, qualified, quote
+from aibackup.connectors.pgvector.mapping import UNNAMED_COLUMN, Columns
 from aibackup.errors import (
     ConnectorError,
     DatasetNotFoundError,
-    SourceDataError,
     TargetNotEmptyError,
     UnsupportedFeatureError,
     UsageError,
 )
-from aibackup.manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
-from aibackup.manifests.vectors import (
-    DOCUMENT,
-    ID,
-    METADATA,
-    URI,
-    canonical_json,
-    dense_column,
-    metadata_json,
-    sparse_column,
-)
-from aibackup.manifests.vectors import (
-    SPARSE_TYPE as SPARSE_ARROW,
-)
+from aibackup.manifests.model import VectorsConfig
+from aibackup.manifests.vectors import canonical_json
 
 if TYPE_CHECKING:
     import psycopg
 
-#: The column that holds the unnamed vector (pgvector's and LangChain's usual name).
-UNNAMED_COLUMN = "embedding"
-#: Bytes of the COPY stream decoded at a time (a batch): bounded memory whatever the table.
-CHUNK_BYTES = 8 << 20
-#: Bytes of the table read by one COPY (see _pages).
-PAGE_BYTES = 64 << 20
-#: pgvector's limits: dimensions of a column, and of an HNSW/IVFFlat index per type.
-MAX_DIM = 16000
-INDEX_MAX_DIM = {"vector": 2000, "halfvec": 4000}
-SPARSE_MAX_DIM = 1_000_000_000
 #: Rows per binary COPY FROM message of a restore.
 WRITE_ROWS = 5000
-#: jsonb_build_object takes at most 100 arguments: metadata objects are built 40 columns at a time.
-OBJECT_COLUMNS = 40
-
-
-@dataclass(frozen=True)
-class Columns:
-    """How a table's columns map to the canonical record (decided from its definition)."""
-
-    id: tuple[str, ...]  # primary key columns; () = row positions
-    dense: tuple[tuple[str, str, int], ...]  # (column, type, dim) in column order
-    sparse: tuple[tuple[str, int | None], ...]  # (column, dim)
-    document: str | None
-    uri: str | None
-    metadata: tuple[dict[str, Any], ...]  # the other columns' definitions
-    layout: bool  # the layout restores write: metadata is the `metadata` jsonb column itself
 
 
 class PgvectorConnector(VectorConnector):
@@ -218,86 +180,24 @@ class PgvectorConnector(VectorConnector):
         with self._errors("reading the definition of", name):
             native = catalog.definition(conn, schema, table)
             for column in native["columns"]:
-                if column["base"] == "jsonb" and _float_text_matters(conn, qualified(schema, table), column["name"]):
+                if column["base"] == "jsonb" and mapping.float_text_matters(
+                    conn, qualified(schema, table), column["name"]
+                ):
                     column["exported_as"] = "text"
                 if column["base"] in DENSE_TYPES and not column.get("dim"):
-                    column["dim_held"] = self._held_dimension(qualified(schema, table), column["name"], name)
-            rows = _scalar(conn, f"SELECT count(*) FROM {qualified(schema, table)}")
+                    column["dim_held"] = mapping.held_dimension(conn, qualified(schema, table), column["name"], name)
+            rows = catalog.scalar(conn, f"SELECT count(*) FROM {qualified(schema, table)}")
             native["references"], left_out = catalog.referenced_tables(conn, native)
         self._notes[name] = left_out
         columns = self._columns(native, name)
         native["document"] = columns.document  # a restore of this bundle knows it again
-        dense, hnsw = [], None
-        for column, sql_type, dim in columns.dense:
-            index = catalog.vector_index(native, column)
-            distance = catalog.opclass_distance(index.get("opclass") if index else None)
-            options: dict[str, Any] = {"column": column, "distance_from": "index" if distance else "default"}
-            if index is not None:
-                options["index"] = {k: index[k] for k in ("method", "opclass", "options") if k in index}
-                if index["method"] == "hnsw" and hnsw is None:
-                    params = index.get("options", {})
-                    hnsw = {"m": int(params.get("m", 16)), "ef_construction": int(params.get("ef_construction", 64))}
-            spec_name = "" if column == UNNAMED_COLUMN else column
-            datatype = "float16" if sql_type == "halfvec" else "float32"
-            dense.append(DenseVectorSpec(spec_name, dim, distance or "l2", datatype=datatype, options=options))
-        sparse = [SparseVectorSpec(c, options={"column": c, "dim": d}) for c, d in columns.sparse]
-        config = VectorsConfig(dense=tuple(dense), sparse=tuple(sparse), hnsw=hnsw, native=native)
+        config = mapping.vectors_config(native, columns)
         self._described[name] = DatasetDescription(name=name, config=config, rows=rows)
         return self._described[name]
 
-    def _held_dimension(self, table: str, column: str, name: str) -> int | None:
-        """The one dimension the vectors of a column declared without one hold (LangChain's
-        ``langchain_pg_embedding.embedding`` is such a column); None when it holds none. SourceDataError
-        for vectors of several dimensions (a bundle column has one)."""
-        low, high = _scalar_row(
-            self._require(), f"SELECT min(vector_dims({quote(column)})), max(vector_dims({quote(column)})) FROM {table}"
-        )
-        if low != high:
-            raise SourceDataError(
-                f"table {name}: column {column} holds vectors of {low} to {high} dimensions; a backup keeps one "
-                "dimension per vector column (split the table, or give the column one dimension)"
-            )
-        return int(low) if low is not None else None
-
     def _columns(self, native: Mapping[str, Any], name: str) -> Columns:
-        """The role of each column (see the module docstring), or SourceDataError for a table aibackup
-        cannot represent (a vector column without a fixed dimension, a document column that is no text)."""
-        cols = native["columns"]
-        primary = tuple(native["primary_key"]["columns"]) if native.get("primary_key") else ()
-        dense, sparse, rest = [], [], []
-        for c in cols:
-            if c["base"] in DENSE_TYPES:
-                dim = c.get("dim") or c.get("dim_held")
-                if not dim:
-                    raise SourceDataError(
-                        f"table {name}: column {c['name']} is {c['type']} without a dimension and holds no "
-                        f"vector to learn one from; give it one (ALTER TABLE … ALTER COLUMN {c['name']} TYPE "
-                        f"{c['base']}(N)) to back it up"
-                    )
-                dense.append((c["name"], c["base"], int(dim)))
-            elif c["base"] == SPARSE_TYPE:
-                sparse.append((c["name"], c.get("dim")))
-            elif c["name"] not in primary:
-                rest.append(c)
-        names = {c["name"]: c for c in rest}
-        layout = (
-            primary == (ID,)
-            and METADATA in names
-            and names[METADATA]["base"] == "jsonb"
-            and set(names) <= {DOCUMENT, URI, METADATA}
-            and all(names[k]["base"] == "text" for k in (DOCUMENT, URI) if k in names)
-        )
-        # ?document= names the column in the tables that have it (a database may hold several kinds); a
-        # table this connector restored keeps the document column its bundle recorded.
-        document = self._document if self._document in names else None
-        document = document or native.get("document") or self._documents.get((native["schema"], native["table"]))
-        if document is None and layout and DOCUMENT in names:
-            document = DOCUMENT
-        if document is not None and names[document]["base"] not in ("text", "varchar", "bpchar"):
-            raise UsageError(f"table {name}: ?document={document} is {names[document]['type']}, not text")
-        uri = URI if layout and URI in names else None
-        metadata = tuple(c for c in rest if c["name"] not in (document, uri))
-        return Columns(primary, tuple(dense), tuple(sparse), document, uri, metadata, bool(layout))
+        """The role of each column (:func:`.mapping.table_columns`)."""
+        return mapping.table_columns(native, name, self._document, self._documents)
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Every row as canonical batches, binary COPYs of pages of the table in the backup's snapshot (see
@@ -306,7 +206,7 @@ class PgvectorConnector(VectorConnector):
         native = dataset.config.native
         columns = self._columns(native, dataset.name)
         target = qualified(native["schema"], native["table"])
-        select, decoders = self._select(columns)
+        select, decoders = reading.select_list(columns)
         schema = dataset.schema
         position = 0
         notes = list(self._notes.get(dataset.name, ()))  # what describe found (referenced tables left out)
@@ -315,7 +215,7 @@ class PgvectorConnector(VectorConnector):
                 f"table {dataset.name} has no primary key: its ids are the row positions (0, 1, …) of this "
                 "snapshot in physical order, not stable names"
             )
-        for low, high in self._pages(target, dataset.name):
+        for low, high in reading.pages(self._require(), self.location, target, dataset.name):
             # A page of heap blocks (a TID range scan: sequential, in physical order, which numbers the rows
             # of a table without a primary key). One COPY of a whole table could leave a buffer the size of
             # the table in memory: libpq reads as much of a COPY as the socket holds, whenever it reads.
@@ -324,151 +224,17 @@ class PgvectorConnector(VectorConnector):
                 + (f" AND ctid < '({high},0)'::tid" if high is not None else "")
                 + ") TO STDOUT (FORMAT BINARY)"
             )
-            for batch in self._copy(sql, decoders, columns, schema, position, dataset.name):
+            conn = self._require()
+            for batch in reading.copy_batches(
+                conn, self.location, sql, decoders, columns, schema, position, dataset.name
+            ):
                 position += batch.num_rows
                 yield batch
         self._notes[dataset.name] = notes
 
-    def _pages(self, target: str, name: str) -> list[tuple[int, int | None]]:
-        """Block ranges of the table (of every partition at once, for a partitioned one) holding about
-        PAGE_BYTES of it each (TOAST included), the last one open-ended: a row written into a new block
-        after the snapshot began is invisible to it anyway."""
-        with self._errors("sizing", name):
-            blocks, total = _scalar_row(
-                self._require(),
-                # A plain table has no partition tree: itself; a partitioned one's own size is 0.
-                "SELECT coalesce(max(pg_relation_size(relid)), 0) / current_setting('block_size')::bigint, "
-                "coalesce(sum(pg_total_relation_size(relid)), 0) FROM (SELECT relid FROM "
-                "pg_partition_tree(%s::regclass) WHERE isleaf UNION SELECT %s::regclass) leaves",
-                [target, target],
-            )
-        blocks, total = int(blocks), int(total)
-        step = max(1, int(blocks * PAGE_BYTES / max(total, 1)))
-        starts = list(range(0, blocks, step)) or [0]
-        return [(low, starts[k + 1] if k + 1 < len(starts) else None) for k, low in enumerate(starts)]
-
-    def _copy(
-        self, sql: str, decoders: list[str], columns: Columns, schema: pa.Schema, position: int, name: str
-    ) -> Iterator[pa.RecordBatch]:
-        """The canonical batches of one binary COPY, numbered from `position` (for row-position ids)."""
-        conn = self._require()
-        with self._errors("reading", name), conn.cursor() as cur, cur.copy(sql) as copy:
-            # PostgreSQL sends one COPY message per row (the header rides with the first, the trailer comes
-            # alone): the message ends are the row ends, so a row never straddles two batches.
-            buffer, ends, start, finished = bytearray(), [], -1, False
-            for chunk in copy:
-                if finished:
-                    raise ConnectorError(f"the COPY of table {name} from {self._where} went on after its end")
-                if start < 0:
-                    buffer += chunk
-                    start = _skip_header(buffer)
-                    if bytes(buffer[start:]) == codec.TRAILER:  # no rows: header and trailer in one message
-                        finished = True
-                        continue
-                elif len(chunk) == 2 and bytes(chunk) == codec.TRAILER:
-                    finished = True
-                    continue
-                else:
-                    buffer += chunk
-                ends.append(len(buffer))
-                if len(buffer) >= CHUNK_BYTES:
-                    batch = self._decode(buffer, start, ends, decoders, columns, schema, position, name)
-                    position += batch.num_rows
-                    yield batch
-                    buffer, ends, start = bytearray(), [], 0
-            if not finished:
-                raise ConnectorError(f"the COPY of table {name} from {self._where} ended early")
-            if ends and ends[-1] > start:
-                yield self._decode(buffer, start, ends, decoders, columns, schema, position, name)
-
     def export_state(self, name: str) -> ExportState | None:
         notes = self._notes.get(name)
         return ExportState(state={}, notes=tuple(notes)) if notes else None
-
-    def _select(self, columns: Columns) -> tuple[list[str], list[str]]:
-        """The SELECT list of an export, and what each field decodes into."""
-        select, decoders = [], []
-        if len(columns.id) == 1:
-            select.append(f"{quote(columns.id[0])}::text")
-            decoders.append("id")
-        elif columns.id:
-            select.append(f"jsonb_build_array({', '.join(map(quote, columns.id))})::text")
-            decoders.append("id-json")
-        for column, _, _ in columns.dense:
-            select.append(quote(column))
-            decoders.append("dense")
-        for column, _ in columns.sparse:
-            select.append(quote(column))
-            decoders.append("sparse")
-        if columns.document:
-            select.append(f"{quote(columns.document)}::text")
-            decoders.append("document")
-        if columns.uri:
-            select.append(quote(columns.uri))
-            decoders.append("uri")
-        if columns.layout:
-            select.append(f"{quote(METADATA)}::text")
-            decoders.append("metadata")
-        elif columns.metadata and (canonical := simple_metadata_sql(columns.metadata)) is not None:
-            select.append(canonical)
-            decoders.append("metadata-canonical")
-        elif columns.metadata:
-            parts = [
-                _json_object(columns.metadata[i : i + OBJECT_COLUMNS])
-                for i in range(0, len(columns.metadata), OBJECT_COLUMNS)
-            ]
-            select.append("(" + " || ".join(parts) + ")::text")
-            decoders.append("metadata")
-        return select, decoders
-
-    def _decode(
-        self,
-        buffer: bytearray,
-        start: int,
-        ends: list[int],
-        decoders: list[str],
-        columns: Columns,
-        schema: pa.Schema,
-        position: int,
-        name: str,
-    ) -> pa.RecordBatch:
-        """The canonical batch of the rows in ``buffer[start:]`` (`ends`: where each row ends)."""
-        try:
-            fields = codec.split_rows(buffer, start, ends, len(decoders))
-        except ValueError as exc:
-            raise ConnectorError(f"the COPY of table {name} from {self._where} cannot be read: {exc}") from None
-        rows = len(ends)
-        arrays: dict[str, pa.Array] = {}
-        dense = iter(columns.dense)
-        sparse = iter(columns.sparse)
-        for decoder, (offsets, lengths) in zip(decoders, fields, strict=True):
-            if decoder in ("id", "document", "uri"):
-                arrays[{"id": ID}.get(decoder, decoder)] = _strings(buffer, offsets, lengths)
-            elif decoder == "id-json":
-                texts = _strings(buffer, offsets, lengths).to_pylist()
-                arrays[ID] = pa.array([canonical_json(json.loads(t)) for t in texts], pa.string())
-            elif decoder == "dense":
-                column, sql_type, dim = next(dense)
-                try:
-                    values = codec.decode_dense(buffer, offsets, lengths, dim, sql_type)
-                except ValueError as exc:
-                    raise SourceDataError(f"table {name}, column {column}: {exc}") from None
-                spec_name = "" if column == UNNAMED_COLUMN else column
-                mask = pa.array(lengths < 0) if (lengths < 0).any() else None
-                arrays[dense_column(spec_name)] = pa.FixedSizeListArray.from_arrays(
-                    pa.array(values.ravel(), pa.float32()), dim, mask=mask
-                )
-            elif decoder == "sparse":
-                column, _ = next(sparse)
-                arrays[sparse_column(column)] = _sparse(buffer, offsets, lengths)
-            elif decoder == "metadata-canonical":  # written canonical by the server (simple_metadata_sql)
-                arrays[METADATA] = _strings(buffer, offsets, lengths)
-            else:
-                texts = _strings(buffer, offsets, lengths).to_pylist()
-                arrays[METADATA] = pa.array([_metadata(t, columns.layout) for t in texts], pa.string())
-        if not columns.id:
-            arrays[ID] = pa.array([str(i) for i in range(position, position + rows)], pa.string())
-        return pa.RecordBatch.from_arrays([arrays.get(f.name, pa.nulls(rows, f.type)) for f in schema], schema=schema)
 
     # --- search ------------------------------------------------------------------------------------------
 
@@ -515,7 +281,7 @@ class PgvectorConnector(VectorConnector):
         if index["method"] == "hnsw":
             out.update(m=int(params.get("m", 16)), ef_construction=int(params.get("ef_construction", 64)))
             with self._errors("reading hnsw.ef_search"):
-                out["ef_search"] = int(_scalar(self._require(), "SHOW hnsw.ef_search"))
+                out["ef_search"] = int(catalog.scalar(self._require(), "SHOW hnsw.ef_search"))
         else:
             out["lists"] = int(params.get("lists", 100))
         return out
@@ -527,43 +293,8 @@ class PgvectorConnector(VectorConnector):
             raise UsageError(f"unknown mode {mode!r}")
         schema, table = self._target_name(dest)
         config: VectorsConfig = source.config
-        native = config.native if _is_pgvector(config) else None
-        dropped: list[str] = []
-        notes: list[str] = []
-        steps: list[Transform] = []
-        multi = [d for d in config.dense if d.multivector]
-        if multi:
-            feature = f"multivectors ({', '.join(d.name or 'default' for d in multi)}): pgvector has no such type"
-            if not allow_lossy:
-                raise UnsupportedFeatureError(f"collection {source.name}: {feature} (--allow-lossy drops them)")
-            dropped.append(feature)
-            drop_names = [dense_column(d.name) for d in multi]
-            steps.append(lambda batch: batch.drop_columns(drop_names))
-        if config.sparse and allow_lossy:
-            # sparsevec keeps no explicit zero: validate_records refuses them without --allow-lossy.
-            notes.append("zero values in sparse vectors are not kept (sparsevec holds none)")
-            steps.append(sparse_without_zeros)
-        kept = tuple(d for d in config.dense if not d.multivector)
-        for spec in kept:
-            if spec.size > MAX_DIM:
-                raise UnsupportedFeatureError(
-                    f"collection {source.name}: vector {spec.name or 'default'} has {spec.size} dimensions; "
-                    f"pgvector holds at most {MAX_DIM}"
-                )
-        if native is None:
-            names = [UNNAMED_COLUMN if d.name == "" else d.name for d in kept] + [s.name for s in config.sparse]
-            clash = sorted(set(names) & {ID, DOCUMENT, URI, METADATA}) or sorted(n for n in names if names.count(n) > 1)
-            if clash or any(d.name == UNNAMED_COLUMN for d in kept):
-                bad = clash[0] if clash else UNNAMED_COLUMN
-                raise UnsupportedFeatureError(
-                    f"collection {source.name}: vector name {bad!r} is a column name the pgvector layout uses"
-                )
-            for spec in kept:
-                limit = INDEX_MAX_DIM["halfvec" if spec.datatype == "float16" else "vector"]
-                if spec.size > limit:
-                    notes.append(
-                        f"no HNSW index on {spec.name or UNNAMED_COLUMN}: {spec.size} dimensions (limit {limit})"
-                    )
+        native = config.native if mapping.is_pgvector(config) else None
+        kept, dropped, notes, steps = restore.plan_vectors(source, config, native, allow_lossy)
         target_config = VectorsConfig(
             dense=kept,
             sparse=config.sparse,
@@ -620,16 +351,16 @@ class PgvectorConnector(VectorConnector):
         """Rows of the table if it exists."""
         conn = self._require()
         with self._errors("looking for table", f"{schema}.{table}"):
-            found = _scalar(conn, "SELECT to_regclass(%s)", [qualified(schema, table)])
+            found = catalog.scalar(conn, "SELECT to_regclass(%s)", [qualified(schema, table)])
             if found is None:
                 return None
-            return int(_scalar(conn, f"SELECT count(*) FROM {qualified(schema, table)}"))
+            return int(catalog.scalar(conn, f"SELECT count(*) FROM {qualified(schema, table)}"))
 
     def validate_records(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         rows = 0
         for batch in batches:
             mapped = plan.transform(batch)
-            self._cells(plan, mapped, check_only=True)
+            cells.cells(plan, mapped, check_only=True)
             rows += mapped.num_rows
         return rows
 
@@ -649,7 +380,7 @@ class PgvectorConnector(VectorConnector):
                         conn.execute(statement, params or None)
             created = self._prepare(plan, schema, table)
             self._created[plan.target.name] = created
-            staging, columns = self._staging(plan, native is not None or plan.mode == "merge" or not created)
+            staging, columns = restore.staging(conn, plan, native is not None or plan.mode == "merge" or not created)
             with conn.cursor() as cur:
                 with cur.copy(f"COPY {staging} ({', '.join(map(quote, columns))}) FROM STDIN (FORMAT BINARY)") as copy:
                     copy.write(codec.HEADER)
@@ -657,15 +388,15 @@ class PgvectorConnector(VectorConnector):
                         mapped = plan.transform(batch)
                         for start in range(0, mapped.num_rows, WRITE_ROWS):
                             part = mapped.slice(start, WRITE_ROWS)
-                            copy.write(codec.encode_rows(self._cells(plan, part, check_only=False)))
+                            copy.write(codec.encode_rows(cells.cells(plan, part, check_only=False)))
                             written += part.num_rows
                     copy.write(codec.TRAILER)
                 if staging != target:
                     cur.execute(self._insert_sql(plan, staging, target))
-                for statement in self._after_data(plan, schema, table, created):
+                for statement in restore.after_data(plan, schema, table, created):
                     cur.execute(statement)
                 cur.execute(f"ANALYZE {target}")
-                final = _scalar(cur, f"SELECT count(*) FROM {target}")
+                final = catalog.scalar(cur, f"SELECT count(*) FROM {target}")
                 if plan.mode != "merge" and final != written:
                     # Rolled back with the transaction: nothing half-written stays.
                     raise ConnectorError(f"table {plan.target.name} holds {final} rows after writing {written}")
@@ -686,7 +417,7 @@ class PgvectorConnector(VectorConnector):
         """Create the table (dropping it first for overwrite); True when this restore created it."""
         conn = self._require()
         target = qualified(schema, table)
-        exists = _scalar(conn, "SELECT to_regclass(%s)", [target]) is not None
+        exists = catalog.scalar(conn, "SELECT to_regclass(%s)", [target]) is not None
         if exists and plan.mode == "overwrite":
             conn.execute(f"DROP TABLE {target}")
             exists = False
@@ -698,14 +429,14 @@ class PgvectorConnector(VectorConnector):
         if native is not None:
             conn.execute(catalog.create_statement(native, schema, table))
         else:
-            conn.execute(self._layout_sql(plan.target.config, target))
+            conn.execute(restore.layout_sql(plan.target.config, target))
         return True
 
     def _check_columns(self, plan: ImportPlan, schema: str, table: str) -> None:
         """An existing table a restore writes into must have the columns it writes, of the same types."""
         native = catalog.definition(self._require(), schema, table)
         have = {c["name"]: c["type"] for c in native["columns"]}
-        want = self._planned_columns(plan)
+        want = restore.planned_columns(plan)
         for name, sql_type in want.items():
             if have.get(name) != sql_type:
                 raise UnsupportedFeatureError(
@@ -713,174 +444,11 @@ class PgvectorConnector(VectorConnector):
                     f"{have.get(name, 'missing')}, the bundle needs {sql_type}): --mode overwrite replaces it"
                 )
 
-    def _planned_columns(self, plan: ImportPlan) -> dict[str, str]:
-        native = plan.target.config.native
-        if native is not None:
-            return {c["name"]: c["type"] for c in catalog.writable(native)}
-        cfg = plan.target.config
-        out = {ID: "text"}
-        for d in cfg.dense:
-            out[UNNAMED_COLUMN if d.name == "" else d.name] = _dense_sql(d)
-        for s in cfg.sparse:
-            out[s.name] = "sparsevec"
-        out.update({DOCUMENT: "text", URI: "text", METADATA: "jsonb"})
-        return out
-
-    def _layout_sql(self, cfg: VectorsConfig, target: str) -> str:
-        lines = [f"{quote(ID)} text PRIMARY KEY"]
-        for d in cfg.dense:
-            lines.append(f"{quote(UNNAMED_COLUMN if d.name == '' else d.name)} {_dense_sql(d)}")
-        for s in cfg.sparse:
-            lines.append(f"{quote(s.name)} sparsevec")
-        lines += [f"{quote(DOCUMENT)} text", f"{quote(URI)} text", f"{quote(METADATA)} jsonb"]
-        return f"CREATE TABLE {target} ({', '.join(lines)})"
-
-    def _staging(self, plan: ImportPlan, needed: bool) -> tuple[str, list[str]]:
-        """Where the COPY writes: the target itself (a new table of the layout), or a temporary table of
-        the canonical columns that an INSERT … SELECT turns into the target's rows."""
-        cfg = plan.target.config
-        target = qualified(plan.extra["schema"], plan.extra["table"])
-        columns = [ID] + [_dense_name(d) for d in cfg.dense] + [s.name for s in cfg.sparse]
-        columns += [DOCUMENT, URI, METADATA]
-        if not needed:
-            return target, columns
-        lines = [f"{quote(ID)} text"] + [f"{quote(_dense_name(d))} {_dense_sql(d)}" for d in cfg.dense]
-        lines += [f"{quote(s.name)} sparsevec" for s in cfg.sparse]
-        lines += [f"{quote(DOCUMENT)} text", f"{quote(URI)} text", f"{quote(METADATA)} jsonb"]
-        self._require().execute(f"CREATE TEMP TABLE aibackup_staging ({', '.join(lines)}) ON COMMIT DROP")
-        return "aibackup_staging", columns
-
     def _insert_sql(self, plan: ImportPlan, staging: str, target: str) -> str:
         native = plan.target.config.native
         if native is None:
-            names = list(self._planned_columns(plan))
-            select = ", ".join(f"s.{quote(n)}" for n in names)
-            conflict = f"ON CONFLICT ({quote(ID)}) DO UPDATE SET " + ", ".join(
-                f"{quote(n)} = EXCLUDED.{quote(n)}" for n in names if n != ID
-            )
-            return f"INSERT INTO {target} ({', '.join(map(quote, names))}) SELECT {select} FROM {staging} s " + (
-                conflict if plan.mode == "merge" else ""
-            )
-        cfg = plan.target.config
-        columns = self._columns(native, plan.target.name)
-        vector_columns = {_dense_name(d): d for d in cfg.dense} | {s.name: s for s in cfg.sparse}
-        # The metadata object gives every other column its value back (jsonb_populate_record parses
-        # each with its column type's input function); the id and document are merged into it.
-        pieces = [] if columns.layout else [f"coalesce(s.{quote(METADATA)}, '{{}}'::jsonb)"]
-        if len(columns.id) == 1:
-            pieces.append(f"jsonb_build_object({catalog.literal(columns.id[0])}, s.{quote(ID)})")
-        elif columns.id:
-            keys = ", ".join(f"{catalog.literal(c)}, (s.{quote(ID)}::jsonb)->{i}" for i, c in enumerate(columns.id))
-            pieces.append(f"jsonb_build_object({keys})")
-        if columns.document:
-            pieces.append(f"jsonb_build_object({catalog.literal(columns.document)}, s.{quote(DOCUMENT)})")
-        record = " || ".join(pieces) or "'{}'::jsonb"
-        direct = set(vector_columns)
-        if columns.layout:  # the layout's metadata and uri columns are the record's own
-            direct |= {METADATA, URI}
-        names, values = [], []
-        json_columns = {c["name"]: c["base"] for c in native["columns"] if c["base"] == "json" or c.get("exported_as")}
-        for column in catalog.writable(native):
-            name = column["name"]
-            names.append(quote(name))
-            if name in direct:
-                values.append(f"s.{quote(name)}")
-            elif name in json_columns:
-                values.append(f"(({record})->>{catalog.literal(name)})::{json_columns[name]}")
-            else:
-                values.append(f"r.{quote(name)}")
-        overriding = " OVERRIDING SYSTEM VALUE" if any(c.get("identity") == "always" for c in native["columns"]) else ""
-        sql = (
-            f"INSERT INTO {target} ({', '.join(names)}){overriding} SELECT {', '.join(values)} FROM {staging} s "
-            f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, {record}) r"
-        )
-        if plan.mode == "merge" and columns.id:
-            updates = [n for n in names if n.strip('"') not in columns.id]
-            sql += f" ON CONFLICT ({', '.join(map(quote, columns.id))}) DO UPDATE SET " + ", ".join(
-                f"{n} = EXCLUDED.{n}" for n in updates
-            )
-        return sql
-
-    def _after_data(self, plan: ImportPlan, schema: str, table: str, created: bool) -> list[str]:
-        if not created:
-            return []
-        native = plan.target.config.native
-        if native is not None:
-            return catalog.after_data_statements(dict(native), schema, table)[0]
-        statements = []
-        target = qualified(schema, table)
-        for d in plan.target.config.dense:
-            kind = "halfvec" if d.datatype == "float16" else "vector"
-            if d.size > INDEX_MAX_DIM[kind] or d.distance not in catalog.DISTANCE_OPCLASS:
-                continue
-            column = _dense_name(d)
-            opclass = f"{kind}_{catalog.DISTANCE_OPCLASS[d.distance]}"
-            hnsw = dict(plan.target.config.hnsw or {})
-            params = {k: hnsw[k] for k in ("m", "ef_construction") if hnsw.get(k)}
-            with_sql = f" WITH ({', '.join(f'{k} = {int(v)}' for k, v in params.items())})" if params else ""
-            name = f"{table}_{column}_idx"[:63]
-            statements.append(
-                f"CREATE INDEX {quote(name)} ON {target} USING hnsw ({quote(column)} {opclass}){with_sql}"
-            )
-        return statements
-
-    def _cells(self, plan: ImportPlan, batch: pa.RecordBatch, *, check_only: bool) -> list[list[bytes | None]]:
-        """The binary COPY cells of the staging columns for `batch`, or UnsupportedFeatureError naming the
-        collection and the record when a value cannot go into PostgreSQL."""
-        name = plan.target.name
-        ids = batch.column(ID).to_pylist()
-        cfg = plan.target.config
-        out: list[list[bytes | None]] = [[_text(i, name, i, "id") for i in ids]]
-        for d in cfg.dense:
-            column = batch.column(dense_column(d.name))
-            values = _dense_matrix(column, d.size)
-            if not np.isfinite(values).all():
-                bad = int(np.flatnonzero(~np.isfinite(values).all(axis=1))[0])
-                raise UnsupportedFeatureError(
-                    f"collection {name}: record {ids[bad]!r} has NaN or Infinity in vector {d.name or 'default'} "
-                    "(pgvector refuses them)"
-                )
-            if check_only:
-                continue
-            kind = "halfvec" if d.datatype == "float16" else "vector"
-            try:
-                encoded: list[bytes | None] = list(codec.encode_dense_cells(values, kind))
-            except ValueError as exc:
-                raise UnsupportedFeatureError(f"collection {name}: vector {d.name or 'default'}: {exc}") from None
-            if column.null_count:
-                valid = column.is_valid().to_numpy(zero_copy_only=False)
-                encoded = [e if v else None for e, v in zip(encoded, valid, strict=True)]
-            out.append(encoded)
-        for s in cfg.sparse:
-            dim = int(s.options.get("dim") or SPARSE_MAX_DIM)
-            cells_: list[bytes | None] = []
-            for rid, cell in zip(ids, batch.column(sparse_column(s.name)).to_pylist(), strict=True):
-                if cell is None:
-                    cells_.append(None)
-                    continue
-                order = np.argsort(np.asarray(cell["indices"], dtype=np.int64), kind="stable")
-                indices = np.asarray(cell["indices"], dtype=np.int64)[order]
-                if len(indices) and (indices[-1] >= dim or (np.diff(indices) == 0).any()):
-                    raise UnsupportedFeatureError(
-                        f"collection {name}: record {rid!r}: sparse {s.name} does not fit sparsevec({dim})"
-                    )
-                if 0.0 in cell["values"]:
-                    raise UnsupportedFeatureError(
-                        f"collection {name}: record {rid!r}: sparse {s.name} holds an explicit zero, which "
-                        "sparsevec cannot (--allow-lossy leaves zeros out)"
-                    )
-                cells_.append(
-                    None
-                    if check_only
-                    else codec.encode_sparse(dim, indices, np.asarray(cell["values"], np.float32)[order])
-                )
-            out.append(cells_)
-        out.append(
-            [_text(d, name, i, "document") for i, d in zip(ids, batch.column(DOCUMENT).to_pylist(), strict=True)]
-        )
-        out.append([_text(u, name, i, "uri") for i, u in zip(ids, batch.column(URI).to_pylist(), strict=True)])
-        out.append([_jsonb(m, name, i) for i, m in zip(ids, batch.column(METADATA).to_pylist(), strict=True)])
-        return out
+            return restore.layout_insert_sql(plan, staging, target)
+        return restore.insert_sql(plan, self._columns(native, plan.target.name), staging, target)
 
     @property
     def atomic_import(self) -> bool:
@@ -924,180 +492,3 @@ class PgvectorConnector(VectorConnector):
 
     def _errors(self, action: str, table: str | None = None) -> Any:
         return postgres.errors(self.location, action, table)
-
-
-def _scalar_row(conn: Any, sql: str, params: Sequence[Any] | None = None) -> tuple[Any, ...]:
-    """The first row a statement returns (it always returns one)."""
-    row = conn.execute(sql, params).fetchone()
-    assert row is not None, sql
-    return tuple(row)
-
-
-def _scalar(conn: Any, sql: str, params: Sequence[Any] | None = None) -> Any:
-    """The first column of the first row a statement returns (it always returns one)."""
-    row = conn.execute(sql, params).fetchone()
-    assert row is not None, sql
-    return row[0]
-
-
-def _dense_matrix(column: pa.Array, size: int) -> np.ndarray:
-    """The (rows, size) float32 values of a fixed-size list column; zeros where a cell is null."""
-    out = np.zeros((len(column), size), dtype=np.float32)
-    if column.null_count:
-        valid = column.is_valid().to_numpy(zero_copy_only=False)
-        present = column.filter(column.is_valid())
-        out[valid] = present.flatten().to_numpy(zero_copy_only=False).reshape(-1, size)
-    elif len(column):
-        out[:] = column.flatten().to_numpy(zero_copy_only=False).reshape(-1, size)
-    return out
-
-
-def _is_pgvector(config: VectorsConfig) -> bool:
-    native = config.native or {}
-    return isinstance(native.get("columns"), list) and "table" in native and "primary_key" in native
-
-
-def _dense_name(spec: DenseVectorSpec) -> str:
-    return str(spec.options.get("column") or (UNNAMED_COLUMN if spec.name == "" else spec.name))
-
-
-def _dense_sql(spec: DenseVectorSpec) -> str:
-    return f"{'halfvec' if spec.datatype == 'float16' else 'vector'}({spec.size})"
-
-
-def _skip_header(buffer: bytearray) -> int:
-    if bytes(buffer[: len(codec.SIGNATURE)]) != codec.SIGNATURE:
-        raise ConnectorError("PostgreSQL sent no binary COPY stream")
-    return 19 + int.from_bytes(buffer[15:19], "big")
-
-
-def _strings(buffer: bytearray, offsets: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    """A string array of text cells (PostgreSQL sends UTF-8: the bytes are the Arrow values)."""
-    data, bounds = codec.gather(buffer, offsets, lengths)
-    nulls = lengths < 0
-    validity = pa.array(~nulls).buffers()[1] if nulls.any() else None
-    return pa.Array.from_buffers(
-        pa.large_string(), len(lengths), [validity, pa.py_buffer(bounds), pa.py_buffer(data)], int(nulls.sum())
-    ).cast(pa.string())
-
-
-def _sparse(buffer: bytearray, offsets: np.ndarray, lengths: np.ndarray) -> pa.Array:
-    view = memoryview(buffer)
-    cells: list[dict[str, Any] | None] = []
-    for offset, length in zip(offsets.tolist(), lengths.tolist(), strict=True):
-        if length < 0:
-            cells.append(None)
-            continue
-        _, indices, values = codec.decode_sparse(view[offset : offset + length])
-        cells.append({"indices": indices.tolist(), "values": values.tolist()})
-    return pa.array(cells, SPARSE_ARROW)
-
-
-#: Does a jsonb column hold a number that float64 would not give back as PostgreSQL wrote it (``1.10``, more
-#: digits than a double holds, beyond its range)? Integers are exact either way (Python's ints).
-FLOAT_TEXT_SQL = """
-SELECT EXISTS (
-  SELECT 1 FROM {table} t, jsonb_path_query(t.{column}, 'strict $.**') v
-  WHERE jsonb_typeof(v) = 'number' AND v::text ~ '[.eE]'
-    AND (abs(v::text::numeric) >= 1e308 OR v::text::numeric::float8::text::numeric::text <> v::text))
-"""
-
-
-def _float_text_matters(conn: Any, table: str, column: str) -> bool:
-    """True when a jsonb column must be kept as its text to come back exactly (its metadata value is then
-    the jsonb's text, a string: see the module docstring)."""
-    return bool(_scalar(conn, FLOAT_TEXT_SQL.format(table=table, column=quote(column))))
-
-
-#: Column types whose canonical JSON the server writes exactly as :func:`canonical_json` would: integers
-#: (decimal), booleans, and text (``to_json``'s escapes are Python's with ``ensure_ascii`` off: ``\\"``,
-#: ``\\\\``, ``\\b\\f\\n\\r\\t``, other controls ``\\u00xx``; tests/connectors/test_pgvector.py compares them).
-SIMPLE_JSON = {
-    "int2": "{}::text",
-    "int4": "{}::text",
-    "int8": "{}::text",
-    "bool": "{}::text",
-    "text": "to_json({})::text",
-}
-SIMPLE_JSON |= {"varchar": SIMPLE_JSON["text"]}
-
-
-def simple_metadata_sql(columns: Sequence[dict[str, Any]]) -> str | None:
-    """The metadata cell built canonical by the server when every metadata column is an integer, boolean
-    or text (sorted keys, NULL columns absent, none at all: NULL), so no row is parsed in Python; None
-    when a column is of another type (or there are too many for one call)."""
-    if len(columns) > 90 or any(c["base"] not in SIMPLE_JSON or c.get("array") for c in columns):
-        return None
-    parts = []
-    for c in sorted(columns, key=lambda c: c["name"]):
-        key = catalog.literal(canonical_json(c["name"]) + ":")
-        value = SIMPLE_JSON[c["base"]].format(quote(c["name"]))
-        if c["base"] == "bool":  # PostgreSQL writes booleans as t/f
-            value = f"CASE WHEN {quote(c['name'])} THEN 'true' ELSE 'false' END"
-        parts.append(f"CASE WHEN {quote(c['name'])} IS NULL THEN NULL ELSE {key} || {value} END")
-    return f"NULLIF('{{' || concat_ws(',', {', '.join(parts)}) || '}}', '{{}}')"
-
-
-def _json_object(columns: Sequence[dict[str, Any]]) -> str:
-    """jsonb_build_object of metadata columns: numeric and json as their text (exact), the rest as to_jsonb
-    writes them."""
-    pairs = []
-    for c in columns:
-        name = quote(c["name"])
-        base = c["base"]
-        if base == "numeric":
-            value = f"{name}::text"
-        elif base == "_numeric":
-            value = f"{name}::text[]"
-        elif base == "json" or c.get("exported_as") == "text":
-            value = f"{name}::text"
-        else:
-            value = name
-        pairs.append(f"{catalog.literal(c['name'])}, {value}")
-    return f"jsonb_build_object({', '.join(pairs)})"
-
-
-def _metadata(text: str | None, layout: bool) -> str | None:
-    """The canonical metadata cell of a row's JSON: the layout's metadata column as it is, else the columns'
-    object without its NULL (absent) keys."""
-    if text is None:
-        return None
-    value = json.loads(text)
-    if layout:
-        return metadata_json(value) if isinstance(value, dict) else canonical_json({"value": value})
-    return metadata_json({k: v for k, v in value.items() if v is not None})
-
-
-def _text(value: str | None, collection: str, record: Any, what: str) -> bytes | None:
-    if value is None:
-        return None
-    if "\x00" in value:
-        raise UnsupportedFeatureError(
-            f"collection {collection}: record {record!r}: its {what} holds a NUL character (PostgreSQL text cannot)"
-        )
-    return value.encode("utf-8")
-
-
-def _jsonb(text: str | None, collection: str, record: Any) -> bytes | None:
-    """jsonb's binary form (version 1, then the JSON text) of a metadata cell."""
-    if text is None:
-        return None
-    if "\\u0000" in text or "\x00" in text:
-        raise UnsupportedFeatureError(
-            f"collection {collection}: record {record!r}: metadata holds a NUL character (jsonb cannot)"
-        )
-    if ("NaN" in text or "Infinity" in text) and _has_non_finite(json.loads(text)):
-        raise UnsupportedFeatureError(
-            f"collection {collection}: record {record!r}: metadata holds NaN or Infinity, which jsonb cannot"
-        )
-    return b"\x01" + text.encode("utf-8")
-
-
-def _has_non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return any(_has_non_finite(v) for v in value)
-    return False

@@ -294,9 +294,9 @@ def test_metadata_the_server_writes_canonical_is_what_python_would_write(postgre
 def test_a_table_read_in_many_pages_keeps_every_row_once_and_its_positions(
     postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aibackup.connectors.pgvector import connector
+    from aibackup.connectors.pgvector import reading
 
-    monkeypatch.setattr(connector, "PAGE_BYTES", 3 * 8192)  # a page of a few blocks: dozens of COPYs
+    monkeypatch.setattr(reading, "PAGE_BYTES", 3 * 8192)  # a page of a few blocks: dozens of COPYs
     src, dst = database(postgres, tmp_path, "pages"), database(postgres, tmp_path, "pagesdst")
     run_sql(
         postgres,
