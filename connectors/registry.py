@@ -1,5 +1,11 @@
 """Connector URIs and the registry of connector kinds.
 
+Each backend is one ``Backend`` entry in ``BACKENDS`` (its connector class as ``"module:Class"``, the
+transports, default port, bare restore target, query parameters and URI forms it takes); every other table
+here (CONNECTORS, TRANSPORTS, BARE_TARGETS, PARAMETERS, KNOWN_FORMS, ...) is derived from those entries.
+Adding a backend is adding its folder under connectors/ and one entry. A backend's module is imported only
+when its kind is used (``connector_class``), so an install without its client library still runs the rest.
+
 Accepted forms (a bare ``chroma``/``qdrant`` restore target means ``./aibackup-restore/<kind>``):
 
 =========================================  ========================================================
@@ -34,6 +40,7 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -41,55 +48,122 @@ from urllib.parse import parse_qsl, urlsplit
 from aibackup.connectors.base import Connector, Location
 from aibackup.errors import UsageError
 
-#: kind -> "module:Class", imported only when used so a missing optional client only matters then.
-CONNECTORS = {
-    "chroma": "aibackup.connectors.chroma.connector:ChromaConnector",
-    "qdrant": "aibackup.connectors.qdrant.connector:QdrantConnector",
-    "conversations": "aibackup.connectors.files.conversations:ConversationsConnector",
-    "finetune": "aibackup.connectors.files.finetune:FinetuneConnector",
-    "config": "aibackup.connectors.files.configfiles:ConfigConnector",
-    "pgvector": "aibackup.connectors.pgvector.connector:PgvectorConnector",
-    "lancedb": "aibackup.connectors.lancedb.connector:LanceDBConnector",
-    "milvus": "aibackup.connectors.milvus.connector:MilvusConnector",
-    "model": "aibackup.connectors.model.connector:ModelConnector",
+
+@dataclass(frozen=True)
+class Backend:
+    """Everything the registry knows of one kind of store; every table below is derived from these."""
+
+    #: "module:Class", imported only when the kind is used, so a missing optional client only matters then
+    connector: str
+    #: how its URIs are written, as the "unknown store" message lists them (in this order)
+    forms: tuple[str, ...]
+    #: what may follow "KIND+": servers speak http(s) (and take ``default_port``); another transport names a
+    #: local file (``conversations+sqlite:PATH``) unless listed in ``postgres_schemes``
+    transports: tuple[str, ...] = ()
+    default_port: int | None = None
+    #: the bare kind is a restore target: an embedded store under DEFAULT_RESTORE_ROOT (in ``bare_file``
+    #: there, for stores that are one file)
+    bare_target: bool = False
+    bare_file: str | None = None
+    #: a PATH keeps its last component as written (not resolved through a symlink)
+    named_as_given: bool = False
+    #: its schemes written as PostgreSQL URLs: ``SCHEME://[USER@]HOST[:PORT]/DB`` or ``SCHEME:///DB?host=DIR``
+    postgres_schemes: tuple[str, ...] = ()
+    #: scheme -> the query parameters it takes. Anything else is refused: a parameter is never a credential
+    #: (`?api_key=...` would end up in manifests and logs); keys come from the environment (api_key_env).
+    parameters: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: scheme -> the parameter it cannot do without, as an example (``table=conversations``)
+    required: Mapping[str, str] = field(default_factory=dict)
+
+
+_SERVER = ("http", "https")
+
+#: kind -> its backend, in the order the "unknown store" message lists them. A new backend is a folder under
+#: connectors/ and one entry here.
+BACKENDS: Mapping[str, Backend] = {
+    "chroma": Backend(
+        connector="aibackup.connectors.chroma.connector:ChromaConnector",
+        forms=("chroma:PATH", "chroma+http://HOST:PORT"),
+        transports=_SERVER,
+        default_port=8000,
+        bare_target=True,
+        parameters={
+            "chroma": ("tenant", "database"),
+            "chroma+http": ("tenant", "database", "api_key_env"),
+            "chroma+https": ("tenant", "database", "api_key_env"),
+        },
+    ),
+    "qdrant": Backend(
+        connector="aibackup.connectors.qdrant.connector:QdrantConnector",
+        forms=("qdrant:PATH", "qdrant+http://HOST:PORT"),
+        transports=_SERVER,
+        default_port=6333,
+        bare_target=True,
+        parameters={"qdrant+http": ("api_key_env",), "qdrant+https": ("api_key_env",)},
+    ),
+    "pgvector": Backend(
+        connector="aibackup.connectors.pgvector.connector:PgvectorConnector",
+        forms=("pgvector://HOST/DB",),
+        postgres_schemes=("pgvector",),
+        parameters={"pgvector": ("schema", "sslmode", "document", "host")},
+    ),
+    "lancedb": Backend(
+        connector="aibackup.connectors.lancedb.connector:LanceDBConnector",
+        forms=("lancedb:PATH",),
+        bare_target=True,
+        parameters={"lancedb": ("id",)},
+    ),
+    "milvus": Backend(
+        connector="aibackup.connectors.milvus.connector:MilvusConnector",
+        forms=("milvus:PATH", "milvus+http://HOST:PORT"),
+        transports=_SERVER,
+        default_port=19530,
+        bare_target=True,
+        bare_file="milvus.db",
+        parameters={"milvus+http": ("api_key_env",), "milvus+https": ("api_key_env",)},
+    ),
+    "conversations": Backend(
+        connector="aibackup.connectors.files.conversations:ConversationsConnector",
+        forms=(
+            "conversations:PATH",
+            "conversations+sqlite:PATH?table=T",
+            "conversations+postgresql://HOST/DB?table=T",
+        ),
+        transports=("sqlite", "postgresql"),
+        postgres_schemes=("conversations+postgresql",),
+        parameters={
+            "conversations+sqlite": ("table",),
+            "conversations+postgresql": ("table", "key", "schema", "sslmode", "host"),
+        },
+        required={"conversations+sqlite": "table=conversations", "conversations+postgresql": "table=conversations"},
+    ),
+    "finetune": Backend(
+        connector="aibackup.connectors.files.finetune:FinetuneConnector",
+        forms=("finetune:PATH",),
+    ),
+    "config": Backend(
+        connector="aibackup.connectors.files.configfiles:ConfigConnector",
+        forms=("config:PATH",),
+    ),
+    "model": Backend(
+        connector="aibackup.connectors.model.connector:ModelConnector",
+        forms=("model:PATH",),
+        named_as_given=True,
+    ),
 }
-#: kind -> the transports it accepts after "+": servers speak http(s); conversations also live in SQLite.
-TRANSPORTS = {
-    "chroma": ("http", "https"),
-    "qdrant": ("http", "https"),
-    "milvus": ("http", "https"),
-    "conversations": ("sqlite", "postgresql"),
-}
-#: kinds a bare name may stand for as a restore target (an embedded default under DEFAULT_RESTORE_ROOT)
-BARE_TARGETS = ("chroma", "qdrant", "lancedb", "milvus")
-#: the file a bare target names inside its folder, for stores that are one file
-BARE_FILES = {"milvus": "milvus.db"}
-#: kinds whose path keeps its last component as written (not resolved through a symlink)
-NAMED_AS_GIVEN = ("model",)
-DEFAULT_PORTS = {"chroma": 8000, "qdrant": 6333, "milvus": 19530}
-#: schemes written as PostgreSQL URLs: ``SCHEME://[USER@]HOST[:PORT]/DB`` or ``SCHEME:///DB?host=SOCKET_DIR``
-POSTGRES_SCHEMES = ("pgvector", "conversations+postgresql")
-#: scheme -> the query parameters it takes. Anything else is refused: a parameter is never a credential
-#: (`?api_key=...` would end up in manifests and logs); keys come from the environment (api_key_env).
-PARAMETERS = {
-    "chroma": ("tenant", "database"),
-    "chroma+http": ("tenant", "database", "api_key_env"),
-    "chroma+https": ("tenant", "database", "api_key_env"),
-    "qdrant+http": ("api_key_env",),
-    "qdrant+https": ("api_key_env",),
-    "conversations+sqlite": ("table",),
-    "pgvector": ("schema", "sslmode", "document", "host"),
-    "conversations+postgresql": ("table", "key", "schema", "sslmode", "host"),
-    "lancedb": ("id",),
-    "milvus+http": ("api_key_env",),
-    "milvus+https": ("api_key_env",),
-}
+
+# Derived views of BACKENDS, under the names other modules (and benchmarks) import.
+CONNECTORS = {kind: backend.connector for kind, backend in BACKENDS.items()}
+TRANSPORTS = {kind: backend.transports for kind, backend in BACKENDS.items() if backend.transports}
+BARE_TARGETS = tuple(kind for kind, backend in BACKENDS.items() if backend.bare_target)
+BARE_FILES = {kind: backend.bare_file for kind, backend in BACKENDS.items() if backend.bare_file}
+NAMED_AS_GIVEN = tuple(kind for kind, backend in BACKENDS.items() if backend.named_as_given)
+DEFAULT_PORTS = {kind: backend.default_port for kind, backend in BACKENDS.items() if backend.default_port}
+POSTGRES_SCHEMES = tuple(scheme for backend in BACKENDS.values() for scheme in backend.postgres_schemes)
+PARAMETERS = {scheme: names for backend in BACKENDS.values() for scheme, names in backend.parameters.items()}
+REQUIRED = {scheme: example for backend in BACKENDS.values() for scheme, example in backend.required.items()}
 DEFAULT_RESTORE_ROOT = "aibackup-restore"
-KNOWN_FORMS = (
-    "chroma:PATH, chroma+http://HOST:PORT, qdrant:PATH, qdrant+http://HOST:PORT, pgvector://HOST/DB, "
-    "lancedb:PATH, milvus:PATH, milvus+http://HOST:PORT, conversations:PATH, conversations+sqlite:PATH?table=T, "
-    "conversations+postgresql://HOST/DB?table=T, finetune:PATH, config:PATH, model:PATH"
-)
+KNOWN_FORMS = ", ".join(form for backend in BACKENDS.values() for form in backend.forms)
 
 
 def parse_location(uri: str, *, target: bool = False) -> Location:
@@ -120,15 +194,14 @@ def _parse(uri: str, *, target: bool) -> Location:
         raise UsageError(f"unknown store {uri!r}: after '{kind}+' comes {allowed}")
     if scheme in POSTGRES_SCHEMES:
         return _parse_postgres(uri, scheme, kind, rest)
-    if not plus or transport == "sqlite":
+    if transport not in _SERVER:  # none, or a local file (sqlite)
         path, _, query = rest.partition("?")
         if path.startswith("//"):
             raise UsageError(f"bad store {uri!r}: write {scheme}:PATH for a local store")
         if not path:
             raise UsageError(f"bad store {uri!r}: no path after '{scheme}:'")
         params = dict(parse_qsl(query))
-        if transport == "sqlite" and not params.get("table"):
-            raise UsageError(f"bad store {uri!r}: name the table, as in {scheme}:PATH?table=conversations")
+        _require(uri, scheme, params, f"{scheme}:PATH")
         # A model file named through a symlink (a Hugging Face snapshot's model.safetensors -> ../../blobs/<sha>)
         # keeps the name it was given: only its folders are resolved.
         where = Path(path).expanduser()
@@ -167,8 +240,7 @@ def _parse_postgres(uri: str, scheme: str, kind: str, rest: str) -> Location:
     if not database or "/" in database:
         raise UsageError(f"bad store {uri!r}: name one database after the host, as in {scheme}://HOST/DATABASE")
     params = dict(parse_qsl(parts.query))
-    if scheme == "conversations+postgresql" and not params.get("table"):
-        raise UsageError(f"bad store {uri!r}: name the table, as in {scheme}://HOST/DB?table=conversations")
+    _require(uri, scheme, params, f"{scheme}://HOST/DB")
     try:
         port = parts.port  # None: libpq's PGPORT, else 5432
     except ValueError:
@@ -187,6 +259,13 @@ def _parse_postgres(uri: str, scheme: str, kind: str, rest: str) -> Location:
     )
 
 
+def _require(uri: str, scheme: str, params: Mapping[str, str], written: str) -> None:
+    """Refuse a URI without the parameter its scheme cannot do without (REQUIRED)."""
+    example = REQUIRED.get(scheme)
+    if example is not None and not params.get(example.partition("=")[0]):
+        raise UsageError(f"bad store {uri!r}: name the {example.partition('=')[0]}, as in {written}?{example}")
+
+
 def api_key(location: Location) -> str | None:
     """The API key for a server location, read from the environment (never from the URI)."""
     var = location.params.get("api_key_env", f"{location.kind.upper()}_API_KEY")
@@ -194,7 +273,7 @@ def api_key(location: Location) -> str | None:
 
 
 def connector_class(kind: str) -> type[Connector]:
-    module_name, _, class_name = CONNECTORS[kind].partition(":")
+    module_name, _, class_name = BACKENDS[kind].connector.partition(":")
     module = importlib.import_module(module_name)
     cls: type[Connector] = getattr(module, class_name)
     return cls

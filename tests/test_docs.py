@@ -1,16 +1,20 @@
 """The documentation cannot drift from the code (issue 15): the README is short and links every page of
-docs/; every `aibackup ...` line in their shell code blocks is a real command line (it parses, with every
-option); and the ones that can run offline (no server, no S3, no made-up bundle id) run, in document
-order, in a folder holding the stores they name, and succeed."""
+docs/; every `aibackup ...` line in their shell code blocks (```sh and ```bash) is a real command line (it
+parses, with every option, a group's subcommand and its options included); and the ones that can run offline
+(no server, no S3 or KMS, no made-up bundle or key slot id) run, in document order, with the environment
+variables the line sets, in a folder holding the stores they name, and succeed."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
@@ -19,21 +23,45 @@ from tests.helpers import Cli, chroma_client, seed_chroma
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-#: What keeps a command from running here: a server or S3, a placeholder, or an id from another repository.
-OFFLINE_NOT = re.compile(r"s3://|https?://|\.\.\.|<[a-z-]+>|\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}")
+#: What keeps a command from running here: a server, S3 or KMS, a placeholder, or an id (a bundle's, a key
+#: slot's) from another repository.
+OFFLINE_NOT = re.compile(
+    r"s3://|https?://|--kms-key-id|\.\.\.|<[a-z-]+>|\d{8}T\d{6}\.\d{6}Z-[0-9a-f]{8}|key remove [0-9a-f]{8}\b"
+)
 
 
-def commands(page: Path) -> list[list[str]]:
-    """The `aibackup` command lines of a page's shell code blocks (comments and env assignments dropped)."""
+@dataclass(frozen=True)
+class Line:
+    """One `aibackup` command line of a page: the variables it sets before the command, and its arguments."""
+
+    env: dict[str, str]
+    words: list[str]
+
+    def offline(self) -> bool:
+        return not OFFLINE_NOT.search(shlex.join([*(f"{k}={v}" for k, v in self.env.items()), *self.words]))
+
+
+def commands(page: Path) -> list[Line]:
+    """The `aibackup` command lines of a page's shell code blocks (```sh, ```bash; comments dropped)."""
     found = []
-    for block in re.findall(r"```sh\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
-        for line in block.splitlines():
-            words = shlex.split(line, comments=True)
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+        for text in block.splitlines():
+            words = shlex.split(text, comments=True)
+            env = {}
             while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
-                words = words[1:]
+                name, _, value = words.pop(0).partition("=")
+                env[name] = value
             if words and words[0] == "aibackup":
-                found.append(words[1:])
+                found.append(Line(env, words[1:]))
     return found
+
+
+def test_every_command_line_is_in_a_block_that_is_read() -> None:
+    """A page shows `aibackup` command lines only in the shell blocks `commands` reads (not ```text, ```)."""
+    for page in PAGES:
+        for fence, block in re.findall(r"```(\w*)\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S):
+            if re.search(r"^(?:[A-Z_]+=(?:'[^']*'|\S+) +)*aibackup ", block, flags=re.M):
+                assert fence in ("sh", "bash"), (page.name, fence, block)
 
 
 def test_the_readme_is_short_and_links_every_page() -> None:
@@ -51,11 +79,18 @@ def test_the_readme_is_short_and_links_every_page() -> None:
 def test_every_command_line_parses(page: Path) -> None:
     from aibackup.cli import cli
 
-    for words in commands(page):
-        name, *rest = words
-        command = cli.get_command(None, name)  # type: ignore[arg-type]
-        assert command is not None, (page.name, words)
-        command.make_context(name, list(rest))  # an unknown option or a bad value raises
+    for line in commands(page):
+        group: click.Group = cli
+        name, *rest = line.words
+        while True:
+            command = group.get_command(None, name)  # type: ignore[arg-type]
+            assert command is not None, (page.name, line.words)
+            if not isinstance(command, click.Group):
+                command.make_context(name, list(rest))  # an unknown option or a bad value raises
+                break
+            # A group (`key`): its verb comes next, and the verb's options are checked in turn.
+            assert rest and not rest[0].startswith("-"), (page.name, line.words)
+            group, name, rest = command, rest[0], rest[1:]
 
 
 def workspace(folder: Path) -> None:
@@ -90,21 +125,32 @@ def workspace(folder: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if any(not OFFLINE_NOT.search(shlex.join(c)) for c in commands(p))])
+@pytest.mark.parametrize(
+    "page", [p for p in PAGES if any(line.offline() for line in commands(p))], ids=lambda p: p.name
+)
 def test_the_offline_command_lines_run(page: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     workspace(tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("AIBACKUP_REPO", raising=False)
     ran = 0
-    for words in commands(page):
-        if OFFLINE_NOT.search(shlex.join(words)):
+    for line in commands(page):
+        if not line.offline():
             continue
+        words = line.words
         if (
             words[0] in ("list", "show", "verify", "restore", "status", "prune", "copy")
             and not (tmp_path / "aibackup-repo").exists()
         ):
             cli("backup", "--json")  # a page that starts in an incident: the nightly backup ran before
-        result = cli(*words)
+        if words[0] == "key" and not (tmp_path / "aibackup-repo").exists():
+            # A page about keys starts with the encrypted repository its first lines create (on S3 there).
+            if not os.environ.get("AIBACKUP_KEY"):
+                monkeypatch.setenv("AIBACKUP_KEY", "a long passphrase")
+            assert cli("init", "--encrypt").code == 0
+        with monkeypatch.context() as scoped:  # `VAR=value aibackup ...` sets VAR for that command only
+            for name, value in line.env.items():
+                scoped.setenv(name, value)
+            result = cli(*words)
         assert result.code == 0, (page.name, words, result.out[-2000:], result.err)
         ran += 1
     assert ran
