@@ -19,8 +19,9 @@ import pyarrow as pa
 
 from aibackup import __version__, clock, filereuse
 from aibackup.baseline import BaselineRecorder, seed_for
-from aibackup.bundle import BundleReader, BundleWriter, PartGroups, WriteOptions
-from aibackup.chunks import ChunkStore
+from aibackup.bundle import BundleWriter, PartGroups
+from aibackup.bundle_reader import BundleReader
+from aibackup.chunk_writer import ChunkStore
 from aibackup.config import FULL_EVERY
 from aibackup.connectors import layouts
 from aibackup.connectors.base import ChunkedConnector, Connector, DatasetDescription
@@ -34,6 +35,7 @@ from aibackup.incremental import CHAINED_KINDS, Delta, Outcome, ParentIndex, Too
 from aibackup.keyring import Keyring
 from aibackup.lock import DEFAULT_STALE_AFTER, LockedError, RepositoryLock
 from aibackup.manifests.model import DIGEST_ALGORITHM, BundleManifest, DatasetManifest
+from aibackup.parquet_parts import WriteOptions
 from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
 from aibackup.progress import Progress, Quiet
 from aibackup.recall_rule import DEFAULT_QUERIES

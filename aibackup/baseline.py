@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from aibackup.bundle import BundleReader
+from aibackup.bundle_reader import BundleReader
 from aibackup.connectors.base import Connector, DatasetDescription, VectorConnector
 from aibackup.errors import AibackupError
 from aibackup.golden import GoldenFile, recall

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aibackup.bundle import BundleReader
+from aibackup.bundle_reader import BundleReader
 from aibackup.connectors import layouts
 from aibackup.connectors.base import Connector, ImportPlan, VectorConnector
 from aibackup.errors import AibackupError

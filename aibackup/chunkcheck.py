@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from aibackup.bundle import BundleReader
-from aibackup.chunks import ChunkIndex, ChunkReader
+from aibackup.bundle_reader import BundleReader
+from aibackup.chunk_reader import ChunkReader
+from aibackup.chunks import ChunkIndex
 from aibackup.connectors.model.restore import chunk_ids, damaged_chunks
 from aibackup.errors import IntegrityError
 from aibackup.manifests.model import DatasetManifest

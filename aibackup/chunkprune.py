@@ -27,8 +27,10 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from aibackup.bundle import BundleReader
-from aibackup.chunks import INDEX, ChunkReader, PackWriter, Stored, index_bytes, new_writer_id, read_index
+from aibackup.bundle_reader import BundleReader
+from aibackup.chunk_reader import ChunkReader
+from aibackup.chunk_writer import PackWriter
+from aibackup.chunks import INDEX, Stored, index_bytes, new_writer_id, read_index
 from aibackup.connectors.model.restore import chunk_ids
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.manifests.model import BundleManifest

@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aibackup.bundle import BundleReader
+from aibackup.bundle_reader import BundleReader
 from aibackup.checks import BucketedSide, bucket_count
 from aibackup.errors import DatasetNotFoundError, UsageError
 from aibackup.manifests.chain import INDEX_SCHEMA

@@ -35,7 +35,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from aibackup.bundle import BundleReader, PartContents
+from aibackup.bundle import PartContents
+from aibackup.bundle_reader import BundleReader
 from aibackup.manifests.model import DIGEST_ALGORITHM, DatasetManifest, PartEntry
 from aibackup.repository import KEY_ROTATED
 

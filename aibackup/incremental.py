@@ -28,7 +28,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aibackup.bundle import BundleReader, BundleWriter, IdTypes, schema_entries
+from aibackup.bundle import BundleWriter, IdTypes, schema_entries
+from aibackup.bundle_reader import BundleReader
 from aibackup.chains import part_starts
 from aibackup.connectors.base import DatasetDescription
 from aibackup.errors import IntegrityError, SourceDataError

@@ -20,7 +20,7 @@ from aibackup.errors import (
     UnavailableError,
     first_line,
 )
-from aibackup.storage import aws_client_kwargs
+from aibackup.s3_settings import aws_client_kwargs
 
 _CONTEXT = "aibackup-repository"
 

@@ -305,7 +305,7 @@ class StatusReport:
 def status(config: Config, repo: Repository | None = None) -> list[SourceStatus]:
     """Per configured source: its newest bundle that checks out (manifest readable, every part present with
     its size), the bundle's age against the RPO, the last restore test and the last backup run."""
-    from aibackup.bundle import BundleReader
+    from aibackup.bundle_reader import BundleReader
 
     repo = repo or Repository.open(config.repository)
     now = clock.now()
@@ -361,7 +361,7 @@ def _newest_intact(good: Sequence[BundleManifest], reader: Any, source: SourceCo
 
 def _copy_view(config: Config, copy: CopyConfig) -> tuple[Any, Any] | str:
     """A copy's manifests and part reader, or why it cannot be read (unreachable, no repository, no key)."""
-    from aibackup.bundle import BundleReader
+    from aibackup.bundle_reader import BundleReader
 
     try:
         repo = Repository.open(copy.repository)

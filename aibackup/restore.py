@@ -20,9 +20,9 @@ from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
-from aibackup.bundle import BundleReader
+from aibackup.bundle_reader import BundleReader
 from aibackup.checks import prove
-from aibackup.chunks import ChunkReader
+from aibackup.chunk_reader import ChunkReader
 from aibackup.connectors import layouts
 from aibackup.connectors.base import MODES, ChunkedConnector, Connector, DatasetDescription, ImportPlan
 from aibackup.connectors.registry import connector_class, open_connector, parse_location

@@ -7,7 +7,7 @@ objects, 8 MiB parts, 8 in flight): uploads through s3fs's aiohttp client took 0
 through a boto3 client on a thread pool 0.6-0.8 s, like boto3's own ``upload_fileobj`` (the payload hashing
 and checksums botocore computes per part run on several threads rather than on the one event loop);
 ranged GETs through s3fs's client were as fast as boto3's ``download_file``. So uploads use a boto3 client
-(:func:`aibackup.storage.S3Settings.client`, the same endpoint, region, credentials, retries and
+(:func:`aibackup.s3_settings.S3Settings.client`, the same endpoint, region, credentials, retries and
 server-side encryption as the s3fs filesystem) and reads run on s3fs's event loop.
 
 Memory is bounded per object: at most ``concurrency`` blocks of ``block_size`` bytes in flight, plus the

@@ -1,4 +1,4 @@
-"""Where repository bytes live: any fsspec URL, with exclusive commits and hashing while writing.
+"""Where repository bytes live: :class:`Storage`, any fsspec URL, with exclusive commits.
 
 ``Storage`` is the only place that knows about filesystems. Paths given to it are relative to the
 repository root and always use ``/``. Two write paths exist, both exclusive (they never replace an object):
@@ -7,10 +7,11 @@ repository root and always use ``/``. Two write paths exist, both exclusive (the
   marker): local disk writes a temp file, fsyncs it, hard-links it into place (``link`` fails if the name
   exists, so two writers can never both win) and fsyncs the directory; S3 uses ``If-None-Match: *``.
 - :meth:`Storage.create` for large immutable parts: a file object that computes sha256 and the byte count
-  while the Parquet writer streams into it (no second read).
+  while the Parquet writer streams into it (no second read: :class:`aibackup.hashing_writer.HashingWriter`).
 
 S3 (``s3://bucket/prefix``) goes through s3fs and honours the standard AWS environment variables, including
-``AWS_ENDPOINT_URL`` (``AWS_ENDPOINT_URL_S3`` wins over it) for S3-compatible stores such as MinIO, Ceph or R2.
+``AWS_ENDPOINT_URL`` (``AWS_ENDPOINT_URL_S3`` wins over it) for S3-compatible stores such as MinIO, Ceph or R2
+(how it is reached: :mod:`aibackup.s3_settings`).
 
 Filesystem errors are translated here into aibackup errors with one line naming the location:
 unreachable endpoints, missing buckets and denied access become :class:`UnavailableError` (exit 3).
@@ -23,13 +24,10 @@ import contextlib
 import errno
 import hashlib
 import os
-import queue
 import secrets
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any, Protocol
 from urllib.parse import parse_qs
 
@@ -38,13 +36,14 @@ import fsspec
 from aibackup.errors import (
     AibackupError,
     ConfigError,
-    ConnectorNotInstalledError,
     IntegrityError,
     NotARepositoryError,
     UnavailableError,
     UsageError,
     first_line,
 )
+from aibackup.hashing_writer import HashingWriter
+from aibackup.s3_settings import S3_OPTIONS, SSE_VALUES, S3Settings
 
 CHUNK = 8 * 1024 * 1024
 
@@ -58,181 +57,8 @@ class DocumentCodec(Protocol):
     def open(self, rel: str, raw: bytes, where: str) -> bytes: ...
 
 
-#: Server-side encryption settings an S3 repository URL may carry (``?sse=aws:kms&sse_kms_key_id=…``).
-SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
-#: The options an S3 repository URL may carry: server-side encryption, and where and as whom it is reached
-#: (``?endpoint=https://…&region=eu-west-1&profile=dr``; the standard AWS environment otherwise).
-S3_OPTIONS = ("sse", "sse_kms_key_id", "endpoint", "region", "profile")
-
-
 class AlreadyExistsError(AibackupError):
     """An exclusive write found the name taken (another writer committed first)."""
-
-
-class HashingWriter:
-    """A binary file object that hashes (sha256) and counts every byte on its way to storage.
-
-    Hashing and writing happen in a background thread behind a queue of at most `depth` chunks, so the
-    caller (the Parquet encoder) produces the next chunk while this one is hashed and written or uploaded
-    (hashlib, file writes and s3fs uploads release the GIL). An error of the background thread is raised by
-    the next ``write``, ``flush`` or ``close``. ``sha256`` and ``bytes`` are final once ``close`` returned.
-    """
-
-    def __init__(
-        self,
-        raw: IO[bytes],
-        on_close: Any = None,
-        depth: int = 2,
-        on_write: Any = None,
-        *,
-        hashing: bool = True,
-        copy: IO[bytes] | None = None,
-    ) -> None:
-        self._raw = raw
-        # A local copy of every byte (a spool's, aibackup.spool): best effort, dropped on the first error.
-        self.copy = copy
-        self._hashing = hashing  # False: a chunk pack, whose every chunk is hashed on its own (aibackup.chunks)
-        self._on_write = on_write  # called with `raw` after each chunk, in the background thread
-        self._sha = hashlib.sha256()
-        self.bytes = 0
-        self.closed = False
-        self._aborted = False
-        self._on_close = on_close
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def _drain(self) -> None:
-        while True:
-            chunk = self._queue.get()
-            try:
-                if chunk is None:
-                    return
-                if self._error is None:  # after an error, keep consuming so that no writer blocks
-                    if self._hashing:
-                        self._sha.update(chunk)
-                    self._raw.write(chunk)
-                    if self.copy is not None:
-                        self._write_copy(chunk)
-                    if self._on_write is not None:
-                        self._on_write(self._raw)
-            except BaseException as exc:  # handed to the caller's next call
-                self._error = exc
-            finally:
-                self._queue.task_done()
-
-    def _write_copy(self, chunk: bytes) -> None:
-        try:
-            self.copy.write(chunk)  # type: ignore[union-attr]
-        except OSError:  # a full spool disk: the part itself goes on, without its copy
-            self._drop_copy()
-
-    def _drop_copy(self) -> None:
-        if self.copy is not None:
-            with contextlib.suppress(OSError):
-                self.copy.close()
-                os.unlink(self.copy.name)
-            self.copy = None
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            raise self._error
-
-    def _stop(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-    # The methods pyarrow's PythonFile needs for an output stream.
-    def write(self, data: bytes | bytearray | memoryview) -> int:
-        if self.closed:
-            if self._aborted:
-                # pyarrow's buffered stream flushes what it still holds into an aborted part when it is
-                # garbage-collected: those bytes are discarded with the part (a new writer thread started
-                # here would outlive everything).
-                return len(data)
-            raise ValueError(f"write to a closed part ({self.bytes} bytes were written)")
-        self._raise_error()
-        chunk = bytes(data)  # a copy: the caller reuses its buffer once this returns
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._drain, name="aibackup-part-writer", daemon=True)
-            self._thread.start()
-        self._queue.put(chunk)
-        self.bytes += len(chunk)
-        return len(chunk)
-
-    def tell(self) -> int:
-        return self.bytes
-
-    def flush(self) -> None:
-        self._queue.join()
-        self._raise_error()
-        self._raw.flush()
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def readable(self) -> bool:
-        return False
-
-    def settle(self) -> None:
-        """Wait until every byte written so far is hashed and handed to the storage (``sha256`` and
-        ``bytes`` are then final; an upload may still be running until ``close``)."""
-        self._stop()
-        self._raise_error()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self._stop()
-            self._raise_error()
-            if self._on_close is not None:
-                self._on_close(self._raw)
-            self._raw.close()  # an S3 upload completes here (and may find the name taken)
-            if self.copy is not None:
-                self.copy.close()
-        except BaseException:
-            self._discard()
-            raise
-
-    def abort(self) -> None:
-        """Close without completing (an S3 multipart upload is discarded); the caller removes leftovers."""
-        if self.closed:
-            return
-        self.closed = self._aborted = True
-        with contextlib.suppress(Exception):
-            self._stop()
-        self._discard()
-
-    def _discard(self) -> None:
-        self._drop_copy()
-        with contextlib.suppress(Exception):
-            discard = getattr(self._raw, "discard", None)
-            if callable(discard):
-                discard()  # fsspec/s3fs: abort the multipart upload, drop the buffer
-                # Mark it closed so its __del__ does not try to upload the discarded buffer.
-                setattr(self._raw, "closed", True)  # noqa: B010 - IO.closed is read-only to type checkers
-            else:
-                self._raw.close()
-
-    @property
-    def sha256(self) -> str:
-        return self._sha.hexdigest()
-
-    def __enter__(self) -> HashingWriter:
-        return self
-
-    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if typ is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def _fsync_local(raw: IO[bytes]) -> None:
@@ -259,7 +85,7 @@ class Storage:
     An S3 URL may ask for server-side encryption of every object written: ``?sse=AES256`` or
     ``?sse=aws:kms[&sse_kms_key_id=KEY]`` (a config file's ``sse`` keys are added to its repository URL),
     and say where and as whom the bucket is reached, over the AWS environment: ``endpoint=URL`` (a second
-    S3-compatible service), ``region=NAME``, ``profile=NAME`` (see :class:`S3Settings`).
+    S3-compatible service), ``region=NAME``, ``profile=NAME`` (see :class:`aibackup.s3_settings.S3Settings`).
     ``documents`` is set by an encrypted repository (see :class:`DocumentCodec`); parts are not touched by
     it."""
 
@@ -479,7 +305,7 @@ class Storage:
     def _upload(self, path: str) -> Any:
         from aibackup import s3io
 
-        with self._lock:  # two packs close at once (aibackup.chunks), two parts copy at once (aibackup.copy)
+        with self._lock:  # two packs close at once (aibackup.chunk_writer), two parts copy at once (aibackup.copy)
             if self._client is None:
                 self._client = self.s3.client()
                 self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -600,91 +426,3 @@ def _fsync_dir(folder: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def aws_client_kwargs(service: str) -> dict[str, Any]:
-    """``endpoint_url`` and ``region_name`` for an AWS client of `service` (``S3``, ``KMS``) from the
-    standard environment: ``AWS_ENDPOINT_URL_<SERVICE>`` wins over ``AWS_ENDPOINT_URL``, ``AWS_REGION``
-    over ``AWS_DEFAULT_REGION``; unset ones are left to botocore."""
-    kwargs: dict[str, Any] = {}
-    endpoint = os.environ.get(f"AWS_ENDPOINT_URL_{service}") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        kwargs["endpoint_url"] = endpoint
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region_name"] = region
-    return kwargs
-
-
-@dataclass(frozen=True)
-class S3Settings:
-    """How an S3 repository is reached: from its URL's options (``?endpoint=…&region=…&profile=…``, for two
-    repositories in two regions or on two S3-compatible services) over the standard AWS environment
-    (:func:`aws_client_kwargs`), and what every object written carries (server-side encryption). Both
-    clients of a repository are built from it: the s3fs filesystem (listings, small objects, ranged reads)
-    and the boto3 client of parallel uploads (:mod:`aibackup.s3io`)."""
-
-    client_kwargs: dict[str, Any]
-    profile: str | None
-    attempts: int
-    additional: dict[str, str]
-
-    @classmethod
-    def of(
-        cls,
-        *,
-        sse: str | None = None,
-        sse_kms_key_id: str | None = None,
-        endpoint: str | None = None,
-        region: str | None = None,
-        profile: str | None = None,
-    ) -> S3Settings:
-        client_kwargs = aws_client_kwargs("S3")
-        if endpoint:
-            client_kwargs["endpoint_url"] = endpoint
-        if region:
-            client_kwargs["region_name"] = region
-        # Transient errors are retried with backoff (botocore "standard" mode); AWS_MAX_ATTEMPTS overrides.
-        try:
-            attempts = max(1, int(os.environ.get("AWS_MAX_ATTEMPTS") or 5))
-        except ValueError:
-            raise ConfigError("AWS_MAX_ATTEMPTS must be a whole number") from None
-        # Server-side encryption: added to every PutObject and CreateMultipartUpload.
-        additional: dict[str, str] = {}
-        if sse:
-            additional["ServerSideEncryption"] = sse
-        if sse_kms_key_id:
-            additional["SSEKMSKeyId"] = sse_kms_key_id
-        return cls(client_kwargs, profile or None, attempts, additional)
-
-    def _retries(self) -> dict[str, Any]:
-        return {"retries": {"max_attempts": self.attempts, "mode": "standard"}}
-
-    def filesystem(self) -> fsspec.AbstractFileSystem:
-        try:
-            import s3fs
-        except ImportError:
-            raise ConnectorNotInstalledError("an s3:// repository needs s3fs: pip install 'aibackup[s3]'") from None
-        # No listing cache: a manifest committed by another process must be seen by the next `list`.
-        # No instance cache: the environment (endpoint, credentials) may change between calls in one process.
-        fs = s3fs.S3FileSystem(
-            s3_additional_kwargs=dict(self.additional) or None,
-            client_kwargs=dict(self.client_kwargs),
-            use_listings_cache=False,
-            skip_instance_cache=True,
-            config_kwargs=self._retries(),
-            **({"profile": self.profile} if self.profile else {}),
-        )
-        fs.retries = self.attempts  # s3fs's own retry loop around botocore's, for errors botocore gives up on
-        return fs
-
-    def client(self) -> Any:
-        """A boto3 S3 client with these settings (thread-safe; its pool holds s3io.CONCURRENCY x 2 connections)."""
-        import boto3
-        import botocore.config
-
-        from aibackup import s3io
-
-        session = boto3.session.Session(profile_name=self.profile) if self.profile else boto3.session.Session()
-        config = botocore.config.Config(max_pool_connections=2 * s3io.CONCURRENCY, **self._retries())
-        return session.client("s3", config=config, **self.client_kwargs)

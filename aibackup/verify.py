@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aibackup import reports
-from aibackup.bundle import BundleReader
+from aibackup.bundle_reader import BundleReader
 from aibackup.chunkcheck import ChunkCheck
 from aibackup.chunks import INDEX
 from aibackup.errors import AibackupError, IntegrityError

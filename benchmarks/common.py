@@ -261,7 +261,7 @@ def restore_read_side(repo_url: str, bundle_id: str) -> dict[str, Any]:
     ``run_restore`` reads: re-hash every part the dataset needs (fetched ahead; a remote repository's parts
     are downloaded once, into the spool), stream its live records recomputing the digest (the validation),
     stream them again (the import). Seconds of each step; ``close_seconds``: removing the spool."""
-    from aibackup.bundle import BundleReader
+    from aibackup.bundle_reader import BundleReader
     from aibackup.manifests.digest import DatasetDigest
     from aibackup.pipeline import prefetch
     from aibackup.repository import Repository

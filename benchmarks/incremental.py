@@ -212,7 +212,8 @@ def child_chain(repo_path: str, rows: str, dim: str, links: str, also: str = "0"
     equivalent full bundle of the last night's live records; their ids and bytes, and the id of the
     bundle after link `also` (a shorter chain of as many live records)."""
     from aibackup import __version__
-    from aibackup.bundle import BundleReader, BundleWriter
+    from aibackup.bundle import BundleWriter
+    from aibackup.bundle_reader import BundleReader
     from aibackup.incremental import Delta, ParentIndex
     from aibackup.manifests.model import BundleManifest
     from aibackup.repository import Repository, iso
@@ -305,7 +306,7 @@ def child_index_load(repo_path: str) -> dict[str, Any]:
     import pickle
     import resource
 
-    from aibackup.bundle import BundleReader
+    from aibackup.bundle_reader import BundleReader
     from aibackup.incremental import ParentIndex
     from aibackup.repository import Repository
 

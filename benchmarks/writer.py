@@ -29,7 +29,7 @@ def _table(repo: str) -> tuple[Any, Any]:
     """The bundle's whole dataset in memory, and its description (after choosing the Arrow allocator)."""
     import pyarrow as pa
 
-    from aibackup.bundle import BundleReader
+    from aibackup.bundle_reader import BundleReader
     from aibackup.connectors.base import DatasetDescription
     from aibackup.pipeline import use_arrow_allocator
     from aibackup.repository import Repository
@@ -45,7 +45,7 @@ def _table(repo: str) -> tuple[Any, Any]:
 def child_raw(repo: str, out: str, sync: str) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    from aibackup.bundle import WriteOptions, parquet_options
+    from aibackup.parquet_parts import WriteOptions, parquet_options
 
     table, _ = _table(repo)
     clock = Stopwatch()

@@ -11,11 +11,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aibackup import bundle
-from aibackup.bundle import BundleReader, BundleWriter, WriteOptions
+from aibackup import parquet_parts
+from aibackup.bundle import BundleWriter
+from aibackup.bundle_reader import BundleReader
 from aibackup.errors import IntegrityError, SourceDataError
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.model import DenseVectorSpec
+from aibackup.parquet_parts import WriteOptions
 from aibackup.repository import Repository
 from tests.vectordata import canonical_batch, config, description
 
@@ -80,14 +82,14 @@ def test_a_failure_while_parts_are_encoded_in_parallel_stops_every_encoder(
         raise SourceDataError("the source broke after several parts")
 
     if where == "encoder":
-        original = bundle._PartSink.write
+        original = parquet_parts.PartSink.write
 
-        def failing(self: bundle._PartSink, table: pa.Table) -> None:
+        def failing(self: parquet_parts.PartSink, table: pa.Table) -> None:
             if self.path.endswith("part-00003.parquet"):
                 raise OSError(28, "No space left on device")
             original(self, table)
 
-        monkeypatch.setattr(bundle._PartSink, "write", failing)
+        monkeypatch.setattr(parquet_parts.PartSink, "write", failing)
     repo = Repository.init(str(tmp_path / "repo"))
     writer = BundleWriter(repo, "20261125T020000.000000Z-00000001", options)
     with pytest.raises((SourceDataError, OSError)) as caught:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from aibackup.bundle import BundleReader
+from aibackup.bundle_reader import BundleReader
 from aibackup.checks import prove
 from aibackup.connectors.registry import open_connector
 from aibackup.proof import Check

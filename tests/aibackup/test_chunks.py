@@ -21,7 +21,8 @@ from safetensors.numpy import save_file
 from aibackup import clock
 from aibackup.api import Repository as ApiRepository
 from aibackup.backup import run_backup
-from aibackup.chunks import ChunkIds, ChunkIndex, ChunkReader, read_index
+from aibackup.chunk_reader import ChunkReader
+from aibackup.chunks import ChunkIds, ChunkIndex, read_index
 from aibackup.config import RetentionPolicy
 from aibackup.errors import IntegrityError, SourceDataError
 from aibackup.prune import PruneResult, run_prune
@@ -319,9 +320,9 @@ def test_a_repack_reports_the_bytes_it_really_reclaims(tmp_path: Path) -> None:
 def test_prune_counts_references_pack_by_pack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Packs closed at 1 MiB (instead of 64 MiB: the same rule on a few megabytes): v1 = A + B, v2 = A; the packs
     holding only B's chunks go, those holding A's stay (or are repacked), and v2 restores."""
-    import aibackup.chunks
+    import aibackup.chunk_writer
 
-    monkeypatch.setattr(aibackup.chunks, "PACK_BYTES", MiB)
+    monkeypatch.setattr(aibackup.chunk_writer, "PACK_BYTES", MiB)
     src = tmp_path / "model"
     write_model(src / "a.safetensors", {"a": weights(768, 1)})
     write_model(src / "b.safetensors", {"b": weights(768, 2)})

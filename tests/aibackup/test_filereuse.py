@@ -15,8 +15,9 @@ import pytest
 
 from aibackup import backup as backup_module
 from aibackup import filereuse
-from aibackup.bundle import BundleReader, WriteOptions
+from aibackup.bundle_reader import BundleReader
 from aibackup.connectors.files import configfiles
+from aibackup.parquet_parts import WriteOptions
 from aibackup.repository import Repository
 from tests.helpers import Cli, dataset_folder_number, ok, one_line_error
 

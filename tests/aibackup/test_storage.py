@@ -10,7 +10,8 @@ import boto3
 import pytest
 
 from aibackup.errors import UnavailableError, UsageError
-from aibackup.storage import AlreadyExistsError, HashingWriter, Storage
+from aibackup.hashing_writer import HashingWriter
+from aibackup.storage import AlreadyExistsError, Storage
 from tests.conftest import Server, free_port
 
 

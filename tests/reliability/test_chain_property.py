@@ -439,11 +439,11 @@ def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     """Links of several record parts and several record-index parts, so that tombstones and ordinals
     cross part boundaries: the stores are read in pages of 24 records, a row group is about a page and a
     part about two (index parts: 40 records a row group, about 150 a part)."""
-    from aibackup import backup, bundle
+    from aibackup import backup, bundle, parquet_parts
     from aibackup.connectors.chroma.connector import ChromaConnector
     from aibackup.connectors.qdrant.connector import QdrantConnector
 
-    options = bundle.WriteOptions(row_group_bytes=2048, part_bytes=4096)
+    options = parquet_parts.WriteOptions(row_group_bytes=2048, part_bytes=4096)
 
     def writer(repo: Any, bundle_id: str, _options: Any = None, **kwargs: Any) -> bundle.BundleWriter:
         return bundle.BundleWriter(repo, bundle_id, options, **kwargs)

@@ -38,7 +38,7 @@ CI_POINTS = 12
 
 CHILD = r"""
 import json, os, signal, sys, threading
-from aibackup import incremental, storage
+from aibackup import hashing_writer, incremental, storage
 
 incremental.MAX_DEAD = float("inf")  # the incremental suite's chain switches between two states for ever
 
@@ -67,7 +67,7 @@ def counted(cls, name):
 
 for name in ("write_exclusive", "create", "close_part", "remove"):
     counted(storage.Storage, name)
-counted(storage.HashingWriter, "write")
+counted(hashing_writer.HashingWriter, "write")
 
 from aibackup.cli import main
 try:

@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from aibackup.backup import SourceOptions, run_backup
-from aibackup.chunks import ChunkIndex, ChunkReader
+from aibackup.chunk_reader import ChunkReader
+from aibackup.chunks import ChunkIndex
 from aibackup.config import RetentionPolicy
 from aibackup.connectors.model.chunking import MAX_SIZE, Chunker
 from aibackup.connectors.registry import open_connector

@@ -1,0 +1,169 @@
+"""Reading a committed bundle's parts: :class:`BundleReader` checks each part against its manifest entry
+and yields the live records of a dataset (a chained one's links less their tombstones), or their ids and
+digests; :func:`dataset_schema` is the schema every part of a dataset must have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aibackup.chains import Removed
+from aibackup.errors import IntegrityError, UnavailableError, first_line
+from aibackup.manifests.chain import INDEX_SCHEMA, TOMBSTONE_SCHEMA
+from aibackup.manifests.digest import record_digests
+from aibackup.manifests.kinds import arrow_schema
+from aibackup.manifests.model import DatasetManifest, ManifestError, PartEntry
+from aibackup.repository import Repository
+from aibackup.spool import PartSpool
+
+
+def dataset_schema(dataset: DatasetManifest) -> pa.Schema:
+    """The Arrow schema every part of `dataset` must have (from its kind and configuration)."""
+    try:
+        return arrow_schema(dataset.kind, dataset.config)
+    except ManifestError as exc:
+        raise IntegrityError(f"dataset {dataset.name!r}: {exc}") from None
+
+
+class BundleReader:
+    """Reads the parts of a committed bundle, checking each against its manifest entry.
+
+    With `spool` (a command that reads parts more than once: restore, ``verify --read-data``), the parts of
+    a remote repository are downloaded once, by :meth:`check_part`, into a local spool that later reads use
+    (:mod:`aibackup.spool`); :meth:`close` (or the ``with`` block) removes it. A :class:`PartSpool` given
+    (a backup's, holding the parts it wrote) is read from, and left to its owner to close."""
+
+    def __init__(self, repo: Repository, *, spool: bool | PartSpool = False) -> None:
+        self.repo = repo
+        self._owned = spool is True and not repo.storage.is_local  # a spool given is closed by its owner
+        self.spool = spool if isinstance(spool, PartSpool) else PartSpool(repo.storage) if self._owned else None
+
+    def fetch_ahead(self, parts: Sequence[PartEntry]) -> None:
+        """With a spool: start downloading `parts` in the background, in this order (see
+        :meth:`aibackup.spool.PartSpool.fetch_ahead`); without one, nothing."""
+        if self.spool is not None:
+            self.spool.fetch_ahead((part.path, part.bytes) for part in parts)
+
+    def close(self) -> None:
+        if self.spool is not None and self._owned:
+            self.spool.close()
+
+    def __enter__(self) -> BundleReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_part(self, part: PartEntry, *, read_data: bool) -> str | None:
+        """The problem with one part, or None. Without `read_data` only presence and size are checked."""
+        storage = self.repo.storage
+        try:
+            if read_data:
+                spool = self.spool
+                sha, size = spool.hash(part.path, part.bytes) if spool else storage.hash_file(part.path)
+            else:
+                sha, size = None, storage.size(part.path)
+        except FileNotFoundError:
+            return "missing part"
+        except IntegrityError as exc:  # say a folder where the part should be
+            return str(exc)
+        if size != part.bytes:
+            return f"size {size} bytes, manifest says {part.bytes} (truncated or replaced)"
+        if sha is not None and sha != part.sha256:
+            return "sha256 mismatch (the part was changed or damaged)"
+        return None
+
+    def batches(
+        self, dataset: DatasetManifest, batch_rows: int = 8192, columns: Sequence[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        """Every live record of `dataset` in bundle order, as batches of at most `batch_rows` rows (only
+        `columns`, when given: Parquet reads no other column). For a chained dataset these are the records
+        of every link less those its tombstones remove (aibackup.chains).
+
+        Each part is checked as it is opened (size, Parquet page checksums, schema and row count against
+        the manifest); any damage raises IntegrityError naming the part. Callers that must refuse damage
+        *before* acting (restore) run :meth:`check_part` with ``read_data=True`` on every part first.
+        """
+        yield from self._live(dataset.parts, dataset_schema(dataset), batch_rows, columns, self.removed(dataset))
+
+    def removed(self, dataset: DatasetManifest) -> Removed | None:
+        """The records a chained dataset's tombstones remove (None for a dataset that is not chained)."""
+        if not dataset.chained:
+            return None
+        tables = [
+            (
+                n,
+                pa.Table.from_batches(
+                    list(self._part_batches(part, TOMBSTONE_SCHEMA, 1 << 20, ("part", "row", "deleted")))
+                ),
+            )
+            for n, link in enumerate(dataset.chain)
+            for part in link.tombstones
+        ]
+        return Removed.of(dataset, tables)
+
+    def id_digests(self, dataset: DatasetManifest, batch_rows: int = 65536) -> Iterator[pa.RecordBatch]:
+        """(id, digest) of every live record of `dataset` (INDEX_SCHEMA), from its record index where it has
+        one (no record is read), else computed from its records (bundles of 0.3.x, other kinds)."""
+        if not dataset.chain:
+            for batch in self.batches(dataset, batch_rows):
+                digests = record_digests(batch, (), dataset.digest_algorithm)
+                data = pa.py_buffer(b"".join(digests))
+                column = pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), batch.num_rows, [None, data])
+                yield pa.RecordBatch.from_arrays([batch.column(0).cast(pa.string()), column], schema=INDEX_SCHEMA)
+            return
+        index = [part for link in dataset.chain for part in link.index]
+        yield from self._live(index, INDEX_SCHEMA, batch_rows, None, self.removed(dataset))
+
+    def _live(
+        self,
+        parts: Sequence[PartEntry],
+        expected: pa.Schema,
+        batch_rows: int,
+        columns: Sequence[str] | None,
+        removed: Removed | None,
+    ) -> Iterator[pa.RecordBatch]:
+        """The batches of `parts`, read one after the other (record ordinals count from the first part's
+        first row, as tombstones do), less the records `removed` names."""
+        start = 0
+        for part in parts:
+            for batch in self._part_batches(part, expected, batch_rows, columns):
+                rows = batch.num_rows
+                keep = removed.keep(start, rows) if removed is not None else None
+                start += rows
+                if keep is not None:
+                    batch = batch.filter(pa.array(keep))
+                if batch.num_rows:
+                    yield batch
+
+    def _part_batches(
+        self, part: PartEntry, expected: pa.Schema, batch_rows: int, columns: Sequence[str] | None
+    ) -> Iterator[pa.RecordBatch]:
+        """The batches of one part, checked as it is opened (see :meth:`batches`)."""
+        where = self.repo.storage.display(part.path)
+        try:
+            decryption = self.repo.part_decryption(part.path)
+            opened = self.spool.open(part.path) if self.spool else self.repo.storage.open_read(part.path)
+            with opened as f:
+                pf = pq.ParquetFile(f, page_checksum_verification=True, decryption_properties=decryption)
+                # Arrow type equality ignores list item names ("item" in memory, "element" in Parquet).
+                if not pf.schema_arrow.equals(expected):
+                    raise IntegrityError(f"damaged part {where}: schema differs from the manifest")
+                if pf.metadata.num_rows != part.rows:
+                    raise IntegrityError(
+                        f"damaged part {where}: {pf.metadata.num_rows} rows, manifest says {part.rows}"
+                    )
+                yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+        except FileNotFoundError:
+            raise IntegrityError(f"missing part {where}") from None
+        except pa.ArrowException as exc:  # undecodable Parquet: damage
+            raise IntegrityError(f"damaged part {where}: {first_line(exc)}") from None
+        except OSError as exc:
+            # pyarrow reports a failed page CRC, and an encrypted module that does not authenticate (changed,
+            # moved, another key), as a plain OSError; anything else is the storage.
+            if any(word in str(exc).lower() for word in ("checksum", "decrypt", "encrypted")):
+                raise IntegrityError(f"damaged part {where}: {first_line(exc)}") from None
+            raise UnavailableError(f"cannot read {where}: {first_line(exc)}") from None

@@ -1,0 +1,120 @@
+"""Reading the chunk store (:mod:`aibackup.chunks`) back: :class:`ChunkReader` (restore, verify, prune's
+repacking) checks every chunk against its id, so damage is always named.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aibackup.chunks import PACK_SCHEMA, ChunkAccess, ChunkIds, ChunkIndex, Stored, decompress
+from aibackup.errors import IntegrityError, UnavailableError, first_line
+from aibackup.repository import Repository
+
+
+class ChunkReader(ChunkAccess):
+    """Reads chunks back (restore, verify): each one checked against its id, so damage is always named.
+    Packs are opened once and kept open while read (a few at a time)."""
+
+    OPEN_PACKS = 4
+
+    def __init__(self, repo: Repository, index: ChunkIndex | None = None, *, page_checksums: bool = True) -> None:
+        """`page_checksums` False: pages are not CRC-checked as they are read (a restore, which proves every
+        byte by its file's sha256 and then traces a mismatch to its chunk by the chunk's own hash)."""
+        self.repo = repo
+        self.page_checksums = page_checksums
+        self.ids = ChunkIds(repo.key())
+        self.index = index if index is not None else ChunkIndex.load(repo)
+        self._open: OrderedDict[str, tuple[Any, pq.ParquetFile]] = OrderedDict()
+        self.present: dict[str, bool] = {}  # pack -> whether it exists, for the packs looked at
+
+    def put(self, chunk: bytes, data: bytes | memoryview) -> bool:
+        """Reading a store back stores nothing (a restore's proof chunks the restored files the same way)."""
+        return False
+
+    def size(self, chunk: bytes) -> int | None:
+        """The chunk's size, None when the index does not list it or its pack is gone (checked once per pack:
+        a restore refuses such a file before it writes anything)."""
+        place = self.index.get(chunk)
+        if place is None:
+            return None
+        present = self.present.get(place.pack)
+        if present is None:
+            present = self.present[place.pack] = self.repo.storage.exists(place.pack)
+        return place.size if present else None
+
+    def where(self, chunk: bytes) -> Stored:
+        place = self.index.get(chunk)
+        if place is None:
+            raise IntegrityError(f"chunk {chunk.hex()[:16]}… is in no pack of the repository's chunk index")
+        return place
+
+    def get(self, chunk: bytes, *, check: bool = True) -> bytes | memoryview:
+        """The bytes of chunk `chunk` (a view of Arrow's buffer when stored uncompressed). IntegrityError
+        when it is missing, its pack is damaged, or (with `check`) its bytes do not give its id."""
+        place = self.where(chunk)
+        where = self.repo.storage.display(place.pack)
+        try:
+            pf = self._pack(place.pack)
+            if not 0 <= place.row < pf.metadata.num_row_groups:
+                raise IntegrityError(f"damaged chunk pack {where}: it has no row {place.row}")
+            table = pf.read_row_group(place.row)
+        except FileNotFoundError:
+            raise IntegrityError(f"missing chunk pack {where}") from None
+        except pa.ArrowException as exc:
+            raise IntegrityError(f"damaged chunk pack {where}: {first_line(exc)}") from None
+        except OSError as exc:
+            if any(word in str(exc).lower() for word in ("checksum", "decrypt", "encrypted")):
+                raise IntegrityError(f"damaged chunk pack {where}: {first_line(exc)}") from None
+            raise UnavailableError(f"cannot read {where}: {first_line(exc)}") from None
+        if (
+            table.num_rows != 1
+            or table.column("chunk")[0].as_py() != chunk
+            or table.column("size")[0].as_py() != place.size
+        ):
+            raise IntegrityError(f"damaged chunk pack {where}: row {place.row} is not chunk {chunk.hex()[:16]}…")
+        # The bytes as Arrow holds them, without a copy into a Python bytes object (a view of the buffer).
+        cell = table.column("data").chunk(0)
+        value = cell[0].as_buffer()
+        data: bytes | memoryview = memoryview(value)
+        if table.column("zstd")[0].as_py():
+            try:
+                data = decompress(data, place.size)
+            except Exception:  # zstandard raises its own ZstdError for damaged frames
+                raise IntegrityError(f"damaged chunk {chunk.hex()[:16]}… in {where}: it does not decompress") from None
+        if len(data) != place.size or (check and self.ids(data) != chunk):
+            raise IntegrityError(f"damaged chunk {chunk.hex()[:16]}… in {where}: its bytes do not match its id")
+        return data
+
+    def _pack(self, path: str) -> pq.ParquetFile:
+        held = self._open.get(path)
+        if held is not None:
+            self._open.move_to_end(path)
+            return held[1]
+        storage = self.repo.storage
+        # On local disk the pack is mapped: Arrow reads its pages in place, without a copy through Python.
+        f: Any = pa.memory_map(storage.full(path)) if storage.is_local else storage.open_read(path)
+        try:
+            pf = pq.ParquetFile(
+                f,
+                page_checksum_verification=self.page_checksums,
+                decryption_properties=self.repo.part_decryption(path),
+            )
+            if not pf.schema_arrow.equals(PACK_SCHEMA):
+                raise IntegrityError(f"damaged chunk pack {self.repo.storage.display(path)}: unexpected columns")
+        except BaseException:
+            f.close()
+            raise
+        self._open[path] = (f, pf)
+        while len(self._open) > self.OPEN_PACKS:
+            _, (old, _) = self._open.popitem(last=False)
+            old.close()
+        return pf
+
+    def close(self) -> None:
+        while self._open:
+            _, (f, _) = self._open.popitem()
+            f.close()

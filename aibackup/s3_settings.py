@@ -1,0 +1,108 @@
+"""How an S3 repository is reached: the options its URL may carry (:data:`S3_OPTIONS`, :data:`SSE_VALUES`),
+the standard AWS environment (:func:`aws_client_kwargs`, also used for KMS) and :class:`S3Settings`, from which
+both clients of a repository are built.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+
+from aibackup.errors import ConfigError, ConnectorNotInstalledError
+
+#: Server-side encryption settings an S3 repository URL may carry (``?sse=aws:kms&sse_kms_key_id=…``).
+SSE_VALUES = ("AES256", "aws:kms", "aws:kms:dsse")
+#: The options an S3 repository URL may carry: server-side encryption, and where and as whom it is reached
+#: (``?endpoint=https://…&region=eu-west-1&profile=dr``; the standard AWS environment otherwise).
+S3_OPTIONS = ("sse", "sse_kms_key_id", "endpoint", "region", "profile")
+
+
+def aws_client_kwargs(service: str) -> dict[str, Any]:
+    """``endpoint_url`` and ``region_name`` for an AWS client of `service` (``S3``, ``KMS``) from the
+    standard environment: ``AWS_ENDPOINT_URL_<SERVICE>`` wins over ``AWS_ENDPOINT_URL``, ``AWS_REGION``
+    over ``AWS_DEFAULT_REGION``; unset ones are left to botocore."""
+    kwargs: dict[str, Any] = {}
+    endpoint = os.environ.get(f"AWS_ENDPOINT_URL_{service}") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        kwargs["endpoint_url"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region_name"] = region
+    return kwargs
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """How an S3 repository is reached: from its URL's options (``?endpoint=…&region=…&profile=…``, for two
+    repositories in two regions or on two S3-compatible services) over the standard AWS environment
+    (:func:`aws_client_kwargs`), and what every object written carries (server-side encryption). Both
+    clients of a repository are built from it: the s3fs filesystem (listings, small objects, ranged reads)
+    and the boto3 client of parallel uploads (:mod:`aibackup.s3io`)."""
+
+    client_kwargs: dict[str, Any]
+    profile: str | None
+    attempts: int
+    additional: dict[str, str]
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
+        endpoint: str | None = None,
+        region: str | None = None,
+        profile: str | None = None,
+    ) -> S3Settings:
+        client_kwargs = aws_client_kwargs("S3")
+        if endpoint:
+            client_kwargs["endpoint_url"] = endpoint
+        if region:
+            client_kwargs["region_name"] = region
+        # Transient errors are retried with backoff (botocore "standard" mode); AWS_MAX_ATTEMPTS overrides.
+        try:
+            attempts = max(1, int(os.environ.get("AWS_MAX_ATTEMPTS") or 5))
+        except ValueError:
+            raise ConfigError("AWS_MAX_ATTEMPTS must be a whole number") from None
+        # Server-side encryption: added to every PutObject and CreateMultipartUpload.
+        additional: dict[str, str] = {}
+        if sse:
+            additional["ServerSideEncryption"] = sse
+        if sse_kms_key_id:
+            additional["SSEKMSKeyId"] = sse_kms_key_id
+        return cls(client_kwargs, profile or None, attempts, additional)
+
+    def _retries(self) -> dict[str, Any]:
+        return {"retries": {"max_attempts": self.attempts, "mode": "standard"}}
+
+    def filesystem(self) -> fsspec.AbstractFileSystem:
+        try:
+            import s3fs
+        except ImportError:
+            raise ConnectorNotInstalledError("an s3:// repository needs s3fs: pip install 'aibackup[s3]'") from None
+        # No listing cache: a manifest committed by another process must be seen by the next `list`.
+        # No instance cache: the environment (endpoint, credentials) may change between calls in one process.
+        fs = s3fs.S3FileSystem(
+            s3_additional_kwargs=dict(self.additional) or None,
+            client_kwargs=dict(self.client_kwargs),
+            use_listings_cache=False,
+            skip_instance_cache=True,
+            config_kwargs=self._retries(),
+            **({"profile": self.profile} if self.profile else {}),
+        )
+        fs.retries = self.attempts  # s3fs's own retry loop around botocore's, for errors botocore gives up on
+        return fs
+
+    def client(self) -> Any:
+        """A boto3 S3 client with these settings (thread-safe; its pool holds s3io.CONCURRENCY x 2 connections)."""
+        import boto3
+        import botocore.config
+
+        from aibackup import s3io
+
+        session = boto3.session.Session(profile_name=self.profile) if self.profile else boto3.session.Session()
+        config = botocore.config.Config(max_pool_connections=2 * s3io.CONCURRENCY, **self._retries())
+        return session.client("s3", config=config, **self.client_kwargs)
