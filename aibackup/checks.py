@@ -137,10 +137,13 @@ def _layout_check(
     lossy mapping (--allow-lossy) the source's side is the bundle after that mapping."""
     framework = layout.framework
     if plan.dropped:
-        expected = (layouts.views(framework, layout.target, plan.transform(b)) for b in reader.batches(dataset))
+        expected = (
+            layouts.views(framework, layout.target, plan.transform(b), layout.target_keys)
+            for b in reader.batches(dataset)
+        )
     else:
-        expected = (layouts.views(framework, layout.source, b) for b in reader.batches(dataset))
-    actual = (layouts.views(framework, layout.target, b) for b in restored)
+        expected = (layouts.views(framework, layout.source, b, layout.keys) for b in reader.batches(dataset))
+    actual = (layouts.views(framework, layout.target, b, layout.target_keys) for b in restored)
     ids, same = _compare(expected, actual, pa.schema([]), {}, max(dataset.rows, target_rows), merge)
     if not ids.ok:
         return Check("layout", False, f"as {framework} reads them: {ids.detail}")

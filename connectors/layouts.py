@@ -51,6 +51,9 @@ CHOICES = ("auto", RAW, *FRAMEWORKS)
 BACKENDS = ("chroma", "qdrant")
 
 LC_CONTENT, LC_METADATA = "page_content", "metadata"
+#: LangChain's payload keys on Qdrant (content, metadata): its defaults, or what ``QdrantVectorStore``'s
+#: ``content_payload_key`` / ``metadata_payload_key`` named (recorded at backup as the evidence's keys).
+LC_KEYS = (LC_CONTENT, LC_METADATA)
 LI_NODE, LI_TYPE = "_node_content", "_node_type"
 LI_KEYS = (LI_NODE, LI_TYPE, "doc_id", "document_id", "ref_doc_id")
 
@@ -68,17 +71,26 @@ class View:
 # --- reading a record the way the framework does ---------------------------------------------------------
 
 
-def view(framework: str, backend: str, record_id: str, document: str | None, metadata: dict[str, Any] | None) -> View:
-    """The framework's reading of one canonical record of `backend`. Raises ValueError when the record is
-    not in the framework's layout there."""
+def view(
+    framework: str,
+    backend: str,
+    record_id: str,
+    document: str | None,
+    metadata: dict[str, Any] | None,
+    keys: tuple[str, str] = LC_KEYS,
+) -> View:
+    """The framework's reading of one canonical record of `backend` (`keys`: LangChain's content and
+    metadata payload keys on Qdrant). Raises ValueError when the record is not in the framework's layout
+    there."""
     meta = dict(metadata or {})
     if framework == LANGCHAIN:
         if backend == "qdrant":
-            if document is not None or set(meta) - {LC_CONTENT, LC_METADATA}:
-                raise ValueError(f"payload keys {sorted(meta)} are not LangChain's {LC_CONTENT!r} and {LC_METADATA!r}")
-            text, rest = meta.get(LC_CONTENT), meta.get(LC_METADATA) or {}
+            content, nested = keys
+            if document is not None or set(meta) - {content, nested}:
+                raise ValueError(f"payload keys {sorted(meta)} are not LangChain's {content!r} and {nested!r}")
+            text, rest = meta.get(content), meta.get(nested) or {}
             if not isinstance(text, str) or not isinstance(rest, dict):
-                raise ValueError(f"{LC_CONTENT!r} must be text and {LC_METADATA!r} an object")
+                raise ValueError(f"{content!r} must be text and {nested!r} an object")
             return View(record_id, text, rest)
         if document is None:
             raise ValueError("no document: LangChain reads the text of every record from it")
@@ -108,11 +120,17 @@ def _node(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def convert(
-    framework: str, source: str, target: str, document: str | None, metadata: dict[str, Any] | None
+    framework: str,
+    source: str,
+    target: str,
+    document: str | None,
+    metadata: dict[str, Any] | None,
+    keys: tuple[str, str] = LC_KEYS,
 ) -> tuple[str | None, dict[str, Any] | None]:
-    """A record of `source` in `framework`'s layout as `target` holds it in that layout: (document,
-    metadata). Raises ValueError when the record is not in the layout on `source`."""
-    seen = view(framework, source, "", document, metadata)
+    """A record of `source` in `framework`'s layout (`keys`: LangChain's payload keys there) as `target`
+    holds it in that layout: (document, metadata); a Qdrant target gets LangChain's default keys. Raises
+    ValueError when the record is not in the layout on `source`."""
+    seen = view(framework, source, "", document, metadata, keys)
     if source == target:
         return document, metadata
     meta = dict(metadata or {})
@@ -127,7 +145,13 @@ def convert(
 
 
 def transform(
-    framework: str, source: str, target: str, collection: str, *, verified: bool = False
+    framework: str,
+    source: str,
+    target: str,
+    collection: str,
+    *,
+    verified: bool = False,
+    keys: tuple[str, str] = LC_KEYS,
 ) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
     """The batch mapping a restore applies first: every record of `source`'s layout into `target`'s.
     Raises UnsupportedFeatureError naming the first record that is not in the layout. Between two stores
@@ -137,12 +161,12 @@ def transform(
         if source == target:
             if not verified:
                 for rid, doc, meta in _records(batch):
-                    _fits(framework, source, collection, rid, doc, meta)
+                    _fits(framework, source, collection, rid, doc, meta, keys)
             return batch
         documents, metadatas = [], []
         for rid, doc, meta in _records(batch):
             try:
-                new_doc, new_meta = convert(framework, source, target, doc, parse_metadata(meta))
+                new_doc, new_meta = convert(framework, source, target, doc, parse_metadata(meta), keys)
             except ValueError as exc:
                 raise _refusal(framework, source, collection, rid, exc) from None
             documents.append(new_doc)
@@ -165,9 +189,17 @@ def _records(batch: pa.RecordBatch) -> Any:
     )
 
 
-def _fits(framework: str, backend: str, collection: str, rid: str, doc: str | None, meta: str | None) -> None:
+def _fits(
+    framework: str,
+    backend: str,
+    collection: str,
+    rid: str,
+    doc: str | None,
+    meta: str | None,
+    keys: tuple[str, str] = LC_KEYS,
+) -> None:
     try:
-        view(framework, backend, rid, doc, parse_metadata(meta))
+        view(framework, backend, rid, doc, parse_metadata(meta), keys)
     except ValueError as exc:
         raise _refusal(framework, backend, collection, rid, exc) from None
 
@@ -179,13 +211,13 @@ def _refusal(framework: str, backend: str, collection: str, rid: str, exc: Value
     )
 
 
-def views(framework: str, backend: str, batch: pa.RecordBatch) -> pa.RecordBatch:
+def views(framework: str, backend: str, batch: pa.RecordBatch, keys: tuple[str, str] = LC_KEYS) -> pa.RecordBatch:
     """The framework's reading of a batch, as (id, document: the text, metadata: canonical JSON of the
     rest) for the restore's ``layout`` check. A record not in the layout reads as null text and rest."""
     ids, texts, rests = [], [], []
     for rid, doc, meta in _records(batch):
         try:
-            seen = view(framework, backend, rid, doc, parse_metadata(meta))
+            seen = view(framework, backend, rid, doc, parse_metadata(meta), keys)
             text, rest = seen.text, metadata_json(dict(seen.rest)) or "{}"
         except ValueError:
             text, rest = None, None
@@ -210,6 +242,10 @@ class Detector:
         self.rows = 0
         # Each candidate stays possible while every record seen fits it.
         self.possible = {framework: backend in BACKENDS for framework in FRAMEWORKS}
+        #: LangChain's payload keys on Qdrant, as the first record shows them (None: not seen yet)
+        self.keys: tuple[str, str] | None = None
+        #: how many records hold each of LlamaIndex's keys (the evidence names those every record holds)
+        self.node_keys = dict.fromkeys(LI_KEYS, 0)
 
     def add(self, batch: pa.RecordBatch) -> None:
         self.rows += batch.num_rows
@@ -227,20 +263,26 @@ class Detector:
             self.possible[LLAMAINDEX] = bool(pc.all(pc.and_(keys, wanted_doc)).as_py()) and self._every(
                 LLAMAINDEX, batch
             )
+            for key in LI_KEYS:
+                self.node_keys[key] += int(pc.sum(pc.match_substring(metadata.fill_null(""), f'"{key}":')).as_py() or 0)
         if self.possible[LANGCHAIN]:
             if self.backend == "chroma":
                 ok = pc.all(has_doc).as_py() and batch.column(URI).null_count == batch.num_rows
                 no_llama = not pc.any(pc.match_substring(metadata.fill_null(""), f'"{LI_NODE}":')).as_py()
                 self.possible[LANGCHAIN] = bool(ok and no_llama)
             else:
-                starts = pc.starts_with(metadata.fill_null(""), f'{{"{LC_METADATA}":')
-                ok = pc.all(starts).as_py() and documents.null_count == batch.num_rows
+                if self.keys is None:
+                    self.keys = langchain_keys(parse_metadata(metadata[0].as_py()))
+                ok = self.keys is not None and documents.null_count == batch.num_rows
+                if ok and self.keys == LC_KEYS:  # a vectorised first look (canonical JSON sorts its keys)
+                    ok = pc.all(pc.starts_with(metadata.fill_null(""), f'{{"{LC_METADATA}":')).as_py()
                 self.possible[LANGCHAIN] = bool(ok) and self._every(LANGCHAIN, batch)
 
     def _every(self, framework: str, batch: pa.RecordBatch) -> bool:
+        keys = self.keys or LC_KEYS
         for rid, doc, meta in _records(batch):
             try:
-                view(framework, self.backend, rid, doc, parse_metadata(meta))
+                view(framework, self.backend, rid, doc, parse_metadata(meta), keys)
             except ValueError:
                 return False
         return True
@@ -257,10 +299,27 @@ class Detector:
         if framework == LLAMAINDEX:
             where = "metadata" if self.backend == "chroma" else "payload"
             text = "the document" if self.backend == "chroma" else f"{LI_NODE}.text"
-            return {"records": self.rows, "keys": list(LI_KEYS[:2]), "in": where, "text": text}
+            keys = [key for key in LI_KEYS if self.node_keys[key] == self.rows]
+            return {"records": self.rows, "keys": keys, "in": where, "text": text, "ids": "node ids"}
         if self.backend == "qdrant":
-            return {"records": self.rows, "content_key": LC_CONTENT, "metadata_key": LC_METADATA}
-        return {"records": self.rows, "text": "the document", "metadata": "flat", "uris": 0}
+            content, nested = self.keys or LC_KEYS
+            return {"records": self.rows, "content_key": content, "metadata_key": nested, "ids": "point ids"}
+        return {"records": self.rows, "text": "the document", "metadata": "flat", "uris": 0, "ids": "document ids"}
+
+
+def langchain_keys(payload: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """LangChain's (content, metadata) payload keys, if `payload` can be a record langchain-qdrant wrote:
+    exactly two keys, one holding text and the other an object (or null). Its defaults win where present."""
+    payload = payload or {}
+    if set(payload) == set(LC_KEYS):
+        return LC_KEYS
+    if len(payload) != 2:
+        return None
+    texts = [k for k, v in payload.items() if isinstance(v, str)]
+    nested = [k for k, v in payload.items() if v is None or isinstance(v, dict)]
+    if len(texts) != 1 or len(nested) != 1:
+        return None
+    return texts[0], nested[0]
 
 
 # --- planning a restore ------------------------------------------------------------------------------------
@@ -269,15 +328,26 @@ class Detector:
 @dataclass(frozen=True)
 class Applied:
     """The layout a restore writes: `framework`'s, from a `source` backend's records into `target`'s.
-    `recorded`: the backup found every record in it (an explicit ``--layout`` is checked record by record)."""
+    `recorded`: the backup found every record in it (an explicit ``--layout`` is checked record by record).
+    `keys`: LangChain's payload keys on a Qdrant source (recorded at backup; the defaults otherwise)."""
 
     framework: str
     source: str
     target: str
     recorded: bool = False
+    keys: tuple[str, str] = LC_KEYS
+
+    @property
+    def target_keys(self) -> tuple[str, str]:
+        """LangChain's payload keys on the target: the source's between two Qdrants (records stay as they
+        are), else LangChain's defaults."""
+        return self.keys if self.source == self.target else LC_KEYS
 
     def describe(self) -> str:
-        return f"{self.framework} ({self.source} -> {self.target})" if self.source != self.target else self.framework
+        custom = f", payload keys {self.keys[0]!r}/{self.keys[1]!r}" if self.keys != LC_KEYS else ""
+        if self.source != self.target:
+            return f"{self.framework} ({self.source} -> {self.target}{custom})"
+        return f"{self.framework} ({self.source}{custom})" if custom else self.framework
 
 
 def check_choice(choice: str) -> None:
@@ -305,7 +375,11 @@ def resolve(
                 f"collection {collection!r}: {framework}'s layout on {kind} (the {side}) is not known to this "
                 f"aibackup (known: {', '.join(BACKENDS)}); restore with --layout raw"
             )
-    return Applied(framework, source, target, found)
+    keys = LC_KEYS
+    if found and framework == LANGCHAIN and source == "qdrant":
+        evidence = recorded.get("evidence") or {} if recorded else {}
+        keys = (str(evidence.get("content_key", LC_CONTENT)), str(evidence.get("metadata_key", LC_METADATA)))
+    return Applied(framework, source, target, found, keys)
 
 
 def unknown_backend(source: str, target: str) -> str | None:
@@ -329,7 +403,9 @@ def fallback_note(choice: str, recorded: Mapping[str, Any] | None, source: str, 
 
 def apply(plan: ImportPlan, layout: Applied) -> ImportPlan:
     """`plan` with the layout's mapping applied first (then the target's own), and the runbook's notes."""
-    first = transform(layout.framework, layout.source, layout.target, plan.target.name, verified=layout.recorded)
+    first = transform(
+        layout.framework, layout.source, layout.target, plan.target.name, verified=layout.recorded, keys=layout.keys
+    )
     then = plan.transform
 
     def both(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -349,9 +425,11 @@ def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
     distance = dense[0].distance if dense else None
     lines = [f"layout {layout.describe()}: written where {layout.framework} reads it on {layout.target}"]
     if layout.target == "qdrant" and layout.framework == LANGCHAIN and distance:
+        content, nested = layout.target_keys
+        named = f", content_payload_key={content!r}, metadata_payload_key={nested!r}" if content != LC_CONTENT else ""
         lines.append(
             f"open it with langchain_qdrant.QdrantVectorStore(client, collection_name={name!r}, embedding=..., "
-            f"distance=models.Distance.{_QDRANT_DISTANCES[distance]})"
+            f"distance=models.Distance.{_QDRANT_DISTANCES[distance]}{named})"
         )
         lines.append(
             "ids that are not UUIDs or unsigned integers became point ids uuid5(516a9226-9fbe-5e46-bb30-59b79d8e957d, "

@@ -101,10 +101,12 @@ def test_langchain_chroma_to_qdrant_and_back(tmp_path: Path, cli: Cli) -> None:
     assert layout_of(cli, repo) == {
         "framework": "langchain",
         "backend": "chroma",
-        "evidence": {"records": 300, "text": "the document", "metadata": "flat", "uris": 0},
+        "evidence": {"records": 300, "text": "the document", "metadata": "flat", "uris": 0, "ids": "document ids"},
     }
     shown = ok(cli("show", "latest", "--repo", str(repo))).out
-    assert "layout: langchain on chroma (metadata flat, records 300, text the document, uris 0)" in shown
+    assert (
+        "layout: langchain on chroma (ids document ids, metadata flat, records 300, text the document, uris 0)" in shown
+    )
 
     dataset = restored(cli, repo, f"qdrant:{tmp_path / 'qdrant'}")
     assert dataset["layout"] == "langchain (chroma -> qdrant)"
@@ -168,6 +170,7 @@ def test_langchain_qdrant_to_chroma(tmp_path: Path, cli: Cli) -> None:
         "records": 300,
         "content_key": "page_content",
         "metadata_key": "metadata",
+        "ids": "point ids",
     }
     dataset = restored(cli, repo, f"chroma:{tmp_path / 'chroma'}")
     assert [c["ok"] for c in dataset["checks"] if c["name"] == "layout"] == [True]
@@ -178,6 +181,47 @@ def test_langchain_qdrant_to_chroma(tmp_path: Path, cli: Cli) -> None:
     got = chroma_client(tmp_path / "chroma").get_collection("kb-q").get(ids=["new-1", ids[5]])
     stored = {i: (d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)}
     assert stored == {"new-1": ("added later", {"n": 300}), ids[5]: ("text 5 ✓", {"source": "s2", "n": 5})}
+
+
+def test_langchain_qdrant_with_its_own_payload_keys(tmp_path: Path, cli: Cli) -> None:
+    """langchain-qdrant configured with other payload keys (content_payload_key, metadata_payload_key): the
+    backup records those keys, a restore into Chroma reads the text and metadata from them, and a restore
+    into Qdrant keeps them (the runbook names them)."""
+    from langchain_qdrant import QdrantVectorStore
+
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    ids = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"doc-{i}")) for i in range(120)]
+    keys = {"content_payload_key": "body", "metadata_payload_key": "attrs"}
+    try:
+        client.create_collection("kb-k", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
+        source = QdrantVectorStore(client=client, collection_name="kb-k", embedding=EMBED, **keys)
+        source.add_documents(lc_docs(120), ids=ids)
+        expected = {q: lc_view(source.similarity_search(q, k=4)) for q in QUERIES}
+    finally:
+        client.close()
+    repo = tmp_path / "repo"
+    ok(cli("backup", f"qdrant:{tmp_path / 'qdrant'}", "--repo", str(repo)))
+    assert layout_of(cli, repo)["evidence"] == {
+        "records": 120,
+        "content_key": "body",
+        "metadata_key": "attrs",
+        "ids": "point ids",
+    }
+    dataset = restored(cli, repo, f"chroma:{tmp_path / 'chroma'}")
+    assert dataset["layout"] == "langchain (qdrant -> chroma, payload keys 'body'/'attrs')"
+    assert [c["ok"] for c in dataset["checks"] if c["name"] == "layout"] == [True]
+    target = lc_chroma(tmp_path / "chroma", "kb-k")
+    assert {q: lc_view(target.similarity_search(q, k=4)) for q in QUERIES} == expected
+    assert lc_view(target.get_by_ids([ids[5]])) == [("text 5 ✓", {"source": "s2", "n": 5})]
+
+    dataset = restored(cli, repo, f"qdrant:{tmp_path / 'copy'}")
+    assert any("content_payload_key='body', metadata_payload_key='attrs'" in n for n in dataset["notes"])
+    client = QdrantClient(path=str(tmp_path / "copy"))
+    try:
+        copy = QdrantVectorStore(client=client, collection_name="kb-k", embedding=EMBED, **keys)
+        assert {q: lc_view(copy.similarity_search(q, k=4)) for q in QUERIES} == expected
+    finally:
+        client.close()
 
 
 def test_layout_raw_keeps_the_mapping_of_before(tmp_path: Path, cli: Cli) -> None:
@@ -267,7 +311,13 @@ def test_llamaindex_chroma_to_qdrant_and_back(tmp_path: Path, cli: Cli) -> None:
     repo = tmp_path / "repo"
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
     assert layout_of(cli, repo)["framework"] == "llamaindex"
-    assert layout_of(cli, repo)["evidence"]["keys"] == ["_node_content", "_node_type"]
+    assert layout_of(cli, repo)["evidence"]["keys"] == [
+        "_node_content",
+        "_node_type",
+        "doc_id",
+        "document_id",
+        "ref_doc_id",
+    ]
 
     dataset = restored(cli, repo, f"qdrant:{tmp_path / 'qdrant'}")
     assert dataset["layout"] == "llamaindex (chroma -> qdrant)"
@@ -321,5 +371,25 @@ def test_llamaindex_qdrant_to_chroma(tmp_path: Path, cli: Cli) -> None:
     assert [c["detail"] for c in dataset["checks"] if c["name"] == "layout"] == [
         "llamaindex reads every record on chroma as on qdrant: the same text and node"
     ]
-    target = VectorStoreIndex.from_vector_store(li_chroma(tmp_path / "chroma", "kb-li"))
+    store = li_chroma(tmp_path / "chroma", "kb-li")
+    target = VectorStoreIndex.from_vector_store(store)
     assert {q: li_view(target, q) for q in QUERIES} == expected
+    # The application's node ids address the same nodes, its ref_doc_ids delete them, and what it adds
+    # on the restored store is kept in the layout of the restored records.
+    (node_id, text, metadata, ref_doc_id) = expected[QUERIES[0]][0]
+    (node,) = store.get_nodes(node_ids=[node_id])
+    assert (node.node_id, node.get_content(), node.metadata, node.ref_doc_id) == (node_id, text, metadata, ref_doc_id)
+    collection = chroma_client(tmp_path / "chroma").get_collection("kb-li")
+    before = collection.count()
+    store.delete(ref_doc_id="doc-8")
+    assert collection.count() == before - 1 and not collection.get(where={"doc_id": "doc-8"})["ids"]
+    target.insert(LlamaDocument(text="added later", doc_id="doc-60"))
+    added = collection.get(where={"doc_id": "doc-60"})
+    old = collection.get(where={"doc_id": "doc-9"})
+    assert added["documents"] == ["added later"] and old["documents"] == ["text 9 ✓"]
+    assert set(added["metadatas"][0]) | {"source", "n"} == set(old["metadatas"][0])
+    assert (
+        json.loads(added["metadatas"][0]["_node_content"])["text"]
+        == json.loads(old["metadatas"][0]["_node_content"])["text"]
+        == ""
+    )

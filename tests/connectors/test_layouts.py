@@ -134,7 +134,7 @@ def test_detection_needs_every_record_in_the_layout() -> None:
     assert detect("chroma", batch_of(lc)) == {
         "framework": "langchain",
         "backend": "chroma",
-        "evidence": {"records": 2, "text": "the document", "metadata": "flat", "uris": 0},
+        "evidence": {"records": 2, "text": "the document", "metadata": "flat", "uris": 0, "ids": "document ids"},
     }
     assert detect("chroma", batch_of(lc), batch_of([("c", None, {"n": 3})])) is None  # one record without text
     assert detect("chroma", batch_of(lc, uris=True)) is None  # LangChain writes no uris
@@ -150,6 +150,29 @@ def test_detection_needs_every_record_in_the_layout() -> None:
     assert detect("qdrant", batch_of([("n1", None, llama_metadata("text"))]))["framework"] == "llamaindex"  # type: ignore[index]
     assert detect("chroma") is None  # no records, no evidence
     assert detect("pgvector", batch_of(lc)) is None  # a backend whose layouts are not known: raw
+
+
+def test_langchain_payload_keys_of_its_own_on_qdrant() -> None:
+    """langchain-qdrant's content_payload_key / metadata_payload_key: two keys, text and an object (or null),
+    the same in every record; anything looser stays raw."""
+    custom = [("u1", None, {"body": "one", "attrs": {"n": 1}}), ("u2", None, {"body": "two", "attrs": None})]
+    found = detect("qdrant", batch_of(custom))
+    assert found is not None and found["framework"] == "langchain"
+    assert (found["evidence"]["content_key"], found["evidence"]["metadata_key"]) == ("body", "attrs")
+    other_keys = batch_of([("u3", None, {"text": "three", "meta": {}})])
+    assert detect("qdrant", batch_of(custom), other_keys) is None  # every record under the same two keys
+    assert detect("qdrant", batch_of([("u4", None, {"a": "x", "b": "y"})])) is None  # which one is the text?
+    assert detect("qdrant", batch_of([("u5", None, {"a": "x", "b": 3})])) is None
+    assert layouts.langchain_keys({"page_content": "x", "metadata": None}) == ("page_content", "metadata")
+
+    recorded = found
+    applied = layouts.resolve("auto", recorded, "qdrant", "chroma", "kb")
+    assert applied is not None and applied.keys == ("body", "attrs") and applied.target_keys == layouts.LC_KEYS
+    document, metadata = layouts.convert("langchain", "qdrant", "chroma", None, custom[0][2], applied.keys)
+    assert (document, metadata) == ("one", {"n": 1})
+    same = layouts.resolve("auto", recorded, "qdrant", "qdrant", "kb")
+    assert same is not None and same.target_keys == ("body", "attrs")
+    assert layouts.resolve("langchain", None, "qdrant", "chroma", "kb").keys == layouts.LC_KEYS  # type: ignore[union-attr]
 
 
 def test_resolving_the_layout_of_a_restore() -> None:
