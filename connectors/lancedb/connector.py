@@ -65,12 +65,9 @@ bytes per record (a hash). Restore streams the bundle's batches.
 
 from __future__ import annotations
 
-import os
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from pathlib import Path
+from contextlib import suppress
 from typing import Any
 
 import numpy as np
@@ -84,16 +81,17 @@ from aibackup.connectors.base import (
     ImportPlan,
     Location,
     VectorConnector,
-    client_errors,
     identity,
 )
+from aibackup.connectors.lancedb.client import Database
 from aibackup.connectors.lancedb.records import TableBatches, to_canonical
+from aibackup.connectors.lancedb.search import TableSearch
 from aibackup.connectors.lancedb.tables import (
-    DISTANCE_KEY,
     ID_COLUMN,
     METRICS,
     Columns,
     TablePlan,
+    check_merge,
     columns_of,
     describe_config,
     index_config,
@@ -106,7 +104,6 @@ from aibackup.connectors.lancedb.tables import (
 from aibackup.errors import (
     AibackupError,
     ConnectorError,
-    ConnectorNotInstalledError,
     DatasetNotFoundError,
     SourceDataError,
     TargetNotEmptyError,
@@ -124,9 +121,6 @@ __all__ = ["LanceDBConnector"]
 BATCH_BYTES = 12 << 20
 MIN_BATCH_ROWS = 1024
 MAX_BATCH_ROWS = 65_536
-#: Query rows per LanceDB search call (a multi-vector query answers all of them in one scan).
-SEARCH_CHUNK = 256
-TABLE_PAGE = 1000
 
 
 class LanceDBConnector(VectorConnector):
@@ -145,15 +139,6 @@ class LanceDBConnector(VectorConnector):
         """Open the database. A source path that does not exist raises DatasetNotFoundError, a path that is
         a file UsageError. `batch_rows` fixes the export's batch size (None: from BATCH_BYTES)."""
         super().__init__(location, create=create, options=options)
-        os.environ.setdefault("LANCEDB_LOG", "error")  # read once, when lancedb's Rust part loads
-        try:
-            import lancedb
-        except ImportError:
-            raise ConnectorNotInstalledError(
-                "the LanceDB connector needs lancedb: pip install 'aibackup[lancedb]'"
-            ) from None
-        self._lancedb = lancedb
-        self._where = location.display()
         self._create = create
         self._id_column = location.params.get("id") or ID_COLUMN
         self._lossy = bool(self.options.get("allow_lossy"))
@@ -165,53 +150,28 @@ class LanceDBConnector(VectorConnector):
         self._states: dict[str, ExportState] = {}
         self._id_kind: tuple[str, bool] = ("string", False)  # (type, integer ids) of the export under way
         self._indexes_built: dict[str, list[tuple[Mapping[str, Any], str | None]]] = {}
-        self._positions: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
-        path = Path(str(location.path))
-        if path.exists() and not path.is_dir():
-            raise UsageError(f"{self._where}: {path} is a file, not a LanceDB database folder")
-        if not create and not path.exists():
-            raise DatasetNotFoundError(f"LanceDB database {path} does not exist")
-        if create:
-            try:
-                path.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise UsageError(f"cannot create the LanceDB database folder {path}: {exc.strerror}") from None
-        self._db: Any = None
-        with self._errors("open the database"):
-            self._db = lancedb.connect(str(path))
+        self._database = Database(location, create=create)
+        self._where = self._database.where
+        self._search = TableSearch(self._database)
 
     def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            with suppress(Exception):  # closing is best effort
-                db.close()
+        self._database.close()
 
     # --- reading -----------------------------------------------------------------------------------------
 
     def describe(self, names: Sequence[str] | None = None) -> list[DatasetDescription]:
         """All tables sorted by name, or exactly `names` (DatasetNotFoundError for a missing one). Each is
         described at its latest version, which export and search then read."""
-        existing = set(self._table_names())
+        existing = set(self._database.table_names())
         wanted = sorted(existing) if names is None else list(names)
         for name in wanted:
             if name not in existing:
                 raise DatasetNotFoundError(f"table {name!r} not found in {self._where}")
         return [self._describe(name) for name in wanted]
 
-    def _table_names(self) -> list[str]:
-        names: list[str] = []
-        token = None
-        while True:
-            with self._errors("list tables"):
-                page = self._live().list_tables(page_token=token, limit=TABLE_PAGE)
-            names += list(page.tables)
-            token = page.page_token
-            if not token or not page.tables:
-                return names
-
     def _describe(self, name: str) -> DatasetDescription:
-        with self._errors("read the table", name):
-            table = self._live().open_table(name)
+        with self._database.errors("read the table", name):
+            table = self._database.live().open_table(name)
             version = int(table.version)
             table.checkout(version)  # count, schema and indexes of exactly this version
             rows = int(table.count_rows())
@@ -225,7 +185,7 @@ class LanceDBConnector(VectorConnector):
                 f"id column with ?id=COLUMN, or back up with --allow-lossy to use the row positions of the "
                 f"version read as ids"
             )
-        config = describe_config(schema, columns, indexes, version, str(self._lancedb.__version__))
+        config = describe_config(schema, columns, indexes, version, self._database.version)
         self._pinned[name] = version
         return DatasetDescription(name=name, config=config, rows=rows)
 
@@ -240,17 +200,17 @@ class LanceDBConnector(VectorConnector):
         columns = Columns.from_json(native.get("columns") or {})
         version = int(native["version"])
         schema = dataset.schema
-        table = self._open(name, version)
+        table = self._database.open(name, version)
         id_type = native_schema(native).field(columns.id).type if columns.id else None
         integers = id_type is not None and pa.types.is_integer(id_type)
         self._id_kind = ("uint" if id_type is None or integers else "string", integers)
-        with self._errors("read the table", name):
+        with self._database.errors("read the table", name):
             reader = table.search().to_batches(self._batch_rows(dataset))
         hashes: list[np.ndarray] = []
         start = 0
         batches = iter(reader)
         while True:
-            with self._errors("read the table", name):
+            with self._database.errors("read the table", name):
                 batch = next(batches, None)
             if batch is None:
                 break
@@ -286,7 +246,7 @@ class LanceDBConnector(VectorConnector):
             return
         suspects = set(hashes[1:][same].tolist())
         seen: Counter[str] = Counter()
-        with self._errors("read the ids", name):
+        with self._database.errors("read the ids", name):
             for batch in table.search().select([columns.id]).to_batches(MAX_BATCH_ROWS):
                 for rid in pc.cast(batch.column(0), pa.string()).to_pylist():
                     if hash(rid) in suspects:
@@ -333,60 +293,19 @@ class LanceDBConnector(VectorConnector):
             raise DatasetNotFoundError(f"table {name!r} in {self._where} has no vector {vector!r}")
         spec = dataset.config.dense_by_name(vector)
         metric = METRICS.get(spec.distance, "l2")
-        table = self._open(name, int(native["version"]))
-        matrix = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-        out: list[list[str]] = []
-        for start in range(0, len(matrix), 1 if spec.multivector else SEARCH_CHUNK):
-            chunk = matrix[start : start + (1 if spec.multivector else SEARCH_CHUNK)]
-            query: Any = chunk if spec.multivector or len(chunk) > 1 else chunk[0]
-            with self._errors("search", name):
-                builder = table.search(query, vector_column_name=column).distance_type(metric).limit(k)
-                if columns.id is not None:
-                    found = builder.select([columns.id]).to_arrow()
-                else:
-                    found = builder.select([]).with_row_id(True).to_arrow()
-            out += self._answers(found, columns, len(chunk) if not spec.multivector else 1, name, table)
-        return out
+        table = self._database.open(name, int(native["version"]))
+        return self._search.run(table, name, columns, column, metric, queries, k, multivector=spec.multivector)
 
     def _describe_pinned(self, name: str, version: int) -> DatasetDescription:
-        with self._errors("read the table", name):
-            table = self._open(name, version)
+        with self._database.errors("read the table", name):
+            table = self._database.open(name, version)
             schema = table.schema
             indexes = index_entries(table.list_indices())
             rows = int(table.count_rows())
         id_column = self._id_columns.get(name, self._id_column)
         columns = columns_of(schema, id_column or "", name)
-        config = describe_config(schema, columns, indexes, version, str(self._lancedb.__version__))
+        config = describe_config(schema, columns, indexes, version, self._database.version)
         return DatasetDescription(name=name, config=config, rows=rows)
-
-    def _answers(self, found: pa.Table, columns: Columns, queries: int, name: str, table: Any) -> list[list[str]]:
-        if columns.id is not None:
-            ids = pc.cast(found.column(columns.id), pa.string()).to_pylist()
-        else:
-            ids = [str(p) for p in self._position_of(name, table, found.column("_rowid"))]
-        which = found.column("query_index").to_pylist() if "query_index" in found.column_names else [0] * len(ids)
-        distances = found.column("_distance").to_pylist()
-        answers: list[list[tuple[float, str]]] = [[] for _ in range(queries)]
-        for q, d, rid in zip(which, distances, ids, strict=True):
-            answers[q].append((d, rid))
-        return [[rid for _, rid in sorted(row, key=lambda pair: pair[0])] for row in answers]
-
-    def _position_of(self, name: str, table: Any, row_ids: pa.ChunkedArray) -> list[int]:
-        """Row positions (in scan order of the pinned version) of LanceDB row ids, for a table without an
-        id column. The map is one ids-only scan, kept for the version."""
-        key = (name, int(table.version))
-        if key not in self._positions:
-            first = table.schema.names[0]
-            parts = []
-            with self._errors("read the row ids", name):
-                for batch in table.search().select([first]).with_row_id(True).to_batches(MAX_BATCH_ROWS):
-                    parts.append(batch.column("_rowid").to_numpy(zero_copy_only=False))
-            scanned = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
-            order = np.argsort(scanned, kind="stable")
-            self._positions[key] = (scanned[order], order)
-        ordered, order = self._positions[key]
-        wanted = row_ids.to_numpy().astype(ordered.dtype, copy=False)
-        return [int(p) for p in order[np.searchsorted(ordered, wanted)]]
 
     def search_index(self, dataset: DatasetDescription, vector: str) -> dict[str, Any]:
         """Exact (LanceDB compares the query with every row) unless the vector's column has a vector
@@ -413,9 +332,9 @@ class LanceDBConnector(VectorConnector):
             ) from None
         plan = plan_table(source, dest, self._id_column, allow_lossy=allow_lossy)
         notes = list(plan.notes)
-        existing = self._open(dest, None, missing_ok=True)
+        existing = self._database.open(dest, None, missing_ok=True)
         if existing is not None:
-            with self._errors("count rows", dest):
+            with self._database.errors("count rows", dest):
                 count = int(existing.count_rows())
                 schema = existing.schema
                 indexed = bool(existing.list_indices())
@@ -425,7 +344,7 @@ class LanceDBConnector(VectorConnector):
                     "to replace it or --mode merge to add to it"
                 )
             if mode == "merge":
-                self._check_merge(dest, plan, schema)
+                check_merge(plan, schema, dest, self._where)
                 if indexed:
                     notes.append(
                         "merged rows are searched without the table's indexes until they are optimized "
@@ -450,24 +369,6 @@ class LanceDBConnector(VectorConnector):
             extra={"table": plan},
         )
 
-    def _check_merge(self, dest: str, plan: TablePlan, schema: pa.Schema) -> None:
-        if plan.columns.id is None:
-            raise UnsupportedFeatureError(
-                f"table {dest!r}: the bundle's ids are row positions (its table had no id column), so there is "
-                "nothing to merge on; restore with --mode overwrite or into another table"
-            )
-
-        def shape(s: pa.Schema) -> list[tuple[str, str, str]]:
-            return [(f.name, str(f.type), (f.metadata or {}).get(DISTANCE_KEY, b"").decode()) for f in s]
-
-        if shape(schema) != shape(plan.schema):
-            mine, theirs = set(shape(plan.schema)), set(shape(schema))
-            differ = sorted({n for n, _, _ in mine ^ theirs})
-            raise UnsupportedFeatureError(
-                f"table {dest!r} in {self._where} has other columns than the bundle's (differing: "
-                f"{', '.join(differ[:5])}); restore with --mode overwrite or into another table"
-            )
-
     def validate_records(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """Every batch through the conversion import_ runs, writing nothing: NaN vectors, ids the id column
         cannot hold and metadata that does not fit the table are refused before a table is touched."""
@@ -480,7 +381,7 @@ class LanceDBConnector(VectorConnector):
         table_plan: TablePlan = plan.extra["table"]
         name = plan.target.name
         writer = TableBatches(table_plan, name)
-        existing = self._open(name, None, missing_ok=True)
+        existing = self._database.open(name, None, missing_ok=True)
         written = 0
         failed: list[BaseException] = []
 
@@ -503,8 +404,8 @@ class LanceDBConnector(VectorConnector):
                 self._pinned.pop(name, None)
                 return written
             mode = "overwrite" if existing is not None else "create"
-            with self._errors("write the table", name):
-                table = self._live().create_table(
+            with self._database.errors("write the table", name):
+                table = self._database.live().create_table(
                     name, reader, schema=table_plan.schema, mode=mode, on_bad_vectors="null"
                 )
                 count = int(table.count_rows())
@@ -516,7 +417,7 @@ class LanceDBConnector(VectorConnector):
         except AibackupError:
             if existing is None:
                 with suppress(Exception):  # nothing of it was there before: no half-written table stays
-                    self._live().drop_table(name, ignore_missing=True)
+                    self._database.live().drop_table(name, ignore_missing=True)
             if failed:
                 raise failed[0] from None
             raise
@@ -527,7 +428,7 @@ class LanceDBConnector(VectorConnector):
     def _merge(
         self, table: Any, plan: TablePlan, reader: pa.RecordBatchReader, name: str, written: Callable[[], int]
     ) -> None:
-        with self._errors("merge into the table", name):
+        with self._database.errors("merge into the table", name):
             before = int(table.count_rows())
             merge = table.merge_insert(plan.columns.id).when_matched_update_all().when_not_matched_insert_all()
             result = merge.execute(reader, on_bad_vectors="null")
@@ -545,7 +446,7 @@ class LanceDBConnector(VectorConnector):
         built: list[tuple[Mapping[str, Any], str | None]] = []
         for entry in plan.indexes:
             try:
-                with self._errors(f"build index {entry['name']!r}", name):
+                with self._database.errors(f"build index {entry['name']!r}", name):
                     table.create_index(entry["columns"][0], config=index_config(entry), name=entry["name"])
                 built.append((entry, None))
             except AibackupError as exc:
@@ -558,8 +459,8 @@ class LanceDBConnector(VectorConnector):
         built = self._indexes_built.get(plan.target.name)
         if not built:
             return []
-        table = self._open(plan.target.name, None)
-        with self._errors("list indexes", plan.target.name):
+        table = self._database.open(plan.target.name, None)
+        with self._database.errors("list indexes", plan.target.name):
             found = {e["name"]: e for e in index_entries(table.list_indices())}
         problems, done = [], []
         for entry, error in built:
@@ -577,45 +478,7 @@ class LanceDBConnector(VectorConnector):
 
     def drop(self, name: str) -> bool:
         """Drop table `name` (a missing one is already gone)."""
-        with self._errors("drop the table", name):
-            self._live().drop_table(name, ignore_missing=True)
+        with self._database.errors("drop the table", name):
+            self._database.live().drop_table(name, ignore_missing=True)
         self._pinned.pop(name, None)
         return True
-
-    # --- helpers -----------------------------------------------------------------------------------------
-
-    def _live(self) -> Any:
-        if self._db is None:
-            raise UsageError(f"the connection to {self._where} is closed")
-        return self._db
-
-    def _open(self, name: str, version: int | None, *, missing_ok: bool = False) -> Any:
-        """Table `name` (at `version`, read-only, when given); DatasetNotFoundError or None when missing."""
-        try:
-            with self._errors("open the table", name):
-                table = self._live().open_table(name)
-                if version is not None:
-                    table.checkout(version)
-                return table
-        except DatasetNotFoundError:
-            if missing_ok:
-                return None
-            raise
-
-    @contextmanager
-    def _errors(self, what: str, table: str | None = None) -> Iterator[None]:
-        """Every call into lancedb runs in here: its exceptions (a Rust panic too) become one aibackup error
-        with one line, and its deprecation warnings are silenced."""
-
-        def translate(exc: BaseException) -> AibackupError | None:
-            if not isinstance(exc, Exception) and type(exc).__name__ != "PanicException":
-                return None  # KeyboardInterrupt, GeneratorExit, ...
-            text = first_line(exc)
-            if table is not None and isinstance(exc, ValueError) and "was not found" in text:
-                return DatasetNotFoundError(f"table {table!r} not found in {self._where}")
-            subject = f"table {table!r} in {self._where}" if table else self._where
-            return ConnectorError(f"LanceDB could not {what} ({subject}): {text}")
-
-        with client_errors(translate), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield

@@ -3,8 +3,9 @@
 :func:`columns_of` says which column of a table holds which part of a canonical record (:class:`Columns`);
 :func:`describe_config` makes the neutral config of a table, with ``native`` holding all a LanceDB restore
 needs to recreate it (the Arrow schema, the roles of its columns, its indexes and the version read);
-:func:`plan_table` decides the table a bundle's collection becomes. Nothing here opens a table: lancedb is
-imported only inside :func:`index_config` (an optional extra).
+:func:`plan_table` decides the table a bundle's collection becomes, :func:`check_merge` whether a merge can
+write it into an existing one. Nothing here opens a table: lancedb is imported only inside
+:func:`index_config` (an optional extra).
 """
 
 from __future__ import annotations
@@ -389,6 +390,27 @@ def _canonical(config: VectorsConfig, dest: str, id_column: str, allow_lossy: bo
         dropped=tuple(dropped),
         notes=tuple(notes),
     )
+
+
+def check_merge(plan: TablePlan, schema: pa.Schema, dest: str, where: str) -> None:
+    """UnsupportedFeatureError unless the records of `plan` can be merged into table `dest` (in `where`),
+    whose schema is `schema`: the plan has an id column to merge on and the same columns."""
+    if plan.columns.id is None:
+        raise UnsupportedFeatureError(
+            f"table {dest!r}: the bundle's ids are row positions (its table had no id column), so there is "
+            "nothing to merge on; restore with --mode overwrite or into another table"
+        )
+
+    def shape(s: pa.Schema) -> list[tuple[str, str, str]]:
+        return [(f.name, str(f.type), (f.metadata or {}).get(DISTANCE_KEY, b"").decode()) for f in s]
+
+    if shape(schema) != shape(plan.schema):
+        mine, theirs = set(shape(plan.schema)), set(shape(schema))
+        differ = sorted({n for n, _, _ in mine ^ theirs})
+        raise UnsupportedFeatureError(
+            f"table {dest!r} in {where} has other columns than the bundle's (differing: "
+            f"{', '.join(differ[:5])}); restore with --mode overwrite or into another table"
+        )
 
 
 # --- indexes -------------------------------------------------------------------------------------------

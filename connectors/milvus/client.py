@@ -1,5 +1,6 @@
-"""Serving a Milvus Lite folder from this process, and turning what pymilvus raises into aibackup's errors
-(the connector: :mod:`.connector`).
+"""The pymilvus client the Milvus connector (:mod:`.connector`) talks through: :class:`Store`, one store
+opened with pymilvus's ``MilvusClient`` (every call's errors translated by :func:`translate`) and the
+collection operations the connector runs on it; serving a Milvus Lite folder from this process.
 
 Milvus Lite (milvus-lite 3.x) serves a folder from a thread of the process that opens it, one server per
 folder (pymilvus's ``server_manager``), and holds the folder's LOCK while it does. Connectors opening the
@@ -14,13 +15,20 @@ import logging
 import os
 import threading
 from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
+from aibackup.connectors.base import Location, client_errors
+from aibackup.connectors.milvus.schema import Layout, build_schema, layout_of, native_of
 from aibackup.errors import (
     AibackupError,
     ConnectorError,
     ConnectorNotInstalledError,
     DatasetNotFoundError,
+    SourceDataError,
     UnavailableError,
     UnsupportedFeatureError,
     UsageError,
@@ -31,6 +39,8 @@ TOKEN_ENV = "MILVUS_TOKEN"
 #: Loggers of pymilvus, of Milvus Lite and of the gRPC server Milvus Lite runs in this process (which logs
 #: the calls Milvus Lite does not implement with a traceback): the user sees aibackup's one line instead.
 CLIENT_LOGGERS = ("pymilvus", "pymilvus.milvus_client", "pymilvus.bulk_writer", "milvus_lite", "grpc._server")
+
+CONNECT_TIMEOUT_S = 10
 
 _lock = threading.Lock()
 _users: Counter[str] = Counter()
@@ -177,3 +187,158 @@ def translate(exc: BaseException, where: str, action: str, collection: str | Non
     if isinstance(exc, grpc.RpcError):
         return UnavailableError(f"Milvus at {where} failed {action}: {text}")
     return None
+
+
+class Store:
+    """One Milvus store, Milvus Lite served from this process or a server, through pymilvus's ``MilvusClient``:
+    every call runs in :meth:`errors`, and the collection operations the connector needs (describe, count,
+    load, read in pages, create) are here."""
+
+    def __init__(self, location: Location, *, create: bool) -> None:
+        """Connect. A source (`create` False) path that is missing or holds no Milvus Lite store raises
+        DatasetNotFoundError; a folder served by another process, or a server that does not answer (within
+        CONNECT_TIMEOUT_S) or refuses the token, raises UnavailableError; no pymilvus,
+        ConnectorNotInstalledError."""
+        try:
+            from pymilvus import MilvusClient
+        except ImportError:
+            raise ConnectorNotInstalledError(
+                "the Milvus connector needs pymilvus: pip install 'aibackup[milvus]'"
+            ) from None
+        quiet_client_logs()
+        self.lite = not location.is_server
+        self.where = location.display()
+        self._client: Any = None
+        self._lite_path: str | None = None
+        self.loaded: set[str] = set()  # server collections this store loaded (released at close)
+        if self.lite:
+            uri, self._lite_path = start_lite(str(location.path), create=create)
+            token = ""
+        else:
+            scheme = "https" if location.tls else "http"
+            uri = f"{scheme}://{location.host}:{location.port}"
+            token = os.environ.get(location.params.get("api_key_env", TOKEN_ENV)) or ""
+        try:
+            with self.errors("connecting"):
+                self._client = MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT_S)
+                self._client.list_collections()
+        except AibackupError:
+            self.close()
+            raise
+
+    def require(self) -> Any:
+        """The pymilvus client; ConnectorError once closed."""
+        if self._client is None:
+            raise ConnectorError(f"the connection to {self.where} is closed")
+        return self._client
+
+    @contextmanager
+    def errors(self, action: str, collection: str | None = None) -> Iterator[None]:
+        """Turn what pymilvus raises into one-line aibackup errors (never a client's traceback)."""
+        with client_errors(lambda exc: translate(exc, self.where, action, collection)):
+            yield
+
+    def native(self, name: str) -> dict[str, Any]:
+        """The ``native`` description of collection `name`, read now."""
+        client = self.require()
+        with self.errors(f"reading collection {name!r}", name):
+            info = client.describe_collection(name)
+            indexes = []
+            for index_name in client.list_indexes(name):
+                described = client.describe_index(name, index_name)
+                if described:
+                    indexes.append(described)
+            partitions = client.list_partitions(name)
+        return native_of(info, indexes, partitions, lite=self.lite)
+
+    def count(self, name: str) -> int:
+        """Exact rows of collection `name` (a server collection that is not loaded: its statistics' count)."""
+        client = self.require()
+        with self.errors(f"counting collection {name!r}", name):
+            if not self.lite and not self.is_loaded(name):
+                return int(client.get_collection_stats(name).get("row_count", 0))
+            result = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return int(result[0]["count(*)"])
+
+    def is_loaded(self, name: str) -> bool:
+        with self.errors(f"reading collection {name!r}", name):
+            state = self.require().get_load_state(name).get("state")
+        return str(getattr(state, "name", state)) == "Loaded"
+
+    def ensure_loaded(self, name: str) -> None:
+        if self.is_loaded(name):
+            return
+        with self.errors(f"loading collection {name!r}", name):
+            self.require().load_collection(name)
+        if not self.lite:
+            self.loaded.add(name)
+
+    def pages(
+        self, name: str, layout: Layout, rows: int, partition: str | None, *, full: bool
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Non-empty query-iterator pages of a collection (or one partition) in primary-key order: every
+        field, or (`full` False) the primary key only. SourceDataError if keys do not come strictly
+        increasing (a record read twice or the cursor lost)."""
+        client = self.require()
+        pk = layout.pk.name
+        with self.errors(f"reading collection {name!r}", name):
+            iterator = client.query_iterator(
+                name,
+                batch_size=rows,
+                output_fields=layout.output_fields if full else [pk],
+                partition_names=[partition] if partition else None,
+                strict_float32=True,  # vectors as float32 numpy views of the page, not lists of floats
+            )
+        try:
+            last: Any = None
+            while True:
+                with self.errors(f"reading collection {name!r}", name):
+                    page = iterator.next()
+                if not page:
+                    return
+                keys = [r[pk] for r in page]
+                if (last is not None and not last < keys[0]) or any(a >= b for a, b in pairwise(keys)):
+                    raise SourceDataError(
+                        f"Milvus collection {name!r} in {self.where}: the query iterator returned primary keys "
+                        f"out of order (after {last!r}); nothing was backed up from it"
+                    )
+                last = keys[-1]
+                if isinstance(last, str) and hasattr(iterator, "_next_id"):
+                    # pymilvus writes the next page's filter as `pk > "<last>"` without escaping it: a key
+                    # holding a quote or backslash would end the string early (a failed or repeated page).
+                    iterator._next_id = escaped(last)
+                yield page
+        finally:
+            with suppress(Exception):
+                iterator.close()
+
+    def create(self, name: str, native: Mapping[str, Any]) -> None:
+        """Create collection `name` as `native` describes it, with its properties and partitions."""
+        client = self.require()
+        kwargs: dict[str, Any] = {}
+        if native.get("properties"):
+            kwargs["properties"] = dict(native["properties"])
+        if native.get("consistency_level"):
+            kwargs["consistency_level"] = native["consistency_level"]
+        if native.get("num_partitions"):
+            kwargs["num_partitions"] = int(native["num_partitions"])
+        with self.errors(f"creating collection {name!r}", name):
+            client.create_collection(name, schema=build_schema(native), **kwargs)
+            for partition in layout_of(native).partitions:
+                if not client.has_partition(name, partition):
+                    client.create_partition(name, partition)
+
+    def close(self) -> None:
+        """Release the server collections this store loaded, close the client, and stop the Milvus Lite
+        server it started once no other store uses it. Safe to call twice."""
+        client, self._client = self._client, None
+        if client is not None:
+            for name in sorted(self.loaded):
+                with suppress(Exception):
+                    client.release_collection(name)
+            self.loaded.clear()
+            with suppress(Exception):
+                client.close()
+        key, self._lite_path = self._lite_path, None
+        if key is not None:
+            stop_lite(key)

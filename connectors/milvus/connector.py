@@ -78,11 +78,8 @@ BRUTE_FORCE indexes are exact (``search_index``), as is AUTOINDEX in a Milvus Li
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -95,19 +92,11 @@ from aibackup.connectors.base import (
     Location,
     VectorConnector,
     chain,
-    client_errors,
     id_checksum,
     identity,
 )
-from aibackup.connectors.milvus.client import (
-    TOKEN_ENV,
-    escaped,
-    faiss_available,
-    quiet_client_logs,
-    start_lite,
-    stop_lite,
-    translate,
-)
+from aibackup.connectors.milvus.client import Store, faiss_available
+from aibackup.connectors.milvus.plan import MAX_VARCHAR, merge_problem, plan_collection
 from aibackup.connectors.milvus.records import (
     Transform,
     batch_to_rows,
@@ -119,22 +108,13 @@ from aibackup.connectors.milvus.records import (
 from aibackup.connectors.milvus.schema import (
     DEFAULT_PARTITION,
     EXACT_INDEXES,
-    MAX_VARCHAR,
-    Layout,
     build_indexes,
-    build_schema,
     config_of,
     index_of,
     layout_of,
-    merge_problem,
-    native_of,
-    plan_collection,
 )
 from aibackup.connectors.sparse import sorted_sparse_vectors, sparse_without_zeros
 from aibackup.errors import (
-    AibackupError,
-    ConnectorError,
-    ConnectorNotInstalledError,
     DatasetNotFoundError,
     SourceDataError,
     TargetNotEmptyError,
@@ -154,7 +134,6 @@ WRITE_FLOAT_BUDGET = 500_000
 #: Ids per page of the ids-only pass that proves a server export saw every record once (pymilvus caps
 #: iterator pages at 16384).
 ID_PAGE = 16_000
-CONNECT_TIMEOUT_S = 10
 SEARCH_CHUNK = 1000  # queries per search call (Milvus takes up to 16384; fewer calls are faster)
 
 
@@ -174,38 +153,15 @@ class MilvusConnector(VectorConnector):
     ) -> None:
         """Open the store. A source (`create` False) path that is missing or holds no Milvus Lite store
         raises DatasetNotFoundError; a folder served by another process, or a server that does not answer
-        (within CONNECT_TIMEOUT_S) or refuses the token, raises UnavailableError."""
+        (within :data:`.client.CONNECT_TIMEOUT_S`) or refuses the token, raises UnavailableError."""
         super().__init__(location, create=create, options=options)
-        try:
-            from pymilvus import MilvusClient
-        except ImportError:
-            raise ConnectorNotInstalledError(
-                "the Milvus connector needs pymilvus: pip install 'aibackup[milvus]'"
-            ) from None
-        quiet_client_logs()
         self.batch_rows = max(1, min(batch_rows, 16_384))
         self.write_rows = max(1, write_rows)
-        self.lite = not location.is_server
-        self._where = location.display()
-        self._client: Any = None
-        self._lite_path: str | None = None
-        self._loaded: set[str] = set()  # server collections this connector loaded (released at close)
         self._int_ids = False  # the primary key type of the collection being exported (id_types)
         self._described: dict[str, dict[str, Any]] = {}  # the last native description read of each collection
-        if self.lite:
-            uri, self._lite_path = start_lite(str(location.path), create=create)
-            token = ""
-        else:
-            scheme = "https" if location.tls else "http"
-            uri = f"{scheme}://{location.host}:{location.port}"
-            token = os.environ.get(location.params.get("api_key_env", TOKEN_ENV)) or ""
-        try:
-            with self._errors("connecting"):
-                self._client = MilvusClient(uri=uri, token=token, timeout=CONNECT_TIMEOUT_S)
-                self._client.list_collections()
-        except AibackupError:
-            self.close()
-            raise
+        self._store = Store(location, create=create)
+        self.lite = self._store.lite
+        self._where = self._store.where
 
     # --- reading -----------------------------------------------------------------------------------------
 
@@ -213,7 +169,7 @@ class MilvusConnector(VectorConnector):
         """All collections sorted by name, or exactly `names`; DatasetNotFoundError for a missing one.
         ``rows`` is an exact count (a server collection that is not loaded: its statistics' row count)."""
         client = self._require()
-        with self._errors("listing collections"):
+        with self._store.errors("listing collections"):
             existing = set(client.list_collections())
         wanted = sorted(existing) if names is None else list(names)
         for name in wanted:
@@ -234,43 +190,13 @@ class MilvusConnector(VectorConnector):
             config = config_of(native)
         except ValueError as exc:
             raise SourceDataError(f"Milvus collection {name!r} in {self._where}: {exc}") from None
-        return DatasetDescription(name=name, config=config, rows=self._count(name))
+        return DatasetDescription(name=name, config=config, rows=self._store.count(name))
 
     def _native(self, name: str) -> dict[str, Any]:
         """The ``native`` description of collection `name`, read now (and kept for :meth:`search`)."""
-        client = self._require()
-        with self._errors(f"reading collection {name!r}", name):
-            info = client.describe_collection(name)
-            indexes = []
-            for index_name in client.list_indexes(name):
-                described = client.describe_index(name, index_name)
-                if described:
-                    indexes.append(described)
-            partitions = client.list_partitions(name)
-        native = native_of(info, indexes, partitions, lite=self.lite)
+        native = self._store.native(name)
         self._described[name] = native
         return native
-
-    def _count(self, name: str) -> int:
-        client = self._require()
-        with self._errors(f"counting collection {name!r}", name):
-            if not self.lite and not self._is_loaded(name):
-                return int(client.get_collection_stats(name).get("row_count", 0))
-            result = client.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
-        return int(result[0]["count(*)"])
-
-    def _is_loaded(self, name: str) -> bool:
-        with self._errors(f"reading collection {name!r}", name):
-            state = self._require().get_load_state(name).get("state")
-        return str(getattr(state, "name", state)) == "Loaded"
-
-    def _ensure_loaded(self, name: str) -> None:
-        if self._is_loaded(name):
-            return
-        with self._errors(f"loading collection {name!r}", name):
-            self._require().load_collection(name)
-        if not self.lite:
-            self._loaded.add(name)
 
     def export(self, dataset: DatasetDescription, since: Mapping[str, Any] | None = None) -> Iterator[pa.RecordBatch]:
         """Every record as canonical batches (query-iterator pages, partition by partition). Raises
@@ -280,66 +206,28 @@ class MilvusConnector(VectorConnector):
         native = dataset.config.native or self._native(name)
         layout = layout_of(native)
         self._int_ids = layout.int_pk
-        self._ensure_loaded(name)
+        self._store.ensure_loaded(name)
         vector_floats = sum(int(f.dim or 0) for _, f in layout.dense)
         rows = max(1, min(self.batch_rows, READ_FLOAT_BUDGET // max(vector_floats, 1)))
         partitions: list[str | None] = [DEFAULT_PARTITION, *layout.partitions] if layout.partitions else [None]
         exported = checksum = 0
         pk = layout.pk.name
         for partition in partitions:
-            for page in self._pages(name, layout, rows, partition, full=True):
+            for page in self._store.pages(name, layout, rows, partition, full=True):
                 batch = rows_to_batch(page, layout, schema, name, partition)
                 exported += batch.num_rows
                 checksum += id_checksum(r[pk] for r in page)
                 yield batch
-        final = self._count(name)
+        final = self._store.count(name)
         ids_now = checksum
         if not self.lite:  # Milvus Lite's folder lock keeps every other process out
-            ids_now = sum(id_checksum(r[pk] for r in p) for p in self._pages(name, layout, ID_PAGE, None, full=False))
+            id_pages = self._store.pages(name, layout, ID_PAGE, None, full=False)
+            ids_now = sum(id_checksum(r[pk] for r in p) for p in id_pages)
         if final != exported or ids_now != checksum:
             raise SourceDataError(
                 f"Milvus collection {name!r} in {self._where} changed during the backup (holds {final} records, "
                 f"{exported} were exported, or not each record once); back up again while it is not written to"
             )
-
-    def _pages(
-        self, name: str, layout: Layout, rows: int, partition: str | None, *, full: bool
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Non-empty query-iterator pages of a collection (or one partition) in primary-key order: every
-        field, or (`full` False) the primary key only. SourceDataError if keys do not come strictly
-        increasing (a record read twice or the cursor lost)."""
-        client = self._require()
-        pk = layout.pk.name
-        with self._errors(f"reading collection {name!r}", name):
-            iterator = client.query_iterator(
-                name,
-                batch_size=rows,
-                output_fields=layout.output_fields if full else [pk],
-                partition_names=[partition] if partition else None,
-                strict_float32=True,  # vectors as float32 numpy views of the page, not lists of floats
-            )
-        try:
-            last: Any = None
-            while True:
-                with self._errors(f"reading collection {name!r}", name):
-                    page = iterator.next()
-                if not page:
-                    return
-                keys = [r[pk] for r in page]
-                if (last is not None and not last < keys[0]) or any(a >= b for a, b in pairwise(keys)):
-                    raise SourceDataError(
-                        f"Milvus collection {name!r} in {self._where}: the query iterator returned primary keys "
-                        f"out of order (after {last!r}); nothing was backed up from it"
-                    )
-                last = keys[-1]
-                if isinstance(last, str) and hasattr(iterator, "_next_id"):
-                    # pymilvus writes the next page's filter as `pk > "<last>"` without escaping it: a key
-                    # holding a quote or backslash would end the string early (a failed or repeated page).
-                    iterator._next_id = escaped(last)
-                yield page
-        finally:
-            with suppress(Exception):
-                iterator.close()
 
     def id_types(self, ids: pa.Array) -> Counter[str]:
         """VARCHAR keys: "string"; INT64 keys: "uint" (a negative one "string": the manifest's id types
@@ -357,7 +245,7 @@ class MilvusConnector(VectorConnector):
         field = dict(layout.dense).get(vector)
         if field is None:
             raise DatasetNotFoundError(f"collection {name!r} in {self._where} has no dense vector {vector!r}")
-        self._ensure_loaded(name)
+        self._store.ensure_loaded(name)
         index = index_of(native, field.name) or {}
         params: dict[str, Any] = {"metric_type": index.get("metric_type") or "COSINE"}
         if index.get("index_type") in ("HNSW", "HNSW_SQ"):  # ef >= k (Milvus refuses less); AUTOINDEX tunes itself
@@ -372,7 +260,7 @@ class MilvusConnector(VectorConnector):
             data = [row for row in rows]
         results: list[list[str]] = []
         for start in range(0, len(data), SEARCH_CHUNK):
-            with self._errors(f"searching collection {name!r}", name):
+            with self._store.errors(f"searching collection {name!r}", name):
                 found = client.search(
                     name,
                     data=data[start : start + SEARCH_CHUNK],
@@ -475,17 +363,17 @@ class MilvusConnector(VectorConnector):
         if merge:
             assert existing is not None
             self._check_merge(name, existing, plan.extra["create"])
-            self._ensure_loaded(name)
+            self._store.ensure_loaded(name)
         elif existing is not None:
             if plan.mode == "create" and existing.rows:
                 raise self._not_empty(name, existing.rows)
-            with self._errors(f"dropping collection {name!r}", name):
+            with self._store.errors(f"dropping collection {name!r}", name):
                 client.drop_collection(name)
         native = dict(plan.target.config.native or {}) if merge else dict(plan.extra["create"])
         if not merge:
-            self._create(name, native)
+            self._store.create(name, native)
         layout = layout_of(native)
-        with self._errors(f"reading collection {name!r}", name):
+        with self._store.errors(f"reading collection {name!r}", name):
             partitions = set(client.list_partitions(name))
         floats = sum(int(f.dim or 0) for _, f in layout.dense)
         step = max(1, min(self.write_rows, WRITE_FLOAT_BUDGET // max(floats, 1)))
@@ -497,13 +385,13 @@ class MilvusConnector(VectorConnector):
                 groups = batch_to_rows(batch.slice(start, step), layout, name, lite=self.lite)
                 for partition, rows in groups.items():
                     if partition is not None and partition not in partitions:
-                        with self._errors(f"creating partition {partition!r} of collection {name!r}", name):
+                        with self._store.errors(f"creating partition {partition!r} of collection {name!r}", name):
                             client.create_partition(name, partition)
                         partitions.add(partition)
-                    with self._errors(f"writing to collection {name!r}", name):
+                    with self._store.errors(f"writing to collection {name!r}", name):
                         write(name, rows, partition_name=partition or "")
                     written += len(rows)
-        with self._errors(f"indexing collection {name!r}", name):
+        with self._store.errors(f"indexing collection {name!r}", name):
             client.flush(name)
             if not merge:
                 indexes = build_indexes(client, native)
@@ -528,34 +416,19 @@ class MilvusConnector(VectorConnector):
             return [("indexes", False, f"missing: {', '.join(missing)}")]
         return [("indexes", True, f"{len(wanted)} rebuilt: {', '.join(sorted(wanted))}")]
 
-    def _create(self, name: str, native: Mapping[str, Any]) -> None:
-        client = self._require()
-        kwargs: dict[str, Any] = {}
-        if native.get("properties"):
-            kwargs["properties"] = dict(native["properties"])
-        if native.get("consistency_level"):
-            kwargs["consistency_level"] = native["consistency_level"]
-        if native.get("num_partitions"):
-            kwargs["num_partitions"] = int(native["num_partitions"])
-        with self._errors(f"creating collection {name!r}", name):
-            client.create_collection(name, schema=build_schema(native), **kwargs)
-            for partition in layout_of(native).partitions:
-                if not client.has_partition(name, partition):
-                    client.create_partition(name, partition)
-
     def drop(self, name: str) -> bool:
         """Delete collection `name` (a missing one is already gone)."""
         client = self._require()
-        with self._errors(f"dropping collection {name!r}", name):
+        with self._store.errors(f"dropping collection {name!r}", name):
             if client.has_collection(name):
                 client.drop_collection(name)
-        self._loaded.discard(name)
+        self._store.loaded.discard(name)
         self._described.pop(name, None)
         return True
 
     def _existing(self, name: str) -> DatasetDescription | None:
         client = self._require()
-        with self._errors(f"looking up collection {name!r}", name):
+        with self._store.errors(f"looking up collection {name!r}", name):
             exists = client.has_collection(name)
         return self._describe(name) if exists else None
 
@@ -578,25 +451,7 @@ class MilvusConnector(VectorConnector):
     def close(self) -> None:
         """Release the server collections this connector loaded, close the client, and stop the Milvus Lite
         server it started once no other connector uses it. Safe to call twice."""
-        client, self._client = self._client, None
-        if client is not None:
-            for name in sorted(self._loaded):
-                with suppress(Exception):
-                    client.release_collection(name)
-            self._loaded.clear()
-            with suppress(Exception):
-                client.close()
-        key, self._lite_path = self._lite_path, None
-        if key is not None:
-            stop_lite(key)
+        self._store.close()
 
     def _require(self) -> Any:
-        if self._client is None:
-            raise ConnectorError(f"the connection to {self._where} is closed")
-        return self._client
-
-    @contextmanager
-    def _errors(self, action: str, collection: str | None = None) -> Iterator[None]:
-        """Turn what pymilvus raises into one-line aibackup errors (never a client's traceback)."""
-        with client_errors(lambda exc: translate(exc, self._where, action, collection)):
-            yield
+        return self._store.require()

@@ -22,8 +22,9 @@ from pymilvus import DataType, MilvusClient
 
 from aibackup.connectors.base import DatasetDescription
 from aibackup.connectors.milvus.connector import MilvusConnector
+from aibackup.connectors.milvus.plan import plan_collection
 from aibackup.connectors.milvus.records import _float32_vector, batch_to_rows, float32_value, rows_to_batch
-from aibackup.connectors.milvus.schema import layout_of, plan_collection
+from aibackup.connectors.milvus.schema import layout_of
 from aibackup.connectors.registry import parse_location
 from aibackup.errors import SourceDataError, UnsupportedFeatureError
 from aibackup.manifests.model import DenseVectorSpec, SparseVectorSpec, VectorsConfig
