@@ -265,7 +265,7 @@ def run_backup(
                     )
                     recorder.ask(golden)
                     recorders.append(recorder)
-                    found = detector.result()
+                    found = detector.result(getattr(description.config, "native", None))
                     if found is not None:  # every record is in a framework's layout: the restore keeps it
                         dataset = replace(dataset, config={**dataset.config, "layout": found})
                     state = connector.export_state(description.name)
@@ -417,7 +417,7 @@ def _write_chained(
         finally:
             stream.close()
         break
-    found = detector.result()
+    found = detector.result(getattr(description.config, "native", None))
     if found is not None:  # every record is in a framework's layout: the restore keeps it
         dataset = replace(dataset, config={**dataset.config, "layout": found})
     notes = [f"{description.name}: full backup: {reason}"] if reason and previous is not None else []

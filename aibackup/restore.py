@@ -159,10 +159,13 @@ def run_restore(
             plans: list[tuple[DatasetManifest, ImportPlan]] = []
             applied: dict[str, layouts.Applied | None] = {}
             for d, dest in selected:
-                plan = connector.plan_import(description_of(d), dest, mode=mode, allow_lossy=allow_lossy)
+                description = description_of(d)
                 chosen = None
                 if d.kind == "vectors":
                     chosen = layouts.resolve(layout, d.vectors_config().layout, source_kind, connector.kind, d.name)
+                if chosen is not None:  # where the framework keeps the collection on the target
+                    chosen, description, dest = layouts.place(chosen, description, dest, renamed=dest != d.name)
+                plan = connector.plan_import(description, dest, mode=mode, allow_lossy=allow_lossy)
                 if chosen is not None:
                     plan = layouts.apply(plan, chosen)
                 elif d.kind == "vectors":

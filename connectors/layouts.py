@@ -16,6 +16,9 @@ llamaindex  chroma   the document (``_node_content``'s text is "")      the node
                                                                         and ``_node_type``, ``doc_id``,
                                                                         ``document_id``, ``ref_doc_id``
 llamaindex  qdrant   ``_node_content``'s text (no document)             the same keys in the payload
+langchain   pgvector column ``document`` of ``langchain_pg_embedding``     column ``cmetadata``; the collection is a
+                                                                        row of ``langchain_pg_collection``
+                                                                        (:mod:`.pgvector.langchain`)
 ==========  =======  =================================================  ==========================================
 
 LlamaIndex writes ``_node_content`` with ``json.dumps`` defaults; moving the text in or out re-serialises
@@ -38,7 +41,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from aibackup.connectors.base import ImportPlan
+from aibackup.connectors.base import DatasetDescription, ImportPlan
+from aibackup.connectors.pgvector import langchain as pg_langchain
 from aibackup.errors import UnsupportedFeatureError, UsageError
 from aibackup.manifests.model import FRAMEWORKS
 from aibackup.manifests.vectors import DOCUMENT, ID, METADATA, URI, metadata_json, parse_metadata
@@ -47,8 +51,10 @@ RAW = "raw"
 LANGCHAIN, LLAMAINDEX = FRAMEWORKS
 #: ``--layout`` values: auto = the layout recorded in the bundle.
 CHOICES = ("auto", RAW, *FRAMEWORKS)
-#: The backends whose layouts are known, by connector kind.
-BACKENDS = ("chroma", "qdrant")
+#: The backends whose layout of each framework is known, by connector kind.
+KNOWN = {LANGCHAIN: ("chroma", "qdrant", "pgvector"), LLAMAINDEX: ("chroma", "qdrant")}
+#: Every backend some framework's layout is known on.
+BACKENDS = tuple(dict.fromkeys(kind for kinds in KNOWN.values() for kind in kinds))
 
 LC_CONTENT, LC_METADATA = "page_content", "metadata"
 #: LangChain's payload keys on Qdrant (content, metadata): its defaults, or what ``QdrantVectorStore``'s
@@ -92,6 +98,8 @@ def view(
             if not isinstance(text, str) or not isinstance(rest, dict):
                 raise ValueError(f"{content!r} must be text and {nested!r} an object")
             return View(record_id, text, rest)
+        if backend == "pgvector":
+            return _pg_view(record_id, document, meta)
         if document is None:
             raise ValueError("no document: LangChain reads the text of every record from it")
         return View(record_id, document, meta)
@@ -104,6 +112,19 @@ def view(
         text = document
         node.pop("text", None)
     return View(record_id, text, node)
+
+
+def _pg_view(record_id: str, document: str | None, meta: Mapping[str, Any]) -> View:
+    """LangChain's reading of a row of langchain-postgres's embedding table (its document column is the
+    record's document, or a metadata key when the backup was not told it is the document)."""
+    allowed = {*pg_langchain.COLUMNS, pg_langchain.DOCUMENT_COLUMN}
+    if set(meta) - allowed or "collection_id" not in meta:
+        raise ValueError(f"columns {sorted(meta)} are not langchain-postgres's {pg_langchain.EMBEDDINGS}")
+    text = document if document is not None else meta.get(pg_langchain.DOCUMENT_COLUMN)
+    rest = meta.get("cmetadata") or {}
+    if not isinstance(text, str) or not isinstance(rest, dict):
+        raise ValueError("the document must be text and cmetadata an object")
+    return View(record_id, text, rest)
 
 
 def _node(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -126,15 +147,19 @@ def convert(
     document: str | None,
     metadata: dict[str, Any] | None,
     keys: tuple[str, str] = LC_KEYS,
+    collection_id: str | None = None,
 ) -> tuple[str | None, dict[str, Any] | None]:
     """A record of `source` in `framework`'s layout (`keys`: LangChain's payload keys there) as `target`
-    holds it in that layout: (document, metadata); a Qdrant target gets LangChain's default keys. Raises
-    ValueError when the record is not in the layout on `source`."""
+    holds it in that layout: (document, metadata); a Qdrant target gets LangChain's default keys, a pgvector
+    target the row of collection `collection_id`. Raises ValueError when the record is not in the layout
+    on `source`."""
     seen = view(framework, source, "", document, metadata, keys)
     if source == target:
         return document, metadata
     meta = dict(metadata or {})
     if framework == LANGCHAIN:
+        if target == "pgvector":
+            return seen.text, {"collection_id": collection_id, "cmetadata": dict(seen.rest)}
         if target == "qdrant":
             return None, {LC_CONTENT: seen.text, LC_METADATA: dict(seen.rest)}
         return seen.text, dict(seen.rest) or None
@@ -152,6 +177,7 @@ def transform(
     *,
     verified: bool = False,
     keys: tuple[str, str] = LC_KEYS,
+    collection_id: str | None = None,
 ) -> Callable[[pa.RecordBatch], pa.RecordBatch]:
     """The batch mapping a restore applies first: every record of `source`'s layout into `target`'s.
     Raises UnsupportedFeatureError naming the first record that is not in the layout. Between two stores
@@ -166,7 +192,7 @@ def transform(
         documents, metadatas = [], []
         for rid, doc, meta in _records(batch):
             try:
-                new_doc, new_meta = convert(framework, source, target, doc, parse_metadata(meta), keys)
+                new_doc, new_meta = convert(framework, source, target, doc, parse_metadata(meta), keys, collection_id)
             except ValueError as exc:
                 raise _refusal(framework, source, collection, rid, exc) from None
             documents.append(new_doc)
@@ -241,11 +267,13 @@ class Detector:
         self.backend = backend
         self.rows = 0
         # Each candidate stays possible while every record seen fits it.
-        self.possible = {framework: backend in BACKENDS for framework in FRAMEWORKS}
+        self.possible = {framework: backend in KNOWN[framework] for framework in FRAMEWORKS}
         #: LangChain's payload keys on Qdrant, as the first record shows them (None: not seen yet)
         self.keys: tuple[str, str] | None = None
         #: how many records hold each of LlamaIndex's keys (the evidence names those every record holds)
         self.node_keys = dict.fromkeys(LI_KEYS, 0)
+        #: langchain-postgres's collection ids the records belong to (more than one: not one collection)
+        self.collections: set[str] = set()
 
     def add(self, batch: pa.RecordBatch) -> None:
         self.rows += batch.num_rows
@@ -270,6 +298,8 @@ class Detector:
                 ok = pc.all(has_doc).as_py() and batch.column(URI).null_count == batch.num_rows
                 no_llama = not pc.any(pc.match_substring(metadata.fill_null(""), f'"{LI_NODE}":')).as_py()
                 self.possible[LANGCHAIN] = bool(ok and no_llama)
+            elif self.backend == "pgvector":
+                self.possible[LANGCHAIN] = self._every(LANGCHAIN, batch)
             else:
                 if self.keys is None:
                     self.keys = langchain_keys(parse_metadata(metadata[0].as_py()))
@@ -282,17 +312,30 @@ class Detector:
         keys = self.keys or LC_KEYS
         for rid, doc, meta in _records(batch):
             try:
-                view(framework, self.backend, rid, doc, parse_metadata(meta), keys)
+                parsed = parse_metadata(meta)
+                view(framework, self.backend, rid, doc, parsed, keys)
             except ValueError:
                 return False
+            if self.backend == "pgvector":  # one LangChain collection per restored collection
+                self.collections.add(str((parsed or {}).get("collection_id")))
+                if len(self.collections) > 1:
+                    return False
         return True
 
-    def result(self) -> dict[str, Any] | None:
+    def result(self, native: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+        """The layout every record was in (None: raw). `native`: the dataset's recorded native config (a
+        pgvector table's definition names the LangChain collection its rows belong to)."""
         if not self.rows:
             return None
         for framework in (LLAMAINDEX, LANGCHAIN):  # LlamaIndex's keys are the stronger evidence
             if self.possible[framework]:
-                return {"framework": framework, "backend": self.backend, "evidence": self._evidence(framework)}
+                evidence = self._evidence(framework)
+                if self.backend == "pgvector":
+                    (collection_id,) = self.collections
+                    evidence["table"] = (native or {}).get("table")
+                    evidence["collection_id"] = collection_id
+                    evidence["collection"] = pg_langchain.collection_name(native, collection_id)
+                return {"framework": framework, "backend": self.backend, "evidence": evidence}
         return None
 
     def _evidence(self, framework: str) -> dict[str, Any]:
@@ -304,6 +347,8 @@ class Detector:
         if self.backend == "qdrant":
             content, nested = self.keys or LC_KEYS
             return {"records": self.rows, "content_key": content, "metadata_key": nested, "ids": "point ids"}
+        if self.backend == "pgvector":
+            return {"records": self.rows, "text": "document", "metadata": "cmetadata", "ids": "document ids"}
         return {"records": self.rows, "text": "the document", "metadata": "flat", "uris": 0, "ids": "document ids"}
 
 
@@ -329,13 +374,17 @@ def langchain_keys(payload: Mapping[str, Any] | None) -> tuple[str, str] | None:
 class Applied:
     """The layout a restore writes: `framework`'s, from a `source` backend's records into `target`'s.
     `recorded`: the backup found every record in it (an explicit ``--layout`` is checked record by record).
-    `keys`: LangChain's payload keys on a Qdrant source (recorded at backup; the defaults otherwise)."""
+    `keys`: LangChain's payload keys on a Qdrant source (recorded at backup; the defaults otherwise).
+    `collection`: the framework's name of the collection where it is not the dataset's (langchain-postgres
+    keeps every collection in one table: the recorded name on a pgvector source, the one written on a
+    pgvector target; see :func:`place`)."""
 
     framework: str
     source: str
     target: str
     recorded: bool = False
     keys: tuple[str, str] = LC_KEYS
+    collection: str | None = None
 
     @property
     def target_keys(self) -> tuple[str, str]:
@@ -367,44 +416,80 @@ def resolve(
     if framework == RAW:
         return None
     found = recorded is not None and recorded.get("framework") == framework and recorded.get("backend") == source
-    if choice == "auto" and unknown_backend(source, target) is not None:
+    if choice == "auto" and unknown_backend(framework, source, target) is not None:
         return None  # raw, and the restore says why (fallback_note)
     for side, kind in (("source", source), ("target", target)):
-        if kind not in BACKENDS:
+        if kind not in KNOWN[framework]:
             raise UsageError(
                 f"collection {collection!r}: {framework}'s layout on {kind} (the {side}) is not known to this "
-                f"aibackup (known: {', '.join(BACKENDS)}); restore with --layout raw"
+                f"aibackup (known: {', '.join(KNOWN[framework])}); restore with --layout raw"
             )
+    evidence = (recorded or {}).get("evidence") or {} if found else {}
     keys = LC_KEYS
     if found and framework == LANGCHAIN and source == "qdrant":
-        evidence = recorded.get("evidence") or {} if recorded else {}
         keys = (str(evidence.get("content_key", LC_CONTENT)), str(evidence.get("metadata_key", LC_METADATA)))
-    return Applied(framework, source, target, found, keys)
+    named = evidence.get("collection") if source == "pgvector" else None
+    return Applied(framework, source, target, found, keys, str(named) if named else None)
 
 
-def unknown_backend(source: str, target: str) -> str | None:
-    """The first of the two backends whose framework layouts are not known (None: both are)."""
-    return next((kind for kind in (source, target) if kind not in BACKENDS), None)
+def unknown_backend(framework: str, source: str, target: str) -> str | None:
+    """The first of the two backends where `framework`'s layout is not known (None: both are)."""
+    return next((kind for kind in (source, target) if kind not in KNOWN.get(framework, ())), None)
+
+
+def place(
+    layout: Applied, description: DatasetDescription, dest: str, *, renamed: bool
+) -> tuple[Applied, DatasetDescription, str]:
+    """Where the framework keeps the collection on the target: (layout, the description to plan the restore
+    with, the target's name for the dataset). LangChain on pgvector keeps every collection in
+    langchain-postgres's two tables: into pgvector the records go to ``langchain_pg_embedding`` under the
+    collection name `dest`; out of it they go to a collection named as the LangChain collection was (unless
+    `renamed` by the user). Raises UnsupportedFeatureError for a collection LangChain's tables cannot hold."""
+    if layout.framework != LANGCHAIN or layout.source == layout.target:
+        return layout, description, dest
+    if layout.target == "pgvector":
+        dense = description.config.single_vectors()
+        if len(description.config.dense) != 1 or len(dense) != 1 or description.config.sparse:
+            raise UnsupportedFeatureError(
+                f"collection {description.name!r}: langchain-postgres keeps one dense vector per record; "
+                "restore with --layout raw"
+            )
+        native = pg_langchain.native_definition(dest, dense[0].size)
+        spec = replace(dense[0], options={**dense[0].options, "column": pg_langchain.VECTOR_COLUMN})
+        config = replace(description.config, dense=(spec,), native=native)
+        return replace(layout, collection=dest), replace(description, config=config), pg_langchain.EMBEDDINGS
+    if layout.source == "pgvector" and layout.collection and not renamed:
+        return layout, description, layout.collection
+    return layout, description, dest
 
 
 def fallback_note(choice: str, recorded: Mapping[str, Any] | None, source: str, target: str) -> str | None:
     """Why a restore with ``--layout auto`` writes raw records although the backup recorded a layout: the
     framework's layout on one of the backends is not known (an explicit ``--layout`` is refused instead)."""
     framework = (recorded or {}).get("framework", RAW)
-    kind = unknown_backend(source, target)
-    if choice != "auto" or framework == RAW or kind is None:
+    if choice != "auto" or framework == RAW:
+        return None
+    kind = unknown_backend(framework, source, target)
+    if kind is None:
         return None
     return (
         f"recorded in {framework}'s layout, restored raw: {framework}'s layout on {kind} is not known to this "
-        f"aibackup (known: {', '.join(BACKENDS)}); the records are whole, an application reading them through "
-        f"{framework} may need its own mapping"
+        f"aibackup (known: {', '.join(KNOWN[framework])}); the records are whole, an application reading them "
+        f"through {framework} may need its own mapping"
     )
 
 
 def apply(plan: ImportPlan, layout: Applied) -> ImportPlan:
     """`plan` with the layout's mapping applied first (then the target's own), and the runbook's notes."""
+    collection_id = pg_langchain.collection_uuid(layout.collection) if layout.collection else None
     first = transform(
-        layout.framework, layout.source, layout.target, plan.target.name, verified=layout.recorded, keys=layout.keys
+        layout.framework,
+        layout.source,
+        layout.target,
+        plan.target.name,
+        verified=layout.recorded,
+        keys=layout.keys,
+        collection_id=collection_id if layout.target == "pgvector" else None,
     )
     then = plan.transform
 
@@ -416,6 +501,8 @@ def apply(plan: ImportPlan, layout: Applied) -> ImportPlan:
 
 #: Qdrant's names of the neutral distances, as an application passes them (``models.Distance.EUCLID``).
 _QDRANT_DISTANCES = {"cosine": "COSINE", "l2": "EUCLID", "ip": "DOT", "manhattan": "MANHATTAN"}
+#: langchain-postgres's (``DistanceStrategy.EUCLIDEAN``).
+_PG_DISTANCES = {"cosine": "COSINE", "l2": "EUCLIDEAN", "ip": "MAX_INNER_PRODUCT"}
 
 
 def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
@@ -434,6 +521,14 @@ def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
         lines.append(
             "ids that are not UUIDs or unsigned integers became point ids uuid5(516a9226-9fbe-5e46-bb30-59b79d8e957d, "
             "id) (the original kept in payload _aibackup_id): LangChain's get_by_ids and delete take those"
+        )
+    elif layout.target == "pgvector":
+        strategy = (
+            f", distance_strategy=DistanceStrategy.{_PG_DISTANCES[distance]}" if distance in _PG_DISTANCES else ""
+        )
+        lines.append(
+            f"open it with langchain_postgres.PGVector(embeddings=..., collection_name={layout.collection or name!r}, "
+            f"connection=..., use_jsonb=True{strategy}); the ids are the source's, as text"
         )
     elif layout.target == "qdrant":
         lines.append(

@@ -14,7 +14,7 @@ does: the table first, then, after the data, constraints, indexes, comments and 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 #: pgvector's types, by the role their column takes in a bundle.
@@ -328,6 +328,48 @@ def referenced_tables(conn: Any, native: dict[str, Any]) -> tuple[list[dict[str,
         texts = [r[0] for r in conn.execute(f"SELECT t::text FROM {target} t ORDER BY t::text").fetchall()]
         out.append({"definition": definition(conn, *ref), "rows": texts})
     return out, notes
+
+
+_FOREIGN_KEY = re.compile(r"^FOREIGN KEY \((\w+)\) REFERENCES \S+?\((\w+)\)")
+_UNIQUE = re.compile(r"^UNIQUE \(([\w, ]+)\)$")
+
+
+def colliding_references(conn: Any, native: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """Carried referenced rows that the target already holds under another key: {foreign key column: {the
+    carried row's key: the key of the target's row with the same unique values}}. langchain-postgres names a
+    collection uniquely and keys it by a random uuid: an application's own collection of the bundle's name
+    is the one the restored rows belong to (the carried row is left out, ON CONFLICT DO NOTHING). Only
+    one-column keys, and the referenced table's single-column-list UNIQUE constraints, are looked at."""
+    out: dict[str, dict[str, str]] = {}
+    for reference in native.get("references", ()):
+        ref = reference["definition"]
+        target = qualified(ref["schema"], ref["table"])
+        if conn.execute("SELECT to_regclass(%s)", [target]).fetchone()[0] is None:
+            continue
+        primary = (ref.get("primary_key") or {}).get("columns") or []
+        uniques = [
+            m.group(1) for c in ref.get("constraints", ()) if c["type"] == "u" and (m := _UNIQUE.match(c["definition"]))
+        ]
+        if len(primary) != 1 or not uniques:
+            continue
+        for constraint in native.get("constraints", ()):
+            found = _FOREIGN_KEY.match(constraint["definition"]) if constraint["type"] == "f" else None
+            if found is None or tuple(constraint.get("references") or ()) != (ref["schema"], ref["table"]):
+                continue
+            column, key = found.groups()
+            if key != primary[0]:
+                continue
+            for unique in uniques:
+                names = [n.strip().strip('"') for n in unique.split(",")]
+                same = " AND ".join(f"t.{quote(n)} = (c).{quote(n)}" for n in names)
+                rows = conn.execute(
+                    f"SELECT (c).{quote(key)}::text, t.{quote(key)}::text FROM (SELECT row_text::{target} AS c "
+                    f"FROM unnest(%s::text[]) AS row_text) carried JOIN {target} t ON {same} "
+                    f"WHERE t.{quote(key)} IS DISTINCT FROM (c).{quote(key)}",
+                    [reference["rows"]],
+                ).fetchall()
+                out.setdefault(column, {}).update(dict(rows))
+    return {column: remap for column, remap in out.items() if remap}
 
 
 def reference_statements(conn: Any, reference: dict[str, Any]) -> list[tuple[str, list[Any]]]:

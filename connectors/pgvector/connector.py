@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -139,6 +140,10 @@ class PgvectorConnector(VectorConnector):
         self._notes: dict[str, list[str]] = {}
         #: (schema, table) -> the document column of a table restored here (for the restore's checks)
         self._documents: dict[tuple[str, str], str] = {}
+        #: (schema, table) -> {vector column: the distance a restore here was planned with}: a column without
+        #: an index does not say its distance (LangChain's is chosen by the application at query time), so
+        #: the restore's checks search it as the bundle's records were searched, not with pgvector's l2
+        self._distances: dict[tuple[str, str], dict[str, str]] = {}
         #: name -> the last description of that table (a source's snapshot does not change; a target's
         #: is described again after each import)
         self._described: dict[str, DatasetDescription] = {}
@@ -192,6 +197,15 @@ class PgvectorConnector(VectorConnector):
         columns = self._columns(native, name)
         native["document"] = columns.document  # a restore of this bundle knows it again
         config = mapping.vectors_config(native, columns)
+        planned = self._distances.get((schema, table), {})
+        if planned:
+            dense = tuple(
+                replace(d, distance=planned[column], options={**d.options, "distance_from": "restore"})
+                if d.options.get("distance_from") == "default" and (column := str(d.options.get("column"))) in planned
+                else d
+                for d in config.dense
+            )
+            config = replace(config, dense=dense)
         self._described[name] = DatasetDescription(name=name, config=config, rows=rows)
         return self._described[name]
 
@@ -301,11 +315,21 @@ class PgvectorConnector(VectorConnector):
             hnsw=config.hnsw,
             native=native,
         )
+        if native is not None and native.get("references"):
+            with self._errors("reading the tables its foreign keys reference for", dest):
+                remaps = catalog.colliding_references(self._require(), native)
+            if remaps:  # the target's own rows of the same unique values (an application's collection)
+                steps.append(restore.remapping(remaps))
+                moved = sum(len(r) for r in remaps.values())
+                notes.append(
+                    f"{moved} referenced row(s) already in the target under another key: the rows point at those"
+                )
         if native is not None and any(c.get("generated") for c in native["columns"]):
             notes.append("generated columns are computed again by PostgreSQL")
         self._check_extension()
         if native is not None and native.get("document"):
             self._documents[(schema, table)] = native["document"]
+        self._distances[(schema, table)] = {restore.dense_name(d): d.distance for d in kept}
         if native is not None:
             notes += catalog.after_data_statements(dict(native), schema, table)[1]
         existing = self._existing(schema, table)

@@ -11,8 +11,12 @@ target's rows.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from aibackup.connectors.base import DatasetDescription, ImportPlan, Transform
 from aibackup.connectors.pgvector import catalog
@@ -69,6 +73,26 @@ def plan_vectors(
             if spec.size > limit:
                 notes.append(f"no HNSW index on {spec.name or UNNAMED_COLUMN}: {spec.size} dimensions (limit {limit})")
     return kept, dropped, notes, steps
+
+
+def remapping(remaps: Mapping[str, Mapping[str, str]]) -> Transform:
+    """The step that points the records' foreign keys at the target's own rows (see
+    :func:`.catalog.colliding_references`): `remaps` {column: {carried key: target key}}, applied to the
+    canonical JSON of each record's metadata, where the column is a key."""
+    pairs = [
+        (f'"{column}":{json.dumps(old)}', f'"{column}":{json.dumps(new)}')
+        for column, remap in remaps.items()
+        for old, new in remap.items()
+    ]
+
+    def step(batch: pa.RecordBatch) -> pa.RecordBatch:
+        index = batch.schema.get_field_index(METADATA)
+        column = batch.column(index)
+        for old, new in pairs:
+            column = pc.replace_substring(column, old, new)
+        return batch.set_column(index, METADATA, column)
+
+    return step
 
 
 def dense_name(spec: DenseVectorSpec) -> str:

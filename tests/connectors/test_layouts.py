@@ -189,3 +189,25 @@ def test_resolving_the_layout_of_a_restore() -> None:
         layouts.resolve("langchain", None, "chroma", "milvus", "kb")
     with pytest.raises(UsageError, match="bad --layout 'haystack'"):
         layouts.resolve("haystack", None, "chroma", "qdrant", "kb")
+
+
+def test_langchain_postgres_rows_and_collections() -> None:
+    """A langchain_pg_embedding row read as LangChain does (document column or key), the collection's
+    name found in the carried langchain_pg_collection rows, whose text PostgreSQL quotes as it likes."""
+    from aibackup.connectors.pgvector import langchain as pg
+
+    meta = {"collection_id": "c1", "cmetadata": {"n": 1}, "document": "hello"}
+    assert layouts.view("langchain", "pgvector", "a", None, meta).text == "hello"
+    assert layouts.view("langchain", "pgvector", "a", "doc", {"collection_id": "c1", "cmetadata": None}).rest == {}
+    with pytest.raises(ValueError, match="langchain-postgres"):
+        layouts.view("langchain", "pgvector", "a", "doc", {"collection_id": "c1", "other": 1})
+    assert pg.parse_row('(1,"a, \\"b\\"",)') == ["1", 'a, "b"', None]
+    assert pg.parse_row('(x,"say ""hi""",{})') == ["x", 'say "hi"', "{}"]
+    native = pg.native_definition('my "kb", v2', 8)
+    (row,) = native["references"][0]["rows"]
+    assert pg.collection_name(native, pg.collection_uuid('my "kb", v2')) == 'my "kb", v2'
+    assert pg.parse_row(row)[1] == 'my "kb", v2' and pg.collection_name(native, "other") is None
+    two = [("a", "x", {"collection_id": "c1", "cmetadata": {}}), ("b", "y", {"collection_id": "c2", "cmetadata": {}})]
+    assert detect("pgvector", batch_of(two)) is None  # two LangChain collections in one table
+    found = detect("pgvector", batch_of(two[:1]))
+    assert found is not None and found["evidence"]["collection_id"] == "c1"
