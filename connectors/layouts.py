@@ -6,20 +6,23 @@ connector exports it), so what a framework wrote is kept byte for byte. A layout
 reads its document out of such a record, and how to write the document into another backend so that the
 same framework, opened on the target, reads it back:
 
-==========  =======  =================================================  ==========================================
-framework   backend  text                                               what the framework returns besides
-==========  =======  =================================================  ==========================================
-langchain   chroma   the document                                       the metadata (flat), by record id
-langchain   qdrant   payload ``page_content`` (the export's metadata)   payload ``metadata`` (an object), by point id
-llamaindex  chroma   the document (``_node_content``'s text is "")      the node in metadata ``_node_content``
+==========  ========  ================================================  =============================================
+framework   backend   text                                              what the framework returns besides
+==========  ========  ================================================  =============================================
+langchain   chroma    the document                                      the metadata (flat), by record id
+langchain   qdrant    payload ``page_content`` (the export's metadata)  payload ``metadata`` (an object), by point id
+llamaindex  chroma    the document (``_node_content``'s text is "")     the node in metadata ``_node_content``
                                                                         (JSON), with flat copies of its metadata
                                                                         and ``_node_type``, ``doc_id``,
                                                                         ``document_id``, ``ref_doc_id``
-llamaindex  qdrant   ``_node_content``'s text (no document)             the same keys in the payload
-langchain   pgvector column ``document`` of ``langchain_pg_embedding``     column ``cmetadata``; the collection is a
-                                                                        row of ``langchain_pg_collection``
-                                                                        (:mod:`.pgvector.langchain`)
-==========  =======  =================================================  ==========================================
+llamaindex  qdrant    ``_node_content``'s text (no document)            the same keys in the payload
+langchain   pgvector  ``document`` of ``langchain_pg_embedding``        ``cmetadata``; the collection: a row
+                                                                        of ``langchain_pg_collection``
+llamaindex  pgvector  ``text`` of ``data_<name>``                       the node in the ``metadata_`` column;
+                                                                        the ids are ``node_id``
+==========  ========  ================================================  =============================================
+
+PostgreSQL's two tables are described in :mod:`.pgvector.langchain` and :mod:`.pgvector.llamaindex`.
 
 LlamaIndex writes ``_node_content`` with ``json.dumps`` defaults; moving the text in or out re-serialises
 it the same way, so the node it reads is the one it wrote. Ids: a LlamaIndex node id is a UUID, a point id
@@ -43,6 +46,7 @@ import pyarrow.compute as pc
 
 from aibackup.connectors.base import DatasetDescription, ImportPlan
 from aibackup.connectors.pgvector import langchain as pg_langchain
+from aibackup.connectors.pgvector import llamaindex as pg_llamaindex
 from aibackup.errors import UnsupportedFeatureError, UsageError
 from aibackup.manifests.model import FRAMEWORKS
 from aibackup.manifests.vectors import DOCUMENT, ID, METADATA, URI, metadata_json, parse_metadata
@@ -52,7 +56,7 @@ LANGCHAIN, LLAMAINDEX = FRAMEWORKS
 #: ``--layout`` values: auto = the layout recorded in the bundle.
 CHOICES = ("auto", RAW, *FRAMEWORKS)
 #: The backends whose layout of each framework is known, by connector kind.
-KNOWN = {LANGCHAIN: ("chroma", "qdrant", "pgvector"), LLAMAINDEX: ("chroma", "qdrant")}
+KNOWN = {LANGCHAIN: ("chroma", "qdrant", "pgvector"), LLAMAINDEX: ("chroma", "qdrant", "pgvector")}
 #: Every backend some framework's layout is known on.
 BACKENDS = tuple(dict.fromkeys(kind for kinds in KNOWN.values() for kind in kinds))
 
@@ -103,15 +107,30 @@ def view(
         if document is None:
             raise ValueError("no document: LangChain reads the text of every record from it")
         return View(record_id, document, meta)
-    node = _node(meta)
+    node = _node(_li_flat(backend, meta))
     if backend == "qdrant":
         text = node.pop("text", None)
         if document is not None or not isinstance(text, str):
             raise ValueError(f"{LI_NODE!r} holds no text")
     else:
-        text = document
+        text = document if document is not None or backend != "pgvector" else meta.get(pg_llamaindex.TEXT_COLUMN)
         node.pop("text", None)
     return View(record_id, text, node)
+
+
+def _li_flat(backend: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The metadata LlamaIndex wrote for a node (``node_to_metadata_dict``): the record's own on Chroma and
+    Qdrant, the ``metadata_`` column (json: its text) of PGVectorStore's table."""
+    if backend != "pgvector":
+        return dict(meta)
+    extra = set(meta) - {"id", pg_llamaindex.TEXT_COLUMN, pg_llamaindex.METADATA_COLUMN}
+    raw = meta.get(pg_llamaindex.METADATA_COLUMN)
+    if extra or raw is None:
+        raise ValueError(f"columns {sorted(meta)} are not PGVectorStore's")
+    flat = json.loads(raw) if isinstance(raw, str) else raw
+    if not isinstance(flat, dict):
+        raise ValueError(f"{pg_llamaindex.METADATA_COLUMN!r} is not a JSON object")
+    return flat
 
 
 def _pg_view(record_id: str, document: str | None, meta: Mapping[str, Any]) -> View:
@@ -148,6 +167,7 @@ def convert(
     metadata: dict[str, Any] | None,
     keys: tuple[str, str] = LC_KEYS,
     collection_id: str | None = None,
+    record_id: str = "",
 ) -> tuple[str | None, dict[str, Any] | None]:
     """A record of `source` in `framework`'s layout (`keys`: LangChain's payload keys there) as `target`
     holds it in that layout: (document, metadata); a Qdrant target gets LangChain's default keys, a pgvector
@@ -163,10 +183,13 @@ def convert(
         if target == "qdrant":
             return None, {LC_CONTENT: seen.text, LC_METADATA: dict(seen.rest)}
         return seen.text, dict(seen.rest) or None
-    node = _node(meta)  # as LlamaIndex wrote it, "text" where it was
+    flat = _li_flat(source, meta)
+    node = _node(flat)  # as LlamaIndex wrote it, "text" where it was
     node["text"] = seen.text if target == "qdrant" else ""
-    meta[LI_NODE] = json.dumps(node)  # LlamaIndex writes it with json.dumps' defaults too
-    return (None, meta) if target == "qdrant" else (seen.text, meta)
+    flat[LI_NODE] = json.dumps(node)  # LlamaIndex writes it with json.dumps' defaults too
+    if target == "pgvector":  # metadata_ is json: its text, as it is stored and read back
+        return seen.text, {pg_llamaindex.METADATA_COLUMN: json.dumps(flat), "id": pg_llamaindex.serial_of(record_id)}
+    return (None, flat) if target == "qdrant" else (seen.text, flat)
 
 
 def transform(
@@ -192,7 +215,9 @@ def transform(
         documents, metadatas = [], []
         for rid, doc, meta in _records(batch):
             try:
-                new_doc, new_meta = convert(framework, source, target, doc, parse_metadata(meta), keys, collection_id)
+                new_doc, new_meta = convert(
+                    framework, source, target, doc, parse_metadata(meta), keys, collection_id, record_id=rid
+                )
             except ValueError as exc:
                 raise _refusal(framework, source, collection, rid, exc) from None
             documents.append(new_doc)
@@ -281,7 +306,9 @@ class Detector:
             return
         metadata, documents = batch.column(METADATA), batch.column(DOCUMENT)
         has_doc = documents.is_valid()
-        if self.possible[LLAMAINDEX]:
+        if self.possible[LLAMAINDEX] and self.backend == "pgvector":  # the node is JSON text inside JSON
+            self.possible[LLAMAINDEX] = self._every(LLAMAINDEX, batch)
+        elif self.possible[LLAMAINDEX]:
             # Vectorised first: both keys in the canonical JSON text of every record; then each node parses.
             keys = pc.and_(
                 pc.match_substring(metadata.fill_null(""), f'"{LI_NODE}":'),
@@ -316,10 +343,14 @@ class Detector:
                 view(framework, self.backend, rid, doc, parsed, keys)
             except ValueError:
                 return False
-            if self.backend == "pgvector":  # one LangChain collection per restored collection
+            if self.backend == "pgvector" and framework == LANGCHAIN:  # one collection per restored one
                 self.collections.add(str((parsed or {}).get("collection_id")))
                 if len(self.collections) > 1:
                     return False
+            elif self.backend == "pgvector":
+                flat = _li_flat(self.backend, parsed or {})
+                for key in LI_KEYS:
+                    self.node_keys[key] += key in flat
         return True
 
     def result(self, native: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
@@ -330,18 +361,22 @@ class Detector:
         for framework in (LLAMAINDEX, LANGCHAIN):  # LlamaIndex's keys are the stronger evidence
             if self.possible[framework]:
                 evidence = self._evidence(framework)
-                if self.backend == "pgvector":
+                table = str((native or {}).get("table"))
+                if self.backend == "pgvector" and framework == LANGCHAIN:
                     (collection_id,) = self.collections
-                    evidence["table"] = (native or {}).get("table")
+                    evidence["table"] = table
                     evidence["collection_id"] = collection_id
                     evidence["collection"] = pg_langchain.collection_name(native, collection_id)
+                elif self.backend == "pgvector":
+                    evidence["table"] = table
+                    evidence["collection"] = pg_llamaindex.collection_of(table)
                 return {"framework": framework, "backend": self.backend, "evidence": evidence}
         return None
 
     def _evidence(self, framework: str) -> dict[str, Any]:
         if framework == LLAMAINDEX:
-            where = "metadata" if self.backend == "chroma" else "payload"
-            text = "the document" if self.backend == "chroma" else f"{LI_NODE}.text"
+            where = {"chroma": "metadata", "qdrant": "payload"}.get(self.backend, pg_llamaindex.METADATA_COLUMN)
+            text = {"chroma": "the document", "qdrant": f"{LI_NODE}.text"}.get(self.backend, pg_llamaindex.TEXT_COLUMN)
             keys = [key for key in LI_KEYS if self.node_keys[key] == self.rows]
             return {"records": self.rows, "keys": keys, "in": where, "text": text, "ids": "node ids"}
         if self.backend == "qdrant":
@@ -445,19 +480,22 @@ def place(
     langchain-postgres's two tables: into pgvector the records go to ``langchain_pg_embedding`` under the
     collection name `dest`; out of it they go to a collection named as the LangChain collection was (unless
     `renamed` by the user). Raises UnsupportedFeatureError for a collection LangChain's tables cannot hold."""
-    if layout.framework != LANGCHAIN or layout.source == layout.target:
+    if layout.source == layout.target:
         return layout, description, dest
     if layout.target == "pgvector":
         dense = description.config.single_vectors()
         if len(description.config.dense) != 1 or len(dense) != 1 or description.config.sparse:
             raise UnsupportedFeatureError(
-                f"collection {description.name!r}: langchain-postgres keeps one dense vector per record; "
-                "restore with --layout raw"
+                f"collection {description.name!r}: {layout.framework}'s PostgreSQL table keeps one dense vector "
+                "per record; restore with --layout raw"
             )
-        native = pg_langchain.native_definition(dest, dense[0].size)
+        if layout.framework == LANGCHAIN:
+            native, table = pg_langchain.native_definition(dest, dense[0].size), pg_langchain.EMBEDDINGS
+        else:
+            native, table = pg_llamaindex.native_definition(dest, dense[0].size), pg_llamaindex.table_name(dest)
         spec = replace(dense[0], options={**dense[0].options, "column": pg_langchain.VECTOR_COLUMN})
         config = replace(description.config, dense=(spec,), native=native)
-        return replace(layout, collection=dest), replace(description, config=config), pg_langchain.EMBEDDINGS
+        return replace(layout, collection=dest), replace(description, config=config), table
     if layout.source == "pgvector" and layout.collection and not renamed:
         return layout, description, layout.collection
     return layout, description, dest
@@ -481,7 +519,8 @@ def fallback_note(choice: str, recorded: Mapping[str, Any] | None, source: str, 
 
 def apply(plan: ImportPlan, layout: Applied) -> ImportPlan:
     """`plan` with the layout's mapping applied first (then the target's own), and the runbook's notes."""
-    collection_id = pg_langchain.collection_uuid(layout.collection) if layout.collection else None
+    pg_rows = layout.collection and layout.target == "pgvector" and layout.framework == LANGCHAIN
+    collection_id = pg_langchain.collection_uuid(layout.collection) if pg_rows and layout.collection else None
     first = transform(
         layout.framework,
         layout.source,
@@ -489,7 +528,7 @@ def apply(plan: ImportPlan, layout: Applied) -> ImportPlan:
         plan.target.name,
         verified=layout.recorded,
         keys=layout.keys,
-        collection_id=collection_id if layout.target == "pgvector" else None,
+        collection_id=collection_id,
     )
     then = plan.transform
 
@@ -521,6 +560,13 @@ def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
         lines.append(
             "ids that are not UUIDs or unsigned integers became point ids uuid5(516a9226-9fbe-5e46-bb30-59b79d8e957d, "
             "id) (the original kept in payload _aibackup_id): LangChain's get_by_ids and delete take those"
+        )
+    elif layout.target == "pgvector" and layout.framework == LLAMAINDEX:
+        size = dense[0].size if dense else "..."
+        lines.append(
+            "open it with llama_index.vector_stores.postgres.PGVectorStore.from_params(..., "
+            f"table_name={layout.collection or name!r}, embed_dim={size}); it ranks by cosine distance"
+            + (f" (the source's was {distance})" if distance and distance != "cosine" else "")
         )
     elif layout.target == "pgvector":
         strategy = (

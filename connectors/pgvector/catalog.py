@@ -190,10 +190,16 @@ def _renamed(name: str, source_table: str, table: str) -> str:
     return renamed[:63]
 
 
+def is_serial(column: Mapping[str, Any]) -> bool:
+    """A serial column: a default of nextval() on the sequence the table owns (made again by the serial type)."""
+    default = column.get("default")
+    return default is not None and default.startswith("nextval(") and column["type"] in SERIAL_TYPES
+
+
 def _column_sql(column: dict[str, Any]) -> str:
     parts = [quote(column["name"])]
     default = column.get("default")
-    serial = default is not None and default.startswith("nextval(") and column["type"] in SERIAL_TYPES
+    serial = is_serial(column)
     parts.append(SERIAL_TYPES[column["type"]] if serial else column["type"])
     if column.get("generated"):
         parts.append(f"GENERATED ALWAYS AS ({default}) {'STORED' if column['generated'] == 'stored' else 'VIRTUAL'}")

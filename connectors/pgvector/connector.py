@@ -96,7 +96,7 @@ from aibackup.connectors.base import (
     chain,
     identity,
 )
-from aibackup.connectors.pgvector import catalog, cells, codec, mapping, reading, restore
+from aibackup.connectors.pgvector import catalog, cells, codec, llamaindex, mapping, reading, restore
 from aibackup.connectors.pgvector.catalog import DENSE_TYPES, qualified, quote
 from aibackup.connectors.pgvector.mapping import UNNAMED_COLUMN, Columns
 from aibackup.errors import (
@@ -193,6 +193,8 @@ class PgvectorConnector(VectorConnector):
                     column["dim_held"] = mapping.held_dimension(conn, qualified(schema, table), column["name"], name)
             rows = catalog.scalar(conn, f"SELECT count(*) FROM {qualified(schema, table)}")
             native["references"], left_out = catalog.referenced_tables(conn, native)
+            if llamaindex.is_table(native) and _unique_ids(conn, qualified(schema, table), llamaindex.ID_COLUMN):
+                native["id_column"] = llamaindex.ID_COLUMN  # the application's ids are its node ids
         self._notes[name] = left_out
         columns = self._columns(native, name)
         native["document"] = columns.document  # a restore of this bundle knows it again
@@ -516,3 +518,9 @@ class PgvectorConnector(VectorConnector):
 
     def _errors(self, action: str, table: str | None = None) -> Any:
         return postgres.errors(self.location, action, table)
+
+
+def _unique_ids(conn: Any, table: str, column: str) -> bool:
+    """Whether every row has a value in `column` and no two the same (then it can be the record id)."""
+    sql = f"SELECT count({quote(column)}) = count(*) AND count(DISTINCT {quote(column)}) = count(*) FROM {table}"
+    return bool(catalog.scalar(conn, sql))

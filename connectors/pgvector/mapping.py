@@ -45,6 +45,8 @@ def table_columns(
     the connector restored."""
     cols = native["columns"]
     primary = tuple(native["primary_key"]["columns"]) if native.get("primary_key") else ()
+    if native.get("id_column"):  # a framework's own id column (LlamaIndex's node_id): the key is a column
+        primary = (native["id_column"],)
     dense, sparse, rest = [], [], []
     for c in cols:
         if c["base"] in DENSE_TYPES:

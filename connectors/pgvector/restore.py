@@ -195,6 +195,10 @@ def insert_sql(plan: ImportPlan, columns: Columns, staging: str, target: str) ->
         f"INSERT INTO {target} ({', '.join(names)}){overriding} SELECT {', '.join(values)} FROM {staging} s "
         f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, {record}) r"
     )
+    if plan.mode == "merge" and native.get("id_column"):
+        # No unique constraint holds the framework's ids: the rows the bundle replaces go first.
+        id_column = quote(native["id_column"])
+        return f"DELETE FROM {target} t USING {staging} s WHERE t.{id_column} = s.{quote(ID)}; {sql}"
     if plan.mode == "merge" and columns.id:
         updates = [n for n in names if n.strip('"') not in columns.id]
         sql += f" ON CONFLICT ({', '.join(map(quote, columns.id))}) DO UPDATE SET " + ", ".join(

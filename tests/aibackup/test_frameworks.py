@@ -264,8 +264,8 @@ def test_the_layout_check_catches_a_mapping_that_loses_the_text(
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
     convert = layouts.convert
 
-    def lossy(*args: Any) -> Any:  # a bug that writes the text under another key: content still "matches"
-        document, metadata = convert(*args)
+    def lossy(*args: Any, **kwargs: Any) -> Any:  # a bug that writes the text under another key
+        document, metadata = convert(*args, **kwargs)
         if metadata and "page_content" in metadata:
             metadata = {"text": metadata.pop("page_content"), **metadata}
         return document, metadata

@@ -12,14 +12,31 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from langchain_core.documents import Document
+from llama_index.core import Document as LlamaDocument
+from llama_index.core import Settings, StorageContext, VectorStoreIndex
+from llama_index.core.base.embeddings.base import BaseEmbedding
+from llama_index.vector_stores.chroma import ChromaVectorStore
 from qdrant_client import QdrantClient
 from qdrant_client.http import models
 
-from tests.aibackup.test_frameworks import EMBED, QUERIES, lc_chroma, lc_docs, lc_qdrant, lc_view, restored
+from tests.aibackup.test_frameworks import (
+    EMBED,
+    QUERIES,
+    lc_chroma,
+    lc_docs,
+    lc_qdrant,
+    lc_view,
+    li_chroma,
+    li_docs,
+    li_qdrant,
+    li_view,
+    restored,
+)
 from tests.conftest import Postgres
-from tests.helpers import Cli, manifest_json, ok
+from tests.helpers import Cli, chroma_client, manifest_json, ok
 
 pytestmark = pytest.mark.postgres
 
@@ -146,10 +163,6 @@ def test_a_cosine_collection_is_searched_as_cosine_on_the_restored_tables(
     """langchain-postgres's embedding column has no index, so PostgreSQL cannot say its distance (the
     application picks it per query): the restore's search check uses the bundle's (cosine), not l2, and
     the runbook tells the application to do the same."""
-    import numpy as np
-
-    from tests.helpers import chroma_client
-
     col = chroma_client(tmp_path / "chroma").create_collection(
         "notes", metadata={"hnsw:space": "cosine"}, embedding_function=None
     )
@@ -191,3 +204,124 @@ def test_merging_into_a_collection_langchain_made_with_another_uuid(
         app._engine.dispose()
     with postgres.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM langchain_pg_collection").fetchone() == (1,)
+
+
+# --- LlamaIndex on PostgreSQL ------------------------------------------------------------------------------
+
+
+class UnitEmbedding(BaseEmbedding):
+    """Deterministic unit vectors: PGVectorStore ranks by cosine and a PostgreSQL table without an index
+    records no distance (l2 on other backends): on unit vectors both give one order."""
+
+    def _get_text_embedding(self, text: str) -> list[float]:
+        vector = np.array(EMBED.embed_query(text))
+        return list(vector / np.linalg.norm(vector))
+
+    def _get_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embedding(query)
+
+    async def _aget_query_embedding(self, query: str) -> list[float]:
+        return self._get_text_embedding(query)
+
+
+@pytest.fixture
+def unit_embeddings() -> None:
+    Settings.embed_model = UnitEmbedding()
+    Settings.llm = None  # type: ignore[assignment]
+
+
+def li_pg(server: Postgres, db: str, table: str) -> Any:
+    from llama_index.vector_stores.postgres import PGVectorStore
+
+    return PGVectorStore.from_params(
+        host=server.host,
+        port=str(server.port),
+        user=server.user,
+        password="",
+        database=db,
+        table_name=table,
+        embed_dim=16,
+    )
+
+
+@pytest.mark.usefixtures("unit_embeddings")
+def test_llamaindex_chroma_to_postgres_and_back(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    collection = chroma_client(tmp_path / "chroma").create_collection("kb-li", metadata={"hnsw:space": "cosine"})
+    store = ChromaVectorStore(chroma_collection=collection)
+    index = VectorStoreIndex.from_documents(li_docs(), storage_context=StorageContext.from_defaults(vector_store=store))
+    expected = {q: li_view(index, q) for q in QUERIES}
+    repo = tmp_path / "repo"
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
+
+    db = database(postgres, tmp_path, "li")
+    result = restored(cli, repo, postgres.uri(db))
+    assert result["target"] == "data_kb-li" and result["layout"] == "llamaindex (chroma -> pgvector)"
+    assert [c["ok"] for c in result["checks"] if c["name"] == "layout"] == [True]
+    assert any("table_name='kb-li', embed_dim=16" in n for n in result["notes"])
+    app = li_pg(postgres, db, "kb-li")
+    try:
+        restored_index = VectorStoreIndex.from_vector_store(app)
+        assert {q: li_view(restored_index, q) for q in QUERIES} == expected
+        (node_id, text, metadata, ref_doc_id) = expected[QUERIES[0]][0]
+        (node,) = app.get_nodes(node_ids=[node_id])
+        assert (node.node_id, node.get_content(), node.metadata, node.ref_doc_id) == (
+            node_id,
+            text,
+            metadata,
+            ref_doc_id,
+        )
+        # The application goes on: its ref_doc_ids delete, what it adds is stored like the restored rows.
+        app.delete(ref_doc_id="doc-8")
+        restored_index.insert(LlamaDocument(text="added later", doc_id="doc-60"))
+        with postgres.connect(db) as conn:
+            rows = dict(conn.execute("SELECT metadata_->>'doc_id', text FROM \"data_kb-li\"").fetchall())
+            assert "doc-8" not in rows and rows["doc-60"] == "added later" and rows["doc-9"] == "text 9 ✓"
+            meta = dict(conn.execute("SELECT metadata_->>'doc_id', metadata_::text FROM \"data_kb-li\"").fetchall())
+        added, old = json.loads(meta["doc-60"]), json.loads(meta["doc-9"])
+        assert set(added) | {"source", "n"} == set(old)  # _node_content, _node_type, the ids, as restored
+        assert json.loads(added["_node_content"])["text"] == json.loads(old["_node_content"])["text"] == ""
+    finally:
+        app.close()
+
+    # And back out: the table is recorded as LlamaIndex's, its rows known by their node ids.
+    ok(cli("backup", postgres.uri(db), "--repo", str(repo)))
+    layout = manifest_json(repo)["datasets"][0]["config"]["layout"]
+    assert (layout["framework"], layout["backend"], layout["evidence"]["collection"]) == (
+        "llamaindex",
+        "pgvector",
+        "kb-li",
+    )
+    result = restored(cli, repo, f"qdrant:{tmp_path / 'qdrant'}")
+    assert result["target"] == "kb-li" and result["rows"] == 60
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    try:
+        back = VectorStoreIndex.from_vector_store(li_qdrant(client, "kb-li"))
+        found = li_view(back, QUERIES[1])
+        assert [n[0] for n in found] == [n[0] for n in li_view(restored_index_of(postgres, db), QUERIES[1])]
+    finally:
+        client.close()
+
+
+def restored_index_of(server: Postgres, db: str) -> Any:
+    return VectorStoreIndex.from_vector_store(li_pg(server, db, "kb-li"))
+
+
+@pytest.mark.usefixtures("unit_embeddings")
+def test_llamaindex_postgres_to_chroma(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    db = database(postgres, tmp_path, "lisrc")
+    store = li_pg(postgres, db, "notes")
+    try:
+        index = VectorStoreIndex.from_documents(
+            li_docs(), storage_context=StorageContext.from_defaults(vector_store=store)
+        )
+        expected = {q: li_view(index, q) for q in QUERIES}
+    finally:
+        store.close()
+    repo = tmp_path / "repo"
+    ok(cli("backup", postgres.uri(db), "--repo", str(repo)))
+    (dataset,) = manifest_json(repo)["datasets"]
+    assert dataset["config"]["native"]["id_column"] == "node_id"
+    result = restored(cli, repo, f"chroma:{tmp_path / 'chroma'}")
+    assert result["target"] == "notes" and result["layout"] == "llamaindex (pgvector -> chroma)"
+    target = VectorStoreIndex.from_vector_store(li_chroma(tmp_path / "chroma", "notes"))
+    assert {q: li_view(target, q) for q in QUERIES} == expected
