@@ -256,6 +256,11 @@ def test_llamaindex_chroma_to_postgres_and_back(postgres: Postgres, tmp_path: Pa
     db = database(postgres, tmp_path, "li")
     result = restored(cli, repo, postgres.uri(db))
     assert result["target"] == "data_kb-li" and result["layout"] == "llamaindex (chroma -> pgvector)"
+    # Merged again: the rows are replaced by node id (PGVectorStore's table holds no unique key on them).
+    merged = restored(cli, repo, postgres.uri(db), "--mode", "merge")
+    assert merged["rows"] == 60 and all(c["ok"] for c in merged["checks"])
+    with postgres.connect(db) as conn:
+        assert conn.execute('SELECT count(*), count(DISTINCT node_id) FROM "data_kb-li"').fetchone() == (60, 60)
     assert [c["ok"] for c in result["checks"] if c["name"] == "layout"] == [True]
     assert any("table_name='kb-li', embed_dim=16" in n for n in result["notes"])
     app = li_pg(postgres, db, "kb-li")
