@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import pyarrow as pa
 
@@ -26,7 +27,7 @@ from aibackup.chunk_reader import ChunkReader
 from aibackup.connectors import layouts
 from aibackup.connectors.base import MODES, ChunkedConnector, Connector, DatasetDescription, ImportPlan
 from aibackup.connectors.registry import connector_class, open_connector, parse_location
-from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UsageError
+from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UnsupportedFeatureError, UsageError
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import BundleManifest, DatasetManifest, PartEntry
@@ -159,18 +160,12 @@ def run_restore(
             plans: list[tuple[DatasetManifest, ImportPlan]] = []
             applied: dict[str, layouts.Applied | None] = {}
             for d, dest in selected:
-                description = description_of(d)
-                chosen = None
-                if d.kind == "vectors":
-                    chosen = layouts.resolve(layout, d.vectors_config().layout, source_kind, connector.kind, d.name)
-                if chosen is not None:  # where the framework keeps the collection on the target
-                    chosen, description, dest = layouts.place(chosen, description, dest, renamed=dest != d.name)
+                chosen, description, dest, note = _layout(layout, d, dest, source_kind, connector.kind, reader)
                 plan = connector.plan_import(description, dest, mode=mode, allow_lossy=allow_lossy)
                 if chosen is not None:
                     plan = layouts.apply(plan, chosen)
-                elif d.kind == "vectors":
-                    note = layouts.fallback_note(layout, d.vectors_config().layout, source_kind, connector.kind)
-                    plan = replace(plan, notes=(*plan.notes, note)) if note else plan
+                elif note:
+                    plan = replace(plan, notes=(*plan.notes, note))
                 applied[d.name] = chosen
                 plans.append((d, plan))
             # Every record is checked against the manifest's digest and against what the target can hold
@@ -203,6 +198,31 @@ def run_restore(
         return RestoreResult(
             bundle_id=manifest.bundle_id, target=target, datasets=results, validate_seconds=validate_seconds
         )
+
+
+def _layout(
+    choice: str, dataset: DatasetManifest, dest: str, source_kind: str, target_kind: str, reader: BundleReader
+) -> tuple[layouts.Applied | None, DatasetDescription, str, str | None]:
+    """The application layout a restore writes `dataset` in (``--layout`` `choice`), the description and
+    name to plan the target with, and a note when a layout recorded at backup is restored raw (its
+    framework's layout on the target is not known, or cannot hold these records: ``auto`` falls back, an
+    explicit choice is refused)."""
+    description = description_of(dataset)
+    if dataset.kind != "vectors":
+        return None, description, dest, None
+    recorded = dataset.vectors_config().layout
+    chosen = layouts.resolve(choice, recorded, source_kind, target_kind, dataset.name)
+    if chosen is None:
+        return None, description, dest, layouts.fallback_note(choice, recorded, source_kind, target_kind)
+    try:
+        chosen, description, dest = layouts.place(
+            chosen, description, dest, renamed=dest != dataset.name, records=partial(reader.batches, dataset)
+        )
+    except UnsupportedFeatureError as exc:
+        if choice != "auto":
+            raise
+        return None, description, dest, f"recorded in {chosen.framework}'s layout, restored raw: {exc}"
+    return chosen, description, dest, None
 
 
 @contextlib.contextmanager

@@ -20,9 +20,12 @@ langchain   pgvector  ``document`` of ``langchain_pg_embedding``        ``cmetad
                                                                         of ``langchain_pg_collection``
 llamaindex  pgvector  ``text`` of ``data_<name>``                       the node in the ``metadata_`` column;
                                                                         the ids are ``node_id``
+langchain   lancedb   column ``text``                                   column ``metadata`` (a struct)
+llamaindex  lancedb   column ``text`` (and in ``_node_content``)        the node in the ``metadata`` struct
 ==========  ========  ================================================  =============================================
 
-PostgreSQL's two tables are described in :mod:`.pgvector.langchain` and :mod:`.pgvector.llamaindex`.
+PostgreSQL's tables are described in :mod:`.pgvector.langchain` and :mod:`.pgvector.llamaindex`, LanceDB's
+in :mod:`.lancedb.frameworks`.
 
 LlamaIndex writes ``_node_content`` with ``json.dumps`` defaults; moving the text in or out re-serialises
 it the same way, so the node it reads is the one it wrote. Ids: a LlamaIndex node id is a UUID, a point id
@@ -37,7 +40,7 @@ Anything else is ``raw``: restored with each connector's own mapping, as before 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -45,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aibackup.connectors.base import DatasetDescription, ImportPlan
+from aibackup.connectors.lancedb import frameworks as lance
 from aibackup.connectors.pgvector import langchain as pg_langchain
 from aibackup.connectors.pgvector import llamaindex as pg_llamaindex
 from aibackup.errors import UnsupportedFeatureError, UsageError
@@ -56,7 +60,12 @@ LANGCHAIN, LLAMAINDEX = FRAMEWORKS
 #: ``--layout`` values: auto = the layout recorded in the bundle.
 CHOICES = ("auto", RAW, *FRAMEWORKS)
 #: The backends whose layout of each framework is known, by connector kind.
-KNOWN = {LANGCHAIN: ("chroma", "qdrant", "pgvector"), LLAMAINDEX: ("chroma", "qdrant", "pgvector")}
+KNOWN = {
+    LANGCHAIN: ("chroma", "qdrant", "pgvector", "lancedb"),
+    LLAMAINDEX: ("chroma", "qdrant", "pgvector", "lancedb"),
+}
+#: Where LlamaIndex keeps the text inside ``_node_content`` too (elsewhere the node's "text" is "").
+LI_TEXT_IN_NODE = ("qdrant", "lancedb")
 #: Every backend some framework's layout is known on.
 BACKENDS = tuple(dict.fromkeys(kind for kinds in KNOWN.values() for kind in kinds))
 
@@ -104,6 +113,12 @@ def view(
             return View(record_id, text, rest)
         if backend == "pgvector":
             return _pg_view(record_id, document, meta)
+        if backend == "lancedb":
+            if set(meta) - {lance.METADATA}:
+                raise ValueError(f"columns {sorted(meta)} are not LangChain's {lance.TEXT!r} and {lance.METADATA!r}")
+            meta = meta.get(lance.METADATA) or {}
+            if not isinstance(meta, dict):
+                raise ValueError(f"{lance.METADATA!r} is not an object")
         if document is None:
             raise ValueError("no document: LangChain reads the text of every record from it")
         return View(record_id, document, meta)
@@ -121,6 +136,11 @@ def view(
 def _li_flat(backend: str, meta: Mapping[str, Any]) -> dict[str, Any]:
     """The metadata LlamaIndex wrote for a node (``node_to_metadata_dict``): the record's own on Chroma and
     Qdrant, the ``metadata_`` column (json: its text) of PGVectorStore's table."""
+    if backend == "lancedb":
+        flat = meta.get(lance.METADATA)
+        if set(meta) - {lance.DOC_ID, lance.METADATA} or not isinstance(flat, dict):
+            raise ValueError(f"columns {sorted(meta)} are not LanceDBVectorStore's")
+        return dict(flat)
     if backend != "pgvector":
         return dict(meta)
     extra = set(meta) - {"id", pg_llamaindex.TEXT_COLUMN, pg_llamaindex.METADATA_COLUMN}
@@ -182,13 +202,17 @@ def convert(
             return seen.text, {"collection_id": collection_id, "cmetadata": dict(seen.rest)}
         if target == "qdrant":
             return None, {LC_CONTENT: seen.text, LC_METADATA: dict(seen.rest)}
+        if target == "lancedb":
+            return seen.text, {lance.METADATA: dict(seen.rest)}
         return seen.text, dict(seen.rest) or None
     flat = _li_flat(source, meta)
     node = _node(flat)  # as LlamaIndex wrote it, "text" where it was
-    node["text"] = seen.text if target == "qdrant" else ""
+    node["text"] = seen.text if target in LI_TEXT_IN_NODE else ""
     flat[LI_NODE] = json.dumps(node)  # LlamaIndex writes it with json.dumps' defaults too
     if target == "pgvector":  # metadata_ is json: its text, as it is stored and read back
         return seen.text, {pg_llamaindex.METADATA_COLUMN: json.dumps(flat), "id": pg_llamaindex.serial_of(record_id)}
+    if target == "lancedb":
+        return seen.text, {lance.DOC_ID: flat.get("ref_doc_id"), lance.METADATA: flat}
     return (None, flat) if target == "qdrant" else (seen.text, flat)
 
 
@@ -306,7 +330,7 @@ class Detector:
             return
         metadata, documents = batch.column(METADATA), batch.column(DOCUMENT)
         has_doc = documents.is_valid()
-        if self.possible[LLAMAINDEX] and self.backend == "pgvector":  # the node is JSON text inside JSON
+        if self.possible[LLAMAINDEX] and self.backend in ("pgvector", "lancedb"):  # the node nests deeper
             self.possible[LLAMAINDEX] = self._every(LLAMAINDEX, batch)
         elif self.possible[LLAMAINDEX]:
             # Vectorised first: both keys in the canonical JSON text of every record; then each node parses.
@@ -325,7 +349,7 @@ class Detector:
                 ok = pc.all(has_doc).as_py() and batch.column(URI).null_count == batch.num_rows
                 no_llama = not pc.any(pc.match_substring(metadata.fill_null(""), f'"{LI_NODE}":')).as_py()
                 self.possible[LANGCHAIN] = bool(ok and no_llama)
-            elif self.backend == "pgvector":
+            elif self.backend in ("pgvector", "lancedb"):
                 self.possible[LANGCHAIN] = self._every(LANGCHAIN, batch)
             else:
                 if self.keys is None:
@@ -347,7 +371,7 @@ class Detector:
                 self.collections.add(str((parsed or {}).get("collection_id")))
                 if len(self.collections) > 1:
                     return False
-            elif self.backend == "pgvector":
+            elif self.backend in ("pgvector", "lancedb") and framework == LLAMAINDEX:
                 flat = _li_flat(self.backend, parsed or {})
                 for key in LI_KEYS:
                     self.node_keys[key] += key in flat
@@ -375,8 +399,8 @@ class Detector:
 
     def _evidence(self, framework: str) -> dict[str, Any]:
         if framework == LLAMAINDEX:
-            where = {"chroma": "metadata", "qdrant": "payload"}.get(self.backend, pg_llamaindex.METADATA_COLUMN)
-            text = {"chroma": "the document", "qdrant": f"{LI_NODE}.text"}.get(self.backend, pg_llamaindex.TEXT_COLUMN)
+            where = {"chroma": "metadata", "qdrant": "payload", "lancedb": "metadata"}.get(self.backend, "metadata_")
+            text = {"chroma": "the document", "qdrant": f"{LI_NODE}.text"}.get(self.backend, "text")
             keys = [key for key in LI_KEYS if self.node_keys[key] == self.rows]
             return {"records": self.rows, "keys": keys, "in": where, "text": text, "ids": "node ids"}
         if self.backend == "qdrant":
@@ -384,6 +408,8 @@ class Detector:
             return {"records": self.rows, "content_key": content, "metadata_key": nested, "ids": "point ids"}
         if self.backend == "pgvector":
             return {"records": self.rows, "text": "document", "metadata": "cmetadata", "ids": "document ids"}
+        if self.backend == "lancedb":
+            return {"records": self.rows, "text": "text", "metadata": "metadata", "ids": "document ids"}
         return {"records": self.rows, "text": "the document", "metadata": "flat", "uris": 0, "ids": "document ids"}
 
 
@@ -473,22 +499,40 @@ def unknown_backend(framework: str, source: str, target: str) -> str | None:
 
 
 def place(
-    layout: Applied, description: DatasetDescription, dest: str, *, renamed: bool
+    layout: Applied,
+    description: DatasetDescription,
+    dest: str,
+    *,
+    renamed: bool,
+    records: Callable[[], Iterable[pa.RecordBatch]] | None = None,
 ) -> tuple[Applied, DatasetDescription, str]:
     """Where the framework keeps the collection on the target: (layout, the description to plan the restore
-    with, the target's name for the dataset). LangChain on pgvector keeps every collection in
-    langchain-postgres's two tables: into pgvector the records go to ``langchain_pg_embedding`` under the
-    collection name `dest`; out of it they go to a collection named as the LangChain collection was (unless
-    `renamed` by the user). Raises UnsupportedFeatureError for a collection LangChain's tables cannot hold."""
+    with, the target's name for the dataset). The framework's tables in PostgreSQL and LanceDB are planned
+    here as if a bundle of them were restored: LangChain on pgvector keeps every collection in
+    langchain-postgres's two tables (the records go to ``langchain_pg_embedding`` under the collection name
+    `dest`; out of it they go to a collection named as the LangChain collection was, unless `renamed` by
+    the user), LlamaIndex in ``data_<name>``; a LanceDB table's metadata struct is typed from the bundle's
+    `records` (read once more, here). Raises UnsupportedFeatureError for a collection the framework's
+    table cannot hold."""
     if layout.source == layout.target:
         return layout, description, dest
-    if layout.target == "pgvector":
+    if layout.target in ("pgvector", "lancedb"):
         dense = description.config.single_vectors()
         if len(description.config.dense) != 1 or len(dense) != 1 or description.config.sparse:
             raise UnsupportedFeatureError(
-                f"collection {description.name!r}: {layout.framework}'s PostgreSQL table keeps one dense vector "
-                "per record; restore with --layout raw"
+                f"collection {description.name!r}: {layout.framework}'s {layout.target} table keeps one dense "
+                "vector per record; restore with --layout raw"
             )
+    if layout.target == "lancedb":
+        if dense[0].name != "":
+            raise UnsupportedFeatureError(
+                f"collection {description.name!r}: {layout.framework}'s LanceDB table keeps its vector in column "
+                f"{lance.VECTOR!r}: restore vector {dense[0].name!r} with --layout raw"
+            )
+        struct = lance.metadata_type(dest, _target_metadatas(layout, dest, records() if records else ()))
+        native = lance.native_definition(layout.framework, dense[0], struct)
+        return layout, replace(description, config=replace(description.config, native=native)), dest
+    if layout.target == "pgvector":
         if layout.framework == LANGCHAIN:
             native, table = pg_langchain.native_definition(dest, dense[0].size), pg_langchain.EMBEDDINGS
         else:
@@ -499,6 +543,19 @@ def place(
     if layout.source == "pgvector" and layout.collection and not renamed:
         return layout, description, layout.collection
     return layout, description, dest
+
+
+def _target_metadatas(layout: Applied, collection: str, batches: Iterable[pa.RecordBatch]) -> Iterator[Any]:
+    """The framework's ``metadata`` of every record as the target will hold it (LanceDB's struct column)."""
+    for batch in batches:
+        for rid, doc, meta in _records(batch):
+            try:
+                _, converted = convert(
+                    layout.framework, layout.source, layout.target, doc, parse_metadata(meta), layout.keys
+                )
+            except ValueError as exc:
+                raise _refusal(layout.framework, layout.source, collection, rid, exc) from None
+            yield (converted or {}).get(lance.METADATA) or {}
 
 
 def fallback_note(choice: str, recorded: Mapping[str, Any] | None, source: str, target: str) -> str | None:
@@ -561,6 +618,15 @@ def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
             "ids that are not UUIDs or unsigned integers became point ids uuid5(516a9226-9fbe-5e46-bb30-59b79d8e957d, "
             "id) (the original kept in payload _aibackup_id): LangChain's get_by_ids and delete take those"
         )
+    elif layout.target == "lancedb" and layout.framework == LANGCHAIN:
+        lance_distance = {"cosine": "cosine", "ip": "dot"}.get(str(distance), "l2")
+        lines.append(
+            f"open it with langchain_community.vectorstores.LanceDB(connection=lancedb.connect(...), "
+            f"table_name={name!r}, embedding=..., distance={lance_distance!r}, mode='append') (its default "
+            "mode, overwrite, replaces the whole table on the next add)"
+        )
+    elif layout.target == "lancedb":
+        lines.append(f"open it with llama_index.vector_stores.lancedb.LanceDBVectorStore(uri=..., table_name={name!r})")
     elif layout.target == "pgvector" and layout.framework == LLAMAINDEX:
         size = dense[0].size if dense else "..."
         lines.append(
