@@ -22,10 +22,11 @@ llamaindex  pgvector  ``text`` of ``data_<name>``                       the node
                                                                         the ids are ``node_id``
 langchain   lancedb   column ``text``                                   column ``metadata`` (a struct)
 llamaindex  lancedb   column ``text`` (and in ``_node_content``)        the node in the ``metadata`` struct
+langchain   milvus    field ``text``                                    the other fields (flat), by ``pk``
 ==========  ========  ================================================  =============================================
 
 PostgreSQL's tables are described in :mod:`.pgvector.langchain` and :mod:`.pgvector.llamaindex`, LanceDB's
-in :mod:`.lancedb.frameworks`.
+in :mod:`.lancedb.frameworks`, Milvus's in :mod:`.milvus.frameworks` (LlamaIndex's Milvus store is not known).
 
 LlamaIndex writes ``_node_content`` with ``json.dumps`` defaults; moving the text in or out re-serialises
 it the same way, so the node it reads is the one it wrote. Ids: a LlamaIndex node id is a UUID, a point id
@@ -49,6 +50,7 @@ import pyarrow.compute as pc
 
 from aibackup.connectors.base import DatasetDescription, ImportPlan
 from aibackup.connectors.lancedb import frameworks as lance
+from aibackup.connectors.milvus import frameworks as milvus
 from aibackup.connectors.pgvector import langchain as pg_langchain
 from aibackup.connectors.pgvector import llamaindex as pg_llamaindex
 from aibackup.errors import UnsupportedFeatureError, UsageError
@@ -61,7 +63,7 @@ LANGCHAIN, LLAMAINDEX = FRAMEWORKS
 CHOICES = ("auto", RAW, *FRAMEWORKS)
 #: The backends whose layout of each framework is known, by connector kind.
 KNOWN = {
-    LANGCHAIN: ("chroma", "qdrant", "pgvector", "lancedb"),
+    LANGCHAIN: ("chroma", "qdrant", "pgvector", "lancedb", "milvus"),
     LLAMAINDEX: ("chroma", "qdrant", "pgvector", "lancedb"),
 }
 #: Where LlamaIndex keeps the text inside ``_node_content`` too (elsewhere the node's "text" is "").
@@ -345,7 +347,7 @@ class Detector:
             for key in LI_KEYS:
                 self.node_keys[key] += int(pc.sum(pc.match_substring(metadata.fill_null(""), f'"{key}":')).as_py() or 0)
         if self.possible[LANGCHAIN]:
-            if self.backend == "chroma":
+            if self.backend in ("chroma", "milvus"):  # the text is the document, the metadata flat
                 ok = pc.all(has_doc).as_py() and batch.column(URI).null_count == batch.num_rows
                 no_llama = not pc.any(pc.match_substring(metadata.fill_null(""), f'"{LI_NODE}":')).as_py()
                 self.possible[LANGCHAIN] = bool(ok and no_llama)
@@ -516,13 +518,16 @@ def place(
     table cannot hold."""
     if layout.source == layout.target:
         return layout, description, dest
-    if layout.target in ("pgvector", "lancedb"):
+    if layout.target in ("pgvector", "lancedb", "milvus"):
         dense = description.config.single_vectors()
         if len(description.config.dense) != 1 or len(dense) != 1 or description.config.sparse:
             raise UnsupportedFeatureError(
                 f"collection {description.name!r}: {layout.framework}'s {layout.target} table keeps one dense "
                 "vector per record; restore with --layout raw"
             )
+    if layout.target == "milvus":  # LangChain's only (KNOWN)
+        native = milvus.native_definition(dest, dense[0])
+        return layout, replace(description, config=replace(description.config, native=native)), dest
     if layout.target == "lancedb":
         if dense[0].name != "":
             raise UnsupportedFeatureError(
@@ -617,6 +622,12 @@ def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
         lines.append(
             "ids that are not UUIDs or unsigned integers became point ids uuid5(516a9226-9fbe-5e46-bb30-59b79d8e957d, "
             "id) (the original kept in payload _aibackup_id): LangChain's get_by_ids and delete take those"
+        )
+    elif layout.target == "milvus":
+        lines.append(
+            f"open it with langchain_milvus.Milvus(embedding_function=..., collection_name={name!r}, "
+            "connection_args={'uri': ...}, enable_dynamic_field=True) (the metadata is in dynamic fields: "
+            "without it langchain-milvus reads none); ids are the pk field"
         )
     elif layout.target == "lancedb" and layout.framework == LANGCHAIN:
         lance_distance = {"cosine": "cosine", "ip": "dot"}.get(str(distance), "l2")

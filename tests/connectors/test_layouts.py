@@ -185,8 +185,11 @@ def test_resolving_the_layout_of_a_restore() -> None:
     assert layouts.resolve("langchain", None, "qdrant", "qdrant", "kb") == layouts.Applied(
         "langchain", "qdrant", "qdrant"
     )
-    with pytest.raises(UsageError, match="langchain's layout on milvus"):
-        layouts.resolve("langchain", None, "chroma", "milvus", "kb")
+    with pytest.raises(UsageError, match="llamaindex's layout on milvus"):
+        layouts.resolve("llamaindex", None, "chroma", "milvus", "kb")
+    assert layouts.resolve("langchain", None, "chroma", "milvus", "kb") == layouts.Applied(
+        "langchain", "chroma", "milvus"
+    )
     with pytest.raises(UsageError, match="bad --layout 'haystack'"):
         layouts.resolve("haystack", None, "chroma", "qdrant", "kb")
 
