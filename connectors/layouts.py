@@ -627,7 +627,8 @@ def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
         lines.append(
             f"open it with langchain_milvus.Milvus(embedding_function=..., collection_name={name!r}, "
             "connection_args={'uri': ...}, enable_dynamic_field=True) (the metadata is in dynamic fields: "
-            "without it langchain-milvus reads none); ids are the pk field"
+            "without it langchain-milvus reads none); ids are the pk field: delete(ids=...) takes them "
+            "(langchain-milvus has no get_by_ids)"
         )
     elif layout.target == "lancedb" and layout.framework == LANGCHAIN:
         lance_distance = {"cosine": "cosine", "ip": "dot"}.get(str(distance), "l2")
@@ -637,7 +638,11 @@ def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
             "mode, overwrite, replaces the whole table on the next add)"
         )
     elif layout.target == "lancedb":
-        lines.append(f"open it with llama_index.vector_stores.lancedb.LanceDBVectorStore(uri=..., table_name={name!r})")
+        lines.append(
+            f"open it with llama_index.vector_stores.lancedb.LanceDBVectorStore(uri=..., table_name={name!r}); node "
+            "ids are the id column (LanceDBVectorStore 0.6's delete(ref_doc_id=) and get_nodes(node_ids=) quote "
+            "ids in a way LanceDB refuses, on any table: retrieval and inserts work)"
+        )
     elif layout.target == "pgvector" and layout.framework == LLAMAINDEX:
         size = dense[0].size if dense else "..."
         lines.append(

@@ -59,6 +59,8 @@ def test_langchain_chroma_to_milvus(tmp_path: Path, cli: Cli) -> None:
         assert app.similarity_search("text 7 ✓", k=1)[0].metadata["pk"] == "doc-007"  # the application's id
         # What the application adds afterwards lands in the same collection, new metadata keys and all.
         app.add_texts(["added later"], metadatas=[{"source": "s9", "n": 200, "new": True}], ids=["doc-200"])
+        app.delete(ids=["doc-008"])  # the application's ids address the restored records
+        assert "doc-008" not in {d.metadata["pk"] for d in app.similarity_search("text 8 ✓", k=3)}
         assert view(app.similarity_search("added later", k=1)) == [
             ("added later", {"source": "s9", "n": 200, "new": True})
         ]

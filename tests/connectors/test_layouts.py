@@ -15,7 +15,7 @@ import pytest
 
 from aibackup.connectors import layouts
 from aibackup.errors import UnsupportedFeatureError, UsageError
-from aibackup.manifests.vectors import metadata_json
+from aibackup.manifests.vectors import metadata_json, parse_metadata
 
 NODE = {
     "id_": "87e2383f-9b98-4032-8cfd-0d01a9a9869d",
@@ -214,3 +214,35 @@ def test_langchain_postgres_rows_and_collections() -> None:
     assert detect("pgvector", batch_of(two)) is None  # two LangChain collections in one table
     found = detect("pgvector", batch_of(two[:1]))
     assert found is not None and found["evidence"]["collection_id"] == "c1"
+
+
+def _as_exported(framework: str, backend: str, text: str, rest: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """A record as `backend`'s connector exports what `framework` wrote there (text, metadata or node)."""
+    source = "chroma"
+    if framework == "langchain":
+        document, metadata = text, dict(rest)
+    else:
+        node = {"id_": "n1", "metadata": rest, "text": "", "class_name": "TextNode"}
+        document = text
+        metadata = {**rest, "_node_content": json.dumps(node), "_node_type": "TextNode", "doc_id": "d1",
+                    "document_id": "d1", "ref_doc_id": "d1"}  # fmt: skip
+    if backend == source:
+        return document, metadata
+    return layouts.convert(framework, source, backend, document, metadata, collection_id="c1", record_id="n1")
+
+
+@pytest.mark.parametrize("framework", ["langchain", "llamaindex"])
+def test_every_pair_of_known_backends_reads_the_same_document(framework: str) -> None:
+    """For every two backends whose layout of the framework is known, a record written there by the framework
+    and converted into the other reads, as the framework reads it, the same text and metadata (or node)."""
+    rest = {"source": "s1", "n": 7, "ok": True}
+    for source in layouts.KNOWN[framework]:
+        document, metadata = _as_exported(framework, source, "text ✓", rest)
+        expected = layouts.view(framework, source, "n1", document, metadata)
+        assert expected.text == "text ✓"
+        for target in layouts.KNOWN[framework]:
+            doc, meta = layouts.convert(
+                framework, source, target, document, metadata, collection_id="c2", record_id="n1"
+            )
+            got = layouts.view(framework, target, "n1", doc, parse_metadata(metadata_json(meta)))
+            assert (got.text, dict(got.rest)) == (expected.text, dict(expected.rest)), (source, target)
