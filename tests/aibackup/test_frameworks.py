@@ -257,6 +257,7 @@ def test_the_layout_check_catches_a_mapping_that_loses_the_text(
     tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from aibackup.connectors import layouts
+    from aibackup.connectors.layouts import writing
 
     source = lc_chroma(tmp_path / "chroma", "kb-lc")
     source.add_documents(lc_docs(10), ids=[f"doc-{i}" for i in range(10)])
@@ -270,7 +271,7 @@ def test_the_layout_check_catches_a_mapping_that_loses_the_text(
             metadata = {"text": metadata.pop("page_content"), **metadata}
         return document, metadata
 
-    monkeypatch.setattr(layouts, "convert", lossy)
+    monkeypatch.setattr(writing, "convert", lossy)  # where transform looks it up
     result = cli("restore", "latest", "--repo", str(repo), "--to", f"qdrant:{tmp_path / 'qdrant'}", "--json")
     assert result.code == 1
     checks = {c["name"]: c for c in result.json()["datasets"][0]["checks"]}

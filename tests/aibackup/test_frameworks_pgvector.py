@@ -7,6 +7,7 @@ records and Qdrant local mode do, so both sides must return the very same docume
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -286,7 +287,7 @@ def test_llamaindex_chroma_to_postgres_and_back(postgres: Postgres, tmp_path: Pa
         assert set(added) | {"source", "n"} == set(old)  # _node_content, _node_type, the ids, as restored
         assert json.loads(added["_node_content"])["text"] == json.loads(old["_node_content"])["text"] == ""
     finally:
-        app.close()
+        asyncio.run(app.close())  # PGVectorStore.close is a coroutine
 
     # And back out: the table is recorded as LlamaIndex's, its rows known by their node ids.
     ok(cli("backup", postgres.uri(db), "--repo", str(repo)))
@@ -321,7 +322,7 @@ def test_llamaindex_postgres_to_chroma(postgres: Postgres, tmp_path: Path, cli: 
         )
         expected = {q: li_view(index, q) for q in QUERIES}
     finally:
-        store.close()
+        asyncio.run(store.close())
     repo = tmp_path / "repo"
     ok(cli("backup", postgres.uri(db), "--repo", str(repo)))
     (dataset,) = manifest_json(repo)["datasets"]
