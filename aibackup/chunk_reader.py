@@ -10,16 +10,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aibackup.chunk_writer import PACK_BYTES
 from aibackup.chunks import PACK_SCHEMA, ChunkAccess, ChunkIds, ChunkIndex, Stored, decompress
 from aibackup.errors import IntegrityError, UnavailableError, first_line
 from aibackup.repository import Repository
+from aibackup.spool import PartSpool
 
 
 class ChunkReader(ChunkAccess):
     """Reads chunks back (restore, verify): each one checked against its id, so damage is always named.
-    Packs are opened once and kept open while read (a few at a time)."""
+    Packs are opened once and kept open while read (a few at a time). A remote repository's pack is
+    downloaded whole into a local spool when first read (concurrent ranged GETs: one pass over the network
+    instead of a request per chunk) and removed from it when the pack is closed."""
 
     OPEN_PACKS = 4
+    #: The most a pack holds (its writer closes it past PACK_BYTES, by one chunk at most): the room the
+    #: spool's disk must have for it.
+    PACK_HINT = 2 * PACK_BYTES
 
     def __init__(self, repo: Repository, index: ChunkIndex | None = None, *, page_checksums: bool = True) -> None:
         """`page_checksums` False: pages are not CRC-checked as they are read (a restore, which proves every
@@ -29,6 +36,7 @@ class ChunkReader(ChunkAccess):
         self.ids = ChunkIds(repo.key())
         self.index = index if index is not None else ChunkIndex.load(repo)
         self._open: OrderedDict[str, tuple[Any, pq.ParquetFile]] = OrderedDict()
+        self._spool = None if repo.storage.is_local else PartSpool(repo.storage)
         self.present: dict[str, bool] = {}  # pack -> whether it exists, for the packs looked at
 
     def put(self, chunk: bytes, data: bytes | memoryview) -> bool:
@@ -96,7 +104,12 @@ class ChunkReader(ChunkAccess):
             return held[1]
         storage = self.repo.storage
         # On local disk the pack is mapped: Arrow reads its pages in place, without a copy through Python.
-        f: Any = pa.memory_map(storage.full(path)) if storage.is_local else storage.open_read(path)
+        f: Any
+        if self._spool is None:
+            f = pa.memory_map(storage.full(path))
+        else:
+            self._spool.hash(path, self.PACK_HINT)  # downloaded once; the chunks are proven by their ids
+            f = self._spool.open(path)
         try:
             pf = pq.ParquetFile(
                 f,
@@ -107,14 +120,20 @@ class ChunkReader(ChunkAccess):
                 raise IntegrityError(f"damaged chunk pack {self.repo.storage.display(path)}: unexpected columns")
         except BaseException:
             f.close()
+            if self._spool is not None:
+                self._spool.discard(path)
             raise
         self._open[path] = (f, pf)
         while len(self._open) > self.OPEN_PACKS:
-            _, (old, _) = self._open.popitem(last=False)
+            gone, (old, _) = self._open.popitem(last=False)
             old.close()
+            if self._spool is not None:
+                self._spool.discard(gone)
         return pf
 
     def close(self) -> None:
         while self._open:
             _, (f, _) = self._open.popitem()
             f.close()
+        if self._spool is not None:
+            self._spool.close()

@@ -122,6 +122,18 @@ class PartSpool:
             return self.storage.open_read(rel)
         return pa.memory_map(local)
 
+    def discard(self, rel: str) -> None:
+        """Remove the local copy of part `rel` (a later read downloads it again); one fetched ahead is
+        waited for first."""
+        ahead = self._ahead.pop(rel, None)
+        if ahead is not None:
+            concurrent.futures.wait([ahead])
+        with self._lock:
+            local = self._files.pop(rel, None)
+        if local is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(local)
+
     def drop(self) -> None:
         """Remove every local copy (the spool stays usable); fetches still running are waited for."""
         for ahead in self._ahead.values():

@@ -595,7 +595,12 @@ def test_a_missing_pack_of_a_later_version_refuses_before_anything_is_written(mo
 
 
 @pytest.mark.s3
-def test_a_model_round_trips_through_s3(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+def test_a_model_round_trips_through_s3(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool"  # the packs a restore or verify downloads whole, removed when it ends
+    spool.mkdir()
+    monkeypatch.setenv("AIBACKUP_SPOOL_DIR", str(spool))
     src = tmp_path / "model"
     write_safetensors(src / "model.safetensors", {"a": weights(512, seed=1), "b": weights(64, seed=2)})
     (src / "config.json").write_text('{"model_type": "llama"}')
@@ -610,6 +615,7 @@ def test_a_model_round_trips_through_s3(tmp_path: Path, request: pytest.FixtureR
     verified = run_verify(url, read_data=True)
     assert verified.ok, verified.to_json()
     assert verified.bytes_read >= (src / "model.safetensors").stat().st_size
+    assert not list(spool.iterdir())
 
     # A second version, then prune on S3: the first bundle's unshared chunks go, the second restores.
     write_safetensors(src / "model.safetensors", {"a": weights(512, seed=3), "b": weights(64, seed=2)})
@@ -622,6 +628,7 @@ def test_a_model_round_trips_through_s3(tmp_path: Path, request: pytest.FixtureR
     again = tmp_path / "restored-2"
     assert restore(again, repo=url).ok
     assert tree(again) == tree(src)
+    assert not list(spool.iterdir())
 
 
 def test_the_restore_test_drill_restores_and_proves_a_model(model_dir: Path, tmp_path: Path, cli: Cli) -> None:
