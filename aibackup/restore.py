@@ -159,8 +159,16 @@ def run_restore(
             source_kind = str(manifest.source.get("kind"))
             plans: list[tuple[DatasetManifest, ImportPlan]] = []
             applied: dict[str, layouts.Applied | None] = {}
+            taken: dict[str, str] = {}
             for d, dest in selected:
                 chosen, description, dest, note = _layout(layout, d, dest, source_kind, connector.kind, reader)
+                if dest in taken:  # a framework's one table for every collection (langchain_pg_embedding)
+                    raise UsageError(
+                        f"collections {taken[dest]!r} and {d.name!r} would both be restored into {dest!r} "
+                        f"({chosen.framework if chosen else 'the'} layout's one table for every collection): restore "
+                        "one with --collection, then the other with --collection and --mode merge"
+                    )
+                taken[dest] = d.name
                 plan = connector.plan_import(description, dest, mode=mode, allow_lossy=allow_lossy)
                 if chosen is not None:
                     plan = layouts.apply(plan, chosen)

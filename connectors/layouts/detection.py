@@ -112,8 +112,24 @@ class Detector:
                 elif self.backend == "pgvector":
                     evidence["table"] = table
                     evidence["collection"] = pg_llamaindex.collection_of(table)
-                return {"framework": framework, "backend": self.backend, "evidence": evidence}
+                if self.backend == "milvus" and not _langchain_fields(native):
+                    return None  # documents and flat metadata in fields of other names: no framework's
+                return {
+                    "framework": framework,
+                    "backend": self.backend,
+                    "certain": self._certain(framework),
+                    "evidence": evidence,
+                }
         return None
+
+    def _certain(self, framework: str) -> bool:
+        """Whether the records show the framework's own marks (LlamaIndex's keys, LangChain's payload keys,
+        table, column or field names), not only a shape other applications write too: a document and flat
+        metadata on Chroma, two payload keys of other names on Qdrant. A restore writes an uncertain layout
+        only where it changes the records, not the target's tables (planning.resolve)."""
+        if framework == LLAMAINDEX or self.backend in ("pgvector", "lancedb", "milvus"):
+            return True
+        return self.backend == "qdrant" and self.keys == LC_KEYS
 
     def _evidence(self, framework: str) -> dict[str, Any]:
         if framework == LLAMAINDEX:
@@ -129,6 +145,12 @@ class Detector:
         if self.backend == "lancedb":
             return {"records": self.rows, "text": "text", "metadata": "metadata", "ids": "document ids"}
         return {"records": self.rows, "text": "the document", "metadata": "flat", "uris": 0, "ids": "document ids"}
+
+
+def _langchain_fields(native: Mapping[str, Any] | None) -> bool:
+    """Whether a Milvus collection has langchain-milvus's fields: ``pk`` (the primary key) and ``text``."""
+    fields = {f.get("name"): f for f in (native or {}).get("fields") or ()}
+    return "text" in fields and bool(fields.get("pk", {}).get("is_primary"))
 
 
 def langchain_keys(payload: Mapping[str, Any] | None) -> tuple[str, str] | None:

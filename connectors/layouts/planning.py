@@ -79,6 +79,8 @@ def resolve(
     found = recorded is not None and recorded.get("framework") == framework and recorded.get("backend") == source
     if choice == "auto" and unknown_backend(framework, source, target) is not None:
         return None  # raw, and the restore says why (fallback_note)
+    if choice == "auto" and not certain(recorded) and target in TABLE_TARGETS:
+        return None  # a shape other applications write too: the target's own tables (fallback_note)
     for side, kind in (("source", source), ("target", target)):
         if kind not in KNOWN[framework]:
             raise UsageError(
@@ -91,6 +93,20 @@ def resolve(
         keys = (str(evidence.get("content_key", LC_CONTENT)), str(evidence.get("metadata_key", LC_METADATA)))
     named = evidence.get("collection") if source == "pgvector" else None
     return Applied(framework, source, target, found, keys, str(named) if named else None)
+
+
+#: Targets where a framework's layout is tables, columns or fields of its own (not only where a record keeps
+#: its text): an uncertain layout is not written there unless asked for.
+TABLE_TARGETS = ("pgvector", "lancedb", "milvus")
+
+
+def certain(recorded: Mapping[str, Any] | None) -> bool:
+    """Whether a recorded layout rests on the framework's own marks (Detector._certain). Bundles before
+    written before the field existed do not say: LangChain's layout on Chroma was the only uncertain one."""
+    recorded = recorded or {}
+    return bool(
+        recorded.get("certain", not (recorded.get("framework") == LANGCHAIN and recorded.get("backend") == "chroma"))
+    )
 
 
 def unknown_backend(framework: str, source: str, target: str) -> str | None:
@@ -163,18 +179,26 @@ def _target_metadatas(layout: Applied, collection: str, batches: Iterable[pa.Rec
 
 def fallback_note(choice: str, recorded: Mapping[str, Any] | None, source: str, target: str) -> str | None:
     """Why a restore with ``--layout auto`` writes raw records although the backup recorded a layout: the
-    framework's layout on one of the backends is not known (an explicit ``--layout`` is refused instead)."""
+    framework's layout on one of the backends is not known (an explicit ``--layout`` is refused instead),
+    or the records only have a shape other applications write too and the target's layout is tables of the
+    framework's own (an explicit ``--layout`` writes it)."""
     framework = (recorded or {}).get("framework", RAW)
     if choice != "auto" or framework == RAW:
         return None
     kind = unknown_backend(framework, source, target)
-    if kind is None:
-        return None
-    return (
-        f"recorded in {framework}'s layout, restored raw: {framework}'s layout on {kind} is not known to this "
-        f"aibackup (known: {', '.join(KNOWN[framework])}); the records are whole, an application reading them "
-        f"through {framework} may need its own mapping"
-    )
+    if kind is not None:
+        return (
+            f"recorded in {framework}'s layout, restored raw: {framework}'s layout on {kind} is not known to this "
+            f"aibackup (known: {', '.join(KNOWN[framework])}); the records are whole, an application reading them "
+            f"through {framework} may need its own mapping"
+        )
+    if not certain(recorded) and target in TABLE_TARGETS:
+        return (
+            f"the records have the shape {framework} writes on {source} (which applications without a framework "
+            f"write too): restored raw into this {target} collection of their own; --layout {framework} writes "
+            f"{framework}'s {target} layout instead"
+        )
+    return None
 
 
 def apply(plan: ImportPlan, layout: Applied) -> ImportPlan:
@@ -233,7 +257,8 @@ def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
         lines.append(
             f"open it with langchain_community.vectorstores.LanceDB(connection=lancedb.connect(...), "
             f"table_name={name!r}, embedding=..., distance={lance_distance!r}, mode='append') (its default "
-            "mode, overwrite, replaces the whole table on the next add)"
+            "mode, overwrite, replaces the whole table on the next add); ids are the id column: delete(ids=...) "
+            "takes them (langchain-community's LanceDB has no get_by_ids)"
         )
     elif layout.target == "lancedb":
         lines.append(

@@ -101,6 +101,7 @@ def test_langchain_chroma_to_qdrant_and_back(tmp_path: Path, cli: Cli) -> None:
     assert layout_of(cli, repo) == {
         "framework": "langchain",
         "backend": "chroma",
+        "certain": False,  # a document and flat metadata: other applications write that too
         "evidence": {"records": 300, "text": "the document", "metadata": "flat", "uris": 0, "ids": "document ids"},
     }
     shown = ok(cli("show", "latest", "--repo", str(repo))).out

@@ -50,7 +50,7 @@ def test_langchain_chroma_to_milvus(tmp_path: Path, cli: Cli) -> None:
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
 
     target = tmp_path / "milvus" / "milvus.db"
-    result = restored(cli, repo, f"milvus:{target}")
+    result = restored(cli, repo, f"milvus:{target}", "--layout", "langchain")  # Chroma's shape is not certain
     assert result["layout"] == "langchain (chroma -> milvus)"
     assert [c["ok"] for c in result["checks"] if c["name"] == "layout"] == [True]
     assert any("enable_dynamic_field=True" in n for n in result["notes"])

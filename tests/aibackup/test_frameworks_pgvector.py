@@ -105,7 +105,11 @@ def test_langchain_chroma_to_postgres(postgres: Postgres, tmp_path: Path, cli: C
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
 
     db = database(postgres, tmp_path, "dst")
-    result = restored(cli, repo, postgres.uri(db))
+    # Documents and flat metadata on Chroma are LangChain's shape but not only LangChain's: the default keeps
+    # a table of the collection's own name; --layout langchain writes langchain-postgres's tables.
+    raw = restored(cli, repo, postgres.uri(database(postgres, tmp_path, "raw")))
+    assert raw["target"] == "kb-lc" and any("--layout langchain writes" in n for n in raw["notes"])
+    result = restored(cli, repo, postgres.uri(db), "--layout", "langchain")
     assert result["target"] == "langchain_pg_embedding" and result["layout"] == "langchain (chroma -> pgvector)"
     assert [c["ok"] for c in result["checks"] if c["name"] == "layout"] == [True]
     assert any("collection_name='kb-lc'" in n and "DistanceStrategy.EUCLIDEAN" in n for n in result["notes"])
@@ -172,7 +176,7 @@ def test_a_cosine_collection_is_searched_as_cosine_on_the_restored_tables(
     col.add(ids=[f"n{i}" for i in range(60)], embeddings=vectors, documents=[f"note {i}" for i in range(60)])
     repo = tmp_path / "repo"
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
-    result = restored(cli, repo, postgres.uri(database(postgres, tmp_path, "cos")))
+    result = restored(cli, repo, postgres.uri(database(postgres, tmp_path, "cos")), "--layout", "langchain")
     (search,) = [c for c in result["checks"] if c["name"] == "search"]
     assert search["ok"] and search["measures"]["recall"] >= search["measures"]["needs"]
     assert any("DistanceStrategy.COSINE" in n for n in result["notes"])
@@ -193,7 +197,21 @@ def test_merging_into_a_collection_langchain_made_with_another_uuid(
         app.add_documents([Document(page_content="already there", metadata={"n": -1})], ids=["own-1"])
     finally:
         app._engine.dispose()
-    result = ok(cli("restore", "latest", "--repo", str(repo), "--to", postgres.uri(db), "--mode", "merge", "--json"))
+    result = ok(
+        cli(
+            "restore",
+            "latest",
+            "--repo",
+            str(repo),
+            "--to",
+            postgres.uri(db),
+            "--mode",
+            "merge",
+            "--layout",
+            "langchain",
+            "--json",
+        )
+    )
     assert result.json()["ok"]
     app = pg_store(postgres, db, "kb-lc", "EUCLIDEAN")
     try:
@@ -331,3 +349,31 @@ def test_llamaindex_postgres_to_chroma(postgres: Postgres, tmp_path: Path, cli: 
     assert result["target"] == "notes" and result["layout"] == "llamaindex (pgvector -> chroma)"
     target = VectorStoreIndex.from_vector_store(li_chroma(tmp_path / "chroma", "notes"))
     assert {q: li_view(target, q) for q in QUERIES} == expected
+
+
+def test_two_langchain_collections_share_the_postgres_tables_one_at_a_time(
+    postgres: Postgres, tmp_path: Path, cli: Cli
+) -> None:
+    """langchain-postgres keeps every collection in one table: a restore of two at once is refused before
+    anything is written (the proof of each needs the table to itself); one, then the other merged, works
+    and the application finds both."""
+    for name in ("kb-one", "kb-two"):
+        store = lc_chroma(tmp_path / "chroma", name)
+        store.add_documents(lc_docs(30), ids=[f"{name}-{i}" for i in range(30)])
+    repo = tmp_path / "repo"
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
+    db = database(postgres, tmp_path, "two")
+    target = postgres.uri(db)
+    refused = cli("restore", "latest", "--repo", str(repo), "--to", target, "--layout", "langchain")
+    assert refused.code == 2 and "would both be restored into 'langchain_pg_embedding'" in refused.err
+    with postgres.connect(db) as conn:
+        assert conn.execute("SELECT to_regclass('langchain_pg_embedding')").fetchone() == (None,)
+    restored(cli, repo, target, "--layout", "langchain", "--collection", "kb-one")
+    merged = restored(cli, repo, target, "--layout", "langchain", "--collection", "kb-two", "--mode", "merge")
+    assert merged["rows"] == 30
+    for name in ("kb-one", "kb-two"):
+        app = pg_store(postgres, db, name, "EUCLIDEAN")
+        try:
+            assert {d.id for d in app.similarity_search("text 3 ✓", k=40)} == {f"{name}-{i}" for i in range(30)}
+        finally:
+            app._engine.dispose()

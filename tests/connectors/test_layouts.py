@@ -134,6 +134,7 @@ def test_detection_needs_every_record_in_the_layout() -> None:
     assert detect("chroma", batch_of(lc)) == {
         "framework": "langchain",
         "backend": "chroma",
+        "certain": False,
         "evidence": {"records": 2, "text": "the document", "metadata": "flat", "uris": 0, "ids": "document ids"},
     }
     assert detect("chroma", batch_of(lc), batch_of([("c", None, {"n": 3})])) is None  # one record without text
@@ -246,3 +247,16 @@ def test_every_pair_of_known_backends_reads_the_same_document(framework: str) ->
             )
             got = layouts.view(framework, target, "n1", doc, parse_metadata(metadata_json(meta)))
             assert (got.text, dict(got.rest)) == (expected.text, dict(expected.rest)), (source, target)
+
+
+def test_milvus_records_are_langchains_only_in_its_fields() -> None:
+    """Documents and flat metadata in Milvus are LangChain's layout only in langchain-milvus's fields
+    (``pk`` primary, ``text``): a collection of other field names stays raw."""
+    lc = [("a", "one", {"n": 1}), ("b", "two", None)]
+    detector = layouts.Detector("milvus")
+    detector.add(batch_of(lc))
+    theirs = {"fields": [{"name": "pk", "is_primary": True}, {"name": "text"}, {"name": "vector"}]}
+    found = detector.result(theirs)
+    assert found is not None and found["framework"] == "langchain" and found["certain"] is True
+    ours = {"fields": [{"name": "id", "is_primary": True}, {"name": "document"}, {"name": "vector"}]}
+    assert detector.result(ours) is None
