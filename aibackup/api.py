@@ -77,6 +77,8 @@ def backup(
     full: bool = False,
     full_every: int = FULL_EVERY,
     allow_lossy: bool = False,
+    workers: int | None = None,
+    dask: str | None = None,
 ) -> BackupResult:
     """Back up the store `source` into a new bundle of `repository`: an opened one, or a location where
     one is created when missing or empty, and removed again if this first backup fails (what ``aibackup
@@ -85,7 +87,9 @@ def backup(
     A vector collection is backed up incrementally when it can follow the chain of its previous bundle
     (docs/bundle-format.md): `full` forces a full backup; `full_every` is the most incremental links
     after a full backup (0: always full); `allow_lossy` lets a source back up what it holds only
-    approximately, saying so (a LanceDB table without an id column: row positions as ids)."""
+    approximately, saying so (a LanceDB table without an id column: row positions as ids). `workers` (a
+    local Dask cluster of that many processes) or `dask` (a scheduler's address; else ``AIBACKUP_DASK``)
+    spread a full backup of a collection its source can split over workers (aibackup.distributed)."""
     from aibackup.backup import SourceOptions, run_backup
 
     options = SourceOptions(
@@ -98,6 +102,8 @@ def backup(
         full=full,
         full_every=full_every,
         allow_lossy=allow_lossy,
+        workers=workers,
+        dask=dask,
     )
     return run_backup(repository, source, collections, source_options=options, progress=progress)
 
@@ -147,9 +153,11 @@ class Repository(_repository.Repository):
         full: bool = False,
         full_every: int = FULL_EVERY,
         allow_lossy: bool = False,
+        workers: int | None = None,
+        dask: str | None = None,
     ) -> BackupResult:
         """Back up the store `source` (a URI, docs/stores.md) into a new bundle, as ``aibackup backup``
-        (`full`, `full_every`, `allow_lossy`: see :func:`backup`)."""
+        (`full`, `full_every`, `allow_lossy`, `workers`, `dask`: see :func:`backup`)."""
         return backup(
             self,
             source,
@@ -164,6 +172,8 @@ class Repository(_repository.Repository):
             full=full,
             full_every=full_every,
             allow_lossy=allow_lossy,
+            workers=workers,
+            dask=dask,
         )
 
     def backup_sources(

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
-from aibackup import __version__, clock, filereuse
+from aibackup import __version__, clock, distributed, filereuse
 from aibackup.baseline import BaselineRecorder, seed_for
 from aibackup.bundle import BundleWriter, PartGroups
 from aibackup.bundle_reader import BundleReader
 from aibackup.chunk_writer import ChunkStore
 from aibackup.config import FULL_EVERY
 from aibackup.connectors import layouts
-from aibackup.connectors.base import ChunkedConnector, Connector, DatasetDescription
+from aibackup.connectors.base import ChunkedConnector, Connector, DatasetDescription, Partitioning
 from aibackup.connectors.registry import open_connector, parse_location
 from aibackup.crypto import RepositoryKey, passphrase_from
 from aibackup.errors import AibackupError, UsageError
@@ -57,6 +57,8 @@ class SourceOptions:
     full: bool = False  # vectors: a full backup even where an incremental one could follow the chain
     full_every: int = FULL_EVERY  # vectors: incremental links after a full backup before the next full one
     allow_lossy: bool = False  # a source may back up what it holds only approximately, saying so (LanceDB)
+    workers: int | None = None  # a partitioned backup on a local Dask cluster of this many processes
+    dask: str | None = None  # ... or on the Dask scheduler at this address (also AIBACKUP_DASK)
 
     def connector_options(self, key: RepositoryKey | None, exclude: Sequence[str]) -> dict[str, object]:
         return {
@@ -210,11 +212,11 @@ def run_backup(
         if store is not None and isinstance(connector, ChunkedConnector):
             connector.use_chunks(store)
         try:
-            with steady_memory():
+            with steady_memory(), distributed.cluster(source_options.workers, source_options.dask) as on:
                 for index, description in enumerate(descriptions):
                     if description.kind in CHAINED_KINDS:
                         chained = _write_chained(
-                            connector, repo, writer, index, description, source, source_options, report
+                            connector, repo, writer, index, description, source, source_options, report, on, source_uri
                         )
                         chained.recorder.ask(golden)
                         recorders.append(chained.recorder)
@@ -379,9 +381,13 @@ def _write_chained(
     source: Mapping[str, object],
     options: SourceOptions,
     report: Progress,
+    on: distributed.Cluster | None = None,
+    source_uri: str = "",
 ) -> _Chained:
     """Write a vector dataset as a link after its previous bundle's chain, or in full (aibackup.incremental):
-    read the source once, or twice when the first read finds that more than half the records changed."""
+    read the source once, or twice when the first read finds that more than half the records changed. A
+    full backup `on` a Dask cluster is written by its workers, one partition each, where the connector can
+    split the dataset (aibackup.distributed)."""
     reader = BundleReader(repo)
     previous_bundle, previous = _previous_dataset(repo, source, description)
     reason = full_reason(reader, previous, description, full=options.full, full_every=options.full_every)
@@ -392,6 +398,12 @@ def _write_chained(
         except AibackupError as exc:
             reason = f"the previous bundle's record index cannot be used ({exc})"
     folder = writer.dataset_folder(index, description.name)
+    if on is not None and delta is None:
+        split = connector.partition(description, on.workers * distributed.PER_WORKER)
+        if split is not None:
+            return _write_partitioned(
+                connector, repo, writer, index, description, source_uri, options, report, on, split, reason, previous
+            )
     while True:
         recorder = BaselineRecorder(connector, description, options.queries, seed_for(writer.bundle_id))
         detector = layouts.Detector(connector.kind)
@@ -421,8 +433,43 @@ def _write_chained(
     if found is not None:  # every record is in a framework's layout: the restore keeps it
         dataset = replace(dataset, config={**dataset.config, "layout": found})
     notes = [f"{description.name}: full backup: {reason}"] if reason and previous is not None else []
+    if on is not None:
+        why = "an incremental link is written by this process" if delta is not None else "the source cannot split it"
+        notes.append(f"{description.name}: not partitioned ({why})")
     state = connector.export_state(description.name)  # a vector connector's notes (ids it had to make up)
     notes += [f"{description.name}: {note}" for note in (state.notes if state is not None else ())]
+    return _Chained(dataset, recorder, reason, notes)
+
+
+def _write_partitioned(
+    connector: Connector,
+    repo: Repository,
+    writer: BundleWriter,
+    index: int,
+    description: DatasetDescription,
+    source_uri: str,
+    options: SourceOptions,
+    report: Progress,
+    on: distributed.Cluster,
+    split: Partitioning,
+    reason: str | None,
+    previous: DatasetManifest | None,
+) -> _Chained:
+    """A full backup of a vector dataset written by the cluster's workers (aibackup.distributed); the search
+    baseline's query sample and the layout detection then read the parts they wrote, once."""
+    report.dataset(description.name, description.rows)
+    dataset = distributed.write_partitioned(on, split, repo, writer, index, description, source_uri, options.key_file)
+    recorder = BaselineRecorder(connector, description, options.queries, seed_for(writer.bundle_id))
+    detector = layouts.Detector(connector.kind)
+    for batch in BundleReader(repo, spool=writer.spool or False).batches(dataset):
+        report.advance(batch.num_rows)
+        recorder.add(batch)
+        detector.add(batch)
+    found = detector.result(getattr(description.config, "native", None))
+    if found is not None:
+        dataset = replace(dataset, config={**dataset.config, "layout": found})
+    notes = [f"{description.name}: full backup: {reason}"] if reason and previous is not None else []
+    notes.append(f"{description.name}: partitioned: {split.how}, written by {on.describe()}")
     return _Chained(dataset, recorder, reason, notes)
 
 

@@ -83,9 +83,10 @@ class _IndexWriter:
 
     GROUP_ROWS = 65536
 
-    def __init__(self, writer: BundleWriter, folder: str) -> None:
+    def __init__(self, writer: BundleWriter, folder: str, prefix: str = "") -> None:
         self.writer = writer
         self.folder = folder
+        self.prefix = prefix
         self.ids: list[pa.Array] = []
         self.digests: list[bytes] = []
         self.pending = 0
@@ -113,7 +114,7 @@ class _IndexWriter:
 
     def _write(self, table: pa.Table) -> None:
         if self.sink is None:
-            path = f"{self.folder}/index-{self.number:05d}.parquet"
+            path = f"{self.folder}/index-{self.prefix}{self.number:05d}.parquet"
             self.writer.created.append(path)
             self.sink = PartSink(self.writer.repo, path, INDEX_SCHEMA, self.writer.options, plain=True)
         self.sink.write(table)
@@ -174,6 +175,7 @@ class BundleWriter:
         select: Select | None = None,
         with_index: bool = False,
         groups: PartGroups | None = None,
+        part_prefix: str = "",
     ) -> DatasetManifest:
         """Stream `batches` (canonical schema of `description`) into parts; return the dataset's manifest.
 
@@ -184,6 +186,8 @@ class BundleWriter:
         record written also go into record-index parts (aibackup.manifests.chain), in record order, and the
         manifest is a chain of one link (this bundle's). With `groups`, what each part holds is recorded
         there (and with ``groups.split`` parts are rolled wherever the grouping value changes).
+        `part_prefix` goes before the part (and index part) numbers: the writers of a partitioned backup
+        (aibackup.distributed) write one dataset's folder side by side.
 
         Raises SourceDataError if a batch does not have the dataset's schema (a connector bug must not
         produce a bundle that cannot be restored).
@@ -191,7 +195,7 @@ class BundleWriter:
         schema = description.schema
         folder = self.dataset_folder(index, description.name)
         digest = DatasetDigest(algorithm=DIGEST_ALGORITHM)  # new datasets: always the current algorithm
-        record_index = _IndexWriter(self, folder) if with_index else None
+        record_index = _IndexWriter(self, folder, part_prefix) if with_index else None
         kinds: Counter[str] = Counter()
         finished: dict[int, PartEntry] = {}
         sinks: dict[int, PartSink] = {}  # open parts; each is touched only by its own encoder thread
@@ -206,7 +210,7 @@ class BundleWriter:
             """Encode one row group into part `number` (in that part's encoder thread, in order)."""
             sink = sinks.get(number)
             if sink is None:
-                path = f"{folder}/part-{number:05d}.parquet"
+                path = f"{folder}/part-{part_prefix}{number:05d}.parquet"
                 self.created.append(path)
                 spool = self.spool if description.kind == "vectors" else None  # the search baseline reads them
                 sink = sinks[number] = PartSink(self.repo, path, schema, self.options, spool=spool)

@@ -86,6 +86,22 @@ from aibackup.recall_rule import DEFAULT_QUERIES
     help="Back up what a source holds only approximately, saying so in the report (a LanceDB table without "
     "an id column: its row positions as ids).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    metavar="N",
+    help="Vectors: spread a full backup over a local Dask cluster of N processes, where the source can split "
+    "a collection (pgvector: block ranges of one exported snapshot); needs aibackup[dask].",
+)
+@click.option(
+    "--dask",
+    "dask_address",
+    metavar="ADDRESS",
+    default=None,
+    help="Vectors: as --workers, on the running Dask scheduler at ADDRESS (also AIBACKUP_DASK); the workers "
+    "reach the repository and the source with their own credentials.",
+)
 @key_file_option
 @observe_options
 @repo_option
@@ -102,6 +118,8 @@ def backup(
     full: bool,
     full_every: int | None,
     allow_lossy: bool,
+    workers: int | None,
+    dask_address: str | None,
     key_file: str | None,
     show_progress: bool | None,
     log_format: str,
@@ -128,6 +146,8 @@ def backup(
     from aibackup.progress import make_progress
 
     repo, config = resolve(repo, config_path, need_config=source is None)
+    if source is None and (workers is not None or dask_address is not None):
+        raise UsageError("--workers and --dask apply to a backup of one SOURCE (not yet to the config's sources)")
     if source is None:
         _backup_config(
             config, source_names, queries, full, full_every, show_progress, log_format, metrics_file, as_json
@@ -153,6 +173,8 @@ def backup(
             full=full,
             full_every=_configured(config, source, "full_every", FULL_EVERY) if full_every is None else full_every,
             allow_lossy=allow_lossy,
+            workers=workers,
+            dask=dask_address,
         )
     finally:
         progress.close()

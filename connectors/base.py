@@ -275,6 +275,17 @@ class Connector(ABC):
         sha256 of every file written against the manifest. Default: none."""
         return []
 
+    def partition(self, dataset: DatasetDescription, wanted: int) -> Partitioning | None:
+        """How `dataset` splits into about `wanted` partitions that together read exactly what ``export``
+        reads (one consistent state of the source, every record once), for workers that each open the
+        source with ``Partitioning.options`` and call :meth:`export_partition`; None when this source
+        cannot split (the backup then reads it in one process, and says so). Default: None."""
+        return None
+
+    def export_partition(self, dataset: DatasetDescription, partition: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
+        """The records of one partition of :meth:`partition` (in a connector opened with its options)."""
+        raise NotImplementedError(f"{self.kind} cannot split a dataset")
+
     def id_types(self, ids: pa.Array) -> Counter[str]:
         """How many of `ids` (canonical strings, as exported) had each original id type in this backend:
         "string", "uint" or "uuid". The manifest records the counts. Default: all strings."""
@@ -288,6 +299,18 @@ class Connector(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class Partitioning:
+    """A dataset split for workers (``Connector.partition``): `partitions` are JSON-able descriptions each
+    worker's :meth:`Connector.export_partition` reads; `options` are connector options every worker opens
+    the source with (PostgreSQL: the exported snapshot all of them read); `how` says it in words. Never a
+    credential: workers take those from their own environment."""
+
+    partitions: tuple[Mapping[str, Any], ...]
+    options: Mapping[str, Any]
+    how: str
 
 
 class ChunkedConnector(Connector):

@@ -401,3 +401,9 @@ def reference_statements(conn: Any, reference: dict[str, Any]) -> list[tuple[str
         made, _ = after_data_statements(ref, ref["schema"], ref["table"])
         statements += [(statement, []) for statement in made]
     return statements
+
+
+def unique_values(conn: Any, table: str, column: str) -> bool:
+    """Whether every row has a value in `column` and no two the same (then it can be the record id)."""
+    sql = f"SELECT count({quote(column)}) = count(*) AND count(DISTINCT {quote(column)}) = count(*) FROM {table}"
+    return bool(scalar(conn, sql))

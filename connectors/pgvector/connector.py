@@ -92,6 +92,7 @@ from aibackup.connectors.base import (
     ExportState,
     ImportPlan,
     Location,
+    Partitioning,
     VectorConnector,
     chain,
     identity,
@@ -137,6 +138,10 @@ class PgvectorConnector(VectorConnector):
         with self._errors("reading the server's settings"):
             # Timestamps are written in UTC whatever the server's zone: two backups give the same text.
             self._conn.execute("SET TIME ZONE 'UTC'")
+        snapshot = (options or {}).get("snapshot")
+        if snapshot is not None and not create:  # a worker of a partitioned backup: the driver's snapshot
+            with self._errors("importing the backup's snapshot"):
+                self._conn.execute(f"SET TRANSACTION SNAPSHOT {catalog.literal(str(snapshot))}")
         self._notes: dict[str, list[str]] = {}
         #: (schema, table) -> the document column of a table restored here (for the restore's checks)
         self._documents: dict[tuple[str, str], str] = {}
@@ -193,7 +198,8 @@ class PgvectorConnector(VectorConnector):
                     column["dim_held"] = mapping.held_dimension(conn, qualified(schema, table), column["name"], name)
             rows = catalog.scalar(conn, f"SELECT count(*) FROM {qualified(schema, table)}")
             native["references"], left_out = catalog.referenced_tables(conn, native)
-            if llamaindex.is_table(native) and _unique_ids(conn, qualified(schema, table), llamaindex.ID_COLUMN):
+            node_ids = llamaindex.is_table(native)
+            if node_ids and catalog.unique_values(conn, qualified(schema, table), llamaindex.ID_COLUMN):
                 native["id_column"] = llamaindex.ID_COLUMN  # the application's ids are its node ids
         self._notes[name] = left_out
         columns = self._columns(native, name)
@@ -220,18 +226,40 @@ class PgvectorConnector(VectorConnector):
         the module docstring); SourceDataError for a value the bundle cannot hold (a vector of another
         dimension)."""
         native = dataset.config.native
+        notes = list(self._notes.get(dataset.name, ()))  # what describe found (referenced tables left out)
+        if not self._columns(native, dataset.name).id:
+            notes.append(
+                f"table {dataset.name} has no primary key: its ids are the row positions (0, 1, …) of this "
+                "snapshot in physical order, not stable names"
+            )
+        target = qualified(native["schema"], native["table"])
+        yield from self._export_pages(dataset, reading.pages(self._require(), self.location, target, dataset.name))
+        self._notes[dataset.name] = notes
+
+    def partition(self, dataset: DatasetDescription, wanted: int) -> Partitioning | None:
+        """Block ranges of the table in this connector's snapshot, exported for the workers' transactions
+        (:func:`.reading.split`); a table without a primary key does not split (its ids are row positions
+        counted across the whole table)."""
+        native = dataset.config.native
+        if not self._columns(native, dataset.name).id:
+            return None
+        return reading.split(self._require(), self.location, native, dataset.name, wanted)
+
+    def export_partition(self, dataset: DatasetDescription, partition: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
+        return self._export_pages(
+            dataset, [(int(low), None if high is None else int(high)) for low, high in partition["pages"]]
+        )
+
+    def _export_pages(
+        self, dataset: DatasetDescription, ranges: Iterable[tuple[int, int | None]]
+    ) -> Iterator[pa.RecordBatch]:
+        native = dataset.config.native
         columns = self._columns(native, dataset.name)
         target = qualified(native["schema"], native["table"])
         select, decoders = reading.select_list(columns)
         schema = dataset.schema
         position = 0
-        notes = list(self._notes.get(dataset.name, ()))  # what describe found (referenced tables left out)
-        if not columns.id:
-            notes.append(
-                f"table {dataset.name} has no primary key: its ids are the row positions (0, 1, …) of this "
-                "snapshot in physical order, not stable names"
-            )
-        for low, high in reading.pages(self._require(), self.location, target, dataset.name):
+        for low, high in ranges:
             # A page of heap blocks (a TID range scan: sequential, in physical order, which numbers the rows
             # of a table without a primary key). One COPY of a whole table could leave a buffer the size of
             # the table in memory: libpq reads as much of a COPY as the socket holds, whenever it reads.
@@ -246,7 +274,6 @@ class PgvectorConnector(VectorConnector):
             ):
                 position += batch.num_rows
                 yield batch
-        self._notes[dataset.name] = notes
 
     def export_state(self, name: str) -> ExportState | None:
         notes = self._notes.get(name)
@@ -518,9 +545,3 @@ class PgvectorConnector(VectorConnector):
 
     def _errors(self, action: str, table: str | None = None) -> Any:
         return postgres.errors(self.location, action, table)
-
-
-def _unique_ids(conn: Any, table: str, column: str) -> bool:
-    """Whether every row has a value in `column` and no two the same (then it can be the record id)."""
-    sql = f"SELECT count({quote(column)}) = count(*) AND count(DISTINCT {quote(column)}) = count(*) FROM {table}"
-    return bool(catalog.scalar(conn, sql))

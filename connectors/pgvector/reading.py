@@ -11,16 +11,16 @@ canonical JSON: written by the server itself where :func:`simple_metadata_sql` c
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from aibackup.connectors import postgres
-from aibackup.connectors.base import Location
+from aibackup.connectors.base import Location, Partitioning
 from aibackup.connectors.pgvector import catalog, codec
-from aibackup.connectors.pgvector.catalog import quote
+from aibackup.connectors.pgvector.catalog import qualified, quote
 from aibackup.connectors.pgvector.mapping import UNNAMED_COLUMN, Columns
 from aibackup.errors import ConnectorError, SourceDataError
 from aibackup.manifests.vectors import (
@@ -58,6 +58,24 @@ def pages(conn: Any, location: Location, target: str, name: str) -> list[tuple[i
     step = max(1, int(blocks * PAGE_BYTES / max(total, 1)))
     starts = list(range(0, blocks, step)) or [0]
     return [(low, starts[k + 1] if k + 1 < len(starts) else None) for k, low in enumerate(starts)]
+
+
+def split(conn: Any, location: Location, native: Mapping[str, Any], name: str, wanted: int) -> Partitioning:
+    """The table's block ranges (:func:`pages`) in about `wanted` contiguous groups, with the snapshot of
+    `conn`'s transaction exported (``pg_export_snapshot()``): a worker that sets it (``SET TRANSACTION
+    SNAPSHOT``, the connector's ``snapshot`` option) reads the very state this backup reads, and together
+    the groups hold every row once."""
+    target = qualified(native["schema"], native["table"])
+    ranges = pages(conn, location, target, name)
+    with postgres.errors(location, "exporting the backup's snapshot"):
+        snapshot = str(catalog.scalar(conn, "SELECT pg_export_snapshot()"))
+    count = max(1, min(wanted, len(ranges)))
+    groups = [ranges[len(ranges) * k // count : len(ranges) * (k + 1) // count] for k in range(count)]
+    return Partitioning(
+        partitions=tuple({"pages": [list(r) for r in group]} for group in groups if group),
+        options={"snapshot": snapshot},
+        how=f"{count} block range(s) of table {name} in one exported snapshot",
+    )
 
 
 def copy_batches(

@@ -1,0 +1,204 @@
+"""Partitioned backups on Dask: a dataset split by its connector (``Connector.partition``) and written by
+workers, straight to the repository, then committed by the driver as one dataset.
+
+``backup --workers N`` starts a ``distributed.LocalCluster`` of N processes on this machine; ``--dask
+ADDRESS`` (or ``AIBACKUP_DASK``) uses a running scheduler. Each task opens the repository and the source
+itself, from their URLs and its own environment (credentials and keys are never task arguments: a
+``--key-file`` travels as its path), reads one partition (``Connector.export_partition``, the connector
+opened with ``Partitioning.options``: PostgreSQL's exported snapshot), and writes its parts under the
+dataset's folder with a prefix of its own (``part-p0003-00000.parquet``). It returns the dataset manifest
+of what it wrote; the driver adds them up (rows, the dataset digest is the sum of the partitions' sums,
+id types), checks that together they hold exactly the records the source counted in its snapshot, removes
+any part a failed or repeated attempt left in the folder, and commits nothing unless every partition
+succeeded. Dask retries a task whose worker died, and a failing task :data:`RETRIES` times.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aibackup.bundle import BundleWriter
+from aibackup.connectors.base import DatasetDescription, Partitioning
+from aibackup.connectors.registry import open_connector
+from aibackup.errors import IntegrityError, UsageError
+from aibackup.manifests.chain import ChainLink
+from aibackup.manifests.digest import DIGEST_ALGORITHM
+from aibackup.manifests.model import DatasetManifest, PartEntry
+from aibackup.parquet_parts import WriteOptions
+from aibackup.pipeline import collecting, prefetch
+from aibackup.repository import Repository
+
+#: The environment variable naming a running Dask scheduler (``tcp://HOST:8786``), as ``--dask`` does.
+DASK_ENV = "AIBACKUP_DASK"
+#: Times a task that raised is run again (a task whose worker died is rescheduled by Dask itself).
+RETRIES = 2
+#: Partitions per worker: a few, so a slow one does not hold the others back.
+PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where partition tasks run: a Dask client, and how many workers it had when the backup began."""
+
+    client: Any
+    workers: int
+
+    def describe(self) -> str:
+        return f"{self.workers} Dask worker(s) at {self.client.scheduler.address}"
+
+
+@contextlib.contextmanager
+def cluster(workers: int | None = None, address: str | None = None) -> Iterator[Cluster | None]:
+    """A Dask client for a partitioned backup: a LocalCluster of `workers` processes, the scheduler at
+    `address` (else ``AIBACKUP_DASK``), or None (no Dask: the backup runs in this process)."""
+    address = address or os.environ.get(DASK_ENV) or None
+    if workers is None and address is None:
+        yield None
+        return
+    if workers is not None and address is not None:
+        raise UsageError("give either --workers (a local cluster) or --dask (a running scheduler), not both")
+    if workers is not None and workers < 1:
+        raise UsageError(f"bad --workers {workers}: at least 1")
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise UsageError("a partitioned backup needs Dask: pip install 'aibackup[dask]'") from None
+    with contextlib.ExitStack() as stack:
+        if address is None:
+            local = stack.enter_context(
+                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            )
+            client = stack.enter_context(Client(local))
+        else:
+            try:
+                client = stack.enter_context(Client(address, timeout="10s"))
+            except OSError as exc:
+                from aibackup.errors import UnavailableError
+
+                raise UnavailableError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+        count = len(client.scheduler_info().get("workers", {})) or (workers or 1)
+        yield Cluster(client, count)
+
+
+@dataclass(frozen=True)
+class PartitionTask:
+    """One partition of one dataset, as a worker needs it (no credential: see the module docstring)."""
+
+    repository: str
+    key_file: str | None
+    bundle_id: str
+    index: int
+    number: int
+    source: str
+    options: Mapping[str, Any]
+    description: DatasetDescription
+    partition: Mapping[str, Any]
+    write: WriteOptions | None
+
+
+def write_partition(task: PartitionTask) -> DatasetManifest:
+    """The worker's side: read one partition and write its parts (and record-index parts); returns the
+    manifest of what it wrote. Whatever it wrote is removed if it fails."""
+    repo = Repository.open(task.repository)
+    repo.use_key(repo.key(task.key_file))
+    writer = BundleWriter(repo, task.bundle_id, task.write)
+    try:
+        with open_connector(task.source, options=dict(task.options)) as connector:
+            return writer.write_dataset(
+                task.index,
+                task.description,
+                collecting(prefetch(connector.export_partition(task.description, task.partition))),
+                connector.id_types,
+                with_index=True,
+                part_prefix=f"p{task.number:04d}-",
+            )
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def write_partitioned(
+    on: Cluster,
+    split: Partitioning,
+    repo: Repository,
+    writer: BundleWriter,
+    index: int,
+    description: DatasetDescription,
+    source_uri: str,
+    key_file: str | None,
+) -> DatasetManifest:
+    """Write `description` as `split` partitions on the cluster; the dataset's manifest (a chain of one
+    link, like a single-process full backup). IntegrityError when the partitions together do not hold the
+    records the source counted; a task's error after its retries otherwise (every part removed)."""
+    folder = writer.dataset_folder(index, description.name)
+    options = dict(split.options)
+    tasks = [
+        PartitionTask(
+            repository=repo.storage.url,
+            key_file=key_file,
+            bundle_id=writer.bundle_id,
+            index=index,
+            number=number,
+            source=source_uri,
+            options=options,
+            description=description,
+            partition=partition,
+            write=writer.options,
+        )
+        for number, partition in enumerate(split.partitions)
+    ]
+    client = on.client
+    futures = client.map(write_partition, tasks, retries=RETRIES, pure=False)
+    try:
+        results: list[DatasetManifest] = client.gather(futures)
+    except BaseException:
+        client.cancel(futures)
+        _remove_folder(repo, folder, keep=())
+        raise
+    merged = merge(writer.bundle_id, description, results)
+    _remove_folder(repo, folder, keep={p.path for p in merged.all_parts()})  # attempts that did not count
+    writer.created += [p.path for p in merged.all_parts()]  # the driver discards them if the backup fails
+    if merged.rows != description.rows:
+        raise IntegrityError(
+            f"collection {description.name!r}: the {len(results)} partitions held {merged.rows} records, the "
+            f"source counted {description.rows} in the same snapshot; nothing was committed"
+        )
+    return merged
+
+
+def merge(bundle_id: str, description: DatasetDescription, results: list[DatasetManifest]) -> DatasetManifest:
+    """One dataset of partitions' manifests, in partition order: rows and id types add up, the dataset
+    digest is the sum of theirs modulo 2**128, the record parts and index parts are theirs in order."""
+    parts: tuple[PartEntry, ...] = tuple(p for r in results for p in r.parts)
+    index_parts = tuple(p for r in results for link in r.chain for p in link.index)
+    rows = sum(r.rows for r in results)
+    digest = sum(int(r.digest, 16) for r in results) % (1 << 128)
+    kinds: Counter[str] = Counter()
+    for r in results:
+        kinds.update(r.id_types)
+    first = results[0]
+    link = ChainLink(bundle_id, len(parts), rows, index_parts, (), added=rows, changed=0, deleted=0)
+    return replace(
+        first,
+        rows=rows,
+        digest=f"{digest:032x}",
+        digest_algorithm=DIGEST_ALGORITHM,
+        parts=parts,
+        id_types=dict(sorted(kinds.items())),
+        chain=(link,),
+        config=description.config_json(),
+    )
+
+
+def _remove_folder(repo: Repository, folder: str, keep: Any) -> None:
+    """Remove what the dataset's folder holds besides `keep` (a failed attempt's parts, or all of them)."""
+    with contextlib.suppress(FileNotFoundError):
+        for rel in repo.storage.sizes_below(folder):
+            if rel not in keep:
+                with contextlib.suppress(Exception):
+                    repo.storage.remove(rel)

@@ -1,0 +1,194 @@
+"""Partitioned backups (issue 21): a pgvector table written by the workers of a local Dask cluster, each
+one block range of the snapshot the backup exported, gives the bundle a single-process backup gives (rows,
+dataset digest, records), restores and proves the same; a partition that fails leaves nothing behind."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from distributed import WorkerPlugin
+
+from aibackup.connectors.pgvector import reading
+from tests.conftest import Postgres
+from tests.helpers import Cli, manifest_json, ok, one_line_error
+
+pytestmark = pytest.mark.postgres
+
+ROWS = 3000
+
+
+def seeded(server: Postgres, tmp_path: Path, what: str, *, bad: bool = False) -> str:
+    db = server.database(f"dist_{what}_{abs(hash(str(tmp_path))) % 10**8}")
+    rng = np.random.default_rng(7)
+    with server.connect(db) as conn:
+        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, embedding vector, body text, n int)")
+        with conn.cursor() as cur, cur.copy("COPY items (id, embedding, body, n) FROM STDIN") as copy:
+            for i in range(ROWS):
+                size = 4 if bad and i == ROWS - 10 else 8  # a vector of another dimension, in a late block
+                vector = "[" + ",".join(f"{x:.6f}" for x in rng.standard_normal(size)) + "]"
+                copy.write_row((i, vector, f"body {i} ✓", i % 7))
+    return db
+
+
+def test_a_partitioned_backup_is_the_single_process_one(
+    postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reading, "PAGE_BYTES", 64 * 1024)  # several block ranges for a small table
+    db = seeded(postgres, tmp_path, "same")
+    one, many = tmp_path / "one", tmp_path / "many"
+    ok(cli("backup", postgres.uri(db), "--repo", str(one)))
+    result = ok(cli("backup", postgres.uri(db), "--repo", str(many), "--workers", "2", "--json")).json()
+    assert any("partitioned:" in n and "2 Dask worker(s)" in n for n in result["notes"]), result["notes"]
+    (single,) = manifest_json(one)["datasets"]
+    (spread,) = manifest_json(many)["datasets"]
+    assert (spread["rows"], spread["digest"]) == (single["rows"], single["digest"]) == (ROWS, single["digest"])
+    names = {Path(p["path"]).name.split("-")[1] for p in spread["parts"]}
+    assert len(names) >= 2 and all(n.startswith("p") for n in names)  # parts of several partitions
+    assert spread["id_types"] == single["id_types"]
+    assert len(spread["chain"]) == 1 and spread["chain"][0]["rows"] == ROWS  # a chain root, like a full backup
+    listed = {p.name for p in (many / "data").rglob("*.parquet")}
+    assert listed == {Path(p["path"]).name for p in spread["parts"]} | {
+        Path(p["path"]).name for p in spread["chain"][0]["index"]
+    }
+    restored = ok(
+        cli("restore", "latest", "--repo", str(many), "--to", postgres.uri(postgres.database("dist_r")), "--json")
+    )
+    assert restored.json()["ok"]
+    # The next backup of the source follows the partitioned one's chain, in one process.
+    with postgres.connect(db) as conn:
+        conn.execute("UPDATE items SET body = 'changed' WHERE id = 5")
+    again = ok(cli("backup", postgres.uri(db), "--repo", str(many), "--json")).json()
+    assert again["datasets"][0]["incremental"] and again["datasets"][0]["new_rows"] == 1
+
+
+def test_a_failing_partition_commits_nothing_and_leaves_no_part(
+    postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reading, "PAGE_BYTES", 64 * 1024)
+    db = seeded(postgres, tmp_path, "bad", bad=True)
+    repo = tmp_path / "repo"
+    ok(cli("init", "--repo", str(repo)))
+    line = one_line_error(cli("backup", postgres.uri(db), "--repo", str(repo), "--workers", "2"), 2, "dimension")
+    assert "items" in line
+    assert not list((repo / "bundles").glob("*.json"))
+    assert not list((repo / "data").rglob("*.parquet"))
+
+
+def test_workers_and_a_scheduler_are_one_or_the_other(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    db = seeded(postgres, tmp_path, "args")
+    args = ("backup", postgres.uri(db), "--repo", str(tmp_path / "repo"))
+    one_line_error(cli(*args, "--workers", "2", "--dask", "tcp://127.0.0.1:1"), 2, "--workers")
+    one_line_error(cli(*args, "--dask", "tcp://127.0.0.1:1"), 3, "Dask scheduler")
+
+
+class KillOnce(WorkerPlugin):
+    """A Dask worker plugin (the test's, run in the workers): the first worker to start a partition task
+    dies there, once (a marker file says it happened), as a machine lost mid-backup would."""
+
+    name = "kill-once"
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
+        import os
+
+        if finish == "executing" and "write_partition" in str(key):
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                return
+            os.close(fd)
+            os._exit(1)
+
+
+def test_a_worker_that_dies_is_replaced_and_the_backup_is_whole(
+    postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloudpickle
+    from dask.distributed import Client, LocalCluster
+
+    monkeypatch.setattr(reading, "PAGE_BYTES", 64 * 1024)
+    db = seeded(postgres, tmp_path, "kill")
+    one = tmp_path / "one"
+    ok(cli("backup", postgres.uri(db), "--repo", str(one)))
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    marker = tmp_path / "killed"
+    repo = tmp_path / "repo"
+    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with local as cluster, Client(cluster) as client:
+        client.register_plugin(KillOnce(str(marker)))
+        result = ok(cli("backup", postgres.uri(db), "--repo", str(repo), "--dask", cluster.scheduler_address))
+    assert marker.exists()  # a worker did die mid-backup
+    (single,) = manifest_json(one)["datasets"]
+    (spread,) = manifest_json(repo)["datasets"]
+    assert (spread["rows"], spread["digest"]) == (single["rows"], single["digest"])
+    listed = {p.name for p in (repo / "data").rglob("*") if p.is_file()}
+    wanted = {Path(p["path"]).name for p in spread["parts"]} | {
+        Path(p["path"]).name for p in spread["chain"][0]["index"]
+    }
+    assert listed == wanted, result.out  # nothing of the dead attempt stays
+
+
+class HoldOnce(WorkerPlugin):
+    """A Dask worker plugin (the test's): the first partition task to start waits there, after leaving a
+    marker file, long enough for the test to interrupt the backup while its tasks run."""
+
+    name = "hold-once"
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
+        import os
+        import time
+
+        if finish == "executing" and "write_partition" in str(key):
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                return
+            os.close(fd)
+            time.sleep(20)
+
+
+def test_ctrl_c_cancels_the_tasks_and_removes_what_they_wrote(
+    postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+    import threading
+    import time
+
+    import cloudpickle
+    from dask.distributed import Client, LocalCluster
+
+    from aibackup import api
+
+    monkeypatch.setattr(reading, "PAGE_BYTES", 64 * 1024)
+    db = seeded(postgres, tmp_path, "ctrlc")
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    marker = tmp_path / "holding"
+    repo = tmp_path / "repo"
+    api.Repository.open(str(repo), create=True)
+
+    def interrupt() -> None:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the other partitions write meanwhile
+        os.kill(os.getpid(), signal.SIGINT)
+
+    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with local as cluster, Client(cluster) as client:
+        client.register_plugin(HoldOnce(str(marker)))
+        threading.Thread(target=interrupt, daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            api.backup(str(repo), postgres.uri(db), dask=cluster.scheduler_address)
+        assert time.monotonic() - started < 15  # not waiting for the held task
+    assert not list((repo / "bundles").glob("*.json"))
+    assert not [p for p in (repo / "data").rglob("*") if p.is_file()]
