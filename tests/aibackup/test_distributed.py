@@ -192,3 +192,32 @@ def test_ctrl_c_cancels_the_tasks_and_removes_what_they_wrote(
         assert time.monotonic() - started < 15  # not waiting for the held task
     assert not list((repo / "bundles").glob("*.json"))
     assert not [p for p in (repo / "data").rglob("*") if p.is_file()]
+
+
+@pytest.mark.s3
+def test_workers_write_into_s3_with_their_own_credentials(
+    postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    """An S3 repository: the workers reach it with the AWS_* of their own environment (the local cluster's
+    processes inherit this one's), and the bundle is the single-process one."""
+    import boto3
+
+    from aibackup.repository import Repository
+    from tests.helpers import repository_url
+
+    monkeypatch.setattr(reading, "PAGE_BYTES", 64 * 1024)
+    db = seeded(postgres, tmp_path, "s3")
+    url = repository_url("s3", tmp_path, request)
+    one = tmp_path / "one"
+    ok(cli("backup", postgres.uri(db), "--repo", str(one)))
+    ok(cli("backup", postgres.uri(db), "--repo", url, "--workers", "2"))
+    (single,) = manifest_json(one)["datasets"]
+    (spread,) = Repository.open(url).load(Repository.open(url).bundle_ids()[-1]).to_json()["datasets"]
+    assert (spread["rows"], spread["digest"]) == (single["rows"], single["digest"])
+    bucket = url.split("/")[2]
+    keys = {
+        o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="repo/data/").get("Contents", [])
+    }
+    assert keys == {f"repo/{p['path']}" for p in spread["parts"]} | {
+        f"repo/{p['path']}" for p in spread["chain"][0]["index"]
+    }
