@@ -185,13 +185,26 @@ class Repository(_repository.Repository):
         progress: Progress | None = None,
         full: bool = False,
         full_every: int | None = None,
+        workers: int | None = None,
+        dask: str | None = None,
     ) -> SourcesResult:
         """Back up every source of an aibackup.yaml (or the named ones) into this repository, each on its
-        own, as ``aibackup backup`` without SOURCE (`full_every`: over each source's ``full_every``)."""
+        own, as ``aibackup backup`` without SOURCE (`full_every`: over each source's ``full_every``;
+        `workers`, `dask`: over the config's ``dask``, see :func:`backup`)."""
         from aibackup.operations import backup_sources
 
         config_ = self._config(config)
-        return backup_sources(config_, sources, progress, queries=queries, repo=self, full=full, full_every=full_every)
+        return backup_sources(
+            config_,
+            sources,
+            progress,
+            queries=queries,
+            repo=self,
+            full=full,
+            full_every=full_every,
+            workers=workers,
+            dask=dask,
+        )
 
     # --- reading -----------------------------------------------------------------------------------------
 

@@ -146,11 +146,19 @@ def backup(
     from aibackup.progress import make_progress
 
     repo, config = resolve(repo, config_path, need_config=source is None)
-    if source is None and (workers is not None or dask_address is not None):
-        raise UsageError("--workers and --dask apply to a backup of one SOURCE (not yet to the config's sources)")
     if source is None:
         _backup_config(
-            config, source_names, queries, full, full_every, show_progress, log_format, metrics_file, as_json
+            config,
+            source_names,
+            queries,
+            full,
+            full_every,
+            show_progress,
+            log_format,
+            metrics_file,
+            as_json,
+            workers,
+            dask_address,
         )
         return
     if source_names:
@@ -241,6 +249,8 @@ def _backup_config(
     log_format: str,
     metrics_file: str | None,
     as_json: bool,
+    workers: int | None = None,
+    dask: str | None = None,
 ) -> None:
     """Every configured source (or the named ones), each on its own; a summary; exit non-zero if any failed."""
     from aibackup.operations import backup_sources
@@ -249,7 +259,9 @@ def _backup_config(
     progress = make_progress(show_progress, log_format)
     try:
         # Through the URL, not an opened repository: the first backup creates it (as `backup SOURCE`).
-        result = backup_sources(config, names, progress, queries=queries, full=full, full_every=full_every)
+        result = backup_sources(
+            config, names, progress, queries=queries, full=full, full_every=full_every, workers=workers, dask=dask
+        )
     finally:
         progress.close()
     runs = result.runs

@@ -303,7 +303,7 @@ class _Reader:
         readers |= {"key_file": self.path, "metrics_file": self.path, "lock": self.lock, "targets": self.targets_}
         readers |= {"sse": self.text, "sse_kms_key_id": self.text, "kms_key_id": self.text}
         readers |= {"retention": self.global_retention, "restore_test": self.restore_test, "sources": self.sources}
-        readers |= {"copies": self.copies}
+        readers |= {"copies": self.copies, "dask": self.text}
         values, env = self.fields(root, "", readers)
         sse = {key: values.pop(key) for key in ("sse", "sse_kms_key_id") if key in values}
         if sse and "repository" in values:

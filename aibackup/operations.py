@@ -117,13 +117,16 @@ def backup_sources(
     repo: Repository | None = None,
     full: bool = False,
     full_every: int | None = None,
+    workers: int | None = None,
+    dask: str | None = None,
 ) -> SourcesResult:
     """Back up every named source (all when empty), each on its own: one failing source does not stop the
     others. Every run leaves a report in the repository (when the repository can be reached). `queries`:
     the search baseline's query records per dense vector (a source's golden queries are recorded too).
     `repo`: the config's repository, already opened (else its URL is used, and created when missing).
     `full`, `full_every` (vectors): every backup full; the most incremental links after a full one, over
-    each source's ``full_every``."""
+    each source's ``full_every``. `workers`, `dask` (over the config's ``dask``): a partitioned backup
+    (aibackup.distributed)."""
     report = progress or Quiet()
     runs: list[SourceRun] = []
     for source in sources_of(config, names):
@@ -137,6 +140,8 @@ def backup_sources(
             golden_queries=source.golden_queries,
             full=full,
             full_every=source.full_every if full_every is None else full_every,
+            workers=workers,
+            dask=dask if dask is not None or workers is not None else config.dask,
         )
         try:
             result = run_backup(

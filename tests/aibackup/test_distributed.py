@@ -221,3 +221,23 @@ def test_workers_write_into_s3_with_their_own_credentials(
     assert keys == {f"repo/{p['path']}" for p in spread["parts"]} | {
         f"repo/{p['path']}" for p in spread["chain"][0]["index"]
     }
+
+
+def test_the_config_names_a_scheduler_for_every_source(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    """aibackup.yaml's ``dask:`` partitions the nightly backup of its sources; a scheduler that cannot be
+    reached fails that source in one line (exit 3), the others are not at stake."""
+    from dask.distributed import LocalCluster
+
+    db = seeded(postgres, tmp_path, "config")
+    config = tmp_path / "aibackup.yaml"
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        config.write_text(
+            f"repository: {tmp_path / 'repo'}\ndask: {cluster.scheduler_address}\n"
+            f"sources:\n  items: {{uri: '{postgres.uri(db)}'}}\n"
+        )
+        result = ok(cli("backup", "--config", str(config), "--json")).json()
+    (run,) = result["sources"]
+    assert run["ok"] and any("partitioned:" in n and "1 Dask worker(s)" in n for n in run["notes"]), run
+    config.write_text(config.read_text().replace(cluster.scheduler_address, "tcp://127.0.0.1:1"))
+    failed = cli("backup", "--config", str(config), "--json")
+    assert failed.code == 3 and "Dask scheduler" in failed.json()["sources"][0]["error"]
