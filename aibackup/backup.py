@@ -455,16 +455,19 @@ def _write_partitioned(
     reason: str | None,
     previous: DatasetManifest | None,
 ) -> _Chained:
-    """A full backup of a vector dataset written by the cluster's workers (aibackup.distributed); the search
-    baseline's query sample and the layout detection then read the parts they wrote, once."""
+    """A full backup of a vector dataset written by the cluster's workers (aibackup.distributed), which also
+    sampled the search baseline's queries and watched for a layout: their samples and detectors merge."""
     report.dataset(description.name, description.rows)
-    dataset = distributed.write_partitioned(on, split, repo, writer, index, description, source_uri, options.key_file)
-    recorder = BaselineRecorder(connector, description, options.queries, seed_for(writer.bundle_id))
+    seed = seed_for(writer.bundle_id)
+    dataset, written = distributed.write_partitioned(
+        on, split, repo, writer, index, description, source_uri, options.key_file, options.queries, seed
+    )
+    report.advance(dataset.rows)
+    recorder = BaselineRecorder(connector, description, options.queries, seed)
+    if recorder.specs:
+        recorder.sampler.merge([w.sampler for w in written])
     detector = layouts.Detector(connector.kind)
-    for batch in BundleReader(repo, spool=writer.spool or False).batches(dataset):
-        report.advance(batch.num_rows)
-        recorder.add(batch)
-        detector.add(batch)
+    detector.merge([w.detector for w in written])
     found = detector.result(getattr(description.config, "native", None))
     if found is not None:
         dataset = replace(dataset, config={**dataset.config, "layout": found})

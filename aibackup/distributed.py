@@ -22,13 +22,19 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+import pyarrow as pa
+
+from aibackup.baseline import searchable
 from aibackup.bundle import BundleWriter
+from aibackup.connectors import layouts
 from aibackup.connectors.base import DatasetDescription, Partitioning
 from aibackup.connectors.registry import open_connector
 from aibackup.errors import IntegrityError, UsageError
 from aibackup.manifests.chain import ChainLink
 from aibackup.manifests.digest import DIGEST_ALGORITHM
 from aibackup.manifests.model import DatasetManifest, PartEntry
+from aibackup.manifests.vectors import dense_column
+from aibackup.nearest import QuerySampler
 from aibackup.parquet_parts import WriteOptions
 from aibackup.pipeline import collecting, prefetch
 from aibackup.repository import Repository
@@ -99,24 +105,49 @@ class PartitionTask:
     description: DatasetDescription
     partition: Mapping[str, Any]
     write: WriteOptions | None
+    #: the search baseline's query records per dense vector, and the seed of this partition's sample
+    queries: int
+    seed: int
 
 
-def write_partition(task: PartitionTask) -> DatasetManifest:
-    """The worker's side: read one partition and write its parts (and record-index parts); returns the
-    manifest of what it wrote. Whatever it wrote is removed if it fails."""
+@dataclass
+class Written:
+    """What one partition task did: the manifest of its parts, its sample of the baseline's queries, and
+    what its layout detector saw (the driver merges them: no second read of the parts)."""
+
+    dataset: DatasetManifest
+    sampler: QuerySampler
+    detector: layouts.Detector
+
+
+def write_partition(task: PartitionTask) -> Written:
+    """The worker's side: read one partition and write its parts (and record-index parts), sampling the
+    baseline's queries and watching for an application layout on the way. Whatever it wrote is removed if
+    it fails."""
     repo = Repository.open(task.repository)
     repo.use_key(repo.key(task.key_file))
     writer = BundleWriter(repo, task.bundle_id, task.write)
+    columns = [dense_column(s.name) for s in searchable(task.description)] if task.queries else []
+    sampler = QuerySampler(columns, task.queries, task.seed)
     try:
         with open_connector(task.source, options=dict(task.options)) as connector:
-            return writer.write_dataset(
+            detector = layouts.Detector(connector.kind)
+
+            def watch(batch: pa.RecordBatch) -> None:
+                if columns:
+                    sampler.add(batch)
+                detector.add(batch)
+
+            dataset = writer.write_dataset(
                 task.index,
                 task.description,
                 collecting(prefetch(connector.export_partition(task.description, task.partition))),
                 connector.id_types,
+                on_batch=watch,
                 with_index=True,
                 part_prefix=f"p{task.number:04d}-",
             )
+            return Written(dataset, sampler, detector)
     except BaseException:
         writer.discard()
         raise
@@ -131,10 +162,13 @@ def write_partitioned(
     description: DatasetDescription,
     source_uri: str,
     key_file: str | None,
-) -> DatasetManifest:
+    queries: int,
+    seed: int,
+) -> tuple[DatasetManifest, list[Written]]:
     """Write `description` as `split` partitions on the cluster; the dataset's manifest (a chain of one
-    link, like a single-process full backup). IntegrityError when the partitions together do not hold the
-    records the source counted; a task's error after its retries otherwise (every part removed)."""
+    link, like a single-process full backup) and what each task wrote and saw. IntegrityError when the
+    partitions together do not hold the records the source counted; a task's error after its retries
+    otherwise (every part removed)."""
     folder = writer.dataset_folder(index, description.name)
     options = dict(split.options)
     tasks = [
@@ -149,17 +183,20 @@ def write_partitioned(
             description=description,
             partition=partition,
             write=writer.options,
+            queries=queries,
+            seed=seed + number,
         )
         for number, partition in enumerate(split.partitions)
     ]
     client = on.client
     futures = client.map(write_partition, tasks, retries=RETRIES, pure=False)
     try:
-        results: list[DatasetManifest] = client.gather(futures)
+        written: list[Written] = client.gather(futures)
     except BaseException:
         client.cancel(futures)
         _remove_folder(repo, folder, keep=())
         raise
+    results = [w.dataset for w in written]
     merged = merge(writer.bundle_id, description, results)
     _remove_folder(repo, folder, keep={p.path for p in merged.all_parts()})  # attempts that did not count
     writer.created += [p.path for p in merged.all_parts()]  # the driver discards them if the backup fails
@@ -168,7 +205,7 @@ def write_partitioned(
             f"collection {description.name!r}: the {len(results)} partitions held {merged.rows} records, the "
             f"source counted {description.rows} in the same snapshot; nothing was committed"
         )
-    return merged
+    return merged, written
 
 
 def merge(bundle_id: str, description: DatasetDescription, results: list[DatasetManifest]) -> DatasetManifest:

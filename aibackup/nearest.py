@@ -156,6 +156,24 @@ class QuerySampler:
             self.ids[column] = [merged_ids[i] for i in best]
             self.vectors[column] = merged[best]
 
+    def merge(self, others: Sequence[QuerySampler]) -> None:
+        """Take in the samples of other streams (the partitions of one dataset, each sampled by a worker
+        with a seed of its own): per column, the `count` records of smallest keys among all of them, which
+        is a uniform sample of the whole as each one is of its part."""
+        for other in others:
+            for column in self.columns:
+                vectors = other.vectors.get(column)
+                if vectors is None:
+                    continue
+                old = self.vectors[column]
+                keys = np.concatenate([self.keys[column], other.keys[column]])
+                ids = self.ids[column] + other.ids[column]
+                merged = vectors if old is None else np.concatenate([old, vectors])
+                best = np.argsort(keys, kind="stable")[: self.count]
+                self.keys[column] = keys[best]
+                self.ids[column] = [ids[i] for i in best]
+                self.vectors[column] = merged[best]
+
     def sample(self, column: str) -> tuple[list[str], np.ndarray]:
         """The sampled ids of a column and their vectors (rows in key order; empty when none held it)."""
         vectors = self.vectors[column]

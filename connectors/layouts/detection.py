@@ -3,7 +3,7 @@ in a layout only when every record is), and :func:`langchain_keys` (LangChain's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -94,6 +94,24 @@ class Detector:
                 for key in LI_KEYS:
                     self.node_keys[key] += key in flat
         return True
+
+    def merge(self, others: Sequence[Detector]) -> None:
+        """Take in what detectors of other parts of the same dataset saw (a partitioned backup's workers):
+        a layout stays possible only where every part's records were in it, with the same payload keys."""
+        for other in others:
+            if not other.rows:
+                continue
+            if self.rows and self.keys is not None and other.keys is not None and self.keys != other.keys:
+                self.possible[LANGCHAIN] = False
+            self.keys = self.keys or other.keys
+            self.rows += other.rows
+            for framework in self.possible:
+                self.possible[framework] = self.possible[framework] and other.possible[framework]
+            for key, count in other.node_keys.items():
+                self.node_keys[key] += count
+            self.collections |= other.collections
+            if len(self.collections) > 1:
+                self.possible[LANGCHAIN] = False
 
     def result(self, native: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
         """The layout every record was in (None: raw). `native`: the dataset's recorded native config (a

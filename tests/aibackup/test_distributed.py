@@ -4,6 +4,7 @@ dataset digest, records), restores and proves the same; a partition that fails l
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -48,6 +49,8 @@ def test_a_partitioned_backup_is_the_single_process_one(
     names = {Path(p["path"]).name.split("-")[1] for p in spread["parts"]}
     assert len(names) >= 2 and all(n.startswith("p") for n in names)  # parts of several partitions
     assert spread["id_types"] == single["id_types"]
+    # The workers sampled the search baseline's queries on the way (no second read of the parts).
+    assert len(spread["baseline"]["vectors"][0]["queries"]) == len(single["baseline"]["vectors"][0]["queries"]) == 100
     assert len(spread["chain"]) == 1 and spread["chain"][0]["rows"] == ROWS  # a chain root, like a full backup
     listed = {p.name for p in (many / "data").rglob("*.parquet")}
     assert listed == {Path(p["path"]).name for p in spread["parts"]} | {
@@ -241,3 +244,37 @@ def test_the_config_names_a_scheduler_for_every_source(postgres: Postgres, tmp_p
     config.write_text(config.read_text().replace(cluster.scheduler_address, "tcp://127.0.0.1:1"))
     failed = cli("backup", "--config", str(config), "--json")
     assert failed.code == 3 and "Dask scheduler" in failed.json()["sources"][0]["error"]
+
+
+def test_the_workers_see_an_application_layout(
+    postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """langchain-postgres's table backed up by two workers: their layout detectors merge into the one a
+    single process records (LangChain, its collection named)."""
+    monkeypatch.setattr(reading, "PAGE_BYTES", 64 * 1024)
+    db = postgres.database(f"dist_lc_{abs(hash(str(tmp_path))) % 10**8}")
+    rng = np.random.default_rng(3)
+    with postgres.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE langchain_pg_collection (uuid uuid PRIMARY KEY, name varchar UNIQUE NOT NULL, "
+            "cmetadata json);"
+            "CREATE TABLE langchain_pg_embedding (id varchar PRIMARY KEY, collection_id uuid REFERENCES "
+            "langchain_pg_collection (uuid) ON DELETE CASCADE, embedding vector, document varchar, cmetadata jsonb);"
+            "INSERT INTO langchain_pg_collection VALUES ('6f1c2b7a-0d3e-4c5b-9a8f-1e2d3c4b5a69', 'kb', null)"
+        )
+        with conn.cursor() as cur, cur.copy("COPY langchain_pg_embedding FROM STDIN") as copy:
+            for i in range(ROWS):
+                vector = "[" + ",".join(f"{x:.6f}" for x in rng.standard_normal(8)) + "]"
+                meta = json.dumps({"n": i})
+                copy.write_row(
+                    (f"doc-{i}", "6f1c2b7a-0d3e-4c5b-9a8f-1e2d3c4b5a69", vector, f"text {i} " + "x" * 200, meta)
+                )
+    repo = tmp_path / "repo"
+    result = ok(cli("backup", postgres.uri(db), "--repo", str(repo), "--workers", "2", "--json")).json()
+    assert any("partitioned:" in n for n in result["notes"])
+    layout = manifest_json(repo)["datasets"][0]["config"]["layout"]
+    assert (layout["framework"], layout["evidence"]["collection"], layout["evidence"]["records"]) == (
+        "langchain",
+        "kb",
+        ROWS,
+    )

@@ -1,0 +1,124 @@
+"""Partitioned backups on Dask (issue 21), side by side in one run, on a PostgreSQL 18 + pgvector 0.8 server
+started for the run (tests/pgserver.py).
+
+The pgvector benchmark's ``items`` table (benchmarks.pgvector, without its HNSW index: a backup does not
+read it) at ``--distributed-rows``, backed up with ``--queries 0`` (the search baseline runs in the driver
+either way, and is measured by the backup section) in alternating children, fastest of ``repeats``:
+
+- **no Dask**: ``run_backup`` in one process;
+- **1 worker** / **2 workers**: the same with ``workers=1`` / ``workers=2`` (a LocalCluster started and
+  stopped inside the timed run, as ``--workers N`` does);
+- **the source alone**: bare binary COPY loops of the whole table split in two block-range halves, read by
+  one session after the other and by two sessions at once (threads): how fast PostgreSQL hands out the rows
+  with one and two readers on this machine, which bounds any speed-up.
+
+Ratios: Dask's overhead (1 worker / no Dask, target <= 1.1) and the speed-up (no Dask / 2 workers, target >=
+1.6 where the source is not the limit). The scaling model of the report (100M x 768 to S3 within one hour)
+is computed from these per-worker rates and marked as a model.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import Stopwatch, fastest, run_child, section_main
+from benchmarks.pgvector import _connect, seed
+
+MODULE = "benchmarks.distributed"
+
+
+def child_seed(uri: str, rows: str, dim: str) -> dict[str, Any]:
+    seed(uri, int(rows), int(dim), index=False)
+    return {}
+
+
+def child_backup(uri: str, repo: str, workers: str) -> dict[str, Any]:
+    import psycopg  # noqa: F401 - imported before the clock starts
+
+    from aibackup.backup import SourceOptions, run_backup
+
+    clock = Stopwatch()
+    options = SourceOptions(queries=0, workers=int(workers) or None)
+    result = run_backup(repo, uri + "?document=content", ["items"], source_options=options)
+    assert result.datasets[0].rows > 0
+    return clock.read()
+
+
+def child_bare_copy(uri: str, sessions: str) -> dict[str, Any]:
+    """The table in two block-range halves by binary COPY (bytes only), one session after the other or two
+    at once."""
+    with _connect(uri) as conn:
+        sql = "SELECT pg_relation_size('items') / current_setting('block_size')::int"
+        blocks = int(conn.execute(sql).fetchone()[0])
+    half = blocks // 2
+    ranges = [f"ctid < '({half},0)'::tid", f"ctid >= '({half},0)'::tid"]
+    total = [0, 0]
+
+    def read(n: int) -> None:
+        sql = f"COPY (SELECT * FROM items WHERE {ranges[n]}) TO STDOUT (FORMAT BINARY)"
+        with _connect(uri) as conn, conn.cursor() as cur, cur.copy(sql) as copy:
+            for chunk in copy:
+                total[n] += len(chunk)
+
+    clock = Stopwatch()
+    if sessions == "2":
+        threads = [threading.Thread(target=read, args=(n,)) for n in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        read(0)
+        read(1)
+    return {**clock.read(), "bytes": sum(total)}
+
+
+CHILDREN = {"seed": child_seed, "backup": child_backup, "bare_copy": child_bare_copy}
+
+
+def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
+    from tests.conftest import free_port
+    from tests.pgserver import running_postgres
+
+    work = Path(tempfile.mkdtemp(prefix="aibackup-bench-distributed-"))
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("none", "one", "two", "copy1", "copy2")}
+    try:
+        with running_postgres(free_port()) as server:
+            server.database("bench")
+            source = server.uri("bench")
+            run_child(MODULE, "seed", source, str(rows), str(dim))
+            print("benchmarks: distributed seeded", file=sys.stderr, flush=True)
+            for n in range(repeats):
+                for kind, workers in (("none", 0), ("one", 1), ("two", 2)):
+                    repo = work / f"{kind}-{n}"
+                    runs[kind].append(run_child(MODULE, "backup", source, str(repo), str(workers)))
+                    shutil.rmtree(repo)
+                runs["copy1"].append(run_child(MODULE, "bare_copy", source, "1"))
+                runs["copy2"].append(run_child(MODULE, "bare_copy", source, "2"))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    best = {k: fastest(v) for k, v in runs.items()}
+    seconds = {k: round(v["seconds"], 3) for k, v in best.items()}
+    return {
+        "rows": rows,
+        "dim": dim,
+        "backup_seconds": seconds["none"],
+        "backup_1_worker_seconds": seconds["one"],
+        "backup_2_workers_seconds": seconds["two"],
+        "dask_overhead": round(seconds["one"] / seconds["none"], 3),
+        "speedup_2_workers": round(seconds["none"] / seconds["two"], 3),
+        "bare_copy_1_session_seconds": seconds["copy1"],
+        "bare_copy_2_sessions_seconds": seconds["copy2"],
+        "source_speedup_2_sessions": round(seconds["copy1"] / seconds["copy2"], 3),
+        "rows_per_second_1_worker": round(rows / seconds["one"]),
+        "bytes": best["copy1"]["bytes"],
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(section_main(sys.argv[1:], CHILDREN, measure, rows=1_000_000))
