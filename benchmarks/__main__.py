@@ -17,7 +17,9 @@ backup against a bare scanner read and restore against a bare ``create_table``; 
 the chunker and zstd; see :mod:`benchmarks.models`), ``s3`` (issue 20: against moto's S3 server on this
 machine at ``--rows``: backup to S3 against local disk, ``verify --read-data`` and ``copy`` both ways against
 bare boto3 transfer loops, the restore read side from S3 against local disk, and moto's own PUT and GET
-throughput; see :mod:`benchmarks.s3`). Results go to
+throughput; see :mod:`benchmarks.s3`), ``distributed`` (issue 21: a pgvector backup at
+``--distributed-rows`` without Dask, on 1 and on 2 local Dask workers, and the source's own COPY rate with
+one and two sessions; see :mod:`benchmarks.distributed`). Results go to
 ``benchmarks/results/bench-ROWSxDIM.json`` and ``docs/benchmarks.md`` (with ``docs/benchmarks.png``);
 ``--report-only`` redraws the page from the JSON. Seeded stores are cached under ``benchmarks/.cache``
 (the first run seeds them: Chroma ~2000 records/s, Qdrant local ~1000 points/s).
@@ -33,6 +35,7 @@ import time
 from typing import Any
 
 from benchmarks import backup, encryption, incremental, restore, writer
+from benchmarks import distributed as distributed_bench
 from benchmarks import lancedb as lancedb_bench
 from benchmarks import milvus as milvus_bench
 from benchmarks import models as models_bench
@@ -41,7 +44,18 @@ from benchmarks import s3 as s3_bench
 from benchmarks.common import RESULTS, ROOT, machine, seeded_chroma, seeded_qdrant
 from benchmarks.report import chart, markdown, targets
 
-SECTIONS = ("backup", "writer", "restore", "sizes", "incremental", "encryption", "stores", "models", "s3")
+SECTIONS = (
+    "backup",
+    "writer",
+    "restore",
+    "sizes",
+    "incremental",
+    "encryption",
+    "stores",
+    "models",
+    "s3",
+    "distributed",
+)
 DOCS = ROOT / "docs"
 
 
@@ -95,6 +109,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--incremental-rows", type=int, default=1_000_000, help="records of the incremental section")
     parser.add_argument("--links", type=int, default=incremental.LINKS, help="links of the restored chain")
     parser.add_argument("--milvus-rows", type=int, default=20_000, help="records of the Milvus Lite collection")
+    parser.add_argument("--distributed-rows", type=int, default=1_000_000, help="rows of the distributed section")
     parser.add_argument("--model-gib", type=float, default=2.0, help="tensor GiB of the models section's folder")
     parser.add_argument("--model-big-gib", type=float, default=10.0, help="one-file peak RSS run of models (0: skip)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each bare loop and aibackup")
@@ -136,6 +151,7 @@ def main(argv: list[str]) -> int:
             },
             "models": lambda: models_bench.measure(args.model_gib, args.model_big_gib, args.repeats),
             "s3": lambda: s3_bench.measure(args.rows, args.dim, args.repeats),
+            "distributed": lambda: distributed_bench.measure(args.distributed_rows, args.dim, args.repeats),
         }
         for section in SECTIONS:
             if section in sections:
