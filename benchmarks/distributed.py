@@ -7,7 +7,8 @@ either way, and is measured by the backup section) in alternating children, fast
 
 - **no Dask**: ``run_backup`` in one process;
 - **1 worker** / **2 workers**: the same with ``workers=1`` / ``workers=2`` (a LocalCluster started and
-  stopped inside the timed run, as ``--workers N`` does);
+  stopped inside the timed run, as ``--workers N`` does); and on a one-worker cluster already running (as
+  ``--dask`` finds one): Dask's own overhead without the cluster's start;
 - **the source alone**: bare binary COPY loops of the whole table split in two block-range halves, read by
   one session after the other and by two sessions at once (threads): how fast PostgreSQL hands out the rows
   with one and two readers on this machine, which bounds any speed-up.
@@ -19,6 +20,7 @@ is computed from these per-worker rates and marked as a model.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import tempfile
@@ -38,15 +40,33 @@ def child_seed(uri: str, rows: str, dim: str) -> dict[str, Any]:
 
 
 def child_backup(uri: str, repo: str, workers: str) -> dict[str, Any]:
+    """One backup: in this process ("0"), on a LocalCluster of N workers that the run starts and stops
+    ("N"), or on a running one-worker cluster started before the clock ("running": Dask's overhead without
+    the cluster's start, as with --dask)."""
     import psycopg  # noqa: F401 - imported before the clock starts
 
     from aibackup.backup import SourceOptions, run_backup
 
-    clock = Stopwatch()
-    options = SourceOptions(queries=0, workers=int(workers) or None)
-    result = run_backup(repo, uri + "?document=content", ["items"], source_options=options)
-    assert result.datasets[0].rows > 0
-    return clock.read()
+    with contextlib.ExitStack() as stack:
+        address = None
+        if workers == "running":
+            import dask
+            from dask.distributed import Client, LocalCluster
+
+            # as --workers starts its own (aibackup.distributed.cluster): glibc's malloc defaults in the worker
+            stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": {}}))
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+            )
+            client = stack.enter_context(Client(cluster))
+            client.run(lambda: __import__("aibackup.distributed"))  # a worker that has run a task before
+            address = cluster.scheduler_address
+        clock = Stopwatch()
+        local = None if workers == "running" else int(workers) or None
+        options = SourceOptions(queries=0, workers=local, dask=address)
+        result = run_backup(repo, uri + "?document=content", ["items"], source_options=options)
+        assert result.datasets[0].rows > 0
+        return clock.read()
 
 
 def child_bare_copy(uri: str, sessions: str) -> dict[str, Any]:
@@ -86,7 +106,7 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
     from tests.pgserver import running_postgres
 
     work = Path(tempfile.mkdtemp(prefix="aibackup-bench-distributed-"))
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("none", "one", "two", "copy1", "copy2")}
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("none", "one", "running", "two", "copy1", "copy2")}
     try:
         with running_postgres(free_port()) as server:
             server.database("bench")
@@ -94,9 +114,9 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
             run_child(MODULE, "seed", source, str(rows), str(dim))
             print("benchmarks: distributed seeded", file=sys.stderr, flush=True)
             for n in range(repeats):
-                for kind, workers in (("none", 0), ("one", 1), ("two", 2)):
+                for kind, workers in (("none", "0"), ("one", "1"), ("running", "running"), ("two", "2")):
                     repo = work / f"{kind}-{n}"
-                    runs[kind].append(run_child(MODULE, "backup", source, str(repo), str(workers)))
+                    runs[kind].append(run_child(MODULE, "backup", source, str(repo), workers))
                     shutil.rmtree(repo)
                 runs["copy1"].append(run_child(MODULE, "bare_copy", source, "1"))
                 runs["copy2"].append(run_child(MODULE, "bare_copy", source, "2"))
@@ -109,6 +129,8 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
         "dim": dim,
         "backup_seconds": seconds["none"],
         "backup_1_worker_seconds": seconds["one"],
+        "backup_1_running_worker_seconds": seconds["running"],
+        "dask_overhead_running": round(seconds["running"] / seconds["none"], 3),
         "backup_2_workers_seconds": seconds["two"],
         "dask_overhead": round(seconds["one"] / seconds["none"], 3),
         "speedup_2_workers": round(seconds["none"] / seconds["two"], 3),
