@@ -6,11 +6,13 @@ ADDRESS`` (or ``AIBACKUP_DASK``) uses a running scheduler. Each task opens the r
 itself, from their URLs and its own environment (credentials and keys are never task arguments: a
 ``--key-file`` travels as its path), reads one partition (``Connector.export_partition``, the connector
 opened with ``Partitioning.options``: PostgreSQL's exported snapshot), and writes its parts under the
-dataset's folder with a prefix of its own (``part-p0003-00000.parquet``). It returns the dataset manifest
-of what it wrote; the driver adds them up (rows, the dataset digest is the sum of the partitions' sums,
-id types), checks that together they hold exactly the records the source counted in its snapshot, removes
-any part a failed or repeated attempt left in the folder, and commits nothing unless every partition
-succeeded. Dask retries a task whose worker died, and a failing task :data:`RETRIES` times.
+dataset's folder with a prefix of its own (``part-p0003-00000.parquet``), sampling the search baseline's
+queries and watching for an application layout on the way. It returns the manifest of what it wrote, its
+sample and its detector; the driver adds them up (rows, the dataset digest is the sum of the partitions'
+sums, id types; samples and detectors merge, so the parts are not read again), checks that together they
+hold exactly the records the source counted in its snapshot, removes any part a failed or repeated attempt
+left in the folder, and commits nothing unless every partition succeeded. Dask retries a task whose worker
+died, and a failing task :data:`RETRIES` times.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from aibackup.bundle import BundleWriter
 from aibackup.connectors import layouts
 from aibackup.connectors.base import DatasetDescription, Partitioning
 from aibackup.connectors.registry import open_connector
-from aibackup.errors import IntegrityError, UsageError
+from aibackup.errors import IntegrityError, UnavailableError, UsageError
 from aibackup.manifests.chain import ChainLink
 from aibackup.manifests.digest import DIGEST_ALGORITHM
 from aibackup.manifests.model import DatasetManifest, PartEntry
@@ -92,8 +94,6 @@ def cluster(workers: int | None = None, address: str | None = None) -> Iterator[
             try:
                 client = stack.enter_context(Client(address, timeout="10s"))
             except OSError as exc:
-                from aibackup.errors import UnavailableError
-
                 raise UnavailableError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         count = len(client.scheduler_info().get("workers", {})) or (workers or 1)
         yield Cluster(client, count)
