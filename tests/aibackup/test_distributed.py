@@ -136,34 +136,38 @@ def test_a_worker_that_dies_is_replaced_and_the_backup_is_whole(
     assert listed == wanted, result.out  # nothing of the dead attempt stays
 
 
-class HoldOnce(WorkerPlugin):
-    """A Dask worker plugin (the test's): the first partition task to start waits there, after leaving a
-    marker file, long enough for the test to interrupt the backup while its tasks run."""
+class HoldOthers(WorkerPlugin):
+    """A Dask worker plugin (the test's): the first partition task runs; every later one waits before it
+    starts (leaving a "held" file) until a "release" file appears, so the backup is still running when the
+    test interrupts it."""
 
-    name = "hold-once"
+    name = "hold-others"
 
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
 
     def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
         import os
         import time
 
-        if finish == "executing" and "write_partition" in str(key):
-            try:
-                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL)
-            except FileExistsError:
-                return
-            os.close(fd)
-            time.sleep(20)
+        if finish != "executing" or "write_partition" not in str(key):
+            return
+        try:
+            os.close(os.open(os.path.join(self.folder, "first"), os.O_CREAT | os.O_EXCL))
+            return  # the first task runs
+        except FileExistsError:
+            pass
+        open(os.path.join(self.folder, "held"), "a").close()
+        deadline = time.monotonic() + 8
+        while not os.path.exists(os.path.join(self.folder, "release")) and time.monotonic() < deadline:
+            time.sleep(0.05)
 
 
 def test_ctrl_c_cancels_the_tasks_and_removes_what_they_wrote(
     postgres: Postgres, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import os
-    import signal
-    import threading
+    """Ctrl-C while the partitions are written (raised where the backup waits for its tasks, once one
+    partition is written and the others are held): nothing is committed, every part is removed."""
     import time
 
     import cloudpickle
@@ -174,27 +178,35 @@ def test_ctrl_c_cancels_the_tasks_and_removes_what_they_wrote(
     monkeypatch.setattr(reading, "PAGE_BYTES", 64 * 1024)
     db = seeded(postgres, tmp_path, "ctrlc")
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    marker = tmp_path / "holding"
+    flags = tmp_path / "flags"
+    flags.mkdir()
     repo = tmp_path / "repo"
     api.Repository.open(str(repo), create=True)
+    gather = Client.gather
 
-    def interrupt() -> None:
+    def interrupted(self: Client, futures: object, *args: object, **kwargs: object) -> object:
         deadline = time.monotonic() + 60
-        while not marker.exists() and time.monotonic() < deadline:
+        done = False
+        while time.monotonic() < deadline and not done:
+            done = (flags / "held").exists() and any(f.status == "finished" for f in futures)  # type: ignore[attr-defined]
             time.sleep(0.05)
-        time.sleep(0.5)  # the other partitions write meanwhile
-        os.kill(os.getpid(), signal.SIGINT)
+        assert done, "no partition was written while the others were held"
+        raise KeyboardInterrupt  # what Ctrl-C raises in the main thread, waiting here
 
     local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
-    with local as cluster, Client(cluster) as client:
-        client.register_plugin(HoldOnce(str(marker)))
-        threading.Thread(target=interrupt, daemon=True).start()
-        started = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
-            api.backup(str(repo), postgres.uri(db), dask=cluster.scheduler_address)
-        assert time.monotonic() - started < 15  # not waiting for the held task
-    assert not list((repo / "bundles").glob("*.json"))
-    assert not [p for p in (repo / "data").rglob("*") if p.is_file()]
+    try:
+        with local as cluster, Client(cluster) as client:
+            client.register_plugin(HoldOthers(str(flags)))
+            monkeypatch.setattr(Client, "gather", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                api.backup(str(repo), postgres.uri(db), dask=cluster.scheduler_address)
+            monkeypatch.setattr(Client, "gather", gather)
+            # Checked while the held tasks still wait (they never start): what the backup left is what
+            # its own cleanup left.
+            assert not list((repo / "bundles").glob("*.json"))
+            assert not [p for p in (repo / "data").rglob("*") if p.is_file()]
+    finally:
+        (flags / "release").touch()
 
 
 @pytest.mark.s3
