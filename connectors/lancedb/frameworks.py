@@ -15,13 +15,12 @@ written them otherwise), each key one JSON type.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
 
-from aibackup.connectors.lancedb.tables import DISTANCE_KEY, METRICS, Columns
+from aibackup.connectors.lancedb.tables import DISTANCE_KEY, METRICS, Columns, native_config
 from aibackup.errors import UnsupportedFeatureError
 from aibackup.manifests.model import DenseVectorSpec
 
@@ -74,13 +73,4 @@ def native_definition(framework: str, spec: DenseVectorSpec, metadata: pa.DataTy
         keys = [DOC_ID, METADATA]
     schema = pa.schema(fields)
     columns = Columns(id=ID, vectors=(("", VECTOR),), document=TEXT, metadata=tuple(keys))
-    return {
-        "kind": "lancedb",
-        "lancedb": None,
-        "version": None,
-        "schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
-        "fields": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],
-        "columns": columns.to_json(),
-        "indexes": [],
-        "distances": {"": "recorded by the restore that wrote the table"},
-    }
+    return native_config(schema, columns, [], {"": "recorded by the restore that wrote the table"}, None, None)

@@ -244,22 +244,34 @@ def describe_config(
         if isinstance(graph, dict) and (hnsw is None or name == ""):
             hnsw = {"m": graph.get("max_connections"), "ef_construction": graph.get("construction_ef")}
     collection = (schema.metadata or {}).get(COLLECTION_KEY)
-    native = {
-        "kind": "lancedb",
-        "lancedb": library,
-        "version": version,
-        "schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
-        "fields": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],
-        "columns": columns.to_json(),
-        "indexes": [dict(i) for i in indexes],
-        "distances": known,
-    }
+    native = native_config(schema, columns, [dict(i) for i in indexes], known, library, version)
     return VectorsConfig(
         dense=tuple(dense),
         metadata=json.loads(collection) if collection else None,
         hnsw=hnsw,
         native=native,
     )
+
+
+def native_config(
+    schema: pa.Schema,
+    columns: Columns,
+    indexes: list[dict[str, Any]],
+    distances: Mapping[str, str],
+    library: str | None,
+    version: int | None,
+) -> dict[str, Any]:
+    """A table's ``native`` config (see :func:`describe_config`): what a LanceDB -> LanceDB restore makes."""
+    return {
+        "kind": "lancedb",
+        "lancedb": library,
+        "version": version,
+        "schema": base64.b64encode(schema.serialize().to_pybytes()).decode("ascii"),
+        "fields": [{"name": f.name, "type": str(f.type), "nullable": f.nullable} for f in schema],
+        "columns": columns.to_json(),
+        "indexes": indexes,
+        "distances": dict(distances),
+    }
 
 
 def native_schema(native: Mapping[str, Any]) -> pa.Schema:
