@@ -286,10 +286,13 @@ class Repository(_repository.Repository):
         min_recall: float | None = None,
         key_file: str | None = None,
         load_check: bool = False,
+        workers: int | None = None,
+        dask: str | None = None,
     ) -> RestoreResult:
         """Restore bundle `ref` into the target URI `to` and prove it, as ``aibackup restore``. A failed
         check is not an exception: the result's ``ok`` is False (the command exits 1). `load_check`
-        (models): also open every safetensors file with the safetensors library."""
+        (models): also open every safetensors file with the safetensors library. `workers` / `dask`: a
+        partitioned restore on a Dask cluster, as ``--workers`` / ``--dask``."""
         from aibackup.restore import run_restore
 
         return run_restore(
@@ -304,6 +307,8 @@ class Repository(_repository.Repository):
             check_options=CheckOptions(queries=queries, min_recall=min_recall, recall_tolerance=recall_tolerance),
             key_file=key_file,
             load_check=load_check,
+            workers=workers,
+            dask=dask,
         )
 
     # --- operations (aibackup.yaml) ----------------------------------------------------------------------

@@ -357,6 +357,22 @@ def diff(
     help="Models: also open every restored safetensors file with the safetensors library and compare each "
     "tensor's shape and dtype with its header.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 1024),
+    default=None,
+    metavar="N",
+    help="Vectors: validate and load each collection's parts on a local Dask cluster of N processes, where the "
+    "target can take it (pgvector: an unlogged load table, published in one transaction); needs aibackup[dask].",
+)
+@click.option(
+    "--dask",
+    "dask_address",
+    metavar="ADDRESS",
+    default=None,
+    help="Vectors: as --workers, on the running Dask scheduler at ADDRESS (also AIBACKUP_DASK); the workers "
+    "reach the repository and the target with their own credentials.",
+)
 @key_file_option
 @repo_option
 @config_option
@@ -373,6 +389,8 @@ def restore(
     recall_tolerance: float,
     min_recall: float | None,
     load_check: bool,
+    workers: int | None,
+    dask_address: str | None,
     key_file: str | None,
     repo: str | None,
     config_path: str | None,
@@ -399,6 +417,8 @@ def restore(
         min_recall=min_recall,
         key_file=key_file or (config.key_file if config else None),
         load_check=load_check,
+        workers=workers,
+        dask=dask_address,
     )
     if as_json:
         emit_json(result.to_json())

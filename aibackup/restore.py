@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import time
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 
 import pyarrow as pa
 
+from aibackup import distributed, partitioned_restore
 from aibackup.bundle_reader import BundleReader
 from aibackup.checks import prove
 from aibackup.chunk_reader import ChunkReader
@@ -28,10 +28,10 @@ from aibackup.connectors import layouts
 from aibackup.connectors.base import MODES, ChunkedConnector, Connector, DatasetDescription, ImportPlan
 from aibackup.connectors.registry import connector_class, open_connector, parse_location
 from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UnsupportedFeatureError, UsageError
+from aibackup.lossy import LossTally
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import BundleManifest, DatasetManifest, PartEntry
-from aibackup.manifests.vectors import ID, METADATA
 from aibackup.pipeline import prefetch, use_arrow_allocator
 from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions
@@ -125,12 +125,17 @@ def run_restore(
     key_file: str | None = None,
     layout: str = "auto",
     load_check: bool = False,
+    workers: int | None = None,
+    dask: str | None = None,
 ) -> RestoreResult:
     """Restore bundle `ref` (an id, a prefix or latest; `at`: the newest bundle up to that time) into
     `target_uri` and prove it. `layout` (vectors): auto writes each collection in the application layout
     recorded at backup (aibackup.connectors.layouts), raw in each connector's own mapping, langchain or
     llamaindex in that framework's layout for the target. `load_check` (models): also open every restored
-    safetensors file with the safetensors library and compare each tensor's shape and dtype."""
+    safetensors file with the safetensors library and compare each tensor's shape and dtype. `workers` (a
+    local Dask cluster of that many processes) or `dask` (a scheduler's address; also ``AIBACKUP_DASK``):
+    the collections that can be split are validated and loaded by the cluster's workers
+    (aibackup.partitioned_restore), published and proven here."""
     layouts.check_choice(layout)  # a bad flag is refused before anything is opened
     if mode not in MODES:
         raise UsageError(f"bad --mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -141,18 +146,21 @@ def run_restore(
     repo.use_key(key)  # ... and every manifest read must be authenticated by it
     manifest = repo.resolve(ref, datasets=[src for src, _ in pairs], at=at)
     selected = _select(manifest, pairs)
+    location = parse_location(target_uri, target=True)
+    target_class = connector_class(location.kind)
     # Each part is read up to four times (re-hash, validation, import, content check): a remote repository's
     # parts are downloaded once, into a local spool that the later reads use.
-    with BundleReader(repo, spool=True) as reader:
-        _verify_before_writing(reader, repo, manifest, [d for d, _ in selected])
+    with distributed.cluster(workers, dask) as on, BundleReader(repo, spool=True) as reader:
+        # With a cluster, the collections it can split are re-hashed and validated by its workers.
+        alone = {d.name: partitioned_restore.why_not(d, target_class) for d, _ in selected} if on else {}
+        spread = {name for name, why in alone.items() if why is None}
+        _verify_before_writing(reader, repo, manifest, [d for d, _ in selected if d.name not in spread])
         results: list[DatasetResult] = []
-        location = parse_location(target_uri, target=True)
-        target_kind = connector_class(location.kind).dataset_kind
         for dataset, _ in selected:  # before the target is opened (opening an embedded store creates it)
-            if dataset.kind != target_kind:
+            if dataset.kind != target_class.dataset_kind:
                 raise UsageError(
                     f"collection {dataset.name!r} holds {dataset.kind}; {location.display()} holds "
-                    f"{target_kind}: restore it into a {dataset.kind} target"
+                    f"{target_class.dataset_kind}: restore it into a {dataset.kind} target"
                 )
         options = {"secrets": key, "load_check": load_check}
         with open_connector(target_uri, target=True, options=options) as connector, _chunks(repo, connector):
@@ -174,12 +182,16 @@ def run_restore(
                     plan = layouts.apply(plan, chosen)
                 elif note:
                     plan = replace(plan, notes=(*plan.notes, note))
+                if alone.get(d.name):
+                    plan = replace(plan, notes=(*plan.notes, f"restored in one process: {alone[d.name]}"))
                 applied[d.name] = chosen
                 plans.append((d, plan))
             # Every record is checked against the manifest's digest and against what the target can hold
             # before anything is written.
             validated = time.perf_counter()
             for dataset, plan in plans:
+                if dataset.name in spread:
+                    continue
                 digest = DatasetDigest(algorithm=dataset.digest_algorithm)
                 connector.validate_records(plan, _digesting(prefetch(reader.batches(dataset)), digest))
                 if (digest.hexdigest, digest.rows) != (dataset.digest, dataset.rows):
@@ -187,21 +199,30 @@ def run_restore(
                         f"refusing to restore: the records of collection {dataset.name!r} in bundle "
                         f"{manifest.bundle_id} do not match its manifest's digest; nothing was written"
                     )
-            validate_seconds = time.perf_counter() - validated
-            for dataset, plan in plans:
-                try:
-                    results.append(_restore_one(connector, reader, dataset, plan, check_options, applied[dataset.name]))
-                except AibackupError as exc:
-                    done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
-                    state = (
-                        "; nothing of it was written (the target writes in one transaction)"
-                        if connector.atomic_import
-                        else ", which may now hold part of the bundle"
-                    )
-                    raise type(exc)(
-                        f"restore stopped in collection {plan.target.name!r}{state}: "
-                        f"{exc}" + (f" (already restored: {done})" if done else "")
-                    ) from None
+            with _loads(on, connector, [(d, p) for d, p in plans if d.name in spread], repo, key_file, target_uri) as (
+                loaded
+            ):
+                validate_seconds = time.perf_counter() - validated
+                for dataset, plan in plans:
+                    try:
+                        results.append(
+                            _restore_one(
+                                connector, reader, dataset, plan, check_options, applied[dataset.name], loaded, on
+                            )
+                        )
+                    except AibackupError as exc:
+                        done = ", ".join(
+                            f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results
+                        )
+                        state = (
+                            "; nothing of it was written (the target writes in one transaction)"
+                            if connector.atomic_import
+                            else ", which may now hold part of the bundle"
+                        )
+                        raise type(exc)(
+                            f"restore stopped in collection {plan.target.name!r}{state}: "
+                            f"{exc}" + (f" (already restored: {done})" if done else "")
+                        ) from None
             target = connector.location.display()
         return RestoreResult(
             bundle_id=manifest.bundle_id, target=target, datasets=results, validate_seconds=validate_seconds
@@ -254,12 +275,21 @@ def _restore_one(
     plan: ImportPlan,
     check_options: CheckOptions | None,
     layout: layouts.Applied | None,
+    loads: Mapping[str, partitioned_restore.Load],
+    on: distributed.Cluster | None,
 ) -> DatasetResult:
     started = time.perf_counter()
-    # The loss is tallied on the import pass: a connector's mapping may depend on what its validation saw
-    # (the config connector learns there which symlinks lead out and are left out).
-    loss = _Loss(plan)
-    rows = connector.import_(plan, loss.watch(prefetch(reader.batches(dataset))))
+    load = loads.get(dataset.name)
+    if load is not None:  # validated and loaded by the cluster's workers: published here
+        assert on is not None and load.loss is not None
+        loss = load.loss
+        rows = connector.finish_load(plan, load.area, load.rows)
+        plan = replace(plan, notes=(*plan.notes, load.note(on)))
+    else:
+        # The loss is tallied on the import pass: a connector's mapping may depend on what its validation saw
+        # (the config connector learns there which symlinks lead out and are left out).
+        loss = LossTally(plan)
+        rows = connector.import_(plan, loss.watch(prefetch(reader.batches(dataset))))
     loaded = time.perf_counter()
     checks = prove(connector, plan, reader, dataset, check_options, layout)
     return DatasetResult(
@@ -276,54 +306,30 @@ def _restore_one(
     )
 
 
+@contextlib.contextmanager
+def _loads(
+    on: distributed.Cluster | None,
+    connector: Connector,
+    jobs: list[tuple[DatasetManifest, ImportPlan]],
+    repo: Repository,
+    key_file: str | None,
+    target_uri: str,
+) -> Iterator[Mapping[str, partitioned_restore.Load]]:
+    """The collections of `jobs` loaded by the cluster's workers (none without a cluster or jobs)."""
+    if on is None or not jobs:
+        yield {}
+        return
+    load_check = bool(connector.options.get("load_check"))
+    with partitioned_restore.loads(
+        on, connector, jobs, repository=repo.storage.url, key_file=key_file, target=target_uri, load_check=load_check
+    ) as made:
+        yield made
+
+
 def _digesting(batches: Iterable[pa.RecordBatch], digest: DatasetDigest) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         digest.add_batch(batch)
         yield batch
-
-
-class _Loss:
-    """What the plan's lossy mapping really changes in the bundle's records (records left out, columns with
-    values dropped, records whose metadata is rewritten), so the report says what was lost, not only what
-    could have been."""
-
-    def __init__(self, plan: ImportPlan) -> None:
-        self.plan = plan
-        self.dropped: Counter[str] = Counter()
-        self.rewritten = 0
-        self.records_dropped = 0
-        self.examples: list[str] = []
-
-    def watch(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            if self.plan.dropped:
-                self._tally(batch, self.plan.transform(batch))
-            yield batch
-
-    def _tally(self, before: pa.RecordBatch, after: pa.RecordBatch) -> None:
-        self.records_dropped += before.num_rows - after.num_rows
-        kept = set(after.schema.names)
-        if before.num_rows != after.num_rows:
-            return  # records left out: their columns no longer line up row by row
-        for name in before.schema.names:
-            if name not in kept:
-                column = before.column(name)
-                self.dropped[name] += len(column) - column.null_count
-        if METADATA in kept:
-            ids = before.column(ID).to_pylist()
-            pairs = zip(before.column(METADATA).to_pylist(), after.column(METADATA).to_pylist(), strict=True)
-            for n, (old, new) in enumerate(pairs):
-                if old != new:
-                    self.rewritten += 1
-                    if len(self.examples) < 3:
-                        self.examples.append(repr(ids[n]))
-
-    def lines(self) -> tuple[str, ...]:
-        lines = [f"{self.records_dropped} records left out"] if self.records_dropped else []
-        lines += [f"column {name!r}: {count} values dropped" for name, count in sorted(self.dropped.items()) if count]
-        if self.rewritten:
-            lines.append(f"metadata of {self.rewritten} records rewritten (e.g. {', '.join(self.examples)})")
-        return tuple(lines)
 
 
 def _select(manifest: BundleManifest, pairs: list[tuple[str, str]]) -> list[tuple[DatasetManifest, str]]:

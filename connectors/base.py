@@ -286,6 +286,38 @@ class Connector(ABC):
         """The records of one partition of :meth:`partition` (in a connector opened with its options)."""
         raise NotImplementedError(f"{self.kind} cannot split a dataset")
 
+    #: Whether :meth:`begin_load` and the methods after it are built: a partitioned restore's workers can
+    #: write one collection at once (``restore --workers``); a target without them restores in one process.
+    partitioned_load: ClassVar[bool] = False
+
+    def begin_load(self, plan: ImportPlan) -> Mapping[str, Any]:
+        """A partitioned restore's driver, after planning: make the place workers write `plan`'s records
+        into at once, out of the target's readers' sight (pgvector: an unlogged load table), and return
+        its JSON-able description, which each worker gives :meth:`load_partition`. Nothing of the target
+        itself changes until :meth:`finish_load`; :meth:`abandon_load` removes what was made."""
+        raise NotImplementedError(f"{self.kind} cannot take a partitioned restore")
+
+    def load_partition(
+        self, plan: ImportPlan, load: Mapping[str, Any], number: int, batches: Iterable[pa.RecordBatch]
+    ) -> int:
+        """A worker (this connector opened on the target as a restore opens it): write partition `number`'s
+        batches (canonical; the plan's transform and per-record checks applied as ``import_`` does) into
+        the load area of :meth:`begin_load`, committed when they are all in; run again for the same
+        `number` (a retried task), it replaces what the earlier run wrote. Returns the rows written."""
+        raise NotImplementedError(f"{self.kind} cannot take a partitioned restore")
+
+    def finish_load(self, plan: ImportPlan, load: Mapping[str, Any], rows: int) -> int:
+        """The driver, once every worker's partition is in and the digests are proven: do what ``import_``
+        does after its writes (create or replace the collection per ``plan.mode``, indexes once, the row
+        count against `rows`) from the load area, as atomically as ``import_``, and remove the load area.
+        Returns the rows written."""
+        raise NotImplementedError(f"{self.kind} cannot take a partitioned restore")
+
+    def abandon_load(self, load: Mapping[str, Any]) -> None:  # noqa: B027 - nothing to remove by default
+        """Remove a load area and what workers wrote into it (a failed or cancelled partitioned restore),
+        even while a worker still writes; nothing that existed before :meth:`begin_load` is touched. Safe
+        to call after :meth:`finish_load` (nothing is left to remove)."""
+
     def id_types(self, ids: pa.Array) -> Counter[str]:
         """How many of `ids` (canonical strings, as exported) had each original id type in this backend:
         "string", "uint" or "uuid". The manifest records the counts. Default: all strings."""

@@ -59,7 +59,9 @@ temporary table (``jsonb_populate_record`` turns the metadata back into each col
 bundle makes the layout above, with an HNSW index per dense vector whose operator class matches its
 distance (none above 2000 dimensions for vector, 4000 for halfvec: pgvector's limits; the restore says
 so). PGOPTIONS reaches the server: ``PGOPTIONS='-c maintenance_work_mem=2GB'`` builds a big HNSW index in
-memory. Nothing is ever dropped that the restore did not create, but with ``--mode overwrite``.
+memory. Nothing is ever dropped that the restore did not create, but with ``--mode overwrite``. A
+partitioned restore (``--workers``) COPYs from its workers into an unlogged load table and publishes it in
+the same one transaction (:mod:`.writing`).
 
 Lossy rules (refused with UnsupportedFeatureError unless --allow-lossy): multivectors (no pgvector type)
 are dropped. Never mapped: NaN/Infinity in a vector (pgvector refuses them) or in metadata (jsonb holds
@@ -72,13 +74,13 @@ Checks: beyond the records, a pgvector -> pgvector restore compares the restored
 the recorded one (columns, types, nullability, primary key, constraints, index methods and parameters).
 
 This module holds the connector class; the mapping of a table is in :mod:`.mapping`, the reading in
-:mod:`.reading`, the restore's SQL in :mod:`.restore` and its COPY cells in :mod:`.cells`.
+:mod:`.reading`, the restore's SQL in :mod:`.restore`, its COPY in :mod:`.writing` and its cells in :mod:`.cells`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -97,7 +99,7 @@ from aibackup.connectors.base import (
     chain,
     identity,
 )
-from aibackup.connectors.pgvector import catalog, cells, codec, llamaindex, mapping, reading, restore
+from aibackup.connectors.pgvector import catalog, cells, llamaindex, mapping, reading, restore, writing
 from aibackup.connectors.pgvector.catalog import DENSE_TYPES, qualified, quote
 from aibackup.connectors.pgvector.mapping import UNNAMED_COLUMN, Columns
 from aibackup.errors import (
@@ -112,9 +114,6 @@ from aibackup.manifests.vectors import canonical_json
 
 if TYPE_CHECKING:
     import psycopg
-
-#: Rows per binary COPY FROM message of a restore.
-WRITE_ROWS = 5000
 
 
 class PgvectorConnector(VectorConnector):
@@ -418,11 +417,44 @@ class PgvectorConnector(VectorConnector):
         return rows
 
     def import_(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
+        def fill(cur: Any, into: str, columns: list[str]) -> int:
+            return writing.copy_rows(cur, plan, into, columns, batches)
+
+        return self._write(plan, fill)
+
+    # A partitioned restore (aibackup.partitioned_restore): workers COPY into an unlogged load table, the
+    # driver publishes it as import_ publishes its COPY (.writing's docstring).
+    partitioned_load = True
+
+    def begin_load(self, plan: ImportPlan) -> Mapping[str, Any]:
+        conn = self._require()
+        with self._errors("making the load table of", plan.target.name):
+            if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone() is None:
+                self._create_extension()  # the load table has vector columns
+            return writing.begin_load(conn, plan)
+
+    def load_partition(
+        self, plan: ImportPlan, load: Mapping[str, Any], number: int, batches: Iterable[pa.RecordBatch]
+    ) -> int:
+        with self._errors("loading", plan.target.name):
+            return writing.load_partition(self._require(), plan, load, number, batches)
+
+    def finish_load(self, plan: ImportPlan, load: Mapping[str, Any], rows: int) -> int:
+        return self._write(plan, lambda *_: rows, staged=writing.load_table(load))
+
+    def abandon_load(self, load: Mapping[str, Any]) -> None:
+        with self._errors("removing the load table", str(load.get("name"))):
+            writing.abandon_load(self._require(), load)
+
+    def _write(self, plan: ImportPlan, fill: Callable[[Any, str, list[str]], int], staged: str | None = None) -> int:
+        """Publish a restore in one transaction: the referenced tables, the target made (or replaced),
+        `fill` writing the rows (into the target, or a staging table an INSERT … SELECT moves them from),
+        constraints, indexes, ANALYZE, the row count. `staged`: a load table already holding the rows
+        (dropped with the transaction's success)."""
         conn = self._require()
         schema, table = plan.extra["schema"], plan.extra["table"]
         target = qualified(schema, table)
         native = plan.target.config.native
-        written = 0
         self._described.pop(plan.target.name, None)
         with self._errors("restoring", plan.target.name), conn.transaction():
             if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone() is None:
@@ -433,19 +465,17 @@ class PgvectorConnector(VectorConnector):
                         conn.execute(statement, params or None)
             created = self._prepare(plan, schema, table)
             self._created[plan.target.name] = created
-            staging, columns = restore.staging(conn, plan, native is not None or plan.mode == "merge" or not created)
+            if staged is not None:
+                staging, columns = staged, restore.staging_columns(plan)[0]
+            else:
+                needed = native is not None or plan.mode == "merge" or not created
+                staging, columns = restore.staging(conn, plan, needed)
             with conn.cursor() as cur:
-                with cur.copy(f"COPY {staging} ({', '.join(map(quote, columns))}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.write(codec.HEADER)
-                    for batch in batches:
-                        mapped = plan.transform(batch)
-                        for start in range(0, mapped.num_rows, WRITE_ROWS):
-                            part = mapped.slice(start, WRITE_ROWS)
-                            copy.write(codec.encode_rows(cells.cells(plan, part, check_only=False)))
-                            written += part.num_rows
-                    copy.write(codec.TRAILER)
+                written = fill(cur, staging, columns)
                 if staging != target:
                     cur.execute(self._insert_sql(plan, staging, target))
+                if staged is not None:
+                    cur.execute(f"DROP TABLE {staged} CASCADE")  # the load table and its children
                 for statement in restore.after_data(plan, schema, table, created):
                     cur.execute(statement)
                 cur.execute(f"ANALYZE {target}")

@@ -130,20 +130,32 @@ def layout_sql(cfg: VectorsConfig, target: str) -> str:
     return f"CREATE TABLE {target} ({', '.join(lines)})"
 
 
-def staging(conn: Any, plan: ImportPlan, needed: bool) -> tuple[str, list[str]]:
-    """Where the COPY writes: the target itself (a new table of the layout), or a temporary table of
-    the canonical columns that an INSERT … SELECT turns into the target's rows."""
+def staging_columns(plan: ImportPlan) -> tuple[list[str], list[str]]:
+    """The canonical columns a COPY writes (names) and their SQL definitions, for a staging table."""
     cfg = plan.target.config
-    target = qualified(plan.extra["schema"], plan.extra["table"])
     columns = [ID] + [dense_name(d) for d in cfg.dense] + [s.name for s in cfg.sparse]
     columns += [DOCUMENT, URI, METADATA]
-    if not needed:
-        return target, columns
     lines = [f"{quote(ID)} text"] + [f"{quote(dense_name(d))} {dense_sql(d)}" for d in cfg.dense]
     lines += [f"{quote(s.name)} sparsevec" for s in cfg.sparse]
     lines += [f"{quote(DOCUMENT)} text", f"{quote(URI)} text", f"{quote(METADATA)} jsonb"]
+    return columns, lines
+
+
+def staging(conn: Any, plan: ImportPlan, needed: bool) -> tuple[str, list[str]]:
+    """Where the COPY writes: the target itself (a new table of the layout), or a temporary table of
+    the canonical columns that an INSERT … SELECT turns into the target's rows."""
+    target = qualified(plan.extra["schema"], plan.extra["table"])
+    columns, lines = staging_columns(plan)
+    if not needed:
+        return target, columns
     conn.execute(f"CREATE TEMP TABLE aibackup_staging ({', '.join(lines)}) ON COMMIT DROP")
     return "aibackup_staging", columns
+
+
+def load_table_sql(plan: ImportPlan, table: str) -> str:
+    """The CREATE of a partitioned restore's load table: the staging columns in an unlogged table (no WAL:
+    what it holds is copied into the target, in one transaction, by the INSERT … SELECT of a staging table)."""
+    return f"CREATE UNLOGGED TABLE {table} ({', '.join(staging_columns(plan)[1])})"
 
 
 def layout_insert_sql(plan: ImportPlan, staging: str, target: str) -> str:

@@ -1,0 +1,62 @@
+"""What a restore's lossy mapping really changed in a bundle's records (:class:`LossTally`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Iterator
+
+import pyarrow as pa
+
+from aibackup.connectors.base import ImportPlan
+from aibackup.manifests.vectors import ID, METADATA
+
+
+class LossTally:
+    """What the plan's lossy mapping really changes in the bundle's records (records left out, columns with
+    values dropped, records whose metadata is rewritten), so the report says what was lost, not only what
+    could have been."""
+
+    def __init__(self, plan: ImportPlan) -> None:
+        self.plan = plan
+        self.dropped: Counter[str] = Counter()
+        self.rewritten = 0
+        self.records_dropped = 0
+        self.examples: list[str] = []
+
+    def watch(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            if self.plan.dropped:
+                self._tally(batch, self.plan.transform(batch))
+            yield batch
+
+    def _tally(self, before: pa.RecordBatch, after: pa.RecordBatch) -> None:
+        self.records_dropped += before.num_rows - after.num_rows
+        kept = set(after.schema.names)
+        if before.num_rows != after.num_rows:
+            return  # records left out: their columns no longer line up row by row
+        for name in before.schema.names:
+            if name not in kept:
+                column = before.column(name)
+                self.dropped[name] += len(column) - column.null_count
+        if METADATA in kept:
+            ids = before.column(ID).to_pylist()
+            pairs = zip(before.column(METADATA).to_pylist(), after.column(METADATA).to_pylist(), strict=True)
+            for n, (old, new) in enumerate(pairs):
+                if old != new:
+                    self.rewritten += 1
+                    if len(self.examples) < 3:
+                        self.examples.append(repr(ids[n]))
+
+    def merge(self, other: LossTally) -> None:
+        """Add what `other` (the same plan's tally over other batches: a partitioned restore's worker) saw."""
+        self.dropped.update(other.dropped)
+        self.rewritten += other.rewritten
+        self.records_dropped += other.records_dropped
+        self.examples = (self.examples + other.examples)[:3]
+
+    def lines(self) -> tuple[str, ...]:
+        lines = [f"{self.records_dropped} records left out"] if self.records_dropped else []
+        lines += [f"column {name!r}: {count} values dropped" for name, count in sorted(self.dropped.items()) if count]
+        if self.rewritten:
+            lines.append(f"metadata of {self.rewritten} records rewritten (e.g. {', '.join(self.examples)})")
+        return tuple(lines)

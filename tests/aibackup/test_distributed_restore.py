@@ -1,0 +1,256 @@
+"""Partitioned restores (issue 21): the parts of a collection re-hashed, validated and loaded by the workers
+of a Dask cluster into pgvector's load table, published once and proven like a one-process restore; a
+damaged part, a worker that dies after its partition committed, and Ctrl-C leave the target as it was."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from distributed import WorkerPlugin
+
+from aibackup.connectors.pgvector import reading
+from tests.aibackup.test_distributed import seeded
+from tests.conftest import Postgres
+from tests.helpers import Cli, manifest_json, ok, one_line_error
+
+pytestmark = pytest.mark.postgres
+
+ROWS = 3000
+
+
+@pytest.fixture
+def bundle(postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A repository holding a backup of `seeded`'s table in several parts (a partitioned backup writes
+    one part or more per partition)."""
+    monkeypatch.setattr(reading, "PAGE_BYTES", 64 * 1024)
+    db = seeded(postgres, tmp_path, "rsrc")
+    repo = tmp_path / "repo"
+    ok(cli("backup", postgres.uri(db), "--repo", str(repo), "--workers", "2"))
+    (dataset,) = manifest_json(repo)["datasets"]
+    assert len(dataset["parts"]) >= 2
+    return repo
+
+
+def table_state(server: Postgres, db: str, table: str = "items") -> tuple[int, str, list[str]]:
+    """Rows, an md5 of every row in key order, and the load tables left in the database."""
+    with server.connect(db) as conn:
+        rows, digest = conn.execute(
+            f"SELECT count(*), md5(string_agg(t::text, '|' ORDER BY id)) FROM {table} t"
+        ).fetchone()
+        left = [r[0] for r in conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'aibackup_load_%'")]
+    return rows, digest, left
+
+
+def missing(server: Postgres, db: str, table: str = "items") -> bool:
+    with server.connect(db) as conn:
+        gone = conn.execute("SELECT to_regclass(%s) IS NULL", [table]).fetchone()[0]
+        left = conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'aibackup_load_%'").fetchone()[0]
+    return bool(gone) and left == 0
+
+
+def test_a_partitioned_restore_is_the_one_process_restore(postgres: Postgres, bundle: Path, cli: Cli) -> None:
+    one, many = postgres.database("rone"), postgres.database("rmany")
+    ok(cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(one)))
+    result = ok(cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(many), "--workers", "2", "--json"))
+    (dataset,) = result.json()["datasets"]
+    assert dataset["ok"] and dataset["rows"] == ROWS
+    assert any(n.startswith("partitioned:") and "2 Dask worker(s)" in n for n in dataset["notes"]), dataset["notes"]
+    assert {c["name"] for c in dataset["checks"]} >= {"content", "definition"}
+    single, spread = table_state(postgres, one), table_state(postgres, many)
+    assert spread == single and spread[0] == ROWS and spread[2] == []
+    # The recorded indexes and keys were made once, after the rows: the definition check compared them.
+    # overwrite replaces the table in one transaction; merge upserts into it.
+    with postgres.connect(many) as conn:
+        conn.execute("UPDATE items SET body = 'changed' WHERE id < 10")
+        conn.execute(
+            "INSERT INTO items (id, embedding, body, n) VALUES (99999, %s, 'extra', 1)",
+            ["[" + ",".join(["0.5"] * 8) + "]"],
+        )
+    merged = ok(
+        cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(many), "--workers", "2", "--mode", "merge")
+    )
+    rows, _, left = table_state(postgres, many)
+    assert rows == ROWS + 1 and not left, merged.out
+    ok(
+        cli(
+            "restore",
+            "latest",
+            "--repo",
+            str(bundle),
+            "--to",
+            postgres.uri(many),
+            "--workers",
+            "2",
+            "--mode",
+            "overwrite",
+        )
+    )
+    assert table_state(postgres, many) == single
+
+
+def test_a_damaged_part_is_refused_and_the_target_stays_as_it_was(postgres: Postgres, bundle: Path, cli: Cli) -> None:
+    (dataset,) = manifest_json(bundle)["datasets"]
+    damaged = bundle / dataset["parts"][-1]["path"]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    db = postgres.database("rdamaged")
+    line = one_line_error(
+        cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(db), "--workers", "2"), 1, "sha256"
+    )
+    assert Path(dataset["parts"][-1]["path"]).name in line and "nothing was written" in line
+    assert missing(postgres, db)
+
+
+def test_records_the_target_cannot_hold_are_refused_before_the_target_changes(
+    postgres: Postgres, tmp_path: Path, bundle: Path, cli: Cli
+) -> None:
+    """A table of other columns in the way (--mode merge into it): refused, nothing changes, no load
+    table stays."""
+    db = postgres.database("rother")
+    with postgres.connect(db) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, embedding vector(3), body text, n int)")
+        conn.execute("INSERT INTO items VALUES (1, '[1,2,3]', 'mine', 1)")
+    result = cli(
+        "restore", "latest", "--repo", str(bundle), "--to", postgres.uri(db), "--workers", "2", "--mode", "merge"
+    )
+    assert result.code != 0
+    rows, _, left = table_state(postgres, db)
+    assert rows == 1 and not left
+
+
+class KillAfterCommit(WorkerPlugin):
+    """A Dask worker plugin (the test's): the first worker to finish a load task dies right then, once,
+    before the scheduler has its result: Dask runs the task again elsewhere, over rows already committed."""
+
+    name = "kill-after-commit"
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
+        import os
+
+        if start == "executing" and "load_partition" in str(key):
+            try:
+                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL)
+            except FileExistsError:
+                return
+            os.close(fd)
+            os._exit(1)
+
+
+def test_a_task_run_again_after_its_worker_died_loads_its_rows_once(
+    postgres: Postgres, tmp_path: Path, bundle: Path, cli: Cli
+) -> None:
+    import cloudpickle
+    from dask.distributed import Client, LocalCluster
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    marker = tmp_path / "killed"
+    db = postgres.database("rkill")
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        client.register_plugin(KillAfterCommit(str(marker)))
+        result = ok(
+            cli(
+                "restore",
+                "latest",
+                "--repo",
+                str(bundle),
+                "--to",
+                postgres.uri(db),
+                "--dask",
+                cluster.scheduler_address,
+                "--json",
+            )
+        )
+    assert marker.exists()  # a worker died after its partition's COPY committed
+    assert result.json()["ok"]
+    rows, _, left = table_state(postgres, db)
+    assert rows == ROWS and not left
+
+
+class HoldLoads(WorkerPlugin):
+    """Every load task waits before it starts (leaving a "held" file) until a "release" file appears."""
+
+    name = "hold-loads"
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
+        import os
+        import time
+
+        if finish != "executing" or "load_partition" not in str(key):
+            return
+        open(os.path.join(self.folder, "held"), "a").close()
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.path.join(self.folder, "release")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def test_ctrl_c_cancels_the_loads_and_removes_the_load_table(
+    postgres: Postgres, tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cloudpickle
+    from dask.distributed import Client, LocalCluster
+
+    from aibackup import api
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    db = postgres.database("rctrlc")
+    gather = Client.gather
+
+    def interrupted(self: Client, futures: object, *args: object, **kwargs: object) -> object:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (flags / "held").exists():
+            time.sleep(0.05)
+        assert (flags / "held").exists(), "no load task started"
+        raise KeyboardInterrupt
+
+    local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        with local as cluster, Client(cluster) as client:
+            client.register_plugin(HoldLoads(str(flags)))
+            monkeypatch.setattr(Client, "gather", interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                api.Repository.open(str(bundle)).restore(to=postgres.uri(db), dask=cluster.scheduler_address)
+            monkeypatch.setattr(Client, "gather", gather)
+            assert missing(postgres, db)
+            (flags / "release").touch()
+    finally:
+        (flags / "release").touch()
+
+
+def test_what_cannot_be_split_is_restored_in_one_process_and_said(
+    postgres: Postgres, tmp_path: Path, bundle: Path, cli: Cli
+) -> None:
+    """A Chroma target takes no partitioned restore: the restore runs in this process, with a note."""
+    result = ok(
+        cli(
+            "restore",
+            "latest",
+            "--repo",
+            str(bundle),
+            "--to",
+            f"chroma:{tmp_path / 'chroma'}",
+            "--workers",
+            "1",
+            "--json",
+        )
+    )
+    (dataset,) = result.json()["datasets"]
+    assert dataset["ok"] and dataset["rows"] == ROWS
+    assert any("restored in one process: a chroma target" in n for n in dataset["notes"]), dataset["notes"]
+    assert json.dumps(result.json())  # the report is JSON as usual
