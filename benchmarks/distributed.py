@@ -13,6 +13,13 @@ either way, and is measured by the backup section) in alternating children, fast
   one session after the other and by two sessions at once (threads): how fast PostgreSQL hands out the rows
   with one and two readers on this machine, which bounds any speed-up.
 
+Restores of that backup (a bundle of many parts) into a fresh database each, with ``--queries 0``, the same
+four ways (no Dask, 1 worker, a running 1-worker cluster, 2 workers): the total, and its validate + load
+time (what the workers share; the content check then reads the whole table back in the driver, the same for
+every variant). The **target alone**: the table's rows in binary COPY form (read into memory first) written
+into an unlogged table by one session, and in two halves by two sessions at once: how fast PostgreSQL takes
+rows with one and two writers here.
+
 Ratios: Dask's overhead (1 worker / no Dask, target <= 1.1) and the speed-up (no Dask / 2 workers, target >=
 1.6 where the source is not the limit). The scaling model of the report (100M x 768 to S3 within one hour)
 is computed from these per-worker rates and marked as a model.
@@ -48,25 +55,82 @@ def child_backup(uri: str, repo: str, workers: str) -> dict[str, Any]:
     from aibackup.backup import SourceOptions, run_backup
 
     with contextlib.ExitStack() as stack:
-        address = None
-        if workers == "running":
-            import dask
-            from dask.distributed import Client, LocalCluster
-
-            # as --workers starts its own (aibackup.distributed.cluster): glibc's malloc defaults in the worker
-            stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": {}}))
-            cluster = stack.enter_context(
-                LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
-            )
-            client = stack.enter_context(Client(cluster))
-            client.run(lambda: __import__("aibackup.distributed"))  # a worker that has run a task before
-            address = cluster.scheduler_address
+        address = _running(stack) if workers == "running" else None
         clock = Stopwatch()
         local = None if workers == "running" else int(workers) or None
         options = SourceOptions(queries=0, workers=local, dask=address)
         result = run_backup(repo, uri + "?document=content", ["items"], source_options=options)
         assert result.datasets[0].rows > 0
         return clock.read()
+
+
+def child_restore(target: str, repo: str, workers: str) -> dict[str, Any]:
+    """One restore into `target` (a fresh database), workers as :func:`child_backup` takes them."""
+    import psycopg  # noqa: F401 - imported before the clock starts
+
+    from aibackup.recall_rule import CheckOptions
+    from aibackup.restore import run_restore
+
+    with contextlib.ExitStack() as stack:
+        address = _running(stack) if workers == "running" else None
+        clock = Stopwatch()
+        local = None if workers == "running" else int(workers) or None
+        result = run_restore(repo, "latest", target, check_options=CheckOptions(queries=0), workers=local, dask=address)
+        (dataset,) = result.datasets
+        assert result.ok and dataset.rows > 0
+        return {**clock.read(), "load": result.validate_seconds + dataset.load_seconds}
+
+
+def child_bare_ingest(uri: str, sessions: str) -> dict[str, Any]:
+    """The table's rows in binary COPY form, read into memory first, written into an unlogged table of its
+    columns: by one session, or in two halves by two sessions at once."""
+    with _connect(uri) as conn:
+        sql = "SELECT pg_relation_size('items') / current_setting('block_size')::int"
+        half = int(conn.execute(sql).fetchone()[0]) // 2
+        halves = []
+        for where in (f"ctid < '({half},0)'::tid", f"ctid >= '({half},0)'::tid"):
+            with (
+                conn.cursor() as cur,
+                cur.copy(f"COPY (SELECT * FROM items WHERE {where}) TO STDOUT (FORMAT BINARY)") as copy,
+            ):
+                halves.append(b"".join(bytes(chunk) for chunk in copy))
+        conn.execute("DROP TABLE IF EXISTS ingest")
+        conn.execute("CREATE UNLOGGED TABLE ingest (LIKE items)")
+
+    def write(data: bytes) -> None:
+        with _connect(uri) as conn, conn.cursor() as cur, cur.copy("COPY ingest FROM STDIN (FORMAT BINARY)") as copy:
+            for start in range(0, len(data), 8 << 20):
+                copy.write(data[start : start + (8 << 20)])
+
+    clock = Stopwatch()
+    if sessions == "2":
+        threads = [threading.Thread(target=write, args=(data,)) for data in halves]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for data in halves:
+            write(data)
+    out = clock.read()
+    with _connect(uri) as conn:
+        conn.execute("DROP TABLE ingest")
+    return out
+
+
+def _running(stack: contextlib.ExitStack) -> str:
+    """A one-worker LocalCluster started before the clock (as ``--dask`` finds one); its address."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    # as --workers starts its own (aibackup.distributed.cluster): glibc's malloc defaults in the worker
+    stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": {}}))
+    cluster = stack.enter_context(
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
+    )
+    client = stack.enter_context(Client(cluster))
+    client.run(lambda: __import__("aibackup.distributed"))  # a worker that has run a task before
+    return str(cluster.scheduler_address)
 
 
 def child_bare_copy(uri: str, sessions: str) -> dict[str, Any]:
@@ -98,7 +162,14 @@ def child_bare_copy(uri: str, sessions: str) -> dict[str, Any]:
     return {**clock.read(), "bytes": sum(total)}
 
 
-CHILDREN = {"seed": child_seed, "backup": child_backup, "bare_copy": child_bare_copy}
+CHILDREN = {
+    "seed": child_seed,
+    "backup": child_backup,
+    "restore": child_restore,
+    "bare_copy": child_bare_copy,
+    "bare_ingest": child_bare_ingest,
+}
+RESTORES = {"r_none": "0", "r_one": "1", "r_running": "running", "r_two": "2"}
 
 
 def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
@@ -106,7 +177,8 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
     from tests.pgserver import running_postgres
 
     work = Path(tempfile.mkdtemp(prefix="aibackup-bench-distributed-"))
-    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in ("none", "one", "running", "two", "copy1", "copy2")}
+    kinds = ("none", "one", "running", "two", "copy1", "copy2", *RESTORES, "ingest1", "ingest2")
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     try:
         with running_postgres(free_port()) as server:
             server.database("bench")
@@ -120,6 +192,17 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
                     shutil.rmtree(repo)
                 runs["copy1"].append(run_child(MODULE, "bare_copy", source, "1"))
                 runs["copy2"].append(run_child(MODULE, "bare_copy", source, "2"))
+            # Restores of one bundle, each into a database of its own, dropped after it.
+            bundle = work / "bundle"
+            run_child(MODULE, "backup", source, str(bundle), "0")
+            for n in range(repeats):
+                for kind, workers in RESTORES.items():
+                    target = server.database(f"{kind}_{n}")
+                    runs[kind].append(run_child(MODULE, "restore", server.uri(target), str(bundle), workers))
+                    with server.connect() as conn:
+                        conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
+                runs["ingest1"].append(run_child(MODULE, "bare_ingest", source, "1"))
+                runs["ingest2"].append(run_child(MODULE, "bare_ingest", source, "2"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     best = {k: fastest(v) for k, v in runs.items()}
@@ -138,6 +221,18 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
         "bare_copy_2_sessions_seconds": seconds["copy2"],
         "source_speedup_2_sessions": round(seconds["copy1"] / seconds["copy2"], 3),
         "rows_per_second_1_worker": round(rows / seconds["one"]),
+        "restore_seconds": seconds["r_none"],
+        "restore_1_worker_seconds": seconds["r_one"],
+        "restore_1_running_worker_seconds": seconds["r_running"],
+        "restore_2_workers_seconds": seconds["r_two"],
+        "restore_load_seconds": {k: round(best[k]["load"], 3) for k in RESTORES},
+        "restore_dask_overhead": round(seconds["r_one"] / seconds["r_none"], 3),
+        "restore_dask_overhead_running": round(seconds["r_running"] / seconds["r_none"], 3),
+        "restore_speedup_2_workers": round(seconds["r_none"] / seconds["r_two"], 3),
+        "restore_load_speedup_2_workers": round(best["r_none"]["load"] / best["r_two"]["load"], 3),
+        "bare_ingest_1_session_seconds": seconds["ingest1"],
+        "bare_ingest_2_sessions_seconds": seconds["ingest2"],
+        "target_speedup_2_sessions": round(seconds["ingest1"] / seconds["ingest2"], 3),
         "bytes": best["copy1"]["bytes"],
     }
 
