@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -37,10 +37,12 @@ from aibackup.pipeline import prefetch, steady_memory, use_arrow_allocator
 from aibackup.repository import Repository
 
 
-def why_not(dataset: DatasetManifest, target: type[Connector]) -> str | None:
+def why_not(dataset: DatasetManifest, target: type[Connector], mode: str) -> str | None:
     """Why `dataset` is restored in one process even with a cluster (None: it is partitioned)."""
-    if not target.partitioned_load:
+    if not target.partitioned_modes:
         return f"a {target.kind} target takes no partitioned restore"
+    if mode not in target.partitioned_modes:
+        return f"a {target.kind} target takes a partitioned restore in mode {' or '.join(target.partitioned_modes)}"
     if dataset.kind != "vectors":
         return f"a {dataset.kind} dataset restores in one process"
     if dataset.chained:
@@ -86,9 +88,11 @@ class Loaded:
     (fewer where the lossy mapping leaves records out), what that mapping changed."""
 
     name: str
+    number: int
     records: int
     digest: int
     rows: int
+    receipt: Any
     loss: LossTally
 
 
@@ -120,8 +124,8 @@ def load_partition(task: LoadTask) -> Loaded:
                     digest.add_batch(batch)
                     yield batch
 
-        rows = connector.load_partition(task.plan, task.load, task.number, loss.watch(prefetch(records())))
-    return Loaded(task.dataset.name, digest.rows, int(digest.hexdigest, 16), rows, loss)
+        rows, receipt = connector.load_partition(task.plan, task.load, task.number, loss.watch(prefetch(records())))
+    return Loaded(task.dataset.name, task.number, digest.rows, int(digest.hexdigest, 16), rows, receipt, loss)
 
 
 @dataclass
@@ -134,6 +138,8 @@ class Load:
     tasks: int
     rows: int = 0
     loss: LossTally | None = None
+    #: the tasks' receipts (``Connector.load_partition``), in partition order
+    receipts: list[Any] = field(default_factory=list)
 
     def note(self, on: Cluster) -> str:
         return f"partitioned: {len(self.dataset.parts)} parts loaded by {self.tasks} tasks on {on.describe()}"
@@ -182,9 +188,10 @@ def _prove(made: dict[str, Load], done: list[Loaded]) -> None:
     """Add the tasks up per collection; IntegrityError when the records are not the manifest's."""
     sums: dict[str, int] = {}
     records: dict[str, int] = {}
-    for loaded in done:
+    for loaded in sorted(done, key=lambda d: d.number):
         load = made[loaded.name]
         load.rows += loaded.rows
+        load.receipts.append(loaded.receipt)
         sums[loaded.name] = (sums.get(loaded.name, 0) + loaded.digest) % MOD
         records[loaded.name] = records.get(loaded.name, 0) + loaded.records
         if load.loss is None:

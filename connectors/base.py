@@ -286,9 +286,10 @@ class Connector(ABC):
         """The records of one partition of :meth:`partition` (in a connector opened with its options)."""
         raise NotImplementedError(f"{self.kind} cannot split a dataset")
 
-    #: Whether :meth:`begin_load` and the methods after it are built: a partitioned restore's workers can
-    #: write one collection at once (``restore --workers``); a target without them restores in one process.
-    partitioned_load: ClassVar[bool] = False
+    #: The restore modes in which :meth:`begin_load` and the methods after it work: a partitioned restore's
+    #: workers can write one collection at once (``restore --workers``); other modes, and targets without
+    #: them, restore in one process.
+    partitioned_modes: ClassVar[tuple[str, ...]] = ()
 
     def begin_load(self, plan: ImportPlan) -> Mapping[str, Any]:
         """A partitioned restore's driver, after planning: make the place workers write `plan`'s records
@@ -299,18 +300,20 @@ class Connector(ABC):
 
     def load_partition(
         self, plan: ImportPlan, load: Mapping[str, Any], number: int, batches: Iterable[pa.RecordBatch]
-    ) -> int:
+    ) -> tuple[int, Any]:
         """A worker (this connector opened on the target as a restore opens it): write partition `number`'s
         batches (canonical; the plan's transform and per-record checks applied as ``import_`` does) into
         the load area of :meth:`begin_load`, committed when they are all in; run again for the same
-        `number` (a retried task), it replaces what the earlier run wrote. Returns the rows written."""
+        `number` (a retried task), it replaces what the earlier run wrote. Returns the rows written and a
+        picklable receipt for :meth:`finish_load` (LanceDB: the fragments written; None where the load
+        area itself holds everything)."""
         raise NotImplementedError(f"{self.kind} cannot take a partitioned restore")
 
-    def finish_load(self, plan: ImportPlan, load: Mapping[str, Any], rows: int) -> int:
+    def finish_load(self, plan: ImportPlan, load: Mapping[str, Any], rows: int, receipts: Sequence[Any]) -> int:
         """The driver, once every worker's partition is in and the digests are proven: do what ``import_``
         does after its writes (create or replace the collection per ``plan.mode``, indexes once, the row
-        count against `rows`) from the load area, as atomically as ``import_``, and remove the load area.
-        Returns the rows written."""
+        count against `rows`) from the load area and the partitions' `receipts` (in partition order), as
+        atomically as ``import_``, and remove the load area. Returns the rows written."""
         raise NotImplementedError(f"{self.kind} cannot take a partitioned restore")
 
     def abandon_load(self, load: Mapping[str, Any]) -> None:  # noqa: B027 - nothing to remove by default

@@ -68,6 +68,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -80,9 +81,11 @@ from aibackup.connectors.base import (
     ExportState,
     ImportPlan,
     Location,
+    Partitioning,
     VectorConnector,
     identity,
 )
+from aibackup.connectors.lancedb import fragments, ids
 from aibackup.connectors.lancedb.client import Database
 from aibackup.connectors.lancedb.records import TableBatches, to_canonical
 from aibackup.connectors.lancedb.search import TableSearch
@@ -193,20 +196,74 @@ class LanceDBConnector(VectorConnector):
         """Every row of the version `dataset` was described at, as canonical batches (scanner batches of
         about BATCH_BYTES of vectors). Raises SourceDataError for a null or repeated id and for values
         the bundle cannot hold (see the module docstring)."""
-        name = dataset.name
+        table, columns, version = self._reading(dataset)
+        with self._database.errors("read the table", dataset.name):
+            reader = table.search().to_batches(self._batch_rows(dataset))
+        yield from self._canonical(dataset, table, columns, reader, dataset.rows, unique=True)
+        notes: tuple[str, ...] = ()
+        if columns.id is None:
+            notes = (
+                f"no id column {self._id_column!r}: the record ids are the row positions of table version "
+                f"{version} (0 to {dataset.rows - 1}), not ids of the application",
+            )
+        self._states[dataset.name] = ExportState(state={"version": version}, notes=notes)
+
+    def partition(self, dataset: DatasetDescription, wanted: int) -> Partitioning | None:
+        """Groups of the fragments of the version `dataset` was described at (:mod:`.fragments`), once an
+        id-only pass over that whole version has proven its ids unique (each worker sees only its own
+        rows). A table without an id column (its ids are row positions in the whole version), of one
+        fragment, or read without pylance does not split."""
+        native = dataset.config.native or {}
+        columns = Columns.from_json(native.get("columns") or {})
+        if columns.id is None or native.get("kind") != "lancedb" or fragments.lance_module() is None:
+            return None
+        version = int(native["version"])
+        table = self._database.open(dataset.name, version)
+        with self._database.errors("list the fragments of", dataset.name):
+            groups = fragments.split(table.to_lance(), wanted)
+        if len(groups) < 2:
+            return None
+        with self._database.errors("read the ids", dataset.name):
+            hashes = ids.hashes(ids.scan(table, columns.id))
+        ids.check_unique(self._database, table, columns.id, dataset.name, hashes)
+        return Partitioning(
+            partitions=tuple(groups), options={}, how=f"{len(groups)} groups of the fragments of version {version}"
+        )
+
+    def export_partition(self, dataset: DatasetDescription, partition: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
+        table, columns, _ = self._reading(dataset)
+        with self._database.errors("read the fragments of", dataset.name):
+            reader = fragments.scan(table.to_lance(), partition["fragments"], self._batch_rows(dataset))
+        yield from self._canonical(dataset, table, columns, reader, int(partition["rows"]), unique=False)
+
+    def _reading(self, dataset: DatasetDescription) -> tuple[Any, Columns, int]:
+        """The table at the version `dataset` was described at, its columns and that version; the id kind
+        :meth:`id_types` reports for the export that follows."""
         native = dataset.config.native or {}
         if native.get("kind") != "lancedb":
-            raise UsageError(f"table {name!r} was not described by the LanceDB connector")
+            raise UsageError(f"table {dataset.name!r} was not described by the LanceDB connector")
         columns = Columns.from_json(native.get("columns") or {})
         version = int(native["version"])
-        schema = dataset.schema
-        table = self._database.open(name, version)
+        table = self._database.open(dataset.name, version)
         id_type = native_schema(native).field(columns.id).type if columns.id else None
         integers = id_type is not None and pa.types.is_integer(id_type)
         self._id_kind = ("uint" if id_type is None or integers else "string", integers)
-        with self._database.errors("read the table", name):
-            reader = table.search().to_batches(self._batch_rows(dataset))
-        hashes: list[np.ndarray] = []
+        return table, columns, version
+
+    def _canonical(
+        self,
+        dataset: DatasetDescription,
+        table: Any,
+        columns: Columns,
+        reader: Iterable[pa.RecordBatch],
+        expected: int,
+        *,
+        unique: bool,
+    ) -> Iterator[pa.RecordBatch]:
+        """The canonical batches of `reader` (LanceDB's batches of the table), which must hold `expected`
+        rows; with `unique`, the ids are then proven unique (a whole version's export)."""
+        name = dataset.name
+        hashes: list[np.ndarray] = []  # of the ids, for the unique-id proof
         start = 0
         batches = iter(reader)
         while True:
@@ -216,47 +273,18 @@ class LanceDBConnector(VectorConnector):
                 break
             if not batch.num_rows:
                 continue
-            out = to_canonical(batch, columns, schema, name, start, round_float64=self._lossy)
-            if columns.id is not None:
-                ids = out.column(ID).to_pylist()
-                hashes.append(np.fromiter(map(hash, ids), dtype=np.int64, count=len(ids)))
+            out = to_canonical(batch, columns, dataset.schema, name, start, round_float64=self._lossy)
+            if unique and columns.id is not None:
+                hashes.append(ids.hashes(out.column(ID).to_pylist()))
             start += out.num_rows
             yield out
-        if start != dataset.rows:
+        if start != expected:
+            version = (dataset.config.native or {}).get("version")
             raise SourceDataError(
-                f"LanceDB table {name!r} in {self._where}: version {version} gave {start} rows, "
-                f"{dataset.rows} were counted"
+                f"LanceDB table {name!r} in {self._where}: version {version} gave {start} rows, {expected} were counted"
             )
-        if hashes:
-            self._check_unique(table, columns, name, np.concatenate(hashes))
-        notes: tuple[str, ...] = ()
-        if columns.id is None:
-            notes = (
-                f"no id column {self._id_column!r}: the record ids are the row positions of table version "
-                f"{version} (0 to {start - 1}), not ids of the application",
-            )
-        self._states[name] = ExportState(state={"version": version}, notes=notes)
-
-    def _check_unique(self, table: Any, columns: Columns, name: str, hashes: np.ndarray) -> None:
-        """Refuse repeated ids: a sort of the ids' 64-bit hashes; equal hashes are confirmed (or not) by
-        an id-only pass over the version."""
-        hashes.sort()
-        same = hashes[1:] == hashes[:-1]
-        if not same.any():
-            return
-        suspects = set(hashes[1:][same].tolist())
-        seen: Counter[str] = Counter()
-        with self._database.errors("read the ids", name):
-            for batch in table.search().select([columns.id]).to_batches(MAX_BATCH_ROWS):
-                for rid in pc.cast(batch.column(0), pa.string()).to_pylist():
-                    if hash(rid) in suspects:
-                        seen[rid] += 1
-        repeated = [f"{rid!r} ({n} rows)" for rid, n in seen.most_common(3) if n > 1]
-        if repeated:
-            raise SourceDataError(
-                f"LanceDB table {name!r} in {self._where}: id column {columns.id!r} is not unique "
-                f"({', '.join(repeated)}); remove the copies, or name a unique column with ?id=COLUMN"
-            )
+        if hashes and columns.id is not None:
+            ids.check_unique(self._database, table, columns.id, name, np.concatenate(hashes))
 
     def export_state(self, name: str) -> ExportState | None:
         """The version read; the note that ids are row positions, for a table without an id column."""
@@ -424,6 +452,72 @@ class LanceDBConnector(VectorConnector):
         self._pinned.pop(name, None)
         self._build_indexes(table, table_plan, name)
         return written
+
+    # A partitioned restore (aibackup.partitioned_restore): workers write fragment files, the driver commits
+    # them as one version (.fragments). merge needs merge_insert: one process.
+    partitioned_modes = ("create", "overwrite")
+
+    def begin_load(self, plan: ImportPlan) -> Mapping[str, Any]:
+        if fragments.lance_module() is None:
+            raise UsageError("a partitioned restore into LanceDB needs pylance: pip install 'aibackup[lancedb]'")
+        name = plan.target.name
+        existed = self._database.open(name, None, missing_ok=True) is not None
+        return {"uri": str(Path(str(self.location.path)) / f"{name}.lance"), "existed": existed}
+
+    def load_partition(
+        self, plan: ImportPlan, load: Mapping[str, Any], number: int, batches: Iterable[pa.RecordBatch]
+    ) -> tuple[int, list[dict[str, Any]]]:
+        table_plan: TablePlan = plan.extra["table"]
+        writer = TableBatches(table_plan, plan.target.name)
+        written = 0
+        failed: list[BaseException] = []
+
+        def converted() -> Iterator[pa.RecordBatch]:
+            nonlocal written
+            try:
+                for batch in batches:
+                    out = writer.convert(plan.transform(batch))
+                    written += out.num_rows
+                    yield out
+            except BaseException as exc:  # Lance turns it into a RuntimeError: kept to raise as it was
+                failed.append(exc)
+                raise
+
+        try:
+            with self._database.errors("write the fragments of", plan.target.name):
+                receipt = fragments.write(str(load["uri"]), table_plan.schema, converted())
+        except AibackupError:
+            if failed:
+                raise failed[0] from None
+            raise
+        return written, receipt
+
+    def finish_load(self, plan: ImportPlan, load: Mapping[str, Any], rows: int, receipts: Sequence[Any]) -> int:
+        """Commit every worker's fragments as one version replacing the table, check ``count_rows()``,
+        then build the recorded indexes (as :meth:`import_` does after ``create_table``)."""
+        table_plan: TablePlan = plan.extra["table"]
+        name = plan.target.name
+        try:
+            with self._database.errors("commit the table", name):
+                fragments.commit(str(load["uri"]), table_plan.schema, receipts)
+                table = self._database.open(name, None)
+                count = int(table.count_rows())
+            if count != rows:
+                raise ConnectorError(
+                    f"LanceDB holds {count} rows in table {name!r} in {self._where} where {rows} were written, "
+                    "without an error; the table is not a faithful restore"
+                )
+        except AibackupError:
+            if not load.get("existed"):
+                with suppress(Exception):  # nothing of it was there before: no half-written table stays
+                    self._database.live().drop_table(name, ignore_missing=True)
+            raise
+        self._pinned.pop(name, None)
+        self._build_indexes(table, table_plan, name)
+        return rows
+
+    def abandon_load(self, load: Mapping[str, Any]) -> None:
+        fragments.abandon(str(load["uri"]), bool(load.get("existed")))
 
     def _merge(
         self, table: Any, plan: TablePlan, reader: pa.RecordBatchReader, name: str, written: Callable[[], int]

@@ -60,8 +60,8 @@ bundle makes the layout above, with an HNSW index per dense vector whose operato
 distance (none above 2000 dimensions for vector, 4000 for halfvec: pgvector's limits; the restore says
 so). PGOPTIONS reaches the server: ``PGOPTIONS='-c maintenance_work_mem=2GB'`` builds a big HNSW index in
 memory. Nothing is ever dropped that the restore did not create, but with ``--mode overwrite``. A
-partitioned restore (``--workers``) COPYs from its workers into an unlogged load table and publishes it in
-the same one transaction (:mod:`.writing`).
+partitioned restore (``--workers``) has its workers load the table in a schema of its own, and publishes
+it in the same one transaction (:mod:`.writing`).
 
 Lossy rules (refused with UnsupportedFeatureError unless --allow-lossy): multivectors (no pgvector type)
 are dropped. Never mapped: NaN/Infinity in a vector (pgvector refuses them) or in metadata (jsonb holds
@@ -106,7 +106,6 @@ from aibackup.errors import (
     ConnectorError,
     DatasetNotFoundError,
     TargetNotEmptyError,
-    UnsupportedFeatureError,
     UsageError,
 )
 from aibackup.manifests.model import VectorsConfig
@@ -422,35 +421,40 @@ class PgvectorConnector(VectorConnector):
 
         return self._write(plan, fill)
 
-    # A partitioned restore (aibackup.partitioned_restore): workers COPY into an unlogged load table, the
-    # driver publishes it as import_ publishes its COPY (.writing's docstring).
-    partitioned_load = True
+    # A partitioned restore (aibackup.partitioned_restore): workers load a copy of the table in a load
+    # schema, the driver publishes it in one transaction as import_ publishes its COPY (.writing's docstring).
+    partitioned_modes = ("create", "overwrite")  # merge upserts: one process
 
     def begin_load(self, plan: ImportPlan) -> Mapping[str, Any]:
         conn = self._require()
-        with self._errors("making the load table of", plan.target.name):
+        with self._errors("making the load schema of", plan.target.name):
             if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone() is None:
-                self._create_extension()  # the load table has vector columns
+                self._create_extension()  # the loaded table has vector columns
             return writing.begin_load(conn, plan)
 
     def load_partition(
         self, plan: ImportPlan, load: Mapping[str, Any], number: int, batches: Iterable[pa.RecordBatch]
-    ) -> int:
-        with self._errors("loading", plan.target.name):
-            return writing.load_partition(self._require(), plan, load, number, batches)
+    ) -> tuple[int, None]:
+        def insert(staging: str, into: str) -> str:
+            return self._insert_sql(plan, staging, into)
 
-    def finish_load(self, plan: ImportPlan, load: Mapping[str, Any], rows: int) -> int:
-        return self._write(plan, lambda *_: rows, staged=writing.load_table(load))
+        with self._errors("loading", plan.target.name):
+            return writing.load_partition(self._require(), plan, load, number, batches, insert), None
+
+    def finish_load(self, plan: ImportPlan, load: Mapping[str, Any], rows: int, receipts: Sequence[Any]) -> int:
+        return self._write(plan, lambda *_: rows, loaded=load)
 
     def abandon_load(self, load: Mapping[str, Any]) -> None:
-        with self._errors("removing the load table", str(load.get("name"))):
+        with self._errors("removing the load schema", str(load.get("name"))):
             writing.abandon_load(self._require(), load)
 
-    def _write(self, plan: ImportPlan, fill: Callable[[Any, str, list[str]], int], staged: str | None = None) -> int:
+    def _write(
+        self, plan: ImportPlan, fill: Callable[[Any, str, list[str]], int], loaded: Mapping[str, Any] | None = None
+    ) -> int:
         """Publish a restore in one transaction: the referenced tables, the target made (or replaced),
         `fill` writing the rows (into the target, or a staging table an INSERT … SELECT moves them from),
-        constraints, indexes, ANALYZE, the row count. `staged`: a load table already holding the rows
-        (dropped with the transaction's success)."""
+        constraints, indexes, ANALYZE, the row count. `loaded`: a partitioned restore's load schema,
+        whose table already holds the rows (:func:`.writing.publish`; dropped with the transaction)."""
         conn = self._require()
         schema, table = plan.extra["schema"], plan.extra["table"]
         target = qualified(schema, table)
@@ -463,19 +467,19 @@ class PgvectorConnector(VectorConnector):
                 for reference in native.get("references", ()):
                     for statement, params in catalog.reference_statements(conn, reference):
                         conn.execute(statement, params or None)
-            created = self._prepare(plan, schema, table)
-            self._created[plan.target.name] = created
-            if staged is not None:
-                staging, columns = staged, restore.staging_columns(plan)[0]
-            else:
-                needed = native is not None or plan.mode == "merge" or not created
-                staging, columns = restore.staging(conn, plan, needed)
             with conn.cursor() as cur:
-                written = fill(cur, staging, columns)
-                if staging != target:
-                    cur.execute(self._insert_sql(plan, staging, target))
-                if staged is not None:
-                    cur.execute(f"DROP TABLE {staged} CASCADE")  # the load table and its children
+                if loaded is not None:
+                    created = writing.publish(conn, plan, loaded, self._where)
+                    written = fill(cur, target, [])
+                    cur.execute(f"DROP SCHEMA {quote(str(loaded['name']))} CASCADE")
+                else:
+                    created = writing.prepare(conn, plan, schema, table, self._where)
+                    needed = native is not None or plan.mode == "merge" or not created
+                    staging, columns = restore.staging(conn, plan, needed)
+                    written = fill(cur, staging, columns)
+                    if staging != target:
+                        cur.execute(self._insert_sql(plan, staging, target))
+                self._created[plan.target.name] = created
                 for statement in restore.after_data(plan, schema, table, created):
                     cur.execute(statement)
                 cur.execute(f"ANALYZE {target}")
@@ -486,46 +490,7 @@ class PgvectorConnector(VectorConnector):
         return written
 
     def _create_extension(self) -> None:
-        conn = self._require()
-        try:
-            with conn.transaction():
-                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
-        except Exception as exc:
-            raise UsageError(
-                f"database {self.location.database!r} on {self._where} lacks the pgvector extension (vector) "
-                f"and this user cannot create it ({postgres.message(exc)}): CREATE EXTENSION vector as its owner"
-            ) from None
-
-    def _prepare(self, plan: ImportPlan, schema: str, table: str) -> bool:
-        """Create the table (dropping it first for overwrite); True when this restore created it."""
-        conn = self._require()
-        target = qualified(schema, table)
-        exists = catalog.scalar(conn, "SELECT to_regclass(%s)", [target]) is not None
-        if exists and plan.mode == "overwrite":
-            conn.execute(f"DROP TABLE {target}")
-            exists = False
-        if exists:
-            self._check_columns(plan, schema, table)
-            return False
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
-        native = plan.target.config.native
-        if native is not None:
-            conn.execute(catalog.create_statement(native, schema, table))
-        else:
-            conn.execute(restore.layout_sql(plan.target.config, target))
-        return True
-
-    def _check_columns(self, plan: ImportPlan, schema: str, table: str) -> None:
-        """An existing table a restore writes into must have the columns it writes, of the same types."""
-        native = catalog.definition(self._require(), schema, table)
-        have = {c["name"]: c["type"] for c in native["columns"]}
-        want = restore.planned_columns(plan)
-        for name, sql_type in want.items():
-            if have.get(name) != sql_type:
-                raise UnsupportedFeatureError(
-                    f"table {plan.target.name} in {self._where} exists with other columns ({name}: "
-                    f"{have.get(name, 'missing')}, the bundle needs {sql_type}): --mode overwrite replaces it"
-                )
+        writing.create_extension(self._require(), str(self.location.database), self._where)
 
     def _insert_sql(self, plan: ImportPlan, staging: str, target: str) -> str:
         native = plan.target.config.native

@@ -141,21 +141,16 @@ def staging_columns(plan: ImportPlan) -> tuple[list[str], list[str]]:
     return columns, lines
 
 
-def staging(conn: Any, plan: ImportPlan, needed: bool) -> tuple[str, list[str]]:
-    """Where the COPY writes: the target itself (a new table of the layout), or a temporary table of
-    the canonical columns that an INSERT … SELECT turns into the target's rows."""
-    target = qualified(plan.extra["schema"], plan.extra["table"])
+def staging(conn: Any, plan: ImportPlan, needed: bool, into: str | None = None) -> tuple[str, list[str]]:
+    """Where the COPY writes: the target itself (a new table of the layout; `into`: the table standing
+    for it), or a temporary table of the canonical columns that an INSERT … SELECT turns into the
+    target's rows."""
+    target = into or qualified(plan.extra["schema"], plan.extra["table"])
     columns, lines = staging_columns(plan)
     if not needed:
         return target, columns
     conn.execute(f"CREATE TEMP TABLE aibackup_staging ({', '.join(lines)}) ON COMMIT DROP")
     return "aibackup_staging", columns
-
-
-def load_table_sql(plan: ImportPlan, table: str) -> str:
-    """The CREATE of a partitioned restore's load table: the staging columns in an unlogged table (no WAL:
-    what it holds is copied into the target, in one transaction, by the INSERT … SELECT of a staging table)."""
-    return f"CREATE UNLOGGED TABLE {table} ({', '.join(staging_columns(plan)[1])})"
 
 
 def layout_insert_sql(plan: ImportPlan, staging: str, target: str) -> str:

@@ -1,37 +1,41 @@
-"""The rows of a restore into pgvector: the binary COPY of canonical batches, and the load table a
-partitioned restore's workers COPY into at once.
+"""The writing of a restore into pgvector: the table made (:func:`prepare`), the binary COPY of canonical
+batches (:func:`copy_rows`), and the load schema a partitioned restore's workers write into at once.
 
 A partitioned restore (``restore --workers``, :mod:`aibackup.partitioned_restore`) cannot write into the
-target from several sessions and still publish it in one transaction, so its workers write into an
-**unlogged load table** of the staging columns (:func:`.restore.load_table_sql`), each into a child table
-of its own in a transaction of its own (:func:`load_partition`); the driver then runs what a one-process
-restore runs after its COPY (the target created or replaced, the INSERT … SELECT from the staging table,
-constraints and indexes once, ``ANALYZE``, the row count) in one transaction that also drops the load
-table. Until then the target is as it was.
+target from several sessions and still publish it in one transaction, so it loads a copy of the table out
+of sight: :func:`begin_load` makes a **load schema** ``aibackup_load_<12 hex>`` holding the table as a
+one-process restore makes it (its columns and primary key, same name); each worker converts its records
+as a one-process restore does (binary COPY into a temporary staging table, the INSERT … SELECT) into that
+table, in a transaction of its own (:func:`load_partition`). The driver then publishes it in one
+transaction (:func:`publish`): the table moved into the target's schema (an overwritten table dropped
+first), or its rows copied into an empty table that create mode keeps; then constraints, indexes,
+comments and sequence positions, ``ANALYZE``, the row count, and the load schema dropped. Until then the
+target is as it was.
 
-The load table is named ``aibackup_load_<12 hex>`` in the target's schema and commented as a restore's;
-each worker's session carries the same name as its ``application_name``, so that a restore that gives up
-ends the sessions still writing (a cancelled task on a remote cluster) before it drops the table (a DROP
-would wait for their transactions). A restore killed outright leaves the table behind: it holds nothing of
-the target's, and its comment says it can be dropped.
+Each worker's session carries the load schema's name as its ``application_name``, so that a restore that
+gives up ends the sessions still writing (a cancelled task on a remote cluster) before it drops the schema
+(a DROP would wait for their transactions). A restore killed outright leaves the load schema behind: it
+holds nothing of the target's, and its comment says it can be dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import pyarrow as pa
 
+from aibackup.connectors import postgres
 from aibackup.connectors.base import ImportPlan
 from aibackup.connectors.pgvector import catalog, cells, codec, restore
 from aibackup.connectors.pgvector.catalog import qualified, quote
+from aibackup.errors import UnsupportedFeatureError, UsageError
 
 #: Rows per binary COPY FROM message of a restore.
 WRITE_ROWS = 5000
-#: The prefix of a load table's name (and of its writers' application_name).
+#: The prefix of a load schema's name (and of its writers' application_name).
 LOAD_PREFIX = "aibackup_load_"
 
 
@@ -52,53 +56,130 @@ def copy_rows(cur: Any, plan: ImportPlan, into: str, columns: list[str], batches
     return written
 
 
+def create_extension(conn: Any, database: str, where: str) -> None:
+    """CREATE EXTENSION vector; UsageError when this user cannot."""
+    try:
+        with conn.transaction():
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    except Exception as exc:
+        raise UsageError(
+            f"database {database!r} on {where} lacks the pgvector extension (vector) "
+            f"and this user cannot create it ({postgres.message(exc)}): CREATE EXTENSION vector as its owner"
+        ) from None
+
+
+def prepare(conn: Any, plan: ImportPlan, schema: str, table: str, where: str) -> bool:
+    """Create the table (dropping it first for overwrite); True when this restore created it."""
+    target = qualified(schema, table)
+    exists = catalog.scalar(conn, "SELECT to_regclass(%s)", [target]) is not None
+    if exists and plan.mode == "overwrite":
+        conn.execute(f"DROP TABLE {target}")
+        exists = False
+    if exists:
+        check_columns(conn, plan, schema, table, where)
+        return False
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+    native = plan.target.config.native
+    if native is not None:
+        conn.execute(catalog.create_statement(native, schema, table))
+    else:
+        conn.execute(restore.layout_sql(plan.target.config, target))
+    return True
+
+
+def check_columns(conn: Any, plan: ImportPlan, schema: str, table: str, where: str) -> None:
+    """An existing table a restore writes into must have the columns it writes, of the same types."""
+    native = catalog.definition(conn, schema, table)
+    have = {c["name"]: c["type"] for c in native["columns"]}
+    want = restore.planned_columns(plan)
+    for name, sql_type in want.items():
+        if have.get(name) != sql_type:
+            raise UnsupportedFeatureError(
+                f"table {plan.target.name} in {where} exists with other columns ({name}: "
+                f"{have.get(name, 'missing')}, the bundle needs {sql_type}): --mode overwrite replaces it"
+            )
+
+
 def begin_load(conn: Any, plan: ImportPlan) -> dict[str, Any]:
-    """Make the load table of `plan` (committed, so the workers' sessions see it); its description."""
-    schema = plan.extra["schema"]
+    """Make the load schema of `plan` and, in it, the table as a one-process restore makes it (committed,
+    so the workers' sessions see it); its description for the workers and :func:`publish`."""
     name = LOAD_PREFIX + secrets.token_hex(6)
+    table = str(plan.extra["table"])
     with conn.transaction():
-        schema_made = catalog.scalar(conn, "SELECT to_regnamespace(%s)", [quote(schema)]) is None
-        if schema_made:
-            conn.execute(f"CREATE SCHEMA {quote(schema)}")
-        table = qualified(schema, name)
-        conn.execute(restore.load_table_sql(plan, table))
+        conn.execute(f"CREATE SCHEMA {quote(name)}")
         note = f"aibackup: the rows of a restore of {plan.target.name} in progress; drop it if no restore runs"
-        conn.execute(f"COMMENT ON TABLE {table} IS {catalog.literal(note)}")
-    return {"schema": schema, "name": name, "schema_made": schema_made}
+        conn.execute(f"COMMENT ON SCHEMA {quote(name)} IS {catalog.literal(note)}")
+        native = plan.target.config.native
+        if native is not None:
+            conn.execute(catalog.create_statement(native, name, table))
+        else:
+            conn.execute(restore.layout_sql(plan.target.config, qualified(name, table)))
+    return {"name": name, "table": table}
 
 
 def load_table(load: Mapping[str, Any]) -> str:
-    return qualified(str(load["schema"]), str(load["name"]))
+    return qualified(str(load["name"]), str(load["table"]))
 
 
 def load_partition(
-    conn: Any, plan: ImportPlan, load: Mapping[str, Any], number: int, batches: Iterable[pa.RecordBatch]
+    conn: Any,
+    plan: ImportPlan,
+    load: Mapping[str, Any],
+    number: int,
+    batches: Iterable[pa.RecordBatch],
+    insert: Callable[[str, str], str],
 ) -> int:
-    """A worker's COPY of partition `number`'s `batches` into a child of the load table (``…_p<number>``,
-    inheriting it: the driver's INSERT … SELECT from the load table reads every child), in one
-    transaction that first empties the child: a partition run again (its worker died after it committed)
-    replaces its rows instead of adding them twice."""
+    """A worker's rows of partition `number` into the load table, converted as a one-process restore
+    converts them (COPY into a temporary staging table, then `insert` (staging, table): the INSERT …
+    SELECT), in one transaction that also leaves a marker table ``done_<number>`` holding the row count. A
+    partition run again after its worker died (its first run committed) finds the marker and writes
+    nothing: `batches` are still read to the end (the caller digests them). Returns the rows written."""
     conn.execute(f"SET application_name = {catalog.literal(str(load['name']))}")
-    parent = load_table(load)
-    child = qualified(str(load["schema"]), f"{load['name']}_p{number:04d}")
-    # Made in a transaction of its own: CREATE … INHERITS locks the parent against the other workers' creates.
-    conn.execute(f"CREATE UNLOGGED TABLE IF NOT EXISTS {child} () INHERITS ({parent})")
-    columns, _ = restore.staging_columns(plan)
+    into = load_table(load)
+    done = qualified(str(load["name"]), f"done_{number:04d}")
     with conn.transaction(), conn.cursor() as cur:
-        cur.execute(f"TRUNCATE {child}")
-        return copy_rows(cur, plan, child, columns, batches)
+        if catalog.scalar(cur, "SELECT to_regclass(%s)", [done]) is not None:
+            for _ in batches:
+                pass
+            return int(catalog.scalar(cur, f"SELECT rows FROM {done}"))
+        staging, columns = restore.staging(conn, plan, plan.target.config.native is not None, into=into)
+        written = copy_rows(cur, plan, staging, columns, batches)
+        if staging != into:
+            cur.execute(insert(staging, into))
+        cur.execute(f"CREATE TABLE {done} AS SELECT {written}::bigint AS rows")
+    return written
+
+
+def publish(conn: Any, plan: ImportPlan, load: Mapping[str, Any], where: str) -> bool:
+    """In the driver's transaction: the loaded table becomes the target: moved into the target's schema
+    (``SET SCHEMA``, with its primary key and owned sequences; an overwritten table dropped first), or,
+    into an empty table of the same columns that create mode keeps, its rows copied. True when the
+    table is the loaded one (its constraints and indexes are then made after)."""
+    schema, table = plan.extra["schema"], plan.extra["table"]
+    target = qualified(schema, table)
+    exists = catalog.scalar(conn, "SELECT to_regclass(%s)", [target]) is not None
+    if exists and plan.mode == "overwrite":
+        conn.execute(f"DROP TABLE {target}")
+        exists = False
+    if exists:
+        check_columns(conn, plan, schema, table, where)
+        native = plan.target.config.native
+        identity = native is not None and any(c.get("identity") == "always" for c in native["columns"])
+        names = ", ".join(map(quote, restore.planned_columns(plan)))
+        overriding = " OVERRIDING SYSTEM VALUE" if identity else ""
+        conn.execute(f"INSERT INTO {target} ({names}){overriding} SELECT {names} FROM {load_table(load)}")
+        return False
+    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+    conn.execute(f"ALTER TABLE {load_table(load)} SET SCHEMA {quote(schema)}")
+    return True
 
 
 def abandon_load(conn: Any, load: Mapping[str, Any]) -> None:
-    """End the sessions still writing into the load table, then drop it (and the schema begin_load made,
-    when nothing else is in it)."""
+    """End the sessions still writing into the load schema, then drop it with everything in it."""
     with contextlib.suppress(Exception):  # another role's session: the DROP then waits for it
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s "
             "AND pid <> pg_backend_pid()",
             [str(load["name"])],
         )
-    conn.execute(f"DROP TABLE IF EXISTS {load_table(load)} CASCADE")  # its children: nothing else inherits it
-    if load.get("schema_made"):
-        with contextlib.suppress(Exception):  # the restore's own table, or anything else, keeps it
-            conn.execute(f"DROP SCHEMA IF EXISTS {quote(str(load['schema']))} RESTRICT")
+    conn.execute(f"DROP SCHEMA IF EXISTS {quote(str(load['name']))} CASCADE")

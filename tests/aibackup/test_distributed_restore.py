@@ -1,5 +1,6 @@
 """Partitioned restores (issue 21): the parts of a collection re-hashed, validated and loaded by the workers
-of a Dask cluster into pgvector's load table, published once and proven like a one-process restore; a
+of a Dask cluster into a copy of the table in pgvector's load schema, published once and proven like a
+one-process restore; a
 damaged part, a worker that dies after its partition committed, and Ctrl-C leave the target as it was."""
 
 from __future__ import annotations
@@ -36,19 +37,19 @@ def bundle(postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.Mon
 
 
 def table_state(server: Postgres, db: str, table: str = "items") -> tuple[int, str, list[str]]:
-    """Rows, an md5 of every row in key order, and the load tables left in the database."""
+    """Rows, an md5 of every row in key order, and the load schemas left in the database."""
     with server.connect(db) as conn:
         rows, digest = conn.execute(
             f"SELECT count(*), md5(string_agg(t::text, '|' ORDER BY id)) FROM {table} t"
         ).fetchone()
-        left = [r[0] for r in conn.execute("SELECT relname FROM pg_class WHERE relname LIKE 'aibackup_load_%'")]
+        left = [r[0] for r in conn.execute("SELECT nspname FROM pg_namespace WHERE nspname LIKE 'aibackup_load_%'")]
     return rows, digest, left
 
 
 def missing(server: Postgres, db: str, table: str = "items") -> bool:
     with server.connect(db) as conn:
         gone = conn.execute("SELECT to_regclass(%s) IS NULL", [table]).fetchone()[0]
-        left = conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'aibackup_load_%'").fetchone()[0]
+        left = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'aibackup_load_%'").fetchone()[0]
     return bool(gone) and left == 0
 
 
@@ -63,33 +64,35 @@ def test_a_partitioned_restore_is_the_one_process_restore(postgres: Postgres, bu
     single, spread = table_state(postgres, one), table_state(postgres, many)
     assert spread == single and spread[0] == ROWS and spread[2] == []
     # The recorded indexes and keys were made once, after the rows: the definition check compared them.
-    # overwrite replaces the table in one transaction; merge upserts into it.
+    # overwrite replaces the table in one transaction; merge (an upsert) runs in one process, and says so.
     with postgres.connect(many) as conn:
         conn.execute("UPDATE items SET body = 'changed' WHERE id < 10")
         conn.execute(
             "INSERT INTO items (id, embedding, body, n) VALUES (99999, %s, 'extra', 1)",
             ["[" + ",".join(["0.5"] * 8) + "]"],
         )
-    merged = ok(
-        cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(many), "--workers", "2", "--mode", "merge")
-    )
+    args = ("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(many), "--workers", "2")
+    merged = ok(cli(*args, "--mode", "merge", "--json")).json()
+    notes = merged["datasets"][0]["notes"]
+    assert any("restored in one process: a pgvector target takes a partitioned restore in mode" in n for n in notes)
     rows, _, left = table_state(postgres, many)
-    assert rows == ROWS + 1 and not left, merged.out
-    ok(
-        cli(
-            "restore",
-            "latest",
-            "--repo",
-            str(bundle),
-            "--to",
-            postgres.uri(many),
-            "--workers",
-            "2",
-            "--mode",
-            "overwrite",
-        )
-    )
+    assert rows == ROWS + 1 and not left
+    ok(cli(*args, "--mode", "overwrite"))
     assert table_state(postgres, many) == single
+
+
+def test_an_empty_table_of_the_same_columns_is_kept_and_filled(postgres: Postgres, bundle: Path, cli: Cli) -> None:
+    """create mode writes into an empty table of the same columns (the application's own, with its
+    comment), not a table of its own."""
+    db = postgres.database("rempty")
+    with postgres.connect(db) as conn:
+        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, embedding vector, body text, n int)")
+        conn.execute("COMMENT ON TABLE items IS 'the application''s'")
+    ok(cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(db), "--workers", "2"))
+    rows, _, left = table_state(postgres, db)
+    assert rows == ROWS and not left
+    with postgres.connect(db) as conn:
+        assert conn.execute("SELECT obj_description('items'::regclass)").fetchone()[0] == "the application's"
 
 
 def test_a_damaged_part_is_refused_and_the_target_stays_as_it_was(postgres: Postgres, bundle: Path, cli: Cli) -> None:
@@ -106,22 +109,21 @@ def test_a_damaged_part_is_refused_and_the_target_stays_as_it_was(postgres: Post
     assert missing(postgres, db)
 
 
-def test_records_the_target_cannot_hold_are_refused_before_the_target_changes(
+def test_a_table_of_other_columns_in_the_way_is_refused_and_kept(
     postgres: Postgres, tmp_path: Path, bundle: Path, cli: Cli
 ) -> None:
-    """A table of other columns in the way (--mode merge into it): refused, nothing changes, no load
-    table stays."""
+    """An empty table of other columns where create mode would write: refused when the rows are
+    published (the workers loaded them out of sight), the table kept as it was, no load schema left."""
     db = postgres.database("rother")
     with postgres.connect(db) as conn:
-        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, embedding vector(3), body text, n int)")
-        conn.execute("INSERT INTO items VALUES (1, '[1,2,3]', 'mine', 1)")
-    result = cli(
-        "restore", "latest", "--repo", str(bundle), "--to", postgres.uri(db), "--workers", "2", "--mode", "merge"
-    )
-    assert result.code != 0
+    result = cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(db), "--workers", "2")
+    one_line_error(result, 2, "other columns")
     rows, _, left = table_state(postgres, db)
-    assert rows == 1 and not left
+    assert rows == 0 and not left
+    with postgres.connect(db) as conn:
+        kept = "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'items'::regclass"
+        assert conn.execute(kept + " AND attnum = 2").fetchone()[0] == "vector(3)"
 
 
 class KillAfterCommit(WorkerPlugin):
@@ -198,7 +200,7 @@ class HoldLoads(WorkerPlugin):
             time.sleep(0.05)
 
 
-def test_ctrl_c_cancels_the_loads_and_removes_the_load_table(
+def test_ctrl_c_cancels_the_loads_and_removes_the_load_schema(
     postgres: Postgres, tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import cloudpickle
