@@ -20,6 +20,9 @@ every variant). The **target alone**: the table's rows in binary COPY form (read
 into an unlogged table by one session, and in two halves by two sessions at once: how fast PostgreSQL takes
 rows with one and two writers here.
 
+LanceDB: a table of the same rows in LANCE_FRAGMENTS appends (as many fragments), backed up with
+``--queries 0`` and its bundle restored into a new folder (``--queries 0``), with no Dask, 1 and 2 workers.
+
 Ratios: Dask's overhead (1 worker / no Dask, target <= 1.1) and the speed-up (no Dask / 2 workers, target >=
 1.6 where the source is not the limit). The scaling model of the report (100M x 768 to S3 within one hour)
 is computed from these per-worker rates and marked as a model.
@@ -133,6 +136,50 @@ def _running(stack: contextlib.ExitStack) -> str:
     return str(cluster.scheduler_address)
 
 
+def child_lance_seed(path: str, rows: str, dim: str) -> dict[str, Any]:
+    """A LanceDB table of `rows` records in LANCE_FRAGMENTS appends: as many fragments."""
+    from benchmarks.common import embeddings
+    from benchmarks.lancedb import COLLECTION, _batch, _quiet
+
+    lancedb = _quiet()
+    n, step = int(rows), -(-int(rows) // LANCE_FRAGMENTS)
+    vectors = embeddings(n, int(dim))
+    db = lancedb.connect(path)
+    table = None
+    for start in range(0, n, step):
+        batch = _batch(start, min(n, start + step), vectors[start : start + step])
+        if table is None:
+            table = db.create_table(COLLECTION, batch)
+        else:
+            table.add(batch)
+    return {}
+
+
+def child_lance_backup(path: str, repo: str, workers: str) -> dict[str, Any]:
+    import aibackup.connectors.lancedb.connector  # noqa: F401 - imported before the clock starts
+    from aibackup.backup import SourceOptions, run_backup
+
+    clock = Stopwatch()
+    options = SourceOptions(queries=0, workers=int(workers) or None)
+    result = run_backup(repo, f"lancedb:{path}", source_options=options)
+    assert result.datasets[0].rows > 0
+    return clock.read()
+
+
+def child_lance_restore(target: str, repo: str, workers: str) -> dict[str, Any]:
+    import aibackup.connectors.lancedb.connector  # noqa: F401 - imported before the clock starts
+    from aibackup.recall_rule import CheckOptions
+    from aibackup.restore import run_restore
+
+    clock = Stopwatch()
+    result = run_restore(
+        repo, "latest", f"lancedb:{target}", check_options=CheckOptions(queries=0), workers=int(workers) or None
+    )
+    (dataset,) = result.datasets
+    assert result.ok and dataset.rows > 0
+    return {**clock.read(), "load": result.validate_seconds + dataset.load_seconds}
+
+
 def child_bare_copy(uri: str, sessions: str) -> dict[str, Any]:
     """The table in two block-range halves by binary COPY (bytes only), one session after the other or two
     at once."""
@@ -168,7 +215,13 @@ CHILDREN = {
     "restore": child_restore,
     "bare_copy": child_bare_copy,
     "bare_ingest": child_bare_ingest,
+    "lance_seed": child_lance_seed,
+    "lance_backup": child_lance_backup,
+    "lance_restore": child_lance_restore,
 }
+#: Fragments of the LanceDB table (one per append): what a partitioned backup splits.
+LANCE_FRAGMENTS = 8
+LANCE_RUNS = {"l_none": "0", "l_one": "1", "l_two": "2"}
 RESTORES = {"r_none": "0", "r_one": "1", "r_running": "running", "r_two": "2"}
 
 
@@ -178,6 +231,7 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
 
     work = Path(tempfile.mkdtemp(prefix="aibackup-bench-distributed-"))
     kinds = ("none", "one", "running", "two", "copy1", "copy2", *RESTORES, "ingest1", "ingest2")
+    kinds += tuple(f"{k}_backup" for k in LANCE_RUNS) + tuple(f"{k}_restore" for k in LANCE_RUNS)
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     try:
         with running_postgres(free_port()) as server:
@@ -203,6 +257,21 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
                         conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
                 runs["ingest1"].append(run_child(MODULE, "bare_ingest", source, "1"))
                 runs["ingest2"].append(run_child(MODULE, "bare_ingest", source, "2"))
+        # LanceDB: a table of LANCE_FRAGMENTS fragments, backed up and restored the three ways.
+        lance = work / "lance"
+        run_child(MODULE, "lance_seed", str(lance), str(rows), str(dim))
+        lance_bundle = work / "lance-bundle"
+        run_child(MODULE, "lance_backup", str(lance), str(lance_bundle), "0")
+        for n in range(repeats):
+            for kind, workers in LANCE_RUNS.items():
+                repo = work / f"{kind}-{n}"
+                runs[f"{kind}_backup"].append(run_child(MODULE, "lance_backup", str(lance), str(repo), workers))
+                shutil.rmtree(repo)
+                target = work / f"{kind}-target-{n}"
+                runs[f"{kind}_restore"].append(
+                    run_child(MODULE, "lance_restore", str(target), str(lance_bundle), workers)
+                )
+                shutil.rmtree(target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     best = {k: fastest(v) for k, v in runs.items()}
@@ -233,6 +302,14 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
         "bare_ingest_1_session_seconds": seconds["ingest1"],
         "bare_ingest_2_sessions_seconds": seconds["ingest2"],
         "target_speedup_2_sessions": round(seconds["ingest1"] / seconds["ingest2"], 3),
+        "lancedb_fragments": LANCE_FRAGMENTS,
+        "lancedb_backup_seconds": {k: seconds[f"{k}_backup"] for k in LANCE_RUNS},
+        "lancedb_restore_seconds": {k: seconds[f"{k}_restore"] for k in LANCE_RUNS},
+        "lancedb_restore_load_seconds": {k: round(best[f"{k}_restore"]["load"], 3) for k in LANCE_RUNS},
+        "lancedb_backup_dask_overhead": round(seconds["l_one_backup"] / seconds["l_none_backup"], 3),
+        "lancedb_backup_speedup_2_workers": round(seconds["l_none_backup"] / seconds["l_two_backup"], 3),
+        "lancedb_restore_dask_overhead": round(seconds["l_one_restore"] / seconds["l_none_restore"], 3),
+        "lancedb_restore_speedup_2_workers": round(seconds["l_none_restore"] / seconds["l_two_restore"], 3),
         "bytes": best["copy1"]["bytes"],
     }
 

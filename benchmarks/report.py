@@ -99,6 +99,12 @@ def targets(r: dict[str, Any]) -> list[Target]:
             out.append(Target(label, d["restore_dask_overhead_running"], 1.1))
             label = "pgvector restore, 2 workers / no Dask (a speed-up ≥ 1.6× is ≤ 0.625)"
             out.append(Target(label, round(1 / d["restore_speedup_2_workers"], 3), 0.625))
+        if "lancedb_backup_seconds" in d:
+            for step in ("backup", "restore"):
+                label = f"LanceDB {step} on Dask, 1 worker / no Dask (Dask's overhead)"
+                out.append(Target(label, d[f"lancedb_{step}_dask_overhead"], 1.1))
+                label = f"LanceDB {step}, 2 workers / no Dask (a speed-up ≥ 1.6× is ≤ 0.625)"
+                out.append(Target(label, round(1 / d[f"lancedb_{step}_speedup_2_workers"], 3), 0.625))
     if e := r.get("encryption"):
         out.append(Target("encrypted / unencrypted backup", e["backup_ratio"], 1.10))
         out.append(Target("encrypted / unencrypted restore (into Chroma, checks included)", e["restore_ratio"], 1.05))
@@ -229,9 +235,10 @@ def _distributed_restore(d: dict[str, Any]) -> list[str]:
         "",
         f"The bundle of the one-process backup above ({d['rows']:,} × {d['dim']}, parts of 32 MiB) restored into a "
         "fresh database each time with `--queries 0`, the four ways; *validate + load* is what the workers "
-        "share (re-hash, digest, per-record checks, COPY, then the publishing transaction in the driver: the "
-        "rows moved from the load table, the primary key built, ANALYZE); the content check then reads the "
-        "whole table back in the driver, the same for every variant.",
+        "share (re-hash, digest, per-record checks, the COPY into a temporary table and the INSERT … SELECT "
+        "into the load schema's table), then the publishing transaction in the driver (the table moved into "
+        "place, constraints and indexes, ANALYZE); the content check then reads the whole table back in the "
+        "driver, the same for every variant.",
         "",
         "| run | seconds | validate + load | against no Dask |",
         "|---|---|---|---|",
@@ -247,6 +254,28 @@ def _distributed_restore(d: dict[str, Any]) -> list[str]:
         f"{d['bare_ingest_1_session_seconds']:.2f} | | 1 |",
         f"| the target alone: the two halves by two sessions at once | {d['bare_ingest_2_sessions_seconds']:.2f} | | "
         f"{d['target_speedup_2_sessions']:.2f}× the speed |",
+        *(_distributed_lancedb(d) if "lancedb_backup_seconds" in d else []),
+    ]
+
+
+def _distributed_lancedb(d: dict[str, Any]) -> list[str]:
+    backup, restore, load = d["lancedb_backup_seconds"], d["lancedb_restore_seconds"], d["lancedb_restore_load_seconds"]
+    return [
+        "",
+        "### LanceDB",
+        "",
+        f"The same {d['rows']:,} × {d['dim']} rows in a LanceDB table of {d['lancedb_fragments']} fragments (one per "
+        "append), backed up with `--queries 0`; the one-process bundle restored into a new folder with "
+        "`--queries 0` (validate + load: re-hash, digest, conversion, the fragments written and committed, "
+        "then the checks read the table back).",
+        "",
+        "| run | backup s | restore s | restore validate + load s |",
+        "|---|---|---|---|",
+        f"| no Dask | {backup['l_none']:.2f} | {restore['l_none']:.2f} | {load['l_none']:.2f} |",
+        f"| `--workers 1` | {backup['l_one']:.2f} (**{d['lancedb_backup_dask_overhead']:.2f}×**) | "
+        f"{restore['l_one']:.2f} (**{d['lancedb_restore_dask_overhead']:.2f}×**) | {load['l_one']:.2f} |",
+        f"| `--workers 2` | {backup['l_two']:.2f} (**{d['lancedb_backup_speedup_2_workers']:.2f}×** the speed) | "
+        f"{restore['l_two']:.2f} (**{d['lancedb_restore_speedup_2_workers']:.2f}×** the speed) | {load['l_two']:.2f} |",
     ]
 
 
