@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from aibackup.bundle_reader import BundleReader
-from aibackup.connectors.base import Connector, ImportPlan
+from aibackup.connectors.base import Connector, ImportPlan, Location
 from aibackup.connectors.registry import open_connector
 from aibackup.distributed import PER_WORKER, RETRIES, Cluster
 from aibackup.errors import IntegrityError
@@ -37,12 +37,13 @@ from aibackup.pipeline import prefetch, steady_memory, use_arrow_allocator
 from aibackup.repository import Repository
 
 
-def why_not(dataset: DatasetManifest, target: type[Connector], mode: str) -> str | None:
+def why_not(dataset: DatasetManifest, target: type[Connector], location: Location, mode: str) -> str | None:
     """Why `dataset` is restored in one process even with a cluster (None: it is partitioned)."""
-    if not target.partitioned_modes:
-        return f"a {target.kind} target takes no partitioned restore"
-    if mode not in target.partitioned_modes:
-        return f"a {target.kind} target takes a partitioned restore in mode {' or '.join(target.partitioned_modes)}"
+    modes = target.load_modes(location)
+    if not modes:
+        return f"{location.display()} takes no partitioned restore"
+    if mode not in modes:
+        return f"a {target.kind} target takes a partitioned restore in mode {' or '.join(modes)}"
     if dataset.kind != "vectors":
         return f"a {dataset.kind} dataset restores in one process"
     if dataset.chained:
@@ -140,6 +141,14 @@ class Load:
     loss: LossTally | None = None
     #: the tasks' receipts (``Connector.load_partition``), in partition order
     receipts: list[Any] = field(default_factory=list)
+    #: set once ``Connector.finish_load`` succeeded: the load area is the target's now, never abandoned
+    published: bool = False
+
+    def publish(self, connector: Connector) -> int:
+        """``Connector.finish_load`` of this collection; the rows written."""
+        rows = connector.finish_load(self.plan, self.area, self.rows, self.receipts)
+        self.published = True
+        return rows
 
     def note(self, on: Cluster) -> str:
         return f"partitioned: {len(self.dataset.parts)} parts loaded by {self.tasks} tasks on {on.describe()}"
@@ -157,8 +166,8 @@ def loads(
     load_check: bool,
 ) -> Iterator[dict[str, Load]]:
     """Load every (dataset, plan) of `jobs` on the cluster and prove their digests; yields them by dataset
-    name for the caller to publish, and abandons on the way out every load area not published (all of them
-    when this raises: a failed task, a digest that does not match, Ctrl-C)."""
+    name for the caller to publish (:meth:`Load.publish`), and abandons on the way out every load area not
+    published (all of them when this raises: a failed task, a digest that does not match, Ctrl-C)."""
     made: dict[str, Load] = {}
     try:
         for dataset, plan in jobs:
@@ -180,8 +189,9 @@ def loads(
         yield made
     finally:
         for load in made.values():
-            with contextlib.suppress(Exception):  # a load area left behind says what it is (its connector's docs)
-                connector.abandon_load(load.area)
+            if not load.published:
+                with contextlib.suppress(Exception):  # a load area left behind says what it is (its connector's docs)
+                    connector.abandon_load(load.area)
 
 
 def _prove(made: dict[str, Load], done: list[Loaded]) -> None:

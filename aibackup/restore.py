@@ -152,7 +152,9 @@ def run_restore(
     # parts are downloaded once, into a local spool that the later reads use.
     with distributed.cluster(workers, dask) as on, BundleReader(repo, spool=True) as reader:
         # With a cluster, the collections it can split are re-hashed and validated by its workers.
-        alone = {d.name: partitioned_restore.why_not(d, target_class, mode) for d, _ in selected} if on else {}
+        alone = (
+            {d.name: partitioned_restore.why_not(d, target_class, location, mode) for d, _ in selected} if on else {}
+        )
         spread = {name for name, why in alone.items() if why is None}
         _verify_before_writing(reader, repo, manifest, [d for d, _ in selected if d.name not in spread])
         results: list[DatasetResult] = []
@@ -283,7 +285,7 @@ def _restore_one(
     if load is not None:  # validated and loaded by the cluster's workers: published here
         assert on is not None and load.loss is not None
         loss = load.loss
-        rows = connector.finish_load(plan, load.area, load.rows, load.receipts)
+        rows = load.publish(connector)
         plan = replace(plan, notes=(*plan.notes, load.note(on)))
     else:
         # The loss is tallied on the import pass: a connector's mapping may depend on what its validation saw

@@ -291,6 +291,11 @@ class Connector(ABC):
     #: them, restore in one process.
     partitioned_modes: ClassVar[tuple[str, ...]] = ()
 
+    @classmethod
+    def load_modes(cls, location: Location) -> tuple[str, ...]:
+        """:attr:`partitioned_modes` for a target at `location` (a store one process owns: none)."""
+        return cls.partitioned_modes
+
     def begin_load(self, plan: ImportPlan) -> Mapping[str, Any]:
         """A partitioned restore's driver, after planning: make the place workers write `plan`'s records
         into at once, out of the target's readers' sight (pgvector: an unlogged load table), and return
@@ -318,8 +323,8 @@ class Connector(ABC):
 
     def abandon_load(self, load: Mapping[str, Any]) -> None:  # noqa: B027 - nothing to remove by default
         """Remove a load area and what workers wrote into it (a failed or cancelled partitioned restore),
-        even while a worker still writes; nothing that existed before :meth:`begin_load` is touched. Safe
-        to call after :meth:`finish_load` (nothing is left to remove)."""
+        even while a worker still writes; nothing that existed before :meth:`begin_load` is touched. Never
+        called once :meth:`finish_load` succeeded."""
 
     def id_types(self, ids: pa.Array) -> Counter[str]:
         """How many of `ids` (canonical strings, as exported) had each original id type in this backend:

@@ -10,19 +10,21 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def raw_get(col: Any, include: list[str], *, limit: int, offset: int) -> Mapping[str, Any]:
+def raw_get(
+    col: Any, include: list[str], *, limit: int | None = None, offset: int | None = None, ids: list[str] | None = None
+) -> Mapping[str, Any]:
     """A ``get`` page of `col` as the client's API returns it, before ``Collection.get`` turns the vectors
     into a float64 numpy matrix (lists of Python floats then, which :func:`cm.page_to_batch` packs straight
     into float32: 9 ms per 2,500 x 384 page against 22 ms through the matrix, all of it holding the GIL
     that Chroma's own reading needs too). ``Collection.get`` without filters is exactly this call plus
     that conversion (chromadb 1.x, embedded and HTTP clients alike); a client without the call, or
-    whose call takes other arguments, gets the public one."""
+    whose call takes other arguments, gets the public one. `ids`: those records only (a page of ids)."""
     get = getattr(getattr(col, "_client", None), "_get", None)
     if callable(get):
         try:
             return get(
                 collection_id=col.id,
-                ids=None,
+                ids=ids,
                 where=None,
                 where_document=None,
                 include=list(include),
@@ -33,7 +35,7 @@ def raw_get(col: Any, include: list[str], *, limit: int, offset: int) -> Mapping
             )
         except TypeError:  # another chromadb's signature (a real failure recurs in the public call)
             pass
-    return col.get(include=include, limit=limit, offset=offset)
+    return col.get(ids=ids, include=include, limit=limit, offset=offset)
 
 
 def is_transport_error(exc: BaseException) -> bool:

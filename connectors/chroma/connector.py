@@ -79,11 +79,13 @@ from aibackup.connectors.base import (
     DatasetDescription,
     ImportPlan,
     Location,
+    Partitioning,
     VectorConnector,
     client_errors,
     id_checksum,
 )
 from aibackup.connectors.chroma import metadata as cm
+from aibackup.connectors.chroma import partitions
 from aibackup.connectors.chroma.client import is_transport_error, raw_get
 from aibackup.connectors.chroma.plan import check_merge, chroma_shape
 from aibackup.connectors.registry import api_key
@@ -261,6 +263,26 @@ class ChromaConnector(VectorConnector):
                 "writes to the collection"
             )
 
+    def partition(self, dataset: DatasetDescription, wanted: int) -> Partitioning | None:
+        """A server's collection: groups of one ids-only listing (:mod:`.partitions`); an embedded store,
+        and a collection without records or vector, do not split."""
+        if not self.location.is_server or not dataset.config.dense or dataset.rows < 2:
+            return None
+        col = self._collection(dataset.name)
+        groups = partitions.id_groups(col, dataset.name, dataset.rows, wanted, self._errors)
+        if len(groups) < 2:
+            return None
+        how = f"{len(groups)} groups of one listing of its {dataset.rows} ids"
+        return Partitioning(partitions=tuple({"ids": g} for g in groups), options={}, how=how)
+
+    def export_partition(self, dataset: DatasetDescription, partition: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
+        col = self._collection(dataset.name)
+        size = dataset.config.dense[0].size
+        include = ["documents", "metadatas", "uris", "embeddings"]
+        step = self.page_rows(dataset.rows)
+        for page in partitions.pages(col, dataset.name, list(partition["ids"]), include, step, self._errors):
+            yield cm.page_to_batch(dataset.name, dataset.schema, size, page)
+
     def page_rows(self, rows: int) -> int:
         """The page size of an export of a collection described with `rows` records."""
         if self.batch_rows is not None:
@@ -402,6 +424,46 @@ class ChromaConnector(VectorConnector):
                 col.add(**records)
             written += len(records["ids"])
         return written
+
+    # A partitioned restore into a server (aibackup.partitioned_restore): the collection is made first, the
+    # workers add to it at once, the count is checked at the end. Chroma has no transaction: as with
+    # import_, a failure leaves what was written, and abandon_load drops the collection this restore made.
+    partitioned_modes = ("create", "overwrite")
+
+    @classmethod
+    def load_modes(cls, location: Location) -> tuple[str, ...]:
+        return cls.partitioned_modes if location.is_server else ()  # an embedded store: one process's
+
+    def begin_load(self, plan: ImportPlan) -> Mapping[str, Any]:
+        self._prepare(plan)
+        return {"name": plan.target.name}
+
+    def load_partition(
+        self, plan: ImportPlan, load: Mapping[str, Any], number: int, batches: Iterable[pa.RecordBatch]
+    ) -> tuple[int, None]:
+        name = str(load["name"])
+        col = self._collection(name)
+        written = 0
+        for records in self._add_arguments(plan, batches):
+            # upsert: a task run again after its worker died writes the records its first run wrote again,
+            # the same records into a collection that holds only this bundle's.
+            with self._errors("write records", name):
+                col.upsert(**records)
+            written += len(records["ids"])
+        return written, None
+
+    def finish_load(self, plan: ImportPlan, load: Mapping[str, Any], rows: int, receipts: Sequence[Any]) -> int:
+        name = str(load["name"])
+        with self._errors("count records", name):
+            count = int(self._collection(name).count())
+        if count != rows:
+            raise ConnectorError(
+                f"collection {name!r} in {self._store} holds {count} records after {rows} were written by the workers"
+            )
+        return rows
+
+    def abandon_load(self, load: Mapping[str, Any]) -> None:
+        self.drop(str(load["name"]))
 
     def validate_records(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:
         """Everything import_ checks record by record, writing nothing: a restore that streams the bundle

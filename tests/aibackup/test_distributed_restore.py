@@ -238,7 +238,8 @@ def test_ctrl_c_cancels_the_loads_and_removes_the_load_schema(
 def test_what_cannot_be_split_is_restored_in_one_process_and_said(
     postgres: Postgres, tmp_path: Path, bundle: Path, cli: Cli
 ) -> None:
-    """A Chroma target takes no partitioned restore: the restore runs in this process, with a note."""
+    """An embedded Chroma store (one process's) takes no partitioned restore: the restore runs in this
+    process, with a note."""
     result = ok(
         cli(
             "restore",
@@ -254,5 +255,32 @@ def test_what_cannot_be_split_is_restored_in_one_process_and_said(
     )
     (dataset,) = result.json()["datasets"]
     assert dataset["ok"] and dataset["rows"] == ROWS
-    assert any("restored in one process: a chroma target" in n for n in dataset["notes"]), dataset["notes"]
+    assert any("restored in one process: " in n and "takes no partitioned restore" in n for n in dataset["notes"])
     assert json.dumps(result.json())  # the report is JSON as usual
+
+
+def test_the_drill_restores_on_the_configured_cluster(
+    postgres: Postgres, tmp_path: Path, bundle: Path, cli: Cli
+) -> None:
+    """aibackup.yaml's ``dask:`` also carries the restore-test drill: timed as an incident restore on the
+    cluster would run, proven the same."""
+    from dask.distributed import Client, LocalCluster, get_task_stream
+
+    scratch = postgres.database("rdrill")
+    source = manifest_json(bundle)["source"]["uri"]
+    config = tmp_path / "aibackup.yaml"
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        config.write_text(
+            f"repository: {bundle}\ndask: {cluster.scheduler_address}\n"
+            f"sources:\n  items: {{uri: '{source}'}}\n"
+            f"targets:\n  scratch: {{uri: '{postgres.uri(scratch)}'}}\n"
+            "restore_test: {target: scratch}\n"
+        )
+        with get_task_stream(client) as stream:  # every client's tasks, the drill's too
+            result = ok(cli("restore-test", "--config", str(config), "--json")).json()
+    tasks = [t for t in stream.data if "load_partition" in str(t.get("key"))]
+    assert result["ok"], result
+    assert len(tasks) >= 2, stream.data[:3]  # the drill's collection was loaded by the workers
