@@ -156,6 +156,7 @@ def _drill(config: Config, repo: Repository, source: SourceConfig, key_file: str
                 mode="overwrite",
                 check_options=options,
                 key_file=key_file,
+                dask=config.dask,  # timed as an incident restore on the same cluster would run
             )
             checks = [c for d in result.datasets for c in _named(d.name, d.checks, len(result.datasets))]
             if source.golden_queries:
