@@ -94,7 +94,7 @@ def run_copy(
         RepositoryLock(source, "backup", f"copy to {target.storage.display()}"),
         RepositoryLock(target, "backup", f"copy from {source.storage.display()}"),
     ):
-        present = set(target.bundle_ids())
+        present = set() if created else set(target.bundle_ids())  # a location just made holds no bundle
         copier = _Copier(source, target)
         for bundle_id in sorted(set(wanted)):
             if bundle_id in present:
@@ -121,7 +121,7 @@ def _destination(
     if found is None:
         raw = source.storage.fs.cat_file(source.storage.full(MARKER))
         storage.write_exclusive(MARKER, raw)  # the marker is never sealed: its bytes as they are
-        target = Repository.open(storage)
+        target = Repository.with_marker(storage, raw)
         created = True
     else:
         target, created = found, False

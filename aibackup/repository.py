@@ -251,7 +251,7 @@ class Repository:
                     f"no repository at {where}: run `aibackup init --repo {storage.url}` or back up into it"
                 ) from None
             raise NotARepositoryError(f"{where} is not an aibackup repository (no {MARKER})") from None
-        return cls(storage, _check_marker(raw, storage.display(MARKER)))
+        return cls.with_marker(storage, raw)
 
     @classmethod
     def init(
@@ -316,9 +316,19 @@ class Repository:
         NotARepositoryError when it holds something else."""
         storage = storage_of(url)
         storage.ensure_reachable()
-        if not storage.exists(MARKER) and storage.is_empty_or_missing():
-            return None
-        return cls._read(storage)
+        try:
+            raw = storage.read_bytes(MARKER)  # one request where the marker is (a HEAD first would be two)
+        except FileNotFoundError:
+            if storage.is_empty_or_missing():
+                return None
+            raise NotARepositoryError(f"{storage.display()} is not an aibackup repository (no {MARKER})") from None
+        return cls.with_marker(storage, raw)
+
+    @classmethod
+    def with_marker(cls, storage: Storage, raw: bytes) -> Self:
+        """The repository at `storage` whose marker holds `raw` (read, or just written there by the caller:
+        no second read). NotARepositoryError for a marker that is not aibackup's."""
+        return cls(storage, _check_marker(raw, storage.display(MARKER)))
 
     # --- bundles ---------------------------------------------------------------------------------------
 
