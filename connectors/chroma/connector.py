@@ -59,6 +59,9 @@ whatever the batch size. Collection names: 3-512 of [a-zA-Z0-9._-]. ``upsert`` m
 existing record, so merge mode deletes a batch's existing ids, then adds. Chroma 1.5.9 leaves a deleted
 collection's list-valued metadata rows behind and a later record reusing the row id inherits them: a
 collection is emptied record by record (~5k/s) before it is deleted (overwrite, or create over an empty one).
+
+On Dask (``--workers``): a server's collection splits into groups of one ids listing for a backup
+(:mod:`.partitions`), and a restore's workers upsert into the collection the restore made.
 """
 
 from __future__ import annotations
