@@ -101,7 +101,7 @@ def child_chroma_ids(path: str) -> dict[str, Any]:
     import chromadb
     from chromadb.config import Settings
 
-    from aibackup.connectors.chroma.connector import ID_PAGE
+    from aibackup.connectors.chroma.reading import ID_PAGE
 
     client = chromadb.PersistentClient(path=path, settings=Settings(anonymized_telemetry=False))
     col = client.get_collection(COLLECTION, embedding_function=None)

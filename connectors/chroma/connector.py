@@ -67,9 +67,7 @@ On Dask (``--workers``): a server's collection splits into groups of one ids lis
 from __future__ import annotations
 
 import warnings
-from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -88,7 +86,7 @@ from aibackup.connectors.base import (
     id_checksum,
 )
 from aibackup.connectors.chroma import metadata as cm
-from aibackup.connectors.chroma import partitions
+from aibackup.connectors.chroma import partitions, reading
 from aibackup.connectors.chroma.client import is_transport_error, raw_get
 from aibackup.connectors.chroma.plan import check_merge, chroma_shape
 from aibackup.connectors.registry import api_key
@@ -115,8 +113,6 @@ PAGE_ROWS = 2500  # the export's page (fastest at 100k x 384, embedded and serve
 #: client's memory is what the benchmarks hold flat).
 LARGE_PAGE_ROWS = 10_000
 LARGE_COLLECTION = 500_000
-FETCH_AHEAD = 2  # pages a Chroma export reads ahead of their conversion
-ID_PAGE = 200_000  # ids-only pages of the proof pass (1M records: 3.2 s in 200k pages, 5.2 s in 50k pages)
 
 
 class ChromaConnector(VectorConnector):
@@ -258,7 +254,8 @@ class ChromaConnector(VectorConnector):
             rows += len(ids)
             return cm.page_to_batch(dataset.name, schema, size, page)
 
-        final_rows, final_sum = yield from self._pages(col, include, dataset.name, convert, dataset.rows)
+        step = self.page_rows(dataset.rows)
+        final_rows, final_sum = yield from reading.pages(col, include, dataset.name, convert, step, self._errors)
         if (final_rows, final_sum) != (rows, id_sum):
             raise SourceDataError(
                 f"collection {dataset.name!r} in {self._store} changed during the backup (exported {rows} "
@@ -292,61 +289,6 @@ class ChromaConnector(VectorConnector):
             return self.batch_rows
         large = not self.location.is_server and rows >= LARGE_COLLECTION
         return LARGE_PAGE_ROWS if large else PAGE_ROWS
-
-    def _pages(
-        self, col: Any, include: list[str], name: str, convert: Callable[[Any], pa.RecordBatch], expected: int = 0
-    ) -> Generator[pa.RecordBatch, None, tuple[int, int]]:
-        """Yield ``convert(page)`` for every non-empty ``get`` page in offset order (pages of
-        :meth:`page_rows` for a collection of `expected` records); return the ids-only pass (:meth:`_id_sum`)
-        run after the last page was read.
-
-        Chroma's ``get`` spends about half its time in Rust with the GIL released, so a worker thread
-        fetches up to ``FETCH_AHEAD`` pages ahead (in order, one at a time) while this thread turns pages
-        into Arrow: with one page ahead the worker sat idle 0.5 s per 100k records, waiting for a consumer
-        that the GIL slowed. Paging stops at the first short page (pages fetched past it are dropped: the
-        records they would hold arrived during the backup, which the proof reports); the ids-only pass
-        then starts at once in the same worker (after the last read, as the proof needs), overlapping the
-        conversion of the last page and the writer's tail.
-        """
-
-        step = self.page_rows(expected)
-
-        def fetch(offset: int) -> Any:
-            with self._errors("read records", name):
-                return raw_get(col, include, limit=step, offset=offset)
-
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="aibackup-chroma-get") as pool:
-            ahead = deque(pool.submit(fetch, k * step) for k in range(FETCH_AHEAD))
-            following = FETCH_AHEAD * step  # the offset of the next page to ask for
-            try:
-                while True:
-                    page = ahead.popleft().result()
-                    count = len(page["ids"])
-                    if count < step:
-                        for future in ahead:
-                            future.cancel()
-                        proof = pool.submit(self._id_sum, col, name)
-                        if count:
-                            yield convert(page)
-                        result: tuple[int, int] = proof.result()
-                        return result
-                    ahead.append(pool.submit(fetch, following))
-                    following += step
-                    yield convert(page)
-            finally:  # an error or an early stop: nothing more is read
-                for future in ahead:
-                    future.cancel()
-
-    def _id_sum(self, col: Any, name: str) -> tuple[int, int]:
-        """(records, sum of id hashes) of the collection, from an ids-only pass."""
-        total = offset = 0
-        while True:
-            with self._errors("read ids", name):
-                ids = list(col.get(include=[], limit=ID_PAGE, offset=offset)["ids"])
-            if not ids:
-                return offset, total
-            total += id_checksum(ids)
-            offset += len(ids)
 
     # --- import ------------------------------------------------------------------------------------------
 
@@ -531,7 +473,7 @@ class ChromaConnector(VectorConnector):
         # behind in Chroma 1.5.9, and a record written later that reuses their row id inherits them.
         with self._errors("delete the collection", col.name):
             previous: list[str] = []
-            while ids := list(col.get(include=[], limit=ID_PAGE)["ids"]):
+            while ids := list(col.get(include=[], limit=reading.ID_PAGE)["ids"]):
                 if ids == previous:
                     raise ConnectorError(f"Chroma does not delete the records of {col.name!r} in {self._store}")
                 col.delete(ids=ids)

@@ -87,7 +87,7 @@ from aibackup.connectors.base import (
 )
 from aibackup.connectors.lancedb import fragments, ids
 from aibackup.connectors.lancedb.client import Database
-from aibackup.connectors.lancedb.records import TableBatches, to_canonical
+from aibackup.connectors.lancedb.records import TableBatches, canonical
 from aibackup.connectors.lancedb.search import TableSearch
 from aibackup.connectors.lancedb.tables import (
     ID_COLUMN,
@@ -108,13 +108,11 @@ from aibackup.errors import (
     AibackupError,
     ConnectorError,
     DatasetNotFoundError,
-    SourceDataError,
     TargetNotEmptyError,
     UnsupportedFeatureError,
     UsageError,
     first_line,
 )
-from aibackup.manifests.vectors import ID
 
 __all__ = ["LanceDBConnector"]
 
@@ -199,7 +197,9 @@ class LanceDBConnector(VectorConnector):
         table, columns, version = self._reading(dataset)
         with self._database.errors("read the table", dataset.name):
             reader = table.search().to_batches(self._batch_rows(dataset))
-        yield from self._canonical(dataset, table, columns, reader, dataset.rows, unique=True)
+        yield from canonical(
+            self._database, dataset, table, columns, reader, dataset.rows, unique=True, lossy=self._lossy
+        )
         notes: tuple[str, ...] = ()
         if columns.id is None:
             notes = (
@@ -234,7 +234,8 @@ class LanceDBConnector(VectorConnector):
         table, columns, _ = self._reading(dataset)
         with self._database.errors("read the fragments of", dataset.name):
             reader = fragments.scan(table.to_lance(), partition["fragments"], self._batch_rows(dataset))
-        yield from self._canonical(dataset, table, columns, reader, int(partition["rows"]), unique=False)
+        expected = int(partition["rows"])
+        yield from canonical(self._database, dataset, table, columns, reader, expected, unique=False, lossy=self._lossy)
 
     def _reading(self, dataset: DatasetDescription) -> tuple[Any, Columns, int]:
         """The table at the version `dataset` was described at, its columns and that version; the id kind
@@ -249,42 +250,6 @@ class LanceDBConnector(VectorConnector):
         integers = id_type is not None and pa.types.is_integer(id_type)
         self._id_kind = ("uint" if id_type is None or integers else "string", integers)
         return table, columns, version
-
-    def _canonical(
-        self,
-        dataset: DatasetDescription,
-        table: Any,
-        columns: Columns,
-        reader: Iterable[pa.RecordBatch],
-        expected: int,
-        *,
-        unique: bool,
-    ) -> Iterator[pa.RecordBatch]:
-        """The canonical batches of `reader` (LanceDB's batches of the table), which must hold `expected`
-        rows; with `unique`, the ids are then proven unique (a whole version's export)."""
-        name = dataset.name
-        hashes: list[np.ndarray] = []  # of the ids, for the unique-id proof
-        start = 0
-        batches = iter(reader)
-        while True:
-            with self._database.errors("read the table", name):
-                batch = next(batches, None)
-            if batch is None:
-                break
-            if not batch.num_rows:
-                continue
-            out = to_canonical(batch, columns, dataset.schema, name, start, round_float64=self._lossy)
-            if unique and columns.id is not None:
-                hashes.append(ids.hashes(out.column(ID).to_pylist()))
-            start += out.num_rows
-            yield out
-        if start != expected:
-            version = (dataset.config.native or {}).get("version")
-            raise SourceDataError(
-                f"LanceDB table {name!r} in {self._where}: version {version} gave {start} rows, {expected} were counted"
-            )
-        if hashes and columns.id is not None:
-            ids.check_unique(self._database, table, columns.id, name, np.concatenate(hashes))
 
     def export_state(self, name: str) -> ExportState | None:
         """The version read; the note that ids are row positions, for a table without an id column."""

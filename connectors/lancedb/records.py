@@ -9,7 +9,7 @@ object built from (or parsed into) one Python value per metadata column.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from aibackup.connectors.base import DatasetDescription
+from aibackup.connectors.lancedb import ids
+from aibackup.connectors.lancedb.client import Database
 from aibackup.connectors.lancedb.jsontext import metadata_texts
 from aibackup.connectors.lancedb.tables import Columns, TablePlan
 from aibackup.connectors.lancedb.values import from_json_ready, json_type, to_json_ready
@@ -264,3 +267,42 @@ def nan_rows(array: pa.Array) -> np.ndarray:
     parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
     rows[parents[inner]] = True
     return rows
+
+
+def canonical(
+    database: Database,
+    dataset: DatasetDescription,
+    table: Any,
+    columns: Columns,
+    reader: Iterable[pa.RecordBatch],
+    expected: int,
+    *,
+    unique: bool,
+    lossy: bool,
+) -> Iterator[pa.RecordBatch]:
+    """The canonical batches of `reader` (LanceDB's batches of `table`), which must hold `expected` rows
+    (SourceDataError otherwise); with `unique`, the ids are then proven unique (a whole version's export:
+    :mod:`.ids`). `lossy`: float64 vectors are rounded to float32 instead of refused."""
+    name = dataset.name
+    hashes: list[np.ndarray] = []  # of the ids, for the unique-id proof
+    start = 0
+    batches = iter(reader)
+    while True:
+        with database.errors("read the table", name):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        if not batch.num_rows:
+            continue
+        out = to_canonical(batch, columns, dataset.schema, name, start, round_float64=lossy)
+        if unique and columns.id is not None:
+            hashes.append(ids.hashes(out.column(ID).to_pylist()))
+        start += out.num_rows
+        yield out
+    if start != expected:
+        version = (dataset.config.native or {}).get("version")
+        raise SourceDataError(
+            f"LanceDB table {name!r} in {database.where}: version {version} gave {start} rows, {expected} were counted"
+        )
+    if hashes and columns.id is not None:
+        ids.check_unique(database, table, columns.id, name, np.concatenate(hashes))

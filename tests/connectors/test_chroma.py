@@ -31,13 +31,13 @@ from chromadb.utils.embedding_functions import known_embedding_functions
 from aibackup.connectors.base import DatasetDescription, ImportPlan
 from aibackup.connectors.chroma import metadata as cm
 from aibackup.connectors.chroma.connector import (
-    FETCH_AHEAD,
     LARGE_COLLECTION,
     LARGE_PAGE_ROWS,
     PAGE_ROWS,
     ChromaConnector,
     raw_get,
 )
+from aibackup.connectors.chroma.reading import FETCH_AHEAD
 from aibackup.connectors.registry import open_connector, parse_location
 from aibackup.errors import (
     ConnectorError,
