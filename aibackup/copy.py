@@ -205,7 +205,7 @@ class _Copier:
                 writer.write(block)
             if (size, sha.hexdigest()) != (part.bytes, part.sha256):
                 raise IntegrityError(f"damaged part {where}: its bytes do not match the manifest's sha256 and size")
-            dest.close_part(writer, part.path)
+            dest.close_part(writer, part.path, sha256=part.sha256)  # proven equal just above
         except FileNotFoundError:
             writer.abort()
             with contextlib.suppress(Exception):
@@ -286,7 +286,7 @@ class _Copier:
         writer = dest.create(pack, hashing=False)
         try:
             writer.write(raw)
-            dest.close_part(writer, pack)
+            dest.close_part(writer, pack, sha256=hashlib.sha256(raw).hexdigest())
         except BaseException:
             writer.abort()
             raise

@@ -321,16 +321,17 @@ class Storage:
         with self._errors(rel, writing=True):
             writer.settle()
 
-    def close_part(self, writer: HashingWriter, rel: str) -> None:
+    def close_part(self, writer: HashingWriter, rel: str, sha256: str | None = None) -> None:
         """Complete a part written through :meth:`create` (flushes, uploads, fsyncs its folder).
 
         As in :meth:`write_exclusive`, an object already there with exactly this part's size and sha256 is
-        this upload, applied by S3 although its answer was lost."""
+        this upload, applied by S3 although its answer was lost. `sha256`: the hash of the bytes written,
+        proven by the caller, where the writer was made without ``hashing`` (a copy hashes what it copies)."""
         with self._errors(rel, writing=True):
             try:
                 writer.close()
             except FileExistsError:
-                if self.hash_file(rel) != (writer.sha256, writer.bytes):
+                if self.hash_file(rel) != (sha256 or writer.sha256, writer.bytes):
                     raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
             if self.is_local:
                 _fsync_dir(os.path.dirname(self.full(rel)))

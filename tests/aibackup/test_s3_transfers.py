@@ -63,6 +63,27 @@ def test_a_large_part_goes_up_in_parallel_parts_and_stays_exclusive(s3_env: Serv
     assert _uploads(bucket) == []  # the refused upload was aborted, not left to bill
 
 
+def test_a_part_written_without_hashing_counts_as_written_when_its_hash_is_given(s3_env: Server) -> None:
+    """A copy writes parts without the writer's own hashing (it hashes them itself): when S3 applied the
+    upload and its answer was lost, the retry meets the object, which is this part when the hash the copy
+    gives matches it (a copy into a faulty S3 once failed there with "already exists")."""
+    storage = Storage(f"s3://{_bucket('s3io-unhashed')}/repo")
+    data = os.urandom(3 * MIB)
+    _write(storage, "part.parquet", data)  # the upload S3 applied
+    for expected, refused in ((None, True), (hashlib.sha256(data).hexdigest(), False)):
+        writer = storage.create("part.parquet", hashing=False)
+        writer.write(data)
+        if refused:
+            with pytest.raises(AlreadyExistsError):
+                storage.close_part(writer, "part.parquet", sha256=expected)
+        else:
+            storage.close_part(writer, "part.parquet", sha256=expected)
+    writer = storage.create("part.parquet", hashing=False)
+    writer.write(other := os.urandom(len(data)))
+    with pytest.raises(AlreadyExistsError):  # other bytes (their own hash): never taken for the part
+        storage.close_part(writer, "part.parquet", sha256=hashlib.sha256(other).hexdigest())
+
+
 def test_small_objects_go_up_in_one_put_and_empty_ones_too(s3_env: Server) -> None:
     bucket = _bucket("s3io-small")
     storage = Storage(f"s3://{bucket}/repo")
