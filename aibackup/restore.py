@@ -383,7 +383,7 @@ def _verify_before_writing(
         for part in dataset.all_parts():
             check(dataset, part)
             if part.path in records:
-                for batch in reader.part_records(dataset, part):
+                for batch in prefetch(reader.part_records(dataset, part)):  # decoded while this digests
                     digest.add_batch(batch)
         if dataset.chained:
             for batch in prefetch(reader.batches(dataset)):

@@ -280,7 +280,7 @@ def restore_read_side(repo_url: str, bundle_id: str) -> dict[str, Any]:
             if problem := reader.check_part(part, read_data=True):
                 raise RuntimeError(problem)
             if part.path in records:
-                for batch in reader.part_records(dataset, part):
+                for batch in prefetch(reader.part_records(dataset, part)):
                     digest.add_batch(batch)
         hashed = time.perf_counter()
         if dataset.chained:
