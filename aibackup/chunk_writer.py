@@ -25,10 +25,12 @@ from aibackup.chunks import (
     compress,
     index_bytes,
     pack_folder,
+    pack_problem,
 )
 from aibackup.errors import IntegrityError
 from aibackup.hashing_writer import HashingWriter
 from aibackup.repository import Repository
+from aibackup.storage import AlreadyExistsError
 
 #: A pack is closed once it holds this many stored bytes (a chunk is at most 4 MiB: a pack ends up a little
 #: larger). 64 MiB: few objects on S3, and a repack moves little more than it must.
@@ -53,9 +55,10 @@ class PackWriter:
     #: the fsync) while the next pack is written. Memory: at most this many packs' unsent buffers.
     CLOSING = 2
 
-    def __init__(self, repo: Repository, writer_id: str) -> None:
+    def __init__(self, repo: Repository, writer_id: str, ids: ChunkIds | None = None) -> None:
         self.repo = repo
         self.writer_id = writer_id
+        self.ids = ids or ChunkIds(repo.key())  # the chunk ids, to recognise a pack of its own
         self.packs: list[str] = []  # every pack created (finished or not), for discard
         self.entries: list[tuple[bytes, Stored]] = []  # complete once finish() returned
         self.stored_bytes = 0
@@ -127,8 +130,21 @@ class PackWriter:
             self._closer = ThreadPoolExecutor(self.CLOSING, thread_name_prefix="aibackup-pack-close")
         while len(self._closing) >= self.CLOSING:
             self._closing.pop(0).result()
-        self._closing.append(self._closer.submit(self.repo.storage.close_part, self._file, self.packs[-1]))
+        self._closing.append(self._closer.submit(self._complete, self._file, self.packs[-1]))
         self._writer = self._file = None
+
+    def _complete(self, file: HashingWriter, path: str) -> None:
+        """Complete a pack. One that S3 applied although its answer was lost meets itself on the retry:
+        packs are not hashed whole (each chunk is), so the object at this writer's own path counts as this
+        pack when it has its size and holds this pack's chunks, each giving its id back."""
+        try:
+            self.repo.storage.close_part(file, path)
+        except AlreadyExistsError:
+            raw = self.repo.storage.fs.cat_file(self.repo.storage.full(path))
+            holds = [chunk for chunk, stored in list(self.entries) if stored.pack == path]
+            decryption = self.repo.part_decryption(path)
+            if len(raw) != file.bytes or pack_problem(raw, self.ids, decryption, holds) is not None:
+                raise
 
     def _drain_closing(self) -> None:
         try:
@@ -200,7 +216,7 @@ class ChunkStore(ChunkAccess):
         self.ids = ChunkIds(repo.key())
         self.index = index if index is not None else ChunkIndex.load(repo)
         self._usable: dict[str, bool] = {}
-        self._packs = PackWriter(repo, writer_id)
+        self._packs = PackWriter(repo, writer_id, self.ids)
         self._new: set[bytes] = set()
         self._reused: set[bytes] = set()  # chunks found in packs of earlier runs
         self.stats = StoreStats()

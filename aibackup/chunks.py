@@ -39,8 +39,9 @@ import datetime as dt
 import hashlib
 import hmac
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -223,6 +224,30 @@ def decompress(data: bytes | memoryview, size: int) -> bytes:
 
     out: bytes = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
     return out
+
+
+def pack_problem(
+    raw: bytes, ids: Callable[[bytes], bytes], decryption: Any = None, holds: Sequence[bytes] | None = None
+) -> str | None:
+    """What is wrong with the whole chunk pack `raw` (its stored form; `decryption`: the repository's
+    properties for it), or None when every row's chunk gives its id back (and, with `holds`, the pack
+    holds exactly those chunks, in that order)."""
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(raw), page_checksum_verification=True, decryption_properties=decryption)
+        if not pf.schema_arrow.equals(PACK_SCHEMA):
+            return "unexpected columns"
+        if holds is not None and pf.metadata.num_row_groups != len(holds):
+            return f"{pf.metadata.num_row_groups} chunks, not the {len(holds)} expected"
+        for n in range(pf.metadata.num_row_groups):
+            row = pf.read_row_group(n).to_pylist()[0]
+            if holds is not None and row["chunk"] != holds[n]:
+                return f"row {n} holds another chunk"
+            data = decompress(row["data"], row["size"]) if row["zstd"] else row["data"]
+            if ids(data) != row["chunk"]:
+                return f"row {n} does not match its id"
+    except (pa.ArrowException, OSError) as exc:
+        return first_line(exc)
+    return None
 
 
 def new_writer_id(repo: Repository) -> str:

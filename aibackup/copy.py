@@ -32,12 +32,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from aibackup.chunkprune import referenced_chunks
-from aibackup.chunks import INDEX, PACK_SCHEMA, ChunkIds, ChunkIndex, Stored, decompress, index_bytes
-from aibackup.errors import IntegrityError, UsageError, first_line
+from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, pack_problem
+from aibackup.errors import IntegrityError, UsageError
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
 from aibackup.repository import MARKER, Repository, Where, storage_of
@@ -266,23 +263,9 @@ class _Copier:
             return 0
         if held is not None:
             dest.remove(pack)
-        try:
-            pf = pq.ParquetFile(
-                pa.BufferReader(raw),
-                page_checksum_verification=True,
-                decryption_properties=self.source.part_decryption(pack),
-            )
-            if not pf.schema_arrow.equals(PACK_SCHEMA):
-                raise IntegrityError(f"damaged chunk pack {where}: unexpected columns")
-            for n in range(pf.metadata.num_row_groups):
-                row = pf.read_row_group(n).to_pylist()[0]
-                data = decompress(row["data"], row["size"]) if row["zstd"] else row["data"]
-                if self.ids(data) != row["chunk"]:
-                    raise IntegrityError(f"damaged chunk pack {where}: row {n} does not match its id")
-        except pa.ArrowException as exc:
-            raise IntegrityError(f"damaged chunk pack {where}: {first_line(exc)}") from None
-        except OSError as exc:
-            raise IntegrityError(f"damaged chunk pack {where}: {first_line(exc)}") from None
+        problem = pack_problem(raw, self.ids, self.source.part_decryption(pack))
+        if problem is not None:
+            raise IntegrityError(f"damaged chunk pack {where}: {problem}")
         writer = dest.create(pack, hashing=False)
         try:
             writer.write(raw)

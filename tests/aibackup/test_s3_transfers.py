@@ -84,6 +84,32 @@ def test_a_part_written_without_hashing_counts_as_written_when_its_hash_is_given
         storage.close_part(writer, "part.parquet", sha256=hashlib.sha256(other).hexdigest())
 
 
+def test_a_chunk_pack_whose_upload_answer_was_lost_counts_as_written(s3_env: Server) -> None:
+    """A pack S3 applied although its answer was lost meets itself on the retry: at the writer's own path,
+    with its size and every chunk giving its id back, it is this pack (packs are not hashed whole); a pack
+    of other chunks under that name is refused."""
+    from aibackup.chunk_writer import PackWriter
+    from aibackup.chunks import ChunkIds
+    from aibackup.repository import Repository
+
+    repo = Repository.init(f"s3://{_bucket('s3io-packs')}/repo")
+    ids = ChunkIds(repo.key())
+    chunks = [os.urandom(300_000) for _ in range(3)]
+
+    def pack(data: list[bytes]) -> PackWriter:
+        writer = PackWriter(repo, "w1", ids)
+        for chunk in data:
+            writer.add(ids(chunk), chunk)
+        writer.finish()
+        return writer
+
+    first = pack(chunks)
+    again = pack(chunks)  # the same pack, its name taken by the upload S3 applied
+    assert again.entries == first.entries
+    with pytest.raises(AlreadyExistsError):
+        pack([os.urandom(300_000) for _ in range(3)])
+
+
 def test_small_objects_go_up_in_one_put_and_empty_ones_too(s3_env: Server) -> None:
     bucket = _bucket("s3io-small")
     storage = Storage(f"s3://{bucket}/repo")
