@@ -9,6 +9,7 @@ import click
 from aibackup.cli_common import (
     conclude,
     config_option,
+    dask_options,
     emit_json,
     json_option,
     key_file_option,
@@ -86,21 +87,11 @@ from aibackup.recall_rule import DEFAULT_QUERIES
     help="Back up what a source holds only approximately, saying so in the report (a LanceDB table without "
     "an id column: its row positions as ids).",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 1024),
-    default=None,
-    metavar="N",
-    help="Vectors: spread a full backup over a local Dask cluster of N processes, where the source can split "
-    "a collection (pgvector: block ranges of one exported snapshot); needs aibackup[dask].",
-)
-@click.option(
-    "--dask",
-    "dask_address",
-    metavar="ADDRESS",
-    default=None,
-    help="Vectors: as --workers, on the running Dask scheduler at ADDRESS (also AIBACKUP_DASK); the workers "
-    "reach the repository and the source with their own credentials.",
+@dask_options(
+    "Vectors: spread a full backup over a local Dask cluster of N processes, where the source can split "
+    "a collection (pgvector: block ranges of one exported snapshot; LanceDB: fragments; a Chroma server: "
+    "ids); needs aibackup[dask].",
+    "source",
 )
 @key_file_option
 @observe_options

@@ -10,6 +10,7 @@ import click
 
 from aibackup.cli_common import (
     config_option,
+    dask_options,
     emit_json,
     json_option,
     key_file_option,
@@ -357,21 +358,10 @@ def diff(
     help="Models: also open every restored safetensors file with the safetensors library and compare each "
     "tensor's shape and dtype with its header.",
 )
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 1024),
-    default=None,
-    metavar="N",
-    help="Vectors: validate and load each collection's parts on a local Dask cluster of N processes, where the "
-    "target can take it (pgvector: an unlogged load table, published in one transaction); needs aibackup[dask].",
-)
-@click.option(
-    "--dask",
-    "dask_address",
-    metavar="ADDRESS",
-    default=None,
-    help="Vectors: as --workers, on the running Dask scheduler at ADDRESS (also AIBACKUP_DASK); the workers "
-    "reach the repository and the target with their own credentials.",
+@dask_options(
+    "Vectors: validate and load each collection's parts on a local Dask cluster of N processes, where the "
+    "target can take it (pgvector, LanceDB, a Chroma server; published once); needs aibackup[dask].",
+    "target",
 )
 @key_file_option
 @repo_option

@@ -65,6 +65,24 @@ def metrics_option(f: F) -> F:
     )(f)
 
 
+def dask_options(workers_help: str, reached: str) -> Callable[[F], F]:
+    """--workers N and --dask ADDRESS, a command spread over Dask workers (aibackup.distributed):
+    `workers_help` says what --workers does, `reached` what else the workers open (the source, the target)."""
+
+    def decorate(f: F) -> F:
+        f = click.option(
+            "--dask",
+            "dask_address",
+            metavar="ADDRESS",
+            default=None,
+            help="Vectors: as --workers, on the running Dask scheduler at ADDRESS (also AIBACKUP_DASK); the "
+            f"workers reach the repository and the {reached} with their own credentials.",
+        )(f)
+        return click.option("--workers", type=click.IntRange(1, 1024), default=None, metavar="N", help=workers_help)(f)
+
+    return decorate
+
+
 def observe_options(f: F) -> F:
     """--progress/--no-progress, --log-format, --metrics-file: for the commands that run long."""
     f = metrics_option(f)
