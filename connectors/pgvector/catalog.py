@@ -274,6 +274,12 @@ def literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+def overriding(native: Mapping[str, Any]) -> str:
+    """`` OVERRIDING SYSTEM VALUE`` for an INSERT of every writable column into a table of `native` with a
+    ``GENERATED ALWAYS AS IDENTITY`` column (its values are the restored rows'), else ""."""
+    return " OVERRIDING SYSTEM VALUE" if any(c.get("identity") == "always" for c in native["columns"]) else ""
+
+
 def writable(native: dict[str, Any]) -> list[dict[str, Any]]:
     """The columns a restore writes: all but generated ones (PostgreSQL computes those)."""
     return [c for c in native["columns"] if not c.get("generated")]
@@ -389,10 +395,9 @@ def reference_statements(conn: Any, reference: dict[str, Any]) -> list[tuple[str
         statements.append((f"CREATE SCHEMA IF NOT EXISTS {quote(ref['schema'])}", []))
         statements.append((create_statement(ref, ref["schema"], ref["table"]), []))
     names = [quote(c["name"]) for c in writable(ref)]
-    overriding = " OVERRIDING SYSTEM VALUE" if any(c.get("identity") == "always" for c in ref["columns"]) else ""
     statements.append(
         (
-            f"INSERT INTO {target} ({', '.join(names)}){overriding} SELECT {', '.join(f'(r).{n}' for n in names)} "
+            f"INSERT INTO {target} ({', '.join(names)}){overriding(ref)} SELECT {', '.join(f'(r).{n}' for n in names)} "
             f"FROM (SELECT row_text::{target} AS r FROM unnest(%s::text[]) AS row_text) parsed ON CONFLICT DO NOTHING",
             [reference["rows"]],
         )

@@ -197,7 +197,7 @@ def insert_sql(plan: ImportPlan, columns: Columns, staging: str, target: str) ->
             values.append(f"(({record})->>{catalog.literal(name)})::{json_columns[name]}")
         else:
             values.append(f"r.{quote(name)}")
-    overriding = " OVERRIDING SYSTEM VALUE" if any(c.get("identity") == "always" for c in native["columns"]) else ""
+    overriding = catalog.overriding(native)
     sql = (
         f"INSERT INTO {target} ({', '.join(names)}){overriding} SELECT {', '.join(values)} FROM {staging} s "
         f"CROSS JOIN LATERAL jsonb_populate_record(NULL::{target}, {record}) r"

@@ -70,21 +70,33 @@ def create_extension(conn: Any, database: str, where: str) -> None:
 
 def prepare(conn: Any, plan: ImportPlan, schema: str, table: str, where: str) -> bool:
     """Create the table (dropping it first for overwrite); True when this restore created it."""
-    target = qualified(schema, table)
-    exists = catalog.scalar(conn, "SELECT to_regclass(%s)", [target]) is not None
-    if exists and plan.mode == "overwrite":
-        conn.execute(f"DROP TABLE {target}")
-        exists = False
-    if exists:
-        check_columns(conn, plan, schema, table, where)
+    if kept(conn, plan, schema, table, where):
         return False
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
+    create_table(conn, plan, schema, table)
+    return True
+
+
+def kept(conn: Any, plan: ImportPlan, schema: str, table: str, where: str) -> bool:
+    """Whether the restore writes into the table that exists (create into an empty one, merge; proven to
+    have the columns it writes), or makes its own: none is there, or overwrite just dropped it."""
+    target = qualified(schema, table)
+    if catalog.scalar(conn, "SELECT to_regclass(%s)", [target]) is None:
+        return False
+    if plan.mode == "overwrite":
+        conn.execute(f"DROP TABLE {target}")
+        return False
+    check_columns(conn, plan, schema, table, where)
+    return True
+
+
+def create_table(conn: Any, plan: ImportPlan, schema: str, table: str) -> None:
+    """The table a one-process restore makes: the recorded definition of a pgvector bundle, else the layout."""
     native = plan.target.config.native
     if native is not None:
         conn.execute(catalog.create_statement(native, schema, table))
     else:
-        conn.execute(restore.layout_sql(plan.target.config, target))
-    return True
+        conn.execute(restore.layout_sql(plan.target.config, qualified(schema, table)))
 
 
 def check_columns(conn: Any, plan: ImportPlan, schema: str, table: str, where: str) -> None:
@@ -109,11 +121,7 @@ def begin_load(conn: Any, plan: ImportPlan) -> dict[str, Any]:
         conn.execute(f"CREATE SCHEMA {quote(name)}")
         note = f"aibackup: the rows of a restore of {plan.target.name} in progress; drop it if no restore runs"
         conn.execute(f"COMMENT ON SCHEMA {quote(name)} IS {catalog.literal(note)}")
-        native = plan.target.config.native
-        if native is not None:
-            conn.execute(catalog.create_statement(native, name, table))
-        else:
-            conn.execute(restore.layout_sql(plan.target.config, qualified(name, table)))
+        create_table(conn, plan, name, table)
     return {"name": name, "table": table}
 
 
@@ -156,17 +164,11 @@ def publish(conn: Any, plan: ImportPlan, load: Mapping[str, Any], where: str) ->
     into an empty table of the same columns that create mode keeps, its rows copied. True when the
     table is the loaded one (its constraints and indexes are then made after)."""
     schema, table = plan.extra["schema"], plan.extra["table"]
-    target = qualified(schema, table)
-    exists = catalog.scalar(conn, "SELECT to_regclass(%s)", [target]) is not None
-    if exists and plan.mode == "overwrite":
-        conn.execute(f"DROP TABLE {target}")
-        exists = False
-    if exists:
-        check_columns(conn, plan, schema, table, where)
+    if kept(conn, plan, schema, table, where):
         native = plan.target.config.native
-        identity = native is not None and any(c.get("identity") == "always" for c in native["columns"])
         names = ", ".join(map(quote, restore.planned_columns(plan)))
-        overriding = " OVERRIDING SYSTEM VALUE" if identity else ""
+        overriding = catalog.overriding(native) if native is not None else ""
+        target = qualified(schema, table)
         conn.execute(f"INSERT INTO {target} ({names}){overriding} SELECT {names} FROM {load_table(load)}")
         return False
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
