@@ -87,7 +87,7 @@ from aibackup.connectors.base import (
 )
 from aibackup.connectors.lancedb import fragments, ids
 from aibackup.connectors.lancedb.client import Database
-from aibackup.connectors.lancedb.records import TableBatches, canonical
+from aibackup.connectors.lancedb.records import Converted, TableBatches, canonical
 from aibackup.connectors.lancedb.search import TableSearch
 from aibackup.connectors.lancedb.tables import (
     ID_COLUMN,
@@ -373,50 +373,36 @@ class LanceDBConnector(VectorConnector):
         ``count_rows()``, then build the recorded indexes. Returns the rows written."""
         table_plan: TablePlan = plan.extra["table"]
         name = plan.target.name
-        writer = TableBatches(table_plan, name)
         existing = self._database.open(name, None, missing_ok=True)
-        written = 0
-        failed: list[BaseException] = []
-
-        def stream() -> Iterator[pa.RecordBatch]:
-            nonlocal written
-            try:
-                for batch in batches:
-                    out = writer.convert(plan.transform(batch))
-                    written += out.num_rows
-                    yield out
-            except BaseException as exc:  # LanceDB turns it into a RuntimeError: kept to raise as it was
-                failed.append(exc)
-                raise
-
-        reader = pa.RecordBatchReader.from_batches(table_plan.schema, stream())
+        converted = Converted(plan, batches)
+        reader = converted.reader()
         try:
             if plan.mode == "merge" and existing is not None:
-                self._merge(existing, table_plan, reader, name, lambda: written)
+                self._merge(existing, table_plan, reader, name, lambda: converted.written)
                 self._indexes_built[name] = []
                 self._pinned.pop(name, None)
-                return written
+                return converted.written
             mode = "overwrite" if existing is not None else "create"
             with self._database.errors("write the table", name):
                 table = self._database.live().create_table(
                     name, reader, schema=table_plan.schema, mode=mode, on_bad_vectors="null"
                 )
                 count = int(table.count_rows())
-            if count != written:
+            if count != converted.written:
                 raise ConnectorError(
-                    f"LanceDB wrote {count} rows into table {name!r} in {self._where} where {written} were "
-                    "given, without an error; the table is not a faithful restore"
+                    f"LanceDB wrote {count} rows into table {name!r} in {self._where} where {converted.written} "
+                    "were given, without an error; the table is not a faithful restore"
                 )
         except AibackupError:
             if existing is None:
                 with suppress(Exception):  # nothing of it was there before: no half-written table stays
                     self._database.live().drop_table(name, ignore_missing=True)
-            if failed:
-                raise failed[0] from None
+            if converted.failed is not None:
+                raise converted.failed from None
             raise
         self._pinned.pop(name, None)
         self._build_indexes(table, table_plan, name)
-        return written
+        return converted.written
 
     # A partitioned restore (aibackup.partitioned_restore): workers write fragment files, the driver commits
     # them as one version (.fragments). merge needs merge_insert: one process.
@@ -432,30 +418,15 @@ class LanceDBConnector(VectorConnector):
     def load_partition(
         self, plan: ImportPlan, load: Mapping[str, Any], number: int, batches: Iterable[pa.RecordBatch]
     ) -> tuple[int, list[dict[str, Any]]]:
-        table_plan: TablePlan = plan.extra["table"]
-        writer = TableBatches(table_plan, plan.target.name)
-        written = 0
-        failed: list[BaseException] = []
-
-        def converted() -> Iterator[pa.RecordBatch]:
-            nonlocal written
-            try:
-                for batch in batches:
-                    out = writer.convert(plan.transform(batch))
-                    written += out.num_rows
-                    yield out
-            except BaseException as exc:  # Lance turns it into a RuntimeError: kept to raise as it was
-                failed.append(exc)
-                raise
-
+        converted = Converted(plan, batches)
         try:
             with self._database.errors("write the fragments of", plan.target.name):
-                receipt = fragments.write(str(load["uri"]), table_plan.schema, converted())
+                receipt = fragments.write(str(load["uri"]), converted.reader())
         except AibackupError:
-            if failed:
-                raise failed[0] from None
+            if converted.failed is not None:
+                raise converted.failed from None
             raise
-        return written, receipt
+        return converted.written, receipt
 
     def finish_load(self, plan: ImportPlan, load: Mapping[str, Any], rows: int, receipts: Sequence[Any]) -> int:
         """Commit every worker's fragments as one version replacing the table, check ``count_rows()``,

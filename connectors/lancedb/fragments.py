@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,14 +60,14 @@ def scan(dataset: Any, fragments: Sequence[int], batch_rows: int) -> Iterator[pa
     yield from scanner.to_batches()
 
 
-def write(uri: str, schema: pa.Schema, batches: Iterable[pa.RecordBatch]) -> list[dict[str, Any]]:
-    """Write `batches` as new fragment files of the dataset at `uri` (made or not), committing nothing;
-    the fragments' metadata as JSON, for :func:`commit`."""
+def write(uri: str, reader: pa.RecordBatchReader) -> list[dict[str, Any]]:
+    """Write `reader`'s batches as new fragment files of the dataset at `uri` (made or not), committing
+    nothing; the fragments' metadata as JSON, for :func:`commit`."""
     lance = lance_module()
     assert lance is not None, "checked by the connector"
     from lance.fragment import write_fragments
 
-    reader = pa.RecordBatchReader.from_batches(schema, batches)
+    schema = reader.schema
     written = write_fragments(reader, uri, schema=schema, mode="overwrite", max_rows_per_file=ROWS_PER_FILE)
     return [f.to_json() for f in written]
 

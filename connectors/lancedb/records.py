@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
-from aibackup.connectors.base import DatasetDescription
+from aibackup.connectors.base import DatasetDescription, ImportPlan
 from aibackup.connectors.lancedb import ids
 from aibackup.connectors.lancedb.client import Database
 from aibackup.connectors.lancedb.jsontext import metadata_texts
@@ -267,6 +267,34 @@ def nan_rows(array: pa.Array) -> np.ndarray:
     parents = pc.list_parent_indices(array).to_numpy(zero_copy_only=False)
     rows[parents[inner]] = True
     return rows
+
+
+class Converted:
+    """The table's batches for a restore's canonical `batches` (the plan's transform, then
+    :class:`TableBatches`), read through :meth:`reader` by LanceDB or Lance: counts the rows given
+    (``written``) and keeps the exception a batch raised (``failed``), which they turn into a RuntimeError:
+    the caller raises it as it was."""
+
+    def __init__(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> None:
+        self.plan = plan
+        self.table: TablePlan = plan.extra["table"]
+        self._batches = batches
+        self.written = 0
+        self.failed: BaseException | None = None
+
+    def reader(self) -> pa.RecordBatchReader:
+        return pa.RecordBatchReader.from_batches(self.table.schema, self._stream())
+
+    def _stream(self) -> Iterator[pa.RecordBatch]:
+        writer = TableBatches(self.table, self.plan.target.name)
+        try:
+            for batch in self._batches:
+                out = writer.convert(self.plan.transform(batch))
+                self.written += out.num_rows
+                yield out
+        except BaseException as exc:
+            self.failed = exc
+            raise
 
 
 def canonical(
