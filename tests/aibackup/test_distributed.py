@@ -88,18 +88,23 @@ def test_workers_and_a_scheduler_are_one_or_the_other(postgres: Postgres, tmp_pa
 
 
 class KillOnce(WorkerPlugin):
-    """A Dask worker plugin (the test's, run in the workers): the first worker to start a partition task
-    dies there, once (a marker file says it happened), as a machine lost mid-backup would."""
+    """A Dask worker plugin (the test's, run in the workers): the first worker to start a `task` (a task
+    function's name) dies there, once (a marker file says it happened), as a machine lost mid-backup
+    would; with `finished`, as the task finishes instead, before the scheduler has its result (Dask then
+    runs it again elsewhere, over what it wrote)."""
 
     name = "kill-once"
 
-    def __init__(self, marker: str) -> None:
+    def __init__(self, marker: str, task: str = "write_partition", *, finished: bool = False) -> None:
         self.marker = marker
+        self.task = task
+        self.finished = finished
 
     def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
         import os
 
-        if finish == "executing" and "write_partition" in str(key):
+        moment = start == "executing" if self.finished else finish == "executing"
+        if moment and self.task in str(key):
             try:
                 fd = os.open(self.marker, os.O_CREAT | os.O_EXCL)
             except FileExistsError:
@@ -137,21 +142,22 @@ def test_a_worker_that_dies_is_replaced_and_the_backup_is_whole(
 
 
 class HoldAll(WorkerPlugin):
-    """A Dask worker plugin (the test's): every partition task waits before it starts (leaving a "held"
-    file) until a "release" file appears, so the backup is still waiting for its tasks when the test
-    interrupts it. (A task holding its worker's event loop also holds that worker's other tasks' results:
-    letting one run first would not be reported in time.)"""
+    """A Dask worker plugin (the test's): every `task` (a task function's name: a partition) waits before
+    it starts (leaving a "held" file) until a "release" file appears, so the backup or restore is still
+    waiting for its tasks when the test interrupts it. (A task holding its worker's event loop also holds
+    that worker's other tasks' results: letting one run first would not be reported in time.)"""
 
     name = "hold-all"
 
-    def __init__(self, folder: str) -> None:
+    def __init__(self, folder: str, task: str = "write_partition") -> None:
         self.folder = folder
+        self.task = task
 
     def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
         import os
         import time
 
-        if finish != "executing" or "write_partition" not in str(key):
+        if finish != "executing" or self.task not in str(key):
             return
         open(os.path.join(self.folder, "held"), "a").close()
         deadline = time.monotonic() + 120

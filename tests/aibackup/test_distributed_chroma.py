@@ -49,21 +49,8 @@ def test_a_partitioned_backup_and_restore_of_a_chroma_server(chroma_server: Serv
     assert len(spread["parts"]) >= 2
 
     restored = f"{name}-back"
-    report = ok(
-        cli(
-            "restore",
-            "latest",
-            "--repo",
-            str(many),
-            "--to",
-            uri,
-            "--collection",
-            f"{name}={restored}",
-            "--workers",
-            "2",
-            "--json",
-        )
-    ).json()
+    args = ("restore", "latest", "--repo", str(many), "--to", uri, "--collection", f"{name}={restored}")
+    report = ok(cli(*args, "--workers", "2", "--json")).json()
     (dataset,) = report["datasets"]
     assert dataset["ok"], dataset["checks"]
     assert any(n.startswith("partitioned:") for n in dataset["notes"]), dataset["notes"]

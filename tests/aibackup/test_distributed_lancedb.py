@@ -55,9 +55,8 @@ def test_a_partitioned_backup_and_restore_of_lancedb_are_the_one_process_ones(tm
 
     # The partitioned bundle (several parts) restored by two workers: one commit, the table as it was.
     target = tmp_path / "target"
-    restored = ok(
-        cli("restore", "latest", "--repo", str(many), "--to", f"lancedb:{target}", "--workers", "2", "--json")
-    )
+    args = ("restore", "latest", "--repo", str(many), "--to", f"lancedb:{target}")
+    restored = ok(cli(*args, "--workers", "2", "--json"))
     (dataset,) = restored.json()["datasets"]
     assert dataset["ok"], dataset["checks"]
     assert any(n.startswith("partitioned:") for n in dataset["notes"]), dataset["notes"]
@@ -70,36 +69,9 @@ def test_a_partitioned_backup_and_restore_of_lancedb_are_the_one_process_ones(tm
     assert len(data_version) == 3  # the one commit of every fragment, then the two indexes
 
     # overwrite replaces it in one version; merge is a one-process restore, and says so.
-    ok(
-        cli(
-            "restore",
-            "latest",
-            "--repo",
-            str(many),
-            "--to",
-            f"lancedb:{target}",
-            "--workers",
-            "2",
-            "--mode",
-            "overwrite",
-        )
-    )
+    ok(cli(*args, "--workers", "2", "--mode", "overwrite"))
     assert rows_by_id(database(target).open_table("docs")).equals(rows_by_id(table))
-    merged = ok(
-        cli(
-            "restore",
-            "latest",
-            "--repo",
-            str(many),
-            "--to",
-            f"lancedb:{target}",
-            "--workers",
-            "1",
-            "--mode",
-            "merge",
-            "--json",
-        )
-    ).json()
+    merged = ok(cli(*args, "--workers", "1", "--mode", "merge", "--json")).json()
     assert any(
         "restored in one process: a lancedb target takes a partitioned restore in mode" in n
         for n in merged["datasets"][0]["notes"]

@@ -6,15 +6,14 @@ damaged part, a worker that dies after its partition committed, and Ctrl-C leave
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from distributed import WorkerPlugin
 
 from aibackup.connectors.pgvector import reading
-from tests.aibackup.test_distributed import seeded
+from tests.aibackup import test_distributed
+from tests.aibackup.test_distributed import HoldAll, KillOnce, seeded
 from tests.conftest import Postgres
 from tests.helpers import Cli, manifest_json, ok, one_line_error
 
@@ -126,41 +125,20 @@ def test_a_table_of_other_columns_in_the_way_is_refused_and_kept(
         assert conn.execute(kept + " AND attnum = 2").fetchone()[0] == "vector(3)"
 
 
-class KillAfterCommit(WorkerPlugin):
-    """A Dask worker plugin (the test's): the first worker to finish a load task dies right then, once,
-    before the scheduler has its result: Dask runs the task again elsewhere, over rows already committed."""
-
-    name = "kill-after-commit"
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
-        import os
-
-        if start == "executing" and "load_partition" in str(key):
-            try:
-                fd = os.open(self.marker, os.O_CREAT | os.O_EXCL)
-            except FileExistsError:
-                return
-            os.close(fd)
-            os._exit(1)
-
-
 def test_a_task_run_again_after_its_worker_died_loads_its_rows_once(
     postgres: Postgres, tmp_path: Path, bundle: Path, cli: Cli
 ) -> None:
     import cloudpickle
     from dask.distributed import Client, LocalCluster
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(test_distributed)  # its worker plugins travel by value
     marker = tmp_path / "killed"
     db = postgres.database("rkill")
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        client.register_plugin(KillAfterCommit(str(marker)))
+        client.register_plugin(KillOnce(str(marker), "load_partition", finished=True))
         result = ok(
             cli(
                 "restore",
@@ -180,26 +158,6 @@ def test_a_task_run_again_after_its_worker_died_loads_its_rows_once(
     assert rows == ROWS and not left
 
 
-class HoldLoads(WorkerPlugin):
-    """Every load task waits before it starts (leaving a "held" file) until a "release" file appears."""
-
-    name = "hold-loads"
-
-    def __init__(self, folder: str) -> None:
-        self.folder = folder
-
-    def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
-        import os
-        import time
-
-        if finish != "executing" or "load_partition" not in str(key):
-            return
-        open(os.path.join(self.folder, "held"), "a").close()
-        deadline = time.monotonic() + 120
-        while not os.path.exists(os.path.join(self.folder, "release")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
 def test_ctrl_c_cancels_the_loads_and_removes_the_load_schema(
     postgres: Postgres, tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -208,7 +166,7 @@ def test_ctrl_c_cancels_the_loads_and_removes_the_load_schema(
 
     from aibackup import api
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cloudpickle.register_pickle_by_value(test_distributed)  # its worker plugins travel by value
     flags = tmp_path / "flags"
     flags.mkdir()
     db = postgres.database("rctrlc")
@@ -224,7 +182,7 @@ def test_ctrl_c_cancels_the_loads_and_removes_the_load_schema(
     local = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     try:
         with local as cluster, Client(cluster) as client:
-            client.register_plugin(HoldLoads(str(flags)))
+            client.register_plugin(HoldAll(str(flags), "load_partition"))
             monkeypatch.setattr(Client, "gather", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 api.Repository.open(str(bundle)).restore(to=postgres.uri(db), dask=cluster.scheduler_address)
