@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from aibackup.bundle_reader import BundleReader
-from aibackup.connectors.base import Connector, ImportPlan, Location
+from aibackup.connectors.base import Connector, ImportPlan, Location, balanced_runs
 from aibackup.connectors.registry import open_connector
 from aibackup.distributed import PER_WORKER, RETRIES, Cluster
 from aibackup.errors import IntegrityError
@@ -55,17 +55,7 @@ def why_not(dataset: DatasetManifest, target: type[Connector], location: Locatio
 
 def groups(parts: Sequence[PartEntry], count: int) -> list[tuple[PartEntry, ...]]:
     """`parts` in at most `count` contiguous groups of about equal bytes (none empty)."""
-    count = max(1, min(count, len(parts)))
-    total = sum(p.bytes for p in parts) or 1
-    out: list[list[PartEntry]] = [[]]
-    done = 0
-    for part in parts:
-        # Start the next group once this one holds its share, while parts remain for the groups left.
-        if out[-1] and done >= total * len(out) / count and len(out) < count:
-            out.append([])
-        out[-1].append(part)
-        done += part.bytes
-    return [tuple(g) for g in out]
+    return [tuple(parts[i] for i in run) for run in balanced_runs([p.bytes for p in parts], count)]
 
 
 @dataclass(frozen=True)

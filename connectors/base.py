@@ -20,6 +20,7 @@ restores the whole dataset.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -351,6 +352,22 @@ class Partitioning:
     partitions: tuple[Mapping[str, Any], ...]
     options: Mapping[str, Any]
     how: str
+
+
+def balanced_runs(weights: Sequence[int], count: int) -> list[range]:
+    """The positions of `weights` in at most `count` contiguous runs of about equal weight, none empty: a
+    partition's parts, fragments, ... (a run ends once it holds its share, while items remain for the
+    runs left)."""
+    count = max(1, min(count, len(weights)))
+    total = sum(weights) or 1
+    starts = [0]
+    done = 0
+    for i, weight in enumerate(weights):
+        if i > starts[-1] and done >= total * len(starts) / count and len(starts) < count:
+            starts.append(i)
+        done += weight
+    bounds = [*starts, len(weights)]
+    return [range(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 class ChunkedConnector(Connector):

@@ -22,6 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from aibackup.connectors.base import balanced_runs
+
 #: Rows per Lance data file a restore's worker writes (LanceDB's own default: 1M).
 ROWS_PER_FILE = 1 << 20
 
@@ -40,17 +42,8 @@ def split(dataset: Any, wanted: int) -> list[dict[str, Any]]:
     groups of about equal rows: ``{"fragments": [ids], "rows": n}`` each, none empty."""
     counts = [(f.fragment_id, int(f.count_rows())) for f in dataset.get_fragments()]
     counts = [(i, n) for i, n in counts if n]
-    total = sum(n for _, n in counts) or 1
-    wanted = max(1, min(wanted, len(counts)))
-    groups: list[dict[str, Any]] = [{"fragments": [], "rows": 0}]
-    done = 0
-    for fragment, rows in counts:
-        if groups[-1]["rows"] and done >= total * len(groups) / wanted and len(groups) < wanted:
-            groups.append({"fragments": [], "rows": 0})
-        groups[-1]["fragments"].append(fragment)
-        groups[-1]["rows"] += rows
-        done += rows
-    return [g for g in groups if g["fragments"]]
+    runs = balanced_runs([n for _, n in counts], wanted) if counts else []
+    return [{"fragments": [counts[i][0] for i in run], "rows": sum(counts[i][1] for i in run)} for run in runs]
 
 
 def scan(dataset: Any, fragments: Sequence[int], batch_rows: int) -> Iterator[pa.RecordBatch]:
