@@ -15,7 +15,15 @@ from aibackup.errors import BundleNotFoundError, NotARepositoryError, UsageError
 from tests.helpers import Cli, ok, seed_chroma
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "python-api.md"
-VOLATILE = {"seconds", "load_seconds", "check_seconds", "validate_seconds", "rto_seconds", "recorded_at"}
+VOLATILE = {
+    "seconds",
+    "load_seconds",
+    "check_seconds",
+    "verify_seconds",
+    "validate_seconds",
+    "rto_seconds",
+    "recorded_at",
+}
 
 
 def masked(doc: Any, **also: str) -> Any:
