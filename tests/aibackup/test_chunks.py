@@ -325,7 +325,10 @@ def test_prune_counts_references_pack_by_pack(tmp_path: Path, monkeypatch: pytes
     monkeypatch.setattr(aibackup.chunk_writer, "PACK_BYTES", MiB)
     src = tmp_path / "model"
     write_model(src / "a.safetensors", {"a": weights(768, 1)})
-    write_model(src / "b.safetensors", {"b": weights(768, 2)})
+    # B is 8 MiB: the pack holding A's last chunk takes B's chunks only until it passes 1 MiB (at most
+    # 1 MiB + one 4 MiB chunk), so some pack holds B alone whatever the repository's keyed boundaries are
+    # (at 3 MiB, B could be one chunk sharing A's last pack: a run failed so).
+    write_model(src / "b.safetensors", {"b": weights(2048, 2)})
     backup(src)
     v1_packs = packs()
     assert len(v1_packs) >= 3
