@@ -90,13 +90,14 @@ class BundleReader:
         yield from self._live(dataset.parts, dataset_schema(dataset), batch_rows, columns, self.removed(dataset))
 
     def part_records(
-        self, dataset: DatasetManifest, part: PartEntry, batch_rows: int = 8192
+        self, dataset: DatasetManifest, part: PartEntry, batch_rows: int = 8192, columns: Sequence[str] | None = None
     ) -> Iterator[pa.RecordBatch]:
         """The records of one record part of `dataset`, a dataset that is not chained (in a chain, a later
-        link's tombstones may remove them), checked as :meth:`batches` checks them."""
+        link's tombstones may remove them), checked as :meth:`batches` checks them (only `columns`, when
+        given)."""
         if dataset.chained:
             raise ValueError(f"dataset {dataset.name!r} is chained: its parts are read with batches()")
-        yield from self._part_batches(part, dataset_schema(dataset), batch_rows, None)
+        yield from self._part_batches(part, dataset_schema(dataset), batch_rows, columns)
 
     def removed(self, dataset: DatasetManifest) -> Removed | None:
         """The records a chained dataset's tombstones remove (None for a dataset that is not chained)."""

@@ -22,11 +22,13 @@ spilled to temporary Parquet files when large, and compared bucket by bucket.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -34,13 +36,13 @@ import pyarrow.parquet as pq
 
 from aibackup.bundle_reader import BundleReader
 from aibackup.connectors import layouts
-from aibackup.connectors.base import Connector, ImportPlan, VectorConnector
+from aibackup.connectors.base import Connector, DatasetDescription, ImportPlan, VectorConnector
 from aibackup.errors import AibackupError
-from aibackup.manifests.digest import DatasetDigest, record_digests
+from aibackup.manifests.digest import DIGEST_ALGORITHM, DatasetDigest, record_digests
 from aibackup.manifests.model import DatasetManifest
 from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions
-from aibackup.search_check import search_checks
+from aibackup.search_check import SearchSpread, search_checks
 
 TOLERANCE = 1e-6
 #: Bytes of (id, digest, tolerated vectors) per bucket; above one bucket each side spills to Parquet runs.
@@ -55,15 +57,19 @@ def prove(
     dataset: DatasetManifest,
     options: CheckOptions | None = None,
     layout: layouts.Applied | None = None,
+    spread: Spread | None = None,
 ) -> list[Check]:
     """Run every check of a restored dataset; returns them in report order (never raises for a mismatch).
-    With an application `layout` written, a ``layout`` check reads both sides as the framework does."""
+    With an application `layout` written, a ``layout`` check reads both sides as the framework does. With
+    `spread` (a partitioned restore), the record comparison takes its two sides from the cluster's workers
+    (see :class:`Spread`); the search and layout checks still read the bundle here."""
     options = options or CheckOptions()
     merge = plan.mode == "merge"
     # One pass over the bundle also recomputes its own digest and counts the records the target should
     # hold after the plan's mapping (a lossy mapping may drop some, say a symlink that points out).
     bundle_digest = DatasetDigest(algorithm=dataset.digest_algorithm)
     wanted = [0]
+    exclude = sorted(plan.tolerances)
 
     def expected(digest: DatasetDigest | None = None) -> Iterator[pa.RecordBatch]:
         for batch in reader.batches(dataset):
@@ -73,14 +79,29 @@ def prove(
                 wanted[0] += mapped.num_rows
             yield mapped
 
+    def expected_slim(side_schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+        """The bundle's side of the comparison, each record hashed once where the bundle's digest and the
+        comparison's are the same hash of the same record (nothing mapped, nothing tolerated)."""
+        for batch in reader.batches(dataset):
+            mapped = plan.transform(batch)
+            digests = bundle_digest.add_batch(batch)
+            wanted[0] += mapped.num_rows
+            same = mapped is batch and not exclude and dataset.digest_algorithm == DIGEST_ALGORITHM
+            yield slim(mapped, exclude, side_schema, digests if same else None)
+
     def drain() -> None:
         for _ in expected(bundle_digest):
             pass
 
     def finish(checks: list[Check], target_rows: int | None, problem: str | None = None) -> list[Check]:
-        ok = (bundle_digest.hexdigest, bundle_digest.rows) == (dataset.digest, dataset.rows)
-        verdict = "matches" if ok else "DIFFERS from"
-        bundle = Check("bundle", ok, f"{bundle_digest.rows} records read, digest {verdict} the manifest")
+        if spread is not None and not bundle_digest.rows:
+            # The workers' digests were added up and matched the manifest before the collection was published.
+            bundle = Check("bundle", True, f"{spread.records} records read by the workers, digest matches the manifest")
+            wanted[0] = spread.wanted
+        else:
+            ok = (bundle_digest.hexdigest, bundle_digest.rows) == (dataset.digest, dataset.rows)
+            verdict = "matches" if ok else "DIFFERS from"
+            bundle = Check("bundle", ok, f"{bundle_digest.rows} records read, digest {verdict} the manifest")
         if target_rows is None:
             return [bundle, Check("rows", False, f"cannot read the target back: {problem}"), *checks]
         dropped = dataset.rows - wanted[0]
@@ -93,20 +114,24 @@ def prove(
     try:
         target = connector.describe([plan.target.name])[0]
     except AibackupError as exc:
-        drain()
+        if spread is None:
+            drain()
         return finish([], None, str(exc))
     if not target.schema.equals(plan.target.schema):
-        drain()
+        if spread is None:
+            drain()
         detail = f"target columns {target.schema.names} differ from the expected {plan.target.schema.names}"
         return finish([Check("content", False, detail)], target.rows)
-    checks = _compare(
-        expected(bundle_digest),
-        connector.export(target),
-        target.schema,
-        plan.tolerances,
-        max(dataset.rows, target.rows),
-        merge,
-    )
+    with Comparison(max(dataset.rows, target.rows), target.schema, plan.tolerances) as comparison:
+        if spread is None:
+            for batch in expected_slim(comparison.schema):
+                comparison.expected.put(batch)
+        else:
+            spread.expected(comparison)
+        if spread is None or not spread.actual(target, comparison):
+            for batch in connector.export(target):
+                comparison.actual.put(slim(batch, exclude, comparison.schema))
+        checks = comparison.checks(merge)
     checks += [Check(name, ok, detail) for name, ok, detail in connector.extra_checks(plan)]
     if layout is not None and layout.source == layout.target and not plan.dropped:
         # One kind of store: the records are written as they were, so the content check is the proof.
@@ -119,8 +144,33 @@ def prove(
         if merge:
             checks.append(Check("search", True, "skipped: in merge mode the target holds records outside the bundle"))
         else:
-            checks += search_checks(connector, plan, target, expected, dataset.baseline, options)
+            checks += search_checks(connector, plan, target, expected, dataset.baseline, options, spread)
     return finish(checks, target.rows)
+
+
+class Spread(SearchSpread, Protocol):
+    """The proof of a partitioned restore (aibackup.partitioned_restore) on its cluster: the workers that
+    loaded the collection brought the bundle's side of the record comparison (each record mapped, then
+    reduced by :func:`slim`) and the baseline's query records; the cluster reads the target's side too,
+    where the restored collection splits, and runs the search check's exact pass over the bundle."""
+
+    @property
+    def records(self) -> int:
+        """The bundle's records the workers read (their digests added up to the manifest's before publishing)."""
+        ...
+
+    @property
+    def wanted(self) -> int:
+        """The records the target should hold after the plan's mapping."""
+        ...
+
+    def expected(self, comparison: Comparison) -> None:
+        """Put the bundle's side into `comparison` (``comparison.expected``)."""
+
+    def actual(self, target: DatasetDescription, comparison: Comparison) -> bool:
+        """Put the target's side, read by the cluster's workers, into `comparison` (``comparison.actual``);
+        False, having put nothing, when the restored collection does not split (the driver reads it)."""
+        ...
 
 
 def _layout_check(
@@ -144,7 +194,11 @@ def _layout_check(
     else:
         expected = (layouts.views(framework, layout.source, b, layout.keys) for b in reader.batches(dataset))
     actual = (layouts.views(framework, layout.target, b, layout.target_keys) for b in restored)
-    ids, same = _compare(expected, actual, pa.schema([]), {}, max(dataset.rows, target_rows), merge)
+    with Comparison(max(dataset.rows, target_rows), pa.schema([]), {}) as comparison:
+        for side, batches in ((comparison.expected, expected), (comparison.actual, actual)):
+            for batch in batches:
+                side.put(slim(batch, [], comparison.schema))
+        ids, same = comparison.checks(merge)
     if not ids.ok:
         return Check("layout", False, f"as {framework} reads them: {ids.detail}")
     if not same.ok:
@@ -165,17 +219,9 @@ class BucketedSide:
         self.name = name
         self.buckets = buckets
         self.folder = folder
-        self.schema = pa.schema(
-            [("id", pa.string()), ("digest", pa.binary(16))] + [(c, t) for c, t in vector_types.items()]
-        )
+        self.schema = slim_schema(vector_types)
         self.memory: list[pa.RecordBatch] = []
         self.writers: list[pq.ParquetWriter | None] = [None] * buckets
-
-    def add(self, batch: pa.RecordBatch, exclude: Sequence[str]) -> None:
-        digests = record_digests(batch, exclude)
-        ids = batch.column("id")
-        columns = [ids, pa.array(digests, pa.binary(16))] + [batch.column(c) for c in exclude]
-        self.put(pa.RecordBatch.from_arrays(columns, schema=self.schema))
 
     def put(self, slim: pa.RecordBatch) -> None:
         """Add records already in this side's schema (id, digest, tolerated vectors) to their buckets."""
@@ -207,6 +253,28 @@ class BucketedSide:
         return pq.read_table(str(self.folder / f"{self.name}-{b:05d}.parquet"))
 
 
+def tolerated(schema: pa.Schema, tolerances: Mapping[str, str]) -> dict[str, pa.DataType]:
+    """The columns of `schema` compared with a tolerance, by name (sorted), with their types."""
+    return {c: schema.field(c).type for c in sorted(tolerances)}
+
+
+def slim_schema(vector_types: Mapping[str, pa.DataType]) -> pa.Schema:
+    """The comparison's record: its id, its digest (vector columns in `vector_types` left out), those columns."""
+    return pa.schema([("id", pa.string()), ("digest", pa.binary(16))] + [(c, t) for c, t in vector_types.items()])
+
+
+def slim(
+    batch: pa.RecordBatch, exclude: Sequence[str], schema: pa.Schema, digests: Sequence[bytes] | None = None
+) -> pa.RecordBatch:
+    """`batch` (canonical) as the comparison's records of `schema` (:func:`slim_schema`): each record's
+    digest with the `exclude` columns left out, and those columns as they are. `digests`: the records'
+    digests already computed (``record_digests(batch, exclude)``)."""
+    if digests is None:
+        digests = record_digests(batch, exclude)
+    columns = [batch.column("id"), pa.array(digests, pa.binary(16))] + [batch.column(c) for c in exclude]
+    return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+
 def _bucket(record_id: str, buckets: int) -> int:
     h = hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(h, "little") % buckets
@@ -225,28 +293,41 @@ def _row_bytes(typ: pa.DataType) -> int:
     return 64
 
 
-def _compare(
-    expected: Iterable[pa.RecordBatch],
-    actual: Iterable[pa.RecordBatch],
-    schema: pa.Schema,
-    tolerances: Mapping[str, str],
-    rows: int,
-    merge: bool,
-) -> list[Check]:
-    exclude = sorted(tolerances)
-    vector_types = {c: schema.field(c).type for c in exclude}
-    buckets = bucket_count(rows, vector_types)
-    tally = _Tally()
-    with tempfile.TemporaryDirectory(prefix="aibackup-check-") as tmp:
-        folder = Path(tmp) if buckets > 1 else None
-        exp = BucketedSide("expected", buckets, folder, vector_types)
-        act = BucketedSide("actual", buckets, folder, vector_types)
-        for side, stream in ((exp, expected), (act, actual)):
-            for batch in stream:
-                side.add(batch, exclude)
-        for b in range(buckets):
-            tally.compare(exp.bucket(b), act.bucket(b), tolerances)
-    return tally.checks(merge)
+class Comparison:
+    """Both sides of one record comparison, bucketed by id (spilled to a temporary folder when large), for
+    `rows` records at most per side, `tolerances` naming the columns compared with a tolerance (their types
+    from `schema`). Put each side's :func:`slim` records, then :meth:`checks`; a context manager (the
+    folder is removed on exit)."""
+
+    def __init__(self, rows: int, schema: pa.Schema, tolerances: Mapping[str, str]) -> None:
+        self.tolerances = dict(tolerances)
+        self.exclude = sorted(tolerances)
+        vector_types = tolerated(schema, tolerances)
+        self.schema = slim_schema(vector_types)
+        self.buckets = bucket_count(rows, vector_types)
+        self._tmp = tempfile.TemporaryDirectory(prefix="aibackup-check-") if self.buckets > 1 else None
+        folder = Path(self._tmp.name) if self._tmp is not None else None
+        self.expected = BucketedSide("expected", self.buckets, folder, vector_types)
+        self.actual = BucketedSide("actual", self.buckets, folder, vector_types)
+
+    def checks(self, merge: bool) -> list[Check]:
+        """The ``ids`` and ``content`` checks, bucket by bucket."""
+        tally = _Tally()
+        for b in range(self.buckets):
+            tally.compare(self.expected.bucket(b), self.actual.bucket(b), self.tolerances)
+        return tally.checks(merge)
+
+    def __enter__(self) -> Comparison:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for side in (self.expected, self.actual):
+            for writer in side.writers:
+                if writer is not None:
+                    with contextlib.suppress(Exception):
+                        writer.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
 
 class _Tally:

@@ -86,6 +86,19 @@ class ExactTopK:
         fresh = id_values[np.maximum(idx - kept, 0)]
         self.best_ids = fresh if previous is None else np.where(idx < kept, previous, fresh)
 
+    def merge(self, other: ExactTopK) -> None:
+        """Take in what `other` (the same queries, k, metric and watched ids) found in records this one did
+        not see: a pass split over partitions gives the one pass's top-k (up to ties at the k-th)."""
+        self.seen.update(other.seen)
+        d = np.concatenate([self.best_d, other.best_d], axis=1)
+        keep = min(self.k, d.shape[1])
+        if keep == 0:
+            return
+        ids = np.concatenate([self.best_ids, other.best_ids], axis=1)
+        idx = np.argpartition(d, keep - 1, axis=1)[:, :keep]
+        self.best_d = np.take_along_axis(d, idx, axis=1)
+        self.best_ids = np.take_along_axis(ids, idx, axis=1)
+
     def top(self) -> list[list[str]]:
         """The exact top-k ids of each query, nearest first."""
         order = np.argsort(self.best_d, axis=1, kind="stable")

@@ -208,7 +208,15 @@ def run_restore(
                     try:
                         results.append(
                             _restore_one(
-                                connector, reader, dataset, plan, check_options, applied[dataset.name], loaded, on
+                                connector,
+                                reader,
+                                dataset,
+                                plan,
+                                check_options,
+                                applied[dataset.name],
+                                loaded.get(dataset.name),
+                                on,
+                                target_uri,
                             )
                         )
                     except AibackupError as exc:
@@ -280,23 +288,29 @@ def _restore_one(
     plan: ImportPlan,
     check_options: CheckOptions | None,
     layout: layouts.Applied | None,
-    loads: Mapping[str, partitioned_restore.Load],
+    load: partitioned_restore.Load | None,
     on: distributed.Cluster | None,
+    target_uri: str,
 ) -> DatasetResult:
+    """Load one collection (or publish what the cluster's workers loaded: `load`) and prove it (the record
+    comparison of a partitioned one spread over the cluster too)."""
     started = time.perf_counter()
-    load = loads.get(dataset.name)
+    spread = None
     if load is not None:  # validated and loaded by the cluster's workers: published here
         assert on is not None and load.loss is not None
         loss = load.loss
         rows = load.publish(connector)
         plan = replace(plan, notes=(*plan.notes, load.note(on)))
+        spread = load.proof(on, target_uri)
     else:
         # The loss is tallied on the import pass: a connector's mapping may depend on what its validation saw
         # (the config connector learns there which symlinks lead out and are left out).
         loss = LossTally(plan)
         rows = connector.import_(plan, loss.watch(prefetch(reader.batches(dataset))))
     loaded = time.perf_counter()
-    checks = prove(connector, plan, reader, dataset, check_options, layout)
+    checks = prove(connector, plan, reader, dataset, check_options, layout, spread)
+    if spread is not None:
+        plan = replace(plan, notes=(*plan.notes, spread.note))
     return DatasetResult(
         name=dataset.name,
         target=plan.target.name,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +60,20 @@ class _Probe:
     failed: str | None = None
 
 
+class SearchSpread(Protocol):
+    """The bundle's side of the search checks read by a partitioned restore's cluster: the query records,
+    and the exact pass over every record."""
+
+    def query_records(self) -> Iterator[pa.RecordBatch]:
+        """The bundle's records (after the plan's mapping) whose ids are the baseline's queries."""
+        ...
+
+    def exact(self, searches: Sequence[ExactTopK], columns: Sequence[str]) -> list[ExactTopK]:
+        """`searches` (one per vector column of `columns`, nothing added yet) filled with every record of
+        the bundle after the plan's mapping."""
+        ...
+
+
 def search_checks(
     connector: VectorConnector,
     plan: ImportPlan,
@@ -67,9 +81,11 @@ def search_checks(
     expected: Callable[[], Iterator[pa.RecordBatch]],
     baseline: SearchBaseline | None,
     options: CheckOptions,
+    spread: SearchSpread | None = None,
 ) -> list[Check]:
     """The search checks of a restored collection (see the module docstring); `expected` streams the
-    bundle after the plan's mapping. Two passes over it whatever the number of vectors."""
+    bundle after the plan's mapping. Two passes over it whatever the number of vectors, or none here
+    with `spread` where every vector has a baseline (its queries are found by their ids)."""
     dense = plan.target.config.dense
     single = len(dense) == 1
     out = [Check(_name(d, single), True, "skipped: multivector (digests cover it)") for d in dense if d.multivector]
@@ -79,11 +95,18 @@ def search_checks(
     if options.queries == 0:
         return out + [Check(_name(s, single), True, "skipped (--queries 0)") for s in specs]
     probes = [_probe(spec, _name(spec, single), baseline, plan, options) for spec in specs]
-    _find_queries(probes, expected)
+    # Sampled queries are found by their position in the bundle: only a pass over all of it finds them.
+    spread = spread if all(p.baseline is not None for p in probes) else None
+    _find_queries(probes, expected if spread is None else spread.query_records)
     for probe in probes:
         _search_target(connector, plan.target.name, probe, options.k)
     live = [p for p in probes if p.search is not None]
-    if live:
+    searches = [p.search for p in live if p.search is not None]
+    if live and spread is not None:
+        filled = spread.exact(searches, [dense_column(p.spec.name) for p in live])
+        for probe, search in zip(live, filled, strict=True):
+            probe.search = search
+    elif live:
         for batch in expected():
             for probe in live:
                 assert probe.search is not None

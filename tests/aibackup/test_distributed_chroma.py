@@ -54,6 +54,8 @@ def test_a_partitioned_backup_and_restore_of_a_chroma_server(chroma_server: Serv
     (dataset,) = report["datasets"]
     assert dataset["ok"], dataset["checks"]
     assert any(n.startswith("partitioned:") for n in dataset["notes"]), dataset["notes"]
+    assert any(n.startswith("proof: the target read back by") and "listing" in n for n in dataset["notes"])
+    assert {c["name"]: c["detail"] for c in dataset["checks"]}["ids"] == f"all {ROWS} ids match"
     assert contents(chroma_server, restored) == contents(chroma_server, name)
 
 

@@ -60,8 +60,11 @@ def test_a_partitioned_backup_and_restore_of_lancedb_are_the_one_process_ones(tm
     (dataset,) = restored.json()["datasets"]
     assert dataset["ok"], dataset["checks"]
     assert any(n.startswith("partitioned:") for n in dataset["notes"]), dataset["notes"]
+    # The restored table's fragments read back by the workers for the proof.
+    assert any(n.startswith("proof: the target read back by") and "fragments" in n for n in dataset["notes"])
     checks = {c["name"]: c for c in dataset["checks"]}
     assert "2 rebuilt" in checks["indexes"]["detail"]
+    assert checks["content"]["ok"] and checks["ids"]["detail"] == f"all {ROWS} ids match"
     back = database(target).open_table("docs")
     assert back.schema.equals(table.schema, check_metadata=True)
     assert rows_by_id(back).equals(rows_by_id(table))

@@ -54,12 +54,25 @@ def missing(server: Postgres, db: str, table: str = "items") -> bool:
 
 def test_a_partitioned_restore_is_the_one_process_restore(postgres: Postgres, bundle: Path, cli: Cli) -> None:
     one, many = postgres.database("rone"), postgres.database("rmany")
-    ok(cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(one)))
+    alone = ok(cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(one), "--json"))
     result = ok(cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(many), "--workers", "2", "--json"))
     (dataset,) = result.json()["datasets"]
     assert dataset["ok"] and dataset["rows"] == ROWS
     assert any(n.startswith("partitioned:") and "2 Dask worker(s)" in n for n in dataset["notes"]), dataset["notes"]
-    assert {c["name"] for c in dataset["checks"]} >= {"content", "definition"}
+    # The proof's record comparison was spread too: the bundle's side from the load tasks, the table's read
+    # back by tasks of block ranges.
+    assert any(n.startswith("proof: the target read back by") and "block range" in n for n in dataset["notes"])
+    checks = {c["name"]: c for c in dataset["checks"]}
+    assert checks.keys() >= {"content", "definition"}
+    assert "records read by the workers" in checks["bundle"]["detail"]
+    assert checks["content"]["detail"].startswith(f"all {ROWS} records identical")
+    # The search check's exact pass over the bundle ran on the workers, and judged the source's recorded
+    # answers as the one-process restore's pass did (the targets' own answers may differ: two HNSW builds).
+    assert any("the search check's exact pass over the bundle by" in n for n in dataset["notes"])
+    (single_search,) = [c for c in alone.json()["datasets"][0]["checks"] if c["name"] == "search"]
+    assert checks["search"]["ok"] and checks["search"]["measures"]["rule"] == single_search["measures"]["rule"]
+    assert checks["search"]["measures"]["source_recall"] == single_search["measures"]["source_recall"]
+    assert checks["search"]["measures"]["queries"] == single_search["measures"]["queries"] > 0
     single, spread = table_state(postgres, one), table_state(postgres, many)
     assert spread == single and spread[0] == ROWS and spread[2] == []
     # The recorded indexes and keys were made once, after the rows: the definition check compared them.
@@ -78,6 +91,57 @@ def test_a_partitioned_restore_is_the_one_process_restore(postgres: Postgres, bu
     assert rows == ROWS + 1 and not left
     ok(cli(*args, "--mode", "overwrite"))
     assert table_state(postgres, many) == single
+
+
+@pytest.mark.parametrize(
+    ("damage", "check", "says"),
+    [
+        ("UPDATE items SET body = 'changed' WHERE id = 7", "content", "1 of 3000 records differ (e.g. '7')"),
+        ("DELETE FROM items WHERE id = 11", "ids", "1 missing (e.g. '11')"),
+        ("INSERT INTO items SELECT 99999, embedding, body, n FROM items WHERE id = 3", "ids", "1 unexpected"),
+    ],
+)
+def test_the_spread_proof_finds_a_record_changed_after_publishing(
+    postgres: Postgres, bundle: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, damage: str, check: str, says: str
+) -> None:
+    """The table changed between publishing and the proof (as a damaging load would leave it): the
+    workers' comparison fails the restore (exit 1), naming the record."""
+    from aibackup import partitioned_restore
+
+    db = postgres.database("rdamage")
+    publish = partitioned_restore.Load.publish
+
+    def damaging(self: partitioned_restore.Load, connector: object) -> int:
+        rows = publish(self, connector)  # type: ignore[arg-type]
+        with postgres.connect(db) as conn:
+            conn.execute(damage)
+        return rows
+
+    monkeypatch.setattr(partitioned_restore.Load, "publish", damaging)
+    result = cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(db), "--workers", "2", "--json")
+    assert result.code == 1, result.err
+    (dataset,) = result.json()["datasets"]
+    assert any(n.startswith("proof: the target read back by") for n in dataset["notes"])
+    failed = {c["name"]: c["detail"] for c in dataset["checks"] if not c["ok"]}
+    assert check in failed and says in failed[check], failed
+
+
+def test_a_restored_table_that_does_not_split_is_read_back_by_the_restore(
+    postgres: Postgres, bundle: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target opened as a source cannot split the restored table: the restore's process reads it back
+    and compares it with the bundle's side the load tasks brought, and says so."""
+    from aibackup.connectors.pgvector.connector import PgvectorConnector
+
+    monkeypatch.setattr(PgvectorConnector, "partition", lambda self, dataset, wanted: None)
+    db = postgres.database("rnosplit")
+    result = ok(cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(db), "--workers", "2", "--json"))
+    (dataset,) = result.json()["datasets"]
+    assert "proof: the target read back in this process (the restored collection does not split)" in "".join(
+        dataset["notes"]
+    )
+    checks = {c["name"]: c["detail"] for c in dataset["checks"]}
+    assert checks["content"].startswith(f"all {ROWS} records identical") and "by the workers" in checks["bundle"]
 
 
 def test_an_empty_table_of_the_same_columns_is_kept_and_filled(postgres: Postgres, bundle: Path, cli: Cli) -> None:
@@ -162,7 +226,7 @@ def test_ctrl_c_cancels_the_loads_and_removes_the_load_schema(
     postgres: Postgres, tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import cloudpickle
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client, LocalCluster, as_completed
 
     from aibackup import api
 
@@ -170,9 +234,9 @@ def test_ctrl_c_cancels_the_loads_and_removes_the_load_schema(
     flags = tmp_path / "flags"
     flags.mkdir()
     db = postgres.database("rctrlc")
-    gather = Client.gather
+    waiting = as_completed.__next__
 
-    def interrupted(self: Client, futures: object, *args: object, **kwargs: object) -> object:
+    def interrupted(self: as_completed) -> object:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not (flags / "held").exists():
             time.sleep(0.05)
@@ -183,10 +247,11 @@ def test_ctrl_c_cancels_the_loads_and_removes_the_load_schema(
     try:
         with local as cluster, Client(cluster) as client:
             client.register_plugin(HoldAll(str(flags), "load_partition"))
-            monkeypatch.setattr(Client, "gather", interrupted)
+            # Raised where the restore waits for its load tasks' results.
+            monkeypatch.setattr(as_completed, "__next__", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 api.Repository.open(str(bundle)).restore(to=postgres.uri(db), dask=cluster.scheduler_address)
-            monkeypatch.setattr(Client, "gather", gather)
+            monkeypatch.setattr(as_completed, "__next__", waiting)
             assert missing(postgres, db)
             (flags / "release").touch()
     finally:

@@ -38,6 +38,31 @@ def test_exact_top_k_over_batches_equals_a_full_sort(metric: str) -> None:
     assert search.recalls(expected).tolist() == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_searches_over_partitions_merged_are_the_one_pass(metric: str) -> None:
+    """A partitioned restore's exact pass: each worker adds its parts to a copy of the empty search, the
+    driver merges them; the top-k and the watched distances are those of one pass (a partition with no
+    record, or fewer than k, included)."""
+    rng = np.random.default_rng(5)
+    data = rng.standard_normal((600, 8)).astype(np.float32)
+    ids = [f"r{i}" for i in range(len(data))]
+    watch = {"r1", "r350", "r599"}
+    one = ExactTopK(data[[2, 300]], 10, metric, watch)
+    for batch in batches(data, ids, 64):
+        one.add(batch.column("id"), batch.column("vector"))
+    merged = ExactTopK(data[[2, 300]], 10, metric, watch)
+    for lo, hi in ((0, 0), (0, 5), (5, 320), (320, 600)):
+        part = ExactTopK(data[[2, 300]], 10, metric, watch)
+        for batch in batches(data[lo:hi], ids[lo:hi], 64) if hi > lo else []:
+            part.add(batch.column("id"), batch.column("vector"))
+        merged.merge(part)
+    assert merged.top() == one.top()
+    assert merged.seen.keys() == one.seen.keys() == watch
+    assert all(np.array_equal(merged.seen[i], one.seen[i]) for i in watch)
+    answers = [["r1", "r2", "r3"], ["r300", "r350", "r599"]]
+    assert merged.recalls(answers).tolist() == one.recalls(answers).tolist()
+
+
 def test_recall_counts_ties_only_for_watched_answers_and_ignores_repeats() -> None:
     # Twelve records at the same distance from the query: any ten of them are a perfect answer.
     data = np.vstack([np.zeros((1, 4)), np.eye(4), -np.eye(4), [[0, 0, 0, 2]] * 3, [[0.5, 0, 0, 0]]])
