@@ -14,10 +14,11 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import pyarrow as pa
 
-from aibackup import __version__, clock, distributed, filereuse
+from aibackup import __version__, clock, distributed, exact_tasks, filereuse
 from aibackup.baseline import BaselineRecorder, seed_for
 from aibackup.bundle import BundleWriter, PartGroups
 from aibackup.bundle_reader import BundleReader
@@ -466,6 +467,8 @@ def _write_partitioned(
     recorder = BaselineRecorder(connector, description, options.queries, seed)
     if recorder.specs:
         recorder.sampler.merge([w.sampler for w in written])
+    # The baseline's exact pass reads the parts the workers wrote on the workers too.
+    recorder.spread = partial(exact_tasks.exact_on, on, repo.storage.url, options.key_file)
     detector = layouts.Detector(connector.kind)
     detector.merge([w.detector for w in written])
     found = detector.result(getattr(description.config, "native", None))

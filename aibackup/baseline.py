@@ -25,6 +25,7 @@ one vector is a note in the baseline, not a failed backup: that vector's restore
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,9 @@ class BaselineRecorder:
         self.probes: dict[str, _Probe] = {}
         self.golden: GoldenBaseline | None = None
         self.notes: list[str] = []
+        #: the exact pass spread over a cluster (a partitioned backup: ``exact_tasks.exact_on`` less its last
+        #: three arguments); None: :meth:`settle` reads the parts itself
+        self.spread: Callable[[DatasetManifest, list[ExactTopK], list[str]], object] | None = None
 
     def add(self, batch: pa.RecordBatch) -> None:
         if self.specs:
@@ -125,7 +129,9 @@ class BaselineRecorder:
         runs only for vectors whose source search is an exact scan (their answers are the pass's); the
         others keep the source's answers with their recall not measured (None)."""
         passed = {column: p for column, p in self.probes.items() if measure or p.answers is None}
-        if passed:
+        if passed and self.spread is not None:
+            self.spread(dataset, [p.search for p in passed.values()], list(passed))
+        elif passed:
             # Read ahead in a thread: decoding the parts and the distances (numpy) both release the GIL. Small
             # batches keep the float64 copies small (8192-row batches raised a 100k x 384 backup's peak RSS
             # by 45-95 MB; at 2048 rows it is the peak of a backup without a baseline).

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,6 +20,27 @@ from tests.helpers import Cli, manifest_json, ok, one_line_error
 pytestmark = pytest.mark.postgres
 
 ROWS = 3000
+
+
+def exact_answers(repo: Path, baseline: dict[str, Any]) -> list[list[str]]:
+    """The exact top k of the baseline's queries over the latest bundle's records, in one pass here."""
+    import pyarrow as pa
+
+    from aibackup.bundle_reader import BundleReader
+    from aibackup.manifests.vectors import dense_column
+    from aibackup.nearest import ExactTopK, vector_matrix
+    from aibackup.repository import Repository
+
+    repository = Repository.open(str(repo))
+    repository.use_key(repository.key())
+    (dataset,) = repository.resolve(None).datasets
+    table = pa.Table.from_batches(list(BundleReader(repository).batches(dataset)))
+    rows = {rid: n for n, rid in enumerate(table.column("id").to_pylist())}
+    column = table.column(dense_column(baseline["vector"])).combine_chunks()
+    queries = vector_matrix(column)[[rows[q] for q in baseline["queries"]]]
+    search = ExactTopK(queries, len(baseline["answers"][0]), baseline["distance"])
+    search.add(table.column("id").combine_chunks(), column)
+    return [list(answers) for answers in search.top()]
 
 
 def seeded(server: Postgres, tmp_path: Path, what: str, *, bad: bool = False) -> str:
@@ -37,10 +59,20 @@ def seeded(server: Postgres, tmp_path: Path, what: str, *, bad: bool = False) ->
 def test_a_partitioned_backup_is_the_single_process_one(
     postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from aibackup import exact_tasks
+
     monkeypatch.setattr(reading, "PAGE_BYTES", 64 * 1024)  # several block ranges for a small table
     db = seeded(postgres, tmp_path, "same")
     one, many = tmp_path / "one", tmp_path / "many"
     ok(cli("backup", postgres.uri(db), "--repo", str(one)))
+    spread_passes = []
+    exact_on = exact_tasks.exact_on
+
+    def counted(*args: object, **kwargs: object) -> int:
+        spread_passes.append(exact_on(*args, **kwargs))  # type: ignore[arg-type]
+        return spread_passes[-1]
+
+    monkeypatch.setattr(exact_tasks, "exact_on", counted)
     result = ok(cli("backup", postgres.uri(db), "--repo", str(many), "--workers", "2", "--json")).json()
     assert any("partitioned:" in n and "2 Dask worker(s)" in n for n in result["notes"]), result["notes"]
     (single,) = manifest_json(one)["datasets"]
@@ -49,8 +81,11 @@ def test_a_partitioned_backup_is_the_single_process_one(
     names = {Path(p["path"]).name.split("-")[1] for p in spread["parts"]}
     assert len(names) >= 2 and all(n.startswith("p") for n in names)  # parts of several partitions
     assert spread["id_types"] == single["id_types"]
-    # The workers sampled the search baseline's queries on the way (no second read of the parts).
+    # The workers sampled the search baseline's queries on the way (no second read of the parts), and its
+    # exact pass ran as tasks too (the source has no index: its answers are that pass's top 10).
     assert len(spread["baseline"]["vectors"][0]["queries"]) == len(single["baseline"]["vectors"][0]["queries"]) == 100
+    assert spread_passes and spread_passes[0] >= 2
+    assert exact_answers(many, spread["baseline"]["vectors"][0]) == spread["baseline"]["vectors"][0]["answers"]
     assert len(spread["chain"]) == 1 and spread["chain"][0]["rows"] == ROWS  # a chain root, like a full backup
     listed = {p.name for p in (many / "data").rglob("*.parquet")}
     assert listed == {Path(p["path"]).name for p in spread["parts"]} | {
