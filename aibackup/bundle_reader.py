@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aibackup.chains import Removed
+from aibackup.chains import Removed, part_starts
 from aibackup.errors import IntegrityError, UnavailableError, first_line
 from aibackup.manifests.chain import INDEX_SCHEMA, TOMBSTONE_SCHEMA
 from aibackup.manifests.digest import record_digests
@@ -90,14 +90,23 @@ class BundleReader:
         yield from self._live(dataset.parts, dataset_schema(dataset), batch_rows, columns, self.removed(dataset))
 
     def part_records(
-        self, dataset: DatasetManifest, part: PartEntry, batch_rows: int = 8192, columns: Sequence[str] | None = None
+        self,
+        dataset: DatasetManifest,
+        part: PartEntry,
+        batch_rows: int = 8192,
+        columns: Sequence[str] | None = None,
+        removed: Removed | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """The records of one record part of `dataset`, a dataset that is not chained (in a chain, a later
-        link's tombstones may remove them), checked as :meth:`batches` checks them (only `columns`, when
-        given)."""
-        if dataset.chained:
-            raise ValueError(f"dataset {dataset.name!r} is chained: its parts are read with batches()")
-        yield from self._part_batches(part, dataset_schema(dataset), batch_rows, columns)
+        """The live records of one record part of `dataset`, checked as :meth:`batches` checks them (only
+        `columns`, when given). A chained dataset's part needs `removed` (:meth:`removed`, or its share of
+        this part: a later link's tombstones may remove some of its records)."""
+        if dataset.chained and removed is None:
+            raise ValueError(f"dataset {dataset.name!r} is chained: the records its tombstones remove are needed")
+        if removed is None:
+            yield from self._part_batches(part, dataset_schema(dataset), batch_rows, columns)
+            return
+        start = int(part_starts(dataset)[dataset.parts.index(part)])
+        yield from self._live([part], dataset_schema(dataset), batch_rows, columns, removed, start)
 
     def removed(self, dataset: DatasetManifest) -> Removed | None:
         """The records a chained dataset's tombstones remove (None for a dataset that is not chained)."""
@@ -135,10 +144,10 @@ class BundleReader:
         batch_rows: int,
         columns: Sequence[str] | None,
         removed: Removed | None,
+        start: int = 0,
     ) -> Iterator[pa.RecordBatch]:
-        """The batches of `parts`, read one after the other (record ordinals count from the first part's
-        first row, as tombstones do), less the records `removed` names."""
-        start = 0
+        """The batches of `parts`, read one after the other (record ordinals count from `start`, the first
+        part's first row's ordinal in the dataset, as tombstones count), less the records `removed` names."""
         for part in parts:
             for batch in self._part_batches(part, expected, batch_rows, columns):
                 rows = batch.num_rows

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from aibackup.errors import IntegrityError
-from aibackup.manifests.model import DatasetManifest
+from aibackup.manifests.model import DatasetManifest, PartEntry
 
 
 def part_starts(dataset: DatasetManifest) -> np.ndarray:
@@ -62,6 +62,14 @@ class Removed:
         if len(ordinals) > 1 and (np.diff(ordinals) == 0).any():
             raise IntegrityError(f"damaged chain: collection {dataset.name!r} has a record removed twice")
         return cls(ordinals)
+
+    def share(self, dataset: DatasetManifest, parts: Sequence[PartEntry]) -> Removed:
+        """What this removes from `parts`, contiguous record parts of `dataset` (a partition's share;
+        the ordinals stay the dataset's)."""
+        starts = part_starts(dataset)
+        first = dataset.parts.index(parts[0])
+        lo, hi = np.searchsorted(self.ordinals, [starts[first], starts[first + len(parts)]])
+        return Removed(self.ordinals[lo:hi].copy())
 
     def keep(self, start: int, rows: int) -> np.ndarray | None:
         """Which of the `rows` records from ordinal `start` on are live (None: all of them)."""

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aibackup.bundle_reader import BundleReader
+from aibackup.chains import Removed
 from aibackup.connectors.base import Transform, balanced_runs, identity
 from aibackup.distributed import PER_WORKER, RETRIES, Cluster
 from aibackup.manifests.model import DatasetManifest, PartEntry
@@ -47,6 +48,8 @@ class ExactTask:
     transform: Transform
     #: the columns read from the parts (None: every column, for a mapping that needs them)
     read: tuple[str, ...] | None
+    #: an incremental chain's: the records of these parts its later links' tombstones remove
+    removed: Removed | None
 
 
 def exact_pass(task: ExactTask) -> list[ExactTopK]:
@@ -58,7 +61,9 @@ def exact_pass(task: ExactTask) -> list[ExactTopK]:
     with steady_memory(), BundleReader(repo, spool=True) as reader:
         reader.fetch_ahead(task.parts)
         for part in task.parts:
-            records = reader.part_records(task.dataset, part, batch_rows=BATCH_ROWS, columns=task.read)
+            records = reader.part_records(
+                task.dataset, part, batch_rows=BATCH_ROWS, columns=task.read, removed=task.removed
+            )
             for batch in prefetch(records, depth=1):
                 mapped = task.transform(batch)
                 for search, column in zip(searches, task.columns, strict=True):
@@ -74,15 +79,26 @@ def exact_on(
     searches: Sequence[ExactTopK],
     columns: Sequence[str],
     transform: Transform = identity,
+    removed: Removed | None = None,
 ) -> int:
-    """Fill `searches` (nothing added yet; one per vector column of `columns`) with every record of
-    `dataset` (not chained), after `transform`, on `on`'s workers; returns the number of tasks. With the
-    identity mapping the tasks read only the ids and those columns."""
+    """Fill `searches` (nothing added yet; one per vector column of `columns`) with every live record of
+    `dataset` (a chain's: less those `removed`), after `transform`, on `on`'s workers; returns the number of
+    tasks. With the identity mapping the tasks read only the ids and those columns."""
     from dask.distributed import as_completed
 
     read = (ID, *dict.fromkeys(columns)) if transform is identity else None
     tasks = [
-        ExactTask(repository, key_file, dataset, group, tuple(searches), tuple(columns), transform, read)
+        ExactTask(
+            repository,
+            key_file,
+            dataset,
+            group,
+            tuple(searches),
+            tuple(columns),
+            transform,
+            read,
+            removed.share(dataset, group) if removed is not None else None,
+        )
         for group in groups(dataset.parts, on.workers * PER_WORKER)
     ]
     futures = on.client.map(exact_pass, tasks, retries=RETRIES, pure=False)

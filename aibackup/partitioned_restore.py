@@ -2,9 +2,11 @@
 collection published once by the driver, then proven as any restore is.
 
 ``restore --workers N`` / ``--dask ADDRESS`` (the clusters of :func:`aibackup.distributed.cluster`). For
-every selected collection that can be split (a vector collection that is not an incremental chain, into a
-target whose ``Connector.load_modes`` hold the restore's mode), the driver makes the target's load area
-(``Connector.begin_load``) and hands out the collection's parts in contiguous groups, a few per worker.
+every selected collection that can be split (a vector collection of two parts or more, into a target
+whose ``Connector.load_modes`` hold the restore's mode), the driver makes the target's load area
+(``Connector.begin_load``) and hands out the collection's parts in contiguous groups, a few per worker
+(an incremental chain's record parts, every link's, each group with the records of its parts that later
+links' tombstones remove: ``chains.Removed.share``).
 Each task opens the repository and the target itself, from their URLs and its own environment (keys and
 credentials are never task arguments), and for each of its parts: re-hashes it (a damaged part fails the
 task, naming it), streams its records through the dataset digest and the plan's lossy tally into
@@ -35,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from aibackup.bundle_reader import BundleReader
+from aibackup.chains import Removed
 from aibackup.checks import Comparison, slim, slim_schema, tolerated
 from aibackup.connectors.base import Connector, DatasetDescription, ImportPlan, Location
 from aibackup.connectors.registry import open_connector
@@ -58,8 +61,6 @@ def why_not(dataset: DatasetManifest, target: type[Connector], location: Locatio
         return f"a {target.kind} target takes a partitioned restore in mode {' or '.join(modes)}"
     if dataset.kind != "vectors":
         return f"a {dataset.kind} dataset restores in one process"
-    if dataset.chained:
-        return "an incremental chain: a later link's tombstones remove records of earlier parts"
     if len(dataset.parts) < 2:
         return "one part"
     return None
@@ -78,6 +79,8 @@ class LoadTask:
     plan: ImportPlan
     load: Mapping[str, Any]
     number: int
+    #: an incremental chain's: the records of these parts its later links' tombstones remove
+    removed: Removed | None = None
 
 
 def query_ids(dataset: DatasetManifest) -> pa.Array:
@@ -137,7 +140,7 @@ def load_partition(task: LoadTask) -> Loaded:
                         f"refusing to restore: {repo.storage.display(part.path)}: {problem}; nothing was "
                         "written (run `aibackup verify --read-data`)"
                     )
-                for batch in reader.part_records(task.dataset, part):
+                for batch in reader.part_records(task.dataset, part, removed=task.removed):
                     digests = digest.add_batch(batch)
                     mapped = plan.transform(batch)  # per record: load_partition maps this partition alone too
                     expected.append(slim(mapped, exclude, side, digests if same and mapped is batch else None))
@@ -174,6 +177,8 @@ class Load:
     #: the repository and key file the tasks opened (the search check's exact pass reads the parts again)
     repository: str = ""
     key_file: str | None = None
+    #: an incremental chain's: the records its tombstones remove
+    removed: Removed | None = None
 
     def publish(self, connector: Connector) -> int:
         """``Connector.finish_load`` of this collection; the rows written."""
@@ -199,18 +204,33 @@ def loads(
     key_file: str | None,
     target: str,
     load_check: bool,
+    removed: Mapping[str, Removed | None],
 ) -> Iterator[dict[str, Load]]:
     """Load every (dataset, plan) of `jobs` on the cluster and prove their digests; yields them by dataset
     name for the caller to publish (:meth:`Load.publish`), and abandons on the way out every load area not
-    published (all of them when this raises: a failed task, a digest that does not match, Ctrl-C)."""
+    published (all of them when this raises: a failed task, a digest that does not match, Ctrl-C).
+    `removed`: by dataset name, the records an incremental chain's tombstones remove (``BundleReader.removed``,
+    read once here; each task gets its parts' share)."""
     made: dict[str, Load] = {}
     spill = tempfile.TemporaryDirectory(prefix="aibackup-proof-")
     try:
         for dataset, plan in jobs:
             area = connector.begin_load(plan)
-            made[dataset.name] = Load(dataset, plan, area, 0, repository=repository, key_file=key_file)
+            gone = removed.get(dataset.name)
+            made[dataset.name] = Load(dataset, plan, area, 0, repository=repository, key_file=key_file, removed=gone)
         tasks = [
-            LoadTask(repository, key_file, target, load_check, load.dataset, group, load.plan, load.area, number)
+            LoadTask(
+                repository,
+                key_file,
+                target,
+                load_check,
+                load.dataset,
+                group,
+                load.plan,
+                load.area,
+                number,
+                load.removed.share(load.dataset, group) if load.removed is not None else None,
+            )
             for load in made.values()
             for number, group in enumerate(groups(load.dataset.parts, on.workers * PER_WORKER))
         ]
@@ -329,7 +349,9 @@ class Proof:
     def exact(self, searches: Sequence[ExactTopK], columns: Sequence[str]) -> list[ExactTopK]:
         load = self.load
         merged = list(searches)
-        tasks = exact_on(self.on, load.repository, load.key_file, load.dataset, merged, columns, load.plan.transform)
+        tasks = exact_on(
+            self.on, load.repository, load.key_file, load.dataset, merged, columns, load.plan.transform, load.removed
+        )
         self.note += f"; the search check's exact pass over the bundle by {tasks} tasks"
         return merged
 

@@ -161,7 +161,13 @@ def run_restore(
         )
         spread = {name for name, why in alone.items() if why is None}
         verifying = time.perf_counter()
-        _verify_before_writing(reader, repo, manifest, [d for d, _ in selected if d.name not in spread])
+        _verify_before_writing(
+            reader,
+            repo,
+            manifest,
+            [d for d, _ in selected if d.name not in spread],
+            [d for d, _ in selected if d.name in spread],
+        )
         verify_seconds = time.perf_counter() - verifying
         results: list[DatasetResult] = []
         for dataset, _ in selected:  # before the target is opened (opening an embedded store creates it)
@@ -200,9 +206,8 @@ def run_restore(
             for dataset, plan in plans:
                 if dataset.name not in spread:
                     connector.validate_records(plan, prefetch(reader.batches(dataset)))
-            with _loads(on, connector, [(d, p) for d, p in plans if d.name in spread], repo, key_file, target_uri) as (
-                loaded
-            ):
+            jobs = [(d, p) for d, p in plans if d.name in spread]
+            with _loads(on, connector, jobs, reader, key_file, target_uri) as loaded:
                 validate_seconds = time.perf_counter() - validated
                 for dataset, plan in plans:
                     try:
@@ -330,17 +335,25 @@ def _loads(
     on: distributed.Cluster | None,
     connector: Connector,
     jobs: list[tuple[DatasetManifest, ImportPlan]],
-    repo: Repository,
+    reader: BundleReader,
     key_file: str | None,
     target_uri: str,
 ) -> Iterator[Mapping[str, partitioned_restore.Load]]:
-    """The collections of `jobs` loaded by the cluster's workers (none without a cluster or jobs)."""
+    """The collections of `jobs` loaded by the cluster's workers (none without a cluster or jobs); an
+    incremental chain's tombstones are read here, once (their parts re-hashed before)."""
     if on is None or not jobs:
         yield {}
         return
     load_check = bool(connector.options.get("load_check"))
     with partitioned_restore.loads(
-        on, connector, jobs, repository=repo.storage.url, key_file=key_file, target=target_uri, load_check=load_check
+        on,
+        connector,
+        jobs,
+        repository=reader.repo.storage.url,
+        key_file=key_file,
+        target=target_uri,
+        load_check=load_check,
+        removed={d.name: reader.removed(d) for d, _ in jobs},
     ) as made:
         yield made
 
@@ -373,15 +386,21 @@ def _select(manifest: BundleManifest, pairs: list[tuple[str, str]]) -> list[tupl
 
 
 def _verify_before_writing(
-    reader: BundleReader, repo: Repository, manifest: BundleManifest, datasets: list[DatasetManifest]
+    reader: BundleReader,
+    repo: Repository,
+    manifest: BundleManifest,
+    datasets: list[DatasetManifest],
+    spread: Sequence[DatasetManifest] = (),
 ) -> None:
     """Re-hash every part the selected datasets need (a chain's: every link's) and recompute each dataset's
     digest, before the target is opened: damage, or records that do not give the manifest's digest, are
     refused with nothing written. A dataset that is not a chain is digested part by part, each part once
     its hash is proven, while the next ones download (a remote repository's spool fetches ahead): the
     download and the decoding overlap. A chain's records are its links' less their tombstones: digested
-    once every part is proven."""
-    reader.fetch_ahead([part for dataset in datasets for part in dataset.all_parts()])
+    once every part is proven. The `spread` datasets' record parts are a partitioned restore's workers' to
+    re-hash and digest: only their links' other parts (record indexes, tombstones) are re-hashed here."""
+    others = [(d, p) for d in spread for p in d.all_parts() if p not in d.parts]
+    reader.fetch_ahead([p for _, p in others] + [part for dataset in datasets for part in dataset.all_parts()])
 
     def check(dataset: DatasetManifest, part: PartEntry) -> None:
         problem = reader.check_part(part, read_data=True)
@@ -391,6 +410,8 @@ def _verify_before_writing(
                 "nothing was written (run `aibackup verify --read-data`)"
             )
 
+    for dataset, part in others:
+        check(dataset, part)
     for dataset in datasets:
         digest = DatasetDigest(algorithm=dataset.digest_algorithm)
         records = set() if dataset.chained else {part.path for part in dataset.parts}

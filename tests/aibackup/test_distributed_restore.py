@@ -258,6 +258,45 @@ def test_ctrl_c_cancels_the_loads_and_removes_the_load_schema(
         (flags / "release").touch()
 
 
+def test_an_incremental_chain_is_restored_partitioned(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    """A nightly bundle is a chain (a full backup, then links): its record parts are spread over the workers,
+    each task given the records of its parts that later links' tombstones remove; the result is the
+    one-process restore. A damaged tombstone part (re-hashed by the restore's process) is refused with
+    nothing written."""
+    db = seeded(postgres, tmp_path, "rchain")
+    repo = tmp_path / "repo"
+    ok(cli("backup", postgres.uri(db), "--repo", str(repo)))
+    with postgres.connect(db) as conn:
+        conn.execute("UPDATE items SET body = 'changed' WHERE id < 5")
+        conn.execute("DELETE FROM items WHERE id BETWEEN 100 AND 102")
+        conn.execute("INSERT INTO items SELECT id + 10000, embedding, body, n FROM items WHERE id < 2")
+    link = ok(cli("backup", postgres.uri(db), "--repo", str(repo), "--json")).json()
+    assert link["datasets"][0]["incremental"]
+    (dataset,) = manifest_json(repo)["datasets"]
+    assert len(dataset["chain"]) == 2 and len(dataset["parts"]) >= 2
+
+    one, many = postgres.database("rchain_one"), postgres.database("rchain_many")
+    ok(cli("restore", "latest", "--repo", str(repo), "--to", postgres.uri(one)))
+    result = ok(cli("restore", "latest", "--repo", str(repo), "--to", postgres.uri(many), "--workers", "2", "--json"))
+    (restored,) = result.json()["datasets"]
+    assert any(n.startswith("partitioned:") for n in restored["notes"]), restored["notes"]
+    assert restored["ok"] and restored["rows"] == ROWS - 3 + 2
+    assert table_state(postgres, many) == table_state(postgres, one)
+    assert table_state(postgres, many)[0] == ROWS - 3 + 2
+
+    (tombstones,) = dataset["chain"][1]["tombstones"]
+    damaged = repo / tombstones["path"]
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    target = postgres.database("rchain_damaged")
+    line = one_line_error(
+        cli("restore", "latest", "--repo", str(repo), "--to", postgres.uri(target), "--workers", "2"), 1, "sha256"
+    )
+    assert Path(tombstones["path"]).name in line and "nothing was written" in line
+    assert missing(postgres, target)
+
+
 def test_what_cannot_be_split_is_restored_in_one_process_and_said(
     postgres: Postgres, tmp_path: Path, bundle: Path, cli: Cli
 ) -> None:
