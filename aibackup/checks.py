@@ -62,7 +62,8 @@ def prove(
     """Run every check of a restored dataset; returns them in report order (never raises for a mismatch).
     With an application `layout` written, a ``layout`` check reads both sides as the framework does. With
     `spread` (a partitioned restore), the record comparison takes its two sides from the cluster's workers
-    (see :class:`Spread`); the search and layout checks still read the bundle here."""
+    and the search check its queries and exact pass (see :class:`Spread`); a layout check, and a search
+    check without a baseline, still read the bundle here."""
     options = options or CheckOptions()
     merge = plan.mode == "merge"
     # One pass over the bundle also recomputes its own digest and counts the records the target should
@@ -94,7 +95,7 @@ def prove(
             pass
 
     def finish(checks: list[Check], target_rows: int | None, problem: str | None = None) -> list[Check]:
-        if spread is not None and not bundle_digest.rows:
+        if spread is not None:
             # The workers' digests were added up and matched the manifest before the collection was published.
             bundle = Check("bundle", True, f"{spread.records} records read by the workers, digest matches the manifest")
             wanted[0] = spread.wanted
