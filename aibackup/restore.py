@@ -179,27 +179,7 @@ def run_restore(
         options = {"secrets": key, "load_check": load_check}
         with open_connector(target_uri, target=True, options=options) as connector, _chunks(repo, connector):
             source_kind = str(manifest.source.get("kind"))
-            plans: list[tuple[DatasetManifest, ImportPlan]] = []
-            applied: dict[str, layouts.Applied | None] = {}
-            taken: dict[str, str] = {}
-            for d, dest in selected:
-                chosen, description, dest, note = _layout(layout, d, dest, source_kind, connector.kind, reader)
-                if dest in taken:  # a framework's one table for every collection (langchain_pg_embedding)
-                    raise UsageError(
-                        f"collections {taken[dest]!r} and {d.name!r} would both be restored into {dest!r} "
-                        f"({chosen.framework if chosen else 'the'} layout's one table for every collection): restore "
-                        "one with --collection, then the other with --collection and --mode merge"
-                    )
-                taken[dest] = d.name
-                plan = connector.plan_import(description, dest, mode=mode, allow_lossy=allow_lossy)
-                if chosen is not None:
-                    plan = layouts.apply(plan, chosen)
-                elif note:
-                    plan = replace(plan, notes=(*plan.notes, note))
-                if alone.get(d.name):
-                    plan = replace(plan, notes=(*plan.notes, f"restored in one process: {alone[d.name]}"))
-                applied[d.name] = chosen
-                plans.append((d, plan))
+            plans, applied = _plans(connector, reader, selected, source_kind, layout, mode, allow_lossy, alone)
             # Every record is checked against what the target can hold before anything is written (against
             # the manifest's digest it was, with the parts' hashes).
             validated = time.perf_counter()
@@ -225,18 +205,7 @@ def run_restore(
                             )
                         )
                     except AibackupError as exc:
-                        done = ", ".join(
-                            f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results
-                        )
-                        state = (
-                            "; nothing of it was written (the target writes in one transaction)"
-                            if connector.atomic_import
-                            else ", which may now hold part of the bundle"
-                        )
-                        raise type(exc)(
-                            f"restore stopped in collection {plan.target.name!r}{state}: "
-                            f"{exc}" + (f" (already restored: {done})" if done else "")
-                        ) from None
+                        raise _stopped(exc, connector, plan, results) from None
             target = connector.location.display()
         return RestoreResult(
             bundle_id=manifest.bundle_id,
@@ -245,6 +214,60 @@ def run_restore(
             validate_seconds=validate_seconds,
             verify_seconds=verify_seconds,
         )
+
+
+def _plans(
+    connector: Connector,
+    reader: BundleReader,
+    selected: Sequence[tuple[DatasetManifest, str]],
+    source_kind: str,
+    layout: str,
+    mode: str,
+    allow_lossy: bool,
+    alone: Mapping[str, str | None],
+) -> tuple[list[tuple[DatasetManifest, ImportPlan]], dict[str, layouts.Applied | None]]:
+    """Each selected (dataset, destination) planned into the target, writing nothing: its plan (with the
+    layout it is written in, and why it restores in one process where a cluster does not take it) and
+    that layout by dataset name. UsageError when two collections would go into one framework table."""
+    plans: list[tuple[DatasetManifest, ImportPlan]] = []
+    applied: dict[str, layouts.Applied | None] = {}
+    taken: dict[str, str] = {}
+    for d, dest in selected:
+        chosen, description, dest, note = _layout(layout, d, dest, source_kind, connector.kind, reader)
+        if dest in taken:  # a framework's one table for every collection (langchain_pg_embedding)
+            raise UsageError(
+                f"collections {taken[dest]!r} and {d.name!r} would both be restored into {dest!r} "
+                f"({chosen.framework if chosen else 'the'} layout's one table for every collection): restore "
+                "one with --collection, then the other with --collection and --mode merge"
+            )
+        taken[dest] = d.name
+        plan = connector.plan_import(description, dest, mode=mode, allow_lossy=allow_lossy)
+        if chosen is not None:
+            plan = layouts.apply(plan, chosen)
+        elif note:
+            plan = replace(plan, notes=(*plan.notes, note))
+        if alone.get(d.name):
+            plan = replace(plan, notes=(*plan.notes, f"restored in one process: {alone[d.name]}"))
+        applied[d.name] = chosen
+        plans.append((d, plan))
+    return plans, applied
+
+
+def _stopped(
+    exc: AibackupError, connector: Connector, plan: ImportPlan, results: Sequence[DatasetResult]
+) -> AibackupError:
+    """`exc` (of its type, for its exit code) saying in which collection the restore stopped, what became
+    of it, and which collections were restored before it."""
+    done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
+    state = (
+        "; nothing of it was written (the target writes in one transaction)"
+        if connector.atomic_import
+        else ", which may now hold part of the bundle"
+    )
+    return type(exc)(
+        f"restore stopped in collection {plan.target.name!r}{state}: {exc}"
+        + (f" (already restored: {done})" if done else "")
+    )
 
 
 def _layout(
