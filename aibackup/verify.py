@@ -21,7 +21,7 @@ from aibackup.errors import AibackupError, IntegrityError
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import DatasetManifest
-from aibackup.pipeline import use_arrow_allocator
+from aibackup.pipeline import prefetch, use_arrow_allocator
 from aibackup.prune import PINS
 from aibackup.repository import Repository, Where
 
@@ -69,7 +69,8 @@ def _content_problem(reader: BundleReader, dataset: DatasetManifest) -> str | No
     """Decode a dataset's parts and compare its records with the manifest (rows and dataset digest)."""
     digest = DatasetDigest(algorithm=dataset.digest_algorithm)
     try:
-        for batch in reader.batches(dataset):
+        # Decoded in a background thread while this one digests (Parquet decoding releases the GIL).
+        for batch in prefetch(reader.batches(dataset)):
             digest.add_batch(batch)
     except IntegrityError as exc:
         return str(exc)
