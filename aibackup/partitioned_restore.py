@@ -149,10 +149,10 @@ def load_partition(task: LoadTask) -> Loaded:
                     yield batch
 
         rows, receipt = connector.load_partition(plan, task.load, task.number, loss.watch(prefetch(records())))
-    digests = int(digest.hexdigest, 16)
+    total = int(digest.hexdigest, 16)
     table = pa.Table.from_batches(expected, schema=side)
     found = [batch for batch in queries if batch.num_rows]
-    return Loaded(task.dataset.name, task.number, digest.rows, digests, rows, receipt, loss, table, found)
+    return Loaded(task.dataset.name, task.number, digest.rows, total, rows, receipt, loss, table, found)
 
 
 @dataclass
