@@ -377,3 +377,42 @@ def test_two_langchain_collections_share_the_postgres_tables_one_at_a_time(
             assert {d.id for d in app.similarity_search("text 3 ✓", k=40)} == {f"{name}-{i}" for i in range(30)}
         finally:
             app._engine.dispose()
+
+
+def test_a_langchain_chain_restored_partitioned_into_postgres(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    """A nightly bundle (a full backup and a link) of a LangChain store on Chroma, restored by two Dask
+    workers into langchain-postgres's tables: the same tables and the same answers as a one-process restore,
+    proven on the workers."""
+    source = lc_chroma(tmp_path / "chroma", "kb-lc")
+    source.add_documents(lc_docs(200), ids=[f"doc-{i:03d}" for i in range(200)])
+    repo = tmp_path / "repo"
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
+    source.add_documents([Document(page_content="later ✓", metadata={"source": "s9", "n": 999})], ids=["doc-999"])
+    source.delete(ids=["doc-005"])
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
+    (dataset,) = manifest_json(repo)["datasets"]
+    assert len(dataset["chain"]) == 2 and len(dataset["parts"]) == 2
+    expected = {q: lc_view(source.similarity_search(q, k=4)) for q in QUERIES}
+
+    one, many = database(postgres, tmp_path, "chain_one"), database(postgres, tmp_path, "chain_many")
+    restored(cli, repo, postgres.uri(one), "--layout", "langchain")
+    result = restored(cli, repo, postgres.uri(many), "--layout", "langchain", "--workers", "2")
+    assert result["target"] == "langchain_pg_embedding"
+    assert any(n.startswith("partitioned: 2 parts") for n in result["notes"]), result["notes"]
+    assert any(n.startswith("proof: the target read back by") for n in result["notes"]), result["notes"]
+    checks = {c["name"]: c for c in result["checks"]}
+    assert checks["layout"]["ok"] and checks["search"]["ok"] and checks["content"]["ok"]
+    dumps = []
+    for db in (one, many):
+        with postgres.connect(db) as conn:
+            dumps.append(
+                conn.execute(
+                    "SELECT id, document, cmetadata::text, embedding::text FROM langchain_pg_embedding ORDER BY id"
+                ).fetchall()
+            )
+    assert dumps[0] == dumps[1] and len(dumps[0]) == 200
+    app = pg_store(postgres, many, "kb-lc", "EUCLIDEAN")
+    try:
+        assert {q: lc_view(app.similarity_search(q, k=4)) for q in QUERIES} == expected
+    finally:
+        app._engine.dispose()
