@@ -359,7 +359,7 @@ class Proof:
         from dask.distributed import as_completed
 
         try:
-            reading = open_connector(self.target)
+            reading = open_connector(self.target, options={"proof": True})
         except AibackupError as exc:  # say an embedded store one process holds: the driver reads it
             self.note += f" ({exc})"
             return False
@@ -373,7 +373,7 @@ class Proof:
                 self.note += " (the restored collection does not split)"
                 return False
             tasks = [
-                ReadTask(self.target, split.options, target, partition, self.load.plan.tolerances)
+                ReadTask(self.target, {**split.options, "proof": True}, target, partition, self.load.plan.tolerances)
                 for partition in split.partitions
             ]
             futures = self.on.client.map(read_partition, tasks, retries=RETRIES, pure=False)

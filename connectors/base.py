@@ -216,7 +216,9 @@ class Connector(ABC):
         does not answer raises UnavailableError. Optional client libraries are imported here and a
         missing one raises ConnectorNotInstalledError naming the extra. `options` carries what the
         command line gives this kind of store (``on_bad_line``, ``job_config``, ``secrets`` (a
-        SecretBox), ``redact_secrets``); a connector ignores options that are not its own."""
+        SecretBox), ``redact_secrets``), and ``proof`` (True: a partitioned restore's proof opens its
+        target as a source to read it back, and compares every id itself: a source's own id checks may be
+        left out); a connector ignores options that are not its own."""
         self.location = location
         self.options: Mapping[str, Any] = options or {}
 
