@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -97,6 +97,22 @@ def cluster(workers: int | None = None, address: str | None = None) -> Iterator[
                 raise UnavailableError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         count = len(client.scheduler_info().get("workers", {})) or (workers or 1)
         yield Cluster(client, count)
+
+
+def settle(client: Any, futures: Sequence[Any], exc: BaseException) -> None:
+    """The tasks of `futures` after `exc` stopped the wait for them, before what they wrote is removed.
+    Dask cannot stop a task already running: cancelled, it still runs to its end on its worker, and what it
+    writes after the removal would stay. So after a task's failure the others are waited for (they end, or
+    fail, on their own); on Ctrl-C they are cancelled at once (a running one may then leave an orphan, which
+    ``prune`` removes, or a load area its connector's ``abandon_load`` says how to remove)."""
+    try:
+        if not isinstance(exc, KeyboardInterrupt):
+            from dask.distributed import wait
+
+            with contextlib.suppress(Exception):
+                wait(futures)
+    finally:
+        client.cancel(futures)
 
 
 def _restore_environ(saved: Mapping[str, str]) -> None:
@@ -210,9 +226,11 @@ def write_partitioned(
     futures = client.map(write_partition, tasks, retries=RETRIES, pure=False)
     try:
         written: list[Written] = client.gather(futures)
-    except BaseException:
-        client.cancel(futures)
-        _remove_folder(repo, folder, keep=())
+    except BaseException as exc:
+        try:
+            settle(client, futures, exc)
+        finally:
+            _remove_folder(repo, folder, keep=())
         raise
     results = [w.dataset for w in written]
     merged = merge(writer.bundle_id, description, results)

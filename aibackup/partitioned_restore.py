@@ -41,7 +41,7 @@ from aibackup.chains import Removed
 from aibackup.checks import Comparison, slim, slim_schema, tolerated
 from aibackup.connectors.base import Connector, DatasetDescription, ImportPlan, Location
 from aibackup.connectors.registry import open_connector
-from aibackup.distributed import PER_WORKER, RETRIES, Cluster
+from aibackup.distributed import PER_WORKER, RETRIES, Cluster, settle
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.exact_tasks import exact_on, groups
 from aibackup.lossy import LossTally
@@ -249,8 +249,8 @@ def loads(
                 made[loaded.name].queries.extend(loaded.queries)
                 loaded.expected = loaded.expected.schema.empty_table()
                 done.append(loaded)
-        except BaseException:
-            on.client.cancel(futures)
+        except BaseException as exc:
+            settle(on.client, futures, exc)  # before the load areas are abandoned (below)
             raise
         _prove(made, done)
         yield made
