@@ -151,6 +151,13 @@ def legacy_encrypted_repository(repo_dir: Path, passphrase: str) -> None:
     (repo_dir / "aibackup.json").write_text(json.dumps(marker, indent=2) + "\n")
 
 
+def flip_middle_byte(path: Path) -> None:
+    """Damage a stored file as a bad disk would: its middle byte inverted, its size kept."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def ok(result: CliResult) -> CliResult:
     assert result.code == 0, (result.code, result.out, result.err)
     return result

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from aibackup.repository import Repository
-from tests.helpers import Cli, ok, one_line_error, repository_url
+from tests.helpers import Cli, flip_middle_byte, ok, one_line_error, repository_url
 
 
 def conversations(folder: Path, lines: int, start: int = 0) -> Path:
@@ -99,9 +99,7 @@ def test_a_damaged_source_part_fails_its_bundle_only(cli: Cli, tmp_path: Path) -
     ok(cli("backup", f"model:{model(tmp_path / 'llm', 1)}", "--repo", source))
     first, second = Repository.open(source).bundle_ids()
     part = next((tmp_path / "repo" / "data" / first).rglob("part-*.parquet"))
-    data = bytearray(part.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    part.write_bytes(bytes(data))
+    flip_middle_byte(part)
     dest = str(tmp_path / "copy")
     result = cli("copy", "--repo", source, "--to-repo", dest, "--json")
     assert result.code == 1
@@ -132,9 +130,7 @@ def test_a_damaged_chunk_pack_is_not_copied(cli: Cli, tmp_path: Path) -> None:
     source = str(tmp_path / "repo")
     ok(cli("backup", f"model:{model(tmp_path / 'llm', 1)}", "--repo", source))
     pack = next((tmp_path / "repo" / "data").rglob("packs/*.parquet"))
-    data = bytearray(pack.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    pack.write_bytes(bytes(data))
+    flip_middle_byte(pack)
     result = cli("copy", "--repo", source, "--to-repo", str(tmp_path / "copy"), "--json")
     assert result.code == 1
     (failed,) = json.loads(result.out)["failed"]

@@ -12,7 +12,7 @@ from typing import Any
 import chromadb
 
 from tests.conftest import Server
-from tests.helpers import Cli, manifest_json, ok, one_line_error
+from tests.helpers import Cli, flip_middle_byte, manifest_json, ok, one_line_error
 from tests.vectordata import chroma_records
 
 ROWS = 1200
@@ -68,9 +68,7 @@ def test_a_failed_partitioned_restore_drops_the_collection_it_made(
     ok(cli("backup", uri, "--collection", name, "--repo", str(repo), "--workers", "2"))
     (dataset,) = manifest_json(repo)["datasets"]
     damaged = repo / dataset["parts"][-1]["path"]
-    data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    flip_middle_byte(damaged)
     restored = f"{name}-bad"
     args = ("restore", "latest", "--repo", str(repo), "--to", uri, "--collection", f"{name}={restored}")
     one_line_error(cli(*args, "--workers", "2"), 1, "sha256")

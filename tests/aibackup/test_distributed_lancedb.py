@@ -12,7 +12,7 @@ import pyarrow as pa
 from lancedb.index import BTree, IvfPq
 
 from tests.connectors.test_lancedb import database, rich_table, rows_by_id
-from tests.helpers import Cli, manifest_json, ok, one_line_error
+from tests.helpers import Cli, flip_middle_byte, manifest_json, ok, one_line_error
 
 ROWS = 900
 
@@ -97,9 +97,7 @@ def test_a_failed_partitioned_restore_leaves_no_table(tmp_path: Path, cli: Cli) 
     ok(cli("backup", f"lancedb:{tmp_path / 'source'}", "--repo", str(repo), "--workers", "2"))
     (dataset,) = manifest_json(repo)["datasets"]
     damaged = repo / dataset["parts"][-1]["path"]
-    data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    flip_middle_byte(damaged)
     target = tmp_path / "target"
     one_line_error(
         cli("restore", "latest", "--repo", str(repo), "--to", f"lancedb:{target}", "--workers", "2"), 1, "sha256"

@@ -15,7 +15,7 @@ from aibackup.connectors.pgvector import reading
 from tests.aibackup import test_distributed
 from tests.aibackup.test_distributed import HoldAll, KillOnce, seeded
 from tests.conftest import Postgres
-from tests.helpers import Cli, manifest_json, ok, one_line_error
+from tests.helpers import Cli, flip_middle_byte, manifest_json, ok, one_line_error
 
 pytestmark = pytest.mark.postgres
 
@@ -161,9 +161,7 @@ def test_an_empty_table_of_the_same_columns_is_kept_and_filled(postgres: Postgre
 def test_a_damaged_part_is_refused_and_the_target_stays_as_it_was(postgres: Postgres, bundle: Path, cli: Cli) -> None:
     (dataset,) = manifest_json(bundle)["datasets"]
     damaged = bundle / dataset["parts"][-1]["path"]
-    data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    flip_middle_byte(damaged)
     db = postgres.database("rdamaged")
     line = one_line_error(
         cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(db), "--workers", "2"), 1, "sha256"
@@ -286,9 +284,7 @@ def test_an_incremental_chain_is_restored_partitioned(postgres: Postgres, tmp_pa
 
     (tombstones,) = dataset["chain"][1]["tombstones"]
     damaged = repo / tombstones["path"]
-    data = bytearray(damaged.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    damaged.write_bytes(bytes(data))
+    flip_middle_byte(damaged)
     target = postgres.database("rchain_damaged")
     line = one_line_error(
         cli("restore", "latest", "--repo", str(repo), "--to", postgres.uri(target), "--workers", "2"), 1, "sha256"

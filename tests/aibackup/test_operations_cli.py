@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.helpers import ok, one_line_error, seed_chroma
+from tests.helpers import flip_middle_byte, ok, one_line_error, seed_chroma
 
 Cli = Any
 START = dt.datetime(2026, 1, 1, 2, 0, tzinfo=dt.UTC)
@@ -130,9 +130,7 @@ def test_restore_test_drill_reports_rto_and_fails_on_damage(
     # Damage the newest kb bundle: the drill fails (exit 1) and says why; status shows it.
     newest = next(b for b in ok(cli("list", "--json")).json() if b["source"]["kind"] == "chroma")
     part = next((tmp_path / "repo" / "data" / newest["bundle_id"]).rglob("*.parquet"))
-    data = bytearray(part.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    part.write_bytes(bytes(data))
+    flip_middle_byte(part)
     failed = cli("restore-test", "--source", "kb", "--json")
     assert failed.code == 1
     (result,) = failed.json()["sources"]
