@@ -399,12 +399,18 @@ def _write_chained(
         except AibackupError as exc:
             reason = f"the previous bundle's record index cannot be used ({exc})"
     folder = writer.dataset_folder(index, description.name)
-    if on is not None and delta is None:
-        split = connector.partition(description, on.workers * distributed.PER_WORKER)
-        if split is not None:
-            return _write_partitioned(
-                connector, repo, writer, index, description, source_uri, options, report, on, split, reason, previous
-            )
+    split = connector.partition(description, on.workers * distributed.PER_WORKER) if on is not None else None
+    if on is not None and split is not None:
+        if delta is not None and previous_bundle is not None:
+            args = (connector, repo, writer, index, description, source_uri, options, report, on, split)
+            try:
+                return _write_partitioned(*args, None, previous, link=(delta, reader, previous_bundle))
+            except TooManyChanges as exc:
+                writer.discard(folder + "/")
+                reason = str(exc)
+        return _write_partitioned(
+            connector, repo, writer, index, description, source_uri, options, report, on, split, reason, previous
+        )
     while True:
         recorder = BaselineRecorder(connector, description, options.queries, seed_for(writer.bundle_id))
         detector = layouts.Detector(connector.kind)
@@ -435,8 +441,7 @@ def _write_chained(
         dataset = replace(dataset, config={**dataset.config, "layout": found})
     notes = [f"{description.name}: full backup: {reason}"] if reason and previous is not None else []
     if on is not None:
-        why = "an incremental link is written by this process" if delta is not None else "the source cannot split it"
-        notes.append(f"{description.name}: not partitioned ({why})")
+        notes.append(f"{description.name}: not partitioned (the source cannot split it)")
     state = connector.export_state(description.name)  # a vector connector's notes (ids it had to make up)
     notes += [f"{description.name}: {note}" for note in (state.notes if state is not None else ())]
     return _Chained(dataset, recorder, reason, notes)
@@ -455,20 +460,28 @@ def _write_partitioned(
     split: Partitioning,
     reason: str | None,
     previous: DatasetManifest | None,
+    link: tuple[Delta, BundleReader, str] | None = None,
 ) -> _Chained:
-    """A full backup of a vector dataset written by the cluster's workers (aibackup.distributed), which also
-    sampled the search baseline's queries and watched for a layout: their samples and detectors merge."""
+    """A vector dataset written by the cluster's workers (aibackup.distributed), which also sampled the
+    search baseline's queries and watched for a layout: their samples and detectors merge. In full, or with
+    `link` (the delta, nothing seen yet, a reader and the parent bundle) as an incremental link: the
+    workers write what changed, this process the tombstones (TooManyChanges: the caller writes it in full)."""
     report.dataset(description.name, description.rows)
     seed = seed_for(writer.bundle_id)
+    delta = link[0] if link is not None else None
     dataset, written = distributed.write_partitioned(
-        on, split, repo, writer, index, description, source_uri, options.key_file, options.queries, seed
+        on, split, repo, writer, index, description, source_uri, options.key_file, options.queries, seed, delta
     )
-    report.advance(dataset.rows)
+    if link is not None:
+        delta, reader, parent_bundle = link
+        folder = writer.dataset_folder(index, description.name)
+        dataset = delta.link(reader, writer, folder, dataset, parent_bundle)
+    report.advance(description.rows)
     recorder = BaselineRecorder(connector, description, options.queries, seed)
     if recorder.specs:
         recorder.sampler.merge([w.sampler for w in written])
-    # The baseline's exact pass reads the parts the workers wrote on the workers too.
-    recorder.spread = partial(exact_tasks.exact_on, on, repo.storage.url, options.key_file)
+    if link is None:  # the baseline's exact pass reads the parts the workers wrote on the workers too
+        recorder.spread = partial(exact_tasks.exact_on, on, repo.storage.url, options.key_file)
     detector = layouts.Detector(connector.kind)
     detector.merge([w.detector for w in written])
     found = detector.result(getattr(description.config, "native", None))

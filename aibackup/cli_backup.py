@@ -88,9 +88,9 @@ from aibackup.recall_rule import DEFAULT_QUERIES
     "an id column: its row positions as ids).",
 )
 @dask_options(
-    "Vectors: spread a full backup over a local Dask cluster of N processes, where the source can split "
-    "a collection (pgvector: block ranges of one exported snapshot; LanceDB: fragments; a Chroma server: "
-    "ids); needs aibackup[dask].",
+    "Vectors: spread a backup (full, or an incremental link) over a local Dask cluster of N processes, where "
+    "the source can split a collection (pgvector: block ranges of one exported snapshot; LanceDB: fragments; "
+    "a Chroma server: ids); needs aibackup[dask].",
     "source",
 )
 @key_file_option

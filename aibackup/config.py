@@ -238,7 +238,7 @@ class Config(_SafeRepr):
     metrics_file: str | None = None
     lock_stale_after: datetime.timedelta = datetime.timedelta(minutes=10)
     copies: tuple[CopyConfig, ...] = ()
-    #: A Dask scheduler's address: the sources' full vector backups are partitioned over its workers.
+    #: A Dask scheduler's address: the sources' vector backups are partitioned over its workers.
     dask: str | None = None
     env_fields: frozenset[str] = _env_field()
 

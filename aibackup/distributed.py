@@ -13,6 +13,10 @@ sums, id types; samples and detectors merge, so the parts are not read again), c
 hold exactly the records the source counted in its snapshot, removes any part a failed or repeated attempt
 left in the folder, and commits nothing unless every partition succeeded. Dask retries a task whose worker
 died, and a failing task :data:`RETRIES` times.
+
+An incremental backup is partitioned the same way: the parent's sorted record digests are broadcast to the
+workers once, each task writes only its partition's new and changed records (aibackup.incremental), and
+the driver adds up what the tasks saw before it writes the link's tombstones.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from aibackup.connectors import layouts
 from aibackup.connectors.base import DatasetDescription, Partitioning
 from aibackup.connectors.registry import open_connector
 from aibackup.errors import IntegrityError, UnavailableError, UsageError
+from aibackup.incremental import Delta, DeltaPart, ParentDigests, ParentIndex, TooManyChanges
 from aibackup.manifests.chain import ChainLink
 from aibackup.manifests.digest import DIGEST_ALGORITHM
 from aibackup.manifests.model import DatasetManifest, PartEntry
@@ -139,22 +144,26 @@ class PartitionTask:
     #: the search baseline's query records per dense vector, and the seed of this partition's sample
     queries: int
     seed: int
+    #: an incremental backup's: the dataset of the parent bundle (the digests come broadcast, see below)
+    parent: DatasetManifest | None = None
 
 
 @dataclass
 class Written:
     """What one partition task did: the manifest of its parts, its sample of the baseline's queries, and
-    what its layout detector saw (the driver merges them: no second read of the parts)."""
+    what its layout detector saw (the driver merges them: no second read of the parts); for an incremental
+    backup what its delta saw (the manifest is then None if the partition alone changed too much)."""
 
-    dataset: DatasetManifest
+    dataset: DatasetManifest | None
     sampler: QuerySampler
     detector: layouts.Detector
+    delta: DeltaPart | None = None
 
 
-def write_partition(task: PartitionTask) -> Written:
+def write_partition(task: PartitionTask, parent: ParentDigests | None = None) -> Written:
     """The worker's side: read one partition and write its parts (and record-index parts), sampling the
-    baseline's queries and watching for an application layout on the way. Whatever it wrote is removed if
-    it fails."""
+    baseline's queries and watching for an application layout on the way; with the `parent`'s digests (an
+    incremental backup), only the records they do not hold. Whatever it wrote is removed if it fails."""
     use_arrow_allocator()  # as a backup's own process does (aibackup.pipeline)
     repo = Repository.open(task.repository)
     repo.use_key(repo.key(task.key_file))
@@ -172,16 +181,25 @@ def write_partition(task: PartitionTask) -> Written:
                     sampler.add(batch)
                 detector.add(batch)
 
-            dataset = writer.write_dataset(
-                task.index,
-                task.description,
-                collecting(prefetch(connector.export_partition(task.description, task.partition))),
-                connector.id_types,
-                on_batch=watch,
-                with_index=True,
-                part_prefix=f"p{task.number:04d}-",
-            )
-            return Written(dataset, sampler, detector)
+            delta = None
+            if task.parent is not None and parent is not None:
+                delta = Delta(task.parent, ParentIndex.of(parent), connector.id_types)
+            try:
+                dataset = writer.write_dataset(
+                    task.index,
+                    task.description,
+                    collecting(prefetch(connector.export_partition(task.description, task.partition))),
+                    connector.id_types,
+                    on_batch=watch,
+                    select=delta,
+                    with_index=True,
+                    part_prefix=f"p{task.number:04d}-",
+                )
+            except TooManyChanges as exc:  # not an error to retry: the driver backs the dataset up in full
+                writer.discard()
+                assert delta is not None
+                return Written(None, sampler, detector, delta.part(exc))
+            return Written(dataset, sampler, detector, delta.part() if delta is not None else None)
     except BaseException:
         writer.discard()
         raise
@@ -198,11 +216,16 @@ def write_partitioned(
     key_file: str | None,
     queries: int,
     seed: int,
+    delta: Delta | None = None,
 ) -> tuple[DatasetManifest, list[Written]]:
     """Write `description` as `split` partitions on the cluster; the dataset's manifest (a chain of one
     link, like a single-process full backup) and what each task wrote and saw. IntegrityError when the
     partitions together do not hold the records the source counted; a task's error after its retries
-    otherwise (every part removed)."""
+    otherwise (every part removed).
+
+    With `delta` (an incremental backup: nothing seen yet) the tasks write only what its parent lacks and
+    the manifest holds just that (for :meth:`Delta.link`); `delta` has absorbed what they saw. Its
+    TooManyChanges and SourceDataError come with every part removed."""
     folder = writer.dataset_folder(index, description.name)
     options = dict(split.options)
     tasks = [
@@ -219,11 +242,14 @@ def write_partitioned(
             write=writer.options,
             queries=queries,
             seed=seed + number,
+            parent=delta.parent if delta is not None else None,
         )
         for number, partition in enumerate(split.partitions)
     ]
     client = on.client
-    futures = client.map(write_partition, tasks, retries=RETRIES, pure=False)
+    # The digests go to every worker once, not once per task (16 bytes a record of the parent).
+    parent = client.scatter(delta.index.digests(), broadcast=True, hash=False) if delta is not None else None
+    futures = client.map(write_partition, tasks, parent=parent, retries=RETRIES, pure=False)
     try:
         written: list[Written] = client.gather(futures)
     except BaseException as exc:
@@ -232,13 +258,20 @@ def write_partitioned(
         finally:
             _remove_folder(repo, folder, keep=())
         raise
-    results = [w.dataset for w in written]
+    if delta is not None:
+        try:
+            delta.absorb([w.delta for w in written if w.delta is not None])
+        except BaseException:
+            _remove_folder(repo, folder, keep=())
+            raise
+    results = [w.dataset for w in written if w.dataset is not None]
     merged = merge(writer.bundle_id, description, results)
     _remove_folder(repo, folder, keep={p.path for p in merged.all_parts()})  # attempts that did not count
     writer.created += [p.path for p in merged.all_parts()]  # the driver discards them if the backup fails
-    if merged.rows != description.rows:
+    held = delta.read_rows if delta is not None else merged.rows
+    if held != description.rows:
         raise IntegrityError(
-            f"collection {description.name!r}: the {len(results)} partitions held {merged.rows} records, the "
+            f"collection {description.name!r}: the {len(written)} partitions held {held} records, the "
             f"source counted {description.rows} in the same snapshot; nothing was committed"
         )
     return merged, written

@@ -17,6 +17,13 @@ A backup is full instead (:func:`full_reason`) on ``--full``, past ``full_every`
 stores MAX_DEAD dead records per live one, when the parent has no usable index or chain, when the
 collection's vectors changed, and when more than half of the records changed (:class:`TooManyChanges`,
 raised from the stream as soon as that is certain from what was written).
+
+A partitioned incremental backup (aibackup.distributed) runs the same lookup on every worker: the parent's
+sorted digests (:class:`ParentDigests`, 16 bytes a record) are broadcast to them, each task's
+:class:`Delta` looks up its partition's records and hands back a :class:`DeltaPart` (the parent positions
+it read again, its sums, the ids it wrote), and the driver's :meth:`Delta.absorb` adds them up before
+:meth:`Delta.link`. The lookup is by digest, not by id, so any split of the source works and no record moves
+between workers (bucketing the index by id hash would need the partitions split by the same hash).
 """
 
 from __future__ import annotations
@@ -180,6 +187,15 @@ class ParentIndex:
         del order
         return cls(hi, lo, ordinals)
 
+    @classmethod
+    def of(cls, digests: ParentDigests) -> ParentIndex:
+        """A worker's index of the broadcast digests: lookups only (no ordinals: the driver makes the link)."""
+        return cls(digests.hi, digests.lo, np.empty(0, dtype=np.int64))
+
+    def digests(self) -> ParentDigests:
+        """The sorted digests, for the workers of a partitioned incremental backup."""
+        return ParentDigests(self.hi, self.lo)
+
     def __len__(self) -> int:
         return len(self.hi)
 
@@ -204,6 +220,27 @@ class ParentIndex:
                     break
                 j += 1
         return found
+
+
+@dataclass(frozen=True)
+class ParentDigests:
+    """The parent's live record digests, sorted by ``hi`` (:class:`ParentIndex` without its ordinals)."""
+
+    hi: np.ndarray
+    lo: np.ndarray
+
+
+@dataclass(frozen=True)
+class DeltaPart:
+    """What one partition's :class:`Delta` saw, for the driver's :meth:`Delta.absorb`."""
+
+    seen: np.ndarray  # positions in the parent's index of the records read again unchanged
+    read_rows: int
+    read_sum: int
+    kinds: Counter[str]
+    written: int
+    written_ids: pa.Array  # string
+    too_many: str | None  # why the partition alone changed more than MAX_CHANGED (its parts discarded)
 
 
 class Delta:
@@ -244,6 +281,34 @@ class Delta:
             return new
         self.written_ids.append(ids.filter(pa.array(new)).cast(pa.string()))
         return None if new.all() else new
+
+    def part(self, too_many: TooManyChanges | None = None) -> DeltaPart:
+        """What this (a partition's) delta saw; `too_many` when it stopped because of it."""
+        ids = pa.concat_arrays(self.written_ids) if self.written_ids else pa.array([], pa.string())
+        why = str(too_many) if too_many is not None else None
+        return DeltaPart(
+            np.flatnonzero(self.index.seen), self.read_rows, self.read_sum, self.kinds, self.written, ids, why
+        )
+
+    def absorb(self, parts: list[DeltaPart]) -> None:
+        """Add up the partitions' deltas (nothing seen here yet). TooManyChanges when one partition stopped
+        for it or together they wrote too much; SourceDataError when two read the same record."""
+        for part in parts:
+            if part.too_many is not None:
+                raise TooManyChanges(part.too_many)
+            if self.index.seen[part.seen].any():
+                raise SourceDataError(
+                    f"collection {self.parent.name!r}: a record was read by two partitions; run the backup again "
+                    "while nothing writes to the collection"
+                )
+            self.index.seen[part.seen] = True
+            self.read_rows += part.read_rows
+            self.read_sum += part.read_sum
+            self.kinds.update(part.kinds)
+            self.written += part.written
+            self.written_ids.append(part.written_ids)
+        if self.written > self.limit:
+            raise TooManyChanges(f"more than half the records changed (over {self.written} of {self.parent.rows})")
 
     def link(
         self, reader: BundleReader, writer: BundleWriter, folder: str, written: DatasetManifest, parent_bundle: str

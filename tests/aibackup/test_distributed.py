@@ -102,6 +102,61 @@ def test_a_partitioned_backup_is_the_single_process_one(
     assert again["datasets"][0]["incremental"] and again["datasets"][0]["new_rows"] == 1
 
 
+def test_an_incremental_backup_is_partitioned_too(
+    postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nightly link after a partitioned backup: each worker writes the new and changed records of its
+    block range (the parent's digests broadcast to it), this process the tombstones; the chain holds what a
+    one-process backup of the same state holds, and restores to the table."""
+    monkeypatch.setattr(reading, "PAGE_BYTES", 64 * 1024)
+    db = seeded(postgres, tmp_path, "incr")
+    many, one = tmp_path / "many", tmp_path / "one"
+    ok(cli("backup", postgres.uri(db), "--repo", str(many), "--workers", "2"))
+    with postgres.connect(db) as conn:
+        conn.execute("UPDATE items SET body = 'changed' WHERE id IN (5, 1500, 2990)")  # early and late blocks
+        conn.execute("DELETE FROM items WHERE id IN (7, 2000)")
+        conn.execute("INSERT INTO items SELECT i, embedding, 'new', 0 FROM items, generate_series(3000, 3009) i "
+                     "WHERE id = 1")  # fmt: skip
+    result = ok(cli("backup", postgres.uri(db), "--repo", str(many), "--workers", "2", "--json")).json()
+    (entry,) = result["datasets"]
+    assert entry["incremental"] and entry["full_reason"] is None, result["notes"]
+    assert (entry["rows"], entry["new_rows"], entry["deleted"]) == (ROWS + 8, 13, 2)
+    assert any("partitioned:" in n and "2 Dask worker(s)" in n for n in result["notes"]), result["notes"]
+    (spread,) = manifest_json(many)["datasets"]
+    link = spread["chain"][-1]
+    assert (link["added"], link["changed"], link["deleted"]) == (10, 3, 2)
+    own = [p for p in spread["parts"] if f"/{result['bundle_id']}/" in p["path"]]
+    # written by the workers (PostgreSQL puts changed rows at the table's end: one partition may hold all)
+    assert own and all(Path(p["path"]).name.split("-")[1].startswith("p") for p in own)
+    ok(cli("backup", postgres.uri(db), "--repo", str(one)))  # the same state, in one process, in full
+    (single,) = manifest_json(one)["datasets"]
+    assert (spread["rows"], spread["digest"], spread["id_types"]) == (
+        single["rows"],
+        single["digest"],
+        single["id_types"],
+    )
+    target = postgres.database("dist_incr_r")
+    restored = ok(cli("restore", "latest", "--repo", str(many), "--to", postgres.uri(target), "--json")).json()
+    assert restored["ok"]
+    with postgres.connect(target) as conn:
+        rows = dict(conn.execute("SELECT id, body FROM items WHERE id IN (5, 7, 2000, 3009)").fetchall())
+    assert rows == {5: "changed", 3009: "new"}
+    # More than half changed: found by the workers, and the collection is written in full, still partitioned.
+    with postgres.connect(db) as conn:
+        conn.execute("UPDATE items SET n = n + 100")
+    result = ok(cli("backup", postgres.uri(db), "--repo", str(many), "--workers", "2", "--json")).json()
+    (entry,) = result["datasets"]
+    assert not entry["incremental"] and "more than half" in entry["full_reason"], result["notes"]
+    assert any("partitioned:" in n for n in result["notes"]), result["notes"]
+    bundle = result["bundle_id"]
+    folder = [p for p in (many / "data" / bundle).rglob("*.parquet")]
+    (latest,) = manifest_json(many)["datasets"]
+    assert {p.name for p in folder} == {Path(p["path"]).name for p in latest["parts"]} | {
+        Path(p["path"]).name for p in latest["chain"][0]["index"]
+    }  # nothing of the abandoned link stays
+    assert latest["rows"] == ROWS + 8 and len(latest["chain"]) == 1
+
+
 def test_a_failing_partition_commits_nothing_and_leaves_no_part(
     postgres: Postgres, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:

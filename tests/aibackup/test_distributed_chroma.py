@@ -58,6 +58,17 @@ def test_a_partitioned_backup_and_restore_of_a_chroma_server(chroma_server: Serv
     assert {c["name"]: c["detail"] for c in dataset["checks"]}["ids"] == f"all {ROWS} ids match"
     assert contents(chroma_server, restored) == contents(chroma_server, name)
 
+    # The next night's link: each worker looks its ids' records up in the parent's digests.
+    source = client(chroma_server).get_collection(name, embedding_function=None)
+    source.update(ids=["doc-00001", "doc-00700"], metadatas=[{"changed": 1}, {"changed": 2}])
+    source.delete(ids=["doc-00002"])
+    nightly = ok(cli("backup", uri, "--collection", name, "--repo", str(many), "--workers", "2", "--json")).json()
+    (entry,) = nightly["datasets"]
+    assert entry["incremental"] and (entry["new_rows"], entry["deleted"]) == (2, 1), nightly["notes"]
+    assert any("partitioned:" in n for n in nightly["notes"]), nightly["notes"]
+    ok(cli("backup", uri, "--collection", name, "--repo", str(one), "--full"))
+    assert manifest_json(many)["datasets"][0]["digest"] == manifest_json(one)["datasets"][0]["digest"]
+
 
 def test_a_failed_partitioned_restore_drops_the_collection_it_made(
     chroma_server: Server, tmp_path: Path, cli: Cli

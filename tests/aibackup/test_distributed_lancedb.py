@@ -80,6 +80,19 @@ def test_a_partitioned_backup_and_restore_of_lancedb_are_the_one_process_ones(tm
         for n in merged["datasets"][0]["notes"]
     )
 
+    # The next night's link is written by the workers too: a fragment each, the parent's digests looked up.
+    table.delete("id IN (3, 450)")
+    table.update(where="id = 800", values={"i8": 7})
+    table.add(rows(rich_table(ROWS + 5), ROWS, ROWS + 5))
+    nightly = ok(cli("backup", source, "--repo", str(many), "--workers", "2", "--json")).json()
+    (entry,) = nightly["datasets"]
+    assert entry["incremental"] and (entry["new_rows"], entry["deleted"]) == (6, 2), nightly["notes"]
+    assert any("partitioned:" in n for n in nightly["notes"]), nightly["notes"]
+    ok(cli("backup", source, "--repo", str(one), "--full"))
+    assert manifest_json(many)["datasets"][0]["digest"] == manifest_json(one)["datasets"][0]["digest"]
+    ok(cli(*args, "--workers", "2", "--mode", "overwrite"))
+    assert rows_by_id(database(target).open_table("docs")).equals(rows_by_id(table))
+
 
 def test_ids_repeated_across_fragments_are_refused_before_the_workers_start(tmp_path: Path, cli: Cli) -> None:
     fragmented(tmp_path / "source", repeat=True)
