@@ -90,7 +90,7 @@ from aibackup.recall_rule import DEFAULT_QUERIES
 @dask_options(
     "Vectors: spread a backup (full, or an incremental link) over a local Dask cluster of N processes, where "
     "the source can split a collection (pgvector: block ranges of one exported snapshot; LanceDB: fragments; "
-    "a Chroma server: ids); needs aibackup[dask].",
+    "a Chroma server: ids; a Milvus server: key ranges); needs aibackup[dask].",
     "source",
 )
 @key_file_option

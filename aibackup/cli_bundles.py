@@ -360,7 +360,7 @@ def diff(
 )
 @dask_options(
     "Vectors: validate and load each collection's parts on a local Dask cluster of N processes, where the "
-    "target can take it (pgvector, LanceDB, a Chroma server; published once); needs aibackup[dask].",
+    "target can take it (pgvector, LanceDB, a Chroma or Milvus server; published once); needs aibackup[dask].",
     "target",
 )
 @key_file_option

@@ -93,6 +93,35 @@ def chroma_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A Milvus server for ``milvus+http://``: Milvus Lite's gRPC server (``python -m milvus_lite server``)
+    in a process of its own, on a free loopback port, as Dask workers reach a Milvus server."""
+    data = tmp_path_factory.mktemp("milvus-server")
+    port = free_port()
+    log = open(data.parent / "milvus-server.log", "wb")  # noqa: SIM115 - closed after the server stops
+    command = [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data / "store")]
+    proc = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the Milvus Lite server exited with {proc.returncode} before answering")
+            with socket.socket() as probe:
+                probe.settimeout(1)
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Milvus Lite server did not listen on port {port} within 60 s")
+            time.sleep(0.1)
+        yield Server("127.0.0.1", port, data)
+    finally:
+        _stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
 def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """moto's S3 server over HTTP on a free loopback port (the real s3fs/botocore clients talk to it)."""
     yield from _moto(tmp_path_factory)

@@ -274,17 +274,18 @@ class Store:
             self.loaded.add(name)
 
     def pages(
-        self, name: str, layout: Layout, rows: int, partition: str | None, *, full: bool
+        self, name: str, layout: Layout, rows: int, partition: str | None, *, full: bool, expr: str = ""
     ) -> Iterator[list[dict[str, Any]]]:
-        """Non-empty query-iterator pages of a collection (or one partition) in primary-key order: every
-        field, or (`full` False) the primary key only. SourceDataError if keys do not come strictly
-        increasing (a record read twice or the cursor lost)."""
+        """Non-empty query-iterator pages of a collection (or one partition; only the records of filter
+        `expr`, when given) in primary-key order: every field, or (`full` False) the primary key only.
+        SourceDataError if keys do not come strictly increasing (a record read twice or the cursor lost)."""
         client = self.require()
         pk = layout.pk.name
         with self.errors(f"reading collection {name!r}", name):
             iterator = client.query_iterator(
                 name,
                 batch_size=rows,
+                filter=expr,
                 output_fields=layout.output_fields if full else [pk],
                 partition_names=[partition] if partition else None,
                 strict_float32=True,  # vectors as float32 numpy views of the page, not lists of floats

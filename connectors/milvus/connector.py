@@ -72,12 +72,17 @@ more, ids only, and the id checksums compared: a collection written during the b
 Lite's folder is locked by the process serving it, so nobody else writes meanwhile. A server collection
 that is not loaded is loaded for the backup and released at close; Milvus Lite loads on open.
 
+On Dask (``--workers``), a server's collection splits into ranges of primary keys of one keys-only listing
+(:mod:`.partitions`); a partitioned restore's workers upsert into a load collection that the restore then
+renames into place, indexes once and loads (modes create and overwrite). Milvus Lite is one process's.
+
 Search: Milvus's own search with the collection's metric (HNSW: ef = max(k, 64)); FLAT and
 BRUTE_FORCE indexes are exact (``search_index``), as is AUTOINDEX in a Milvus Lite without faiss.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -90,11 +95,13 @@ from aibackup.connectors.base import (
     DatasetDescription,
     ImportPlan,
     Location,
+    Partitioning,
     VectorConnector,
     chain,
     id_checksum,
     identity,
 )
+from aibackup.connectors.milvus import partitions
 from aibackup.connectors.milvus.client import Store, faiss_available
 from aibackup.connectors.milvus.plan import MAX_VARCHAR, merge_problem, plan_collection
 from aibackup.connectors.milvus.records import (
@@ -108,6 +115,7 @@ from aibackup.connectors.milvus.records import (
 from aibackup.connectors.milvus.schema import (
     DEFAULT_PARTITION,
     EXACT_INDEXES,
+    Layout,
     build_indexes,
     config_of,
     index_of,
@@ -115,6 +123,7 @@ from aibackup.connectors.milvus.schema import (
 )
 from aibackup.connectors.sparse import sorted_sparse_vectors, sparse_without_zeros
 from aibackup.errors import (
+    ConnectorError,
     DatasetNotFoundError,
     SourceDataError,
     TargetNotEmptyError,
@@ -135,6 +144,8 @@ WRITE_FLOAT_BUDGET = 500_000
 #: iterator pages at 16384).
 ID_PAGE = 16_000
 SEARCH_CHUNK = 1000  # queries per search call (Milvus takes up to 16384; fewer calls are faster)
+#: The name of a partitioned restore's load collection, before its random part.
+LOAD_PREFIX = "aibackup_load_"
 
 
 class MilvusConnector(VectorConnector):
@@ -207,12 +218,11 @@ class MilvusConnector(VectorConnector):
         layout = layout_of(native)
         self._int_ids = layout.int_pk
         self._store.ensure_loaded(name)
-        vector_floats = sum(int(f.dim or 0) for _, f in layout.dense)
-        rows = max(1, min(self.batch_rows, READ_FLOAT_BUDGET // max(vector_floats, 1)))
-        partitions: list[str | None] = [DEFAULT_PARTITION, *layout.partitions] if layout.partitions else [None]
+        rows = self._page_rows(layout)
+        milvus_partitions: list[str | None] = [DEFAULT_PARTITION, *layout.partitions] if layout.partitions else [None]
         exported = checksum = 0
         pk = layout.pk.name
-        for partition in partitions:
+        for partition in milvus_partitions:
             for page in self._store.pages(name, layout, rows, partition, full=True):
                 batch = rows_to_batch(page, layout, schema, name, partition)
                 exported += batch.num_rows
@@ -228,6 +238,34 @@ class MilvusConnector(VectorConnector):
                 f"Milvus collection {name!r} in {self._where} changed during the backup (holds {final} records, "
                 f"{exported} were exported, or not each record once); back up again while it is not written to"
             )
+
+    def partition(self, dataset: DatasetDescription, wanted: int) -> Partitioning | None:
+        """A server's collection: ranges of primary keys from one keys-only listing (:mod:`.partitions`);
+        Milvus Lite (one process's), and a collection of fewer than two records, do not split."""
+        if self.lite or dataset.rows < 2:
+            return None
+        layout = layout_of(dataset.config.native or self._native(dataset.name))
+        self._store.ensure_loaded(dataset.name)  # loaded by the backup's process until it ends
+        ranges = partitions.key_ranges(self._store, dataset.name, layout, dataset.rows, wanted)
+        if len(ranges) < 2:
+            return None
+        how = f"{len(ranges)} ranges of primary keys of one listing of its {dataset.rows} keys"
+        return Partitioning(partitions=tuple(ranges), options={}, how=how)
+
+    def export_partition(self, dataset: DatasetDescription, partition: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
+        name, schema = dataset.name, dataset.schema
+        layout = layout_of(dataset.config.native or self._native(name))
+        self._int_ids = layout.int_pk
+        self._store.ensure_loaded(name)
+        rows = self._page_rows(layout)
+        milvus_partitions: list[str | None] = [DEFAULT_PARTITION, *layout.partitions] if layout.partitions else [None]
+        for where, page in partitions.range_pages(self._store, name, layout, rows, milvus_partitions, partition):
+            yield rows_to_batch(page, layout, schema, name, where)
+
+    def _page_rows(self, layout: Layout) -> int:
+        """Rows per query-iterator page: :attr:`batch_rows`, fewer for wide vectors."""
+        vector_floats = sum(int(f.dim or 0) for _, f in layout.dense)
+        return max(1, min(self.batch_rows, READ_FLOAT_BUDGET // max(vector_floats, 1)))
 
     def id_types(self, ids: pa.Array) -> Counter[str]:
         """VARCHAR keys: "string"; INT64 keys: "uint" (a negative one "string": the manifest's id types
@@ -372,33 +410,95 @@ class MilvusConnector(VectorConnector):
         native = dict(plan.target.config.native or {}) if merge else dict(plan.extra["create"])
         if not merge:
             self._store.create(name, native)
+        written = self._write(plan, name, native, batches, client.upsert if merge else client.insert)
+        with self._store.errors(f"indexing collection {name!r}", name):
+            client.flush(name)
+            if not merge:
+                self._index_and_load(name, native)
+        return written
+
+    def _write(
+        self, plan: ImportPlan, name: str, native: Mapping[str, Any], batches: Iterable[pa.RecordBatch], write: Any
+    ) -> int:
+        """Write every batch (after ``plan.transform``) into collection `name` (as `native` describes it)
+        with `write` (the client's insert or upsert), each record into its partition, made where missing.
+        Returns the rows written."""
+        client = self._require()
         layout = layout_of(native)
         with self._store.errors(f"reading collection {name!r}", name):
-            partitions = set(client.list_partitions(name))
+            present = set(client.list_partitions(name))
         floats = sum(int(f.dim or 0) for _, f in layout.dense)
         step = max(1, min(self.write_rows, WRITE_FLOAT_BUDGET // max(floats, 1)))
-        write = client.upsert if merge else client.insert
         written = 0
         for batch in batches:
             batch = plan.transform(batch)
             for start in range(0, batch.num_rows, step):
-                groups = batch_to_rows(batch.slice(start, step), layout, name, lite=self.lite)
+                groups = batch_to_rows(batch.slice(start, step), layout, plan.target.name, lite=self.lite)
                 for partition, rows in groups.items():
-                    if partition is not None and partition not in partitions:
+                    if partition is not None and partition not in present:
                         with self._store.errors(f"creating partition {partition!r} of collection {name!r}", name):
-                            client.create_partition(name, partition)
-                        partitions.add(partition)
+                            if not client.has_partition(name, partition):  # another worker may have made it
+                                client.create_partition(name, partition)
+                        present.add(partition)
                     with self._store.errors(f"writing to collection {name!r}", name):
                         write(name, rows, partition_name=partition or "")
                     written += len(rows)
-        with self._store.errors(f"indexing collection {name!r}", name):
-            client.flush(name)
-            if not merge:
-                indexes = build_indexes(client, native)
-                if indexes is not None:
-                    client.create_index(name, indexes)
-                client.load_collection(name)
         return written
+
+    def _index_and_load(self, name: str, native: Mapping[str, Any]) -> None:
+        """Build the indexes `native` describes on collection `name` (written and flushed), then load it."""
+        client = self._require()
+        indexes = build_indexes(client, native)
+        if indexes is not None:
+            client.create_index(name, indexes)
+        client.load_collection(name)
+
+    # A partitioned restore into a server (aibackup.partitioned_restore): the workers upsert into a load
+    # collection of the target's fields made by this restore (a task run again writes the same records
+    # again); the driver flushes it, replaces the target with it by a rename, builds the indexes once and
+    # loads it. Milvus Lite is one process's.
+    partitioned_modes = ("create", "overwrite")
+
+    @classmethod
+    def load_modes(cls, location: Location) -> tuple[str, ...]:
+        return cls.partitioned_modes if location.is_server else ()
+
+    def begin_load(self, plan: ImportPlan) -> Mapping[str, Any]:
+        load = f"{LOAD_PREFIX}{secrets.token_hex(6)}"
+        self._store.create(load, plan.extra["create"])
+        return {"name": load}
+
+    def load_partition(
+        self, plan: ImportPlan, load: Mapping[str, Any], number: int, batches: Iterable[pa.RecordBatch]
+    ) -> tuple[int, None]:
+        name = str(load["name"])
+        return self._write(plan, name, plan.extra["create"], batches, self._require().upsert), None
+
+    def finish_load(self, plan: ImportPlan, load: Mapping[str, Any], rows: int, receipts: Sequence[Any]) -> int:
+        client = self._require()
+        name, loaded = plan.target.name, str(load["name"])
+        with self._store.errors(f"writing to collection {name!r}", name):
+            client.flush(loaded)
+        existing = self._existing(name)
+        self._described.pop(name, None)
+        if existing is not None:
+            if plan.mode == "create" and existing.rows:
+                raise self._not_empty(name, existing.rows)
+            with self._store.errors(f"dropping collection {name!r}", name):
+                client.drop_collection(name)
+        with self._store.errors(f"indexing collection {name!r}", name):
+            client.rename_collection(loaded, name)
+            self._index_and_load(name, plan.extra["create"])
+        count = self._store.count(name)
+        if count != rows:
+            raise ConnectorError(
+                f"Milvus collection {name!r} in {self._where} holds {count} records after {rows} were written "
+                "by the workers"
+            )
+        return rows
+
+    def abandon_load(self, load: Mapping[str, Any]) -> None:
+        self.drop(str(load["name"]))
 
     def extra_checks(self, plan: ImportPlan) -> list[tuple[str, bool, str]]:
         """``indexes``: every index the restore built is there with its type and metric (a merge keeps the
