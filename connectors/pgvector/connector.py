@@ -423,7 +423,7 @@ class PgvectorConnector(VectorConnector):
 
     # A partitioned restore (aibackup.partitioned_restore): workers load a copy of the table in a load
     # schema, the driver publishes it in one transaction as import_ publishes its COPY (.writing's docstring).
-    partitioned_modes = ("create", "overwrite")  # merge upserts: one process
+    partitioned_modes = ("create", "overwrite", "merge")
 
     def begin_load(self, plan: ImportPlan) -> Mapping[str, Any]:
         conn = self._require()
@@ -469,7 +469,8 @@ class PgvectorConnector(VectorConnector):
                         conn.execute(statement, params or None)
             with conn.cursor() as cur:
                 if loaded is not None:
-                    created = writing.publish(conn, plan, loaded, self._where)
+                    keys = self._columns(native, plan.target.name).id if native is not None else []
+                    created = writing.publish(conn, plan, loaded, self._where, list(keys))
                     written = fill(cur, target, [])
                     cur.execute(f"DROP SCHEMA {quote(str(loaded['name']))} CASCADE")
                 else:

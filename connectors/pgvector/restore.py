@@ -214,6 +214,25 @@ def insert_sql(plan: ImportPlan, columns: Columns, staging: str, target: str) ->
     return sql
 
 
+def merge_sql(plan: ImportPlan, keys: list[str], loaded: str, target: str) -> str:
+    """A partitioned merge: the rows of `loaded` (a table of the planned columns, as the target's) upserted
+    into `target` on its primary key `keys` (a table of the layout: the id), as :func:`insert_sql` merges;
+    a framework's table without a unique id has the rows of the same ids deleted first."""
+    native = plan.target.config.native
+    names = list(planned_columns(plan))
+    columns = ", ".join(map(quote, names))
+    overriding = catalog.overriding(native) if native is not None else ""
+    sql = f"INSERT INTO {target} ({columns}){overriding} SELECT {columns} FROM {loaded}"
+    if native is not None and native.get("id_column"):
+        id_column = quote(native["id_column"])
+        return f"DELETE FROM {target} t USING {loaded} s WHERE t.{id_column} = s.{id_column}; {sql}"
+    keys = keys if native is not None else [ID]
+    if not keys:  # no primary key: nothing says which rows are the same, so they are added (as import_ does)
+        return sql
+    updates = ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in names if n not in keys)
+    return f"{sql} ON CONFLICT ({', '.join(map(quote, keys))}) DO UPDATE SET {updates}"
+
+
 def after_data(plan: ImportPlan, schema: str, table: str, created: bool) -> list[str]:
     """What runs after the rows are in a table this restore created: the recorded constraints, indexes and
     comments of a pgvector bundle, else an HNSW index per dense vector pgvector can index."""

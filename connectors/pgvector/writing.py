@@ -158,13 +158,17 @@ def load_partition(
     return written
 
 
-def publish(conn: Any, plan: ImportPlan, load: Mapping[str, Any], where: str) -> bool:
+def publish(conn: Any, plan: ImportPlan, load: Mapping[str, Any], where: str, keys: list[str]) -> bool:
     """In the driver's transaction: the loaded table becomes the target: moved into the target's schema
     (``SET SCHEMA``, with its primary key and owned sequences; an overwritten table dropped first), or,
-    into an empty table of the same columns that create mode keeps, its rows copied. True when the
+    into an empty table of the same columns that create mode keeps, its rows copied; into the table a
+    merge finds, its rows upserted on the primary key `keys` (:func:`.restore.merge_sql`). True when the
     table is the loaded one (its constraints and indexes are then made after)."""
     schema, table = plan.extra["schema"], plan.extra["table"]
     if kept(conn, plan, schema, table, where):
+        if plan.mode == "merge":
+            conn.execute(restore.merge_sql(plan, keys, load_table(load), qualified(schema, table)))
+            return False
         native = plan.target.config.native
         names = ", ".join(map(quote, restore.planned_columns(plan)))
         overriding = catalog.overriding(native) if native is not None else ""

@@ -76,7 +76,8 @@ def test_a_partitioned_restore_is_the_one_process_restore(postgres: Postgres, bu
     single, spread = table_state(postgres, one), table_state(postgres, many)
     assert spread == single and spread[0] == ROWS and spread[2] == []
     # The recorded indexes and keys were made once, after the rows: the definition check compared them.
-    # overwrite replaces the table in one transaction; merge (an upsert) runs in one process, and says so.
+    # merge: the workers load a copy, the publishing transaction upserts it into the table on its primary
+    # key (the rows it changed are the bundle's again, the row it lacks stays); overwrite replaces the table.
     with postgres.connect(many) as conn:
         conn.execute("UPDATE items SET body = 'changed' WHERE id < 10")
         conn.execute(
@@ -85,10 +86,15 @@ def test_a_partitioned_restore_is_the_one_process_restore(postgres: Postgres, bu
         )
     args = ("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(many), "--workers", "2")
     merged = ok(cli(*args, "--mode", "merge", "--json")).json()
-    notes = merged["datasets"][0]["notes"]
-    assert any("restored in one process: a pgvector target takes a partitioned restore in mode" in n for n in notes)
+    (dataset,) = merged["datasets"]
+    assert any(n.startswith("partitioned:") for n in dataset["notes"]), dataset["notes"]
+    checks = {c["name"]: c for c in dataset["checks"]}
+    assert dataset["ok"] and checks["ids"]["detail"] == f"all {ROWS} bundle ids present; 1 other records kept (merge)"
+    assert checks["content"]["detail"].startswith(f"all {ROWS} records identical")
     rows, _, left = table_state(postgres, many)
     assert rows == ROWS + 1 and not left
+    with postgres.connect(many) as conn:
+        assert conn.execute("SELECT count(*) FROM items WHERE body = 'changed'").fetchone()[0] == 0
     ok(cli(*args, "--mode", "overwrite"))
     assert table_state(postgres, many) == single
 

@@ -411,6 +411,24 @@ def test_a_langchain_chain_restored_partitioned_into_postgres(postgres: Postgres
                 ).fetchall()
             )
     assert dumps[0] == dumps[1] and len(dumps[0]) == 200
+    # merge, partitioned: langchain-postgres's table has no unique id, so the ids the bundle holds are
+    # deleted before its rows go in, in the publishing transaction; a record of the application's stays.
+    with postgres.connect(many) as conn:
+        conn.execute("UPDATE langchain_pg_embedding SET document = 'edited' WHERE id = 'doc-007'")
+        conn.execute(
+            "INSERT INTO langchain_pg_embedding (id, collection_id, embedding, document, cmetadata) "
+            "SELECT 'app-1', collection_id, embedding, 'the app''s own', '{}' FROM langchain_pg_embedding "
+            "WHERE id = 'doc-008'"
+        )
+    merged = restored(cli, repo, postgres.uri(many), "--layout", "langchain", "--workers", "2", "--mode", "merge")
+    assert any(n.startswith("partitioned:") for n in merged["notes"]), merged["notes"]
+    with postgres.connect(many) as conn:
+        rows = conn.execute(
+            "SELECT id, document, cmetadata::text, embedding::text FROM langchain_pg_embedding ORDER BY id"
+        ).fetchall()
+    assert [r for r in rows if r[0] != "app-1"] == dumps[0] and len(rows) == 201
+    with postgres.connect(many) as conn:
+        conn.execute("DELETE FROM langchain_pg_embedding WHERE id = 'app-1'")  # (its vector is doc-008's)
     app = pg_store(postgres, many, "kb-lc", "EUCLIDEAN")
     try:
         assert {q: lc_view(app.similarity_search(q, k=4)) for q in QUERIES} == expected
