@@ -178,180 +178,192 @@ def run_backup(
         )
     # A file source never backs up the repository it is writing into (`config:.` with ./aibackup-repo).
     exclude = [storage.root] if storage.is_local else []
-    with collector_paused():  # opening a store can load all of it into this process (Qdrant local mode)
-        opened = open_connector(source_uri, options=source_options.connector_options(key, exclude))
-    with opened as connector:
-        descriptions = connector.describe(list(collections) or None)
-        if not descriptions:
-            raise UsageError(f"{connector.location.display()} holds no collections: nothing to back up")
-        created = repo is None
-        if repo is None:
-            repo = Repository.init(storage, passphrase=new_passphrase, keyring=new_keyring)
-            repo.use_key(repo.key())
-        source = {"kind": connector.kind, "uri": connector.location.display()}
-        # One backup of a source at a time (a cron run overlapping the previous one is refused), and never
-        # while a prune runs; a crashed run's lock goes stale by itself.
-        try:
-            lock = RepositoryLock(repo, "backup", source["uri"], stale_after=lock_stale_after).acquire()
-        except BaseException:
-            if created:
-                repo.forget()
-            raise
-        notes: list[str] = list(lock.notes)
-        parent = _parent(repo, source)
-        bundle_id = repo.next_bundle_id(started)
-        # A remote repository: the vector parts are also kept locally, for the baselines' exact passes.
-        spool = None if repo.storage.is_local else PartSpool(repo.storage)
-        writer = BundleWriter(repo, bundle_id, options, spool=spool)
-        golden = _golden(source_options.golden_queries, notes)
-        datasets: list[DatasetManifest] = []
-        recorders: list[BaselineRecorder] = []
-        outcomes: dict[str, Outcome] = {}
-        committing = False
-        # Model files: their chunks go to the repository's chunk store, in packs of this bundle (aibackup.chunks).
-        store = ChunkStore(repo, bundle_id) if isinstance(connector, ChunkedConnector) else None
-        if store is not None and isinstance(connector, ChunkedConnector):
-            connector.use_chunks(store)
-        try:
-            with steady_memory(), distributed.cluster(source_options.workers, source_options.dask) as on:
-                for index, description in enumerate(descriptions):
-                    if description.kind in CHAINED_KINDS:
-                        chained = _write_chained(
-                            connector, repo, writer, index, description, source, source_options, report, on, source_uri
-                        )
-                        chained.recorder.ask(golden)
-                        recorders.append(chained.recorder)
-                        datasets.append(chained.dataset)
-                        outcomes[description.name] = Outcome.of(chained.dataset, bundle_id, chained.full_reason)
-                        notes += chained.notes
-                        continue
-                    file_kind = FILE_KINDS.get(description.kind)
-                    # File kinds find what they may reference themselves (filereuse.offer, below).
-                    previous = None if file_kind else _previous(repo, parent, description.name, description.kind)
-                    unchained = "no earlier bundle of this dataset"  # why it is full, if it is
-                    refused = None  # why an earlier bundle there is not continued
-                    if previous is not None and previous.digest_algorithm != DIGEST_ALGORITHM:
-                        # The dataset digest of a chain is a sum: every link must use one algorithm.
-                        refused = (
-                            f"the previous bundle's record digests are {previous.digest_algorithm}, an older format"
-                        )
-                    elif previous is not None and repo.rotated_since(p.path for p in previous.all_parts()):
-                        refused = KEY_ROTATED
-                    if refused is not None:
-                        unchained = refused
-                        notes.append(f"{description.name}: full backup, not incremental ({unchained})")
-                        previous = None
-                    since = previous.state if previous is not None else None
-                    offer: Offer | None = None
-                    groups: PartGroups | None = None
-                    if file_kind is not None:  # fine-tuning and config files: unchanged files are referenced
-                        earlier, earlier_dataset = _previous_dataset(repo, source, description)
-                        offer, unreused = filereuse.offer(
-                            BundleReader(repo), file_kind, earlier, earlier_dataset, full=source_options.full
-                        )
-                        if offer is None and earlier is not None:
-                            notes.append(f"{description.name}: every file written: {unreused}")
-                        since = offer.since() if offer is not None else None
-                        groups = PartGroups(file_kind.column, split=file_kind.split)
-                    # an incremental export yields only what is new: its size is not known ahead
-                    report.dataset(description.name, None if since else description.rows)
-                    recorder = BaselineRecorder(connector, description, source_options.queries, seed_for(bundle_id))
-                    detector = layouts.Detector(connector.kind if description.kind == "vectors" else "")
-                    dataset = writer.write_dataset(
-                        index,
-                        description,
-                        collecting(prefetch(connector.export(description, since))),
-                        connector.id_types,
-                        report.advance,
-                        _each(recorder.add, detector.add),
-                        groups=groups,
-                    )
-                    recorder.ask(golden)
-                    recorders.append(recorder)
-                    found = detector.result(getattr(description.config, "native", None))
-                    if found is not None:  # every record is in a framework's layout: the restore keeps it
-                        dataset = replace(dataset, config={**dataset.config, "layout": found})
-                    state = connector.export_state(description.name)
-                    if file_kind is not None and groups is not None and state is not None:
-                        assembled = filereuse.assemble(
-                            file_kind, dataset, groups.parts, state.state, state.config or dataset.config, offer
-                        )
-                        dataset = assembled.dataset
-                        notes += [f"{description.name}: {note}" for note in state.notes]
-                        if assembled.reused:
-                            notes.append(
-                                f"{description.name}: {assembled.referenced} of {assembled.files} file(s) referenced "
-                                f"from bundle {assembled.dataset.extends}, not written again (unchanged since)"
-                            )
-                            reason = None
-                        else:
-                            reason = unreused if offer is None else PARTS_CHANGED
-                        outcomes[description.name] = Outcome.of(dataset, bundle_id, reason)
-                    elif state is not None:
-                        notes += [f"{description.name}: {note}" for note in state.notes]
-                        dataset = replace(
-                            dataset,
-                            state=dict(state.state),
-                            config=dict(state.config) if state.config is not None else dataset.config,
-                        )
-                        if state.incremental and previous is not None and parent is not None:
-                            dataset = chain(previous, dataset, parent)
-                    if description.name not in outcomes:  # conversation logs: continued from their mark, or not
-                        if previous is not None and dataset.extends is None:
-                            unchained = "the source could not continue from the previous bundle (see the notes)"
-                        reason = None if dataset.extends else unchained
-                        outcomes[description.name] = Outcome.of(dataset, bundle_id, reason)
-                    datasets.append(dataset)
-                if store is not None:  # packs, then their index, then (below) the manifest
-                    store.publish()
-                    store.check_referenced()
-                    datasets = [_with_chunk_stats(d, store, outcomes) if d.kind == "model" else d for d in datasets]
-                # The source is done with: close it before the baselines' exact passes, which read the
-                # parts just written (an embedded store's threads and memory would compete with them).
-                connector.close()
-                for n, recorder in enumerate(recorders):
-                    # A chained dataset's exact pass would read the whole chain: the source's answers are kept
-                    # without it (aibackup.baseline).
-                    baseline, said = recorder.settle(
-                        BundleReader(repo, spool=spool or False), datasets[n], measure=not datasets[n].chained
-                    )
-                    datasets[n] = replace(datasets[n], baseline=baseline)
-                    notes += said
-            manifest = BundleManifest(
-                bundle_id=bundle_id,
-                created_at=iso(started),
-                tool_version=__version__,
-                source=source,
-                datasets=tuple(datasets),
-                parent=parent,
-            )
-            if lock.lost:  # a run that lost its lock may no longer be alone: publish nothing
-                raise LockedError(
-                    f"the lock of this backup of {source['uri']} was taken over while it ran (stale heartbeat?); "
-                    "nothing was committed: run it again"
-                )
-            committing = True
-            repo.commit(manifest)
-        except BaseException:
-            lock.release()
-            if committing and not repo.manifest_absent(bundle_id):
-                # The manifest may have been written (a lost answer, an interrupt during the write): its
-                # parts stay. If it was not, they are orphans that prune removes after its grace period.
+    # A local Dask cluster (--workers) comes up in the background while the source opens and is described.
+    with distributed.cluster(source_options.workers, source_options.dask) as on:
+        with collector_paused():  # opening a store can load all of it into this process (Qdrant local mode)
+            opened = open_connector(source_uri, options=source_options.connector_options(key, exclude))
+        with opened as connector:
+            descriptions = connector.describe(list(collections) or None)
+            if not descriptions:
+                raise UsageError(f"{connector.location.display()} holds no collections: nothing to back up")
+            created = repo is None
+            if repo is None:
+                repo = Repository.init(storage, passphrase=new_passphrase, keyring=new_keyring)
+                repo.use_key(repo.key())
+            source = {"kind": connector.kind, "uri": connector.location.display()}
+            # One backup of a source at a time (a cron run overlapping the previous one is refused), and never
+            # while a prune runs; a crashed run's lock goes stale by itself.
+            try:
+                lock = RepositoryLock(repo, "backup", source["uri"], stale_after=lock_stale_after).acquire()
+            except BaseException:
+                if created:
+                    repo.forget()
                 raise
-            # An error or Ctrl-C: no manifest, so no bundle; remove the parts too. (A crash leaves them as
-            # unreferenced orphans, which no reader ever looks at.) A repository this run created goes as
-            # well, so that the fix an error suggests (say `aibackup init --encrypt`) works on the spot.
-            writer.discard()
-            if store is not None:
-                store.discard()
-            if created:
-                repo.forget()
-            raise
-        finally:
-            if spool is not None:
-                spool.close()
-        lock.release()
-    return BackupResult(manifest, created, time.perf_counter() - timer, tuple(notes), outcomes)
+            notes: list[str] = list(lock.notes)
+            parent = _parent(repo, source)
+            bundle_id = repo.next_bundle_id(started)
+            # A remote repository: the vector parts are also kept locally, for the baselines' exact passes.
+            spool = None if repo.storage.is_local else PartSpool(repo.storage)
+            writer = BundleWriter(repo, bundle_id, options, spool=spool)
+            golden = _golden(source_options.golden_queries, notes)
+            datasets: list[DatasetManifest] = []
+            recorders: list[BaselineRecorder] = []
+            outcomes: dict[str, Outcome] = {}
+            committing = False
+            # Model files: their chunks go to the repository's chunk store, in packs of this bundle (aibackup.chunks).
+            store = ChunkStore(repo, bundle_id) if isinstance(connector, ChunkedConnector) else None
+            if store is not None and isinstance(connector, ChunkedConnector):
+                connector.use_chunks(store)
+            try:
+                with steady_memory():
+                    for index, description in enumerate(descriptions):
+                        if description.kind in CHAINED_KINDS:
+                            chained = _write_chained(
+                                connector,
+                                repo,
+                                writer,
+                                index,
+                                description,
+                                source,
+                                source_options,
+                                report,
+                                on,
+                                source_uri,
+                            )
+                            chained.recorder.ask(golden)
+                            recorders.append(chained.recorder)
+                            datasets.append(chained.dataset)
+                            outcomes[description.name] = Outcome.of(chained.dataset, bundle_id, chained.full_reason)
+                            notes += chained.notes
+                            continue
+                        file_kind = FILE_KINDS.get(description.kind)
+                        # File kinds find what they may reference themselves (filereuse.offer, below).
+                        previous = None if file_kind else _previous(repo, parent, description.name, description.kind)
+                        unchained = "no earlier bundle of this dataset"  # why it is full, if it is
+                        refused = None  # why an earlier bundle there is not continued
+                        if previous is not None and previous.digest_algorithm != DIGEST_ALGORITHM:
+                            # The dataset digest of a chain is a sum: every link must use one algorithm.
+                            refused = (
+                                f"the previous bundle's record digests are {previous.digest_algorithm}, an older format"
+                            )
+                        elif previous is not None and repo.rotated_since(p.path for p in previous.all_parts()):
+                            refused = KEY_ROTATED
+                        if refused is not None:
+                            unchained = refused
+                            notes.append(f"{description.name}: full backup, not incremental ({unchained})")
+                            previous = None
+                        since = previous.state if previous is not None else None
+                        offer: Offer | None = None
+                        groups: PartGroups | None = None
+                        if file_kind is not None:  # fine-tuning and config files: unchanged files are referenced
+                            earlier, earlier_dataset = _previous_dataset(repo, source, description)
+                            offer, unreused = filereuse.offer(
+                                BundleReader(repo), file_kind, earlier, earlier_dataset, full=source_options.full
+                            )
+                            if offer is None and earlier is not None:
+                                notes.append(f"{description.name}: every file written: {unreused}")
+                            since = offer.since() if offer is not None else None
+                            groups = PartGroups(file_kind.column, split=file_kind.split)
+                        # an incremental export yields only what is new: its size is not known ahead
+                        report.dataset(description.name, None if since else description.rows)
+                        recorder = BaselineRecorder(connector, description, source_options.queries, seed_for(bundle_id))
+                        detector = layouts.Detector(connector.kind if description.kind == "vectors" else "")
+                        dataset = writer.write_dataset(
+                            index,
+                            description,
+                            collecting(prefetch(connector.export(description, since))),
+                            connector.id_types,
+                            report.advance,
+                            _each(recorder.add, detector.add),
+                            groups=groups,
+                        )
+                        recorder.ask(golden)
+                        recorders.append(recorder)
+                        found = detector.result(getattr(description.config, "native", None))
+                        if found is not None:  # every record is in a framework's layout: the restore keeps it
+                            dataset = replace(dataset, config={**dataset.config, "layout": found})
+                        state = connector.export_state(description.name)
+                        if file_kind is not None and groups is not None and state is not None:
+                            assembled = filereuse.assemble(
+                                file_kind, dataset, groups.parts, state.state, state.config or dataset.config, offer
+                            )
+                            dataset = assembled.dataset
+                            notes += [f"{description.name}: {note}" for note in state.notes]
+                            if assembled.reused:
+                                notes.append(
+                                    f"{description.name}: {assembled.referenced} of {assembled.files} file(s) "
+                                    f"referenced from bundle {assembled.dataset.extends}, not written again "
+                                    "(unchanged since)"
+                                )
+                                reason = None
+                            else:
+                                reason = unreused if offer is None else PARTS_CHANGED
+                            outcomes[description.name] = Outcome.of(dataset, bundle_id, reason)
+                        elif state is not None:
+                            notes += [f"{description.name}: {note}" for note in state.notes]
+                            dataset = replace(
+                                dataset,
+                                state=dict(state.state),
+                                config=dict(state.config) if state.config is not None else dataset.config,
+                            )
+                            if state.incremental and previous is not None and parent is not None:
+                                dataset = chain(previous, dataset, parent)
+                        if description.name not in outcomes:  # conversation logs: continued from their mark, or not
+                            if previous is not None and dataset.extends is None:
+                                unchained = "the source could not continue from the previous bundle (see the notes)"
+                            reason = None if dataset.extends else unchained
+                            outcomes[description.name] = Outcome.of(dataset, bundle_id, reason)
+                        datasets.append(dataset)
+                    if store is not None:  # packs, then their index, then (below) the manifest
+                        store.publish()
+                        store.check_referenced()
+                        datasets = [_with_chunk_stats(d, store, outcomes) if d.kind == "model" else d for d in datasets]
+                    # The source is done with: close it before the baselines' exact passes, which read the
+                    # parts just written (an embedded store's threads and memory would compete with them).
+                    connector.close()
+                    for n, recorder in enumerate(recorders):
+                        # A chained dataset's exact pass would read the whole chain: the source's answers are kept
+                        # without it (aibackup.baseline).
+                        baseline, said = recorder.settle(
+                            BundleReader(repo, spool=spool or False), datasets[n], measure=not datasets[n].chained
+                        )
+                        datasets[n] = replace(datasets[n], baseline=baseline)
+                        notes += said
+                manifest = BundleManifest(
+                    bundle_id=bundle_id,
+                    created_at=iso(started),
+                    tool_version=__version__,
+                    source=source,
+                    datasets=tuple(datasets),
+                    parent=parent,
+                )
+                if lock.lost:  # a run that lost its lock may no longer be alone: publish nothing
+                    raise LockedError(
+                        f"the lock of this backup of {source['uri']} was taken over while it ran (stale heartbeat?); "
+                        "nothing was committed: run it again"
+                    )
+                committing = True
+                repo.commit(manifest)
+            except BaseException:
+                lock.release()
+                if committing and not repo.manifest_absent(bundle_id):
+                    # The manifest may have been written (a lost answer, an interrupt during the write): its
+                    # parts stay. If it was not, they are orphans that prune removes after its grace period.
+                    raise
+                # An error or Ctrl-C: no manifest, so no bundle; remove the parts too. (A crash leaves them as
+                # unreferenced orphans, which no reader ever looks at.) A repository this run created goes as
+                # well, so that the fix an error suggests (say `aibackup init --encrypt`) works on the spot.
+                writer.discard()
+                if store is not None:
+                    store.discard()
+                if created:
+                    repo.forget()
+                raise
+            finally:
+                if spool is not None:
+                    spool.close()
+            lock.release()
+        return BackupResult(manifest, created, time.perf_counter() - timer, tuple(notes), outcomes)
 
 
 def _with_chunk_stats(dataset: DatasetManifest, store: ChunkStore, outcomes: dict[str, Outcome]) -> DatasetManifest:

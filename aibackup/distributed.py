@@ -25,6 +25,7 @@ import contextlib
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -56,10 +57,18 @@ PER_WORKER = 2
 
 @dataclass(frozen=True)
 class Cluster:
-    """Where partition tasks run: a Dask client, and how many workers it had when the backup began."""
+    """Where partition tasks run: a Dask client (or the start of a local cluster, which :attr:`client`
+    waits for), and how many workers it had when the backup began."""
 
-    client: Any
+    started: Any  # a Client, or a Future of a local cluster's (LocalCluster, Client)
     workers: int
+
+    @property
+    def client(self) -> Any:
+        """The Dask client; a local cluster that failed to start raises its error here."""
+        if isinstance(self.started, Future):
+            return self.started.result()[1]
+        return self.started
 
     def describe(self) -> str:
         return f"{self.workers} Dask worker(s) at {self.client.scheduler.address}"
@@ -68,7 +77,11 @@ class Cluster:
 @contextlib.contextmanager
 def cluster(workers: int | None = None, address: str | None = None) -> Iterator[Cluster | None]:
     """A Dask client for a partitioned backup: a LocalCluster of `workers` processes, the scheduler at
-    `address` (else ``AIBACKUP_DASK``), or None (no Dask: the backup runs in this process)."""
+    `address` (else ``AIBACKUP_DASK``), or None (no Dask: the backup runs in this process).
+
+    A local cluster starts in a thread of its own (its processes take about a second to come up): the
+    caller goes on opening its source or repository meanwhile, and the first use of ``Cluster.client``
+    waits for it."""
     address = address or os.environ.get(DASK_ENV) or None
     if workers is None and address is None:
         yield None
@@ -78,30 +91,56 @@ def cluster(workers: int | None = None, address: str | None = None) -> Iterator[
     if workers is not None and workers < 1:
         raise UsageError(f"bad --workers {workers}: at least 1")
     try:
-        import dask
-        from dask.distributed import Client, LocalCluster
+        from dask.distributed import Client
     except ImportError:
         raise UsageError("a partitioned backup needs Dask: pip install 'aibackup[dask]'") from None
     with contextlib.ExitStack() as stack:
         if address is None:
-            # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ (and thread limits) in the workers' environment, and
-            # in this process's: glibc then stops raising its mmap threshold, every large buffer a partition
-            # streams is page-faulted in afresh, and a worker writes ~30% slower (11.1 s against 14.4 s per
-            # 1M x 384 here). Our workers run one task at a time on streamed batches: glibc's defaults suit them.
             saved = dict(os.environ)
-            stack.callback(_restore_environ, saved)
-            stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": {}}))
-            local = stack.enter_context(
-                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
-            )
-            client = stack.enter_context(Client(local))
-        else:
-            try:
-                client = stack.enter_context(Client(address, timeout="10s"))
-            except OSError as exc:
-                raise UnavailableError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+            stack.callback(_restore_environ, saved)  # last: Dask's nanny writes into this process's environment
+            pool = ThreadPoolExecutor(1, thread_name_prefix="aibackup-dask-start")
+            starting = pool.submit(_start_local, workers or 1)
+            stack.callback(_close_local, starting, pool)
+            yield Cluster(starting, workers or 1)
+            return
+        try:
+            client = stack.enter_context(Client(address, timeout="10s"))
+        except OSError as exc:
+            raise UnavailableError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         count = len(client.scheduler_info().get("workers", {})) or (workers or 1)
         yield Cluster(client, count)
+
+
+def _start_local(workers: int) -> tuple[Any, Any]:
+    """A LocalCluster of `workers` one-thread processes and its client (in :func:`cluster`'s thread)."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ (and thread limits) in the workers' environment, and in this
+    # process's: glibc then stops raising its mmap threshold, every large buffer a partition streams is
+    # page-faulted in afresh, and a worker writes ~30% slower (11.1 s against 14.4 s per 1M x 384 here).
+    # Our workers run one task at a time on streamed batches: glibc's defaults suit them.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
+        local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        return local, Client(local)
+    except BaseException:
+        local.close()
+        raise
+
+
+def _close_local(starting: Future[tuple[Any, Any]], pool: ThreadPoolExecutor) -> None:
+    """Close the local cluster of :func:`cluster` once it has started (or failed to)."""
+    try:
+        local, client = starting.result()
+    except BaseException:
+        return  # it did not start: nothing to close (its error reached whoever used the client)
+    finally:
+        pool.shutdown(wait=False)
+    try:
+        client.close()
+    finally:
+        local.close()
 
 
 def settle(client: Any, futures: Sequence[Any], exc: BaseException) -> None:
