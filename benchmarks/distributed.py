@@ -20,8 +20,13 @@ every variant). The **target alone**: the table's rows in binary COPY form (read
 into an unlogged table by one session, and in two halves by two sessions at once: how fast PostgreSQL takes
 rows with one and two writers here.
 
+Incremental: 1% of the rows changed after that backup, then the nightly link after it (a copy of its
+repository each time), with no Dask, 1 and 2 workers: the workers look their records up in the parent's
+digests (broadcast to them) and write what changed.
+
 LanceDB: a table of the same rows in LANCE_FRAGMENTS appends (as many fragments), backed up with
-``--queries 0`` and its bundle restored into a new folder (``--queries 0``), with no Dask, 1 and 2 workers.
+``--queries 0`` and its bundle restored into a new folder (``--queries 0``), with no Dask, 1 and 2 workers;
+its backup also on a running one-worker cluster.
 
 Ratios: Dask's overhead (1 worker / no Dask, target <= 1.1) and the speed-up (no Dask / 2 workers, target >=
 1.6 where the source is not the limit). The scaling model of the report (100M x 768 to S3 within one hour)
@@ -64,7 +69,7 @@ def child_backup(uri: str, repo: str, workers: str) -> dict[str, Any]:
         options = SourceOptions(queries=0, workers=local, dask=address)
         result = run_backup(repo, uri + "?document=content", ["items"], source_options=options)
         assert result.datasets[0].rows > 0
-        return clock.read()
+        return {**clock.read(), "incremental": result.datasets[0].extends is not None}
 
 
 def child_restore(target: str, repo: str, workers: str) -> dict[str, Any]:
@@ -122,8 +127,9 @@ def child_bare_ingest(uri: str, sessions: str) -> dict[str, Any]:
     return out
 
 
-def _running(stack: contextlib.ExitStack) -> str:
-    """A one-worker LocalCluster started before the clock (as ``--dask`` finds one); its address."""
+def _running(stack: contextlib.ExitStack, *modules: str) -> str:
+    """A one-worker LocalCluster started before the clock (as ``--dask`` finds one), `modules` imported in
+    its worker; its address."""
     import dask
     from dask.distributed import Client, LocalCluster
 
@@ -133,7 +139,8 @@ def _running(stack: contextlib.ExitStack) -> str:
         LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None)
     )
     client = stack.enter_context(Client(cluster))
-    client.run(lambda: __import__("aibackup.distributed"))  # a worker that has run a task before
+    for module in ("aibackup.distributed", *modules):  # a worker that has run a task before
+        client.run(__import__, module)
     return str(cluster.scheduler_address)
 
 
@@ -160,11 +167,14 @@ def child_lance_backup(path: str, repo: str, workers: str) -> dict[str, Any]:
     import aibackup.connectors.lancedb.connector  # noqa: F401 - imported before the clock starts
     from aibackup.backup import SourceOptions, run_backup
 
-    clock = Stopwatch()
-    options = SourceOptions(queries=0, workers=int(workers) or None)
-    result = run_backup(repo, f"lancedb:{path}", source_options=options)
-    assert result.datasets[0].rows > 0
-    return clock.read()
+    with contextlib.ExitStack() as stack:
+        address = _running(stack, "lancedb", "lance") if workers == "running" else None
+        clock = Stopwatch()
+        local = None if workers == "running" else int(workers) or None
+        options = SourceOptions(queries=0, workers=local, dask=address)
+        result = run_backup(repo, f"lancedb:{path}", source_options=options)
+        assert result.datasets[0].rows > 0
+        return clock.read()
 
 
 def child_lance_restore(target: str, repo: str, workers: str) -> dict[str, Any]:
@@ -225,6 +235,9 @@ CHILDREN = {
 LANCE_FRAGMENTS = 8
 LANCE_RUNS = {"l_none": "0", "l_one": "1", "l_two": "2"}
 RESTORES = {"r_none": "0", "r_one": "1", "r_running": "running", "r_two": "2"}
+INCREMENTALS = {"i_none": "0", "i_one": "1", "i_two": "2"}
+#: The share of the rows changed before the incremental backups.
+CHANGED = 100  # one row in CHANGED
 
 
 def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
@@ -234,6 +247,7 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="aibackup-bench-distributed-"))
     kinds = ("none", "one", "running", "two", "copy1", "copy2", *RESTORES, "ingest1", "ingest2")
     kinds += tuple(f"{k}_backup" for k in LANCE_RUNS) + tuple(f"{k}_restore" for k in LANCE_RUNS)
+    kinds += (*INCREMENTALS, "l_running_backup")
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
     try:
         with running_postgres(free_port()) as server:
@@ -259,6 +273,17 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
                         conn.execute(f'DROP DATABASE "{target}" WITH (FORCE)')
                 runs["ingest1"].append(run_child(MODULE, "bare_ingest", source, "1"))
                 runs["ingest2"].append(run_child(MODULE, "bare_ingest", source, "2"))
+            # The nightly link after that bundle, once 1% of the rows changed.
+            with _connect(source) as conn:
+                conn.execute(f"UPDATE items SET topic = topic + 1000 WHERE id % {CHANGED} = 0")
+                conn.execute("VACUUM ANALYZE items")
+            for n in range(repeats):
+                for kind, workers in INCREMENTALS.items():
+                    repo = work / f"{kind}-{n}"
+                    shutil.copytree(bundle, repo)
+                    runs[kind].append(run_child(MODULE, "backup", source, str(repo), workers))
+                    assert runs[kind][-1]["incremental"], f"{kind}: the backup was not incremental"
+                    shutil.rmtree(repo)
         # LanceDB: a table of LANCE_FRAGMENTS fragments, backed up and restored the three ways.
         lance = work / "lance"
         run_child(MODULE, "lance_seed", str(lance), str(rows), str(dim))
@@ -274,6 +299,9 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
                     run_child(MODULE, "lance_restore", str(target), str(lance_bundle), workers)
                 )
                 shutil.rmtree(target)
+            repo = work / f"l_running-{n}"
+            runs["l_running_backup"].append(run_child(MODULE, "lance_backup", str(lance), str(repo), "running"))
+            shutil.rmtree(repo)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     best = {k: fastest(v) for k, v in runs.items()}
@@ -311,6 +339,12 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
         "lancedb_restore_load_seconds": {k: round(best[f"{k}_restore"]["load"], 3) for k in LANCE_RUNS},
         "lancedb_restore_check_seconds": {k: round(best[f"{k}_restore"]["check"], 3) for k in LANCE_RUNS},
         "lancedb_backup_dask_overhead": round(seconds["l_one_backup"] / seconds["l_none_backup"], 3),
+        "lancedb_backup_running_seconds": seconds["l_running_backup"],
+        "lancedb_backup_dask_overhead_running": round(seconds["l_running_backup"] / seconds["l_none_backup"], 3),
+        "incremental_changed_share": 1 / CHANGED,
+        "incremental_seconds": {k: seconds[k] for k in INCREMENTALS},
+        "incremental_dask_overhead": round(seconds["i_one"] / seconds["i_none"], 3),
+        "incremental_speedup_2_workers": round(seconds["i_none"] / seconds["i_two"], 3),
         "lancedb_backup_speedup_2_workers": round(seconds["l_none_backup"] / seconds["l_two_backup"], 3),
         "lancedb_restore_dask_overhead": round(seconds["l_one_restore"] / seconds["l_none_restore"], 3),
         "lancedb_restore_speedup_2_workers": round(seconds["l_none_restore"] / seconds["l_two_restore"], 3),
