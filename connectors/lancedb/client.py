@@ -8,6 +8,7 @@ warnings do not fill the one line a user reads.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from collections.abc import Iterator
@@ -30,20 +31,19 @@ TABLE_PAGE = 1000
 
 
 class Database:
-    """A LanceDB database folder through lancedb: every call runs in :meth:`errors`."""
+    """A LanceDB database folder through lancedb: every call runs in :meth:`errors`.
+
+    lancedb is imported and connected on first use (:meth:`live`): importing it takes about a second (its
+    generated namespace client), which a partitioned backup's or restore's worker, reading or writing
+    fragments through pylance alone, never pays."""
 
     def __init__(self, location: Location, *, create: bool) -> None:
         """Open (with `create`: make) the folder. A source path that does not exist raises
         DatasetNotFoundError, a path that is a file UsageError; no lancedb, ConnectorNotInstalledError."""
         os.environ.setdefault("LANCEDB_LOG", "error")  # read once, when lancedb's Rust part loads
-        try:
-            import lancedb
-        except ImportError:
-            raise ConnectorNotInstalledError(
-                "the LanceDB connector needs lancedb: pip install 'aibackup[lancedb]'"
-            ) from None
+        if importlib.util.find_spec("lancedb") is None:
+            raise ConnectorNotInstalledError("the LanceDB connector needs lancedb: pip install 'aibackup[lancedb]'")
         self.where = location.display()
-        self.version = str(lancedb.__version__)
         path = Path(str(location.path))
         if path.exists() and not path.is_dir():
             raise UsageError(f"{self.where}: {path} is a file, not a LanceDB database folder")
@@ -54,21 +54,37 @@ class Database:
                 path.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise UsageError(f"cannot create the LanceDB database folder {path}: {exc.strerror}") from None
+        self.path = path
         self._db: Any = None
-        with self.errors("open the database"):
-            self._db = lancedb.connect(str(path))
+        self._closed = False
+
+    @property
+    def version(self) -> str:
+        """lancedb's version."""
+        import lancedb
+
+        return str(lancedb.__version__)
 
     def close(self) -> None:
-        db, self._db = self._db, None
+        db, self._db, self._closed = self._db, None, True
         if db is not None:
             with suppress(Exception):  # closing is best effort
                 db.close()
 
     def live(self) -> Any:
-        """The lancedb connection; UsageError once closed."""
-        if self._db is None:
+        """The lancedb connection (made on first use); UsageError once closed."""
+        if self._closed:
             raise UsageError(f"the connection to {self.where} is closed")
+        if self._db is None:
+            import lancedb
+
+            with self.errors("open the database"):
+                self._db = lancedb.connect(str(self.path))
         return self._db
+
+    def table_uri(self, name: str) -> str:
+        """Where table `name`'s Lance dataset is (pylance opens it there)."""
+        return str(self.path / f"{name}.lance")
 
     def table_names(self) -> list[str]:
         names: list[str] = []

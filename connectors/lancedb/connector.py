@@ -68,7 +68,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import suppress
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -233,25 +232,33 @@ class LanceDBConnector(VectorConnector):
         )
 
     def export_partition(self, dataset: DatasetDescription, partition: Mapping[str, Any]) -> Iterator[pa.RecordBatch]:
-        table, columns, _ = self._reading(dataset)
+        # Through pylance alone (the version's fragments): a worker does not import lancedb.
+        columns, version = self._columns(dataset)
+        lance = fragments.lance_module()
+        assert lance is not None, "a table splits only with pylance"
         with self._database.errors("read the fragments of", dataset.name):
-            reader = fragments.scan(table.to_lance(), partition["fragments"], self._batch_rows(dataset))
+            version_read = lance.dataset(self._database.table_uri(dataset.name), version=version)
+            reader = fragments.scan(version_read, partition["fragments"], self._batch_rows(dataset))
         expected = int(partition["rows"])
-        yield from canonical(self._database, dataset, table, columns, reader, expected, unique=False, lossy=self._lossy)
+        yield from canonical(self._database, dataset, None, columns, reader, expected, unique=False, lossy=self._lossy)
 
     def _reading(self, dataset: DatasetDescription) -> tuple[Any, Columns, int]:
         """The table at the version `dataset` was described at, its columns and that version; the id kind
         :meth:`id_types` reports for the export that follows."""
+        columns, version = self._columns(dataset)
+        return self._database.open(dataset.name, version), columns, version
+
+    def _columns(self, dataset: DatasetDescription) -> tuple[Columns, int]:
+        """The columns and version `dataset` was described with; sets the id kind :meth:`id_types` reports
+        for the export that follows."""
         native = dataset.config.native or {}
         if native.get("kind") != "lancedb":
             raise UsageError(f"table {dataset.name!r} was not described by the LanceDB connector")
         columns = Columns.from_json(native.get("columns") or {})
-        version = int(native["version"])
-        table = self._database.open(dataset.name, version)
         id_type = native_schema(native).field(columns.id).type if columns.id else None
         integers = id_type is not None and pa.types.is_integer(id_type)
         self._id_kind = ("uint" if id_type is None or integers else "string", integers)
-        return table, columns, version
+        return columns, int(native["version"])
 
     def export_state(self, name: str) -> ExportState | None:
         """The version read; the note that ids are row positions, for a table without an id column."""
@@ -415,7 +422,7 @@ class LanceDBConnector(VectorConnector):
             raise UsageError("a partitioned restore into LanceDB needs pylance: pip install 'aibackup[lancedb]'")
         name = plan.target.name
         existed = self._database.open(name, None, missing_ok=True) is not None
-        return {"uri": str(Path(str(self.location.path)) / f"{name}.lance"), "existed": existed}
+        return {"uri": self._database.table_uri(name), "existed": existed}
 
     def load_partition(
         self, plan: ImportPlan, load: Mapping[str, Any], number: int, batches: Iterable[pa.RecordBatch]
