@@ -398,9 +398,9 @@ def _write_chained(
     source_uri: str = "",
 ) -> _Chained:
     """Write a vector dataset as a link after its previous bundle's chain, or in full (aibackup.incremental):
-    read the source once, or twice when the first read finds that more than half the records changed. A
-    full backup `on` a Dask cluster is written by its workers, one partition each, where the connector can
-    split the dataset (aibackup.distributed)."""
+    read the source once, or twice when the first read finds that more than half the records changed. `on`
+    a Dask cluster, either is written by its workers, one partition each, where the connector can split the
+    dataset (aibackup.distributed)."""
     reader = BundleReader(repo)
     previous_bundle, previous = _previous_dataset(repo, source, description)
     reason = full_reason(reader, previous, description, full=options.full, full_every=options.full_every)
@@ -413,16 +413,14 @@ def _write_chained(
     folder = writer.dataset_folder(index, description.name)
     split = connector.partition(description, on.workers * distributed.PER_WORKER) if on is not None else None
     if on is not None and split is not None:
+        args = (connector, repo, writer, index, description, source_uri, options, report, on, split)
         if delta is not None and previous_bundle is not None:
-            args = (connector, repo, writer, index, description, source_uri, options, report, on, split)
             try:
-                return _write_partitioned(*args, None, previous, link=(delta, reader, previous_bundle))
+                return _write_partitioned(*args, None, previous, delta, previous_bundle)
             except TooManyChanges as exc:
                 writer.discard(folder + "/")
                 reason = str(exc)
-        return _write_partitioned(
-            connector, repo, writer, index, description, source_uri, options, report, on, split, reason, previous
-        )
+        return _write_partitioned(*args, reason, previous)
     while True:
         recorder = BaselineRecorder(connector, description, options.queries, seed_for(writer.bundle_id))
         detector = layouts.Detector(connector.kind)
@@ -472,27 +470,26 @@ def _write_partitioned(
     split: Partitioning,
     reason: str | None,
     previous: DatasetManifest | None,
-    link: tuple[Delta, BundleReader, str] | None = None,
+    delta: Delta | None = None,
+    parent_bundle: str | None = None,
 ) -> _Chained:
     """A vector dataset written by the cluster's workers (aibackup.distributed), which also sampled the
     search baseline's queries and watched for a layout: their samples and detectors merge. In full, or with
-    `link` (the delta, nothing seen yet, a reader and the parent bundle) as an incremental link: the
-    workers write what changed, this process the tombstones (TooManyChanges: the caller writes it in full)."""
+    `delta` (nothing seen yet) as an incremental link after `parent_bundle`: the workers write what changed,
+    this process the tombstones (TooManyChanges: the caller writes it in full)."""
     report.dataset(description.name, description.rows)
     seed = seed_for(writer.bundle_id)
-    delta = link[0] if link is not None else None
     dataset, written = distributed.write_partitioned(
         on, split, repo, writer, index, description, source_uri, options.key_file, options.queries, seed, delta
     )
-    if link is not None:
-        delta, reader, parent_bundle = link
+    if delta is not None and parent_bundle is not None:
         folder = writer.dataset_folder(index, description.name)
-        dataset = delta.link(reader, writer, folder, dataset, parent_bundle)
+        dataset = delta.link(BundleReader(repo), writer, folder, dataset, parent_bundle)
     report.advance(description.rows)
     recorder = BaselineRecorder(connector, description, options.queries, seed)
     if recorder.specs:
         recorder.sampler.merge([w.sampler for w in written])
-    if link is None:  # the baseline's exact pass reads the parts the workers wrote on the workers too
+    if delta is None:  # the baseline's exact pass reads the parts the workers wrote on the workers too
         recorder.spread = partial(exact_tasks.exact_on, on, repo.storage.url, options.key_file)
     detector = layouts.Detector(connector.kind)
     detector.merge([w.detector for w in written])

@@ -163,6 +163,17 @@ def ok(result: CliResult) -> CliResult:
     return result
 
 
+def partitioned_restore(cli: Callable[..., CliResult], *args: str, read_back: str) -> dict[str, Any]:
+    """`restore ARGS --workers 2 --json` of one collection, which must pass, loaded by the workers and proven
+    by tasks reading the target back by partitions whose description holds `read_back`; its dataset's report."""
+    (dataset,) = ok(cli(*args, "--workers", "2", "--json")).json()["datasets"]
+    assert dataset["ok"], dataset["checks"]
+    assert any(n.startswith("partitioned:") for n in dataset["notes"]), dataset["notes"]
+    proof = [n for n in dataset["notes"] if n.startswith("proof: the target read back by")]
+    assert proof and read_back in proof[0], dataset["notes"]
+    return dict(dataset)
+
+
 def one_line_error(result: CliResult, code: int, *needles: str) -> str:
     assert result.code == code, (result.code, result.out, result.err)
     lines = result.err.strip().splitlines()

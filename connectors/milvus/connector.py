@@ -148,6 +148,11 @@ SEARCH_CHUNK = 1000  # queries per search call (Milvus takes up to 16384; fewer 
 LOAD_PREFIX = "aibackup_load_"
 
 
+def _read_partitions(layout: Layout) -> list[str | None]:
+    """What an export reads one after the other: each Milvus partition, or the whole collection (None)."""
+    return [DEFAULT_PARTITION, *layout.partitions] if layout.partitions else [None]
+
+
 class MilvusConnector(VectorConnector):
     """A Milvus store: Milvus Lite at a path, or a server. See the module docstring for the mapping."""
 
@@ -219,7 +224,7 @@ class MilvusConnector(VectorConnector):
         self._int_ids = layout.int_pk
         self._store.ensure_loaded(name)
         rows = self._page_rows(layout)
-        milvus_partitions: list[str | None] = [DEFAULT_PARTITION, *layout.partitions] if layout.partitions else [None]
+        milvus_partitions = _read_partitions(layout)
         exported = checksum = 0
         pk = layout.pk.name
         for partition in milvus_partitions:
@@ -258,7 +263,7 @@ class MilvusConnector(VectorConnector):
         self._int_ids = layout.int_pk
         self._store.ensure_loaded(name)
         rows = self._page_rows(layout)
-        milvus_partitions: list[str | None] = [DEFAULT_PARTITION, *layout.partitions] if layout.partitions else [None]
+        milvus_partitions = _read_partitions(layout)
         for where, page in partitions.range_pages(self._store, name, layout, rows, milvus_partitions, partition):
             yield rows_to_batch(page, layout, schema, name, where)
 

@@ -12,7 +12,7 @@ from typing import Any
 import chromadb
 
 from tests.conftest import Server
-from tests.helpers import Cli, flip_middle_byte, manifest_json, ok, one_line_error
+from tests.helpers import Cli, flip_middle_byte, manifest_json, ok, one_line_error, partitioned_restore
 from tests.vectordata import chroma_records
 
 ROWS = 1200
@@ -50,11 +50,7 @@ def test_a_partitioned_backup_and_restore_of_a_chroma_server(chroma_server: Serv
 
     restored = f"{name}-back"
     args = ("restore", "latest", "--repo", str(many), "--to", uri, "--collection", f"{name}={restored}")
-    report = ok(cli(*args, "--workers", "2", "--json")).json()
-    (dataset,) = report["datasets"]
-    assert dataset["ok"], dataset["checks"]
-    assert any(n.startswith("partitioned:") for n in dataset["notes"]), dataset["notes"]
-    assert any(n.startswith("proof: the target read back by") and "listing" in n for n in dataset["notes"])
+    dataset = partitioned_restore(cli, *args, read_back="listing")
     assert {c["name"]: c["detail"] for c in dataset["checks"]}["ids"] == f"all {ROWS} ids match"
     assert contents(chroma_server, restored) == contents(chroma_server, name)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import Server
-from tests.helpers import Cli, flip_middle_byte, manifest_json, ok, one_line_error
+from tests.helpers import Cli, flip_middle_byte, manifest_json, ok, one_line_error, partitioned_restore
 
 ROWS = 2400
 
@@ -81,11 +81,7 @@ def test_a_partitioned_backup_and_restore_of_a_milvus_server(milvus_server: Serv
 
     restored = f"{name}_back"
     args = ("restore", "latest", "--repo", str(many), "--to", uri, "--collection", f"{name}={restored}")
-    report = ok(cli(*args, "--workers", "2", "--json")).json()
-    (dataset,) = report["datasets"]
-    assert dataset["ok"], dataset["checks"]
-    assert any(n.startswith("partitioned:") for n in dataset["notes"]), dataset["notes"]
-    assert any(n.startswith("proof: the target read back by") and "ranges" in n for n in dataset["notes"])
+    dataset = partitioned_restore(cli, *args, read_back="ranges of primary keys")
     checks = {c["name"]: c["detail"] for c in dataset["checks"]}
     assert checks["ids"] == f"all {ROWS} ids match" and "1 rebuilt" in checks["indexes"]
     assert contents(milvus_server, restored) == contents(milvus_server, name)
