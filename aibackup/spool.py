@@ -12,6 +12,13 @@ disk. It is removed when the command ends (:meth:`PartSpool.close`), and a part 
 (its size plus :data:`RESERVE` free) is not spooled: it is hashed from the repository, and later reads go
 back to the repository, slower but correct. ``AIBACKUP_SPOOL_DIR`` chooses the folder (default: the system's
 temporary folder).
+
+A process killed outright (``kill -9``, the OOM killer, a lost machine) cannot remove its spool, which may
+hold a whole bundle. So every spool folder has an owner file its process holds an exclusive ``flock`` on
+for as long as the folder lives; when a command makes a new spool it first removes, in the same parent
+folder, every spool whose owner file it can lock: the kernel released that lock when the owner died
+(:func:`sweep_dead`). A folder without an owner file (an older aibackup's, or one being set up) is left
+alone.
 """
 
 from __future__ import annotations
@@ -31,10 +38,19 @@ import pyarrow as pa
 
 from aibackup.storage import Storage
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: spools of killed processes stay until the system cleans its temporary folder
+    fcntl = None  # type: ignore[assignment]
+
 #: Free bytes the spool leaves on its disk beyond the part it writes.
 RESERVE = 512 * 1024 * 1024
 #: Parts fetched at once by :meth:`PartSpool.fetch_ahead` (each with its own ranged GETs in flight).
 PARTS_AT_ONCE = 2
+#: Every spool folder's name starts with this (``tempfile.mkdtemp`` adds a random suffix).
+PREFIX = "aibackup-spool-"
+#: The file in a spool folder its owning process holds an exclusive flock on while the folder is in use.
+OWNER = "owner.lock"
 
 
 class PartSpool:
@@ -44,6 +60,7 @@ class PartSpool:
         self.storage = storage
         self._parent = directory or os.environ.get("AIBACKUP_SPOOL_DIR") or None
         self._dir: str | None = None
+        self._owner: IO[bytes] | None = None  # the flocked owner file (see the module docstring)
         self._files: dict[str, str] = {}  # part path -> local copy
         self._names = itertools.count()
         self._lock = threading.Lock()
@@ -53,7 +70,10 @@ class PartSpool:
     def _folder(self) -> str:
         with self._lock:
             if self._dir is None:
-                self._dir = tempfile.mkdtemp(prefix="aibackup-spool-", dir=self._parent)  # mode 0700
+                parent = self._parent or tempfile.gettempdir()
+                sweep_dead(parent)
+                self._dir = tempfile.mkdtemp(prefix=PREFIX, dir=parent)  # mode 0700
+                self._owner = _own(self._dir)
             return self._dir
 
     def fetch_ahead(self, parts: Iterable[tuple[str, int]]) -> None:
@@ -153,6 +173,47 @@ class PartSpool:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+        if self._owner is not None:
+            self._owner.close()  # releases the lock, after the folder is gone
+            self._owner = None
+
+
+def _own(folder: str) -> IO[bytes] | None:
+    """Lock a new owner file in the new spool `folder` and return it (kept open: closing it, or the process
+    dying, releases the lock). It is locked under another name and renamed into place, so that a sweep
+    never finds the owner file unlocked while its folder is in use. None where files cannot be locked
+    (the folder is then never swept)."""
+    if fcntl is None:
+        return None
+    handle = open(os.path.join(folder, f"{OWNER}.new"), "xb")  # noqa: SIM115 - open while the spool lives
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks (some network mounts)
+        handle.close()
+        return None
+    os.rename(handle.name, os.path.join(folder, OWNER))
+    return handle
+
+
+def sweep_dead(parent: str) -> list[str]:
+    """Remove the spool folders in `parent` whose owner died (their owner file can be locked: the kernel
+    released the lock of the process that held it) and return their paths. A folder that is in use, has no
+    owner file, or cannot be examined is left alone; nothing here raises for one folder."""
+    if fcntl is None:
+        return []
+    removed = []
+    try:
+        entries = [e.path for e in os.scandir(parent) if e.name.startswith(PREFIX) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return []
+    for folder in entries:
+        # No owner file (an older aibackup's folder, or one being set up), not ours to read, or its lock held
+        # (its owner lives; or locks fail there and nothing can be told): left alone.
+        with contextlib.suppress(OSError), open(os.path.join(folder, OWNER), "rb") as owner:
+            fcntl.flock(owner.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _hash_local(path: str) -> tuple[str, int]:
