@@ -416,6 +416,8 @@ class Storage:
                     f"no AWS credentials for {self.display()}: set AWS_ACCESS_KEY_ID and "
                     "AWS_SECRET_ACCESS_KEY (or a profile)"
                 ) from None
+            if name == "ProfileNotFound":  # ?profile=NAME (or AWS_PROFILE) that no AWS config file defines
+                raise ConfigError(f"{self.display()}: {first_line(exc)} (see ~/.aws/config)") from None
             if "Endpoint" in name or "Connect" in name or "Timeout" in name:
                 raise UnavailableError(f"cannot reach repository at {self.display(rel)}: {first_line(exc)}") from None
             raise

@@ -263,3 +263,33 @@ def test_a_repository_on_its_own_endpoint_copies_between_two_s3_services(
 def test_bad_s3_repository_options_are_one_line_usage_errors(s3_env: Server, cli: Cli) -> None:
     one_line_error(cli("list", "--repo", "s3://bucket/repo?endpoint=ftp://host"), 2, "endpoint")
     one_line_error(cli("list", "--repo", "s3://bucket/repo?endpiont=http://host"), 2, "endpiont", "endpoint")
+
+
+def test_a_repository_urls_profile_reaches_its_service_and_an_unknown_one_is_a_usage_error(
+    s3_env: Server, moto_s3_second: Server, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``?profile=NAME``: the AWS config file's profile gives both clients (the filesystem's reads, the
+    uploads') their endpoint, region and credentials; a profile no config file defines is one line, exit 2."""
+    _bucket("profiled", moto_s3_second.url)
+    config = tmp_path / "aws-config"
+    config.write_text(
+        f"[profile dr]\nendpoint_url = {moto_s3_second.url}\nregion = eu-west-1\n"
+        "aws_access_key_id = testing\naws_secret_access_key = testing\n"
+    )
+    seed_chroma(tmp_path / "chroma", "docs", n=300)
+    local = tmp_path / "local"
+    made = ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(local), "--json")).json()["bundle_id"]
+    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name)  # nothing but the profile says where and as whom
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    copy = "s3://profiled/dr?profile=dr"
+    assert ok(cli("copy", "--repo", str(local), "--to-repo", copy, "--json")).json()["copied"] == [made]
+    assert [b["bundle_id"] for b in ok(cli("list", "--repo", copy, "--json")).json()] == [made]
+    ok(cli("verify", "--repo", copy, "--read-data"))
+    second = boto3.client(
+        "s3", endpoint_url=moto_s3_second.url, region_name="us-east-1", aws_access_key_id="t", aws_secret_access_key="t"
+    )
+    assert any(o["Key"].startswith("dr/bundles/") for o in second.list_objects_v2(Bucket="profiled")["Contents"])
+    one_line_error(cli("list", "--repo", "s3://profiled/dr?profile=nope"), 2, "nope")
+    one_line_error(cli("copy", "--repo", str(local), "--to-repo", "s3://profiled/x?profile=nope"), 2, "nope")
