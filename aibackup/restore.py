@@ -259,11 +259,12 @@ def _stopped(
     """`exc` (of its type, for its exit code) saying in which collection the restore stopped, what became
     of it, and which collections were restored before it."""
     done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
-    state = (
-        "; nothing of it was written (the target writes in one transaction)"
-        if connector.atomic_import
-        else ", which may now hold part of the bundle"
-    )
+    if connector.atomic_import:
+        state = "; nothing of it was written (the target writes in one transaction)"
+    elif plan.mode == "create":  # the same command again would refuse the collection it left
+        state = ", which may now hold part of the bundle (run it again with --mode overwrite)"
+    else:  # overwrite and merge: the same command again replaces or completes it
+        state = ", which may now hold part of the bundle (run it again)"
     return type(exc)(
         f"restore stopped in collection {plan.target.name!r}{state}: {exc}"
         + (f" (already restored: {done})" if done else "")

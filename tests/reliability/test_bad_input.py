@@ -56,8 +56,12 @@ def test_a_restore_that_fails_midway_names_the_collection_it_left_partly_written
 
     monkeypatch.setattr(QdrantClient, "upsert", dies_in_beta)
     line = one_line_error(cli("restore", "latest", "--to", f"qdrant:{tmp_path / 'q'}"), 3, "connection reset")
-    assert "collection 'beta', which may now hold part of the bundle" in line
+    assert "collection 'beta', which may now hold part of the bundle (run it again with --mode overwrite)" in line
     assert "already restored: 'alpha' (checks passed)" in line
+    # What the line says to do works: the same restore again, replacing what it left.
+    monkeypatch.setattr(QdrantClient, "upsert", upsert)
+    again = ok(cli("restore", "latest", "--to", f"qdrant:{tmp_path / 'q'}", "--mode", "overwrite", "--json"))
+    assert again.json()["ok"] and {d["target"] for d in again.json()["datasets"]} == {"alpha", "beta"}
 
 
 def test_text_that_is_not_valid_unicode_is_refused_naming_the_point(tmp_path: Path, cli: Cli) -> None:
