@@ -9,6 +9,7 @@ interrupt also removes the parts it wrote.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 import uuid
 from collections import Counter
@@ -27,7 +28,7 @@ from aibackup.config import FULL_EVERY
 from aibackup.connectors import layouts
 from aibackup.connectors.base import ChunkedConnector, Connector, DatasetDescription, Partitioning
 from aibackup.connectors.registry import open_connector, parse_location
-from aibackup.crypto import RepositoryKey, passphrase_from
+from aibackup.crypto import KEY_ENV, KEY_FILE_ENV, RepositoryKey, passphrase_from
 from aibackup.errors import AibackupError, UsageError
 from aibackup.filereuse import FILE_KINDS, Offer
 from aibackup.golden import GoldenFile
@@ -171,11 +172,6 @@ def run_backup(
     new_keyring = Keyring.new(str(uuid.uuid4()), iso(started)) if new_passphrase is not None else None
     if new_keyring is not None:
         key = Vault(new_keyring, "").secrets  # the connector seals secrets with the key-to-be
-    if repo is not None and key is None and source_options.key_file:
-        raise UsageError(
-            f"--key-file given, but the repository at {storage.display()} is not encrypted "
-            "(see `aibackup init --encrypt`)"
-        )
     # A file source never backs up the repository it is writing into (`config:.` with ./aibackup-repo).
     exclude = [storage.root] if storage.is_local else []
     # A local Dask cluster (--workers) comes up in the background while the source opens and is described.
@@ -200,6 +196,12 @@ def run_backup(
                     repo.forget()
                 raise
             notes: list[str] = list(lock.notes)
+            if key is None and (os.environ.get(KEY_ENV) or os.environ.get(KEY_FILE_ENV)):
+                # A key in the environment is meant for encrypted repositories; this one is not: say so.
+                notes.append(
+                    f"${KEY_ENV} or ${KEY_FILE_ENV} is set, but the repository at {storage.display()} is not "
+                    "encrypted: this bundle is not encrypted either"
+                )
             parent = _parent(repo, source)
             bundle_id = repo.next_bundle_id(started)
             # A remote repository: the vector parts are also kept locally, for the baselines' exact passes.

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from aibackup.cli_common import (
+    METRICS_NEED_CONFIG,
     conclude,
     config_option,
     dask_options,
@@ -154,6 +155,8 @@ def backup(
         return
     if source_names:
         raise UsageError("--source names configured sources: give either SOURCE or --source")
+    if metrics_file and config is None:  # refused before the backup runs, not after it committed
+        raise UsageError(METRICS_NEED_CONFIG)
     progress = make_progress(show_progress, log_format)
     try:
         # Through the location, not an opened repository: a first backup creates it (and a failed one
@@ -208,6 +211,7 @@ def backup(
             _model_summary(d.config)
     for note in result.notes:
         click.echo(f"note: {note}")
+    conclude(config, metrics_file, 0, as_json)
 
 
 def _configured_golden(config: Any, source: str) -> str | None:

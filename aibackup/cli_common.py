@@ -164,13 +164,17 @@ def parse_time(text: str) -> dt.datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
+#: Why ``--metrics-file`` needs a config: the metrics are per configured source (their RPOs and bundles).
+METRICS_NEED_CONFIG = "--metrics-file reports per configured source: give a config (--config or ./aibackup.yaml)"
+
+
 def write_metrics_of(config: Any, metrics_file: str | None) -> None:
     """Rewrite the metrics file (flag, else the config's metrics_file); it needs the config's sources."""
     path = metrics_file or (config.metrics_file if config else None)
     if path is None:
         return
     if config is None:
-        raise UsageError("--metrics-file reports per configured source: give a config (--config or ./aibackup.yaml)")
+        raise UsageError(METRICS_NEED_CONFIG)
     from aibackup.metrics import write_metrics
 
     write_metrics(config, path)

@@ -14,6 +14,9 @@ import os
 from aibackup.errors import ConfigError
 
 NOW_ENV = "AIBACKUP_NOW"
+#: The times AIBACKUP_NOW may name: bundle ids are dated from it, and ages and windows are added to it.
+EARLIEST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+LATEST = dt.datetime(9000, 1, 1, tzinfo=dt.UTC)
 
 
 def now() -> dt.datetime:
@@ -25,4 +28,7 @@ def now() -> dt.datetime:
         moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise ConfigError(f"{NOW_ENV}={text!r} is not an ISO 8601 time") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    if not EARLIEST <= moment <= LATEST:  # times are added to it (lock ages, retention windows)
+        raise ConfigError(f"{NOW_ENV}={text!r} is outside {EARLIEST.year}-{LATEST.year}")
+    return moment

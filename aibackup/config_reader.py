@@ -56,9 +56,14 @@ def read_config(path: str) -> Config:
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {first_line(exc)}") from None
+    except RecursionError:  # brackets nested a thousand deep: no config looks like that
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
     if root is None:
         raise ConfigError(f"{path}: the config file is empty (it needs at least repository and sources)")
-    return _Reader(path).config(root)
+    try:
+        return _Reader(path).config(root)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a config file") from None
 
 
 @dataclass(frozen=True)

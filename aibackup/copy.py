@@ -114,6 +114,11 @@ def _destination(
     UsageError when it cannot take the source's bundles as they are."""
     if storage.url.rstrip("/") == source.storage.url.rstrip("/"):
         raise UsageError("the destination is the source repository itself")
+    if to_key_file and not source.encrypted:  # before a new destination is made
+        raise UsageError(
+            f"key file {to_key_file} given for the copy, but the source repository is not encrypted, so its copy "
+            "is not either (a copy keeps the bytes as they are)"
+        )
     found = Repository.find(storage)
     if found is None:
         raw = source.storage.fs.cat_file(source.storage.full(MARKER))

@@ -86,7 +86,7 @@ def passphrase_from(key_file: str | None = None) -> bytes | None:
     path = key_file or os.environ.get(KEY_FILE_ENV)
     if path:
         try:
-            data = Path(path).expanduser().read_bytes()
+            data = Path(os.path.expanduser(path)).read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read the key file {path}: {exc.strerror}") from None
         data = data.rstrip(b"\r\n")

@@ -103,12 +103,24 @@ def cluster(workers: int | None = None, address: str | None = None) -> Iterator[
             stack.callback(_close_local, starting, pool)
             yield Cluster(starting, workers or 1)
             return
+        _check_address(address)
         try:
             client = stack.enter_context(Client(address, timeout="10s"))
         except OSError as exc:
             raise UnavailableError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
         count = len(client.scheduler_info().get("workers", {})) or (workers or 1)
         yield Cluster(client, count)
+
+
+def _check_address(address: str) -> None:
+    """UsageError for a scheduler address Dask cannot parse ("missing port number", "unknown address
+    scheme"): checked before a Client is made, which would leave its half-started event loop behind."""
+    from distributed.comm import get_address_host_port
+
+    try:
+        get_address_host_port(address)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"bad Dask scheduler address {address!r}: {exc} (expected tcp://HOST:PORT)") from None
 
 
 def _start_local(workers: int) -> tuple[Any, Any]:

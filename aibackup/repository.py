@@ -191,7 +191,7 @@ class Repository:
         ids = self.bundle_ids()
         for bundle_id in {ids[0], ids[-1]} if ids else ():
             with contextlib.suppress(FileNotFoundError):
-                raw = self.storage.fs.cat_file(self.storage.full(self.manifest_path(bundle_id)))
+                raw = self.storage.read_bytes(self.manifest_path(bundle_id))  # unencrypted: the stored bytes
                 if generation_of(raw) is not None:
                     raise IntegrityError(
                         f"the repository marker {self.storage.display(MARKER)} says the repository is not encrypted, "
@@ -220,8 +220,14 @@ class Repository:
     def key(self, key_file: str | None = None) -> RepositoryKey | None:
         """The repository key from AIBACKUP_KEY or a key file, checked against the marker; None for a
         repository without encryption. ConfigError when the repository is encrypted and no key is given,
-        UsageError for a wrong key (both before anything is read or written)."""
+        UsageError for a wrong key, and for a `key_file` given for a repository without encryption (all
+        before anything is read or written)."""
         if not self.encrypted:
+            if key_file:  # someone believes this repository is encrypted: say it is not, rather than ignore it
+                raise UsageError(
+                    f"key file {key_file} given, but the repository at {self.storage.display()} is not encrypted "
+                    "(its bundles need no key; `aibackup init --encrypt` makes an encrypted repository)"
+                )
             return None
         if self.fully_encrypted:
             return self.vault(key_file).secrets
@@ -399,7 +405,7 @@ class Repository:
         For `latest`: with `datasets`, the newest bundle holding all of them; with `at`, the newest one
         started at or before that time (point-in-time restore).
         """
-        if ref not in (None, "", "latest"):
+        if ref not in (None, "latest"):  # "" (an empty $VAR) names no bundle: match_id refuses it
             if at is not None:
                 raise UsageError("give either a bundle id or --at, not both")
             return self.load(self.match_id(ref))

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 
@@ -24,15 +26,47 @@ S3_OPTIONS = ("sse", "sse_kms_key_id", "endpoint", "region", "profile")
 def aws_client_kwargs(service: str) -> dict[str, Any]:
     """``endpoint_url`` and ``region_name`` for an AWS client of `service` (``S3``, ``KMS``) from the
     standard environment: ``AWS_ENDPOINT_URL_<SERVICE>`` wins over ``AWS_ENDPOINT_URL``, ``AWS_REGION``
-    over ``AWS_DEFAULT_REGION``; unset ones are left to botocore."""
+    over ``AWS_DEFAULT_REGION``; unset ones are left to botocore. ConfigError naming the variable for a
+    value botocore would refuse."""
     kwargs: dict[str, Any] = {}
-    endpoint = os.environ.get(f"AWS_ENDPOINT_URL_{service}") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        kwargs["endpoint_url"] = endpoint
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    if region:
-        kwargs["region_name"] = region
+    for name in (f"AWS_ENDPOINT_URL_{service}", "AWS_ENDPOINT_URL"):
+        if endpoint := os.environ.get(name):
+            if problem := endpoint_problem(endpoint):
+                raise ConfigError(f"{name}={endpoint!r}: {problem}")
+            kwargs["endpoint_url"] = endpoint
+            break
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
+        if region := os.environ.get(name):
+            if problem := region_problem(region):
+                raise ConfigError(f"{name}={region!r}: {problem}")
+            kwargs["region_name"] = region
+            break
     return kwargs
+
+
+def endpoint_problem(url: str) -> str | None:
+    """Why `url` cannot be an S3 or KMS endpoint (botocore would refuse it with a bare ValueError), or None."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number or out of range
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "not an http:// or https:// URL with a host"
+    try:
+        from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
+    except ImportError:  # no botocore: the client that needs it says so
+        return None
+    if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
+        return "not a valid host name"
+    return None
+
+
+def region_problem(name: str) -> str | None:
+    """Why `name` cannot be an AWS region name (botocore's rule), or None."""
+    if re.fullmatch(r"[a-zA-Z0-9](?:[a-zA-Z0-9\-]{0,61}[a-zA-Z0-9])?", name):
+        return None
+    return "not a region name (letters, digits and dashes, like eu-west-1)"
 
 
 @functools.cache

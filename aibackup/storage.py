@@ -43,7 +43,7 @@ from aibackup.errors import (
     first_line,
 )
 from aibackup.hashing_writer import HashingWriter
-from aibackup.s3_settings import S3_OPTIONS, SSE_VALUES, S3Settings
+from aibackup.s3_settings import S3_OPTIONS, SSE_VALUES, S3Settings, endpoint_problem, region_problem
 
 CHUNK = 8 * 1024 * 1024
 
@@ -108,21 +108,23 @@ class Storage:
             raise UsageError(f"bad repository {url!r}: sse must be one of {', '.join(SSE_VALUES)}, not {sse!r}")
         if sse_kms_key_id and not (sse or "").startswith("aws:kms"):
             raise UsageError(f"bad repository {url!r}: sse_kms_key_id needs sse=aws:kms")
-        endpoint = options.get("endpoint")
-        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-            raise UsageError(f"bad repository {url!r}: endpoint must be an http:// or https:// URL, not {endpoint!r}")
+        endpoint, region = options.get("endpoint"), options.get("region")
+        if endpoint is not None and (problem := endpoint_problem(endpoint)):
+            raise UsageError(f"bad repository {url!r}: endpoint {endpoint!r}: {problem}")
+        if region is not None and (problem := region_problem(region)):
+            raise UsageError(f"bad repository {url!r}: region {region!r}: {problem}")
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # parallel uploads (aibackup.s3io)
         self._client: Any = None
         self._lock = threading.Lock()
         if self.is_local:
             self.fs: fsspec.AbstractFileSystem = fsspec.filesystem("file")
-            self.root = str(Path(rest).expanduser().resolve())
+            self.root = str(Path(os.path.expanduser(rest)).resolve())  # ~nouser stays as written, as in a shell
         elif protocol in ("s3", "s3a"):
             self.s3 = S3Settings.of(
                 sse=sse,
                 sse_kms_key_id=sse_kms_key_id,
                 endpoint=endpoint,
-                region=options.get("region"),
+                region=region,
                 profile=options.get("profile"),
             )
             self.fs = self.s3.filesystem()
@@ -155,6 +157,11 @@ class Storage:
         if self.is_local:
             if os.path.exists(self.root) and not os.path.isdir(self.root):
                 raise NotARepositoryError(f"{self.root} is a file, not a repository folder")
+            for above in Path(self.root).parents:  # nearest first: the first that exists must be a folder
+                if above.exists():
+                    if not above.is_dir():
+                        raise NotARepositoryError(f"{above} is a file, not a folder (repository {self.root})")
+                    break
             return
         bucket = self.root.split("/", 1)[0]
         with self._errors(""):

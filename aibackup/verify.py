@@ -99,6 +99,8 @@ def run_verify(
         authenticated = repo.passphrase_for(key_file) is not None
         if authenticated:
             repo.use_key(repo.key(key_file))
+    else:
+        repo.key(key_file)  # a key file given for a repository without encryption is refused, not ignored
     # --read-data reads each part twice (its bytes, then its records): a remote part is downloaded once.
     with BundleReader(repo, spool=read_data) as reader:
         return _verify(repo, reader, refs, read_data, authenticated)

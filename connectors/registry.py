@@ -204,7 +204,7 @@ def _parse(uri: str, *, target: bool) -> Location:
         _require(uri, scheme, params, f"{scheme}:PATH")
         # A model file named through a symlink (a Hugging Face snapshot's model.safetensors -> ../../blobs/<sha>)
         # keeps the name it was given: only its folders are resolved.
-        where = Path(path).expanduser()
+        where = Path(os.path.expanduser(path))  # ~nouser stays as written, as in a shell
         full = where.parent.resolve() / where.name if kind in NAMED_AS_GIVEN and where.name else where.resolve()
         return Location(scheme=scheme, kind=kind, path=str(full), params=params)
     parts = urlsplit(f"{transport}:{rest}")
