@@ -278,6 +278,8 @@ def find_config_path(explicit: str | None) -> str | None:
     ``./aibackup.yaml`` if it exists, else None. A named file that does not exist is a ConfigError."""
     for path, origin in ((explicit, "--config"), (os.environ.get(CONFIG_ENV), f"${CONFIG_ENV}")):
         if path:
+            if os.path.isdir(path):
+                raise ConfigError(f"{path} is a folder, not a config file (from {origin})")
             if not os.path.isfile(path):
                 raise ConfigError(f"{path}: no such config file (from {origin})")
             return path

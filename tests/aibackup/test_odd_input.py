@@ -79,6 +79,10 @@ def test_yaml_nested_a_thousand_deep_is_a_config_error(tmp_path: Path, cli: Cli)
     one_line_error(cli("list", "--config", str(deep)), 2, "deep.yaml", "nested too deeply")
 
 
+def test_a_folder_given_as_the_config_file_is_named_as_a_folder(tmp_path: Path, cli: Cli) -> None:
+    one_line_error(cli("list", "--config", str(tmp_path)), 2, f"{tmp_path} is a folder, not a config file")
+
+
 def test_a_repository_path_below_a_file_names_the_file(tmp_path: Path, cli: Cli) -> None:
     (tmp_path / "afile").write_text("not a folder")
     below = str(tmp_path / "afile" / "sub" / "repo")
