@@ -766,7 +766,10 @@ def _s3(s: dict[str, Any]) -> list[str]:
         "the marker, listings: ~5 ms each through s3fs; what the destination holds comes from one listing, not "
         "a HEAD per part) on top of the same multipart uploads. Uploads go through "
         "a boto3 client on a thread pool: through s3fs's aiohttp client the same parts took 0.95-1.1 s against "
-        "0.6-0.8 s (five 26 MB objects), the per-part payload hashing running on its one event loop.",
+        "0.6-0.8 s (five 26 MB objects), the per-part payload hashing running on its one event loop. The two "
+        "clients (s3fs's for listings and reads, boto3's for uploads) share one botocore data loader, so S3's "
+        "service model and endpoint rules are parsed once, not once a client (~0.06 s of every backup and copy "
+        "to S3, measured apart; since 2026-12-06).",
     ]
     return out
 
