@@ -157,6 +157,7 @@ def backup(
         raise UsageError("--source names configured sources: give either SOURCE or --source")
     if metrics_file and config is None:  # refused before the backup runs, not after it committed
         raise UsageError(METRICS_NEED_CONFIG)
+    _only_for_their_kind(source, job_config=job_config, redact_secrets=redact_secrets)
     progress = make_progress(show_progress, log_format)
     try:
         # Through the location, not an opened repository: a first backup creates it (and a failed one
@@ -212,6 +213,18 @@ def backup(
     for note in result.notes:
         click.echo(f"note: {note}")
     conclude(config, metrics_file, 0, as_json)
+
+
+def _only_for_their_kind(source: str, **given: Any) -> None:
+    """UsageError for a flag of one kind of source (``--job-config``: finetune, ``--redact-secrets``: config)
+    given with a source of another kind, as the config refuses the same keys: it would be ignored."""
+    from aibackup.config import ONLY_FOR
+    from aibackup.connectors.registry import connector_class, parse_location
+
+    kind = parse_location(source).kind
+    for name, value in given.items():
+        if value and ONLY_FOR[name] != connector_class(kind).dataset_kind:
+            raise UsageError(f"--{name.replace('_', '-')} is only for {ONLY_FOR[name]} sources, not {kind}")
 
 
 def _configured_golden(config: Any, source: str) -> str | None:

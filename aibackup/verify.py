@@ -110,7 +110,7 @@ def _verify(
     repo: Repository, reader: BundleReader, refs: Sequence[str], read_data: bool, authenticated: bool | None
 ) -> VerifyResult:
     chunk_check = ChunkCheck(reader, read_data)
-    ids = [repo.match_id(r) for r in refs] if refs else repo.bundle_ids()
+    ids = list(dict.fromkeys(repo.match_id(r) for r in refs)) if refs else repo.bundle_ids()  # each once
     problems: list[Problem] = []
     parts = bytes_read = 0
     for bundle_id in ids:

@@ -97,6 +97,7 @@ def test_an_empty_bundle_reference_names_no_bundle(tmp_path: Path, cli: Cli) -> 
     for args in (("show", ""), ("pin", ""), ("diff", "", "latest"), ("restore", "", "--to", "qdrant:q")):
         one_line_error(cli(*args), 2, "no bundle ''")
     assert not (tmp_path / "q").exists()
+    assert ok(cli("verify", "latest", "latest", "--json")).json()["bundles"] == 1  # a bundle named twice is one
 
 
 def test_a_key_file_for_a_repository_without_encryption_is_refused_by_every_verb(
@@ -142,6 +143,14 @@ def test_metrics_file_of_a_source_backed_up_by_uri_is_written_in_text_mode(tmp_p
     )
     ok(cli("backup", "chroma:./chroma", "--metrics-file", "m.prom"))
     assert 'aibackup_last_success_timestamp_seconds{source="docs"}' in (tmp_path / "m.prom").read_text()
+
+
+def test_a_flag_of_another_kind_of_source_is_refused_not_ignored(tmp_path: Path, cli: Cli) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=20)
+    source = f"chroma:{tmp_path / 'chroma'}"
+    one_line_error(cli("backup", source, "--job-config", "job.yaml"), 2, "--job-config is only for finetune sources")
+    one_line_error(cli("backup", source, "--redact-secrets"), 2, "--redact-secrets is only for config sources")
+    assert not (tmp_path / "aibackup-repo").exists()
 
 
 def test_a_folder_where_a_manifest_belongs_is_a_damaged_repository_for_a_backup(
