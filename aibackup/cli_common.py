@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from aibackup.errors import AibackupError, UsageError
 
@@ -105,11 +106,13 @@ def resolve(repo: str | None, config_path: str | None, *, need_config: bool = Fa
     """(repository URL, Config or None): --repo / AIBACKUP_REPO win, else the config's repository, else the
     default. The config (--config, AIBACKUP_CONFIG or ./aibackup.yaml) is read only when it is needed or
     named, so a broken aibackup.yaml beside you never breaks `aibackup list --repo X`."""
-    from aibackup.config import find_config_path, load_config
+    from aibackup.config import CONFIG_ENV, find_config_path, load_config
 
     if repo and not need_config and not config_path:
         return repo, None
-    path = find_config_path(config_path)
+    context = click.get_current_context(silent=True)
+    from_env = context is not None and context.get_parameter_source("config_path") is ParameterSource.ENVIRONMENT
+    path = find_config_path(config_path, f"${CONFIG_ENV}" if from_env else "--config")
     if path is None:
         if need_config:
             raise UsageError("no config: pass --config FILE, set AIBACKUP_CONFIG, or create ./aibackup.yaml")

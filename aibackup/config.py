@@ -273,10 +273,11 @@ def parse_duration(text: str | int | float) -> datetime.timedelta:
         raise ConfigError(f'"{text}" is too long a duration') from None
 
 
-def find_config_path(explicit: str | None) -> str | None:
-    """The config file to read: `explicit` (``--config``), else ``$AIBACKUP_CONFIG``, else
-    ``./aibackup.yaml`` if it exists, else None. A named file that does not exist is a ConfigError."""
-    for path, origin in ((explicit, "--config"), (os.environ.get(CONFIG_ENV), f"${CONFIG_ENV}")):
+def find_config_path(explicit: str | None, named_by: str = "--config") -> str | None:
+    """The config file to read: `explicit` (named by `named_by` in messages: ``--config``, or ``$AIBACKUP_CONFIG``
+    where the command line's option took it from there), else ``$AIBACKUP_CONFIG``, else ``./aibackup.yaml`` if
+    it exists, else None. A named file that does not exist is a ConfigError."""
+    for path, origin in ((explicit, named_by), (os.environ.get(CONFIG_ENV), f"${CONFIG_ENV}")):
         if path:
             if os.path.isdir(path):
                 raise ConfigError(f"{path} is a folder, not a config file (from {origin})")

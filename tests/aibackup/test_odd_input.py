@@ -83,6 +83,14 @@ def test_a_folder_given_as_the_config_file_is_named_as_a_folder(tmp_path: Path, 
     one_line_error(cli("list", "--config", str(tmp_path)), 2, f"{tmp_path} is a folder, not a config file")
 
 
+def test_a_missing_config_file_says_where_its_name_came_from(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    one_line_error(cli("list", "--config", "missing.yaml"), 2, "missing.yaml: no such config file (from --config)")
+    monkeypatch.setenv("AIBACKUP_CONFIG", "gone.yaml")
+    one_line_error(cli("list"), 2, "gone.yaml: no such config file (from $AIBACKUP_CONFIG)")
+
+
 def test_a_repository_path_below_a_file_names_the_file(tmp_path: Path, cli: Cli) -> None:
     (tmp_path / "afile").write_text("not a folder")
     below = str(tmp_path / "afile" / "sub" / "repo")
