@@ -171,10 +171,14 @@ def test_min_recall_is_an_extra_floor(hard: dict[str, Any], cli: Cli) -> None:
     check = search_check(result)
     assert not check["ok"] and "needs 0.990: --min-recall" in check["detail"]
     assert check["measures"]["needs"] == 0.99
-    # A smaller --queries takes the first queries of the baseline.
+    # A smaller --queries takes the first queries of the baseline. Its verdict is statistical, like every search
+    # check's, and 30 queries make its error bar wide: a perfect restore passes but for a rare draw of the
+    # target's HNSW build (one CI run measured 0.850 against a floor of 0.853), so only what --queries
+    # decides is asserted here; a perfect restore passing is asserted with 100 queries above.
     again = restore(cli, hard["repo"], hard["chroma_bundle"], target, "--mode", "overwrite", "--queries", "30")
-    check = search_check(ok(again))
-    assert check["ok"] and check["measures"]["queries"] == 30
+    check = search_check(again)
+    assert check["measures"]["queries"] == 30 and check["measures"]["rule"] == "baseline"
+    assert again.code == (0 if check["ok"] else 1)
 
 
 def test_bundles_without_a_baseline_keep_the_absolute_rule(tmp_path: Path, cli: Cli) -> None:
