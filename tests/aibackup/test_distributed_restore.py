@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -297,6 +298,33 @@ def test_an_incremental_chain_is_restored_partitioned(postgres: Postgres, tmp_pa
     )
     assert Path(tombstones["path"]).name in line and "nothing was written" in line
     assert missing(postgres, target)
+
+
+def test_a_search_check_failing_over_a_few_queries_is_confirmed_on_the_cluster(
+    postgres: Postgres, bundle: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--queries 10` where the target answers those 10 queries worse: the partitioned restore measures the
+    check again over the whole baseline (the query records from the load tasks, the exact pass as tasks
+    again), and the verdict over all of them stands."""
+    from aibackup.connectors.pgvector.connector import PgvectorConnector
+
+    search = PgvectorConnector.search
+
+    def worse_first_answers(self: PgvectorConnector, name: str, vector: str, queries: Any, k: int) -> list[list[str]]:
+        answers = search(self, name, vector, queries, k)
+        return [row[:7] + answers[(n + 5) % len(answers)][:3] if n < 10 else row for n, row in enumerate(answers)]
+
+    monkeypatch.setattr(PgvectorConnector, "search", worse_first_answers)
+    target = postgres.uri(postgres.database("rconfirm"))
+    args = ("restore", "latest", "--repo", str(bundle), "--to", target, "--workers", "2", "--queries", "10", "--json")
+    (dataset,) = ok(cli(*args)).json()["datasets"]
+    (check,) = [c for c in dataset["checks"] if c["name"] == "search"]
+    m = check["measures"]
+    assert check["ok"] and m["queries"] == 100 and m["first"]["queries"] == 10
+    assert m["first"]["recall"] < m["first"]["needs"] and m["recall"] >= m["needs"]
+    assert "measured over every baseline query because the first 10 fell short" in check["detail"]
+    (said,) = [n for n in dataset["notes"] if "the search check's exact pass over the bundle by" in n]
+    assert said.count("exact pass") == 1  # run twice, said once
 
 
 def test_what_cannot_be_split_is_restored_in_one_process_and_said(

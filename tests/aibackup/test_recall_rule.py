@@ -50,9 +50,9 @@ def test_an_approximate_target_of_an_exact_source_is_held_to_a_floor() -> None:
 
 def test_a_shortfall_within_the_noise_of_the_measurement_is_not_a_failure() -> None:
     # 30 queries on hard data: a standard error of 0.03 cannot resolve a tolerance of 0.05.
-    verdict = judge(0.737, 0.813, CheckOptions(), noise=0.03)
-    assert verdict.ok and verdict.needs == pytest.approx(0.813 - 0.09)
-    assert "3 standard errors of this measurement" in verdict.words
-    assert not judge(0.70, 0.813, CheckOptions(), noise=0.03).ok  # beyond the noise: a failure
+    verdict = judge(0.70, 0.813, CheckOptions(), noise=0.03)
+    assert verdict.ok and verdict.needs == pytest.approx(0.813 - 0.135)
+    assert "4.5 standard errors of this measurement" in verdict.words
+    assert not judge(0.677, 0.813, CheckOptions(), noise=0.03).ok  # beyond the noise: a failure
     # A precise measurement keeps the tolerance as it is.
     assert judge(0.75, 0.813, CheckOptions(), noise=0.01).needs == pytest.approx(0.763)
