@@ -35,7 +35,7 @@ import pyarrow as pa
 from aibackup.bundle_reader import BundleReader
 from aibackup.connectors.base import Connector, DatasetDescription, VectorConnector
 from aibackup.errors import AibackupError
-from aibackup.golden import GoldenFile, recall
+from aibackup.golden import GoldenFile, recalls
 from aibackup.manifests.baseline import GoldenBaseline, SearchBaseline, VectorBaseline
 from aibackup.manifests.model import DatasetManifest, DenseVectorSpec
 from aibackup.manifests.vectors import ID, dense_column
@@ -166,8 +166,9 @@ class BaselineRecorder:
         if not golden or not queries:
             return None
         try:
-            value = recall(connector, self.description.name, queries)
+            values = recalls(connector, self.description.name, queries)
         except AibackupError as exc:
             notes.append(f"golden queries: the source could not be searched: {exc}")
             return None
-        return GoldenBaseline(sha256=golden.sha256, queries=len(queries), recall=round(value, 6))
+        each = tuple(round(v, 6) for v in values)
+        return GoldenBaseline(golden.sha256, len(queries), round(sum(values) / len(values), 6), each)

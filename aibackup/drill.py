@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from aibackup import reports
 from aibackup.config import Config, SourceConfig
 from aibackup.connectors.base import VectorConnector
@@ -22,7 +24,7 @@ from aibackup.connectors.registry import connector_class, open_connector, parse_
 from aibackup.errors import AibackupError, UnavailableError
 from aibackup.golden import GoldenFile
 from aibackup.golden import load as load_golden
-from aibackup.golden import recall as golden_recall
+from aibackup.golden import recalls as golden_recalls
 from aibackup.manifests.baseline import GoldenBaseline
 from aibackup.manifests.model import BundleManifest
 from aibackup.operations import latest_bundle, record_report, sources_of
@@ -232,11 +234,11 @@ def _golden(
             name = "golden queries" if len(collections) == 1 else f"{collection}: golden queries"
             queries = golden.of(collection)
             try:
-                got = golden_recall(connector, names.get(collection, collection), queries)
+                got = golden_recalls(connector, names.get(collection, collection), queries)
             except AibackupError as exc:
                 checks.append(Check(name, False, f"search failed: {exc}"))
                 continue
-            checks.append(_golden_check(name, got, len(queries), _golden_baseline(bundle, collection, golden), options))
+            checks.append(_golden_check(name, got, _golden_baseline(bundle, collection, golden), options))
     return checks
 
 
@@ -253,24 +255,44 @@ def _golden_baseline(bundle: BundleManifest, collection: str, golden: GoldenFile
     return baseline.golden
 
 
-def _golden_check(name: str, got: float, n: int, baseline: GoldenBaseline | str, options: CheckOptions) -> Check:
+def _golden_check(name: str, got: Sequence[float], baseline: GoldenBaseline | str, options: CheckOptions) -> Check:
+    """The golden queries' verdict from the target's recall of each (`got`, in the file's order)."""
+    n = len(got)
+    mean = float(np.mean(got)) if n else 1.0
     if isinstance(baseline, str):
-        verdict = judge(got, None, options)
-        detail = f"recall {got:.3f} over {n} golden queries ({verdict.words}); {baseline}"
-        measures = {"rule": verdict.rule, "recall": round(got, 6), "needs": verdict.needs, "queries": n}
+        verdict = judge(mean, None, options)
+        detail = f"recall {mean:.3f} over {n} golden queries ({verdict.words}); {baseline}"
+        measures = {"rule": verdict.rule, "recall": round(mean, 6), "needs": verdict.needs, "queries": n}
         return Check(name, verdict.ok, detail, measures)
-    verdict = judge(got, baseline.recall, options)
+    noise = _golden_noise(got, baseline)
+    verdict = judge(mean, baseline.recall, options, noise=noise)
     detail = (
-        f"recall {got:.3f}, the source's {baseline.recall:.3f} at backup, over {n} golden queries ({verdict.words})"
+        f"recall {mean:.3f}, the source's {baseline.recall:.3f} at backup, over {n} golden queries ({verdict.words})"
     )
     measures = {
         "rule": verdict.rule,
-        "recall": round(got, 6),
+        "recall": round(mean, 6),
         "source_recall": baseline.recall,
         "needs": verdict.needs,
+        "standard_error": round(noise, 6),
         "queries": n,
     }
     return Check(name, verdict.ok, detail, measures)
+
+
+def _golden_noise(got: Sequence[float], baseline: GoldenBaseline) -> float:
+    """The standard error of the difference between the target's mean recall and the source's: from the
+    per-query differences where the bundle recorded the source's recall of each query; else (bundles
+    before that) at most sqrt(2) times the target's own per-query spread over sqrt(n), since the source's
+    recall of a query is another draw of the same build-to-build noise (an overestimate, which keeps a
+    perfect restore from failing and widens the allowance, as the detail then says)."""
+    n = len(got)
+    if n < 2:
+        return 0.0
+    mine = np.asarray(got, dtype=np.float64)
+    if baseline.recalls is not None and len(baseline.recalls) == n:
+        return float(np.std(mine - np.asarray(baseline.recalls), ddof=1) / np.sqrt(n))
+    return float(np.sqrt(2) * np.std(mine, ddof=1) / np.sqrt(n))
 
 
 def _markdown(doc: dict[str, Any]) -> str:

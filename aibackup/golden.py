@@ -87,12 +87,12 @@ def _query(item: Any, n: int, path: str) -> GoldenQuery:
     )
 
 
-def recall(connector: VectorConnector, collection: str, queries: Sequence[GoldenQuery]) -> float:
-    """Mean share of each query's expected ids found in the top len(expected) that `collection` answers.
-    Raises what the connector's search raises (AibackupError)."""
+def recalls(connector: VectorConnector, collection: str, queries: Sequence[GoldenQuery]) -> list[float]:
+    """Each query's share of its expected ids found in the top len(expected) that `collection` answers, in
+    the file's order. Raises what the connector's search raises (AibackupError)."""
     scores = []
     for q in queries:
         k = len(q.expected)
         got = connector.search(collection, q.vector_name, np.asarray([q.vector], dtype=np.float32), k)
         scores.append(len(set(got[0][:k]) & set(q.expected)) / k)
-    return float(np.mean(scores)) if scores else 1.0
+    return scores

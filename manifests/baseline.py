@@ -23,7 +23,8 @@ Document::
         "recall": 0.888,                   # the source's mean recall@k against the exact search
         "index": {"store": "chroma", "exact": false, "m": 16, "ef_search": 100}
       }],
-      "golden": {"sha256": "…", "queries": 12, "recall": 0.95},   # the config's golden queries, if any
+      "golden": {"sha256": "…", "queries": 12, "recall": 0.95,    # the config's golden queries, if any
+                 "recalls": [1.0, 0.8, ...]},                      # each one's (absent in older bundles)
       "notes": ["vector 'img': the source could not be searched: …"]
     }
 """
@@ -90,21 +91,37 @@ class VectorBaseline:
 @dataclass(frozen=True)
 class GoldenBaseline:
     """How the source answered the config's golden queries of this collection (recall of their expected
-    ids), and which file they came from (a drill uses the baseline only while the file is unchanged)."""
+    ids), and which file they came from (a drill uses the baseline only while the file is unchanged).
+
+    ``recalls`` holds each query's recall in the file's order, so a drill can measure the noise of its
+    comparison from the per-query differences (two HNSW builds answer a query differently); None in
+    bundles written before it was recorded."""
 
     sha256: str
     queries: int
     recall: float
+    recalls: tuple[float, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "queries": self.queries, "recall": self.recall}
+        doc: dict[str, Any] = {"sha256": self.sha256, "queries": self.queries, "recall": self.recall}
+        if self.recalls is not None:  # absent, not null, so that older manifests read back byte for byte
+            doc["recalls"] = list(self.recalls)
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any], where: str) -> GoldenBaseline:
+        queries = fields.count(doc, "queries", where)
+        recalls = None
+        if "recalls" in doc:
+            values = fields.get(doc, "recalls", list, where)
+            recalls = tuple(_fraction({"recalls": v}, "recalls", where) for v in values)
+            if len(recalls) != queries:
+                raise ManifestError(f"{where}.recalls: {len(recalls)} recalls for {queries} queries")
         return cls(
             sha256=fields.hex_digits(doc, "sha256", where, 64),
-            queries=fields.count(doc, "queries", where),
+            queries=queries,
             recall=_fraction(doc, "recall", where),
+            recalls=recalls,
         )
 
 
@@ -151,7 +168,9 @@ class SearchBaseline:
             seed=fields.count(doc, "seed", where),
             k=k,
             vectors=vectors,
-            golden=None if golden is None else GoldenBaseline.from_json(fields.obj(golden, f"{where}.golden"), where),
+            golden=None
+            if golden is None
+            else GoldenBaseline.from_json(fields.obj(golden, f"{where}.golden"), f"{where}.golden"),
             notes=_strings(fields.opt(doc, "notes", list, where, []), f"{where}.notes"),
         )
 

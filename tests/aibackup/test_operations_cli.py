@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import free_port
-from tests.helpers import flip_middle_byte, ok, one_line_error, seed_chroma
+from tests.helpers import flip_middle_byte, manifest_json, ok, one_line_error, seed_chroma
 
 Cli = Any
 START = dt.datetime(2026, 1, 1, 2, 0, tzinfo=dt.UTC)
@@ -224,7 +224,15 @@ def test_golden_queries_are_checked_by_the_drill(tmp_path: Path, cli: Cli) -> No
     passed = ok(cli("restore-test", "--source", "kb", "--json")).json()
     (check,) = [c for c in passed["sources"][0]["checks"] if c["name"] == "golden queries"]
     assert check["ok"] and "recall 1.000, the source's 1.000 at backup, over 3 golden queries" in check["detail"]
-    assert check["measures"] == {"rule": "baseline", "recall": 1.0, "source_recall": 1.0, "needs": 0.95, "queries": 3}
+    assert check["measures"] == {
+        "rule": "baseline",
+        "recall": 1.0,
+        "source_recall": 1.0,
+        "needs": 0.95,
+        "standard_error": 0.0,
+        "queries": 3,
+    }
+    assert manifest_json(tmp_path / "repo")["datasets"][0]["baseline"]["golden"]["recalls"] == [1.0, 1.0, 1.0]
     report = (tmp_path / "reports" / "drill.md").read_text()
     assert "| golden queries | 1.000 | 1.000 | baseline | ok |" in report  # source vs restored, per check
     assert "| search | 1.000 | 1.000 | baseline | ok |" in report
@@ -242,6 +250,7 @@ def test_golden_queries_are_checked_by_the_drill(tmp_path: Path, cli: Cli) -> No
     again = ok(cli("restore-test", "--source", "kb", "--json")).json()
     (check,) = [c for c in again["sources"][0]["checks"] if c["name"] == "golden queries"]
     assert check["ok"] and "recall 0.333, the source's 0.333 at backup" in check["detail"]
+    assert manifest_json(tmp_path / "repo")["datasets"][0]["baseline"]["golden"]["recalls"] == [0.0, 0.0, 1.0]
 
 
 def test_a_backup_by_uri_records_the_configured_golden_queries(tmp_path: Path, cli: Cli) -> None:

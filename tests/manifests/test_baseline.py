@@ -39,6 +39,16 @@ def test_a_baseline_round_trips() -> None:
     assert baseline.note_for("img") == "the source could not be searched: timeout" and baseline.note_for("") is None
 
 
+def test_golden_recalls_of_each_query_round_trip_and_stay_absent_in_older_manifests() -> None:
+    older = SearchBaseline.from_json(GOOD, "b")
+    assert older.golden is not None and older.golden.recalls is None
+    assert "recalls" not in older.to_json()["golden"]  # an older manifest reads back as it was written
+    doc = {**GOOD, "golden": {**GOOD["golden"], "recalls": [1, 0.5, 0.25]}}
+    newer = SearchBaseline.from_json(doc, "b")
+    assert newer.golden == GoldenBaseline("ab" * 32, 3, 1.0, (1.0, 0.5, 0.25))
+    assert newer.to_json()["golden"]["recalls"] == [1.0, 0.5, 0.25]
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -51,6 +61,9 @@ def test_a_baseline_round_trips() -> None:
         (lambda d: d["vectors"][0].update(queries=["a", 3]), "queries: expected a list of strings"),
         (lambda d: d["vectors"].append(copy.deepcopy(d["vectors"][0])), "a vector is named twice"),
         (lambda d: d["golden"].update(sha256="xyz"), "sha256: expected 64 lowercase hex digits"),
+        (lambda d: d["golden"].update(recalls=[1, 1]), "golden.recalls: 2 recalls for 3 queries"),
+        (lambda d: d["golden"].update(recalls=[1, 1, 2]), "recalls: expected a number from 0 to 1"),
+        (lambda d: d["golden"].update(recalls="1"), "recalls: expected list"),
         (lambda d: d.update(notes="no"), "notes: expected list"),
     ],
 )
