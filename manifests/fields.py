@@ -5,6 +5,7 @@ Shared by every model of the format (:mod:`aibackup.manifests.model`, :mod:`aiba
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
@@ -51,6 +52,21 @@ def hex_digits(doc: Mapping[str, Any], key: str, where: str, length: int) -> str
     value: str = get(doc, key, str, where)
     if len(value) != length or any(c not in "0123456789abcdef" for c in value):
         raise ManifestError(f"{where}.{key}: expected {length} lowercase hex digits")
+    return value
+
+
+def utc_time(doc: Mapping[str, Any], key: str, where: str) -> str:
+    """An ISO 8601 time in UTC written with a ``Z`` ("2026-11-25T02:00:00.123456Z"), as written: listings,
+    status and metrics read it as a time, so a value that is not one is a damaged manifest, not a crash."""
+    value: str = get(doc, key, str, where)
+    try:
+        parsed = dt.datetime.fromisoformat(value[:-1] + "+00:00") if value.endswith("Z") else None
+    except ValueError:
+        parsed = None
+    if parsed is None or "T" not in value:
+        raise ManifestError(
+            f"{where}.{key}: expected an ISO 8601 UTC time like 2026-11-25T02:00:00Z, got {value[:40]!r}"
+        )
     return value
 
 

@@ -461,7 +461,7 @@ class BundleManifest:
             authentication = fields.hex_digits(auth, "value", f"{where}.authentication", 64)
         return cls(
             bundle_id=fields.get(doc, "bundle_id", str, where),
-            created_at=fields.get(doc, "created_at", str, where),
+            created_at=fields.utc_time(doc, "created_at", where),
             tool_version=fields.get(tool, "version", str, f"{where}.tool"),
             source=fields.obj(fields.get(doc, "source", dict, where), f"{where}.source"),
             datasets=parsed,

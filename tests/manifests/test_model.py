@@ -97,6 +97,34 @@ def test_missing_field_is_named() -> None:
         BundleManifest.from_bytes(canonical_bytes(doc) + b"\n")
 
 
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("2026-11-25T02:00:00.123456Z", True),
+        ("2026-11-25T02:00:00Z", True),
+        ("garbage", False),
+        ("2026-13-45T02:00:00Z", False),
+        ("2026-11-25T02:00:00+01:00", False),  # the format writes UTC, with a Z
+        ("2026-11-25Z", False),
+    ],
+)
+def test_created_at_must_be_a_utc_time(value: str, ok: bool) -> None:
+    """Listings, status and metrics read it as a time: a checksum-valid manifest with another value is
+    damaged (it listed as 'garbageZ', and status's age of it raised)."""
+    import hashlib
+
+    doc = sample_manifest().to_json()
+    doc["created_at"] = value
+    body = {k: v for k, v in doc.items() if k != "checksum"}
+    doc["checksum"]["value"] = hashlib.sha256(canonical_bytes(body)).hexdigest()
+    data = canonical_bytes(doc) + b"\n"
+    if ok:
+        assert BundleManifest.from_bytes(data).created_at == value
+    else:
+        with pytest.raises(ManifestError, match="created_at: expected an ISO 8601 UTC time"):
+            BundleManifest.from_bytes(data)
+
+
 def test_part_paths_cannot_escape_the_repository() -> None:
     with pytest.raises(ManifestError, match="not a part path"):
         PartEntry.from_json({"path": "data/../../etc/passwd", "rows": 1, "bytes": 1, "sha256": "a" * 64}, "p")
