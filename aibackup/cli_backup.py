@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from aibackup.cli_common import (
     METRICS_NEED_CONFIG,
@@ -138,7 +140,17 @@ def backup(
     from aibackup.progress import make_progress
 
     repo, config = resolve(repo, config_path, need_config=source is None)
+    # --on-bad-line has a default: only one the user gave counts as asked for.
+    bad_line = on_bad_line if click.get_current_context().get_parameter_source("on_bad_line") in _GIVEN else None
     if source is None:
+        _for_a_source_only(
+            collection=collections,
+            on_bad_line=bad_line,
+            job_config=job_config,
+            redact_secrets=redact_secrets,
+        )
+        if key_file:  # as every other verb: --key-file over the config's key_file
+            config = dataclasses.replace(config, key_file=key_file)
         _backup_config(
             config,
             source_names,
@@ -157,7 +169,7 @@ def backup(
         raise UsageError("--source names configured sources: give either SOURCE or --source")
     if metrics_file and config is None:  # refused before the backup runs, not after it committed
         raise UsageError(METRICS_NEED_CONFIG)
-    _only_for_their_kind(source, job_config=job_config, redact_secrets=redact_secrets)
+    _only_for_their_kind(source, on_bad_line=bad_line, job_config=job_config, redact_secrets=redact_secrets)
     progress = make_progress(show_progress, log_format)
     try:
         # Through the location, not an opened repository: a first backup creates it (and a failed one
@@ -213,6 +225,28 @@ def backup(
     for note in result.notes:
         click.echo(f"note: {note}")
     conclude(config, metrics_file, 0, as_json)
+
+
+#: Where a flag's value was given by the user rather than by its default.
+_GIVEN = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+#: The flags of ``backup SOURCE`` that the config sets instead, and where.
+_CONFIG_KEYS = {
+    "collection": "sources.NAME.collections",
+    "on_bad_line": "sources.NAME.on_bad_line",
+    "job_config": "sources.NAME.job_config",
+    "redact_secrets": "sources.NAME.redact_secrets",
+}
+
+
+def _for_a_source_only(**given: Any) -> None:
+    """UsageError for a flag of ``backup SOURCE`` given with the config's sources, which take it from
+    aibackup.yaml (:data:`_CONFIG_KEYS`): it would be ignored."""
+    for name, value in given.items():
+        if value:
+            flag = f"--{name.replace('_', '-')}"
+            raise UsageError(f"{flag} is for `backup SOURCE`; the config's sources take {_CONFIG_KEYS[name]} instead")
 
 
 def _only_for_their_kind(source: str, **given: Any) -> None:

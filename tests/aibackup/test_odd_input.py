@@ -161,6 +161,35 @@ def test_a_flag_of_another_kind_of_source_is_refused_not_ignored(tmp_path: Path,
     assert not (tmp_path / "aibackup-repo").exists()
 
 
+def test_flags_of_backup_source_are_refused_with_the_configs_sources(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`aibackup backup` (the config's sources) ignored --collection, --on-bad-line, --job-config,
+    --redact-secrets (the config sets them per source) and --key-file (whose own error message said to pass
+    it): the first four are refused naming the config key, --key-file is used as every other verb uses it."""
+    monkeypatch.delenv("AIBACKUP_KEY", raising=False)
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "a.jsonl").write_text('{"user_id": "u", "input": "hi", "output": "hello"}\n')
+    (tmp_path / "aibackup.yaml").write_text("repository: ./repo\nsources:\n  logs: {uri: 'conversations:./logs'}\n")
+    for args, key in [
+        (("--collection", "logs"), "sources.NAME.collections"),
+        (("--on-bad-line", "fail"), "sources.NAME.on_bad_line"),  # the default value, given: still refused
+        (("--job-config", "job.yaml"), "sources.NAME.job_config"),
+        (("--redact-secrets",), "sources.NAME.redact_secrets"),
+    ]:
+        message = f"{args[0]} is for `backup SOURCE`; the config's sources take {key} instead"
+        one_line_error(cli("backup", *args), 2, message)
+    assert not (tmp_path / "repo").exists()
+    one_line_error(cli("backup", "config:./aibackup.yaml", "--on-bad-line", "skip"), 2, "only for conversations")
+    key = tmp_path / "repo.key"
+    key.write_text("a passphrase long enough for the test\n")
+    ok(cli("init", "--encrypt", "--key-file", str(key)))
+    refused = cli("backup")
+    assert refused.code == 2 and "or pass --key-file" in refused.out + refused.err
+    ok(cli("backup", "--key-file", str(key)))
+    ok(cli("verify", "--read-data", "--key-file", str(key)))
+
+
 def test_a_folder_where_a_manifest_belongs_is_a_damaged_repository_for_a_backup(
     tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
