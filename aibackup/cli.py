@@ -77,6 +77,8 @@ def init(
     kms_key_id = kms_key_id or (config.kms_key_id if config is not None else None)
     if kms_key_id and not encrypt:
         raise UsageError("--kms-key-id wraps the key of an encrypted repository: add --encrypt")
+    if key_file and not encrypt:  # it would make a repository without encryption, and say nothing
+        raise UsageError("--key-file holds the passphrase of an encrypted repository: add --encrypt")
     if encrypt:
         passphrase = passphrase_from(key_file or (config.key_file if config is not None else None))
         if passphrase is None and not kms_key_id:

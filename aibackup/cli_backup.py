@@ -163,6 +163,7 @@ def backup(
             as_json,
             workers,
             dask_address,
+            allow_lossy,
         )
         return
     if source_names:
@@ -293,6 +294,7 @@ def _backup_config(
     as_json: bool,
     workers: int | None = None,
     dask: str | None = None,
+    allow_lossy: bool = False,
 ) -> None:
     """Every configured source (or the named ones), each on its own; a summary; exit non-zero if any failed."""
     from aibackup.operations import backup_sources
@@ -302,7 +304,15 @@ def _backup_config(
     try:
         # Through the URL, not an opened repository: the first backup creates it (as `backup SOURCE`).
         result = backup_sources(
-            config, names, progress, queries=queries, full=full, full_every=full_every, workers=workers, dask=dask
+            config,
+            names,
+            progress,
+            queries=queries,
+            full=full,
+            full_every=full_every,
+            workers=workers,
+            dask=dask,
+            allow_lossy=allow_lossy,
         )
     finally:
         progress.close()

@@ -35,7 +35,7 @@ from aibackup.recall_rule import ABSOLUTE_MIN_RECALL, ABSOLUTE_QUERIES, DEFAULT_
 @json_option
 def list_(repo: str | None, config_path: str | None, as_json: bool) -> None:
     """List bundles, newest first. Exits 1 if a manifest is damaged (listed with its problem)."""
-    listed = open_repository(resolve(repo, config_path)[0]).list()
+    listed = open_repository(*resolve(repo, config_path)).list()
     entries = listed.entries
     if as_json:
         emit_json(listed.to_json())
@@ -67,7 +67,7 @@ def list_(repo: str | None, config_path: str | None, as_json: bool) -> None:
 @json_option
 def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) -> None:
     """Show one bundle (an id, a unique prefix, or `latest`): datasets, config, parts."""
-    manifest = open_repository(resolve(repo, config_path)[0]).show(bundle)
+    manifest = open_repository(*resolve(repo, config_path)).show(bundle)
     if as_json:
         emit_json(manifest.to_json())
         return

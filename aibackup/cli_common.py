@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sys
@@ -118,21 +119,24 @@ def resolve(repo: str | None, config_path: str | None, *, need_config: bool = Fa
             raise UsageError("no config: pass --config FILE, set AIBACKUP_CONFIG, or create ./aibackup.yaml")
         return repo or DEFAULT_REPO, None
     config = load_config(path)
-    return repo or config.repository, config
+    if repo:  # --repo / AIBACKUP_REPO over the config's, for everything that reads the config's repository
+        config = dataclasses.replace(config, repository=repo)
+    return config.repository, config
 
 
-def open_repository(url: str) -> Repository:
-    """The repository at `url`, opened once for the command (NotARepositoryError: exit 2 when none)."""
+def open_repository(url: str, config: Any = None) -> Repository:
+    """The repository at `url`, opened once for the command (NotARepositoryError: exit 2 when none), with
+    the config's ``key_file``, if any, as its key (over AIBACKUP_KEY)."""
     from aibackup.api import Repository
 
-    return Repository.open(url)
+    return Repository.open(url, key_file=config.key_file if config is not None else None)
 
 
 def configured(repo: str | None, config_path: str | None) -> tuple[Repository, Config]:
     """The commands that read aibackup.yaml (status, restore-test): the config, and its repository (or
     --repo's) opened."""
     url, config = resolve(repo, config_path, need_config=True)
-    return open_repository(url), config
+    return open_repository(url, config), config
 
 
 def emit_json(doc: object) -> None:

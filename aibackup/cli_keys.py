@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from aibackup.cli_common import config_option, emit_json, json_option, key_file_option, repo_option, resolve, table
-from aibackup.errors import ConfigError
+from aibackup.errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from aibackup.api import Repository
@@ -85,6 +85,9 @@ def add(
     from aibackup.crypto import passphrase_from
 
     passphrase = None
+    if kms_key_id is not None and (new_key_file or os.environ.get(NEW_KEY_ENV)):
+        given = "--new-key-file" if new_key_file else f"${NEW_KEY_ENV}"
+        raise UsageError(f"key add adds one slot: give {given} or --kms-key-id, not both (run it twice for two)")
     if kms_key_id is None:
         if new_key_file:
             passphrase = passphrase_from(new_key_file)

@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from aibackup.cli_common import (
+    METRICS_NEED_CONFIG,
     conclude,
     config_option,
     configured,
@@ -20,7 +21,7 @@ from aibackup.cli_common import (
     size,
     table,
 )
-from aibackup.errors import EXIT_INTEGRITY
+from aibackup.errors import EXIT_INTEGRITY, UsageError
 
 
 def _age(seconds: float | None) -> str:
@@ -174,7 +175,9 @@ def prune(
     from aibackup.config import parse_duration
 
     repo_url, config = resolve(repo, config_path)
-    result = open_repository(repo_url).prune(
+    if metrics_file and config is None:  # refused before anything is removed, not after
+        raise UsageError(METRICS_NEED_CONFIG)
+    result = open_repository(repo_url, config).prune(
         keep_last=keep_last,
         keep_hourly=keep_hourly,
         keep_daily=keep_daily,
@@ -224,7 +227,7 @@ def prune(
 @config_option
 def pin(bundle: str, repo: str | None, config_path: str | None) -> None:
     """Pin BUNDLE (an id or a unique prefix): prune never removes it."""
-    click.echo(f"pinned {open_repository(resolve(repo, config_path)[0]).pin(bundle)}")
+    click.echo(f"pinned {open_repository(*resolve(repo, config_path)).pin(bundle)}")
 
 
 @click.command()
@@ -233,7 +236,7 @@ def pin(bundle: str, repo: str | None, config_path: str | None) -> None:
 @config_option
 def unpin(bundle: str, repo: str | None, config_path: str | None) -> None:
     """Unpin BUNDLE: prune applies the keep rules to it again."""
-    click.echo(f"unpinned {open_repository(resolve(repo, config_path)[0]).unpin(bundle)}")
+    click.echo(f"unpinned {open_repository(*resolve(repo, config_path)).unpin(bundle)}")
 
 
 COMMANDS = [status, restore_test, prune, pin, unpin]

@@ -35,7 +35,9 @@ Keys:
 - ``sources`` (required, not empty): name -> ``{uri, ...}`` or just the URI. Names are letters, digits,
   ``_ . -``. Per source: ``uri`` (required); ``collections`` (list of names); ``rpo`` and ``rto``
   (durations); ``retention`` (as below; each rule it sets replaces the global one, ``0`` switches a rule
-  off); ``restore_test: {target: NAME, skip: BOOL}`` (skip wins). Only for some kinds of source:
+  off); ``restore_test: {target: NAME, skip: BOOL}`` (skip wins); ``allow_lossy: BOOL`` (default false: as
+  ``backup --allow-lossy``, what the source holds only approximately is backed up, saying so). Only for
+  some kinds of source:
   ``on_bad_line: fail|skip`` (conversations, default ``fail``), ``job_config: PATH`` (finetune),
   ``redact_secrets: BOOL`` (config, default false), ``golden_queries: PATH`` (chroma and qdrant: a JSON or
   JSONL file of query vectors with the ids expected in their top k, asked of the source at backup and of
@@ -185,6 +187,8 @@ class SourceConfig(_SafeRepr):
     redact_secrets: bool = False
     retention: RetentionPolicy | None = None  # this source's rules only; see Config.retention_for
     golden_queries: str | None = None
+    #: back up what the source holds only approximately, saying so (as ``backup --allow-lossy``)
+    allow_lossy: bool = False
     full_every: int = FULL_EVERY  # vectors: incremental links after a full backup (0: every backup full)
     restore_test_target: str | None = None  # a target name
     restore_test_skip: bool = False

@@ -430,6 +430,7 @@ class _Reader:
         readers |= {"rto": self.duration, "on_bad_line": self.on_bad_line, "job_config": self.path}
         readers |= {"redact_secrets": self.boolean, "retention": self.retention, "golden_queries": self.path}
         readers["full_every"] = self.integer
+        readers["allow_lossy"] = self.boolean
         readers["restore_test"] = lambda n, p: self.source_restore_test(n, p, data_kind)
         uri, kind = self.uri(*self.shorthand(key, value, path, tuple(readers)), target=False)
         data_kind = connector_class(kind).dataset_kind

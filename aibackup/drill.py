@@ -107,7 +107,7 @@ def restore_test(
     it from start to verified against the source's RTO, clean up, and record the result. `repo`: the
     config's repository, already opened."""
     report = progress or Quiet()
-    repo = repo or Repository.open(config.repository)
+    repo = repo or Repository.open(config.repository, key_file=config.key_file)
     results: list[DrillResult] = []
     tested, key_file = _tested_repository(config, repo)
     for source in sources_of(config, names):
@@ -134,7 +134,7 @@ def _tested_repository(config: Config, repo: Repository) -> tuple[Repository, st
         return repo, config.key_file
     copy = next((c for c in config.copies if c.repository == where), None)
     key_file = (copy.key_file if copy is not None else None) or config.key_file
-    return Repository.open(where), key_file
+    return Repository.open(where, key_file=key_file), key_file
 
 
 def _drill(config: Config, repo: Repository, source: SourceConfig, key_file: str | None) -> DrillResult:

@@ -115,7 +115,7 @@ def _label(value: str) -> str:
 
 def write_metrics(config: Config, path: str) -> None:
     """Render the metrics of every configured source and replace `path` atomically."""
-    repo = Repository.open(config.repository)
+    repo = Repository.open(config.repository, key_file=config.key_file)
     text = render(config, status(config), reports.verified_bundles(repo))
     target = Path(path)
     try:

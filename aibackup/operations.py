@@ -119,6 +119,7 @@ def backup_sources(
     full_every: int | None = None,
     workers: int | None = None,
     dask: str | None = None,
+    allow_lossy: bool = False,
 ) -> SourcesResult:
     """Back up every named source (all when empty), each on its own: one failing source does not stop the
     others. Every run leaves a report in the repository (when the repository can be reached). `queries`:
@@ -126,7 +127,7 @@ def backup_sources(
     `repo`: the config's repository, already opened (else its URL is used, and created when missing).
     `full`, `full_every` (vectors): every backup full; the most incremental links after a full one, over
     each source's ``full_every``. `workers`, `dask` (over the config's ``dask``): a partitioned backup
-    (aibackup.distributed)."""
+    (aibackup.distributed). `allow_lossy`: every source's, whatever its ``allow_lossy``."""
     report = progress or Quiet()
     runs: list[SourceRun] = []
     for source in sources_of(config, names):
@@ -142,6 +143,7 @@ def backup_sources(
             full_every=source.full_every if full_every is None else full_every,
             workers=workers,
             dask=dask if dask is not None or workers is not None else config.dask,
+            allow_lossy=allow_lossy or source.allow_lossy,
         )
         try:
             result = run_backup(
@@ -185,7 +187,7 @@ def copy_bundles(
 
     started = time.perf_counter()
     try:
-        source = repo if repo is not None else Repository.open(config.repository)
+        source = repo if repo is not None else Repository.open(config.repository, key_file=config.key_file)
         done = run_copy(source, copy.repository, bundle_ids, key_file=config.key_file, to_key_file=copy.key_file)
     except AibackupError as exc:
         run = CopyRun(
@@ -214,7 +216,8 @@ def sources_of(config: Config, names: Sequence[str]) -> list[SourceConfig]:
 def record_report(config: Config, folder: str, report: dict[str, Any], repo: Repository | None = None) -> None:
     """Leave a report in the repository; a repository that cannot take it only loses history."""
     with contextlib.suppress(AibackupError, OSError):
-        repo = repo or Repository.find(config.repository)
+        if repo is None and (found := Repository.find(config.repository)) is not None:
+            repo = found.with_key_file(config.key_file)  # an encrypted repository seals its reports
         if repo is not None:
             reports.write(repo, folder, report)
 
@@ -312,7 +315,7 @@ def status(config: Config, repo: Repository | None = None) -> list[SourceStatus]
     its size), the bundle's age against the RPO, the last restore test and the last backup run."""
     from aibackup.bundle_reader import BundleReader
 
-    repo = repo or Repository.open(config.repository)
+    repo = repo or Repository.open(config.repository, key_file=config.key_file)
     now = clock.now()
     good, _damaged = repo.scan()
     reader = BundleReader(repo)

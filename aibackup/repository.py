@@ -241,9 +241,19 @@ class Repository:
     # --- opening ---------------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: Where) -> Self:
-        """Open an existing repository; NotARepositoryError if there is none at `url`."""
-        return cls._read(storage_of(url))
+    def open(cls, url: Where, *, key_file: str | None = None) -> Self:
+        """Open an existing repository; NotARepositoryError if there is none at `url`. `key_file` (a
+        config's ``key_file``) gives the passphrase its verbs use over AIBACKUP_KEY, checked now (UsageError
+        for a wrong one); a repository without encryption ignores it."""
+        return cls._read(storage_of(url)).with_key_file(key_file)
+
+    def with_key_file(self, key_file: str | None) -> Self:
+        """This repository, its verbs using `key_file`'s passphrase over AIBACKUP_KEY (checked now: UsageError
+        for a wrong one); unchanged without one, or where the repository is not encrypted."""
+        if key_file and self.encrypted:
+            self.passphrase = passphrase_from(key_file)
+            self.key()
+        return self
 
     @classmethod
     def _read(cls, storage: Storage) -> Self:
