@@ -79,6 +79,8 @@ def init(
         raise UsageError("--kms-key-id wraps the key of an encrypted repository: add --encrypt")
     if key_file and not encrypt:  # it would make a repository without encryption, and say nothing
         raise UsageError("--key-file holds the passphrase of an encrypted repository: add --encrypt")
+    if config is not None and config.key_file and not encrypt:  # its next backup would refuse the key file
+        raise UsageError(f"{config.path} names a key_file: add --encrypt (or remove key_file from the config)")
     if encrypt:
         passphrase = passphrase_from(key_file or (config.key_file if config is not None else None))
         if passphrase is None and not kms_key_id:

@@ -85,7 +85,10 @@ def test_init_with_a_key_file_but_no_encrypt_is_refused(logs: Path, tmp_path: Pa
     """It made a repository without encryption, silently; the next backup with that key file was refused."""
     (tmp_path / "repo.key").write_text("a passphrase long enough for the test\n")
     one_line_error(cli("init", "--repo", "./plain", "--key-file", "repo.key"), 2, "add --encrypt")
-    assert not (tmp_path / "plain").exists()
+    logs.write_text(logs.read_text() + "key_file: ./repo.key\n")
+    one_line_error(cli("init"), 2, "names a key_file: add --encrypt")  # the config's repository, ./repo
+    assert not (tmp_path / "plain").exists() and not (tmp_path / "repo").exists()
+    ok(cli("init", "--encrypt"))
 
 
 def test_key_add_refuses_a_new_passphrase_and_a_kms_key_at_once(logs: Path, tmp_path: Path, cli: Cli) -> None:
