@@ -292,7 +292,9 @@ class Repository(_repository.Repository):
         """Restore bundle `ref` into the target URI `to` and prove it, as ``aibackup restore``. A failed
         check is not an exception: the result's ``ok`` is False (the command exits 1). `load_check`
         (models): also open every safetensors file with the safetensors library. `workers` / `dask`: a
-        partitioned restore on a Dask cluster, as ``--workers`` / ``--dask``."""
+        partitioned restore on a Dask cluster, as ``--workers`` / ``--dask``. A setting of another kind of
+        data than the bundle's (`layout`, `queries`, `min_recall`, `recall_tolerance` for vectors,
+        `load_check` for models) is refused (UsageError) before anything is written."""
         from aibackup.restore import run_restore
 
         return run_restore(
@@ -309,6 +311,7 @@ class Repository(_repository.Repository):
             load_check=load_check,
             workers=workers,
             dask=dask,
+            strict=True,
         )
 
     # --- operations (aibackup.yaml) ----------------------------------------------------------------------

@@ -34,7 +34,7 @@ from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import BundleManifest, DatasetManifest, PartEntry
 from aibackup.pipeline import prefetch, use_arrow_allocator
 from aibackup.proof import Check
-from aibackup.recall_rule import CheckOptions
+from aibackup.recall_rule import DEFAULT_TOLERANCE, CheckOptions
 from aibackup.repository import Repository, Where
 
 
@@ -131,6 +131,7 @@ def run_restore(
     load_check: bool = False,
     workers: int | None = None,
     dask: str | None = None,
+    strict: bool = False,
 ) -> RestoreResult:
     """Restore bundle `ref` (an id, a prefix or latest; `at`: the newest bundle up to that time) into
     `target_uri` and prove it. `layout` (vectors): auto writes each collection in the application layout
@@ -150,6 +151,8 @@ def run_restore(
     repo.use_key(key)  # ... and every manifest read must be authenticated by it
     manifest = repo.resolve(ref, datasets=[src for src, _ in pairs], at=at)
     selected = _select(manifest, pairs)
+    if strict:
+        _refuse_unused({d.kind for d, _ in selected}, manifest.bundle_id, layout, load_check, check_options)
     location = parse_location(target_uri, target=True)
     target_class = connector_class(location.kind)
     # Each part is read up to four times (re-hash, validation, import, content check): a remote repository's
@@ -380,6 +383,29 @@ def _loads(
         removed={d.name: reader.removed(d) for d, _ in jobs},
     ) as made:
         yield made
+
+
+def _refuse_unused(
+    kinds: set[str], bundle_id: str, layout: str, load_check: bool, options: CheckOptions | None
+) -> None:
+    """UsageError for a setting of one kind of data asked of a restore whose collections hold none of it:
+    it would be ignored, and the restore reported as if it applied (``strict``: the command line and the
+    API; the drill's configured check options serve every source it tests, whatever its kind)."""
+    options = options or CheckOptions()
+    vector_only = {
+        "--layout": layout != "auto",
+        "--queries": options.queries is not None,
+        "--min-recall": options.min_recall is not None,
+        "--recall-tolerance": options.recall_tolerance != DEFAULT_TOLERANCE,
+    }
+    unused = [flag for flag, asked in vector_only.items() if asked and "vectors" not in kinds]
+    unused += ["--load-check"] if load_check and "model" not in kinds else []
+    if unused:
+        holds = ", ".join(sorted(kinds)) or "nothing"
+        raise UsageError(
+            f"{', '.join(unused)}: not for what bundle {bundle_id} holds ({holds}); "
+            "--load-check is for models, the others for vector collections"
+        )
 
 
 def _select(manifest: BundleManifest, pairs: list[tuple[str, str]]) -> list[tuple[DatasetManifest, str]]:

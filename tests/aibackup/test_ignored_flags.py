@@ -120,3 +120,20 @@ def test_allow_lossy_reaches_the_configs_sources(logs: Path, tmp_path: Path, cli
     assert "zz-outside.txt" in done and "skipped" in done
     logs.write_text("repository: ./repo\nsources:\n  m: {uri: 'model:./model', rpo: 24h, allow_lossy: true}\n")
     assert "skipped" in ok(cli("backup")).out
+
+
+def test_restore_refuses_settings_of_another_kind_of_data(logs: Path, tmp_path: Path, cli: Cli) -> None:
+    """A conversation log's restore took --layout, --queries, --min-recall, --recall-tolerance and
+    --load-check, ignored them, and said "all checks passed" as if they had applied."""
+    ok(cli("backup", "conversations:./logs", "--repo", "./repo"))
+    restore = ("restore", "latest", "--repo", "./repo", "--to", "conversations:./out")
+    for args, flags in [
+        (("--queries", "5", "--min-recall", "0.99"), "--queries, --min-recall"),
+        (("--layout", "langchain"), "--layout"),
+        (("--recall-tolerance", "0"), "--recall-tolerance"),
+        (("--load-check",), "--load-check"),
+    ]:
+        line = one_line_error(cli(*restore, *args), 2, f"{flags}: not for what bundle")
+        assert "(conversations)" in line
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+    ok(cli(*restore, "--recall-tolerance", "0.05"))  # the default, said again: nothing to refuse
