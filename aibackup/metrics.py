@@ -116,7 +116,7 @@ def _label(value: str) -> str:
 def write_metrics(config: Config, path: str) -> None:
     """Render the metrics of every configured source and replace `path` atomically."""
     repo = Repository.open(config.repository, key_file=config.key_file)
-    text = render(config, status(config), reports.verified_bundles(repo))
+    text = render(config, status(config, repo), reports.verified_bundles(repo))  # one opening, one key check
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
