@@ -110,8 +110,9 @@ def run_copy(
 def _destination(
     source: Repository, storage: Storage, key_file: str | None, to_key_file: str | None
 ) -> tuple[Repository, bool]:
-    """The destination repository, created from the source's marker when the location is missing or empty;
-    UsageError when it cannot take the source's bundles as they are."""
+    """The destination repository, created from the source's marker when the location is missing or empty
+    (written only once every check passed: a refused copy leaves nothing there); UsageError when it cannot
+    take the source's bundles as they are, or the key for it does not open them."""
     if storage.url.rstrip("/") == source.storage.url.rstrip("/"):
         raise UsageError("the destination is the source repository itself")
     if to_key_file and not source.encrypted:  # before a new destination is made
@@ -120,13 +121,12 @@ def _destination(
             "is not either (a copy keeps the bytes as they are)"
         )
     found = Repository.find(storage)
+    marker: bytes | None = None  # the source's marker, for a destination still to be made
     if found is None:
-        raw = source.storage.fs.cat_file(source.storage.full(MARKER))
-        storage.write_exclusive(MARKER, raw)  # the marker is never sealed: its bytes as they are
-        target = Repository.with_marker(storage, raw)
-        created = True
+        marker = source.storage.fs.cat_file(source.storage.full(MARKER))
+        target = Repository.with_marker(storage, marker)  # written below, once the key is known to open it
     else:
-        target, created = found, False
+        target = found
     if target.encrypted != source.encrypted or target.fully_encrypted != source.fully_encrypted:
         what = "encrypted" if source.encrypted else "not encrypted"
         raise UsageError(
@@ -149,7 +149,9 @@ def _destination(
                     f"{storage.display()} lacks master key generation(s) {missing} of the source (rotated since it "
                     "was made): copy into a new location"
                 )
-    return target, created
+    if marker is not None:  # only now: a refused copy leaves the new location as it found it
+        storage.write_exclusive(MARKER, marker)  # the marker is never sealed: its bytes as they are
+    return target, marker is not None
 
 
 class _Copier:

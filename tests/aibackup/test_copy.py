@@ -163,6 +163,24 @@ def test_copying_between_encrypted_and_plain_repositories_is_refused(cli: Cli, t
     assert Repository.open(str(other)).bundle_ids() == []
 
 
+def test_a_copy_refused_for_its_key_leaves_the_new_location_empty(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong --to-key-file for a new location: refused before the marker is written there (a marker alone
+    made a repository with the source's id that the next copy with the right key would have continued)."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the source's passphrase")
+    source = str(tmp_path / "repo")
+    ok(cli("init", "--repo", source, "--encrypt"))
+    ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 5)}", "--repo", source))
+    wrong = tmp_path / "wrong.key"
+    wrong.write_text("not the passphrase of any slot\n")
+    copy = tmp_path / "copy"
+    one_line_error(cli("copy", "--repo", source, "--to-repo", str(copy), "--to-key-file", str(wrong)), 2, "key")
+    assert not copy.exists() or not any(copy.iterdir())
+    ok(cli("copy", "--repo", source, "--to-repo", str(copy)))
+    assert Repository.open(str(copy)).bundle_ids() == Repository.open(source).bundle_ids()
+
+
 def test_the_destination_is_not_the_source(tmp_path: Path, cli: Cli) -> None:
     source = str(tmp_path / "repo")
     ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 5)}", "--repo", source))
