@@ -171,6 +171,27 @@ def settle(client: Any, futures: Sequence[Any], exc: BaseException) -> None:
         client.cancel(futures)
 
 
+@contextlib.contextmanager
+def completed(
+    client: Any, function: Any, tasks: Sequence[Any], *, writes: bool = False, **kwargs: Any
+) -> Iterator[Iterator[Any]]:
+    """`function` over `tasks` on `client`'s workers (a task that raised is retried :data:`RETRIES` times),
+    its results yielded as each task completes. When a task or the caller's loop raises, the tasks left are
+    cancelled on the way out; tasks that write (`writes`) are :func:`settle`-d first, so that the caller's
+    clean-up after the exception finds them ended. `kwargs` go to every call (``client.map``'s)."""
+    from dask.distributed import as_completed
+
+    futures = client.map(function, tasks, retries=RETRIES, pure=False, **kwargs)
+    try:
+        yield (result for _, result in as_completed(futures, with_results=True))
+    except BaseException as exc:
+        if writes:
+            settle(client, futures, exc)
+        else:
+            client.cancel(futures)
+        raise
+
+
 def _restore_environ(saved: Mapping[str, str]) -> None:
     """This process's environment as it was before the cluster started (Dask's nanny writes into it)."""
     for key in set(os.environ) - set(saved):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from aibackup.bundle_reader import BundleReader
 from aibackup.chains import Removed
 from aibackup.connectors.base import Transform, balanced_runs, identity
-from aibackup.distributed import PER_WORKER, RETRIES, Cluster
+from aibackup.distributed import PER_WORKER, Cluster, completed
 from aibackup.manifests.model import DatasetManifest, PartEntry
 from aibackup.manifests.vectors import ID
 from aibackup.nearest import ExactTopK
@@ -84,8 +84,6 @@ def exact_on(
     """Fill `searches` (nothing added yet; one per vector column of `columns`) with every live record of
     `dataset` (a chain's: less those `removed`), after `transform`, on `on`'s workers; returns the number of
     tasks. With the identity mapping the tasks read only the ids and those columns."""
-    from dask.distributed import as_completed
-
     read = (ID, *dict.fromkeys(columns)) if transform is identity else None
     tasks = [
         ExactTask(
@@ -101,12 +99,8 @@ def exact_on(
         )
         for group in groups(dataset.parts, on.workers * PER_WORKER)
     ]
-    futures = on.client.map(exact_pass, tasks, retries=RETRIES, pure=False)
-    try:
-        for _, found in as_completed(futures, with_results=True):
+    with completed(on.client, exact_pass, tasks) as results:
+        for found in results:
             for search, part in zip(searches, found, strict=True):
                 search.merge(part)
-    except BaseException:
-        on.client.cancel(futures)
-        raise
     return len(tasks)

@@ -41,7 +41,7 @@ from aibackup.chains import Removed
 from aibackup.checks import Comparison, slim, slim_schema, tolerated
 from aibackup.connectors.base import Connector, DatasetDescription, ImportPlan, Location
 from aibackup.connectors.registry import open_connector
-from aibackup.distributed import PER_WORKER, RETRIES, Cluster, settle
+from aibackup.distributed import PER_WORKER, Cluster, completed
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.exact_tasks import exact_on, groups
 from aibackup.lossy import LossTally
@@ -236,22 +236,17 @@ def loads(
         ]
         for task in tasks:
             made[task.dataset.name].tasks += 1
-        from dask.distributed import as_completed
-
-        futures = on.client.map(load_partition, tasks, retries=RETRIES, pure=False)
         done: list[Loaded] = []
-        try:
+        # The tasks are settled on an error before the load areas are abandoned (below).
+        with completed(on.client, load_partition, tasks, writes=True) as results:
             # Each task's side of the proof goes to a file as it arrives: the driver's memory holds one at once.
-            for _, loaded in as_completed(futures, with_results=True):
+            for loaded in results:
                 path = Path(spill.name) / f"{len(done):05d}.arrow"
                 _write(path, loaded.expected)
                 made[loaded.name].expected.append(path)
                 made[loaded.name].queries.extend(loaded.queries)
                 loaded.expected = loaded.expected.schema.empty_table()
                 done.append(loaded)
-        except BaseException as exc:
-            settle(on.client, futures, exc)  # before the load areas are abandoned (below)
-            raise
         _prove(made, done)
         yield made
     finally:
@@ -358,8 +353,6 @@ class Proof:
         return merged
 
     def actual(self, target: DatasetDescription, comparison: Comparison) -> bool:
-        from dask.distributed import as_completed
-
         try:
             reading = open_connector(self.target, options={"proof": True})
         except AibackupError as exc:  # say an embedded store one process holds: the driver reads it
@@ -378,13 +371,9 @@ class Proof:
                 ReadTask(self.target, {**split.options, "proof": True}, target, partition, self.load.plan.tolerances)
                 for partition in split.partitions
             ]
-            futures = self.on.client.map(read_partition, tasks, retries=RETRIES, pure=False)
-            try:
-                for _, table in as_completed(futures, with_results=True):
+            with completed(self.on.client, read_partition, tasks) as tables:
+                for table in tables:
                     for batch in table.to_batches():
                         comparison.actual.put(batch)
-            except BaseException:
-                self.on.client.cancel(futures)
-                raise
         self.note = f"proof: the target read back by {len(tasks)} tasks ({split.how})"
         return True
