@@ -13,13 +13,15 @@ from aibackup.manifests.vectors import ID, METADATA
 
 class LossTally:
     """What the plan's lossy mapping really changes in the bundle's records (records left out, columns with
-    values dropped, records whose metadata is rewritten), so the report says what was lost, not only what
-    could have been."""
+    values dropped, records whose metadata is rewritten, values of other columns changed in place: a
+    document cut to the target's limit), so the report says what was lost, not only what could have been."""
 
     def __init__(self, plan: ImportPlan) -> None:
         self.plan = plan
         self.dropped: Counter[str] = Counter()
         self.rewritten = 0
+        #: values of other columns the mapping changed in place (a document cut to the target's limit)
+        self.changed: Counter[str] = Counter()
         self.records_dropped = 0
         self.examples: list[str] = []
 
@@ -38,25 +40,45 @@ class LossTally:
             if name not in kept:
                 column = before.column(name)
                 self.dropped[name] += len(column) - column.null_count
-        if METADATA in kept:
-            ids = before.column(ID).to_pylist()
-            pairs = zip(before.column(METADATA).to_pylist(), after.column(METADATA).to_pylist(), strict=True)
+        ids: list[object] | None = None
+        for name in before.schema.names:
+            if name not in kept or name == ID:
+                continue
+            old_column, new_column = before.column(name), after.column(name)
+            if not _text(old_column.type) or old_column.type != new_column.type or old_column.equals(new_column):
+                # Text is what mappings rewrite in place (metadata, a document cut short); a vector column
+                # may be reordered without a loss (sparse indices sorted), and a converted type is a
+                # mapping the plan states.
+                continue
+            ids = before.column(ID).to_pylist() if ids is None else ids
+            pairs = zip(old_column.to_pylist(), new_column.to_pylist(), strict=True)
             for n, (old, new) in enumerate(pairs):
                 if old != new:
-                    self.rewritten += 1
-                    if len(self.examples) < 3:
+                    if name == METADATA:
+                        self.rewritten += 1
+                    else:
+                        self.changed[name] += 1
+                    if len(self.examples) < 3 and repr(ids[n]) not in self.examples:
                         self.examples.append(repr(ids[n]))
 
     def merge(self, other: LossTally) -> None:
         """Add what `other` (the same plan's tally over other batches: a partitioned restore's worker) saw."""
         self.dropped.update(other.dropped)
         self.rewritten += other.rewritten
+        self.changed.update(other.changed)
         self.records_dropped += other.records_dropped
         self.examples = (self.examples + other.examples)[:3]
 
     def lines(self) -> tuple[str, ...]:
         lines = [f"{self.records_dropped} records left out"] if self.records_dropped else []
         lines += [f"column {name!r}: {count} values dropped" for name, count in sorted(self.dropped.items()) if count]
+        lines += [f"column {name!r}: {count} values changed" for name, count in sorted(self.changed.items())]
         if self.rewritten:
-            lines.append(f"metadata of {self.rewritten} records rewritten (e.g. {', '.join(self.examples)})")
+            lines.append(f"metadata of {self.rewritten} records rewritten")
+        if self.rewritten or self.changed:
+            lines[-1] += f" (e.g. {', '.join(self.examples)})"
         return tuple(lines)
+
+
+def _text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))

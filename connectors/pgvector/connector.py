@@ -365,7 +365,7 @@ class PgvectorConnector(VectorConnector):
             if mode == "create" and rows:
                 raise TargetNotEmptyError(
                     f"table {dest} in {self._where} holds {rows} rows: restore with --mode overwrite to replace "
-                    "it, --mode merge to upsert into it, or --as NEW to restore beside it"
+                    f"it, --mode merge to upsert into it, or --collection {source.name}=NEW to restore beside it"
                 )
         target = DatasetDescription(name=dest, config=target_config, rows=source.rows)
         return ImportPlan(
