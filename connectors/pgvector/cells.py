@@ -2,15 +2,18 @@
 vectors, document, uri, metadata), through :mod:`.codec`.
 
 :func:`cells` also refuses, naming the collection and the record, a value PostgreSQL cannot hold: NaN or
-Infinity in a vector or in metadata, a NUL character in text or metadata, a sparse vector that does not fit
-its ``sparsevec`` or holds an explicit zero, a halfvec value float16 cannot hold exactly. With ``check_only``
-it checks without encoding (``validate_records``).
+Infinity in a vector or in metadata, -0.0 in metadata, a NUL character in text or metadata, a sparse vector
+that does not fit its ``sparsevec`` or holds an explicit zero, a halfvec value float16 cannot hold exactly.
+With ``check_only`` it checks without encoding (``validate_records``). Whole floats of metadata written with
+an exponent (``1e+20``) are written with a fraction, so that jsonb keeps them floats.
 """
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -110,18 +113,48 @@ def _jsonb(text: str | None, collection: str, record: Any) -> bytes | None:
         raise UnsupportedFeatureError(
             f"collection {collection}: record {record!r}: metadata holds a NUL character (jsonb cannot)"
         )
-    if ("NaN" in text or "Infinity" in text) and _has_non_finite(json.loads(text)):
-        raise UnsupportedFeatureError(
-            f"collection {collection}: record {record!r}: metadata holds NaN or Infinity, which jsonb cannot"
-        )
+    if "NaN" in text or "Infinity" in text or "-0" in text or _EXPONENT.search(text):  # else no float to look at
+        value = json.loads(text)
+        problem = _jsonb_problem(value)
+        if problem:
+            raise UnsupportedFeatureError(
+                f"collection {collection}: record {record!r}: metadata holds {problem}"
+            )
+        if _EXPONENT.search(text) and _has_whole_float(value):
+            text = _jsonb_text(value)
     return b"\x01" + text.encode("utf-8")
 
 
-def _has_non_finite(value: Any) -> bool:
+#: A number written with an exponent (``1e+20``), or a string that looks like one (then nothing changes).
+_EXPONENT = re.compile(r"[0-9][eE][+-]?[0-9]")
+
+
+def _jsonb_problem(value: Any) -> str | None:
+    """What jsonb cannot hold in `value`: NaN or Infinity, or a negative zero (jsonb numbers are
+    ``numeric``, which has no negative zero: -0.0 would come back as 0.0)."""
     if isinstance(value, float):
-        return not math.isfinite(value)
+        if not math.isfinite(value):
+            return "NaN or Infinity, which jsonb cannot"
+        return "-0.0, which jsonb would keep as 0.0" if value == 0.0 and math.copysign(1.0, value) < 0 else None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((p for p in map(_jsonb_problem, items) if p), None)
+
+
+def _has_whole_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return value.is_integer()
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return any(_has_whole_float(v) for v in items)
+
+
+def _jsonb_text(value: Any) -> str:
+    """`value` as JSON text whose whole floats keep a fraction (``100000000000000000000.0``): jsonb keeps a
+    number as written, so ``1e+20`` (Python's form of a float from 1e16 up) would come back as the integer
+    100000000000000000000 and fail the restore's record comparison."""
+    if isinstance(value, float) and value.is_integer():
+        return format(decimal.Decimal(repr(value)), "f") + ".0"
     if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
+        return "{" + ", ".join(f"{json.dumps(k)}: {_jsonb_text(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):
-        return any(_has_non_finite(v) for v in value)
-    return False
+        return "[" + ", ".join(map(_jsonb_text, value)) + "]"
+    return json.dumps(value)

@@ -65,10 +65,11 @@ it in the same one transaction (:mod:`.writing`).
 
 Lossy rules (refused with UnsupportedFeatureError unless --allow-lossy): multivectors (no pgvector type)
 are dropped. Never mapped: NaN/Infinity in a vector (pgvector refuses them) or in metadata (jsonb holds
-neither), text holding NUL (PostgreSQL text cannot), a vector above 16000 dimensions. A table a foreign key
-references travels with the table (definition and rows, up to 10,000: :func:`.catalog.referenced_tables`)
-and is made first where missing, so the key is made again; a larger one is left out and its key with it
-(said).
+neither), -0.0 in metadata (jsonb's numeric has no negative zero; for the same reason a ``real`` or ``double
+precision`` column's -0 is backed up as 0), text holding NUL (PostgreSQL text cannot), a vector above 16000
+dimensions. A table a foreign key references travels with the table (definition and rows, up to 10,000:
+:func:`.catalog.referenced_tables`) and is made first where missing, so the key is made again; a larger one
+is left out and its key with it (said).
 
 Checks: beyond the records, a pgvector -> pgvector restore compares the restored table's definition with
 the recorded one (columns, types, nullability, primary key, constraints, index methods and parameters).

@@ -410,3 +410,33 @@ def test_a_restore_that_fails_inside_the_target_leaves_nothing_and_says_so(
     assert "nothing of it was written" in line
     with postgres.connect(dst) as conn:
         assert conn.execute("SELECT to_regclass('t')").fetchone() == (None,)
+
+
+def test_metadata_floats_jsonb_would_change_are_kept_or_refused(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    """jsonb numbers are PostgreSQL numerics, kept as written: a whole float from 1e16 up, which Python writes
+    as ``1e+20``, came back an integer (and failed the record comparison after the table was written); it
+    is written with a fraction now. -0.0, which numeric cannot hold, is refused before anything is written."""
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=str(tmp_path / "q"))
+    whole = {"big": 1e20, "deep": [1.5e300, {"w": 1e308, "s": "3e5", "n": -0.25}]}
+    for name, point, payload in (("whole", 1, whole), ("signed", 7, {"z": [0.5, -0.0]})):
+        client.create_collection(name, vectors_config=models.VectorParams(size=2, distance=models.Distance.EUCLID))
+        client.upsert(name, [models.PointStruct(id=point, vector=[1.0, 0.0], payload=payload)])
+    client.close()
+    repo, dst = str(tmp_path / "repo"), database(postgres, tmp_path, "dst")
+    ok(cli("backup", f"qdrant:{tmp_path / 'q'}", "--repo", repo))
+    restored = ok(
+        cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--collection", "whole", "--json")
+    )
+    assert restored.json()["ok"]
+    with postgres.connect(dst) as conn:
+        (metadata,) = conn.execute("SELECT metadata FROM whole").fetchone()
+    assert metadata == whole
+    assert all(isinstance(v, float) for v in (metadata["big"], metadata["deep"][0], metadata["deep"][1]["w"]))
+    line = one_line_error(
+        cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--collection", "signed"), 2, "-0.0"
+    )
+    assert "record '7'" in line
+    with postgres.connect(dst) as conn:
+        assert conn.execute("SELECT to_regclass('signed')").fetchone() == (None,)
