@@ -117,9 +117,7 @@ def _jsonb(text: str | None, collection: str, record: Any) -> bytes | None:
         value = json.loads(text)
         problem = _jsonb_problem(value)
         if problem:
-            raise UnsupportedFeatureError(
-                f"collection {collection}: record {record!r}: metadata holds {problem}"
-            )
+            raise UnsupportedFeatureError(f"collection {collection}: record {record!r}: metadata holds {problem}")
         if _EXPONENT.search(text) and _has_whole_float(value):
             text = _jsonb_text(value)
     return b"\x01" + text.encode("utf-8")
