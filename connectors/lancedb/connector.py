@@ -54,10 +54,11 @@ Restore
 Lossy rules (UnsupportedFeatureError naming the collection and the feature unless --allow-lossy; then in
 ``plan.dropped`` and applied by ``plan.transform``): sparse vectors (LanceDB has none) are dropped; distance
 manhattan becomes l2. Never mapped: a vector holding NaN (LanceDB's writer refuses it, or nulls it), a vector
-name with a "." or equal to another column's name, an id an integer id column cannot hold exactly, metadata
-that does not fit a LanceDB bundle's columns. ``validate_records`` finds all of these before anything is
-written. Not kept: table versions other than the one read, tags, branches, embedding-function registries
-beyond the schema metadata that holds them, and the data storage format version.
+name with a "." or equal to another column's name (a vector named ``vector`` too: that column is the unnamed
+vector's), an id an integer id column cannot hold exactly, metadata that does not fit a LanceDB bundle's
+columns. ``validate_records`` finds all of these before anything is written. Not kept: table versions other
+than the one read, tags, branches, embedding-function registries beyond the schema metadata that holds them,
+and the data storage format version.
 
 Memory: export streams the version's scanner batches (about BATCH_BYTES each); the unique-id proof keeps 8
 bytes per record (a hash). Restore streams the bundle's batches.

@@ -357,6 +357,11 @@ def _canonical(config: VectorsConfig, dest: str, id_column: str, allow_lossy: bo
     seen: set[str] = set()
     for spec in sorted(config.dense, key=lambda d: d.name):
         column = vector_column(spec.name)
+        if spec.name == DEFAULT_VECTOR:  # named 'vector': its column would read back as the unnamed vector
+            why = "is the column of a table's unnamed vector (it would read back as that)"
+            raise UnsupportedFeatureError(
+                f"collection {dest!r}: vector {spec.name!r} cannot be a LanceDB column: {column!r} {why}"
+            )
         if "." in column or column in reserved or column in seen:
             why = "has a '.'" if "." in column else "is the name of another column of the table"
             raise UnsupportedFeatureError(

@@ -260,6 +260,24 @@ def test_a_sparse_vector_or_a_dotted_name_is_refused_before_writing(tmp_path: Pa
             conn.plan_import(DatasetDescription("c", sparse, 1), "a b", mode="create", allow_lossy=True)
 
 
+def test_a_qdrant_vector_named_vector_is_refused_before_writing(tmp_path: Path, cli: Cli) -> None:
+    """A Qdrant collection whose one named vector is called 'vector': LanceDB's 'vector' column is a table's
+    unnamed vector, so written there it read back as another vector and failed the content check after the
+    table was made. Refused now, before anything is written."""
+    from qdrant_client import QdrantClient, models
+
+    client = QdrantClient(path=str(tmp_path / "q"))
+    params = {"vector": models.VectorParams(size=2, distance=models.Distance.COSINE)}
+    client.create_collection("named", vectors_config=params)
+    client.upsert("named", [models.PointStruct(id=1, vector={"vector": [1.0, 0.5]}, payload={"a": 1})])
+    client.close()
+    ok(cli("backup", f"qdrant:{tmp_path / 'q'}", "--repo", str(tmp_path / "repo")))
+    target = tmp_path / "lance"
+    refused = cli("restore", "latest", "--repo", str(tmp_path / "repo"), "--to", f"lancedb:{target}")
+    one_line_error(refused, 2, "'vector'", "unnamed vector")
+    assert not target.exists() or "named" not in lancedb.connect(str(target)).table_names()
+
+
 # --- across backends ----------------------------------------------------------------------------------------
 
 
