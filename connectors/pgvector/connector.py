@@ -107,6 +107,7 @@ from aibackup.errors import (
     ConnectorError,
     DatasetNotFoundError,
     TargetNotEmptyError,
+    UnsupportedFeatureError,
     UsageError,
 )
 from aibackup.manifests.model import VectorsConfig
@@ -361,6 +362,8 @@ class PgvectorConnector(VectorConnector):
         if native is not None:
             notes += catalog.after_data_statements(dict(native), schema, table)[1]
         existing = self._existing(schema, table)
+        if existing is not None and mode == "merge" and native is None:  # the layout, not a table definition
+            self._check_merge_distances(schema, table, dest)
         if existing is not None and mode != "overwrite":
             rows = existing
             if mode == "create" and rows:
@@ -398,6 +401,23 @@ class PgvectorConnector(VectorConnector):
         if not table or len(table.encode()) > 63:
             raise UsageError(f"bad table name {dest!r}: PostgreSQL names hold 1 to 63 bytes")
         return schema, table
+
+    def _check_merge_distances(self, schema: str, table: str, dest: str) -> None:
+        """UnsupportedFeatureError when the table a layout restore merges into indexes a vector column for
+        another distance than the bundle's (the rows would be searched by a distance they were not made for),
+        as Chroma and Qdrant refuse such a merge. Not for a table definition a restore recreates (a pgvector
+        bundle's, LangChain's or LlamaIndex's: their applications choose the distance of their queries)."""
+        with self._errors("reading the definition of", dest):
+            existing = catalog.definition(self._require(), schema, table)
+        for column, distance in self._distances[(schema, table)].items():
+            index = catalog.vector_index(existing, column)
+            theirs = catalog.opclass_distance(index.get("opclass")) if index else None
+            if theirs is not None and theirs != distance:
+                raise UnsupportedFeatureError(
+                    f"table {dest} in {self._where} indexes column {column!r} for distance {theirs!r} "
+                    f"({index and index.get('opclass')}), the bundle's is {distance!r}: cannot merge; restore with "
+                    "--mode overwrite or into another table"
+                )
 
     def _existing(self, schema: str, table: str) -> int | None:
         """Rows of the table if it exists."""

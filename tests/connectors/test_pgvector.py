@@ -440,3 +440,31 @@ def test_metadata_floats_jsonb_would_change_are_kept_or_refused(postgres: Postgr
     assert "record '7'" in line
     with postgres.connect(dst) as conn:
         assert conn.execute("SELECT to_regclass('signed')").fetchone() == (None,)
+
+
+def test_a_merge_into_a_table_indexed_for_another_distance_is_refused(
+    postgres: Postgres, tmp_path: Path, cli: Cli
+) -> None:
+    """The table's HNSW index is the distance its rows are searched by: an l2 bundle merged into a table
+    indexed for cosine was accepted silently (the search check does not run on a merge). Refused, as
+    Chroma and Qdrant refuse it, before any row is written."""
+    path = tmp_path / "chroma"
+    col = chroma_client(path).create_collection("items", metadata={"hnsw:space": "l2"}, embedding_function=None)
+    col.add(ids=[f"i{n}" for n in range(5)], embeddings=[[float(n), 1.0] for n in range(5)])
+    repo, dst = str(tmp_path / "repo"), database(postgres, tmp_path, "dst")
+    ok(cli("backup", f"chroma:{path}", "--repo", repo))
+    with postgres.connect(dst) as conn:
+        conn.execute(
+            "CREATE TABLE items (id text primary key, embedding vector(2), document text, uri text, metadata jsonb)"
+        )
+        conn.execute("CREATE INDEX ON items USING hnsw (embedding vector_cosine_ops)")
+        conn.execute("INSERT INTO items VALUES ('other', '[9,9]', 'OTHER', NULL, NULL)")
+    merge = ("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--mode", "merge", "--layout", "raw")
+    one_line_error(cli(*merge), 2, "'cosine'", "'l2'", "cannot merge")
+    with postgres.connect(dst) as conn:
+        assert conn.execute("SELECT id FROM items").fetchall() == [("other",)]
+        conn.execute("DROP INDEX items_embedding_idx")
+        conn.execute("CREATE INDEX ON items USING hnsw (embedding vector_l2_ops)")
+    assert ok(cli(*merge, "--json")).json()["ok"]  # the same distance merges
+    with postgres.connect(dst) as conn:
+        assert conn.execute("SELECT count(*) FROM items").fetchone() == (6,)
