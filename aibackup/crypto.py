@@ -45,8 +45,22 @@ def _aesgcm(key: bytes) -> Any:
 
 def derive(passphrase: bytes, salt: bytes, params: Mapping[str, int]) -> bytes:
     """64 key bytes from a passphrase (scrypt)."""
-    n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
+    n, r, p = scrypt_params(params)
     return hashlib.scrypt(passphrase, salt=salt, n=n, r=r, p=p, maxmem=256 * 1024 * 1024, dklen=64)
+
+
+def scrypt_params(params: Any, where: str = "") -> tuple[int, int, int]:
+    """scrypt's n, r and p from a marker's ``kdf_params``; IntegrityError (a damaged marker, at `where`) for
+    missing ones, and for values scrypt refuses (n a power of 2 above 1; r, p at least 1) or that would ask
+    for gigabytes or minutes: a marker is damaged then, not obeyed."""
+    at = f" {where}" if where else ""
+    try:
+        n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
+    except (KeyError, TypeError, ValueError):
+        raise IntegrityError(f"damaged repository marker{at}: bad scrypt parameters") from None
+    if not (1 < n <= 2**20 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16):
+        raise IntegrityError(f"damaged repository marker{at}: scrypt parameters out of range")
+    return n, r, p
 
 
 class RepositoryKey:
@@ -121,6 +135,7 @@ def open_key(encryption: Mapping[str, Any], passphrase: bytes, repository_id: st
         check = str(encryption["key_check"])
     except (KeyError, ValueError, TypeError):
         raise IntegrityError(f"damaged repository marker {where}: bad encryption parameters") from None
+    scrypt_params(params, where)
     key = RepositoryKey(derive(passphrase, salt, params), repository_id)
     if not hmac.compare_digest(key.check_value(), check):
         raise UsageError(f"wrong key for the repository at {where} (from ${KEY_ENV} or the key file)")

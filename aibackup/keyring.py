@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from aibackup import clock
+from aibackup.crypto import scrypt_params
 from aibackup.errors import ConfigError, IntegrityError, UnavailableError, UsageError
 
 SCHEME = "keyslots-1"
@@ -169,13 +170,7 @@ def _slot_aad(repository_id: str, slot_id: str) -> bytes:
 def _passphrase_private(passphrase: bytes, salt: bytes, params: Mapping[str, Any]) -> Any:
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-    try:
-        n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
-    except (KeyError, TypeError, ValueError):
-        raise IntegrityError("damaged repository marker: bad scrypt parameters") from None
-    if n > 2**20 or r > 32 or p > 16:  # a marker asking for gigabytes or minutes is damaged, not obeyed
-        raise IntegrityError("damaged repository marker: scrypt parameters out of range")
-    return X25519PrivateKey.from_private_bytes(_scrypt(passphrase, salt, n, r, p))
+    return X25519PrivateKey.from_private_bytes(_scrypt(passphrase, salt, *scrypt_params(params)))
 
 
 @functools.lru_cache(maxsize=8)

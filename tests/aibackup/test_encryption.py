@@ -422,3 +422,24 @@ def test_a_marker_stripped_of_its_encryption_never_gets_plaintext_written_beside
             monkeypatch.delenv("AIBACKUP_KEY")
         one_line_error(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)), 1, "marker", "plaintext")
     assert sorted(str(p) for p in repo.rglob("*")) == before
+
+
+@pytest.mark.parametrize("params", [{"n": 0}, {"n": 3}, {"r": 0}, {"p": -1}, {"n": 2**30}])
+def test_scrypt_parameters_scrypt_refuses_are_a_damaged_marker(
+    params: dict[str, int], tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot's kdf_params that scrypt itself refuses (n not a power of 2 above 1, r or p below 1) was an
+    internal error (exit 70); like parameters that would ask for gigabytes, they are a damaged marker."""
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
+    repo = tmp_path / "repo"
+    ok(cli("init", "--encrypt", "--repo", str(repo)))
+    _sources(tmp_path)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
+    marker = json.loads((repo / "aibackup.json").read_text())
+    marker["encryption"]["slots"][0]["kdf_params"].update(params)
+    (repo / "aibackup.json").write_text(json.dumps(marker))
+    for verb in (("verify",), ("list",), ("key", "list"), ("restore", "latest", "--to", f"chroma:{tmp_path / 'to'}")):
+        result = cli(*verb, "--repo", str(repo))
+        assert result.code == 1 and "Traceback" not in result.err, (verb, result)
+        assert "damaged repository marker: scrypt parameters out of range" in result.out + result.err, (verb, result)
+    assert not (tmp_path / "to").exists()
