@@ -105,8 +105,12 @@ def prune_chunks(
         return result
     files = [f"{INDEX}/{name}" for name in repo.storage.list_names(INDEX) if name.endswith(".parquet")]
     entries: list[tuple[bytes, Stored]] = []
-    for rel in files:
-        entries += read_index(repo.storage.read_bytes(rel), repo.storage.display(rel))
+    try:
+        for rel in files:
+            entries += read_index(repo.storage.read_bytes(rel), repo.storage.display(rel))
+    except IntegrityError as exc:  # which pack holds a live chunk is not known: no pack can go
+        result.notes.append(f"chunk store left as it is: {exc}")
+        return result
 
     # The copy of each live chunk that stays: in a pack that exists, preferably under the current master key
     # (so that an older key can retire), then the newest (index files are read oldest first). Other copies of

@@ -186,7 +186,7 @@ def read_index(raw: bytes, where: str) -> list[tuple[bytes, Stored]]:
         if not table.schema.equals(INDEX_SCHEMA):
             raise IntegrityError(f"damaged chunk index {where}: unexpected columns {table.schema.names}")
         cols = [table.column(n).to_pylist() for n in INDEX_SCHEMA.names]
-    except pa.ArrowException as exc:
+    except (pa.ArrowException, OSError) as exc:  # bytes in memory: an OSError is undecodable Parquet (thrift)
         raise IntegrityError(f"damaged chunk index {where}: {first_line(exc)}") from None
     packs: dict[str, str] = {}  # one string per pack, not one per chunk (an index holds millions of rows)
     return [(c, Stored(packs.setdefault(p, p), r, s, t)) for c, p, r, s, t in zip(*cols, strict=True)]

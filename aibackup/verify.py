@@ -17,7 +17,7 @@ from aibackup import reports
 from aibackup.bundle_reader import BundleReader
 from aibackup.chunkcheck import ChunkCheck
 from aibackup.chunks import INDEX
-from aibackup.errors import AibackupError, IntegrityError
+from aibackup.errors import AibackupError, IntegrityError, UnavailableError
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import DatasetManifest
@@ -122,11 +122,17 @@ def _verify(
         for dataset in manifest.datasets:
             damaged = False
             content_problem = None
+            unreadable: UnavailableError | None = None
             if read_data and dataset.kind in KINDS:
                 # The records are decoded while the next parts download (a remote repository), and the
                 # parts' own checks below wait for their downloads; a damaged part's problem wins.
                 reader.fetch_ahead(dataset.all_parts())
-                content_problem = _content_problem(reader, dataset)
+                try:
+                    content_problem = _content_problem(reader, dataset)
+                except UnavailableError as exc:
+                    # pyarrow reports some undecodable Parquet (a footer's thrift) as a read error: the
+                    # parts' hashes below tell damage from storage that cannot be read.
+                    unreadable = exc
             for part in dataset.all_parts():
                 parts += 1
                 problem = reader.check_part(part, read_data=read_data)
@@ -138,6 +144,8 @@ def _verify(
                     problems.append(Problem(bundle_id, repo.storage.display(part.path), problem))
                 elif read_data:
                     bytes_read += part.bytes
+            if unreadable is not None and not damaged:
+                raise unreadable
             # A kind this version does not know (a newer aibackup wrote it): its parts are still re-hashed.
             if content_problem and not damaged:
                 where = repo.storage.display(repo.manifest_path(bundle_id))
