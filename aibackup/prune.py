@@ -5,7 +5,10 @@ What ``run_prune`` does, in this order (nothing is removed before every decision
 1. **Decide.** Every manifest is loaded. Bundles are grouped by their manifest's source (kind and uri) and
    each group gets its own policy (``policies(source)``; ``None`` keeps every bundle of that source); the
    keep rules are those of :mod:`aibackup.retention`. A policy without any rule is refused (UsageError)
-   before anything is removed. A pinned bundle (``pins/<bundle-id>``) is always kept.
+   before anything is removed. A pinned bundle (``pins/<bundle-id>``) is always kept. So is a bundle whose
+   parts (its chain's included) are not all in the listing of ``data/`` with their manifest sizes: it
+   cannot be restored, so it takes no keep rule's place (``--keep-last 1`` after a damaged nightly link
+   keeps the intact bundle before it too), and it is not removed either (``verify`` says what is wrong).
 2. **Remove manifests.** A bundle stops existing when its manifest goes, so manifests go first: a prune
    interrupted after this step leaves only unreferenced parts, which the next prune removes.
 3. **Remove the parts of the removed bundles that no remaining manifest references.** A manifest lists
@@ -119,11 +122,16 @@ def run_prune(
     moment = (now or clock.now()).astimezone(dt.UTC)
     good, bad = repo.scan()
     pins = pinned(repo)
+    stored = _list_data(repo)  # before anything goes: what a backup writes after this is never seen
+    broken = {m.bundle_id: n for m in good if (n := _absent_parts(m, stored))}
 
-    decisions: list[Decision] = []
+    decisions: list[Decision] = [
+        Decision(bundle_id, True, (_BROKEN.format(n=n), *_pin(bundle_id, pins))) for bundle_id, n in broken.items()
+    ]
     groups: dict[str, list[BundleManifest]] = {}
     for manifest in good:
-        groups.setdefault(_source_key(manifest), []).append(manifest)
+        if manifest.bundle_id not in broken:  # a bundle that cannot be restored takes no keep rule's place
+            groups.setdefault(_source_key(manifest), []).append(manifest)
     for manifests in groups.values():
         source = manifests[0].source
         policy = policies(source)
@@ -146,7 +154,6 @@ def run_prune(
     gone = {d.bundle_id for d in decisions if not d.keep}
     removed_manifests = [m for m in good if m.bundle_id in gone]
     referenced = {p.path for m in good if m.bundle_id not in gone for d in m.datasets for p in d.all_parts()}
-    stored = _list_data(repo)  # before anything goes: what a backup writes after this is never seen
 
     if not dry_run:
         for manifest in removed_manifests:
@@ -210,6 +217,20 @@ def run_prune(
             repo.storage.remove(path)
         _remove_emptied_folders(repo, parts + orphans + chunks.packs_removed + chunks.packs_repacked)
     return result
+
+
+#: Why a bundle with parts missing (or of another size than its manifest's) is kept outside the keep rules.
+_BROKEN = (
+    "damaged: {n} part(s) missing or of the wrong size (`aibackup verify`); kept, and not counted by the keep "
+    "rules, so that it does not take the place of a bundle that restores"
+)
+
+
+def _absent_parts(manifest: BundleManifest, stored: Mapping[str, _Stored]) -> int:
+    """How many parts `manifest` needs (its chain's included) are missing from `stored` or of another size:
+    damage the listing shows without reading a byte, as ``status`` finds a source's newest intact bundle."""
+    needed = {p.path: p.bytes for d in manifest.datasets for p in d.all_parts()}
+    return sum(1 for path, size in needed.items() if path not in stored or stored[path].size != size)
 
 
 # --- pins ------------------------------------------------------------------------------------------------

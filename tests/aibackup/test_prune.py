@@ -322,6 +322,26 @@ def test_an_incremental_chain_stays_restorable(tmp_path: Path) -> None:
     assert part_paths(fourth) == stored_parts()
 
 
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_bundle_with_a_part_missing_takes_no_keep_rules_place(tmp_path: Path, damage: str) -> None:
+    """--keep-last 1 after the newest nightly link lost a part (or had it cut short): that link cannot be
+    restored; it kept the one place and the bundle before it, the last one that restores, was removed.
+    Now the damaged link is kept outside the rules (verify says what is wrong) and the night before stays."""
+    logs = tmp_path / "logs"
+    nights = [conversation_night(logs, n, at(f"2026-11-{20 + n}T02:00:00")) for n in range(3)]
+    (own,) = sorted(p for p in part_paths(nights[2]) if p.startswith(f"data/{nights[2]}/"))
+    path = repo_path() / own
+    if damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes(path.read_bytes()[:-1])
+    result = prune(every(RetentionPolicy(keep_last=1)), now=at("2026-11-23T00:00:00"))
+    assert ids(result.removed) == [nights[0]]
+    kept = {d.bundle_id: d.reasons for d in result.kept}
+    assert kept[nights[1]] == ("last 1",) and kept[nights[2]][0].startswith("damaged: 1 part(s) missing")
+    assert run_restore(REPO, nights[1], f"conversations:{tmp_path / 'restored'}").ok
+
+
 def test_orphan_parts_wait_for_the_grace_period(tmp_path: Path) -> None:
     source = finetune_source(tmp_path)
     real_now = dt.datetime.now(UTC)
