@@ -264,6 +264,8 @@ def _stopped(
     done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
     if connector.atomic_import:
         state = "; nothing of it was written (the target writes in one transaction)"
+    elif plan.undone_on_failure:
+        state = "; nothing of it was left (what it had written was removed)"
     elif plan.mode == "create":  # the same command again would refuse the collection it left
         state = ", which may now hold part of the bundle (run it again with --mode overwrite)"
     else:  # overwrite and merge: the same command again replaces or completes it

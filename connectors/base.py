@@ -200,6 +200,9 @@ class ImportPlan:
     notes: tuple[str, ...] = ()
     #: Anything else the connector wants to carry from planning to import (client objects excluded).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: True when an ``import_`` that fails removes what it wrote (a create into a new place), so the
+    #: restore can say that nothing of the collection was left.
+    undone_on_failure: bool = False
 
 
 class Connector(ABC):

@@ -117,10 +117,13 @@ class SafeFolder:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.made: list[str] = []  # the folders below DIR that this object created, in creation order
+        self.made_root = False  # whether it created DIR itself
 
     def open_root(self) -> int:
         """A descriptor of DIR (created when missing) for the writes below it; the caller closes it."""
         try:
+            self.made_root = self.made_root or not self.root.exists()
             self.root.mkdir(parents=True, exist_ok=True)
             return os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
@@ -139,6 +142,7 @@ class SafeFolder:
                     if not create:
                         raise
                     os.mkdir(part, 0o777, dir_fd=fd)
+                    self.made.append("/".join(parts[: n + 1]))
                     nfd = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 os.close(fd)
@@ -209,6 +213,28 @@ class SafeFolder:
             raise UnavailableError(f"cannot write {rel!r} in {self.root}: {exc.strerror}") from None
         finally:
             os.close(dfd)
+
+    def undo(self, root_fd: int, written: Iterable[str]) -> None:
+        """Remove the entries `written` (files or symlinks this object wrote, none followed) and then the
+        folders it made (DIR too) that are empty again: what a failed restore into a new place leaves is
+        nothing. Best effort: an entry that cannot be removed stays."""
+        for rel in written:
+            with contextlib.suppress(OSError, UnsupportedFeatureError, UnavailableError):
+                dfd = self.parent_fd(root_fd, rel, create=False)
+                try:
+                    os.unlink(rel.rsplit("/", 1)[-1], dir_fd=dfd)
+                finally:
+                    os.close(dfd)
+        for rel in reversed(self.made):  # deepest first
+            with contextlib.suppress(OSError, UnsupportedFeatureError, UnavailableError):
+                dfd = self.parent_fd(root_fd, rel, create=False)
+                try:
+                    os.rmdir(rel.rsplit("/", 1)[-1], dir_fd=dfd)
+                finally:
+                    os.close(dfd)
+        if self.made_root:
+            with contextlib.suppress(OSError):
+                self.root.rmdir()
 
     def recheck(self, root_fd: int, rel: str, kind: str, expected: str, mode: int, box: SecretBox | None) -> str | None:
         """Why `rel` as DIR holds it differs from its record, or None: a symlink's target against `expected`;

@@ -88,6 +88,7 @@ class ModelRestore:
             dropped=("symlinks whose target leaves the target folder, if any: skipped",) if allow_lossy else (),
             tolerances={"chunks": "covered"},
             extra={"state": state, "allow_lossy": allow_lossy},
+            undone_on_failure=mode == "create",
         )
 
     def validate(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch], chunks: ChunkSink) -> int:
@@ -147,6 +148,13 @@ class ModelRestore:
                 if row["path"] not in state.skipped:
                     self.folder.write(root_fd, row["path"], b"", row["mode"], plan.mode, link=row["link"])
                     state.written[row["path"]] = row
+        except BaseException:
+            # A damaged chunk is found as its file is written (the packs are not read twice): in create
+            # mode every path was new, so what the restore wrote before it goes again (plan.undone_on_failure).
+            if plan.mode == "create":
+                self.folder.undo(root_fd, state.written)
+                state.written.clear()
+            raise
         finally:
             os.close(root_fd)
         return len(state.written), set(state.written)

@@ -543,9 +543,15 @@ def test_a_damaged_chunk_is_named_by_verify_and_never_lands_in_the_target(
 
     out = tmp_path / "restored"
     line = one_line_error(cli("restore", "--to", f"model:{out}"), 1, f"refusing to write {SHARD!r}", "damaged")
-    assert "model.layers.0.mlp.weight" in line
-    assert not (out / SHARD).exists()
-    assert not [p for p in out.rglob("*") if p.name.startswith(".aibackup-")]  # no temp file left behind
+    assert "model.layers.0.mlp.weight" in line and "nothing of it was left" in line
+    # A new target: the files written before the damaged one (a config, a shard, folders) go again, and the
+    # folder the restore made; no temp file is left behind.
+    assert not out.exists()
+    # Into a folder that holds something else: only what the restore wrote goes.
+    out.mkdir()
+    (out / "mine.txt").write_text("not the restore's")
+    one_line_error(cli("restore", "--to", f"model:{out}"), 1, f"refusing to write {SHARD!r}")
+    assert [p.name for p in out.rglob("*")] == ["mine.txt"]
     with pytest.raises(IntegrityError, match=SHARD):
         restore(tmp_path / "again")
 
