@@ -58,6 +58,8 @@ def list_(key_file: str | None, repo: str | None, config_path: str | None, as_js
 def _state(slot: dict[str, object]) -> str:
     if not slot.get("authentic", True):
         return "NOT AUTHENTIC: not made with this repository's key (check who added it, then remove it)"
+    if slot.get("problem"):
+        return f"DAMAGED: {slot['problem']}"
     return "opened now" if slot["opened"] else ""
 
 

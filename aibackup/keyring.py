@@ -260,6 +260,33 @@ def authentic(slot: Mapping[str, Any], keyring: Keyring) -> bool:
     return hmac.compare_digest(str(slot.get("mac", "")), slot_mac(slot, keyring))
 
 
+#: What a slot's ``wrapped_mac`` covers: the keyring as the slot holds it (``mac`` covers what a wrap uses,
+#: written before the wrap; a damaged ``wrapped`` only shows when that slot's passphrase fails to open).
+_WRAPPED_FIELDS = ("id", "wrapped", "wrapped_key")
+
+
+def wrapped_mac(slot: Mapping[str, Any], keyring: Keyring) -> str:
+    """HMAC-SHA256, under another key derived from the keyring's seal key, of the slot's wrapped keyring."""
+    fields = {k: slot[k] for k in _WRAPPED_FIELDS if k in slot}
+    key = hkdf(keyring.seal_key, b"aibackup slot wrapped mac v1")
+    return hmac.new(key, json.dumps(fields, sort_keys=True).encode(), hashlib.sha256).hexdigest()
+
+
+def slot_problem(slot: Mapping[str, Any], keyring: Keyring) -> str | None:
+    """What is wrong with a slot, checked with the keyring another slot opened: not made by a holder of
+    the key, or its wrapped keyring changed (that slot's passphrase or KMS key no longer opens the
+    repository). A slot written before 0.8 has no ``wrapped_mac``: only the first can be checked."""
+    if not authentic(slot, keyring):
+        return "not authenticated by the repository's key (added or changed by someone without it)"
+    made = slot.get("wrapped_mac")
+    if made is not None and not hmac.compare_digest(str(made), wrapped_mac(slot, keyring)):
+        return (
+            "its wrapped keyring is damaged: this slot no longer opens the repository (the next `key add`, "
+            "`key remove` or `key rotate` wraps it afresh)"
+        )
+    return None
+
+
 def wrap(slot: Mapping[str, Any], keyring: Keyring, *, new: bool = False) -> dict[str, Any]:
     """`slot` holding `keyring` (a fresh wrap: new ephemeral key, or a new KMS slot key). An existing slot
     must carry the MAC that only a holder of the keyring could have made (IntegrityError otherwise): the
@@ -274,13 +301,14 @@ def wrap(slot: Mapping[str, Any], keyring: Keyring, *, new: bool = False) -> dic
     aad = _slot_aad(keyring.repository_id, str(slot["id"]))
     if slot["type"] == "passphrase":
         out["wrapped"] = b64(_seal_to(unb64(slot["public_key"], "public key"), keyring.to_bytes(), aad))
-        return out
-    from aibackup import kms
+    else:
+        from aibackup import kms
 
-    slot_key = secrets.token_bytes(32)
-    out["wrapped_key"] = b64(kms.encrypt(str(slot["kms_key_id"]), slot_key, keyring.repository_id))
-    nonce = secrets.token_bytes(12)
-    out["wrapped"] = b64(nonce + _aesgcm(slot_key).encrypt(nonce, keyring.to_bytes(), aad))
+        slot_key = secrets.token_bytes(32)
+        out["wrapped_key"] = b64(kms.encrypt(str(slot["kms_key_id"]), slot_key, keyring.repository_id))
+        nonce = secrets.token_bytes(12)
+        out["wrapped"] = b64(nonce + _aesgcm(slot_key).encrypt(nonce, keyring.to_bytes(), aad))
+    out["wrapped_mac"] = wrapped_mac(out, keyring)
     return out
 
 
@@ -347,10 +375,11 @@ def new_entry(slots: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def describe_slot(slot: Mapping[str, Any], keyring: Keyring | None = None) -> dict[str, Any]:
     """What `key list` shows of a slot: never a key, salt or wrapped bytes; with the keyring, whether the
-    slot is authentic (made by a holder of the key)."""
+    slot is authentic (made by a holder of the key) and what is wrong with it (:func:`slot_problem`)."""
     shown = {k: slot.get(k) for k in ("id", "type", "created_at")}
     if keyring is not None:
         shown["authentic"] = authentic(slot, keyring)
+        shown["problem"] = slot_problem(slot, keyring)
     if slot.get("type") == "kms":
         shown["kms_key_id"] = slot.get("kms_key_id")
     return shown

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aibackup import keyring as keyslots
 from aibackup import reports
 from aibackup.bundle_reader import BundleReader
 from aibackup.chunkcheck import ChunkCheck
@@ -23,7 +24,7 @@ from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import DatasetManifest
 from aibackup.pipeline import prefetch, use_arrow_allocator
 from aibackup.prune import PINS
-from aibackup.repository import Repository, Where
+from aibackup.repository import MARKER, Repository, Where
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def _verify(
     bytes_read += chunk_check.bytes_read
     parts += chunk_check.packs_checked
     if not refs and repo.fully_encrypted:
-        problems += _document_problems(repo)
+        problems += _document_problems(repo) + _slot_problems(repo)
     return VerifyResult(
         bundle_ids=list(ids), parts=parts, bytes_read=bytes_read, problems=problems, authenticated=authenticated
     )
@@ -166,6 +167,20 @@ def _verify(
 
 #: The folders of documents besides manifests (each sealed and authenticated in an encrypted repository).
 DOCUMENT_FOLDERS = (reports.BACKUPS, reports.RESTORE_TESTS, reports.VERIFY, PINS, INDEX)
+
+
+def _slot_problems(repo: Repository) -> list[Problem]:
+    """The key slots of the marker that are not what their makers wrote (each named): checked with the
+    keyring the key at hand opened, so that a slot whose passphrase stopped working is found before the
+    night it is the only one someone has."""
+    keyring = repo.vault().keyring
+    where = repo.storage.display(MARKER)
+    problems = []
+    for slot in keyslots.slots_of(repo.marker["encryption"]):
+        problem = keyslots.slot_problem(slot, keyring)
+        if problem:
+            problems.append(Problem("", where, f"key slot {slot.get('id')}: {problem}"))
+    return problems
 
 
 def _document_problems(repo: Repository) -> list[Problem]:

@@ -443,3 +443,39 @@ def test_scrypt_parameters_scrypt_refuses_are_a_damaged_marker(
         assert result.code == 1 and "Traceback" not in result.err, (verb, result)
         assert "damaged repository marker: scrypt parameters out of range" in result.out + result.err, (verb, result)
     assert not (tmp_path / "to").exists()
+
+
+def test_a_slot_whose_wrapped_keyring_is_damaged_is_found_by_verify_with_another_slot(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two passphrases; the first one's wrapped keyring damaged in the marker. Opened with the second, verify
+    said ok and `key list` showed both slots fine, while the first passphrase no longer opened anything: the
+    slot's MAC covers what a wrap uses, not the wrapped bytes. Each wrap now also MACs what it wrapped."""
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
+    repo = tmp_path / "repo"
+    ok(cli("init", "--encrypt", "--repo", str(repo)))
+    monkeypatch.setenv("AIBACKUP_NEW_KEY", "second passphrase here")
+    ok(cli("key", "add", "--repo", str(repo)))
+    assert ok(cli("verify", "--repo", str(repo), "--json")).json()["ok"]
+    marker = json.loads((repo / "aibackup.json").read_text())
+    first = marker["encryption"]["slots"][0]
+    wrapped = bytearray(base64.b64decode(first["wrapped"]))
+    wrapped[len(wrapped) // 2] ^= 0x01
+    first["wrapped"] = base64.b64encode(bytes(wrapped)).decode()
+    (repo / "aibackup.json").write_text(json.dumps(marker))
+    monkeypatch.setenv("AIBACKUP_KEY", "second passphrase here")
+    result = cli("verify", "--repo", str(repo), "--json")
+    assert result.code == 1, result
+    (problem,) = result.json()["problems"]
+    assert problem["path"].endswith("aibackup.json") and f"key slot {first['id']}" in problem["problem"]
+    assert "no longer opens" in problem["problem"]
+    listed = ok(cli("key", "list", "--repo", str(repo), "--json")).json()["slots"]
+    assert [bool(s["problem"]) for s in listed] == [True, False]
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)  # what verify warned of
+    assert cli("key", "list", "--repo", str(repo)).code != 0
+    # Any re-wrap (here: adding a third key) wraps every slot afresh: the first passphrase opens again.
+    monkeypatch.setenv("AIBACKUP_KEY", "second passphrase here")
+    monkeypatch.setenv("AIBACKUP_NEW_KEY", "a third passphrase")
+    ok(cli("key", "add", "--repo", str(repo)))
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
+    assert ok(cli("verify", "--repo", str(repo), "--json")).json()["ok"]
