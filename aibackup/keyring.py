@@ -316,6 +316,8 @@ def slots_of(entry: Mapping[str, Any]) -> list[dict[str, Any]]:
     slots = entry.get("slots")
     if not isinstance(slots, list) or not all(isinstance(s, dict) and s.get("type") in SLOT_TYPES for s in slots):
         raise IntegrityError("damaged repository marker: bad key slots")
+    if not slots:  # no verb removes the last slot: the marker was damaged, the key is not wrong
+        raise IntegrityError("damaged repository marker: it has no key slot")
     return slots
 
 

@@ -383,6 +383,11 @@ class Repository:
                 "upgrade aibackup to read it"
             ) from None
         except ManifestError as exc:
+            if not self.encrypted and generation_of(raw) is not None:  # sealed bytes: the marker is what changed
+                raise IntegrityError(
+                    f"damaged repository marker {self.storage.display(MARKER)}: it says the repository is not "
+                    f"encrypted, but bundle {bundle_id} is sealed (its encryption entry removed?)"
+                ) from None
             raise IntegrityError(f"damaged manifest: {exc}") from None
         if manifest.bundle_id != bundle_id:
             raise IntegrityError(f"damaged manifest: {where} describes bundle {manifest.bundle_id}, not {bundle_id}")

@@ -422,6 +422,9 @@ def test_a_marker_stripped_of_its_encryption_never_gets_plaintext_written_beside
             monkeypatch.delenv("AIBACKUP_KEY")
         one_line_error(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)), 1, "marker", "plaintext")
     assert sorted(str(p) for p in repo.rglob("*")) == before
+    # verify blames the marker, not the sealed manifests ("not valid JSON")
+    (problem,) = cli("verify", "--repo", str(repo), "--json").json()["problems"]
+    assert "damaged repository marker" in problem["problem"] and "sealed" in problem["problem"]
 
 
 @pytest.mark.parametrize("params", [{"n": 0}, {"n": 3}, {"r": 0}, {"p": -1}, {"n": 2**30}])
@@ -479,3 +482,15 @@ def test_a_slot_whose_wrapped_keyring_is_damaged_is_found_by_verify_with_another
     ok(cli("key", "add", "--repo", str(repo)))
     monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
     assert ok(cli("verify", "--repo", str(repo), "--json")).json()["ok"]
+
+
+def test_a_marker_without_key_slots_is_damaged_not_a_wrong_key(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
+    repo = tmp_path / "repo"
+    ok(cli("init", "--encrypt", "--repo", str(repo)))
+    marker = json.loads((repo / "aibackup.json").read_text())
+    marker["encryption"]["slots"] = []
+    (repo / "aibackup.json").write_text(json.dumps(marker))
+    one_line_error(cli("key", "list", "--repo", str(repo)), 1, "damaged repository marker", "no key slot")
