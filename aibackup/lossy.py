@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 import pyarrow as pa
 
 from aibackup.connectors.base import ImportPlan
-from aibackup.manifests.vectors import ID, METADATA
+from aibackup.manifests.vectors import DOCUMENT, ID, METADATA, URI
 
 
 class LossTally:
@@ -41,14 +41,14 @@ class LossTally:
                 column = before.column(name)
                 self.dropped[name] += len(column) - column.null_count
         ids: list[object] | None = None
-        for name in before.schema.names:
-            if name not in kept or name == ID:
+        # The record's text is what mappings rewrite in place (metadata, a document cut short); a vector
+        # column may be reordered without a loss (sparse indices sorted), a folder target's file names are
+        # renamed by design, and a converted type is a mapping the plan states.
+        for name in (METADATA, DOCUMENT, URI):
+            if name not in kept or name not in before.schema.names:
                 continue
             old_column, new_column = before.column(name), after.column(name)
-            if not _text(old_column.type) or old_column.type != new_column.type or old_column.equals(new_column):
-                # Text is what mappings rewrite in place (metadata, a document cut short); a vector column
-                # may be reordered without a loss (sparse indices sorted), and a converted type is a
-                # mapping the plan states.
+            if old_column.type != new_column.type or old_column.equals(new_column):
                 continue
             ids = before.column(ID).to_pylist() if ids is None else ids
             pairs = zip(old_column.to_pylist(), new_column.to_pylist(), strict=True)
@@ -78,7 +78,3 @@ class LossTally:
         if self.rewritten or self.changed:
             lines[-1] += f" (e.g. {', '.join(self.examples)})"
         return tuple(lines)
-
-
-def _text(kind: pa.DataType) -> bool:
-    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
