@@ -113,18 +113,23 @@ def _jsonb(text: str | None, collection: str, record: Any) -> bytes | None:
         raise UnsupportedFeatureError(
             f"collection {collection}: record {record!r}: metadata holds a NUL character (jsonb cannot)"
         )
-    if "NaN" in text or "Infinity" in text or "-0" in text or _EXPONENT.search(text):  # else no float to look at
+    exponent = _EXPONENT.search(text)
+    if "NaN" in text or "Infinity" in text or exponent or _NEGATIVE_ZERO.search(text):  # else parsing finds nothing
         value = json.loads(text)
         problem = _jsonb_problem(value)
         if problem:
             raise UnsupportedFeatureError(f"collection {collection}: record {record!r}: metadata holds {problem}")
-        if _EXPONENT.search(text) and _has_whole_float(value):
+        if exponent and _has_whole_float(value):
             text = _jsonb_text(value)
     return b"\x01" + text.encode("utf-8")
 
 
-#: A number written with an exponent (``1e+20``), or a string that looks like one (then nothing changes).
-_EXPONENT = re.compile(r"[0-9][eE][+-]?[0-9]")
+#: A JSON number written with an exponent (``1e+20``), or text inside a string that looks like one (then
+#: the parse finds nothing to change). Number tokens follow ``:``, ``[`` or ``,``: a date or a hex id in a
+#: string does not match.
+_EXPONENT = re.compile(r"[:\[,]\s*-?[0-9]+(?:\.[0-9]+)?[eE]")
+#: A JSON -0.0 (or -0, -0.0e…) token.
+_NEGATIVE_ZERO = re.compile(r"[:\[,]\s*-0(?:\.0+)?(?:[eE][+-]?[0-9]+)?\s*[,\]}]")
 
 
 def _jsonb_problem(value: Any) -> str | None:
