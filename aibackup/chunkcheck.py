@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from aibackup.bundle_reader import BundleReader
 from aibackup.chunk_reader import ChunkReader
-from aibackup.chunks import ChunkIndex
+from aibackup.chunks import INDEX, ChunkIndex, DamagedIndexError
 from aibackup.connectors.model.restore import chunk_ids, damaged_chunks
 from aibackup.errors import IntegrityError
 from aibackup.manifests.model import DatasetManifest
@@ -51,8 +51,10 @@ class ChunkCheck:
                             bad.add(chunk)
                     for chunk, where in damaged_chunks(row, self.chunks, bad) if bad else ():
                         place = self.chunks.index.get(chunk)
-                        pack = storage.display(place.pack) if place is not None else "chunk index"
+                        pack = storage.display(place.pack) if place is not None else storage.display(INDEX)
                         found.append((pack, f"{self.verdicts[chunk]}{where}"))
+        except DamagedIndexError as exc:
+            found.append((exc.where, str(exc)))
         except IntegrityError as exc:
             found.append(("", str(exc)))
         return found

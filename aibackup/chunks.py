@@ -152,9 +152,12 @@ class ChunkIndex:
             rel = f"{INDEX}/{name}"
             try:
                 raw = repo.storage.read_bytes(rel)
+                entries = read_index(raw, repo.storage.display(rel))
             except FileNotFoundError:
                 continue  # removed by a prune that just replaced it: its entries are in the new one
-            for chunk, place in read_index(raw, repo.storage.display(rel)):
+            except IntegrityError as exc:  # a sealed one that does not authenticate, or undecodable Parquet
+                raise DamagedIndexError(str(exc), repo.storage.display(rel)) from None
+            for chunk, place in entries:
                 # Index files are read oldest first and a later copy wins: it is the one under the
                 # current master key (an older copy is prune's to drop once the old key retires).
                 older = index.places.get(chunk)
@@ -177,6 +180,14 @@ class ChunkIndex:
 
     def __len__(self) -> int:
         return len(self.places)
+
+
+class DamagedIndexError(IntegrityError):
+    """A chunk index file that cannot be read as one (`where`: the file), for reports that name files."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
 
 
 def read_index(raw: bytes, where: str) -> list[tuple[bytes, Stored]]:
