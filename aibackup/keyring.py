@@ -275,7 +275,7 @@ def wrapped_mac(slot: Mapping[str, Any], keyring: Keyring) -> str:
 def slot_problem(slot: Mapping[str, Any], keyring: Keyring) -> str | None:
     """What is wrong with a slot, checked with the keyring another slot opened: not made by a holder of
     the key, or its wrapped keyring changed (that slot's passphrase or KMS key no longer opens the
-    repository). A slot written before 0.8 has no ``wrapped_mac``: only the first can be checked."""
+    repository). A slot an older aibackup wrote has no ``wrapped_mac``: only the first can be checked."""
     if not authentic(slot, keyring):
         return "not authenticated by the repository's key (added or changed by someone without it)"
     made = slot.get("wrapped_mac")
