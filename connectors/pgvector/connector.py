@@ -353,6 +353,11 @@ class PgvectorConnector(VectorConnector):
                 notes.append(
                     f"{moved} referenced row(s) already in the target under another key: the rows point at those"
                 )
+        if native is None and "." in dest:  # another store's collection name: say where it goes
+            notes.append(
+                f"{dest!r} is read as PostgreSQL's schema.table: table {table!r} in schema {schema!r} (made "
+                f"if missing); --collection {source.name}=NAME names it otherwise"
+            )
         if native is not None and any(c.get("generated") for c in native["columns"]):
             notes.append("generated columns are computed again by PostgreSQL")
         self._check_extension()

@@ -468,3 +468,18 @@ def test_a_merge_into_a_table_indexed_for_another_distance_is_refused(
     assert ok(cli(*merge, "--json")).json()["ok"]  # the same distance merges
     with postgres.connect(dst) as conn:
         assert conn.execute("SELECT count(*) FROM items").fetchone() == (6,)
+
+
+def test_a_dotted_collection_name_goes_to_its_schema_and_says_so(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    """Another store's collection "odd.col-1" becomes table col-1 in a schema odd (PostgreSQL's schema.table,
+    as pgvector's own collections are named): made silently before, said now."""
+    path = tmp_path / "chroma"
+    col = chroma_client(path).create_collection("odd.col-1", embedding_function=None)
+    col.add(ids=["a", "b"], embeddings=[[1.0, 0.0], [0.0, 1.0]])
+    repo, dst = str(tmp_path / "repo"), database(postgres, tmp_path, "dst")
+    ok(cli("backup", f"chroma:{path}", "--repo", repo))
+    result = ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--layout", "raw", "--json")).json()
+    (dataset,) = result["datasets"]
+    assert any("schema 'odd'" in n and "table 'col-1'" in n for n in dataset["notes"]), dataset["notes"]
+    with postgres.connect(dst) as conn:
+        assert conn.execute('SELECT count(*) FROM odd."col-1"').fetchone() == (2,)
