@@ -212,6 +212,9 @@ def copy(
     else:
         if result.destination_created:
             click.echo(f"created repository at {to_repo} (a copy of {url}: same id and key slots)")
+        if result.generations_added:
+            ids = ", ".join(map(str, result.generations_added))
+            click.echo(f"master key(s) {ids} of {url} (rotated there) added to {to_repo}'s key slots")
         for bundle_id in result.copied:
             click.echo(f"copied   {bundle_id}")
         for bundle_id, problem in result.failed:

@@ -19,7 +19,8 @@ The destination is a repository of its own (its own locks, retention, reports). 
 created with the source's marker (same repository id and, when encrypted, the same key slots: the same
 passphrase opens it; add slots of its own with ``aibackup key add``). An existing destination must match:
 copying between an encrypted and an unencrypted repository is refused, and an encrypted destination must be
-the same repository (its id) holding every master key generation the copied bundles use.
+the same repository (its id). Master key generations the source gained by ``key rotate`` are added to the
+destination's keyring (its own slots re-wrapped); one rotated on its own in the destination is refused.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from aibackup import keys
 from aibackup.chunkprune import referenced_chunks
 from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, pack_problem
+from aibackup.crypto import RepositoryKey
 from aibackup.errors import IntegrityError, UsageError
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
@@ -53,6 +56,7 @@ class CopyResult:
     bytes: int = 0
     seconds: float = 0.0
     destination_created: bool = False
+    generations_added: list[int] = field(default_factory=list)  # master keys the copy took from the source
 
     @property
     def ok(self) -> bool:
@@ -67,6 +71,7 @@ class CopyResult:
             "failed": [{"bundle_id": b, "problem": p} for b, p in self.failed],
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
+            "generations_added": list(self.generations_added),
         }
 
 
@@ -77,22 +82,34 @@ def run_copy(
     *,
     key_file: str | None = None,
     to_key_file: str | None = None,
+    since_newest: bool = False,
 ) -> CopyResult:
     """Copy the bundles of `source` named by `refs` (ids, prefixes or latest; all when empty) that
-    `destination` lacks (see the module docstring). UsageError before anything is written for a destination
-    that cannot take them; a damaged source part fails its bundle only (``failed``)."""
+    `destination` lacks (see the module docstring). `since_newest`: only those newer than the newest bundle
+    the destination holds (the nightly copy: a night whose copy failed is caught up, and bundles the copy's
+    own prune removed do not come back). UsageError before anything is written for a destination that cannot
+    take them; a damaged source part fails its bundle only (``failed``)."""
     started = time.perf_counter()
     key = source.key(key_file)  # an encrypted source: a wrong or missing key stops here
     source.use_key(key)
     wanted = [source.match_id(r) for r in refs] if refs else source.bundle_ids()
     target, created = _destination(source, storage_of(destination), key_file, to_key_file)
     result = CopyResult(destination_created=created)
+    if target.fully_encrypted and not created:
+        with RepositoryLock(target, "prune", "*"):  # a marker change, as `aibackup key rotate` makes it
+            result.generations_added = keys.adopt_generations(
+                target, source.vault(key_file).keyring, to_key_file or key_file
+            )
     with (
         RepositoryLock(source, "backup", f"copy to {target.storage.display()}"),
         RepositoryLock(target, "backup", f"copy from {source.storage.display()}"),
     ):
         present = set() if created else set(target.bundle_ids())  # a location just made holds no bundle
-        copier = _Copier(source, target)
+        if since_newest and present:
+            wanted = [b for b in wanted if b > max(present)]
+        if target.fully_encrypted:
+            _same_generations(source, target, sorted(set(wanted) - present))
+        copier = _Copier(source, target, key)
         for bundle_id in sorted(set(wanted)):
             if bundle_id in present:
                 result.skipped.append(bundle_id)
@@ -113,7 +130,14 @@ def _destination(
     """The destination repository, created from the source's marker when the location is missing or empty
     (written only once every check passed: a refused copy leaves nothing there); UsageError when it cannot
     take the source's bundles as they are, or the key for it does not open them."""
-    if storage.url.rstrip("/") == source.storage.url.rstrip("/"):
+    here = source.storage
+    # Local folders by their resolved path (`./r`, `r/.` and a link to r are r); other URLs as written (the
+    # same bucket name on another endpoint is another repository).
+    if (
+        (storage.root == here.root)
+        if storage.is_local and here.is_local
+        else storage.url.rstrip("/") == here.url.rstrip("/")
+    ):
         raise UsageError("the destination is the source repository itself")
     if to_key_file and not source.encrypted:  # before a new destination is made
         raise UsageError(
@@ -140,27 +164,32 @@ def _destination(
                 "encrypted bytes are bound to their repository; copy into a new location"
             )
         target.use_key(target.key(to_key_file or key_file))
-        if target.fully_encrypted:
-            theirs = {g.id: g.key for g in target.vault(to_key_file or key_file).keyring.generations}
-            ours = {g.id: g.key for g in source.vault(key_file).keyring.generations}
-            missing = sorted(g for g, k in ours.items() if theirs.get(g) != k)
-            if missing:
-                raise UsageError(
-                    f"{storage.display()} lacks master key generation(s) {missing} of the source (rotated since it "
-                    "was made): copy into a new location"
-                )
     if marker is not None:  # only now: a refused copy leaves the new location as it found it
         storage.write_exclusive(MARKER, marker)  # the marker is never sealed: its bytes as they are
     return target, marker is not None
 
 
+def _same_generations(source: Repository, target: Repository, bundle_ids: Sequence[str]) -> None:
+    """UsageError unless the destination reads each of `bundle_ids` with the master key that sealed it (the
+    generation of a bundle follows from its id: a key rotated in the copy on its own would take the
+    source's later bundles)."""
+    ours, theirs = source.vault().keyring, target.vault().keyring
+    wrong = [b for b in bundle_ids if ours.for_bundle(b) != theirs.for_bundle(b)]
+    if wrong:
+        raise UsageError(
+            f"{target.storage.display()} would read bundle {wrong[0]} with another master key than the source's "
+            f"(generation {theirs.for_bundle(wrong[0]).id} there, {ours.for_bundle(wrong[0]).id} here: its key was "
+            "rotated on its own): copy into a new location"
+        )
+
+
 class _Copier:
     """Copies bundles from one repository into another, sharing what it learned between bundles."""
 
-    def __init__(self, source: Repository, target: Repository) -> None:
+    def __init__(self, source: Repository, target: Repository, key: RepositoryKey | None) -> None:
         self.source = source
         self.target = target
-        self.ids = ChunkIds(source.key())
+        self.ids = ChunkIds(key)  # the key run_copy opened (a 0.4 repository's from --key-file as much)
         self._source_index: ChunkIndex | None = None
         self._target_index: ChunkIndex | None = None
         # What the destination holds, by top folder (data/<bundle or writer>): one listing each, not a HEAD

@@ -10,6 +10,7 @@ import hashlib
 import os
 import queue
 import threading
+from collections.abc import Callable
 from types import TracebackType
 from typing import IO, Any
 
@@ -20,7 +21,8 @@ class HashingWriter:
     Hashing and writing happen in a background thread behind a queue of at most `depth` chunks, so the
     caller (the Parquet encoder) produces the next chunk while this one is hashed and written or uploaded
     (hashlib, file writes and s3fs uploads release the GIL). An error of the background thread is raised by
-    the next ``write``, ``flush`` or ``close``. ``sha256`` and ``bytes`` are final once ``close`` returned.
+    the next ``write``, ``flush`` or ``close``, worded by `errors` (a context manager factory, as
+    :meth:`aibackup.storage.Storage._errors`) when given. ``sha256`` and ``bytes`` are final once ``close`` returned.
     """
 
     def __init__(
@@ -32,8 +34,12 @@ class HashingWriter:
         *,
         hashing: bool = True,
         copy: IO[bytes] | None = None,
+        errors: Callable[[], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         self._raw = raw
+        # Words the background thread's error for the user (Storage._errors: a full disk is exit 3, not an
+        # internal error), wherever it surfaces: a write() in the encoder as much as close().
+        self._errors = errors
         # A local copy of every byte (a spool's, aibackup.spool): best effort, dropped on the first error.
         self.copy = copy
         self._hashing = hashing  # False: a chunk pack, whose every chunk is hashed on its own (aibackup.chunk_writer)
@@ -80,7 +86,11 @@ class HashingWriter:
             self.copy = None
 
     def _raise_error(self) -> None:
-        if self._error is not None:
+        if self._error is None:
+            return
+        if self._errors is None:
+            raise self._error
+        with self._errors():
             raise self._error
 
     def _stop(self) -> None:

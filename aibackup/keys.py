@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any
 
 from aibackup import clock
@@ -124,6 +125,30 @@ def rotate(repo: Repository, key_file: str | None = None, now: dt.datetime | Non
     _store(repo, keyring, keyslots.slots_of(_entry(repo)), vault.slot_id)
     g = keyring.current
     return {"id": g.id, "first_bundle": g.first_bundle, "created_at": g.created_at}
+
+
+def adopt_generations(repo: Repository, theirs: Keyring, key_file: str | None = None) -> list[int]:
+    """Add to `repo`'s keyring the master key generations of `theirs` that it lacks, every slot re-wrapped as
+    :func:`rotate` does; returns the ids added. `theirs` is the keyring of the same repository as another copy
+    holds it (``aibackup copy``'s source, rotated since the copy was made). UsageError when the two are not one
+    lineage: another seal key, a generation id holding another key (each copy rotated on its own), or
+    generations whose first bundles would not follow their order. The caller holds the exclusive lock."""
+    _require_slots(repo)
+    vault = repo.vault(key_file)
+    ours = vault.keyring
+    mine = {g.id: g for g in ours.generations}
+    clash = sorted(g.id for g in theirs.generations if g.id in mine and g != mine[g.id])
+    added = [g for g in theirs.generations if g.id not in mine]
+    merged = sorted((*ours.generations, *added), key=lambda g: g.id)
+    if theirs.seal_key != ours.seal_key or clash or any(a.first_bundle > b.first_bundle for a, b in pairwise(merged)):
+        what = f"master key generation(s) {clash} differ" if clash else "their keyrings differ"
+        raise UsageError(
+            f"the repository at {repo.storage.display()} cannot take the source's keys: {what} (a key rotated in "
+            "each on its own): copy into a new location"
+        )
+    if added:
+        _store(repo, replace(ours, generations=tuple(merged)), keyslots.slots_of(_entry(repo)), vault.slot_id)
+    return [g.id for g in added]
 
 
 @dataclass(frozen=True)

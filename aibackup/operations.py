@@ -15,7 +15,7 @@ from aibackup import clock, reports
 from aibackup.backup import SourceOptions, run_backup
 from aibackup.config import Config, CopyConfig, SourceConfig
 from aibackup.connectors.registry import parse_location
-from aibackup.errors import AibackupError, ConfigError, IntegrityError, UsageError
+from aibackup.errors import EXIT_INTERNAL, AibackupError, ConfigError, IntegrityError, UsageError, first_line
 from aibackup.manifests.model import BundleManifest
 from aibackup.progress import Progress, Quiet
 from aibackup.recall_rule import DEFAULT_QUERIES
@@ -174,24 +174,31 @@ def backup_sources(
         report.event("source_done", _summary(run), **run.to_json())
         record_report(config, reports.BACKUPS, {"kind": "backup", "uri": source.uri, **run.to_json()}, repo)
         runs.append(run)
-    new = [r.bundle_id for r in runs if r.ok and r.bundle_id]
-    return SourcesResult(runs, [copy_bundles(config, c, new, repo, report) for c in config.copies] if new else [])
+    # Every night, also one whose sources all failed: a copy that failed before catches up.
+    return SourcesResult(runs, [copy_bundles(config, c, repo, report) for c in config.copies])
 
 
-def copy_bundles(
-    config: Config, copy: CopyConfig, bundle_ids: Sequence[str], repo: Repository | None, report: Progress
-) -> CopyRun:
-    """Copy `bundle_ids` (this run's new bundles) into `copy`'s repository; never raises (a copy that cannot
-    be made is a failed CopyRun, the backups themselves stand)."""
+def copy_bundles(config: Config, copy: CopyConfig, repo: Repository | None, report: Progress) -> CopyRun:
+    """Copy into `copy`'s repository every bundle it lacks that is newer than its newest (this run's new
+    bundles, and those of nights whose copy failed; not those the copy's own prune removed); never raises
+    (a copy that cannot be made is a failed CopyRun, the backups themselves stand)."""
     from aibackup.copy import run_copy
 
     started = time.perf_counter()
     try:
         source = repo if repo is not None else Repository.open(config.repository, key_file=config.key_file)
-        done = run_copy(source, copy.repository, bundle_ids, key_file=config.key_file, to_key_file=copy.key_file)
+        done = run_copy(source, copy.repository, key_file=config.key_file, to_key_file=copy.key_file, since_newest=True)
     except AibackupError as exc:
         run = CopyRun(
             copy.repository, False, seconds=time.perf_counter() - started, error=str(exc), exit_code=exc.exit_code
+        )
+    except Exception as exc:  # a bug in the copy must not hide the night's backups, which stand
+        run = CopyRun(
+            copy.repository,
+            False,
+            seconds=time.perf_counter() - started,
+            error=f"internal error: {type(exc).__name__}: {first_line(exc)} (a bug; please report it)",
+            exit_code=EXIT_INTERNAL,
         )
     else:
         failed = [{"bundle_id": b, "problem": p} for b, p in done.failed]

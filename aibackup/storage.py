@@ -297,17 +297,23 @@ class Storage:
         Local files are fsynced on close. On S3 the object appears only when the upload completes.
         """
         path = self.full(rel)
-        with self._errors(rel, writing=True):
+
+        def errors() -> contextlib.AbstractContextManager[None]:
+            return self._errors(rel, writing=True)
+
+        with errors():
             if self.is_local:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 try:
                     raw: IO[bytes] = open(path, "xb")  # noqa: SIM115 - owned by HashingWriter
                 except FileExistsError:
                     raise AlreadyExistsError(f"{path} already exists") from None
-                return HashingWriter(raw, on_close=_fsync_local, on_write=_write_back_local, hashing=hashing, copy=copy)
+                return HashingWriter(
+                    raw, on_close=_fsync_local, on_write=_write_back_local, hashing=hashing, copy=copy, errors=errors
+                )
             # Parts go up as a multipart upload with several parts in flight (s3fs's own file uploads one
             # at a time), while the writer encodes the next: 8 x 8 MiB in memory at most.
-            return HashingWriter(self._upload(path), hashing=hashing, copy=copy)
+            return HashingWriter(self._upload(path), hashing=hashing, copy=copy, errors=errors)
 
     def _upload(self, path: str) -> Any:
         from aibackup import s3io

@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from aibackup.repository import Repository
-from tests.helpers import Cli, flip_middle_byte, ok, one_line_error, repository_url
+from tests.helpers import Cli, flip_middle_byte, legacy_encrypted_repository, ok, one_line_error, repository_url
 
 
 def conversations(folder: Path, lines: int, start: int = 0) -> Path:
@@ -184,7 +184,60 @@ def test_a_copy_refused_for_its_key_leaves_the_new_location_empty(
 def test_the_destination_is_not_the_source(tmp_path: Path, cli: Cli) -> None:
     source = str(tmp_path / "repo")
     ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 5)}", "--repo", source))
-    one_line_error(cli("copy", "--repo", source, "--to-repo", source), 2, "the source repository itself")
+    (tmp_path / "link").symlink_to(tmp_path / "repo")
+    # However it is spelled: a copy "into itself" had copied nothing and said the bundles were already there.
+    for same in (source, f"{source}/.", f"{source}/", str(tmp_path / "link")):
+        one_line_error(cli("copy", "--repo", source, "--to-repo", same), 2, "the source repository itself")
+
+
+def test_a_key_rotated_in_the_source_reaches_the_copy(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `key rotate` on the source, the next copy adds the new master key to the copy's own slots (the
+    copy was refused for good, asking for a new location), and the copy reads every bundle."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the source's passphrase")
+    source, copy = str(tmp_path / "repo"), str(tmp_path / "copy")
+    logs = conversations(tmp_path / "logs", 10)
+    ok(cli("init", "--repo", source, "--encrypt"))
+    ok(cli("backup", f"conversations:{logs}", "--repo", source))
+    ok(cli("copy", "--repo", source, "--to-repo", copy))
+    ok(cli("key", "rotate", "--repo", source))
+    conversations(logs, 5, start=10)
+    ok(cli("backup", f"conversations:{logs}", "--repo", source))
+    result = ok(cli("copy", "--repo", source, "--to-repo", copy, "--json")).json()
+    assert result["generations_added"] == [2] and len(result["copied"]) == 1, result
+    assert Repository.open(copy).bundle_ids() == Repository.open(source).bundle_ids()
+    ok(cli("verify", "--repo", copy, "--read-data"))
+    keys = ok(cli("key", "list", "--repo", copy, "--json")).json()
+    assert [g["id"] for g in keys["generations"]] == [1, 2]
+    ok(cli("restore", "latest", "--repo", copy, "--to", f"conversations:{tmp_path / 'back'}"))
+    assert (tmp_path / "back" / "app.jsonl").read_bytes() == (logs / "app.jsonl").read_bytes()
+    # A copy whose key was rotated on its own would read the source's next bundles with its own key: refused.
+    ok(cli("key", "rotate", "--repo", copy))
+    conversations(logs, 5, start=15)
+    ok(cli("backup", f"conversations:{logs}", "--repo", source))
+    one_line_error(cli("copy", "--repo", source, "--to-repo", copy), 2, "another master key", "new location")
+    assert len(Repository.open(copy).bundle_ids()) == 2
+
+
+def test_a_repository_of_aibackup_0_4_copies_with_its_key_file(cli: Cli, tmp_path: Path) -> None:
+    """--key-file opens a 0.4 repository for copy as for every other verb (it asked for AIBACKUP_KEY)."""
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    legacy_encrypted_repository(source, "the legacy passphrase")
+    key = tmp_path / "key.txt"
+    key.write_text("the legacy passphrase\n")
+    ok(
+        cli(
+            "backup",
+            f"conversations:{conversations(tmp_path / 'logs', 5)}",
+            "--repo",
+            str(source),
+            "--key-file",
+            str(key),
+        )
+    )
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--key-file", str(key)))
+    ok(cli("verify", "--repo", str(copy), "--read-data", "--key-file", str(key)))
 
 
 def test_the_nightly_backup_copies_its_new_bundles_into_every_configured_copy(cli: Cli, tmp_path: Path) -> None:
@@ -205,6 +258,35 @@ def test_the_nightly_backup_copies_its_new_bundles_into_every_configured_copy(cl
     conversations(logs, 5, start=20)
     again = json.loads(ok(cli("backup", "--json")).out)
     assert all(len(c["copied"]) == 2 for c in again["copies"])
+
+
+def test_a_night_whose_copy_failed_is_caught_up_and_the_copys_own_prune_stands(cli: Cli, tmp_path: Path) -> None:
+    logs = conversations(tmp_path / "logs", 20)
+    copy = tmp_path / "copy-eu"
+    copy.mkdir()
+    (copy / "something.txt").write_text("not ours\n")  # the copy cannot be made tonight
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: 'conversations:{logs}'\ncopies:\n  - {{repository: ./copy-eu}}\n"
+    )
+    assert cli("backup").code == 2
+    (copy / "something.txt").unlink()
+    # A night whose source fails still copies what is missing.
+    (tmp_path / "aibackup.yaml").write_text(
+        "repository: ./repo\nsources:\n  logs: 'conversations:./gone'\ncopies:\n  - {repository: ./copy-eu}\n"
+    )
+    out = json.loads(cli("backup", "--json").out)
+    assert not out["sources"][0]["ok"] and out["copies"][0]["ok"] and len(out["copies"][0]["copied"]) == 1
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: 'conversations:{logs}'\ncopies:\n  - {{repository: ./copy-eu}}\n"
+    )
+    conversations(logs, 5, start=20)
+    ok(cli("backup"))
+    assert Repository.open(str(copy)).bundle_ids() == Repository.open(str(tmp_path / "repo")).bundle_ids()
+    # The copy keeps fewer bundles than the source: the next night does not bring them back.
+    ok(cli("prune", "--repo", str(copy), "--keep-last", "1"))
+    conversations(logs, 5, start=25)
+    out = json.loads(ok(cli("backup", "--json")).out)
+    assert len(out["copies"][0]["copied"]) == 1 and len(Repository.open(str(copy)).bundle_ids()) == 2
 
 
 def test_a_copy_that_cannot_be_made_fails_the_run_but_keeps_the_backups(cli: Cli, tmp_path: Path) -> None:

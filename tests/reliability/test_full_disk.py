@@ -9,6 +9,7 @@ root).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,29 @@ def test_a_full_disk_fails_the_backup_cleanly(tmp_path: Path, cli: Cli) -> None:
     assert ok(cli("verify", "--read-data", "--repo", str(repo), "--json")).json()["ok"]
     ok(cli("backup", f"chroma:{store}", "--repo", str(repo)))
     assert len(ok(cli("list", "--repo", str(repo), "--json")).json()) == 2
+
+
+def test_a_full_disk_under_a_large_part_or_a_copy_is_exit_3_not_an_internal_error(tmp_path: Path, cli: Cli) -> None:
+    """A part longer than the writer's queue fails in the middle of a write (not at close): the same one line
+    and exit 3, for a backup and for a copy into a full disk; the copy publishes no bundle there."""
+    cfg = tmp_path / "cfg"
+    cfg.mkdir()
+    (cfg / "blob.bin").write_bytes(os.urandom(24 * 1024 * 1024))  # past two 8 MiB blocks, incompressible
+    (cfg / "app.yaml").write_text("a: 1\n")
+    repo, copy = tmp_path / "repo", tmp_path / "copy"
+    limit = str(10 * 1024 * 1024)
+    for args, where in (
+        (["backup", f"config:{cfg}", "--repo", str(repo)], str(repo)),
+        (["copy", "--repo", str(repo), "--to-repo", str(copy)], str(copy)),
+    ):
+        if args[0] == "copy":
+            ok(cli("backup", f"config:{cfg}", "--repo", str(repo)))
+        full = subprocess.run(
+            [sys.executable, "-c", FULL_DISK, limit, *args], capture_output=True, text=True, timeout=300
+        )
+        assert full.returncode == 3, (args[0], full.returncode, full.stderr)
+        lines = full.stderr.strip().splitlines()
+        assert len(lines) == 1 and "no room to write" in lines[0] and where in lines[0], lines
+    assert not list(copy.glob("bundles/*.json"))
+    ok(cli("copy", "--repo", str(repo), "--to-repo", str(copy)))
+    ok(cli("verify", "--repo", str(copy), "--read-data"))
