@@ -391,7 +391,9 @@ class Repository(_repository.Repository):
 
         self.key(key_file)  # a wrong key stops here, before the lock is written
         with RepositoryLock(self, "prune", "*"):
-            given = passphrase.encode("utf-8") if passphrase is not None else None
+            # surrogateescape: the CLI hands over a key file's or $AIBACKUP_NEW_KEY's bytes that are not UTF-8
+            # decoded that way; they go back to exactly those bytes (strict UTF-8 crashed on them).
+            given = passphrase.encode("utf-8", "surrogateescape") if passphrase is not None else None
             return keys.add(self, passphrase=given, kms_key_id=kms_key_id, key_file=key_file)
 
     def remove_key(self, slot_id: str, *, key_file: str | None = None) -> dict[str, Any]:

@@ -109,6 +109,10 @@ def resolve(repo: str | None, config_path: str | None, *, need_config: bool = Fa
     named, so a broken aibackup.yaml beside you never breaks `aibackup list --repo X`."""
     from aibackup.config import CONFIG_ENV, find_config_path, load_config
 
+    if repo is not None and not repo.strip():
+        # `--repo "$REPO"` with REPO unset (a cron line): refused, as an empty bundle reference is, rather than
+        # taken as no --repo, which backed up into the config's repository or ./aibackup-repo of the cwd.
+        raise UsageError("--repo is empty (an unset variable?): name the repository")
     if repo and not need_config and not config_path:
         return repo, None
     context = click.get_current_context(silent=True)
@@ -187,21 +191,26 @@ def write_metrics_of(config: Any, metrics_file: str | None) -> None:
     write_metrics(config, path)
 
 
-def conclude(config: Any, metrics_file: str | None, code: int, as_json: bool) -> None:
-    """End a command whose result is already printed: write the metrics file (flag, else the config's
-    metrics_file), then exit with the command's code. A metrics file that cannot be written is one error
-    line after the result (never instead of it) and exit 3 when the command itself succeeded."""
-    problem: AibackupError | None = None
-    try:
-        write_metrics_of(config, metrics_file)
-    except AibackupError as exc:
-        problem = exc
-    if problem is not None:
+def conclude(
+    config: Any, metrics_file: str | None, code: int, as_json: bool, *, report: Callable[[], None] | None = None
+) -> None:
+    """End a command whose result is already printed: write its `report` file, if any, and the metrics file
+    (flag, else the config's metrics_file), then exit with the command's code. A file that cannot be
+    written is one error line after the result (never instead of it) and exit 3 when the command itself
+    succeeded; each is tried even when the other failed."""
+    problems: list[AibackupError] = []
+    for write in (report, lambda: write_metrics_of(config, metrics_file)):
+        try:
+            if write is not None:
+                write()
+        except AibackupError as exc:
+            problems.append(exc)
+    for problem in problems:
         if as_json:
             doc = {"error": {"code": problem.code, "message": str(problem), "exit_code": problem.exit_code}}
             click.echo(json.dumps(doc), err=True)
         else:
             click.echo(f"aibackup: error: {problem}", err=True)
-    final = code or (problem.exit_code if problem is not None else 0)
+    final = code or (problems[0].exit_code if problems else 0)
     if final:
         sys.exit(final)

@@ -94,7 +94,7 @@ def add(
         if new_key_file:
             passphrase = passphrase_from(new_key_file)
         elif os.environ.get(NEW_KEY_ENV):
-            passphrase = os.environ[NEW_KEY_ENV].encode("utf-8")
+            passphrase = os.fsencode(os.environ[NEW_KEY_ENV])  # its exact bytes, as a key file gives them
         else:
             raise ConfigError(f"key add needs the new key: --new-key-file PATH, ${NEW_KEY_ENV}, or --kms-key-id")
     opened, key_file = _opened(repo, config_path, key_file)

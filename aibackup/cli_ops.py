@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import click
@@ -21,7 +22,21 @@ from aibackup.cli_common import (
     size,
     table,
 )
-from aibackup.errors import EXIT_INTEGRITY, UsageError
+from aibackup.errors import EXIT_INTEGRITY, ConfigError, UsageError
+
+
+def _flag_duration(flag: str, text: str, *, positive: bool = False) -> dt.timedelta:
+    """A duration flag's value; an error names the flag (parse_duration's message does not), and with
+    `positive` refuses 0 as the config refuses it (otherwise `--keep-within 0` read as no keep rule)."""
+    from aibackup.config import parse_duration
+
+    try:
+        value = parse_duration(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}") from None
+    if positive and not value:
+        raise ConfigError(f"{flag}: a duration must be longer than 0")
+    return value
 
 
 def _age(seconds: float | None) -> str:
@@ -125,13 +140,14 @@ def restore_test(
     finally:
         progress.close()
     path = report or config.restore_test.report
-    if path:
-        drill.write(path)
     if as_json:
         emit_json(drill.to_json())
     else:
         click.echo(drill.markdown(), nl=False)
-    conclude(config, metrics_file, 0 if drill.ok else EXIT_INTEGRITY, as_json)
+    # The report file is written after the result is shown: a path that cannot be written must not hide
+    # the drill's outcome (recorded in the repository already), nor turn a failed drill's exit 1 into 3.
+    written = (lambda: drill.write(path)) if path else None
+    conclude(config, metrics_file, 0 if drill.ok else EXIT_INTEGRITY, as_json, report=written)
 
 
 @click.command()
@@ -172,8 +188,8 @@ def prune(
     """Forget bundles outside the keep rules (restic style: the rules are ORed, per source, calendar
     buckets in UTC; pinned bundles stay), then remove the parts no remaining bundle references. Flags
     replace the config's retention; the config's per-source retention applies otherwise."""
-    from aibackup.config import parse_duration
-
+    within = _flag_duration("--keep-within", keep_within, positive=True) if keep_within else None
+    grace_period = _flag_duration("--grace", grace)
     repo_url, config = resolve(repo, config_path)
     if metrics_file and config is None:  # refused before anything is removed, not after
         raise UsageError(METRICS_NEED_CONFIG)
@@ -184,8 +200,8 @@ def prune(
         keep_weekly=keep_weekly,
         keep_monthly=keep_monthly,
         keep_yearly=keep_yearly,
-        keep_within=parse_duration(keep_within) if keep_within else None,
-        grace=parse_duration(grace),
+        keep_within=within,
+        grace=grace_period,
         dry_run=dry_run,
         config=config,
     )

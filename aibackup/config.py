@@ -285,6 +285,8 @@ def find_config_path(explicit: str | None, named_by: str = "--config") -> str | 
         if path:
             if os.path.isdir(path):
                 raise ConfigError(f"{path} is a folder, not a config file (from {origin})")
+            if os.path.exists(path) and not os.path.isfile(path):  # /dev/null, a FIFO: "no such file" misleads
+                raise ConfigError(f"{path} is not a regular file, not a config file (from {origin})")
             if not os.path.isfile(path):
                 raise ConfigError(f"{path}: no such config file (from {origin})")
             return path

@@ -108,7 +108,9 @@ def passphrase_from(key_file: str | None = None) -> bytes | None:
             raise ConfigError(f"the key file {path} is empty")
         return data
     value = os.environ.get(KEY_ENV)
-    return value.encode("utf-8") if value else None
+    # fsencode gives back the variable's exact bytes (Python decodes the environment with surrogateescape), so a
+    # passphrase that is not UTF-8 works as it does from a key file.
+    return os.fsencode(value) if value else None
 
 
 def new_encryption(passphrase: bytes, repository_id: str) -> dict[str, Any]:

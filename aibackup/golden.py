@@ -56,6 +56,8 @@ def load(path: str) -> GoldenFile:
         )
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UsageError(f"cannot read golden queries {path}: {first_line(exc)}") from None
+    except RecursionError:  # unreadable like the rest: the backup notes it rather than failing every source
+        raise UsageError(f"cannot read golden queries {path}: JSON nested too deeply to read") from None
     if not isinstance(items, list):
         raise UsageError(f"golden queries {path}: expected a JSON list or JSON lines of queries")
     if not items:

@@ -28,6 +28,7 @@ picture whichever job ran last. Metrics (label ``source`` = the configured sourc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -118,6 +119,7 @@ def write_metrics(config: Config, path: str) -> None:
     repo = Repository.open(config.repository, key_file=config.key_file)
     text = render(config, status(config, repo), reports.verified_bundles(repo))  # one opening, one key check
     target = Path(path)
+    tmp: str | None = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
@@ -126,4 +128,7 @@ def write_metrics(config: Config, path: str) -> None:
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
     except OSError as exc:
+        if tmp is not None:  # not renamed into place (a folder at `path`): a cron run would leave one per run
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
         raise UnavailableError(f"cannot write the metrics file {path}: {exc.strerror}") from None

@@ -426,8 +426,10 @@ class Repository:
             return self.load(self.match_id(ref))
         ids = self.bundle_ids()
         if at is not None:
-            cutoff = at.astimezone(dt.UTC).strftime(_ID_TIME)
-            ids = [i for i in ids if i.split("-", 1)[0] <= cutoff]
+            # Compared as times, not as text: strftime's %Y does not zero-pad a year before 1000 (glibc), so
+            # "9990101T..." sorted after every real id and --at 0999-01-01 picked the newest bundle.
+            cutoff = at.astimezone(dt.UTC)
+            ids = [i for i in ids if (started := id_time(i)) is not None and started <= cutoff]
         for position, bundle_id in enumerate(reversed(ids)):
             try:
                 manifest = self.load(bundle_id)

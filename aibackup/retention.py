@@ -147,7 +147,11 @@ def decide(candidates: Sequence[Candidate], policy: KeepPolicy, now: dt.datetime
 
     within = _within(policy)
     if within is not None and ordered:
-        cutoff = min(_utc(now), _utc(ordered[0].created)) - within
+        moment = min(_utc(now), _utc(ordered[0].created))
+        earliest = dt.datetime.min.replace(tzinfo=dt.UTC)
+        # A keep_within reaching back past year 1 (1000000d, written to mean "forever") keeps every bundle,
+        # rather than overflowing the subtraction.
+        cutoff = moment - within if within < moment - earliest else earliest
         for candidate in ordered:
             if _utc(candidate.created) >= cutoff:
                 reasons[candidate.bundle_id].append(f"within {format_duration(within)}")

@@ -118,7 +118,12 @@ class Storage:
         self._lock = threading.Lock()
         if self.is_local:
             self.fs: fsspec.AbstractFileSystem = fsspec.filesystem("file")
-            self.root = str(Path(os.path.expanduser(rest)).resolve())  # ~nouser stays as written, as in a shell
+            try:
+                self.root = str(Path(os.path.expanduser(rest)).resolve())  # ~nouser stays as written, as in a shell
+            except RuntimeError:  # Python 3.11's resolve on a symlink loop: a bad path, not a bug
+                raise UsageError(
+                    f"bad repository {url!r}: a symlink loop (too many levels of symbolic links)"
+                ) from None
         elif protocol in ("s3", "s3a"):
             self.s3 = S3Settings.of(
                 sse=sse,

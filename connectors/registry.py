@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from aibackup.connectors.base import Connector, Location
 from aibackup.errors import UsageError
@@ -177,6 +177,13 @@ def parse_location(uri: str, *, target: bool = False) -> Location:
             f"bad store {uri.split('?', 1)[0]!r}: unknown parameter {unknown[0]!r} (it takes: {allowed}); "
             "credentials come from the environment: ?api_key_env=VARIABLE"
         )
+    if not target and location.path is not None:
+        # The source's path is stored in the manifest and hashed into lock names, both UTF-8: refused here
+        # as a name below it is (lines.refuse_unrestorable), not a crash once the backup has begun.
+        try:
+            location.path.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{location.path!a}: a name that is not UTF-8 cannot be backed up; rename it") from None
     return location
 
 
@@ -184,7 +191,7 @@ def _parse(uri: str, *, target: bool) -> Location:
     text = uri.strip()
     if target and text in BARE_TARGETS:
         bare = Path(DEFAULT_RESTORE_ROOT, text, *([BARE_FILES[text]] if text in BARE_FILES else []))
-        return Location(scheme=text, kind=text, path=str(bare.resolve()))
+        return Location(scheme=text, kind=text, path=str(_resolved(bare, uri)))
     scheme, sep, rest = text.partition(":")
     kind, plus, transport = scheme.partition("+")
     if not sep or kind not in CONNECTORS:
@@ -205,9 +212,13 @@ def _parse(uri: str, *, target: bool) -> Location:
         # A model file named through a symlink (a Hugging Face snapshot's model.safetensors -> ../../blobs/<sha>)
         # keeps the name it was given: only its folders are resolved.
         where = Path(os.path.expanduser(path))  # ~nouser stays as written, as in a shell
-        full = where.parent.resolve() / where.name if kind in NAMED_AS_GIVEN and where.name else where.resolve()
+        full = (
+            _resolved(where.parent, uri) / where.name
+            if kind in NAMED_AS_GIVEN and where.name
+            else _resolved(where, uri)
+        )
         return Location(scheme=scheme, kind=kind, path=str(full), params=params)
-    parts = urlsplit(f"{transport}:{rest}")
+    parts = _split(uri, f"{transport}:{rest}")
     if not parts.hostname:
         raise UsageError(f"bad store {uri!r}: no host")
     if parts.username or parts.password:
@@ -231,7 +242,7 @@ def _parse_postgres(uri: str, scheme: str, kind: str, rest: str) -> Location:
     apply to what is left out: a socket dir from ``PGHOST``, the user from ``PGUSER`` or the login)."""
     if not rest.startswith("//"):
         raise UsageError(f"bad store {uri!r}: write {scheme}://[USER@]HOST[:PORT]/DATABASE")
-    parts = urlsplit(f"postgresql:{rest}")
+    parts = _split(uri, f"postgresql:{rest}")
     if parts.password is not None:
         raise UsageError(
             f"bad store {uri.split('@', 1)[-1]!r}: put no password in the URI; set PGPASSWORD or use ~/.pgpass"
@@ -257,6 +268,24 @@ def _parse_postgres(uri: str, scheme: str, kind: str, rest: str) -> Location:
         database=database,
         user=parts.username or None,
     )
+
+
+def _resolved(path: Path, uri: str) -> Path:
+    """``path.resolve()``, with a symlink loop on the way a usage error naming the URI: Python 3.11's
+    resolve raises RuntimeError for one, which would end as "internal error"."""
+    try:
+        return path.resolve()
+    except RuntimeError:
+        raise UsageError(f"bad store {uri!r}: {path} is a symlink loop (too many levels of symbolic links)") from None
+
+
+def _split(uri: str, url: str) -> SplitResult:
+    """``urlsplit(url)``, with what it refuses (``Invalid IPv6 URL``: an unclosed ``[``) a usage error naming
+    the URI, as the repository URL's own parse does."""
+    try:
+        return urlsplit(url)
+    except ValueError as exc:
+        raise UsageError(f"bad store {uri!r}: not a URL ({exc})") from None
 
 
 def _require(uri: str, scheme: str, params: Mapping[str, str], written: str) -> None:

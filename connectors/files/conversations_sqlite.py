@@ -92,7 +92,11 @@ class SqliteTable:
         if os.path.isdir(path):
             raise UsageError(f"{shown(path)} is a folder, not a SQLite database file")
         if create:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            folder = os.path.dirname(path) or "."
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as exc:  # a file where a folder of the path belongs: bad input, as in lancedb's target
+                raise UsageError(f"cannot create the folder {shown(folder)} of {shown(path)}: {exc.strerror}") from None
             target = path
         elif not os.path.exists(path):
             raise DatasetNotFoundError(f"SQLite database {shown(path)} does not exist")

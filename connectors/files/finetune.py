@@ -385,7 +385,8 @@ def _parse(text: str, name: str, shown: str) -> Any:
             pass  # not JSON: try YAML
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        # ValueError: an int over Python's digit limit; RecursionError: nesting deeper than the composer goes.
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         raise ConfigError(f"job config {shown} is neither valid YAML nor JSON{where}") from None

@@ -9,8 +9,9 @@ What a PATH names (:func:`expand`), as a sorted list of :class:`SourceFile` (abs
   ``.json`` file is usually one JSON document, not lines (name it, or match it with a glob, to include it).
   A folder without such files is an empty dataset, not an error (a log folder before its first log).
 - **a glob** (a PATH that does not exist and holds ``*``, ``?`` or ``[``; ``**`` crosses folders): every
-  regular file it matches, whatever its suffix; relative names are below the pattern's fixed prefix (the
-  folders before the first component holding a wildcard). A glob matching nothing is an error.
+  regular file it matches, whatever its suffix, except through a symlinked folder below the fixed prefix
+  (not followed, as in a folder); relative names are below the pattern's fixed prefix (the folders before
+  the first component holding a wildcard). A glob matching nothing is an error.
 
 Names sort by code point of the relative name. The dataset's name (:func:`dataset_name`) is the file's base
 name without ``.gz``/``.zst`` and then ``.jsonl`` (``app.jsonl.gz`` -> ``app``), the folder's base name, or
@@ -101,15 +102,27 @@ def is_glob(path: str) -> bool:
     return not os.path.lexists(path) and any(c in path for c in GLOB_CHARS)
 
 
-def _glob_root(pattern: str) -> str:
-    """The fixed prefix folder of a glob: the components before the first one holding a wildcard."""
-    parts = pattern.split(os.sep)
+def _fixed_parts(pattern: str) -> list[str]:
+    """The components of a glob before the first one holding a wildcard."""
     fixed: list[str] = []
-    for part in parts:
+    for part in pattern.split(os.sep):
         if any(c in part for c in GLOB_CHARS):
             break
         fixed.append(part)
-    return os.sep.join(fixed) or os.sep
+    return fixed
+
+
+def _glob_root(pattern: str) -> str:
+    """The fixed prefix folder of a glob: the components before the first one holding a wildcard."""
+    return os.sep.join(_fixed_parts(pattern)) or os.sep
+
+
+def _through_symlinked_folder(match: str, fixed: int) -> bool:
+    """Whether a glob's `match` reaches its file through a symlinked folder below the pattern's `fixed`
+    prefix components. ``**`` follows those, so a link back up would repeat every file ~40 times (until
+    ELOOP); leaving them out matches the folder walk, which does not follow symlinked folders either."""
+    parts = match.split(os.sep)  # glob keeps the pattern's own prefix text in every match
+    return any(os.path.islink(os.sep.join(parts[:k])) for k in range(fixed + 1, len(parts)))
 
 
 def dataset_name(path: str) -> str:
@@ -130,7 +143,10 @@ def expand(path: str, exclude: Sequence[str] = ()) -> list[SourceFile]:
     backslash) — refused at backup time, not discovered at restore time (see also `distinct_names`)."""
     if is_glob(path):
         root = _glob_root(path)
-        found = [p for p in glob.glob(path, recursive=True) if os.path.isfile(p)]
+        fixed = len(_fixed_parts(path))
+        found = [
+            p for p in glob.glob(path, recursive=True) if os.path.isfile(p) and not _through_symlinked_folder(p, fixed)
+        ]
         if not found:
             raise DatasetNotFoundError(f"no file matches {shown(path)}")
         files = [SourceFile(os.path.abspath(p), _rel(p, root)) for p in found]

@@ -82,7 +82,10 @@ def start_lite(path: str, *, create: bool) -> tuple[str, str]:
     with _lock:
         running = key in getattr(manager, "_servers", {})
         if not running:
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:  # a file where a folder of the path belongs: bad input, as in lancedb's target
+                raise UsageError(f"cannot create the Milvus Lite folder {path}: {exc.strerror}") from None
             _check_unlocked(folder, path)
         uri = manager.start_and_get_uri(key)
         if uri is None:

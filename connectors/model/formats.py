@@ -118,6 +118,8 @@ def _read_json(head: Head) -> tuple[Any, str | None]:
         return None, f"not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
     except UnicodeDecodeError:
         return None, "not JSON: not UTF-8 text"
+    except ValueError:  # an integer of more than 4300 digits (Python's int limit), which json does not wrap
+        return None, "not JSON: a number too long"
     except RecursionError:
         return None, "not JSON: nested too deeply"
 

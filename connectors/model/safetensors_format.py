@@ -101,6 +101,8 @@ def _header_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
         header = json.loads(text)
     except json.JSONDecodeError as exc:
         return None, f"header is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
+    except ValueError:  # an integer of more than 4300 digits (Python's int limit), which json does not wrap
+        return None, "header is not JSON: a number too long"
     except RecursionError:
         return None, "header is not JSON: nested too deeply"
     if not isinstance(header, dict):

@@ -1,0 +1,133 @@
+"""Odd paths and locations that once ended in "internal error" (exit 70) or gave a wrong result: a symlink
+loop as a source, target or repository; a server URI with an unclosed IPv6 ``[``; a source folder whose own
+name is not UTF-8; a SQLite or Milvus Lite target below a file; a ``**`` glob over a symlink back up; an
+empty ``--repo``; ``--config`` naming a device; report and metrics files that cannot be written. (Found by
+probing the CLI; see tests/aibackup/test_odd_input.py for the earlier ones.)"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Cli, ok, one_line_error, seed_chroma
+
+LINE = '{"user_id": "u", "input": "hi", "output": "hello"}\n'
+
+
+def _logs(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(LINE)
+    return folder
+
+
+def test_a_symlink_loop_as_a_source_target_or_repository_is_a_usage_error(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "loop").symlink_to("loop")
+    for source in ("conversations:./loop", "config:./loop", "chroma:./loop", "model:./loop/x"):
+        one_line_error(cli("backup", source, "--repo", "r"), 2, f"bad store {source!r}", "symlink loop")
+    one_line_error(cli("list", "--repo", "./loop"), 2, "bad repository './loop'", "symlink loop")
+    _logs(tmp_path / "logs")
+    ok(cli("backup", "conversations:./logs", "--repo", "r"))
+    for target in ("conversations:./loop", "conversations+sqlite:./loop?table=t"):
+        one_line_error(cli("restore", "latest", "--to", target, "--repo", "r"), 2, "symlink loop")
+
+
+@pytest.mark.parametrize(
+    "uri", ["qdrant+http://[::1", "chroma+http://[::1:8000", "pgvector://[::1/db", "milvus+https://[fe80::1"]
+)
+def test_an_unclosed_ipv6_host_in_a_store_uri_is_a_usage_error_naming_it(tmp_path: Path, cli: Cli, uri: str) -> None:
+    one_line_error(cli("backup", uri, "--repo", "r"), 2, f"bad store {uri!r}", "not a URL", "IPv6")
+    assert not (tmp_path / "r").exists()
+    _logs(tmp_path / "logs")
+    ok(cli("backup", "conversations:./logs", "--repo", "r"))
+    one_line_error(cli("restore", "latest", "--to", uri, "--repo", "r"), 2, f"bad store {uri!r}", "not a URL")
+
+
+def test_an_unclosed_ipv6_host_in_the_config_names_the_config_line(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "aibackup.yaml").write_text("repository: ./r\nsources:\n  kb: {uri: 'qdrant+http://[::1:6333'}\n")
+    one_line_error(cli("status"), 2, "aibackup.yaml:3", "not a URL")
+
+
+def test_a_source_folder_whose_own_name_is_not_utf8_is_refused_like_a_name_below_it(tmp_path: Path, cli: Cli) -> None:
+    logs = _logs(tmp_path / "logs\udcff")
+    (tmp_path / "cfg\udcff").mkdir()
+    (tmp_path / "cfg\udcff" / "app.yaml").write_text("a: 1\n")
+    for source in (f"conversations:./{logs.name}", "config:./cfg\udcff"):
+        for extra in ((), ("--json",)):
+            result = cli("backup", source, "--repo", "r", *extra)
+            one_line_error(result, 2, "a name that is not UTF-8 cannot be backed up")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_sqlite_or_milvus_lite_target_below_a_file_is_one_line(tmp_path: Path, cli: Cli) -> None:
+    (tmp_path / "afile").write_text("not a folder")
+    _logs(tmp_path / "logs")
+    ok(cli("backup", "conversations:./logs", "--repo", "r"))
+    target = "conversations+sqlite:./afile/x.db?table=t"
+    for extra in ((), ("--json",)):
+        result = cli("restore", "latest", "--to", target, "--repo", "r", *extra)
+        one_line_error(result, 2, "cannot create the folder afile of afile/x.db")
+    seed_chroma(tmp_path / "chroma", "docs", n=20)
+    ok(cli("backup", "chroma:./chroma", "--repo", "v"))
+    one_line_error(
+        cli("restore", "latest", "--to", "milvus:./afile/m.db", "--repo", "v"),
+        2,
+        "cannot create the Milvus Lite folder",
+        "Not a directory",
+    )
+
+
+def test_a_double_star_glob_does_not_follow_a_symlinked_folder(tmp_path: Path, cli: Cli) -> None:
+    """As a folder source does not: a link back up once backed up every file ~40 times (until ELOOP)."""
+    logs = _logs(tmp_path / "logs")
+    (logs / "again").symlink_to(".")
+    (logs / "sub").mkdir()
+    (logs / "sub" / "b.jsonl").write_text(LINE)
+    done = ok(cli("backup", "conversations:./logs/**/*.jsonl", "--repo", "r", "--json")).json()
+    assert done["datasets"][0]["rows"] == 2, done  # a.jsonl and sub/b.jsonl, each once
+
+
+def test_an_empty_repo_option_is_refused_not_taken_as_none(tmp_path: Path, cli: Cli) -> None:
+    """``--repo "$REPO"`` with REPO unset must not back up into ./aibackup-repo (or the config's repository)."""
+    _logs(tmp_path / "logs")
+    for args in (("backup", "conversations:./logs"), ("list",), ("restore", "latest", "--to", "conversations:o")):
+        one_line_error(cli(*args, "--repo", ""), 2, "--repo is empty")
+    assert not (tmp_path / "aibackup-repo").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_config_that_is_not_a_regular_file_says_so(cli: Cli) -> None:
+    one_line_error(cli("list", "--config", "/dev/null"), 2, "/dev/null is not a regular file", "(from --config)")
+
+
+def _configured_logs(tmp_path: Path, extra: str = "") -> None:
+    _logs(tmp_path / "logs")
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./r\nsources:\n  logs: {{uri: 'conversations:./logs'{extra}}}\n"
+    )
+
+
+@pytest.mark.parametrize(("rto", "code"), [("", 3), (", rto: 0.001s", 1)])
+def test_an_unwritable_drill_report_comes_after_the_drill_result_and_keeps_a_failure_exit(
+    tmp_path: Path, cli: Cli, rto: str, code: int
+) -> None:
+    """As for --metrics-file: the drill ran and was recorded, so its result is shown; then the report's
+    error line; exit 1 when the drill failed (the worse news), else 3."""
+    _configured_logs(tmp_path, rto)
+    ok(cli("backup"))
+    (tmp_path / "afile").write_text("not a folder")
+    text = cli("restore-test", "--report", "afile/sub/report")
+    one_line_error(text, code, "cannot write the report afile/sub/report")
+    assert "logs" in text.out and ("FAILED" in text.out) == (code == 1), text.out
+    as_json = cli("restore-test", "--report", "afile/sub/report", "--json")
+    one_line_error(as_json, code, "cannot write the report")
+    assert as_json.json()["ok"] is (code == 3), as_json.out
+    assert json.loads(as_json.err)["error"]["exit_code"] == 3
+
+
+def test_a_metrics_file_that_is_a_folder_leaves_no_temporary_file(tmp_path: Path, cli: Cli) -> None:
+    _configured_logs(tmp_path)
+    ok(cli("backup"))
+    (tmp_path / "m.prom").mkdir()
+    one_line_error(cli("status", "--metrics-file", "m.prom"), 3, "cannot write the metrics file m.prom")
+    assert not list(tmp_path.glob(".m.prom.*"))
