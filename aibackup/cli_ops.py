@@ -42,6 +42,8 @@ def _flag_duration(flag: str, text: str, *, positive: bool = False) -> dt.timede
 def _age(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 0:  # a bundle dated after this machine's clock
+        return f"{_age(-seconds)} ahead"
     for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= span:
             return f"{seconds / span:.1f}{unit}"

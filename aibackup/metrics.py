@@ -8,7 +8,8 @@ picture whichever job ran last. Metrics (label ``source`` = the configured sourc
 ``aibackup_last_success_timestamp_seconds``  creation time of the newest intact bundle
 ``aibackup_bundle_age_seconds``              its age now
 ``aibackup_rpo_seconds``                     the source's RPO (absent when none is configured)
-``aibackup_rpo_breached``                    1 when the newest intact bundle is older than the RPO (or none)
+``aibackup_rpo_breached``                    1 when the newest intact bundle is older than the RPO (or none,
+                                             or it is dated past the clock); every source, RPO or not
 ``aibackup_backup_success``                  1 if the last backup run of the source succeeded, else 0
 ``aibackup_backup_duration_seconds``         duration of the last successful backup run
 ``aibackup_backup_bytes``                    bytes that run wrote (new parts only)
@@ -78,7 +79,9 @@ def render(config: Config, statuses: Sequence[SourceStatus], verified: dict[str,
             add("aibackup_bundle_age_seconds", s.age_seconds)
         if s.rpo_seconds is not None:
             add("aibackup_rpo_seconds", s.rpo_seconds)
-            add("aibackup_rpo_breached", int(s.rpo_breached))
+        # Always: a source without an RPO breaches too when it has no bundle or a copy is unreadable, and an
+        # alert on this gauge must see it.
+        add("aibackup_rpo_breached", int(s.rpo_breached))
         if source.rto is not None:
             add("aibackup_rto_objective_seconds", source.rto.total_seconds())
         if s.last_backup:

@@ -19,7 +19,7 @@ from aibackup.errors import EXIT_INTERNAL, AibackupError, ConfigError, Integrity
 from aibackup.manifests.model import BundleManifest
 from aibackup.progress import Progress, Quiet
 from aibackup.recall_rule import DEFAULT_QUERIES
-from aibackup.repository import Repository, parse_iso
+from aibackup.repository import MAX_CLOCK_STEP_BACK, Repository, parse_iso
 
 # --- nightly backup of every source ---------------------------------------------------------------------
 
@@ -293,13 +293,19 @@ class SourceStatus:
                 "rto_seconds": test.get("rto_seconds"),
                 "rto_objective_seconds": test.get("rto_objective_seconds"),
             },
-            "last_backup": None
-            if not self.last_backup
-            else {
-                k: self.last_backup.get(k)
-                for k in ("ok", "recorded_at", "bundle_id", "error", "seconds", "rows", "new_rows", "new_bytes")
-            },
+            "last_backup": _run_json(self.last_backup),
+            # What the table's LAST RUN WROTE shows: the last run that succeeded, while a later one fails.
+            "last_successful_backup": _run_json(self.last_successful_backup),
         }
+
+
+def _run_json(run: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A backup run's report as `status --json` shows it."""
+    if not run:
+        return None
+    return {
+        k: run.get(k) for k in ("ok", "recorded_at", "bundle_id", "error", "seconds", "rows", "new_rows", "new_bytes")
+    }
 
 
 @dataclass
@@ -337,8 +343,7 @@ def status(config: Config, repo: Repository | None = None) -> list[SourceStatus]
         newest = _newest_intact(good, reader, source)
         age = None if newest is None else (now - parse_iso(newest.created_at)).total_seconds()
         rpo = source.rpo.total_seconds() if source.rpo else None
-        # No intact bundle at all is a breach whatever the RPO: there is nothing to restore.
-        breached = age is None or (rpo is not None and age > rpo)
+        breached = _breached(age, rpo)
         in_copies = []
         for copy, view in zip(config.copies, copies, strict=True):
             entry = _copy_status(copy, view, source, now, rpo)
@@ -397,7 +402,17 @@ def _copy_status(
     newest = _newest_intact(view[0], view[1], source)
     age = None if newest is None else (now - parse_iso(newest.created_at)).total_seconds()
     entry |= {"newest_bundle": newest.bundle_id if newest else None, "age_seconds": age, "error": None}
-    return entry | {"rpo_breached": age is None or (rpo is not None and age > rpo)}
+    return entry | {"rpo_breached": _breached(age, rpo)}
+
+
+def _breached(age: float | None, rpo: float | None) -> bool:
+    """Whether a newest bundle of this age (None: there is none) breaches the RPO. No intact bundle at all
+    is a breach whatever the RPO: there is nothing to restore. So is one dated further past this machine's
+    clock than a backup tolerates: every next backup is refused until the clock is fixed, while its age
+    would read as fresh."""
+    if age is None or -age > MAX_CLOCK_STEP_BACK.total_seconds():
+        return True
+    return rpo is not None and age > rpo
 
 
 def record_verify(repo: Repository, bundle_ids: list[str], ok: bool, problems: list[dict[str, str]]) -> None:

@@ -68,12 +68,14 @@ def latest_by_source(
 
 
 def verified_bundles(repo: Repository) -> dict[str, str]:
-    """bundle id -> when a `verify --read-data` last found it intact (reports with problems do not count
-    for the bundles they name)."""
+    """bundle id -> when a `verify --read-data` last found it intact: decided by the newest report that
+    names the bundle, so one found damaged later is not verified by an older report that passed it."""
     verified: dict[str, str] = {}
-    for doc in read_all(repo, VERIFY):
+    decided: set[str] = set()
+    for doc in read_all(repo, VERIFY):  # newest first
         damaged = {p.get("bundle_id") for p in doc.get("problems", []) if isinstance(p, dict)}
         for bundle_id in doc.get("bundles", []):
-            if isinstance(bundle_id, str) and bundle_id not in damaged:
-                verified.setdefault(bundle_id, str(doc.get("recorded_at")))
+            if isinstance(bundle_id, str) and bundle_id not in decided and bundle_id not in damaged:
+                verified[bundle_id] = str(doc.get("recorded_at"))
+        decided.update(b for b in (*doc.get("bundles", []), *damaged) if isinstance(b, str))
     return verified
