@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from typing import Any
 
@@ -21,8 +22,9 @@ from aibackup.cli_common import (
     resolve,
     size,
     table,
+    write_metrics_of,
 )
-from aibackup.errors import EXIT_INTEGRITY, ConfigError, UsageError
+from aibackup.errors import EXIT_INTEGRITY, AibackupError, ConfigError, UsageError
 
 
 def _flag_duration(flag: str, text: str, *, positive: bool = False) -> dt.timedelta:
@@ -66,8 +68,14 @@ def _wrote(run: dict[str, Any] | None) -> str:
 def status(metrics_file: str | None, repo: str | None, config_path: str | None, as_json: bool) -> None:
     """Per configured source: the newest intact bundle and its age against the RPO, the last restore test
     and its achieved RTO, the last backup run. Exits 1 when any source breaches its RPO."""
-    repository, config = configured(repo, config_path)
-    report = repository.status(config)
+    url, config = resolve(repo, config_path, need_config=True)
+    try:
+        report = open_repository(url, config).status(config)
+    except AibackupError:
+        # The metrics file must not go on saying "fine" about a repository that cannot be read.
+        with contextlib.suppress(AibackupError):
+            write_metrics_of(config, metrics_file)  # writes metrics.unreadable's file, raises the same error
+        raise
     if as_json:
         emit_json(report.to_json())
     else:

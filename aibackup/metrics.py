@@ -37,7 +37,7 @@ from pathlib import Path
 
 from aibackup import reports
 from aibackup.config import Config
-from aibackup.errors import UnavailableError
+from aibackup.errors import AibackupError, UnavailableError
 from aibackup.operations import SourceStatus, status
 from aibackup.repository import Repository, parse_iso
 
@@ -118,9 +118,27 @@ def _label(value: str) -> str:
 
 
 def write_metrics(config: Config, path: str) -> None:
-    """Render the metrics of every configured source and replace `path` atomically."""
-    repo = Repository.open(config.repository, key_file=config.key_file)
-    text = render(config, status(config, repo), reports.verified_bundles(repo))  # one opening, one key check
+    """Render the metrics of every configured source and replace `path` atomically. A repository that
+    cannot be read (gone, unreachable, no key) gets :func:`unreadable`'s file, then its error is raised."""
+    try:
+        repo = Repository.open(config.repository, key_file=config.key_file)
+        text = render(config, status(config, repo), reports.verified_bundles(repo))  # one opening, one key check
+    except AibackupError:
+        _replace(path, unreadable(config))
+        raise
+    _replace(path, text)
+
+
+def unreadable(config: Config) -> str:
+    """The metrics of a repository that cannot be read: every source breaches its RPO (nothing can be shown
+    to be restorable), where the last good file would otherwise go on being served."""
+    samples = [f'aibackup_rpo_breached{{source="{_label(name)}"}} 1' for name in config.sources]
+    kind, text = HELP["aibackup_rpo_breached"]
+    return "\n".join([f"# HELP aibackup_rpo_breached {text}", f"# TYPE aibackup_rpo_breached {kind}", *samples]) + "\n"
+
+
+def _replace(path: str, text: str) -> None:
+    """Write `text` to `path` atomically (a temporary file renamed over it)."""
     target = Path(path)
     tmp: str | None = None
     try:

@@ -128,3 +128,21 @@ def test_status_json_keeps_the_last_successful_run_beside_a_failed_one(
     (entry,) = json.loads(cli("status", "--json").out)["sources"]
     assert entry["last_backup"]["ok"] is False
     assert entry["last_successful_backup"]["ok"] is True and entry["last_successful_backup"]["new_bytes"] > 0
+
+
+def test_a_repository_that_cannot_be_read_is_a_breach_in_the_metrics_file(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unmounted disk: status fails in one line, and the metrics file no longer says the last good
+    numbers (node_exporter would serve them for as long as nobody looks)."""
+    monkeypatch.chdir(tmp_path)
+    logs(tmp_path / "logs")
+    config(tmp_path, "  logs: {uri: 'conversations:./logs', rpo: 1h}\n")
+    ok(cli("backup"))
+    ok(cli("status"))
+    assert metric(tmp_path, "aibackup_rpo_breached", "logs") == "0"
+    (tmp_path / "repo").rename(tmp_path / "repo.unmounted")
+    result = cli("status")
+    assert result.code != 0 and len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+    assert metric(tmp_path, "aibackup_rpo_breached", "logs") == "1"
+    assert metric(tmp_path, "aibackup_bundle_age_seconds", "logs") is None
