@@ -186,11 +186,15 @@ def run_backup(
             if repo is None:
                 repo = Repository.init(storage, passphrase=new_passphrase, keyring=new_keyring)
                 repo.use_key(repo.key())
-            source = {"kind": connector.kind, "uri": connector.location.display()}
+            source: dict[str, object] = {"kind": connector.kind, "uri": connector.location.display()}
+            if collections:  # some of the store's collections, by name: not a backup of the whole store
+                source["collections"] = list(collections)
             # One backup of a source at a time (a cron run overlapping the previous one is refused), and never
             # while a prune runs; a crashed run's lock goes stale by itself.
             try:
-                lock = RepositoryLock(repo, "backup", source["uri"], stale_after=lock_stale_after).acquire()
+                lock = RepositoryLock(
+                    repo, "backup", connector.location.display(), stale_after=lock_stale_after
+                ).acquire()
             except BaseException:
                 if created:
                     repo.forget()

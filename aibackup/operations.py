@@ -230,9 +230,14 @@ def record_report(config: Config, folder: str, report: dict[str, Any], repo: Rep
 
 
 def of_source(manifest: BundleManifest, source: SourceConfig) -> bool:
-    """Whether a bundle was made from this configured source: its store, holding its collections."""
-    names = {d.name for d in manifest.datasets}
-    return manifest.source.get("uri") == parse_location(source.uri).display() and set(source.collections) <= names
+    """Whether a bundle was made from this configured source: its store, holding its collections; for a
+    source of the whole store, a bundle of the whole store (one of a few collections by name, `backup
+    --collection docs` by hand, holds nothing of the others and must not pass for their newest backup)."""
+    if manifest.source.get("uri") != parse_location(source.uri).display():
+        return False
+    if not source.collections:
+        return "collections" not in manifest.source
+    return set(source.collections) <= {d.name for d in manifest.datasets}
 
 
 def latest_bundle(repo: Repository, source: SourceConfig) -> BundleManifest:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from aibackup import drill
-from tests.helpers import Cli, flip_middle_byte, ok
+from tests.helpers import Cli, flip_middle_byte, manifest_json, ok, seed_chroma
 
 LINE = '{"user_id": "u%d", "input": "hi %d", "output": "hello"}\n'
 
@@ -146,3 +146,25 @@ def test_a_repository_that_cannot_be_read_is_a_breach_in_the_metrics_file(
     assert result.code != 0 and len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
     assert metric(tmp_path, "aibackup_rpo_breached", "logs") == "1"
     assert metric(tmp_path, "aibackup_bundle_age_seconds", "logs") is None
+
+
+def test_a_backup_of_one_collection_by_hand_is_not_the_whole_store_sources_newest(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A source of a whole store: a later `backup --collection docs` by hand holds nothing of faq, so status
+    must not count it as the source's fresh backup, and the drill must test the whole-store bundle."""
+    monkeypatch.chdir(tmp_path)
+    seed_chroma(tmp_path / "chroma", "docs", n=20)
+    seed_chroma(tmp_path / "chroma", "faq", n=20)
+    config(tmp_path, "  kb: {uri: 'chroma:./chroma', rpo: 1d}\n")
+    start = dt.datetime.now(dt.UTC)
+    monkeypatch.setenv("AIBACKUP_NOW", start.isoformat())
+    ok(cli("backup"))
+    whole = manifest_json(tmp_path / "repo")["bundle_id"]
+    monkeypatch.setenv("AIBACKUP_NOW", (start + dt.timedelta(days=3)).isoformat())
+    ok(cli("backup", "chroma:./chroma", "--collection", "docs", "--repo", "./repo"))
+    assert manifest_json(tmp_path / "repo")["source"]["collections"] == ["docs"]
+    (entry,) = json.loads(cli("status", "--json").out)["sources"]
+    assert entry["newest_bundle"] == whole and entry["rpo_breached"], entry
+    drilled = json.loads(cli("restore-test", "--json").out)["sources"][0]
+    assert drilled["bundle_id"] == whole, drilled
