@@ -77,12 +77,23 @@ def dask_options(workers_help: str, reached: str) -> Callable[[F], F]:
             "dask_address",
             metavar="ADDRESS",
             default=None,
+            callback=_not_empty_dask,
             help="Vectors: as --workers, on the running Dask scheduler at ADDRESS (also AIBACKUP_DASK); the "
             f"workers reach the repository and the {reached} with their own credentials.",
         )(f)
         return click.option("--workers", type=click.IntRange(1, 1024), default=None, metavar="N", help=workers_help)(f)
 
     return decorate
+
+
+def _not_empty_dask(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--dask "$SCHEDULER"` with the variable unset: refused before anything runs (a config's backup would
+    otherwise fail each source), not taken as no --dask, as ``--repo ""`` is refused."""
+    if value is not None and not value.strip():
+        from aibackup.distributed import EMPTY_DASK
+
+        raise UsageError(EMPTY_DASK)
+    return value
 
 
 def observe_options(f: F) -> F:

@@ -22,6 +22,7 @@ the driver adds up what the tasks saw before it writes the link's tombstones.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,6 +54,8 @@ DASK_ENV = "AIBACKUP_DASK"
 RETRIES = 2
 #: Partitions per worker: a few, so a slow one does not hold the others back.
 PER_WORKER = 2
+#: `--dask "$SCHEDULER"` with the variable unset: refused, not taken as no --dask (as ``--repo ""`` is).
+EMPTY_DASK = "--dask is empty (an unset variable?): name the Dask scheduler, or leave --dask out"
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,10 @@ def cluster(workers: int | None = None, address: str | None = None) -> Iterator[
     A local cluster starts in a thread of its own (its processes take about a second to come up): the
     caller goes on opening its source or repository meanwhile, and the first use of ``Cluster.client``
     waits for it."""
-    address = address or os.environ.get(DASK_ENV) or None
+    if address is not None and not address.strip():
+        raise UsageError(EMPTY_DASK)
+    if address is None and workers is None:  # --workers wins over AIBACKUP_DASK, as over the config's dask
+        address = os.environ.get(DASK_ENV) or None
     if workers is None and address is None:
         yield None
         return
@@ -118,9 +124,11 @@ def _check_address(address: str) -> None:
     from distributed.comm import get_address_host_port
 
     try:
-        get_address_host_port(address)
+        _, port = get_address_host_port(address)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"bad Dask scheduler address {address!r}: {exc} (expected tcp://HOST:PORT)") from None
+    if not 0 < port < 65536:  # else a Client waits 10 s, then "cannot reach"
+        raise UsageError(f"bad Dask scheduler address {address!r}: port {port} out of range (expected tcp://HOST:PORT)")
 
 
 def _start_local(workers: int) -> tuple[Any, Any]:
@@ -128,17 +136,39 @@ def _start_local(workers: int) -> tuple[Any, Any]:
     import dask
     from dask.distributed import Client, LocalCluster
 
+    # The workers run this module's dask_setup as they start (and as a nanny restarts one).
+    preload = [*dask.config.get("distributed.worker.preload", default=[]), __name__]
     # Dask's nanny sets MALLOC_TRIM_THRESHOLD_ (and thread limits) in the workers' environment, and in this
     # process's: glibc then stops raising its mmap threshold, every large buffer a partition streams is
     # page-faulted in afresh, and a worker writes ~30% slower (11.1 s against 14.4 s per 1M x 384 here).
     # Our workers run one task at a time on streamed batches: glibc's defaults suit them.
+    # No dashboard, and its HTTP server (health and metrics routes) on a free local port: None would mean
+    # :8787, and a UserWarning on stderr whenever another Dask holds that port. Dask's log lines below ERROR
+    # (a cancelled task, a worker killed at close) are not the user's business: our errors say what failed.
     with dask.config.set({"distributed.nanny.pre-spawn-environ": {}}):
-        local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        local = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address="127.0.0.1:0",
+            scheduler_kwargs={"dashboard": False},
+            silence_logs=logging.ERROR,
+            preload=preload,
+        )
     try:
         return local, Client(local)
     except BaseException:
         local.close()
         raise
+
+
+def dask_setup(worker: Any) -> None:
+    """Run by each worker of a local cluster as it starts (Dask's preload): Ctrl-C at the terminal reaches
+    the whole process group, the workers too. A worker then ends at once and says nothing (else each prints
+    its KeyboardInterrupt traceback); the driver says "interrupted" and removes what the tasks wrote."""
+    import signal
+
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))
 
 
 def _close_local(starting: Future[tuple[Any, Any]], pool: ThreadPoolExecutor) -> None:
@@ -149,10 +179,14 @@ def _close_local(starting: Future[tuple[Any, Any]], pool: ThreadPoolExecutor) ->
         return  # it did not start: nothing to close (its error reached whoever used the client)
     finally:
         pool.shutdown(wait=False)
-    try:
-        client.close()
-    finally:
-        local.close()
+    from distributed.utils import silence_logging_cmgr
+
+    # Closed after Ctrl-C, a nanny warns of the worker it had to kill: not the user's business either.
+    with silence_logging_cmgr(logging.ERROR):
+        try:
+            client.close()
+        finally:
+            local.close()
 
 
 def settle(client: Any, futures: Sequence[Any], exc: BaseException) -> None:
@@ -168,7 +202,8 @@ def settle(client: Any, futures: Sequence[Any], exc: BaseException) -> None:
             with contextlib.suppress(Exception):
                 wait(futures)
     finally:
-        client.cancel(futures)
+        with contextlib.suppress(Exception):  # a scheduler lost: its tasks are gone (and the error says so)
+            client.cancel(futures)
 
 
 @contextlib.contextmanager
@@ -178,7 +213,12 @@ def completed(
     """`function` over `tasks` on `client`'s workers (a task that raised is retried :data:`RETRIES` times),
     its results yielded as each task completes. When a task or the caller's loop raises, the tasks left are
     cancelled on the way out; tasks that write (`writes`) are :func:`settle`-d first, so that the caller's
-    clean-up after the exception finds them ended. `kwargs` go to every call (``client.map``'s)."""
+    clean-up after the exception finds them ended. `kwargs` go to every call (``client.map``'s).
+
+    UnavailableError (naming the task's partition and collection) when a task's workers kept dying
+    (KilledWorker: a machine out of memory on that partition, say) or the scheduler was lost: failures of
+    the cluster, not bugs. Waiting here, not in ``client.gather``, also leaves nothing unretrieved on
+    Ctrl-C (gather's own asyncio tasks then print "Task exception was never retrieved")."""
     from dask.distributed import as_completed
 
     futures = client.map(function, tasks, retries=RETRIES, pure=False, **kwargs)
@@ -188,8 +228,48 @@ def completed(
         if writes:
             settle(client, futures, exc)
         else:
-            client.cancel(futures)
+            with contextlib.suppress(Exception):  # a scheduler lost: its tasks are gone (and the error says so)
+                client.cancel(futures)
+        lost = _lost(client, exc, {f.key: (n, t) for n, (f, t) in enumerate(zip(futures, tasks, strict=True))})
+        if lost is not None:
+            raise lost from exc
         raise
+
+
+def _lost(client: Any, exc: BaseException, tasks: Mapping[Any, tuple[int, Any]]) -> UnavailableError | None:
+    """The UnavailableError for `exc` if it says the cluster failed the tasks (`tasks`: the position and task
+    of each future's key), else None (a task's own error, Ctrl-C: raised as they are)."""
+    from distributed import KilledWorker
+    from distributed.client import FutureCancelledError, FuturesCancelledError
+    from distributed.comm import CommClosedError
+
+    if isinstance(exc, KilledWorker):
+        known = tasks.get(exc.task)
+        what = _partition(*known) if known is not None else f"task {exc.task!r}"
+        deaths = exc.allowed_failures + 1
+        return UnavailableError(
+            f"{what} failed: its Dask worker died {deaths} time{'s' if deaths > 1 else ''} (KilledWorker; out of "
+            "memory? see the workers' logs)"
+        )
+    reasons: set[str] = set()
+    if isinstance(exc, FutureCancelledError):
+        reasons = {exc.reason}
+    elif isinstance(exc, FuturesCancelledError):
+        reasons = {group.reason for group in exc.error_groups}
+    if "scheduler-connection-lost" in reasons or isinstance(exc, CommClosedError):
+        return UnavailableError(f"lost the connection to the Dask scheduler ({type(exc).__name__})")
+    if isinstance(exc, OSError) and getattr(client, "status", "running") != "running":  # TimeoutError included
+        return UnavailableError(f"lost the connection to the Dask scheduler ({type(exc).__name__})")
+    return None
+
+
+def _partition(position: int, task: Any) -> str:
+    """ "partition N of collection 'NAME'" for a task of :func:`completed` (its `position` in the tasks
+    when it has no ``number`` of its own)."""
+    number = getattr(task, "number", position)
+    dataset = getattr(task, "description", None) or getattr(task, "dataset", None)
+    name = getattr(dataset, "name", None)
+    return f"partition {number} of collection {name!r}" if name is not None else f"partition {number}"
 
 
 def _restore_environ(saved: Mapping[str, str]) -> None:
@@ -230,6 +310,8 @@ class Written:
     sampler: QuerySampler
     detector: layouts.Detector
     delta: DeltaPart | None = None
+    #: the task's partition (the tasks complete in any order; the driver puts them back in this one)
+    number: int = 0
 
 
 def write_partition(task: PartitionTask, parent: ParentDigests | None = None) -> Written:
@@ -270,8 +352,8 @@ def write_partition(task: PartitionTask, parent: ParentDigests | None = None) ->
             except TooManyChanges as exc:  # not an error to retry: the driver backs the dataset up in full
                 writer.discard()
                 assert delta is not None
-                return Written(None, sampler, detector, delta.part(exc))
-            return Written(dataset, sampler, detector, delta.part() if delta is not None else None)
+                return Written(None, sampler, detector, delta.part(exc), task.number)
+            return Written(dataset, sampler, detector, delta.part() if delta is not None else None, task.number)
     except BaseException:
         writer.discard()
         raise
@@ -321,15 +403,17 @@ def write_partitioned(
     client = on.client
     # The digests go to every worker once, not once per task (16 bytes a record of the parent).
     parent = client.scatter(delta.index.digests(), broadcast=True, hash=False) if delta is not None else None
-    futures = client.map(write_partition, tasks, parent=parent, retries=RETRIES, pure=False)
+    written: list[Written] = []
     try:
-        written: list[Written] = client.gather(futures)
-    except BaseException as exc:
-        try:
-            settle(client, futures, exc)
-        finally:
-            _remove_folder(repo, folder, keep=())
+        with completed(client, write_partition, tasks, writes=True, parent=parent) as done:
+            written.extend(done)
+    except UnavailableError as exc:  # the cluster failed (completed() settled the tasks)
+        _remove_folder(repo, folder, keep=())
+        raise UnavailableError(f"{exc}; nothing was committed") from exc
+    except BaseException:
+        _remove_folder(repo, folder, keep=())
         raise
+    written.sort(key=lambda w: w.number)
     if delta is not None:
         try:
             delta.absorb([w.delta for w in written if w.delta is not None])

@@ -263,7 +263,7 @@ def test_ctrl_c_cancels_the_tasks_and_removes_what_they_wrote(
     import time
 
     import cloudpickle
-    from dask.distributed import Client, LocalCluster
+    from dask.distributed import Client, LocalCluster, as_completed
 
     from aibackup import api
 
@@ -274,9 +274,9 @@ def test_ctrl_c_cancels_the_tasks_and_removes_what_they_wrote(
     flags.mkdir()
     repo = tmp_path / "repo"
     api.Repository.open(str(repo), create=True)
-    gather = Client.gather
+    following = as_completed.__next__
 
-    def interrupted(self: Client, futures: object, *args: object, **kwargs: object) -> object:
+    def interrupted(self: as_completed) -> object:
         deadline = time.monotonic() + 60
         done = False
         while time.monotonic() < deadline and not done:
@@ -290,10 +290,10 @@ def test_ctrl_c_cancels_the_tasks_and_removes_what_they_wrote(
     try:
         with local as cluster, Client(cluster) as client:
             client.register_plugin(HoldAll(str(flags)))
-            monkeypatch.setattr(Client, "gather", interrupted)
+            monkeypatch.setattr(as_completed, "__next__", interrupted)
             with pytest.raises(KeyboardInterrupt):
                 api.backup(str(repo), postgres.uri(db), dask=cluster.scheduler_address)
-            monkeypatch.setattr(Client, "gather", gather)
+            monkeypatch.setattr(as_completed, "__next__", following)
             # Checked while the held tasks still wait (they never start): what the backup left is what
             # its own cleanup left.
             assert not list((repo / "bundles").glob("*.json"))
