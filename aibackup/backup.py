@@ -19,7 +19,7 @@ from functools import partial
 
 import pyarrow as pa
 
-from aibackup import __version__, clock, distributed, exact_tasks, filereuse
+from aibackup import __version__, clock, distributed, exact_tasks, filereuse, reports
 from aibackup.baseline import BaselineRecorder, seed_for
 from aibackup.bundle import BundleWriter, PartGroups
 from aibackup.bundle_reader import BundleReader
@@ -584,6 +584,9 @@ def _previous(repo: Repository, parent: str | None, name: str, kind: str) -> Dat
         return None
     reader = BundleReader(repo)
     if any(reader.check_part(part, read_data=False) for part in dataset.parts):
+        return None
+    found = reports.damaged_parts(repo)  # same size, other bytes: known once a verify --read-data saw it
+    if any(repo.storage.display(part.path) in found for part in dataset.parts):
         return None
     return dataset
 

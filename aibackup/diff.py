@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from aibackup.bundle_reader import BundleReader
 from aibackup.checks import BucketedSide, bucket_count
-from aibackup.errors import DatasetNotFoundError, UsageError
+from aibackup.errors import DatasetNotFoundError, IntegrityError, UsageError
 from aibackup.manifests.chain import INDEX_SCHEMA
 from aibackup.manifests.digest import DIGEST_ALGORITHM, record_digests
 from aibackup.manifests.model import BundleManifest, DatasetManifest
@@ -120,8 +120,9 @@ def run_diff(
                 f"{first.bundle_id} or {second.bundle_id} (they hold: {', '.join(map(repr, names)) or 'none'})"
             )
         names = [n for n in names if n in collections]
-    reader = BundleReader(repo)
-    datasets = [_diff_dataset(reader, name, old.get(name), new.get(name), limit) for name in names]
+    # A spool on S3: the parts re-hashed before they are read are read from it, not downloaded twice.
+    with BundleReader(repo, spool=True) as reader:
+        datasets = [_diff_dataset(reader, name, old.get(name), new.get(name), limit) for name in names]
     return DiffResult(first.bundle_id, second.bundle_id, dict(second.source), datasets)
 
 
@@ -155,6 +156,7 @@ def _diff_dataset(
         sides = BucketedSide("a", buckets, folder, {}), BucketedSide("b", buckets, folder, {})
         for side, dataset in zip(sides, (old, new), strict=True):
             if dataset is not None:
+                _check_parts(reader, dataset, algorithm)
                 for batch in _id_digests(reader, dataset, algorithm):
                     side.put(pa.RecordBatch.from_arrays(batch.columns[:2], schema=side.schema))
         for bucket in range(buckets):
@@ -170,6 +172,24 @@ def _identical(old: DatasetManifest, new: DatasetManifest) -> bool:
     if old.all_parts() == new.all_parts():
         return True
     return (old.digest, old.rows) == (new.digest, new.rows)
+
+
+def _from_index(dataset: DatasetManifest, algorithm: str) -> bool:
+    """Whether `dataset`'s (id, digest) pairs come from its record index (no record part read)."""
+    return bool(dataset.chain) and dataset.digest_algorithm == algorithm and not UNSTABLE.get(dataset.kind)
+
+
+def _check_parts(reader: BundleReader, dataset: DatasetManifest, algorithm: str) -> None:
+    """Re-hash every part of `dataset` the diff is about to read (its index and tombstones, or its records):
+    IntegrityError naming the first damaged one. Parquet's page checksums cover neither page headers nor
+    footers: a damaged index part could otherwise give a wrong answer with exit 0, or a decode error."""
+    records = set() if not _from_index(dataset, algorithm) else {p.path for p in dataset.parts}
+    for part in dataset.all_parts():
+        if part.path in records:
+            continue
+        problem = reader.check_part(part, read_data=True)
+        if problem:
+            raise IntegrityError(f"damaged part {reader.repo.storage.display(part.path)}: {problem}")
 
 
 def _id_digests(reader: BundleReader, dataset: DatasetManifest, algorithm: str) -> Iterator[pa.RecordBatch]:

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aibackup import reports
 from aibackup.bundle import BundleWriter, IdTypes, schema_entries
 from aibackup.bundle_reader import BundleReader
 from aibackup.chains import part_starts
@@ -108,9 +109,15 @@ def full_reason(
     changed = _vectors_changed(parent, description)
     if changed:
         return f"the collection's vectors changed ({changed})"
+    # Record parts are not re-hashed every night (a chain's are a full bundle's worth): one a `verify
+    # --read-data` found damaged (same size, other bytes) is known, and the chain must not be extended.
+    found = reports.damaged_parts(reader.repo)
     for part in parent.all_parts():
         small = part not in parent.parts  # index and tombstones: read now, so re-hashed; records: present
         problem = reader.check_part(part, read_data=small)
+        shown = reader.repo.storage.display(part.path)
+        if problem is None and shown in found:
+            problem = "found damaged by verify --read-data"
         if problem:
             link = parent.link_of(part)
             which = f"link {link.bundle}" if link is not None else "a link"

@@ -49,6 +49,28 @@ def read_all(repo: Repository, folder: str) -> Iterator[dict[str, Any]]:
             yield doc
 
 
+#: (repository URL, report name) -> the paths it found damaged: reports are never rewritten, so each is read
+#: once per process however many collections a backup extends.
+_DAMAGED: dict[tuple[str, str], frozenset[str]] = {}
+
+
+def damaged_parts(repo: Repository) -> frozenset[str]:
+    """Every path (as displayed) a kept `verify --read-data` report found damaged. Parts are never rewritten:
+    one found damaged stays so, and a chain that reads it must not be extended (aibackup.incremental)."""
+    found: set[str] = set()
+    for name in repo.storage.list_names(VERIFY):
+        key = (repo.storage.url, name)
+        if key not in _DAMAGED:
+            try:
+                doc = json.loads(repo.storage.read_bytes(f"{VERIFY}/{name}"))
+            except (AibackupError, FileNotFoundError, ValueError):
+                doc = {}  # a damaged or vanished report is only lost history
+            problems = doc.get("problems", []) if isinstance(doc, dict) else []
+            _DAMAGED[key] = frozenset(str(p.get("path")) for p in problems if isinstance(p, dict) and p.get("path"))
+        found |= _DAMAGED[key]
+    return frozenset(found)
+
+
 def latest_by_source(
     repo: Repository,
     folder: str,

@@ -1,0 +1,65 @@
+"""A chain link damaged with its size kept (a bad disk): the nightly backup stops extending the chain once a
+verify has seen it, and `diff` refuses to compare from a damaged index or tombstone part (it answered wrong,
+exit 0, or with exit 3 / 70). Both repositories (plain and, in CI's second pass, encrypted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tests.helpers import Cli, chroma_client, flip_middle_byte, manifest_json, ok, one_line_error, seed_chroma
+
+
+def three_links(cli: Cli, tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """A full backup of 200 records and two links: an update and an addition, then a deletion."""
+    store, repo = tmp_path / "chroma", tmp_path / "repo"
+    seed_chroma(store, "docs", n=200, dim=8)
+    collection = chroma_client(store).get_collection("docs")
+    ids = []
+    for change in (
+        lambda: collection.upsert(ids=["doc-1", "new-1"], embeddings=np.ones((2, 8), np.float32), documents=["u", "n"]),
+        lambda: collection.delete(ids=["doc-2", "doc-3"]),
+        None,
+    ):
+        ok(cli("backup", f"chroma:{store}", "--repo", str(repo), "--queries", "0"))
+        ids.append(manifest_json(repo)["bundle_id"])
+        if change is not None:
+            change()
+    return store, repo, ids
+
+
+def own_parts(repo: Path, bundle_id: str) -> list[str]:
+    (dataset,) = manifest_json(repo, bundle_id)["datasets"]
+    every = [p["path"] for p in dataset["parts"]]
+    every += [p["path"] for link in dataset.get("chain") or [] for key in ("index", "tombstones") for p in link[key]]
+    return sorted({p for p in every if p.startswith(f"data/{bundle_id}/")})
+
+
+def test_a_record_part_found_damaged_by_verify_makes_the_next_backup_full(cli: Cli, tmp_path: Path) -> None:
+    store, repo, (_, middle, last) = three_links(cli, tmp_path)
+    (record,) = [p for p in own_parts(repo, middle) if "part-" in p.rsplit("/", 1)[-1]]
+    flip_middle_byte(repo / record)
+    assert cli("verify", "--read-data", "--repo", str(repo)).code == 1
+    chroma_client(store).get_collection("docs").upsert(ids=["new-2"], embeddings=np.ones((1, 8), np.float32))
+    result = ok(cli("backup", f"chroma:{store}", "--repo", str(repo), "--queries", "0", "--json")).json()
+    (dataset,) = result["datasets"]
+    assert not dataset["incremental"] and "found damaged by verify --read-data" in dataset["full_reason"], dataset
+    # The new bundle restores: it no longer reads the damaged link.
+    ok(cli("restore", result["bundle_id"], "--repo", str(repo), "--to", f"chroma:{tmp_path / 'back'}"))
+    one_line_error(cli("restore", last, "--repo", str(repo), "--to", f"chroma:{tmp_path / 'old'}"), 1, record)
+
+
+def test_diff_refuses_a_damaged_index_or_tombstone_part(cli: Cli, tmp_path: Path) -> None:
+    _, repo, (first, middle, last) = three_links(cli, tmp_path)
+    ok(cli("diff", first, last, "--repo", str(repo)))
+    small = [p for p in own_parts(repo, middle) if "part-" not in p.rsplit("/", 1)[-1]]
+    assert small, own_parts(repo, middle)
+    for path in small:
+        original = (repo / path).read_bytes()
+        for offset in (4, 5, len(original) // 2, len(original) - 12):  # page header, data, footer
+            damaged = bytearray(original)
+            damaged[offset] ^= 0xFF
+            (repo / path).write_bytes(bytes(damaged))
+            one_line_error(cli("diff", first, last, "--repo", str(repo)), 1, "damaged part", path)
+        (repo / path).write_bytes(original)
