@@ -104,7 +104,8 @@ class BackupResult:
                     "kind": d.kind,
                     "rows": d.rows,
                     "new_rows": sum(p.rows for p in d.parts if p.path.startswith(own)),
-                    "incremental": d.extends is not None,
+                    # A model bundle extends no parent: it is incremental when its chunks were found stored.
+                    "incremental": d.extends is not None or (d.kind == "model" and self.outcome(d).full_reason is None),
                     "new_bytes": self.outcome(d).new_bytes,
                     "deleted": self.outcome(d).deleted,
                     "full_reason": self.outcome(d).full_reason,
@@ -117,6 +118,8 @@ class BackupResult:
         }
 
 
+#: Why a dataset of a kind other than vectors is backed up in full when nothing of it was backed up before.
+FIRST = "no earlier bundle of this dataset"
 #: Why a file-kind dataset referenced nothing from its parent although it could have.
 PARTS_CHANGED = "every part of the previous bundle holds a changed file or is small (written again with the changes)"
 
@@ -245,7 +248,7 @@ def run_backup(
                         file_kind = FILE_KINDS.get(description.kind)
                         # File kinds find what they may reference themselves (filereuse.offer, below).
                         previous = None if file_kind else _previous(repo, parent, description.name, description.kind)
-                        unchained = "no earlier bundle of this dataset"  # why it is full, if it is
+                        unchained = FIRST  # why it is full, if it is
                         refused = None  # why an earlier bundle there is not continued
                         if previous is not None and previous.digest_algorithm != DIGEST_ALGORITHM:
                             # The dataset digest of a chain is a sum: every link must use one algorithm.
@@ -377,7 +380,13 @@ def _with_chunk_stats(dataset: DatasetManifest, store: ChunkStore, outcomes: dic
     packs' bytes. (A model source has one dataset: the store's figures are its.)"""
     config = {**dataset.config, "stored": store.stats.to_json(), "chunk_ids": store.ids.algorithm}
     outcome = outcomes[dataset.name]
-    outcomes[dataset.name] = replace(outcome, new_bytes=outcome.new_bytes + store.stats.new_bytes)
+    # Incremental when the files' chunks were found in the repository already, only the new ones written
+    # (the conversation logs' "could not continue" reason made no sense here).
+    stats = store.stats
+    reason: str | None = outcome.full_reason if outcome.full_reason == FIRST else "none of its chunks was stored yet"
+    if stats.new_chunks < stats.chunks or not stats.chunks:
+        reason = None
+    outcomes[dataset.name] = replace(outcome, new_bytes=outcome.new_bytes + stats.new_bytes, full_reason=reason)
     return replace(dataset, config=config)
 
 

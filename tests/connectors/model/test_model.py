@@ -145,6 +145,13 @@ def test_a_model_folder_round_trips_byte_identical_with_modes_and_symlinks(model
     assert result.to_json()["datasets"][0]["new_bytes"] > result.datasets[0].config["stored"]["new_bytes"] > 4 * MiB
 
 
+def test_a_second_backup_of_the_model_is_reported_incremental(model_dir: Path) -> None:
+    """Its chunks were stored already: incremental, no reason to give (it pointed at notes that did not exist)."""
+    backup(model_dir)
+    (again,) = backup(model_dir).to_json()["datasets"]
+    assert again["incremental"] and again["full_reason"] is None, again
+
+
 def test_the_manifest_describes_every_file(model_dir: Path) -> None:
     result = backup(model_dir)
     doc = manifest_json(REPO, result.bundle_id)
