@@ -283,8 +283,13 @@ def diff(
             more = count - len(listed)
             if more:
                 click.echo(f"… and {more} more {kind}")
-    if not result.total:
+    for d in result.datasets:
+        if d.settings:  # every record may be equal, and the restored collections still differ
+            click.echo(f"\ncollection {d.name!r}: settings changed: {', '.join(d.settings)}")
+    if result.same:
         click.echo("\nno differences")
+    elif not result.total:
+        click.echo("\nno record differs")
 
 
 @click.command()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,9 @@ class DatasetDiff:
     changed: int
     deleted: int
     ids: Mapping[str, list[str]] = field(default_factory=lambda: {kind: [] for kind in KINDS_OF_CHANGE})
+    #: the collection's settings that differ (keys of its manifest config: vectors and distances, hnsw, a job
+    #: config, ...): a restore of A and of B makes different collections even where every record is equal
+    settings: list[str] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -63,6 +66,7 @@ class DatasetDiff:
             "changed": self.changed,
             "deleted": self.deleted,
             "ids": {kind: list(self.ids.get(kind, [])) for kind in KINDS_OF_CHANGE},
+            "settings_changed": list(self.settings),
         }
 
 
@@ -77,8 +81,14 @@ class DiffResult:
     def total(self) -> int:
         return sum(d.total for d in self.datasets)
 
+    @property
+    def same(self) -> bool:
+        """No record and no setting differs."""
+        return not self.total and not any(d.settings for d in self.datasets)
+
     def to_json(self) -> dict[str, Any]:
-        """The `diff --json` contract: a, b, source, datasets [{name, added, changed, deleted, ids}]."""
+        """The `diff --json` contract: a, b, source, datasets [{name, added, changed, deleted, ids,
+        settings_changed}]."""
         return {
             "a": self.a,
             "b": self.b,
@@ -139,7 +149,28 @@ def _same_source(first: BundleManifest, second: BundleManifest) -> None:
         )
 
 
+#: Manifest config keys not compared: a model's chunk store figures describe the backup run, and `native`
+#: (the backend's whole description) moves with the records (Chroma's schema of metadata keys); the canonical
+#: keys (vectors and distances, hnsw, metadata, payload indexes, layout, a job config) say what a restore makes.
+NOT_COMPARED = ("stored", "native")
+
+
+def _settings(old: DatasetManifest | None, new: DatasetManifest | None) -> list[str]:
+    """The config keys whose values differ, when the collection is in both bundles."""
+    if old is None or new is None:
+        return []
+    keys = (old.config.keys() | new.config.keys()) - set(NOT_COMPARED)
+    return sorted(k for k in keys if old.config.get(k) != new.config.get(k))
+
+
 def _diff_dataset(
+    reader: BundleReader, name: str, old: DatasetManifest | None, new: DatasetManifest | None, limit: int
+) -> DatasetDiff:
+    records = _records(reader, name, old, new, limit)
+    return replace(records, settings=_settings(old, new))
+
+
+def _records(
     reader: BundleReader, name: str, old: DatasetManifest | None, new: DatasetManifest | None, limit: int
 ) -> DatasetDiff:
     if old is not None and new is not None and _identical(old, new):

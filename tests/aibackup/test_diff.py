@@ -90,6 +90,7 @@ def test_added_changed_and_deleted_ids_are_exact_through_an_incremental_link(
         "changed": 11,
         "deleted": 5,
         "ids": {"added": ADDED, "changed": CHANGED, "deleted": DELETED},
+        "settings_changed": [],
     }
     # Backwards, everything turns around.
     back = by_name(repo.diff(b, a))["docs"]
@@ -283,3 +284,22 @@ def test_config_files_with_sealed_secrets_are_not_reported_changed(
     keyfile.write_text(key)
     one_line_error(cli("diff", a, b, "--repo", str(tmp_path / "repo")), 2, "encrypted")
     ok(cli("diff", a, b, "--repo", str(tmp_path / "repo"), "--key-file", str(keyfile)))
+
+
+def test_the_same_records_under_other_settings_are_not_no_differences(tmp_path: Path, cli: Cli) -> None:
+    """A collection made again with another distance and the very same records: the two bundles restore
+    different collections, so diff names the settings (it said "no differences")."""
+    store, repo = tmp_path / "chroma", str(tmp_path / "repo")
+    records = seed_chroma(store, "docs", n=40, dim=8, space="l2")
+    ok(cli("backup", f"chroma:{store}", "--repo", repo, "--queries", "0"))
+    client = chroma_client(store)
+    client.delete_collection("docs")
+    client.create_collection("docs", metadata={"hnsw:space": "ip", "team": "search ✓"}, embedding_function=None).add(
+        **records
+    )
+    ok(cli("backup", f"chroma:{store}", "--repo", repo, "--queries", "0"))
+    first = aibackup.Repository.open(repo).bundle_ids()[0]
+    (docs,) = ok(cli("diff", first, "latest", "--repo", repo, "--json")).json()["datasets"]
+    assert (docs["added"], docs["changed"], docs["deleted"]) == (0, 0, 0) and docs["settings_changed"], docs
+    text = ok(cli("diff", first, "latest", "--repo", repo)).out
+    assert "settings changed" in text and "no differences" not in text, text
