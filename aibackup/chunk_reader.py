@@ -36,6 +36,9 @@ class ChunkReader(ChunkAccess):
         self.ids = ChunkIds(repo.key())
         self.index = index if index is not None else ChunkIndex.load(repo)
         self._open: OrderedDict[str, tuple[Any, pq.ParquetFile]] = OrderedDict()
+        #: pack -> whether Arrow decodes it from bytes already here (memory-mapped: the local repository's
+        #: file, or a remote pack's spooled copy), not from a stream still reading the storage.
+        self._in_place: dict[str, bool] = {}
         self._spool = None if repo.storage.is_local else PartSpool(repo.storage)
         self.present: dict[str, bool] = {}  # pack -> whether it exists, for the packs looked at
 
@@ -75,7 +78,7 @@ class ChunkReader(ChunkAccess):
         except pa.ArrowException as exc:
             raise IntegrityError(f"damaged chunk pack {where}: {first_line(exc)}") from None
         except OSError as exc:
-            if any(word in str(exc).lower() for word in ("checksum", "decrypt", "encrypted")):
+            if undecodable(exc, in_place=self._in_place.get(place.pack, False)):
                 raise IntegrityError(f"damaged chunk pack {where}: {first_line(exc)}") from None
             raise UnavailableError(f"cannot read {where}: {first_line(exc)}") from None
         if (
@@ -105,11 +108,17 @@ class ChunkReader(ChunkAccess):
         storage = self.repo.storage
         # On local disk the pack is mapped: Arrow reads its pages in place, without a copy through Python.
         f: Any
-        if self._spool is None:
-            f = pa.memory_map(storage.full(path))
-        else:
-            self._spool.hash(path, self.PACK_HINT)  # downloaded once; the chunks are proven by their ids
-            f = self._spool.open(path)
+        try:
+            if self._spool is None:
+                f = pa.memory_map(storage.full(path))
+            else:
+                self._spool.hash(path, self.PACK_HINT)  # downloaded once; the chunks are proven by their ids
+                f = self._spool.open(path)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:  # the storage, before a byte was decoded: never damage
+            raise UnavailableError(f"cannot read {storage.display(path)}: {first_line(exc)}") from None
+        self._in_place[path] = isinstance(f, pa.MemoryMappedFile)
         try:
             pf = pq.ParquetFile(
                 f,
@@ -137,3 +146,16 @@ class ChunkReader(ChunkAccess):
             f.close()
         if self._spool is not None:
             self._spool.close()
+
+
+def undecodable(exc: OSError, *, in_place: bool) -> bool:
+    """Whether pyarrow's `exc`, reading a chunk pack, is damage rather than storage that cannot be read.
+    pyarrow raises a plain OSError both for Parquet it cannot decode (a thrift footer or page header,
+    "Unexpected end of stream", a failed page CRC, an encrypted module that does not authenticate) and for a
+    read that failed; only the latter carries an errno (EIO, EACCES, a network error's). So: a failed
+    checksum or decryption is damage wherever the bytes came from, and any OSError without an errno is
+    damage when Arrow decoded bytes already here (`in_place`: memory-mapped). A pack streamed from the
+    storage (its spool short of room) keeps every other error as the storage's."""
+    if any(word in str(exc).lower() for word in ("checksum", "decrypt", "encrypted")):
+        return True
+    return in_place and exc.errno is None

@@ -45,11 +45,15 @@ class ChunkCheck:
                     if row["type"] != "file":
                         continue
                     bad: set[bytes] = set()
+                    sizes: dict[bytes, int] = {}
                     for chunk in chunk_ids(row):
                         problem = self._verdict(chunk)
                         if problem is not None:
                             bad.add(chunk)
-                    for chunk, where in damaged_chunks(row, self.chunks, bad) if bad else ():
+                        place = self.chunks.index.get(chunk)
+                        if place is not None:  # its size, also when its pack is gone (the file's byte ranges)
+                            sizes[chunk] = place.size
+                    for chunk, where in damaged_chunks(row, self.chunks, bad, sizes) if bad else ():
                         place = self.chunks.index.get(chunk)
                         pack = storage.display(place.pack) if place is not None else storage.display(INDEX)
                         found.append((pack, f"{self.verdicts[chunk]}{where}"))

@@ -51,10 +51,15 @@ def named(
 def check_root(root: Path, *, target: bool, what: str) -> bool:
     """The root of a folder source or target, checked; True when a source is one regular file. A source must
     exist (DatasetNotFoundError naming `what` it should hold) and be a folder or a regular file (reached
-    through a symlink or not); a target folder may be missing, but not be something else (UsageError)."""
+    through a symlink or not); a target folder may be missing, but not be something else, nor lie below
+    something else (UsageError)."""
     if target:
         if root.exists() and not root.is_dir():
             raise UsageError(f"the restore target {root} is not a folder")
+        # A missing folder is made with its parents: the nearest one that exists must be a folder too.
+        above = next((p for p in root.absolute().parents if p.exists()), None)
+        if not root.exists() and above is not None and not above.is_dir():
+            raise UsageError(f"the restore target {root} is not a folder: {above} is not one")
         return False
     if not os.path.lexists(root):
         raise DatasetNotFoundError(f"no {what} at {root}: it does not exist")

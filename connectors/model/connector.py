@@ -15,7 +15,8 @@ only the chunks it lacks. The record lists the file's chunk ids; its ``format`` 
 is, its summary saying why it is invalid.
 
 Refused (SourceDataError, exit 2), nothing committed: a file that changes while it is read (its size,
-modification or change time, or the bytes read differ from the stat before), an unreadable file, a symlink
+modification or change time, or the bytes read differ from the stat before), an unreadable file, a name or
+symlink target that is not UTF-8 (whatever ``allow_lossy`` says, as for every folder source), a symlink
 leading out of the folder (unless ``allow_lossy``: then it is skipped and named in the notes).
 
 Restore into ``model:DIR``: :mod:`.restore`.
@@ -182,8 +183,16 @@ class ModelConnector(ChunkedConnector):
         return self._file(entry, chunker, hasher)
 
     def _symlink(self, entry: Entry, state: _Export) -> dict[str, Any] | None:
-        """A symlink's record, or None when it leads out of the folder and ``allow_lossy`` skips it."""
+        """A symlink's record, or None when it leads out of the folder and ``allow_lossy`` skips it. A target
+        that is not UTF-8 is refused like a name that is not (no record can hold it: even ``allow_lossy``)."""
         link = os.readlink(entry.path)
+        try:
+            link.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SourceDataError(
+                f"{self._show(entry.rel)} is a symlink to {link!a}: a target that is not UTF-8 cannot be backed "
+                "up; point it at a UTF-8 name"
+            ) from None
         if not self._single and _leaves(self.root, entry.rel, link):
             if not self.options.get("allow_lossy"):
                 raise SourceDataError(

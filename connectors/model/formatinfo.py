@@ -6,6 +6,8 @@ per-format parsers (``safetensors_format``, ``gguf_format``) need not import it.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,35 @@ FIRST_HEAD = 64 << 10
 
 #: ``read_head(n)`` returns the first ``min(n, size)`` bytes of the file.
 ReadHead = Callable[[int], bytes]
+#: A UTF-16 surrogate code point: in a Python string, always a lone one (json.loads makes one of a ``\u``
+#: escape that has no partner). It is not text: UTF-8 cannot encode it, and strict JSON readers (serde_json,
+#: the safetensors library's) refuse the escape.
+LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def lone_surrogates(text: str) -> bool:
+    """Whether the JSON `text` (which json.loads parses) holds a lone surrogate escape anywhere: in a key or a
+    value, in an entry a later duplicate key replaces, in a field nobody reads (serde_json refuses them all)."""
+    if "\\u" not in text:
+        return False
+    stack: list[Any] = [json.loads(text, object_pairs_hook=list)]  # pairs as they are: duplicates too
+    while stack:  # a loop, not recursion: JSON nested as deep as json.loads allows
+        value = stack.pop()
+        if isinstance(value, str):
+            if LONE_SURROGATE.search(value):
+                return True
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+    return False
+
+
+def escaped(value: Any) -> Any:
+    """Parsed JSON `value` with every lone surrogate written as the six characters of its escape (``\\ud800``),
+    so that a summary holding it is text (UTF-8, Parquet, the manifest) and says what the file held."""
+    text = json.dumps(value, ensure_ascii=False)
+    if LONE_SURROGATE.search(text) is None:
+        return value
+    return json.loads(LONE_SURROGATE.sub(lambda m: f"\\\\u{ord(m.group()):04x}", text))
 
 
 @dataclass(frozen=True)

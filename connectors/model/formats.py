@@ -13,7 +13,9 @@ Detection, by magic bytes first, then by name (case-insensitive):
 - ``GGUF`` magic, or a ``.gguf`` name: ``gguf`` (:mod:`~aibackup.connectors.model.gguf_format`);
 - ``.safetensors``: ``safetensors`` (:mod:`~aibackup.connectors.model.safetensors_format`);
 - ``*.safetensors.index.json``: ``safetensors-index`` (valid: JSON with a ``weight_map`` object of file names);
-- ``adapter_config.json``: ``peft-adapter-config`` (valid None; False when not a JSON object);
+- ``adapter_config.json``: ``peft-adapter-config`` (valid None; False when not a JSON object); in these two
+  summaries a string holding a lone UTF-16 surrogate (a ``\\u`` escape json.loads keeps, which is not text)
+  shows the escape's six characters instead;
 - other ``.json``: ``json`` (valid: whether it parses); JSON files over :data:`MAX_JSON` are not parsed;
 - ``.bin``/``.pt``/``.pth``/``.ckpt``: ``pytorch``, summary ``{"container": "zip"|"pickle"|"unknown"}``;
 - ``.onnx``: ``onnx``;
@@ -29,7 +31,16 @@ import json
 import os
 from typing import Any
 
-from aibackup.connectors.model.formatinfo import MAX_HEAD, FormatInfo, Head, HeadTooLarge, ReadHead, Tensor, Truncated
+from aibackup.connectors.model.formatinfo import (
+    MAX_HEAD,
+    FormatInfo,
+    Head,
+    HeadTooLarge,
+    ReadHead,
+    Tensor,
+    Truncated,
+    escaped,
+)
 from aibackup.connectors.model.gguf_format import MAGIC as GGUF_MAGIC
 from aibackup.connectors.model.gguf_format import inspect_gguf
 from aibackup.connectors.model.safetensors_format import inspect_safetensors, looks_like_safetensors
@@ -100,9 +111,9 @@ def _inspect_json(base: str, head: Head) -> FormatInfo:
     if problem is not None:
         return FormatInfo(kind, False, problem, {}, (), head.size)
     if kind == "safetensors-index":
-        return _index(document, head.size)
+        return _index(escaped(document), head.size)
     if kind == "peft-adapter-config":
-        return _adapter_config(document, head.size)
+        return _adapter_config(escaped(document), head.size)
     return FormatInfo(kind, True, None, {}, (), head.size)
 
 

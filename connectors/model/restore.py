@@ -274,16 +274,22 @@ def damaged(row: Mapping[str, Any], chunks: ChunkSink) -> str:
     return f"{len(found)} damaged chunk(s): {'; '.join(found[:3])}"
 
 
-def damaged_chunks(row: Mapping[str, Any], chunks: ChunkSink, bad: set[bytes] | None = None) -> list[tuple[bytes, str]]:
+def damaged_chunks(
+    row: Mapping[str, Any],
+    chunks: ChunkSink,
+    bad: set[bytes] | None = None,
+    sizes: Mapping[bytes, int] | None = None,
+) -> list[tuple[bytes, str]]:
     """(chunk, where in the file) of each damaged chunk of a file record: every chunk is read and checked,
     or only `bad` ones are reported when the caller already knows them. `where` names the file, the byte
     range and, for a safetensors or GGUF file whose header can still be read from its chunks, the tensors
-    in it."""
+    in it. `sizes`: the chunks' sizes as the chunk index lists them, for the caller that has it (the store's
+    ``size`` is None for a chunk whose pack is gone, whose bytes are still somewhere in the file)."""
     found: list[tuple[bytes, str]] = []
     offsets: list[tuple[bytes, int, int]] = []
     offset = 0
     for chunk in chunk_ids(row):
-        size = chunks.size(chunk) or 0
+        size = sizes[chunk] if sizes is not None and chunk in sizes else chunks.size(chunk) or 0
         offsets.append((chunk, offset, size))
         offset += size
     problems: dict[bytes, str] = {}

@@ -3,9 +3,12 @@
 
 Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON (``{"__metadata__": {str: str},
 name: {"dtype", "shape", "data_offsets": [begin, end]}}``, offsets relative to the data start ``8 + N``),
-then the tensor bytes. Rules: N ≤ 100,000,000; the header is a JSON object; the tensors sorted by offsets
-cover the data from 0 without hole or overlap; each tensor's byte length is its element count times its
-dtype's size (sub-byte dtypes, F4 and F6, must fill whole bytes); the file ends where the last tensor does.
+then the tensor bytes. Rules: N ≤ 100,000,000; the header is a JSON object and text (serde_json refuses a
+``\\u`` escape of a lone UTF-16 surrogate anywhere in it, even in a field it ignores); every shape value and
+offset is a ``usize`` (an integer from 0 to 2**64 - 1); the tensors sorted by offsets cover the data from 0
+without hole or overlap; each tensor's byte length is its element count times its dtype's size, the element
+count (multiplied dimension by dimension) and its bit count each below 2**64 (sub-byte dtypes, F4 and F6,
+must fill whole bytes); the file ends where the last tensor does.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ import math
 from collections import Counter
 from typing import Any
 
-from aibackup.connectors.model.formatinfo import MAX_HEAD, FormatInfo, Head, Tensor, Truncated
+from aibackup.connectors.model.formatinfo import MAX_HEAD, FormatInfo, Head, Tensor, Truncated, escaped, lone_surrogates
 
 FORMAT = "safetensors"
 #: The reference reader's limit on N (``MAX_HEADER_SIZE``).
 MAX_HEADER = 100_000_000
+#: The largest shape value, offset, element count and bit count the reference reader takes (a 64-bit
+#: ``usize``; its products are ``checked_mul``).
+USIZE_MAX = 2**64 - 1
 #: Bits per element of every dtype the reference reader knows (``Dtype::bitsize``).
 DTYPE_BITS: dict[str, int] = {
     "BOOL": 8,
@@ -80,9 +86,9 @@ def inspect_safetensors(head: Head) -> FormatInfo:
     header, problem = _header_json(head.data[8 : 8 + n])
     if header is None:
         return _invalid(size, problem, counts)
-    metadata, problem = _metadata(header.get("__metadata__"))
+    metadata, metadata_problem = _metadata(header.get("__metadata__"))
     tensors, entry_problem = _tensors(header, 8 + n)
-    problem = problem or entry_problem or _layout_problem(tensors, 8 + n, size)
+    problem = problem or metadata_problem or entry_problem or _layout_problem(tensors, 8 + n, size)
     summary = _summary(n, metadata, tensors)
     return FormatInfo(FORMAT, problem is None, problem, summary, tensors, size, 8 + n)
 
@@ -92,13 +98,15 @@ def _invalid(size: int, problem: str | None, summary: dict[str, Any]) -> FormatI
 
 
 def _header_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """The header's JSON object, or None and why not."""
+    """The header's JSON object, or None, and why it is not valid: a header holding a lone surrogate escape
+    comes back with each one escaped (its summary stays text) and that problem."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         return None, "header is not UTF-8 text"
     try:
         header = json.loads(text)
+        lone = lone_surrogates(text)
     except json.JSONDecodeError as exc:
         return None, f"header is not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})"
     except ValueError:  # an integer of more than 4300 digits (Python's int limit), which json does not wrap
@@ -107,6 +115,8 @@ def _header_json(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
         return None, "header is not JSON: nested too deeply"
     if not isinstance(header, dict):
         return None, "header is not a JSON object"
+    if lone:
+        return escaped(header), "header is not text: a \\u escape of a lone UTF-16 surrogate"
     return header, None
 
 
@@ -151,15 +161,16 @@ def _tensor(name: str, entry: Any, data_start: int) -> tuple[Tensor | None, str 
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
         return None, f"tensor {name!r}: unknown dtype {dtype!r}"
     if not isinstance(shape, list) or not all(_count(d) for d in shape):
-        return None, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers"
+        return None, f"tensor {name!r}: shape {shape!r} is not a list of non-negative integers below 2**64"
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_count(o) for o in offsets):
-        return None, f"tensor {name!r}: data_offsets {offsets!r} are not two non-negative integers"
+        return None, f"tensor {name!r}: data_offsets {offsets!r} are not two non-negative integers below 2**64"
     return Tensor(name, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1]), None
 
 
 def _count(value: Any) -> bool:
-    """A JSON value the reference reader takes as usize (bool is an int to Python, not to serde)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    """A JSON value the reference reader takes as usize (bool is an int to Python, not to serde; a larger
+    integer is a float to serde_json, which it refuses)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= USIZE_MAX
 
 
 def _layout_problem(tensors: tuple[Tensor, ...], data_start: int, size: int) -> str | None:
@@ -186,9 +197,16 @@ def _layout_problem(tensors: tuple[Tensor, ...], data_start: int, size: int) -> 
 
 
 def _byte_length_problem(t: Tensor) -> str | None:
-    bits = math.prod(t.shape) * DTYPE_BITS[t.dtype]
+    elements = 1
+    for dimension in t.shape:  # in order, as the reference folds it: [2**40, 2**40, 0] overflows before the 0
+        elements *= dimension
+        if elements > USIZE_MAX:
+            return f"tensor {t.name!r}: shape {list(t.shape)} counts more than 2**64 - 1 elements"
+    bits = elements * DTYPE_BITS[t.dtype]
+    if bits > USIZE_MAX:
+        return f"tensor {t.name!r}: {elements} elements of {t.dtype} are more than 2**64 - 1 bits"
     if bits % 8:
-        return f"tensor {t.name!r}: {math.prod(t.shape)} elements of {t.dtype} do not fill whole bytes"
+        return f"tensor {t.name!r}: {elements} elements of {t.dtype} do not fill whole bytes"
     if t.end - t.start != bits // 8:
         return (
             f"tensor {t.name!r} holds {t.end - t.start} bytes but shape {list(t.shape)} of {t.dtype} needs {bits // 8}"
