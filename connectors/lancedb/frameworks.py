@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 
 from aibackup.connectors.lancedb.tables import DISTANCE_KEY, METRICS, Columns, native_config
-from aibackup.errors import UnsupportedFeatureError
+from aibackup.errors import UnsupportedFeatureError, first_line
 from aibackup.manifests.model import DenseVectorSpec
 
 VECTOR, ID, TEXT, METADATA, DOC_ID = "vector", "id", "text", "metadata", "doc_id"
@@ -44,7 +44,7 @@ def metadata_type(collection: str, metadatas: Iterable[Mapping[str, Any]]) -> pa
         for key, value in metadata.items():
             if value is None:
                 continue
-            typ = pa.array([value]).type
+            typ = _value_type(collection, key, value)
             if fields.setdefault(key, typ) != typ:  # a number read back as another would not be the record's
                 raise UnsupportedFeatureError(
                     f"collection {collection!r}: metadata key {key!r} holds {fields[key]} and {typ}: "
@@ -56,6 +56,35 @@ def metadata_type(collection: str, metadatas: Iterable[Mapping[str, Any]]) -> pa
             "hold (a struct needs a field); restore with --layout raw"
         )
     return pa.struct([pa.field(key, fields.get(key, pa.string())) for key in keys])
+
+
+def _value_type(collection: str, key: str, value: Any) -> pa.DataType:
+    """The Arrow type of one metadata value, when a struct field of it gives the value back as it is:
+    UnsupportedFeatureError for one Arrow cannot type (an integer past 64 bits, a list mixing numbers and
+    text), an empty object (an empty struct; LanceDB then reads the record's other keys back as None) or
+    objects in a list with different keys (read back with the others' keys added as None)."""
+    try:
+        typ = pa.array([value]).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError) as exc:
+        raise UnsupportedFeatureError(
+            f"collection {collection!r}: metadata key {key!r} holds a value LanceDB's metadata struct cannot "
+            f"type ({first_line(exc)}); restore with --layout raw"
+        ) from None
+    if pa.types.is_nested(typ) and (_has_empty_struct(typ) or pa.array([value], type=typ).to_pylist()[0] != value):
+        raise UnsupportedFeatureError(
+            f"collection {collection!r}: metadata key {key!r} holds {value!r:.80}, which LanceDB's metadata struct "
+            "would not give back as it is (an empty object, or objects with different keys); restore with "
+            "--layout raw"
+        )
+    return typ
+
+
+def _has_empty_struct(typ: pa.DataType) -> bool:
+    if pa.types.is_struct(typ):
+        return typ.num_fields == 0 or any(_has_empty_struct(typ.field(i).type) for i in range(typ.num_fields))
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ) or pa.types.is_fixed_size_list(typ):
+        return _has_empty_struct(typ.value_type)
+    return False
 
 
 def native_definition(framework: str, spec: DenseVectorSpec, metadata: pa.DataType) -> dict[str, Any]:

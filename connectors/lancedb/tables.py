@@ -418,8 +418,15 @@ def check_merge(plan: TablePlan, schema: pa.Schema, dest: str, where: str) -> No
             "nothing to merge on; restore with --mode overwrite or into another table"
         )
 
+    # The distance recorded on a vector column is compared only where the table records one: a table a
+    # framework made itself (langchain-community's LanceDB) has no such marker, its distance is the app's.
+    marked = {f.name for f in schema if DISTANCE_KEY in (f.metadata or {})}
+
     def shape(s: pa.Schema) -> list[tuple[str, str, str]]:
-        return [(f.name, str(f.type), (f.metadata or {}).get(DISTANCE_KEY, b"").decode()) for f in s]
+        return [
+            (f.name, str(f.type), (f.metadata or {}).get(DISTANCE_KEY, b"").decode() if f.name in marked else "")
+            for f in s
+        ]
 
     if shape(schema) != shape(plan.schema):
         mine, theirs = set(shape(plan.schema)), set(shape(schema))

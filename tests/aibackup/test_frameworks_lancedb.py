@@ -133,3 +133,51 @@ def test_metadata_a_struct_cannot_hold_restores_raw_or_is_refused(tmp_path: Path
     assert not (tmp_path / "lance" / "mixed.lance").exists()
     result = restored(cli, repo, f"lancedb:{tmp_path / 'lance'}")
     assert result["layout"] == "raw" and result["rows"] == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (2**70, "cannot type"),  # past 64 bits: it was an internal error (exit 70)
+        ([1, "a"], "cannot type"),
+        ({}, "would not give back"),  # an empty struct: LanceDB read the record's other keys back as None
+        ([{"a": 0}, {"b": "x"}], "would not give back"),  # read back as [{a: 0, b: None}, {a: None, b: x}]
+    ],
+)
+def test_metadata_a_struct_would_not_give_back_is_refused_before_writing(value: Any, why: str) -> None:
+    """The layout's struct type is refused (so --layout auto restores raw, saying why), not found wrong by
+    the checks after the table was written."""
+    from aibackup.connectors.lancedb.frameworks import metadata_type
+    from aibackup.errors import UnsupportedFeatureError
+
+    with pytest.raises(UnsupportedFeatureError, match=why):
+        metadata_type("docs", [{"n": 1, "v": value}, {"n": 2, "v": value}])
+    assert (
+        str(metadata_type("docs", [{"n": 1, "v": {"a": [1, 2]}}]))
+        == "struct<n: int64, v: struct<a: list<item: int64>>>"
+    )
+
+
+def test_a_langchain_chroma_backup_merges_into_the_apps_own_lancedb_table(tmp_path: Path, cli: Cli) -> None:
+    """A table langchain-community's LanceDB made has no distance marker on its vector column: the merge
+    goes in (it was refused for 'other columns'), and the app reads both its rows and the bundle's."""
+    import lancedb
+    from langchain_community.vectorstores import LanceDB
+    from langchain_core.documents import Document
+
+    source = lc_chroma(tmp_path / "chroma", "mrg")
+    docs = [Document(page_content=f"src doc {i}", metadata={"n": i, "s": "x"}) for i in range(6)]
+    source.add_documents(docs, ids=[f"s-{i}" for i in range(6)])
+    repo = str(tmp_path / "repo")
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", repo, "--queries", "0"))
+    path = tmp_path / "lance"
+
+    def app() -> Any:
+        return LanceDB(connection=lancedb.connect(str(path)), table_name="mrg", embedding=EMBED, distance="l2")
+
+    mine = [Document(page_content=f"app doc {i}", metadata={"n": i, "s": "app"}) for i in range(3)]
+    app().add_documents(mine, ids=[f"a-{i}" for i in range(3)])
+    args = ("restore", "latest", "--repo", repo, "--to", f"lancedb:{path}", "--mode", "merge", "--layout", "langchain")
+    ok(cli(*args))
+    assert lc_view(app().similarity_search("src doc 2", k=1)) == [("src doc 2", {"n": 2, "s": "x"})]
+    assert lc_view(app().similarity_search("app doc 1", k=1)) == [("app doc 1", {"n": 1, "s": "app"})]
