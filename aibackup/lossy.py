@@ -26,9 +26,11 @@ class LossTally:
         self.examples: list[str] = []
 
     def watch(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """`batches` as they are, tallied on the way: each against the plan's mapping of it, from the
+        records in the application layout written (rewriting them into it loses nothing)."""
         for batch in batches:
             if self.plan.dropped:
-                self._tally(batch, self.plan.transform(batch))
+                self._tally(self.plan.layout_transform(batch), self.plan.transform(batch))
             yield batch
 
     def _tally(self, before: pa.RecordBatch, after: pa.RecordBatch) -> None:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 from aibackup import distributed, partitioned_restore
 from aibackup.bundle_reader import BundleReader
@@ -32,6 +33,7 @@ from aibackup.lossy import LossTally
 from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import BundleManifest, DatasetManifest, PartEntry
+from aibackup.manifests.vectors import METADATA, parse_metadata
 from aibackup.pipeline import prefetch, use_arrow_allocator
 from aibackup.proof import Check
 from aibackup.recall_rule import DEFAULT_TOLERANCE, CheckOptions
@@ -245,6 +247,13 @@ def _plans(
             )
         taken[dest] = d.name
         plan = connector.plan_import(description, dest, mode=mode, allow_lossy=allow_lossy)
+        if (
+            chosen is not None
+            and mode == "merge"
+            and chosen.framework == layouts.LANGCHAIN
+            and chosen.target == "qdrant"
+        ):
+            chosen = layouts.merge_keys(chosen, _existing_payload(connector, dest), dest)
         if chosen is not None:
             plan = layouts.apply(plan, chosen)
         elif note:
@@ -254,6 +263,19 @@ def _plans(
         applied[d.name] = chosen
         plans.append((d, plan))
     return plans, applied
+
+
+def _existing_payload(connector: Connector, name: str) -> dict[str, Any] | None:
+    """The metadata (a Qdrant point's payload) of one record of collection `name` on the target, which a
+    merge writes into (None: it does not exist or holds no record)."""
+    try:
+        (existing,) = connector.describe([name])
+    except DatasetNotFoundError:
+        return None
+    for batch in connector.export(existing):
+        if batch.num_rows:
+            return parse_metadata(batch.column(METADATA)[0].as_py()) or {}
+    return None
 
 
 def _stopped(

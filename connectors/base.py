@@ -203,6 +203,9 @@ class ImportPlan:
     #: True when an ``import_`` that fails removes what it wrote (a create into a new place), so the
     #: restore can say that nothing of the collection was left.
     undone_on_failure: bool = False
+    #: The part of ``transform`` it applies first that rewrites records into an application layout
+    #: (aibackup.connectors.layouts.apply): where the framework reads them on the target, not a loss.
+    layout_transform: Transform = identity
 
 
 class Connector(ABC):

@@ -22,6 +22,7 @@ from aibackup.connectors.layouts import (
     LLAMAINDEX,
     RAW,
 )
+from aibackup.connectors.layouts.detection import langchain_keys
 from aibackup.connectors.layouts.reading import _records
 from aibackup.connectors.layouts.writing import _refusal, convert, transform
 from aibackup.connectors.milvus import frameworks as milvus
@@ -38,7 +39,8 @@ class Applied:
     `keys`: LangChain's payload keys on a Qdrant source (recorded at backup; the defaults otherwise).
     `collection`: the framework's name of the collection where it is not the dataset's (langchain-postgres
     keeps every collection in one table: the recorded name on a pgvector source, the one written on a
-    pgvector target; see :func:`place`)."""
+    pgvector target; see :func:`place`). `existing`: LangChain's payload keys of the Qdrant collection a
+    merge writes into (:func:`merge_keys`)."""
 
     framework: str
     source: str
@@ -46,12 +48,15 @@ class Applied:
     recorded: bool = False
     keys: tuple[str, str] = LC_KEYS
     collection: str | None = None
+    existing: tuple[str, str] | None = None
 
     @property
     def target_keys(self) -> tuple[str, str]:
         """LangChain's payload keys on the target: the source's between two Qdrants (records stay as they
-        are), else LangChain's defaults."""
-        return self.keys if self.source == self.target else LC_KEYS
+        are), those of the collection a merge writes into, else LangChain's defaults."""
+        if self.source == self.target:
+            return self.keys
+        return self.existing or LC_KEYS
 
     def describe(self) -> str:
         custom = f", payload keys {self.keys[0]!r}/{self.keys[1]!r}" if self.keys != LC_KEYS else ""
@@ -164,6 +169,29 @@ def place(
     return layout, description, dest
 
 
+def merge_keys(layout: Applied, payload: Mapping[str, Any] | None, collection: str) -> Applied:
+    """`layout` for a merge into an existing Qdrant collection, one of whose points has `payload` (None: it
+    holds none): LangChain's records are written with the payload keys that collection's application reads.
+    Raises UsageError, before anything is written, where its points are not LangChain's or use other keys
+    than records that stay as they are (Qdrant to Qdrant): the merged collection would mix two layouts."""
+    if layout.framework != LANGCHAIN or layout.target != "qdrant" or payload is None:
+        return layout
+    found = langchain_keys(payload)
+    if found is None:
+        raise UsageError(
+            f"collection {collection!r}: its points have payload keys {sorted(payload)}, not LangChain's layout: "
+            "merging LangChain's records into it would mix two layouts; restore with --layout raw or into "
+            "another collection"
+        )
+    if layout.source == layout.target and found != layout.keys:
+        raise UsageError(
+            f"collection {collection!r}: its points keep LangChain's text and metadata in payload keys "
+            f"{found[0]!r}/{found[1]!r}, the bundle's in {layout.keys[0]!r}/{layout.keys[1]!r}; restore into "
+            "another collection"
+        )
+    return replace(layout, existing=found)
+
+
 def _target_metadatas(layout: Applied, collection: str, batches: Iterable[pa.RecordBatch]) -> Iterator[Any]:
     """The framework's ``metadata`` of every record as the target will hold it (LanceDB's struct column)."""
     for batch in batches:
@@ -213,13 +241,14 @@ def apply(plan: ImportPlan, layout: Applied) -> ImportPlan:
         verified=layout.recorded,
         keys=layout.keys,
         collection_id=collection_id,
+        target_keys=layout.target_keys,
     )
     then = plan.transform
 
     def both(batch: pa.RecordBatch) -> pa.RecordBatch:
         return then(first(batch))
 
-    return replace(plan, transform=both, notes=(*plan.notes, *runbook(layout, plan)))
+    return replace(plan, transform=both, layout_transform=first, notes=(*plan.notes, *runbook(layout, plan)))
 
 
 #: Qdrant's names of the neutral distances, as an application passes them (``models.Distance.EUCLID``).

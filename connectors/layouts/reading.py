@@ -61,14 +61,33 @@ def view(
             raise ValueError("no document: LangChain reads the text of every record from it")
         return View(record_id, document, meta)
     node = _node(_li_flat(backend, meta))
-    if backend == "qdrant":
-        text = node.pop("text", None)
-        if document is not None or not isinstance(text, str):
-            raise ValueError(f"{LI_NODE!r} holds no text")
-    else:
-        text = document if document is not None or backend != "pgvector" else meta.get(pg_llamaindex.TEXT_COLUMN)
-        node.pop("text", None)
-    return View(record_id, text, node)
+    in_node = _node_text(node)
+    if backend != "qdrant":
+        outside = document if document is not None or backend != "pgvector" else meta.get(pg_llamaindex.TEXT_COLUMN)
+        return View(record_id, outside, node)
+    if document is not None or not isinstance(in_node, str):
+        raise ValueError(f"{LI_NODE!r} holds no text")
+    return View(record_id, in_node, node)
+
+
+def is_media_node(node: Mapping[str, Any]) -> bool:
+    """Whether `node` is of LlamaIndex's ``Node`` class, which keeps its text in ``text_resource.text``
+    (``TextNode`` and its kin keep it in ``text``)."""
+    return node.get("class_name") == "Node" or "text_resource" in node
+
+
+def _node_text(node: dict[str, Any]) -> Any:
+    """Takes the text out of `node` (a parsed ``_node_content``) where its class keeps it, and returns it
+    (None where the node holds none: the stores that keep the text outside remove it). Raises ValueError
+    for a ``text_resource`` that holds more than text (a path, a url: the stores without it lose them)."""
+    if not is_media_node(node):
+        return node.pop("text", None)
+    resource = node.pop("text_resource", None)
+    if resource is None:
+        return None
+    if not isinstance(resource, dict) or any(v is not None for k, v in resource.items() if k != "text"):
+        raise ValueError("its 'text_resource' holds more than text")
+    return resource.get("text")
 
 
 def _li_flat(backend: str, meta: Mapping[str, Any]) -> dict[str, Any]:
