@@ -105,8 +105,9 @@ def run_copy(
         RepositoryLock(target, "backup", f"copy from {source.storage.display()}"),
     ):
         present = set() if created else set(target.bundle_ids())  # a location just made holds no bundle
-        if since_newest and present:
-            wanted = [b for b in wanted if b > max(present)]
+        theirs = present.intersection(wanted)  # the source's bundles there (not ones backed up into it directly)
+        if since_newest and theirs:
+            wanted = [b for b in wanted if b > max(theirs)]
         if target.fully_encrypted:
             _same_generations(source, target, sorted(set(wanted) - present))
         copier = _Copier(source, target, key)
