@@ -218,18 +218,13 @@ class SafeFolder:
         """Remove the entries `written` (files or symlinks this object wrote, none followed) and then the
         folders it made (DIR too) that are empty again: what a failed restore into a new place leaves is
         nothing. Best effort: an entry that cannot be removed stays."""
-        for rel in written:
+        # The entries first, then the folders, deepest first (each empty once what it held is gone).
+        steps = [(rel, os.unlink) for rel in written] + [(rel, os.rmdir) for rel in reversed(self.made)]
+        for rel, remove in steps:
             with contextlib.suppress(OSError, UnsupportedFeatureError, UnavailableError):
                 dfd = self.parent_fd(root_fd, rel, create=False)
                 try:
-                    os.unlink(rel.rsplit("/", 1)[-1], dir_fd=dfd)
-                finally:
-                    os.close(dfd)
-        for rel in reversed(self.made):  # deepest first
-            with contextlib.suppress(OSError, UnsupportedFeatureError, UnavailableError):
-                dfd = self.parent_fd(root_fd, rel, create=False)
-                try:
-                    os.rmdir(rel.rsplit("/", 1)[-1], dir_fd=dfd)
+                    remove(rel.rsplit("/", 1)[-1], dir_fd=dfd)
                 finally:
                     os.close(dfd)
         if self.made_root:
