@@ -98,6 +98,11 @@ def render(config: Config, statuses: Sequence[SourceStatus], verified: dict[str,
         if test:
             add("aibackup_restore_test_success", int(bool(test.get("ok"))))
             add("aibackup_restore_test_rto_seconds", float(test.get("rto_seconds") or 0))
+    return _text(samples)
+
+
+def _text(samples: dict[str, list[tuple[str, float]]]) -> str:
+    """The Prometheus text of `samples` (metric -> (labels, value)), each metric with its HELP and TYPE."""
     lines: list[str] = []
     for metric, values in samples.items():
         if not values:
@@ -132,9 +137,7 @@ def write_metrics(config: Config, path: str) -> None:
 def unreadable(config: Config) -> str:
     """The metrics of a repository that cannot be read: every source breaches its RPO (nothing can be shown
     to be restorable), where the last good file would otherwise go on being served."""
-    samples = [f'aibackup_rpo_breached{{source="{_label(name)}"}} 1' for name in config.sources]
-    kind, text = HELP["aibackup_rpo_breached"]
-    return "\n".join([f"# HELP aibackup_rpo_breached {text}", f"# TYPE aibackup_rpo_breached {kind}", *samples]) + "\n"
+    return _text({"aibackup_rpo_breached": [(f'source="{_label(name)}"', 1.0) for name in config.sources]})
 
 
 def _replace(path: str, text: str) -> None:
