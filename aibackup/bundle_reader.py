@@ -63,7 +63,7 @@ class BundleReader:
         try:
             if read_data:
                 spool = self.spool
-                sha, size = spool.hash(part.path, part.bytes) if spool else storage.hash_file(part.path)
+                sha, size = spool.hash(part.path, part.bytes) if spool else storage.hash_file(part.path, part.bytes)
             else:
                 sha, size = None, storage.size(part.path)
         except FileNotFoundError:

@@ -110,7 +110,7 @@ def run_copy(
             wanted = [b for b in wanted if b > max(theirs)]
         if target.fully_encrypted:
             _same_generations(source, target, sorted(set(wanted) - present))
-        copier = _Copier(source, target, key)
+        copier = _Copier(source, target, key, fresh=created)
         for bundle_id in sorted(set(wanted)):
             if bundle_id in present:
                 result.skipped.append(bundle_id)
@@ -148,7 +148,7 @@ def _destination(
     found = Repository.find(storage)
     marker: bytes | None = None  # the source's marker, for a destination still to be made
     if found is None:
-        marker = source.storage.fs.cat_file(source.storage.full(MARKER))
+        marker = source.storage.read_stored(MARKER)
         target = Repository.with_marker(storage, marker)  # written below, once the key is known to open it
     else:
         target = found
@@ -187,9 +187,10 @@ def _same_generations(source: Repository, target: Repository, bundle_ids: Sequen
 class _Copier:
     """Copies bundles from one repository into another, sharing what it learned between bundles."""
 
-    def __init__(self, source: Repository, target: Repository, key: RepositoryKey | None) -> None:
+    def __init__(self, source: Repository, target: Repository, key: RepositoryKey | None, *, fresh: bool) -> None:
         self.source = source
         self.target = target
+        self._fresh = fresh  # a destination this run created holds nothing: no listing to ask
         self.ids = ChunkIds(key)  # the key run_copy opened (a 0.4 repository's from --key-file as much)
         self._source_index: ChunkIndex | None = None
         self._target_index: ChunkIndex | None = None
@@ -201,7 +202,9 @@ class _Copier:
     def bundle(self, bundle_id: str) -> int:
         """Copy one bundle (parts, packs, index, manifest last); returns the bytes written. IntegrityError
         naming what is damaged in the source (nothing of this bundle is published then)."""
-        manifest = self.source.load(bundle_id)  # authenticated when the source is encrypted
+        # Its stored bytes are read once: checked (authenticated when the source is encrypted) now, written last.
+        raw = self.source.stored_manifest(bundle_id)
+        manifest = self.source.load(bundle_id, stored=raw)
         written = 0
         # Parts travel PARTS_AT_ONCE at a time: one's upload completes (or its first ranges download) while
         # the next one streams. The first failure cancels those not started; the running ones finish.
@@ -215,7 +218,6 @@ class _Copier:
                     copied.cancel()
                 raise
         written += self._chunks(manifest)
-        raw = self.source.storage.fs.cat_file(self.source.storage.full(self.source.manifest_path(bundle_id)))
         self.target.storage.write_exclusive(self.target.manifest_path(bundle_id), raw, as_stored=True)
         return written + len(raw)
 
@@ -233,7 +235,7 @@ class _Copier:
         size = 0
         writer = dest.create(part.path, hashing=False)
         try:
-            for block in self.source.storage.read_blocks(part.path):
+            for block in self.source.storage.read_blocks(part.path, part.bytes):
                 sha.update(block)
                 size += len(block)
                 writer.write(block)
@@ -319,7 +321,7 @@ class _Copier:
         folder = "/".join(rel.split("/")[:2])
         with self._held_lock:
             if folder not in self._held:
-                self._held[folder] = self.target.storage.sizes_below(folder)
+                self._held[folder] = {} if self._fresh else self.target.storage.sizes_below(folder)
             return self._held[folder].get(rel)
 
     def _landed(self, rel: str, size: int) -> None:

@@ -191,7 +191,7 @@ def retire(repo: Repository, dry_run: bool = False) -> Retired:
         for folder in DOCUMENT_FOLDERS:
             for name in repo.storage.list_names(folder):
                 rel = f"{folder}/{name}"
-                raw = repo.storage.fs.cat_file(repo.storage.full(rel))
+                raw = repo.storage.read_stored(rel)
                 if generation_of(raw) not in unused:
                     continue
                 try:

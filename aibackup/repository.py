@@ -364,17 +364,22 @@ class Repository:
         names = self.storage.list_names(BUNDLES)
         return sorted(n[:-5] for n in names if n.endswith(".json") and id_time(n[:-5]) is not None)
 
-    def load(self, bundle_id: str) -> BundleManifest:
-        """Load and check one manifest.
+    def stored_manifest(self, bundle_id: str) -> bytes:
+        """A manifest's bytes as stored (sealed in an encrypted repository); BundleNotFoundError."""
+        try:
+            return self.storage.read_stored(self.manifest_path(bundle_id))
+        except FileNotFoundError:
+            raise BundleNotFoundError(f"no bundle {bundle_id!r} in {self.storage.display()}") from None
+
+    def load(self, bundle_id: str, *, stored: bytes | None = None) -> BundleManifest:
+        """Load and check one manifest; `stored`: its bytes from :meth:`stored_manifest`, where the caller
+        needs them too (a copy writes them as they are).
 
         Raises BundleNotFoundError, ManifestVersionError (newer format) or IntegrityError (damaged).
         """
         path = self.manifest_path(bundle_id)
         where = self.storage.display(path)
-        try:
-            raw = self.storage.read_bytes(path)
-        except FileNotFoundError:
-            raise BundleNotFoundError(f"no bundle {bundle_id!r} in {self.storage.display()}") from None
+        raw = self.storage.open_document(path, self.stored_manifest(bundle_id) if stored is None else stored)
         try:
             manifest = BundleManifest.from_bytes(raw, where)
         except ManifestVersionTooNewError as exc:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Generator, Iterator
 from typing import Any
 
 #: Bytes per multipart part and per ranged GET: boto3's transfer manager default (and above S3's 5 MiB minimum).
@@ -164,8 +164,10 @@ def _translated(exc: Exception) -> BaseException:
     return exc if isinstance(exc, OSError) else translate_boto_error(exc)
 
 
-async def _get_range(fs: Any, bucket: str, key: str, start: int, stop: int) -> bytes:
-    """Bytes [start, stop) of an object; a body that breaks off is asked again (RANGE_ATTEMPTS in all)."""
+async def _get_range(fs: Any, bucket: str, key: str, start: int, stop: int) -> tuple[bytes, int | None]:
+    """Bytes [start, stop) of an object, and the object's size as the answer states it (its Content-Range;
+    None where the storage leaves it out). An answer that stops short of `stop` because the object ends
+    there is whole; a body that breaks off is asked again (RANGE_ATTEMPTS in all)."""
     problem = ""
     for attempt in range(RANGE_ATTEMPTS):
         if attempt:
@@ -185,34 +187,92 @@ async def _get_range(fs: Any, bucket: str, key: str, start: int, stop: int) -> b
                 raise
             problem = f"{type(exc).__name__}: {exc}"
             continue
-        if len(data) == stop - start:
-            return data
+        total = _stated_size(answer.get("ContentRange"))
+        if len(data) == (stop if total is None else min(stop, total)) - start:
+            return data, total
         problem = f"{len(data)} of {stop - start} bytes"
     raise ShortReadError(
         f"the read of bytes {start}-{stop - 1} broke off {RANGE_ATTEMPTS} times (last: {problem}); try again"
     )
 
 
+def _stated_size(content_range: str | None) -> int | None:
+    """The object size a ``Content-Range: bytes A-B/SIZE`` answer states (None: not stated)."""
+    size = (content_range or "").rpartition("/")[2]
+    return int(size) if size.isdigit() else None
+
+
 def read_blocks(
-    fs: Any, path: str, size: int, *, block_size: int = BLOCK_SIZE, concurrency: int = CONCURRENCY
+    fs: Any,
+    path: str,
+    size: int | None = None,
+    *,
+    block_size: int = BLOCK_SIZE,
+    concurrency: int = CONCURRENCY,
 ) -> Iterator[bytes]:
-    """The `size` bytes of the object at `path`, in order, `block_size` at a time, with up to `concurrency`
-    ranged GETs in flight. An empty object reads as nothing. A generator: what it started is cancelled when
-    the caller stops early."""
+    """The bytes of the object at `path`, in order, `block_size` at a time, with up to `concurrency` ranged
+    GETs in flight. An empty object reads as nothing. A generator: what it started is cancelled when the
+    caller stops early.
+
+    `size`: the size the object should have (a manifest's), so that the ranges start at once instead of
+    after a HEAD request (one round trip per object). The answers state the object's real size: where it
+    differs (a truncated or grown object), the read goes on by the real one from the first block not yet
+    handed out, so the caller always gets the object's own bytes and sees their size. Without `size` (or
+    0), it is asked first."""
     bucket, key, _ = fs.split_path(path)
-    starts = iter(range(0, size, block_size))
-    pending: collections.deque[concurrent.futures.Future[bytes]] = collections.deque()
+    offset, confirmed = 0, False
+    if not size:
+        size, confirmed = int(fs.info(path)["size"]), True
+    while True:
+        resumed = yield from _blocks(fs, path, bucket, key, offset, size, confirmed, block_size, concurrency)
+        if resumed is None:
+            return
+        offset, size, confirmed = *resumed, True
+
+
+def _blocks(
+    fs: Any,
+    path: str,
+    bucket: str,
+    key: str,
+    offset: int,
+    size: int,
+    confirmed: bool,
+    block_size: int,
+    concurrency: int,
+) -> Generator[bytes, None, tuple[int, int] | None]:
+    """Blocks [offset, size) of :func:`read_blocks`; returns (offset, real size) of the first block not
+    handed out when the object turns out to have another size than `size` (None when it is read whole)."""
+    starts = iter(range(offset, size, block_size))
+    pending: collections.deque[tuple[int, concurrent.futures.Future[tuple[bytes, int | None]]]] = collections.deque()
 
     def refill() -> None:
         while len(pending) < concurrency and (start := next(starts, None)) is not None:
-            pending.append(_submit(fs, _get_range(fs, bucket, key, start, min(start + block_size, size))))
+            stop = min(start + block_size, size)
+            pending.append((start, _submit(fs, _get_range(fs, bucket, key, start, stop))))
 
     try:
         refill()
         while pending:
-            block = pending.popleft().result()
+            start, future = pending.popleft()
+            try:
+                block, total = future.result()
+            except OSError:
+                if confirmed:
+                    raise
+                # A range past the object's end is refused (416): the object is shorter than `size`.
+                total = int(fs.info(path)["size"])
+                if total == size:
+                    raise
+                return start, total
+            if total is None and not confirmed:  # the storage does not state it: asked once
+                total = int(fs.info(path)["size"])
+            confirmed = True
+            if total is not None and total != size:
+                return start, total
             refill()
             yield block
+        return None
     finally:
-        for future in pending:
+        for _, future in pending:
             future.cancel()

@@ -99,13 +99,13 @@ class PartSpool:
     def _fetch(self, rel: str, size_hint: int) -> tuple[str, int]:
         folder = self._folder()
         if shutil.disk_usage(folder).free < size_hint + RESERVE:
-            return self.storage.hash_file(rel)
+            return self.storage.hash_file(rel, size_hint)
         local = os.path.join(folder, f"{next(self._names):06d}.part")
         sha = hashlib.sha256()
         size = 0
         try:
             with open(local, "xb") as out:
-                for block in self.storage.read_blocks(rel):
+                for block in self.storage.read_blocks(rel, size_hint):
                     sha.update(block)
                     out.write(block)
                     size += len(block)

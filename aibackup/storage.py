@@ -150,7 +150,9 @@ class Storage:
             return self.full(rel)
         return f"s3://{self.full(rel)}"
 
-    def _open_document(self, rel: str, raw: bytes) -> bytes:
+    def open_document(self, rel: str, raw: bytes) -> bytes:
+        """The document stored at `rel` as `raw` (see :meth:`read_stored`), opened in an encrypted repository
+        (IntegrityError when it does not authenticate)."""
         return raw if self.documents is None else self.documents.open(rel, raw, self.display(rel))
 
     def encode_document(self, rel: str, data: bytes) -> bytes:
@@ -184,27 +186,36 @@ class Storage:
     def read_bytes(self, rel: str) -> bytes:
         """The whole document (opened, in an encrypted repository: IntegrityError when it does not
         authenticate). FileNotFoundError passes through for the caller to word."""
+        return self.open_document(rel, self.read_stored(rel))
+
+    def read_stored(self, rel: str) -> bytes:
+        """A small object's bytes as stored (a document still sealed), in one request: s3fs's ``cat_file``
+        asks an S3 object's size first (a HEAD, to read large objects in ranges), a second round trip for
+        every marker, manifest and lock. FileNotFoundError passes through for the caller to word."""
         with self._errors(rel):
-            data: bytes = self.fs.cat_file(self.full(rel))
-        return self._open_document(rel, data)
+            if self.is_local:
+                return bytes(self.fs.cat_file(self.full(rel)))
+            return bytes(self.fs.cat_file(self.full(rel), max_concurrency=1))
 
     def size(self, rel: str) -> int:
         with self._errors(rel):
             return int(self.fs.size(self.full(rel)))
 
-    def hash_file(self, rel: str) -> tuple[str, int]:
+    def hash_file(self, rel: str, size: int | None = None) -> tuple[str, int]:
         """sha256 and size of an object, streamed (see :meth:`read_blocks`: memory stays bounded, S3 reads
-        run several ranges at once)."""
+        run several ranges at once; `size` is the size it should have, as there)."""
         sha = hashlib.sha256()
         n = 0
-        for block in self.read_blocks(rel):
+        for block in self.read_blocks(rel, size):
             sha.update(block)
             n += len(block)
         return sha.hexdigest(), n
 
-    def read_blocks(self, rel: str) -> Iterator[bytes]:
+    def read_blocks(self, rel: str, size: int | None = None) -> Iterator[bytes]:
         """The bytes of an object in order, a block (at most 8 MiB) at a time: one sequential read on a
         local disk; on S3, up to :data:`aibackup.s3io.CONCURRENCY` ranged GETs in flight (64 MiB at most).
+        `size`: the size the object should have (its manifest's): on S3 the reads then start without asking
+        it first; the object's own bytes come either way (see :func:`aibackup.s3io.read_blocks`).
 
         A read that keeps breaking off (s3fs can answer short after a reset connection) is the storage, not
         a damaged object: each range is asked again (``s3io.RANGE_ATTEMPTS`` tries), then UnavailableError
@@ -217,7 +228,6 @@ class Storage:
                 return
             from aibackup import s3io
 
-            size = int(self.fs.info(self.full(rel))["size"])
             yield from s3io.read_blocks(self.fs, self.full(rel), size, block_size=CHUNK)
 
     def sizes_below(self, rel_dir: str) -> dict[str, int]:
@@ -273,7 +283,7 @@ class Storage:
                 else:
                     self.fs.pipe_file(path, stored, mode="create")
             except (FileExistsError, AlreadyExistsError):
-                held = self.fs.cat_file(path) if as_stored else self.read_bytes(rel)
+                held = self.read_stored(rel) if as_stored else self.read_bytes(rel)
                 if held != data:
                     raise AlreadyExistsError(f"{self.display(rel)} already exists") from None
 

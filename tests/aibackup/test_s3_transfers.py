@@ -63,6 +63,35 @@ def test_a_large_part_goes_up_in_parallel_parts_and_stays_exclusive(s3_env: Serv
     assert _uploads(bucket) == []  # the refused upload was aborted, not left to bill
 
 
+def test_a_read_given_the_expected_size_asks_no_size_and_still_gets_the_objects_own_bytes(
+    s3_env: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restore, verify and copy know each part's size from its manifest: their reads start at once (no HEAD
+    per part, a round trip each) and the answers' Content-Range says the object's real size, so an object
+    truncated or grown since still reads as its own bytes (and its size shows the damage)."""
+    storage = Storage(f"s3://{_bucket('s3io-sized')}/repo")
+    data = os.urandom(20 * MIB + 123)
+    _write(storage, "part.parquet", data)
+    asked: list[str] = []
+    info = type(storage.fs)._info
+
+    async def counting_info(self: object, path: str, **kwargs: object) -> object:
+        asked.append(path)
+        return await info(self, path, **kwargs)
+
+    monkeypatch.setattr(type(storage.fs), "_info", counting_info)
+    assert b"".join(storage.read_blocks("part.parquet", len(data))) == data
+    assert storage.hash_file("part.parquet", len(data)) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert asked == []
+    for expected in (len(data) + 5 * MIB, len(data) + 1, len(data) - 1, 9 * MIB, 1):
+        assert b"".join(storage.read_blocks("part.parquet", expected)) == data, expected
+        assert storage.hash_file("part.parquet", expected)[1] == len(data)
+    storage.fs.pipe_file(storage.full("empty.parquet"), b"")
+    assert b"".join(storage.read_blocks("empty.parquet", 8 * MIB)) == b""
+    with pytest.raises(FileNotFoundError):
+        b"".join(storage.read_blocks("missing.parquet", MIB))
+
+
 def test_a_part_written_without_hashing_counts_as_written_when_its_hash_is_given(s3_env: Server) -> None:
     """A copy writes parts without the writer's own hashing (it hashes them itself): when S3 applied the
     upload and its answer was lost, the retry meets the object, which is this part when the hash the copy
@@ -182,9 +211,9 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter[str]]:
     counted: Counter[str] = Counter()
     read_blocks, open_read = Storage.read_blocks, Storage.open_read
 
-    def counting_blocks(self: Storage, rel: str) -> Iterator[bytes]:
+    def counting_blocks(self: Storage, rel: str, size: int | None = None) -> Iterator[bytes]:
         counted[rel] += 1
-        return read_blocks(self, rel)
+        return read_blocks(self, rel, size)
 
     def counting_open(self: Storage, rel: str):  # type: ignore[no-untyped-def]
         counted[rel] += 1
@@ -223,6 +252,41 @@ def test_backup_restore_and_verify_read_each_part_from_s3_once(
     assert ok(cli("verify", "--repo", url, "--read-data", "--json")).json()["ok"]
     assert {p: reads[p] for p in parts} == dict.fromkeys(parts, 1)
     assert list(spooled.iterdir()) == []
+
+
+def test_copy_and_verify_ask_no_sizes_they_know_and_list_nothing_in_a_new_copy(
+    s3_env: Server, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each request is a round trip (tens of ms between regions): markers, manifests and locks are read
+    with one GET (no HEAD first), parts by the size their manifest gives, and a copy into a location it
+    has just made lists nothing there. Only the bucket is asked about (to say clearly when it is missing)."""
+    bucket = _bucket("s3io-asked")
+    url = f"s3://{bucket}/repo"
+    seed_chroma(tmp_path / "chroma", "docs", n=500, dim=16)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", url))
+    fs_type = type(Storage(url).fs)
+    asked: list[str] = []
+    listed: list[str] = []
+    info, find = fs_type._info, fs_type._find
+
+    async def counting_info(self: object, path: str, **kwargs: object) -> object:
+        asked.append(path)
+        return await info(self, path, **kwargs)
+
+    async def counting_find(self: object, path: str, *args: object, **kwargs: object) -> object:
+        listed.append(path)
+        return await find(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(fs_type, "_info", counting_info)
+    monkeypatch.setattr(fs_type, "_find", counting_find)
+    assert ok(cli("copy", "--repo", url, "--to-repo", str(tmp_path / "down"), "--json")).json()["copied"]
+    assert ok(cli("verify", "--repo", url, "--read-data", "--json")).json()["ok"]
+    assert set(asked) == {bucket}, asked
+    asked.clear()
+    up = ok(cli("copy", "--repo", str(tmp_path / "down"), "--to-repo", f"s3://{bucket}/up", "--json"))
+    assert up.json()["copied"]
+    assert set(asked) == {bucket}, asked
+    assert listed == [], listed
 
 
 def test_a_spool_without_room_reads_the_repository_again_and_restores_the_same(
