@@ -1,14 +1,16 @@
 """S3 transfers at the speed of the connection: multipart uploads with several parts in flight, and reads
-of one object as concurrent ranged GETs handed back in order.
+of one object as concurrent ranged GETs handed back in order, both through a boto3 client on a thread pool.
 
 s3fs's own file objects move one block at a time (``S3File`` uploads its parts one after the other; a read
 fetches one block, then the next). Measured against moto on this project's 2-core machine (five 26 MB
 objects, 8 MiB parts, 8 in flight): uploads through s3fs's aiohttp client took 0.95-1.1 s, the same parts
 through a boto3 client on a thread pool 0.6-0.8 s, like boto3's own ``upload_fileobj`` (the payload hashing
-and checksums botocore computes per part run on several threads rather than on the one event loop);
-ranged GETs through s3fs's client were as fast as boto3's ``download_file``. So uploads use a boto3 client
+and checksums botocore computes per part run on several threads rather than on the one event loop). Reads
+likewise: the same ranged GETs of a 126 MiB bundle took 0.39-0.45 s and 0.32-0.39 CPU s through s3fs's
+aiohttp client (bodies read in small chunks on its one event loop), 0.26-0.33 s and 0.18-0.22 CPU s through
+the boto3 client (urllib3 reads a body whole). So both use a boto3 client
 (:func:`aibackup.s3_settings.S3Settings.client`, the same endpoint, region, credentials, retries and
-server-side encryption as the s3fs filesystem) and reads run on s3fs's event loop.
+server-side encryption as the s3fs filesystem, which keeps listings, small documents and size queries).
 
 Memory is bounded per object: at most ``concurrency`` blocks of ``block_size`` bytes in flight, plus the
 block being filled (a write) or handed out (a read): 8 x 8 MiB = 64 MiB by default.
@@ -16,10 +18,10 @@ block being filled (a write) or handed out (a read): 8 x 8 MiB = 64 MiB by defau
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
-from collections.abc import Coroutine, Generator, Iterator
+import time
+from collections.abc import Generator, Iterator
 from typing import Any
 
 #: Bytes per multipart part and per ranged GET: boto3's transfer manager default (and above S3's 5 MiB minimum).
@@ -42,11 +44,6 @@ MAX_PARTS = 10_000
 
 class ShortReadError(OSError):
     """A ranged GET kept answering fewer bytes than it asked for (the storage breaking off)."""
-
-
-def _submit(fs: Any, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
-    """Run `coro` on s3fs's event loop (its own thread) and return a future for this thread to wait on."""
-    return asyncio.run_coroutine_threadsafe(coro, fs.loop)
 
 
 class ParallelUpload:
@@ -178,27 +175,36 @@ def _translated(exc: Exception) -> BaseException:
     return exc if isinstance(exc, OSError) else translate_boto_error(exc)
 
 
-async def _get_range(fs: Any, bucket: str, key: str, start: int, stop: int) -> tuple[bytes, int | None]:
+def _broken(exc: Exception) -> bool:
+    """Whether `exc` is an answer that broke off mid-body (a reset, a short body, a read that timed out),
+    which the next try of the same range may get whole; botocore retried errors before the body already."""
+    return isinstance(exc, TimeoutError | ConnectionError) or type(exc).__name__ in (
+        "IncompleteReadError",  # fewer bytes than the Content-Length said
+        "ResponseStreamingError",  # urllib3's ProtocolError: the connection broke mid-body
+        "ReadTimeoutError",
+        "ConnectionClosedError",
+    )
+
+
+def _get_range(client: Any, bucket: str, key: str, start: int, stop: int) -> tuple[bytes, int | None]:
     """Bytes [start, stop) of an object, and the object's size as the answer states it (its Content-Range;
     None where the storage leaves it out). An answer that stops short of `stop` because the object ends
-    there is whole; a body that breaks off is asked again (RANGE_ATTEMPTS in all)."""
+    there is whole; a body that breaks off is asked again (RANGE_ATTEMPTS in all). Errors as s3fs words
+    them (see :func:`_translated`)."""
     problem = ""
     for attempt in range(RANGE_ATTEMPTS):
         if attempt:
-            await asyncio.sleep(0.1 * 2 ** (attempt - 1))
+            time.sleep(0.1 * 2 ** (attempt - 1))
         try:
-            answer = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}")
+            answer = client.get_object(Bucket=bucket, Key=key, Range=f"bytes={start}-{stop - 1}")
+            body = answer["Body"]
             try:
-                data = await answer["Body"].read()
+                data = body.read()
             finally:
-                answer["Body"].close()
-        except (TimeoutError, ConnectionError) as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-            continue
+                body.close()
         except Exception as exc:
-            # aiohttp's payload errors (a reset mid-body) share no base class with the others.
-            if "Payload" not in type(exc).__name__ and "Disconnect" not in type(exc).__name__:
-                raise
+            if not _broken(exc):
+                raise _translated(exc) from None
             problem = f"{type(exc).__name__}: {exc}"
             continue
         total = _stated_size(answer.get("ContentRange"))
@@ -218,75 +224,84 @@ def _stated_size(content_range: str | None) -> int | None:
 
 def read_blocks(
     fs: Any,
+    client: Any,
+    pool: concurrent.futures.Executor,
     path: str,
     size: int | None = None,
     *,
     block_size: int = BLOCK_SIZE,
     concurrency: int = CONCURRENCY,
 ) -> Iterator[bytes]:
-    """The bytes of the object at `path`, in order, `block_size` at a time, with up to `concurrency` ranged
-    GETs in flight. An empty object reads as nothing. A generator: what it started is cancelled when the
-    caller stops early.
+    """The bytes of the object at `path` (``bucket/key``), in order, `block_size` at a time, with up to
+    `concurrency` ranged GETs in flight on `pool`'s threads (through `client`, a boto3 S3 client; `fs`, the
+    s3fs filesystem, answers size queries). An empty object reads as nothing. A generator: what it started
+    is cancelled when the caller stops early.
 
     `size`: the size the object should have (a manifest's), so that the ranges start at once instead of
     after a HEAD request (one round trip per object). The answers state the object's real size: where it
     differs (a truncated or grown object), the read goes on by the real one from the first block not yet
     handed out, so the caller always gets the object's own bytes and sees their size. Without `size` (or
     0), it is asked first."""
-    bucket, key, _ = fs.split_path(path)
+    bucket, _, key = path.partition("/")
     offset, confirmed = 0, False
     if not size:
         size, confirmed = int(fs.info(path)["size"]), True
+    ranges = _Ranges(client, pool, bucket, key, block_size, concurrency)
     while True:
-        resumed = yield from _blocks(fs, path, bucket, key, offset, size, confirmed, block_size, concurrency)
+        resumed = yield from ranges.blocks(fs, path, offset, size, confirmed)
         if resumed is None:
             return
         offset, size, confirmed = *resumed, True
 
 
-def _blocks(
-    fs: Any,
-    path: str,
-    bucket: str,
-    key: str,
-    offset: int,
-    size: int,
-    confirmed: bool,
-    block_size: int,
-    concurrency: int,
-) -> Generator[bytes, None, tuple[int, int] | None]:
-    """Blocks [offset, size) of :func:`read_blocks`; returns (offset, real size) of the first block not
-    handed out when the object turns out to have another size than `size` (None when it is read whole)."""
-    starts = iter(range(offset, size, block_size))
-    pending: collections.deque[tuple[int, concurrent.futures.Future[tuple[bytes, int | None]]]] = collections.deque()
+class _Ranges:
+    """The ranged GETs of one pass of :func:`read_blocks` over an object."""
 
-    def refill() -> None:
-        while len(pending) < concurrency and (start := next(starts, None)) is not None:
-            stop = min(start + block_size, size)
-            pending.append((start, _submit(fs, _get_range(fs, bucket, key, start, stop))))
+    def __init__(
+        self, client: Any, pool: concurrent.futures.Executor, bucket: str, key: str, block_size: int, concurrency: int
+    ) -> None:
+        self._client, self._pool = client, pool
+        self._bucket, self._key = bucket, key
+        self._block, self._concurrency = block_size, concurrency
 
-    try:
-        refill()
-        while pending:
-            start, future = pending.popleft()
-            try:
-                block, total = future.result()
-            except OSError:
-                if confirmed:
-                    raise
-                # A range past the object's end is refused (416): the object is shorter than `size`.
-                total = int(fs.info(path)["size"])
-                if total == size:
-                    raise
-                return start, total
-            if total is None and not confirmed:  # the storage does not state it: asked once
-                total = int(fs.info(path)["size"])
-            confirmed = True
-            if total is not None and total != size:
-                return start, total
+    def blocks(
+        self, fs: Any, path: str, offset: int, size: int, confirmed: bool
+    ) -> Generator[bytes, None, tuple[int, int] | None]:
+        """Blocks [offset, size); returns (offset, real size) of the first block not handed out when the
+        object turns out to have another size than `size` (None when it is read whole)."""
+        starts = iter(range(offset, size, self._block))
+        pending: collections.deque[tuple[int, concurrent.futures.Future[tuple[bytes, int | None]]]] = (
+            collections.deque()
+        )
+
+        def refill() -> None:
+            while len(pending) < self._concurrency and (start := next(starts, None)) is not None:
+                stop = min(start + self._block, size)
+                args = (self._client, self._bucket, self._key, start, stop)
+                pending.append((start, self._pool.submit(_get_range, *args)))
+
+        try:
             refill()
-            yield block
-        return None
-    finally:
-        for _, future in pending:
-            future.cancel()
+            while pending:
+                start, future = pending.popleft()
+                try:
+                    block, total = future.result()
+                except OSError:
+                    if confirmed:
+                        raise
+                    # A range past the object's end is refused (416): the object is shorter than `size`.
+                    total = int(fs.info(path)["size"])
+                    if total == size:
+                        raise
+                    return start, total
+                if total is None and not confirmed:  # the storage does not state it: asked once
+                    total = int(fs.info(path)["size"])
+                confirmed = True
+                if total is not None and total != size:
+                    return start, total
+                refill()
+                yield block
+            return None
+        finally:
+            for _, future in pending:
+                future.cancel()

@@ -228,7 +228,8 @@ class Storage:
                 return
             from aibackup import s3io
 
-            yield from s3io.read_blocks(self.fs, self.full(rel), size, block_size=CHUNK)
+            client, pool = self._transfers()
+            yield from s3io.read_blocks(self.fs, client, pool, self.full(rel), size, block_size=CHUNK)
 
     def sizes_below(self, rel_dir: str) -> dict[str, int]:
         """The size of every object below a folder, by repository-relative path ({} when there is none):
@@ -330,18 +331,25 @@ class Storage:
             # at a time), while the writer encodes the next: 8 x 8 MiB in memory at most.
             return HashingWriter(self._upload(path), hashing=hashing, copy=copy, errors=errors)
 
-    def _upload(self, path: str) -> Any:
+    def _transfers(self) -> tuple[Any, concurrent.futures.ThreadPoolExecutor]:
+        """The boto3 client and thread pool of this repository's part uploads and reads (:mod:`aibackup.s3io`),
+        made at the first: room for two objects' blocks in flight at once."""
         from aibackup import s3io
 
         with self._lock:  # two packs close at once (aibackup.chunk_writer), two parts copy at once (aibackup.copy)
-            if self._client is None:
+            if self._client is None or self._pool is None:
                 self._client = self.s3.client()
                 self._pool = concurrent.futures.ThreadPoolExecutor(
-                    2 * s3io.CONCURRENCY, thread_name_prefix="aibackup-upload"
+                    2 * s3io.CONCURRENCY, thread_name_prefix="aibackup-s3"
                 )
-        assert self._pool is not None
+            return self._client, self._pool
+
+    def _upload(self, path: str) -> Any:
+        from aibackup import s3io
+
+        client, pool = self._transfers()
         bucket, _, key = path.partition("/")
-        return s3io.ParallelUpload(self._client, self._pool, bucket, key, extra=self.s3.additional, block_size=CHUNK)
+        return s3io.ParallelUpload(client, pool, bucket, key, extra=self.s3.additional, block_size=CHUNK)
 
     def settle_part(self, writer: HashingWriter, rel: str) -> None:
         """Hand every byte written to a part through :meth:`create` to the storage (its sha256 and size are
