@@ -77,14 +77,26 @@ class PartSpool:
             return self._dir
 
     def fetch_ahead(self, parts: Iterable[tuple[str, int]]) -> None:
-        """Start fetching these (path, size) parts in the background, :data:`PARTS_AT_ONCE` at a time and in
-        this order, so that the caller works on one part while the next ones download. :meth:`hash` and
-        :meth:`open` of a part fetched ahead wait for it (and :meth:`hash` raises what its fetch raised)."""
+        """Start fetching these (path, size) parts in the background, in this order, so that the caller works
+        on one part while the next ones download: the first alone (the caller waits for it, so it gets the
+        whole connection), then :data:`PARTS_AT_ONCE` at a time (one finishing while the next starts).
+        :meth:`hash` and :meth:`open` of a part fetched ahead wait for it (and :meth:`hash` raises what its
+        fetch raised)."""
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(PARTS_AT_ONCE, thread_name_prefix="aibackup-spool")
+        first: concurrent.futures.Future[tuple[str, int]] | None = None
         for rel, size in parts:
             if rel not in self._ahead and rel not in self._files:
-                self._ahead[rel] = self._pool.submit(self._fetch, rel, size)
+                if first is None:
+                    first = self._ahead[rel] = self._pool.submit(self._fetch, rel, size)
+                else:
+                    self._ahead[rel] = self._pool.submit(self._fetch_after, first, rel, size)
+
+    def _fetch_after(
+        self, first: concurrent.futures.Future[tuple[str, int]], rel: str, size_hint: int
+    ) -> tuple[str, int]:
+        concurrent.futures.wait([first])  # its outcome is for hash() to report
+        return self._fetch(rel, size_hint)
 
     def hash(self, rel: str, size_hint: int) -> tuple[str, int]:
         """sha256 and size of the part at `rel`, read once from the repository and kept in the spool when

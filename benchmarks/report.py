@@ -768,7 +768,8 @@ def _s3(s: dict[str, Any]) -> list[str]:
         "the bare loop even if every part's download overlapped every other part's decoding perfectly; where the "
         "client has cores to spare (any real machine reading a real S3), the decoding runs beside the download.",
         "- **restore read side**: before the target is opened, every part is re-hashed (downloaded into the "
-        "spool, two parts at once) and each part's records are digested as soon as its hash is proven, while "
+        "spool: the first part alone, so that its records can be digested as early as possible, then two "
+        "parts at once; since 2026-12-06) and each part's records are digested as soon as its hash is proven, while "
         f"the next parts download ({rd['s3']['hash_seconds']:.2f} s from S3 against "
         f"{rd['local']['hash_seconds']:.2f} s from the page cache); a damaged part still leaves no target, not "
         "even an empty store. The import then reads the local spool at local speed. (Until 2026-12-06 the "
