@@ -255,7 +255,7 @@ def read_blocks(
 
 
 class _Ranges:
-    """The ranged GETs of one pass of :func:`read_blocks` over an object."""
+    """The ranged GETs of :func:`read_blocks` over one object (a pass per size it learns of the object)."""
 
     def __init__(
         self, client: Any, pool: concurrent.futures.Executor, bucket: str, key: str, block_size: int, concurrency: int

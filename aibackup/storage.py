@@ -217,7 +217,7 @@ class Storage:
         `size`: the size the object should have (its manifest's): on S3 the reads then start without asking
         it first; the object's own bytes come either way (see :func:`aibackup.s3io.read_blocks`).
 
-        A read that keeps breaking off (s3fs can answer short after a reset connection) is the storage, not
+        A read that keeps breaking off (an answer cut short by a reset connection) is the storage, not
         a damaged object: each range is asked again (``s3io.RANGE_ATTEMPTS`` tries), then UnavailableError
         (exit 3). A truncated object states its own, smaller size. FileNotFoundError passes through."""
         with self._errors(rel):
