@@ -487,16 +487,16 @@ def _verify_before_writing(
     for dataset, part in others:
         check(dataset, part)
     for dataset in datasets:
-        digest = DatasetDigest(algorithm=dataset.digest_algorithm)
-        records = set() if dataset.chained else {part.path for part in dataset.parts}
-        for part in dataset.all_parts():
-            check(dataset, part)
-            if part.path in records:
-                for batch in prefetch(reader.part_records(dataset, part)):  # decoded while this digests
-                    digest.add_batch(batch)
         if dataset.chained:
+            for part in dataset.all_parts():
+                check(dataset, part)
+            digest = DatasetDigest(algorithm=dataset.digest_algorithm)
             for batch in prefetch(reader.batches(dataset)):
                 digest.add_batch(batch)
+        else:  # each record part digested once its hash is proven, two at a time, while the next download
+            digest = reader.parts_digest(dataset, dataset.parts, before=partial(check, dataset))
+            for part in dataset.all_parts()[len(dataset.parts) :]:  # its record index
+                check(dataset, part)
         if (digest.hexdigest, digest.rows) != (dataset.digest, dataset.rows):
             raise IntegrityError(
                 f"refusing to restore: the records of collection {dataset.name!r} in bundle "

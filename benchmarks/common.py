@@ -259,9 +259,9 @@ def timed_restore(repo: str, target: str) -> dict[str, Any]:
 def restore_read_side(repo_url: str, bundle_id: str) -> dict[str, Any]:
     """The read side of a restore of the bundle's first dataset into a target that discards, as
     ``run_restore`` reads: re-hash every part the dataset needs (fetched ahead; a remote repository's parts
-    are downloaded once, into the spool) and recompute the digest (a full dataset's part by part, each
-    part once its hash is proven, while the next ones download; a chain's after every part is proven),
-    then stream the records again (the import). Seconds of each step: ``hash_seconds`` (with a full
+    are downloaded once, into the spool) and recompute the digest (a full dataset's part by part, two at a
+    time, each once its hash is proven, while the next ones download; a chain's after every part is
+    proven), then stream the records again (the import). Seconds of each step: ``hash_seconds`` (with a full
     dataset's digest), ``validate_seconds`` (a chain's digest), ``stream_seconds``; ``close_seconds``:
     removing the spool."""
     from aibackup.bundle_reader import BundleReader
@@ -274,14 +274,19 @@ def restore_read_side(repo_url: str, bundle_id: str) -> dict[str, Any]:
     clock = Stopwatch()
     with BundleReader(repo, spool=True) as reader:
         reader.fetch_ahead(dataset.all_parts())
-        digest = DatasetDigest(algorithm=dataset.digest_algorithm)
-        records = set() if dataset.chained else {part.path for part in dataset.parts}
-        for part in dataset.all_parts():
+
+        def check(part: Any) -> None:
             if problem := reader.check_part(part, read_data=True):
                 raise RuntimeError(problem)
-            if part.path in records:
-                for batch in prefetch(reader.part_records(dataset, part)):
-                    digest.add_batch(batch)
+
+        if dataset.chained:
+            for part in dataset.all_parts():
+                check(part)
+            digest = DatasetDigest(algorithm=dataset.digest_algorithm)
+        else:
+            digest = reader.parts_digest(dataset, dataset.parts, before=check)
+            for part in dataset.all_parts()[len(dataset.parts) :]:
+                check(part)
         hashed = time.perf_counter()
         if dataset.chained:
             for batch in prefetch(reader.batches(dataset)):

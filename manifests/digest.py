@@ -224,6 +224,13 @@ class DatasetDigest:
         self._sum = (self._sum + digest_sum(joined)) % MOD
         self.rows += len(joined) // 16
 
+    def add(self, other: DatasetDigest) -> None:
+        """Add the records `other` holds (a share of the same dataset digested apart, e.g. one part)."""
+        if (other.algorithm, other._exclude) != (self.algorithm, self._exclude):
+            raise ValueError("digests of different algorithms or exclusions do not add up")
+        self._sum = (self._sum + other._sum) % MOD
+        self.rows += other.rows
+
     def add_batch(self, batch: pa.RecordBatch) -> list[bytes]:
         """Add every record of `batch`; returns their digests for callers that need them too."""
         digests = record_digests(batch, self._exclude, self.algorithm)

@@ -63,6 +63,37 @@ def test_parts_roll_and_read_back_exactly(tmp_path: Path) -> None:
     assert dataset.digest == digest.hexdigest
 
 
+def test_parts_digested_two_at_a_time_give_the_manifests_digest_and_the_first_damage_in_order(
+    tmp_path: Path,
+) -> None:
+    """Restore and verify digest a dataset's record parts two at once (each on a thread of its own): the
+    shares add up to the manifest's digest and row count; of two damaged parts the first is named, as a
+    part-by-part read names it; a check run before each part stops the digest at the first it refuses."""
+    cfg = config(32)
+    batches = [canonical_batch(cfg, i * 100, 100) for i in range(10)]
+    repo, dataset = write(tmp_path, batches, cfg, WriteOptions(row_group_bytes=20_000, part_bytes=60_000))
+    assert len(dataset.parts) >= 4
+    reader = BundleReader(repo)
+    digest = reader.parts_digest(dataset, dataset.parts)
+    assert (digest.hexdigest, digest.rows) == (dataset.digest, dataset.rows)
+    seen: list[str] = []
+    reader.parts_digest(dataset, dataset.parts, before=lambda part: seen.append(part.path))
+    assert sorted(seen) == sorted(p.path for p in dataset.parts)
+    second, third = dataset.parts[1], dataset.parts[2]
+    for part in (second, third):
+        path = Path(repo.storage.full(part.path))
+        path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(IntegrityError, match=second.path.split("/")[-1]):
+        reader.parts_digest(dataset, dataset.parts)
+
+    def refuse(part: object) -> None:
+        if part == second:
+            raise IntegrityError("refused")
+
+    with pytest.raises(IntegrityError, match="refused"):
+        reader.parts_digest(dataset, dataset.parts, before=refuse)
+
+
 def _encoder_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith(("aibackup-encoder", "aibackup-part-writer"))]
 
