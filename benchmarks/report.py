@@ -702,8 +702,8 @@ def _s3(s: dict[str, Any]) -> list[str]:
     ]
     out = [
         f"{s['rows']:,} × {s['dim']} from the cached Chroma store: a bundle of {size / MIB:.1f} MiB. S3 is moto's "
-        "server (`moto_server`, the one the tests use: Python, objects in memory) on this machine's loopback, "
-        "sharing its two cores with the client. Each pair alternates, "
+        "server (`moto_server`, the one the tests use: Python; objects in memory, each past 5 MB spilled to a "
+        "temporary file) on this machine's loopback, sharing its two cores with the client. Each pair alternates, "
         f"{s['repeats']} runs (verify and read: {s['quick_repeats']}), fastest of each; the bare loops are boto3's "
         f"managed transfers (`TransferConfig(max_concurrency={s['transfer_threads']})`), a part after the other.",
         "",
@@ -760,7 +760,10 @@ def _s3(s: dict[str, Any]) -> list[str]:
         "- **verify --read-data** decodes every record against the dataset digest, which the bare loop does not "
         "(verify on local disk alone is "
         f"{v['local']['seconds'] / v['bare']['seconds']:.2f}× the bare S3 loop); each part is downloaded once and "
-        "the records of one part are decoded while the next ones download. The floor on two cores: verify's "
+        "the records of one part are decoded while the next ones download, two parts' records at once, each on "
+        "a thread of its own (one part's hashing overlaps another's decoding; since 2026-12-06: verify on local "
+        "disk went from 0.58 to 0.46 s, from S3 from 0.69 to 0.61 s, fastest of 8 in one run). The floor on two "
+        "cores: verify's "
         f"own CPU on local disk ({v['local']['cpu_seconds']:.2f} s, most of it decoding and digesting records) "
         f"plus the download's ({v['bare']['cpu_seconds']:.2f} s in the bare loop) and moto's "
         f"({v['s3']['moto_cpu_seconds']:.2f} s), spread over two cores: "
@@ -769,7 +772,8 @@ def _s3(s: dict[str, Any]) -> list[str]:
         "client has cores to spare (any real machine reading a real S3), the decoding runs beside the download.",
         "- **restore read side**: before the target is opened, every part is re-hashed (downloaded into the "
         "spool: the first part alone, so that its records can be digested as early as possible, then two "
-        "parts at once; since 2026-12-06) and each part's records are digested as soon as its hash is proven, while "
+        "parts at once; since 2026-12-06) and each part's records are digested as soon as its hash is proven, two "
+        "parts at a time (since 2026-12-06), while "
         f"the next parts download ({rd['s3']['hash_seconds']:.2f} s from S3 against "
         f"{rd['local']['hash_seconds']:.2f} s from the page cache); a damaged part still leaves no target, not "
         "even an empty store. The import then reads the local spool at local speed. (Until 2026-12-06 the "

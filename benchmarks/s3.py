@@ -51,8 +51,9 @@ from benchmarks.common import Stopwatch, fastest, restore_read_side, run_child, 
 
 MODULE = "benchmarks.s3"
 BUCKET = "aibackup-bench"
-#: Verify and the restore read side take a second or two each, and vary: each alternates this many times at least.
-QUICK_REPEATS = 5
+#: Verify and the restore read side take about a second each and vary (this machine is shared): each alternates
+#: this many times at least.
+QUICK_REPEATS = 9
 #: Threads of boto3's managed transfers in the bare loops (``TransferConfig(max_concurrency=...)``).
 TRANSFER_THREADS = 10
 #: moto alone: object size and the thread counts its PUT and GET are measured from.
