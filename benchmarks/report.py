@@ -787,8 +787,10 @@ def _s3(s: dict[str, Any]) -> list[str]:
         "and a location the copy has just made is not listed (11 requests before the first byte of a copy to "
         "S3 became 7; 11 before a copy from S3 became 7, and one per part fewer). Uploads go through "
         "a boto3 client on a thread pool: through s3fs's aiohttp client the same parts took 0.95-1.1 s against "
-        "0.6-0.8 s (five 26 MB objects), the per-part payload hashing running on its one event loop. The two "
-        "clients (s3fs's for listings and reads, boto3's for uploads) share one botocore data loader, so S3's "
+        "0.6-0.8 s (five 26 MB objects), the per-part payload hashing running on its one event loop; parts come "
+        "down through the same boto3 client (since 2026-12-06: through s3fs's the bundle's ranged GETs took "
+        "0.32-0.39 CPU s, through boto3 0.17, CPU that decoding needs on two cores). The two clients (s3fs's for "
+        "listings and small documents, boto3's for parts) share one botocore data loader, so S3's "
         "service model and endpoint rules are parsed once, not once a client (~0.06 s of every backup and copy "
         "to S3, measured apart; since 2026-12-06).",
     ]
