@@ -242,13 +242,12 @@ def read_blocks(
     differs (a truncated or grown object), the read goes on by the real one from the first block not yet
     handed out, so the caller always gets the object's own bytes and sees their size. Without `size` (or
     0), it is asked first."""
-    bucket, _, key = path.partition("/")
+    ranges = _Ranges(fs, client, pool, path, block_size, concurrency)
     offset, confirmed = 0, False
     if not size:
-        size, confirmed = int(fs.info(path)["size"]), True
-    ranges = _Ranges(client, pool, bucket, key, block_size, concurrency)
+        size, confirmed = ranges.real_size(), True
     while True:
-        resumed = yield from ranges.blocks(fs, path, offset, size, confirmed)
+        resumed = yield from ranges.blocks(offset, size, confirmed)
         if resumed is None:
             return
         offset, size, confirmed = *resumed, True
@@ -258,15 +257,18 @@ class _Ranges:
     """The ranged GETs of :func:`read_blocks` over one object (a pass per size it learns of the object)."""
 
     def __init__(
-        self, client: Any, pool: concurrent.futures.Executor, bucket: str, key: str, block_size: int, concurrency: int
+        self, fs: Any, client: Any, pool: concurrent.futures.Executor, path: str, block_size: int, concurrency: int
     ) -> None:
+        self._fs, self._path = fs, path
         self._client, self._pool = client, pool
-        self._bucket, self._key = bucket, key
+        self._bucket, _, self._key = path.partition("/")
         self._block, self._concurrency = block_size, concurrency
 
-    def blocks(
-        self, fs: Any, path: str, offset: int, size: int, confirmed: bool
-    ) -> Generator[bytes, None, tuple[int, int] | None]:
+    def real_size(self) -> int:
+        """The object's size, asked of the storage (a HEAD)."""
+        return int(self._fs.info(self._path)["size"])
+
+    def blocks(self, offset: int, size: int, confirmed: bool) -> Generator[bytes, None, tuple[int, int] | None]:
         """Blocks [offset, size); returns (offset, real size) of the first block not handed out when the
         object turns out to have another size than `size` (None when it is read whole)."""
         starts = iter(range(offset, size, self._block))
@@ -290,12 +292,12 @@ class _Ranges:
                     if confirmed:
                         raise
                     # A range past the object's end is refused (416): the object is shorter than `size`.
-                    total = int(fs.info(path)["size"])
+                    total = self.real_size()
                     if total == size:
                         raise
                     return start, total
                 if total is None and not confirmed:  # the storage does not state it: asked once
-                    total = int(fs.info(path)["size"])
+                    total = self.real_size()
                 confirmed = True
                 if total is not None and total != size:
                     return start, total
