@@ -21,7 +21,7 @@ from aibackup.pipeline import prefetch
 from aibackup.repository import Repository
 from aibackup.spool import PartSpool
 
-#: Record parts :meth:`BundleReader.parts_digest` decodes and digests at once, each on a thread of its own
+#: Record parts :meth:`BundleReader.dataset_digest` decodes and digests at once, each on a thread of its own
 #: (with a decoding thread of its own): one part's Python-bound hashing overlaps another's decoding, so two
 #: cores work where one pipeline kept about 1.3 busy.
 DIGEST_WORKERS = 2
@@ -115,17 +115,25 @@ class BundleReader:
         start = int(part_starts(dataset)[dataset.parts.index(part)])
         yield from self._live([part], dataset_schema(dataset), batch_rows, columns, removed, start)
 
-    def parts_digest(
-        self,
-        dataset: DatasetManifest,
-        parts: Sequence[PartEntry],
-        before: Callable[[PartEntry], None] | None = None,
+    def dataset_digest(
+        self, dataset: DatasetManifest, before: Callable[[PartEntry], None] | None = None
     ) -> DatasetDigest:
-        """The digest of the records of `parts` (record parts of `dataset`, which is not chained), each part
-        decoded and digested on its own thread, :data:`DIGEST_WORKERS` at a time, in this order (a spool's
-        downloads come in the same order). `before(part)` runs on that thread before the part is read
-        (restore re-hashes it there and refuses damage). What a part raises is raised here, the first in
-        part order; the parts not started by then are not read."""
+        """The digest of `dataset`'s live records, decoded from its parts. `before(part)` runs for every part
+        the dataset needs before its records are read (restore re-hashes the part there and refuses damage);
+        what it or a part raises is raised here, the first in part order.
+
+        A chain's records are its links' less their tombstones, digested in order once every part passed
+        `before`. Otherwise each record part is decoded and digested on a thread of its own,
+        :data:`DIGEST_WORKERS` at a time, in order (a spool's downloads come in the same order), right after
+        its own `before`; the parts not started when one fails are not read."""
+        digest = DatasetDigest(algorithm=dataset.digest_algorithm)
+        if dataset.chained:
+            for part in dataset.all_parts():
+                if before is not None:
+                    before(part)
+            for batch in prefetch(self.batches(dataset)):  # decoded while this thread digests
+                digest.add_batch(batch)
+            return digest
 
         def one(part: PartEntry) -> DatasetDigest:
             if before is not None:
@@ -135,15 +143,17 @@ class BundleReader:
                 share.add_batch(batch)
             return share
 
-        digest = DatasetDigest(algorithm=dataset.digest_algorithm)
         with concurrent.futures.ThreadPoolExecutor(DIGEST_WORKERS, thread_name_prefix="aibackup-digest") as pool:
-            shares = [pool.submit(one, part) for part in parts]
+            shares = [pool.submit(one, part) for part in dataset.parts]
             try:
                 for share in shares:
                     digest.add(share.result())
             finally:
                 for share in shares:
                     share.cancel()
+        for part in dataset.all_parts()[len(dataset.parts) :]:  # its record index
+            if before is not None:
+                before(part)
         return digest
 
     def removed(self, dataset: DatasetManifest) -> Removed | None:

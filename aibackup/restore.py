@@ -30,7 +30,6 @@ from aibackup.connectors.base import MODES, ChunkedConnector, Connector, Dataset
 from aibackup.connectors.registry import connector_class, open_connector, parse_location
 from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UnsupportedFeatureError, UsageError
 from aibackup.lossy import LossTally
-from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import BundleManifest, DatasetManifest, PartEntry
 from aibackup.manifests.vectors import METADATA, parse_metadata
@@ -487,16 +486,8 @@ def _verify_before_writing(
     for dataset, part in others:
         check(dataset, part)
     for dataset in datasets:
-        if dataset.chained:
-            for part in dataset.all_parts():
-                check(dataset, part)
-            digest = DatasetDigest(algorithm=dataset.digest_algorithm)
-            for batch in prefetch(reader.batches(dataset)):
-                digest.add_batch(batch)
-        else:  # each record part digested once its hash is proven, two at a time, while the next download
-            digest = reader.parts_digest(dataset, dataset.parts, before=partial(check, dataset))
-            for part in dataset.all_parts()[len(dataset.parts) :]:  # its record index
-                check(dataset, part)
+        # Each record part digested once its hash is proven, two at a time, while the next ones download.
+        digest = reader.dataset_digest(dataset, before=partial(check, dataset))
         if (digest.hexdigest, digest.rows) != (dataset.digest, dataset.rows):
             raise IntegrityError(
                 f"refusing to restore: the records of collection {dataset.name!r} in bundle "

@@ -19,10 +19,9 @@ from aibackup.bundle_reader import BundleReader
 from aibackup.chunkcheck import ChunkCheck
 from aibackup.chunks import INDEX
 from aibackup.errors import AibackupError, IntegrityError, UnavailableError
-from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import DatasetManifest
-from aibackup.pipeline import prefetch, use_arrow_allocator
+from aibackup.pipeline import use_arrow_allocator
 from aibackup.prune import PINS
 from aibackup.repository import MARKER, Repository, Where
 
@@ -68,14 +67,8 @@ class VerifyResult:
 
 def _content_problem(reader: BundleReader, dataset: DatasetManifest) -> str | None:
     """Decode a dataset's parts and compare its records with the manifest (rows and dataset digest)."""
-    digest = DatasetDigest(algorithm=dataset.digest_algorithm)
     try:
-        if dataset.chained:  # a chain's live records are its links' less their tombstones, in order
-            # Decoded in a background thread while this one digests (Parquet decoding releases the GIL).
-            for batch in prefetch(reader.batches(dataset)):
-                digest.add_batch(batch)
-        else:
-            digest = reader.parts_digest(dataset, dataset.parts)
+        digest = reader.dataset_digest(dataset)
     except IntegrityError as exc:
         return str(exc)
     if digest.rows != dataset.rows:

@@ -74,24 +74,24 @@ def test_parts_digested_two_at_a_time_give_the_manifests_digest_and_the_first_da
     repo, dataset = write(tmp_path, batches, cfg, WriteOptions(row_group_bytes=20_000, part_bytes=60_000))
     assert len(dataset.parts) >= 4
     reader = BundleReader(repo)
-    digest = reader.parts_digest(dataset, dataset.parts)
+    digest = reader.dataset_digest(dataset)
     assert (digest.hexdigest, digest.rows) == (dataset.digest, dataset.rows)
     seen: list[str] = []
-    reader.parts_digest(dataset, dataset.parts, before=lambda part: seen.append(part.path))
+    reader.dataset_digest(dataset, before=lambda part: seen.append(part.path))
     assert sorted(seen) == sorted(p.path for p in dataset.parts)
     second, third = dataset.parts[1], dataset.parts[2]
     for part in (second, third):
         path = Path(repo.storage.full(part.path))
         path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(IntegrityError, match=second.path.split("/")[-1]):
-        reader.parts_digest(dataset, dataset.parts)
+        reader.dataset_digest(dataset)
 
     def refuse(part: object) -> None:
         if part == second:
             raise IntegrityError("refused")
 
     with pytest.raises(IntegrityError, match="refused"):
-        reader.parts_digest(dataset, dataset.parts, before=refuse)
+        reader.dataset_digest(dataset, before=refuse)
 
 
 def _encoder_threads() -> list[threading.Thread]:
