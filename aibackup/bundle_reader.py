@@ -47,6 +47,9 @@ class BundleReader:
         self.repo = repo
         self._owned = spool is True and not repo.storage.is_local  # a spool given is closed by its owner
         self.spool = spool if isinstance(spool, PartSpool) else PartSpool(repo.storage) if self._owned else None
+        #: Parts whose spooled copy :meth:`check_part` proved by its sha256: decoded from that copy, their pages
+        #: are not CRC-checked again (a page checksum can only catch what the part's sha256 already ruled out).
+        self._proven: set[str] = set()
 
     def fetch_ahead(self, parts: Sequence[PartEntry]) -> None:
         """With a spool: start downloading `parts` in the background, in this order (see
@@ -81,6 +84,8 @@ class BundleReader:
             return f"size {size} bytes, manifest says {part.bytes} (truncated or replaced)"
         if sha is not None and sha != part.sha256:
             return "sha256 mismatch (the part was changed or damaged)"
+        if sha is not None and self.spool is not None and self.spool.holds(part.path):
+            self._proven.add(part.path)
         return None
 
     def batches(
@@ -91,7 +96,8 @@ class BundleReader:
         of every link less those its tombstones remove (aibackup.chains).
 
         Each part is checked as it is opened (size, Parquet page checksums, schema and row count against
-        the manifest); any damage raises IntegrityError naming the part. Callers that must refuse damage
+        the manifest; a spooled copy :meth:`check_part` proved skips the page checksums, which its sha256
+        covered); any damage raises IntegrityError naming the part. Callers that must refuse damage
         *before* acting (restore) run :meth:`check_part` with ``read_data=True`` on every part first.
         """
         yield from self._live(dataset.parts, dataset_schema(dataset), batch_rows, columns, self.removed(dataset))
@@ -214,8 +220,9 @@ class BundleReader:
         try:
             decryption = self.repo.part_decryption(part.path)
             opened = self.spool.open(part.path) if self.spool else self.repo.storage.open_read(part.path)
+            proven = self.spool is not None and part.path in self._proven and self.spool.holds(part.path)
             with opened as f:
-                pf = pq.ParquetFile(f, page_checksum_verification=True, decryption_properties=decryption)
+                pf = pq.ParquetFile(f, page_checksum_verification=not proven, decryption_properties=decryption)
                 # Arrow type equality ignores list item names ("item" in memory, "element" in Parquet).
                 if not pf.schema_arrow.equals(expected):
                     raise IntegrityError(f"damaged part {where}: schema differs from the manifest")

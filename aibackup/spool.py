@@ -144,6 +144,10 @@ class PartSpool:
             with self._lock:
                 self._files[rel] = copy.name
 
+    def holds(self, rel: str) -> bool:
+        """Whether part `rel` is read from a local copy (fetched, or kept from its writer), not the repository."""
+        return rel in self._files
+
     def open(self, rel: str) -> IO[bytes] | pa.NativeFile:
         """The part at `rel`: its local copy when spooled, else the repository's object."""
         ahead = self._ahead.get(rel)

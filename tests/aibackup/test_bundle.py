@@ -19,6 +19,8 @@ from aibackup.manifests.digest import DatasetDigest
 from aibackup.manifests.model import DenseVectorSpec
 from aibackup.parquet_parts import WriteOptions
 from aibackup.repository import Repository
+from aibackup.spool import PartSpool
+from tests.helpers import flip_middle_byte
 from tests.vectordata import canonical_batch, config, description
 
 
@@ -182,3 +184,42 @@ def test_bundle_ids_sort_by_start_even_within_a_microsecond_or_a_clock_step_back
     clock_back = new_bundle_id(now - dt.timedelta(hours=1), after=same_instant)
     assert first < same_instant < clock_back
     assert first.startswith("20261125T020000.000000Z-")
+
+
+def test_a_part_proven_from_the_spool_is_decoded_without_page_checksums_and_no_other(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spooled part whose sha256 :meth:`check_part` proved is decoded from that very copy without its page
+    CRCs (the sha256 already covered every byte they cover); every other read keeps them: a part not
+    checked, a part whose check failed (its damage then still stops the read), a part read from the
+    repository once the spool dropped its copy."""
+    cfg = config(16)
+    batches = [canonical_batch(cfg, i * 100, 100) for i in range(10)]
+    repo, dataset = write(tmp_path, batches, cfg, WriteOptions(row_group_bytes=10_000, part_bytes=25_000))
+    proven, unchecked, damaged, dropped = dataset.parts[:4]
+    flip_middle_byte(Path(repo.storage.full(damaged.path)))
+    checksummed: list[bool] = []
+    real = pq.ParquetFile
+
+    def spy(source: object, *args: object, **kwargs: object) -> pq.ParquetFile:
+        checksummed.append(bool(kwargs["page_checksum_verification"]))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(pq, "ParquetFile", spy)
+    held = PartSpool(repo.storage, str(tmp_path))
+    try:
+        reader = BundleReader(repo, spool=held)
+        assert reader.check_part(proven, read_data=True) is None
+        assert "sha256 mismatch" in (reader.check_part(damaged, read_data=True) or "")
+        assert reader.check_part(dropped, read_data=True) is None
+        assert held.holds(proven.path) and held.holds(damaged.path)
+        records = {part.path: list(reader.part_records(dataset, part)) for part in (proven, unchecked)}
+        with pytest.raises(IntegrityError, match="checksum"):  # the spooled copy's damage, found by its CRC
+            list(reader.part_records(dataset, damaged))
+        held.drop()
+        list(reader.part_records(dataset, dropped))
+    finally:
+        held.close()
+    assert checksummed == [False, True, True, True]
+    assert sum(b.num_rows for b in records[proven.path]) == proven.rows
+    assert sum(b.num_rows for b in records[unchecked.path]) == unchecked.rows
