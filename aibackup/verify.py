@@ -2,8 +2,9 @@
 
 Always: every manifest parses, its checksum and canonical bytes hold, it names itself, and every part it
 lists exists with the recorded size. With ``read_data``: every byte of every part is re-hashed (sha256),
-and the records are decoded and must give the manifest's row count and dataset digest (so a manifest
-that was rewritten with a valid checksum but other contents is caught too). Model datasets: every chunk
+and the records of a dataset whose parts all hash right (each part re-hashed right before its records are
+decoded, while the next parts download) must give the manifest's row count and dataset digest (so a
+manifest that was rewritten with a valid checksum but other contents is caught too). Model datasets: every chunk
 their files list is in the chunk store, and with ``read_data`` re-hashed (:mod:`aibackup.chunkcheck`).
 Each damaged file is named in its own problem entry; nothing is modified.
 """
@@ -20,7 +21,7 @@ from aibackup.chunkcheck import ChunkCheck
 from aibackup.chunks import INDEX
 from aibackup.errors import AibackupError, IntegrityError, UnavailableError
 from aibackup.manifests.kinds import KINDS
-from aibackup.manifests.model import DatasetManifest
+from aibackup.manifests.model import DatasetManifest, PartEntry
 from aibackup.pipeline import use_arrow_allocator
 from aibackup.prune import PINS
 from aibackup.repository import MARKER, Repository, Where
@@ -65,10 +66,22 @@ class VerifyResult:
         }
 
 
-def _content_problem(reader: BundleReader, dataset: DatasetManifest) -> str | None:
-    """Decode a dataset's parts and compare its records with the manifest (rows and dataset digest)."""
+class _Damaged(Exception):
+    """A part of the dataset being digested failed its check: its records are not compared."""
+
+
+def _content_problem(reader: BundleReader, dataset: DatasetManifest, found: dict[str, str | None]) -> str | None:
+    """Check a dataset's parts (their problems, None for a sound one, go into `found` by path), each before its
+    records are decoded, and compare the records with the manifest (rows and dataset digest). Raises
+    _Damaged at the first damaged part (the parts not reached are not in `found`)."""
+
+    def check(part: PartEntry) -> None:
+        found[part.path] = problem = reader.check_part(part, read_data=True)
+        if problem:
+            raise _Damaged
+
     try:
-        digest = reader.dataset_digest(dataset)
+        digest = reader.dataset_digest(dataset, before=check)
     except IntegrityError as exc:
         return str(exc)
     if digest.rows != dataset.rows:
@@ -120,19 +133,22 @@ def _verify(
             damaged = False
             content_problem = None
             unreadable: UnavailableError | None = None
+            found: dict[str, str | None] = {}  # part path -> its problem, for the parts checked already
             if read_data and dataset.kind in KINDS:
-                # The records are decoded while the next parts download (a remote repository), and the
-                # parts' own checks below wait for their downloads; a damaged part's problem wins.
+                # Each part is re-hashed, then its records decoded, while the next parts download (a remote
+                # repository); a damaged part's problem wins over the records'.
                 reader.fetch_ahead(dataset.all_parts())
                 try:
-                    content_problem = _content_problem(reader, dataset)
+                    content_problem = _content_problem(reader, dataset, found)
+                except _Damaged:
+                    pass  # the parts not reached are checked below
                 except UnavailableError as exc:
                     # pyarrow reports some undecodable Parquet (a footer's thrift) as a read error: the
-                    # parts' hashes below tell damage from storage that cannot be read.
+                    # parts' hashes tell damage from storage that cannot be read.
                     unreadable = exc
             for part in dataset.all_parts():
                 parts += 1
-                problem = reader.check_part(part, read_data=read_data)
+                problem = found[part.path] if part.path in found else reader.check_part(part, read_data=read_data)
                 if problem:
                     damaged = True
                     link = dataset.link_of(part)

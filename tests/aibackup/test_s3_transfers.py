@@ -375,3 +375,42 @@ def test_a_repository_urls_profile_reaches_its_service_and_an_unknown_one_is_a_u
     assert any(o["Key"].startswith("dr/bundles/") for o in second.list_objects_v2(Bucket="profiled")["Contents"])
     one_line_error(cli("list", "--repo", "s3://profiled/dr?profile=nope"), 2, "nope")
     one_line_error(cli("copy", "--repo", str(local), "--to-repo", "s3://profiled/x?profile=nope"), 2, "nope")
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_verify_names_every_damaged_part_of_a_dataset_whose_parts_are_checked_as_they_are_digested(
+    where: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`verify --read-data` re-hashes each part right before decoding its records (two parts at once): the
+    first damaged part stops the digest, and the parts it did not reach are still re-hashed, so every
+    damaged part is named, once, in part order, and nothing else (the records of a damaged dataset are
+    not compared)."""
+    from aibackup.backup import run_backup
+    from aibackup.connectors.chroma.connector import ChromaConnector
+    from aibackup.parquet_parts import WriteOptions
+    from aibackup.verify import run_verify
+    from tests.helpers import repository_url
+
+    init = ChromaConnector.__init__
+    monkeypatch.setattr(ChromaConnector, "__init__", lambda self, *a, **kw: init(self, *a, **{**kw, "batch_rows": 100}))
+    url = repository_url(where, tmp_path, request)
+    seed_chroma(tmp_path / "chroma", "docs", n=600, dim=16)
+    run_backup(url, f"chroma:{tmp_path / 'chroma'}", options=WriteOptions(row_group_bytes=2_000, part_bytes=5_000))
+    repo = Repository.open(url)
+    (dataset,) = repo.load(repo.bundle_ids()[0]).datasets
+    assert len(dataset.parts) >= 5
+    damaged = [dataset.parts[1], dataset.parts[3]]
+    for part in damaged:
+        data = bytearray(repo.storage.read_stored(part.path))  # as stored (an encrypted part stays sealed)
+        data[len(data) // 2] ^= 0xFF
+        if where == "local":
+            Path(repo.storage.full(part.path)).write_bytes(bytes(data))
+        else:
+            bucket, key = repo.storage.full(part.path).split("/", 1)
+            boto3.client("s3").put_object(Bucket=bucket, Key=key, Body=bytes(data))
+    result = run_verify(Repository.open(url), read_data=True)
+    assert [(p.path, p.problem) for p in result.problems] == [
+        (repo.storage.display(part.path), "sha256 mismatch (the part was changed or damaged)") for part in damaged
+    ]
+    assert result.parts == len(dataset.all_parts())
+    assert result.bytes_read == sum(p.bytes for p in dataset.all_parts() if p not in damaged)
