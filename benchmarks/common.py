@@ -263,7 +263,9 @@ def restore_read_side(repo_url: str, bundle_id: str) -> dict[str, Any]:
     time, each once its hash is proven, while the next ones download; a chain's after every part is
     proven), then stream the records again (the import). Seconds of each step: ``hash_seconds`` (with a full
     dataset's digest), ``validate_seconds`` (a chain's digest), ``stream_seconds``; ``close_seconds``:
-    removing the spool."""
+    removing the spool. Within ``hash_seconds`` of a full dataset: ``first_part_seconds``, until the first
+    record part is proven (no record can be digested before it), and ``after_parts_seconds``, from the last
+    record part proven to the digest's end (no part left to download or hash)."""
     from aibackup.bundle_reader import BundleReader
     from aibackup.manifests.digest import DatasetDigest
     from aibackup.pipeline import prefetch
@@ -275,9 +277,13 @@ def restore_read_side(repo_url: str, bundle_id: str) -> dict[str, Any]:
     with BundleReader(repo, spool=True) as reader:
         reader.fetch_ahead(dataset.all_parts())
 
+        proven: list[float] = []  # when each record part was proven (digest threads: list.append is atomic)
+
         def check(part: Any) -> None:
             if problem := reader.check_part(part, read_data=True):
                 raise RuntimeError(problem)
+            if part in dataset.parts:
+                proven.append(time.perf_counter())
 
         if dataset.chained:  # timed apart: every part re-hashed, then the chain's records digested
             for part in dataset.all_parts():
@@ -302,6 +308,8 @@ def restore_read_side(repo_url: str, bundle_id: str) -> dict[str, Any]:
         "validate_seconds": validated - hashed,
         "stream_seconds": streamed - validated,
         "close_seconds": out["seconds"] - (streamed - clock.wall),
+        "first_part_seconds": min(proven) - clock.wall if proven else 0.0,
+        "after_parts_seconds": hashed - max(proven) if proven else 0.0,
     }
 
 

@@ -430,7 +430,14 @@ def _summary(
     """The section's JSON: the fastest run of each variant, the ratios of the targets, moto's rates."""
     backup = {k: _best(v, "bytes") for k, v in backups.items()}
     checked = {k: _best(v, "bytes_read" if k != "bare" else "bytes") for k, v in verify.items()}
-    split = ("hash_seconds", "validate_seconds", "stream_seconds", "close_seconds")
+    split = (
+        "hash_seconds",
+        "validate_seconds",
+        "stream_seconds",
+        "close_seconds",
+        "first_part_seconds",
+        "after_parts_seconds",
+    )
     read = {k: _best(v, *split) for k, v in reads.items()}
     copy = {
         "up": _best(copies["up"], "bytes"),
