@@ -110,14 +110,15 @@ def full_reason(
     if changed:
         return f"the collection's vectors changed ({changed})"
     # Record parts are not re-hashed every night (a chain's are a full bundle's worth): one a `verify
-    # --read-data` found damaged (same size, other bytes) is known, and the chain must not be extended.
+    # --read-data` or a restore found damaged (same size, other bytes) is known, and the chain must not be
+    # extended.
     found = reports.damaged_parts(reader.repo)
     for part in parent.all_parts():
         small = part not in parent.parts  # index and tombstones: read now, so re-hashed; records: present
         problem = reader.check_part(part, read_data=small)
         shown = reader.repo.storage.display(part.path)
         if problem is None and shown in found:
-            problem = "found damaged by verify --read-data"
+            problem = "found damaged by an earlier verify --read-data or restore"
         if problem:
             link = parent.link_of(part)
             which = f"link {link.bundle}" if link is not None else "a link"

@@ -4,7 +4,8 @@ Layout (small JSON documents, written exclusively, never rewritten; readers skip
 
     <repo>/reports/backups/<time>-<nonce>.json        one per backup of a source: ok, bundle, seconds, bytes
     <repo>/reports/restore-tests/<time>-<nonce>.json  one per source restore test: ok, bundle, achieved RTO
-    <repo>/reports/verify/<time>-<nonce>.json         one per `verify --read-data`: ok, the bundles it read
+    <repo>/reports/verify/<time>-<nonce>.json         one per `verify --read-data`: ok, the bundles it read;
+                                                      and one per restore that found damage (kind "restore")
 
 ``<time>`` sorts like a bundle id, so the newest report is the greatest name. Reports are evidence for
 monitoring, not part of any bundle: deleting them loses history, never data.
@@ -12,6 +13,7 @@ monitoring, not part of any bundle: deleting them loses history, never data.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import secrets
@@ -36,6 +38,16 @@ def write(repo: Repository, folder: str, report: Mapping[str, Any], when: dt.dat
     return path
 
 
+def record_damage(repo: Repository, bundle_id: str, problems: list[dict[str, str]], found_by: str) -> None:
+    """Remember the damage `found_by` (``"restore"``) met in bundle `bundle_id`, as a failed `verify
+    --read-data` of that bundle is remembered (``problems``: its ``{bundle_id, path, problem}`` entries): the
+    next backup then does not extend a chain that reads a damaged part (:func:`damaged_parts`), and the bundle
+    no longer counts as verified (:func:`verified_bundles`). Best effort: a repository that cannot be written
+    (read-only credentials) only loses the history, and the caller's own error is what the user sees."""
+    with contextlib.suppress(AibackupError, OSError):
+        write(repo, VERIFY, {"kind": found_by, "ok": False, "bundles": [bundle_id], "problems": problems})
+
+
 def read_all(repo: Repository, folder: str) -> Iterator[dict[str, Any]]:
     """Every readable report of a folder, newest first."""
     for name in sorted(repo.storage.list_names(folder), reverse=True):
@@ -55,7 +67,8 @@ _DAMAGED: dict[tuple[str, str], frozenset[str]] = {}
 
 
 def damaged_parts(repo: Repository) -> frozenset[str]:
-    """Every path (as displayed) a kept `verify --read-data` report found damaged. Parts are never rewritten:
+    """Every path (as displayed) a kept `verify --read-data` report (or a restore's, see :func:`record_damage`)
+    found damaged. Parts are never rewritten:
     one found damaged stays so, and a chain that reads it must not be extended (aibackup.incremental)."""
     found: set[str] = set()
     for name in repo.storage.list_names(VERIFY):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
-from aibackup import distributed, partitioned_restore
+from aibackup import distributed, partitioned_restore, reports
 from aibackup.bundle_reader import BundleReader
 from aibackup.checks import prove
 from aibackup.chunk_reader import ChunkReader
@@ -475,12 +475,20 @@ def _verify_before_writing(
     others = [(d, p) for d in spread for p in d.all_parts() if p not in d.parts]
     reader.fetch_ahead([p for _, p in others] + [part for dataset in datasets for part in dataset.all_parts()])
 
+    def refuse(where: str, problem: str, line: str) -> IntegrityError:
+        """The error refusing the restore, once the damage is remembered (reports.record_damage)."""
+        entry = {"bundle_id": manifest.bundle_id, "path": where, "problem": problem}
+        reports.record_damage(repo, manifest.bundle_id, [entry], found_by="restore")
+        return IntegrityError(line)
+
     def check(dataset: DatasetManifest, part: PartEntry) -> None:
         problem = reader.check_part(part, read_data=True)
         if problem:
-            raise IntegrityError(
+            raise refuse(
+                repo.storage.display(part.path),
+                problem,
                 f"refusing to restore: {chain_problem(repo, manifest.bundle_id, dataset, part, problem)}; "
-                "nothing was written (run `aibackup verify --read-data`)"
+                "nothing was written (run `aibackup verify --read-data`)",
             )
 
     for dataset, part in others:
@@ -489,9 +497,11 @@ def _verify_before_writing(
         # Each record part digested once its hash is proven, two at a time, while the next ones download.
         digest = reader.dataset_digest(dataset, before=partial(check, dataset))
         if (digest.hexdigest, digest.rows) != (dataset.digest, dataset.rows):
-            raise IntegrityError(
+            raise refuse(
+                repo.storage.display(repo.manifest_path(manifest.bundle_id)),
+                f"collection {dataset.name!r}: the records do not give the manifest's digest",
                 f"refusing to restore: the records of collection {dataset.name!r} in bundle "
-                f"{manifest.bundle_id} do not match its manifest's digest; nothing was written"
+                f"{manifest.bundle_id} do not match its manifest's digest; nothing was written",
             )
 
 

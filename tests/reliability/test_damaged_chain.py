@@ -1,5 +1,5 @@
 """A chain link damaged with its size kept (a bad disk): the nightly backup stops extending the chain once a
-verify has seen it, and `diff` refuses to compare from a damaged index or tombstone part (it answered wrong,
+verify or a restore has seen it, and `diff` refuses to compare from a damaged index or tombstone part (it answered wrong,
 exit 0, or with exit 3 / 70). Both repositories (plain and, in CI's second pass, encrypted)."""
 
 from __future__ import annotations
@@ -44,10 +44,34 @@ def test_a_record_part_found_damaged_by_verify_makes_the_next_backup_full(cli: C
     chroma_client(store).get_collection("docs").upsert(ids=["new-2"], embeddings=np.ones((1, 8), np.float32))
     result = ok(cli("backup", f"chroma:{store}", "--repo", str(repo), "--queries", "0", "--json")).json()
     (dataset,) = result["datasets"]
-    assert not dataset["incremental"] and "found damaged by verify --read-data" in dataset["full_reason"], dataset
+    assert (
+        not dataset["incremental"]
+        and "found damaged by an earlier verify --read-data or restore" in dataset["full_reason"]
+    ), dataset
     # The new bundle restores: it no longer reads the damaged link.
     ok(cli("restore", result["bundle_id"], "--repo", str(repo), "--to", f"chroma:{tmp_path / 'back'}"))
     one_line_error(cli("restore", last, "--repo", str(repo), "--to", f"chroma:{tmp_path / 'old'}"), 1, record)
+
+
+def test_a_record_part_a_restore_found_damaged_makes_the_next_backup_full(cli: Cli, tmp_path: Path) -> None:
+    """The damage a restore refuses is remembered as a failed verify's is: at 2 AM nobody runs verify
+    first, and the next night must not extend the chain that reads the damaged part."""
+    from aibackup import reports
+    from aibackup.repository import Repository
+
+    store, repo, (_, middle, last) = three_links(cli, tmp_path)
+    (record,) = [p for p in own_parts(repo, middle) if "part-" in p.rsplit("/", 1)[-1]]
+    flip_middle_byte(repo / record)
+    one_line_error(cli("restore", last, "--repo", str(repo), "--to", f"chroma:{tmp_path / 'old'}"), 1, record)
+    opened = Repository.open(str(repo))
+    assert opened.storage.display(record) in reports.damaged_parts(opened)
+    assert last not in reports.verified_bundles(opened)
+    chroma_client(store).get_collection("docs").upsert(ids=["new-2"], embeddings=np.ones((1, 8), np.float32))
+    result = ok(cli("backup", f"chroma:{store}", "--repo", str(repo), "--queries", "0", "--json")).json()
+    (dataset,) = result["datasets"]
+    assert not dataset["incremental"], dataset
+    assert "found damaged by an earlier verify --read-data or restore" in dataset["full_reason"], dataset
+    ok(cli("restore", result["bundle_id"], "--repo", str(repo), "--to", f"chroma:{tmp_path / 'back'}"))
 
 
 def test_diff_refuses_a_damaged_index_or_tombstone_part(cli: Cli, tmp_path: Path) -> None:
