@@ -36,6 +36,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from aibackup import reports
 from aibackup.bundle_reader import BundleReader
 from aibackup.chains import Removed
 from aibackup.checks import Comparison, slim, slim_schema, tolerated
@@ -81,6 +82,8 @@ class LoadTask:
     number: int
     #: an incremental chain's: the records of these parts its later links' tombstones remove
     removed: Removed | None = None
+    #: the bundle being restored: a damaged part is recorded against it (reports.record_damage)
+    bundle_id: str = ""
 
 
 def query_ids(dataset: DatasetManifest) -> pa.Array:
@@ -136,6 +139,9 @@ def load_partition(task: LoadTask) -> Loaded:
             for part in task.parts:
                 problem = reader.check_part(part, read_data=True)
                 if problem:
+                    where = repo.storage.display(part.path)
+                    entry = {"bundle_id": task.bundle_id, "path": where, "problem": problem}
+                    reports.record_damage(repo, task.bundle_id, [entry], found_by="restore")
                     raise IntegrityError(
                         f"refusing to restore: {repo.storage.display(part.path)}: {problem}; nothing was "
                         "written (run `aibackup verify --read-data`)"
@@ -205,6 +211,7 @@ def loads(
     target: str,
     load_check: bool,
     removed: Mapping[str, Removed | None],
+    bundle_id: str,
 ) -> Iterator[dict[str, Load]]:
     """Load every (dataset, plan) of `jobs` on the cluster and prove their digests; yields them by dataset
     name for the caller to publish (:meth:`Load.publish`), and abandons on the way out every load area not
@@ -230,6 +237,7 @@ def loads(
                 load.area,
                 number,
                 load.removed.share(load.dataset, group) if load.removed is not None else None,
+                bundle_id,
             )
             for load in made.values()
             for number, group in enumerate(groups(load.dataset.parts, on.workers * PER_WORKER))

@@ -191,7 +191,7 @@ def run_restore(
                 if dataset.name not in spread:
                     connector.validate_records(plan, prefetch(reader.batches(dataset)))
             jobs = [(d, p) for d, p in plans if d.name in spread]
-            with _loads(on, connector, jobs, reader, key_file, target_uri) as loaded:
+            with _loads(on, connector, jobs, reader, key_file, target_uri, manifest.bundle_id) as loaded:
                 validate_seconds = time.perf_counter() - validated
                 for dataset, plan in plans:
                     try:
@@ -388,6 +388,7 @@ def _loads(
     reader: BundleReader,
     key_file: str | None,
     target_uri: str,
+    bundle_id: str,
 ) -> Iterator[Mapping[str, partitioned_restore.Load]]:
     """The collections of `jobs` loaded by the cluster's workers (none without a cluster or jobs); an
     incremental chain's tombstones are read here, once (their parts re-hashed before)."""
@@ -404,6 +405,7 @@ def _loads(
         target=target_uri,
         load_check=load_check,
         removed={d.name: reader.removed(d) for d, _ in jobs},
+        bundle_id=bundle_id,
     ) as made:
         yield made
 

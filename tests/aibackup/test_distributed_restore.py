@@ -175,6 +175,13 @@ def test_a_damaged_part_is_refused_and_the_target_stays_as_it_was(postgres: Post
     )
     assert Path(dataset["parts"][-1]["path"]).name in line and "nothing was written" in line
     assert missing(postgres, db)
+    # The worker that found the damage recorded it, as a restore on one machine does (the next backup must
+    # not extend a chain that reads the part).
+    from aibackup import reports
+    from aibackup.repository import Repository
+
+    repo = Repository.open(str(bundle))
+    assert repo.storage.display(dataset["parts"][-1]["path"]) in reports.damaged_parts(repo)
 
 
 def test_a_table_of_other_columns_in_the_way_is_refused_and_kept(

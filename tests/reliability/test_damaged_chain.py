@@ -1,6 +1,6 @@
 """A chain link damaged with its size kept (a bad disk): the nightly backup stops extending the chain once a
-verify or a restore has seen it, and `diff` refuses to compare from a damaged index or tombstone part (it answered wrong,
-exit 0, or with exit 3 / 70). Both repositories (plain and, in CI's second pass, encrypted)."""
+verify or a restore has seen it, and `diff` refuses to compare from a damaged index or tombstone part (it
+answered wrong, exit 0, or with exit 3 / 70). Both repositories (plain and, in CI's second pass, encrypted)."""
 
 from __future__ import annotations
 
