@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from tests.helpers import Cli, ok, seed_chroma
 
 FULL_DISK = r"""
@@ -54,7 +56,10 @@ def test_a_full_disk_under_a_large_part_or_a_copy_is_exit_3_not_an_internal_erro
     and exit 3, for a backup and for a copy into a full disk; the copy publishes no bundle there."""
     cfg = tmp_path / "cfg"
     cfg.mkdir()
-    (cfg / "blob.bin").write_bytes(os.urandom(24 * 1024 * 1024))  # past two 8 MiB blocks, incompressible
+    # Past two 8 MiB blocks, incompressible. Every byte has its high bit set: random ASCII can spell what the
+    # config connector's secret scan refuses (it once read a token in a URL at byte 79102, exit 2).
+    noise = np.frombuffer(os.urandom(24 * 1024 * 1024), dtype=np.uint8) | 0x80
+    (cfg / "blob.bin").write_bytes(noise.tobytes())
     (cfg / "app.yaml").write_text("a: 1\n")
     repo, copy = tmp_path / "repo", tmp_path / "copy"
     limit = str(10 * 1024 * 1024)
