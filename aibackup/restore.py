@@ -3,7 +3,8 @@
 1. Resolve the bundle and the collections (``--collection SRC[=DEST]``; all by default).
 2. Re-hash every part of the selected datasets and recompute each dataset's digest from its records
    (part by part, while the next parts download): damage, or records that do not give the manifest's
-   digest, are refused before the target is even opened.
+   digest, are refused before the target is even opened, and remembered as a failed verify would be
+   (``reports.record_damage``: the next backup does not extend a chain that reads a damaged part).
 3. Plan every import (target capabilities, lossy mapping, existing collections) and stream every record
    through the target's per-record checks (``validate_records``): a refusal also comes before anything
    is written.
