@@ -236,7 +236,7 @@ class Repository(_repository.Repository):
     ) -> VerifyResult:
         """Check bundles (all by default) against their manifests, as ``aibackup verify``; with
         `read_data` every byte is re-hashed, and the result is remembered for ``status``."""
-        from aibackup.operations import record_verify
+        from aibackup.reports import record_verify
         from aibackup.verify import run_verify
 
         result = run_verify(self, bundles, read_data=read_data, key_file=key_file)

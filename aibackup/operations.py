@@ -418,9 +418,3 @@ def _breached(age: float | None, rpo: float | None) -> bool:
     if age is None or -age > MAX_CLOCK_STEP_BACK.total_seconds():
         return True
     return rpo is not None and age > rpo
-
-
-def record_verify(repo: Repository, bundle_ids: list[str], ok: bool, problems: list[dict[str, str]]) -> None:
-    """Remember a `verify --read-data` (best effort: a read-only repository only loses the history)."""
-    with contextlib.suppress(AibackupError, OSError):
-        reports.write(repo, reports.VERIFY, {"kind": "verify", "ok": ok, "bundles": bundle_ids, "problems": problems})

@@ -143,7 +143,7 @@ def load_partition(task: LoadTask) -> Loaded:
                     entry = {"bundle_id": task.bundle_id, "path": where, "problem": problem}
                     reports.record_damage(repo, task.bundle_id, [entry], found_by="restore")
                     raise IntegrityError(
-                        f"refusing to restore: {repo.storage.display(part.path)}: {problem}; nothing was "
+                        f"refusing to restore: {where}: {problem}; nothing was "
                         "written (run `aibackup verify --read-data`)"
                     )
                 for batch in reader.part_records(task.dataset, part, removed=task.removed):

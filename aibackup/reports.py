@@ -38,14 +38,23 @@ def write(repo: Repository, folder: str, report: Mapping[str, Any], when: dt.dat
     return path
 
 
+def record_verify(
+    repo: Repository, bundle_ids: list[str], ok: bool, problems: list[dict[str, str]], kind: str = "verify"
+) -> None:
+    """Remember a `verify --read-data` of `bundle_ids` (``problems``: its ``{bundle_id, path, problem}``
+    entries), or another read of their data that found what one would (`kind`, see :func:`record_damage`).
+    Best effort: a repository that cannot be written (read-only credentials) only loses the history."""
+    with contextlib.suppress(AibackupError, OSError):
+        write(repo, VERIFY, {"kind": kind, "ok": ok, "bundles": bundle_ids, "problems": problems})
+
+
 def record_damage(repo: Repository, bundle_id: str, problems: list[dict[str, str]], found_by: str) -> None:
     """Remember the damage `found_by` (``"restore"``) met in bundle `bundle_id`, as a failed `verify
-    --read-data` of that bundle is remembered (``problems``: its ``{bundle_id, path, problem}`` entries): the
-    next backup then does not extend a chain that reads a damaged part (:func:`damaged_parts`), and the bundle
-    no longer counts as verified (:func:`verified_bundles`). Best effort: a repository that cannot be written
-    (read-only credentials) only loses the history, and the caller's own error is what the user sees."""
-    with contextlib.suppress(AibackupError, OSError):
-        write(repo, VERIFY, {"kind": found_by, "ok": False, "bundles": [bundle_id], "problems": problems})
+    --read-data` of that bundle is remembered: the next backup then does not extend a chain that reads a
+    damaged part (:func:`damaged_parts`), and the bundle no longer counts as verified
+    (:func:`verified_bundles`). Best effort, as :func:`record_verify`: the caller's own error is what the
+    user sees."""
+    record_verify(repo, [bundle_id], False, problems, kind=found_by)
 
 
 def read_all(repo: Repository, folder: str) -> Iterator[dict[str, Any]]:
