@@ -242,6 +242,8 @@ def prune(
             f"{len(result.parts_kept_for_chains)} part(s) of {'these' if dry_run else 'the removed'} bundles kept: "
             "the chains of kept bundles still read them"
         )
+    if result.reports_removed:
+        click.echo(f"{len(result.reports_removed)} run report(s) no reader needs any more {verb}")
     for note in result.notes:
         click.echo(f"note: {note}")
     conclude(config, metrics_file, 0, as_json)

@@ -25,6 +25,12 @@ What ``run_prune`` does, in this order (nothing is removed before every decision
    ours and is left alone. (``prune`` should also hold the repository lock that excludes running backups;
    the grace period does not rely on it.)
 
+5. **Remove the run reports no reader needs any more** (``reports/``, :func:`aibackup.reports.superseded`):
+   a verify report that no longer decides whether a remaining bundle counts as verified and names no
+   damaged part still stored; a backup or restore-test report older than the oldest remaining bundle that
+   is not its source's newest or newest success. Reports are history, never data: this keeps what every
+   backup reads of them (the damaged parts a chain must not extend) from growing night after night.
+
 **Unreadable manifests** (damaged, or written by a newer aibackup) are never removed, and while one exists
 no part at all is removed (steps 3 and 4 are skipped; the result's ``notes`` say so): such a manifest may
 reference its own parts, the parts of the bundles it extends, or, in a newer format, anything. Steps 1
@@ -44,7 +50,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aibackup import clock
+from aibackup import clock, reports
 from aibackup.chunkprune import ChunkPruneResult, PackFile, prune_chunks
 from aibackup.chunks import is_pack
 from aibackup.errors import BundleNotFoundError, IntegrityError, ManifestVersionError, UsageError
@@ -79,6 +85,8 @@ class PruneResult:
     parts_kept_for_chains: list[str] = field(default_factory=list)
     #: The chunk store's prune (model files): packs removed and repacked (aibackup.chunkprune).
     chunks: ChunkPruneResult = field(default_factory=ChunkPruneResult)
+    #: Run reports no reader needs any more (aibackup.reports.superseded).
+    reports_removed: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         """The `prune --json` document."""
@@ -92,6 +100,7 @@ class PruneResult:
             "orphans_waiting": list(self.orphans_waiting),
             "bytes_removed": self.bytes_removed,
             "chunks": self.chunks.to_json(),
+            "reports_removed": list(self.reports_removed),
             "notes": list(self.notes),
         }
 
@@ -216,6 +225,12 @@ def run_prune(
         for path in parts + orphans:
             repo.storage.remove(path)
         _remove_emptied_folders(repo, parts + orphans + chunks.packs_removed + chunks.packs_repacked)
+    # Reports last: a prune stopped before this point leaves only history the next one removes.
+    left = set(stored).difference(parts, orphans, chunks.packs_removed, chunks.packs_repacked)
+    result.reports_removed = reports.superseded(repo, {m.bundle_id for m in remaining} | set(unreadable), left)
+    if not dry_run:
+        for path in result.reports_removed:
+            repo.storage.remove(path)
     return result
 
 

@@ -8,7 +8,8 @@ Layout (small JSON documents, written exclusively, never rewritten; readers skip
                                                       and one per restore that found damage (kind "restore")
 
 ``<time>`` sorts like a bundle id, so the newest report is the greatest name. Reports are evidence for
-monitoring, not part of any bundle: deleting them loses history, never data.
+monitoring, not part of any bundle: deleting them loses history, never data. ``prune`` removes the ones
+no reader needs any more (:func:`superseded`), so that what every backup reads stays bounded.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from aibackup import clock
 from aibackup.errors import AibackupError
-from aibackup.repository import Repository, iso
+from aibackup.repository import DATA, Repository, iso
 
 BACKUPS = "reports/backups"
 RESTORE_TESTS = "reports/restore-tests"
@@ -59,6 +60,12 @@ def record_damage(repo: Repository, bundle_id: str, problems: list[dict[str, str
 
 def read_all(repo: Repository, folder: str) -> Iterator[dict[str, Any]]:
     """Every readable report of a folder, newest first."""
+    for _name, doc in _read_named(repo, folder):
+        yield doc
+
+
+def _read_named(repo: Repository, folder: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, document) of every readable report of a folder, newest first."""
     for name in sorted(repo.storage.list_names(folder), reverse=True):
         if not name.endswith(".json"):
             continue
@@ -67,7 +74,7 @@ def read_all(repo: Repository, folder: str) -> Iterator[dict[str, Any]]:
         except (AibackupError, FileNotFoundError, ValueError):
             continue  # a damaged or vanished report is only lost history
         if isinstance(doc, dict):
-            yield doc
+            yield name, doc
 
 
 #: (repository URL, report name) -> the paths it found damaged: reports are never rewritten, so each is read
@@ -123,3 +130,51 @@ def verified_bundles(repo: Repository) -> dict[str, str]:
                 verified[bundle_id] = str(doc.get("recorded_at"))
         decided.update(b for b in (*doc.get("bundles", []), *damaged) if isinstance(b, str))
     return verified
+
+
+def superseded(repo: Repository, bundles: Collection[str], stored: Collection[str]) -> list[str]:
+    """The reports (paths in the repository) that no reader needs once only `bundles` exist and only the
+    files `stored` (paths under ``data/``) remain: what ``prune`` removes with the bundles.
+
+    - ``verify``: a report stays while it is the newest to name a bundle that still exists (it decides
+      whether that bundle counts as verified, :func:`verified_bundles`) or it found damaged a part that is
+      still stored (parts are never rewritten: :func:`damaged_parts` must keep refusing a chain that reads
+      it). A verify run every night would otherwise add a report every backup reads, forever.
+    - ``backups`` and ``restore-tests``: a report stays while it was recorded after the oldest bundle that
+      still exists was started (the history the retention keeps), or it is its source's newest, or its
+      newest that passed (what ``status`` shows).
+
+    A report that cannot be read, or has no source, is left alone (not ours to judge)."""
+    existing = set(bundles)
+    gone: list[str] = []
+    decided: set[str] = set()
+    for name, doc in _read_named(repo, VERIFY):  # newest first, as verified_bundles decides
+        problems = [p for p in doc.get("problems", []) if isinstance(p, dict)]
+        named = {b for b in (*doc.get("bundles", []), *(p.get("bundle_id") for p in problems)) if isinstance(b, str)}
+        deciding = bool((named & existing) - decided)
+        decided |= named
+        if not deciding and not any(_still_stored(str(p.get("path") or ""), stored) for p in problems):
+            gone.append(f"{VERIFY}/{name}")
+    oldest = min((b.split("-", 1)[0] for b in existing), default=None)  # report names start as bundle ids do
+    for folder in (BACKUPS, RESTORE_TESTS):
+        newest: set[str] = set()
+        newest_ok: set[str] = set()
+        for name, doc in _read_named(repo, folder):
+            source = doc.get("source")
+            if not isinstance(source, str):
+                continue
+            needed = source not in newest or (bool(doc.get("ok")) and source not in newest_ok)
+            newest.add(source)
+            if doc.get("ok"):
+                newest_ok.add(source)
+            if not needed and (oldest is None or name.split("-", 1)[0] < oldest):
+                gone.append(f"{folder}/{name}")
+    return gone
+
+
+def _still_stored(shown: str, stored: Collection[str]) -> bool:
+    """Whether the file a report names as `shown` (``Storage.display``: a local path or an s3:// URL) is
+    among the `stored` paths under data/. Matched by its path below the repository, not by how it was
+    shown, so a repository opened under another path or URL since still keeps its damaged parts' reports."""
+    at = shown.rfind(f"/{DATA}/")  # a bundle id or dataset folder is never named "data": the last one is ours
+    return at >= 0 and shown[at + 1 :] in stored

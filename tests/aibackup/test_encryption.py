@@ -270,6 +270,8 @@ def test_key_slots_add_remove_rotate_and_prune_retires_old_keys(
     one_line_error(cli("list", "--config", str(config)), 2, "wrong key")
     monkeypatch.setenv("AIBACKUP_KEY", "second passphrase here")
 
+    # A drill's report, sealed under key 1, is one prune keeps (the source's newest restore test).
+    ok(cli("restore-test", "--config", str(config), "--source", "kb"))
     # Rotation: new bundles use key 2 and are full; old ones stay readable; prune retires key 1.
     rotated = ok(cli("key", "rotate", "--config", str(config), "--json")).json()["rotated"]
     assert rotated["id"] == 2
@@ -284,11 +286,13 @@ def test_key_slots_add_remove_rotate_and_prune_retires_old_keys(
     keys = ok(cli("key", "list", "--config", str(config), "--json")).json()
     assert [g["id"] for g in keys["generations"]] == [2]
     ok(cli("verify", "--read-data", "--config", str(config)))
-    # Every report, resealed under key 2, still reads.
-    from aibackup.reports import BACKUPS, read_all
+    # Every report, resealed under key 2, still reads (the first backup's went with its bundle).
+    from aibackup.reports import BACKUPS, RESTORE_TESTS, read_all
 
+    assert [p.split("/")[1] for p in pruned["reports_removed"]] == ["backups"]
     opened = Repository.open(str(tmp_path / "repo"), key="second passphrase here")
-    assert len(list(read_all(opened, BACKUPS))) == len(list((tmp_path / "repo" / BACKUPS).iterdir())) == 2
+    assert len(list(read_all(opened, BACKUPS))) == len(list((tmp_path / "repo" / BACKUPS).iterdir())) == 1
+    assert len(list(read_all(opened, RESTORE_TESTS))) == len(list((tmp_path / "repo" / RESTORE_TESTS).iterdir())) == 1
     ok(cli("restore", "--config", str(config), "latest", "--to", f"chroma:{tmp_path / 'again'}"))
 
 

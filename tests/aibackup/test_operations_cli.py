@@ -343,3 +343,56 @@ def test_the_drill_report_shows_both_recalls_for_every_collection(tmp_path: Path
     report = (tmp_path / "reports" / "drill.md").read_text()
     for name in searches:
         assert f"| {name} | 1.000 | 1.000 | baseline | ok |" in report
+
+
+def test_prune_removes_the_reports_no_reader_needs(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A nightly `verify --read-data` adds a report that every later backup reads (the damaged parts a chain
+    must not extend): prune removes the ones that decide nothing any more, and keeps the history of the
+    bundles it keeps, what status shows, and every report of a damaged part still stored."""
+    seed_chroma(tmp_path / "chroma", "docs", n=10)
+    write_config(tmp_path)
+    logs: list[str] = []
+    for n in range(6):
+        night(monkeypatch, START + dt.timedelta(days=n))
+        with (tmp_path / "logs" / "app.jsonl").open("a") as f:
+            f.write(json.dumps({"user_id": "u2", "input": f"night {n}", "output": "ok"}) + "\n")
+        ok(cli("backup"))
+        logs.append(manifest_json(tmp_path / "repo")["bundle_id"])  # the newest bundle: the logs source's
+        night(monkeypatch, START + dt.timedelta(days=n, hours=1))
+        ok(cli("verify", "--read-data"))
+    # The third night's log link goes bad on disk; a verify of that bundle alone finds it. Every later log
+    # link's chain still reads the part, so its report must outlive the bundle it names.
+    parts = [p["path"] for p in manifest_json(tmp_path / "repo", logs[2])["datasets"][0]["parts"]]
+    (damaged,) = [p for p in parts if p.startswith(f"data/{logs[2]}/")]
+    flip_middle_byte(tmp_path / "repo" / damaged)
+    night(monkeypatch, START + dt.timedelta(days=5, hours=2))
+    assert cli("verify", "--read-data", logs[2]).code == 1
+    before = cli("status", "--json")  # exit 1: the hourly logs source is past its RPO by now
+
+    def listing(folder: str) -> set[str]:
+        return {f"reports/{folder}/{p.name}" for p in (tmp_path / "repo" / "reports" / folder).iterdir()}
+
+    verifies, backups = listing("verify"), listing("backups")
+    assert (len(verifies), len(backups)) == (7, 12)
+    planned = ok(cli("prune", "--keep-last", "2", "--dry-run", "--json")).json()
+    assert (listing("verify"), listing("backups")) == (verifies, backups)  # a dry run removes nothing
+    pruned = ok(cli("prune", "--keep-last", "2", "--json")).json()
+    assert pruned["reports_removed"] == planned["reports_removed"]
+    assert damaged in pruned["parts_kept_for_chains"]
+    # Kept: the last nightly verify (the newest to decide every kept bundle) and the one that found the
+    # damaged part; the backups of the two nights kept (recorded from the oldest kept bundle's start on).
+    kept_verifies = sorted(verifies)[-2:]
+    kept_backups = sorted(backups)[-4:]
+    assert listing("verify") == set(kept_verifies) and listing("backups") == set(kept_backups)
+    assert set(pruned["reports_removed"]) == (verifies - set(kept_verifies)) | (backups - set(kept_backups))
+    after = cli("status", "--json")
+    assert (after.code, after.json()) == (before.code, before.json())
+    assert ok(cli("prune", "--keep-last", "2", "--dry-run", "--json")).json()["reports_removed"] == []  # all done
+    # The damaged part's report still stops the next backup from extending the chain that reads it.
+    night(monkeypatch, START + dt.timedelta(days=6))
+    result = ok(cli("backup", "--json")).json()
+    (logs_run,) = [s for s in result["sources"] if s["source"] == "logs"]
+    fresh = manifest_json(tmp_path / "repo", logs_run["bundle_id"])["datasets"][0]
+    assert not fresh.get("chain") and all(
+        p["path"].startswith(f"data/{logs_run['bundle_id']}/") for p in fresh["parts"]
+    )

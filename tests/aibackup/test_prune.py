@@ -173,6 +173,7 @@ def test_bytes_removed_and_json(tmp_path: Path) -> None:
             "chunks_live": 0,
             "chunks_removed": 0,
         },
+        "reports_removed": [],
         "notes": [],
     }
 
