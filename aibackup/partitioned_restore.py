@@ -212,12 +212,15 @@ def loads(
     load_check: bool,
     removed: Mapping[str, Removed | None],
     bundle_id: str,
+    opened: Repository,
 ) -> Iterator[dict[str, Load]]:
     """Load every (dataset, plan) of `jobs` on the cluster and prove their digests; yields them by dataset
     name for the caller to publish (:meth:`Load.publish`), and abandons on the way out every load area not
     published (all of them when this raises: a failed task, a digest that does not match, Ctrl-C).
     `removed`: by dataset name, the records an incremental chain's tombstones remove (``BundleReader.removed``,
-    read once here; each task gets its parts' share)."""
+    read once here; each task gets its parts' share). `opened`: the repository as the driver opened it, where
+    records that do not add up to a manifest's digest are remembered as damage (``reports.record_damage``,
+    as the workers remember a damaged part)."""
     made: dict[str, Load] = {}
     spill = tempfile.TemporaryDirectory(prefix="aibackup-proof-")
     try:
@@ -255,7 +258,7 @@ def loads(
                 made[loaded.name].queries.extend(loaded.queries)
                 loaded.expected = loaded.expected.schema.empty_table()
                 done.append(loaded)
-        _prove(made, done)
+        _prove(made, done, opened, bundle_id)
         yield made
     finally:
         for load in made.values():
@@ -265,8 +268,9 @@ def loads(
         spill.cleanup()
 
 
-def _prove(made: dict[str, Load], done: list[Loaded]) -> None:
-    """Add the tasks up per collection; IntegrityError when the records are not the manifest's."""
+def _prove(made: dict[str, Load], done: list[Loaded], opened: Repository, bundle_id: str) -> None:
+    """Add the tasks up per collection; IntegrityError when the records are not the manifest's (remembered
+    in `opened`, as a restore on one machine remembers it)."""
     sums: dict[str, int] = {}
     for loaded in sorted(done, key=lambda d: d.number):
         load = made[loaded.name]
@@ -280,6 +284,10 @@ def _prove(made: dict[str, Load], done: list[Loaded]) -> None:
             load.loss.merge(loaded.loss)
     for name, load in made.items():
         if (f"{sums.get(name, 0):032x}", load.records) != (load.dataset.digest, load.dataset.rows):
+            where = opened.storage.display(opened.manifest_path(bundle_id))
+            problem = f"collection {name!r}: the records do not give the manifest's digest"
+            entry = {"bundle_id": bundle_id, "path": where, "problem": problem}
+            reports.record_damage(opened, bundle_id, [entry], found_by="restore")
             raise IntegrityError(
                 f"refusing to restore: the records of collection {name!r} do not match its manifest's digest; "
                 "nothing was written"

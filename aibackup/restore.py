@@ -407,6 +407,7 @@ def _loads(
         load_check=load_check,
         removed={d.name: reader.removed(d) for d, _ in jobs},
         bundle_id=bundle_id,
+        opened=reader.repo,
     ) as made:
         yield made
 

@@ -16,7 +16,7 @@ from aibackup.connectors.pgvector import reading
 from tests.aibackup import test_distributed
 from tests.aibackup.test_distributed import HoldAll, KillOnce, seeded
 from tests.conftest import Postgres
-from tests.helpers import Cli, flip_middle_byte, manifest_json, ok, one_line_error
+from tests.helpers import Cli, flip_middle_byte, manifest_json, ok, one_line_error, resigned_manifest, write_repo_doc
 
 pytestmark = pytest.mark.postgres
 
@@ -182,6 +182,30 @@ def test_a_damaged_part_is_refused_and_the_target_stays_as_it_was(postgres: Post
 
     repo = Repository.open(str(bundle))
     assert repo.storage.display(dataset["parts"][-1]["path"]) in reports.damaged_parts(repo)
+
+
+def test_records_that_do_not_add_up_to_the_digest_are_refused_and_recorded(
+    postgres: Postgres, bundle: Path, cli: Cli
+) -> None:
+    """Every part intact, but the workers' digests do not add up to the manifest's (a writer's bug, a
+    manifest rewritten by someone holding the key): the driver refuses, nothing is written, and the bundle
+    is remembered as damaged, as a restore on one machine remembers it."""
+    from aibackup import reports
+    from aibackup.repository import Repository
+
+    doc = manifest_json(bundle)
+    (dataset,) = doc["datasets"]
+    digest = dataset["digest"]
+    digest["value"] = f"{(int(digest['value'], 16) + 1) % 2**128:032x}"
+    write_repo_doc(bundle, f"bundles/{doc['bundle_id']}.json", resigned_manifest(bundle, doc))
+    db = postgres.database("rdigest")
+    result = cli("restore", "latest", "--repo", str(bundle), "--to", postgres.uri(db), "--workers", "2")
+    line = one_line_error(result, 1, "do not match its manifest's digest")
+    assert "nothing was written" in line and missing(postgres, db)
+    repo = Repository.open(str(bundle))
+    (found,) = [d for d in reports.read_all(repo, reports.VERIFY) if d.get("kind") == "restore"]
+    assert found["ok"] is False and found["bundles"] == [doc["bundle_id"]]
+    assert "the records do not give the manifest's digest" in found["problems"][0]["problem"]
 
 
 def test_a_table_of_other_columns_in_the_way_is_refused_and_kept(
