@@ -117,6 +117,8 @@ class Storage:
         self._client: Any = None
         self._lock = threading.Lock()
         if self.is_local:
+            if not rest.strip():  # `file://` alone would resolve to the current folder: a repository by accident
+                raise UsageError(f"bad repository {url!r}: expected {protocol}:///PATH (or the path alone)")
             self.fs: fsspec.AbstractFileSystem = fsspec.filesystem("file")
             try:
                 self.root = str(Path(os.path.expanduser(rest)).resolve())  # ~nouser stays as written, as in a shell

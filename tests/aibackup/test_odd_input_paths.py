@@ -1,8 +1,8 @@
 """Odd paths and locations that once ended in "internal error" (exit 70) or gave a wrong result: a symlink
 loop as a source, target or repository; a server URI with an unclosed IPv6 ``[``; a source folder whose own
 name is not UTF-8; a SQLite or Milvus Lite target below a file; a ``**`` glob over a symlink back up; an
-empty ``--repo``; ``--config`` naming a device; report and metrics files that cannot be written. (Found by
-probing the CLI; see tests/aibackup/test_odd_input.py for the earlier ones.)"""
+empty ``--repo`` or ``file://``; ``--config`` naming a device; report and metrics files that cannot be
+written. (Found by probing the CLI; see tests/aibackup/test_odd_input.py for the earlier ones.)"""
 
 from __future__ import annotations
 
@@ -94,6 +94,17 @@ def test_an_empty_repo_option_is_refused_not_taken_as_none(tmp_path: Path, cli: 
     for args in (("backup", "conversations:./logs"), ("list",), ("restore", "latest", "--to", "conversations:o")):
         one_line_error(cli(*args, "--repo", ""), 2, "--repo is empty")
     assert not (tmp_path / "aibackup-repo").exists() and not (tmp_path / "o").exists()
+
+
+def test_a_file_url_without_a_path_is_refused_not_taken_as_the_current_folder(tmp_path: Path, cli: Cli) -> None:
+    """``--repo "file://$DIR"`` with DIR unset must not make the current folder a repository."""
+    _logs(tmp_path / "logs")
+    for url in ("file://", "local://", "file:// "):
+        one_line_error(cli("init", "--repo", url), 2, f"bad repository {url!r}", "///PATH")
+        one_line_error(cli("backup", "conversations:./logs", "--repo", url), 2, f"bad repository {url!r}")
+    assert not (tmp_path / "aibackup.json").exists()
+    ok(cli("backup", "conversations:./logs", "--repo", f"file://{tmp_path / 'r'}"))
+    assert (tmp_path / "r" / "aibackup.json").exists()
 
 
 def test_a_config_that_is_not_a_regular_file_says_so(cli: Cli) -> None:
