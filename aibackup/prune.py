@@ -319,14 +319,13 @@ def _source_name(source: Mapping[str, Any]) -> str:
 
 
 def _created(manifest: BundleManifest) -> dt.datetime:
-    """The manifest's created_at in UTC; the time in its id if that does not parse."""
-    try:
-        moment = dt.datetime.fromisoformat(manifest.created_at.replace("Z", "+00:00"))
-    except ValueError:
-        fallback = id_time(manifest.bundle_id)
-        assert fallback is not None  # Repository.bundle_ids lists well-formed ids only
-        return fallback
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
+    """When the bundle was made, for the keep rules: the time in its id. Ids sort in the order bundles were
+    made, also after the clock stepped back (a new id is moved past the newest one, see
+    ``repository.new_bundle_id``), and ``latest`` and ``status`` go by them; ``created_at`` is the clock's own
+    reading, and ranking by it made prune remove the newest bundle as if it were older."""
+    moment = id_time(manifest.bundle_id)
+    assert moment is not None  # Repository.bundle_ids lists only ids with a time
+    return moment
 
 
 def _orphans(

@@ -488,3 +488,19 @@ def test_prune_on_s3(tmp_path: Path, s3_env: Any) -> None:
     gone = run_prune(repo, every(RetentionPolicy(keep_last=1)), now=real_now + dt.timedelta(days=2))
     assert ids(gone.removed) == [bundles[0].bundle_id]
     assert keys() == {p.path for d in bundles[2].datasets for p in d.parts}
+
+
+def test_a_bundle_made_after_the_clock_stepped_back_is_still_the_newest(tmp_path: Path) -> None:
+    """The second backup's clock reads 30 minutes earlier than the first's (NTP stepped it back, or a second
+    host runs slow): its id is moved past the first's, so `latest` and status take it as the newest, and
+    the keep rules must too (they ranked by created_at and removed it)."""
+    source = finetune_source(tmp_path)
+    first = backup(source, at("2026-01-02T02:00:00"))
+    (tmp_path / "ft" / "train.jsonl").write_text('{"prompt": "new", "completion": "row"}\n', encoding="utf-8")
+    second = backup(source, at("2026-01-02T01:30:00"))
+    assert second > first and manifest(second).created_at < manifest(first).created_at
+    for policy in (RetentionPolicy(keep_last=1), RetentionPolicy(keep_daily=1)):
+        result = prune(every(policy), dry_run=True, now=at("2026-01-02T03:00:00"))
+        assert ids(result.kept) == [second] and ids(result.removed) == [first], policy
+    prune(every(RetentionPolicy(keep_last=1)), now=at("2026-01-02T03:00:00"))
+    assert Repository.open(REPO).bundle_ids() == [second]
