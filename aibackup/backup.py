@@ -595,7 +595,7 @@ def _previous(repo: Repository, parent: str | None, name: str, kind: str) -> Dat
     if any(reader.check_part(part, read_data=False) for part in dataset.parts):
         return None
     found = reports.damaged_parts(repo)  # same size, other bytes: known once a verify --read-data or restore saw it
-    if any(repo.storage.display(part.path) in found for part in dataset.parts):
+    if any(part.path in found for part in dataset.parts):
         return None
     return dataset
 

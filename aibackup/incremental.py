@@ -116,8 +116,7 @@ def full_reason(
     for part in parent.all_parts():
         small = part not in parent.parts  # index and tombstones: read now, so re-hashed; records: present
         problem = reader.check_part(part, read_data=small)
-        shown = reader.repo.storage.display(part.path)
-        if problem is None and shown in found:
+        if problem is None and part.path in found:
             problem = "found damaged by an earlier verify --read-data or restore"
         if problem:
             link = parent.link_of(part)

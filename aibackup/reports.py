@@ -83,9 +83,11 @@ _DAMAGED: dict[tuple[str, str], frozenset[str]] = {}
 
 
 def damaged_parts(repo: Repository) -> frozenset[str]:
-    """Every path (as displayed) a kept `verify --read-data` report (or a restore's, see :func:`record_damage`)
-    found damaged. Parts are never rewritten:
-    one found damaged stays so, and a chain that reads it must not be extended (aibackup.incremental)."""
+    """Every part (its path in the repository, ``data/…``) a kept `verify --read-data` report (or a
+    restore's, see :func:`record_damage`) found damaged. Parts are never rewritten: one found damaged stays
+    so, and a chain that reads it must not be extended (aibackup.incremental). Reports name parts as they
+    were shown (a local path, an s3:// URL): matched by their path below the repository, so damage found
+    while the repository was reached under another path (moved, mounted elsewhere) still counts."""
     found: set[str] = set()
     for name in repo.storage.list_names(VERIFY):
         key = (repo.storage.url, name)
@@ -95,9 +97,17 @@ def damaged_parts(repo: Repository) -> frozenset[str]:
             except (AibackupError, FileNotFoundError, ValueError):
                 doc = {}  # a damaged or vanished report is only lost history
             problems = doc.get("problems", []) if isinstance(doc, dict) else []
-            _DAMAGED[key] = frozenset(str(p.get("path")) for p in problems if isinstance(p, dict) and p.get("path"))
+            paths = (part_path(str(p.get("path") or "")) for p in problems if isinstance(p, dict))
+            _DAMAGED[key] = frozenset(path for path in paths if path)
         found |= _DAMAGED[key]
     return frozenset(found)
+
+
+def part_path(shown: str) -> str | None:
+    """The path in the repository (``data/…``) of a part a report names as `shown` (``Storage.display``: a
+    local path or an s3:// URL); None for what is not under data/ (a manifest, a key slot)."""
+    at = shown.rfind(f"/{DATA}/")  # a bundle id or dataset folder is never named "data": the last one is ours
+    return shown[at + 1 :] if at >= 0 else None
 
 
 def latest_by_source(
@@ -153,7 +163,7 @@ def superseded(repo: Repository, bundles: Collection[str], stored: Collection[st
         named = {b for b in (*doc.get("bundles", []), *(p.get("bundle_id") for p in problems)) if isinstance(b, str)}
         deciding = bool((named & existing) - decided)
         decided |= named
-        if not deciding and not any(_still_stored(str(p.get("path") or ""), stored) for p in problems):
+        if not deciding and not any(part_path(str(p.get("path") or "")) in stored for p in problems):
             gone.append(f"{VERIFY}/{name}")
     oldest = min((b.split("-", 1)[0] for b in existing), default=None)  # report names start as bundle ids do
     for folder in (BACKUPS, RESTORE_TESTS):
@@ -171,10 +181,3 @@ def superseded(repo: Repository, bundles: Collection[str], stored: Collection[st
                 gone.append(f"{folder}/{name}")
     return gone
 
-
-def _still_stored(shown: str, stored: Collection[str]) -> bool:
-    """Whether the file a report names as `shown` (``Storage.display``: a local path or an s3:// URL) is
-    among the `stored` paths under data/. Matched by its path below the repository, not by how it was
-    shown, so a repository opened under another path or URL since still keeps its damaged parts' reports."""
-    at = shown.rfind(f"/{DATA}/")  # a bundle id or dataset folder is never named "data": the last one is ours
-    return at >= 0 and shown[at + 1 :] in stored

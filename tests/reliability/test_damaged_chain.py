@@ -53,6 +53,21 @@ def test_a_record_part_found_damaged_by_verify_makes_the_next_backup_full(cli: C
     one_line_error(cli("restore", last, "--repo", str(repo), "--to", f"chroma:{tmp_path / 'old'}"), 1, record)
 
 
+def test_damage_found_before_the_repository_moved_still_counts(cli: Cli, tmp_path: Path) -> None:
+    """Reports name parts as they were shown (an absolute path here): the repository moved, or mounted
+    elsewhere on another host, must not forget the damage and extend the chain that reads it."""
+    store, repo, (_, middle, _) = three_links(cli, tmp_path)
+    (record,) = [p for p in own_parts(repo, middle) if "part-" in p.rsplit("/", 1)[-1]]
+    flip_middle_byte(repo / record)
+    assert cli("verify", "--read-data", "--repo", str(repo)).code == 1
+    moved = repo.rename(tmp_path / "moved")
+    chroma_client(store).get_collection("docs").upsert(ids=["new-2"], embeddings=np.ones((1, 8), np.float32))
+    result = ok(cli("backup", f"chroma:{store}", "--repo", str(moved), "--queries", "0", "--json")).json()
+    (dataset,) = result["datasets"]
+    assert not dataset["incremental"], dataset
+    assert "found damaged by an earlier verify --read-data or restore" in dataset["full_reason"], dataset
+
+
 def test_a_record_part_a_restore_found_damaged_makes_the_next_backup_full(cli: Cli, tmp_path: Path) -> None:
     """The damage a restore refuses is remembered as a failed verify's is: at 2 AM nobody runs verify
     first, and the next night must not extend the chain that reads the damaged part."""
@@ -64,7 +79,7 @@ def test_a_record_part_a_restore_found_damaged_makes_the_next_backup_full(cli: C
     flip_middle_byte(repo / record)
     one_line_error(cli("restore", last, "--repo", str(repo), "--to", f"chroma:{tmp_path / 'old'}"), 1, record)
     opened = Repository.open(str(repo))
-    assert opened.storage.display(record) in reports.damaged_parts(opened)
+    assert record in reports.damaged_parts(opened)
     assert last not in reports.verified_bundles(opened)
     chroma_client(store).get_collection("docs").upsert(ids=["new-2"], embeddings=np.ones((1, 8), np.float32))
     result = ok(cli("backup", f"chroma:{store}", "--repo", str(repo), "--queries", "0", "--json")).json()
