@@ -131,14 +131,7 @@ def _destination(
     """The destination repository, created from the source's marker when the location is missing or empty
     (written only once every check passed: a refused copy leaves nothing there); UsageError when it cannot
     take the source's bundles as they are, or the key for it does not open them."""
-    here = source.storage
-    # Local folders by their resolved path (`./r`, `r/.` and a link to r are r); other URLs as written (the
-    # same bucket name on another endpoint is another repository).
-    if (
-        (storage.root == here.root)
-        if storage.is_local and here.is_local
-        else storage.url.rstrip("/") == here.url.rstrip("/")
-    ):
+    if storage.same_place(source.storage):
         raise UsageError("the destination is the source repository itself")
     if to_key_file and not source.encrypted:  # before a new destination is made
         raise UsageError(

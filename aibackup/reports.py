@@ -180,4 +180,3 @@ def superseded(repo: Repository, bundles: Collection[str], stored: Collection[st
             if not needed and (oldest is None or name.split("-", 1)[0] < oldest):
                 gone.append(f"{folder}/{name}")
     return gone
-

@@ -141,6 +141,14 @@ class Storage:
         else:
             raise UsageError(f"unsupported repository location {url!r}: use a local path or s3://bucket/prefix")
 
+    def same_place(self, other: Storage) -> bool:
+        """Whether `other` is this repository root: local folders by their resolved path (`./r`, `r/.` and a
+        link to r are r); other URLs as written (the same bucket name on another endpoint is another
+        repository)."""
+        if self.is_local and other.is_local:
+            return self.root == other.root
+        return self.url.rstrip("/") == other.url.rstrip("/")
+
     # --- paths -----------------------------------------------------------------------------------------
 
     def full(self, rel: str) -> str:

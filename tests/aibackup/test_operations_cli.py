@@ -396,3 +396,29 @@ def test_prune_removes_the_reports_no_reader_needs(tmp_path: Path, cli: Cli, mon
     assert not fresh.get("chain") and all(
         p["path"].startswith(f"data/{logs_run['bundle_id']}/") for p in fresh["parts"]
     )
+
+
+def test_a_command_on_another_repository_leaves_the_configs_metrics_file_alone(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config's metrics file describes the config's repository: `prune --repo COPY` rewrote it with the
+    copy's view (no backup or drill reports there: aibackup_verify_success fell to 0 and the backup metrics
+    vanished). The config's repository spelled another way is still the config's."""
+    config = write_config(tmp_path, extra="copies: [{repository: ./copy}]\n")
+    config.write_text(config.read_text().replace("  kb:", "  # kb:"))
+    night(monkeypatch, START)
+    ok(cli("backup"))
+    ok(cli("verify", "--read-data"))
+    ok(cli("status"))
+    metrics = tmp_path / "metrics" / "aibackup.prom"
+    before = metrics.read_text()
+    assert 'aibackup_verify_success{source="logs"} 1' in before and "aibackup_backup_success" in before
+    metrics.unlink()
+    ok(cli("prune", "--repo", "./copy", "--keep-last", "1", "--config", "aibackup.yaml"))
+    ok(cli("status", "--repo", str(tmp_path / "copy")))
+    assert not metrics.exists()
+    ok(cli("prune", "--repo", str(tmp_path / "repo" / "."), "--keep-last", "1", "--config", "aibackup.yaml"))
+    assert metrics.read_text() == before
+    explicit = tmp_path / "copy.prom"
+    ok(cli("status", "--repo", "./copy", "--metrics-file", str(explicit)))  # asked for: the copy's view
+    assert 'aibackup_verify_success{source="logs"} 0' in explicit.read_text()
