@@ -153,7 +153,11 @@ class FileWriter:
         self._handle(name)
 
     def write(self, name: str, data: bytes) -> None:
-        self._handle(name).write(data)
+        handle = self._handle(name)
+        try:
+            handle.write(data)
+        except OSError as exc:  # a full disk (ENOSPC), a file size limit (EFBIG): the storage, exit 3
+            raise UnavailableError(f"cannot write {shown(os.path.join(self.root, name))}: {exc.strerror}") from None
         self._sha[name].update(data)
 
     def _handle(self, name: str) -> IO[bytes]:
@@ -178,8 +182,13 @@ class FileWriter:
             raise UnavailableError(f"cannot write {shown(os.path.join(self.root, name))}: {exc.strerror}") from None
         self._open[name] = handle
         if len(self._open) > OPEN_FILES:
-            _, oldest = self._open.popitem(last=False)
-            oldest.close()
+            evicted, oldest = self._open.popitem(last=False)
+            try:
+                oldest.close()  # flushes what it buffered
+            except OSError as exc:
+                raise UnavailableError(
+                    f"cannot write {shown(os.path.join(self.root, evicted))}: {exc.strerror}"
+                ) from None
         return handle
 
     def commit(self) -> dict[str, str]:
@@ -219,7 +228,8 @@ class FileWriter:
     def discard(self) -> None:
         """Remove every temporary file not yet renamed (after an error)."""
         for handle in self._open.values():
-            handle.close()
+            with contextlib.suppress(OSError):  # its buffered bytes may not fit (the full disk that stopped us)
+                handle.close()
         self._open.clear()
         for tmp in self._temps.values():
             with contextlib.suppress(FileNotFoundError):

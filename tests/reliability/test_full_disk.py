@@ -78,3 +78,26 @@ def test_a_full_disk_under_a_large_part_or_a_copy_is_exit_3_not_an_internal_erro
     assert not list(copy.glob("bundles/*.json"))
     ok(cli("copy", "--repo", str(repo), "--to-repo", str(copy)))
     ok(cli("verify", "--repo", str(copy), "--read-data"))
+
+
+def test_a_full_disk_under_a_restored_folder_is_exit_3_naming_the_file(tmp_path: Path, cli: Cli) -> None:
+    """Conversation logs and fine-tuning sets restored onto a full disk: one line naming the file (it was an
+    internal error, exit 70), no temporary file left, and the restore runs once there is room."""
+    line = '{"user_id": "u", "input": "%s", "output": "ok"}\n'
+    for kind, name in (("conversations", "app.jsonl"), ("finetune", "train.jsonl")):
+        source = tmp_path / kind
+        source.mkdir()
+        row = '{"prompt": "%s", "completion": "ok"}\n' if kind == "finetune" else line
+        (source / name).write_text("".join(row % f"{i:06d} {'x' * 200}" for i in range(8000)))  # ~1.8 MB
+        repo, target = tmp_path / f"{kind}-repo", tmp_path / f"{kind}-back"
+        ok(cli("backup", f"{kind}:{source}", "--repo", str(repo), "--queries", "0"))
+        args = ["restore", "latest", "--repo", str(repo), "--to", f"{kind}:{target}"]
+        full = subprocess.run(
+            [sys.executable, "-c", FULL_DISK, str(1_000_000), *args], capture_output=True, text=True, timeout=300
+        )
+        assert full.returncode == 3, (kind, full.returncode, full.stderr)
+        lines = full.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"cannot write {target.name}/{name}: File too large" in lines[0], lines
+        assert not [p for p in target.rglob("*") if p.is_file()]  # no half-written file, no temporary file
+        ok(cli(*args))
+        assert (target / name).read_bytes() == (source / name).read_bytes()
