@@ -546,7 +546,22 @@ class ChromaConnector(VectorConnector):
             return UnavailableError(f"{self._store} refused access ({text}); check the token in {var}")
         if is_transport_error(exc):
             return UnavailableError(f"Chroma server {self._store} is not answering ({what}): {text}")
+        if isinstance(exc, OSError) or any(sign in text.lower() for sign in _STORAGE_FAILURES):
+            return UnavailableError(f"Chroma could not {what} ({subject}): {text} (is its disk full?)")
         return ConnectorError(f"Chroma could not {what} ({subject}): {text}")
+
+
+#: How an embedded Chroma words a write its disk refused (full, a file size or quota limit): SQLite's own
+#: messages, and its Rust compactor's, which says no more than that it failed. The storage's failure (exit 3),
+#: not a bad request (exit 2).
+_STORAGE_FAILURES = (
+    "database or disk is full",
+    "disk i/o error",
+    "no space left",
+    "file too large",
+    "disk quota",
+    "error in compaction",
+)
 
 
 __all__ = ["ChromaConnector", "raw_get"]

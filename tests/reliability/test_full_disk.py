@@ -101,3 +101,16 @@ def test_a_full_disk_under_a_restored_folder_is_exit_3_naming_the_file(tmp_path:
         assert not [p for p in target.rglob("*") if p.is_file()]  # no half-written file, no temporary file
         ok(cli(*args))
         assert (target / name).read_bytes() == (source / name).read_bytes()
+
+
+def test_a_full_disk_under_a_chroma_target_is_exit_3(tmp_path: Path, cli: Cli) -> None:
+    """An embedded Chroma whose disk refuses the restore's writes: the storage's failure (exit 3), as for a
+    Qdrant target, not a bad request (exit 2)."""
+    store, repo = tmp_path / "chroma", tmp_path / "repo"
+    seed_chroma(store, "docs", n=3000, dim=64)
+    ok(cli("backup", f"chroma:{store}", "--repo", str(repo), "--queries", "0"))
+    args = ["restore", "latest", "--repo", str(repo), "--to", f"chroma:{tmp_path / 'back'}"]
+    full = subprocess.run([sys.executable, "-c", FULL_DISK, str(400_000), *args], capture_output=True, text=True)
+    assert full.returncode == 3, (full.returncode, full.stderr)
+    lines = full.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Chroma could not" in lines[0] and "is its disk full?" in lines[0], lines
