@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from aibackup import reports
+from aibackup import reports, spool
 from aibackup.config import Config, SourceConfig
 from aibackup.connectors.base import VectorConnector
 from aibackup.connectors.registry import connector_class, open_connector, parse_location
@@ -33,6 +33,9 @@ from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions, judge
 from aibackup.repository import Repository
 from aibackup.restore import RestoreResult, run_restore
+
+#: The drill's temporary scratch stores are folders named so in the system's temporary folder.
+SCRATCH_PREFIX = "aibackup-drill-"
 
 
 @dataclass
@@ -206,7 +209,12 @@ def _scratch(config: Config, source: SourceConfig) -> Iterator[str]:
             yield target
             return
     scheme = parse_location(source.uri).scheme.split("+")[0]
-    folder = Path(tempfile.mkdtemp(prefix=f"aibackup-drill-{source.name}-"))
+    # A drill killed outright (kill -9, the OOM killer) cannot remove its scratch store, a whole restored
+    # copy of the source: the next drill removes every one whose owner died, as spools are swept.
+    parent = tempfile.gettempdir()
+    spool.sweep_dead(parent, SCRATCH_PREFIX)
+    folder = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{source.name}-", dir=parent))
+    owner = spool.own(str(folder))
     try:
         if parse_location(source.uri).scheme == "conversations+sqlite":
             yield f"conversations+sqlite:{folder / 'restored.db'}?table={parse_location(source.uri).params['table']}"
@@ -214,6 +222,8 @@ def _scratch(config: Config, source: SourceConfig) -> Iterator[str]:
             yield f"{scheme}:{folder / scheme}"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+        if owner is not None:
+            owner.close()  # after the folder is gone: a sweep never sees it unlocked while it is in use
 
 
 def _golden(

@@ -73,7 +73,7 @@ class PartSpool:
                 parent = self._parent or tempfile.gettempdir()
                 sweep_dead(parent)
                 self._dir = tempfile.mkdtemp(prefix=PREFIX, dir=parent)  # mode 0700
-                self._owner = _own(self._dir)
+                self._owner = own(self._dir)
             return self._dir
 
     def fetch_ahead(self, parts: Iterable[tuple[str, int]]) -> None:
@@ -194,11 +194,11 @@ class PartSpool:
             self._owner = None
 
 
-def _own(folder: str) -> IO[bytes] | None:
-    """Lock a new owner file in the new spool `folder` and return it (kept open: closing it, or the process
-    dying, releases the lock). It is locked under another name and renamed into place, so that a sweep
-    never finds the owner file unlocked while its folder is in use. None where files cannot be locked
-    (the folder is then never swept)."""
+def own(folder: str) -> IO[bytes] | None:
+    """Lock a new owner file in the new temporary `folder` (a spool's, a drill's scratch store's) and return
+    it (kept open: closing it, or the process dying, releases the lock). It is locked under another name and
+    renamed into place, so that a sweep never finds the owner file unlocked while its folder is in use. None
+    where files cannot be locked (the folder is then never swept)."""
     if fcntl is None:
         return None
     handle = open(os.path.join(folder, f"{OWNER}.new"), "xb")  # noqa: SIM115 - open while the spool lives
@@ -211,15 +211,16 @@ def _own(folder: str) -> IO[bytes] | None:
     return handle
 
 
-def sweep_dead(parent: str) -> list[str]:
-    """Remove the spool folders in `parent` whose owner died (their owner file can be locked: the kernel
-    released the lock of the process that held it) and return their paths. A folder that is in use, has no
-    owner file, or cannot be examined is left alone; nothing here raises for one folder."""
+def sweep_dead(parent: str, prefix: str = PREFIX) -> list[str]:
+    """Remove the folders in `parent` named `prefix`… (spools by default) whose owner died (their owner file
+    can be locked: the kernel released the lock of the process that held it, see :func:`own`) and return
+    their paths. A folder that is in use, has no owner file, or cannot be examined is left alone; nothing
+    here raises for one folder."""
     if fcntl is None:
         return []
     removed = []
     try:
-        entries = [e.path for e in os.scandir(parent) if e.name.startswith(PREFIX) and e.is_dir(follow_symlinks=False)]
+        entries = [e.path for e in os.scandir(parent) if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False)]
     except OSError:
         return []
     for folder in entries:

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -422,3 +428,34 @@ def test_a_command_on_another_repository_leaves_the_configs_metrics_file_alone(
     explicit = tmp_path / "copy.prom"
     ok(cli("status", "--repo", "./copy", "--metrics-file", str(explicit)))  # asked for: the copy's view
     assert 'aibackup_verify_success{source="logs"} 0' in explicit.read_text()
+
+
+def test_the_next_drill_removes_the_scratch_store_of_a_killed_one(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drill killed outright (kill -9, the OOM killer) cannot remove its temporary scratch store, a whole
+    restored copy of the source; the next drill removes it, as a killed command's spool is removed."""
+    seed_chroma(tmp_path / "chroma", "docs", n=3000, dim=64)
+    write_config(tmp_path)
+    ok(cli("backup", "--source", "kb", "--queries", "0"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    drill = subprocess.Popen(
+        [sys.executable, "-m", "aibackup", "restore-test", "--source", "kb"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(scratch.glob("aibackup-drill-kb-*/owner.lock")) and drill.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        if drill.poll() is None:
+            os.kill(drill.pid, signal.SIGKILL)
+        drill.wait()
+    (left,) = scratch.glob("aibackup-drill-kb-*")  # what a killed drill leaves
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads TMPDIR once: let this process read it too
+    ok(cli("restore-test", "--source", "kb"))
+    assert not left.exists() and not list(scratch.iterdir())
