@@ -31,6 +31,7 @@ from aibackup.errors import (
     EXIT_USAGE,
     AibackupError,
     ConfigError,
+    Interrupted,
     UsageError,
 )
 
@@ -113,8 +114,14 @@ def main(argv: list[str] | None = None) -> None:
         # Point stdout at /dev/null so the interpreter's final flush does not complain either.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(EXIT_OK)
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        _fail(as_json, "interrupted", "interrupted", EXIT_INTERRUPTED)
+    except (KeyboardInterrupt, click.exceptions.Abort) as exc:
+        # Interrupted says what the interruption left (a restore half-way into a collection).
+        _fail(
+            as_json,
+            "interrupted",
+            f"interrupted: {exc}" if isinstance(exc, Interrupted) else "interrupted",
+            EXIT_INTERRUPTED,
+        )
     except AibackupError as exc:
         _fail(as_json, exc.code, str(exc), exc.exit_code)
     except Exception as exc:  # a bug: still one line, unless the user asks for the traceback

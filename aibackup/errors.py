@@ -30,6 +30,12 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     return lines[0][:limit] if lines else f"{type(exc).__name__} without a message"
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) that stopped a command where what it leaves is worth saying (a restore half-way into a
+    collection): the message says so; exit 130, as for any interruption. A KeyboardInterrupt, not an
+    AibackupError, so that nothing which handles errors goes on after it (a drill's next source)."""
+
+
 class AibackupError(Exception):
     """Root of every error aibackup raises on purpose. The message is the one line the user sees."""
 

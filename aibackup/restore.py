@@ -29,7 +29,14 @@ from aibackup.chunk_reader import ChunkReader
 from aibackup.connectors import layouts
 from aibackup.connectors.base import MODES, ChunkedConnector, Connector, DatasetDescription, ImportPlan
 from aibackup.connectors.registry import connector_class, open_connector, parse_location
-from aibackup.errors import AibackupError, DatasetNotFoundError, IntegrityError, UnsupportedFeatureError, UsageError
+from aibackup.errors import (
+    AibackupError,
+    DatasetNotFoundError,
+    IntegrityError,
+    Interrupted,
+    UnsupportedFeatureError,
+    UsageError,
+)
 from aibackup.lossy import LossTally
 from aibackup.manifests.kinds import KINDS
 from aibackup.manifests.model import BundleManifest, DatasetManifest, PartEntry
@@ -211,6 +218,8 @@ def run_restore(
                         )
                     except AibackupError as exc:
                         raise _stopped(exc, connector, plan, results) from None
+                    except KeyboardInterrupt:  # Ctrl-C half-way into a collection: say which, and what now
+                        raise Interrupted(_stopped_in(connector, plan, results)) from None
             target = connector.location.display()
         return RestoreResult(
             bundle_id=manifest.bundle_id,
@@ -283,7 +292,19 @@ def _stopped(
 ) -> AibackupError:
     """`exc` (of its type, for its exit code) saying in which collection the restore stopped, what became
     of it, and which collections were restored before it."""
-    done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
+    where, done = _stopped_at(connector, plan, results)
+    return type(exc)(f"{where}: {exc}{done}")
+
+
+def _stopped_in(connector: Connector, plan: ImportPlan, results: Sequence[DatasetResult]) -> str:
+    """What a Ctrl-C half-way into `plan`'s collection leaves (:func:`_stopped`'s words): without it a rerun
+    met "already holds N records" as if they were the user's own."""
+    where, done = _stopped_at(connector, plan, results)
+    return f"{where}{done}"
+
+
+def _stopped_at(connector: Connector, plan: ImportPlan, results: Sequence[DatasetResult]) -> tuple[str, str]:
+    """(in which collection the restore stopped and what became of it, which collections it restored before)."""
     if connector.atomic_import:
         state = "; nothing of it was written (the target writes in one transaction)"
     elif plan.undone_on_failure:
@@ -292,10 +313,8 @@ def _stopped(
         state = ", which may now hold part of the bundle (run it again with --mode overwrite)"
     else:  # overwrite and merge: the same command again replaces or completes it
         state = ", which may now hold part of the bundle (run it again)"
-    return type(exc)(
-        f"restore stopped in collection {plan.target.name!r}{state}: {exc}"
-        + (f" (already restored: {done})" if done else "")
-    )
+    done = ", ".join(f"{r.target!r} ({'checks passed' if r.ok else 'checks FAILED'})" for r in results)
+    return f"restore stopped in collection {plan.target.name!r}{state}", f" (already restored: {done})" if done else ""
 
 
 def _layout(

@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.helpers import (
+    chroma_client,
     chroma_contents,
     ok,
     one_line_error,
@@ -152,6 +153,39 @@ def test_damage_is_caught_by_verify_and_refused_by_restore(tmp_path: Path, cli: 
     line = one_line_error(refused, 1)
     assert damaged.name in line or "damaged manifest" in line
     assert not (tmp_path / "q" / "collection").exists()  # nothing was written
+
+
+def test_ctrl_c_half_way_into_a_collection_says_which_and_what_to_do(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a restore writes a collection leaves part of it in a store without transactions: the
+    line says which collection and how to finish (it said only "interrupted", and the rerun then met "already
+    holds N records" as if they were the user's own); the rerun it names completes the restore."""
+    from aibackup.connectors.chroma.connector import ChromaConnector
+
+    seed_chroma(tmp_path / "chroma", "docs", n=300)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--queries", "0"))
+    real = ChromaConnector.import_
+
+    def ctrl_c_after_a_batch(self: ChromaConnector, plan: Any, batches: Any) -> int:
+        def first_then_ctrl_c() -> Any:
+            yield next(iter(batches)).slice(0, 100)
+            raise KeyboardInterrupt  # what SIGINT raises in the main thread, between two writes
+
+        return real(self, plan, first_then_ctrl_c())
+
+    target = f"chroma:{tmp_path / 'back'}"
+    with monkeypatch.context() as patch:
+        patch.setattr(ChromaConnector, "import_", ctrl_c_after_a_batch)
+        for args in ((), ("--json",)):
+            result = cli("restore", "latest", "--to", target, "--mode", "overwrite", *args)
+            assert result.code == 130
+            line = json.loads(result.err)["error"]["message"] if args else one_line_error(result, 130)
+            assert "interrupted: restore stopped in collection 'docs'" in line, line
+            assert "may now hold part of the bundle (run it again)" in line, line
+    assert chroma_client(tmp_path / "back").get_collection("docs").count() == 100  # what it left
+    assert ok(cli("restore", "latest", "--to", target, "--mode", "overwrite", "--json")).json()["ok"]
+    assert chroma_client(tmp_path / "back").get_collection("docs").count() == 300
 
 
 def test_crash_between_parts_and_manifest_leaves_no_bundle(
