@@ -15,6 +15,13 @@ was given, then the manifest, written exclusively, last. An interrupted copy the
 bundle, only unreferenced parts (which a rerun reuses when their size is right, and prune removes after its
 grace period otherwise); a second run copies nothing.
 
+A part (or chunk pack) the destination holds but found damaged (a `verify --read-data` or restore of it
+recorded so, see :func:`aibackup.reports.damaged_parts`) is not reused: it is copied again over the damaged
+one, proven by the source manifest's sha256 as any part, and the repair recorded in the destination
+(:func:`aibackup.reports.record_repair`), so that its next backups may build on it again. That covers the
+bundles a run copies and, for the bundles the destination already holds, those named or all (not the
+nightly copy's, which takes only newer bundles): ``copy --to-repo PRIMARY`` from a copy repairs the primary.
+
 The destination is a repository of its own (its own locks, retention, reports). A missing or empty one is
 created with the source's marker (same repository id and, when encrypted, the same key slots: the same
 passphrase opens it; add slots of its own with ``aibackup key add``). An existing destination must match:
@@ -33,9 +40,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aibackup import keys
+from aibackup import keys, reports
 from aibackup.chunkprune import referenced_chunks
-from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, pack_problem
+from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, pack_problem
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import IntegrityError, UsageError
 from aibackup.lock import RepositoryLock
@@ -56,6 +63,8 @@ class CopyResult:
     bytes: int = 0
     seconds: float = 0.0
     destination_created: bool = False
+    #: Paths in the destination it had found damaged, copied again from the source (see the module docstring).
+    repaired: list[str] = field(default_factory=list)
     generations_added: list[int] = field(default_factory=list)  # master keys the copy took from the source
 
     @property
@@ -72,6 +81,7 @@ class CopyResult:
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
             "generations_added": list(self.generations_added),
+            "repaired": list(self.repaired),
         }
 
 
@@ -112,15 +122,18 @@ def run_copy(
             _same_generations(source, target, sorted(set(wanted) - present))
         copier = _Copier(source, target, key, fresh=created)
         for bundle_id in sorted(set(wanted)):
-            if bundle_id in present:
-                result.skipped.append(bundle_id)
-                continue
             try:
-                result.bytes += copier.bundle(bundle_id)
+                if bundle_id in present:
+                    result.bytes += copier.repair(bundle_id)
+                else:
+                    result.bytes += copier.bundle(bundle_id)
             except IntegrityError as exc:
                 result.failed.append((bundle_id, str(exc)))
                 continue
-            result.copied.append(bundle_id)
+            (result.skipped if bundle_id in present else result.copied).append(bundle_id)
+        result.repaired = sorted(copier.repaired)
+        if result.repaired:
+            reports.record_repair(target, [target.storage.display(p) for p in result.repaired], "copy")
     result.seconds = time.perf_counter() - started
     return result
 
@@ -191,6 +204,9 @@ class _Copier:
         # per part (s3fs's size() of a missing key is a HEAD and a LIST), updated as objects land.
         self._held: dict[str, dict[str, int]] = {}
         self._held_lock = threading.Lock()
+        # What the destination found damaged: copied again, never reused (a fresh destination found nothing).
+        self._damaged = frozenset() if fresh else reports.damaged_parts(target)
+        self.repaired: set[str] = set()
 
     def bundle(self, bundle_id: str) -> int:
         """Copy one bundle (parts, packs, index, manifest last); returns the bytes written. IntegrityError
@@ -214,15 +230,33 @@ class _Copier:
         self.target.storage.write_exclusive(self.target.manifest_path(bundle_id), raw, as_stored=True)
         return written + len(raw)
 
+    def repair(self, bundle_id: str) -> int:
+        """The parts and packs of bundle `bundle_id`, which the destination holds, that it found damaged,
+        copied again (nothing when it found none); returns the bytes written. IntegrityError naming what is
+        damaged in the source as well."""
+        if not self._damaged:
+            return 0
+        manifest = self.source.load(bundle_id)
+        written = sum(self._part(part) for part in _parts(manifest) if part.path in self._damaged)
+        damaged_packs = {path for path in self._damaged if is_pack(path)}
+        if damaged_packs:  # a model bundle's files: the packs holding their chunks
+            index = self._index(self.source, "_source_index")
+            chunks = referenced_chunks(self.source, [manifest])
+            packs = {place.pack for chunk in chunks if (place := index.get(chunk)) is not None}
+            written += sum(self._pack(pack) for pack in sorted(packs & damaged_packs))
+        return written
+
     def _part(self, part: PartEntry) -> int:
-        """One part, unless the destination holds it already (the right size); hashed on the way, and
-        completed (an S3 upload finished, a local file fsynced) only when it gives the manifest's sha256."""
+        """One part, unless the destination holds it already (the right size, not found damaged); hashed on
+        the way, and completed (an S3 upload finished, a local file fsynced) only when it gives the
+        manifest's sha256."""
         dest = self.target.storage
         held = self._held_size(part.path)
-        if held == part.bytes:
+        if held == part.bytes and part.path not in self._damaged:
             return 0
         if held is not None:
-            dest.remove(part.path)  # a copy interrupted mid-part (a local file is written in place)
+            # A copy interrupted mid-part (a local file is written in place), or a part found damaged.
+            dest.remove(part.path)
         where = self.source.storage.display(part.path)
         sha = hashlib.sha256()
         size = 0
@@ -246,6 +280,8 @@ class _Copier:
                 dest.remove(part.path)
             raise
         self._landed(part.path, part.bytes)
+        if part.path in self._damaged:
+            self.repaired.add(part.path)
         return part.bytes
 
     def _chunks(self, manifest: BundleManifest) -> int:
@@ -291,7 +327,7 @@ class _Copier:
             raise IntegrityError(f"missing chunk pack {where}") from None
         dest = self.target.storage
         held = self._held_size(pack)
-        if held == len(raw):
+        if held == len(raw) and pack not in self._damaged:
             return 0
         if held is not None:
             dest.remove(pack)
@@ -306,6 +342,8 @@ class _Copier:
             writer.abort()
             raise
         self._landed(pack, len(raw))
+        if pack in self._damaged:
+            self.repaired.add(pack)
         return len(raw)
 
     def _held_size(self, rel: str) -> int | None:

@@ -66,12 +66,15 @@ class CopyRun:
     seconds: float = 0.0
     error: str | None = None
     exit_code: int = 0
+    #: Parts the copy had found damaged, copied again (aibackup.copy).
+    repaired: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
             "repository": self.repository,
             "ok": self.ok,
             "copied": self.copied,
+            "repaired": self.repaired,
             "failed": self.failed,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
@@ -202,7 +205,7 @@ def copy_bundles(config: Config, copy: CopyConfig, repo: Repository | None, repo
         )
     else:
         failed = [{"bundle_id": b, "problem": p} for b, p in done.failed]
-        run = CopyRun(copy.repository, done.ok, done.copied, failed, done.bytes, done.seconds)
+        run = CopyRun(copy.repository, done.ok, done.copied, failed, done.bytes, done.seconds, repaired=done.repaired)
         run.exit_code = 0 if done.ok else IntegrityError.exit_code
     report.event("copy_done", f"copy to {copy.repository}: {'ok' if run.ok else 'FAILED'}", **run.to_json())
     return run

@@ -5,7 +5,8 @@ Layout (small JSON documents, written exclusively, never rewritten; readers skip
     <repo>/reports/backups/<time>-<nonce>.json        one per backup of a source: ok, bundle, seconds, bytes
     <repo>/reports/restore-tests/<time>-<nonce>.json  one per source restore test: ok, bundle, achieved RTO
     <repo>/reports/verify/<time>-<nonce>.json         one per `verify --read-data`: ok, the bundles it read;
-                                                      and one per restore that found damage (kind "restore")
+                                                      and one per restore that found damage (kind "restore"),
+                                                      per copy that repaired parts found damaged (kind "copy")
 
 ``<time>`` sorts like a bundle id, so the newest report is the greatest name. Reports are evidence for
 monitoring, not part of any bundle: deleting them loses history, never data. ``prune`` removes the ones
@@ -58,6 +59,15 @@ def record_damage(repo: Repository, bundle_id: str, problems: list[dict[str, str
     record_verify(repo, [bundle_id], False, problems, kind=found_by)
 
 
+def record_repair(repo: Repository, paths: list[str], by: str) -> None:
+    """Remember that the parts at `paths` (as ``Storage.display`` shows them), found damaged before, were
+    written again with bytes proven by their manifest's sha256 (`by`: ``"copy"``, from another repository):
+    :func:`damaged_parts` no longer counts them, unless a later report finds them damaged again. Best
+    effort, as :func:`record_verify`."""
+    with contextlib.suppress(AibackupError, OSError):
+        write(repo, VERIFY, {"kind": by, "ok": True, "bundles": [], "problems": [], "repaired": paths})
+
+
 def read_all(repo: Repository, folder: str) -> Iterator[dict[str, Any]]:
     """Every readable report of a folder, newest first."""
     for _name, doc in _read_named(repo, folder):
@@ -77,30 +87,44 @@ def _read_named(repo: Repository, folder: str) -> Iterator[tuple[str, dict[str, 
             yield name, doc
 
 
-#: (repository URL, report name) -> the paths it found damaged: reports are never rewritten, so each is read
-#: once per process however many collections a backup extends.
-_DAMAGED: dict[tuple[str, str], frozenset[str]] = {}
+#: (repository URL, report name) -> (the parts it found damaged, the parts it repaired): reports are never
+#: rewritten, so each is read once per process however many collections a backup extends.
+_PATHS: dict[tuple[str, str], tuple[frozenset[str], frozenset[str]]] = {}
 
 
 def damaged_parts(repo: Repository) -> frozenset[str]:
     """Every part (its path in the repository, ``data/…``) a kept `verify --read-data` report (or a
-    restore's, see :func:`record_damage`) found damaged. Parts are never rewritten: one found damaged stays
-    so, and a chain that reads it must not be extended (aibackup.incremental). Reports name parts as they
-    were shown (a local path, an s3:// URL): matched by their path below the repository, so damage found
-    while the repository was reached under another path (moved, mounted elsewhere) still counts."""
-    found: set[str] = set()
-    for name in repo.storage.list_names(VERIFY):
-        key = (repo.storage.url, name)
-        if key not in _DAMAGED:
-            try:
-                doc = json.loads(repo.storage.read_bytes(f"{VERIFY}/{name}"))
-            except (AibackupError, FileNotFoundError, ValueError):
-                doc = {}  # a damaged or vanished report is only lost history
-            problems = doc.get("problems", []) if isinstance(doc, dict) else []
-            paths = (part_path(str(p.get("path") or "")) for p in problems if isinstance(p, dict))
-            _DAMAGED[key] = frozenset(path for path in paths if path)
-        found |= _DAMAGED[key]
-    return frozenset(found)
+    restore's, see :func:`record_damage`) found damaged, unless a later one repaired it
+    (:func:`record_repair`). A part is never rewritten but by such a repair: one found damaged stays so, and
+    a chain that reads it must not be extended (aibackup.incremental). Reports name parts as they were shown
+    (a local path, an s3:// URL): matched by their path below the repository, so damage found while the
+    repository was reached under another path (moved, mounted elsewhere) still counts."""
+    damaged: set[str] = set()
+    settled: set[str] = set()  # by a newer report: damaged, or repaired
+    for name in sorted(repo.storage.list_names(VERIFY), reverse=True):  # newest first
+        bad, repaired = _paths(repo, name)
+        damaged |= bad - settled
+        settled |= bad | repaired
+    return frozenset(damaged)
+
+
+def _paths(repo: Repository, name: str) -> tuple[frozenset[str], frozenset[str]]:
+    """(parts found damaged, parts repaired) by the verify-folder report `name`, read once per process."""
+    key = (repo.storage.url, name)
+    if key not in _PATHS:
+        try:
+            doc = json.loads(repo.storage.read_bytes(f"{VERIFY}/{name}"))
+        except (AibackupError, FileNotFoundError, ValueError):
+            doc = {}  # a damaged or vanished report is only lost history
+        _PATHS[key] = _paths_of(doc if isinstance(doc, dict) else {})
+    return _PATHS[key]
+
+
+def _paths_of(doc: dict[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
+    problems = doc.get("problems", [])
+    bad = (part_path(str(p.get("path") or "")) for p in problems if isinstance(p, dict))
+    repaired = (part_path(str(p)) for p in doc.get("repaired", []) if isinstance(p, str))
+    return frozenset(p for p in bad if p), frozenset(p for p in repaired if p)
 
 
 def part_path(shown: str) -> str | None:
@@ -147,23 +171,28 @@ def superseded(repo: Repository, bundles: Collection[str], stored: Collection[st
     files `stored` (paths under ``data/``) remain: what ``prune`` removes with the bundles.
 
     - ``verify``: a report stays while it is the newest to name a bundle that still exists (it decides
-      whether that bundle counts as verified, :func:`verified_bundles`) or it found damaged a part that is
-      still stored (parts are never rewritten: :func:`damaged_parts` must keep refusing a chain that reads
-      it). A verify run every night would otherwise add a report every backup reads, forever.
+      whether that bundle counts as verified, :func:`verified_bundles`) or the newest to speak of a part
+      still stored and it found that part damaged (:func:`damaged_parts` must keep refusing a chain that
+      reads it; once a newer report repaired it, neither is needed). A verify run every night would
+      otherwise add a report every backup reads, forever.
     - ``backups`` and ``restore-tests``: a report stays while it was recorded after the oldest bundle that
       still exists was started (the history the retention keeps), or it is its source's newest, or its
       newest that passed (what ``status`` shows).
 
     A report that cannot be read, or has no source, is left alone (not ours to judge)."""
-    existing = set(bundles)
+    existing, still = set(bundles), set(stored)
     gone: list[str] = []
     decided: set[str] = set()
-    for name, doc in _read_named(repo, VERIFY):  # newest first, as verified_bundles decides
+    settled: set[str] = set()  # parts a newer report found damaged or repaired (damaged_parts' fold)
+    for name, doc in _read_named(repo, VERIFY):  # newest first, as verified_bundles and damaged_parts decide
         problems = [p for p in doc.get("problems", []) if isinstance(p, dict)]
         named = {b for b in (*doc.get("bundles", []), *(p.get("bundle_id") for p in problems)) if isinstance(b, str)}
         deciding = bool((named & existing) - decided)
         decided |= named
-        if not deciding and not any(part_path(str(p.get("path") or "")) in stored for p in problems):
+        bad, repaired = _paths_of(doc)
+        damning = bool((bad & still) - settled)  # the newest word on a part still stored: damaged
+        settled |= bad | repaired
+        if not deciding and not damning:
             gone.append(f"{VERIFY}/{name}")
     oldest = min((b.split("-", 1)[0] for b in existing), default=None)  # report names start as bundle ids do
     for folder in (BACKUPS, RESTORE_TESTS):

@@ -353,3 +353,58 @@ def test_the_drill_can_test_a_copy(cli: Cli, tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "copy-eu")
     assert cli("restore-test", "--json").code != 0
     assert Repository.open(str(tmp_path / "repo")).bundle_ids() == [bundle]
+
+
+def test_a_part_the_copy_found_damaged_is_copied_again_not_built_on(cli: Cli, tmp_path: Path) -> None:
+    """A chain link's part damaged in the copy, found by a verify of the copy: the next night's copy brought
+    a bundle whose chain reads it and reused the damaged part (same size), so the copy's newest bundle could
+    not be restored while status said all was well. Now a part the destination found damaged is copied
+    again, proven by the source's sha256, and the repair recorded."""
+    from aibackup import reports
+
+    logs = conversations(tmp_path / "logs", 20)
+    (tmp_path / "aibackup.yaml").write_text(
+        "repository: ./repo\n"
+        f"sources:\n  logs: {{uri: 'conversations:{logs}', rpo: 24h}}\n"
+        "copies: [{repository: ./copy}]\n"
+    )
+    for night in range(2):
+        conversations(logs, 5, start=20 + 5 * night)
+        ok(cli("backup"))
+    copy = tmp_path / "copy"
+    first = Repository.open(str(copy)).bundle_ids()[0]
+    (link,) = [p.relative_to(copy) for p in (copy / "data" / first).rglob("part-*.parquet")]
+    flip_middle_byte(copy / link)
+    assert cli("verify", "--read-data", "--repo", str(copy)).code == 1
+    assert str(link) in reports.damaged_parts(Repository.open(str(copy)))
+
+    conversations(logs, 5, start=30)
+    night = json.loads(ok(cli("backup", "--json")).out)
+    (copied,) = night["copies"]
+    assert copied["ok"] and copied["repaired"] == [str(link)], copied
+    assert not reports.damaged_parts(Repository.open(str(copy)))
+    assert json.loads(ok(cli("verify", "--read-data", "--repo", str(copy), "--json")).out)["ok"]
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"conversations:{tmp_path / 'back'}"))
+    assert (tmp_path / "back" / "app.jsonl").read_bytes() == (logs / "app.jsonl").read_bytes()
+    # The damage and its repair are history once a later verify decides every bundle: prune takes both.
+    storage = Repository.open(str(copy)).storage  # its reports are sealed in an encrypted repository
+    kinds = {
+        p.name: json.loads(storage.read_bytes(f"reports/verify/{p.name}"))["kind"]
+        for p in (copy / "reports" / "verify").iterdir()
+    }
+    pruned = json.loads(ok(cli("prune", "--repo", str(copy), "--keep-last", "9", "--json")).out)
+    assert sorted(kinds[p.rsplit("/", 1)[-1]] for p in pruned["reports_removed"]) == ["copy", "verify"]
+    assert not reports.damaged_parts(Repository.open(str(copy)))
+
+    # The other way: the primary's part found damaged is repaired from the copy (bundles all there already),
+    # and the next backup extends the chain again instead of starting a full one.
+    primary = tmp_path / "repo"
+    flip_middle_byte(primary / link)
+    assert cli("verify", "--read-data", "--repo", str(primary)).code == 1
+    back = json.loads(ok(cli("copy", "--repo", str(copy), "--to-repo", str(primary), "--json")).out)
+    assert back["copied"] == [] and back["repaired"] == [str(link)] and back["skipped"]
+    assert json.loads(ok(cli("verify", "--read-data", "--repo", str(primary), "--json")).out)["ok"]
+    conversations(logs, 5, start=35)
+    (run,) = json.loads(ok(cli("backup", "--json")).out)["sources"]
+    (dataset,) = Repository.open(str(primary)).load(run["bundle_id"]).datasets
+    assert dataset.extends is not None and run["new_rows"] == 5, run  # built on the repaired parts again
