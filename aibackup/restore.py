@@ -507,11 +507,13 @@ def _verify_before_writing(
     def check(dataset: DatasetManifest, part: PartEntry) -> None:
         problem = reader.check_part(part, read_data=True)
         if problem:
+            older = _older_without(repo, manifest, part.path)
+            hint = f"; the newest earlier bundle of this source that does not read it: {older}" if older else ""
             raise refuse(
                 repo.storage.display(part.path),
                 problem,
                 f"refusing to restore: {chain_problem(repo, manifest.bundle_id, dataset, part, problem)}; "
-                "nothing was written (run `aibackup verify --read-data`)",
+                f"nothing was written (run `aibackup verify --read-data`){hint}",
             )
 
     for dataset, part in others:
@@ -526,6 +528,28 @@ def _verify_before_writing(
                 f"refusing to restore: the records of collection {dataset.name!r} in bundle "
                 f"{manifest.bundle_id} do not match its manifest's digest; nothing was written",
             )
+
+
+#: How many older bundles a refused restore looks through for one that does not read the damaged part.
+OLDER_LOOKED_AT = 100
+
+
+def _older_without(repo: Repository, manifest: BundleManifest, path: str) -> str | None:
+    """The newest bundle of `manifest`'s source older than it that does not read the part at `path` (the
+    links of a chain share their parts, so the bundle just before may read it too): the one to try, as a
+    manifest that cannot be read names the one before it. None when none of the OLDER_LOOKED_AT before it."""
+    source = (manifest.source.get("kind"), manifest.source.get("uri"))
+    older = [b for b in repo.bundle_ids() if b < manifest.bundle_id][-OLDER_LOOKED_AT:]
+    for bundle_id in reversed(older):
+        try:
+            candidate = repo.load(bundle_id)
+        except AibackupError:
+            continue  # unreadable: not one to suggest
+        if (candidate.source.get("kind"), candidate.source.get("uri")) != source:
+            continue
+        if all(p.path != path for d in candidate.datasets for p in d.all_parts()):
+            return bundle_id
+    return None
 
 
 def chain_problem(repo: Repository, bundle_id: str, dataset: DatasetManifest, part: PartEntry, problem: str) -> str:

@@ -102,3 +102,21 @@ def test_diff_refuses_a_damaged_index_or_tombstone_part(cli: Cli, tmp_path: Path
             (repo / path).write_bytes(bytes(damaged))
             one_line_error(cli("diff", first, last, "--repo", str(repo)), 1, "damaged part", path)
         (repo / path).write_bytes(original)
+
+
+def test_a_refused_restore_names_the_newest_bundle_that_does_not_read_the_damaged_part(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """At 2 AM the next question is which bundle to restore instead: the one before the newest reads the
+    same damaged link here, so the line names the newest one that does not, and it restores."""
+    _, repo, (first, middle, last) = three_links(cli, tmp_path)
+    (record,) = [p for p in own_parts(repo, middle) if "part-" in p.rsplit("/", 1)[-1]]
+    flip_middle_byte(repo / record)
+    hint = f"the newest earlier bundle of this source that does not read it: {first}"
+    one_line_error(cli("restore", last, "--repo", str(repo), "--to", f"chroma:{tmp_path / 'a'}"), 1, record, hint)
+    ok(cli("restore", first, "--repo", str(repo), "--to", f"chroma:{tmp_path / 'b'}"))
+    # The full backup itself damaged: nothing older to name, and the line says no more than the damage.
+    (full,) = [p for p in own_parts(repo, first) if "part-" in p.rsplit("/", 1)[-1]]
+    flip_middle_byte(repo / full)
+    line = one_line_error(cli("restore", first, "--repo", str(repo), "--to", f"chroma:{tmp_path / 'c'}"), 1, full)
+    assert "does not read it" not in line
