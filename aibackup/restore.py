@@ -114,9 +114,12 @@ def parse_renames(specs: Sequence[str]) -> list[tuple[str, str]]:
         if not src or (sep and not dest):
             raise UsageError(f"bad --collection {spec!r}: expected NAME or SRC=DEST")
         pairs.append((src, dest or src))
-    dests = [d for _, d in pairs]
-    if len(set(dests)) != len(dests):
-        raise UsageError("two collections would be restored into the same destination")
+    seen: dict[str, str] = {}
+    for src, dest in pairs:
+        if dest in seen:
+            which = f"{src!r} twice" if seen[dest] == src else f"{seen[dest]!r} and {src!r}"
+            raise UsageError(f"bad --collection: {which} would be restored into the same collection {dest!r}")
+        seen[dest] = src
     return pairs
 
 

@@ -142,3 +142,12 @@ def test_a_metrics_file_that_is_a_folder_leaves_no_temporary_file(tmp_path: Path
     (tmp_path / "m.prom").mkdir()
     one_line_error(cli("status", "--metrics-file", "m.prom"), 3, "cannot write the metrics file m.prom")
     assert not list(tmp_path.glob(".m.prom.*"))
+
+
+def test_two_collections_into_one_destination_are_named(tmp_path: Path, cli: Cli) -> None:
+    seed_chroma(tmp_path / "chroma", "docs", n=5)
+    ok(cli("backup", "chroma:./chroma", "--repo", "r", "--queries", "0"))
+    restore = ("restore", "latest", "--repo", "r", "--to", "chroma:./back")
+    one_line_error(cli(*restore, "--collection", "docs=faq", "--collection", "faq"), 2, "'docs' and 'faq'", "'faq'")
+    one_line_error(cli(*restore, "--collection", "docs", "--collection", "docs"), 2, "'docs' twice")
+    assert not (tmp_path / "back").exists()
