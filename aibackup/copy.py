@@ -254,10 +254,18 @@ class _Copier:
         held = self._held_size(part.path)
         if held == part.bytes and part.path not in self._damaged:
             return 0
+        where = self.source.storage.display(part.path)
+        if held is not None and part.path in self._damaged:
+            # Replaced only by bytes proven good: a damaged copy may still be worth more than none.
+            try:
+                found = self.source.storage.hash_file(part.path, part.bytes)
+            except FileNotFoundError:
+                raise IntegrityError(f"missing part {where}") from None
+            if found != (part.sha256, part.bytes):
+                raise IntegrityError(f"damaged part {where}: its bytes do not match the manifest's sha256 and size")
         if held is not None:
             # A copy interrupted mid-part (a local file is written in place), or a part found damaged.
             dest.remove(part.path)
-        where = self.source.storage.display(part.path)
         sha = hashlib.sha256()
         size = 0
         writer = dest.create(part.path, hashing=False)
@@ -329,11 +337,11 @@ class _Copier:
         held = self._held_size(pack)
         if held == len(raw) and pack not in self._damaged:
             return 0
+        problem = pack_problem(raw, self.ids, self.source.part_decryption(pack))
+        if problem is not None:  # checked before the destination's is removed: it may be one found damaged
+            raise IntegrityError(f"damaged chunk pack {where}: {problem}")
         if held is not None:
             dest.remove(pack)
-        problem = pack_problem(raw, self.ids, self.source.part_decryption(pack))
-        if problem is not None:
-            raise IntegrityError(f"damaged chunk pack {where}: {problem}")
         writer = dest.create(pack, hashing=False)
         try:
             writer.write(raw)

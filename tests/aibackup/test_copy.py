@@ -408,3 +408,23 @@ def test_a_part_the_copy_found_damaged_is_copied_again_not_built_on(cli: Cli, tm
     (run,) = json.loads(ok(cli("backup", "--json")).out)["sources"]
     (dataset,) = Repository.open(str(primary)).load(run["bundle_id"]).datasets
     assert dataset.extends is not None and run["new_rows"] == 5, run  # built on the repaired parts again
+
+
+def test_a_damaged_part_is_replaced_only_by_bytes_proven_good(cli: Cli, tmp_path: Path) -> None:
+    """The same part damaged in both repositories: the copy that would repair it fails that bundle naming
+    the source's part, and leaves the destination's damaged copy as it was (worth more than none)."""
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    three_bundles(cli, tmp_path, str(source))
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    first = Repository.open(str(copy)).bundle_ids()[0]
+    (link,) = [p.relative_to(copy) for p in (copy / "data" / first).rglob("part-*.parquet")]
+    flip_middle_byte(copy / link)
+    damaged = (copy / link).read_bytes()
+    assert cli("verify", "--read-data", "--repo", str(copy)).code == 1
+    flip_middle_byte(source / link)
+    result = cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json")
+    assert result.code == 1
+    doc = json.loads(result.out)
+    assert doc["repaired"] == [] and {f["bundle_id"] for f in doc["failed"]} >= {first}, doc
+    assert all(str(link) in f["problem"] for f in doc["failed"]), doc
+    assert (copy / link).read_bytes() == damaged
