@@ -143,11 +143,15 @@ class Storage:
 
     def same_place(self, other: Storage) -> bool:
         """Whether `other` is this repository root: local folders by their resolved path (`./r`, `r/.` and a
-        link to r are r); other URLs as written (the same bucket name on another endpoint is another
-        repository)."""
-        if self.is_local and other.is_local:
-            return self.root == other.root
-        return self.url.rstrip("/") == other.url.rstrip("/")
+        link to r are r); S3 by bucket and prefix on the same endpoint (the same bucket name on another
+        endpoint is another repository; ``?sse=`` or ``?region=`` change how it is written or reached, not
+        where it is)."""
+        if self.is_local or other.is_local:
+            return self.is_local and other.is_local and self.root == other.root
+        return (self.root, self.s3.client_kwargs.get("endpoint_url")) == (
+            other.root,
+            other.s3.client_kwargs.get("endpoint_url"),
+        )
 
     # --- paths -----------------------------------------------------------------------------------------
 

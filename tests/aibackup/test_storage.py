@@ -135,3 +135,20 @@ def test_unreachable_endpoint_is_unavailable(monkeypatch: pytest.MonkeyPatch) ->
 def test_bad_locations_are_usage_errors(url: str) -> None:
     with pytest.raises(UsageError):
         Storage(url)
+
+
+def test_same_place_is_where_a_repository_is_not_how_it_is_written(tmp_path: Path) -> None:
+    """Copy's "itself" check and the config's metrics file go by it: `./r`, `r/.` and a link to r are r; an
+    S3 repository is its bucket and prefix on its endpoint, whatever options reach it."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "r")
+    here = Storage(str(tmp_path / "r"))
+    for same in (f"{tmp_path}/r/.", f"{tmp_path}/r/", str(tmp_path / "link"), f"file://{tmp_path}/r"):
+        assert here.same_place(Storage(same)), same
+    assert not here.same_place(Storage(str(tmp_path / "other")))
+    bucket = Storage("s3://bucket/prefix")
+    for same in ("s3://bucket/prefix/", "s3://bucket/prefix?sse=AES256", "s3://bucket/prefix?region=eu-west-1"):
+        assert bucket.same_place(Storage(same)), same
+    for other in ("s3://bucket/other", "s3://bucket/prefix?endpoint=http://127.0.0.1:9", str(tmp_path / "r")):
+        assert not bucket.same_place(Storage(other)), other
+    assert not here.same_place(bucket)
