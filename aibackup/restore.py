@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from aibackup import distributed, partitioned_restore, reports
@@ -27,7 +29,14 @@ from aibackup.bundle_reader import BundleReader
 from aibackup.checks import prove
 from aibackup.chunk_reader import ChunkReader
 from aibackup.connectors import layouts
-from aibackup.connectors.base import MODES, ChunkedConnector, Connector, DatasetDescription, ImportPlan
+from aibackup.connectors.base import (
+    MODES,
+    ChunkedConnector,
+    Connector,
+    DatasetDescription,
+    ImportPlan,
+    Location,
+)
 from aibackup.connectors.registry import connector_class, open_connector, parse_location
 from aibackup.errors import (
     AibackupError,
@@ -166,6 +175,7 @@ def run_restore(
     if strict:
         _refuse_unused({d.kind for d, _ in selected}, manifest.bundle_id, layout, load_check, check_options)
     location = parse_location(target_uri, target=True)
+    _refuse_target_in_repository(location, repo)
     target_class = connector_class(location.kind)
     # Each part is read up to four times (re-hash, validation, import, content check): a remote repository's
     # parts are downloaded once, into a local spool that the later reads use.
@@ -531,6 +541,20 @@ def _verify_before_writing(
                 f"refusing to restore: the records of collection {dataset.name!r} in bundle "
                 f"{manifest.bundle_id} do not match its manifest's digest; nothing was written",
             )
+
+
+def _refuse_target_in_repository(location: Location, repo: Repository) -> None:
+    """UsageError for an embedded store or folder target inside a local repository (`--to chroma:REPO`):
+    the store's files would lie among the bundles', where nothing expects them."""
+    if location.path is None or not repo.storage.is_local:
+        return
+    root = Path(repo.storage.root)
+    target = Path(os.path.expanduser(location.path)).resolve()
+    if target == root or root in target.parents:
+        raise UsageError(
+            f"restore target {location.display()} is inside the repository {repo.storage.display()}: "
+            "restore somewhere else"
+        )
 
 
 #: How many older bundles a refused restore looks through for one that does not read the damaged part.

@@ -151,3 +151,14 @@ def test_two_collections_into_one_destination_are_named(tmp_path: Path, cli: Cli
     one_line_error(cli(*restore, "--collection", "docs=faq", "--collection", "faq"), 2, "'docs' and 'faq'", "'faq'")
     one_line_error(cli(*restore, "--collection", "docs", "--collection", "docs"), 2, "'docs' twice")
     assert not (tmp_path / "back").exists()
+
+
+def test_a_restore_target_inside_the_repository_is_refused(tmp_path: Path, cli: Cli) -> None:
+    """`--to chroma:./repo` wrote a Chroma store among the bundles' files and said all checks passed."""
+    seed_chroma(tmp_path / "chroma", "docs", n=5)
+    ok(cli("backup", "chroma:./chroma", "--repo", "r", "--queries", "0"))
+    before = sorted(p for p in (tmp_path / "r").rglob("*"))
+    for target in ("chroma:./r", "qdrant:./r/store", f"chroma:{tmp_path / 'r' / 'data'}"):
+        one_line_error(cli("restore", "latest", "--repo", "r", "--to", target), 2, "inside the repository")
+    assert sorted(p for p in (tmp_path / "r").rglob("*")) == before
+    ok(cli("restore", "latest", "--repo", "r", "--to", "chroma:./rr"))  # a sibling named alike is fine
