@@ -193,12 +193,13 @@ def parse_time(text: str) -> dt.datetime:
     """An ISO 8601 time from the command line; UTC when it names no zone."""
     try:
         moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)  # as UTC, not the machine's zone
         moment.astimezone(dt.UTC)  # a time that cannot be expressed in UTC (year 9999 and a zone)
     except (ValueError, OverflowError):
         raise UsageError(
             f"bad time {text!r}: expected ISO 8601, e.g. 2026-11-25T02:00 or 2026-11-25T02:00+01:00"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+    return moment
 
 
 #: Why ``--metrics-file`` needs a config: the metrics are per configured source (their RPOs and bundles).

@@ -97,7 +97,7 @@ def test_at_before_the_year_1000_selects_no_bundle(tmp_path: Path, cli: Cli) -> 
     """Once compared as text with a %Y that glibc does not zero-pad: '9990101T…' sorted after every id."""
     _logs(tmp_path / "logs")
     ok(cli("backup", "conversations:./logs", "--repo", "r"))
-    for at in ("0100-01-01", "0999-01-01", "0999-12-31T23:59:59+00:00"):
+    for at in ("0001-01-01", "0100-01-01", "0999-01-01", "0999-12-31T23:59:59+00:00"):
         one_line_error(
             cli("restore", "latest", "--at", at, "--to", "conversations:./out", "--repo", "r"), 2, "or earlier"
         )
