@@ -5,6 +5,7 @@ repacking) checks every chunk against its id, so damage is always named.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -28,11 +29,21 @@ class ChunkReader(ChunkAccess):
     #: spool's disk must have for it.
     PACK_HINT = 2 * PACK_BYTES
 
-    def __init__(self, repo: Repository, index: ChunkIndex | None = None, *, page_checksums: bool = True) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        index: ChunkIndex | None = None,
+        *,
+        page_checksums: bool = True,
+        on_damage: Callable[[str, str], None] | None = None,
+    ) -> None:
         """`page_checksums` False: pages are not CRC-checked as they are read (a restore, which proves every
-        byte by its file's sha256 and then traces a mismatch to its chunk by the chunk's own hash)."""
+        byte by its file's sha256 and then traces a mismatch to its chunk by the chunk's own hash).
+        `on_damage(pack, problem)` is told of a pack found missing or damaged before the IntegrityError is
+        raised (a restore records it, as it records a damaged part)."""
         self.repo = repo
         self.page_checksums = page_checksums
+        self.on_damage = on_damage
         self.ids = ChunkIds(repo.key())
         self.index = index if index is not None else ChunkIndex.load(repo)
         self._open: OrderedDict[str, tuple[Any, pq.ParquetFile]] = OrderedDict()
@@ -67,6 +78,14 @@ class ChunkReader(ChunkAccess):
         """The bytes of chunk `chunk` (a view of Arrow's buffer when stored uncompressed). IntegrityError
         when it is missing, its pack is damaged, or (with `check`) its bytes do not give its id."""
         place = self.where(chunk)
+        try:
+            return self._get(chunk, place, check)
+        except IntegrityError as exc:
+            if self.on_damage is not None:
+                self.on_damage(place.pack, str(exc))
+            raise
+
+    def _get(self, chunk: bytes, place: Stored, check: bool) -> bytes | memoryview:
         where = self.repo.storage.display(place.pack)
         try:
             pf = self._pack(place.pack)

@@ -202,7 +202,10 @@ def run_restore(
                     f"{target_class.dataset_kind}: restore it into a {dataset.kind} target"
                 )
         options = {"secrets": key, "load_check": load_check}
-        with open_connector(target_uri, target=True, options=options) as connector, _chunks(repo, connector):
+        with (
+            open_connector(target_uri, target=True, options=options) as connector,
+            _chunks(repo, connector, manifest.bundle_id),
+        ):
             source_kind = str(manifest.source.get("kind"))
             plans, applied = _plans(connector, reader, selected, source_kind, layout, mode, allow_lossy, alone)
             # Every record is checked against what the target can hold before anything is written (against
@@ -356,12 +359,18 @@ def _layout(
 
 
 @contextlib.contextmanager
-def _chunks(repo: Repository, connector: Connector) -> Iterator[None]:
-    """A target whose files travel as chunks (models) reads them from the repository's chunk store."""
+def _chunks(repo: Repository, connector: Connector, bundle_id: str) -> Iterator[None]:
+    """A target whose files travel as chunks (models) reads them from the repository's chunk store; a pack
+    found missing or damaged there is recorded against `bundle_id` (reports.record_damage), as a part is."""
     if not isinstance(connector, ChunkedConnector):
         yield
         return
-    reader = ChunkReader(repo, page_checksums=False)  # each file's sha256 proves its bytes
+
+    def damaged(pack: str, problem: str) -> None:
+        entry = {"bundle_id": bundle_id, "path": repo.storage.display(pack), "problem": problem}
+        reports.record_damage(repo, bundle_id, [entry], found_by="restore")
+
+    reader = ChunkReader(repo, page_checksums=False, on_damage=damaged)  # each file's sha256 proves its bytes
     connector.use_chunks(reader)
     try:
         yield
@@ -520,7 +529,7 @@ def _verify_before_writing(
     def check(dataset: DatasetManifest, part: PartEntry) -> None:
         problem = reader.check_part(part, read_data=True)
         if problem:
-            older = _older_without(repo, manifest, part.path)
+            older = _older_without(repo, manifest, dataset.name, part.path)
             hint = f"; the newest earlier bundle of this source that does not read it: {older}" if older else ""
             raise refuse(
                 repo.storage.display(part.path),
@@ -561,10 +570,11 @@ def _refuse_target_in_repository(location: Location, repo: Repository) -> None:
 OLDER_LOOKED_AT = 100
 
 
-def _older_without(repo: Repository, manifest: BundleManifest, path: str) -> str | None:
-    """The newest bundle of `manifest`'s source older than it that does not read the part at `path` (the
-    links of a chain share their parts, so the bundle just before may read it too): the one to try, as a
-    manifest that cannot be read names the one before it. None when none of the OLDER_LOOKED_AT before it."""
+def _older_without(repo: Repository, manifest: BundleManifest, name: str, path: str) -> str | None:
+    """The newest bundle of `manifest`'s source older than it that holds collection `name` and does not read
+    the part at `path` (the links of a chain share their parts, so the bundle just before may read it too):
+    the one to try, as a manifest that cannot be read names the one before it. None when none of the
+    OLDER_LOOKED_AT before it."""
     source = (manifest.source.get("kind"), manifest.source.get("uri"))
     older = [b for b in repo.bundle_ids() if b < manifest.bundle_id][-OLDER_LOOKED_AT:]
     for bundle_id in reversed(older):
@@ -574,7 +584,8 @@ def _older_without(repo: Repository, manifest: BundleManifest, path: str) -> str
             continue  # unreadable: not one to suggest
         if (candidate.source.get("kind"), candidate.source.get("uri")) != source:
             continue
-        if all(p.path != path for d in candidate.datasets for p in d.all_parts()):
+        held = [d for d in candidate.datasets if d.name == name]
+        if held and all(p.path != path for d in candidate.datasets for p in d.all_parts()):
             return bundle_id
     return None
 

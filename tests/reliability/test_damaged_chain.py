@@ -120,3 +120,23 @@ def test_a_refused_restore_names_the_newest_bundle_that_does_not_read_the_damage
     flip_middle_byte(repo / full)
     line = one_line_error(cli("restore", first, "--repo", str(repo), "--to", f"chroma:{tmp_path / 'c'}"), 1, full)
     assert "does not read it" not in line
+
+
+def test_the_bundle_named_instead_holds_the_collection_being_restored(cli: Cli, tmp_path: Path) -> None:
+    """A `--collection faq` backup in between holds no docs: naming it for a damaged docs link sent the
+    on-call to a bundle that cannot restore docs (exit 2)."""
+    store, repo = tmp_path / "chroma", tmp_path / "repo"
+    seed_chroma(store, "docs", n=50, dim=8)
+    seed_chroma(store, "faq", n=20, dim=8)
+    bundles = []
+    for args in ((), ("--collection", "faq"), ()):
+        ok(cli("backup", f"chroma:{store}", "--repo", str(repo), "--queries", "0", *args))
+        bundles.append(manifest_json(repo)["bundle_id"])
+        chroma_client(store).get_collection("docs").upsert(ids=[f"n{len(bundles)}"], embeddings=[[1.0] * 8])
+    first, faq_only, last = bundles
+    (docs,) = [d for d in manifest_json(repo, last)["datasets"] if d["name"] == "docs"]
+    (record,) = [p["path"] for p in docs["parts"] if p["path"].startswith(f"data/{first}/") and "part-" in p["path"]]
+    flip_middle_byte(repo / record)
+    target = f"chroma:{tmp_path / 'out'}"
+    line = one_line_error(cli("restore", last, "--collection", "docs", "--repo", str(repo), "--to", target), 1)
+    assert faq_only not in line and "does not read it" not in line, line  # no bundle before holds docs intact
