@@ -205,7 +205,8 @@ class _Copier:
         self._held: dict[str, dict[str, int]] = {}
         self._held_lock = threading.Lock()
         # What the destination found damaged: copied again, never reused (a fresh destination found nothing).
-        self._damaged = frozenset() if fresh else reports.damaged_parts(target)
+        # Once repaired in this run, a path is no longer damaged: the next bundle that lists it reuses it.
+        self._damaged = set() if fresh else set(reports.damaged_parts(target))
         self.repaired: set[str] = set()
 
     def bundle(self, bundle_id: str) -> int:
@@ -238,12 +239,10 @@ class _Copier:
             return 0
         manifest = self.source.load(bundle_id)
         written = sum(self._part(part) for part in _parts(manifest) if part.path in self._damaged)
-        damaged_packs = {path for path in self._damaged if is_pack(path)}
-        if damaged_packs:  # a model bundle's files: the packs holding their chunks
-            index = self._index(self.source, "_source_index")
+        if any(is_pack(path) for path in self._damaged):  # a model bundle's files: the packs of their chunks
             chunks = referenced_chunks(self.source, [manifest])
-            packs = {place.pack for chunk in chunks if (place := index.get(chunk)) is not None}
-            written += sum(self._pack(pack) for pack in sorted(packs & damaged_packs))
+            packs = self._damaged_packs(chunks, self._index(self.target, "_target_index"))
+            written += sum(self._pack(pack) for pack in sorted(packs))
         return written
 
     def _part(self, part: PartEntry) -> int:
@@ -288,8 +287,7 @@ class _Copier:
                 dest.remove(part.path)
             raise
         self._landed(part.path, part.bytes)
-        if part.path in self._damaged:
-            self.repaired.add(part.path)
+        self._mark_repaired(part.path)
         return part.bytes
 
     def _chunks(self, manifest: BundleManifest) -> int:
@@ -301,13 +299,14 @@ class _Copier:
         source_index = self._index(self.source, "_source_index")
         target_index = self._index(self.target, "_target_index")
         lacking = {c for c in needed if c not in target_index}
+        # Chunks the destination holds in a pack it found damaged: that pack is copied again (repaired).
+        written = sum(self._pack(pack) for pack in sorted(self._damaged_packs(needed - lacking, target_index)))
         places: dict[str, list[tuple[bytes, Stored]]] = {}
         for chunk in lacking:
             place = source_index.get(chunk)
             if place is None:
                 raise IntegrityError(f"chunk {chunk.hex()[:16]}… of bundle {manifest.bundle_id} is in no pack")
             places.setdefault(place.pack, []).append((chunk, place))
-        written = 0
         entries: list[tuple[bytes, Stored]] = []
         for pack in sorted(places):
             written += self._pack(pack)
@@ -321,6 +320,14 @@ class _Copier:
             for chunk, place in entries:
                 target_index.places.setdefault(chunk, place)
         return written
+
+    def _damaged_packs(self, chunks: set[bytes], target_index: ChunkIndex) -> set[str]:
+        """The destination's packs, found damaged, that hold some of `chunks`."""
+        with self._held_lock:
+            damaged = {p for p in self._damaged if is_pack(p)}
+        if not damaged:
+            return set()
+        return {place.pack for chunk in chunks if (place := target_index.get(chunk)) and place.pack in damaged}
 
     @staticmethod
     def _pack_entries(index: ChunkIndex, pack: str) -> list[tuple[bytes, Stored]]:
@@ -350,9 +357,15 @@ class _Copier:
             writer.abort()
             raise
         self._landed(pack, len(raw))
-        if pack in self._damaged:
-            self.repaired.add(pack)
+        self._mark_repaired(pack)
         return len(raw)
+
+    def _mark_repaired(self, rel: str) -> None:
+        """`rel` has just been written with proven bytes: if it had been found damaged, it is repaired."""
+        with self._held_lock:
+            if rel in self._damaged:
+                self._damaged.discard(rel)
+                self.repaired.add(rel)
 
     def _held_size(self, rel: str) -> int | None:
         """The size of the destination's object at `rel` (None: not there), from one listing of its top

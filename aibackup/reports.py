@@ -173,17 +173,21 @@ def superseded(repo: Repository, bundles: Collection[str], stored: Collection[st
     - ``verify``: a report stays while it is the newest to name a bundle that still exists (it decides
       whether that bundle counts as verified, :func:`verified_bundles`) or the newest to speak of a part
       still stored and it found that part damaged (:func:`damaged_parts` must keep refusing a chain that
-      reads it; once a newer report repaired it, neither is needed). A verify run every night would
+      reads it; once a newer report repaired it, neither is needed, unless the damage report stays for a
+      bundle it decides: then the repair stays too). A verify run every night would
       otherwise add a report every backup reads, forever.
     - ``backups`` and ``restore-tests``: a report stays while it was recorded after the oldest bundle that
-      still exists was started (the history the retention keeps), or it is its source's newest, or its
-      newest that passed (what ``status`` shows).
+      still exists was started (the history the retention keeps), or names a bundle that still exists, or
+      it is its source's newest, or its newest that passed (what ``status`` shows).
 
     A report that cannot be read, or has no source, is left alone (not ours to judge)."""
     existing, still = set(bundles), set(stored)
     gone: list[str] = []
     decided: set[str] = set()
     settled: set[str] = set()  # parts a newer report found damaged or repaired (damaged_parts' fold)
+    # (name, kept for a reader, parts still stored it calls damaged, parts it has the newest word on as
+    # repaired), newest first
+    verdicts: list[tuple[str, bool, frozenset[str], frozenset[str]]] = []
     for name, doc in _read_named(repo, VERIFY):  # newest first, as verified_bundles and damaged_parts decide
         problems = [p for p in doc.get("problems", []) if isinstance(p, dict)]
         named = {b for b in (*doc.get("bundles", []), *(p.get("bundle_id") for p in problems)) if isinstance(b, str)}
@@ -191,8 +195,16 @@ def superseded(repo: Repository, bundles: Collection[str], stored: Collection[st
         decided |= named
         bad, repaired = _paths_of(doc)
         damning = bool((bad & still) - settled)  # the newest word on a part still stored: damaged
+        mending = (repaired & still) - settled
         settled |= bad | repaired
-        if not deciding and not damning:
+        verdicts.append((name, deciding or damning, bad & still, frozenset(mending)))
+    # A repair stays while an older report that stays (for another reason) calls the part damaged: without
+    # the repair, damaged_parts would take that older word for the newest.
+    called_damaged: set[str] = set()  # by the older reports that stay
+    for name, kept, bad, mending in reversed(verdicts):  # oldest first
+        if kept or mending & called_damaged:
+            called_damaged |= bad
+        else:
             gone.append(f"{VERIFY}/{name}")
     oldest = min((b.split("-", 1)[0] for b in existing), default=None)  # report names start as bundle ids do
     for folder in (BACKUPS, RESTORE_TESTS):
@@ -202,10 +214,14 @@ def superseded(repo: Repository, bundles: Collection[str], stored: Collection[st
             source = doc.get("source")
             if not isinstance(source, str):
                 continue
-            needed = source not in newest or (bool(doc.get("ok")) and source not in newest_ok)
+            needed = (
+                source not in newest
+                or (bool(doc.get("ok")) and source not in newest_ok)
+                or str(doc.get("bundle_id")) in existing  # its bundle stays (a clock stepped back: named before it)
+            )
             newest.add(source)
             if doc.get("ok"):
                 newest_ok.add(source)
             if not needed and (oldest is None or name.split("-", 1)[0] < oldest):
                 gone.append(f"{folder}/{name}")
-    return gone
+    return sorted(gone)

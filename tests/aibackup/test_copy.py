@@ -402,12 +402,17 @@ def test_a_part_the_copy_found_damaged_is_copied_again_not_built_on(cli: Cli, tm
     flip_middle_byte(primary / link)
     assert cli("verify", "--read-data", "--repo", str(primary)).code == 1
     back = json.loads(ok(cli("copy", "--repo", str(copy), "--to-repo", str(primary), "--json")).out)
-    assert back["copied"] == [] and back["repaired"] == [str(link)] and back["skipped"]
-    assert json.loads(ok(cli("verify", "--read-data", "--repo", str(primary), "--json")).out)["ok"]
+    assert back["copied"] == [] and back["repaired"] == [str(link)] and len(back["skipped"]) == 3
+    assert back["bytes"] == (primary / link).stat().st_size  # once, though every bundle lists it
+    # The damage report still decides whether those bundles count as verified, so prune keeps it, and the
+    # repair with it (without the repair, the damage would be the newest word on the part again).
+    pruned = json.loads(ok(cli("prune", "--repo", str(primary), "--keep-last", "9", "--json")).out)
+    assert not [p for p in pruned["reports_removed"] if "/verify/" in p], pruned
     conversations(logs, 5, start=35)
     (run,) = json.loads(ok(cli("backup", "--json")).out)["sources"]
     (dataset,) = Repository.open(str(primary)).load(run["bundle_id"]).datasets
     assert dataset.extends is not None and run["new_rows"] == 5, run  # built on the repaired parts again
+    assert json.loads(ok(cli("verify", "--read-data", "--repo", str(primary), "--json")).out)["ok"]
 
 
 def test_a_damaged_part_is_replaced_only_by_bytes_proven_good(cli: Cli, tmp_path: Path) -> None:
@@ -428,3 +433,39 @@ def test_a_damaged_part_is_replaced_only_by_bytes_proven_good(cli: Cli, tmp_path
     assert doc["repaired"] == [] and {f["bundle_id"] for f in doc["failed"]} >= {first}, doc
     assert all(str(link) in f["problem"] for f in doc["failed"]), doc
     assert (copy / link).read_bytes() == damaged
+
+
+def test_a_damaged_chunk_pack_a_restore_found_is_repaired_by_the_nightly_copy(cli: Cli, tmp_path: Path) -> None:
+    """A copy's chunk pack found damaged by a restore from the copy (now recorded, as a damaged part is): the
+    next night's model version shares that pack's chunks, and the nightly copy copies the pack again rather
+    than build the new bundle on it."""
+    from aibackup import reports
+
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    fixed = np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)
+
+    def version(seed: int) -> None:
+        varying = np.random.default_rng(seed).standard_normal((64, 64)).astype(np.float32)
+        save_file({"a": fixed, "b": varying}, str(llm / "model.safetensors"))
+
+    version(1)
+    (llm / "config.json").write_text('{"model_type": "llama"}\n')
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  llm: 'model:{llm}'\ncopies: [{{repository: ./copy}}]\n"
+    )
+    ok(cli("backup"))
+    copy = tmp_path / "copy"
+    (pack,) = [p.relative_to(copy) for p in (copy / "data").rglob("packs/*.parquet")]
+    flip_middle_byte(copy / pack)
+    refused = cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}")
+    one_line_error(refused, 1, "damaged chunk")
+    assert str(pack) in reports.damaged_parts(Repository.open(str(copy)))  # the restore recorded it
+
+    version(2)
+    night = json.loads(ok(cli("backup", "--json")).out)
+    (copied,) = night["copies"]
+    assert copied["ok"] and copied["repaired"] == [str(pack)], copied
+    assert json.loads(ok(cli("verify", "--read-data", "--repo", str(copy), "--json")).out)["ok"]
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'again'}"))
+    assert files_of(tmp_path / "again") == files_of(llm)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from aibackup.repository import Repository
 from tests.conftest import free_port
 from tests.helpers import flip_middle_byte, manifest_json, ok, one_line_error, seed_chroma
 
@@ -459,3 +460,24 @@ def test_the_next_drill_removes_the_scratch_store_of_a_killed_one(
     monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads TMPDIR once: let this process read it too
     ok(cli("restore-test", "--source", "kb"))
     assert not left.exists() and not list(scratch.iterdir())
+
+
+def test_prune_keeps_the_report_of_a_kept_bundle_made_after_the_clock_stepped_back(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The report is named by the clock, the bundle id is moved past the newest: the kept bundle's own
+    report predates the oldest kept bundle's id, and prune removed it while it kept a removed bundle's."""
+    write_config(tmp_path)
+    (tmp_path / "aibackup.yaml").write_text(
+        (tmp_path / "aibackup.yaml").read_text().replace("  kb:", "  # kb:").replace("restore_test", "# r")
+    )
+    for when in ("2026-01-02T02:00:00", "2026-01-03T02:00:00", "2026-01-02T12:00:00"):  # the clock went back
+        monkeypatch.setenv("AIBACKUP_NOW", when)
+        with (tmp_path / "logs" / "app.jsonl").open("a") as f:
+            f.write(json.dumps({"user_id": "u", "input": when, "output": "ok"}) + "\n")
+        ok(cli("backup"))
+    kept = manifest_json(tmp_path / "repo")["bundle_id"]
+    ok(cli("prune", "--keep-last", "1"))
+    storage = Repository.open(str(tmp_path / "repo")).storage
+    names = [p.name for p in (tmp_path / "repo" / "reports" / "backups").iterdir()]
+    assert kept in {json.loads(storage.read_bytes(f"reports/backups/{n}"))["bundle_id"] for n in names}
