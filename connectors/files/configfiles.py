@@ -157,10 +157,17 @@ class ConfigConnector(Connector):
             fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             raise SourceDataError(f"cannot read {self._show(entry.rel)}: {exc.strerror}") from None
+        changed = f"{self._show(entry.rel)} changed while it was being backed up; run the backup again"
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise SourceDataError(f"{self._show(entry.rel)} changed while it was being backed up")
-            return f.read()
+            before = os.fstat(f.fileno())
+            # The version listed, read whole: the secret scan and the bundle read the file once each, and a
+            # file written meanwhile was stored half old, half new (a model source refused it already).
+            if not stat.S_ISREG(before.st_mode) or _version(before) != _version(entry.st):
+                raise SourceDataError(changed)
+            data = f.read()
+            if len(data) != before.st_size or _version(os.fstat(f.fileno())) != _version(before):
+                raise SourceDataError(changed)
+            return data
 
     def _refuse_secrets(self, listing: Listing) -> None:
         found: list[tuple[str, int, Span]] = []
@@ -304,3 +311,8 @@ def _identity(row: Mapping[str, Any]) -> str:
     secrets are sealed, and its hash (of the bytes, the HMAC for sealed files, a symlink's target)."""
     sealed = "sealed" if row["secrets"] is not None else "plain"
     return f"{row['type']}:{row['mode']:o}:{row['redacted']}:{sealed}:{row['sha256']}"
+
+
+def _version(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What a file that has not changed keeps: inode, size, modification and change times."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

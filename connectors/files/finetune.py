@@ -199,6 +199,8 @@ class FinetuneConnector(LineFiles):
             roles: Counter[str] = Counter()
             problems: list[str] = []
             nbytes = count = 0
+            # A file written while it is read would be stored half old, half new, and restore "exactly".
+            before = lines.identity(f)
             for offset, number, raw in lines.iter_lines(f):
                 fmt, messages, problem, line_roles = classify(raw, number == 1)
                 formats[fmt] += 1
@@ -216,6 +218,8 @@ class FinetuneConnector(LineFiles):
                 if len(columns["id"]) >= BATCH_ROWS or size >= BATCH_BYTES:
                     yield _flush(columns)
                     size = 0
+            if lines.identity(f) != before:
+                raise SourceDataError(f"{f.shown} changed while it was being backed up; run the backup again")
             summaries.append(
                 {
                     "name": f.name,

@@ -73,6 +73,16 @@ class SourceFile:
         return shown(self.path)
 
 
+def identity(file: SourceFile) -> tuple[int, int, int, int] | None:
+    """What the file keeps while it is not written: inode, size, modification and change times (None: it is
+    gone; reading it says so)."""
+    try:
+        st = os.stat(file.path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def compression_of(name: str) -> str | None:
     for suffix, kind in COMPRESSIONS.items():
         if name.endswith(suffix):

@@ -162,3 +162,40 @@ def test_a_restore_target_inside_the_repository_is_refused(tmp_path: Path, cli: 
         one_line_error(cli("restore", "latest", "--repo", "r", "--to", target), 2, "inside the repository")
     assert sorted(p for p in (tmp_path / "r").rglob("*")) == before
     ok(cli("restore", "latest", "--repo", "r", "--to", "chroma:./rr"))  # a sibling named alike is fine
+
+
+# Rewrites the first and last 8 bytes of a file, as fast as it can, until it is killed.
+REWRITING = """
+import os, sys
+path = sys.argv[1]
+size, n = os.path.getsize(path), 0
+with open(path, "r+b") as f:
+    print("ready", flush=True)
+    while True:
+        n += 1
+        f.seek(0); f.write(n.to_bytes(8, "big")); f.seek(size - 8); f.write(n.to_bytes(8, "big")); f.flush()
+"""
+
+
+@pytest.mark.parametrize("kind", ["config", "finetune"])
+def test_a_file_written_while_it_is_backed_up_is_refused_not_stored_torn(tmp_path: Path, cli: Cli, kind: str) -> None:
+    """A config or fine-tuning file rewritten during the backup was stored half old, half new, and restored
+    "exactly" (a model source refused it already): refused now, as the model source does (exit 2)."""
+    import subprocess
+    import sys
+
+    source = tmp_path / "src"
+    source.mkdir()
+    big = source / ("big.dat" if kind == "config" else "train.jsonl")
+    line = b'{"prompt": "' + b"x" * 80 + b'", "completion": "y"}\n'
+    big.write_bytes(line * 200_000)  # ~20 MB: its read spans many of the writer's rewrites
+    writer = subprocess.Popen([sys.executable, "-c", REWRITING, str(big)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        result = cli("backup", f"{kind}:{source}", "--repo", "r", "--queries", "0")
+    finally:
+        writer.kill()
+        writer.wait()
+    one_line_error(result, 2, big.name, "changed while it was being backed up")
+    assert not list((tmp_path / "r" / "bundles").glob("*.json"))
+    ok(cli("backup", f"{kind}:{source}", "--repo", "r", "--queries", "0"))  # left alone: it backs up
