@@ -37,6 +37,7 @@ from aibackup.incremental import CHAINED_KINDS, Delta, Outcome, ParentIndex, Too
 from aibackup.keyring import Keyring
 from aibackup.lock import DEFAULT_STALE_AFTER, LockedError, RepositoryLock
 from aibackup.manifests.model import DIGEST_ALGORITHM, BundleManifest, DatasetManifest
+from aibackup.nonfinite import NonFinite
 from aibackup.parquet_parts import WriteOptions
 from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
 from aibackup.progress import Progress, Quiet
@@ -439,6 +440,7 @@ def _write_chained(
     while True:
         recorder = BaselineRecorder(connector, description, options.queries, seed_for(writer.bundle_id))
         detector = layouts.Detector(connector.kind)
+        non_finite = NonFinite()
         report.dataset(description.name, description.rows)
         stream = collecting(prefetch(connector.export(description, None)))
         try:
@@ -448,7 +450,7 @@ def _write_chained(
                 stream,
                 connector.id_types,
                 report.advance,
-                _each(recorder.add, detector.add),
+                _each(recorder.add, detector.add, non_finite.add),
                 select=delta,
                 with_index=True,
             )
@@ -469,6 +471,7 @@ def _write_chained(
         notes.append(f"{description.name}: not partitioned (the source cannot split it)")
     state = connector.export_state(description.name)  # a vector connector's notes (ids it had to make up)
     notes += [f"{description.name}: {note}" for note in (state.notes if state is not None else ())]
+    notes += [f"{description.name}: {note}" for note in non_finite.notes()]
     return _Chained(dataset, recorder, reason, notes)
 
 

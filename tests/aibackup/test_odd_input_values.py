@@ -116,3 +116,24 @@ def test_prune_duration_errors_name_the_flag(tmp_path: Path, cli: Cli, args: tup
     _logs(tmp_path / "logs")
     ok(cli("backup", "conversations:./logs", "--repo", "r"))
     one_line_error(cli("prune", *args, "--dry-run", "--repo", "r"), 2, needle)
+
+
+def test_vectors_holding_nan_or_infinity_are_backed_up_with_a_note(tmp_path: Path, cli: Cli) -> None:
+    """A store that holds them is backed up as it is, but no store takes them back: the backup says so at
+    once (it said nothing, and the restore was refused on the night it was needed)."""
+    import lance
+    import pyarrow as pa
+
+    vectors = pa.array([[float("nan"), 0.25], [1.0, 2.0], [float("inf"), 1.0]], pa.list_(pa.float32(), 2))
+    lance.write_dataset(pa.table({"id": ["a", "b", "c"], "vector": vectors}), str(tmp_path / "db" / "odd.lance"))
+    lance.write_dataset(
+        pa.table({"id": ["d"], "vector": pa.array([[1.0, 1.0]], pa.list_(pa.float32(), 2))}),
+        str(tmp_path / "db" / "fine.lance"),
+    )
+    done = ok(cli("backup", "lancedb:./db", "--repo", "r", "--queries", "0", "--json")).json()
+    assert [n for n in done["notes"] if "NaN or Infinity" in n] == [
+        "odd: 2 record(s) hold NaN or Infinity in 'vector': backed up as they are, but no vector store takes "
+        "such a vector back, so a restore of this collection is refused"
+    ], done["notes"]
+    one_line_error(cli("restore", "latest", "--repo", "r", "--to", "lancedb:./o", "--collection", "odd"), 2)
+    ok(cli("restore", "latest", "--repo", "r", "--to", "lancedb:./o", "--collection", "fine"))
