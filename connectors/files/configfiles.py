@@ -35,6 +35,7 @@ import base64
 import hashlib
 import json
 import os
+import posixpath
 import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -192,8 +193,11 @@ class ConfigConnector(Connector):
         size = files = total = sealed = 0
         redacted_notes: list[str] = []
         with_placeholders: list[str] = []
+        outward: list[str] = []  # symlinks leading out of the folder: a restore refuses them
         for entry in listing.entries:
             row, replaced = self._row(entry, policy)
+            if row["type"] == "symlink" and _leads_out(entry.rel, row["link"]):
+                outward.append(f"{self._show(entry.rel)} -> {row['link']}")
             identities[entry.rel] = _identity(row)
             if row["type"] == "file":
                 files += 1
@@ -226,6 +230,11 @@ class ConfigConnector(Connector):
             (with_placeholders, f"file(s) hold {PLACEHOLDER.decode()} placeholders of an earlier redacted backup"),
             (listing.special, "socket, pipe or device file(s) skipped"),
             (listing.empty_dirs, "empty folder(s) not kept"),
+            (
+                outward,
+                "symlink(s) lead out of the folder, kept as they are; a restore refuses them (--allow-lossy "
+                "skips them)",
+            ),
         ]:
             if items:
                 notes.append(f"{len(items)} {text}: {examples(items)}")
@@ -316,3 +325,12 @@ def _identity(row: Mapping[str, Any]) -> str:
 def _version(st: os.stat_result) -> tuple[int, int, int, int]:
     """What a file that has not changed keeps: inode, size, modification and change times."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _leads_out(rel: str, link: str) -> bool:
+    """Whether symlink `rel` -> `link` leads out of the backed-up folder (absolute, or up past its root),
+    which a restore refuses to write (configfiles_restore decides for good, through other links too)."""
+    if link.startswith("/"):
+        return True
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), link))
+    return resolved == ".." or resolved.startswith("../")

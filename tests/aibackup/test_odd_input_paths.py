@@ -199,3 +199,18 @@ def test_a_file_written_while_it_is_backed_up_is_refused_not_stored_torn(tmp_pat
     one_line_error(result, 2, big.name, "changed while it was being backed up")
     assert not list((tmp_path / "r" / "bundles").glob("*.json"))
     ok(cli("backup", f"{kind}:{source}", "--repo", "r", "--queries", "0"))  # left alone: it backs up
+
+
+def test_a_config_symlink_leading_out_of_the_folder_is_noted_at_backup(tmp_path: Path, cli: Cli) -> None:
+    """Kept as it is, but refused by a restore (and so by the monthly drill): the backup says so at once."""
+    folder = tmp_path / "d"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.yaml").write_text("a: 1\n")
+    (folder / "host").symlink_to("/etc/hostname")
+    (folder / "sub" / "up").symlink_to("../../elsewhere")
+    (folder / "sub" / "in").symlink_to("../a.yaml")  # stays inside: not noted
+    done = ok(cli("backup", "config:./d", "--repo", "r", "--json")).json()
+    (note,) = [n for n in done["notes"] if "lead out of the folder" in n]
+    assert note.startswith("d: 2 symlink(s) lead out") and "host -> /etc/hostname" in note and "up ->" in note, note
+    assert "in ->" not in note
+    one_line_error(cli("restore", "latest", "--repo", "r", "--to", "config:./back"), 2, "host")
