@@ -155,11 +155,20 @@ def _same_source(first: BundleManifest, second: BundleManifest) -> None:
 NOT_COMPARED = ("stored", "native")
 
 
+#: Config keys of the file kinds that summarise their content (counts, per-file summaries): the records say
+#: what changed there; reported as settings, every edited file read "settings changed: bytes".
+CONTENT_SUMMARIES = {
+    "config": ("files", "symlinks", "bytes", "secret_files", "redacted_files"),
+    "finetune": ("files",),
+    "conversations": ("files",),
+}
+
+
 def _settings(old: DatasetManifest | None, new: DatasetManifest | None) -> list[str]:
     """The config keys whose values differ, when the collection is in both bundles."""
     if old is None or new is None:
         return []
-    keys = (old.config.keys() | new.config.keys()) - set(NOT_COMPARED)
+    keys = (old.config.keys() | new.config.keys()) - set(NOT_COMPARED) - set(CONTENT_SUMMARIES.get(new.kind, ()))
     return sorted(k for k in keys if old.config.get(k) != new.config.get(k))
 
 

@@ -303,3 +303,23 @@ def test_the_same_records_under_other_settings_are_not_no_differences(tmp_path: 
     assert (docs["added"], docs["changed"], docs["deleted"]) == (0, 0, 0) and docs["settings_changed"], docs
     text = ok(cli("diff", first, "latest", "--repo", repo)).out
     assert "settings changed" in text and "no differences" not in text, text
+
+
+@pytest.mark.parametrize("kind", ["config", "finetune", "conversations"])
+def test_an_edited_file_is_a_changed_record_not_a_changed_setting(tmp_path: Path, cli: Cli, kind: str) -> None:
+    """The file kinds' configs summarise their content (bytes, per-file summaries): an edit read "settings
+    changed: bytes" (or files) beside the changed record, though no setting changed."""
+    folder = tmp_path / "src"
+    folder.mkdir()
+    line = {"finetune": '{"prompt": "%s", "completion": "y"}\n', "conversations": '{"user_id": "u", "input": "%s"}\n'}
+    name = "a.yaml" if kind == "config" else "a.jsonl"
+    text = "a: %s\n" if kind == "config" else line[kind]
+    (folder / name).write_text(text % "first")
+    repo = str(tmp_path / "repo")
+    ok(cli("backup", f"{kind}:{folder}", "--repo", repo))
+    (folder / name).write_text(text % "second, longer")
+    ok(cli("backup", f"{kind}:{folder}", "--repo", repo))
+    first = aibackup.Repository.open(repo).bundle_ids()[0]
+    (dataset,) = ok(cli("diff", first, "latest", "--repo", repo, "--json")).json()["datasets"]
+    assert dataset["settings_changed"] == [] and dataset["added"] + dataset["changed"] >= 1, dataset
+    assert "settings changed" not in ok(cli("diff", first, "latest", "--repo", repo)).out
