@@ -584,8 +584,8 @@ def _older_without(repo: Repository, manifest: BundleManifest, name: str, path: 
             continue  # unreadable: not one to suggest
         if (candidate.source.get("kind"), candidate.source.get("uri")) != source:
             continue
-        held = [d for d in candidate.datasets if d.name == name]
-        if held and all(p.path != path for d in candidate.datasets for p in d.all_parts()):
+        holds = any(d.name == name for d in candidate.datasets)
+        if holds and all(p.path != path for d in candidate.datasets for p in d.all_parts()):
             return bundle_id
     return None
 

@@ -46,6 +46,7 @@ import pyarrow as pa
 from aibackup.connectors.base import Connector, DatasetDescription, ExportState, ImportPlan, Location, SecretBox
 from aibackup.connectors.files import reuse
 from aibackup.connectors.files.configfiles_restore import ConfigRestore, examples, secrets_aad
+from aibackup.connectors.files.lines import version
 from aibackup.connectors.files.secrets import PLACEHOLDER, Span, find_secrets, line_of
 from aibackup.connectors.files.walk import Entry, Listing, check_root, named, walk
 from aibackup.errors import (
@@ -163,10 +164,10 @@ class ConfigConnector(Connector):
             before = os.fstat(f.fileno())
             # The version listed, read whole: the secret scan and the bundle read the file once each, and a
             # file written meanwhile was stored half old, half new (a model source refused it already).
-            if not stat.S_ISREG(before.st_mode) or _version(before) != _version(entry.st):
+            if not stat.S_ISREG(before.st_mode) or version(before) != version(entry.st):
                 raise SourceDataError(changed)
             data = f.read()
-            if len(data) != before.st_size or _version(os.fstat(f.fileno())) != _version(before):
+            if len(data) != before.st_size or version(os.fstat(f.fileno())) != version(before):
                 raise SourceDataError(changed)
             return data
 
@@ -320,11 +321,6 @@ def _identity(row: Mapping[str, Any]) -> str:
     secrets are sealed, and its hash (of the bytes, the HMAC for sealed files, a symlink's target)."""
     sealed = "sealed" if row["secrets"] is not None else "plain"
     return f"{row['type']}:{row['mode']:o}:{row['redacted']}:{sealed}:{row['sha256']}"
-
-
-def _version(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What a file that has not changed keeps: inode, size, modification and change times."""
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _leads_out(rel: str, link: str) -> bool:

@@ -73,14 +73,18 @@ class SourceFile:
         return shown(self.path)
 
 
+def version(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What a file keeps while nothing writes it: inode, size, modification and change times (a backup that
+    sees them change while it reads the file refuses it rather than store it torn)."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def identity(file: SourceFile) -> tuple[int, int, int, int] | None:
-    """What the file keeps while it is not written: inode, size, modification and change times (None: it is
-    gone; reading it says so)."""
+    """The file's :func:`version` now (None: it is gone; reading it says so)."""
     try:
-        st = os.stat(file.path)
+        return version(os.stat(file.path))
     except OSError:
         return None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def compression_of(name: str) -> str | None:

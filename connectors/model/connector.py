@@ -37,6 +37,7 @@ from typing import Any
 import pyarrow as pa
 
 from aibackup.connectors.base import ChunkedConnector, ChunkSink, DatasetDescription, ExportState, ImportPlan, Location
+from aibackup.connectors.files.lines import version
 from aibackup.connectors.files.walk import Entry, check_root, named, walk
 from aibackup.connectors.model import formats
 from aibackup.connectors.model.chunking import Chunker
@@ -223,7 +224,7 @@ class ModelConnector(ChunkedConnector):
             raise SourceDataError(f"cannot read {where}: {exc.strerror}") from None
         with os.fdopen(fd, "rb", buffering=0) as f:
             before = os.fstat(f.fileno())
-            if not stat.S_ISREG(before.st_mode) or _identity(before) != _identity(entry.st):
+            if not stat.S_ISREG(before.st_mode) or version(before) != version(entry.st):
                 raise SourceDataError(f"{where} changed while it was being backed up; run the backup again")
             size = before.st_size
             reader = _Blocks(f, where)
@@ -256,7 +257,7 @@ class ModelConnector(ChunkedConnector):
             if pending:
                 pending.pop().result()
             after = os.fstat(f.fileno())
-            if reader.read != size or _identity(after) != _identity(before):
+            if reader.read != size or version(after) != version(before):
                 raise SourceDataError(f"{where} changed while it was being backed up; run the backup again")
         row = {
             "id": entry.rel,
@@ -296,11 +297,6 @@ class ModelConnector(ChunkedConnector):
         if self.chunks is None:
             raise RuntimeError("internal error: a model restore needs the repository's chunk store")
         return self.chunks
-
-
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    """What a file that has not changed keeps: inode, size, modification and change times."""
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 class _Blocks:
