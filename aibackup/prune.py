@@ -26,10 +26,11 @@ What ``run_prune`` does, in this order (nothing is removed before every decision
    the grace period does not rely on it.)
 
 5. **Remove the run reports no reader needs any more** (``reports/``, :func:`aibackup.reports.superseded`):
-   a verify report that no longer decides whether a remaining bundle counts as verified and names no
-   damaged part still stored; a backup or restore-test report older than the oldest remaining bundle that
-   is not its source's newest or newest success. Reports are history, never data: this keeps what every
-   backup reads of them (the damaged parts a chain must not extend) from growing night after night.
+   a verify report that no longer decides whether a remaining bundle counts as verified and is not the
+   newest word on a damaged part still stored (nor a repair that a kept damage report needs); a backup or
+   restore-test report older than the oldest remaining bundle that names none that remains and is not its
+   source's newest or newest success. Reports are history, never data: this keeps what every backup
+   reads of them (the damaged parts a chain must not extend) from growing night after night.
 
 **Unreadable manifests** (damaged, or written by a newer aibackup) are never removed, and while one exists
 no part at all is removed (steps 3 and 4 are skipped; the result's ``notes`` say so): such a manifest may
