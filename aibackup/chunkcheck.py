@@ -56,7 +56,7 @@ class ChunkCheck:
                     for chunk, where in damaged_chunks(row, self.chunks, bad, sizes) if bad else ():
                         place = self.chunks.index.get(chunk)
                         pack = storage.display(place.pack) if place is not None else storage.display(INDEX)
-                        found.append((pack, f"{self.verdicts[chunk]}{where}"))
+                        found.append((pack, f"{_unplaced(self.verdicts[chunk] or '', pack)}{where}"))
         except DamagedIndexError as exc:
             found.append((exc.where, str(exc)))
         except IntegrityError as exc:
@@ -88,3 +88,9 @@ class ChunkCheck:
     def close(self) -> None:
         if self._chunks is not None:
             self._chunks.close()
+
+
+def _unplaced(problem: str, pack: str) -> str:
+    """`problem` without the pack it names: the line that reports it begins with the pack already
+    ("PACK: damaged chunk pack: …", not "PACK: damaged chunk pack PACK: …")."""
+    return problem.replace(f" in {pack}", "").replace(f" {pack}", "")

@@ -69,6 +69,7 @@ def test_a_pack_that_does_not_decode_is_damage_named_by_verify_and_restore(
     problems = report["problems"]
     assert problems and all(p["path"] == str(pack) and "damaged chunk pack" in p["problem"] for p in problems)
     assert all("model.safetensors bytes " in p["problem"] for p in problems)
+    assert not any(str(pack) in p["problem"] for p in problems)  # named once, as the path
 
     out = tmp_path / "out"
     one_line_error(
