@@ -516,6 +516,9 @@ def _write_partitioned(
         dataset = replace(dataset, config={**dataset.config, "layout": found})
     notes = [f"{description.name}: full backup: {reason}"] if reason and previous is not None else []
     notes.append(f"{description.name}: partitioned: {split.how}, written by {on.describe()}")
+    non_finite = NonFinite()
+    non_finite.merge([w.non_finite for w in written])
+    notes += [f"{description.name}: {note}" for note in non_finite.notes()]
     return _Chained(dataset, recorder, reason, notes)
 
 

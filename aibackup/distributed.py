@@ -27,7 +27,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pyarrow as pa
@@ -44,6 +44,7 @@ from aibackup.manifests.digest import DIGEST_ALGORITHM
 from aibackup.manifests.model import DatasetManifest, PartEntry
 from aibackup.manifests.vectors import dense_column
 from aibackup.nearest import QuerySampler
+from aibackup.nonfinite import NonFinite
 from aibackup.parquet_parts import WriteOptions
 from aibackup.pipeline import collecting, prefetch, steady_memory, use_arrow_allocator
 from aibackup.repository import Repository
@@ -312,6 +313,8 @@ class Written:
     delta: DeltaPart | None = None
     #: the task's partition (the tasks complete in any order; the driver puts them back in this one)
     number: int = 0
+    #: the records whose dense vectors hold NaN or Infinity (the driver's note adds them up)
+    non_finite: NonFinite = field(default_factory=NonFinite)
 
 
 def write_partition(task: PartitionTask, parent: ParentDigests | None = None) -> Written:
@@ -329,11 +332,13 @@ def write_partition(task: PartitionTask, parent: ParentDigests | None = None) ->
         # the worker's whole heap (Dask's own objects included).
         with steady_memory(), open_connector(task.source, options=dict(task.options)) as connector:
             detector = layouts.Detector(connector.kind)
+            non_finite = NonFinite()
 
             def watch(batch: pa.RecordBatch) -> None:
                 if columns:
                     sampler.add(batch)
                 detector.add(batch)
+                non_finite.add(batch)
 
             delta = None
             if task.parent is not None and parent is not None:
@@ -352,8 +357,9 @@ def write_partition(task: PartitionTask, parent: ParentDigests | None = None) ->
             except TooManyChanges as exc:  # not an error to retry: the driver backs the dataset up in full
                 writer.discard()
                 assert delta is not None
-                return Written(None, sampler, detector, delta.part(exc), task.number)
-            return Written(dataset, sampler, detector, delta.part() if delta is not None else None, task.number)
+                return Written(None, sampler, detector, delta.part(exc), task.number, non_finite=non_finite)
+            delta_part = delta.part() if delta is not None else None
+            return Written(dataset, sampler, detector, delta_part, task.number, non_finite=non_finite)
     except BaseException:
         writer.discard()
         raise

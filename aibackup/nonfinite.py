@@ -38,6 +38,11 @@ class NonFinite:
             if count := int(bad.sum()):
                 self.found[field.name] += count
 
+    def merge(self, others: list[NonFinite]) -> None:
+        """Add what other counters saw (the partitions of one dataset, counted on their workers)."""
+        for other in others:
+            self.found.update(other.found)
+
     def notes(self) -> list[str]:
         """One line per vector column that holds any (none when every vector is finite)."""
         return [

@@ -112,3 +112,25 @@ def test_a_failed_partitioned_restore_leaves_no_table(tmp_path: Path, cli: Cli) 
         cli("restore", "latest", "--repo", str(repo), "--to", f"lancedb:{target}", "--workers", "2"), 1, "sha256"
     )
     assert not (target / "docs.lance").exists()
+
+
+def test_a_partitioned_backup_counts_nan_and_infinity_across_its_partitions(tmp_path: Path, cli: Cli) -> None:
+    """Each worker counts what its partition holds and the driver's note adds them up (the note came only
+    from one-process backups, so a partitioned one said nothing until the restore was refused)."""
+    import lance
+
+    def batch(ids: list[str], bad: float) -> pa.Table:
+        values = [[bad if i % 2 == 0 else 1.0, 0.5] for i in range(len(ids))]
+        return pa.table({"id": ids, "vector": pa.array(values, pa.list_(pa.float32(), 2))})
+
+    path = str(tmp_path / "db" / "odd.lance")
+    lance.write_dataset(batch(["a", "b", "c"], float("nan")), path)  # a and c
+    lance.write_dataset(batch(["d", "e"], float("inf")), path, mode="append")  # d
+    lance.write_dataset(batch(["f"], 2.0), path, mode="append")  # finite
+    assert len(lance.dataset(path).get_fragments()) == 3
+    done = ok(cli("backup", "lancedb:./db", "--repo", "r", "--queries", "0", "--workers", "2", "--json")).json()
+    assert any("partitioned:" in n for n in done["notes"]), done["notes"]
+    assert [n for n in done["notes"] if "NaN or Infinity" in n] == [
+        "odd: 3 record(s) hold NaN or Infinity in 'vector': backed up as they are, but no vector store takes "
+        "such a vector back, so a restore of this collection is refused"
+    ], done["notes"]
