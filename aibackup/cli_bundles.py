@@ -51,7 +51,8 @@ def list_(repo: str | None, config_path: str | None, as_json: bool) -> None:
                     e["bundle_id"],
                     e["created_at"][:19] + "Z",
                     e["source"].get("uri", ""),
-                    ", ".join(f"{d['name']} ({d['rows']})" for d in e["datasets"]),
+                    ", ".join(f"{d['name']} ({d['rows']})" for d in e["datasets"])
+                    + ("  [--collection: only these]" if "collections" in e["source"] else ""),
                 ]
                 for e in entries
             ],

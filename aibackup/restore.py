@@ -172,6 +172,7 @@ def run_restore(
     repo.use_key(key)  # ... and every manifest read must be authenticated by it
     manifest = repo.resolve(ref, datasets=[src for src, _ in pairs], at=at)
     selected = _select(manifest, pairs)
+    partial = _partial_note(repo, manifest) if ref in (None, "latest") and not pairs else None
     if strict:
         _refuse_unused({d.kind for d, _ in selected}, manifest.bundle_id, layout, load_check, check_options)
     location = parse_location(target_uri, target=True)
@@ -237,6 +238,8 @@ def run_restore(
                     except KeyboardInterrupt:  # Ctrl-C half-way into a collection: say which, and what now
                         raise Interrupted(_stopped_in(connector, plan, results)) from None
             target = connector.location.display()
+        if partial is not None:
+            results = [replace(r, notes=(partial, *r.notes)) for r in results]
         return RestoreResult(
             bundle_id=manifest.bundle_id,
             target=target,
@@ -570,24 +573,49 @@ def _refuse_target_in_repository(location: Location, repo: Repository) -> None:
 OLDER_LOOKED_AT = 100
 
 
-def _older_without(repo: Repository, manifest: BundleManifest, name: str, path: str) -> str | None:
-    """The newest bundle of `manifest`'s source older than it that holds collection `name` and does not read
-    the part at `path` (the links of a chain share their parts, so the bundle just before may read it too):
-    the one to try, as a manifest that cannot be read names the one before it. None when none of the
-    OLDER_LOOKED_AT before it."""
+def _older_of_source(repo: Repository, manifest: BundleManifest) -> Iterator[BundleManifest]:
+    """The bundles of `manifest`'s source older than it, newest first, among the OLDER_LOOKED_AT before it
+    (those that cannot be read are skipped: none is one to suggest)."""
     source = (manifest.source.get("kind"), manifest.source.get("uri"))
     older = [b for b in repo.bundle_ids() if b < manifest.bundle_id][-OLDER_LOOKED_AT:]
     for bundle_id in reversed(older):
         try:
             candidate = repo.load(bundle_id)
         except AibackupError:
-            continue  # unreadable: not one to suggest
-        if (candidate.source.get("kind"), candidate.source.get("uri")) != source:
             continue
+        if (candidate.source.get("kind"), candidate.source.get("uri")) == source:
+            yield candidate
+
+
+def _older_without(repo: Repository, manifest: BundleManifest, name: str, path: str) -> str | None:
+    """The newest bundle of `manifest`'s source older than it that holds collection `name` and does not read
+    the part at `path` (the links of a chain share their parts, so the bundle just before may read it too):
+    the one to try, as a manifest that cannot be read names the one before it. None when none of the
+    OLDER_LOOKED_AT before it."""
+    for candidate in _older_of_source(repo, manifest):
         holds = any(d.name == name for d in candidate.datasets)
         if holds and all(p.path != path for d in candidate.datasets for p in d.all_parts()):
-            return bundle_id
+            return candidate.bundle_id
     return None
+
+
+def _partial_note(repo: Repository, manifest: BundleManifest) -> str | None:
+    """A note when `latest` named a bundle that holds only the collections its backup was given
+    (``backup --collection``): the others of its source are not restored, and the newest bundle of the whole
+    source (if any of the OLDER_LOOKED_AT before it) is the one that holds them."""
+    named = manifest.source.get("collections")
+    if not named:
+        return None
+    whole = next((m.bundle_id for m in _older_of_source(repo, manifest) if "collections" not in m.source), None)
+    where = (
+        f"the newest bundle of all of them is {whole}: restore it by id (or give --collection)"
+        if whole
+        else "no earlier bundle holds all of them"
+    )
+    return (
+        f"the latest bundle {manifest.bundle_id} holds only what `backup --collection` named "
+        f"({', '.join(map(repr, named))}), not the source's other collections; {where}"
+    )
 
 
 def chain_problem(repo: Repository, bundle_id: str, dataset: DatasetManifest, part: PartEntry, problem: str) -> str:

@@ -308,6 +308,30 @@ def test_named_vectors_into_chroma_are_refused_unless_lossy(tmp_path: Path, cli:
     ]
 
 
+def test_latest_naming_a_backup_of_some_collections_says_so(tmp_path: Path, cli: Cli) -> None:
+    """`latest` is the newest bundle, also one that `backup --collection` limited: list marks it, and a
+    restore of it names the collections it left out and the bundle that holds them (it restored one
+    collection of two, proven, and said nothing of the other)."""
+    store = f"chroma:{tmp_path / 'chroma'}"
+    seed_chroma(tmp_path / "chroma", "alpha", n=20)
+    seed_chroma(tmp_path / "chroma", "beta", n=30)
+    whole = ok(cli("backup", store, "--json")).json()["bundle_id"]
+    some = ok(cli("backup", store, "--collection", "beta", "--json")).json()["bundle_id"]
+    listed = ok(cli("list")).out.splitlines()
+    assert [line for line in listed if "[--collection: only these]" in line] == [
+        line for line in listed if line.startswith(some)
+    ]
+    restored = ok(cli("restore", "latest", "--to", f"chroma:{tmp_path / 'out'}", "--json")).json()
+    assert restored["bundle_id"] == some
+    (dataset,) = restored["datasets"]
+    assert dataset["notes"][0] == (
+        f"the latest bundle {some} holds only what `backup --collection` named ('beta'), not the source's "
+        f"other collections; the newest bundle of all of them is {whole}: restore it by id (or give --collection)"
+    )
+    named = ok(cli("restore", "latest", "--to", f"chroma:{tmp_path / 'out2'}", "--collection", "beta", "--json"))
+    assert not any("backup --collection" in n for n in named.json()["datasets"][0]["notes"])
+
+
 def test_bad_input_gives_one_line_and_the_documented_exit_code(tmp_path: Path, cli: Cli) -> None:
     seed_chroma(tmp_path / "chroma", "docs", n=10)
     one_line_error(cli("backup", "mongodb://x"), 2, "unknown store")
