@@ -272,6 +272,12 @@ def run_backup(
                             )
                             if offer is None and earlier is not None:
                                 notes.append(f"{description.name}: every file written: {unreused}")
+                            if offer is not None and offer.damaged:
+                                notes.append(
+                                    f"{description.name}: the files of {len(offer.damaged)} part(s) of bundle "
+                                    f"{earlier} found damaged written again ({repo.storage.display(offer.damaged[0])}"
+                                    f"{', …' if len(offer.damaged) > 1 else ''})"
+                                )
                             since = offer.since() if offer is not None else None
                             groups = PartGroups(file_kind.column, split=file_kind.split)
                         # an incremental export yields only what is new: its size is not known ahead

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aibackup import reports
 from aibackup.chunks import (
     INDEX,
     PACK_SCHEMA,
@@ -216,6 +217,7 @@ class ChunkStore(ChunkAccess):
         self.ids = ChunkIds(repo.key())
         self.index = index if index is not None else ChunkIndex.load(repo)
         self._usable: dict[str, bool] = {}
+        self._damaged: frozenset[str] | None = None  # packs found damaged (read at the first reuse)
         self._packs = PackWriter(repo, writer_id, self.ids)
         self._new: set[bytes] = set()
         self._reused: set[bytes] = set()  # chunks found in packs of earlier runs
@@ -245,14 +247,21 @@ class ChunkStore(ChunkAccess):
 
     def _has(self, chunk: bytes) -> bool:
         """Whether the repository holds `chunk` in a pack this backup may reference: one under the current
-        master key (so that prune can retire an older key) that is still there (a pack lost to damage or a
-        hand-made deletion would otherwise keep every later backup from storing its chunks again)."""
+        master key (so that prune can retire an older key) that is still there and that no verify or restore
+        found damaged (a pack lost to damage or a hand-made deletion would otherwise keep every later backup
+        from storing its chunks again: stored again, the newer copy is the one the index gives)."""
         place = self.index.get(chunk)
         if place is None:
             return False
         usable = self._usable.get(place.pack)
         if usable is None:
-            usable = not self.repo.rotated_since([place.pack]) and self.repo.storage.exists(place.pack)
+            if self._damaged is None:
+                self._damaged = reports.damaged_parts(self.repo)
+            usable = (
+                place.pack not in self._damaged
+                and not self.repo.rotated_since([place.pack])
+                and self.repo.storage.exists(place.pack)
+            )
             self._usable[place.pack] = usable
         return usable
 

@@ -25,7 +25,8 @@ missing a file).
 
 No reuse (every file written) with ``--full``, without an earlier bundle of the dataset, when that bundle
 records no part contents (written before aibackup 0.4.0), uses another record digest algorithm, or misses
-a part (or holds one of the wrong size).
+a part (or holds one of the wrong size). A unit holding a part that a verify or restore found damaged is
+not reused: its files are written again (the others are still referenced).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from aibackup import reports
 from aibackup.bundle import PartContents
 from aibackup.bundle_reader import BundleReader
 from aibackup.manifests.model import DIGEST_ALGORITHM, DatasetManifest, PartEntry
@@ -85,6 +87,9 @@ class Offer:
     bundle_id: str
     dataset: DatasetManifest
     units: tuple[Unit, ...]
+    #: the parent's parts found damaged (aibackup.reports.damaged_parts): their units are not offered, so
+    #: the files they hold are written again
+    damaged: tuple[str, ...] = ()
 
     def since(self) -> dict[str, Any]:
         """What the export is given: the parent's state (the connector's part of it) and the units it may
@@ -116,7 +121,13 @@ def offer(
         problem = reader.check_part(part, read_data=False)
         if problem:
             return None, f"a part of bundle {bundle_id} cannot be referenced: {part.path}: {problem}"
-    return Offer(bundle_id, previous, units), ""
+    # Same size, other bytes: known once a verify --read-data or a restore saw it. A unit reading such a part
+    # is not offered (its files are written again); the others still are.
+    found = reports.damaged_parts(reader.repo)
+    damaged = tuple(sorted(p.path for p in previous.parts if p.path in found))
+    if damaged:
+        units = tuple(u for u in units if not any(p.path in found for p in u.parts))
+    return Offer(bundle_id, previous, units, damaged), ""
 
 
 def units_of(dataset: DatasetManifest, kind: FileKind) -> tuple[Unit, ...]:
