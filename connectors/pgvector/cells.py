@@ -155,7 +155,8 @@ def _jsonb_text(value: Any) -> str:
     number as written, so ``1e+20`` (Python's form of a float from 1e16 up) would come back as the integer
     100000000000000000000 and fail the restore's record comparison."""
     if isinstance(value, float) and value.is_integer():
-        return format(decimal.Decimal(repr(value)), "f") + ".0"
+        text = format(decimal.Decimal(repr(value)), "f")  # "1.0" stays; "1e+20" gains its ".0"
+        return text if "." in text else text + ".0"
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(k)}: {_jsonb_text(v)}" for k, v in value.items()) + "}"
     if isinstance(value, list):

@@ -419,7 +419,8 @@ def test_metadata_floats_jsonb_would_change_are_kept_or_refused(postgres: Postgr
     from qdrant_client import QdrantClient, models
 
     client = QdrantClient(path=str(tmp_path / "q"))
-    whole = {"big": 1e20, "deep": [1.5e300, {"w": 1e308, "s": "3e5", "n": -0.25}]}
+    # 1.0 beside an exponent: the fraction was added twice ("1.0.0", which jsonb refused)
+    whole = {"big": 1e20, "deep": [1.5e300, {"w": 1e308, "s": "3e5", "n": -0.25}], "one": 1.0, "lr": 1e-05}
     for name, point, payload in (("whole", 1, whole), ("signed", 7, {"z": [0.5, -0.0]})):
         client.create_collection(name, vectors_config=models.VectorParams(size=2, distance=models.Distance.EUCLID))
         client.upsert(name, [models.PointStruct(id=point, vector=[1.0, 0.0], payload=payload)])
@@ -433,7 +434,8 @@ def test_metadata_floats_jsonb_would_change_are_kept_or_refused(postgres: Postgr
     with postgres.connect(dst) as conn:
         (metadata,) = conn.execute("SELECT metadata FROM whole").fetchone()
     assert metadata == whole
-    assert all(isinstance(v, float) for v in (metadata["big"], metadata["deep"][0], metadata["deep"][1]["w"]))
+    floats = (metadata["big"], metadata["deep"][0], metadata["deep"][1]["w"], metadata["one"])
+    assert all(isinstance(v, float) for v in floats)
     line = one_line_error(
         cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--collection", "signed"), 2, "-0.0"
     )
