@@ -126,12 +126,18 @@ def held_dimension(conn: Any, table: str, column: str, name: str) -> int | None:
 
 
 #: Does a jsonb column hold a number that float64 would not give back as PostgreSQL wrote it (``1.10``, more
-#: digits than a double holds, beyond its range)? Integers are exact either way (Python's ints).
+#: digits than a double holds, beyond its range)? Integers are exact either way (Python's ints), and so is a
+#: whole float written with one ``.0`` (``0.0``, ``3.0``: how Python, and a restore into jsonb, write it;
+#: float8's own text has no fraction, so without the ``.0`` every LangChain table with a whole float in its
+#: metadata travelled as text and lost its layout).
 FLOAT_TEXT_SQL = """
 SELECT EXISTS (
   SELECT 1 FROM {table} t, jsonb_path_query(t.{column}, 'strict $.**') v
   WHERE jsonb_typeof(v) = 'number' AND v::text ~ '[.eE]'
-    AND (abs(v::text::numeric) >= 1e308 OR v::text::numeric::float8::text::numeric::text <> v::text))
+    AND (abs(v::text::numeric) >= 1e308
+      OR v::text::numeric::float8::text::numeric::text
+         || CASE WHEN trunc(v::text::numeric::float8) = v::text::numeric::float8 THEN '.0' ELSE '' END
+         <> v::text))
 """
 
 

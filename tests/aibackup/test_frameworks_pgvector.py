@@ -434,3 +434,25 @@ def test_a_langchain_chain_restored_partitioned_into_postgres(postgres: Postgres
         assert {q: lc_view(app.similarity_search(q, k=4)) for q in QUERIES} == expected
     finally:
         app._engine.dispose()
+
+
+def test_whole_floats_in_langchain_metadata_keep_the_layout(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    """A jsonb value such as 0.0 or 2.0 comes back from float64 exactly as written (Python writes whole floats
+    with one ``.0``): it made the restore read cmetadata back as text (content and layout checks failed on a
+    correct restore) and a backup of langchain-postgres's tables miss their layout (restored raw)."""
+    source = lc_chroma(tmp_path / "chroma", "kb-float")
+    docs = [Document(page_content=f"text {i}", metadata={"n": i, "score": i / 2, "zero": 0.0}) for i in range(20)]
+    source.add_documents(docs, ids=[f"doc-{i:03d}" for i in range(20)])
+    repo = tmp_path / "repo"
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
+    db = database(postgres, tmp_path, "float")
+    result = restored(cli, repo, postgres.uri(db), "--layout", "langchain")
+    assert all(c["ok"] for c in result["checks"]), result["checks"]
+    app = pg_store(postgres, db, "kb-float", "EUCLIDEAN")
+    try:
+        assert lc_view(app.get_by_ids(["doc-004"])) == [("text 4", {"n": 4, "score": 2.0, "zero": 0.0})]
+    finally:
+        app._engine.dispose()
+    ok(cli("backup", postgres.uri(db), "--repo", str(repo)))
+    layout = manifest_json(repo)["datasets"][0]["config"].get("layout")
+    assert layout is not None and (layout["framework"], layout["backend"]) == ("langchain", "pgvector")
