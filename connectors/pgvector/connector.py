@@ -111,7 +111,7 @@ from aibackup.errors import (
     UsageError,
 )
 from aibackup.manifests.model import VectorsConfig
-from aibackup.manifests.vectors import canonical_json
+from aibackup.manifests.vectors import ID, METADATA, canonical_json
 
 if TYPE_CHECKING:
     import psycopg
@@ -505,6 +505,9 @@ class PgvectorConnector(VectorConnector):
                     staging, columns = restore.staging(conn, plan, needed)
                     written = fill(cur, staging, columns)
                     if staging != target:
+                        if plan.mode == "merge":
+                            collection = f"s.{quote(METADATA)}->>'collection_id'"
+                            writing.refuse_moving_rows(cur, plan, schema, staging, quote(ID), collection)
                         cur.execute(self._insert_sql(plan, staging, target))
                 self._created[plan.target.name] = created
                 for statement in restore.after_data(plan, schema, table, created):

@@ -98,6 +98,19 @@ def native_definition(collection: str, dimension: int, schema: str = "public") -
     }
 
 
+def held_elsewhere_sql(embeddings: str, collections: str, staging: str, id_column: str, collection: str) -> str:
+    """The name of another collection (or its uuid, or '' for none) holding in table `embeddings` a row of
+    an id that `staging` brings (`id_column` and `collection`: the staged rows' id and collection uuid, as
+    SQL; `collections`: the collection table, qualified). The embedding table's ids are its primary key
+    across every collection: a merge upserting such an id would move the row out of the collection that
+    holds it, which the application then finds emptied."""
+    return (
+        f"SELECT coalesce(c.name, t.collection_id::text, '') FROM {embeddings} t "
+        f"JOIN {staging} s ON t.id = s.{id_column} LEFT JOIN {collections} c ON c.uuid = t.collection_id "
+        f"WHERE t.collection_id IS DISTINCT FROM ({collection})::uuid LIMIT 1"
+    )
+
+
 def collection_name(native: Mapping[str, Any] | None, collection_id: str) -> str | None:
     """The name of collection `collection_id`, from the ``langchain_pg_collection`` rows a pgvector bundle
     carries with its embedding table (None: not carried, or no such row)."""

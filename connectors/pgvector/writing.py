@@ -30,6 +30,7 @@ import pyarrow as pa
 from aibackup.connectors import postgres
 from aibackup.connectors.base import ImportPlan
 from aibackup.connectors.pgvector import catalog, cells, codec, restore
+from aibackup.connectors.pgvector import langchain as pg_langchain
 from aibackup.connectors.pgvector.catalog import qualified, quote
 from aibackup.errors import UnsupportedFeatureError, UsageError
 
@@ -167,6 +168,7 @@ def publish(conn: Any, plan: ImportPlan, load: Mapping[str, Any], where: str, ke
     schema, table = plan.extra["schema"], plan.extra["table"]
     if kept(conn, plan, schema, table, where):
         if plan.mode == "merge":
+            refuse_moving_rows(conn, plan, schema, load_table(load), "id", "s.collection_id")
             conn.execute(restore.merge_sql(plan, keys, load_table(load), qualified(schema, table)))
             return False
         native = plan.target.config.native
@@ -178,6 +180,25 @@ def publish(conn: Any, plan: ImportPlan, load: Mapping[str, Any], where: str, ke
     conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
     conn.execute(f"ALTER TABLE {load_table(load)} SET SCHEMA {quote(schema)}")
     return True
+
+
+def refuse_moving_rows(conn: Any, plan: ImportPlan, schema: str, rows: str, id_sql: str, collection_sql: str) -> None:
+    """A merge into langchain-postgres's embedding table of ids another collection holds is refused (in the
+    restore's transaction: nothing is written), for the upsert would move those rows out of it. `rows`: the
+    table of the rows to merge, `id_sql` and `collection_sql` their id and collection uuid (as SQL on ``s``).
+    Nothing to check for any other table."""
+    if plan.extra["table"] != pg_langchain.EMBEDDINGS or plan.target.config.native is None:
+        return
+    target = qualified(schema, pg_langchain.EMBEDDINGS)
+    collections = qualified(schema, pg_langchain.COLLECTIONS)
+    row = conn.execute(pg_langchain.held_elsewhere_sql(target, collections, rows, id_sql, collection_sql)).fetchone()
+    if row is not None:
+        holder = f"collection {row[0]!r}" if row[0] else "rows of no collection"
+        raise UnsupportedFeatureError(
+            f"cannot merge collection {plan.target.name!r} into {target}: {holder} holds records of the same ids "
+            "(the table's ids are unique across its collections, so the merge would move them out of it); "
+            "nothing was written"
+        )
 
 
 def abandon_load(conn: Any, load: Mapping[str, Any]) -> None:

@@ -456,3 +456,33 @@ def test_whole_floats_in_langchain_metadata_keep_the_layout(postgres: Postgres, 
     ok(cli("backup", postgres.uri(db), "--repo", str(repo)))
     layout = manifest_json(repo)["datasets"][0]["config"].get("layout")
     assert layout is not None and (layout["framework"], layout["backend"]) == ("langchain", "pgvector")
+
+
+def test_a_merge_whose_ids_another_langchain_collection_holds_is_refused(
+    postgres: Postgres, tmp_path: Path, cli: Cli
+) -> None:
+    """langchain-postgres's ids are unique across every collection of its table: merging a copy beside the
+    original (``--collection kb=kb-copy``) upserted the original's rows into the copy, and the application
+    found the original empty; the restore said all checks passed. Refused now, nothing written."""
+    source = lc_chroma(tmp_path / "chroma", "kb-own")
+    source.add_documents(lc_docs(20), ids=[f"doc-{i:03d}" for i in range(20)])
+    repo = tmp_path / "repo"
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
+    db = database(postgres, tmp_path, "moved")
+    restored(cli, repo, postgres.uri(db), "--layout", "langchain")
+    source.add_documents(lc_docs(5), ids=[f"new-{i}" for i in range(5)])
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))  # a link: two parts to spread
+    args = ("--layout", "langchain", "--collection", "kb-own=kb-copy", "--mode", "merge")
+    refused = cli("restore", "latest", "--repo", str(repo), "--to", postgres.uri(db), *args)
+    assert refused.code == 2, (refused.code, refused.out, refused.err)
+    assert "collection 'kb-own' holds records of the same ids" in refused.err and "nothing was written" in refused.err
+    # The same from a partitioned restore, whose workers load the rows the driver then merges.
+    spread = cli("restore", "latest", "--repo", str(repo), "--to", postgres.uri(db), *args, "--workers", "2", "--json")
+    assert spread.code == 2 and "holds records of the same ids" in spread.err, (spread.code, spread.out, spread.err)
+    app = pg_store(postgres, db, "kb-own", "EUCLIDEAN")
+    try:
+        assert len(app.get_by_ids([f"doc-{i:03d}" for i in range(20)])) == 20  # still the original's
+    finally:
+        app._engine.dispose()
+    with postgres.connect(db) as conn:
+        assert conn.execute("SELECT name FROM langchain_pg_collection").fetchall() == [("kb-own",)]
