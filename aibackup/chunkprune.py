@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aibackup.bundle_reader import BundleReader
 from aibackup.chunk_reader import ChunkReader
 from aibackup.chunk_writer import PackWriter
-from aibackup.chunks import INDEX, Stored, index_bytes, new_writer_id, read_index
+from aibackup.chunks import INDEX, ChunkIndex, Stored, index_bytes, new_writer_id, read_index
 from aibackup.connectors.model.restore import chunk_ids
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.manifests.model import BundleManifest
@@ -85,6 +85,23 @@ def referenced_chunks(repo: Repository, manifests: Iterable[BundleManifest]) -> 
                     if data:
                         live.update(chunk_ids({"chunks": data}))
     return live
+
+
+def absent_packs(
+    repo: Repository, manifest: BundleManifest, index: ChunkIndex, stored: Callable[[str], bool]
+) -> int:
+    """How many chunk packs the files of `manifest`'s model datasets need are not stored (`stored(pack)`
+    says which are); a chunk no index file lists, or a file table that cannot be read, counts as one: the
+    bundle cannot be restored either way. 0 for a bundle without a model dataset."""
+    if not any(d.kind == "model" for d in manifest.datasets):
+        return 0
+    try:
+        chunks = referenced_chunks(repo, [manifest])
+    except AibackupError:
+        return 1
+    places = [index.get(chunk) for chunk in chunks]
+    packs = {place.pack for place in places if place is not None}
+    return sum(1 for pack in packs if not stored(pack)) + (1 if None in places else 0)
 
 
 def prune_chunks(

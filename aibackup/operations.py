@@ -377,13 +377,33 @@ def status(config: Config, repo: Repository | None = None) -> list[SourceStatus]
 
 
 def _newest_intact(good: Sequence[BundleManifest], reader: Any, source: SourceConfig) -> BundleManifest | None:
-    """The newest bundle of `source` among `good` (oldest first) whose every part is there with its size."""
+    """The newest bundle of `source` among `good` (oldest first) whose every part is there with its size,
+    and, for model files, every chunk pack they need (aibackup.chunkprune.absent_packs)."""
+    from aibackup.chunkprune import absent_packs
+    from aibackup.chunks import ChunkIndex
+
+    index: ChunkIndex | None = None
+    present: dict[str, bool] = {}
+
+    def stored(pack: str) -> bool:
+        if pack not in present:
+            present[pack] = reader.repo.storage.exists(pack)
+        return present[pack]
+
     for manifest in reversed(good):
         if not of_source(manifest, source):
             continue
         parts = [p for d in manifest.datasets for p in d.all_parts()]
-        if not any(reader.check_part(p, read_data=False) for p in parts):
-            return manifest
+        if any(reader.check_part(p, read_data=False) for p in parts):
+            continue
+        if any(d.kind == "model" for d in manifest.datasets):
+            try:
+                index = index if index is not None else ChunkIndex.load(reader.repo)
+            except AibackupError:
+                continue  # a chunk index that cannot be read: no model bundle restores
+            if absent_packs(reader.repo, manifest, index, stored):
+                continue
+        return manifest
     return None
 
 

@@ -52,9 +52,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aibackup import clock, reports
-from aibackup.chunkprune import ChunkPruneResult, PackFile, prune_chunks
-from aibackup.chunks import is_pack
-from aibackup.errors import BundleNotFoundError, IntegrityError, ManifestVersionError, UsageError
+from aibackup.chunkprune import ChunkPruneResult, PackFile, absent_packs, prune_chunks
+from aibackup.chunks import ChunkIndex, is_pack
+from aibackup.errors import AibackupError, BundleNotFoundError, IntegrityError, ManifestVersionError, UsageError
 from aibackup.lock_files import CLOCK_SKEW
 from aibackup.manifests.model import BundleManifest
 from aibackup.repository import DATA, Repository, id_time, iso
@@ -133,7 +133,8 @@ def run_prune(
     good, bad = repo.scan()
     pins = pinned(repo)
     stored = _list_data(repo)  # before anything goes: what a backup writes after this is never seen
-    broken = {m.bundle_id: n for m in good if (n := _absent_parts(m, stored))}
+    index = _chunk_index(repo)
+    broken = {m.bundle_id: n for m in good if (n := _absent_parts(repo, m, stored, index))}
 
     decisions: list[Decision] = [
         Decision(bundle_id, True, (_BROKEN.format(n=n), *_pin(bundle_id, pins))) for bundle_id, n in broken.items()
@@ -242,11 +243,25 @@ _BROKEN = (
 )
 
 
-def _absent_parts(manifest: BundleManifest, stored: Mapping[str, _Stored]) -> int:
-    """How many parts `manifest` needs (its chain's included) are missing from `stored` or of another size:
-    damage the listing shows without reading a byte, as ``status`` finds a source's newest intact bundle."""
+def _absent_parts(
+    repo: Repository, manifest: BundleManifest, stored: Mapping[str, _Stored], index: ChunkIndex | None
+) -> int:
+    """How many parts `manifest` needs (its chain's included) are missing from `stored` or of another size,
+    and how many chunk packs its model files need are missing: damage the listing shows (a model bundle's
+    file table read, no pack), as ``status`` finds a source's newest intact bundle. `index`: None when the
+    chunk index cannot be read (then packs are not looked at; the chunk store's prune says so)."""
     needed = {p.path: p.bytes for d in manifest.datasets for p in d.all_parts()}
-    return sum(1 for path, size in needed.items() if path not in stored or stored[path].size != size)
+    absent = sum(1 for path, size in needed.items() if path not in stored or stored[path].size != size)
+    if absent or index is None:
+        return absent
+    return absent_packs(repo, manifest, index, stored.__contains__)
+
+
+def _chunk_index(repo: Repository) -> ChunkIndex | None:
+    try:
+        return ChunkIndex.load(repo)
+    except AibackupError:
+        return None
 
 
 # --- pins ------------------------------------------------------------------------------------------------

@@ -80,3 +80,28 @@ def test_a_chunk_pack_found_damaged_is_not_reused(cli: Cli, tmp_path: Path) -> N
     # The index gives the newer copy of each chunk: the first bundle restores again too.
     ok(cli("restore", first, "--repo", str(repo), "--to", f"model:{tmp_path / 'first'}"))
     assert tree(tmp_path / "first") == tree(source)
+
+
+def test_a_model_bundle_whose_chunk_pack_is_missing_is_neither_newest_nor_kept_in_its_place(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """`status` and `prune` looked only at a bundle's parts: a model version whose own pack was lost was the
+    source's newest intact bundle (ok, exit 0), and `prune --keep-last 1` kept it and removed the version
+    before it, the only one that restored. Now it is damaged for both, as a bundle with a part missing."""
+    (tmp_path / "aibackup.yaml").write_text(
+        "repository: ./repo\nsources:\n  llm: {uri: 'model:./m', rpo: 24h}\n", encoding="utf-8"
+    )
+    source = model(tmp_path / "m", 300)
+    first = ok(cli("backup", "--json")).json()["sources"][0]["bundle_id"]
+    (source / "more.safetensors").write_bytes((source / "model.safetensors").read_bytes()[::-1])  # new chunks
+    second = ok(cli("backup", "--json")).json()["sources"][0]["bundle_id"]
+    (pack,) = (tmp_path / "repo").glob(f"data/{second}/packs/*.parquet")
+    pack.unlink()
+
+    status = cli("status", "--json").json()
+    assert status["sources"][0]["newest_bundle"] == first, status
+
+    pruned = ok(cli("prune", "--keep-last", "1", "--json")).json()
+    kept = {d["bundle_id"]: d["reasons"] for d in pruned["kept"]}
+    assert kept[first] == ["last 1"] and kept[second][0].startswith("damaged: 1 part(s) missing"), pruned
+    ok(cli("restore", first, "--to", f"model:{tmp_path / 'back'}"))
