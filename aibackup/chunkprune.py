@@ -87,9 +87,7 @@ def referenced_chunks(repo: Repository, manifests: Iterable[BundleManifest]) -> 
     return live
 
 
-def absent_packs(
-    repo: Repository, manifest: BundleManifest, index: ChunkIndex, stored: Callable[[str], bool]
-) -> int:
+def absent_packs(repo: Repository, manifest: BundleManifest, index: ChunkIndex, stored: Callable[[str], bool]) -> int:
     """How many chunk packs the files of `manifest`'s model datasets need are not stored (`stored(pack)`
     says which are); a chunk no index file lists, or a file table that cannot be read, counts as one: the
     bundle cannot be restored either way. 0 for a bundle without a model dataset."""
