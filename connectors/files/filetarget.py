@@ -16,7 +16,8 @@ Rules (the connectors' docstrings repeat the ones a user meets):
 - Modes: ``create`` refuses (TargetNotEmptyError) when any file to be written already exists (other files
   in DIR are fine); ``overwrite`` replaces the bundle's files and leaves every other file alone; ``merge``
   is refused for folders (a log file is restored whole or not at all: use ``overwrite``).
-- Each file is written to a temporary file beside its final name (``.NAME.<random>.aibackup-tmp``),
+- Each file is written to a temporary file beside its final name (``.NAME.<random>.aibackup-tmp``, or
+  ``.<random>.aibackup-tmp`` for a name too long to take that suffix),
   fsynced, then renamed over the final name once every record is written: a crash never leaves a
   half-written file under a final name (at most a temporary file, which no folder walk picks up).
 - After a restore the target connector reads back only the files it wrote (the restore's scope), with
@@ -170,9 +171,7 @@ class FileWriter:
                 final = target_path(self.root, name)
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 target_path(self.root, name)  # again: a folder made just now must not be a link out
-                tmp = os.path.join(
-                    os.path.dirname(final), f".{os.path.basename(final)}.{secrets.token_hex(4)}{TMP_SUFFIX}"
-                )
+                tmp = os.path.join(os.path.dirname(final), _temporary_name(os.path.basename(final)))
                 self._temps[name] = tmp
                 self._sha[name] = hashlib.sha256()
                 handle = open(tmp, "xb")  # noqa: SIM115 - kept open across batches, closed by _close
@@ -232,9 +231,22 @@ class FileWriter:
                 handle.close()
         self._open.clear()
         for tmp in self._temps.values():
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # never made, or the folder went: nothing of ours to remove
                 os.unlink(tmp)
         self._temps.clear()
+
+
+#: The longest file name most file systems take (NAME_MAX, in bytes).
+NAME_MAX = 255
+
+
+def _temporary_name(name: str) -> str:
+    """The temporary file `name` is written to before its rename: ``.NAME.<random>.aibackup-tmp``, or
+    ``.<random>.aibackup-tmp`` where that would be longer than a file name may be (a name of 233 bytes or
+    more, which the source held and the restore must write back)."""
+    token = secrets.token_hex(4)
+    tmp = f".{name}.{token}{TMP_SUFFIX}"
+    return tmp if len(tmp.encode("utf-8", "surrogateescape")) <= NAME_MAX else f".{token}{TMP_SUFFIX}"
 
 
 def _fsync_dir(folder: str) -> None:

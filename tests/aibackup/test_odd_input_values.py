@@ -137,3 +137,19 @@ def test_vectors_holding_nan_or_infinity_are_backed_up_with_a_note(tmp_path: Pat
     ], done["notes"]
     one_line_error(cli("restore", "latest", "--repo", "r", "--to", "lancedb:./o", "--collection", "odd"), 2)
     ok(cli("restore", "latest", "--repo", "r", "--to", "lancedb:./o", "--collection", "fine"))
+
+
+@pytest.mark.parametrize("kind", ["conversations", "finetune"])
+def test_file_names_up_to_the_longest_a_folder_takes_are_restored(tmp_path: Path, cli: Cli, kind: str) -> None:
+    """A log or fine-tuning file named with 233 to 255 bytes backed up fine, and its restore stopped with an
+    internal error (exit 70): the temporary file beside it, ``.NAME.<random>.aibackup-tmp``, was longer than
+    a file name may be."""
+    source = tmp_path / "src"
+    source.mkdir()
+    names = ["L" * 249 + ".jsonl", "é" * 121 + "x.jsonl", "short.jsonl"]  # 255 bytes, 249 bytes, short
+    for name in names:
+        (source / name).write_text('{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
+    ok(cli("backup", f"{kind}:./src", "--repo", "r"))
+    ok(cli("restore", "latest", "--repo", "r", "--to", f"{kind}:./back"))
+    assert sorted(p.name for p in (tmp_path / "back").iterdir()) == sorted(names)
+    assert all((tmp_path / "back" / n).read_bytes() == (source / n).read_bytes() for n in names)
