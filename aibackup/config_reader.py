@@ -10,6 +10,7 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
 
@@ -28,6 +29,7 @@ from aibackup.config import (
     TargetConfig,
     parse_duration,
 )
+from aibackup.connectors.base import Location
 from aibackup.connectors.registry import BARE_TARGETS, DEFAULT_RESTORE_ROOT, connector_class, parse_location
 from aibackup.errors import ConfigError, UsageError, first_line
 
@@ -413,15 +415,26 @@ class _Reader:
                     f"the same store as source {seen[store]!r}: use one source (with collections: [...])",
                 )
             seen[store] = name
-        # A scratch target must never be a source: the drill restores into it with --mode overwrite.
+        # A scratch target must never be a source: the drill restores into it with --mode overwrite. Nor a
+        # folder inside a source's folder (the next backup would take the restored copy as new data), or one
+        # holding it.
         for target in self.targets.values():
-            if parse_location(target.uri, target=True).display() in seen:
-                where = parse_location(target.uri, target=True).display()
+            location = parse_location(target.uri, target=True)
+            where = location.display()
+            if where in seen:
                 self.fail(
                     self.target_nodes[target.name],
                     f"targets.{target.name}",
                     f"is the store of source {seen[where]!r}: a restore test would overwrite it",
                 )
+            for name, source in sources.items():
+                if _nested(location, parse_location(source.uri)):
+                    self.fail(
+                        self.target_nodes[target.name],
+                        f"targets.{target.name}",
+                        f"lies inside the store of source {name!r} or holds it: a restore test would write "
+                        "into the source (name a folder of its own)",
+                    )
         return self.done(MappingProxyType(sources), node, path)
 
     def source(self, name: str, key: yaml.Node, value: yaml.Node) -> SourceConfig:
@@ -458,3 +471,17 @@ class _Reader:
             where = self.mapping(node, path, None)["target"][1]
             self.fail(where, f"{path}.target", f"{values['target']!r} holds {held}; this source holds {data_kind}")
         return self.done({**values, "env": env}, node, path)
+
+
+def _nested(target: Location, source: Location) -> bool:
+    """Whether two stores on this machine's disk (an embedded store, a folder, a file) lie one inside the
+    other, or are the same file (a source's glob counts from its folder); False for servers."""
+    if target.path is None or source.path is None or target.is_server or source.is_server:
+        return False
+    a = Path(os.path.expanduser(target.path)).resolve()
+    pattern = os.path.expanduser(source.path)
+    if any(ch in pattern for ch in "*?["):
+        pattern = pattern[: min(pattern.find(ch) for ch in "*?[" if ch in pattern)]
+        pattern = os.path.dirname(pattern) or "."
+    b = Path(pattern).resolve()
+    return a == b or a in b.parents or b in a.parents

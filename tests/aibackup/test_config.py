@@ -454,7 +454,7 @@ def test_secret_values_never_appear_in_reprs(monkeypatch: pytest.MonkeyPatch) ->
             retention: {keep_last: "${N}", keep_within: "${D}"}
             restore_test: {target: t, skip: "${B}"}
           d: {uri: "config:./x", redact_secrets: "${B}"}
-        targets: {t: "qdrant:./${S}"}
+        targets: {t: "qdrant:./scratch/${S}"}
         retention:
           keep_daily: ${N}
         restore_test: {target: t, queries: "${N}", min_recall: "${R}", report: "${S}"}
@@ -567,3 +567,30 @@ def test_sse_keys_join_the_options_a_repository_url_already_has() -> None:
         """
     )
     assert config.repository == "s3://backups-eu/ai?region=eu-west-1&sse=aws:kms&sse_kms_key_id=alias/bucket-key"
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ("conversations:./logs", "conversations:./logs/drill"),  # inside: the next backup takes the copy as logs
+        ("conversations:./logs/*.jsonl", "conversations:./logs/drill"),  # a glob counts from its folder
+        ("chroma:./data/chroma", "qdrant:./data"),  # holding the source's folder
+        ("lancedb:./db", "lancedb:./db/scratch"),  # an embedded store's folder
+    ],
+)
+def test_a_scratch_target_inside_a_source_or_holding_it_is_refused(tmp_path: Path, source: str, target: str) -> None:
+    """The drill restores into its target: one inside a source's folder put a copy of the logs into the logs,
+    and each month's backup and drill nested it one level deeper (every run exit 0)."""
+    path = tmp_path / "aibackup.yaml"
+    path.write_text(f"repository: ./r\nsources:\n  a: {{uri: '{source}'}}\ntargets:\n  scratch: '{target}'\n")
+    with pytest.raises(ConfigError, match=r"targets.scratch: lies inside the store of source 'a' or holds it"):
+        load_config(str(path))
+
+
+def test_a_scratch_target_beside_a_source_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "aibackup.yaml"
+    path.write_text(
+        "repository: ./r\nsources:\n  a: {uri: 'conversations:./logs'}\n  b: 'qdrant+http://q:6333'\n"
+        "targets:\n  scratch: 'conversations:./logs-drill'\n  q: 'qdrant+http://q:6334'\n"
+    )
+    assert set(load_config(str(path)).targets) == {"scratch", "q"}
