@@ -166,12 +166,23 @@ class PgvectorConnector(VectorConnector):
         out = []
         for name in wanted:
             key = self._resolve(name, by_name)
+            if key is None and name in self._created:
+                key = self._made_here(conn, name)
             if key is None:
                 raise DatasetNotFoundError(f"table {name!r} with a vector column not found in {self._where}")
             out.append(self._describe(self._name(*key), *key))
         if self._document and out and not any(self._has_document(d) for d in out):
             raise UsageError(f"no table of {self._where} has the column {self._document!r} that ?document= names")
         return out
+
+    def _made_here(self, conn: Any, name: str) -> tuple[str, str] | None:
+        """A table a restore here wrote that has no vector column (a collection without any vector, such as
+        an empty Chroma collection, which has no dimension yet): the restore's checks read it back."""
+        schema, dot, table = name.partition(".")
+        key = (schema, table) if dot else (self._schema or "public", name)
+        with self._errors("reading the definition of", name):
+            found = catalog.scalar(conn, "SELECT to_regclass(%s) IS NOT NULL", [qualified(*key)])
+        return key if found else None
 
     def _has_document(self, dataset: DatasetDescription) -> bool:
         return self._columns(dataset.config.native, dataset.name).document == self._document

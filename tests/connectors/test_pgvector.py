@@ -485,3 +485,19 @@ def test_a_dotted_collection_name_goes_to_its_schema_and_says_so(postgres: Postg
     assert any("schema 'odd'" in n and "table 'col-1'" in n for n in dataset["notes"]), dataset["notes"]
     with postgres.connect(dst) as conn:
         assert conn.execute('SELECT count(*) FROM odd."col-1"').fetchone() == (2,)
+
+
+def test_an_empty_collection_without_a_dimension_restores(postgres: Postgres, tmp_path: Path, cli: Cli) -> None:
+    """An empty Chroma collection has no dimension, so its table gets no vector column: the restore's own
+    read-back looked for a table with one and failed the rows check of a correct restore (a monthly drill
+    with a pgvector scratch target failed every time)."""
+    import chromadb
+
+    chromadb.PersistentClient(path=str(tmp_path / "chroma")).create_collection("emptyc")
+    repo, dst = str(tmp_path / "repo"), database(postgres, tmp_path, "dst")
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", repo))
+    restored = ok(cli("restore", "latest", "--repo", repo, "--to", postgres.uri(dst), "--json")).json()
+    (dataset,) = restored["datasets"]
+    assert dataset["rows"] == 0 and all(c["ok"] for c in dataset["checks"]), dataset["checks"]
+    with postgres.connect(dst) as conn:
+        assert conn.execute("SELECT count(*) FROM emptyc").fetchone() == (0,)
