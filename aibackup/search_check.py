@@ -43,6 +43,10 @@ from aibackup.recall_rule import (
 )
 
 
+#: Why a zero query vector of a cosine vector is not asked.
+UNDEFINED = "cosine has no nearest records for them"
+
+
 @dataclass
 class _Probe:
     """One dense vector of the target on its way through the check."""
@@ -58,6 +62,8 @@ class _Probe:
     answers: list[list[str]] = field(default_factory=list)  # the target's
     search: ExactTopK | None = None
     failed: str | None = None
+    #: queries not asked: zero vectors of a cosine vector, whose nearest records are undefined
+    undefined: int = 0
 
 
 class SearchSpread(Protocol):
@@ -202,6 +208,11 @@ def _search_target(connector: VectorConnector, collection: str, probe: _Probe, k
     """Ask the target the probe's queries (in baseline order; a query the mapping left out is skipped)."""
     order = probe.ids if probe.baseline is not None else list(probe.found)
     probe.queries = [i for i in order if i in probe.found]
+    if probe.spec.distance == "cosine":
+        # A zero vector has no direction: every record is as near as any other, and stores answer it as
+        # they please (LanceDB: nothing at all). Such a query judges nothing.
+        asked = [i for i in probe.queries if np.any(probe.found[i])]
+        probe.undefined, probe.queries = len(probe.queries) - len(asked), asked
     if not probe.queries:
         return
     q = np.stack([probe.found[i] for i in probe.queries])
@@ -225,15 +236,18 @@ def _source_answers(probe: _Probe) -> dict[str, tuple[str, ...]]:
 def _result(connector: VectorConnector, target: DatasetDescription, probe: _Probe, options: CheckOptions) -> Check:
     if probe.failed:
         return Check(probe.name, False, probe.failed)
+    if probe.search is None and probe.undefined:
+        return Check(probe.name, True, f"skipped: every query vector is zero ({UNDEFINED})")
     if probe.search is None:
         return Check(probe.name, True, "skipped: no records with this vector")
     n = len(probe.queries)
     k = options.k
     mine = probe.search.recalls(probe.answers)
     got = float(np.mean(mine))
+    left_out = f"; {probe.undefined} zero query vector(s) not asked ({UNDEFINED})" if probe.undefined else ""
     if probe.baseline is None:
         verdict = judge(got, None, options)
-        detail = f"recall@{k} {got:.3f} over {n} sampled queries ({verdict.words}); {probe.why_absolute}"
+        detail = f"recall@{k} {got:.3f} over {n} sampled queries ({verdict.words}); {probe.why_absolute}{left_out}"
         measures = {"rule": verdict.rule, "recall": round(got, 6), "needs": verdict.needs, "queries": n}
         return Check(probe.name, verdict.ok, detail, measures)
     target_index = dict(connector.search_index(target, probe.spec.name))
@@ -253,6 +267,7 @@ def _result(connector: VectorConnector, target: DatasetDescription, probe: _Prob
     differs = _index_difference(probe.baseline.index, target_index)
     if differs:
         detail += f"; index: {differs}"
+    detail += left_out
     measures = {
         "rule": verdict.rule,
         "recall": round(got, 6),

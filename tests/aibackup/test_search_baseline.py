@@ -280,3 +280,23 @@ def test_search_failure_at_backup_is_a_note_not_a_failed_backup(
 
 def test_source_options_default_to_the_documented_query_count() -> None:
     assert SourceOptions().queries == 100
+
+
+def test_zero_query_vectors_of_a_cosine_vector_are_not_asked(tmp_path: Path, cli: Cli) -> None:
+    """A zero vector has no direction under cosine: LanceDB answers it with nothing, the exact pass with a
+    tie of every record, and a store of 20% zero vectors restored exactly failed the search check (recall
+    0.800 against the source's 1.000). Such queries are left out, and the detail says how many."""
+    from qdrant_client import QdrantClient, models
+
+    rng = np.random.default_rng(7)
+    vectors = rng.standard_normal((200, 8)).astype(np.float32)
+    vectors[:40] = 0.0
+    client = QdrantClient(path=str(tmp_path / "q"))
+    client.create_collection("z", vectors_config=models.VectorParams(size=8, distance=models.Distance.COSINE))
+    client.upsert("z", [models.PointStruct(id=i, vector=v.tolist()) for i, v in enumerate(vectors)])
+    client.close()
+    ok(cli("backup", f"qdrant:{tmp_path / 'q'}", "--repo", "r", "--queries", "200"))
+    result = ok(cli("restore", "latest", "--repo", "r", "--to", f"lancedb:{tmp_path / 'l'}", "--json")).json()
+    (search,) = [c for c in result["datasets"][0]["checks"] if c["name"] == "search"]
+    assert search["ok"] and "40 zero query vector(s) not asked" in search["detail"], search
+    assert search["measures"]["queries"] == 160
