@@ -42,7 +42,6 @@ from aibackup.recall_rule import (
     judge,
 )
 
-
 #: Why a zero query vector of a cosine vector is not asked.
 UNDEFINED = "cosine has no nearest records for them"
 
