@@ -588,13 +588,14 @@ def _older_of_source(repo: Repository, manifest: BundleManifest) -> Iterator[Bun
 
 
 def _older_without(repo: Repository, manifest: BundleManifest, name: str, path: str) -> str | None:
-    """The newest bundle of `manifest`'s source older than it that holds collection `name` and does not read
-    the part at `path` (the links of a chain share their parts, so the bundle just before may read it too):
-    the one to try, as a manifest that cannot be read names the one before it. None when none of the
-    OLDER_LOOKED_AT before it."""
+    """The newest bundle of `manifest`'s source older than it that holds collection `name` and reads neither
+    the part at `path` (the links of a chain share their parts, so the bundle just before may read it too)
+    nor a part an earlier verify or restore found damaged: the one to try, as a manifest that cannot be read
+    names the one before it. None when none of the OLDER_LOOKED_AT before it."""
+    bad = reports.damaged_parts(repo) | {path}
     for candidate in _older_of_source(repo, manifest):
         holds = any(d.name == name for d in candidate.datasets)
-        if holds and all(p.path != path for d in candidate.datasets for p in d.all_parts()):
+        if holds and all(p.path not in bad for d in candidate.datasets for p in d.all_parts()):
             return candidate.bundle_id
     return None
 

@@ -122,6 +122,23 @@ def test_a_refused_restore_names_the_newest_bundle_that_does_not_read_the_damage
     assert "does not read it" not in line
 
 
+def test_the_bundle_named_instead_reads_no_part_found_damaged_before(cli: Cli, tmp_path: Path) -> None:
+    """The bundle named instead must restore: one whose chain reads a part an earlier verify found damaged
+    was named, and its restore failed too."""
+    store, repo, (first, middle, _) = three_links(cli, tmp_path)
+    (earlier,) = [p for p in own_parts(repo, middle) if "part-" in p.rsplit("/", 1)[-1]]
+    flip_middle_byte(repo / earlier)
+    assert cli("verify", "--read-data", "--repo", str(repo)).code == 1  # recorded: the next backup is full
+    chroma_client(store).get_collection("docs").upsert(ids=["new-2"], embeddings=np.ones((1, 8), np.float32))
+    ok(cli("backup", f"chroma:{store}", "--repo", str(repo), "--queries", "0"))
+    fourth = manifest_json(repo)["bundle_id"]
+    (newest,) = [p for p in own_parts(repo, fourth) if "part-" in p.rsplit("/", 1)[-1]]
+    flip_middle_byte(repo / newest)
+    # The third bundle does not read that part, but its chain reads the damaged part of the second.
+    hint = f"the newest earlier bundle of this source that does not read it: {first}"
+    one_line_error(cli("restore", fourth, "--repo", str(repo), "--to", f"chroma:{tmp_path / 'a'}"), 1, newest, hint)
+
+
 def test_the_bundle_named_instead_holds_the_collection_being_restored(cli: Cli, tmp_path: Path) -> None:
     """A `--collection faq` backup in between holds no docs: naming it for a damaged docs link sent the
     on-call to a bundle that cannot restore docs (exit 2)."""
