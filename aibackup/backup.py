@@ -248,8 +248,11 @@ def run_backup(
                             continue
                         file_kind = FILE_KINDS.get(description.kind)
                         # File kinds find what they may reference themselves (filereuse.offer, below).
-                        previous = None if file_kind else _previous(repo, parent, description.name, description.kind)
-                        unchained = FIRST  # why it is full, if it is
+                        previous, unchained = (  # unchained: why it is full, if it is
+                            (None, FIRST) if file_kind else _previous(repo, parent, description.name, description.kind)
+                        )
+                        if unchained != FIRST:
+                            notes.append(f"{description.name}: full backup, not incremental ({unchained})")
                         refused = None  # why an earlier bundle there is not continued
                         if previous is not None and previous.digest_algorithm != DIGEST_ALGORITHM:
                             # The dataset digest of a chain is a sum: every link must use one algorithm.
@@ -592,24 +595,27 @@ def chain(previous: DatasetManifest, new: DatasetManifest, previous_bundle: str)
     )
 
 
-def _previous(repo: Repository, parent: str | None, name: str, kind: str) -> DatasetManifest | None:
-    """The parent bundle's dataset of the same name and kind, if its parts are all still there (an
-    incremental backup must never extend a chain with a missing link: then it is a full backup)."""
+def _previous(repo: Repository, parent: str | None, name: str, kind: str) -> tuple[DatasetManifest | None, str]:
+    """The parent bundle's dataset of the same name and kind, if its parts are all still there and none was
+    found damaged (an incremental backup must never extend a chain with a missing or damaged link: then it
+    is a full backup); else None and why."""
     if parent is None:
-        return None
+        return None, FIRST
     try:
         dataset = repo.load(parent).dataset(name)
     except (AibackupError, KeyError):
-        return None
+        return None, FIRST
     if dataset.kind != kind or dataset.state is None:
-        return None
+        return None, FIRST
     reader = BundleReader(repo)
-    if any(reader.check_part(part, read_data=False) for part in dataset.parts):
-        return None
     found = reports.damaged_parts(repo)  # same size, other bytes: known once a verify --read-data or restore saw it
-    if any(part.path in found for part in dataset.parts):
-        return None
-    return dataset
+    for part in dataset.parts:
+        problem = reader.check_part(part, read_data=False)
+        if problem is None and part.path in found:
+            problem = "found damaged by an earlier verify --read-data or restore"
+        if problem:
+            return None, f"a part of bundle {parent} is damaged ({repo.storage.display(part.path)}: {problem})"
+    return dataset, ""
 
 
 def _parent(repo: Repository, source: Mapping[str, object]) -> str | None:

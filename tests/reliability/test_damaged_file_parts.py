@@ -105,3 +105,26 @@ def test_a_model_bundle_whose_chunk_pack_is_missing_is_neither_newest_nor_kept_i
     kept = {d["bundle_id"]: d["reasons"] for d in pruned["kept"]}
     assert kept[first] == ["last 1"] and kept[second][0].startswith("damaged: 1 part(s) missing"), pruned
     ok(cli("restore", first, "--to", f"model:{tmp_path / 'back'}"))
+
+
+def test_a_log_part_found_damaged_makes_the_next_backup_full_and_says_why(cli: Cli, tmp_path: Path) -> None:
+    """The next backup of the logs was full, as it must be, but said "no earlier bundle of this dataset"
+    beside its parent, and printed no note."""
+    logs, repo = tmp_path / "logs", tmp_path / "repo"
+    logs.mkdir()
+    (logs / "a.jsonl").write_text("".join(f'{{"user_id": "u", "input": "q{i}"}}\n' for i in range(50)))
+    first = ok(cli("backup", f"conversations:{logs}", "--repo", str(repo), "--json")).json()["bundle_id"]
+    (dataset,) = manifest_json(repo)["datasets"]
+    damaged = dataset["parts"][0]["path"]
+    flip_middle_byte(repo / damaged)
+    assert cli("verify", "--read-data", "--repo", str(repo)).code == 1
+    with (logs / "a.jsonl").open("a") as f:
+        f.write('{"user_id": "u", "input": "new"}\n')
+    result = ok(cli("backup", f"conversations:{logs}", "--repo", str(repo), "--json")).json()
+    (written,) = result["datasets"]
+    assert not written["incremental"], written
+    reason = written["full_reason"]
+    assert reason.startswith(f"a part of bundle {first} is damaged (") and damaged in reason, reason
+    assert any("full backup, not incremental" in n and damaged in n for n in result["notes"]), result["notes"]
+    ok(cli("restore", "latest", "--repo", str(repo), "--to", f"conversations:{tmp_path / 'back'}"))
+    assert tree(tmp_path / "back") == tree(logs)
