@@ -278,7 +278,17 @@ class ConversationsConnector(LineFiles):
             rows=source.rows,
             kind=self.dataset_kind,
         )
-        return ImportPlan(source, target, mode, transform=transform, notes=tuple(notes), extra={"files": expected})
+        # Every file goes to a temporary file renamed into place at the end (filetarget.FileWriter): a
+        # failure before the renames leaves nothing.
+        return ImportPlan(
+            source,
+            target,
+            mode,
+            transform=transform,
+            notes=tuple(notes),
+            extra={"files": expected},
+            undone_on_failure=True,
+        )
 
     def _plan_table(self, source: DatasetDescription, config: dict[str, Any], mode: str) -> ImportPlan:
         table = self._table

@@ -33,12 +33,14 @@ import secrets
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
 
 from aibackup.connectors.base import MODES, ImportPlan, Transform
 from aibackup.connectors.files.lines import file_sha256, plain_name, shown
+from aibackup.connectors.files.walk import check_root
 from aibackup.errors import (
     TargetNotEmptyError,
     UnavailableError,
@@ -52,9 +54,11 @@ OPEN_FILES = 32
 
 
 def check_folder(path: str) -> None:
-    """A restore target folder must be a folder (or not exist yet)."""
+    """A restore target folder must be a folder (or not exist yet, below a folder: the nearest part of its
+    path that exists must be one, or nothing could be made there)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UsageError(f"restore target {shown(path)} is a file; name a folder to restore into")
+    check_root(Path(path), target=True, what="")
 
 
 def check_mode(mode: str, where: str) -> None:

@@ -284,6 +284,7 @@ class FinetuneConnector(LineFiles):
             transform=file_renamer(renamed, "file") if renamed else identity,
             notes=notes,
             extra={"files": expected, "job_config": job_name},
+            undone_on_failure=True,  # temporary files renamed into place at the end (filetarget.FileWriter)
         )
 
     def validate_records(self, plan: ImportPlan, batches: Iterable[pa.RecordBatch]) -> int:

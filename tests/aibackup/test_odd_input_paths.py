@@ -214,3 +214,16 @@ def test_a_config_symlink_leading_out_of_the_folder_is_noted_at_backup(tmp_path:
     assert note.startswith("d: 2 symlink(s) lead out") and "host -> /etc/hostname" in note and "up ->" in note, note
     assert "in ->" not in note
     one_line_error(cli("restore", "latest", "--repo", "r", "--to", "config:./back"), 2, "host")
+
+
+@pytest.mark.parametrize("kind", ["conversations", "finetune"])
+def test_a_folder_target_below_a_file_is_refused_naming_it(tmp_path: Path, cli: Cli, kind: str) -> None:
+    """A log or fine-tuning restore into ``./afile/sub`` ended with exit 3 and "which may now hold part of
+    the bundle (run it again with --mode overwrite)": nothing was written, and no mode could help. Refused as
+    the model target refuses it (exit 2, naming the file)."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "a.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    ok(cli("backup", f"{kind}:./src", "--repo", "r"))
+    (tmp_path / "afile").write_text("a file")
+    line = one_line_error(cli("restore", "latest", "--repo", "r", "--to", f"{kind}:./afile/sub"), 2, "afile")
+    assert "is not a folder" in line and "--mode overwrite" not in line

@@ -98,6 +98,7 @@ def test_a_full_disk_under_a_restored_folder_is_exit_3_naming_the_file(tmp_path:
         assert full.returncode == 3, (kind, full.returncode, full.stderr)
         lines = full.stderr.strip().splitlines()
         assert len(lines) == 1 and f"cannot write {target.name}/{name}: File too large" in lines[0], lines
+        assert "nothing of it was left" in lines[0], lines  # not "may now hold part of the bundle"
         assert not [p for p in target.rglob("*") if p.is_file()]  # no half-written file, no temporary file
         ok(cli(*args))
         assert (target / name).read_bytes() == (source / name).read_bytes()
