@@ -199,6 +199,7 @@ class ConversationsConnector(LineFiles):
             notes.append(f"{len(bad)} malformed line{'s' * (len(bad) > 1)} kept raw, e.g. {', '.join(bad[:EXAMPLES])}")
         if blank:
             notes.append(f"{blank} blank line{'s' * (blank > 1)} kept raw")
+        notes += lines.left_out(self.root, self.options.get("exclude", ()))
         self._states[name] = ExportState(
             state={"format": "jsonl", "files": marks},
             incremental=starts is not None,

@@ -239,6 +239,7 @@ class FinetuneConnector(LineFiles):
         notes = []
         if invalid:
             notes.append(f"{len(invalid)} invalid line(s) kept as they are, e.g. {', '.join(invalid[:5])}")
+        notes += lines.left_out(self.root, self.options.get("exclude", ()))
         self._states[dataset.name] = ExportState(
             state={"format": "finetune", "files": {s["name"]: s["sha256"] for s in summaries}},
             config={"format": "jsonl", "files": summaries, "job_config": self.job_config},

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 
 #: Suffixes a folder walk takes.
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
+#: How many names a note on left-out files shows.
+EXAMPLES = 5
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd"}
 GLOB_CHARS = ("*", "?", "[")
 CHUNK = 1 << 20
@@ -183,6 +185,41 @@ def expand(path: str, exclude: Sequence[str] = ()) -> list[SourceFile]:
     for f in files:
         refuse_unrestorable(f.name, shown(f.path))
     return sorted(files, key=lambda f: f.name)
+
+
+def left_out(path: str, exclude: Sequence[str] = ()) -> list[str]:
+    """The backup's notes on what a folder `path` holds that :func:`expand` does not take: files whose names
+    are not JSONL (``*.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``), and JSONL names that are not regular files (a
+    pipe, a socket, a broken link). Nothing for a glob or one file: they name what they take."""
+    if is_glob(path) or not os.path.isdir(path):
+        return []
+    skip = [os.path.join(os.path.abspath(e), "") for e in exclude]
+    other: list[str] = []
+    special: list[str] = []
+    for folder, dirs, names in os.walk(path, onerror=_walk_error):
+        dirs.sort()
+        for name in sorted(names):
+            full = os.path.join(folder, name)
+            if any(os.path.join(os.path.abspath(full), "").startswith(s) for s in skip):
+                continue
+            if not name.endswith(SUFFIXES):
+                other.append(_rel(full, path))
+            elif not os.path.isfile(full):
+                special.append(_rel(full, path))
+    notes = []
+    if other:
+        notes.append(
+            f"{len(other)} file(s) of the folder left out, not JSONL (*.jsonl, *.jsonl.gz, *.jsonl.zst): "
+            + ", ".join(map(repr, other[:EXAMPLES]))
+            + (", …" if len(other) > EXAMPLES else "")
+        )
+    if special:
+        notes.append(
+            f"{len(special)} JSONL name(s) left out, not regular files (a pipe, a socket, a broken link): "
+            + ", ".join(map(repr, special[:EXAMPLES]))
+            + (", …" if len(special) > EXAMPLES else "")
+        )
+    return notes
 
 
 def refuse_unrestorable(name: str, display: str) -> None:

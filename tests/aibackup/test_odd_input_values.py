@@ -153,3 +153,23 @@ def test_file_names_up_to_the_longest_a_folder_takes_are_restored(tmp_path: Path
     ok(cli("restore", "latest", "--repo", "r", "--to", f"{kind}:./back"))
     assert sorted(p.name for p in (tmp_path / "back").iterdir()) == sorted(names)
     assert all((tmp_path / "back" / n).read_bytes() == (source / n).read_bytes() for n in names)
+
+
+@pytest.mark.parametrize("kind", ["conversations", "finetune"])
+def test_files_a_log_or_fine_tuning_folder_leaves_out_are_named(tmp_path: Path, cli: Cli, kind: str) -> None:
+    """Only JSONL files are backed up from these folders: a CSV training set, a pipe or a broken link named
+    ``*.jsonl`` were left out without a word, and the restore lacked them."""
+    import os
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    (source / "data.csv").write_text("prompt,completion\n")
+    os.mkfifo(source / "p.jsonl")
+    (source / "d.jsonl").symlink_to("nowhere")
+    notes = ok(cli("backup", f"{kind}:./src", "--repo", "r", "--json")).json()["notes"]
+    assert "src: 1 file(s) of the folder left out, not JSONL (*.jsonl, *.jsonl.gz, *.jsonl.zst): 'data.csv'" in notes
+    assert (
+        "src: 2 JSONL name(s) left out, not regular files (a pipe, a socket, a broken link): 'd.jsonl', 'p.jsonl'"
+        in notes
+    ), notes

@@ -286,7 +286,10 @@ def test_a_changed_file_gives_a_full_export_with_a_note(tmp_path: Path, change: 
         write(path, b'\n{"more": 1}\n', append=True)  # the unfinished line gets its newline
     _, batches, after = export_all(source(root), since=state.state)
     assert not after.incremental
-    assert len(after.notes) == 1 and why in after.notes[0]
+    assert why in after.notes[0]
+    # A rotated file's new name is not a log's: left out, and the backup says so.
+    rotated = ["1 file(s) of the folder left out, not JSONL (*.jsonl, *.jsonl.gz, *.jsonl.zst): 'a.jsonl.1'"]
+    assert list(after.notes[1:]) == (rotated if change == "rotate" else [])
     assert sum(b.num_rows for b in batches) == source(root).describe()[0].rows  # everything again
 
 
