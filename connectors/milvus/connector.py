@@ -44,7 +44,7 @@ FLOAT16_VECTOR on a server), a SPARSE_FLOAT_VECTOR per sparse one, ``document`` 
 nullable, ``metadata`` JSON nullable, dynamic fields off; indexes: HNSW with the bundle's m/ef_construction,
 else AUTOINDEX, with the distance's metric; sparse: SPARSE_INVERTED_INDEX/IP. Modes: create (refuse a
 non-empty collection), overwrite (drop and recreate), merge (upsert into a collection with the same
-primary key type and vectors).
+primary key type and vectors, each indexed for the bundle's metric).
 
 Lossy rules (UnsupportedFeatureError naming the collection, and the record where data decides, unless
 --allow-lossy; then in ``plan.dropped`` and applied by ``plan.transform``):

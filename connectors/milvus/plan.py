@@ -27,6 +27,7 @@ from aibackup.connectors.milvus.schema import (
     URI_FIELD,
     Layout,
     canonical_dense_name,
+    index_of,
     layout_of,
 )
 from aibackup.errors import UnsupportedFeatureError
@@ -273,6 +274,15 @@ def merge_problem(existing: Mapping[str, Any], planned: Mapping[str, Any]) -> st
         return layout.pk.type, dense, frozenset(name for name, _ in layout.sparse)
 
     if shape(have) == shape(want):
+        # The vectors agree; each must be searched by the bundle's metric too (its index says which): the
+        # search check does not run on a merge, so records merged under another metric would go unseen.
+        for _, f in want.dense:
+            theirs, ours = index_of(existing, f.name), index_of(planned, f.name)
+            if theirs and ours and theirs.get("metric_type") != ours.get("metric_type"):
+                return (
+                    f"its vector {f.name!r} is indexed for {theirs.get('metric_type')}, the bundle's is searched "
+                    f"by {ours.get('metric_type')}"
+                )
         return None
 
     def show(layout: Layout) -> str:

@@ -448,3 +448,18 @@ def test_a_larger_collection_round_trips_page_by_page(tmp_path: Path, cli: Cli) 
     restored = contents(tmp_path / "copy.db", "big")
     assert restored == contents(path, "big") and len(restored) == 12_000
     assert {p for p, _ in restored.values()} == {"_default", "p1", "p2"}
+
+
+def test_a_merge_into_a_collection_indexed_for_another_metric_is_refused(tmp_path: Path, cli: Cli) -> None:
+    """Chroma, Qdrant and pgvector refuse it; Milvus upserted l2 records into an IP collection, and the
+    search check, which does not run on a merge, could not see it (all checks passed)."""
+    seed_chroma(tmp_path / "ip", "docs", n=20, dim=8, space="ip")
+    seed_chroma(tmp_path / "l2", "docs", n=20, dim=8, space="l2")
+    for space in ("ip", "l2"):
+        ok(cli("backup", f"chroma:{tmp_path / space}", "--repo", str(tmp_path / f"repo-{space}"), "--queries", "0"))
+    target = f"milvus:{tmp_path / 'm.db'}"
+    ok(cli("restore", "latest", "--repo", str(tmp_path / "repo-ip"), "--to", target))
+    merge = ("restore", "latest", "--repo", str(tmp_path / "repo-l2"), "--to", target, "--mode", "merge")
+    line = one_line_error(cli(*merge), 2, "cannot merge into Milvus collection 'docs'")
+    assert "indexed for IP, the bundle's is searched by L2" in line, line
+    ok(cli("restore", "latest", "--repo", str(tmp_path / "repo-ip"), "--to", target, "--mode", "merge"))
