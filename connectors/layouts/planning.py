@@ -295,6 +295,15 @@ def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
             "ids are the id column (LanceDBVectorStore 0.6's delete(ref_doc_id=) and get_nodes(node_ids=) quote "
             "ids in a way LanceDB refuses, on any table: retrieval and inserts work)"
         )
+        if distance in ("cosine", "ip"):
+            # LanceDBVectorStore's query names no metric: LanceDB then ranks by l2, unless the table has a
+            # vector index, whose metric it uses.
+            metric = "cosine" if distance == "cosine" else "dot"
+            lines.append(
+                f"LanceDBVectorStore ranks by l2 unless the table has a vector index; the source ranked by "
+                f"{distance}: build one with vector_store.create_index(metric={metric!r}, ...) (IVF needs a few "
+                "hundred rows per partition), or its answers differ from the source's"
+            )
     elif layout.target == "pgvector" and layout.framework == LLAMAINDEX:
         size = dense[0].size if dense else "..."
         lines.append(

@@ -28,7 +28,7 @@ from tests.aibackup.test_frameworks import (
     llama_settings,  # noqa: F401  (the autouse fixture: LlamaIndex's fake embeddings)
     restored,
 )
-from tests.helpers import Cli, manifest_json, ok
+from tests.helpers import Cli, chroma_client, manifest_json, ok
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Payload indexes have no effect")
 
@@ -94,6 +94,7 @@ def test_llamaindex_chroma_to_lancedb_and_back(tmp_path: Path, cli: Cli) -> None
 
     result = restored(cli, repo, f"lancedb:{tmp_path / 'lance'}")
     assert result["layout"] == "llamaindex (chroma -> lancedb)"
+    assert not any("create_index" in n for n in result["notes"])  # l2: LanceDB's own ranking
     app = li_lance(tmp_path / "lance", "kb-li")
     restored_index = VectorStoreIndex.from_vector_store(app)
     assert {q: li_view(restored_index, q) for q in QUERIES} == expected
@@ -181,3 +182,19 @@ def test_a_langchain_chroma_backup_merges_into_the_apps_own_lancedb_table(tmp_pa
     ok(cli(*args))
     assert lc_view(app().similarity_search("src doc 2", k=1)) == [("src doc 2", {"n": 2, "s": "x"})]
     assert lc_view(app().similarity_search("app doc 1", k=1)) == [("app doc 1", {"n": 1, "s": "app"})]
+
+
+def test_a_cosine_llamaindex_collection_restored_into_lancedb_says_how_to_rank_by_cosine(
+    tmp_path: Path, cli: Cli
+) -> None:
+    """LanceDBVectorStore's queries name no metric, so LanceDB ranks the restored table by l2 unless it has
+    a vector index: the application's answers differed from the source's while the restore's note said
+    nothing of it (its search check searches with the bundle's distance itself)."""
+    chroma_client(tmp_path / "chroma").create_collection("kb-cos", metadata={"hnsw:space": "cosine"})
+    store = li_chroma(tmp_path / "chroma", "kb-cos")
+    VectorStoreIndex.from_documents(li_docs(), storage_context=StorageContext.from_defaults(vector_store=store))
+    repo = tmp_path / "repo"
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))
+    result = restored(cli, repo, f"lancedb:{tmp_path / 'lance'}")
+    assert result["layout"] == "llamaindex (chroma -> lancedb)"
+    assert any("create_index(metric='cosine'" in n for n in result["notes"]), result["notes"]
