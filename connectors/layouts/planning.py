@@ -266,6 +266,8 @@ def runbook(layout: Applied, plan: ImportPlan) -> list[str]:
     if layout.target == "qdrant" and layout.framework == LANGCHAIN and distance:
         content, nested = layout.target_keys
         named = f", content_payload_key={content!r}, metadata_payload_key={nested!r}" if content != LC_CONTENT else ""
+        if dense and dense[0].name:  # langchain-qdrant reads the unnamed vector unless told its name
+            named += f", vector_name={dense[0].name!r}"
         lines.append(
             f"open it with langchain_qdrant.QdrantVectorStore(client, collection_name={name!r}, embedding=..., "
             f"distance=models.Distance.{_QDRANT_DISTANCES[distance]}{named})"

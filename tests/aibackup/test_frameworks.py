@@ -395,3 +395,36 @@ def test_llamaindex_qdrant_to_chroma(tmp_path: Path, cli: Cli) -> None:
         == json.loads(old["metadatas"][0]["_node_content"])["text"]
         == ""
     )
+
+
+def test_a_named_langchain_qdrant_vector_is_named_in_the_note(tmp_path: Path, cli: Cli) -> None:
+    """langchain-qdrant reads the unnamed vector unless given `vector_name`: the restore's note left it out,
+    and the store opened as the note said refused the collection."""
+    from langchain_qdrant import QdrantVectorStore
+
+    client = QdrantClient(path=str(tmp_path / "qdrant"))
+    try:
+        config = {"dense": models.VectorParams(size=DIM, distance=models.Distance.COSINE)}
+        client.create_collection("kb-named", vectors_config=config)
+        source = QdrantVectorStore(client=client, collection_name="kb-named", embedding=EMBED, vector_name="dense")
+        source.add_documents(lc_docs(50), ids=[str(uuid.uuid5(uuid.NAMESPACE_URL, f"d{i}")) for i in range(50)])
+        expected = {q: lc_view(source.similarity_search(q, k=4)) for q in QUERIES}
+    finally:
+        client.close()
+    repo = tmp_path / "repo"
+    ok(cli("backup", f"qdrant:{tmp_path / 'qdrant'}", "--repo", str(repo)))
+    dataset = restored(cli, repo, f"qdrant:{tmp_path / 'back'}")
+    (note,) = [n for n in dataset["notes"] if "open it with langchain_qdrant.QdrantVectorStore" in n]
+    assert "vector_name='dense'" in note, note
+    client = QdrantClient(path=str(tmp_path / "back"))
+    try:
+        app = QdrantVectorStore(
+            client=client,
+            collection_name="kb-named",
+            embedding=EMBED,
+            distance=models.Distance.COSINE,
+            vector_name="dense",
+        )
+        assert {q: lc_view(app.similarity_search(q, k=4)) for q in QUERIES} == expected
+    finally:
+        client.close()
