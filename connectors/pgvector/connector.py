@@ -101,6 +101,7 @@ from aibackup.connectors.base import (
     identity,
 )
 from aibackup.connectors.pgvector import catalog, cells, llamaindex, mapping, reading, restore, writing
+from aibackup.connectors.pgvector import langchain as pg_langchain
 from aibackup.connectors.pgvector.catalog import DENSE_TYPES, qualified, quote
 from aibackup.connectors.pgvector.mapping import UNNAMED_COLUMN, Columns
 from aibackup.errors import (
@@ -382,6 +383,14 @@ class PgvectorConnector(VectorConnector):
             self._check_merge_distances(schema, table, dest)
         if existing is not None and mode != "overwrite":
             rows = existing
+            if mode == "create" and rows and table == pg_langchain.EMBEDDINGS:
+                # Every LangChain collection shares this table: a new name lands in it too, and overwrite
+                # replaces every collection it holds.
+                raise TargetNotEmptyError(
+                    f"table {dest} in {self._where} holds {rows} rows (langchain-postgres keeps every collection "
+                    "in it): restore with --mode merge to add the collection beside them (or to upsert into it), "
+                    "or --mode overwrite to replace the whole table, every collection in it"
+                )
             if mode == "create" and rows:
                 raise TargetNotEmptyError(
                     f"table {dest} in {self._where} holds {rows} rows: restore with --mode overwrite to replace "

@@ -472,6 +472,13 @@ def test_a_merge_whose_ids_another_langchain_collection_holds_is_refused(
     restored(cli, repo, postgres.uri(db), "--layout", "langchain")
     source.add_documents(lc_docs(5), ids=[f"new-{i}" for i in range(5)])
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", str(repo)))  # a link: two parts to spread
+    # Create mode: the table holds another collection; a new name lands in it too, so the advice is merge.
+    created = cli(
+        "restore", "latest", "--repo", str(repo), "--to", postgres.uri(db), "--layout", "langchain",
+        "--collection", "kb-own=kb-copy",
+    )  # fmt: skip
+    assert created.code == 2 and "--mode merge to add the collection beside them" in created.err, created.err
+    assert "=NEW" not in created.err
     args = ("--layout", "langchain", "--collection", "kb-own=kb-copy", "--mode", "merge")
     refused = cli("restore", "latest", "--repo", str(repo), "--to", postgres.uri(db), *args)
     assert refused.code == 2, (refused.code, refused.out, refused.err)
