@@ -286,12 +286,12 @@ def damaged_chunks(
     in it. `sizes`: the chunks' sizes as the chunk index lists them, for the caller that has it (the store's
     ``size`` is None for a chunk whose pack is gone, whose bytes are still somewhere in the file)."""
     found: list[tuple[bytes, str]] = []
-    offsets: list[tuple[bytes, int, int]] = []
-    offset = 0
+    offsets: list[tuple[bytes, int, int | None]] = []  # (chunk, start, size); None from the first size unknown
+    offset: int | None = 0
     for chunk in chunk_ids(row):
-        size = sizes[chunk] if sizes is not None and chunk in sizes else chunks.size(chunk) or 0
-        offsets.append((chunk, offset, size))
-        offset += size
+        size = sizes[chunk] if sizes is not None and chunk in sizes else chunks.size(chunk)
+        offsets.append((chunk, offset if offset is not None else -1, size if offset is not None else None))
+        offset = offset + size if offset is not None and size is not None else None
     problems: dict[bytes, str] = {}
     for chunk, _, _ in offsets:
         if bad is not None:
@@ -305,8 +305,11 @@ def damaged_chunks(
     if not problems:
         return found
     info = file_info(row, chunks)
-    for chunk, start, size in offsets:
+    for n, (chunk, start, size) in enumerate(offsets):
         if chunk not in problems:
+            continue
+        if size is None:  # the chunk index does not say where it lies in the file (it is damaged or gone)
+            found.append((chunk, f" ({row['path']}, chunk {n + 1} of {len(offsets)})"))
             continue
         names = formats.tensors_at(info, start, start + size) if info is not None else []
         more = f", {len(names) - 3} more" if len(names) > 3 else ""

@@ -88,3 +88,16 @@ def test_only_an_error_without_an_errno_from_bytes_already_read_is_damage() -> N
     assert undecodable(OSError("Could not verify page checksum"), in_place=False)
     for code in (errno.EIO, errno.EACCES, errno.ECONNRESET):
         assert not undecodable(OSError(code, "the disk, a permission, the network"), in_place=True)
+
+
+def test_chunks_no_index_lists_are_named_by_their_place_in_the_file(tmp_path: Path, cli: Cli) -> None:
+    """Without the chunk index nothing says how long each chunk is: verify named empty byte ranges ("bytes
+    0-0", "bytes 656-656"); it names the chunk's place among the file's chunks instead."""
+    repo = tmp_path / "repo"
+    ok(cli("backup", f"model:{model(tmp_path / 'm', 256)}", "--repo", str(repo)))
+    for index in repo.glob("index/*.parquet"):
+        index.unlink()
+    verified = cli("verify", "--read-data", "--repo", str(repo), "--json")
+    assert verified.code == 1
+    problems = [p["problem"] for p in verified.json()["problems"]]
+    assert problems and all("(model.safetensors, chunk " in p and " bytes " not in p for p in problems), problems
