@@ -251,7 +251,7 @@ def run_backup(
                         previous, unchained = (  # unchained: why it is full, if it is
                             (None, FIRST) if file_kind else _previous(repo, parent, description.name, description.kind)
                         )
-                        if unchained != FIRST:
+                        if previous is None and unchained != FIRST:  # a parent with a part missing or damaged
                             notes.append(f"{description.name}: full backup, not incremental ({unchained})")
                         refused = None  # why an earlier bundle there is not continued
                         if previous is not None and previous.digest_algorithm != DIGEST_ALGORITHM:
@@ -598,7 +598,7 @@ def chain(previous: DatasetManifest, new: DatasetManifest, previous_bundle: str)
 def _previous(repo: Repository, parent: str | None, name: str, kind: str) -> tuple[DatasetManifest | None, str]:
     """The parent bundle's dataset of the same name and kind, if its parts are all still there and none was
     found damaged (an incremental backup must never extend a chain with a missing or damaged link: then it
-    is a full backup); else None and why."""
+    is a full backup), with FIRST; else None and why."""
     if parent is None:
         return None, FIRST
     try:
@@ -615,7 +615,7 @@ def _previous(repo: Repository, parent: str | None, name: str, kind: str) -> tup
             problem = "found damaged by an earlier verify --read-data or restore"
         if problem:
             return None, f"a part of bundle {parent} is damaged ({repo.storage.display(part.path)}: {problem})"
-    return dataset, ""
+    return dataset, FIRST  # why it is full if the source cannot continue: said below
 
 
 def _parent(repo: Repository, source: Mapping[str, object]) -> str | None:

@@ -113,7 +113,12 @@ def test_a_log_part_found_damaged_makes_the_next_backup_full_and_says_why(cli: C
     logs, repo = tmp_path / "logs", tmp_path / "repo"
     logs.mkdir()
     (logs / "a.jsonl").write_text("".join(f'{{"user_id": "u", "input": "q{i}"}}\n' for i in range(50)))
-    first = ok(cli("backup", f"conversations:{logs}", "--repo", str(repo), "--json")).json()["bundle_id"]
+    ok(cli("backup", f"conversations:{logs}", "--repo", str(repo), "--json"))
+    with (logs / "a.jsonl").open("a") as f:
+        f.write('{"user_id": "u", "input": "next night"}\n')
+    night = ok(cli("backup", f"conversations:{logs}", "--repo", str(repo), "--json")).json()
+    assert night["datasets"][0]["incremental"] and night["notes"] == [], night  # a healthy chain says nothing
+    first = night["bundle_id"]
     (dataset,) = manifest_json(repo)["datasets"]
     damaged = dataset["parts"][0]["path"]
     flip_middle_byte(repo / damaged)
