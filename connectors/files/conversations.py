@@ -80,6 +80,7 @@ from aibackup.connectors.files.conversations_postgres import PostgresTable
 from aibackup.connectors.files.conversations_sqlite import SqliteTable
 from aibackup.connectors.files.filetarget import (
     check_mode,
+    compressed_in_place,
     file_renamer,
     output_names,
     refuse_existing,
@@ -250,6 +251,7 @@ class ConversationsConnector(LineFiles):
         where = self._where
         check_mode(mode, where)
         notes: list[str] = []
+        renamed: dict[str, str] = {}  # a compressed file's name -> the name it is restored under
         if _table_layout(config) or pg_layout.is_pg_table(config):
             file_name = f"{config.get('table')}.jsonl"
             expected: dict[str, str | None] = {file_name: None}
@@ -268,10 +270,12 @@ class ConversationsConnector(LineFiles):
             transform = file_renamer(renamed, "source") if renamed else identity
             if renamed:
                 notes.append(f"{len(renamed)} compressed file(s) restored decompressed (e.g. {next(iter(renamed))})")
+        replaced = compressed_in_place(self.root, renamed, mode)
+        notes += replaced.notes
         for file_name in expected:
             target_path(self.root, file_name)
         if mode == "create":
-            refuse_existing(self.root, expected)
+            refuse_existing(self.root, [*expected, *renamed])
         self._scope = sorted(expected)
         target = DatasetDescription(
             name=self._name,
@@ -287,7 +291,7 @@ class ConversationsConnector(LineFiles):
             mode,
             transform=transform,
             notes=tuple(notes),
-            extra={"files": expected},
+            extra={"files": expected, "replaced": replaced.names},
             undone_on_failure=True,
         )
 

@@ -13,9 +13,11 @@ Rules (the connectors' docstrings repeat the ones a user meets):
   holds a newline before its end), which ``validate_records`` checks so that re-reading the written file
   gives back exactly the bundle's records. Files listed in the bundle's config without records (empty
   files) are created empty.
-- Modes: ``create`` refuses (TargetNotEmptyError) when any file to be written already exists (other files
-  in DIR are fine); ``overwrite`` replaces the bundle's files and leaves every other file alone; ``merge``
-  is refused for folders (a log file is restored whole or not at all: use ``overwrite``).
+- Modes: ``create`` refuses (TargetNotEmptyError) when any file to be written already exists, or a
+  compressed file of the bundle under its own name (other files in DIR are fine); ``overwrite`` replaces
+  the bundle's files (a compressed one found under its own name by its decompressed form:
+  :func:`compressed_in_place`) and leaves every other file alone; ``merge`` is refused for folders (a log
+  file is restored whole or not at all: use ``overwrite``).
 - Each file is written to a temporary file beside its final name (``.NAME.<random>.aibackup-tmp``, or
   ``.<random>.aibackup-tmp`` for a name too long to take that suffix),
   fsynced, then renamed over the final name once every record is written: a crash never leaves a
@@ -99,6 +101,46 @@ def output_names(names: Sequence[str], where: str) -> dict[str, str]:
         seen[plain] = name
         out[name] = plain
     return out
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """The compressed files of the bundle that an overwrite restore finds in the folder: each is replaced by
+    its decompressed form (`names`, removed once the restored files are in place), and `notes` say so."""
+
+    names: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def compressed_in_place(root: str, renamed: Mapping[str, str], mode: str) -> Replaced:
+    """What an overwrite restore of compressed files (`renamed`: ``a.jsonl.gz`` -> ``a.jsonl``) replaces in
+    `root`: the compressed file itself, where it is there (a restore into the source's own folder). Left
+    beside the decompressed file, the folder would hold both, and its next backup refuses the two names.
+    Create mode refuses such a folder instead (:func:`refuse_existing`)."""
+    if mode != "overwrite":
+        return Replaced()
+    found = tuple(old for old in sorted(renamed) if os.path.isfile(target_path(root, old)))
+    if not found:
+        return Replaced()
+    note = f"{len(found)} compressed file(s) in the folder replaced by their decompressed form"
+    return Replaced(found, (f"{note} ({found[0]} by {renamed[found[0]]})",))
+
+
+def remove_replaced(root: str, names: Iterable[str]) -> None:
+    """Remove the compressed files an overwrite restore replaced (:func:`compressed_in_place`), after the
+    decompressed ones were renamed into place."""
+    folders = set()
+    for name in names:
+        path = target_path(root, name)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise UnavailableError(f"cannot remove {shown(path)}: {exc.strerror}") from None
+        folders.add(os.path.dirname(path))
+    for folder in folders:
+        _fsync_dir(folder)
 
 
 def existing(root: str, names: Iterable[str]) -> list[str]:

@@ -61,6 +61,7 @@ from aibackup.connectors.files.conversation_records import BATCH_BYTES, BATCH_RO
 from aibackup.connectors.files.filetarget import (
     FileWriter,
     check_mode,
+    compressed_in_place,
     file_renamer,
     output_names,
     refuse_existing,
@@ -267,9 +268,10 @@ class FinetuneConnector(LineFiles):
                 )
         for name in [*expected, *([job_name] if job_name else [])]:
             target_path(self.root, name)
-        if mode == "create":
-            refuse_existing(self.root, [*expected, *([job_name] if job_name else [])])
         renamed = {old: new for old, new in names.items() if old != new}
+        replaced = compressed_in_place(self.root, renamed, mode)
+        if mode == "create":
+            refuse_existing(self.root, [*expected, *renamed, *([job_name] if job_name else [])])
         self._scope = sorted(expected)
         target = DatasetDescription(
             name=self._name,
@@ -283,8 +285,8 @@ class FinetuneConnector(LineFiles):
             target,
             mode,
             transform=file_renamer(renamed, "file") if renamed else identity,
-            notes=notes,
-            extra={"files": expected, "job_config": job_name},
+            notes=(*notes, *replaced.notes),
+            extra={"files": expected, "job_config": job_name, "replaced": replaced.names},
             undone_on_failure=True,  # temporary files renamed into place at the end (filetarget.FileWriter)
         )
 

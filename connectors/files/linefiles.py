@@ -18,6 +18,7 @@ from aibackup.connectors.files.filetarget import (
     check_folder,
     check_mode,
     folder_batches,
+    remove_replaced,
     sha_check,
     write_runs,
 )
@@ -115,6 +116,7 @@ class LineFiles(Connector):
         except BaseException:
             writer.discard()
             raise
+        remove_replaced(self.root, plan.extra.get("replaced", ()))
         return written
 
     def _file_checks(

@@ -227,3 +227,28 @@ def test_a_folder_target_below_a_file_is_refused_naming_it(tmp_path: Path, cli: 
     (tmp_path / "afile").write_text("a file")
     line = one_line_error(cli("restore", "latest", "--repo", "r", "--to", f"{kind}:./afile/sub"), 2, "afile")
     assert "is not a folder" in line and "--mode overwrite" not in line
+
+
+@pytest.mark.parametrize("kind", ["conversations", "finetune"])
+def test_a_restore_into_the_source_folder_replaces_its_compressed_files(tmp_path: Path, cli: Cli, kind: str) -> None:
+    """A compressed file comes back decompressed: restored over the source's own folder, ``b.jsonl`` was
+    written beside ``b.jsonl.gz`` and the folder's next backup refused the two names (exit 2, every night).
+    Create mode refuses the folder; overwrite replaces the compressed file by its decompressed form."""
+    import gzip
+
+    source = tmp_path / "src"
+    source.mkdir()
+    line = b'{"messages": [{"role": "user", "content": "hi"}]}\n'
+    (source / "a.jsonl").write_bytes(line)
+    (source / "b.jsonl.gz").write_bytes(gzip.compress(line * 3))
+    ok(cli("backup", f"{kind}:./src", "--repo", "r"))
+    one_line_error(cli("restore", "latest", "--repo", "r", "--to", f"{kind}:./src"), 2, "already exist")
+    done = ok(cli("restore", "latest", "--repo", "r", "--to", f"{kind}:./src", "--mode", "overwrite", "--json"))
+    notes = done.json()["datasets"][0]["notes"]
+    assert "1 compressed file(s) in the folder replaced by their decompressed form (b.jsonl.gz by b.jsonl)" in notes
+    assert sorted(p.name for p in source.iterdir()) == ["a.jsonl", "b.jsonl"]
+    assert (source / "b.jsonl").read_bytes() == line * 3
+    ok(cli("backup", f"{kind}:./src", "--repo", "r"))  # the folder backs up again
+    # Into another folder nothing is replaced, and nothing is said.
+    other = ok(cli("restore", "latest", "--repo", "r", "--to", f"{kind}:./elsewhere", "--json")).json()
+    assert not any("replaced" in n for n in other["datasets"][0]["notes"])
