@@ -41,7 +41,7 @@ from aibackup.nonfinite import NonFinite
 from aibackup.parquet_parts import WriteOptions
 from aibackup.pipeline import collecting, collector_paused, prefetch, steady_memory, use_arrow_allocator
 from aibackup.progress import Progress, Quiet
-from aibackup.recall_rule import DEFAULT_QUERIES
+from aibackup.recall_rule import DEFAULT_QUERIES, MAX_QUERIES
 from aibackup.repository import KEY_ROTATED, Repository, Where, iso, storage_of
 from aibackup.spool import PartSpool
 from aibackup.vault import Vault
@@ -63,6 +63,15 @@ class SourceOptions:
     workers: int | None = None  # a partitioned backup on a local Dask cluster of this many processes
     dask: str | None = None  # ... or on the Dask scheduler at this address (also AIBACKUP_DASK)
 
+    def __post_init__(self) -> None:
+        """UsageError for a value the command line refuses too (the Python API passes them as given)."""
+        if self.on_bad_line not in ("fail", "skip"):
+            raise UsageError(f"bad on_bad_line {self.on_bad_line!r}: expected fail or skip")
+        if not _whole(self.queries) or not 0 <= self.queries <= MAX_QUERIES:
+            raise UsageError(f"queries must be a whole number from 0 to {MAX_QUERIES}, not {self.queries!r}")
+        if not _whole(self.full_every) or self.full_every < 0:
+            raise UsageError(f"full_every must be a whole number from 0, not {self.full_every!r}")
+
     def connector_options(self, key: RepositoryKey | None, exclude: Sequence[str]) -> dict[str, object]:
         return {
             "on_bad_line": self.on_bad_line,
@@ -72,6 +81,10 @@ class SourceOptions:
             "exclude": list(exclude),
             "allow_lossy": self.allow_lossy,
         }
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from aibackup.config import FULL_EVERY
 from aibackup.errors import (
     UsageError,
 )
-from aibackup.recall_rule import DEFAULT_QUERIES
+from aibackup.recall_rule import DEFAULT_QUERIES, MAX_QUERIES
 
 
 @click.command()
@@ -67,7 +67,7 @@ from aibackup.recall_rule import DEFAULT_QUERIES
     "--queries",
     default=DEFAULT_QUERIES,
     show_default=True,
-    type=click.IntRange(0, 10_000),
+    type=click.IntRange(0, MAX_QUERIES),
     help="Vectors: query records sampled per dense vector for the search baseline (the source's own answers, "
     "which a restore is compared with); 0 records none.",
 )

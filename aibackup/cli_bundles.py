@@ -26,7 +26,7 @@ from aibackup.errors import (
     UsageError,
 )
 from aibackup.manifests.model import FRAMEWORKS
-from aibackup.recall_rule import ABSOLUTE_MIN_RECALL, ABSOLUTE_QUERIES, DEFAULT_TOLERANCE
+from aibackup.recall_rule import ABSOLUTE_MIN_RECALL, ABSOLUTE_QUERIES, DEFAULT_TOLERANCE, MAX_QUERIES
 
 
 @click.command(name="list")
@@ -344,7 +344,7 @@ def diff(
 @click.option(
     "--queries",
     default=None,
-    type=click.IntRange(0, 10_000),
+    type=click.IntRange(0, MAX_QUERIES),
     help="Queries of the search check: the first N of the bundle's baseline (default: all of them), or N "
     f"records sampled from a bundle without one (default {ABSOLUTE_QUERIES}); 0 skips the check.",
 )

@@ -112,8 +112,8 @@ def run_diff(
     DatasetNotFoundError otherwise); `limit` caps each list of ids (0: counts only). UsageError when the
     bundles are of different sources. In an encrypted repository the key is needed, as for a restore:
     every manifest read must be authenticated by it."""
-    if limit < 0:
-        raise UsageError(f"bad --limit {limit}: expected 0 or more")
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise UsageError(f"bad --limit {limit!r}: expected 0 or more")
     use_arrow_allocator()
     repo = repository if isinstance(repository, Repository) else Repository.open(repository)
     repo.use_key(repo.key(key_file))

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 #: 1-5% of perfect Chroma -> Chroma restores of hard data by noise alone (two HNSW builds answer a query
 #: differently); at 100 the spread of the difference is 0.010-0.015, a fifth to a third of the tolerance.
 DEFAULT_QUERIES = 100
+#: The most query records a backup samples or a restore asks for (the command line's range).
+MAX_QUERIES = 10_000
 #: The rule of bundles without a baseline (and the default of their `--queries`/`--min-recall`).
 ABSOLUTE_MIN_RECALL = 0.9
 ABSOLUTE_QUERIES = 20
@@ -40,6 +42,19 @@ class CheckOptions:
     min_recall: float | None = None
     recall_tolerance: float = DEFAULT_TOLERANCE
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """UsageError for a value the command line refuses too (the Python API passes them as given: a
+        negative count sliced the baseline, and the check ran over fewer queries than it said)."""
+        from aibackup.errors import UsageError
+
+        if self.queries is not None and not (
+            isinstance(self.queries, int) and not isinstance(self.queries, bool) and 0 <= self.queries <= MAX_QUERIES
+        ):
+            raise UsageError(f"queries must be a whole number from 0 to {MAX_QUERIES}, not {self.queries!r}")
+        for name, value in (("min_recall", self.min_recall), ("recall_tolerance", self.recall_tolerance)):
+            if value is not None and not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                raise UsageError(f"{name} must be a number between 0 and 1, not {value!r}")
 
 
 @dataclass(frozen=True)

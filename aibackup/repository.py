@@ -431,9 +431,12 @@ class Repository:
             return self.load(self.match_id(ref))
         ids = self.bundle_ids()
         if at is not None:
+            if not isinstance(at, dt.datetime):
+                raise UsageError(f"a time to restore from must be a datetime, not {type(at).__name__}")
             # Compared as times, not as text: strftime's %Y does not zero-pad a year before 1000 (glibc), so
-            # "9990101T..." sorted after every real id and --at 0999-01-01 picked the newest bundle.
-            cutoff = at.astimezone(dt.UTC)
+            # "9990101T..." sorted after every real id and --at 0999-01-01 picked the newest bundle. A time
+            # without a zone is UTC, as on the command line (astimezone would take it as the machine's).
+            cutoff = (at if at.tzinfo else at.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
             ids = [i for i in ids if (started := id_time(i)) is not None and started <= cutoff]
         for position, bundle_id in enumerate(reversed(ids)):
             try:

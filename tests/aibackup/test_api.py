@@ -181,3 +181,52 @@ def test_the_python_api_page_runs_as_written(tmp_path: Path, monkeypatch: Any) -
     assert namespace["restored"].ok and namespace["drill"].ok and namespace["nightly"].ok
     assert (tmp_path / "reports" / "restore-test.md").exists()
     assert namespace["pruned"].dry_run and len(namespace["repo"].list().entries) == 2  # nothing removed
+
+
+@pytest.mark.parametrize(
+    ("call", "needle"),
+    [
+        (lambda r, s, t: r.backup(f"chroma:{s}", queries=-5), "queries must be a whole number from 0 to 10000"),
+        (lambda r, s, t: r.backup(f"chroma:{s}", full_every=-1), "full_every must be a whole number from 0"),
+        (lambda r, s, t: r.backup(f"chroma:{s}", on_bad_line="bogus"), "bad on_bad_line 'bogus'"),
+        (lambda r, s, t: r.restore(to=f"chroma:{t}/o", queries=-1), "queries must be a whole number from 0"),
+        (lambda r, s, t: r.restore(to=f"chroma:{t}/o", min_recall=5.0), "min_recall must be a number between 0"),
+        (lambda r, s, t: r.restore(to=f"chroma:{t}/o", recall_tolerance=-3), "recall_tolerance must be a number"),
+        (lambda r, s, t: r.restore(to=f"chroma:{t}/o", at="2026-01-01"), "must be a datetime, not str"),
+        (lambda r, s, t: r.diff("latest", "latest", limit=None), "bad --limit None"),
+    ],
+)
+def test_values_the_command_line_refuses_are_usage_errors_in_the_api_too(
+    tmp_path: Path, store: Path, call: Any, needle: str
+) -> None:
+    """The API passed them on: a negative query count sliced the baseline (the proof ran over fewer queries
+    than it said, ok), others committed a bundle or raised IndexError, TypeError or AttributeError."""
+    repo = aibackup.Repository.open(str(tmp_path / "repo"), create=True)
+    repo.backup(f"chroma:{store}", queries=10)
+    count = len(repo.bundle_ids())
+    with pytest.raises(UsageError, match=re.escape(needle)):
+        call(repo, store, tmp_path)
+    assert len(repo.bundle_ids()) == count and not (tmp_path / "o").exists()
+
+
+def test_a_time_without_a_zone_is_utc_in_the_api_as_on_the_command_line(
+    tmp_path: Path, store: Path, monkeypatch: Any
+) -> None:
+    """`at` without a zone was taken as the machine's local time: five hours later in New York, the
+    newest bundle instead of the one the command line picks."""
+    import datetime as dt
+    import time
+
+    repo = aibackup.Repository.open(str(tmp_path / "repo"), create=True)
+    for moment in ("2026-11-20T02:00:00Z", "2026-11-21T02:00:00Z"):
+        monkeypatch.setenv("AIBACKUP_NOW", moment)
+        repo.backup(f"chroma:{store}", queries=0)
+    first = repo.bundle_ids()[0]
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        picked = repo.restore(to=f"chroma:{tmp_path / 'o'}", at=dt.datetime(2026, 11, 20, 23, 0), queries=0)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert picked.bundle_id == first
