@@ -218,6 +218,7 @@ def run_restore(
             jobs = [(d, p) for d, p in plans if d.name in spread]
             with _loads(on, connector, jobs, reader, key_file, target_uri, manifest.bundle_id) as loaded:
                 validate_seconds = time.perf_counter() - validated
+                written: set[str] = set()  # the collections whose import completed (then proven, or not)
                 for dataset, plan in plans:
                     try:
                         results.append(
@@ -231,12 +232,13 @@ def run_restore(
                                 loaded.get(dataset.name),
                                 on,
                                 target_uri,
+                                written,
                             )
                         )
                     except AibackupError as exc:
-                        raise _stopped(exc, connector, plan, results) from None
+                        raise _stopped(exc, connector, plan, results, plan.target.name in written) from None
                     except KeyboardInterrupt:  # Ctrl-C half-way into a collection: say which, and what now
-                        raise Interrupted(_stopped_in(connector, plan, results)) from None
+                        raise Interrupted(_stopped_in(connector, plan, results, plan.target.name in written)) from None
             target = connector.location.display()
         if partial is not None:
             results = [replace(r, notes=(partial, *r.notes)) for r in results]
@@ -307,24 +309,30 @@ def _existing_payload(connector: Connector, name: str) -> dict[str, Any] | None:
 
 
 def _stopped(
-    exc: AibackupError, connector: Connector, plan: ImportPlan, results: Sequence[DatasetResult]
+    exc: AibackupError, connector: Connector, plan: ImportPlan, results: Sequence[DatasetResult], written: bool
 ) -> AibackupError:
     """`exc` (of its type, for its exit code) saying in which collection the restore stopped, what became
-    of it, and which collections were restored before it."""
-    where, done = _stopped_at(connector, plan, results)
+    of it (`written`: its import had completed, its proof had not), and which collections were restored
+    before it."""
+    where, done = _stopped_at(connector, plan, results, written)
     return type(exc)(f"{where}: {exc}{done}")
 
 
-def _stopped_in(connector: Connector, plan: ImportPlan, results: Sequence[DatasetResult]) -> str:
+def _stopped_in(connector: Connector, plan: ImportPlan, results: Sequence[DatasetResult], written: bool) -> str:
     """What a Ctrl-C half-way into `plan`'s collection leaves (:func:`_stopped`'s words): without it a rerun
     met "already holds N records" as if they were the user's own."""
-    where, done = _stopped_at(connector, plan, results)
+    where, done = _stopped_at(connector, plan, results, written)
     return f"{where}{done}"
 
 
-def _stopped_at(connector: Connector, plan: ImportPlan, results: Sequence[DatasetResult]) -> tuple[str, str]:
+def _stopped_at(
+    connector: Connector, plan: ImportPlan, results: Sequence[DatasetResult], written: bool
+) -> tuple[str, str]:
     """(in which collection the restore stopped and what became of it, which collections it restored before)."""
-    if connector.atomic_import:
+    if written:  # during the proof: the collection holds what the import wrote (an overwrite: replaced)
+        again = "it again with --mode overwrite" if plan.mode == "create" else "it again"
+        state = f", which now holds the bundle's records but was not proven (run {again} to prove it)"
+    elif connector.atomic_import:
         state = "; nothing of it was written (the target writes in one transaction)"
     elif plan.undone_on_failure:
         state = "; nothing of it was left (what it had written was removed)"
@@ -391,9 +399,11 @@ def _restore_one(
     load: partitioned_restore.Load | None,
     on: distributed.Cluster | None,
     target_uri: str,
+    written: set[str],
 ) -> DatasetResult:
     """Load one collection (or publish what the cluster's workers loaded: `load`) and prove it (the record
-    comparison of a partitioned one spread over the cluster too)."""
+    comparison of a partitioned one spread over the cluster too). Its name joins `written` once the import
+    (or publication) completed, before the proof."""
     started = time.perf_counter()
     spread = None
     if load is not None:  # validated and loaded by the cluster's workers: published here
@@ -407,6 +417,7 @@ def _restore_one(
         # (the config connector learns there which symlinks lead out and are left out).
         loss = LossTally(plan)
         rows = connector.import_(plan, loss.watch(prefetch(reader.batches(dataset))))
+    written.add(plan.target.name)
     loaded = time.perf_counter()
     checks = prove(connector, plan, reader, dataset, check_options, layout, spread)
     if spread is not None:

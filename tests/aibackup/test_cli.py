@@ -188,6 +188,29 @@ def test_ctrl_c_half_way_into_a_collection_says_which_and_what_to_do(
     assert chroma_client(tmp_path / "back").get_collection("docs").count() == 300
 
 
+def test_ctrl_c_during_the_proof_says_the_collection_was_written_but_not_proven(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during the proof, once the target was written, said "nothing of it was written" of a store that
+    writes in one transaction (pgvector: an overwrite had already replaced the table) and "may now hold part
+    of the bundle" of the others: it holds all of it, unproven."""
+    import aibackup.restore as restore_module
+
+    seed_chroma(tmp_path / "chroma", "docs", n=50)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--queries", "0"))
+
+    def ctrl_c(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    target = f"lancedb:{tmp_path / 'back'}"
+    with monkeypatch.context() as patch:
+        patch.setattr(restore_module, "prove", ctrl_c)
+        line = one_line_error(cli("restore", "latest", "--to", target), 130)
+    assert "restore stopped in collection 'docs', which now holds the bundle's records but was not proven" in line
+    assert "(run it again with --mode overwrite to prove it)" in line and "nothing of it" not in line, line
+    assert ok(cli("restore", "latest", "--to", target, "--mode", "overwrite", "--json")).json()["ok"]
+
+
 def test_crash_between_parts_and_manifest_leaves_no_bundle(
     tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
