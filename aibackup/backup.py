@@ -216,6 +216,14 @@ def run_backup(
                 if created:
                     repo.forget()
                 raise
+            if not created and repo.reread_marker():
+                # A key verb ran between the opening and the lock (they exclude each other only once both
+                # hold it): this bundle takes the keys as they are now, or is refused if its key was removed.
+                try:
+                    repo.use_key(repo.key(source_options.key_file))
+                except AibackupError as exc:
+                    lock.release()
+                    raise type(exc)(f"the repository's keys changed while this backup was starting: {exc}") from None
             notes: list[str] = list(lock.notes)
             if key is None and (os.environ.get(KEY_ENV) or os.environ.get(KEY_FILE_ENV)):
                 # A key in the environment is meant for encrypted repositories; this one is not: say so.

@@ -355,9 +355,28 @@ class Repository:
         return f"{DATA}/{bundle_id}"
 
     def next_bundle_id(self, now: dt.datetime) -> str:
-        """An id for a new bundle started at `now`, sorting after every bundle already here."""
+        """An id for a new bundle started at `now`, sorting after every bundle already here and, in an
+        encrypted repository, at or after the current master key's first bundle: the key it is written
+        with is the one its readers take by its id (a clock behind the rotation's would otherwise date it
+        before, under the key the rotation retired)."""
         ids = self.bundle_ids()
-        return new_bundle_id(now, ids[-1] if ids else None)
+        after = ids[-1] if ids else None
+        if self.fully_encrypted:
+            first = self.vault().keyring.current.first_bundle
+            if first and (after is None or first > after):
+                after = first
+        return new_bundle_id(now, after)
+
+    def reread_marker(self) -> bool:
+        """Read the marker again; True when it changed since the repository was opened (a key verb added or
+        removed a slot, or rotated the master key: a backup opens the repository before it takes its lock,
+        which is what excludes the key verbs). The keyring is then opened again at its next use."""
+        marker = _check_marker(self.storage.read_bytes(MARKER), self.storage.display(MARKER))
+        if marker == self.marker:
+            return False
+        self.marker = marker
+        self._vault = None
+        return True
 
     def bundle_ids(self) -> list[str]:
         """Ids of all committed bundles, oldest first (from manifest names only; other names are ignored)."""

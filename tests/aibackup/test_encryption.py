@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import datetime as dt
 import gzip
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pyarrow as pa
@@ -498,3 +500,89 @@ def test_a_marker_without_key_slots_is_damaged_not_a_wrong_key(
     marker["encryption"]["slots"] = []
     (repo / "aibackup.json").write_text(json.dumps(marker))
     one_line_error(cli("key", "list", "--repo", str(repo)), 1, "damaged repository marker", "no key slot")
+
+
+def _key_verb_before_the_lock(monkeypatch: pytest.MonkeyPatch, verb: Any) -> None:
+    """Run `verb(repository)` (a key verb, on a handle of its own) once, while the next backup has opened
+    the repository but not yet taken its lock: where a slow source (Qdrant local mode loading its store)
+    holds a backup for minutes."""
+    from aibackup import backup as backup_module
+    from aibackup.lock import RepositoryLock
+
+    real = RepositoryLock.acquire
+    done: list[bool] = []
+
+    def acquire(self: RepositoryLock) -> RepositoryLock:
+        if not done:
+            done.append(True)
+            verb(Repository.open(str(self.repo.storage.url)))
+        return real(self)
+
+    monkeypatch.setattr(backup_module.RepositoryLock, "acquire", acquire)
+
+
+def test_a_backup_that_opened_the_repository_before_a_rotation_uses_the_new_key(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It read the keyring before its lock and wrote its bundle with the old master key, under an id its
+    readers open with the new one (another backup had committed after the rotation): unreadable, exit 0;
+    or, with a clock behind the rotation's, under the key the rotation was meant to retire."""
+    from aibackup import keys
+
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
+    repo = str(tmp_path / "repo")
+    ok(cli("init", "--encrypt", "--repo", repo))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.jsonl").write_text('{"user_id": "u", "input": "hi"}\n')
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "app.yaml").write_text("a: 1\n")
+
+    def rotate_then_another_backup(opened: Repository) -> None:
+        keys.rotate(opened)
+        opened.backup(f"config:{tmp_path / 'conf'}")
+
+    _key_verb_before_the_lock(monkeypatch, rotate_then_another_backup)
+    ok(cli("backup", f"conversations:{logs}", "--repo", repo))
+    ok(cli("verify", "--read-data", "--repo", repo))
+    ok(cli("restore", "latest", "--repo", repo, "--to", f"conversations:{tmp_path / 'back'}"))
+
+    # A backup whose clock is behind the rotation's still takes the key the rotation made.
+    monkeypatch.undo()
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
+    ok(cli("key", "rotate", "--repo", repo))
+    behind = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=30)
+    monkeypatch.setenv("AIBACKUP_NOW", behind.isoformat().replace("+00:00", "Z"))
+    dated = ok(cli("backup", f"conversations:{logs}", "--repo", repo, "--json")).json()["bundle_id"]
+    monkeypatch.delenv("AIBACKUP_NOW")
+    keyring = Repository.open(repo).vault().keyring
+    assert keyring.for_bundle(dated).id == keyring.current.id == 3
+    ok(cli("verify", "--read-data", "--repo", repo))
+
+
+def test_a_backup_whose_key_slot_was_removed_before_its_lock_is_refused(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key of someone whose slot was removed (and the master key rotated) went on writing bundles the
+    removed passphrase opens."""
+    from aibackup import keys
+
+    monkeypatch.setenv("AIBACKUP_KEY", PASSPHRASE)
+    repo = str(tmp_path / "repo")
+    ok(cli("init", "--encrypt", "--repo", repo))
+    monkeypatch.setenv("AIBACKUP_NEW_KEY", "the other passphrase")
+    ok(cli("key", "add", "--repo", repo))
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.jsonl").write_text('{"user_id": "u", "input": "hi"}\n')
+
+    def revoke(opened: Repository) -> None:
+        opened.passphrase = b"the other passphrase"
+        mine = next(s["id"] for s in keys.describe(opened)["slots"] if not s["opened"])
+        keys.remove(opened, mine)
+        keys.rotate(opened)
+
+    _key_verb_before_the_lock(monkeypatch, revoke)
+    line = one_line_error(cli("backup", f"conversations:{logs}", "--repo", repo), 2, "keys changed", "wrong key")
+    assert "while this backup was starting" in line
+    assert not list((tmp_path / "repo").glob("bundles/*.json"))
