@@ -30,12 +30,13 @@ from aibackup.recall_rule import ABSOLUTE_MIN_RECALL, ABSOLUTE_QUERIES, DEFAULT_
 
 
 @click.command(name="list")
+@key_file_option
 @repo_option
 @config_option
 @json_option
-def list_(repo: str | None, config_path: str | None, as_json: bool) -> None:
+def list_(key_file: str | None, repo: str | None, config_path: str | None, as_json: bool) -> None:
     """List bundles, newest first. Exits 1 if a manifest is damaged (listed with its problem)."""
-    listed = open_repository(*resolve(repo, config_path)).list()
+    listed = open_repository(*resolve(repo, config_path), key_file).list()
     entries = listed.entries
     if as_json:
         emit_json(listed.to_json())
@@ -63,12 +64,13 @@ def list_(repo: str | None, config_path: str | None, as_json: bool) -> None:
 
 @click.command()
 @click.argument("bundle")
+@key_file_option
 @repo_option
 @config_option
 @json_option
-def show(bundle: str, repo: str | None, config_path: str | None, as_json: bool) -> None:
+def show(bundle: str, key_file: str | None, repo: str | None, config_path: str | None, as_json: bool) -> None:
     """Show one bundle (an id, a unique prefix, or `latest`): datasets, config, parts."""
-    manifest = open_repository(*resolve(repo, config_path)).show(bundle)
+    manifest = open_repository(*resolve(repo, config_path), key_file).show(bundle)
     if as_json:
         emit_json(manifest.to_json())
         return

@@ -154,19 +154,19 @@ def _same_repository(url: str, other: str) -> bool:
         return False
 
 
-def open_repository(url: str, config: Any = None) -> Repository:
+def open_repository(url: str, config: Any = None, key_file: str | None = None) -> Repository:
     """The repository at `url`, opened once for the command (NotARepositoryError: exit 2 when none), with
-    the config's ``key_file``, if any, as its key (over AIBACKUP_KEY)."""
+    `key_file` (--key-file), else the config's ``key_file``, if any, as its key (over AIBACKUP_KEY)."""
     from aibackup.api import Repository
 
-    return Repository.open(url, key_file=config.key_file if config is not None else None)
+    return Repository.open(url, key_file=key_file or (config.key_file if config is not None else None))
 
 
-def configured(repo: str | None, config_path: str | None) -> tuple[Repository, Config]:
+def configured(repo: str | None, config_path: str | None, key_file: str | None = None) -> tuple[Repository, Config]:
     """The commands that read aibackup.yaml (status, restore-test): the config, and its repository (or
-    --repo's) opened."""
+    --repo's) opened (with `key_file` over the config's)."""
     url, config = resolve(repo, config_path, need_config=True)
-    return open_repository(url, config), config
+    return open_repository(url, config, key_file), config
 
 
 def emit_json(doc: object) -> None:

@@ -15,6 +15,7 @@ from aibackup.cli_common import (
     configured,
     emit_json,
     json_option,
+    key_file_option,
     metrics_option,
     observe_options,
     open_repository,
@@ -62,15 +63,18 @@ def _wrote(run: dict[str, Any] | None) -> str:
 
 @click.command()
 @metrics_option
+@key_file_option
 @repo_option
 @config_option
 @json_option
-def status(metrics_file: str | None, repo: str | None, config_path: str | None, as_json: bool) -> None:
+def status(
+    metrics_file: str | None, key_file: str | None, repo: str | None, config_path: str | None, as_json: bool
+) -> None:
     """Per configured source: the newest intact bundle and its age against the RPO, the last restore test
     and its achieved RTO, the last backup run. Exits 1 when any source breaches its RPO."""
     url, config = resolve(repo, config_path, need_config=True)
     try:
-        report = open_repository(url, config).status(config)
+        report = open_repository(url, config, key_file).status(config)
     except AibackupError:
         # The metrics file must not go on saying "fine" about a repository that cannot be read.
         with contextlib.suppress(AibackupError):
@@ -125,6 +129,7 @@ def status(metrics_file: str | None, repo: str | None, config_path: str | None, 
     help="Write the report as Markdown and JSON: PATH.md and PATH.json (default: the config's restore_test.report).",
 )
 @observe_options
+@key_file_option
 @repo_option
 @config_option
 @json_option
@@ -134,6 +139,7 @@ def restore_test(
     show_progress: bool | None,
     log_format: str,
     metrics_file: str | None,
+    key_file: str | None,
     repo: str | None,
     config_path: str | None,
     as_json: bool,
@@ -143,7 +149,7 @@ def restore_test(
     missed."""
     from aibackup.progress import make_progress
 
-    repository, config = configured(repo, config_path)
+    repository, config = configured(repo, config_path, key_file)
     progress = make_progress(show_progress, log_format)
     try:
         drill = repository.restore_test(config, names, progress=progress)
@@ -177,6 +183,7 @@ def restore_test(
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be removed and why the rest stays; remove nothing.")
 @metrics_option
+@key_file_option
 @repo_option
 @config_option
 @json_option
@@ -191,6 +198,7 @@ def prune(
     grace: str,
     dry_run: bool,
     metrics_file: str | None,
+    key_file: str | None,
     repo: str | None,
     config_path: str | None,
     as_json: bool,
@@ -203,7 +211,7 @@ def prune(
     repo_url, config = resolve(repo, config_path)
     if metrics_file and config is None:  # refused before anything is removed, not after
         raise UsageError(METRICS_NEED_CONFIG)
-    result = open_repository(repo_url, config).prune(
+    result = open_repository(repo_url, config, key_file).prune(
         keep_last=keep_last,
         keep_hourly=keep_hourly,
         keep_daily=keep_daily,
@@ -251,20 +259,22 @@ def prune(
 
 @click.command()
 @click.argument("bundle")
+@key_file_option
 @repo_option
 @config_option
-def pin(bundle: str, repo: str | None, config_path: str | None) -> None:
+def pin(bundle: str, key_file: str | None, repo: str | None, config_path: str | None) -> None:
     """Pin BUNDLE (an id or a unique prefix): prune never removes it."""
-    click.echo(f"pinned {open_repository(*resolve(repo, config_path)).pin(bundle)}")
+    click.echo(f"pinned {open_repository(*resolve(repo, config_path), key_file).pin(bundle)}")
 
 
 @click.command()
 @click.argument("bundle")
+@key_file_option
 @repo_option
 @config_option
-def unpin(bundle: str, repo: str | None, config_path: str | None) -> None:
+def unpin(bundle: str, key_file: str | None, repo: str | None, config_path: str | None) -> None:
     """Unpin BUNDLE: prune applies the keep rules to it again."""
-    click.echo(f"unpinned {open_repository(*resolve(repo, config_path)).unpin(bundle)}")
+    click.echo(f"unpinned {open_repository(*resolve(repo, config_path), key_file).unpin(bundle)}")
 
 
 COMMANDS = [status, restore_test, prune, pin, unpin]

@@ -586,3 +586,24 @@ def test_a_backup_whose_key_slot_was_removed_before_its_lock_is_refused(
     line = one_line_error(cli("backup", f"conversations:{logs}", "--repo", repo), 2, "keys changed", "wrong key")
     assert "while this backup was starting" in line
     assert not list((tmp_path / "repo").glob("bundles/*.json"))
+
+
+def test_every_verb_that_reads_the_repository_takes_key_file(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, encrypted_kb: Path
+) -> None:
+    """The error without a key says "or pass --key-file", and list, show, status, pin, unpin, prune and
+    restore-test answered "No such option: --key-file"."""
+    config = encrypted_kb
+    key_file = tmp_path / "key"
+    key_file.write_text(PASSPHRASE + "\n")
+    monkeypatch.delenv("AIBACKUP_KEY")
+    one_line_error(cli("list", "--config", str(config)), 2, "--key-file")
+    given = ("--config", str(config), "--key-file", str(key_file))
+    bundle = ok(cli("list", *given, "--json")).json()[0]["bundle_id"]
+    ok(cli("show", bundle, *given))
+    status = cli("status", *given, "--json")  # exit 1: the config's other sources have no bundle yet
+    assert status.code == 1 and status.json()["sources"][0]["newest_bundle"] == bundle, status.err
+    ok(cli("pin", bundle, *given))
+    ok(cli("unpin", bundle, *given))
+    ok(cli("prune", "--keep-last", "1", "--dry-run", *given))
+    ok(cli("restore-test", "--source", "kb", *given))
