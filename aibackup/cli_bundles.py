@@ -223,7 +223,7 @@ def copy(
         for bundle_id, problem in result.failed:
             click.echo(f"FAILED   {bundle_id}: {problem}")
         for path in result.repaired:
-            click.echo(f"repaired {path} (found damaged in {to_repo}; copied again, its sha256 proven)")
+            click.echo(f"repaired {path} (damaged or missing in {to_repo}; copied again, proven by {url}'s manifest)")
         click.echo(
             f"{len(result.copied)} copied, {len(result.skipped)} already there, {len(result.failed)} failed; "
             f"{size(result.bytes)} in {result.seconds:.1f} s"

@@ -21,6 +21,10 @@ one, proven by the source manifest's sha256 as any part, and the repair recorded
 (:func:`aibackup.reports.record_repair`), so that its next backups may build on it again. That covers the
 bundles a run copies and, for the bundles the destination already holds, those named or all (not the
 nightly copy's, which takes only newer bundles): ``copy --to-repo PRIMARY`` from a copy repairs the primary.
+Those held bundles are made whole the same way where the destination lost something without a reader
+noticing: a part or pack missing or of another size is copied again, and a manifest that does not load
+(damaged, or its MAC wrong) is replaced by the source's, after its parts (a second run of an unchanged pair
+reads each manifest on both sides and lists each bundle folder once; it writes nothing).
 
 The destination is a repository of its own (its own locks, retention, reports). A missing or empty one is
 created with the source's marker (same repository id and, when encrypted, the same key slots: the same
@@ -232,17 +236,29 @@ class _Copier:
         return written + len(raw)
 
     def repair(self, bundle_id: str) -> int:
-        """The parts and packs of bundle `bundle_id`, which the destination holds, that it found damaged,
-        copied again (nothing when it found none); returns the bytes written. IntegrityError naming what is
-        damaged in the source as well."""
-        if not self._damaged:
-            return 0
-        manifest = self.source.load(bundle_id)
-        written = sum(self._part(part) for part in _parts(manifest) if part.path in self._damaged)
-        if any(is_pack(path) for path in self._damaged):  # a model bundle's files: the packs of their chunks
-            chunks = referenced_chunks(self.source, [manifest])
-            packs = self._damaged_packs(chunks, self._index(self.target, "_target_index"))
-            written += sum(self._pack(pack) for pack in sorted(packs))
+        """Bundle `bundle_id`, which the destination holds, made whole again from the source: every part it
+        lists that the destination lacks, holds at another size or found damaged, and the chunk packs of its
+        files likewise, then its manifest when the destination's does not load (replaced by the source's
+        bytes, checked as they are read). Each is recorded in ``repaired``. Returns the bytes written;
+        IntegrityError naming what is damaged in the source as well (the destination's stays as it is)."""
+        raw = self.source.stored_manifest(bundle_id)
+        manifest = self.source.load(bundle_id, stored=raw)
+        written = 0
+        for part in _parts(manifest):
+            copied = self._part(part)
+            if copied:  # lacking, or another size: a copy's part is the source's, byte for byte
+                self._mark_repaired(part.path, lacking=True)
+            written += copied
+        written += self._chunks(manifest)
+        try:
+            self.target.load(bundle_id)
+        except IntegrityError:
+            # Parts first, manifest last, as a backup commits; the damaged one cannot be taken back
+            # exclusively, so it is replaced whole (an S3 put, a local rename: readers see one or the other).
+            path = self.target.manifest_path(bundle_id)
+            self.target.storage.replace(path, raw, as_stored=True)
+            self._mark_repaired(path, lacking=True)
+            written += len(raw)
         return written
 
     def _part(self, part: PartEntry) -> int:
@@ -299,8 +315,12 @@ class _Copier:
         source_index = self._index(self.source, "_source_index")
         target_index = self._index(self.target, "_target_index")
         lacking = {c for c in needed if c not in target_index}
-        # Chunks the destination holds in a pack it found damaged: that pack is copied again (repaired).
+        # Chunks the destination holds in a pack it found damaged, or lost (a copied pack keeps its name in
+        # both repositories): that pack is copied again (repaired).
         written = sum(self._pack(pack) for pack in sorted(self._damaged_packs(needed - lacking, target_index)))
+        for pack in sorted(self._lost_packs(needed - lacking, source_index, target_index)):
+            written += self._pack(pack)
+            self._mark_repaired(pack, lacking=True)
         places: dict[str, list[tuple[bytes, Stored]]] = {}
         for chunk in lacking:
             place = source_index.get(chunk)
@@ -328,6 +348,16 @@ class _Copier:
         if not damaged:
             return set()
         return {place.pack for chunk in chunks if (place := target_index.get(chunk)) and place.pack in damaged}
+
+    def _lost_packs(self, chunks: set[bytes], source_index: ChunkIndex, target_index: ChunkIndex) -> set[str]:
+        """The packs the destination's index places some of `chunks` in but that it does not hold, where the
+        source holds a pack of that name (one the copy brought; a pack of the destination's own backups
+        cannot be brought back from here)."""
+        packs = {place.pack for chunk in chunks if (place := target_index.get(chunk))}
+        lost = {pack for pack in packs if self._held_size(pack) is None}
+        if not lost:
+            return set()
+        return lost & {place.pack for place in source_index.places.values()}
 
     @staticmethod
     def _pack_entries(index: ChunkIndex, pack: str) -> list[tuple[bytes, Stored]]:
@@ -360,10 +390,11 @@ class _Copier:
         self._mark_repaired(pack)
         return len(raw)
 
-    def _mark_repaired(self, rel: str) -> None:
-        """`rel` has just been written with proven bytes: if it had been found damaged, it is repaired."""
+    def _mark_repaired(self, rel: str, *, lacking: bool = False) -> None:
+        """`rel` has just been written with proven bytes: if it had been found damaged (or, `lacking`, a
+        bundle the destination holds lacked it), it is repaired."""
         with self._held_lock:
-            if rel in self._damaged:
+            if rel in self._damaged or lacking:
                 self._damaged.discard(rel)
                 self.repaired.add(rel)
 

@@ -386,11 +386,13 @@ class Storage:
             if self.is_local:
                 _fsync_dir(os.path.dirname(self.full(rel)))
 
-    def replace(self, rel: str, data: bytes) -> None:
+    def replace(self, rel: str, data: bytes, *, as_stored: bool = False) -> None:
         """Replace a document atomically (readers see the old bytes or the new): the repository marker when
-        its key slots change, a report resealed under a newer key. Callers hold the repository lock."""
+        its key slots change, a report resealed under a newer key, a damaged manifest a copy repairs
+        (`as_stored`: `data` is already the stored form, as for :meth:`write_exclusive`). Callers hold the
+        repository lock."""
         path = self.full(rel)
-        stored = self.encode_document(rel, data)
+        stored = data if as_stored else self.encode_document(rel, data)
         with self._errors(rel, writing=True):
             if not self.is_local:
                 self.fs.pipe_file(path, stored)  # an S3 put replaces the object atomically

@@ -435,6 +435,32 @@ def test_a_damaged_part_is_replaced_only_by_bytes_proven_good(cli: Cli, tmp_path
     assert (copy / link).read_bytes() == damaged
 
 
+def test_a_copy_of_every_bundle_makes_whole_what_the_destination_lost_unnoticed(cli: Cli, tmp_path: Path) -> None:
+    """The copy lost a manifest's bytes, one part, the tail of another and a chunk pack, unseen by any
+    verify: a second `copy` (every bundle) said "3 already there" and exit 0, and the copy held a bundle that
+    lists as DAMAGED and two it could not restore. Now the bundles it holds are checked against the source's
+    manifests (parts by their size, each manifest loaded) and made whole, each repair named."""
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    bundles = three_bundles(cli, tmp_path, str(source))
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    manifest = copy / "bundles" / f"{bundles[2]}.json"
+    manifest.write_bytes(manifest.read_bytes()[:-40])
+    first, second = (sorted((copy / "data" / b).rglob("part-*.parquet"))[0] for b in bundles[:2])
+    first.unlink()
+    second.write_bytes(second.read_bytes()[:-100])
+    (pack, *_) = sorted((copy / "data" / bundles[2] / "packs").iterdir())
+    pack.unlink()
+    assert cli("verify", "--repo", str(copy)).code == 1
+
+    doc = json.loads(ok(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json")).out)
+    lost = {str(p.relative_to(copy)) for p in (manifest, first, second, pack)}
+    assert doc["copied"] == [] and sorted(doc["skipped"]) == sorted(bundles) and set(doc["repaired"]) == lost, doc
+    assert json.loads(ok(cli("verify", "--read-data", "--repo", str(copy), "--json")).out)["ok"]
+    assert manifest.read_bytes() == (source / "bundles" / f"{bundles[2]}.json").read_bytes()
+    again = json.loads(ok(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json")).out)
+    assert again["repaired"] == [] and again["bytes"] == 0, again
+
+
 def test_a_damaged_chunk_pack_a_restore_found_is_repaired_by_the_nightly_copy(cli: Cli, tmp_path: Path) -> None:
     """A copy's chunk pack found damaged by a restore from the copy (now recorded, as a damaged part is): the
     next night's model version shares that pack's chunks, and the nightly copy copies the pack again rather
