@@ -215,6 +215,10 @@ def copy(
     else:
         if result.destination_created:
             click.echo(f"created repository at {to_repo} (a copy of {url}: same id and key slots)")
+        if result.slot_added:
+            click.echo(
+                f"added key slot {result.slot_added} to {to_repo} for {to_key_file} (no slot of {url} opens for it)"
+            )
         if result.generations_added:
             ids = ", ".join(map(str, result.generations_added))
             click.echo(f"master key(s) {ids} of {url} (rotated there) added to {to_repo}'s key slots")

@@ -39,15 +39,17 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from aibackup import keyring as keyslots
 from aibackup import keys, reports
 from aibackup.chunkprune import referenced_chunks
 from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, pack_problem
-from aibackup.crypto import RepositoryKey
+from aibackup.crypto import RepositoryKey, passphrase_from
 from aibackup.errors import IntegrityError, UsageError
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
@@ -67,6 +69,8 @@ class CopyResult:
     bytes: int = 0
     seconds: float = 0.0
     destination_created: bool = False
+    #: The passphrase slot a destination created for the copy's own key got (None: none was needed).
+    slot_added: str | None = None
     #: Paths in the destination it had found damaged, copied again from the source (see the module docstring).
     repaired: list[str] = field(default_factory=list)
     generations_added: list[int] = field(default_factory=list)  # master keys the copy took from the source
@@ -86,6 +90,7 @@ class CopyResult:
             "seconds": round(self.seconds, 3),
             "generations_added": list(self.generations_added),
             "repaired": list(self.repaired),
+            "slot_added": self.slot_added,
         }
 
 
@@ -107,8 +112,8 @@ def run_copy(
     key = source.key(key_file)  # an encrypted source: a wrong or missing key stops here
     source.use_key(key)
     wanted = [source.match_id(r) for r in refs] if refs else source.bundle_ids()
-    target, created = _destination(source, storage_of(destination), key_file, to_key_file)
-    result = CopyResult(destination_created=created)
+    target, created, slot_added = _destination(source, storage_of(destination), key_file, to_key_file)
+    result = CopyResult(destination_created=created, slot_added=slot_added)
     if target.fully_encrypted and not created:
         with RepositoryLock(target, "prune", "*"):  # a marker change, as `aibackup key rotate` makes it
             result.generations_added = keys.adopt_generations(
@@ -144,10 +149,11 @@ def run_copy(
 
 def _destination(
     source: Repository, storage: Storage, key_file: str | None, to_key_file: str | None
-) -> tuple[Repository, bool]:
-    """The destination repository, created from the source's marker when the location is missing or empty
-    (written only once every check passed: a refused copy leaves nothing there); UsageError when it cannot
-    take the source's bundles as they are, or the key for it does not open them."""
+) -> tuple[Repository, bool, str | None]:
+    """The destination repository, whether this copy creates it, and the id of the key slot it added to
+    the new one for `to_key_file` (see :func:`_with_slot_for`). A missing or empty location is created from
+    the source's marker, written only once every check passed: a refused copy leaves nothing there.
+    UsageError when it cannot take the source's bundles as they are, or the key for it does not open them."""
     if storage.same_place(source.storage):
         raise UsageError("the destination is the source repository itself")
     if to_key_file and not source.encrypted:  # before a new destination is made
@@ -157,6 +163,7 @@ def _destination(
         )
     found = Repository.find(storage)
     marker: bytes | None = None  # the source's marker, for a destination still to be made
+    slot_added: str | None = None
     if found is None:
         marker = source.storage.read_stored(MARKER)
         target = Repository.with_marker(storage, marker)  # written below, once the key is known to open it
@@ -174,10 +181,34 @@ def _destination(
                 f"{storage.display()} is another encrypted repository (id {target.id}, the source's is {source.id}): "
                 "encrypted bytes are bound to their repository; copy into a new location"
             )
+        if marker is not None and to_key_file and target.fully_encrypted:
+            marker, slot_added = _with_slot_for(source, marker, key_file, to_key_file)
+            target = Repository.with_marker(storage, marker)
         target.use_key(target.key(to_key_file or key_file))
     if marker is not None:  # only now: a refused copy leaves the new location as it found it
         storage.write_exclusive(MARKER, marker)  # the marker is never sealed: its bytes as they are
-    return target, marker is not None
+    return target, marker is not None, slot_added
+
+
+def _with_slot_for(
+    source: Repository, marker: bytes, key_file: str | None, to_key_file: str
+) -> tuple[bytes, str | None]:
+    """The source's `marker` for a new copy, with a passphrase slot of its own for `to_key_file` (the key
+    the copy is to be opened with, `--to-key-file` or a configured copy's `key_file`) unless one of the
+    source's slots opens for it already; and that slot's id (None: none added). Without it the copy's own
+    key could not open the copy just made: a configured copy with a key of its own was never created."""
+    passphrase = passphrase_from(to_key_file)
+    assert passphrase is not None  # a key file gives one or raises ConfigError
+    doc = json.loads(marker)
+    entry = doc["encryption"]
+    try:
+        keyslots.open_keyring(entry, source.id, passphrase, source.storage.display(MARKER), "")
+        return marker, None  # the copy's key is one of the source's already
+    except UsageError:
+        pass
+    slot = keyslots.passphrase_slot(passphrase, source.vault(key_file).keyring)
+    entry["slots"] = [*keyslots.slots_of(entry), slot]
+    return (json.dumps(doc, indent=2) + "\n").encode(), str(slot["id"])
 
 
 def _same_generations(source: Repository, target: Repository, bundle_ids: Sequence[str]) -> None:

@@ -163,22 +163,46 @@ def test_copying_between_encrypted_and_plain_repositories_is_refused(cli: Cli, t
     assert Repository.open(str(other)).bundle_ids() == []
 
 
-def test_a_copy_refused_for_its_key_leaves_the_new_location_empty(
+def test_a_copy_with_a_key_of_its_own_gets_a_slot_for_it(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A wrong --to-key-file for a new location: refused before the marker is written there (a marker alone
-    made a repository with the source's id that the next copy with the right key would have continued)."""
+    """A configured copy with a `key_file` of its own (operations.md: "a key slot of its own"): the first
+    night's copy was refused as a wrong key, as was every later one, and the copy never existed while the
+    backups went on. Now the new copy gets a passphrase slot for that key beside the source's slots; into an
+    existing copy a key that opens none of its slots is still refused, and nothing is written there."""
     monkeypatch.setenv("AIBACKUP_KEY", "the source's passphrase")
-    source = str(tmp_path / "repo")
-    ok(cli("init", "--repo", source, "--encrypt"))
-    ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 5)}", "--repo", source))
+    own = tmp_path / "copy.key"
+    own.write_text("the copy's own passphrase\n")
+    logs = conversations(tmp_path / "logs", 10)
+    (tmp_path / "aibackup.yaml").write_text(
+        "repository: ./repo\n"
+        f"sources:\n  logs: {{uri: 'conversations:{logs}', rpo: 24h}}\n"
+        f"copies: [{{repository: ./copy, key_file: {own}}}]\n"
+    )
+    night = ok(cli("backup", "--json")).json()
+    (copied,) = night["copies"]
+    assert copied["ok"] and len(copied["copied"]) == 1, copied
+    copy = str(tmp_path / "copy")
+    assert ok(cli("status")).code == 0
+    for key in (["--key-file", str(own)], []):  # its own key, and the source's (AIBACKUP_KEY)
+        slots = ok(cli("key", "list", "--repo", copy, "--json", *key)).json()["slots"]
+        assert len(slots) == 2 and sum(s["opened"] for s in slots) == 1, slots
+        ok(cli("verify", "--read-data", "--repo", copy, *key))
+    ok(cli("restore", "latest", "--repo", copy, "--key-file", str(own), "--to", f"conversations:{tmp_path / 'b'}"))
+    assert (tmp_path / "b" / "app.jsonl").read_bytes() == (logs / "app.jsonl").read_bytes()
+
+    # From the command line, into a new location: the slot is named. Into an existing copy: refused.
+    other = tmp_path / "other"
+    text = ok(cli("copy", "--repo", str(tmp_path / "repo"), "--to-repo", str(other), "--to-key-file", str(own))).out
+    assert "added key slot" in text and str(own) in text, text
     wrong = tmp_path / "wrong.key"
     wrong.write_text("not the passphrase of any slot\n")
-    copy = tmp_path / "copy"
-    one_line_error(cli("copy", "--repo", source, "--to-repo", str(copy), "--to-key-file", str(wrong)), 2, "key")
-    assert not copy.exists() or not any(copy.iterdir())
-    ok(cli("copy", "--repo", source, "--to-repo", str(copy)))
-    assert Repository.open(str(copy)).bundle_ids() == Repository.open(source).bundle_ids()
+    conversations(logs, 5, start=10)
+    ok(cli("backup", f"conversations:{logs}", "--repo", str(tmp_path / "repo")))
+    marker = (other / "aibackup.json").read_bytes()
+    refused = cli("copy", "--repo", str(tmp_path / "repo"), "--to-repo", str(other), "--to-key-file", str(wrong))
+    one_line_error(refused, 2, "key")
+    assert (other / "aibackup.json").read_bytes() == marker and len(Repository.open(str(other)).bundle_ids()) == 1
 
 
 def test_the_destination_is_not_the_source(tmp_path: Path, cli: Cli) -> None:
