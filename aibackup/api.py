@@ -390,7 +390,7 @@ class Repository(_repository.Repository):
         from aibackup.lock import RepositoryLock
 
         self.key(key_file)  # a wrong key stops here, before the lock is written
-        with RepositoryLock(self, "prune", "*"):
+        with RepositoryLock(self, "prune", "*", purpose="key add"):
             # surrogateescape: the CLI hands over a key file's or $AIBACKUP_NEW_KEY's bytes that are not UTF-8
             # decoded that way; they go back to exactly those bytes (strict UTF-8 crashed on them).
             given = passphrase.encode("utf-8", "surrogateescape") if passphrase is not None else None
@@ -401,7 +401,7 @@ class Repository(_repository.Repository):
         from aibackup.lock import RepositoryLock
 
         self.key(key_file)
-        with RepositoryLock(self, "prune", "*"):
+        with RepositoryLock(self, "prune", "*", purpose="key remove"):
             return keys.remove(self, slot_id, key_file)
 
     def rotate_key(self, *, key_file: str | None = None) -> dict[str, Any]:
@@ -409,7 +409,7 @@ class Repository(_repository.Repository):
         from aibackup.lock import RepositoryLock
 
         self.key(key_file)
-        with RepositoryLock(self, "prune", "*"):
+        with RepositoryLock(self, "prune", "*", purpose="key rotate"):
             return keys.rotate(self, key_file)
 
     def pin(self, ref: str) -> str:

@@ -115,7 +115,8 @@ def run_copy(
     target, created, slot_added = _destination(source, storage_of(destination), key_file, to_key_file)
     result = CopyResult(destination_created=created, slot_added=slot_added)
     if target.fully_encrypted and not created:
-        with RepositoryLock(target, "prune", "*"):  # a marker change, as `aibackup key rotate` makes it
+        # A marker change, as `aibackup key rotate` makes it.
+        with RepositoryLock(target, "prune", "*", purpose=f"copy from {source.storage.display()} (its new keys)"):
             result.generations_added = keys.adopt_generations(
                 target, source.vault(key_file).keyring, to_key_file or key_file
             )

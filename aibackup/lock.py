@@ -7,6 +7,8 @@ created with :meth:`Storage.write_exclusive` (so it never replaces another)::
      "pid": 123, "host": "db1", "started_at": "...Z", "heartbeat_at": "...Z", "heartbeat_seconds": 60.0,
      "stale_after_seconds": 600.0, "token": "<32 hex>", "aibackup": "0.1.0"}
 
+(plus ``"purpose": "key rotate"`` where the kind does not say what runs: the key verbs take a prune's lock.)
+
 Rules:
 
 - **Kinds and conflicts.** ``backup`` locks carry a scope (the source's URI); ``prune`` locks the whole
@@ -118,7 +120,10 @@ class RepositoryLock:
         *,
         stale_after: timedelta = DEFAULT_STALE_AFTER,
         heartbeat: timedelta = DEFAULT_HEARTBEAT,
+        purpose: str | None = None,
     ) -> None:
+        """`purpose`: what the run is, where its kind does not say (the key verbs take the exclusive lock a
+        prune takes): recorded in the lock, and named by a run the lock refuses."""
         if kind not in KINDS:
             raise UsageError(f"unknown lock kind {kind!r}: expected one of {', '.join(KINDS)}")
         if not scope:
@@ -135,6 +140,7 @@ class RepositoryLock:
         self.scope = EVERYTHING if kind == PRUNE else scope
         self.stale_after = stale_after
         self.heartbeat = heartbeat
+        self.purpose = purpose
         self.notes: list[str] = []
         self._rel: str | None = None
         self._record: dict[str, Any] = {}
@@ -193,6 +199,8 @@ class RepositoryLock:
             "token": secrets.token_hex(16),
             "aibackup": __version__,
         }
+        if self.purpose:
+            self._record["purpose"] = self.purpose
         mono, wall = time.monotonic(), time.time()
         storage.write_exclusive(rel, encode(self._record))
         self._mark_beat(mono, wall)

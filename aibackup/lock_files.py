@@ -105,7 +105,9 @@ class LockFile:
         if self.record is None or self.kind is None:
             written = f"written {ago(now - self.beat)} ago" if self.beat else "age unknown"
             return f"an unreadable lock {LOCKS}/{self.name} ({written})"
-        what = self.kind if self.scope in (None, EVERYTHING) else f"{self.kind} of {self.scope}"
+        purpose = self.record.get("purpose")
+        kind = purpose if isinstance(purpose, str) and purpose else self.kind  # `key rotate`, not `prune`
+        what = kind if self.scope in (None, EVERYTHING) else f"{kind} of {self.scope}"
         who = f"pid {self.record.get('pid', '?')} on {self.record.get('host', '?')}"
         started = parse_time(self.record.get("started_at"))
         when = f", started {short_time(started, now)}" if started else ""

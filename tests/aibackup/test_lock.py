@@ -477,3 +477,27 @@ def test_the_lock_on_s3(s3_env: object, at: Callable[[str], None], monkeypatch: 
         assert [f"{LOCKS}/{n}" for n in lock_files(repo)] == [prune.path]
     crashed.release()
     assert lock_files(repo) == []
+
+
+def test_a_run_refused_by_a_key_verb_names_the_verb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The key verbs take the exclusive lock a prune takes: a backup refused while `key rotate` ran was told
+    the repository was locked by prune, and whoever looked for a prune found none."""
+    from aibackup import keys
+    from aibackup.api import Repository as ApiRepository
+
+    monkeypatch.setenv("AIBACKUP_KEY", "a passphrase for the lock test")
+    repo = ApiRepository.open(str(tmp_path / "enc"), create=True, key="a passphrase for the lock test")
+    refusals: list[str] = []
+    rotate = keys.rotate
+
+    def rotate_while_a_backup_starts(*args: Any, **kwargs: Any) -> Any:
+        try:
+            RepositoryLock(Repository.open(str(tmp_path / "enc")), "backup", "chroma:/a").acquire()
+        except LockedError as exc:
+            refusals.append(str(exc))
+        return rotate(*args, **kwargs)
+
+    monkeypatch.setattr(keys, "rotate", rotate_while_a_backup_starts)
+    repo.rotate_key()
+    (refused,) = refusals
+    assert refused.startswith(f"repository is locked by key rotate (pid {PID} on "), refused
