@@ -102,12 +102,15 @@ def run_copy(
     key_file: str | None = None,
     to_key_file: str | None = None,
     since_newest: bool = False,
+    tonight: Sequence[str] = (),
 ) -> CopyResult:
     """Copy the bundles of `source` named by `refs` (ids, prefixes or latest; all when empty) that
     `destination` lacks (see the module docstring). `since_newest`: only those newer than the newest bundle
     the destination holds (the nightly copy: a night whose copy failed is caught up, and bundles the copy's
-    own prune removed do not come back). UsageError before anything is written for a destination that cannot
-    take them; a damaged source part fails its bundle only (``failed``)."""
+    own prune removed do not come back), and those in `tonight` (the bundles the nightly run just made: one
+    of a long backup has an id older than that of a shorter one of another source committed and copied
+    meanwhile, the hourly logs' beside the nightly model's). UsageError before anything is written for a
+    destination that cannot take them; a damaged source part fails its bundle only (``failed``)."""
     started = time.perf_counter()
     key = source.key(key_file)  # an encrypted source: a wrong or missing key stops here
     source.use_key(key)
@@ -127,7 +130,7 @@ def run_copy(
         present = set() if created else set(target.bundle_ids())  # a location just made holds no bundle
         theirs = present.intersection(wanted)  # the source's bundles there (not ones backed up into it directly)
         if since_newest and theirs:
-            wanted = [b for b in wanted if b > max(theirs)]
+            wanted = [b for b in wanted if b > max(theirs) or b in tonight]
         if target.fully_encrypted:
             _same_generations(source, target, sorted(set(wanted) - present))
         copier = _Copier(source, target, key, fresh=created)

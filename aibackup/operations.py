@@ -178,19 +178,29 @@ def backup_sources(
         record_report(config, reports.BACKUPS, {"kind": "backup", "uri": source.uri, **run.to_json()}, repo)
         runs.append(run)
     # Every night, also one whose sources all failed: a copy that failed before catches up.
-    return SourcesResult(runs, [copy_bundles(config, c, repo, report) for c in config.copies])
+    tonight = [r.bundle_id for r in runs if r.bundle_id]
+    return SourcesResult(runs, [copy_bundles(config, c, repo, report, tonight) for c in config.copies])
 
 
-def copy_bundles(config: Config, copy: CopyConfig, repo: Repository | None, report: Progress) -> CopyRun:
-    """Copy into `copy`'s repository every bundle it lacks that is newer than its newest (this run's new
-    bundles, and those of nights whose copy failed; not those the copy's own prune removed); never raises
-    (a copy that cannot be made is a failed CopyRun, the backups themselves stand)."""
+def copy_bundles(
+    config: Config, copy: CopyConfig, repo: Repository | None, report: Progress, tonight: Sequence[str] = ()
+) -> CopyRun:
+    """Copy into `copy`'s repository the bundles `tonight` (this run's) and every bundle it lacks that is
+    newer than its newest (those of nights whose copy failed; not those the copy's own prune removed); never
+    raises (a copy that cannot be made is a failed CopyRun, the backups themselves stand)."""
     from aibackup.copy import run_copy
 
     started = time.perf_counter()
     try:
         source = repo if repo is not None else Repository.open(config.repository, key_file=config.key_file)
-        done = run_copy(source, copy.repository, key_file=config.key_file, to_key_file=copy.key_file, since_newest=True)
+        done = run_copy(
+            source,
+            copy.repository,
+            key_file=config.key_file,
+            to_key_file=copy.key_file,
+            since_newest=True,
+            tonight=tonight,
+        )
     except AibackupError as exc:
         run = CopyRun(
             copy.repository, False, seconds=time.perf_counter() - started, error=str(exc), exit_code=exc.exit_code

@@ -379,6 +379,47 @@ def test_the_drill_can_test_a_copy(cli: Cli, tmp_path: Path) -> None:
     assert Repository.open(str(tmp_path / "repo")).bundle_ids() == [bundle]
 
 
+def test_the_nightly_copy_takes_a_bundle_committed_after_a_newer_one_was_copied(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long backup of one source (its id taken when it started) commits after a short one of another
+    source (the hourly logs) made and copied a newer bundle: the long run's copy took only bundles newer
+    than the copy's newest, said "0 bundle(s) copied", exit 0, and no later night brought the bundle. Now a
+    nightly copy always takes the bundles its own run made."""
+    import subprocess
+    import sys
+
+    from aibackup.storage import Storage
+
+    logs, big = conversations(tmp_path / "logs", 10), conversations(tmp_path / "big", 10)
+    (tmp_path / "aibackup.yaml").write_text(
+        "repository: ./repo\n"
+        f"sources:\n  logs: {{uri: 'conversations:{logs}', rpo: 24h}}\n"
+        f"  big: {{uri: 'conversations:{big}', rpo: 24h}}\n"
+        "copies: [{repository: ./copy}]\n"
+    )
+    ok(cli("backup", "--source", "logs"))
+    commit = Storage.write_exclusive
+    hourly: list[subprocess.CompletedProcess[str]] = []
+
+    def hourly_run_meanwhile(self: Storage, rel: str, data: bytes, **kwargs: object) -> None:
+        if rel.startswith("bundles/") and not hourly:  # the long run's commit, its id taken long before
+            conversations(logs, 5, start=10)
+            command = [sys.executable, "-m", "aibackup", "backup", "--source", "logs"]
+            hourly.append(subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, check=False))
+        commit(self, rel, data, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Storage, "write_exclusive", hourly_run_meanwhile)
+    night = json.loads(ok(cli("backup", "--source", "big", "--json")).out)
+    assert hourly and hourly[0].returncode == 0, hourly
+    (run,) = night["sources"]
+    (copied,) = night["copies"]
+    primary, copy = Repository.open(str(tmp_path / "repo")), Repository.open(str(tmp_path / "copy"))
+    assert run["bundle_id"] < primary.bundle_ids()[-1]  # the hourly's bundle is newer, and was copied first
+    assert copied["ok"] and copied["copied"] == [run["bundle_id"]], copied
+    assert copy.bundle_ids() == primary.bundle_ids()
+
+
 def test_a_part_the_copy_found_damaged_is_copied_again_not_built_on(cli: Cli, tmp_path: Path) -> None:
     """A chain link's part damaged in the copy, found by a verify of the copy: the next night's copy brought
     a bundle whose chain reads it and reused the damaged part (same size), so the copy's newest bundle could
