@@ -219,13 +219,20 @@ def write_metrics_of(config: Any, metrics_file: str | None) -> None:
 
 
 def conclude(
-    config: Any, metrics_file: str | None, code: int, as_json: bool, *, report: Callable[[], None] | None = None
+    config: Any,
+    metrics_file: str | None,
+    code: int,
+    as_json: bool,
+    *,
+    report: Callable[[], None] | None = None,
+    also: AibackupError | None = None,
 ) -> None:
     """End a command whose result is already printed: write its `report` file, if any, and the metrics file
     (flag, else the config's metrics_file), then exit with the command's code. A file that cannot be
-    written is one error line after the result (never instead of it) and exit 3 when the command itself
-    succeeded; each is tried even when the other failed."""
-    problems: list[AibackupError] = []
+    written, and `also` (what the command could not record, found on the way), is one error line after the
+    result (never instead of it) and its exit code when the command itself succeeded; each file is tried
+    even when the other failed."""
+    problems: list[AibackupError] = [also] if also is not None else []
     for write in (report, lambda: write_metrics_of(config, metrics_file)):
         try:
             if write is not None:

@@ -163,7 +163,7 @@ def restore_test(
     # The report file is written after the result is shown: a path that cannot be written must not hide
     # the drill's outcome (recorded in the repository already), nor turn a failed drill's exit 1 into 3.
     written = (lambda: drill.write(path)) if path else None
-    conclude(config, metrics_file, 0 if drill.ok else EXIT_INTEGRITY, as_json, report=written)
+    conclude(config, metrics_file, 0 if drill.ok else EXIT_INTEGRITY, as_json, report=written, also=drill.unrecorded)
 
 
 @click.command()

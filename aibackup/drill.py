@@ -78,6 +78,8 @@ class DrillReport:
     """The drill of every source tested: ``ok`` when every check passed and every RTO was met."""
 
     results: list[DrillResult]
+    #: Why a result could not be recorded in the repository, where `status` reads it (None: all were).
+    unrecorded: AibackupError | None = None
 
     @property
     def ok(self) -> bool:
@@ -112,6 +114,7 @@ def restore_test(
     report = progress or Quiet()
     repo = repo or Repository.open(config.repository, key_file=config.key_file)
     results: list[DrillResult] = []
+    unrecorded: AibackupError | None = None
     tested, key_file = _tested_repository(config, repo)
     for source in sources_of(config, names):
         if source.restore_test_skip and not names:
@@ -123,9 +126,14 @@ def restore_test(
         report.event(
             "restore_test", f"{source.name}: restore test {state} in {result.rto_seconds:.1f} s", **result.to_json()
         )
-        record_report(config, reports.RESTORE_TESTS, {"kind": "restore-test", **result.to_json()}, repo)
+        problem = record_report(config, reports.RESTORE_TESTS, {"kind": "restore-test", **result.to_json()}, repo)
+        if problem is not None and unrecorded is None:
+            unrecorded = UnavailableError(
+                f"the restore test's result was not recorded in {repo.storage.display()} (status goes on showing "
+                f"the one before): {problem}"
+            )
         results.append(result)
-    return DrillReport(results)
+    return DrillReport(results, unrecorded)
 
 
 def _tested_repository(config: Config, repo: Repository) -> tuple[Repository, str | None]:

@@ -5,7 +5,6 @@ reports in the repository (aibackup.reports), so any machine can answer ``status
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +14,15 @@ from aibackup import clock, reports
 from aibackup.backup import SourceOptions, run_backup
 from aibackup.config import Config, CopyConfig, SourceConfig
 from aibackup.connectors.registry import parse_location
-from aibackup.errors import EXIT_INTERNAL, AibackupError, ConfigError, IntegrityError, UsageError, first_line
+from aibackup.errors import (
+    EXIT_INTERNAL,
+    AibackupError,
+    ConfigError,
+    IntegrityError,
+    UnavailableError,
+    UsageError,
+    first_line,
+)
 from aibackup.manifests.model import BundleManifest
 from aibackup.progress import Progress, Quiet
 from aibackup.recall_rule import DEFAULT_QUERIES
@@ -233,13 +240,22 @@ def sources_of(config: Config, names: Sequence[str]) -> list[SourceConfig]:
     return [config.source(n) for n in names] if names else list(config.sources.values())
 
 
-def record_report(config: Config, folder: str, report: dict[str, Any], repo: Repository | None = None) -> None:
-    """Leave a report in the repository; a repository that cannot take it only loses history."""
-    with contextlib.suppress(AibackupError, OSError):
+def record_report(
+    config: Config, folder: str, report: dict[str, Any], repo: Repository | None = None
+) -> AibackupError | None:
+    """Leave a report in the repository; returns why it could not be (None: recorded). A backup's report
+    lost only loses history (its bundle says the rest); a drill's is what `status` shows of it, so the
+    drill says so (:func:`aibackup.drill.restore_test`)."""
+    try:
         if repo is None and (found := Repository.find(config.repository)) is not None:
             repo = found.with_key_file(config.key_file)  # an encrypted repository seals its reports
         if repo is not None:
             reports.write(repo, folder, report)
+    except AibackupError as exc:
+        return exc
+    except OSError as exc:
+        return UnavailableError(f"cannot write a report into {config.repository}: {exc.strerror or exc}")
+    return None
 
 
 def of_source(manifest: BundleManifest, source: SourceConfig) -> bool:

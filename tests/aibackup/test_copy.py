@@ -379,6 +379,33 @@ def test_the_drill_can_test_a_copy(cli: Cli, tmp_path: Path) -> None:
     assert Repository.open(str(tmp_path / "repo")).bundle_ids() == [bundle]
 
 
+def test_a_drill_whose_result_cannot_be_recorded_says_so(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drill of a copy run with the copy's own key only (the primary's key elsewhere, as in the second
+    region): it passed, exit 0, and its result was silently not recorded in the primary, where `status`
+    reads it (status went on showing the drill before). Now the result is printed, then one error line
+    saying it was not recorded, exit 3."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the primary's passphrase")
+    own = tmp_path / "copy.key"
+    own.write_text("the copy's own passphrase\n")
+    logs = conversations(tmp_path / "logs", 10)
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: {{uri: 'conversations:{logs}', rto: 1h}}\n"
+        f"copies:\n  - {{repository: ./copy, key_file: {own}}}\nrestore_test: {{repository: ./copy}}\n"
+    )
+    ok(cli("init", "--encrypt"))
+    ok(cli("backup"))
+    monkeypatch.delenv("AIBACKUP_KEY")
+    drill = cli("restore-test", "--json")
+    assert drill.code == 3 and json.loads(drill.out)["ok"], drill
+    assert "not recorded" in json.loads(drill.err)["error"]["message"], drill.err
+    monkeypatch.setenv("AIBACKUP_KEY", "the primary's passphrase")
+    assert json.loads(ok(cli("status", "--json")).out)["sources"][0]["last_restore_test"] is None
+    ok(cli("restore-test"))  # with the primary's key at hand, recorded
+    assert json.loads(ok(cli("status", "--json")).out)["sources"][0]["last_restore_test"]["ok"]
+
+
 def test_the_nightly_copy_takes_a_bundle_committed_after_a_newer_one_was_copied(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
