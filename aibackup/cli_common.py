@@ -138,20 +138,11 @@ def resolve(repo: str | None, config_path: str | None, *, need_config: bool = Fa
         # The config's metrics file describes the config's repository: `prune --repo COPY` must not rewrite
         # it with the copy's view (no backup or drill reports there: the alerts on them went quiet, and
         # aibackup_verify_success fell to 0). `--metrics-file PATH` still writes the named repository's.
-        metrics_file = config.metrics_file if _same_repository(repo, config.repository) else None
+        from aibackup.storage import same_place
+
+        metrics_file = config.metrics_file if same_place(repo, config.repository) else None
         config = dataclasses.replace(config, repository=repo, metrics_file=metrics_file)
     return config.repository, config
-
-
-def _same_repository(url: str, other: str) -> bool:
-    """Whether two repository URLs name one place (``Storage.same_place``); a URL that does not parse is
-    another place (the command reports it when it opens the repository)."""
-    from aibackup.storage import Storage
-
-    try:
-        return Storage(url).same_place(Storage(other))
-    except AibackupError:
-        return False
 
 
 def open_repository(url: str, config: Any = None, key_file: str | None = None) -> Repository:

@@ -326,6 +326,7 @@ class _Reader:
         if "lock" in values:
             values["lock_stale_after"] = values.pop("lock")
             env |= {"lock_stale_after"} if "lock" in env else set()
+        self.copies_elsewhere(root, values)
         values["targets"] = MappingProxyType(self.targets)
         return Config(path=os.path.abspath(self.file), env_fields=frozenset(env - {"lock"}), **values)
 
@@ -345,6 +346,26 @@ class _Reader:
                 self.fail(item, f"{where}.repository", f"{values['repository']!r} is listed twice")
             found.append(CopyConfig(**values, env_fields=frozenset(env)))
         return self.done(tuple(found), node, path)
+
+    def copies_elsewhere(self, root: yaml.Node, values: Mapping[str, Any]) -> None:
+        """A copy, or the drill's repository, that is the repository itself (however spelled) is refused: every
+        night's copy failed after the backups ("the destination is the source repository itself"), and the
+        drill proved the repository while it said it restored from the copy."""
+        from aibackup.storage import same_place
+
+        entry = self.mapping(root, "", None)
+
+        def refuse_if_same(url: str, node: yaml.Node, path: str) -> None:
+            if same_place(url, values["repository"]):
+                self.fail(node, path, f"{url!r} is the repository itself: a copy is another repository")
+
+        for i, copy in enumerate(values.get("copies", ())):
+            item = entry["copies"][1].value[i]
+            refuse_if_same(copy.repository, self.mapping(item, "", None)["repository"][1], f"copies[{i}].repository")
+        drill = values.get("restore_test")
+        if drill is not None and drill.repository is not None:
+            node = self.mapping(entry["restore_test"][1], "", None)["repository"][1]
+            refuse_if_same(drill.repository, node, "restore_test.repository")
 
     def lock(self, node: yaml.Node, path: str) -> _Scalar:
         from aibackup.lock import DEFAULT_HEARTBEAT

@@ -475,6 +475,15 @@ class Storage:
             raise
 
 
+def same_place(url: str, other: str) -> bool:
+    """Whether two repository URLs name one place (:meth:`Storage.same_place`); a URL that does not parse is
+    another place (whoever opens it reports it)."""
+    try:
+        return Storage(url).same_place(Storage(other))
+    except AibackupError:
+        return False
+
+
 def _fsync_dir(folder: str) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import os
+import re
 import textwrap
 from pathlib import Path
 
@@ -594,3 +595,24 @@ def test_a_scratch_target_beside_a_source_is_fine(tmp_path: Path) -> None:
         "targets:\n  scratch: 'conversations:./logs-drill'\n  q: 'qdrant+http://q:6334'\n"
     )
     assert set(load_config(str(path)).targets) == {"scratch", "q"}
+
+
+@pytest.mark.parametrize(
+    ("section", "path"),
+    [
+        ("copies: [{repository: ./r/.}]", "copies[0].repository"),
+        ("copies: [{repository: ./c}, {repository: ./sub/../r}]", "copies[1].repository"),
+        ("restore_test: {repository: ./r/}", "restore_test.repository"),
+        ("copies: [{repository: 's3://b/p?region=eu-west-1'}]", "copies[0].repository"),
+    ],
+)
+def test_a_copy_that_is_the_repository_itself_is_refused(tmp_path: Path, section: str, path: str) -> None:
+    """A configured copy that is the repository (however spelled): every night's copy failed after the
+    backups; as the drill's repository, the drill proved the repository itself and called it the copy."""
+    repository = "s3://b/p" if "s3://" in section else "./r"
+    config = tmp_path / "aibackup.yaml"
+    config.write_text(f"repository: {repository}\nsources:\n  a: {{uri: 'conversations:./logs'}}\n{section}\n")
+    with pytest.raises(ConfigError, match=rf"{re.escape(path)}: '.*' is the repository itself"):
+        load_config(str(config))
+    config.write_text(f"repository: ./elsewhere\nsources:\n  a: {{uri: 'conversations:./logs'}}\n{section}\n")
+    assert load_config(str(config)).repository.endswith("elsewhere")
