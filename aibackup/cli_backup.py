@@ -335,10 +335,11 @@ def _backup_config(
             for note in r.notes:
                 click.echo(f"{r.source}: note: {note}")
         for c in result.copies:
+            if c.copied or not c.error:  # a copy stopped part-way says what did land first
+                copied = f"{len(c.copied)} bundle(s) copied ({size(c.bytes)}, {c.seconds:.1f} s)"
+                click.echo(f"copy to {c.repository}: {copied}")
             if c.error:
                 click.echo(f"copy to {c.repository}: FAILED: {c.error}")
-                continue
-            click.echo(f"copy to {c.repository}: {len(c.copied)} bundle(s) copied ({size(c.bytes)}, {c.seconds:.1f} s)")
             for f in c.failed:
                 click.echo(f"copy to {c.repository}: FAILED {f['bundle_id']}: {f['problem']}")
     conclude(config, metrics_file, result.exit_code, as_json)

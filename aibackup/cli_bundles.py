@@ -232,6 +232,14 @@ def copy(
             f"{len(result.copied)} copied, {len(result.skipped)} already there, {len(result.failed)} failed; "
             f"{size(result.bytes)} in {result.seconds:.1f} s"
         )
+    if result.error is not None:  # after what did land, never instead of it
+        stopped = result.error
+        if as_json:
+            doc = {"error": {"code": stopped.code, "message": str(stopped), "exit_code": stopped.exit_code}}
+            click.echo(json.dumps(doc), err=True)
+        else:
+            click.echo(f"aibackup: error: {stopped}", err=True)
+        sys.exit(stopped.exit_code)
     if not result.ok:
         sys.exit(EXIT_INTEGRITY)
 

@@ -50,7 +50,7 @@ from aibackup import keys, reports
 from aibackup.chunkprune import referenced_chunks
 from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, pack_problem
 from aibackup.crypto import RepositoryKey, passphrase_from
-from aibackup.errors import IntegrityError, UsageError
+from aibackup.errors import AibackupError, IntegrityError, UsageError
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
 from aibackup.repository import MARKER, Repository, Where, storage_of
@@ -74,10 +74,12 @@ class CopyResult:
     #: Paths in the destination it had found damaged, copied again from the source (see the module docstring).
     repaired: list[str] = field(default_factory=list)
     generations_added: list[int] = field(default_factory=list)  # master keys the copy took from the source
+    #: What stopped the copy part-way (a full disk, a destination out of reach): the bundles before it stand.
+    error: AibackupError | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and self.error is None
 
     def to_json(self) -> dict[str, object]:
         """The `copy --json` contract."""
@@ -91,6 +93,7 @@ class CopyResult:
             "generations_added": list(self.generations_added),
             "repaired": list(self.repaired),
             "slot_added": self.slot_added,
+            "error": str(self.error) if self.error is not None else None,
         }
 
 
@@ -143,6 +146,11 @@ def run_copy(
             except IntegrityError as exc:
                 result.failed.append((bundle_id, str(exc)))
                 continue
+            except AibackupError as exc:
+                # A full disk or a destination out of reach fails every bundle after it alike: stop, and say
+                # which bundles did land (they are whole: their manifests went last).
+                result.error = exc
+                break
             (result.skipped if bundle_id in present else result.copied).append(bundle_id)
         result.repaired = sorted(copier.repaired)
         if result.repaired:

@@ -224,6 +224,8 @@ def copy_bundles(
         failed = [{"bundle_id": b, "problem": p} for b, p in done.failed]
         run = CopyRun(copy.repository, done.ok, done.copied, failed, done.bytes, done.seconds, repaired=done.repaired)
         run.exit_code = 0 if done.ok else IntegrityError.exit_code
+        if done.error is not None:  # stopped part-way: what landed is listed, and why the rest did not
+            run.error, run.exit_code = str(done.error), done.error.exit_code
     report.event("copy_done", f"copy to {copy.repository}: {'ok' if run.ok else 'FAILED'}", **run.to_json())
     return run
 

@@ -9,6 +9,7 @@ root).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -77,6 +78,33 @@ def test_a_full_disk_under_a_large_part_or_a_copy_is_exit_3_not_an_internal_erro
         assert len(lines) == 1 and "no room to write" in lines[0] and where in lines[0], lines
     assert not list(copy.glob("bundles/*.json"))
     ok(cli("copy", "--repo", str(repo), "--to-repo", str(copy)))
+    ok(cli("verify", "--repo", str(copy), "--read-data"))
+
+
+def test_a_copy_stopped_by_a_full_disk_says_which_bundles_landed(tmp_path: Path, cli: Cli) -> None:
+    """A copy whose destination fills after some bundles: it said only the error (exit 3), and the nightly
+    run's copies[].copied was [] although the copy held the bundles that did land. Now those are listed,
+    then the one error line, exit 3; the rerun with room copies the rest."""
+    logs, cfg = tmp_path / "logs", tmp_path / "cfg"
+    logs.mkdir()
+    (logs / "a.jsonl").write_text('{"role": "user", "content": "hi"}\n')
+    cfg.mkdir()
+    noise = np.frombuffer(os.urandom(12 * 1024 * 1024), dtype=np.uint8) | 0x80  # see above
+    (cfg / "blob.bin").write_bytes(noise.tobytes())
+    repo, copy = tmp_path / "repo", tmp_path / "copy"
+    ok(cli("backup", f"conversations:{logs}", "--repo", str(repo)))
+    ok(cli("backup", f"config:{cfg}", "--repo", str(repo)))
+    first, second = ok(cli("list", "--repo", str(repo), "--json")).json()[::-1]
+    args = ["copy", "--repo", str(repo), "--to-repo", str(copy), "--json"]
+    full = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(4 * 1024 * 1024), *args], capture_output=True, text=True, timeout=300
+    )
+    assert full.returncode == 3, (full.returncode, full.stderr)
+    doc = json.loads(full.stdout)
+    assert doc["copied"] == [first["bundle_id"]] and not doc["ok"] and "no room to write" in doc["error"], doc
+    assert "no room to write" in json.loads(full.stderr)["error"]["message"], full.stderr
+    again = ok(cli(*args)).json()
+    assert again["copied"] == [second["bundle_id"]] and again["skipped"] == [first["bundle_id"]], again
     ok(cli("verify", "--repo", str(copy), "--read-data"))
 
 
