@@ -99,7 +99,10 @@ class Storage:
             protocol, rest = "file", url
         self.is_local = protocol in ("file", "local")
         rest, _, query = rest.partition("?") if protocol in ("s3", "s3a") else (rest, "", "")
-        options = {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        given = parse_qs(query, keep_blank_values=True)
+        if twice := sorted(k for k, v in given.items() if len(v) > 1):  # which one was meant?
+            raise UsageError(f"bad repository {url!r}: option {twice[0]!r} given twice")
+        options = {k: v[0] for k, v in given.items()}
         unknown = sorted(set(options) - set(S3_OPTIONS))
         if unknown:
             raise UsageError(f"bad repository {url!r}: unknown option {unknown[0]!r} (known: {', '.join(S3_OPTIONS)})")
@@ -138,6 +141,14 @@ class Storage:
             self.root = rest.strip("/")
             if not self.root:
                 raise UsageError(f"bad repository {url!r}: expected s3://BUCKET[/PREFIX]")
+            # `s3:///x` named no bucket (x became one); `s3://b//p` wrote keys `/p/...` that no listing of
+            # the repository finds: every backup "committed", list empty, restore "no bundle".
+            bucket, _, prefix = rest.partition("/")
+            if not bucket or prefix.startswith("/"):
+                raise UsageError(
+                    f"bad repository {url!r}: an empty {'bucket' if not bucket else 'folder'} name ('//'): "
+                    "expected s3://BUCKET[/PREFIX]"
+                )
         else:
             raise UsageError(f"unsupported repository location {url!r}: use a local path or s3://bucket/prefix")
 

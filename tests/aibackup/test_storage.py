@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import threading
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from aibackup.errors import UnavailableError, UsageError
 from aibackup.hashing_writer import HashingWriter
 from aibackup.storage import AlreadyExistsError, Storage
 from tests.conftest import Server, free_port
+from tests.helpers import Cli, one_line_error
 
 
 def make_bucket(name: str) -> None:
@@ -135,6 +137,32 @@ def test_unreachable_endpoint_is_unavailable(monkeypatch: pytest.MonkeyPatch) ->
 def test_bad_locations_are_usage_errors(url: str) -> None:
     with pytest.raises(UsageError):
         Storage(url)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("s3://b-odd-url//ai", "an empty folder name"),
+        ("s3:///ai", "an empty bucket name"),
+        ("s3://b-odd-url/ai?region=eu-west-1&region=us-east-1", "option 'region' given twice"),
+    ],
+)
+def test_a_url_that_would_put_bundles_where_no_listing_finds_them_is_refused(
+    url: str, problem: str, s3_env: Server, cli: Cli, tmp_path: Path
+) -> None:
+    """`s3://$BUCKET/$PREFIX` with PREFIX=/ai: each backup said "committed" (its keys began with `/ai/`),
+    list said "no bundles yet", verify "ok: 0 bundle(s)", restore "no bundle", every night exit 0. And
+    `s3:///ai` took ai for the bucket; of a repeated option, the last one silently won."""
+    if "b-odd-url" not in {b["Name"] for b in boto3.client("s3").list_buckets().get("Buckets", [])}:
+        make_bucket("b-odd-url")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.jsonl").write_text('{"role": "user", "content": "hi"}\n')
+    with pytest.raises(UsageError, match=re.escape(problem)):
+        Storage(url)
+    one_line_error(cli("backup", f"conversations:{logs}", "--repo", url), 2, problem)
+    assert "Contents" not in boto3.client("s3").list_objects_v2(Bucket="b-odd-url")
 
 
 def test_same_place_is_where_a_repository_is_not_how_it_is_written(tmp_path: Path) -> None:
