@@ -462,8 +462,9 @@ class Repository:
                 manifest = self.load(bundle_id)
             except (IntegrityError, ManifestVersionError) as exc:
                 # Never skip a newer bundle silently: say which older one would do, and let the user choose.
-                older = self._first_loadable(list(reversed(ids))[position + 1 :])
-                hint = f"; to restore the one before it: {older}" if older else ""
+                older = self._first_loadable(list(reversed(ids))[position + 1 :], datasets)
+                holding = f" holding {', '.join(map(repr, datasets))}" if datasets else ""
+                hint = f"; to restore the one before it{holding}: {older}" if older else ""
                 raise type(exc)(f"the newest bundle {bundle_id} cannot be read: {exc}{hint}") from None
             names = {d.name for d in manifest.datasets}
             if all(n in names for n in datasets):
@@ -472,13 +473,16 @@ class Repository:
         when = f" from {iso(at)} or earlier" if at is not None else ""
         raise BundleNotFoundError(f"no bundle{which}{when} in {self.storage.display()}")
 
-    def _first_loadable(self, ids: Sequence[str]) -> str | None:
+    def _first_loadable(self, ids: Sequence[str], datasets: Sequence[str] = ()) -> str | None:
+        """The first of `ids` whose manifest loads and holds every one of `datasets` (the bundle a refused
+        `restore latest --collection X` names instead: one without X was refused in turn)."""
         for bundle_id in ids:
             try:
-                self.load(bundle_id)
+                manifest = self.load(bundle_id)
             except (IntegrityError, ManifestVersionError):
                 continue
-            return bundle_id
+            if set(datasets) <= {d.name for d in manifest.datasets}:
+                return bundle_id
         return None
 
     def match_id(self, ref: str) -> str:

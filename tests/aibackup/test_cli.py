@@ -523,3 +523,23 @@ def test_empty_collections_cross_backends(tmp_path: Path, cli: Cli) -> None:
     ok(cli("backup", f"chroma:{tmp_path / 'c'}"))
     again = ok(cli("restore", "--to", f"qdrant:{tmp_path / 'q2'}", "--json")).json()
     assert again["ok"] and again["datasets"][0]["rows"] == 0
+
+
+def test_a_refused_latest_names_an_older_bundle_that_holds_the_collection(tmp_path: Path, cli: Cli) -> None:
+    """`restore latest --collection logs` while the newest manifest (another source's) is damaged: the hint
+    named the bundle just before it, which held no 'logs', and following it at 2 AM failed again (exit 2)."""
+    logs, cfg, repo = tmp_path / "logs", tmp_path / "cfg", str(tmp_path / "repo")
+    logs.mkdir()
+    (logs / "logs.jsonl").write_text('{"role": "user", "content": "hi"}\n')
+    cfg.mkdir()
+    (cfg / "app.yaml").write_text("a: 1\n")
+    ok(cli("backup", f"conversations:{logs}", "--repo", repo))
+    ok(cli("backup", f"config:{cfg}", "--repo", repo))
+    ok(cli("backup", f"config:{cfg}", "--repo", repo, "--full"))
+    with_logs, _, newest = (b["bundle_id"] for b in reversed(ok(cli("list", "--repo", repo, "--json")).json()))
+    manifest = tmp_path / "repo" / "bundles" / f"{newest}.json"
+    manifest.write_bytes(manifest.read_bytes()[:-40])
+    into = ["--collection", "logs", "--repo", repo, "--to", f"conversations:{tmp_path / 'o'}"]
+    one_line_error(cli("restore", "latest", *into), 1, newest, f"holding 'logs': {with_logs}")
+    ok(cli("restore", with_logs, *into))
+    assert (tmp_path / "o" / "logs.jsonl").read_text() == (logs / "logs.jsonl").read_text()
