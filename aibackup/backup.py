@@ -245,6 +245,11 @@ def run_backup(
             store = ChunkStore(repo, bundle_id) if isinstance(connector, ChunkedConnector) else None
             if store is not None and isinstance(connector, ChunkedConnector):
                 connector.use_chunks(store)
+                for problem in store.index.damaged.values():  # each names its file
+                    notes.append(
+                        f"{problem}: the chunks it lists are stored again (`aibackup verify` names it until "
+                        "it is replaced: `aibackup copy --repo COPY --to-repo` this repository)"
+                    )
             try:
                 with steady_memory():
                     for index, description in enumerate(descriptions):

@@ -71,7 +71,8 @@ class ChunkReader(ChunkAccess):
     def where(self, chunk: bytes) -> Stored:
         place = self.index.get(chunk)
         if place is None:
-            raise IntegrityError(f"chunk {chunk.hex()[:16]}… is in no pack of the repository's chunk index")
+            damaged = "".join(f" ({problem})" for problem in list(self.index.damaged.values())[:1])
+            raise IntegrityError(f"chunk {chunk.hex()[:16]}… is in no pack of the repository's chunk index{damaged}")
         return place
 
     def get(self, chunk: bytes, *, check: bool = True) -> bytes | memoryview:

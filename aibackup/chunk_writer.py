@@ -215,7 +215,7 @@ class ChunkStore(ChunkAccess):
     def __init__(self, repo: Repository, writer_id: str, index: ChunkIndex | None = None) -> None:
         self.repo = repo
         self.ids = ChunkIds(repo.key())
-        self.index = index if index is not None else ChunkIndex.load(repo)
+        self.index = index if index is not None else ChunkIndex.load(repo, skip_damaged=True)
         self._usable: dict[str, bool] = {}
         self._damaged: frozenset[str] | None = None  # packs found damaged (read at the first reuse)
         self._packs = PackWriter(repo, writer_id, self.ids)

@@ -140,11 +140,17 @@ class ChunkIndex:
     places: dict[bytes, Stored] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)  # the index files read, relative to the repository
     copies: list[Stored] = field(default_factory=list)  # further places of chunks stored twice
+    #: Index files skipped as damaged (`skip_damaged`): display path -> problem.
+    damaged: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, repo: Repository) -> ChunkIndex:
-        """Every index file of `repo`. IntegrityError naming a damaged one (an encrypted one that does not
-        authenticate, Parquet that does not decode): a restore or backup must not guess."""
+    def load(cls, repo: Repository, *, skip_damaged: bool = False) -> ChunkIndex:
+        """Every index file of `repo`. DamagedIndexError naming a damaged one (an encrypted one that does not
+        authenticate, Parquet that does not decode): what prunes or verifies must not guess. `skip_damaged`:
+        such a file is left out and named in ``damaged`` instead, for the readers that lose nothing by it: a
+        backup stores the chunks it listed again (one damaged file had stopped every model backup, --full
+        too), a restore fails only for a chunk it needs and cannot find (saying why), a copy indexes again the
+        chunks its bundles need."""
         index = cls()
         for name in repo.storage.list_names(INDEX):
             if not name.endswith(".parquet"):
@@ -156,6 +162,9 @@ class ChunkIndex:
             except FileNotFoundError:
                 continue  # removed by a prune that just replaced it: its entries are in the new one
             except IntegrityError as exc:  # a sealed one that does not authenticate, or undecodable Parquet
+                if skip_damaged:
+                    index.damaged[repo.storage.display(rel)] = str(exc)
+                    continue
                 raise DamagedIndexError(str(exc), repo.storage.display(rel)) from None
             for chunk, place in entries:
                 # Index files are read oldest first and a later copy wins: it is the one under the

@@ -380,6 +380,8 @@ class _Copier:
             with contextlib.suppress(FileNotFoundError):
                 self.target.storage.remove(rel)  # an interrupted copy's: rewritten whole
             self.target.storage.write_exclusive(rel, index_bytes(entries))
+            if self.target.storage.display(rel) in target_index.damaged:  # this copy's own, found damaged
+                self._mark_repaired(rel, lacking=True)
             for chunk, place in entries:
                 target_index.places.setdefault(chunk, place)
         return written
@@ -457,7 +459,9 @@ class _Copier:
     def _index(self, repo: Repository, attr: str) -> ChunkIndex:
         index: ChunkIndex | None = getattr(self, attr)
         if index is None:
-            index = ChunkIndex.load(repo)
+            # The destination's damaged index files are left out: the chunks they alone placed count as lacking,
+            # so their packs are indexed again (a damaged `<bundle>-copy.parquet` is rewritten whole).
+            index = ChunkIndex.load(repo, skip_damaged=repo is self.target)
             setattr(self, attr, index)
         return index
 

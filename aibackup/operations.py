@@ -426,9 +426,10 @@ def _newest_intact(good: Sequence[BundleManifest], reader: Any, source: SourceCo
             continue
         if any(d.kind == "model" for d in manifest.datasets):
             try:
-                index = index if index is not None else ChunkIndex.load(reader.repo)
+                # A damaged index file: the bundles whose chunks it alone places do not restore, the others do.
+                index = index if index is not None else ChunkIndex.load(reader.repo, skip_damaged=True)
             except AibackupError:
-                continue  # a chunk index that cannot be read: no model bundle restores
+                continue  # a chunk index that cannot be listed or read: no model bundle restores
             if absent_packs(reader.repo, manifest, index, stored):
                 continue
         return manifest

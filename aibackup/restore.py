@@ -28,6 +28,7 @@ from aibackup import distributed, partitioned_restore, reports
 from aibackup.bundle_reader import BundleReader
 from aibackup.checks import prove
 from aibackup.chunk_reader import ChunkReader
+from aibackup.chunks import ChunkIndex
 from aibackup.connectors import layouts
 from aibackup.connectors.base import (
     MODES,
@@ -381,7 +382,10 @@ def _chunks(repo: Repository, connector: Connector, bundle_id: str) -> Iterator[
         entry = {"bundle_id": bundle_id, "path": repo.storage.display(pack), "problem": problem}
         reports.record_damage(repo, bundle_id, [entry], found_by="restore")
 
-    reader = ChunkReader(repo, page_checksums=False, on_damage=damaged)  # each file's sha256 proves its bytes
+    # Each file's sha256 proves its bytes. A damaged index file fails only the files whose chunks it alone
+    # placed (the bundles backed up since it was damaged stored those chunks again: see ChunkIndex.load).
+    index = ChunkIndex.load(repo, skip_damaged=True)
+    reader = ChunkReader(repo, index, page_checksums=False, on_damage=damaged)
     connector.use_chunks(reader)
     try:
         yield

@@ -587,3 +587,36 @@ def test_a_damaged_chunk_pack_a_restore_found_is_repaired_by_the_nightly_copy(cl
     assert json.loads(ok(cli("verify", "--read-data", "--repo", str(copy), "--json")).out)["ok"]
     ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'again'}"))
     assert files_of(tmp_path / "again") == files_of(llm)
+
+
+def test_a_damaged_chunk_index_stops_no_backup_and_a_copy_replaces_it(cli: Cli, tmp_path: Path) -> None:
+    """One index file of the chunk store damaged (its bytes rotted): every model backup into the repository
+    failed on it, `--full` too (exit 1 every night, no new backup at all), and a copy from an intact
+    repository failed on it as well. Now a backup stores the chunks it listed again, saying so; the new
+    bundle restores; an older one whose chunks only it placed is refused naming it; verify keeps naming it;
+    a copy from the intact repository rewrites it (named as repaired) and every bundle restores again."""
+    import os
+
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", str(source)))
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    (index,) = (copy / "index").iterdir()
+    index.write_bytes(os.urandom(index.stat().st_size))
+    assert cli("verify", "--repo", str(copy)).code == 1
+    (older,) = Repository.open(str(copy)).bundle_ids()
+
+    tuned = model(tmp_path / "tuned", 2)  # other weights: none of its chunks are the older bundle's
+    night = ok(cli("backup", f"model:{tuned}", "--repo", str(copy), "--json")).json()
+    assert any(str(index) in note and "stored again" in note for note in night["notes"]), night["notes"]
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'new'}"))
+    assert files_of(tmp_path / "new") == files_of(tuned)
+    refused = cli("restore", older, "--repo", str(copy), "--to", f"model:{tmp_path / 'old'}")
+    one_line_error(refused, 1, "in no pack", str(index))
+    assert cli("verify", "--repo", str(copy)).code == 1
+
+    doc = ok(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json")).json()
+    assert doc["repaired"] == [str(index.relative_to(copy))], doc
+    assert ok(cli("verify", "--read-data", "--repo", str(copy), "--json")).json()["ok"]
+    ok(cli("restore", older, "--repo", str(copy), "--to", f"model:{tmp_path / 'old'}"))
+    assert files_of(tmp_path / "old") == files_of(llm)
