@@ -182,10 +182,10 @@ def _destination(
     else:
         target = found
     if target.encrypted != source.encrypted or target.fully_encrypted != source.fully_encrypted:
-        what = "encrypted" if source.encrypted else "not encrypted"
         raise UsageError(
-            f"the source repository is {what} and {storage.display()} is not: a copy keeps the bytes as they are, "
-            "so both must be the same kind (copy into a new location, or `aibackup init` it like the source)"
+            f"the source repository is {_kind(source)} and {storage.display()} is {_kind(target)}: a copy keeps the "
+            "bytes as they are, so both must be the same kind (copy into a new location, or `aibackup init` it "
+            "like the source)"
         )
     if target.encrypted:
         if target.id != source.id:
@@ -200,6 +200,13 @@ def _destination(
     if marker is not None:  # only now: a refused copy leaves the new location as it found it
         storage.write_exclusive(MARKER, marker)  # the marker is never sealed: its bytes as they are
     return target, marker is not None, slot_added
+
+
+def _kind(repo: Repository) -> str:
+    """How a repository is encrypted, for the refusal of a copy between two kinds."""
+    if not repo.encrypted:
+        return "not encrypted"
+    return "encrypted" if repo.fully_encrypted else "encrypted by aibackup 0.4 (its manifests only)"
 
 
 def _with_slot_for(

@@ -159,7 +159,11 @@ def test_copying_between_encrypted_and_plain_repositories_is_refused(cli: Cli, t
     encrypted = Repository.open(source).encrypted
     other = tmp_path / "other"
     Repository.init(str(other), passphrase=None if encrypted else b"another passphrase")
-    one_line_error(cli("copy", "--repo", source, "--to-repo", str(other)), 2, "encrypted", str(other))
+    # Each side as it is (it said "the source repository is not encrypted and OTHER is not" of an encrypted one).
+    theirs = "not encrypted" if encrypted else "encrypted"
+    ours = "encrypted" if encrypted else "not encrypted"
+    refused = cli("copy", "--repo", source, "--to-repo", str(other))
+    one_line_error(refused, 2, f"the source repository is {ours} and {other} is {theirs}:")
     assert Repository.open(str(other)).bundle_ids() == []
 
 
