@@ -136,7 +136,7 @@ def run_copy(
             wanted = [b for b in wanted if b > max(theirs) or b in tonight]
         if target.fully_encrypted:
             _same_generations(source, target, sorted(set(wanted) - present))
-        copier = _Copier(source, target, key, fresh=created)
+        copier = _Copier(source, target, key, fresh=created, held=present)
         for bundle_id in sorted(set(wanted)):
             try:
                 if bundle_id in present:
@@ -247,9 +247,18 @@ def _same_generations(source: Repository, target: Repository, bundle_ids: Sequen
 class _Copier:
     """Copies bundles from one repository into another, sharing what it learned between bundles."""
 
-    def __init__(self, source: Repository, target: Repository, key: RepositoryKey | None, *, fresh: bool) -> None:
+    def __init__(
+        self,
+        source: Repository,
+        target: Repository,
+        key: RepositoryKey | None,
+        *,
+        fresh: bool,
+        held: set[str] | frozenset[str] = frozenset(),
+    ) -> None:
         self.source = source
         self.target = target
+        self._held_bundles = held  # the bundles the destination holds: a part of theirs it lacks was lost
         self._fresh = fresh  # a destination this run created holds nothing: no listing to ask
         self.ids = ChunkIds(key)  # the key run_copy opened (a 0.4 repository's from --key-file as much)
         self._source_index: ChunkIndex | None = None
@@ -273,10 +282,14 @@ class _Copier:
         # Parts travel PARTS_AT_ONCE at a time: one's upload completes (or its first ranges download) while
         # the next one streams. The first failure cancels those not started; the running ones finish.
         with concurrent.futures.ThreadPoolExecutor(PARTS_AT_ONCE, thread_name_prefix="aibackup-copy") as pool:
-            copies = [pool.submit(self._part, part) for part in _parts(manifest)]
+            parts = _parts(manifest)
+            copies = [pool.submit(self._part, part) for part in parts]
             try:
-                for copied in copies:
-                    written += copied.result()
+                for part, copied in zip(parts, copies, strict=True):
+                    landed = copied.result()
+                    if landed and bundle_of_part(part.path) in self._held_bundles:  # an earlier link's, lost
+                        self._mark_repaired(part.path, lacking=True)
+                    written += landed
             except BaseException:
                 for copied in copies:
                     copied.cancel()

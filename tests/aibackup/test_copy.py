@@ -624,3 +624,22 @@ def test_a_damaged_chunk_index_stops_no_backup_and_a_copy_replaces_it(cli: Cli, 
     assert ok(cli("verify", "--read-data", "--repo", str(copy), "--json")).json()["ok"]
     ok(cli("restore", older, "--repo", str(copy), "--to", f"model:{tmp_path / 'old'}"))
     assert files_of(tmp_path / "old") == files_of(llm)
+
+
+def test_the_nightly_copy_names_an_earlier_link_it_had_lost_as_repaired(cli: Cli, tmp_path: Path) -> None:
+    """A chain link's part deleted from the copy (no verify noticed): the next night's copy brought it back
+    with the new bundle that reads it, but reported nothing repaired, so the loss went unrecorded."""
+    logs = conversations(tmp_path / "logs", 20)
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: {{uri: 'conversations:{logs}', rpo: 24h}}\n"
+        "copies: [{repository: ./copy}]\n"
+    )
+    ok(cli("backup"))
+    copy = tmp_path / "copy"
+    first = Repository.open(str(copy)).bundle_ids()[0]
+    (link,) = [p.relative_to(copy) for p in (copy / "data" / first).rglob("part-*.parquet")]
+    (copy / link).unlink()
+    conversations(logs, 5, start=20)
+    (copied,) = ok(cli("backup", "--json")).json()["copies"]
+    assert copied["ok"] and len(copied["copied"]) == 1 and copied["repaired"] == [str(link)], copied
+    assert ok(cli("verify", "--read-data", "--repo", str(copy), "--json")).json()["ok"]
