@@ -52,6 +52,8 @@ class DrillResult:
     error: str | None = None
     cleanup: str | None = None
     repository: str | None = None  # the copy tested (``restore_test.repository``); None: the repository
+    #: What the result does not say by itself: a tested copy behind the repository (its newest bundle older).
+    note: str | None = None
 
     @property
     def rto_met(self) -> bool:
@@ -70,6 +72,7 @@ class DrillResult:
             "error": self.error,
             "cleanup": self.cleanup,
             "repository": self.repository,
+            "note": self.note,
         }
 
 
@@ -122,6 +125,7 @@ def restore_test(
         result = _drill(config, tested, source, key_file)
         if tested is not repo:
             result.repository = config.restore_test.repository
+            result.note = _behind(repo, source, result.bundle_id)
         state = "ok" if result.ok else "FAILED"
         report.event(
             "restore_test", f"{source.name}: restore test {state} in {result.rto_seconds:.1f} s", **result.to_json()
@@ -146,6 +150,23 @@ def _tested_repository(config: Config, repo: Repository) -> tuple[Repository, st
     copy = next((c for c in config.copies if c.repository == where), None)
     key_file = (copy.key_file if copy is not None else None) or config.key_file
     return Repository.open(where, key_file=key_file), key_file
+
+
+def _behind(repo: Repository, source: SourceConfig, tested: str | None) -> str | None:
+    """Why a drill of a copy proved less than it seems: the repository holds a newer bundle of `source` than
+    the one the copy had (`tested`); None when it does not, or cannot be read (its key elsewhere)."""
+    if tested is None:
+        return None
+    try:
+        newest = latest_bundle(repo, source).bundle_id
+    except AibackupError:
+        return None
+    if newest <= tested:
+        return None
+    return (
+        f"the copy is behind: it holds {tested}, the repository a newer bundle of this source, {newest} "
+        "(not copied yet: `aibackup status` shows the copy against the RPO)"
+    )
 
 
 def _drill(config: Config, repo: Repository, source: SourceConfig, key_file: str | None) -> DrillResult:
@@ -331,8 +352,10 @@ def _markdown(doc: dict[str, Any]) -> str:
         lines += ["", f"## {r['source']}", ""]
         if r["error"]:
             lines += [f"Error: {r['error']}", ""]
-        if r.get("repository"):
+        if r.get("repository") and r["bundle_id"]:
             lines += [f"Restored from the copy at {r['repository']}.", ""]
+        if r.get("note"):
+            lines += [f"Note: {r['note']}", ""]
         if r.get("cleanup"):  # what stays behind (a file target keeps its files), as the JSON report says
             lines += [f"Cleanup: {r['cleanup']}", ""]
         if r["checks"]:
