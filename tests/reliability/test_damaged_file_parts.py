@@ -32,13 +32,19 @@ def finetune(folder: Path) -> Path:
     return folder
 
 
+def damage_first_part(cli: Cli, repo: Path) -> str:
+    """Flip a byte of the newest bundle's first part and let `verify --read-data` record it; its path."""
+    (dataset,) = manifest_json(repo)["datasets"]
+    damaged: str = dataset["parts"][0]["path"]
+    flip_middle_byte(repo / damaged)
+    assert cli("verify", "--read-data", "--repo", str(repo)).code == 1
+    return damaged
+
+
 def test_a_fine_tuning_part_found_damaged_is_written_again(cli: Cli, tmp_path: Path) -> None:
     source, repo = finetune(tmp_path / "ft"), tmp_path / "repo"
     ok(cli("backup", f"finetune:{source}", "--repo", str(repo)))
-    (dataset,) = manifest_json(repo)["datasets"]
-    damaged = dataset["parts"][0]["path"]
-    flip_middle_byte(repo / damaged)
-    assert cli("verify", "--read-data", "--repo", str(repo)).code == 1
+    damaged = damage_first_part(cli, repo)
     with (source / "f2.jsonl").open("a") as f:
         f.write('{"new": 1}\n')
     result = ok(cli("backup", f"finetune:{source}", "--repo", str(repo), "--json")).json()
@@ -55,10 +61,7 @@ def test_a_config_part_found_damaged_is_written_again(cli: Cli, tmp_path: Path) 
     for n in range(20):
         (source / f"c{n}.yaml").write_text(f"setting_{n}: {'x' * 100_000}\n")  # parts past the repack size
     ok(cli("backup", f"config:{source}", "--repo", str(repo)))
-    (dataset,) = manifest_json(repo)["datasets"]
-    damaged = dataset["parts"][0]["path"]
-    flip_middle_byte(repo / damaged)
-    assert cli("verify", "--read-data", "--repo", str(repo)).code == 1
+    damaged = damage_first_part(cli, repo)
     result = ok(cli("backup", f"config:{source}", "--repo", str(repo), "--json")).json()  # nothing changed
     assert any("found damaged written again" in n for n in result["notes"]), result["notes"]
     (written,) = manifest_json(repo, result["bundle_id"])["datasets"]
@@ -119,10 +122,7 @@ def test_a_log_part_found_damaged_makes_the_next_backup_full_and_says_why(cli: C
     night = ok(cli("backup", f"conversations:{logs}", "--repo", str(repo), "--json")).json()
     assert night["datasets"][0]["incremental"] and night["notes"] == [], night  # a healthy chain says nothing
     first = night["bundle_id"]
-    (dataset,) = manifest_json(repo)["datasets"]
-    damaged = dataset["parts"][0]["path"]
-    flip_middle_byte(repo / damaged)
-    assert cli("verify", "--read-data", "--repo", str(repo)).code == 1
+    damaged = damage_first_part(cli, repo)
     with (logs / "a.jsonl").open("a") as f:
         f.write('{"user_id": "u", "input": "new"}\n')
     result = ok(cli("backup", f"conversations:{logs}", "--repo", str(repo), "--json")).json()
