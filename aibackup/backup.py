@@ -216,40 +216,53 @@ def run_backup(
                 if created:
                     repo.forget()
                 raise
-            if not created and repo.reread_marker():
-                # A key verb ran between the opening and the lock (they exclude each other only once both
-                # hold it): this bundle takes the keys as they are now, or is refused if its key was removed.
-                try:
-                    repo.use_key(repo.key(source_options.key_file))
-                except AibackupError as exc:
-                    lock.release()
-                    raise type(exc)(f"the repository's keys changed while this backup was starting: {exc}") from None
-            notes: list[str] = list(lock.notes)
-            if key is None and (os.environ.get(KEY_ENV) or os.environ.get(KEY_FILE_ENV)):
-                # A key in the environment is meant for encrypted repositories; this one is not: say so.
-                notes.append(
-                    f"${KEY_ENV} or ${KEY_FILE_ENV} is set, but the repository at {storage.display()} is not "
-                    "encrypted: this bundle is not encrypted either"
-                )
-            parent = _parent(repo, source)
-            bundle_id = repo.next_bundle_id(started)
-            # A remote repository: the vector parts are also kept locally, for the baselines' exact passes.
-            spool = None if repo.storage.is_local else PartSpool(repo.storage)
-            writer = BundleWriter(repo, bundle_id, options, spool=spool)
-            golden = _golden(source_options.golden_queries, notes)
-            datasets: list[DatasetManifest] = []
-            recorders: list[BaselineRecorder] = []
-            outcomes: dict[str, Outcome] = {}
-            committing = False
-            # Model files: their chunks go to the repository's chunk store, in packs of this bundle (aibackup.chunks).
-            store = ChunkStore(repo, bundle_id) if isinstance(connector, ChunkedConnector) else None
-            if store is not None and isinstance(connector, ChunkedConnector):
-                connector.use_chunks(store)
-                for problem in store.index.damaged.values():  # each names its file
+            # Until the run's own try below: an error here must not leave the lock behind (a long-lived
+            # process's heartbeat would keep it alive, refusing prune and the key verbs).
+            spool: PartSpool | None = None
+            try:
+                if not created and repo.reread_marker():
+                    # A key verb ran between the opening and the lock (they exclude each other only once both
+                    # hold it): this bundle takes the keys as they are now, or is refused if its key was removed.
+                    try:
+                        repo.use_key(repo.key(source_options.key_file))
+                    except AibackupError as exc:
+                        raise type(exc)(
+                            f"the repository's keys changed while this backup was starting: {exc}"
+                        ) from None
+                notes: list[str] = list(lock.notes)
+                if key is None and (os.environ.get(KEY_ENV) or os.environ.get(KEY_FILE_ENV)):
+                    # A key in the environment is meant for encrypted repositories; this one is not: say so.
                     notes.append(
-                        f"{problem}: the chunks it lists are stored again (`aibackup verify` names it until "
-                        "it is replaced: `aibackup copy --repo COPY --to-repo` this repository)"
+                        f"${KEY_ENV} or ${KEY_FILE_ENV} is set, but the repository at {storage.display()} is not "
+                        "encrypted: this bundle is not encrypted either"
                     )
+                parent = _parent(repo, source)
+                bundle_id = repo.next_bundle_id(started)
+                # A remote repository: the vector parts are also kept locally, for the baselines' exact passes.
+                spool = None if repo.storage.is_local else PartSpool(repo.storage)
+                writer = BundleWriter(repo, bundle_id, options, spool=spool)
+                golden = _golden(source_options.golden_queries, notes)
+                datasets: list[DatasetManifest] = []
+                recorders: list[BaselineRecorder] = []
+                outcomes: dict[str, Outcome] = {}
+                committing = False
+                # Model files: their chunks go to the repository's chunk store, in packs of this bundle
+                # (aibackup.chunks).
+                store = ChunkStore(repo, bundle_id) if isinstance(connector, ChunkedConnector) else None
+                if store is not None and isinstance(connector, ChunkedConnector):
+                    connector.use_chunks(store)
+                    for problem in store.index.damaged.values():  # each names its file
+                        notes.append(
+                            f"{problem}: the chunks it lists are stored again (`aibackup verify` names it until "
+                            "it is replaced: `aibackup copy --repo COPY --to-repo` this repository)"
+                        )
+            except BaseException:
+                lock.release()
+                if spool is not None:
+                    spool.close()
+                if created:
+                    repo.forget()
+                raise
             try:
                 with steady_memory():
                     for index, description in enumerate(descriptions):

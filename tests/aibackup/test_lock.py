@@ -25,6 +25,7 @@ from aibackup import lock as lock_module
 from aibackup.errors import EXIT_UNAVAILABLE, UsageError
 from aibackup.lock import LOCKS, LockedError, RepositoryLock, live_locks
 from aibackup.repository import Repository
+from tests.helpers import Cli, ok
 
 T0 = "2026-11-25T02:00:03Z"
 FAST = timedelta(seconds=0.05)
@@ -501,3 +502,28 @@ def test_a_run_refused_by_a_key_verb_names_the_verb(tmp_path: Path, monkeypatch:
     repo.rotate_key()
     (refused,) = refusals
     assert refused.startswith(f"repository is locked by key rotate (pid {PID} on "), refused
+
+
+def test_a_backup_that_fails_right_after_its_lock_leaves_no_lock(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error between taking the lock and the run's own error handling (reading the marker again, the
+    parent bundle, the chunk index: an S3 blip) left the lock behind: the next backup of the source was
+    refused until it went stale, and in a long-lived process its heartbeat kept it alive for good."""
+    from aibackup import backup
+    from aibackup.errors import UnavailableError
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.jsonl").write_text('{"user_id": "u", "input": "hi"}\n')
+    repo = tmp_path / "repo"
+    ok(cli("backup", f"conversations:{logs}", "--repo", str(repo)))
+
+    def blip(*args: Any, **kwargs: Any) -> Any:
+        raise UnavailableError("cannot reach the repository (a blip)")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(backup, "_parent", blip)
+        assert cli("backup", f"conversations:{logs}", "--repo", str(repo)).code == 3
+    assert list((repo / LOCKS).glob("*.json")) == []
+    ok(cli("backup", f"conversations:{logs}", "--repo", str(repo)))
