@@ -333,8 +333,9 @@ class _Copier:
         if held == part.bytes and part.path not in self._damaged:
             return 0
         where = self.source.storage.display(part.path)
-        if held is not None and part.path in self._damaged:
-            # Replaced only by bytes proven good: a damaged copy may still be worth more than none.
+        if held is not None:
+            # Replaced only by bytes proven good: a damaged copy (found so, or of another size: cut short by a
+            # full disk, or an interrupted copy's) may still be worth more than none.
             try:
                 found = self.source.storage.hash_file(part.path, part.bytes)
             except FileNotFoundError:

@@ -539,6 +539,22 @@ def test_a_damaged_part_is_replaced_only_by_bytes_proven_good(cli: Cli, tmp_path
     assert (copy / link).read_bytes() == damaged
 
 
+def test_a_short_part_is_replaced_only_by_bytes_proven_good(cli: Cli, tmp_path: Path) -> None:
+    """A part cut short in the copy (a full disk; no verify recorded it) while the source's has rotted: the
+    copy removed the short one, then failed on the source's, and the copy held nothing of it."""
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    three_bundles(cli, tmp_path, str(source))
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    first = Repository.open(str(copy)).bundle_ids()[0]
+    (link,) = [p.relative_to(copy) for p in (copy / "data" / first).rglob("part-*.parquet")]
+    short = (copy / link).read_bytes()[:-100]
+    (copy / link).write_bytes(short)
+    flip_middle_byte(source / link)
+    result = cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json")
+    assert result.code == 1 and str(link) in result.out, result.out
+    assert (copy / link).read_bytes() == short
+
+
 def test_a_copy_of_every_bundle_makes_whole_what_the_destination_lost_unnoticed(cli: Cli, tmp_path: Path) -> None:
     """The copy lost a manifest's bytes, one part, the tail of another and a chunk pack, unseen by any
     verify: a second `copy` (every bundle) said "3 already there" and exit 0, and the copy held a bundle that
