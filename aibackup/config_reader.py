@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
+from urllib.parse import parse_qs
 
 import yaml
 
@@ -317,6 +318,10 @@ class _Reader:
             # Server-side encryption travels with the repository URL, where Storage reads and checks it.
             if not str(values["repository"]).startswith(("s3://", "s3a://")):
                 self.fail(root, "sse", "server-side encryption (sse, sse_kms_key_id) is for an s3:// repository")
+            _, _, given = str(values["repository"]).partition("?")
+            # Twice would be refused when the repository is opened, naming a URL nobody wrote.
+            for twice in sorted(set(sse) & set(parse_qs(given, keep_blank_values=True))):
+                self.fail(root, twice, f"the repository URL sets {twice} already: give it in one place")
             query = "&".join(f"{key}={value}" for key, value in sse.items())
             joint = "&" if "?" in str(values["repository"]) else "?"  # after the URL's own options (endpoint=…)
             values["repository"] = f"{values['repository']}{joint}{query}"

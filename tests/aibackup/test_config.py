@@ -570,6 +570,19 @@ def test_sse_keys_join_the_options_a_repository_url_already_has() -> None:
     assert config.repository == "s3://backups-eu/ai?region=eu-west-1&sse=aws:kms&sse_kms_key_id=alias/bucket-key"
 
 
+def test_sse_given_in_the_url_and_as_a_key_is_refused_where_it_is_written() -> None:
+    """`sse` in both places made the URL carry it twice: the config loaded, then every command said "option
+    'sse' given twice" of a URL nobody wrote (the key's value had won before)."""
+    with pytest.raises(ConfigError, match=r"sse: the repository URL sets sse already: give it in one place"):
+        load(
+            """
+            repository: s3://backups-eu/ai?sse=AES256
+            sse: aws:kms
+            sources: {kb: {uri: "chroma:./data"}}
+            """
+        )
+
+
 @pytest.mark.parametrize(
     ("source", "target"),
     [
