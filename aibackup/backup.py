@@ -253,8 +253,9 @@ def run_backup(
                     connector.use_chunks(store)
                     for problem in store.index.damaged.values():  # each names its file
                         notes.append(
-                            f"{problem}: the chunks it lists are stored again (`aibackup verify` names it until "
-                            "it is replaced: `aibackup copy --repo COPY --to-repo` this repository)"
+                            f"{problem}: the chunks it lists are stored again (`aibackup verify` names it until a "
+                            "copy holding every bundle of this repository replaces it: `aibackup copy --repo COPY "
+                            "--to-repo` this repository)"
                         )
             except BaseException:
                 lock.release()

@@ -140,7 +140,7 @@ class ChunkIndex:
     places: dict[bytes, Stored] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)  # the index files read, relative to the repository
     copies: list[Stored] = field(default_factory=list)  # further places of chunks stored twice
-    #: Index files skipped as damaged (`skip_damaged`): display path -> problem.
+    #: Index files skipped as damaged (`skip_damaged`): path relative to the repository -> problem.
     damaged: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -163,7 +163,7 @@ class ChunkIndex:
                 continue  # removed by a prune that just replaced it: its entries are in the new one
             except IntegrityError as exc:  # a sealed one that does not authenticate, or undecodable Parquet
                 if skip_damaged:
-                    index.damaged[repo.storage.display(rel)] = str(exc)
+                    index.damaged[rel] = str(exc)
                     continue
                 raise DamagedIndexError(str(exc), repo.storage.display(rel)) from None
             for chunk, place in entries:

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from aibackup import keyring as keyslots
 from aibackup import keys, reports
 from aibackup.chunkprune import referenced_chunks
-from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, pack_problem
+from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, new_writer_id, pack_problem
 from aibackup.crypto import RepositoryKey, passphrase_from
 from aibackup.errors import AibackupError, IntegrityError, UsageError
 from aibackup.lock import RepositoryLock
@@ -152,6 +152,8 @@ def run_copy(
                 result.error = exc
                 break
             (result.skipped if bundle_id in present else result.copied).append(bundle_id)
+        if not result.failed and result.error is None and set(target.bundle_ids()) <= set(wanted):
+            copier.drop_damaged_index()
         result.repaired = sorted(copier.repaired)
         if result.repaired:
             reports.record_repair(target, [target.storage.display(p) for p in result.repaired], "copy")
@@ -389,7 +391,8 @@ class _Copier:
         for chunk in lacking:
             place = source_index.get(chunk)
             if place is None:
-                raise IntegrityError(f"chunk {chunk.hex()[:16]}… of bundle {manifest.bundle_id} is in no pack")
+                damaged = "".join(f" ({problem})" for problem in list(source_index.damaged.values())[:1])
+                raise IntegrityError(f"chunk {chunk.hex()[:16]}… of bundle {manifest.bundle_id} is in no pack{damaged}")
             places.setdefault(place.pack, []).append((chunk, place))
         entries: list[tuple[bytes, Stored]] = []
         for pack in sorted(places):
@@ -398,10 +401,17 @@ class _Copier:
             entries += self._pack_entries(source_index, pack)
         if entries:
             rel = f"{INDEX}/{manifest.bundle_id}-copy.parquet"
-            with contextlib.suppress(FileNotFoundError):
-                self.target.storage.remove(rel)  # an interrupted copy's: rewritten whole
+            if rel in target_index.files:
+                # An earlier copy's intact index of this bundle (a held bundle's repair): kept, and the chunks
+                # indexed again go to an index file of their own.
+                rel = f"{INDEX}/{new_writer_id(self.target)}.parquet"
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    self.target.storage.remove(rel)  # an interrupted copy's, or one found damaged: rewritten
             self.target.storage.write_exclusive(rel, index_bytes(entries))
-            if self.target.storage.display(rel) in target_index.damaged:  # this copy's own, found damaged
+            target_index.files.append(rel)
+            if rel in target_index.damaged:  # this copy's own, found damaged
+                del target_index.damaged[rel]
                 self._mark_repaired(rel, lacking=True)
             for chunk, place in entries:
                 target_index.places.setdefault(chunk, place)
@@ -414,6 +424,19 @@ class _Copier:
         if not damaged:
             return set()
         return {place.pack for chunk in chunks if (place := target_index.get(chunk)) and place.pack in damaged}
+
+    def drop_damaged_index(self) -> None:
+        """Remove the destination's damaged index files, named as repaired, once this run has copied or
+        checked every bundle it holds (the caller's condition): each chunk their bundles need is then placed
+        by an intact index file (:meth:`_chunks` indexed again those they alone placed), and what cannot be
+        read holds nothing more. Until then verify names them and prune leaves the chunk store alone."""
+        index = self._target_index
+        if index is None:
+            return
+        for rel in sorted(index.damaged):
+            self.target.storage.remove(rel)
+            del index.damaged[rel]
+            self._mark_repaired(rel, lacking=True)
 
     def _lost_packs(self, chunks: set[bytes], source_index: ChunkIndex, target_index: ChunkIndex) -> set[str]:
         """The packs the destination's index places some of `chunks` in but that it does not hold, where the
@@ -480,9 +503,10 @@ class _Copier:
     def _index(self, repo: Repository, attr: str) -> ChunkIndex:
         index: ChunkIndex | None = getattr(self, attr)
         if index is None:
-            # The destination's damaged index files are left out: the chunks they alone placed count as lacking,
-            # so their packs are indexed again (a damaged `<bundle>-copy.parquet` is rewritten whole).
-            index = ChunkIndex.load(repo, skip_damaged=repo is self.target)
+            # Damaged index files are left out. The destination's: the chunks they alone placed count as
+            # lacking, so their packs are indexed again (see drop_damaged_index). The source's: a bundle that
+            # needs a chunk only they placed fails, naming them; the others copy.
+            index = ChunkIndex.load(repo, skip_damaged=True)
             setattr(self, attr, index)
         return index
 

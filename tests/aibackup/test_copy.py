@@ -667,3 +667,35 @@ def test_the_nightly_copy_names_an_earlier_link_it_had_lost_as_repaired(cli: Cli
     (copied,) = ok(cli("backup", "--json")).json()["copies"]
     assert copied["ok"] and len(copied["copied"]) == 1 and copied["repaired"] == [str(link)], copied
     assert ok(cli("verify", "--read-data", "--repo", str(copy), "--json")).json()["ok"]
+
+
+def test_a_repositorys_own_damaged_chunk_index_is_replaced_from_a_copy_that_holds_every_bundle(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The repository's own index file damaged (a backup's `index/<bundle>.parquet`, which a copy never
+    writes): a copy back from its copy re-indexed nothing and removed nothing, so verify failed and prune
+    freed nothing for good; and a copy from the damaged repository failed every model bundle, those whose
+    chunks other index files place too. Now the copy from it brings the bundles that do not need the damaged
+    file, and the copy back, once the copy holds every bundle, indexes the chunks again and removes it."""
+    import os
+
+    primary, copy = tmp_path / "repo", tmp_path / "copy"
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", str(primary)))
+    ok(cli("copy", "--repo", str(primary), "--to-repo", str(copy)))
+    (index,) = (primary / "index").iterdir()
+    index.write_bytes(os.urandom(index.stat().st_size))
+    tuned = model(tmp_path / "tuned", 2)
+    ok(cli("backup", f"model:{tuned}", "--repo", str(primary)))  # its chunks in an index file of its own
+
+    brought = ok(cli("copy", "--repo", str(primary), "--to-repo", str(copy), "--json")).json()
+    assert len(brought["copied"]) == 1 and len(brought["skipped"]) == 1, brought
+    # The way back: the copy holds every bundle of the repository, so the damaged file goes.
+    back = ok(cli("copy", "--repo", str(copy), "--to-repo", str(primary), "--json")).json()
+    assert str(index.relative_to(primary)) in back["repaired"] and not index.exists(), back
+    assert ok(cli("verify", "--read-data", "--repo", str(primary), "--json")).json()["ok"]
+    first = Repository.open(str(primary)).bundle_ids()[0]
+    ok(cli("restore", first, "--repo", str(primary), "--to", f"model:{tmp_path / 'old'}"))
+    assert files_of(tmp_path / "old") == files_of(llm)
+    pruned = ok(cli("prune", "--repo", str(primary), "--keep-last", "9", "--json")).json()
+    assert not [note for note in pruned["notes"] if "index" in note], pruned["notes"]
