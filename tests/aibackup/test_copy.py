@@ -617,20 +617,27 @@ def test_a_damaged_chunk_pack_a_restore_found_is_repaired_by_the_nightly_copy(cl
     assert files_of(tmp_path / "again") == files_of(llm)
 
 
+def model_copied_then_index_rotted(cli: Cli, tmp_path: Path, rotted: Path) -> tuple[Path, Path]:
+    """A model backed up into tmp_path/repo and copied into tmp_path/copy, then the one index file of the
+    `rotted` repository overwritten with random bytes of its size: (the model's folder, that index file)."""
+    import os
+
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", str(tmp_path / "repo")))
+    ok(cli("copy", "--repo", str(tmp_path / "repo"), "--to-repo", str(tmp_path / "copy")))
+    (index,) = (rotted / "index").iterdir()
+    index.write_bytes(os.urandom(index.stat().st_size))
+    return llm, index
+
+
 def test_a_damaged_chunk_index_stops_no_backup_and_a_copy_replaces_it(cli: Cli, tmp_path: Path) -> None:
     """One index file of the chunk store damaged (its bytes rotted): every model backup into the repository
     failed on it, `--full` too (exit 1 every night, no new backup at all), and a copy from an intact
     repository failed on it as well. Now a backup stores the chunks it listed again, saying so; the new
     bundle restores; an older one whose chunks only it placed is refused naming it; verify keeps naming it;
     a copy from the intact repository rewrites it (named as repaired) and every bundle restores again."""
-    import os
-
     source, copy = tmp_path / "repo", tmp_path / "copy"
-    llm = model(tmp_path / "llm", 1)
-    ok(cli("backup", f"model:{llm}", "--repo", str(source)))
-    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
-    (index,) = (copy / "index").iterdir()
-    index.write_bytes(os.urandom(index.stat().st_size))
+    llm, index = model_copied_then_index_rotted(cli, tmp_path, rotted=copy)
     assert cli("verify", "--repo", str(copy)).code == 1
     (older,) = Repository.open(str(copy)).bundle_ids()
 
@@ -677,14 +684,8 @@ def test_a_repositorys_own_damaged_chunk_index_is_replaced_from_a_copy_that_hold
     freed nothing for good; and a copy from the damaged repository failed every model bundle, those whose
     chunks other index files place too. Now the copy from it brings the bundles that do not need the damaged
     file, and the copy back, once the copy holds every bundle, indexes the chunks again and removes it."""
-    import os
-
     primary, copy = tmp_path / "repo", tmp_path / "copy"
-    llm = model(tmp_path / "llm", 1)
-    ok(cli("backup", f"model:{llm}", "--repo", str(primary)))
-    ok(cli("copy", "--repo", str(primary), "--to-repo", str(copy)))
-    (index,) = (primary / "index").iterdir()
-    index.write_bytes(os.urandom(index.stat().st_size))
+    llm, index = model_copied_then_index_rotted(cli, tmp_path, rotted=primary)
     tuned = model(tmp_path / "tuned", 2)
     ok(cli("backup", f"model:{tuned}", "--repo", str(primary)))  # its chunks in an index file of its own
 
