@@ -11,6 +11,7 @@ import click
 from aibackup.cli_common import (
     config_option,
     dask_options,
+    echo_error,
     emit_json,
     json_option,
     key_file_option,
@@ -233,13 +234,8 @@ def copy(
             f"{size(result.bytes)} in {result.seconds:.1f} s"
         )
     if result.error is not None:  # after what did land, never instead of it
-        stopped = result.error
-        if as_json:
-            doc = {"error": {"code": stopped.code, "message": str(stopped), "exit_code": stopped.exit_code}}
-            click.echo(json.dumps(doc), err=True)
-        else:
-            click.echo(f"aibackup: error: {stopped}", err=True)
-        sys.exit(stopped.exit_code)
+        echo_error(result.error, as_json)
+        sys.exit(result.error.exit_code)
     if not result.ok:
         sys.exit(EXIT_INTEGRITY)
 

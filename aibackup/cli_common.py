@@ -209,6 +209,15 @@ def write_metrics_of(config: Any, metrics_file: str | None) -> None:
     write_metrics(config, path)
 
 
+def echo_error(problem: AibackupError, as_json: bool) -> None:
+    """The error line of a problem met after the command's result was printed (stderr; JSON with --json)."""
+    if as_json:
+        doc = {"error": {"code": problem.code, "message": str(problem), "exit_code": problem.exit_code}}
+        click.echo(json.dumps(doc), err=True)
+    else:
+        click.echo(f"aibackup: error: {problem}", err=True)
+
+
 def conclude(
     config: Any,
     metrics_file: str | None,
@@ -231,11 +240,7 @@ def conclude(
         except AibackupError as exc:
             problems.append(exc)
     for problem in problems:
-        if as_json:
-            doc = {"error": {"code": problem.code, "message": str(problem), "exit_code": problem.exit_code}}
-            click.echo(json.dumps(doc), err=True)
-        else:
-            click.echo(f"aibackup: error: {problem}", err=True)
+        echo_error(problem, as_json)
     final = code or (problems[0].exit_code if problems else 0)
     if final:
         sys.exit(final)
