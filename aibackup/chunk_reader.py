@@ -71,8 +71,9 @@ class ChunkReader(ChunkAccess):
     def where(self, chunk: bytes) -> Stored:
         place = self.index.get(chunk)
         if place is None:
-            damaged = "".join(f" ({problem})" for problem in list(self.index.damaged.values())[:1])
-            raise IntegrityError(f"chunk {chunk.hex()[:16]}… is in no pack of the repository's chunk index{damaged}")
+            raise IntegrityError(
+                f"chunk {chunk.hex()[:16]}… is in no pack of the repository's chunk index{self.index.damage_note()}"
+            )
         return place
 
     def get(self, chunk: bytes, *, check: bool = True) -> bytes | memoryview:

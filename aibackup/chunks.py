@@ -179,6 +179,11 @@ class ChunkIndex:
     def get(self, chunk: bytes) -> Stored | None:
         return self.places.get(chunk)
 
+    def damage_note(self) -> str:
+        """ " (the first damaged index file's problem)" for the message of a chunk no index places, where
+        index files were left out as damaged (`skip_damaged`); "" where none was."""
+        return "".join(f" ({problem})" for problem in list(self.damaged.values())[:1])
+
     def every(self) -> Iterable[Stored]:
         """Every place the index lists, copies of a chunk stored twice included."""
         yield from self.places.values()

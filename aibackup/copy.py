@@ -53,7 +53,7 @@ from aibackup.crypto import RepositoryKey, passphrase_from
 from aibackup.errors import AibackupError, IntegrityError, UsageError
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
-from aibackup.repository import MARKER, Repository, Where, storage_of
+from aibackup.repository import MARKER, Repository, Where, marker_bytes, storage_of
 from aibackup.spool import PARTS_AT_ONCE
 from aibackup.storage import Storage
 from aibackup.vault import bundle_of_part
@@ -152,8 +152,8 @@ def run_copy(
                 result.error = exc
                 break
             (result.skipped if bundle_id in present else result.copied).append(bundle_id)
-        if not result.failed and result.error is None and set(target.bundle_ids()) <= set(wanted):
-            copier.drop_damaged_index()
+        if not result.failed and result.error is None:
+            copier.drop_damaged_index(wanted)
         result.repaired = sorted(copier.repaired)
         if result.repaired:
             reports.record_repair(target, [target.storage.display(p) for p in result.repaired], "copy")
@@ -229,7 +229,7 @@ def _with_slot_for(
         pass
     slot = keyslots.passphrase_slot(passphrase, source.vault(key_file).keyring)
     entry["slots"] = [*keyslots.slots_of(entry), slot]
-    return (json.dumps(doc, indent=2) + "\n").encode(), str(slot["id"])
+    return marker_bytes(doc), str(slot["id"])
 
 
 def _same_generations(source: Repository, target: Repository, bundle_ids: Sequence[str]) -> None:
@@ -391,8 +391,8 @@ class _Copier:
         for chunk in lacking:
             place = source_index.get(chunk)
             if place is None:
-                damaged = "".join(f" ({problem})" for problem in list(source_index.damaged.values())[:1])
-                raise IntegrityError(f"chunk {chunk.hex()[:16]}… of bundle {manifest.bundle_id} is in no pack{damaged}")
+                where = f"chunk {chunk.hex()[:16]}… of bundle {manifest.bundle_id}"
+                raise IntegrityError(f"{where} is in no pack{source_index.damage_note()}")
             places.setdefault(place.pack, []).append((chunk, place))
         entries: list[tuple[bytes, Stored]] = []
         for pack in sorted(places):
@@ -425,13 +425,13 @@ class _Copier:
             return set()
         return {place.pack for chunk in chunks if (place := target_index.get(chunk)) and place.pack in damaged}
 
-    def drop_damaged_index(self) -> None:
-        """Remove the destination's damaged index files, named as repaired, once this run has copied or
-        checked every bundle it holds (the caller's condition): each chunk their bundles need is then placed
+    def drop_damaged_index(self, done: Sequence[str]) -> None:
+        """Remove the destination's damaged index files, named as repaired, when this run has copied or
+        checked (`done`, none failed) every bundle it holds: each chunk their bundles need is then placed
         by an intact index file (:meth:`_chunks` indexed again those they alone placed), and what cannot be
         read holds nothing more. Until then verify names them and prune leaves the chunk store alone."""
         index = self._target_index
-        if index is None:
+        if index is None or not index.damaged or not set(self.target.bundle_ids()) <= set(done):
             return
         for rel in sorted(index.damaged):
             self.target.storage.remove(rel)

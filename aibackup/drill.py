@@ -6,11 +6,12 @@ cleaned up, and recorded in the repository (aibackup.reports) for ``status``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from aibackup.operations import latest_bundle, record_report, sources_of
 from aibackup.progress import Progress, Quiet
 from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions, judge
-from aibackup.repository import Repository
+from aibackup.repository import Repository, Scan
 from aibackup.restore import RestoreResult, run_restore
 
 #: The drill's temporary scratch stores are folders named so in the system's temporary folder.
@@ -119,13 +120,14 @@ def restore_test(
     results: list[DrillResult] = []
     unrecorded: AibackupError | None = None
     tested, key_file = _tested_repository(config, repo)
+    primary: Callable[[], Scan] = functools.cache(repo.scan)  # read once, for _behind, if a copy is tested
     for source in sources_of(config, names):
         if source.restore_test_skip and not names:
             continue
         result = _drill(config, tested, source, key_file)
         if tested is not repo:
             result.repository = config.restore_test.repository
-            result.note = _behind(repo, source, result.bundle_id)
+            result.note = _behind(repo, source, result.bundle_id, primary)
         state = "ok" if result.ok else "FAILED"
         report.event(
             "restore_test", f"{source.name}: restore test {state} in {result.rto_seconds:.1f} s", **result.to_json()
@@ -152,13 +154,14 @@ def _tested_repository(config: Config, repo: Repository) -> tuple[Repository, st
     return Repository.open(where, key_file=key_file), key_file
 
 
-def _behind(repo: Repository, source: SourceConfig, tested: str | None) -> str | None:
+def _behind(repo: Repository, source: SourceConfig, tested: str | None, scanned: Callable[[], Scan]) -> str | None:
     """Why a drill of a copy proved less than it seems: the repository holds a newer bundle of `source` than
-    the one the copy had (`tested`); None when it does not, or cannot be read (its key elsewhere)."""
+    the one the copy had (`tested`); None when it does not, or cannot be read (its key elsewhere). `scanned`
+    gives the repository's scan, read once for every source."""
     if tested is None:
         return None
     try:
-        newest = latest_bundle(repo, source).bundle_id
+        newest = latest_bundle(repo, source, scanned()).bundle_id
     except AibackupError:
         return None
     if newest <= tested:

@@ -26,7 +26,7 @@ from aibackup.errors import (
 from aibackup.manifests.model import BundleManifest
 from aibackup.progress import Progress, Quiet
 from aibackup.recall_rule import DEFAULT_QUERIES
-from aibackup.repository import MAX_CLOCK_STEP_BACK, Repository, parse_iso
+from aibackup.repository import MAX_CLOCK_STEP_BACK, Repository, Scan, parse_iso
 
 # --- nightly backup of every source ---------------------------------------------------------------------
 
@@ -271,10 +271,11 @@ def of_source(manifest: BundleManifest, source: SourceConfig) -> bool:
     return set(source.collections) <= {d.name for d in manifest.datasets}
 
 
-def latest_bundle(repo: Repository, source: SourceConfig) -> BundleManifest:
-    """The newest bundle of a configured source. IntegrityError when a newer manifest cannot be read: it
-    may be this source's newest bundle, and a drill must test the latest one, not quietly an older one."""
-    good, damaged = repo.scan()
+def latest_bundle(repo: Repository, source: SourceConfig, scanned: Scan | None = None) -> BundleManifest:
+    """The newest bundle of a configured source (`scanned`: the repository's :meth:`Repository.scan`, where
+    the caller asks of several sources). IntegrityError when a newer manifest cannot be read: it may be this
+    source's newest bundle, and a drill must test the latest one, not quietly an older one."""
+    good, damaged = scanned if scanned is not None else repo.scan()
     for manifest in reversed(good):
         if of_source(manifest, source):
             newer = [d for d in damaged if d.bundle_id > manifest.bundle_id]

@@ -103,6 +103,10 @@ class DamagedBundle:
     problem: str
 
 
+#: What :meth:`Repository.scan` returns: the manifests that load, and the bundles whose manifest does not.
+Scan = tuple[list[BundleManifest], list[DamagedBundle]]
+
+
 Where = str | Storage
 """A repository's location: a URL or path, or the Storage already made for it (so that one run resolves a
 URL once and passes the result down)."""
@@ -210,7 +214,7 @@ class Repository:
 
     def write_marker(self, marker: Mapping[str, Any]) -> None:
         """Replace the marker (key slots changed); the caller holds the repository lock."""
-        self.storage.replace(MARKER, (json.dumps(marker, indent=2) + "\n").encode())
+        self.storage.replace(MARKER, marker_bytes(marker))
         self.marker = dict(marker)
 
     def passphrase_for(self, key_file: str | None = None) -> bytes | None:
@@ -310,7 +314,7 @@ class Repository:
             marker["version"] = 2
             vault = Vault(keyring, str(slots[0]["id"]))
         try:
-            storage.write_exclusive(MARKER, (json.dumps(marker, indent=2) + "\n").encode())
+            storage.write_exclusive(MARKER, marker_bytes(marker))
         except AlreadyExistsError:
             raise UsageError(f"{storage.display()} is already an aibackup repository") from None
         created = cls(storage, marker, vault)
@@ -425,7 +429,7 @@ class Repository:
             )
         return manifest
 
-    def scan(self) -> tuple[list[BundleManifest], list[DamagedBundle]]:
+    def scan(self) -> Scan:
         """Every bundle, oldest first, split into loadable manifests and damaged ones."""
         good: list[BundleManifest] = []
         bad: list[DamagedBundle] = []
@@ -531,6 +535,11 @@ class _Documents:
 
     def open(self, rel: str, raw: bytes, where: str) -> bytes:
         return raw if rel == MARKER else self.repo.vault().open(rel, raw, where)
+
+
+def marker_bytes(marker: Mapping[str, Any]) -> bytes:
+    """The marker as it is stored (never sealed: readers need it to find the key)."""
+    return (json.dumps(marker, indent=2) + "\n").encode()
 
 
 def _check_marker(raw: bytes, where: str) -> dict[str, Any]:
