@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from aibackup.operations import SourcesResult, StatusReport
     from aibackup.progress import Progress
     from aibackup.prune import PruneResult
+    from aibackup.repair import IndexRepairResult
     from aibackup.restore import RestoreResult
     from aibackup.verify import VerifyResult
 
@@ -375,6 +376,17 @@ class Repository(_repository.Repository):
         if retired.problem:
             result.notes.append(retired.problem)
         return result
+
+    def repair_index(self, *, dry_run: bool = False) -> IndexRepairResult:
+        """Make the chunk index whole again from the packs, as ``aibackup repair index``: index the chunks of
+        every pack no intact index file lists (each checked against its id), then remove the damaged index
+        files (see :mod:`aibackup.repair`). Under the exclusive lock a prune takes."""
+        from aibackup.lock import RepositoryLock
+        from aibackup.repair import run_repair_index
+
+        self.key()  # a wrong key stops here, before the lock is written
+        with RepositoryLock(self, "prune", "*", purpose="repair index"):
+            return run_repair_index(self, dry_run=dry_run)
 
     # --- keys ------------------------------------------------------------------------------------------
 

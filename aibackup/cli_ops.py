@@ -1,4 +1,4 @@
-"""The operations commands: status, restore-test, prune, pin, unpin (registered on the group in cli.py)."""
+"""The operations commands: status, restore-test, prune, pin, unpin, repair (registered on the group in cli.py)."""
 
 from __future__ import annotations
 
@@ -277,4 +277,54 @@ def unpin(bundle: str, key_file: str | None, repo: str | None, config_path: str 
     click.echo(f"unpinned {open_repository(*resolve(repo, config_path), key_file).unpin(bundle)}")
 
 
-COMMANDS = [status, restore_test, prune, pin, unpin]
+@click.group()
+def repair() -> None:
+    """Make what a repository lost findable again from what it still holds."""
+
+
+@repair.command(name="index")
+@click.option(
+    "--dry-run", is_flag=True, help="Read the packs and say what would be indexed and removed; change nothing."
+)
+@key_file_option
+@repo_option
+@config_option
+@json_option
+def repair_index(dry_run: bool, key_file: str | None, repo: str | None, config_path: str | None, as_json: bool) -> None:
+    """Rebuild the chunk index from the packs: every chunk of a pack no intact index file lists is read,
+    checked against its id and indexed, then the damaged index files are removed. Exit 1 when bundles
+    still need chunks no intact pack holds (a copy brings them back: aibackup copy --repo COPY --to-repo
+    REPO)."""
+    result = open_repository(*resolve(repo, config_path), key_file).repair_index(dry_run=dry_run)
+    code = 0 if result.ok else EXIT_INTEGRITY
+    if as_json:
+        emit_json(result.to_json())
+        conclude(None, None, code, as_json)
+        return
+    would = "would be " if dry_run else ""
+    if not result.changed and not result.damaged_packs:
+        click.echo("the chunk index is whole: an intact index file lists every pack")
+    if result.packs_read:
+        written = f" into {result.index_written}" if result.index_written else ""
+        click.echo(
+            f"{len(result.packs_read)} pack(s) no intact index file lists read ({result.bytes_read} bytes): "
+            f"{result.chunks_indexed} chunk(s) {would}indexed{written}"
+        )
+    for path, problem in sorted(result.damaged_packs.items()):
+        click.echo(f"DAMAGED  {path}: {problem} (its damaged chunks are not indexed)")
+    for path, problem in sorted(result.damaged_files.items()):
+        click.echo(f"damaged index file {path} {would}removed ({problem})")
+    for note in result.notes:
+        click.echo(f"note: {note}")
+    if result.unrestorable:
+        click.echo(
+            f"{len(result.unrestorable)} bundle(s) still need chunks that no intact pack of this repository holds: "
+            f"{', '.join(result.unrestorable)} (a copy holding them brings them back: aibackup copy --repo COPY "
+            "--to-repo REPO)"
+        )
+    elif result.changed:
+        click.echo(f"every chunk the bundles need {'would be' if dry_run else 'is'} indexed")
+    conclude(None, None, code, as_json)
+
+
+COMMANDS = [status, restore_test, prune, pin, unpin, repair]

@@ -1,0 +1,95 @@
+"""``aibackup repair index``: a damaged or lost chunk index file made whole again from the packs, with no
+copy to bring it back from."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aibackup.repository import Repository
+from tests.aibackup.test_copy import files_of, model
+from tests.helpers import Cli, flip_middle_byte, ok, one_line_error
+
+
+def two_models(cli: Cli, tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """Two models backed up into tmp_path/repo, each with an index file of its own: (the first model's
+    folder, the first backup's index file, both bundle ids)."""
+    repo = tmp_path / "repo"
+    first = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{first}", "--repo", str(repo)))
+    (index,) = (repo / "index").iterdir()
+    ok(cli("backup", f"model:{model(tmp_path / 'tuned', 2)}", "--repo", str(repo)))
+    return first, index, Repository.open(str(repo)).bundle_ids()
+
+
+@pytest.mark.parametrize("loss", ["rotted", "lost"])
+def test_a_damaged_or_lost_index_file_is_rebuilt_from_the_packs(cli: Cli, tmp_path: Path, loss: str) -> None:
+    """Without a copy, a damaged index file stayed for good: verify failed every night, the bundle whose
+    chunks only it placed could not be restored, and prune never freed anything of the chunk store; a lost
+    one (deleted) the same, unnamed. `repair index` reads the packs no intact index file lists, checks every
+    chunk against its id, indexes them in a new file and removes the damaged one; a dry run changes nothing."""
+    repo = tmp_path / "repo"
+    first, index, (older, _newer) = two_models(cli, tmp_path)
+    if loss == "rotted":
+        index.write_bytes(os.urandom(index.stat().st_size))
+    else:
+        index.unlink()
+    assert cli("verify", "--repo", str(repo)).code == 1
+    one_line_error(cli("restore", older, "--repo", str(repo), "--to", f"model:{tmp_path / 'x'}"), 1, "in no pack")
+    before = sorted(p.name for p in (repo / "index").iterdir())
+
+    dry = cli("repair", "index", "--repo", str(repo), "--dry-run", "--json").json()
+    assert dry["ok"] and dry["dry_run"] and dry["chunks_indexed"] > 0 and dry["index_written"] is None, dry
+    assert sorted(p.name for p in (repo / "index").iterdir()) == before  # nothing written, nothing removed
+    assert cli("verify", "--repo", str(repo)).code == 1
+
+    done = ok(cli("repair", "index", "--repo", str(repo), "--json")).json()
+    assert done["chunks_indexed"] == dry["chunks_indexed"] and done["packs_read"] == dry["packs_read"], done
+    assert [f["path"] for f in done["damaged_index_files"]] == ([f"index/{index.name}"] if loss == "rotted" else [])
+    assert not index.exists() and (repo / done["index_written"]).is_file()
+    assert all(p.startswith(f"data/{older}/packs/") for p in done["packs_read"])  # only what nothing listed
+    assert ok(cli("verify", "--read-data", "--repo", str(repo), "--json")).json()["ok"]
+    ok(cli("restore", older, "--repo", str(repo), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(first)
+    pruned = ok(cli("prune", "--repo", str(repo), "--keep-last", "9", "--json")).json()
+    assert not [note for note in pruned["notes"] if "index" in note], pruned["notes"]
+
+    again = ok(cli("repair", "index", "--repo", str(repo)))
+    assert "whole" in again.out and "read" not in again.out
+
+
+def test_damaged_chunks_are_never_indexed_and_the_bundles_needing_them_are_named(cli: Cli, tmp_path: Path) -> None:
+    """A pack damaged as well as its index file: its sound chunks are indexed, its damaged ones are not
+    (nothing is ever built on damage), the pack is named, and the bundle that needs them is named as still
+    unrestorable (exit 1); the pack is remembered as damaged, so a copy that holds the bundle writes it again.
+    (A damaged pack of the size the copy's was counted as held: the copy back left it, and the bundle.)"""
+    repo, copy = tmp_path / "repo", tmp_path / "copy"
+    first, index, (older, newer) = two_models(cli, tmp_path)
+    ok(cli("copy", "--repo", str(repo), "--to-repo", str(copy)))
+    index.write_bytes(os.urandom(index.stat().st_size))
+    packs = sorted((repo / "data" / older / "packs").iterdir())
+    flip_middle_byte(packs[0])
+
+    failed = cli("repair", "index", "--repo", str(repo), "--json")
+    assert failed.code == 1, failed.out
+    doc = failed.json()
+    assert doc["unrestorable"] == [older] and not doc["ok"], doc
+    assert [p["path"] for p in doc["damaged_packs"]] == [str(packs[0].relative_to(repo))], doc
+    assert not index.exists()  # its packs were read: nothing more is to be learnt from it
+    text = cli("repair", "index", "--repo", str(repo))
+    assert text.code == 1 and older in text.out and "copy" in text.out, text.out
+    ok(cli("restore", newer, "--repo", str(repo), "--to", f"model:{tmp_path / 'new'}"))
+    one_line_error(cli("restore", older, "--repo", str(repo), "--to", f"model:{tmp_path / 'old'}"), 1)
+
+    # The damaged pack is remembered as damaged: a copy holding the bundle writes it again, proven.
+    back = ok(cli("copy", "--repo", str(copy), "--to-repo", str(repo), "--json")).json()
+    assert str(packs[0].relative_to(repo)) in back["repaired"], back
+    assert ok(cli("verify", "--read-data", "--repo", str(repo), "--json")).json()["ok"]
+    ok(cli("restore", older, "--repo", str(repo), "--to", f"model:{tmp_path / 'old'}"))
+    assert files_of(tmp_path / "old") == files_of(first)
+
+
+def test_repair_of_no_repository_is_one_line(cli: Cli, tmp_path: Path) -> None:
+    one_line_error(cli("repair", "index", "--repo", str(tmp_path / "nothing")), 2, "nothing")
