@@ -377,15 +377,17 @@ class Repository(_repository.Repository):
             result.notes.append(retired.problem)
         return result
 
-    def repair_index(self, *, dry_run: bool = False) -> IndexRepairResult:
+    def repair_index(self, *, dry_run: bool = False, config: str | Config | None = None) -> IndexRepairResult:
         """Make the chunk index whole again from the packs, as ``aibackup repair index``: index the chunks of
         every pack no intact index file lists (each checked against its id), then remove the damaged index
-        files (see :mod:`aibackup.repair`). Under the exclusive lock a prune takes."""
-        from aibackup.lock import RepositoryLock
+        files (see :mod:`aibackup.repair`). Under the exclusive lock a prune takes (the config's
+        ``lock_stale_after``, when one is given)."""
+        from aibackup.lock import DEFAULT_STALE_AFTER, RepositoryLock
         from aibackup.repair import run_repair_index
 
         self.key()  # a wrong key stops here, before the lock is written
-        with RepositoryLock(self, "prune", "*", purpose="repair index"):
+        stale = self._config(config).lock_stale_after if config is not None else DEFAULT_STALE_AFTER
+        with RepositoryLock(self, "prune", "*", stale_after=stale, purpose="repair index"):
             return run_repair_index(self, dry_run=dry_run)
 
     # --- keys ------------------------------------------------------------------------------------------

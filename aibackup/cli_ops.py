@@ -294,16 +294,17 @@ def repair_index(dry_run: bool, key_file: str | None, repo: str | None, config_p
     """Rebuild the chunk index from the packs: every chunk of a pack no intact index file lists is read,
     checked against its id and indexed, then the damaged index files are removed. Exit 1 when bundles
     still need chunks no intact pack holds (a copy brings them back: aibackup copy --repo COPY --to-repo
-    REPO)."""
-    result = open_repository(*resolve(repo, config_path), key_file).repair_index(dry_run=dry_run)
+    REPO), or could not be checked."""
+    repo_url, config = resolve(repo, config_path)
+    result = open_repository(repo_url, config, key_file).repair_index(dry_run=dry_run, config=config)
     code = 0 if result.ok else EXIT_INTEGRITY
     if as_json:
         emit_json(result.to_json())
         conclude(None, None, code, as_json)
         return
     would = "would be " if dry_run else ""
-    if not result.changed and not result.damaged_packs:
-        click.echo("the chunk index is whole: an intact index file lists every pack")
+    if not (result.changed or result.packs_read or result.unrestorable or result.unchecked):
+        click.echo("the chunk index is whole: every chunk the bundles need is indexed in a stored pack")
     if result.packs_read:
         written = f" into {result.index_written}" if result.index_written else ""
         click.echo(
@@ -311,7 +312,11 @@ def repair_index(dry_run: bool, key_file: str | None, repo: str | None, config_p
             f"{result.chunks_indexed} chunk(s) {would}indexed{written}"
         )
     for path, problem in sorted(result.damaged_packs.items()):
-        click.echo(f"DAMAGED  {path}: {problem} (its damaged chunks are not indexed)")
+        click.echo(
+            f"DAMAGED  {path}: {problem} (its damaged chunks {'would not be' if dry_run else 'are not'} indexed)"
+        )
+    for path in result.unfinished:
+        click.echo(f"unfinished pack {path}: a crashed run's, not indexed (prune removes it after its grace period)")
     for path, problem in sorted(result.damaged_files.items()):
         click.echo(f"damaged index file {path} {would}removed ({problem})")
     for note in result.notes:
@@ -322,7 +327,7 @@ def repair_index(dry_run: bool, key_file: str | None, repo: str | None, config_p
             f"{', '.join(result.unrestorable)} (a copy holding them brings them back: aibackup copy --repo COPY "
             "--to-repo REPO)"
         )
-    elif result.changed:
+    elif result.changed and not result.unchecked:
         click.echo(f"every chunk the bundles need {'would be' if dry_run else 'is'} indexed")
     conclude(None, None, code, as_json)
 

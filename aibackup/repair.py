@@ -7,17 +7,22 @@ bundle whose chunks only it placed cannot be restored, and ``prune`` leaves the 
 file lost outright leaves its packs unplaced the same way. Packs hold their chunks' ids, so the index can be
 made again from them:
 
-1. **Find** the packs no intact index file lists (the damaged files' packs, a lost file's, a crashed
-   backup's orphans).
-2. **Read** each of them whole and check every chunk against its id: a chunk is indexed only when its
-   bytes give its id back (damaged packs and chunks are never built on: they are named, never indexed).
-3. **Publish** one new index file for the chunks found, *then* remove the damaged index files (the order of
-   prune's publish step: a crash in between leaves both, and the next repair finds nothing to read).
-   Damaged packs found on the way are remembered as a ``verify --read-data`` remembers them
-   (:func:`aibackup.reports.damaged_parts`): no backup reuses their chunks, and a copy replaces them.
-4. **Prove**: every chunk each bundle needs is placed by an intact index file in a stored pack, or the
-   bundles still lacking one are named (``unrestorable``; their chunks are nowhere in this repository: a
-   copy holding them brings them back, ``aibackup copy --repo COPY --to-repo REPO``).
+1. **Find** what is lacking: the chunks every bundle's model files list, and where the intact index files
+   place them. When no index file is damaged and every chunk is placed in a stored pack, the index is
+   whole and nothing is read (a crashed backup's unlisted packs are prune's business).
+2. **Read** every pack no intact index file lists (the damaged or lost files' packs, and any other
+   unlisted one) whole, and check every chunk against its id: a chunk is indexed only when its bytes give
+   its id back (damaged packs and chunks are never built on: they are named, never indexed). An unlisted
+   pack that does not decode at all, in the folder of no bundle, is a crashed run's unfinished write, not
+   damage (named as such; prune removes it after its grace period).
+3. **Publish**: remember the damaged packs as a ``verify --read-data`` remembers damage
+   (:func:`aibackup.reports.damaged_parts`: no backup reuses their chunks, and a copy writes them again),
+   write one new index file for the chunks found, *then* remove the damaged index files (prune's order: a
+   crash in between leaves both, and the next repair has nothing left to read).
+4. **Prove**: every chunk each bundle needs is placed in a stored pack, or the bundles still lacking one
+   are named (``unrestorable``; their chunks are nowhere in this repository: a copy holding them brings
+   them back, ``aibackup copy --repo COPY --to-repo REPO``); a bundle whose manifest or file table does not
+   read is named as ``unchecked`` (``aibackup verify`` says what is damaged). Either is exit 1.
 
 It runs under the exclusive lock a prune takes (no backup writes packs meanwhile). ``dry_run`` reads and
 decides the same and changes nothing.
@@ -31,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from aibackup import reports
-from aibackup.chunkprune import absent_packs
+from aibackup.chunkprune import referenced_chunks
 from aibackup.chunks import (
     INDEX,
     PACK_SCHEMA,
@@ -59,17 +64,23 @@ class IndexRepairResult:
     bytes_read: int = 0
     #: The new index file (None when there was nothing to index, or in a dry run).
     index_written: str | None = None
-    #: Packs or chunks found damaged on the way (pack path -> problem): not indexed.
+    #: Packs of bundles, or chunks of them, found damaged on the way (pack path -> problem): not indexed.
     damaged_packs: dict[str, str] = field(default_factory=dict)
+    #: Unlisted packs that do not decode in a folder of no bundle: a crashed run's unfinished writes, not
+    #: damage (prune removes them after its grace period).
+    unfinished: list[str] = field(default_factory=list)
     #: Bundles some of whose chunks are still in no intact pack this repository holds.
     unrestorable: list[str] = field(default_factory=list)
-    #: Bundles whose chunks could not be counted (a manifest or file table that does not read: verify's).
+    #: Bundles whose chunks could not be listed (a manifest or file table that does not read: `notes` says
+    #: why; `aibackup verify` names the damage).
+    unchecked: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """Every chunk the bundles need is placed (after the repair, or after it would have run)."""
-        return not self.unrestorable
+        """Every chunk of every bundle is placed in a stored pack (after the repair, or after it would have
+        run), and every bundle could be checked."""
+        return not self.unrestorable and not self.unchecked
 
     @property
     def changed(self) -> bool:
@@ -86,7 +97,9 @@ class IndexRepairResult:
             "bytes_read": self.bytes_read,
             "index_written": self.index_written,
             "damaged_packs": [{"path": p, "problem": why} for p, why in sorted(self.damaged_packs.items())],
+            "unfinished_packs": list(self.unfinished),
             "unrestorable": list(self.unrestorable),
+            "unchecked": list(self.unchecked),
             "notes": list(self.notes),
         }
 
@@ -98,8 +111,45 @@ def run_repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepairR
     result = IndexRepairResult(dry_run=dry_run)
     index = ChunkIndex.load(repo, skip_damaged=True)
     result.damaged_files = dict(index.damaged)
-    listed = {place.pack for place in index.every()}
     stored = {path: size for path, size in repo.storage.sizes_below("data").items() if is_pack(path)}
+    bundles = repo.bundle_ids()
+    needs = _needed_chunks(repo, bundles, result)
+
+    def lacking(chunks: set[bytes]) -> bool:
+        return any((place := index.get(c)) is None or place.pack not in stored for c in chunks)
+
+    if index.damaged or any(lacking(chunks) for chunks in needs.values()):
+        entries = _unlisted_chunks(repo, index, stored, set(bundles), result)
+        if not dry_run:
+            _publish(repo, index, entries, result)
+        for chunk, place in entries:
+            index.places[chunk] = place  # the new index file is read last: its place wins, as here
+    result.unrestorable = [bundle_id for bundle_id, chunks in needs.items() if lacking(chunks)]
+    return result
+
+
+def _needed_chunks(repo: Repository, bundles: list[str], result: IndexRepairResult) -> dict[str, set[bytes]]:
+    """The chunks each bundle's model files list (bundle id -> chunk ids; none for other bundles). A bundle
+    whose manifest or file table does not read goes into ``result.unchecked``, with a note saying why."""
+    needs: dict[str, set[bytes]] = {}
+    for bundle_id in bundles:
+        try:
+            needs[bundle_id] = referenced_chunks(repo, [repo.load(bundle_id)])
+        except AibackupError as exc:
+            result.unchecked.append(bundle_id)
+            result.notes.append(f"bundle {bundle_id} not checked: {exc} (run `aibackup verify`)")
+    return needs
+
+
+def _unlisted_chunks(
+    repo: Repository, index: ChunkIndex, stored: dict[str, int], bundles: set[str], result: IndexRepairResult
+) -> list[tuple[bytes, Stored]]:
+    """The chunks of every stored pack no intact index file lists, read whole, each checked against its id
+    (those that check: their places). What does not decode or check is named in ``result``: damage in a
+    bundle's folder; in a folder of no bundle (a crashed backup's, or a prune's repacking), a pack that does
+    not decode at all is taken for an unfinished write (if a bundle needed it, the bundle is named as
+    lacking its chunks all the same)."""
+    listed = {place.pack for place in index.every()}
     ids = ChunkIds(repo.key())
     entries: list[tuple[bytes, Stored]] = []
     for pack in sorted(p for p in stored if p not in listed):
@@ -110,35 +160,32 @@ def run_repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepairR
         result.packs_read.append(pack)
         result.bytes_read += len(raw)
         found, problem = pack_chunks(raw, ids, repo.part_decryption(pack))
-        if problem is not None:
+        if problem is not None and not found and pack.split("/")[1] not in bundles:
+            result.unfinished.append(pack)
+        elif problem is not None:
             result.damaged_packs[pack] = problem
         entries += [(chunk, Stored(pack, row, size, stored_bytes)) for row, chunk, size, stored_bytes in found]
     result.chunks_indexed = len(entries)
-    if not dry_run:
-        if entries:
-            result.index_written = f"{INDEX}/{new_writer_id(repo)}.parquet"
-            repo.storage.write_exclusive(result.index_written, index_bytes(entries))
-        for rel in sorted(index.damaged):
-            repo.storage.remove(rel)  # after the new file: every chunk it placed stays findable
-        if result.damaged_packs:
-            # Remembered as a verify's finding: no backup reuses a chunk from them, and a copy writes them
-            # again with bytes its own repository proves (reports.damaged_parts).
-            problems = [
-                {"bundle_id": pack.split("/")[1], "path": repo.storage.display(pack), "problem": problem}
-                for pack, problem in sorted(result.damaged_packs.items())
-            ]
-            reports.record_verify(repo, sorted({p["bundle_id"] for p in problems}), False, problems, kind="repair")
-    for chunk, place in entries:
-        index.places.setdefault(chunk, place)
-    for bundle_id in repo.bundle_ids():
-        try:
-            manifest = repo.load(bundle_id)
-        except AibackupError as exc:
-            result.notes.append(f"bundle {bundle_id} not checked: {exc} (run `aibackup verify`)")
-            continue
-        if absent_packs(repo, manifest, index, lambda pack: pack in stored):
-            result.unrestorable.append(bundle_id)
-    return result
+    return entries
+
+
+def _publish(
+    repo: Repository, index: ChunkIndex, entries: list[tuple[bytes, Stored]], result: IndexRepairResult
+) -> None:
+    """Remember the damaged packs, write the new index file, then remove the damaged ones. The damage goes
+    first: once the new file lists a partly damaged pack, no later repair reads that pack again, and the
+    record is what keeps backups off its chunks and has a copy write it again (reports.damaged_parts)."""
+    if result.damaged_packs:
+        problems = [
+            {"bundle_id": pack.split("/")[1], "path": repo.storage.display(pack), "problem": problem}
+            for pack, problem in sorted(result.damaged_packs.items())
+        ]
+        reports.record_verify(repo, sorted({p["bundle_id"] for p in problems}), False, problems, kind="repair")
+    if entries:
+        result.index_written = f"{INDEX}/{new_writer_id(repo)}.parquet"
+        repo.storage.write_exclusive(result.index_written, index_bytes(entries))
+    for rel in sorted(index.damaged):
+        repo.storage.remove(rel)  # after the new file: every chunk it placed stays findable
 
 
 def pack_chunks(

@@ -93,3 +93,62 @@ def test_damaged_chunks_are_never_indexed_and_the_bundles_needing_them_are_named
 
 def test_repair_of_no_repository_is_one_line(cli: Cli, tmp_path: Path) -> None:
     one_line_error(cli("repair", "index", "--repo", str(tmp_path / "nothing")), 2, "nothing")
+
+
+def test_a_chunk_stored_twice_is_found_where_its_pack_still_is(cli: Cli, tmp_path: Path) -> None:
+    """A chunk an intact index file places in a pack since lost, and a damaged one placed in a pack still
+    stored: the repair indexes the stored copy, and its proof must count that one (it kept the lost place
+    and named both bundles as lacking their chunks, exit 1; the next run then said all was well)."""
+    repo = tmp_path / "repo"
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    (index,) = (repo / "index").iterdir()
+    index.write_bytes(os.urandom(index.stat().st_size))
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))  # stores every chunk again, in packs of its own
+    newer = Repository.open(str(repo)).bundle_ids()[-1]
+    for pack in (repo / "data" / newer / "packs").iterdir():
+        pack.unlink()
+
+    done = ok(cli("repair", "index", "--repo", str(repo), "--json")).json()
+    assert done["ok"] and not done["unrestorable"] and done["chunks_indexed"] > 0, done
+    for bundle_id in Repository.open(str(repo)).bundle_ids():
+        ok(cli("restore", bundle_id, "--repo", str(repo), "--to", f"model:{tmp_path / bundle_id}"))
+        assert files_of(tmp_path / bundle_id) == files_of(llm)
+
+
+def test_a_bundle_that_cannot_be_read_is_named_unchecked_not_lacking_chunks(cli: Cli, tmp_path: Path) -> None:
+    """A model bundle whose file table does not read: its chunks cannot be listed, which is not the same as
+    chunks nowhere to be found (it was named as lacking chunks, beside "the chunk index is whole")."""
+    repo = tmp_path / "repo"
+    _, _, (_older, newer) = two_models(cli, tmp_path)
+    (table,) = [p for p in (repo / "data" / newer).rglob("*.parquet") if "packs" not in p.parts]
+    table.write_bytes(os.urandom(table.stat().st_size))
+    failed = cli("repair", "index", "--repo", str(repo), "--json")
+    assert failed.code == 1, failed.out
+    doc = failed.json()
+    assert doc["unchecked"] == [newer] and doc["unrestorable"] == [] and not doc["packs_read"], doc
+    text = cli("repair", "index", "--repo", str(repo))
+    assert text.code == 1 and newer in text.out and "still need" not in text.out and "whole" not in text.out
+
+
+def test_a_crashed_runs_unfinished_pack_is_not_damage_and_not_read_again(cli: Cli, tmp_path: Path) -> None:
+    """A backup killed while writing leaves a pack cut short in a folder of no bundle: it is no damage (it was
+    named DAMAGED and recorded so, against a bundle that never existed, on every run), and once the index is
+    whole a repair reads nothing (it read the crashed run's packs again each time)."""
+    repo = tmp_path / "repo"
+    first, index, (older, _) = two_models(cli, tmp_path)
+    crashed = repo / "data" / "20261201T000000.000000Z-0badc0de" / "packs"
+    crashed.mkdir(parents=True)
+    real = next((repo / "data" / older / "packs").iterdir())
+    (crashed / "pack-00000.parquet").write_bytes(real.read_bytes()[: real.stat().st_size // 2])
+    index.unlink()
+    reports_before = sorted((repo / "reports").rglob("*.json"))
+
+    done = ok(cli("repair", "index", "--repo", str(repo), "--json")).json()
+    assert done["unfinished_packs"] == [str((crashed / "pack-00000.parquet").relative_to(repo))], done
+    assert not done["damaged_packs"] and done["ok"], done
+    assert sorted((repo / "reports").rglob("*.json")) == reports_before  # nothing recorded as damage
+    again = ok(cli("repair", "index", "--repo", str(repo), "--json")).json()
+    assert not again["packs_read"] and not again["unfinished_packs"] and again["ok"], again
+    ok(cli("restore", older, "--repo", str(repo), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(first)
