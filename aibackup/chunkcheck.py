@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from aibackup.bundle_reader import BundleReader
 from aibackup.chunk_reader import ChunkReader
-from aibackup.chunks import INDEX, ChunkIndex, DamagedIndexError
+from aibackup.chunks import INDEX, REPAIR_HINT, ChunkIndex, DamagedIndexError
 from aibackup.connectors.model.restore import chunk_ids, damaged_chunks
 from aibackup.errors import IntegrityError
 from aibackup.manifests.model import DatasetManifest
@@ -58,7 +58,7 @@ class ChunkCheck:
                         pack = storage.display(place.pack) if place is not None else storage.display(INDEX)
                         found.append((pack, f"{_unplaced(self.verdicts[chunk] or '', pack)}{where}"))
         except DamagedIndexError as exc:
-            found.append((exc.where, str(exc)))
+            found.append((exc.where, f"{exc} ({REPAIR_HINT})"))
         except IntegrityError as exc:
             found.append(("", str(exc)))
         return found

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from aibackup.bundle_reader import BundleReader
 from aibackup.chunk_reader import ChunkReader
 from aibackup.chunk_writer import PackWriter
-from aibackup.chunks import INDEX, ChunkIndex, Stored, index_bytes, new_writer_id, read_index
+from aibackup.chunks import INDEX, REPAIR_HINT, ChunkIndex, Stored, index_bytes, new_writer_id, read_index
 from aibackup.connectors.model.restore import chunk_ids
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.manifests.model import BundleManifest
@@ -124,7 +124,7 @@ def prune_chunks(
         for rel in files:
             entries += read_index(repo.storage.read_bytes(rel), repo.storage.display(rel))
     except IntegrityError as exc:  # which pack holds a live chunk is not known: no pack can go
-        result.notes.append(f"chunk store left as it is: {exc}")
+        result.notes.append(f"chunk store left as it is: {exc} ({REPAIR_HINT})")
         return result
 
     # The copy of each live chunk that stays: in a pack that exists, preferably under the current master key
@@ -143,7 +143,7 @@ def prune_chunks(
     if missing:
         result.notes.append(
             f"chunk store left as it is: {len(missing)} chunk(s) that bundles need are in no stored pack "
-            "(run `aibackup verify`)"
+            "(run `aibackup verify`; `aibackup repair index` indexes the packs no index file lists)"
         )
         return result
     used: dict[str, int] = {}

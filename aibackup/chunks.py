@@ -52,6 +52,8 @@ from aibackup.errors import IntegrityError, first_line
 from aibackup.repository import Repository
 
 INDEX = "index"
+#: What a damaged or lost index file's message suggests (aibackup.repair; a copy holding the bundles does too).
+REPAIR_HINT = "`aibackup repair index` rebuilds it from the packs"
 PACKS = "packs"
 ID_BYTES = 32
 #: A chunk is kept compressed only when zstd saves at least 10% of it; whether to try at all is decided on
@@ -182,7 +184,7 @@ class ChunkIndex:
     def damage_note(self) -> str:
         """ " (the first damaged index file's problem)" for the message of a chunk no index places, where
         index files were left out as damaged (`skip_damaged`); "" where none was."""
-        return "".join(f" ({problem})" for problem in list(self.damaged.values())[:1])
+        return "".join(f" ({problem}; {REPAIR_HINT})" for problem in list(self.damaged.values())[:1])
 
     def every(self) -> Iterable[Stored]:
         """Every place the index lists, copies of a chunk stored twice included."""
