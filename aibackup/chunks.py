@@ -141,7 +141,7 @@ class ChunkIndex:
 
     places: dict[bytes, Stored] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)  # the index files read, relative to the repository
-    copies: list[Stored] = field(default_factory=list)  # further places of chunks stored twice
+    copies: list[tuple[bytes, Stored]] = field(default_factory=list)  # further places of chunks stored twice
     #: Index files skipped as damaged (`skip_damaged`): path relative to the repository -> problem.
     damaged: dict[str, str] = field(default_factory=dict)
 
@@ -173,7 +173,7 @@ class ChunkIndex:
                 # current master key (an older copy is prune's to drop once the old key retires).
                 older = index.places.get(chunk)
                 if older is not None:
-                    index.copies.append(older)
+                    index.copies.append((chunk, older))
                 index.places[chunk] = place
             index.files.append(rel)
         return index
@@ -189,7 +189,7 @@ class ChunkIndex:
     def every(self) -> Iterable[Stored]:
         """Every place the index lists, copies of a chunk stored twice included."""
         yield from self.places.values()
-        yield from self.copies
+        yield from (place for _, place in self.copies)
 
     def __contains__(self, chunk: object) -> bool:
         return chunk in self.places
@@ -259,22 +259,45 @@ def pack_problem(
     """What is wrong with the whole chunk pack `raw` (its stored form; `decryption`: the repository's
     properties for it), or None when every row's chunk gives its id back (and, with `holds`, the pack
     holds exactly those chunks, in that order)."""
+    rows, problem = pack_chunks(raw, ids, decryption)
+    if problem is not None:
+        return problem
+    if holds is not None and len(rows) != len(holds):
+        return f"{len(rows)} chunks, not the {len(holds)} expected"
+    for (n, chunk, _, _), expected in zip(rows, holds or [], strict=False):
+        if chunk != expected:
+            return f"row {n} holds another chunk"
+    return None
+
+
+def pack_chunks(
+    raw: bytes, ids: Callable[[bytes], bytes], decryption: Any = None
+) -> tuple[list[tuple[int, bytes, int, int]], str | None]:
+    """The chunks of the whole pack `raw` (its stored form; `decryption`: the repository's properties for
+    it) whose bytes give their id back, as (row, chunk id, size, stored bytes), and the first problem found
+    (None for a sound pack). A row that does not decode or check is left out and the others still read; a
+    pack whose footer does not decode gives none."""
     try:
         pf = pq.ParquetFile(pa.BufferReader(raw), page_checksum_verification=True, decryption_properties=decryption)
         if not pf.schema_arrow.equals(PACK_SCHEMA):
-            return "unexpected columns"
-        if holds is not None and pf.metadata.num_row_groups != len(holds):
-            return f"{pf.metadata.num_row_groups} chunks, not the {len(holds)} expected"
-        for n in range(pf.metadata.num_row_groups):
-            row = pf.read_row_group(n).to_pylist()[0]
-            if holds is not None and row["chunk"] != holds[n]:
-                return f"row {n} holds another chunk"
-            data = decompress(row["data"], row["size"]) if row["zstd"] else row["data"]
-            if ids(data) != row["chunk"]:
-                return f"row {n} does not match its id"
+            return [], "unexpected columns"
+        count = pf.metadata.num_row_groups
     except (pa.ArrowException, OSError) as exc:
-        return first_line(exc)
-    return None
+        return [], first_line(exc)
+    found: list[tuple[int, bytes, int, int]] = []
+    problem: str | None = None
+    for n in range(count):
+        try:
+            (row,) = pf.read_row_group(n).to_pylist()
+            data = decompress(row["data"], row["size"]) if row["zstd"] else row["data"]
+        except Exception as exc:  # pyarrow's, zstandard's own ZstdError, a row group of another length: damage
+            problem = problem or f"row {n}: {first_line(exc)}"
+            continue
+        if len(data) != row["size"] or ids(data) != row["chunk"]:
+            problem = problem or f"row {n} does not match its id"
+            continue
+        found.append((n, row["chunk"], row["size"], len(row["data"])))
+    return found, problem
 
 
 def new_writer_id(repo: Repository) -> str:

@@ -7,14 +7,17 @@ bundle whose chunks only it placed cannot be restored, and ``prune`` leaves the 
 file lost outright leaves its packs unplaced the same way. Packs hold their chunks' ids, so the index can be
 made again from them:
 
-1. **Find** what is lacking: the chunks every bundle's model files list, and where the intact index files
-   place them. When no index file is damaged and every chunk is placed in a stored pack, the index is
-   whole and nothing is read (a crashed backup's unlisted packs are prune's business).
+1. **Find** what is lacking: the chunks every bundle's model files list, and the place a reader finds each
+   at (the newest index file's). When no index file is damaged and every chunk's place is in a stored
+   pack, the index is whole and nothing is read (a crashed backup's unlisted packs are prune's business).
 2. **Read** every pack no intact index file lists (the damaged or lost files' packs, and any other
    unlisted one) whole, and check every chunk against its id: a chunk is indexed only when its bytes give
-   its id back (damaged packs and chunks are never built on: they are named, never indexed). An unlisted
-   pack that does not decode at all, in the folder of no bundle, is a crashed run's unfinished write, not
-   damage (named as such; prune removes it after its grace period).
+   its id back (damaged packs and chunks are never built on: they are named, never indexed). A chunk whose
+   newest place is in a pack since lost, but which an intact index file also places in a stored pack (a
+   chunk stored twice), is indexed there. An unlisted pack that does not decode at all, in the folder of no
+   bundle, is a crashed run's unfinished write, not damage (named as such; prune removes it after its
+   grace period), unless a bundle still lacks chunks: then it may be the pack that held them, and is
+   damage.
 3. **Publish**: remember the damaged packs as a ``verify --read-data`` remembers damage
    (:func:`aibackup.reports.damaged_parts`: no backup reuses their chunks, and a copy writes them again),
    write one new index file for the chunks found, *then* remove the damaged index files (prune's order: a
@@ -32,23 +35,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from aibackup import reports
 from aibackup.chunkprune import referenced_chunks
-from aibackup.chunks import (
-    INDEX,
-    PACK_SCHEMA,
-    ChunkIds,
-    ChunkIndex,
-    Stored,
-    decompress,
-    index_bytes,
-    is_pack,
-    new_writer_id,
-)
-from aibackup.errors import AibackupError, first_line
+from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, new_writer_id, pack_chunks
+from aibackup.errors import AibackupError
 from aibackup.repository import Repository
 
 
@@ -116,14 +106,32 @@ def run_repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepairR
     needs = _needed_chunks(repo, bundles, result)
 
     def lacking(chunks: set[bytes]) -> bool:
+        """Whether a reader misses one of `chunks`: a reader takes the place the newest index file gives."""
         return any((place := index.get(c)) is None or place.pack not in stored for c in chunks)
 
     if index.damaged or any(lacking(chunks) for chunks in needs.values()):
-        entries = _unlisted_chunks(repo, index, stored, set(bundles), result)
-        if not dry_run:
-            _publish(repo, index, entries, result)
+        entries, undecodable = _unlisted_chunks(repo, index, stored, set(bundles), result)
         for chunk, place in entries:
             index.places[chunk] = place  # the new index file is read last: its place wins, as here
+        # A chunk whose newest place is in a pack since lost, stored in another pack all the same: the new
+        # file names that one, so that readers find it.
+        for chunk, place in index.copies:
+            newest = index.places[chunk]
+            if newest.pack not in stored and place.pack in stored:
+                index.places[chunk] = place
+                entries.append((chunk, place))
+        result.chunks_indexed = len(entries)
+        # An unlisted pack that does not decode, in the folder of no bundle: a crashed run's unfinished write,
+        # unless a bundle still lacks chunks (then it may be the pack they were in: damage, remembered so that
+        # a copy writes it again).
+        still = any(lacking(chunks) for chunks in needs.values())
+        for pack, problem in undecodable.items():
+            if still:
+                result.damaged_packs[pack] = problem
+            else:
+                result.unfinished.append(pack)
+        if not dry_run:
+            _publish(repo, index, entries, set(bundles), result)
     result.unrestorable = [bundle_id for bundle_id, chunks in needs.items() if lacking(chunks)]
     return result
 
@@ -143,15 +151,15 @@ def _needed_chunks(repo: Repository, bundles: list[str], result: IndexRepairResu
 
 def _unlisted_chunks(
     repo: Repository, index: ChunkIndex, stored: dict[str, int], bundles: set[str], result: IndexRepairResult
-) -> list[tuple[bytes, Stored]]:
+) -> tuple[list[tuple[bytes, Stored]], dict[str, str]]:
     """The chunks of every stored pack no intact index file lists, read whole, each checked against its id
-    (those that check: their places). What does not decode or check is named in ``result``: damage in a
-    bundle's folder; in a folder of no bundle (a crashed backup's, or a prune's repacking), a pack that does
-    not decode at all is taken for an unfinished write (if a bundle needed it, the bundle is named as
-    lacking its chunks all the same)."""
+    (those that check, with their places), and the unlisted packs of which nothing decodes in the folder of
+    no bundle (pack -> problem: the caller tells a crashed run's unfinished write from damage). Every other
+    pack or chunk that does not decode or check goes into ``result.damaged_packs``."""
     listed = {place.pack for place in index.every()}
     ids = ChunkIds(repo.key())
     entries: list[tuple[bytes, Stored]] = []
+    undecodable: dict[str, str] = {}
     for pack in sorted(p for p in stored if p not in listed):
         try:
             raw = b"".join(repo.storage.read_blocks(pack, stored[pack]))
@@ -161,16 +169,19 @@ def _unlisted_chunks(
         result.bytes_read += len(raw)
         found, problem = pack_chunks(raw, ids, repo.part_decryption(pack))
         if problem is not None and not found and pack.split("/")[1] not in bundles:
-            result.unfinished.append(pack)
+            undecodable[pack] = problem
         elif problem is not None:
             result.damaged_packs[pack] = problem
         entries += [(chunk, Stored(pack, row, size, stored_bytes)) for row, chunk, size, stored_bytes in found]
-    result.chunks_indexed = len(entries)
-    return entries
+    return entries, undecodable
 
 
 def _publish(
-    repo: Repository, index: ChunkIndex, entries: list[tuple[bytes, Stored]], result: IndexRepairResult
+    repo: Repository,
+    index: ChunkIndex,
+    entries: list[tuple[bytes, Stored]],
+    bundles: set[str],
+    result: IndexRepairResult,
 ) -> None:
     """Remember the damaged packs, write the new index file, then remove the damaged ones. The damage goes
     first: once the new file lists a partly damaged pack, no later repair reads that pack again, and the
@@ -180,38 +191,11 @@ def _publish(
             {"bundle_id": pack.split("/")[1], "path": repo.storage.display(pack), "problem": problem}
             for pack, problem in sorted(result.damaged_packs.items())
         ]
-        reports.record_verify(repo, sorted({p["bundle_id"] for p in problems}), False, problems, kind="repair")
+        # The report names the bundles whose folders hold them (a forgotten bundle's or a prune's: none).
+        found_in = sorted({p["bundle_id"] for p in problems} & bundles)
+        reports.record_verify(repo, found_in, False, problems, kind="repair")
     if entries:
         result.index_written = f"{INDEX}/{new_writer_id(repo)}.parquet"
         repo.storage.write_exclusive(result.index_written, index_bytes(entries))
     for rel in sorted(index.damaged):
         repo.storage.remove(rel)  # after the new file: every chunk it placed stays findable
-
-
-def pack_chunks(
-    raw: bytes, ids: ChunkIds, decryption: object = None
-) -> tuple[list[tuple[int, bytes, int, int]], str | None]:
-    """The chunks of the whole pack `raw` (its stored form; `decryption`: the repository's properties for
-    it) whose bytes give their id back, as (row, chunk id, size, stored bytes), and the first problem found
-    (None for a sound pack). A row that does not decode or check is left out and the others still read; a
-    pack whose footer does not decode gives nothing."""
-    found: list[tuple[int, bytes, int, int]] = []
-    problem: str | None = None
-    try:
-        pf = pq.ParquetFile(pa.BufferReader(raw), page_checksum_verification=True, decryption_properties=decryption)
-        if not pf.schema_arrow.equals(PACK_SCHEMA):
-            return [], "unexpected columns"
-        rows = pf.metadata.num_row_groups
-    except (pa.ArrowException, OSError) as exc:
-        return [], first_line(exc)
-    for n in range(rows):
-        try:
-            (row,) = pf.read_row_group(n).to_pylist()
-            data = decompress(row["data"], row["size"]) if row["zstd"] else row["data"]
-            if len(data) != row["size"] or ids(data) != row["chunk"]:
-                raise ValueError("its bytes do not match its id")
-        except Exception as exc:  # pyarrow's, zstandard's own ZstdError, the check above: all damage
-            problem = problem or f"row {n}: {first_line(exc)}"
-            continue
-        found.append((n, row["chunk"], row["size"], len(row["data"])))
-    return found, problem

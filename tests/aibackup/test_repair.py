@@ -154,3 +154,56 @@ def test_a_crashed_runs_unfinished_pack_is_not_damage_and_not_read_again(cli: Cl
     assert not again["packs_read"] and not again["unfinished_packs"] and again["ok"], again
     ok(cli("restore", older, "--repo", str(repo), "--to", f"model:{tmp_path / 'back'}"))
     assert files_of(tmp_path / "back") == files_of(first)
+
+
+def test_a_needed_pack_that_does_not_decode_outside_a_bundles_folder_is_damage(cli: Cli, tmp_path: Path) -> None:
+    """A forgotten bundle's pack that a kept bundle still needs, its footer rotted, the index lost: it was
+    taken for a crashed run's unfinished write (not remembered as damage), so the copy back the message
+    pointed to left it as it was. Now it is damage while a bundle lacks chunks, and the copy back replaces it."""
+    repo, copy = tmp_path / "repo", tmp_path / "copy"
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    forgotten = Repository.open(str(repo)).bundle_ids()[0]
+    (llm / "config.json").write_text('{"model_type": "mistral"}\n')
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    ok(cli("prune", "--repo", str(repo), "--keep-last", "1"))
+    (pack,) = (repo / "data" / forgotten / "packs").iterdir()  # kept: the newest bundle's weights are in it
+    ok(cli("copy", "--repo", str(repo), "--to-repo", str(copy)))
+    raw = bytearray(pack.read_bytes())
+    raw[-20] ^= 0xFF  # the footer
+    pack.write_bytes(bytes(raw))
+    for index in (repo / "index").iterdir():
+        index.unlink()
+
+    failed = cli("repair", "index", "--repo", str(repo), "--json")
+    assert failed.code == 1, failed.out
+    doc = failed.json()
+    rel = str(pack.relative_to(repo))
+    assert [p["path"] for p in doc["damaged_packs"]] == [rel] and not doc["unfinished_packs"], doc
+    back = ok(cli("copy", "--repo", str(copy), "--to-repo", str(repo), "--json")).json()
+    assert rel in back["repaired"], back
+    assert ok(cli("verify", "--read-data", "--repo", str(repo), "--json")).json()["ok"]
+    ok(cli("restore", "latest", "--repo", str(repo), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)
+
+
+def test_a_chunk_whose_newest_place_was_lost_is_indexed_where_another_pack_holds_it(cli: Cli, tmp_path: Path) -> None:
+    """A chunk stored twice, the pack of its newest place lost: readers looked only there, and the repair
+    named the bundles as lacking chunks a stored pack holds (pointing to a copy). Now it indexes them there."""
+    repo = tmp_path / "repo"
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    first = Repository.open(str(repo)).bundle_ids()[0]
+    (index,) = (repo / "index").iterdir()
+    index.write_bytes(os.urandom(index.stat().st_size))
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))  # stores every chunk again
+    ok(cli("repair", "index", "--repo", str(repo)))  # the first bundle's packs indexed again, newest
+    for pack in (repo / "data" / first / "packs").iterdir():
+        pack.unlink()
+    one_line_error(cli("restore", first, "--repo", str(repo), "--to", f"model:{tmp_path / 'x'}"), 1)
+
+    done = ok(cli("repair", "index", "--repo", str(repo), "--json")).json()
+    assert done["ok"] and done["chunks_indexed"] > 0 and not done["packs_read"], done
+    for bundle_id in Repository.open(str(repo)).bundle_ids():
+        ok(cli("restore", bundle_id, "--repo", str(repo), "--to", f"model:{tmp_path / bundle_id}"))
+        assert files_of(tmp_path / bundle_id) == files_of(llm)
