@@ -69,19 +69,6 @@ def region_problem(name: str) -> str | None:
     return "not a region name (letters, digits and dashes, like eu-west-1)"
 
 
-def without_tls(endpoint: str | None) -> bool:
-    """Whether every connection to `endpoint` is plain http: an ``http://`` endpoint reached directly or
-    through an ``http://`` proxy (botocore's proxies from the environment, ``no_proxy`` included). TLS
-    settings, certificate verification among them, then apply to nothing; an https endpoint or proxy, or
-    an endpoint left to botocore's own configuration (None), keeps them."""
-    if not endpoint or urlsplit(endpoint).scheme != "http":
-        return False
-    from botocore.utils import get_environ_proxies
-
-    proxy = get_environ_proxies(endpoint).get("http")
-    return not proxy or urlsplit(proxy if "://" in proxy else f"http://{proxy}").scheme == "http"
-
-
 @functools.cache
 def _data_loader() -> Any:
     """One botocore data loader for the process: every session of it (the s3fs filesystem's aiobotocore
@@ -154,15 +141,10 @@ class S3Settings:
         # No listing cache: a manifest committed by another process must be seen by the next `list`.
         # No instance cache: the environment (endpoint, credentials) may change between calls in one process.
         # A session of its own each time (credentials are resolved per filesystem), sharing the data loader.
-        client_kwargs = dict(self.client_kwargs)
-        if without_tls(client_kwargs.get("endpoint_url")):
-            # aiobotocore loads the CA bundle for its first connection whatever the scheme (~0.05 s of
-            # CPU, on the path of the command's first request); a plain http:// connection uses none.
-            client_kwargs["verify"] = False
         fs = s3fs.S3FileSystem(
             session=_botocore_session(aiobotocore.session.AioSession, self.profile),
             s3_additional_kwargs=dict(self.additional) or None,
-            client_kwargs=client_kwargs,
+            client_kwargs=dict(self.client_kwargs),
             use_listings_cache=False,
             skip_instance_cache=True,
             config_kwargs=self._retries(),

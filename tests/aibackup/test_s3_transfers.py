@@ -18,7 +18,6 @@ import pytest
 from aibackup import spool
 from aibackup.errors import UnavailableError
 from aibackup.repository import Repository
-from aibackup.s3_settings import without_tls
 from aibackup.storage import AlreadyExistsError, Storage
 from tests.conftest import Server
 from tests.faultproxy import FaultProxy
@@ -415,37 +414,3 @@ def test_verify_names_every_damaged_part_of_a_dataset_whose_parts_are_checked_as
     ]
     assert result.parts == len(dataset.all_parts())
     assert result.bytes_read == sum(p.bytes for p in dataset.all_parts() if p not in damaged)
-
-
-@pytest.mark.parametrize(
-    ("endpoint", "proxy", "plain"),
-    [
-        ("http://127.0.0.1:9000", None, True),
-        ("http://minio.internal:9000", "http://proxy.internal:3128", True),
-        ("http://minio.internal:9000", "proxy.internal:3128", True),  # botocore reads a bare host as http://
-        ("http://minio.internal:9000", "https://proxy.internal:3128", False),  # TLS to the proxy: verified
-        ("https://s3.eu-west-1.amazonaws.com", None, False),
-        (None, None, False),  # left to botocore's own configuration
-    ],
-)
-def test_tls_settings_are_left_out_only_where_no_connection_uses_tls(
-    endpoint: str | None, proxy: str | None, plain: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """aiobotocore loads the CA bundle for its first connection whatever the scheme (~0.05 s of every
-    command): an http:// endpoint reached without an https proxy needs none, and its filesystem is built
-    without certificate verification; anything that does use TLS keeps it."""
-    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    if proxy:
-        monkeypatch.setenv("HTTP_PROXY", proxy)
-    assert without_tls(endpoint) is plain
-    if endpoint:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    else:
-        monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    client_kwargs = Storage("s3://bucket/repo").fs.client_kwargs
-    assert ("verify" in client_kwargs) is plain and client_kwargs.get("verify", False) is False
-    if proxy:  # an endpoint botocore reaches without its proxy (no_proxy) is plain again
-        monkeypatch.setenv("NO_PROXY", "minio.internal")
-        assert without_tls(endpoint) is (endpoint or "").startswith("http://")
