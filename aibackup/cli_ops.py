@@ -305,10 +305,10 @@ def repair_index(dry_run: bool, key_file: str | None, repo: str | None, config_p
     would = "would be " if dry_run else ""
     if not (result.changed or result.packs_read or result.unrestorable or result.unchecked):
         click.echo("the chunk index is whole: every chunk the bundles need is indexed in a stored pack")
-    if result.packs_read:
+    if result.packs_read or result.chunks_indexed:
         written = f" into {result.index_written}" if result.index_written else ""
         click.echo(
-            f"{len(result.packs_read)} pack(s) no intact index file lists read ({result.bytes_read} bytes): "
+            f"{len(result.packs_read)} pack(s) read ({result.bytes_read} bytes): "
             f"{result.chunks_indexed} chunk(s) {would}indexed{written}"
         )
     for path, problem in sorted(result.damaged_packs.items()):

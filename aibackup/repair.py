@@ -14,10 +14,11 @@ made again from them:
    unlisted one) whole, and check every chunk against its id: a chunk is indexed only when its bytes give
    its id back (damaged packs and chunks are never built on: they are named, never indexed). A chunk whose
    newest place is in a pack since lost, but which an intact index file also places in a stored pack (a
-   chunk stored twice), is indexed there. An unlisted pack that does not decode at all, in the folder of no
-   bundle, is a crashed run's unfinished write, not damage (named as such; prune removes it after its
-   grace period), unless a bundle still lacks chunks: then it may be the pack that held them, and is
-   damage.
+   chunk stored twice), is indexed there once that pack is read and the row proven (never in a pack found
+   damaged before: the chunk then stays lacking, and a copy brings it back). An unlisted pack that does not
+   decode at all, in the folder of no bundle, is a crashed run's unfinished write, not damage (named as
+   such; prune removes it after its grace period), unless a bundle still lacks chunks: then it may be the
+   pack that held them, and is damage.
 3. **Publish**: remember the damaged packs as a ``verify --read-data`` remembers damage
    (:func:`aibackup.reports.damaged_parts`: no backup reuses their chunks, and a copy writes them again),
    write one new index file for the chunks found, *then* remove the damaged index files (prune's order: a
@@ -110,16 +111,13 @@ def run_repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepairR
         return any((place := index.get(c)) is None or place.pack not in stored for c in chunks)
 
     if index.damaged or any(lacking(chunks) for chunks in needs.values()):
-        entries, undecodable = _unlisted_chunks(repo, index, stored, set(bundles), result)
+        ids = ChunkIds(repo.key())
+        listed = {place.pack for place in index.every()}
+        unlisted = sorted(p for p in stored if p not in listed)
+        entries, undecodable = _read_packs(repo, unlisted, stored, set(bundles), ids, result)
         for chunk, place in entries:
             index.places[chunk] = place  # the new index file is read last: its place wins, as here
-        # A chunk whose newest place is in a pack since lost, stored in another pack all the same: the new
-        # file names that one, so that readers find it.
-        for chunk, place in index.copies:
-            newest = index.places[chunk]
-            if newest.pack not in stored and place.pack in stored:
-                index.places[chunk] = place
-                entries.append((chunk, place))
+        entries += _other_copies(repo, index, stored, ids, result)  # a chunk stored twice, its newest place lost
         result.chunks_indexed = len(entries)
         # An unlisted pack that does not decode, in the folder of no bundle: a crashed run's unfinished write,
         # unless a bundle still lacks chunks (then it may be the pack they were in: damage, remembered so that
@@ -149,18 +147,21 @@ def _needed_chunks(repo: Repository, bundles: list[str], result: IndexRepairResu
     return needs
 
 
-def _unlisted_chunks(
-    repo: Repository, index: ChunkIndex, stored: dict[str, int], bundles: set[str], result: IndexRepairResult
+def _read_packs(
+    repo: Repository,
+    packs: list[str],
+    stored: dict[str, int],
+    bundles: set[str],
+    ids: ChunkIds,
+    result: IndexRepairResult,
 ) -> tuple[list[tuple[bytes, Stored]], dict[str, str]]:
-    """The chunks of every stored pack no intact index file lists, read whole, each checked against its id
-    (those that check, with their places), and the unlisted packs of which nothing decodes in the folder of
-    no bundle (pack -> problem: the caller tells a crashed run's unfinished write from damage). Every other
-    pack or chunk that does not decode or check goes into ``result.damaged_packs``."""
-    listed = {place.pack for place in index.every()}
-    ids = ChunkIds(repo.key())
+    """`packs` read whole, each chunk checked against its id: the places of those that check, and the packs
+    of which nothing decodes in the folder of no bundle (pack -> problem: the caller tells a crashed run's
+    unfinished write from damage). Every other pack or chunk that does not decode or check goes into
+    ``result.damaged_packs``."""
     entries: list[tuple[bytes, Stored]] = []
     undecodable: dict[str, str] = {}
-    for pack in sorted(p for p in stored if p not in listed):
+    for pack in packs:
         try:
             raw = b"".join(repo.storage.read_blocks(pack, stored[pack]))
         except FileNotFoundError:
@@ -174,6 +175,30 @@ def _unlisted_chunks(
             result.damaged_packs[pack] = problem
         entries += [(chunk, Stored(pack, row, size, stored_bytes)) for row, chunk, size, stored_bytes in found]
     return entries, undecodable
+
+
+def _other_copies(
+    repo: Repository, index: ChunkIndex, stored: dict[str, int], ids: ChunkIds, result: IndexRepairResult
+) -> list[tuple[bytes, Stored]]:
+    """For each chunk whose newest place is in a pack since lost but which an intact index file also places
+    in another stored pack (a chunk stored twice): that place, once the pack is read and the row proven to
+    hold the chunk; a pack found damaged before (reports.damaged_parts) is not taken (the chunk stays
+    lacking: a copy brings it back). Updates `index` to the places taken."""
+    damaged = reports.damaged_parts(repo)
+    wanted: dict[bytes, Stored] = {}
+    for chunk, place in index.copies:
+        if index.places[chunk].pack not in stored and place.pack in stored and place.pack not in damaged:
+            wanted.setdefault(chunk, place)
+    if not wanted:
+        return []
+    packs = sorted({place.pack for place in wanted.values()})
+    read, undecodable = _read_packs(repo, packs, stored, set(), ids, result)
+    result.damaged_packs.update(undecodable)  # listed by an intact index file: no unfinished write
+    proven = {(place.pack, place.row): chunk for chunk, place in read}
+    taken = [(chunk, place) for chunk, place in wanted.items() if proven.get((place.pack, place.row)) == chunk]
+    for chunk, place in taken:
+        index.places[chunk] = place
+    return taken
 
 
 def _publish(

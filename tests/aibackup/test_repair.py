@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from aibackup.chunks import read_index
+from aibackup.errors import IntegrityError
 from aibackup.repository import Repository
 from tests.aibackup.test_copy import files_of, model
 from tests.helpers import Cli, flip_middle_byte, ok, one_line_error
@@ -189,7 +191,8 @@ def test_a_needed_pack_that_does_not_decode_outside_a_bundles_folder_is_damage(c
 
 def test_a_chunk_whose_newest_place_was_lost_is_indexed_where_another_pack_holds_it(cli: Cli, tmp_path: Path) -> None:
     """A chunk stored twice, the pack of its newest place lost: readers looked only there, and the repair
-    named the bundles as lacking chunks a stored pack holds (pointing to a copy). Now it indexes them there."""
+    named the bundles as lacking chunks a stored pack holds (pointing to a copy). Now it indexes them there,
+    once that pack is read and each row proven."""
     repo = tmp_path / "repo"
     llm = model(tmp_path / "llm", 1)
     ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
@@ -203,7 +206,68 @@ def test_a_chunk_whose_newest_place_was_lost_is_indexed_where_another_pack_holds
     one_line_error(cli("restore", first, "--repo", str(repo), "--to", f"model:{tmp_path / 'x'}"), 1)
 
     done = ok(cli("repair", "index", "--repo", str(repo), "--json")).json()
-    assert done["ok"] and done["chunks_indexed"] > 0 and not done["packs_read"], done
+    second = Repository.open(str(repo)).bundle_ids()[-1]
+    assert done["ok"] and done["chunks_indexed"] > 0, done
+    assert all(p.startswith(f"data/{second}/packs/") for p in done["packs_read"]), done  # read to prove the rows
     for bundle_id in Repository.open(str(repo)).bundle_ids():
         ok(cli("restore", bundle_id, "--repo", str(repo), "--to", f"model:{tmp_path / bundle_id}"))
         assert files_of(tmp_path / bundle_id) == files_of(llm)
+
+
+def test_a_copy_in_a_pack_found_damaged_before_is_not_taken(cli: Cli, tmp_path: Path) -> None:
+    """A chunk's newest pack lost, its other copy in a pack a verify had found damaged: the repair pointed
+    the index at that copy unread, said all was well (exit 0, and verify too), every restore failed on it,
+    and the copy back could no longer mend the repository. Now the chunk stays lacking (exit 1), and the
+    copy back brings the lost pack, after which everything restores."""
+    repo, copy = tmp_path / "repo", tmp_path / "copy"
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    first = Repository.open(str(repo)).bundle_ids()[0]
+    (damaged,) = (repo / "data" / first / "packs").iterdir()
+    flip_middle_byte(damaged)
+    assert cli("verify", "--read-data", "--repo", str(repo)).code == 1  # remembered as damaged
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))  # every chunk stored again, in a sound pack
+    ok(cli("copy", "--repo", str(repo), "--to-repo", str(copy)))
+    second = Repository.open(str(repo)).bundle_ids()[-1]
+    for pack in (repo / "data" / second / "packs").iterdir():
+        pack.unlink()
+
+    failed = cli("repair", "index", "--repo", str(repo), "--json")
+    assert failed.code == 1 and sorted(failed.json()["unrestorable"]) == [first, second], failed.out
+    assert cli("verify", "--repo", str(repo)).code == 1
+    back = ok(cli("copy", "--repo", str(copy), "--to-repo", str(repo), "--json")).json()
+    assert back["repaired"], back
+    for bundle_id in (first, second):
+        ok(cli("restore", bundle_id, "--repo", str(repo), "--to", f"model:{tmp_path / bundle_id}"))
+        assert files_of(tmp_path / bundle_id) == files_of(llm)
+
+
+def test_an_index_file_whose_rows_decode_to_other_values_is_damaged(cli: Cli, tmp_path: Path) -> None:
+    """An unencrypted index file had no protection of its own: one flipped bit in five still decoded, to
+    another row number, size or pack, and repair and verify said all was well while restores failed (and
+    recorded the sound pack as damaged). Now its pages carry checksums and its footer the digest of its
+    entries: every flipped byte that changes what it says is damage, and repair rebuilds it."""
+    repo = tmp_path / "repo"
+    first, index, (older, _) = two_models(cli, tmp_path)
+    raw = index.read_bytes()
+    caught = len(raw) // 2  # a sealed index file (an encrypted repository) fails authentication on any flip
+    if not Repository.open(str(repo)).encrypted:
+        entries = read_index(raw, "index")
+        changed, damage = 0, []
+        for n in range(len(raw)):
+            flipped = bytearray(raw)
+            flipped[n] ^= 0x10
+            try:
+                changed += read_index(bytes(flipped), "index") != entries
+            except IntegrityError:
+                damage.append(n)
+        assert changed == 0 and damage
+        caught = damage[len(damage) // 2]
+    flipped = bytearray(raw)
+    flipped[caught] ^= 0x10
+    index.write_bytes(bytes(flipped))
+    assert cli("verify", "--repo", str(repo)).code == 1
+    done = ok(cli("repair", "index", "--repo", str(repo), "--json")).json()
+    assert [f["path"] for f in done["damaged_index_files"]] == [f"index/{index.name}"], done
+    ok(cli("restore", older, "--repo", str(repo), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(first)
