@@ -377,18 +377,20 @@ class Repository(_repository.Repository):
             result.notes.append(retired.problem)
         return result
 
-    def repair_index(self, *, dry_run: bool = False, config: str | Config | None = None) -> IndexRepairResult:
+    def repair_index(
+        self, *, dry_run: bool = False, read_all_packs: bool = False, config: str | Config | None = None
+    ) -> IndexRepairResult:
         """Make the chunk index whole again from the packs, as ``aibackup repair index``: index the chunks of
         every pack no intact index file lists (each checked against its id), then remove the damaged index
-        files (see :mod:`aibackup.repair`). Under the exclusive lock a prune takes (the config's
-        ``lock_stale_after``, when one is given)."""
+        files (see :mod:`aibackup.repair`); `read_all_packs`: every pack read, every index file replaced.
+        Under the exclusive lock a prune takes (the config's ``lock_stale_after``, when one is given)."""
         from aibackup.lock import DEFAULT_STALE_AFTER, RepositoryLock
         from aibackup.repair import run_repair_index
 
         self.key()  # a wrong key stops here, before the lock is written
         stale = self._config(config).lock_stale_after if config is not None else DEFAULT_STALE_AFTER
         with RepositoryLock(self, "prune", "*", stale_after=stale, purpose="repair index"):
-            return run_repair_index(self, dry_run=dry_run)
+            return run_repair_index(self, dry_run=dry_run, read_all_packs=read_all_packs)
 
     # --- keys ------------------------------------------------------------------------------------------
 

@@ -286,17 +286,26 @@ def repair() -> None:
 @click.option(
     "--dry-run", is_flag=True, help="Read the packs and say what would be indexed and removed; change nothing."
 )
+@click.option(
+    "--read-all-packs",
+    is_flag=True,
+    help="Read every pack and replace every index file with one built from them (index files suspected of "
+    "damage that still decodes, such as those written before 2026-12-07, without their entries' digest).",
+)
 @key_file_option
 @repo_option
 @config_option
 @json_option
-def repair_index(dry_run: bool, key_file: str | None, repo: str | None, config_path: str | None, as_json: bool) -> None:
+def repair_index(
+    dry_run: bool, read_all_packs: bool, key_file: str | None, repo: str | None, config_path: str | None, as_json: bool
+) -> None:
     """Rebuild the chunk index from the packs: every chunk of a pack no intact index file lists is read,
-    checked against its id and indexed, then the damaged index files are removed. Exit 1 when bundles
-    still need chunks no intact pack holds (a copy brings them back: aibackup copy --repo COPY --to-repo
-    REPO), or could not be checked."""
+    checked against its id and indexed, then the damaged index files are removed (--read-all-packs: every
+    pack read, every index file replaced). Exit 1 when bundles still need chunks no intact pack holds (a
+    copy brings them back: aibackup copy --repo COPY --to-repo REPO), or could not be checked."""
     repo_url, config = resolve(repo, config_path)
-    result = open_repository(repo_url, config, key_file).repair_index(dry_run=dry_run, config=config)
+    opened = open_repository(repo_url, config, key_file)
+    result = opened.repair_index(dry_run=dry_run, read_all_packs=read_all_packs, config=config)
     code = 0 if result.ok else EXIT_INTEGRITY
     if as_json:
         emit_json(result.to_json())
@@ -319,6 +328,8 @@ def repair_index(dry_run: bool, key_file: str | None, repo: str | None, config_p
         click.echo(f"unfinished pack {path}: a crashed run's, not indexed (prune removes it after its grace period)")
     for path, problem in sorted(result.damaged_files.items()):
         click.echo(f"damaged index file {path} {would}removed ({problem})")
+    if result.replaced_files:
+        click.echo(f"{len(result.replaced_files)} index file(s) {would}replaced by the one built from the packs")
     for note in result.notes:
         click.echo(f"note: {note}")
     if result.unrestorable:

@@ -55,6 +55,8 @@ class IndexRepairResult:
     bytes_read: int = 0
     #: The new index file (None when there was nothing to index, or in a dry run).
     index_written: str | None = None
+    #: Intact index files replaced by the new one (``read_all_packs``): removed, or would be.
+    replaced_files: list[str] = field(default_factory=list)
     #: Packs of bundles, or chunks of them, found damaged on the way (pack path -> problem): not indexed.
     damaged_packs: dict[str, str] = field(default_factory=dict)
     #: Unlisted packs that do not decode in a folder of no bundle: a crashed run's unfinished writes, not
@@ -76,7 +78,7 @@ class IndexRepairResult:
     @property
     def changed(self) -> bool:
         """Whether there was (or would be) anything to write or remove."""
-        return bool(self.damaged_files or self.chunks_indexed)
+        return bool(self.damaged_files or self.chunks_indexed or self.replaced_files)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -87,6 +89,7 @@ class IndexRepairResult:
             "chunks_indexed": self.chunks_indexed,
             "bytes_read": self.bytes_read,
             "index_written": self.index_written,
+            "index_files_replaced": list(self.replaced_files),
             "damaged_packs": [{"path": p, "problem": why} for p, why in sorted(self.damaged_packs.items())],
             "unfinished_packs": list(self.unfinished),
             "unrestorable": list(self.unrestorable),
@@ -95,10 +98,13 @@ class IndexRepairResult:
         }
 
 
-def run_repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepairResult:
-    """Make the chunk index of `repo` whole from its packs (see the module docstring). The caller holds the
-    repository's exclusive lock. Storage errors pass through as the usual aibackup errors (exit 3), before
-    anything is written when they come while reading."""
+def run_repair_index(repo: Repository, *, dry_run: bool = False, read_all_packs: bool = False) -> IndexRepairResult:
+    """Make the chunk index of `repo` whole from its packs (see the module docstring). `read_all_packs`:
+    read every pack, whatever the index files say, and replace every index file with one built from them
+    (restic's ``--read-all-packs``: for index files suspected of damage that still decodes, such as those
+    written before index files carried their entries' digest). The caller holds the repository's exclusive
+    lock. Storage errors pass through as the usual aibackup errors (exit 3), before anything is written
+    when they come while reading."""
     result = IndexRepairResult(dry_run=dry_run)
     index = ChunkIndex.load(repo, skip_damaged=True)
     result.damaged_files = dict(index.damaged)
@@ -110,26 +116,33 @@ def run_repair_index(repo: Repository, *, dry_run: bool = False) -> IndexRepairR
         """Whether a reader misses one of `chunks`: a reader takes the place the newest index file gives."""
         return any((place := index.get(c)) is None or place.pack not in stored for c in chunks)
 
-    if index.damaged or any(lacking(chunks) for chunks in needs.values()):
-        ids = ChunkIds(repo.key())
+    if not (read_all_packs or index.damaged or any(lacking(chunks) for chunks in needs.values())):
+        return result  # whole: nothing to read (a crashed backup's unlisted packs are prune's business)
+    ids = ChunkIds(repo.key())
+    if read_all_packs:
+        entries, undecodable = _read_packs(repo, sorted(stored), stored, set(bundles), ids, result)
+        if entries:  # what the packs hold replaces what every index file says
+            result.replaced_files = list(index.files)
+            index = ChunkIndex(places=dict(entries), damaged=index.damaged)
+    else:
         listed = {place.pack for place in index.every()}
         unlisted = sorted(p for p in stored if p not in listed)
         entries, undecodable = _read_packs(repo, unlisted, stored, set(bundles), ids, result)
         for chunk, place in entries:
             index.places[chunk] = place  # the new index file is read last: its place wins, as here
         entries += _other_copies(repo, index, stored, ids, result)  # a chunk stored twice, its newest place lost
-        result.chunks_indexed = len(entries)
-        # An unlisted pack that does not decode, in the folder of no bundle: a crashed run's unfinished write,
-        # unless a bundle still lacks chunks (then it may be the pack they were in: damage, remembered so that
-        # a copy writes it again).
-        still = any(lacking(chunks) for chunks in needs.values())
-        for pack, problem in undecodable.items():
-            if still:
-                result.damaged_packs[pack] = problem
-            else:
-                result.unfinished.append(pack)
-        if not dry_run:
-            _publish(repo, index, entries, set(bundles), result)
+    result.chunks_indexed = len(entries)
+    # An unlisted pack that does not decode, in the folder of no bundle: a crashed run's unfinished write,
+    # unless a bundle still lacks chunks (then it may be the pack they were in: damage, remembered so that a
+    # copy writes it again).
+    still = any(lacking(chunks) for chunks in needs.values())
+    for pack, problem in undecodable.items():
+        if still:
+            result.damaged_packs[pack] = problem
+        else:
+            result.unfinished.append(pack)
+    if not dry_run:
+        _publish(repo, index, entries, set(bundles), result)
     result.unrestorable = [bundle_id for bundle_id, chunks in needs.items() if lacking(chunks)]
     return result
 
@@ -222,5 +235,5 @@ def _publish(
     if entries:
         result.index_written = f"{INDEX}/{new_writer_id(repo)}.parquet"
         repo.storage.write_exclusive(result.index_written, index_bytes(entries))
-    for rel in sorted(index.damaged):
+    for rel in sorted(index.damaged) + result.replaced_files:
         repo.storage.remove(rel)  # after the new file: every chunk it placed stays findable

@@ -3,9 +3,12 @@ copy to bring it back from."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from aibackup.chunks import read_index
@@ -271,3 +274,39 @@ def test_an_index_file_whose_rows_decode_to_other_values_is_damaged(cli: Cli, tm
     assert [f["path"] for f in done["damaged_index_files"]] == [f"index/{index.name}"], done
     ok(cli("restore", older, "--repo", str(repo), "--to", f"model:{tmp_path / 'back'}"))
     assert files_of(tmp_path / "back") == files_of(first)
+
+
+def test_read_all_packs_replaces_an_index_file_whose_damage_still_decodes(cli: Cli, tmp_path: Path) -> None:
+    """An index file written before index files carried their entries' digest, rotted so that it still
+    decodes (here: an entry pointing at another row): nothing tells it damaged, so the plain repair finds
+    the index whole; --read-all-packs reads every pack and replaces every index file, after which every
+    bundle restores. A dry run changes nothing, and a second plain run reads nothing."""
+    from aibackup.chunks import INDEX_DIGEST, index_bytes
+
+    repo = tmp_path / "repo"
+    first, index, (older, newer) = two_models(cli, tmp_path)
+    opened = Repository.open(str(repo))
+    rel = f"index/{index.name}"
+    entries = read_index(opened.storage.read_bytes(rel), rel)
+    (chunk, place), *rest = entries
+    wrong = [(chunk, type(place)(place.pack, place.row + 1, place.size, place.stored)), *rest]
+    raw = index_bytes(wrong)
+    table = pq.read_table(pa.BufferReader(raw))
+    old_style = io.BytesIO()  # as aibackup wrote it before 2026-12-07: no digest, no page checksums
+    pq.write_table(table.replace_schema_metadata({}), old_style, compression="zstd")
+    assert INDEX_DIGEST not in (pq.read_schema(pa.BufferReader(old_style.getvalue())).metadata or {})
+    index.unlink()
+    opened.storage.write_exclusive(rel, old_style.getvalue())
+    one_line_error(cli("restore", older, "--repo", str(repo), "--to", f"model:{tmp_path / 'x'}"), 1)
+    assert ok(cli("repair", "index", "--repo", str(repo), "--json")).json()["chunks_indexed"] == 0
+
+    before = sorted(p.name for p in (repo / "index").iterdir())
+    dry = ok(cli("repair", "index", "--read-all-packs", "--dry-run", "--repo", str(repo), "--json")).json()
+    assert sorted(p.name for p in (repo / "index").iterdir()) == before and dry["index_written"] is None, dry
+    done = ok(cli("repair", "index", "--read-all-packs", "--repo", str(repo), "--json")).json()
+    assert sorted(done["index_files_replaced"]) == [f"index/{n}" for n in before], done
+    assert [p.name for p in (repo / "index").iterdir()] == [done["index_written"].split("/")[1]]
+    for bundle_id, folder in ((older, first), (newer, tmp_path / "tuned")):
+        ok(cli("restore", bundle_id, "--repo", str(repo), "--to", f"model:{tmp_path / bundle_id}"))
+        assert files_of(tmp_path / bundle_id) == files_of(folder)
+    assert not ok(cli("repair", "index", "--repo", str(repo), "--json")).json()["packs_read"]
