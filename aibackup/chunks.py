@@ -252,18 +252,22 @@ def index_bytes(entries: Iterable[tuple[bytes, Stored]]) -> bytes:
 def _entries_digest(table: pa.Table) -> str:
     """sha256 of an index table's entries, column by column in their canonical bytes (the chunk ids, each
     pack path's byte length as int32 then the paths' UTF-8, rows as int32, sizes and stored sizes as int64,
-    little-endian)."""
+    little-endian), whatever the table's chunking (each Arrow chunk is hashed in turn: combining them would
+    overflow a string column's 32-bit offsets past 2 GiB of paths)."""
     sha = hashlib.sha256()
-    chunks = table.column("chunk").combine_chunks()
-    if len(chunks):
-        sha.update(memoryview(chunks.buffers()[1])[chunks.offset * ID_BYTES : (chunks.offset + len(chunks)) * ID_BYTES])
-    packs = table.column("pack").combine_chunks()
-    sha.update(pc.binary_length(packs).to_numpy(zero_copy_only=False).astype("<i4").tobytes())
-    if len(packs):  # the paths' bytes end to end: the data buffer between the first and the last offset
-        bounds = np.frombuffer(packs.buffers()[1], np.int32)[packs.offset : packs.offset + len(packs) + 1]
-        sha.update(memoryview(packs.buffers()[2])[bounds[0] : bounds[-1]])
+    for ids in table.column("chunk").chunks:
+        if len(ids):
+            sha.update(memoryview(ids.buffers()[1])[ids.offset * ID_BYTES : (ids.offset + len(ids)) * ID_BYTES])
+    packs = table.column("pack").chunks
+    for paths in packs:
+        sha.update(pc.binary_length(paths).to_numpy(zero_copy_only=False).astype("<i4").tobytes())
+    for paths in packs:
+        if len(paths):  # the paths' bytes end to end: the data buffer between the first and the last offset
+            bounds = np.frombuffer(paths.buffers()[1], np.int32)[paths.offset : paths.offset + len(paths) + 1]
+            sha.update(memoryview(paths.buffers()[2])[bounds[0] : bounds[-1]])
     for name, dtype in (("row", "<i4"), ("size", "<i8"), ("stored", "<i8")):
-        sha.update(table.column(name).to_numpy().astype(dtype).tobytes())
+        for values in table.column(name).chunks:
+            sha.update(values.to_numpy(zero_copy_only=False).astype(dtype).tobytes())
     return sha.hexdigest()
 
 

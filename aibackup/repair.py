@@ -193,24 +193,28 @@ def _read_packs(
 def _other_copies(
     repo: Repository, index: ChunkIndex, stored: dict[str, int], ids: ChunkIds, result: IndexRepairResult
 ) -> list[tuple[bytes, Stored]]:
-    """For each chunk whose newest place is in a pack since lost but which an intact index file also places
-    in another stored pack (a chunk stored twice): that place, once the pack is read and the row proven to
-    hold the chunk; a pack found damaged before (reports.damaged_parts) is not taken (the chunk stays
-    lacking: a copy brings it back). Updates `index` to the places taken."""
+    """For each chunk whose newest place is in a pack since lost but which intact index files also place in
+    other stored packs (a chunk stored twice or more): the newest of those places whose row, read from its
+    pack, holds the chunk, with the size and stored size read there (not those the index file says); a pack
+    found damaged before (reports.damaged_parts) is not taken (the chunk stays lacking: a copy brings it
+    back). Updates `index` to the places taken."""
     damaged = reports.damaged_parts(repo)
-    wanted: dict[bytes, Stored] = {}
-    for chunk, place in index.copies:
+    wanted: dict[bytes, list[Stored]] = {}  # chunk -> its other places, newest first
+    for chunk, place in reversed(index.copies):  # index files are read oldest first
         if index.places[chunk].pack not in stored and place.pack in stored and place.pack not in damaged:
-            wanted.setdefault(chunk, place)
+            wanted.setdefault(chunk, []).append(place)
     if not wanted:
         return []
-    packs = sorted({place.pack for place in wanted.values()})
+    packs = sorted({place.pack for places in wanted.values() for place in places})
     read, undecodable = _read_packs(repo, packs, stored, set(), ids, result)
     result.damaged_packs.update(undecodable)  # listed by an intact index file: no unfinished write
-    proven = {(place.pack, place.row): chunk for chunk, place in read}
-    taken = [(chunk, place) for chunk, place in wanted.items() if proven.get((place.pack, place.row)) == chunk]
-    for chunk, place in taken:
-        index.places[chunk] = place
+    proven = {(place.pack, place.row): (chunk, place) for chunk, place in read}
+    taken: list[tuple[bytes, Stored]] = []
+    for chunk, places in wanted.items():
+        found = [proven[key] for key in ((p.pack, p.row) for p in places) if key in proven and proven[key][0] == chunk]
+        if found:
+            taken.append(found[0])
+            index.places[chunk] = found[0][1]
     return taken
 
 

@@ -3,6 +3,7 @@ copy to bring it back from."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from pathlib import Path
@@ -11,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from aibackup.chunks import read_index
+from aibackup.chunks import Stored, index_bytes, read_index
 from aibackup.errors import IntegrityError
 from aibackup.repository import Repository
 from tests.aibackup.test_copy import files_of, model
@@ -281,7 +282,7 @@ def test_read_all_packs_replaces_an_index_file_whose_damage_still_decodes(cli: C
     decodes (here: an entry pointing at another row): nothing tells it damaged, so the plain repair finds
     the index whole; --read-all-packs reads every pack and replaces every index file, after which every
     bundle restores. A dry run changes nothing, and a second plain run reads nothing."""
-    from aibackup.chunks import INDEX_DIGEST, index_bytes
+    from aibackup.chunks import INDEX_DIGEST
 
     repo = tmp_path / "repo"
     first, index, (older, newer) = two_models(cli, tmp_path)
@@ -310,3 +311,77 @@ def test_read_all_packs_replaces_an_index_file_whose_damage_still_decodes(cli: C
         ok(cli("restore", bundle_id, "--repo", str(repo), "--to", f"model:{tmp_path / bundle_id}"))
         assert files_of(tmp_path / bundle_id) == files_of(folder)
     assert not ok(cli("repair", "index", "--repo", str(repo), "--json")).json()["packs_read"]
+
+
+def old_style_index(entries: list[tuple[bytes, Stored]]) -> bytes:
+    """An index file as aibackup wrote it before 2026-12-07: no page checksums, no digest of its entries."""
+    table = pq.read_table(pa.BufferReader(index_bytes(entries))).replace_schema_metadata({})
+    out = io.BytesIO()
+    pq.write_table(table, out, compression="zstd")
+    return out.getvalue()
+
+
+def backed_up_again(cli: Cli, repo: Path, llm: Path) -> tuple[str, list[tuple[bytes, Stored]]]:
+    """Rot the repository's index files and back `llm` up again (every chunk stored again, in packs of its
+    own); the rotted files are then removed. Returns the new bundle and what the rotted files had said."""
+    opened = Repository.open(str(repo))
+    said = [
+        e
+        for f in sorted((repo / "index").iterdir())
+        for e in read_index(opened.storage.read_bytes(f"index/{f.name}"), f.name)
+    ]
+    for f in (repo / "index").iterdir():
+        f.write_bytes(os.urandom(f.stat().st_size))
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    for f in (repo / "index").iterdir():
+        with contextlib.suppress(IntegrityError):
+            read_index(opened.storage.read_bytes(f"index/{f.name}"), f.name)
+            continue
+        f.unlink()
+    return Repository.open(str(repo)).bundle_ids()[-1], said
+
+
+def test_a_chunks_other_copy_is_indexed_with_what_its_pack_says(cli: Cli, tmp_path: Path) -> None:
+    """The other copy of a chunk whose newest pack was lost, listed by an older index file (no digest) whose
+    size for it rotted and still decoded: the repair took the file's size with the proven row, said all was
+    well (exit 0), and every restore failed on the size. Now the size and stored size are those read."""
+    repo = tmp_path / "repo"
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    newer, said = backed_up_again(cli, repo, llm)
+    (chunk, place), *rest = said
+    wrong = [(chunk, Stored(place.pack, place.row, place.size + 1, place.stored)), *rest]
+    Repository.open(str(repo)).storage.write_exclusive("index/0-old.parquet", old_style_index(wrong))
+    for pack in (repo / "data" / newer / "packs").iterdir():
+        pack.unlink()
+
+    ok(cli("repair", "index", "--repo", str(repo)))
+    for bundle_id in Repository.open(str(repo)).bundle_ids():
+        ok(cli("restore", bundle_id, "--repo", str(repo), "--to", f"model:{tmp_path / bundle_id}"))
+        assert files_of(tmp_path / bundle_id) == files_of(llm)
+
+
+def test_the_newest_other_copy_that_proves_is_taken(cli: Cli, tmp_path: Path) -> None:
+    """A chunk stored three times, the newest pack lost, the oldest copy damaged unnoticed: only the oldest
+    copy was tried, and the repair named every bundle as lacking chunks a sound pack holds. Now the copies
+    are tried newest first until one proves."""
+    repo = tmp_path / "repo"
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    oldest = Repository.open(str(repo)).bundle_ids()[0]
+    middle, said_first = backed_up_again(cli, repo, llm)
+    newest, said_middle = backed_up_again(cli, repo, llm)
+    opened = Repository.open(str(repo))
+    opened.storage.write_exclusive("index/0-first.parquet", index_bytes(said_first))
+    opened.storage.write_exclusive(
+        "index/1-middle.parquet", index_bytes([e for e in said_middle if middle in e[1].pack])
+    )
+    for pack in (repo / "data" / newest / "packs").iterdir():
+        pack.unlink()
+    flip_middle_byte(next((repo / "data" / oldest / "packs").iterdir()))
+
+    done = ok(cli("repair", "index", "--repo", str(repo), "--json")).json()
+    assert done["ok"] and not done["unrestorable"], done
+    for bundle_id in Repository.open(str(repo)).bundle_ids():
+        ok(cli("restore", bundle_id, "--repo", str(repo), "--to", f"model:{tmp_path / bundle_id}"))
+        assert files_of(tmp_path / bundle_id) == files_of(llm)
