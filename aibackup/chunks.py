@@ -327,6 +327,8 @@ def pack_chunks(
         try:
             (row,) = pf.read_row_group(n).to_pylist()
             data = decompress(row["data"], row["size"]) if row["zstd"] else row["data"]
+        except MemoryError:
+            raise  # this machine's, not the pack's
         except Exception as exc:  # pyarrow's, zstandard's own ZstdError, a row group of another length: damage
             problem = problem or f"row {n}: {first_line(exc)}"
             continue
