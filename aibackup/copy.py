@@ -50,10 +50,11 @@ from aibackup import keys, reports
 from aibackup.chunkprune import referenced_chunks
 from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, new_writer_id, pack_problem
 from aibackup.crypto import RepositoryKey, passphrase_from
-from aibackup.errors import AibackupError, IntegrityError, UsageError
+from aibackup.errors import AibackupError, IntegrityError, ManifestVersionError, UsageError
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
 from aibackup.repository import MARKER, Repository, Where, marker_bytes, storage_of
+from aibackup.retention import series_key
 from aibackup.spool import PARTS_AT_ONCE
 from aibackup.storage import Storage
 from aibackup.vault import bundle_of_part
@@ -108,12 +109,11 @@ def run_copy(
     tonight: Sequence[str] = (),
 ) -> CopyResult:
     """Copy the bundles of `source` named by `refs` (ids, prefixes or latest; all when empty) that
-    `destination` lacks (see the module docstring). `since_newest`: only those newer than the newest bundle
-    the destination holds (the nightly copy: a night whose copy failed is caught up, and bundles the copy's
-    own prune removed do not come back), and those in `tonight` (the bundles the nightly run just made: one
-    of a long backup has an id older than that of a shorter one of another source committed and copied
-    meanwhile, the hourly logs' beside the nightly model's). UsageError before anything is written for a
-    destination that cannot take them; a damaged source part fails its bundle only (``failed``)."""
+    `destination` lacks (see the module docstring). `since_newest`: only those newer than the destination's
+    newest bundle of their series, and those in `tonight` (the nightly copy: a night whose copy failed is
+    caught up, and bundles the copy's own prune removed do not come back; see :func:`_not_yet_copied`).
+    UsageError before anything is written for a destination that cannot take them; a damaged source part
+    fails its bundle only (``failed``)."""
     started = time.perf_counter()
     key = source.key(key_file)  # an encrypted source: a wrong or missing key stops here
     source.use_key(key)
@@ -133,7 +133,7 @@ def run_copy(
         present = set() if created else set(target.bundle_ids())  # a location just made holds no bundle
         theirs = present.intersection(wanted)  # the source's bundles there (not ones backed up into it directly)
         if since_newest and theirs:
-            wanted = [b for b in wanted if b > max(theirs) or b in tonight]
+            wanted = _not_yet_copied(source, target, wanted, theirs, tonight)
         if target.fully_encrypted:
             _same_generations(source, target, sorted(set(wanted) - present))
         copier = _Copier(source, target, key, fresh=created, held=present)
@@ -159,6 +159,39 @@ def run_copy(
             reports.record_repair(target, [target.storage.display(p) for p in result.repaired], "copy")
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _not_yet_copied(
+    source: Repository, target: Repository, wanted: Sequence[str], theirs: set[str], tonight: Sequence[str]
+) -> list[str]:
+    """The nightly copy's share of `wanted`: `tonight`'s bundles and every bundle the copy lacks that is newer
+    than the copy's newest bundle of the same series (:func:`aibackup.retention.series_key`), or, of a series
+    the copy holds none of, newer than its oldest bundle (older ones predate the copy).
+
+    Every keep rule keeps a series' newest bundle, so a bundle the copy lacks while holding a newer one of
+    its series is one the copy's own prune removed: it does not come back. Going by each series' newest, not
+    the copy's newest of all, catches up a bundle whose copy failed on a night another series' bundle with a
+    later id was copied (a long backup's, beside a short one started after it): by the copy's newest of all
+    it would never have been copied. `theirs`: the bundles of `wanted` the copy holds (not given again: the
+    nightly copy repairs nothing it holds). Reads the manifests of the lacking bundles older than the
+    copy's newest, and of the copy's bundles newer than the oldest of them."""
+    newest = max(theirs)
+    taken = [b for b in wanted if b not in theirs and (b > newest or b in tonight)]
+    older = sorted(b for b in set(wanted) - theirs - set(taken))
+    if not older:
+        return taken
+    newest_of: dict[str, str] = {}  # series -> the copy's newest bundle of it
+    for bundle_id in sorted((b for b in theirs if b > older[0]), reverse=True):
+        with contextlib.suppress(IntegrityError, ManifestVersionError):  # unknown series: its bundles copy
+            newest_of.setdefault(series_key(target.load(bundle_id)), bundle_id)
+    for bundle_id in older:
+        try:
+            series = series_key(source.load(bundle_id))
+        except (IntegrityError, ManifestVersionError):
+            continue  # a source manifest that does not load: the source's verify names it, no copy could
+        if newest_of.get(series, min(theirs)) < bundle_id:
+            taken.append(bundle_id)
+    return taken
 
 
 def _destination(

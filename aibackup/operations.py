@@ -193,8 +193,9 @@ def copy_bundles(
     config: Config, copy: CopyConfig, repo: Repository | None, report: Progress, tonight: Sequence[str] = ()
 ) -> CopyRun:
     """Copy into `copy`'s repository the bundles `tonight` (this run's) and every bundle it lacks that is
-    newer than its newest (those of nights whose copy failed; not those the copy's own prune removed); never
-    raises (a copy that cannot be made is a failed CopyRun, the backups themselves stand)."""
+    newer than its newest of the same series (those of nights whose copy failed; not those the copy's own
+    prune removed: aibackup.copy.run_copy's `since_newest`); never raises (a copy that cannot be made is a
+    failed CopyRun, the backups themselves stand)."""
     from aibackup.copy import run_copy
 
     started = time.perf_counter()

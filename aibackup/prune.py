@@ -58,7 +58,7 @@ from aibackup.errors import AibackupError, BundleNotFoundError, IntegrityError, 
 from aibackup.lock_files import CLOCK_SKEW
 from aibackup.manifests.model import BundleManifest
 from aibackup.repository import DATA, Repository, id_time, iso
-from aibackup.retention import NO_RULE, Candidate, Decision, KeepPolicy, decide, is_empty
+from aibackup.retention import NO_RULE, Candidate, Decision, KeepPolicy, decide, is_empty, series_key
 from aibackup.storage import AlreadyExistsError
 
 if TYPE_CHECKING:
@@ -142,7 +142,7 @@ def run_prune(
     groups: dict[str, list[BundleManifest]] = {}
     for manifest in good:
         if manifest.bundle_id not in broken:  # a bundle that cannot be restored takes no keep rule's place
-            groups.setdefault(_source_key(manifest), []).append(manifest)
+            groups.setdefault(series_key(manifest), []).append(manifest)
     for manifests in groups.values():
         source = manifests[0].source
         policy = policies(source)
@@ -319,15 +319,6 @@ def pinned(repo: Repository) -> set[str]:
 
 def _pin(bundle_id: str, pins: set[str]) -> tuple[str, ...]:
     return ("pinned",) if bundle_id in pins else ()
-
-
-def _source_key(manifest: BundleManifest) -> str:
-    """Bundles of one series share this key: the store (kind and uri) and the collections backed up, so
-    `backup chroma:X --collection docs` and `--collection faq` are kept apart (each keeps its own newest
-    bundles) instead of one series pruning the other. JSON so any value is hashable."""
-    source = manifest.source
-    names = sorted(d.name for d in manifest.datasets)
-    return json.dumps([source.get("kind"), source.get("uri"), names], sort_keys=True, default=str)
 
 
 def _source_name(source: Mapping[str, Any]) -> str:

@@ -42,16 +42,30 @@ The policy is anything with the fields of ``aibackup.config.RetentionPolicy`` (:
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aibackup.errors import UsageError
+
+if TYPE_CHECKING:
+    from aibackup.manifests.model import BundleManifest
 
 NO_RULE = (
     "no keep rule: pass --keep-last N (or --keep-hourly/--keep-daily/--keep-weekly/--keep-monthly/"
     "--keep-yearly N, --keep-within DURATION) or set retention in the config"
 )
+
+
+def series_key(manifest: BundleManifest) -> str:
+    """The series a bundle belongs to, the group the keep rules are applied to: the store (kind and uri) and
+    the collections backed up, so `backup chroma:X --collection docs` and `--collection faq` are kept apart
+    (each keeps its own newest bundles) instead of one series pruning the other. JSON so any value is
+    hashable. Every rule keeps a series' newest bundle, which the nightly copy relies on (aibackup.copy)."""
+    source = manifest.source
+    names = sorted(d.name for d in manifest.datasets)
+    return json.dumps([source.get("kind"), source.get("uri"), names], sort_keys=True, default=str)
 
 
 class KeepPolicy(Protocol):

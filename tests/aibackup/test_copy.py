@@ -317,6 +317,42 @@ def test_a_night_whose_copy_failed_is_caught_up_and_the_copys_own_prune_stands(c
     assert len(out["copies"][0]["copied"]) == 1 and len(Repository.open(str(copy)).bundle_ids()) == 2
 
 
+def test_a_bundle_whose_copy_failed_while_another_sources_later_one_landed_is_caught_up(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """By the copy's newest bundle of all, a bundle older than another source's copied one was never copied
+    again; by the newest of its own series it is, while what the copy's prune removed stays removed."""
+    logs, chats, tools = (conversations(tmp_path / name, 20) for name in ("logs", "chats", "tools"))
+    sources = f"sources:\n  logs: 'conversations:{logs}'\n  chats: 'conversations:{chats}'\n"
+    config = tmp_path / "aibackup.yaml"
+    config.write_text(f"repository: ./repo\n{sources}copies:\n  - {{repository: ./copy-eu}}\n")
+    ok(cli("backup"))
+    # The second night, the copy of the logs' bundle fails and the chats' one, started after it, lands; a
+    # new source's first bundle does not land either.
+    conversations(logs, 5, start=20)
+    conversations(chats, 5, start=20)
+    sources += f"  tools: 'conversations:{tools}'\n"
+    config.write_text(f"repository: ./repo\n{sources}")
+    night = {r["source"]: r["bundle_id"] for r in json.loads(ok(cli("backup", "--json")).out)["sources"]}
+    assert night["logs"] < night["chats"] < night["tools"]
+    ok(cli("copy", night["chats"], "--repo", "./repo", "--to-repo", "./copy-eu"))
+    # The third night (the chats alone) catches both up.
+    config.write_text(f"repository: ./repo\n{sources}copies:\n  - {{repository: ./copy-eu}}\n")
+    out = json.loads(ok(cli("backup", "--source", "chats", "--json")).out)
+    tonight = out["sources"][0]["bundle_id"]
+    assert out["copies"][0]["copied"] == [night["logs"], night["tools"], tonight], out["copies"]
+    repo, copy = Repository.open(str(tmp_path / "repo")), Repository.open(str(tmp_path / "copy-eu"))
+    assert copy.bundle_ids() == repo.bundle_ids()
+    ok(cli("verify", "--repo", str(tmp_path / "copy-eu"), "--read-data"))
+    # The copy keeps the newest of each series only: the next night brings back none of the others.
+    ok(cli("prune", "--repo", str(tmp_path / "copy-eu"), "--keep-last", "1"))
+    held = copy.bundle_ids()
+    assert held == sorted([night["logs"], night["tools"], tonight])
+    out = json.loads(ok(cli("backup", "--source", "logs", "--json")).out)
+    assert out["copies"][0]["copied"] == [out["sources"][0]["bundle_id"]]
+    assert copy.bundle_ids() == sorted([*held, out["sources"][0]["bundle_id"]])
+
+
 def test_a_copy_that_cannot_be_made_fails_the_run_but_keeps_the_backups(cli: Cli, tmp_path: Path) -> None:
     logs = conversations(tmp_path / "logs", 20)
     (tmp_path / "not-a-repo").mkdir()
