@@ -173,12 +173,16 @@ def run_restore(
     repo.use_key(key)  # ... and every manifest read must be authenticated by it
     manifest = repo.resolve(ref, datasets=[src for src, _ in pairs], at=at)
     selected = _select(manifest, pairs)
-    partial = _partial_note(repo, manifest) if ref in (None, "latest") and not pairs else None
+    latest = ref in (None, "latest") and not pairs  # the bundle was not chosen for what it holds
+    partial = _partial_note(repo, manifest) if latest else None
     if strict:
         _refuse_unused({d.kind for d, _ in selected}, manifest.bundle_id, layout, load_check, check_options)
     location = parse_location(target_uri, target=True)
     _refuse_target_in_repository(location, repo)
     target_class = connector_class(location.kind)
+    # Before any part is read (a bundle of logs is not downloaded to learn that Qdrant cannot take it), and
+    # so before the target is opened (opening an embedded store creates it).
+    _refuse_other_kind(repo, manifest, [d for d, _ in selected], location.display(), target_class.dataset_kind, latest)
     # Each part is read up to four times (re-hash, validation, import, content check): a remote repository's
     # parts are downloaded once, into a local spool that the later reads use.
     with distributed.cluster(workers, dask) as on, BundleReader(repo, spool=True) as reader:
@@ -197,12 +201,6 @@ def run_restore(
         )
         verify_seconds = time.perf_counter() - verifying
         results: list[DatasetResult] = []
-        for dataset, _ in selected:  # before the target is opened (opening an embedded store creates it)
-            if dataset.kind != target_class.dataset_kind:
-                raise UsageError(
-                    f"collection {dataset.name!r} holds {dataset.kind}; {location.display()} holds "
-                    f"{target_class.dataset_kind}: restore it into a {dataset.kind} target"
-                )
         options = {"secrets": key, "load_check": load_check}
         with (
             open_connector(target_uri, target=True, options=options) as connector,
@@ -613,6 +611,37 @@ def _older_without(repo: Repository, manifest: BundleManifest, name: str, path: 
         if holds and all(p.path not in bad for d in candidate.datasets for p in d.all_parts()):
             return candidate.bundle_id
     return None
+
+
+def _refuse_other_kind(
+    repo: Repository,
+    manifest: BundleManifest,
+    datasets: Sequence[DatasetManifest],
+    target: str,
+    kind: str,
+    latest: bool,
+) -> None:
+    """UsageError when a collection of `datasets` holds another kind of data than `target` (of `kind`)
+    takes. Where `latest` named the bundle (also with --at; not with --collection), the line names the
+    newest bundle before it, among OLDER_LOOKED_AT, whose every collection `target` can take: in a
+    repository of several sources the newest bundle may be another source's (last night's logs, not the
+    vectors)."""
+    other = next((d for d in datasets if d.kind != kind), None)
+    if other is None:
+        return
+    line = f"collection {other.name!r} holds {other.kind}; {target} holds {kind}: restore it into a {other.kind} target"
+    if latest:
+        older = [b for b in repo.bundle_ids() if b < manifest.bundle_id][-OLDER_LOOKED_AT:]
+        for bundle_id in reversed(older):
+            try:
+                candidate = repo.load(bundle_id)
+            except AibackupError:
+                continue
+            if candidate.datasets and all(d.kind == kind for d in candidate.datasets):
+                source = candidate.source.get("uri") or candidate.source.get("kind")
+                line += f"; the newest bundle of {kind} is {bundle_id} (of {source}): restore it by its id"
+                break
+    raise UsageError(line)
 
 
 def _partial_note(repo: Repository, manifest: BundleManifest) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -348,6 +349,26 @@ def test_a_dataset_goes_only_into_a_target_of_its_kind(tmp_path: Path, cli: Cli)
     for target in ("qdrant", f"chroma:{tmp_path / 'c'}", f"finetune:{tmp_path / 'f'}", f"config:{tmp_path / 'g'}"):
         one_line_error(cli("restore", "--to", target), 2, "holds conversations")
     assert not (tmp_path / "aibackup-restore").exists()  # refused before any target was touched
+
+
+def test_latest_of_another_kind_is_refused_before_reading_and_names_the_newest_bundle_of_the_targets(
+    tmp_path: Path, cli: Cli
+) -> None:
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "app.toml").write_text('name = "bot"\n')
+    settings = ok(cli("backup", f"config:{tmp_path / 'cfg'}", "--json")).json()["bundle_id"]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "a.jsonl").write_bytes(line(exchange(1)))
+    newest = ok(cli("backup", f"conversations:{logs}", "--json")).json()
+    shutil.rmtree(tmp_path / "aibackup-repo" / "data" / newest["bundle_id"])  # no part of it is read: the
+    # kinds are told apart by the manifest
+    error = one_line_error(cli("restore", "--to", f"config:{tmp_path / 'out'}"), 2, "holds conversations")
+    assert f"the newest bundle of config is {settings} (of config:{tmp_path / 'cfg'})" in error, error
+    assert not (tmp_path / "out").exists()
+    # A bundle named by its id is the one meant: no other is suggested.
+    named = one_line_error(cli("restore", newest["bundle_id"], "--to", f"config:{tmp_path / 'out'}"), 2, "holds")
+    assert settings not in named
 
 
 def test_file_sources_never_back_up_their_own_repository(tmp_path: Path, cli: Cli) -> None:
