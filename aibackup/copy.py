@@ -131,9 +131,8 @@ def run_copy(
         RepositoryLock(target, "backup", f"copy from {source.storage.display()}"),
     ):
         present = set() if created else set(target.bundle_ids())  # a location just made holds no bundle
-        theirs = present.intersection(wanted)  # the source's bundles there (not ones backed up into it directly)
-        if since_newest and theirs:
-            wanted = _not_yet_copied(source, target, wanted, theirs, tonight)
+        if since_newest and present:
+            wanted = _not_yet_copied(source, target, wanted, present, tonight)
         if target.fully_encrypted:
             _same_generations(source, target, sorted(set(wanted) - present))
         copier = _Copier(source, target, key, fresh=created, held=present)
@@ -162,34 +161,36 @@ def run_copy(
 
 
 def _not_yet_copied(
-    source: Repository, target: Repository, wanted: Sequence[str], theirs: set[str], tonight: Sequence[str]
+    source: Repository, target: Repository, wanted: Sequence[str], present: set[str], tonight: Sequence[str]
 ) -> list[str]:
     """The nightly copy's share of `wanted`: `tonight`'s bundles and every bundle the copy lacks that is newer
-    than the copy's newest bundle of the same series (:func:`aibackup.retention.series_key`), or, of a series
-    the copy holds none of, newer than its oldest bundle (older ones predate the copy).
+    than the copy's newest bundle of the same series (:func:`aibackup.retention.series_key`), or of a series
+    the copy holds no bundle of. `present`: every bundle the copy holds (not given again: the nightly copy
+    repairs nothing it holds).
 
     Every keep rule keeps a series' newest bundle, so a bundle the copy lacks while holding a newer one of
-    its series is one the copy's own prune removed: it does not come back. Going by each series' newest, not
-    the copy's newest of all, catches up a bundle whose copy failed on a night another series' bundle with a
-    later id was copied (a long backup's, beside a short one started after it): by the copy's newest of all
-    it would never have been copied. `theirs`: the bundles of `wanted` the copy holds (not given again: the
-    nightly copy repairs nothing it holds). Reads the manifests of the lacking bundles older than the
-    copy's newest, and of the copy's bundles newer than the oldest of them."""
-    newest = max(theirs)
-    taken = [b for b in wanted if b not in theirs and (b > newest or b in tonight)]
-    older = sorted(b for b in set(wanted) - theirs - set(taken))
+    its series is one the copy's own prune removed: it does not come back (whether the source still holds
+    that newer one or not); and a series the copy holds nothing of was never copied whole. Going by each
+    series' newest, not the copy's newest of all, catches up a bundle whose copy failed on a night another
+    series' bundle with a later id was copied (a long backup's, beside a short one started after it): by
+    the copy's newest of all it would never have been copied. Reads the manifests of the lacking bundles
+    older than the copy's newest, and of the copy's bundles newer than the oldest of them (a manifest of
+    the copy that does not load leaves its series unknown: its bundles are copied, the safe way)."""
+    newest = max(present)
+    taken = [b for b in wanted if b not in present and (b > newest or b in tonight)]
+    older = sorted(set(wanted) - present - set(taken))
     if not older:
         return taken
     newest_of: dict[str, str] = {}  # series -> the copy's newest bundle of it
-    for bundle_id in sorted((b for b in theirs if b > older[0]), reverse=True):
-        with contextlib.suppress(IntegrityError, ManifestVersionError):  # unknown series: its bundles copy
+    for bundle_id in sorted((b for b in present if b > older[0]), reverse=True):
+        with contextlib.suppress(IntegrityError, ManifestVersionError):
             newest_of.setdefault(series_key(target.load(bundle_id)), bundle_id)
     for bundle_id in older:
         try:
             series = series_key(source.load(bundle_id))
         except (IntegrityError, ManifestVersionError):
             continue  # a source manifest that does not load: the source's verify names it, no copy could
-        if newest_of.get(series, min(theirs)) < bundle_id:
+        if newest_of.get(series, "") < bundle_id:
             taken.append(bundle_id)
     return taken
 
@@ -497,10 +498,15 @@ class _Copier:
         if held == len(raw) and pack not in self._damaged:
             return 0
         problem = pack_problem(raw, self.ids, self.source.part_decryption(pack))
-        if problem is not None:  # checked before the destination's is removed: it may be one found damaged
+        if problem is not None:  # checked before the destination's is replaced: it may be one found damaged
             raise IntegrityError(f"damaged chunk pack {where}: {problem}")
         if held is not None:
-            dest.remove(pack)
+            # Replaced whole (an S3 put, a local rename): an interruption leaves the damaged pack or the
+            # proven one, never none (its other chunks may still be worth more than nothing).
+            dest.replace(pack, raw, as_stored=True)
+            self._landed(pack, len(raw))
+            self._mark_repaired(pack)
+            return len(raw)
         writer = dest.create(pack, hashing=False)
         try:
             writer.write(raw)

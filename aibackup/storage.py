@@ -399,8 +399,8 @@ class Storage:
 
     def replace(self, rel: str, data: bytes, *, as_stored: bool = False) -> None:
         """Replace a document atomically (readers see the old bytes or the new): the repository marker when
-        its key slots change, a report resealed under a newer key, a damaged manifest a copy repairs
-        (`as_stored`: `data` is already the stored form, as for :meth:`write_exclusive`). Callers hold the
+        its key slots change, a report resealed under a newer key, a damaged manifest or chunk pack a copy
+        repairs (`as_stored`: `data` is already the stored form, as for :meth:`write_exclusive`). Callers hold the
         repository lock."""
         path = self.full(rel)
         stored = data if as_stored else self.encode_document(rel, data)

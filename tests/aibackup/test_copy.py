@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -351,6 +352,44 @@ def test_a_bundle_whose_copy_failed_while_another_sources_later_one_landed_is_ca
     out = json.loads(ok(cli("backup", "--source", "logs", "--json")).out)
     assert out["copies"][0]["copied"] == [out["sources"][0]["bundle_id"]]
     assert copy.bundle_ids() == sorted([*held, out["sources"][0]["bundle_id"]])
+
+
+def test_the_nightly_copy_goes_by_the_copys_newest_of_each_series_whatever_either_side_pruned(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle the copy's prune removed stays removed also once the source's prune removed the copy's newer
+    one of its series; a series the copy holds nothing of comes whole, also when its first bundle is older
+    than everything the copy's prune left."""
+    folders = {name: conversations(tmp_path / name, 5) for name in ("u", "s", "t", "new")}
+    sources = "sources:\n" + "".join(f"  {name}: 'conversations:{path}'\n" for name, path in folders.items())
+    config = tmp_path / "aibackup.yaml"
+    with_copy = f"repository: ./repo\n{sources}copies:\n  - {{repository: ./copy}}\n"
+
+    def at(moment: str, *args: str) -> dict[str, Any]:
+        monkeypatch.setenv("AIBACKUP_NOW", f"2026-01-{moment}:00Z")
+        return json.loads(ok(cli(*args, "--json")).out)
+
+    config.write_text(with_copy)
+    ids = {
+        name: at(f"01T0{n}:00", "backup", "--source", name)["sources"][0]["bundle_id"] for n, name in enumerate("ust")
+    }
+    conversations(folders["s"], 3, start=5)
+    s2 = at("02T10:00", "backup", "--source", "s")["sources"][0]["bundle_id"]
+    at("02T10:30", "prune", "--repo", "./copy", "--keep-last", "1")  # the copy's own: s's first bundle goes
+    # A night whose copy failed: s's third bundle and the first of a new source stay in the source alone.
+    config.write_text(f"repository: ./repo\n{sources}")
+    conversations(folders["s"], 2, start=8)
+    s3 = at("02T11:00", "backup", "--source", "s")["sources"][0]["bundle_id"]
+    first_new = at("02T11:10", "backup", "--source", "new")["sources"][0]["bundle_id"]
+    at("02T11:30", "prune", "--repo", "./repo", "--keep-daily", "2")  # the source's: s's second goes, not its first
+    assert ids["s"] in Repository.open(str(tmp_path / "repo")).bundle_ids()
+    at("02T11:40", "prune", "--repo", "./copy", "--keep-last", "1")  # nothing older than s2 stays in the copy
+    config.write_text(with_copy)
+    conversations(folders["t"], 2, start=5)
+    out = at("02T12:00", "backup", "--source", "t")
+    assert out["copies"][0]["copied"] == [s3, first_new, out["sources"][0]["bundle_id"]], (ids, out["copies"])
+    assert ids["s"] not in Repository.open(str(tmp_path / "copy")).bundle_ids()
+    assert s2 in Repository.open(str(tmp_path / "copy")).bundle_ids()
 
 
 def test_a_copy_that_cannot_be_made_fails_the_run_but_keeps_the_backups(cli: Cli, tmp_path: Path) -> None:
