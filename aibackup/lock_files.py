@@ -151,7 +151,7 @@ def read_lock(storage: Storage, name: str) -> LockFile | None:
         raw = b""
     try:
         record = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         record = None
     beat = parse_time(record.get("heartbeat_at")) if isinstance(record, dict) else None
     if not isinstance(record, dict) or beat is None:

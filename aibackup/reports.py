@@ -81,7 +81,7 @@ def _read_named(repo: Repository, folder: str) -> Iterator[tuple[str, dict[str, 
             continue
         try:
             doc = json.loads(repo.storage.read_bytes(f"{folder}/{name}"))
-        except (AibackupError, FileNotFoundError, ValueError):
+        except (AibackupError, FileNotFoundError, ValueError, RecursionError):
             continue  # a damaged or vanished report is only lost history
         if isinstance(doc, dict):
             yield name, doc
@@ -114,7 +114,7 @@ def _paths(repo: Repository, name: str) -> tuple[frozenset[str], frozenset[str]]
     if key not in _PATHS:
         try:
             doc = json.loads(repo.storage.read_bytes(f"{VERIFY}/{name}"))
-        except (AibackupError, FileNotFoundError, ValueError):
+        except (AibackupError, FileNotFoundError, ValueError, RecursionError):
             doc = {}  # a damaged or vanished report is only lost history
         _PATHS[key] = _paths_of(doc if isinstance(doc, dict) else {})
     return _PATHS[key]

@@ -545,7 +545,7 @@ def marker_bytes(marker: Mapping[str, Any]) -> bytes:
 def _check_marker(raw: bytes, where: str) -> dict[str, Any]:
     try:
         marker = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise IntegrityError(f"damaged repository marker {where}: not valid JSON") from None
     if not isinstance(marker, dict) or marker.get("format") != REPO_FORMAT:
         raise NotARepositoryError(f"{where} is not an aibackup repository marker")

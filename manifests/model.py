@@ -417,6 +417,8 @@ class BundleManifest:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ManifestError(f"{where}: not valid JSON ({exc})") from None
+        except RecursionError:  # arrays nested past the interpreter's stack: damage, not a bug of ours
+            raise ManifestError(f"{where}: not valid JSON (nested too deeply)") from None
         if not isinstance(doc, dict):
             raise ManifestError(f"{where}: expected a JSON object")
         manifest = cls.from_json(doc, where)

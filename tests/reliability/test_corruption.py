@@ -107,6 +107,10 @@ def damage(kind: str, rng: random.Random, repo: Path) -> Path:
         victim, other = rng.sample(manifests, 2)
         shutil.copyfile(other, victim)
         return victim
+    if kind == "nested-manifest":  # valid JSON nested past Python's recursion limit
+        victim = rng.choice(manifests)
+        victim.write_bytes(b"[" * 100_000 + b"]" * 100_000)
+        return victim
     if kind == "version":  # a newer format, checksum and all: this aibackup must not guess at it
         victim = rng.choice(manifests)
         doc = json.loads(victim.read_bytes())
@@ -125,6 +129,7 @@ KINDS = [
     "missing-part",
     "swap-part",
     "swap-manifest",
+    "nested-manifest",
     "version",
 ]
 
