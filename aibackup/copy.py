@@ -17,7 +17,8 @@ grace period otherwise); a second run copies nothing.
 
 A part (or chunk pack) the destination holds but found damaged (a `verify --read-data` or restore of it
 recorded so, see :func:`aibackup.reports.damaged_parts`) is not reused: it is copied again over the damaged
-one, proven by the source manifest's sha256 as any part, and the repair recorded in the destination
+one, proven by the source manifest's sha256 as any part before it replaces the damaged one whole (which
+stays as it was if the new one never completes), and the repair recorded in the destination
 (:func:`aibackup.reports.record_repair`), so that its next backups may build on it again. That covers the
 bundles a run copies and, for the bundles the destination already holds, those named or all (not the
 nightly copy's, which takes only newer bundles): ``copy --to-repo PRIMARY`` from a copy repairs the primary.
@@ -369,21 +370,13 @@ class _Copier:
         if held == part.bytes and part.path not in self._damaged:
             return 0
         where = self.source.storage.display(part.path)
-        if held is not None:
-            # Replaced only by bytes proven good: a damaged copy (found so, or of another size: cut short by a
-            # full disk, or an interrupted copy's) may still be worth more than none.
-            try:
-                found = self.source.storage.hash_file(part.path, part.bytes)
-            except FileNotFoundError:
-                raise IntegrityError(f"missing part {where}") from None
-            if found != (part.sha256, part.bytes):
-                raise IntegrityError(f"damaged part {where}: its bytes do not match the manifest's sha256 and size")
-        if held is not None:
-            # A copy interrupted mid-part (a local file is written in place), or a part found damaged.
-            dest.remove(part.path)
+        # One the destination holds (found damaged, or of another size: cut short by a full disk, or an
+        # interrupted copy's) is replaced whole once the new one is proven, and stays as it was otherwise:
+        # a damaged copy may still be worth more than none.
+        replacing = held is not None
         sha = hashlib.sha256()
         size = 0
-        writer = dest.create(part.path, hashing=False)
+        writer = dest.create(part.path, hashing=False, replace=replacing)
         try:
             for block in self.source.storage.read_blocks(part.path, part.bytes):
                 sha.update(block)
@@ -394,13 +387,15 @@ class _Copier:
             dest.close_part(writer, part.path, sha256=part.sha256)  # proven equal just above
         except FileNotFoundError:
             writer.abort()
-            with contextlib.suppress(Exception):
-                dest.remove(part.path)
+            if not replacing:
+                with contextlib.suppress(Exception):
+                    dest.remove(part.path)
             raise IntegrityError(f"missing part {where}") from None
         except BaseException:
             writer.abort()
-            with contextlib.suppress(Exception):
-                dest.remove(part.path)
+            if not replacing:
+                with contextlib.suppress(Exception):
+                    dest.remove(part.path)
             raise
         self._landed(part.path, part.bytes)
         self._mark_repaired(part.path)
@@ -415,14 +410,19 @@ class _Copier:
         source_index = self._index(self.source, "_source_index")
         target_index = self._index(self.target, "_target_index")
         lacking = {c for c in needed if c not in target_index}
-        # Chunks the destination holds in a pack it found damaged, or lost (a copied pack keeps its name in
-        # both repositories): that pack is copied again (repaired).
-        written = sum(self._pack(pack) for pack in sorted(self._damaged_packs(needed - lacking, target_index)))
-        for pack in sorted(self._lost_packs(needed - lacking, source_index, target_index)):
+        # Chunks the destination holds in a pack it found damaged, or lost: where the source holds that pack
+        # (a copied pack keeps its name in both repositories), it is copied again (repaired); where the
+        # source's prune has since repacked them, they are copied from the pack that holds them now and
+        # indexed there (moved), in an index file sorting after the one that placed them in the bad pack.
+        source_packs = {place.pack for place in source_index.places.values()}
+        bad = self._damaged_packs(needed - lacking, target_index) | self._lost_packs(needed - lacking, target_index)
+        written = 0
+        for pack in sorted(bad & source_packs):
             written += self._pack(pack)
             self._mark_repaired(pack, lacking=True)
+        moved = {c for c in needed - lacking if (place := target_index.get(c)) and place.pack in bad - source_packs}
         places: dict[str, list[tuple[bytes, Stored]]] = {}
-        for chunk in lacking:
+        for chunk in lacking | moved:
             place = source_index.get(chunk)
             if place is None:
                 where = f"chunk {chunk.hex()[:16]}… of bundle {manifest.bundle_id}"
@@ -430,14 +430,17 @@ class _Copier:
             places.setdefault(place.pack, []).append((chunk, place))
         entries: list[tuple[bytes, Stored]] = []
         for pack in sorted(places):
-            written += self._pack(pack)
+            copied = self._pack(pack)
+            written += copied
+            if copied and any(chunk in moved for chunk, _ in places[pack]):
+                self._mark_repaired(pack, lacking=True)
             # Every chunk the pack holds becomes findable in the destination, not only those needed now.
             entries += self._pack_entries(source_index, pack)
         if entries:
             rel = f"{INDEX}/{manifest.bundle_id}-copy.parquet"
-            if rel in target_index.files:
+            if rel in target_index.files or moved:
                 # An earlier copy's intact index of this bundle (a held bundle's repair): kept, and the chunks
-                # indexed again go to an index file of their own.
+                # indexed again go to an index file of their own, the newest (readers take its places).
                 rel = f"{INDEX}/{new_writer_id(self.target)}.parquet"
             else:
                 with contextlib.suppress(FileNotFoundError):
@@ -448,7 +451,10 @@ class _Copier:
                 del target_index.damaged[rel]
                 self._mark_repaired(rel, lacking=True)
             for chunk, place in entries:
-                target_index.places.setdefault(chunk, place)
+                if chunk in moved:
+                    target_index.places[chunk] = place
+                else:
+                    target_index.places.setdefault(chunk, place)
         return written
 
     def _damaged_packs(self, chunks: set[bytes], target_index: ChunkIndex) -> set[str]:
@@ -472,15 +478,10 @@ class _Copier:
             del index.damaged[rel]
             self._mark_repaired(rel, lacking=True)
 
-    def _lost_packs(self, chunks: set[bytes], source_index: ChunkIndex, target_index: ChunkIndex) -> set[str]:
-        """The packs the destination's index places some of `chunks` in but that it does not hold, where the
-        source holds a pack of that name (one the copy brought; a pack of the destination's own backups
-        cannot be brought back from here)."""
+    def _lost_packs(self, chunks: set[bytes], target_index: ChunkIndex) -> set[str]:
+        """The packs the destination's index places some of `chunks` in but that it does not hold."""
         packs = {place.pack for chunk in chunks if (place := target_index.get(chunk))}
-        lost = {pack for pack in packs if self._held_size(pack) is None}
-        if not lost:
-            return set()
-        return lost & {place.pack for place in source_index.places.values()}
+        return {pack for pack in packs if self._held_size(pack) is None}
 
     @staticmethod
     def _pack_entries(index: ChunkIndex, pack: str) -> list[tuple[bytes, Stored]]:
@@ -513,6 +514,8 @@ class _Copier:
             dest.close_part(writer, pack, sha256=hashlib.sha256(raw).hexdigest())
         except BaseException:
             writer.abort()
+            with contextlib.suppress(Exception):
+                dest.remove(pack)  # a local pack cut short (a full disk): as a part's, not left in the way
             raise
         self._landed(pack, len(raw))
         self._mark_repaired(pack)

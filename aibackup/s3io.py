@@ -47,7 +47,8 @@ class ShortReadError(OSError):
 
 
 class ParallelUpload:
-    """A write-only file object that uploads an S3 object exclusively (``If-None-Match: *``): one PUT when it
+    """A write-only file object that uploads an S3 object exclusively (``If-None-Match: *``; not with
+    `exclusive` False: it then replaces one there whole when it completes): one PUT when it
     stays below one block, else a multipart upload with up to `concurrency` parts in flight on `pool`'s
     threads while the caller goes on writing (``write`` waits only when that many are already in flight).
 
@@ -67,11 +68,14 @@ class ParallelUpload:
         extra: dict[str, str] | None = None,
         block_size: int = BLOCK_SIZE,
         concurrency: int = CONCURRENCY,
+        exclusive: bool = True,
     ) -> None:
         self._client = client
         self._pool = pool
         self._bucket, self._key = bucket, key
         self._extra = extra or {}  # server-side encryption: sent with PutObject and CreateMultipartUpload
+        # Not exclusive: an object there is replaced whole when this one completes (a copy's repair).
+        self._if_none_match = {"IfNoneMatch": "*"} if exclusive else {}
         computes = getattr(client.meta.config, "request_checksum_calculation", None) == "when_supported"
         self._checksum = {"ChecksumAlgorithm": CHECKSUM_ALGORITHM} if computes else {}
         self._block = block_size
@@ -131,7 +135,7 @@ class ParallelUpload:
         if self.closed:
             return
         if self._upload_id is None:
-            self._call("put_object", Body=bytes(self._buffer), IfNoneMatch="*", **self._extra)
+            self._call("put_object", Body=bytes(self._buffer), **self._if_none_match, **self._extra)
             self.closed = True
             return
         if self._buffer:
@@ -144,7 +148,7 @@ class ParallelUpload:
                 "complete_multipart_upload",
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
-                IfNoneMatch="*",
+                **self._if_none_match,
             )
         except FileNotFoundError:
             # NoSuchUpload: an earlier try of this completion was applied and its answer lost. The object is

@@ -28,7 +28,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, Any, Protocol, cast
 from urllib.parse import parse_qs
 
 import fsspec
@@ -330,12 +330,17 @@ class Storage:
                 os.unlink(tmp)
         _fsync_dir(folder)
 
-    def create(self, rel: str, *, hashing: bool = True, copy: IO[bytes] | None = None) -> HashingWriter:
+    def create(
+        self, rel: str, *, hashing: bool = True, copy: IO[bytes] | None = None, replace: bool = False
+    ) -> HashingWriter:
         """Open a new immutable object for streaming writes; fails if it exists. Without `hashing` its sha256
         is not computed (a chunk pack: every chunk in it is hashed on its own). `copy`: a local file that
         gets every byte too (a spool's, :meth:`aibackup.spool.PartSpool.tee`), as long as it can be written.
+        `replace`: an object already there is replaced whole when the new one completes, and stays as it
+        was if it never does (a damaged part a copy repairs; callers hold the repository lock).
 
-        Local files are fsynced on close. On S3 the object appears only when the upload completes.
+        Local files are fsynced on close (`replace`: written under a temporary name and renamed into
+        place). On S3 the object appears only when the upload completes.
         """
         path = self.full(rel)
 
@@ -345,6 +350,10 @@ class Storage:
         with errors():
             if self.is_local:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
+                if replace:
+                    # The file methods HashingWriter calls (write, flush, fileno, close, discard).
+                    tmp = cast(IO[bytes], _Replacing(path))
+                    return HashingWriter(tmp, on_write=_write_back_local, hashing=hashing, copy=copy, errors=errors)
                 try:
                     raw: IO[bytes] = open(path, "xb")  # noqa: SIM115 - owned by HashingWriter
                 except FileExistsError:
@@ -354,7 +363,7 @@ class Storage:
                 )
             # Parts go up as a multipart upload with several parts in flight (s3fs's own file uploads one
             # at a time), while the writer encodes the next: 8 x 8 MiB in memory at most.
-            return HashingWriter(self._upload(path), hashing=hashing, copy=copy, errors=errors)
+            return HashingWriter(self._upload(path, exclusive=not replace), hashing=hashing, copy=copy, errors=errors)
 
     def _transfers(self) -> tuple[Any, concurrent.futures.ThreadPoolExecutor]:
         """The boto3 client and thread pool of this repository's part uploads and reads (:mod:`aibackup.s3io`),
@@ -369,12 +378,14 @@ class Storage:
                 )
             return self._client, self._pool
 
-    def _upload(self, path: str) -> Any:
+    def _upload(self, path: str, *, exclusive: bool = True) -> Any:
         from aibackup import s3io
 
         client, pool = self._transfers()
         bucket, _, key = path.partition("/")
-        return s3io.ParallelUpload(client, pool, bucket, key, extra=self.s3.additional, block_size=CHUNK)
+        return s3io.ParallelUpload(
+            client, pool, bucket, key, extra=self.s3.additional, block_size=CHUNK, exclusive=exclusive
+        )
 
     def settle_part(self, writer: HashingWriter, rel: str) -> None:
         """Hand every byte written to a part through :meth:`create` to the storage (its sha256 and size are
@@ -493,6 +504,45 @@ def same_place(url: str, other: str) -> bool:
         return Storage(url).same_place(Storage(other))
     except AibackupError:
         return False
+
+
+class _Replacing:
+    """A local file written under a temporary name beside `path` and renamed over it, fsynced, at ``close``
+    (readers see the old file or the new one, never a part of it); ``discard`` removes the temporary file
+    and leaves `path` as it was (see :meth:`Storage.create`'s `replace`)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.tmp = os.path.join(os.path.dirname(path), f".tmp-{secrets.token_hex(8)}")
+        self._file = open(self.tmp, "xb")  # noqa: SIM115 - closed by close() or discard()
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        try:
+            _fsync_local(self._file)
+            self._file.close()
+            os.replace(self.tmp, self.path)
+        except BaseException:
+            self.discard()
+            raise
+        self.closed = True
+
+    def discard(self) -> None:
+        self.closed = True
+        self._file.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.tmp)
 
 
 def _fsync_dir(folder: str) -> None:

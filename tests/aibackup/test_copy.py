@@ -630,6 +630,40 @@ def test_a_short_part_is_replaced_only_by_bytes_proven_good(cli: Cli, tmp_path: 
     assert (copy / link).read_bytes() == short
 
 
+@pytest.mark.parametrize("dest_where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+def test_a_repair_cut_short_leaves_the_damaged_part_in_place(
+    cli: Cli, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, dest_where: str
+) -> None:
+    """The proven part replaces the damaged one whole: interrupted in between (Ctrl-C, a lost connection),
+    the destination still holds its damaged copy (it was removed before the new one streamed), and a rerun
+    repairs it."""
+    from aibackup.copy import run_copy
+    from aibackup.storage import Storage
+
+    source = tmp_path / "src"
+    three_bundles(cli, tmp_path, str(source))
+    dest = repository_url(dest_where, tmp_path, request) + ("-copy" if dest_where == "local" else "")
+    ok(cli("copy", "--repo", str(source), "--to-repo", dest))
+    first = Repository.open(str(source)).bundle_ids()[0]
+    (link,) = [str(p.relative_to(source)) for p in (source / "data" / first).rglob("part-*.parquet")]
+    target = Repository.open(dest).storage
+    short = target.read_stored(link)[:-100]  # cut short (a full disk): another size than its manifest's
+    target.replace(link, short, as_stored=True)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt  # every byte streamed, the upload not completed
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Storage, "close_part", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_copy(Repository.open(str(source)), dest)
+    assert target.read_stored(link) == short
+    assert [n for n in target.list_names(str(Path(link).parent)) if n.startswith(".tmp-")] == []
+    again = json.loads(ok(cli("copy", "--repo", str(source), "--to-repo", dest, "--json")).out)
+    assert link in [r.split(dest.rstrip("/") + "/", 1)[-1] for r in again["repaired"]], again
+    ok(cli("verify", "--repo", dest, "--read-data"))
+
+
 def test_a_copy_of_every_bundle_makes_whole_what_the_destination_lost_unnoticed(cli: Cli, tmp_path: Path) -> None:
     """The copy lost a manifest's bytes, one part, the tail of another and a chunk pack, unseen by any
     verify: a second `copy` (every bundle) said "3 already there" and exit 0, and the copy held a bundle that
@@ -690,6 +724,46 @@ def test_a_damaged_chunk_pack_a_restore_found_is_repaired_by_the_nightly_copy(cl
     assert json.loads(ok(cli("verify", "--read-data", "--repo", str(copy), "--json")).out)["ok"]
     ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'again'}"))
     assert files_of(tmp_path / "again") == files_of(llm)
+
+
+@pytest.mark.parametrize("harm", ["lost", "damaged"])
+def test_a_pack_the_copy_lost_or_found_damaged_after_the_source_repacked_it_is_made_whole(
+    cli: Cli, tmp_path: Path, harm: str
+) -> None:
+    """The source's prune repacked the chunks its newest bundle still needs (the pack the copy holds is gone
+    from the source): a copy that lost, or found damaged, its pack of them takes them from the pack that
+    holds them now (it reported "ok" with the bundle unrestorable, or failed naming the source's pack as
+    missing, on every run)."""
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    rng = np.random.default_rng(0)
+    save_file({"w": rng.standard_normal((1024, 1024)).astype(np.float32)}, str(llm / "a.safetensors"))
+    save_file({"w": rng.standard_normal((256, 1024)).astype(np.float32)}, str(llm / "b.safetensors"))
+    (llm / "config.json").write_text('{"model_type": "llama"}\n')
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    ok(cli("backup", f"model:{llm}", "--repo", str(source)))
+    (llm / "a.safetensors").unlink()
+    ok(cli("backup", f"model:{llm}", "--repo", str(source)))
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    ok(cli("prune", "--repo", str(source), "--keep-last", "1", "--grace", "0s"))
+    (pack,) = [p.relative_to(copy) for p in (copy / "data").rglob("packs/*.parquet")]
+    assert not (source / pack).exists()  # repacked under another name
+    if harm == "lost":
+        (copy / pack).unlink()
+    else:
+        flip_middle_byte(copy / pack)
+        assert cli("verify", "--read-data", "--repo", str(copy)).code == 1  # recorded damaged
+    newest = Repository.open(str(source)).bundle_ids()[-1]
+    out = json.loads(ok(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json")).out)
+    assert out["skipped"] == [newest] and out["repaired"] and out["bytes"] > 0, out
+    ok(cli("restore", newest, "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)
+    again = json.loads(ok(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json")).out)
+    assert again["bytes"] == 0 and again["repaired"] == [], again
+    # Only the older bundle, whose other chunks that pack alone held (the source no longer has them), is
+    # still damaged there.
+    checked = json.loads(cli("verify", "--read-data", "--repo", str(copy), "--json").out)
+    assert {p["bundle_id"] for p in checked["problems"]} == set(Repository.open(str(copy)).bundle_ids()) - {newest}
 
 
 def model_copied_then_index_rotted(cli: Cli, tmp_path: Path, rotted: Path) -> tuple[Path, Path]:

@@ -108,6 +108,28 @@ def test_a_copy_stopped_by_a_full_disk_says_which_bundles_landed(tmp_path: Path,
     ok(cli("verify", "--repo", str(copy), "--read-data"))
 
 
+def test_a_chunk_pack_a_full_disk_cut_short_in_a_copy_is_not_left_behind(tmp_path: Path, cli: Cli) -> None:
+    """A copy's chunk pack cut short by a full disk was left in place (a part's was removed): it held the
+    room the rerun needed, and the rerun failed again."""
+    from safetensors.numpy import save_file
+
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    save_file(
+        {"w": np.random.default_rng(0).standard_normal((512, 1024)).astype(np.float32)}, str(llm / "m.safetensors")
+    )
+    repo, copy = tmp_path / "repo", tmp_path / "copy"
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    args = ["copy", "--repo", str(repo), "--to-repo", str(copy)]
+    full = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, str(1024 * 1024), *args], capture_output=True, text=True, timeout=300
+    )
+    assert full.returncode == 3 and "no room to write" in full.stderr, (full.returncode, full.stderr)
+    assert list(copy.rglob("packs/*")) == []
+    ok(cli(*args))
+    ok(cli("verify", "--repo", str(copy), "--read-data"))
+
+
 def test_a_full_disk_under_a_restored_folder_is_exit_3_naming_the_file(tmp_path: Path, cli: Cli) -> None:
     """Conversation logs and fine-tuning sets restored onto a full disk: one line naming the file (it was an
     internal error, exit 70), no temporary file left, and the restore runs once there is room."""
