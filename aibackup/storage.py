@@ -26,6 +26,7 @@ import hashlib
 import os
 import secrets
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
@@ -159,9 +160,9 @@ class Storage:
         where it is)."""
         if self.is_local or other.is_local:
             return self.is_local and other.is_local and self.root == other.root
-        return (self.root, self.s3.client_kwargs.get("endpoint_url")) == (
+        return (self.root, _endpoint(self.s3.client_kwargs.get("endpoint_url"))) == (
             other.root,
-            other.s3.client_kwargs.get("endpoint_url"),
+            _endpoint(other.s3.client_kwargs.get("endpoint_url")),
         )
 
     # --- paths -----------------------------------------------------------------------------------------
@@ -504,6 +505,15 @@ def same_place(url: str, other: str) -> bool:
         return Storage(url).same_place(Storage(other))
     except AibackupError:
         return False
+
+
+def _endpoint(url: str | None) -> tuple[str, str, str] | None:
+    """An endpoint URL as compared: scheme and host in lower case, the path without a trailing slash
+    (``http://S3.local:9000/`` is ``http://s3.local:9000``)."""
+    if url is None:
+        return None
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
 
 
 class _Replacing:

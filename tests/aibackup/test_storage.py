@@ -180,3 +180,10 @@ def test_same_place_is_where_a_repository_is_not_how_it_is_written(tmp_path: Pat
     for other in ("s3://bucket/other", "s3://bucket/prefix?endpoint=http://127.0.0.1:9", str(tmp_path / "r")):
         assert not bucket.same_place(Storage(other)), other
     assert not here.same_place(bucket)
+    on = Storage("s3://bucket/prefix?endpoint=http://s3.local:9000")
+    for same in (
+        "s3://bucket/prefix?endpoint=http://s3.local:9000/",
+        "s3://bucket/prefix?endpoint=HTTP://S3.Local:9000",
+    ):
+        assert on.same_place(Storage(same)), same
+    assert not on.same_place(Storage("s3://bucket/prefix?endpoint=http://s3.local:9001"))
