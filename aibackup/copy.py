@@ -46,15 +46,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from aibackup import clock, keys, reports
 from aibackup import keyring as keyslots
-from aibackup import keys, reports
 from aibackup.chunkprune import referenced_chunks
 from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, new_writer_id, pack_problem
 from aibackup.crypto import RepositoryKey, passphrase_from
 from aibackup.errors import AibackupError, IntegrityError, ManifestVersionError, UsageError
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
-from aibackup.repository import MARKER, Repository, Where, marker_bytes, storage_of
+from aibackup.repository import MARKER, Repository, Where, id_time, marker_bytes, new_bundle_id, storage_of
 from aibackup.retention import series_key
 from aibackup.spool import PARTS_AT_ONCE
 from aibackup.storage import Storage
@@ -303,6 +303,7 @@ class _Copier:
         # What the destination holds, by top folder (data/<bundle or writer>): one listing each, not a HEAD
         # per part (s3fs's size() of a missing key is a HEAD and a LIST), updated as objects land.
         self._held: dict[str, dict[str, int]] = {}
+        self._stored: dict[str, dict[str, int]] = {}  # the source's sizes, per folder (see _source_size)
         self._held_lock = threading.Lock()
         # What the destination found damaged: copied again, never reused (a fresh destination found nothing).
         # Once repaired in this run, a path is no longer damaged: the next bundle that lists it reuses it.
@@ -374,6 +375,7 @@ class _Copier:
         # interrupted copy's) is replaced whole once the new one is proven, and stays as it was otherwise:
         # a damaged copy may still be worth more than none.
         replacing = held is not None
+        self._same_key(part.path)
         sha = hashlib.sha256()
         size = 0
         writer = dest.create(part.path, hashing=False, replace=replacing)
@@ -415,12 +417,14 @@ class _Copier:
         # source's prune has since repacked them, they are copied from the pack that holds them now and
         # indexed there (moved), in an index file sorting after the one that placed them in the bad pack.
         source_packs = {place.pack for place in source_index.places.values()}
-        bad = self._damaged_packs(needed - lacking, target_index) | self._lost_packs(needed - lacking, target_index)
+        held = needed - lacking
+        bad = self._damaged_packs(held, target_index) | self._lost_packs(held, target_index)
+        bad |= self._resized_packs(held, target_index, source_packs)
         written = 0
         for pack in sorted(bad & source_packs):
             written += self._pack(pack)
             self._mark_repaired(pack, lacking=True)
-        moved = {c for c in needed - lacking if (place := target_index.get(c)) and place.pack in bad - source_packs}
+        moved = {c for c in held if (place := target_index.get(c)) and place.pack in bad - source_packs}
         places: dict[str, list[tuple[bytes, Stored]]] = {}
         for chunk in lacking | moved:
             place = source_index.get(chunk)
@@ -441,7 +445,7 @@ class _Copier:
             if rel in target_index.files or moved:
                 # An earlier copy's intact index of this bundle (a held bundle's repair): kept, and the chunks
                 # indexed again go to an index file of their own, the newest (readers take its places).
-                rel = f"{INDEX}/{new_writer_id(self.target)}.parquet"
+                rel = f"{INDEX}/{_last_index_name(self.target, target_index.files)}.parquet"
             else:
                 with contextlib.suppress(FileNotFoundError):
                     self.target.storage.remove(rel)  # an interrupted copy's, or one found damaged: rewritten
@@ -483,6 +487,14 @@ class _Copier:
         packs = {place.pack for chunk in chunks if (place := target_index.get(chunk))}
         return {pack for pack in packs if self._held_size(pack) is None}
 
+    def _resized_packs(self, chunks: set[bytes], target_index: ChunkIndex, source_packs: set[str]) -> set[str]:
+        """The destination's packs that hold some of `chunks` and are of another size than the source's pack
+        of that name (cut short by a full disk, or changed, without a reader noticing yet)."""
+        packs = {place.pack for chunk in chunks if (place := target_index.get(chunk)) and place.pack in source_packs}
+        return {
+            pack for pack in packs if (size := self._held_size(pack)) is not None and size != self._source_size(pack)
+        }
+
     @staticmethod
     def _pack_entries(index: ChunkIndex, pack: str) -> list[tuple[bytes, Stored]]:
         return [(c, p) for c, p in index.places.items() if p.pack == pack]
@@ -501,6 +513,7 @@ class _Copier:
         problem = pack_problem(raw, self.ids, self.source.part_decryption(pack))
         if problem is not None:  # checked before the destination's is replaced: it may be one found damaged
             raise IntegrityError(f"damaged chunk pack {where}: {problem}")
+        self._same_key(pack)
         if held is not None:
             # Replaced whole (an S3 put, a local rename): an interruption leaves the damaged pack or the
             # proven one, never none (its other chunks may still be worth more than nothing).
@@ -538,6 +551,21 @@ class _Copier:
                 self._held[folder] = {} if self._fresh else self.target.storage.sizes_below(folder)
             return self._held[folder].get(rel)
 
+    def _source_size(self, rel: str) -> int | None:
+        """The size of the source's object at `rel` (None: not there), from one listing of its folder."""
+        folder = "/".join(rel.split("/")[:2])
+        with self._held_lock:
+            if folder not in self._stored:
+                self._stored[folder] = self.source.storage.sizes_below(folder)
+            return self._stored[folder].get(rel)
+
+    def _same_key(self, rel: str) -> None:
+        """UsageError where the destination would read `rel` with another master key than the one that sealed
+        it: the generation follows from the date of its folder (a bundle's, or the prune's that repacked a
+        pack), and a copy whose key was rotated on its own maps later dates to its own key."""
+        if self.target.fully_encrypted:
+            _same_generations(self.source, self.target, [bundle_of_part(rel)])
+
     def _landed(self, rel: str, size: int) -> None:
         with self._held_lock:
             self._held.setdefault("/".join(rel.split("/")[:2]), {})[rel] = size
@@ -551,6 +579,18 @@ class _Copier:
             index = ChunkIndex.load(repo, skip_damaged=True)
             setattr(self, attr, index)
         return index
+
+
+def _last_index_name(repo: Repository, files: Sequence[str]) -> str:
+    """A name for a new index file of `repo` sorting after every one in `files` (readers take the last
+    file's place for a chunk listed twice), also after one dated past this machine's clock (another host's
+    prune)."""
+    name = new_writer_id(repo)
+    stems = [f.rsplit("/", 1)[-1].removesuffix(".parquet").removesuffix("-copy") for f in files]
+    last = max((stem for stem in stems if id_time(stem) is not None), default=None)
+    if last is not None and name <= last:
+        name = new_bundle_id(clock.now(), after=last)
+    return name
 
 
 def _parts(manifest: BundleManifest) -> list[PartEntry]:

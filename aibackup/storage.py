@@ -507,13 +507,20 @@ def same_place(url: str, other: str) -> bool:
         return False
 
 
-def _endpoint(url: str | None) -> tuple[str, str, str] | None:
-    """An endpoint URL as compared: scheme and host in lower case, the path without a trailing slash
-    (``http://S3.local:9000/`` is ``http://s3.local:9000``)."""
+def _endpoint(url: str | None) -> tuple[str, str, int | None, str] | None:
+    """An endpoint URL as compared: scheme and host in lower case, the scheme's default port as none, the
+    path without a trailing slash (``HTTP://S3.local:80/`` is ``http://s3.local``)."""
     if url is None:
         return None
     parts = urllib.parse.urlsplit(url)
-    return parts.scheme.lower(), parts.netloc.lower(), parts.path.rstrip("/")
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # not a port: compared as written
+        return scheme, parts.netloc.lower(), None, parts.path.rstrip("/")
+    if port == {"http": 80, "https": 443}.get(scheme):
+        port = None
+    return scheme, (parts.hostname or "").lower(), port, parts.path.rstrip("/")
 
 
 class _Replacing:

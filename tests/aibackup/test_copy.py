@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
@@ -726,6 +727,72 @@ def test_a_damaged_chunk_pack_a_restore_found_is_repaired_by_the_nightly_copy(cl
     assert files_of(tmp_path / "again") == files_of(llm)
 
 
+def two_model_versions(cli: Cli, tmp_path: Path, repo: Path) -> Path:
+    """A model of two files backed up into `repo`, then again without the first (the second bundle's chunks
+    share the first bundle's pack; a prune keeping the newest bundle repacks them). The model's folder."""
+    llm = tmp_path / "llm"
+    llm.mkdir()
+    rng = np.random.default_rng(0)
+    save_file({"w": rng.standard_normal((1024, 1024)).astype(np.float32)}, str(llm / "a.safetensors"))
+    save_file({"w": rng.standard_normal((256, 1024)).astype(np.float32)}, str(llm / "b.safetensors"))
+    (llm / "config.json").write_text('{"model_type": "llama"}\n')
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    (llm / "a.safetensors").unlink()
+    ok(cli("backup", f"model:{llm}", "--repo", str(repo)))
+    return llm
+
+
+def test_a_pack_of_another_size_in_the_copy_is_made_whole_by_the_next_copy(cli: Cli, tmp_path: Path) -> None:
+    """A pack cut short in the copy without a reader noticing: documented as made whole, it was left (ok,
+    0 bytes) until a failed restore had recorded it."""
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    llm = two_model_versions(cli, tmp_path, source)
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    (pack,) = [p for p in (copy / "data").rglob("packs/*.parquet")]
+    pack.write_bytes(pack.read_bytes()[:1000])
+    out = json.loads(ok(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json")).out)
+    assert str(pack.relative_to(copy)) in [r.split(f"{copy}/", 1)[-1] for r in out["repaired"]], out
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)
+
+
+def test_chunks_a_copy_moves_are_indexed_after_an_index_file_dated_ahead(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The index file of chunks a copy takes from another pack sorts after every index file, also one a
+    prune on a host whose clock runs ahead wrote (it placed them in the lost pack and won)."""
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    llm = two_model_versions(cli, tmp_path, source)
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    ahead = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=20)).isoformat()
+    with monkeypatch.context() as later:
+        later.setenv("AIBACKUP_NOW", ahead)
+        ok(cli("prune", "--repo", str(copy), "--keep-last", "1", "--grace", "0s"))  # repacked in the copy
+    for pack in (copy / "data").rglob("packs/*.parquet"):
+        pack.unlink()
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)
+
+
+def test_a_pack_sealed_under_a_key_the_copy_rotated_away_is_refused(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy whose key was rotated on its own reads a pack the source's prune repacked after that rotation
+    with its own key: taking it was "ok", "repaired", and the bundle never restored; now refused (exit 2)."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    ok(cli("init", "--repo", str(source), "--encrypt"))
+    two_model_versions(cli, tmp_path, source)
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    ok(cli("key", "rotate", "--repo", str(copy)))
+    ok(cli("prune", "--repo", str(source), "--keep-last", "1", "--grace", "0s"))
+    for pack in (copy / "data").rglob("packs/*.parquet"):
+        pack.unlink()
+    one_line_error(cli("copy", "--repo", str(source), "--to-repo", str(copy)), 2, "another master key")
+    assert list((copy / "data").rglob("packs/*.parquet")) == []
+
+
 @pytest.mark.parametrize("harm", ["lost", "damaged"])
 def test_a_pack_the_copy_lost_or_found_damaged_after_the_source_repacked_it_is_made_whole(
     cli: Cli, tmp_path: Path, harm: str
@@ -734,16 +801,8 @@ def test_a_pack_the_copy_lost_or_found_damaged_after_the_source_repacked_it_is_m
     from the source): a copy that lost, or found damaged, its pack of them takes them from the pack that
     holds them now (it reported "ok" with the bundle unrestorable, or failed naming the source's pack as
     missing, on every run)."""
-    llm = tmp_path / "llm"
-    llm.mkdir()
-    rng = np.random.default_rng(0)
-    save_file({"w": rng.standard_normal((1024, 1024)).astype(np.float32)}, str(llm / "a.safetensors"))
-    save_file({"w": rng.standard_normal((256, 1024)).astype(np.float32)}, str(llm / "b.safetensors"))
-    (llm / "config.json").write_text('{"model_type": "llama"}\n')
     source, copy = tmp_path / "repo", tmp_path / "copy"
-    ok(cli("backup", f"model:{llm}", "--repo", str(source)))
-    (llm / "a.safetensors").unlink()
-    ok(cli("backup", f"model:{llm}", "--repo", str(source)))
+    llm = two_model_versions(cli, tmp_path, source)
     ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
     ok(cli("prune", "--repo", str(source), "--keep-last", "1", "--grace", "0s"))
     (pack,) = [p.relative_to(copy) for p in (copy / "data").rglob("packs/*.parquet")]

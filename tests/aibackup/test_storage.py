@@ -187,3 +187,6 @@ def test_same_place_is_where_a_repository_is_not_how_it_is_written(tmp_path: Pat
     ):
         assert on.same_place(Storage(same)), same
     assert not on.same_place(Storage("s3://bucket/prefix?endpoint=http://s3.local:9001"))
+    default = Storage("s3://bucket/prefix?endpoint=https://s3.local")
+    assert default.same_place(Storage("s3://bucket/prefix?endpoint=https://s3.local:443/"))
+    assert not default.same_place(Storage("s3://bucket/prefix?endpoint=http://s3.local"))
