@@ -586,16 +586,21 @@ def _refuse_target_in_repository(location: Location, repo: Repository) -> None:
 OLDER_LOOKED_AT = 100
 
 
-def _older_of_source(repo: Repository, manifest: BundleManifest) -> Iterator[BundleManifest]:
-    """The bundles of `manifest`'s source older than it, newest first, among the OLDER_LOOKED_AT before it
-    (those that cannot be read are skipped: none is one to suggest)."""
-    source = (manifest.source.get("kind"), manifest.source.get("uri"))
+def _older(repo: Repository, manifest: BundleManifest) -> Iterator[BundleManifest]:
+    """The bundles older than `manifest`, newest first, among the OLDER_LOOKED_AT before it (those that
+    cannot be read are skipped: none is one to suggest)."""
     older = [b for b in repo.bundle_ids() if b < manifest.bundle_id][-OLDER_LOOKED_AT:]
     for bundle_id in reversed(older):
         try:
-            candidate = repo.load(bundle_id)
+            yield repo.load(bundle_id)
         except AibackupError:
             continue
+
+
+def _older_of_source(repo: Repository, manifest: BundleManifest) -> Iterator[BundleManifest]:
+    """The bundles of `manifest`'s source among :func:`_older`."""
+    source = (manifest.source.get("kind"), manifest.source.get("uri"))
+    for candidate in _older(repo, manifest):
         if (candidate.source.get("kind"), candidate.source.get("uri")) == source:
             yield candidate
 
@@ -631,15 +636,10 @@ def _refuse_other_kind(
         return
     line = f"collection {other.name!r} holds {other.kind}; {target} holds {kind}: restore it into a {other.kind} target"
     if latest:
-        older = [b for b in repo.bundle_ids() if b < manifest.bundle_id][-OLDER_LOOKED_AT:]
-        for bundle_id in reversed(older):
-            try:
-                candidate = repo.load(bundle_id)
-            except AibackupError:
-                continue
+        for candidate in _older(repo, manifest):
             if candidate.datasets and all(d.kind == kind for d in candidate.datasets):
                 source = candidate.source.get("uri") or candidate.source.get("kind")
-                line += f"; the newest bundle of {kind} is {bundle_id} (of {source}): restore it by its id"
+                line += f"; the newest bundle of {kind} is {candidate.bundle_id} (of {source}): restore it by its id"
                 break
     raise UsageError(line)
 
