@@ -518,18 +518,16 @@ class _Copier:
             # Replaced whole (an S3 put, a local rename): an interruption leaves the damaged pack or the
             # proven one, never none (its other chunks may still be worth more than nothing).
             dest.replace(pack, raw, as_stored=True)
-            self._landed(pack, len(raw))
-            self._mark_repaired(pack)
-            return len(raw)
-        writer = dest.create(pack, hashing=False)
-        try:
-            writer.write(raw)
-            dest.close_part(writer, pack, sha256=hashlib.sha256(raw).hexdigest())
-        except BaseException:
-            writer.abort()
-            with contextlib.suppress(Exception):
-                dest.remove(pack)  # a local pack cut short (a full disk): as a part's, not left in the way
-            raise
+        else:
+            writer = dest.create(pack, hashing=False)
+            try:
+                writer.write(raw)
+                dest.close_part(writer, pack, sha256=hashlib.sha256(raw).hexdigest())
+            except BaseException:
+                writer.abort()
+                with contextlib.suppress(Exception):
+                    dest.remove(pack)  # a local pack cut short (a full disk): as a part's, not left in the way
+                raise
         self._landed(pack, len(raw))
         self._mark_repaired(pack)
         return len(raw)
@@ -545,19 +543,20 @@ class _Copier:
     def _held_size(self, rel: str) -> int | None:
         """The size of the destination's object at `rel` (None: not there), from one listing of its top
         folder per copy run."""
-        folder = "/".join(rel.split("/")[:2])
-        with self._held_lock:
-            if folder not in self._held:
-                self._held[folder] = {} if self._fresh else self.target.storage.sizes_below(folder)
-            return self._held[folder].get(rel)
+        return self._listed_size(self._held, None if self._fresh else self.target.storage, rel)
 
     def _source_size(self, rel: str) -> int | None:
         """The size of the source's object at `rel` (None: not there), from one listing of its folder."""
+        return self._listed_size(self._stored, self.source.storage, rel)
+
+    def _listed_size(self, sizes: dict[str, dict[str, int]], storage: Storage | None, rel: str) -> int | None:
+        """`rel`'s size in `sizes` (folder -> its listing), listing its top folder of `storage` at the first
+        ask (no `storage`: a location this run created, which holds nothing)."""
         folder = "/".join(rel.split("/")[:2])
         with self._held_lock:
-            if folder not in self._stored:
-                self._stored[folder] = self.source.storage.sizes_below(folder)
-            return self._stored[folder].get(rel)
+            if folder not in sizes:
+                sizes[folder] = storage.sizes_below(folder) if storage is not None else {}
+            return sizes[folder].get(rel)
 
     def _same_key(self, rel: str) -> None:
         """UsageError where the destination would read `rel` with another master key than the one that sealed
