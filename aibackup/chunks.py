@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 from aibackup import clock
 from aibackup.crypto import RepositoryKey
 from aibackup.errors import IntegrityError, first_line
-from aibackup.repository import Repository
+from aibackup.repository import Repository, id_time, new_bundle_id
 
 INDEX = "index"
 #: The key of an index file's footer metadata holding the sha256 of its entries (see :func:`index_bytes`).
@@ -308,12 +308,15 @@ def pack_problem(
 
 
 def pack_chunks(
-    raw: bytes, ids: Callable[[bytes], bytes], decryption: Any = None
+    raw: bytes,
+    ids: Callable[[bytes], bytes],
+    decryption: Any = None,
+    take: Callable[[bytes, bytes], None] | None = None,
 ) -> tuple[list[tuple[int, bytes, int, int]], str | None]:
     """The chunks of the whole pack `raw` (its stored form; `decryption`: the repository's properties for
     it) whose bytes give their id back, as (row, chunk id, size, stored bytes), and the first problem found
     (None for a sound pack). A row that does not decode or check is left out and the others still read; a
-    pack whose footer does not decode gives none."""
+    pack whose footer does not decode gives none. `take` is given each of those chunks' id and bytes."""
     try:
         pf = pq.ParquetFile(pa.BufferReader(raw), page_checksum_verification=True, decryption_properties=decryption)
         if not pf.schema_arrow.equals(PACK_SCHEMA):
@@ -335,6 +338,8 @@ def pack_chunks(
         if len(data) != row["size"] or ids(data) != row["chunk"]:
             problem = problem or f"row {n} does not match its id"
             continue
+        if take is not None:
+            take(row["chunk"], data)
         found.append((n, row["chunk"], row["size"], len(row["data"])))
     return found, problem
 
@@ -343,3 +348,15 @@ def new_writer_id(repo: Repository) -> str:
     """An id for what a prune writes (repacked packs, the new index file): a bundle id no bundle has, sorting
     after every one, so that its key generation is the current one."""
     return repo.next_bundle_id(clock.now().astimezone(dt.UTC))
+
+
+def last_index_name(repo: Repository, files: Sequence[str]) -> str:
+    """A name for a new index file of `repo` sorting after every one in `files` (readers take the last
+    file's place for a chunk listed twice), also after one dated past this machine's clock (another host's
+    prune)."""
+    name = new_writer_id(repo)
+    stems = [f.rsplit("/", 1)[-1].removesuffix(".parquet").removesuffix("-copy") for f in files]
+    last = max((stem for stem in stems if id_time(stem) is not None), default=None)
+    if last is not None and name <= last:
+        name = new_bundle_id(clock.now(), after=last)
+    return name

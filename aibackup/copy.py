@@ -46,15 +46,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aibackup import clock, keys, reports
 from aibackup import keyring as keyslots
+from aibackup import keys, reports
 from aibackup.chunkprune import referenced_chunks
-from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, new_writer_id, pack_problem
+from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, last_index_name, pack_problem
 from aibackup.crypto import RepositoryKey, passphrase_from
 from aibackup.errors import AibackupError, IntegrityError, ManifestVersionError, UsageError
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
-from aibackup.repository import MARKER, Repository, Where, id_time, marker_bytes, new_bundle_id, storage_of
+from aibackup.repository import MARKER, Repository, Where, marker_bytes, storage_of
 from aibackup.retention import series_key
 from aibackup.spool import PARTS_AT_ONCE
 from aibackup.storage import Storage
@@ -445,7 +445,7 @@ class _Copier:
             if rel in target_index.files or moved:
                 # An earlier copy's intact index of this bundle (a held bundle's repair): kept, and the chunks
                 # indexed again go to an index file of their own, the newest (readers take its places).
-                rel = f"{INDEX}/{_last_index_name(self.target, target_index.files)}.parquet"
+                rel = f"{INDEX}/{last_index_name(self.target, target_index.files)}.parquet"
             else:
                 with contextlib.suppress(FileNotFoundError):
                     self.target.storage.remove(rel)  # an interrupted copy's, or one found damaged: rewritten
@@ -578,18 +578,6 @@ class _Copier:
             index = ChunkIndex.load(repo, skip_damaged=True)
             setattr(self, attr, index)
         return index
-
-
-def _last_index_name(repo: Repository, files: Sequence[str]) -> str:
-    """A name for a new index file of `repo` sorting after every one in `files` (readers take the last
-    file's place for a chunk listed twice), also after one dated past this machine's clock (another host's
-    prune)."""
-    name = new_writer_id(repo)
-    stems = [f.rsplit("/", 1)[-1].removesuffix(".parquet").removesuffix("-copy") for f in files]
-    last = max((stem for stem in stems if id_time(stem) is not None), default=None)
-    if last is not None and name <= last:
-        name = new_bundle_id(clock.now(), after=last)
-    return name
 
 
 def _parts(manifest: BundleManifest) -> list[PartEntry]:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Any
 
-from aibackup import clock
+from aibackup import adoption, clock
 from aibackup import keyring as keyslots
 from aibackup.chunks import ChunkIndex
 from aibackup.errors import AibackupError, IntegrityError, UsageError
@@ -147,7 +147,9 @@ def adopt_generations(repo: Repository, theirs: Keyring, key_file: str | None = 
             "each on its own): copy into a new location"
         )
     if added:
-        _store(repo, replace(ours, generations=tuple(merged)), keyslots.slots_of(_entry(repo)), vault.slot_id)
+        keyring = replace(ours, generations=tuple(merged))
+        adoption.keep_readable(repo, ours, keyring)  # what this copy sealed itself where the new keys take over
+        _store(repo, keyring, keyslots.slots_of(_entry(repo)), vault.slot_id)
     return [g.id for g in added]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from aibackup import keys
+from aibackup.errors import UnavailableError
 from aibackup.repository import Repository
 from tests.helpers import Cli, flip_middle_byte, legacy_encrypted_repository, ok, one_line_error, repository_url
 
@@ -908,3 +911,55 @@ def test_a_repositorys_own_damaged_chunk_index_is_replaced_from_a_copy_that_hold
     assert files_of(tmp_path / "old") == files_of(llm)
     pruned = ok(cli("prune", "--repo", str(primary), "--keep-last", "9", "--json")).json()
     assert not [note for note in pruned["notes"] if "index" in note], pruned["notes"]
+
+
+def test_packs_the_copy_repacked_after_the_source_rotated_its_key_stay_readable(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy's own prune repacked chunks after `key rotate` on the source but before the next copy: the
+    pack went under the copy's key of the time, in a folder dated after the source's new key took over. Once
+    the copy took that key, the pack was read with it: the copy's bundle no longer restored (and with the
+    source lost, nothing did)."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    ok(cli("init", "--repo", str(source), "--encrypt"))
+    llm = two_model_versions(cli, tmp_path, source)
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    ok(cli("key", "rotate", "--repo", str(source)))
+    ok(cli("prune", "--repo", str(copy), "--keep-last", "1", "--grace", "0s"))  # repacked in the copy
+    (repacked,) = [p for p in (copy / "data").rglob("packs/*.parquet")]
+
+    def cut(*_: object) -> None:
+        raise UnavailableError("the marker could not be written")
+
+    with monkeypatch.context() as interrupted:  # the chunks are moved, the keys not yet taken
+        interrupted.setattr(keys, "_store", cut)
+        one_line_error(cli("copy", "--repo", str(source), "--to-repo", str(copy)), 3, "marker")
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'between'}"))
+    assert files_of(tmp_path / "between") == files_of(llm)
+    out = ok(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json")).json()
+    assert out["generations_added"] == [2], out
+    assert not repacked.exists()
+    shutil.rmtree(source)  # the region lost
+    ok(cli("verify", "--read-data", "--repo", str(copy)))
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)
+
+
+def test_a_copy_backed_up_into_after_the_source_rotated_its_key_is_refused(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bundle written into the copy itself after the source's `key rotate` is sealed under the copy's key
+    of the time, and its id would map to the source's new key: the copy refuses to take that key (exit 2)
+    and changes nothing."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
+    source, copy = str(tmp_path / "repo"), str(tmp_path / "copy")
+    logs = conversations(tmp_path / "logs", 10)
+    ok(cli("init", "--repo", source, "--encrypt"))
+    ok(cli("backup", f"conversations:{logs}", "--repo", source))
+    ok(cli("copy", "--repo", source, "--to-repo", copy))
+    ok(cli("key", "rotate", "--repo", source))
+    ok(cli("backup", f"conversations:{conversations(tmp_path / 'other', 3)}", "--repo", copy))
+    one_line_error(cli("copy", "--repo", source, "--to-repo", copy), 2, "backed up into it", "new location")
+    assert [g["id"] for g in ok(cli("key", "list", "--repo", copy, "--json")).json()["generations"]] == [1]
+    ok(cli("verify", "--read-data", "--repo", copy))
