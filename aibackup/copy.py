@@ -48,8 +48,20 @@ from dataclasses import dataclass, field
 
 from aibackup import keyring as keyslots
 from aibackup import keys, reports
+from aibackup.chunk_writer import PackWriter
 from aibackup.chunkprune import referenced_chunks
-from aibackup.chunks import INDEX, ChunkIds, ChunkIndex, Stored, index_bytes, is_pack, last_index_name, pack_problem
+from aibackup.chunks import (
+    INDEX,
+    ChunkIds,
+    ChunkIndex,
+    Stored,
+    index_bytes,
+    is_pack,
+    last_index_name,
+    new_writer_id,
+    pack_chunks,
+    pack_problem,
+)
 from aibackup.crypto import RepositoryKey, passphrase_from
 from aibackup.errors import AibackupError, IntegrityError, ManifestVersionError, UsageError
 from aibackup.lock import RepositoryLock
@@ -281,6 +293,15 @@ def _same_generations(source: Repository, target: Repository, bundle_ids: Sequen
         )
 
 
+class _DamagedPack(IntegrityError):
+    """A source pack of which some chunk does not decode or give its id back (`raw`: its stored bytes)."""
+
+    def __init__(self, message: str, pack: str, raw: bytes) -> None:
+        super().__init__(message)
+        self.pack = pack
+        self.raw = raw
+
+
 class _Copier:
     """Copies bundles from one repository into another, sharing what it learned between bundles."""
 
@@ -421,10 +442,15 @@ class _Copier:
         bad = self._damaged_packs(held, target_index) | self._lost_packs(held, target_index)
         bad |= self._resized_packs(held, target_index, source_packs)
         written = 0
+        unsound: set[str] = set()  # of those, the source's is damaged too: only the chunks needed are taken
         for pack in sorted(bad & source_packs):
-            written += self._pack(pack)
+            try:
+                written += self._pack(pack)
+            except _DamagedPack:
+                unsound.add(pack)
+                continue
             self._mark_repaired(pack, lacking=True)
-        moved = {c for c in held if (place := target_index.get(c)) and place.pack in bad - source_packs}
+        moved = {c for c in held if (place := target_index.get(c)) and place.pack in (bad - source_packs) | unsound}
         places: dict[str, list[tuple[bytes, Stored]]] = {}
         for chunk in lacking | moved:
             place = source_index.get(chunk)
@@ -433,8 +459,19 @@ class _Copier:
                 raise IntegrityError(f"{where} is in no pack{source_index.damage_note()}")
             places.setdefault(place.pack, []).append((chunk, place))
         entries: list[tuple[bytes, Stored]] = []
+        salvaged = False
         for pack in sorted(places):
-            copied = self._pack(pack)
+            try:
+                copied = self._pack(pack)
+            except _DamagedPack as damaged:
+                taken = self._salvage(damaged, {chunk for chunk, _ in places[pack]})
+                written += sum(place.stored for _, place in taken)
+                if any(chunk in moved for chunk, _ in places[pack]):
+                    for path in sorted({place.pack for _, place in taken}):
+                        self._mark_repaired(path, lacking=True)
+                entries += taken
+                salvaged = True
+                continue
             written += copied
             if copied and any(chunk in moved for chunk, _ in places[pack]):
                 self._mark_repaired(pack, lacking=True)
@@ -442,7 +479,7 @@ class _Copier:
             entries += self._pack_entries(source_index, pack)
         if entries:
             rel = f"{INDEX}/{manifest.bundle_id}-copy.parquet"
-            if rel in target_index.files or moved:
+            if rel in target_index.files or moved or salvaged:
                 # An earlier copy's intact index of this bundle (a held bundle's repair): kept, and the chunks
                 # indexed again go to an index file of their own, the newest (readers take its places).
                 rel = f"{INDEX}/{last_index_name(self.target, target_index.files)}.parquet"
@@ -512,7 +549,7 @@ class _Copier:
             return 0
         problem = pack_problem(raw, self.ids, self.source.part_decryption(pack))
         if problem is not None:  # checked before the destination's is replaced: it may be one found damaged
-            raise IntegrityError(f"damaged chunk pack {where}: {problem}")
+            raise _DamagedPack(f"damaged chunk pack {where}: {problem}", pack, raw)
         self._same_key(pack)
         if held is not None:
             # Replaced whole (an S3 put, a local rename): an interruption leaves the damaged pack or the
@@ -531,6 +568,33 @@ class _Copier:
         self._landed(pack, len(raw))
         self._mark_repaired(pack)
         return len(raw)
+
+    def _salvage(self, damaged: _DamagedPack, chunks: set[bytes]) -> list[tuple[bytes, Stored]]:
+        """`chunks`, which a bundle needs from the source's `damaged` pack, written into a new pack of the
+        destination when every one of them still gives its id back (the damage lies in chunks the bundle does
+        not need: one bad chunk had failed the copy of every bundle sharing its pack, night after night);
+        their places there. The damaged pack's error otherwise."""
+        taken: dict[bytes, bytes] = {}
+
+        def take(chunk: bytes, data: bytes) -> None:
+            if chunk in chunks:
+                taken[chunk] = data
+
+        pack_chunks(damaged.raw, self.ids, self.source.part_decryption(damaged.pack), take=take)
+        if taken.keys() != chunks:
+            raise IntegrityError(str(damaged))
+        writer = PackWriter(self.target, new_writer_id(self.target), self.ids)
+        try:
+            for chunk in sorted(taken):
+                writer.add(chunk, taken[chunk])
+            writer.finish()
+        except BaseException:
+            writer.abort()
+            for path in writer.packs:
+                with contextlib.suppress(Exception):
+                    self.target.storage.remove(path)
+            raise
+        return writer.entries
 
     def _mark_repaired(self, rel: str, *, lacking: bool = False) -> None:
         """`rel` has just been written with proven bytes: if it had been found damaged (or, `lacking`, a

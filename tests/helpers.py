@@ -182,3 +182,26 @@ def one_line_error(result: CliResult, code: int, *needles: str) -> str:
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def flip_byte_in_chunk(repo: str, chunk: bytes) -> Path:
+    """Flip one byte in the middle of `chunk`'s stored data inside its pack (found through the chunk index and
+    the pack's own Parquet metadata, decrypted with the key in an encrypted repository). Returns the pack."""
+    import pyarrow.parquet as pq
+
+    from aibackup.chunks import ChunkIndex
+
+    repository = Repository.open(repo)
+    repository.use_key(repository.key())
+    place = ChunkIndex.load(repository).get(chunk)
+    assert place is not None
+    path = Path(repo) / place.pack
+    with path.open("rb") as f:
+        meta = pq.ParquetFile(f, decryption_properties=repository.part_decryption(place.pack)).metadata
+    column = meta.row_group(place.row).column(3)  # "data"
+    assert column.path_in_schema == "data"
+    offset = column.data_page_offset + column.total_compressed_size // 2
+    raw = bytearray(path.read_bytes())
+    raw[offset] ^= 0x5A
+    path.write_bytes(bytes(raw))
+    return path

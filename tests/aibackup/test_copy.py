@@ -14,9 +14,18 @@ import pytest
 from safetensors.numpy import save_file
 
 from aibackup import keys
+from aibackup.chunkprune import referenced_chunks
 from aibackup.errors import UnavailableError
 from aibackup.repository import Repository
-from tests.helpers import Cli, flip_middle_byte, legacy_encrypted_repository, ok, one_line_error, repository_url
+from tests.helpers import (
+    Cli,
+    flip_byte_in_chunk,
+    flip_middle_byte,
+    legacy_encrypted_repository,
+    ok,
+    one_line_error,
+    repository_url,
+)
 
 
 def conversations(folder: Path, lines: int, start: int = 0) -> Path:
@@ -963,3 +972,49 @@ def test_a_copy_backed_up_into_after_the_source_rotated_its_key_is_refused(
     one_line_error(cli("copy", "--repo", source, "--to-repo", copy), 2, "backed up into it", "new location")
     assert [g["id"] for g in ok(cli("key", "list", "--repo", copy, "--json")).json()["generations"]] == [1]
     ok(cli("verify", "--read-data", "--repo", copy))
+
+
+def test_a_damaged_chunk_in_a_source_pack_fails_only_the_bundles_that_need_it(cli: Cli, tmp_path: Path) -> None:
+    """One chunk rotted in a source pack that the newer bundle's chunks share but that only the older bundle
+    needs: the newer bundle is copied (its chunks into a pack of the copy's own) and restores from the copy;
+    the older one fails naming the pack. It failed both, night after night, until a prune retired the chunk."""
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    llm = two_model_versions(cli, tmp_path, source)
+    repo = Repository.open(str(source))
+    repo.use_key(repo.key())
+    older, newer = (referenced_chunks(repo, [repo.load(b)]) for b in repo.bundle_ids())
+    pack = flip_byte_in_chunk(str(source), sorted(older - newer)[0])
+    assert pack.parent.parent.name == repo.bundle_ids()[0]  # the newer bundle's chunks share it
+    first = cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json")
+    out = json.loads(first.out)
+    assert first.code == 1 and out["copied"] == repo.bundle_ids()[1:], out
+    ((failed, problem),) = [(f["bundle_id"], f["problem"]) for f in out["failed"]]
+    assert failed == repo.bundle_ids()[0] and "damaged chunk pack" in problem and pack.name in problem, out
+    ok(cli("verify", "--read-data", "--repo", str(copy)))
+    again = json.loads(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json").out)
+    assert again["skipped"] == repo.bundle_ids()[1:] and again["bytes"] == 0, again
+    shutil.rmtree(source)
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)
+
+
+def test_a_pack_damaged_in_the_copy_and_in_the_source_gives_back_what_the_newer_bundle_needs(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """The copy's pack found damaged, and the source's pack of that name holds a rotted chunk only the older
+    bundle needs: the newer bundle's chunks are taken from it into a pack of the copy's own (the repair
+    failed on the source's damage, leaving the newer bundle unrestorable in the copy)."""
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    llm = two_model_versions(cli, tmp_path, source)
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    repo = Repository.open(str(source))
+    repo.use_key(repo.key())
+    older, newer = (referenced_chunks(repo, [repo.load(b)]) for b in repo.bundle_ids())
+    pack = flip_byte_in_chunk(str(source), sorted(older - newer)[0])
+    flip_middle_byte(copy / pack.relative_to(source))
+    assert cli("verify", "--read-data", "--repo", str(copy)).code == 1  # recorded damaged
+    out = json.loads(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json").out)
+    assert [f["bundle_id"] for f in out["failed"]] == repo.bundle_ids()[:1] and out["repaired"], out
+    shutil.rmtree(source)
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)

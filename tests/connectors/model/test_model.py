@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from aibackup.backup import SourceOptions, run_backup
@@ -33,7 +32,7 @@ from aibackup.repository import Repository
 from aibackup.restore import description_of, run_restore
 from aibackup.verify import run_verify
 from tests.connectors.model.conftest import MiB, tree, weights, write_safetensors
-from tests.helpers import Cli, manifest_json, ok, one_line_error, read_part, repository_url
+from tests.helpers import Cli, flip_byte_in_chunk, manifest_json, ok, one_line_error, read_part, repository_url
 
 REPO = "aibackup-repo"
 
@@ -89,24 +88,6 @@ def file_rows(repo: str = REPO, bundle_id: str | None = None) -> dict[str, dict[
 def chunk_list(row: dict[str, Any]) -> list[bytes]:
     data = row["chunks"]
     return [data[n : n + 32] for n in range(0, len(data), 32)]
-
-
-def flip_byte_in_chunk(repo: str, chunk: bytes) -> Path:
-    """Flip one byte in the middle of `chunk`'s stored data inside its pack (found through the chunk index and
-    the pack's own Parquet metadata, decrypted with the key in an encrypted repository). Returns the pack."""
-    repository = opened(repo)
-    place = ChunkIndex.load(repository).get(chunk)
-    assert place is not None
-    path = Path(repo) / place.pack
-    with path.open("rb") as f:
-        meta = pq.ParquetFile(f, decryption_properties=repository.part_decryption(place.pack)).metadata
-    column = meta.row_group(place.row).column(3)  # "data"
-    assert column.path_in_schema == "data"
-    offset = column.data_page_offset + column.total_compressed_size // 2
-    raw = bytearray(path.read_bytes())
-    raw[offset] ^= 0x5A
-    path.write_bytes(bytes(raw))
-    return path
 
 
 # --- round trips ------------------------------------------------------------------------------------------------
