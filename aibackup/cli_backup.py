@@ -338,6 +338,11 @@ def _backup_config(
             if c.copied or not c.error:  # a copy stopped part-way says what did land first
                 copied = f"{len(c.copied)} bundle(s) copied ({size(c.bytes)}, {c.seconds:.1f} s)"
                 click.echo(f"copy to {c.repository}: {copied}")
+            if c.generations_added:
+                ids = ", ".join(map(str, c.generations_added))
+                click.echo(f"copy to {c.repository}: master key(s) {ids} (rotated in the source) added to its slots")
+            for path in c.repaired:
+                click.echo(f"copy to {c.repository}: repaired {path} (damaged or missing there; copied again, proven)")
             if c.error:
                 click.echo(f"copy to {c.repository}: FAILED: {c.error}")
             for f in c.failed:

@@ -75,6 +75,8 @@ class CopyRun:
     exit_code: int = 0
     #: Parts the copy had found damaged, copied again (aibackup.copy).
     repaired: list[str] = field(default_factory=list)
+    #: Master key generations the copy took from the source (rotated there since).
+    generations_added: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -82,6 +84,7 @@ class CopyRun:
             "ok": self.ok,
             "copied": self.copied,
             "repaired": self.repaired,
+            "generations_added": self.generations_added,
             "failed": self.failed,
             "bytes": self.bytes,
             "seconds": round(self.seconds, 3),
@@ -223,7 +226,16 @@ def copy_bundles(
         )
     else:
         failed = [{"bundle_id": b, "problem": p} for b, p in done.failed]
-        run = CopyRun(copy.repository, done.ok, done.copied, failed, done.bytes, done.seconds, repaired=done.repaired)
+        run = CopyRun(
+            copy.repository,
+            done.ok,
+            done.copied,
+            failed,
+            done.bytes,
+            done.seconds,
+            repaired=done.repaired,
+            generations_added=done.generations_added,
+        )
         run.exit_code = 0 if done.ok else IntegrityError.exit_code
         if done.error is not None:  # stopped part-way: what landed is listed, and why the rest did not
             run.error, run.exit_code = str(done.error), done.error.exit_code

@@ -208,6 +208,13 @@ def test_a_copy_with_a_key_of_its_own_gets_a_slot_for_it(
         ok(cli("verify", "--read-data", "--repo", copy, *key))
     ok(cli("restore", "latest", "--repo", copy, "--key-file", str(own), "--to", f"conversations:{tmp_path / 'b'}"))
     assert (tmp_path / "b" / "app.jsonl").read_bytes() == (logs / "app.jsonl").read_bytes()
+    # The source's key rotated: the nightly copy takes the new key and says so.
+    ok(cli("key", "rotate", "--repo", str(tmp_path / "repo")))
+    conversations(logs, 3, start=100)
+    assert ok(cli("backup", "--json")).json()["copies"][0]["generations_added"] == [2]
+    ok(cli("key", "rotate", "--repo", str(tmp_path / "repo")))
+    conversations(logs, 3, start=200)
+    assert f"copy to {copy}: master key(s) 3 " in ok(cli("backup")).out
 
     # From the command line, into a new location: the slot is named. Into an existing copy: refused.
     other = tmp_path / "other"
@@ -220,7 +227,7 @@ def test_a_copy_with_a_key_of_its_own_gets_a_slot_for_it(
     marker = (other / "aibackup.json").read_bytes()
     refused = cli("copy", "--repo", str(tmp_path / "repo"), "--to-repo", str(other), "--to-key-file", str(wrong))
     one_line_error(refused, 2, "key")
-    assert (other / "aibackup.json").read_bytes() == marker and len(Repository.open(str(other)).bundle_ids()) == 1
+    assert (other / "aibackup.json").read_bytes() == marker and len(Repository.open(str(other)).bundle_ids()) == 3
 
 
 def test_the_destination_is_not_the_source(tmp_path: Path, cli: Cli) -> None:
@@ -894,6 +901,9 @@ def test_the_nightly_copy_names_an_earlier_link_it_had_lost_as_repaired(cli: Cli
     (copied,) = ok(cli("backup", "--json")).json()["copies"]
     assert copied["ok"] and len(copied["copied"]) == 1 and copied["repaired"] == [str(link)], copied
     assert ok(cli("verify", "--read-data", "--repo", str(copy), "--json")).json()["ok"]
+    (copy / link).unlink()
+    conversations(logs, 5, start=25)
+    assert f"copy to {copy}: repaired {link} " in ok(cli("backup")).out  # the text says so too
 
 
 def test_a_repositorys_own_damaged_chunk_index_is_replaced_from_a_copy_that_holds_every_bundle(
