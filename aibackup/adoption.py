@@ -30,17 +30,30 @@ from aibackup.vault import generation_of
 DATA = "data"
 
 
-def _changes_key(before: Keyring, after: Keyring, folder: str) -> bool:
-    """Whether the part folder or bundle id `folder` is read with another generation under `after`."""
-    return id_time(folder) is not None and before.for_bundle(folder).id != after.for_bundle(folder).id
-
-
 def keep_readable(repo: Repository, before: Keyring, after: Keyring) -> list[str]:
     """Make what `repo` (opened under `before`) wrote itself readable under `after` too, before `after` is
     stored (see the module docstring); returns the packs moved. UsageError, with nothing changed, for a
     bundle written under `before` that `after` would read with another key. The caller holds the exclusive
     lock."""
-    written = [b for b in repo.bundle_ids() if _changes_key(before, after, b)]
+    # Where the earliest generation added takes over. This repository writes only at or after its current
+    # key's first bundle, so a generation added before all of its own (the first, whose first bundle is "",
+    # taken back after this copy's prune retired it) takes over nothing it wrote.
+    held = {g.id for g in before.generations}
+    start = min((g.first_bundle for g in after.generations if g.id not in held and id_time(g.first_bundle)), default="")
+    start_time = id_time(start)
+    if start_time is None:
+        return []
+
+    def changes_key(folder: str) -> bool:
+        """Whether the part folder or bundle id `folder` is one this repository may have written under `before`
+        that `after` reads with another generation."""
+        return (
+            folder >= start
+            and id_time(folder) is not None
+            and before.for_bundle(folder).id != after.for_bundle(folder).id
+        )
+
+    written = [b for b in repo.bundle_ids() if changes_key(b)]
     for bundle_id in written:
         if generation_of(repo.stored_manifest(bundle_id)) != after.for_bundle(bundle_id).id:
             raise UsageError(
@@ -51,16 +64,14 @@ def keep_readable(repo: Repository, before: Keyring, after: Keyring) -> list[str
     packs = [
         f"{pack_folder(folder)}/{name}"
         for folder in repo.storage.list_names(DATA)
-        if _changes_key(before, after, folder)
+        if changes_key(folder)
         for name in repo.storage.list_names(pack_folder(folder))
     ]
     packs = [p for p in packs if is_pack(p)]
     if not packs:
         return []
-    # The first bundle of the earliest generation added: folders dated before it keep their key.
-    held = {g.id for g in before.generations}
-    start = min(t for g in after.generations if g.id not in held and (t := id_time(g.first_bundle)) is not None)
-    writer = PackWriter(repo, new_bundle_id(start - dt.timedelta(microseconds=1)), ChunkIds(repo.key()))
+    # Dated just before `start`: the same key under both keyrings.
+    writer = PackWriter(repo, new_bundle_id(start_time - dt.timedelta(microseconds=1)), ChunkIds(repo.key()))
     moved: list[str] = []
     try:
         for pack in packs:
@@ -83,4 +94,5 @@ def keep_readable(repo: Repository, before: Keyring, after: Keyring) -> list[str
         repo.storage.write_exclusive(f"{INDEX}/{last_index_name(repo, files)}.parquet", index_bytes(writer.entries))
     for pack in moved:
         repo.storage.remove(pack)
+    repo.storage.remove_emptied_folders(moved, DATA)
     return moved

@@ -594,6 +594,10 @@ class _Copier:
                 with contextlib.suppress(Exception):
                     self.target.storage.remove(path)
             raise
+        for (
+            path
+        ) in writer.packs:  # held now: the next bundle needing these chunks finds them (a fresh copy lists nothing)
+            self._landed(path, self.target.storage.size(path))
         return writer.entries
 
     def _mark_repaired(self, rel: str, *, lacking: bool = False) -> None:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -226,7 +225,7 @@ def run_prune(
     if not dry_run:
         for path in parts + orphans:
             repo.storage.remove(path)
-        _remove_emptied_folders(repo, parts + orphans + chunks.packs_removed + chunks.packs_repacked)
+        repo.storage.remove_emptied_folders(parts + orphans + chunks.packs_removed + chunks.packs_repacked, DATA)
     # Reports last: a prune stopped before this point leaves only history the next one removes.
     left = set(stored).difference(parts, orphans, chunks.packs_removed, chunks.packs_repacked)
     result.reports_removed = reports.superseded(repo, {m.bundle_id for m in remaining} | set(unreadable), left)
@@ -425,18 +424,3 @@ def _modified(info: Mapping[str, Any]) -> dt.datetime | None:
                 moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
                 return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
     return None
-
-
-def _remove_emptied_folders(repo: Repository, removed: list[str]) -> None:
-    """On local disk, remove the folders this prune emptied (up to data/); object stores have no folders.
-    Only those: a folder a running backup has just created is not touched."""
-    if not repo.storage.is_local:
-        return
-    folders = {path.rsplit("/", 1)[0] for path in removed}
-    for folder in sorted(folders, key=lambda f: -f.count("/")):
-        while folder.startswith(f"{DATA}/"):
-            try:
-                os.rmdir(repo.storage.full(folder))
-            except OSError:  # not empty (as wanted), or already gone
-                break
-            folder = folder.rsplit("/", 1)[0]

@@ -27,7 +27,7 @@ import os
 import secrets
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 from urllib.parse import parse_qs
@@ -435,6 +435,20 @@ class Storage:
     def remove(self, rel: str) -> None:
         with self._errors(rel), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full(rel))
+
+    def remove_emptied_folders(self, removed: Iterable[str], top: str) -> None:
+        """On local disk, remove the folders that removing `removed` emptied, up to `top` (object stores have
+        no folders). Only those: a folder a running backup has just created is not touched."""
+        if not self.is_local:
+            return
+        folders = {path.rsplit("/", 1)[0] for path in removed}
+        for folder in sorted(folders, key=lambda f: -f.count("/")):
+            while folder.startswith(f"{top}/"):
+                try:
+                    os.rmdir(self.full(folder))
+                except OSError:  # not empty (as wanted), or already gone
+                    break
+                folder = folder.rsplit("/", 1)[0]
 
     def remove_empty_folders(self) -> None:
         """Remove the empty folders below the root (local disk; object stores have no folders)."""

@@ -1028,3 +1028,56 @@ def test_a_pack_damaged_in_the_copy_and_in_the_source_gives_back_what_the_newer_
     shutil.rmtree(source)
     ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
     assert files_of(tmp_path / "back") == files_of(llm)
+
+
+def test_chunks_taken_from_a_damaged_source_pack_are_taken_once_into_a_new_copy(cli: Cli, tmp_path: Path) -> None:
+    """Two later bundles need sound chunks of a source pack holding a rotted chunk: into a copy this run
+    creates, the second found the first's new pack "lost" (nothing listed it), took the chunks again into
+    a pack of its own and named that repaired."""
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    llm = two_model_versions(cli, tmp_path, source)
+    save_file({"w": np.random.default_rng(7).standard_normal((256, 1024)).astype(np.float32)}, str(llm / "c.st"))
+    ok(cli("backup", f"model:{llm}", "--repo", str(source)))
+    repo = Repository.open(str(source))
+    repo.use_key(repo.key())
+    first, *later = (referenced_chunks(repo, [repo.load(b)]) for b in repo.bundle_ids())
+    flip_byte_in_chunk(str(source), sorted(first - set().union(*later))[0])
+    out = json.loads(cli("copy", "--repo", str(source), "--to-repo", str(copy), "--json").out)
+    assert out["copied"] == repo.bundle_ids()[1:] and out["repaired"] == [], out
+    taken = {p.relative_to(copy) for p in (copy / "data").rglob("packs/*.parquet")} - {
+        p.relative_to(source) for p in (source / "data").rglob("packs/*.parquet")
+    }
+    assert len(taken) == 1, taken
+    assert not (copy / "reports").exists() or not list((copy / "reports").rglob("*.json")), "a repair recorded"
+    shutil.rmtree(source)
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)
+
+
+def test_the_first_key_taken_back_after_the_copys_prune_retired_it_moves_nothing(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy's prune retired the first master key (no bundle of the copy used it); the source still has
+    it, so the next copy takes it back. With a pack left in a folder dated before the rotation (an
+    interrupted copy's), that copy failed as an internal error."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
+    source, copy = tmp_path / "repo", tmp_path / "copy"
+    ok(cli("init", "--repo", str(source), "--encrypt"))
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", str(source)))
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    ok(cli("key", "rotate", "--repo", str(source)))
+    model(llm, 2)
+    ok(cli("backup", f"model:{llm}", "--repo", str(source)))
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    ok(cli("prune", "--repo", str(copy), "--keep-last", "1", "--grace", "0s"))
+    assert [g["id"] for g in ok(cli("key", "list", "--repo", str(copy), "--json")).json()["generations"]] == [2]
+    first = Repository.open(str(source)).bundle_ids()[0]
+    (pack,) = (source / "data" / first / "packs").glob("*.parquet")
+    (copy / "data" / first / "packs").mkdir(parents=True)
+    shutil.copy(pack, copy / "data" / first / "packs" / pack.name)  # an interrupted copy's
+    out = ok(cli("copy", "latest", "--repo", str(source), "--to-repo", str(copy), "--json")).json()
+    assert out["generations_added"] == [1], out
+    assert (copy / "data" / first / "packs" / pack.name).exists()
+    ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)
