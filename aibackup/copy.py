@@ -63,7 +63,7 @@ from aibackup.chunks import (
     pack_problem,
 )
 from aibackup.crypto import RepositoryKey, passphrase_from
-from aibackup.errors import AibackupError, IntegrityError, ManifestVersionError, UsageError
+from aibackup.errors import AibackupError, IntegrityError, UsageError
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
 from aibackup.repository import MARKER, Repository, Where, marker_bytes, storage_of
@@ -195,15 +195,12 @@ def _not_yet_copied(
     if not older:
         return taken
     newest_of: dict[str, str] = {}  # series -> the copy's newest bundle of it
-    for bundle_id in sorted((b for b in present if b > older[0]), reverse=True):
-        with contextlib.suppress(IntegrityError, ManifestVersionError):
-            newest_of.setdefault(series_key(target.load(bundle_id)), bundle_id)
-    for bundle_id in older:
-        try:
-            series = series_key(source.load(bundle_id))
-        except (IntegrityError, ManifestVersionError):
-            continue  # a source manifest that does not load: the source's verify names it, no copy could
-        if newest_of.get(series, "") < bundle_id:
+    for bundle_id, held in target.load_each(sorted((b for b in present if b > older[0]), reverse=True)):
+        if isinstance(held, BundleManifest):
+            newest_of.setdefault(series_key(held), bundle_id)
+    for bundle_id, lacking in source.load_each(older):
+        # A source manifest that does not load is not copied: the source's verify names it, no copy could.
+        if isinstance(lacking, BundleManifest) and newest_of.get(series_key(lacking), "") < bundle_id:
             taken.append(bundle_id)
     return taken
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -414,3 +415,28 @@ def test_verify_names_every_damaged_part_of_a_dataset_whose_parts_are_checked_as
     ]
     assert result.parts == len(dataset.all_parts())
     assert result.bytes_read == sum(p.bytes for p in dataset.all_parts() if p not in damaged)
+
+
+def test_manifests_are_read_several_at_once_in_order_and_a_damaged_one_is_named(
+    s3_env: Server, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every bundle's manifest, read behind an endpoint that takes 0.25 s to answer (another region): one
+    GET after another, nine took 2.25 s and more (hundreds of bundles: minutes for `list`, `status`, prune
+    and the nightly copy); now several at once, in the bundles' order, a damaged one named among them."""
+    url = f"s3://{_bucket('s3io-manifests')}/repo"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for n in range(9):
+        (logs / "app.jsonl").open("a").write(f'{{"user_id": "u{n}", "input": "q", "output": "a"}}\n')
+        ok(cli("backup", f"conversations:{logs}", "--repo", url, "--full"))
+    ids = Repository.open(url).bundle_ids()
+    boto3.client("s3").put_object(Bucket="s3io-manifests", Key=f"repo/bundles/{ids[4]}.json", Body=b"{not json")
+    with FaultProxy(f"{s3_env.host}:{s3_env.port}", 1.0, 0, kinds=("stall",), stall=0.25) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        repo = Repository.open(url)
+        repo.use_key(repo.key())
+        started = time.perf_counter()
+        good, bad = repo.scan()
+        seconds = time.perf_counter() - started
+    assert [m.bundle_id for m in good] == ids[:4] + ids[5:] and [b.bundle_id for b in bad] == [ids[4]]
+    assert seconds < 1.8, f"{seconds:.2f} s: the nine manifests were read one after another"
