@@ -18,6 +18,9 @@ from aibackup.connectors.model.restore import chunk_ids, damaged_chunks
 from aibackup.errors import IntegrityError
 from aibackup.manifests.model import DatasetManifest
 
+#: A chunk of a dataset's files that no index file places (verify's problem; its line names no pack).
+UNPLACED = "is in no pack of the chunk index"
+
 
 @dataclass
 class ChunkCheck:
@@ -69,7 +72,7 @@ class ChunkCheck:
         place = self.chunks.index.get(chunk)
         problem: str | None = None
         if place is None:
-            problem = f"chunk {chunk.hex()[:16]}… is in no pack of the chunk index"
+            problem = f"chunk {chunk.hex()[:16]}… {UNPLACED}"
         elif self.chunks.size(chunk) is None:  # its pack is gone (looked at once per pack)
             problem = f"missing chunk pack {self.reader.repo.storage.display(place.pack)}"
         elif self.read_data:

@@ -30,7 +30,16 @@ from dataclasses import dataclass, field
 from aibackup.bundle_reader import BundleReader
 from aibackup.chunk_reader import ChunkReader
 from aibackup.chunk_writer import PackWriter
-from aibackup.chunks import INDEX, REPAIR_HINT, ChunkIndex, Stored, index_bytes, new_writer_id, read_index
+from aibackup.chunks import (
+    INDEX,
+    REPAIR_HINT,
+    UNINDEXED_HINT,
+    ChunkIndex,
+    Stored,
+    index_bytes,
+    new_writer_id,
+    read_index,
+)
 from aibackup.connectors.model.restore import chunk_ids
 from aibackup.errors import AibackupError, IntegrityError
 from aibackup.manifests.model import BundleManifest
@@ -143,7 +152,7 @@ def prune_chunks(
     if missing:
         result.notes.append(
             f"chunk store left as it is: {len(missing)} chunk(s) that bundles need are in no stored pack "
-            "(run `aibackup verify`; `aibackup repair index` indexes the packs no index file lists)"
+            f"(run `aibackup verify`; {UNINDEXED_HINT})"
         )
         return result
     used: dict[str, int] = {}

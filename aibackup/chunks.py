@@ -58,6 +58,8 @@ INDEX = "index"
 INDEX_DIGEST = b"aibackup.entries.sha256"
 #: What a damaged or lost index file's message suggests (aibackup.repair; a copy holding the bundles does too).
 REPAIR_HINT = "`aibackup repair index` rebuilds it from the packs"
+#: What a chunk no index file places suggests (an index file lost without a trace, or never written).
+UNINDEXED_HINT = "`aibackup repair index` indexes the packs no index file lists"
 PACKS = "packs"
 ID_BYTES = 32
 #: A chunk is kept compressed only when zstd saves at least 10% of it; whether to try at all is decided on
@@ -186,9 +188,11 @@ class ChunkIndex:
         return self.places.get(chunk)
 
     def damage_note(self) -> str:
-        """ " (the first damaged index file's problem)" for the message of a chunk no index places, where
-        index files were left out as damaged (`skip_damaged`); "" where none was."""
-        return "".join(f" ({problem}; {REPAIR_HINT})" for problem in list(self.damaged.values())[:1])
+        """ " (the first damaged index file's problem; the way out)" for the message of a chunk no index
+        places, where index files were left out as damaged (`skip_damaged`); else " (the way out)"."""
+        for problem in list(self.damaged.values())[:1]:
+            return f" ({problem}; {REPAIR_HINT})"
+        return f" ({UNINDEXED_HINT})"
 
     def every(self) -> Iterable[Stored]:
         """Every place the index lists, copies of a chunk stored twice included."""

@@ -179,6 +179,11 @@ def verify(
         click.echo(f"{verdict}: {result.bundles} bundle(s), {result.parts} part(s) checked{depth}")
         if result.authenticated is False:
             click.echo("note: encrypted repository and no key given: manifests were not authenticated")
+        from aibackup.chunkcheck import UNPLACED  # loaded by the verify already
+        from aibackup.chunks import UNINDEXED_HINT
+
+        if any(UNPLACED in p.problem for p in result.problems):  # said once, not on every chunk's line
+            click.echo(f"note: chunks no index file places: {UNINDEXED_HINT}")
     if not result.ok:
         sys.exit(EXIT_INTEGRITY)
 
