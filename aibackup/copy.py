@@ -453,7 +453,9 @@ class _Copier:
             place = source_index.get(chunk)
             if place is None:
                 where = f"chunk {chunk.hex()[:16]}… of bundle {manifest.bundle_id}"
-                raise IntegrityError(f"{where} is in no pack{source_index.damage_note()}")
+                raise IntegrityError(
+                    f"{where} is in no pack of {self.source.storage.display()}{source_index.damage_note()}"
+                )
             places.setdefault(place.pack, []).append((chunk, place))
         entries: list[tuple[bytes, Stored]] = []
         salvaged = False
