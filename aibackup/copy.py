@@ -139,6 +139,28 @@ def run_copy(
             result.generations_added = keys.adopt_generations(
                 target, source.vault(key_file).keyring, to_key_file or key_file
             )
+    try:
+        _copy_locked(source, target, wanted, key, result, created=created, since_newest=since_newest, tonight=tonight)
+    except AibackupError as exc:
+        if not result.generations_added:
+            raise
+        result.error = exc  # after the keys were taken: said with them (`key list` would be the only trace)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _copy_locked(
+    source: Repository,
+    target: Repository,
+    wanted: list[str],
+    key: RepositoryKey | None,
+    result: CopyResult,
+    *,
+    created: bool,
+    since_newest: bool,
+    tonight: Sequence[str],
+) -> None:
+    """run_copy's part under both repositories' locks: what it copied, repaired or failed goes into `result`."""
     with (
         RepositoryLock(source, "backup", f"copy to {target.storage.display()}"),
         RepositoryLock(target, "backup", f"copy from {source.storage.display()}"),
@@ -169,8 +191,6 @@ def run_copy(
         result.repaired = sorted(copier.repaired)
         if result.repaired:
             reports.record_repair(target, [target.storage.display(p) for p in result.repaired], "copy")
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _not_yet_copied(

@@ -1081,3 +1081,25 @@ def test_the_first_key_taken_back_after_the_copys_prune_retired_it_moves_nothing
     assert (copy / "data" / first / "packs" / pack.name).exists()
     ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
     assert files_of(tmp_path / "back") == files_of(llm)
+
+
+def test_keys_taken_before_a_copy_stopped_on_a_lock_are_said(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy takes the source's new key, then finds the source locked by its prune (exit 3): the key it
+    took is said with the error (it was said nowhere, on that night or later)."""
+    from aibackup.lock import RepositoryLock
+
+    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
+    source, copy = str(tmp_path / "repo"), str(tmp_path / "copy")
+    ok(cli("init", "--repo", source, "--encrypt"))
+    ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 5)}", "--repo", source))
+    ok(cli("copy", "--repo", source, "--to-repo", copy))
+    ok(cli("key", "rotate", "--repo", source))
+    held = Repository.open(source)
+    with RepositoryLock(held, "prune", "*"):
+        stopped = cli("copy", "--repo", source, "--to-repo", copy, "--json")
+    assert stopped.code == 3 and stopped.json()["generations_added"] == [2], (stopped.out, stopped.err)
+    assert "locked" in json.loads(stopped.err)["error"]["message"]
+    again = ok(cli("copy", "--repo", source, "--to-repo", copy, "--json")).json()
+    assert again["generations_added"] == [] and again["ok"], again
