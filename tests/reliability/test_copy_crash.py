@@ -6,13 +6,14 @@ verified, and restores. (`-m slow`: every step.)"""
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.aibackup.test_copy import three_bundles
+from tests.aibackup.test_copy import three_bundles, two_model_versions
 from tests.helpers import Cli, ok, repository_url
-from tests.reliability.test_crash import SEED, _child, _later, _steps
+from tests.reliability.test_crash import SEED, _child, _later, _steps, _trace
 
 #: Kill points per destination kind in CI.
 CI_POINTS = 6
@@ -63,3 +64,57 @@ def test_a_copy_killed_at_every_step_leaves_the_destination_sound(
 ) -> None:
     dest = repository_url(where, tmp_path, request) + ("-copy" if where == "local" else "")
     _copy_crash_suite(tmp_path, cli, dest, None, monkeypatch)
+
+
+def _adoption_suite(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, points: int | None) -> None:
+    """A copy killed while it takes the source's rotated key, moving first the packs its own prune repacked
+    after the rotation (aibackup.adoption): after every kill the copy verifies clean and restores the model
+    (the source gone meanwhile: nothing but the copy), and a rerun completes the copy."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
+    source, template = tmp_path / "repo", tmp_path / "template"
+    ok(cli("init", "--repo", str(source), "--encrypt"))
+    llm = two_model_versions(cli, tmp_path, source)
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(template)))
+    ok(cli("key", "rotate", "--repo", str(source)))
+    ok(cli("prune", "--repo", str(template), "--keep-last", "1", "--grace", "0s"))  # repacked after the rotation
+    shutil.copytree(template, tmp_path / "probe")
+    trace = _trace(_child(["copy", "--repo", str(source), "--to-repo", str(tmp_path / "probe")], 0))
+    # The adoption's steps: up to the release of its exclusive lock, after the marker was written.
+    last = next(n for n, what in enumerate(trace, 1) if what.startswith("after remove locks/"))
+    steps = range(1, last + 1)
+    chosen = steps if points is None else sorted(random.Random(SEED).sample(steps, min(points, last)))
+    minutes = 0
+    for n in chosen:
+        dest = tmp_path / f"copy-{n}"
+        shutil.copytree(template, dest)
+        minutes += 11  # a killed run's lock turns stale 10 minutes later
+        killed = _child(["copy", "--repo", str(source), "--to-repo", str(dest)], n, _later(minutes))
+        assert killed.returncode == -9, (n, trace[n - 1], killed.returncode, killed.stderr)
+        monkeypatch.setenv("AIBACKUP_NOW", _later(minutes)["AIBACKUP_NOW"])
+        hidden = tmp_path / "source-away"
+        source.rename(hidden)  # the region lost: what the copy holds must read on its own
+        try:
+            ok(cli("verify", "--read-data", "--repo", str(dest)))
+            back = tmp_path / f"back-{n}"
+            ok(cli("restore", "latest", "--repo", str(dest), "--to", f"model:{back}"))
+            assert (back / "b.safetensors").read_bytes() == (llm / "b.safetensors").read_bytes(), (n, trace[n - 1])
+        finally:
+            hidden.rename(source)
+        minutes += 11
+        monkeypatch.setenv("AIBACKUP_NOW", _later(minutes)["AIBACKUP_NOW"])
+        done = ok(cli("copy", "--repo", str(source), "--to-repo", str(dest), "--json")).json()
+        assert done["ok"], (n, done)
+        ok(cli("verify", "--read-data", "--repo", str(dest)))
+
+
+def test_a_copy_killed_while_it_takes_the_sources_new_key_loses_no_chunk(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _adoption_suite(tmp_path, cli, monkeypatch, CI_POINTS)
+
+
+@pytest.mark.slow
+def test_a_copy_killed_at_every_step_of_taking_the_sources_new_key_loses_no_chunk(
+    tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _adoption_suite(tmp_path, cli, monkeypatch, None)
