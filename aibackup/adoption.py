@@ -17,7 +17,6 @@ sealed under the key it had, and would be read with the new one (and never open 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 
 from aibackup.chunk_writer import PackWriter
@@ -84,10 +83,7 @@ def keep_readable(repo: Repository, before: Keyring, after: Keyring) -> list[str
                 moved.append(pack)
         writer.finish()
     except BaseException:
-        writer.abort()
-        for path in writer.packs:
-            with contextlib.suppress(Exception):
-                repo.storage.remove(path)
+        writer.discard()
         raise
     if writer.entries:
         files = [f"{INDEX}/{name}" for name in repo.storage.list_names(INDEX)]

@@ -170,6 +170,14 @@ class PackWriter:
         self._close()
         self._drain_closing()
 
+    def discard(self) -> None:
+        """Stop writing and remove every pack this writer created: for a run that fails before an index file
+        lists them (nothing can rely on their chunks yet)."""
+        self.abort()
+        for path in self.packs:
+            with contextlib.suppress(Exception):
+                self.repo.storage.remove(path)
+
     def abort(self) -> None:
         """Stop writing; the caller removes the packs."""
         with contextlib.suppress(BaseException):
@@ -290,9 +298,7 @@ class ChunkStore(ChunkAccess):
     def discard(self) -> None:
         """A backup that will not commit: its packs go unless their index was published (another backup may
         already reuse their chunks; prune removes them once nothing references them)."""
-        self._packs.abort()
         if self.published is not None:
-            return
-        for pack in self._packs.packs:
-            with contextlib.suppress(Exception):
-                self.repo.storage.remove(pack)
+            self._packs.abort()
+        else:
+            self._packs.discard()

@@ -22,7 +22,6 @@ free (a repack's new packs are counted against it).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -205,10 +204,7 @@ def prune_chunks(
                 gone.add(pack)
             writer.finish()
         except BaseException:
-            writer.abort()
-            for path in writer.packs:
-                with contextlib.suppress(Exception):
-                    repo.storage.remove(path)
+            writer.discard()
             raise
         finally:
             chunks.close()

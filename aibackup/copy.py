@@ -608,14 +608,10 @@ class _Copier:
                 writer.add(chunk, taken[chunk])
             writer.finish()
         except BaseException:
-            writer.abort()
-            for path in writer.packs:
-                with contextlib.suppress(Exception):
-                    self.target.storage.remove(path)
+            writer.discard()
             raise
-        for (
-            path
-        ) in writer.packs:  # held now: the next bundle needing these chunks finds them (a fresh copy lists nothing)
+        # Held now: the next bundle needing these chunks finds them (a copy this run created lists nothing).
+        for path in writer.packs:
             self._landed(path, self.target.storage.size(path))
         return writer.entries
 
