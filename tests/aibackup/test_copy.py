@@ -239,18 +239,27 @@ def test_the_destination_is_not_the_source(tmp_path: Path, cli: Cli) -> None:
         one_line_error(cli("copy", "--repo", source, "--to-repo", same), 2, "the source repository itself")
 
 
-def test_a_key_rotated_in_the_source_reaches_the_copy(
-    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """After `key rotate` on the source, the next copy adds the new master key to the copy's own slots (the
-    copy was refused for good, asking for a new location), and the copy reads every bundle."""
-    monkeypatch.setenv("AIBACKUP_KEY", "the source's passphrase")
+def copied_then_rotated(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, passphrase: str
+) -> tuple[str, str, Path]:
+    """An encrypted repository tmp_path/repo with one bundle of conversation logs, copied into tmp_path/copy,
+    then its key rotated: (the repository, the copy, the logs' folder)."""
+    monkeypatch.setenv("AIBACKUP_KEY", passphrase)
     source, copy = str(tmp_path / "repo"), str(tmp_path / "copy")
     logs = conversations(tmp_path / "logs", 10)
     ok(cli("init", "--repo", source, "--encrypt"))
     ok(cli("backup", f"conversations:{logs}", "--repo", source))
     ok(cli("copy", "--repo", source, "--to-repo", copy))
     ok(cli("key", "rotate", "--repo", source))
+    return source, copy, logs
+
+
+def test_a_key_rotated_in_the_source_reaches_the_copy(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `key rotate` on the source, the next copy adds the new master key to the copy's own slots (the
+    copy was refused for good, asking for a new location), and the copy reads every bundle."""
+    source, copy, logs = copied_then_rotated(cli, tmp_path, monkeypatch, "the source's passphrase")
     conversations(logs, 5, start=10)
     ok(cli("backup", f"conversations:{logs}", "--repo", source))
     result = ok(cli("copy", "--repo", source, "--to-repo", copy, "--json")).json()
@@ -932,6 +941,20 @@ def test_a_repositorys_own_damaged_chunk_index_is_replaced_from_a_copy_that_hold
     assert not [note for note in pruned["notes"] if "index" in note], pruned["notes"]
 
 
+def repacked_after_the_sources_rotation(cli: Cli, tmp_path: Path, copy: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An encrypted repository tmp_path/repo of two model versions, copied into `copy`, then its key rotated,
+    then the copy pruned (its chunks repacked, under the copy's key, in a folder dated after the rotation):
+    the model's folder."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
+    source = tmp_path / "repo"
+    ok(cli("init", "--repo", str(source), "--encrypt"))
+    llm = two_model_versions(cli, tmp_path, source)
+    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
+    ok(cli("key", "rotate", "--repo", str(source)))
+    ok(cli("prune", "--repo", str(copy), "--keep-last", "1", "--grace", "0s"))
+    return llm
+
+
 def test_packs_the_copy_repacked_after_the_source_rotated_its_key_stay_readable(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -939,13 +962,8 @@ def test_packs_the_copy_repacked_after_the_source_rotated_its_key_stay_readable(
     pack went under the copy's key of the time, in a folder dated after the source's new key took over. Once
     the copy took that key, the pack was read with it: the copy's bundle no longer restored (and with the
     source lost, nothing did)."""
-    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
     source, copy = tmp_path / "repo", tmp_path / "copy"
-    ok(cli("init", "--repo", str(source), "--encrypt"))
-    llm = two_model_versions(cli, tmp_path, source)
-    ok(cli("copy", "--repo", str(source), "--to-repo", str(copy)))
-    ok(cli("key", "rotate", "--repo", str(source)))
-    ok(cli("prune", "--repo", str(copy), "--keep-last", "1", "--grace", "0s"))  # repacked in the copy
+    llm = repacked_after_the_sources_rotation(cli, tmp_path, copy, monkeypatch)
     (repacked,) = [p for p in (copy / "data").rglob("packs/*.parquet")]
 
     def cut(*_: object) -> None:
@@ -971,13 +989,7 @@ def test_a_copy_backed_up_into_after_the_source_rotated_its_key_is_refused(
     """A bundle written into the copy itself after the source's `key rotate` is sealed under the copy's key
     of the time, and its id would map to the source's new key: the copy refuses to take that key (exit 2)
     and changes nothing."""
-    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
-    source, copy = str(tmp_path / "repo"), str(tmp_path / "copy")
-    logs = conversations(tmp_path / "logs", 10)
-    ok(cli("init", "--repo", source, "--encrypt"))
-    ok(cli("backup", f"conversations:{logs}", "--repo", source))
-    ok(cli("copy", "--repo", source, "--to-repo", copy))
-    ok(cli("key", "rotate", "--repo", source))
+    source, copy, _logs = copied_then_rotated(cli, tmp_path, monkeypatch, "the passphrase")
     ok(cli("backup", f"conversations:{conversations(tmp_path / 'other', 3)}", "--repo", copy))
     one_line_error(cli("copy", "--repo", source, "--to-repo", copy), 2, "backed up into it", "new location")
     assert [g["id"] for g in ok(cli("key", "list", "--repo", copy, "--json")).json()["generations"]] == [1]
@@ -1090,12 +1102,7 @@ def test_keys_taken_before_a_copy_stopped_on_a_lock_are_said(
     took is said with the error (it was said nowhere, on that night or later)."""
     from aibackup.lock import RepositoryLock
 
-    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
-    source, copy = str(tmp_path / "repo"), str(tmp_path / "copy")
-    ok(cli("init", "--repo", source, "--encrypt"))
-    ok(cli("backup", f"conversations:{conversations(tmp_path / 'logs', 5)}", "--repo", source))
-    ok(cli("copy", "--repo", source, "--to-repo", copy))
-    ok(cli("key", "rotate", "--repo", source))
+    source, copy, _logs = copied_then_rotated(cli, tmp_path, monkeypatch, "the passphrase")
     held = Repository.open(source)
     with RepositoryLock(held, "prune", "*"):
         stopped = cli("copy", "--repo", source, "--to-repo", copy, "--json")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.aibackup.test_copy import three_bundles, two_model_versions
+from tests.aibackup.test_copy import repacked_after_the_sources_rotation, three_bundles
 from tests.helpers import Cli, ok, repository_url
 from tests.reliability.test_crash import SEED, _child, _later, _steps, _trace
 
@@ -70,13 +70,8 @@ def _adoption_suite(tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, p
     """A copy killed while it takes the source's rotated key, moving first the packs its own prune repacked
     after the rotation (aibackup.adoption): after every kill the copy verifies clean and restores the model
     (the source gone meanwhile: nothing but the copy), and a rerun completes the copy."""
-    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
     source, template = tmp_path / "repo", tmp_path / "template"
-    ok(cli("init", "--repo", str(source), "--encrypt"))
-    llm = two_model_versions(cli, tmp_path, source)
-    ok(cli("copy", "--repo", str(source), "--to-repo", str(template)))
-    ok(cli("key", "rotate", "--repo", str(source)))
-    ok(cli("prune", "--repo", str(template), "--keep-last", "1", "--grace", "0s"))  # repacked after the rotation
+    llm = repacked_after_the_sources_rotation(cli, tmp_path, template, monkeypatch)
     shutil.copytree(template, tmp_path / "probe")
     trace = _trace(_child(["copy", "--repo", str(source), "--to-repo", str(tmp_path / "probe")], 0))
     # The adoption's steps: up to the release of its exclusive lock, after the marker was written.
