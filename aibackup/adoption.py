@@ -23,10 +23,8 @@ from aibackup.chunk_writer import PackWriter
 from aibackup.chunks import INDEX, ChunkIds, index_bytes, is_pack, last_index_name, pack_chunks, pack_folder
 from aibackup.errors import UsageError
 from aibackup.keyring import Keyring
-from aibackup.repository import Repository, id_time, new_bundle_id
+from aibackup.repository import DATA, Repository, id_time, new_bundle_id
 from aibackup.vault import generation_of
-
-DATA = "data"
 
 
 def keep_readable(repo: Repository, before: Keyring, after: Keyring) -> list[str]:
