@@ -41,6 +41,9 @@ class FaultProxy:
         self.stall = stall
         self.injected: Counter[str] = Counter()
         self.requests = 0
+        #: The most requests the proxy was answering at one time (a client's concurrency, seen from outside).
+        self.most_at_once = 0
+        self._in_flight = 0
         self._rng = random.Random(seed)
         self._guard = threading.Lock()
         proxy = self
@@ -52,6 +55,16 @@ class FaultProxy:
                 pass
 
             def _handle(self) -> None:
+                with proxy._guard:
+                    proxy._in_flight += 1
+                    proxy.most_at_once = max(proxy.most_at_once, proxy._in_flight)
+                try:
+                    self._answer()
+                finally:
+                    with proxy._guard:
+                        proxy._in_flight -= 1
+
+            def _answer(self) -> None:
                 body = self._body()
                 fault = proxy._draw()
                 if fault == "reset":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from aibackup import spool
 from aibackup.errors import UnavailableError
-from aibackup.repository import Repository
+from aibackup.repository import MANIFESTS_AT_ONCE, Repository
 from aibackup.storage import AlreadyExistsError, Storage
 from tests.conftest import Server
 from tests.faultproxy import FaultProxy
@@ -422,7 +421,8 @@ def test_manifests_are_read_several_at_once_in_order_and_a_damaged_one_is_named(
 ) -> None:
     """Every bundle's manifest, read behind an endpoint that takes 0.25 s to answer (another region): one
     GET after another, nine took 2.25 s and more (hundreds of bundles: minutes for `list`, `status`, prune
-    and the nightly copy); now several at once, in the bundles' order, a damaged one named among them."""
+    and the nightly copy); now several at once (counted at the endpoint, not timed: a slow machine must
+    not fail it), never more than MANIFESTS_AT_ONCE, in the bundles' order, a damaged one named among them."""
     url = f"s3://{_bucket('s3io-manifests')}/repo"
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -435,8 +435,8 @@ def test_manifests_are_read_several_at_once_in_order_and_a_damaged_one_is_named(
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
         repo = Repository.open(url)
         repo.use_key(repo.key())
-        started = time.perf_counter()
         good, bad = repo.scan()
-        seconds = time.perf_counter() - started
     assert [m.bundle_id for m in good] == ids[:4] + ids[5:] and [b.bundle_id for b in bad] == [ids[4]]
-    assert seconds < 1.8, f"{seconds:.2f} s: the nine manifests were read one after another"
+    # Stalled 0.25 s each, the eight manifests after the first overlap: at least half of them are in flight at
+    # once however slowly the threads start.
+    assert MANIFESTS_AT_ONCE // 2 <= proxy.most_at_once <= MANIFESTS_AT_ONCE, proxy.most_at_once
