@@ -422,7 +422,8 @@ def test_manifests_are_read_several_at_once_in_order_and_a_damaged_one_is_named(
     """Every bundle's manifest, read behind an endpoint that takes 0.25 s to answer (another region): one
     GET after another, nine took 2.25 s and more (hundreds of bundles: minutes for `list`, `status`, prune
     and the nightly copy); now several at once (counted at the endpoint, not timed: a slow machine must
-    not fail it), never more than MANIFESTS_AT_ONCE, in the bundles' order, a damaged one named among them."""
+    not fail it), never more than MANIFESTS_AT_ONCE, in the bundles' order, a damaged one named among them;
+    a reader that stops early leaves the rest unread."""
     url = f"s3://{_bucket('s3io-manifests')}/repo"
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -436,7 +437,13 @@ def test_manifests_are_read_several_at_once_in_order_and_a_damaged_one_is_named(
         repo = Repository.open(url)
         repo.use_key(repo.key())
         good, bad = repo.scan()
+        asked = proxy.requests
+        for _ in zip(range(2), repo.load_each(ids * 4), strict=False):
+            pass  # a reader that stops after two of 36 manifests
+        asked = proxy.requests - asked
     assert [m.bundle_id for m in good] == ids[:4] + ids[5:] and [b.bundle_id for b in bad] == [ids[4]]
+    # The first, then the eight in flight when it stopped: the 27 still queued are not read.
+    assert asked <= 1 + 2 * MANIFESTS_AT_ONCE, asked
     # Stalled 0.25 s each, the eight manifests after the first overlap: at least half of them are in flight at
     # once however slowly the threads start.
     assert MANIFESTS_AT_ONCE // 2 <= proxy.most_at_once <= MANIFESTS_AT_ONCE, proxy.most_at_once
