@@ -299,6 +299,35 @@ def child_moto(total: str) -> dict[str, Any]:
     return out
 
 
+def child_gets(url: str, bundle_id: str, how: str) -> dict[str, Any]:
+    """moto's cost of a bundle's reads: ``get_object`` of each part object of the bundle, `how` ``whole``
+    (one GET each) or ``ranged`` (GETs of ``aibackup.s3io.BLOCK_SIZE`` bytes, as aibackup's reads and
+    boto3's ``download_file`` ask), ``s3io.CONCURRENCY`` at once; the bytes are dropped."""
+    import boto3
+
+    from aibackup.s3io import BLOCK_SIZE, CONCURRENCY
+
+    bucket, prefix = _split(url)
+    parts, _ = _bundle_files(url, bundle_id)
+    client = boto3.client("s3")
+    wanted = [
+        (f"{prefix}/{p.path}", f"bytes={start}-{min(start + BLOCK_SIZE, p.bytes) - 1}" if how == "ranged" else None)
+        for p in parts
+        for start in (range(0, p.bytes, BLOCK_SIZE) if how == "ranged" else [0])
+    ]
+
+    def get(key: str, asked: str | None) -> int:
+        answer = client.get_object(Bucket=bucket, Key=key, **({"Range": asked} if asked else {}))
+        return len(answer["Body"].read())
+
+    clock = Stopwatch()
+    with ThreadPoolExecutor(CONCURRENCY) as pool:
+        total = sum(pool.map(lambda w: get(*w), wanted))
+    if total != sum(p.bytes for p in parts):
+        raise RuntimeError(f"{how} GETs read {total} bytes, the bundle's parts hold {sum(p.bytes for p in parts)}")
+    return {**clock.read(), "bytes": total, "requests": len(wanted)}
+
+
 CHILDREN = {
     "backup": child_backup,
     "verify": child_verify,
@@ -308,6 +337,7 @@ CHILDREN = {
     "bare-up": child_bare_up,
     "bare-down": child_bare_down,
     "moto": child_moto,
+    "gets": child_gets,
 }
 
 
@@ -411,10 +441,14 @@ def measure(rows: int, dim: int, repeats: int) -> dict[str, Any]:
                 reads["s3"].append(_run(moto, "read", remote, ids["s3"]))
                 reads["local"].append(_run(moto, "read", down, ids["s3"]))
             print("benchmarks: s3 read done", file=sys.stderr, flush=True)
+            gets: dict[str, list[dict[str, Any]]] = {"whole": [], "ranged": []}
+            for _ in range(quick):
+                for how, runs in gets.items():
+                    runs.append(_run(moto, "gets", remote, ids["s3"], how))
             alone = _measure_moto(moto, backups["s3"][0]["bytes"], repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return _summary(rows, dim, repeats, backups, verify, copies, reads, alone)
+    return _summary(rows, dim, repeats, backups, verify, copies, reads, gets, alone)
 
 
 def _summary(
@@ -425,6 +459,7 @@ def _summary(
     verify: dict[str, list[dict[str, Any]]],
     copies: dict[str, list[dict[str, Any]]],
     reads: dict[str, list[dict[str, Any]]],
+    gets: dict[str, list[dict[str, Any]]],
     alone: dict[str, Any],
 ) -> dict[str, Any]:
     """The section's JSON: the fastest run of each variant, the ratios of the targets, moto's rates."""
@@ -459,6 +494,8 @@ def _summary(
         "read": read,
         "copy": copy,
         "moto": alone,
+        # moto reads a whole object for each ranged GET (its FakeKey.value), so ranged reads cost it more
+        "moto_gets": {how: _best(runs, "bytes", "requests") for how, runs in gets.items()},
         "backup_s3_vs_local": _ratio(backup["s3"], backup["local"]),
         "verify_vs_bare": _ratio(checked["s3"], checked["bare"]),
         "verify_s3_vs_local": _ratio(checked["s3"], checked["local"]),
