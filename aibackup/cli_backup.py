@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import click
@@ -139,7 +138,7 @@ def backup(
     from aibackup import api
     from aibackup.progress import make_progress
 
-    repo, config = resolve(repo, config_path, need_config=source is None)
+    repo, config = resolve(repo, config_path, need_config=source is None, key_file=key_file)
     # --on-bad-line has a default: only one the user gave counts as asked for.
     bad_line = on_bad_line if click.get_current_context().get_parameter_source("on_bad_line") in _GIVEN else None
     if source is None:
@@ -149,8 +148,6 @@ def backup(
             job_config=job_config,
             redact_secrets=redact_secrets,
         )
-        if key_file:  # as every other verb: --key-file over the config's key_file
-            config = dataclasses.replace(config, key_file=key_file)
         _backup_config(
             config,
             source_names,

@@ -114,10 +114,14 @@ def observe_options(f: F) -> F:
     )(f)
 
 
-def resolve(repo: str | None, config_path: str | None, *, need_config: bool = False) -> tuple[str, Any]:
+def resolve(
+    repo: str | None, config_path: str | None, *, need_config: bool = False, key_file: str | None = None
+) -> tuple[str, Any]:
     """(repository URL, Config or None): --repo / AIBACKUP_REPO win, else the config's repository, else the
     default. The config (--config, AIBACKUP_CONFIG or ./aibackup.yaml) is read only when it is needed or
-    named, so a broken aibackup.yaml beside you never breaks `aibackup list --repo X`."""
+    named, so a broken aibackup.yaml beside you never breaks `aibackup list --repo X`. `key_file`
+    (--key-file) replaces the config's ``key_file``: everything that opens the repository again from the
+    config (the metrics file, the copies and the drill that use its key) uses the one the command was given."""
     from aibackup.config import CONFIG_ENV, find_config_path, load_config
 
     if repo is not None and not repo.strip():
@@ -142,6 +146,8 @@ def resolve(repo: str | None, config_path: str | None, *, need_config: bool = Fa
 
         metrics_file = config.metrics_file if same_place(repo, config.repository) else None
         config = dataclasses.replace(config, repository=repo, metrics_file=metrics_file)
+    if key_file:
+        config = dataclasses.replace(config, key_file=key_file)
     return config.repository, config
 
 
@@ -156,8 +162,8 @@ def open_repository(url: str, config: Any = None, key_file: str | None = None) -
 def configured(repo: str | None, config_path: str | None, key_file: str | None = None) -> tuple[Repository, Config]:
     """The commands that read aibackup.yaml (status, restore-test): the config, and its repository (or
     --repo's) opened (with `key_file` over the config's)."""
-    url, config = resolve(repo, config_path, need_config=True)
-    return open_repository(url, config, key_file), config
+    url, config = resolve(repo, config_path, need_config=True, key_file=key_file)
+    return open_repository(url, config), config
 
 
 def emit_json(doc: object) -> None:

@@ -72,9 +72,9 @@ def status(
 ) -> None:
     """Per configured source: the newest intact bundle and its age against the RPO, the last restore test
     and its achieved RTO, the last backup run. Exits 1 when any source breaches its RPO."""
-    url, config = resolve(repo, config_path, need_config=True)
+    url, config = resolve(repo, config_path, need_config=True, key_file=key_file)
     try:
-        report = open_repository(url, config, key_file).status(config)
+        report = open_repository(url, config).status(config)
     except AibackupError:
         # The metrics file must not go on saying "fine" about a repository that cannot be read.
         with contextlib.suppress(AibackupError):
@@ -208,7 +208,7 @@ def prune(
     replace the config's retention; the config's per-source retention applies otherwise."""
     within = _flag_duration("--keep-within", keep_within, positive=True) if keep_within else None
     grace_period = _flag_duration("--grace", grace)
-    repo_url, config = resolve(repo, config_path)
+    repo_url, config = resolve(repo, config_path, key_file=key_file)
     if metrics_file and config is None:  # refused before anything is removed, not after
         raise UsageError(METRICS_NEED_CONFIG)
     result = open_repository(repo_url, config, key_file).prune(

@@ -522,6 +522,34 @@ def test_a_drill_whose_result_cannot_be_recorded_says_so(
     assert json.loads(ok(cli("status", "--json")).out)["sources"][0]["last_restore_test"]["ok"]
 
 
+def test_key_file_given_on_the_command_line_opens_the_copies_the_drill_and_the_metrics(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An encrypted repository whose key comes only from --key-file (the config names none) and a copy the
+    same passphrase opens: `status --key-file` showed the copy "unreadable ... pass --key-file", RPO breached,
+    exit 1; the drill of the copy failed alike; and the metrics file, written after a healthy status, said
+    the repository was unreadable, exit 2. --key-file replaces the config's key_file for every verb."""
+    for var in ("AIBACKUP_KEY", "AIBACKUP_KEY_FILE"):
+        monkeypatch.delenv(var, raising=False)
+    key = tmp_path / "primary.key"
+    key.write_text("the primary's passphrase\n")
+    logs = conversations(tmp_path / "logs", 10)
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: {{uri: 'conversations:{logs}', rpo: 1h, rto: 1h}}\n"
+        "copies:\n  - {repository: ./copy}\nrestore_test: {repository: ./copy}\n"
+    )
+    ok(cli("init", "--encrypt", "--key-file", str(key)))
+    bundle = ok(cli("backup", "--key-file", str(key), "--json")).json()["sources"][0]["bundle_id"]  # type: ignore[index]
+    metrics = tmp_path / "aibackup.prom"
+    status = ok(cli("status", "--key-file", str(key), "--json", "--metrics-file", str(metrics))).json()
+    (copy,) = status["sources"][0]["copies"]  # type: ignore[index]
+    assert copy["newest_bundle"] == bundle and copy["error"] is None and not copy["rpo_breached"], copy
+    assert 'aibackup_rpo_breached{source="logs"} 0' in metrics.read_text()
+    assert 'copy="' in metrics.read_text() and "aibackup_copy_rpo_breached" in metrics.read_text()
+    (tested,) = ok(cli("restore-test", "--key-file", str(key), "--json")).json()["sources"]  # type: ignore[index]
+    assert tested["ok"] and tested["bundle_id"] == bundle and tested["repository"] == str(tmp_path / "copy"), tested
+
+
 def test_the_nightly_copy_takes_a_bundle_committed_after_a_newer_one_was_copied(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
