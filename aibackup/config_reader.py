@@ -272,8 +272,15 @@ class _Reader:
             text = self.local_path(text)
         elif protocol not in ("s3", "s3a", "file", "local"):
             self.fail(node, path, f"{s.shown()} is not a repository location: use a path or s3://bucket/prefix")
-        elif protocol.startswith("s3") and not rest.strip("/"):
-            self.fail(node, path, f"{s.shown()} names no bucket: use s3://bucket/prefix")
+        elif protocol.startswith("s3"):
+            if not rest.strip("/"):
+                self.fail(node, path, f"{s.shown()} names no bucket: use s3://bucket/prefix")
+            from aibackup.storage import url_options
+
+            try:  # a typo in ?endpoint= or ?region= is a config error now, not an RPO alarm after the backups
+                url_options(text, rest.partition("?")[2])
+            except UsageError as exc:
+                self.fail(node, path, str(exc))
         return dataclasses.replace(s, value=s.text_value(text))
 
     def names(self, node: yaml.Node, path: str) -> _Scalar:
@@ -337,6 +344,8 @@ class _Reader:
 
     def copies(self, node: yaml.Node, path: str) -> _Scalar:
         """``copies: [{repository: URL, key_file: PATH}]``: second repositories, each named once."""
+        from aibackup.storage import same_place
+
         if node.tag == _NULL:
             return self.done((), node, path)
         if not isinstance(node, yaml.SequenceNode):
@@ -347,7 +356,7 @@ class _Reader:
             values, env = self.fields(item, where, {"repository": self.repository, "key_file": self.path})
             if "repository" not in values:
                 self.fail(item, f"{where}.repository", "missing: every copy needs a repository")
-            if any(c.repository == values["repository"] for c in found):
+            if any(same_place(c.repository, values["repository"]) for c in found):  # however spelled
                 self.fail(item, f"{where}.repository", f"{values['repository']!r} is listed twice")
             found.append(CopyConfig(**values, env_fields=frozenset(env)))
         return self.done(tuple(found), node, path)

@@ -34,6 +34,7 @@ from aibackup.proof import Check
 from aibackup.recall_rule import CheckOptions, judge
 from aibackup.repository import Repository, Scan
 from aibackup.restore import RestoreResult, run_restore
+from aibackup.storage import same_place
 
 #: The drill's temporary scratch stores are folders named so in the system's temporary folder.
 SCRATCH_PREFIX = "aibackup-drill-"
@@ -119,12 +120,23 @@ def restore_test(
     repo = repo or Repository.open(config.repository, key_file=config.key_file)
     results: list[DrillResult] = []
     unrecorded: AibackupError | None = None
-    tested, key_file = _tested_repository(config, repo)
+    unopened: str | None = None  # why the copy to test could not be opened
+    try:
+        tested, key_file = _tested_repository(config, repo)
+    except AibackupError as exc:
+        # The copy out of reach (its region down), gone or refusing the key is what a drill of it is there to
+        # find: each source's drill fails, recorded (it was one error line, and status and the metrics went on
+        # showing the drill before as the last).
+        tested, key_file, unopened = None, None, f"cannot open the copy {config.restore_test.repository}: {exc}"
     primary: Callable[[], Scan] = functools.cache(repo.scan)  # read once, for _behind, if a copy is tested
     for source in sources_of(config, names):
         if source.restore_test_skip and not names:
             continue
-        result = _drill(config, tested, source, key_file)
+        if tested is None:
+            objective = source.rto.total_seconds() if source.rto else None
+            result = DrillResult(source.name, False, None, None, 0.0, objective, error=unopened)
+        else:
+            result = _drill(config, tested, source, key_file)
         if tested is not repo:
             result.repository = config.restore_test.repository
             result.note = _behind(repo, source, result.bundle_id, primary)
@@ -149,7 +161,7 @@ def _tested_repository(config: Config, repo: Repository) -> tuple[Repository, st
     where = config.restore_test.repository
     if where is None:
         return repo, config.key_file
-    copy = next((c for c in config.copies if c.repository == where), None)
+    copy = next((c for c in config.copies if same_place(c.repository, where)), None)  # however spelled
     key_file = (copy.key_file if copy is not None else None) or config.key_file
     return Repository.open(where, key_file=key_file), key_file
 

@@ -80,6 +80,29 @@ def _write_back_local(raw: IO[bytes]) -> None:
         os.posix_fadvise(raw.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
 
 
+def url_options(url: str, query: str) -> dict[str, str]:
+    """The options of repository `url` (`query`: the part after its ``?``), each checked without reaching
+    anything (an aibackup.yaml is checked with them when it is read). UsageError naming the first bad one."""
+    given = parse_qs(query, keep_blank_values=True)
+    if twice := sorted(k for k, v in given.items() if len(v) > 1):  # which one was meant?
+        raise UsageError(f"bad repository {url!r}: option {twice[0]!r} given twice")
+    options = {k: v[0] for k, v in given.items()}
+    unknown = sorted(set(options) - set(S3_OPTIONS))
+    if unknown:
+        raise UsageError(f"bad repository {url!r}: unknown option {unknown[0]!r} (known: {', '.join(S3_OPTIONS)})")
+    sse, sse_kms_key_id = options.get("sse"), options.get("sse_kms_key_id")
+    if sse is not None and sse not in SSE_VALUES:
+        raise UsageError(f"bad repository {url!r}: sse must be one of {', '.join(SSE_VALUES)}, not {sse!r}")
+    if sse_kms_key_id and not (sse or "").startswith("aws:kms"):
+        raise UsageError(f"bad repository {url!r}: sse_kms_key_id needs sse=aws:kms")
+    endpoint, region = options.get("endpoint"), options.get("region")
+    if endpoint is not None and (problem := endpoint_problem(endpoint)):
+        raise UsageError(f"bad repository {url!r}: endpoint {endpoint!r}: {problem}")
+    if region is not None and (problem := region_problem(region)):
+        raise UsageError(f"bad repository {url!r}: region {region!r}: {problem}")
+    return options
+
+
 class Storage:
     """A repository root on a local path or an fsspec URL (``s3://bucket/prefix``).
 
@@ -100,23 +123,9 @@ class Storage:
             protocol, rest = "file", url
         self.is_local = protocol in ("file", "local")
         rest, _, query = rest.partition("?") if protocol in ("s3", "s3a") else (rest, "", "")
-        given = parse_qs(query, keep_blank_values=True)
-        if twice := sorted(k for k, v in given.items() if len(v) > 1):  # which one was meant?
-            raise UsageError(f"bad repository {url!r}: option {twice[0]!r} given twice")
-        options = {k: v[0] for k, v in given.items()}
-        unknown = sorted(set(options) - set(S3_OPTIONS))
-        if unknown:
-            raise UsageError(f"bad repository {url!r}: unknown option {unknown[0]!r} (known: {', '.join(S3_OPTIONS)})")
+        options = url_options(url, query)
         sse, sse_kms_key_id = options.get("sse"), options.get("sse_kms_key_id")
-        if sse is not None and sse not in SSE_VALUES:
-            raise UsageError(f"bad repository {url!r}: sse must be one of {', '.join(SSE_VALUES)}, not {sse!r}")
-        if sse_kms_key_id and not (sse or "").startswith("aws:kms"):
-            raise UsageError(f"bad repository {url!r}: sse_kms_key_id needs sse=aws:kms")
         endpoint, region = options.get("endpoint"), options.get("region")
-        if endpoint is not None and (problem := endpoint_problem(endpoint)):
-            raise UsageError(f"bad repository {url!r}: endpoint {endpoint!r}: {problem}")
-        if region is not None and (problem := region_problem(region)):
-            raise UsageError(f"bad repository {url!r}: region {region!r}: {problem}")
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # parallel uploads (aibackup.s3io)
         self._client: Any = None
         self._lock = threading.Lock()

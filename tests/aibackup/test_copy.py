@@ -440,6 +440,19 @@ def test_copies_in_the_config_are_checked(cli: Cli, tmp_path: Path) -> None:
         "repository: ./repo\nsources:\n  logs: 'conversations:./logs'\ncopies:\n  - {key_file: ./k}\n"
     )
     one_line_error(cli("list"), 2, "copies[0].repository", "missing")
+    # The same copy however spelled, and a bad option of an S3 URL (it was an RPO alarm, exit 1, or a failed
+    # copy after every backup had run): refused as the config is read, naming the key.
+    (tmp_path / "aibackup.yaml").write_text(
+        "repository: ./repo\nsources:\n  logs: 'conversations:./logs'\n"
+        f"copies:\n  - {{repository: ./copy}}\n  - {{repository: 'file://{tmp_path}/copy'}}\n"
+    )
+    one_line_error(cli("list"), 2, "aibackup.yaml:6: copies[1].repository", "listed twice")
+    for option in ("bogus=1", "endpoint=ftp://x", "region=eu_bad", "sse=AES256&sse=aws:kms"):
+        (tmp_path / "aibackup.yaml").write_text(
+            "repository: ./repo\nsources:\n  logs: 'conversations:./logs'\n"
+            f"copies:\n  - {{repository: 's3://copies/ai?{option}'}}\n"
+        )
+        one_line_error(cli("status"), 2, "aibackup.yaml:5: copies[0].repository", "bad repository")
 
 
 def test_status_shows_each_copy_and_a_copy_falling_behind_breaches_the_rpo(cli: Cli, tmp_path: Path) -> None:
@@ -491,7 +504,14 @@ def test_the_drill_can_test_a_copy(cli: Cli, tmp_path: Path) -> None:
     import shutil
 
     shutil.rmtree(tmp_path / "copy-eu")
-    assert cli("restore-test", "--json").code != 0
+    # The copy gone (its region down): the drill of each source fails, naming it, and is recorded: status and
+    # the metrics stop showing the drill before as the last (it was one error line, nothing recorded).
+    gone = cli("restore-test", "--json")
+    assert gone.code == 1, (gone.out, gone.err)
+    (failed,) = json.loads(gone.out)["sources"]
+    assert not failed["ok"] and "cannot open the copy" in failed["error"] and "copy-eu" in failed["error"], failed
+    last = json.loads(cli("status", "--json").out)["sources"][0]["last_restore_test"]
+    assert last is not None and not last["ok"], last
     assert Repository.open(str(tmp_path / "repo")).bundle_ids()[0] == bundle
 
 
@@ -520,6 +540,15 @@ def test_a_drill_whose_result_cannot_be_recorded_says_so(
     assert json.loads(ok(cli("status", "--json")).out)["sources"][0]["last_restore_test"] is None
     ok(cli("restore-test"))  # with the primary's key at hand, recorded
     assert json.loads(ok(cli("status", "--json")).out)["sources"][0]["last_restore_test"]["ok"]
+    # The copy named otherwise by restore_test (a file:// URL): still the copy, opened with its own key file
+    # (it was matched by the written string: the drill used the primary's key and failed, exit 2).
+    config = (tmp_path / "aibackup.yaml").read_text()
+    (tmp_path / "aibackup.yaml").write_text(
+        config.replace("restore_test: {repository: ./copy}", f"restore_test: {{repository: 'file://{tmp_path}/copy'}}")
+    )
+    monkeypatch.delenv("AIBACKUP_KEY")
+    drill = cli("restore-test", "--json")
+    assert drill.code == 3 and json.loads(drill.out)["ok"], drill
 
 
 def test_key_file_given_on_the_command_line_opens_the_copies_the_drill_and_the_metrics(
