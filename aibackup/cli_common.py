@@ -144,8 +144,18 @@ def resolve(
         # aibackup_verify_success fell to 0). `--metrics-file PATH` still writes the named repository's.
         from aibackup.storage import same_place
 
-        metrics_file = config.metrics_file if same_place(repo, config.repository) else None
-        config = dataclasses.replace(config, repository=repo, metrics_file=metrics_file)
+        # Its copies likewise are copies of its repository: a night backed up into a copy (its region down)
+        # failed "the destination is the source repository itself" (exit 2), and a test run into a scratch
+        # repository pushed its bundles into the production copy.
+        if not same_place(repo, config.repository):
+            if config.copies and need_config:
+                click.echo(
+                    f"note: --repo names another repository than {config.path}'s ({config.repository}): its copies "
+                    "are not made or checked",
+                    err=True,
+                )
+            config = dataclasses.replace(config, metrics_file=None, copies=())
+        config = dataclasses.replace(config, repository=repo)
     if key_file:
         config = dataclasses.replace(config, key_file=key_file)
     return config.repository, config

@@ -435,6 +435,27 @@ def test_a_copy_that_cannot_be_made_fails_the_run_but_keeps_the_backups(cli: Cli
     assert len(Repository.open(str(tmp_path / "repo")).bundle_ids()) == 1
 
 
+def test_a_run_into_another_repository_than_the_configs_makes_no_copy(cli: Cli, tmp_path: Path) -> None:
+    """`backup --repo COPY` on a night the primary's region is down failed "the destination is the source
+    repository itself" (exit 2) after every backup, and a test run into a scratch repository pushed its
+    bundle into the production copy. The config's copies are copies of its repository: another one makes
+    none, saying so."""
+    logs = conversations(tmp_path / "logs", 10)
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: 'conversations:{logs}'\ncopies:\n  - {{repository: ./copy}}\n"
+    )
+    first = ok(cli("backup", "--json")).json()
+    assert first["copies"][0]["copied"] == [first["sources"][0]["bundle_id"]], first  # type: ignore[index]
+    conversations(logs, 5, start=10)
+    outage = ok(cli("backup", "--repo", "./copy", "--json"))
+    assert outage.json()["copies"] == [] and "its copies are not made" in outage.err, outage  # type: ignore[index]
+    scratch = ok(cli("backup", "--repo", "./scratch"))
+    assert "its copies are not made" in scratch.err and "copy to" not in scratch.out, scratch
+    held = Repository.open(str(tmp_path / "copy")).bundle_ids()
+    assert len(held) == 2 and not set(held) & set(Repository.open(str(tmp_path / "scratch")).bundle_ids())
+    assert ok(cli("status", "--repo", "./copy", "--json")).json()["sources"][0]["copies"] == []  # type: ignore[index]
+
+
 def test_copies_in_the_config_are_checked(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "aibackup.yaml").write_text(
         "repository: ./repo\nsources:\n  logs: 'conversations:./logs'\ncopies:\n  - {key_file: ./k}\n"
