@@ -95,7 +95,13 @@ def pack_folder(writer_id: str) -> str:
 def is_pack(path: str) -> bool:
     """Whether `path` (relative to the repository) is where chunk packs are written."""
     parts = path.split("/")
-    return len(parts) == 4 and parts[0] == "data" and parts[2] == PACKS and parts[3].endswith(".parquet")
+    return (
+        len(parts) == 4
+        and parts[0] == "data"
+        and parts[1] not in ("", ".", "..")  # `data/../packs/x` would lead out of the repository
+        and parts[2] == PACKS
+        and parts[3].endswith(".parquet")
+    )
 
 
 class ChunkIds:
@@ -229,7 +235,12 @@ def read_index(raw: bytes, where: str) -> list[tuple[bytes, Stored]]:
     except (pa.ArrowException, OSError) as exc:  # bytes in memory: an OSError is undecodable Parquet (thrift)
         raise IntegrityError(f"damaged chunk index {where}: {first_line(exc)}") from None
     packs: dict[str, str] = {}  # one string per pack, not one per chunk (an index holds millions of rows)
-    return [(c, Stored(packs.setdefault(p, p), r, s, t)) for c, p, r, s, t in zip(*cols, strict=True)]
+    entries = [(c, Stored(packs.setdefault(p, p), r, s, t)) for c, p, r, s, t in zip(*cols, strict=True)]
+    # A place outside the repository's packs (`data/../../x`: an unencrypted index file anyone who can write
+    # the bucket can rewrite) would have verify read, and copy write, beyond the repository's root.
+    if stray := next((p for p in packs if not is_pack(p)), None):
+        raise IntegrityError(f"damaged chunk index {where}: {stray!r} is not a chunk pack of the repository")
+    return entries
 
 
 def index_bytes(entries: Iterable[tuple[bytes, Stored]]) -> bytes:

@@ -22,7 +22,7 @@ from aibackup import clock
 from aibackup.api import Repository as ApiRepository
 from aibackup.backup import run_backup
 from aibackup.chunk_reader import ChunkReader
-from aibackup.chunks import ChunkIds, ChunkIndex, read_index
+from aibackup.chunks import ChunkIds, ChunkIndex, Stored, index_bytes, read_index
 from aibackup.config import RetentionPolicy
 from aibackup.errors import IntegrityError, SourceDataError
 from aibackup.prune import PruneResult, run_prune
@@ -220,6 +220,29 @@ def test_a_damaged_index_stops_verify_and_restore_before_anything_is_written(tmp
     with pytest.raises(IntegrityError, match=index.name):
         run_restore(REPO, None, f"model:{out}")
     assert not out.exists()
+
+
+def test_an_index_entry_leading_out_of_the_repository_is_damage(tmp_path: Path, cli: Cli) -> None:
+    """An index file whose pack path leads out of the repository (`data/../../evil/...`; an unencrypted
+    one is anyone's to rewrite who can write the bucket): verify read the pack there and said ok, and a copy
+    wrote it beyond the destination's root. Now the index file is damaged: verify names it (exit 1) and the
+    copy fails the bundle, writing nothing outside."""
+    src = tmp_path / "model"
+    write_model(src / "model.safetensors", {"a": weights(64, 1)})
+    backup(src)
+    repo = opened()
+    (rel,) = [f"index/{name}" for name in index_files()]
+    entries = read_index(repo.storage.read_bytes(rel), rel)
+    stray = "data/../../evil/packs/pack-00000.parquet"
+    (tmp_path / "evil" / "packs").mkdir(parents=True)
+    shutil.move(Path(REPO, entries[0][1].pack), tmp_path / "evil" / "packs" / "pack-00000.parquet")
+    repo.storage.remove(rel)
+    repo.storage.write_exclusive(rel, index_bytes([(c, Stored(stray, p.row, p.size, p.stored)) for c, p in entries]))
+    verified = cli("verify", "--read-data", "--json")
+    assert verified.code == 1 and rel.split("/")[1] in verified.out, verified
+    copied = cli("copy", "--to-repo", str(tmp_path / "a" / "b" / "copy"), "--json")
+    assert copied.code == 1 and len(copied.json()["failed"]) == 1, copied  # type: ignore[index]
+    assert not (tmp_path / "a" / "b" / "evil").exists()
 
 
 # --- prune ------------------------------------------------------------------------------------------------------
