@@ -35,13 +35,29 @@ class ChunkCheck:
     @property
     def chunks(self) -> ChunkReader:
         if self._chunks is None:
-            self._chunks = ChunkReader(self.reader.repo, ChunkIndex.load(self.reader.repo))
+            # Damaged index files left out (named by index_problems): the chunks the intact ones place are
+            # still read, so a damaged pack is named beside them (one damaged index file had hidden every
+            # pack's damage: not a chunk was read), and a bundle whose chunks they all place is not blamed
+            # (its restore, which skips them alike, succeeds).
+            self._chunks = ChunkReader(self.reader.repo, ChunkIndex.load(self.reader.repo, skip_damaged=True))
         return self._chunks
 
+    def index_problems(self) -> list[tuple[str, str]]:
+        """(where, problem) for each damaged index file, once a model dataset was checked."""
+        if self._chunks is None:
+            return []
+        storage = self.reader.repo.storage
+        return [
+            (storage.display(rel), f"{problem} ({REPAIR_HINT})") for rel, problem in self._chunks.index.damaged.items()
+        ]
+
     def problems(self, dataset: DatasetManifest) -> list[tuple[str, str]]:
-        """(where, problem) for each missing or damaged chunk of `dataset`'s files."""
+        """(where, problem) for each missing or damaged chunk of `dataset`'s files; the chunks no intact index
+        file places, where some are damaged, in one line (the damaged files may place them)."""
         found: list[tuple[str, str]] = []
         storage = self.reader.repo.storage
+        index = self.chunks.index
+        unplaced = 0  # chunks no index file places, while some are damaged
         try:
             for batch in self.reader.batches(dataset, columns=None):
                 for row in batch.to_pylist():
@@ -51,19 +67,29 @@ class ChunkCheck:
                     sizes: dict[bytes, int] = {}
                     for chunk in chunk_ids(row):
                         problem = self._verdict(chunk)
-                        if problem is not None:
+                        place = index.get(chunk)
+                        if place is None and index.damaged:
+                            unplaced += 1
+                        elif problem is not None:
                             bad.add(chunk)
-                        place = self.chunks.index.get(chunk)
                         if place is not None:  # its size, also when its pack is gone (the file's byte ranges)
                             sizes[chunk] = place.size
                     for chunk, where in damaged_chunks(row, self.chunks, bad, sizes) if bad else ():
-                        place = self.chunks.index.get(chunk)
+                        place = index.get(chunk)
                         pack = storage.display(place.pack) if place is not None else storage.display(INDEX)
                         found.append((pack, f"{_unplaced(self.verdicts[chunk] or '', pack)}{where}"))
         except DamagedIndexError as exc:
             found.append((exc.where, f"{exc} ({REPAIR_HINT})"))
         except IntegrityError as exc:
             found.append(("", str(exc)))
+        if unplaced:
+            (rel, problem), *_ = index.damaged.items()
+            found.append(
+                (
+                    storage.display(rel),
+                    f"{unplaced} chunk(s) of its files are in no intact index file ({problem}; {REPAIR_HINT})",
+                )
+            )
         return found
 
     def _verdict(self, chunk: bytes) -> str | None:

@@ -167,11 +167,13 @@ def _verify(
                 reader.spool.drop()  # one dataset's parts on the local disk at a time
             if dataset.kind == "model" and not damaged:  # its files' bytes are chunks in the chunk store
                 problems += [Problem(bundle_id, where, why) for where, why in chunk_check.problems(dataset)]
+    problems += [Problem("", where, why) for where, why in chunk_check.index_problems()]
     chunk_check.close()
     bytes_read += chunk_check.bytes_read
     parts += chunk_check.packs_checked
     if not refs and repo.fully_encrypted:
-        problems += _document_problems(repo) + _slot_problems(repo)
+        named = {p.path for p in problems}  # a damaged index file is named once
+        problems += [p for p in _document_problems(repo) if p.path not in named] + _slot_problems(repo)
     return VerifyResult(
         bundle_ids=list(ids), parts=parts, bytes_read=bytes_read, problems=problems, authenticated=authenticated
     )

@@ -29,7 +29,7 @@ from aibackup.prune import PruneResult, run_prune
 from aibackup.repository import Repository
 from aibackup.restore import run_restore
 from aibackup.verify import run_verify
-from tests.helpers import Cli, manifest_json, ok, read_part
+from tests.helpers import Cli, flip_byte_in_chunk, manifest_json, ok, read_part
 
 REPO = "aibackup-repo"
 MiB = 1 << 20
@@ -220,6 +220,31 @@ def test_a_damaged_index_stops_verify_and_restore_before_anything_is_written(tmp
     with pytest.raises(IntegrityError, match=index.name):
         run_restore(REPO, None, f"model:{out}")
     assert not out.exists()
+
+
+def test_a_damaged_index_file_does_not_hide_a_damaged_pack_from_verify(tmp_path: Path, cli: Cli) -> None:
+    """Two model versions, a chunk of the first rotted in its pack and the second's index file damaged:
+    verify --read-data read not one chunk ("damaged index" for both bundles, the pack never named, so
+    `repair index` then left the rotted pack unknown). Now the chunks the intact index file places are read:
+    the first bundle's problem is its pack, the damaged index file is named once, and the second bundle,
+    whose chunks only that file placed, says so in one line."""
+    src = tmp_path / "model"
+    write_model(src / "model.safetensors", {"a": weights(256, 1)})
+    first = backup(src)
+    write_model(src / "model.safetensors", {"b": weights(256, 2)})
+    second = backup(src)
+    repo = opened()
+    older, newer = (f"index/{name}" for name in index_files())
+    chunk = next(c for c, _ in read_index(repo.storage.read_bytes(older), older))
+    pack = flip_byte_in_chunk(REPO, chunk)
+    Path(REPO, newer).write_bytes(Path(REPO, newer).read_bytes()[:-20])
+    result = cli("verify", "--read-data", "--json")
+    assert result.code == 1, result
+    problems = result.json()["problems"]  # type: ignore[index]
+    assert {p["bundle_id"] for p in problems if p["path"].endswith(pack.name)} == {first.bundle_id}, problems
+    assert sorted(p["bundle_id"] for p in problems if p["path"].endswith(newer)) == ["", second.bundle_id], problems
+    assert not [p for p in problems if p["bundle_id"] == first.bundle_id and p["path"].endswith(newer)], problems
+    assert result.json()["bytes_read"] > 256 * 4096 // 2  # type: ignore[index]
 
 
 def test_an_index_entry_leading_out_of_the_repository_is_damage(tmp_path: Path, cli: Cli) -> None:
