@@ -63,13 +63,13 @@ from aibackup.chunks import (
     pack_problem,
 )
 from aibackup.crypto import RepositoryKey, passphrase_from
-from aibackup.errors import AibackupError, IntegrityError, UsageError
+from aibackup.errors import AibackupError, IntegrityError, UnavailableError, UsageError
 from aibackup.lock import RepositoryLock
 from aibackup.manifests.model import BundleManifest, PartEntry
 from aibackup.repository import MARKER, Repository, Where, marker_bytes, storage_of
 from aibackup.retention import series_key
 from aibackup.spool import PARTS_AT_ONCE
-from aibackup.storage import Storage
+from aibackup.storage import AlreadyExistsError, Storage
 from aibackup.vault import bundle_of_part
 
 
@@ -264,7 +264,15 @@ def _destination(
             target = Repository.with_marker(storage, marker)
         target.use_key(target.key(to_key_file or key_file))
     if marker is not None:  # only now: a refused copy leaves the new location as it found it
-        storage.write_exclusive(MARKER, marker)  # the marker is never sealed: its bytes as they are
+        try:
+            storage.write_exclusive(MARKER, marker)  # the marker is never sealed: its bytes as they are
+        except AlreadyExistsError:
+            # Another run made it a repository since it was found empty (two copies started at once): as a
+            # repository another run holds, exit 3, not a usage error ("already exists", exit 2).
+            raise UnavailableError(
+                f"{storage.display()} was made a repository by another run meanwhile (a second copy into it?): "
+                "try again once that run is done"
+            ) from None
     return target, marker is not None, slot_added
 
 

@@ -456,6 +456,33 @@ def test_a_run_into_another_repository_than_the_configs_makes_no_copy(cli: Cli, 
     assert ok(cli("status", "--repo", "./copy", "--json")).json()["sources"][0]["copies"] == []  # type: ignore[index]
 
 
+def test_a_new_location_another_copy_made_a_repository_meanwhile_is_exit_3(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two copies started at once into a new location, each adding a key slot of its own: the one whose marker
+    came second said "…/aibackup.json already exists", exit 2 (bad usage); a location another run holds is
+    exit 3, try again."""
+    from aibackup import copy as copy_module
+
+    logs = conversations(tmp_path / "logs", 5)
+    ok(cli("backup", f"conversations:{logs}", "--repo", "./repo"))
+    made = copy_module.Repository.with_marker.__func__  # type: ignore[attr-defined]
+    raced: list[bool] = []
+
+    def the_other_copy_first(cls: Any, storage: Any, marker: bytes) -> Any:
+        if storage.display() == str(tmp_path / "copy") and not raced:
+            # The other run's marker lands in between: other bytes (its own key slot for --to-key-file; the
+            # same bytes would be the same write, and the lock orders the two copies).
+            storage.write_exclusive("aibackup.json", marker + b"\n")
+            raced.append(True)
+        return made(cls, storage, marker)
+
+    monkeypatch.setattr(copy_module.Repository, "with_marker", classmethod(the_other_copy_first))
+    one_line_error(cli("copy", "--repo", "./repo", "--to-repo", "./copy"), 3, "another run", "try again")
+    copied = ok(cli("copy", "--repo", "./repo", "--to-repo", "./copy", "--json")).json()
+    assert len(copied["copied"]) == 1, copied  # type: ignore[index]
+
+
 def test_copies_in_the_config_are_checked(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "aibackup.yaml").write_text(
         "repository: ./repo\nsources:\n  logs: 'conversations:./logs'\ncopies:\n  - {key_file: ./k}\n"
