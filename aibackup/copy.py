@@ -476,8 +476,9 @@ class _Copier:
                 continue
             self._mark_repaired(pack, lacking=True)
         moved = {c for c in held if (place := target_index.get(c)) and place.pack in (bad - source_packs) | unsound}
+        renewed = self._renewed(held - moved, source_index, target_index)
         places: dict[str, list[tuple[bytes, Stored]]] = {}
-        for chunk in lacking | moved:
+        for chunk in lacking | moved | renewed:
             place = source_index.get(chunk)
             if place is None:
                 where = f"chunk {chunk.hex()[:16]}… of bundle {manifest.bundle_id}"
@@ -506,7 +507,7 @@ class _Copier:
             entries += self._pack_entries(source_index, pack)
         if entries:
             rel = f"{INDEX}/{manifest.bundle_id}-copy.parquet"
-            if rel in target_index.files or moved or salvaged:
+            if rel in target_index.files or moved or renewed or salvaged:
                 # An earlier copy's intact index of this bundle (a held bundle's repair): kept, and the chunks
                 # indexed again go to an index file of their own, the newest (readers take its places).
                 rel = f"{INDEX}/{last_index_name(self.target, target_index.files)}.parquet"
@@ -519,11 +520,35 @@ class _Copier:
                 del target_index.damaged[rel]
                 self._mark_repaired(rel, lacking=True)
             for chunk, place in entries:
-                if chunk in moved:
+                if chunk in moved or chunk in renewed:
                     target_index.places[chunk] = place
                 else:
                     target_index.places.setdefault(chunk, place)
         return written
+
+    def _renewed(self, chunks: set[bytes], source_index: ChunkIndex, target_index: ChunkIndex) -> set[bytes]:
+        """Those of `chunks` (held by the destination) that it holds only under an older master key while the
+        source has stored them again under the current one (its first backup after a `key rotate` does):
+        copied from the source's pack too, so that the copy, like the source, can retire the old key once
+        its prune removed the bundles of before (they stayed needed there for as long as the new bundles
+        lived). Nothing in a repository without encryption."""
+        if not self.target.fully_encrypted:
+            return set()
+        older: dict[tuple[Repository, str], bool] = {}
+
+        def rotated(repo: Repository, pack: str) -> bool:
+            if (repo, pack) not in older:
+                older[repo, pack] = repo.rotated_since([pack])
+            return older[repo, pack]
+
+        return {
+            chunk
+            for chunk in chunks
+            if (held := target_index.get(chunk)) is not None
+            and (stored := source_index.get(chunk)) is not None
+            and rotated(self.target, held.pack)
+            and not rotated(self.source, stored.pack)
+        }
 
     def _damaged_packs(self, chunks: set[bytes], target_index: ChunkIndex) -> set[str]:
         """The destination's packs, found damaged, that hold some of `chunks`."""

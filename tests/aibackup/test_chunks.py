@@ -240,11 +240,11 @@ def test_a_damaged_index_file_does_not_hide_a_damaged_pack_from_verify(tmp_path:
     Path(REPO, newer).write_bytes(Path(REPO, newer).read_bytes()[:-20])
     result = cli("verify", "--read-data", "--json")
     assert result.code == 1, result
-    problems = result.json()["problems"]  # type: ignore[index]
+    problems = result.json()["problems"]
     assert {p["bundle_id"] for p in problems if p["path"].endswith(pack.name)} == {first.bundle_id}, problems
     assert sorted(p["bundle_id"] for p in problems if p["path"].endswith(newer)) == ["", second.bundle_id], problems
     assert not [p for p in problems if p["bundle_id"] == first.bundle_id and p["path"].endswith(newer)], problems
-    assert result.json()["bytes_read"] > 256 * 4096 // 2  # type: ignore[index]
+    assert result.json()["bytes_read"] > 256 * 4096 // 2
 
 
 def test_an_index_entry_leading_out_of_the_repository_is_damage(tmp_path: Path, cli: Cli) -> None:
@@ -266,7 +266,7 @@ def test_an_index_entry_leading_out_of_the_repository_is_damage(tmp_path: Path, 
     verified = cli("verify", "--read-data", "--json")
     assert verified.code == 1 and rel.split("/")[1] in verified.out, verified
     copied = cli("copy", "--to-repo", str(tmp_path / "a" / "b" / "copy"), "--json")
-    assert copied.code == 1 and len(copied.json()["failed"]) == 1, copied  # type: ignore[index]
+    assert copied.code == 1 and len(copied.json()["failed"]) == 1, copied
     assert not (tmp_path / "a" / "b" / "evil").exists()
 
 

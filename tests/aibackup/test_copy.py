@@ -445,15 +445,15 @@ def test_a_run_into_another_repository_than_the_configs_makes_no_copy(cli: Cli, 
         f"repository: ./repo\nsources:\n  logs: 'conversations:{logs}'\ncopies:\n  - {{repository: ./copy}}\n"
     )
     first = ok(cli("backup", "--json")).json()
-    assert first["copies"][0]["copied"] == [first["sources"][0]["bundle_id"]], first  # type: ignore[index]
+    assert first["copies"][0]["copied"] == [first["sources"][0]["bundle_id"]], first
     conversations(logs, 5, start=10)
     outage = ok(cli("backup", "--repo", "./copy", "--json"))
-    assert outage.json()["copies"] == [] and "its copies are not made" in outage.err, outage  # type: ignore[index]
+    assert outage.json()["copies"] == [] and "its copies are not made" in outage.err, outage
     scratch = ok(cli("backup", "--repo", "./scratch"))
     assert "its copies are not made" in scratch.err and "copy to" not in scratch.out, scratch
     held = Repository.open(str(tmp_path / "copy")).bundle_ids()
     assert len(held) == 2 and not set(held) & set(Repository.open(str(tmp_path / "scratch")).bundle_ids())
-    assert ok(cli("status", "--repo", "./copy", "--json")).json()["sources"][0]["copies"] == []  # type: ignore[index]
+    assert ok(cli("status", "--repo", "./copy", "--json")).json()["sources"][0]["copies"] == []
 
 
 def test_a_new_location_another_copy_made_a_repository_meanwhile_is_exit_3(
@@ -480,7 +480,7 @@ def test_a_new_location_another_copy_made_a_repository_meanwhile_is_exit_3(
     monkeypatch.setattr(copy_module.Repository, "with_marker", classmethod(the_other_copy_first))
     one_line_error(cli("copy", "--repo", "./repo", "--to-repo", "./copy"), 3, "another run", "try again")
     copied = ok(cli("copy", "--repo", "./repo", "--to-repo", "./copy", "--json")).json()
-    assert len(copied["copied"]) == 1, copied  # type: ignore[index]
+    assert len(copied["copied"]) == 1, copied
 
 
 def test_copies_in_the_config_are_checked(cli: Cli, tmp_path: Path) -> None:
@@ -616,14 +616,14 @@ def test_key_file_given_on_the_command_line_opens_the_copies_the_drill_and_the_m
         "copies:\n  - {repository: ./copy}\nrestore_test: {repository: ./copy}\n"
     )
     ok(cli("init", "--encrypt", "--key-file", str(key)))
-    bundle = ok(cli("backup", "--key-file", str(key), "--json")).json()["sources"][0]["bundle_id"]  # type: ignore[index]
+    bundle = ok(cli("backup", "--key-file", str(key), "--json")).json()["sources"][0]["bundle_id"]
     metrics = tmp_path / "aibackup.prom"
     status = ok(cli("status", "--key-file", str(key), "--json", "--metrics-file", str(metrics))).json()
-    (copy,) = status["sources"][0]["copies"]  # type: ignore[index]
+    (copy,) = status["sources"][0]["copies"]
     assert copy["newest_bundle"] == bundle and copy["error"] is None and not copy["rpo_breached"], copy
     assert 'aibackup_rpo_breached{source="logs"} 0' in metrics.read_text()
     assert 'copy="' in metrics.read_text() and "aibackup_copy_rpo_breached" in metrics.read_text()
-    (tested,) = ok(cli("restore-test", "--key-file", str(key), "--json")).json()["sources"]  # type: ignore[index]
+    (tested,) = ok(cli("restore-test", "--key-file", str(key), "--json")).json()["sources"]
     assert tested["ok"] and tested["bundle_id"] == bundle and tested["repository"] == str(tmp_path / "copy"), tested
 
 
@@ -1168,6 +1168,33 @@ def test_chunks_taken_from_a_damaged_source_pack_are_taken_once_into_a_new_copy(
     assert not (copy / "reports").exists() or not list((copy / "reports").rglob("*.json")), "a repair recorded"
     shutil.rmtree(source)
     ok(cli("restore", "latest", "--repo", str(copy), "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)
+
+
+def test_a_model_stored_again_after_the_sources_rotation_lets_the_copy_retire_the_old_key(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `key rotate` the source's next backup of an unchanged model stores its chunks again under the new
+    key (so that its prune can retire the old one). The copy took only the manifest: it held every chunk
+    already, in packs under the old key, so its new bundle went on needing them and its prune never retired
+    the old key (nor did a primary repaired from the copy). Now those chunks come in the source's new packs."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
+    source, copy = str(tmp_path / "repo"), str(tmp_path / "copy")
+    ok(cli("init", "--repo", source, "--encrypt"))
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", source))
+    ok(cli("copy", "--repo", source, "--to-repo", copy))
+    ok(cli("key", "rotate", "--repo", source))
+    ok(cli("backup", f"model:{llm}", "--repo", source))  # the same model: stored again under key 2
+    copied = ok(cli("copy", "--repo", source, "--to-repo", copy, "--json")).json()
+    assert copied["generations_added"] == [2] and copied["repaired"] == [], copied
+    assert copied["bytes"] > 512 * 1024 * 4 // 2, copied  # the packs came, not the manifest only
+    for repo in (source, copy):
+        pruned = ok(cli("prune", "--repo", repo, "--keep-last", "1", "--grace", "0s", "--json")).json()
+        assert any("[1] retired" in n for n in pruned["notes"]), (repo, pruned)
+        assert [g["id"] for g in ok(cli("key", "list", "--repo", repo, "--json")).json()["generations"]] == [2]
+    ok(cli("verify", "--repo", copy, "--read-data"))
+    ok(cli("restore", "latest", "--repo", copy, "--to", f"model:{tmp_path / 'back'}"))
     assert files_of(tmp_path / "back") == files_of(llm)
 
 
