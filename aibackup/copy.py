@@ -477,8 +477,8 @@ class _Copier:
             self._mark_repaired(pack, lacking=True)
         moved = {c for c in held if (place := target_index.get(c)) and place.pack in (bad - source_packs) | unsound}
         renewed = self._renewed(held - moved, source_index, target_index)
-        places: dict[str, list[tuple[bytes, Stored]]] = {}
-        for chunk in lacking | moved | renewed:
+        places: dict[str, list[tuple[bytes, Stored]]] = {}  # the source's packs of the chunks the bundle lacks
+        for chunk in lacking | moved:
             place = source_index.get(chunk)
             if place is None:
                 where = f"chunk {chunk.hex()[:16]}… of bundle {manifest.bundle_id}"
@@ -488,10 +488,15 @@ class _Copier:
             places.setdefault(place.pack, []).append((chunk, place))
         entries: list[tuple[bytes, Stored]] = []
         salvaged = False
-        for pack in sorted(places):
+        # The renewed chunks' packs are taken when sound; a damaged one is left: those chunks stay where the
+        # destination holds them, sound, under the old key (the bundle does not fail for it).
+        renewing = {place.pack for chunk in renewed if (place := source_index.get(chunk)) is not None}
+        for pack in sorted(places.keys() | renewing):
             try:
                 copied = self._pack(pack)
             except _DamagedPack as damaged:
+                if pack not in places:
+                    continue
                 taken = self._salvage(damaged, {chunk for chunk, _ in places[pack]})
                 written += sum(place.stored for _, place in taken)
                 if any(chunk in moved for chunk, _ in places[pack]):
@@ -501,7 +506,7 @@ class _Copier:
                 salvaged = True
                 continue
             written += copied
-            if copied and any(chunk in moved for chunk, _ in places[pack]):
+            if copied and any(chunk in moved for chunk, _ in places.get(pack, [])):
                 self._mark_repaired(pack, lacking=True)
             # Every chunk the pack holds becomes findable in the destination, not only those needed now.
             entries += self._pack_entries(source_index, pack)

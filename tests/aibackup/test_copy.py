@@ -1198,6 +1198,31 @@ def test_a_model_stored_again_after_the_sources_rotation_lets_the_copy_retire_th
     assert files_of(tmp_path / "back") == files_of(llm)
 
 
+def test_a_damaged_pack_the_source_stored_again_after_its_rotation_leaves_the_copys_chunks_where_they_are(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's pack that stores a model again under its new key has a rotted chunk: the copy, which holds
+    every chunk sound under the old key, copies the bundle all the same (taking that pack is only so that the
+    old key can retire; it had failed the bundle, night after night), and restores it."""
+    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
+    source, copy = str(tmp_path / "repo"), str(tmp_path / "copy")
+    ok(cli("init", "--repo", source, "--encrypt"))
+    llm = model(tmp_path / "llm", 1)
+    ok(cli("backup", f"model:{llm}", "--repo", source))
+    ok(cli("copy", "--repo", source, "--to-repo", copy))
+    ok(cli("key", "rotate", "--repo", source))
+    ok(cli("backup", f"model:{llm}", "--repo", source))
+    repo = Repository.open(source)
+    repo.use_key(repo.key())
+    (chunk, *_) = sorted(referenced_chunks(repo, [repo.load(repo.bundle_ids()[-1])]))
+    pack = flip_byte_in_chunk(source, chunk)
+    assert Repository.open(source).bundle_ids()[-1] in str(pack)  # the new key's pack
+    copied = ok(cli("copy", "--repo", source, "--to-repo", copy, "--json")).json()
+    assert len(copied["copied"]) == 1 and copied["failed"] == [], copied
+    ok(cli("restore", "latest", "--repo", copy, "--to", f"model:{tmp_path / 'back'}"))
+    assert files_of(tmp_path / "back") == files_of(llm)
+
+
 def test_the_first_key_taken_back_after_the_copys_prune_retired_it_moves_nothing(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
