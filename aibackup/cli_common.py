@@ -144,17 +144,19 @@ def resolve(
         # aibackup_verify_success fell to 0). `--metrics-file PATH` still writes the named repository's.
         from aibackup.storage import same_place
 
-        # Its copies likewise are copies of its repository: a night backed up into a copy (its region down)
-        # failed "the destination is the source repository itself" (exit 2), and a test run into a scratch
-        # repository pushed its bundles into the production copy.
+        # Its copies likewise are copies of its repository, and its drill of a copy tests one of them: a night
+        # backed up into a copy (its region down) failed "the destination is the source repository itself"
+        # (exit 2), a test run into a scratch repository pushed its bundles into the production copy, and
+        # `restore-test --repo OTHER` drilled the copy (without the copy's key file) and recorded it in OTHER.
         if not same_place(repo, config.repository):
-            if config.copies and need_config:
-                click.echo(
-                    f"note: --repo names another repository than {config.path}'s ({config.repository}): its copies "
-                    "are not made or checked",
+            if (config.copies or config.restore_test.repository) and need_config:
+                click.echo(  # the repository as written: a ${VAR}'s value is not shown
+                    f"note: --repo names another repository than {config.path}'s ({config.repository!r}): its "
+                    "copies are not made, checked or drilled",
                     err=True,
                 )
-            config = dataclasses.replace(config, metrics_file=None, copies=())
+            drill = dataclasses.replace(config.restore_test, repository=None)  # the --repo one is drilled
+            config = dataclasses.replace(config, metrics_file=None, copies=(), restore_test=drill)
         config = dataclasses.replace(config, repository=repo)
     if key_file:
         config = dataclasses.replace(config, key_file=key_file)

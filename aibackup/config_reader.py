@@ -278,7 +278,7 @@ class _Reader:
             from aibackup.storage import url_options
 
             try:  # a typo in ?endpoint= or ?region= is a config error now, not an RPO alarm after the backups
-                url_options(text, rest.partition("?")[2])
+                url_options(s.text_value(text), rest.partition("?")[2])  # named as written: a ${VAR} stays one
             except UsageError as exc:
                 self.fail(node, path, str(exc))
         return dataclasses.replace(s, value=s.text_value(text))

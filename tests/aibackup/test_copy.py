@@ -443,6 +443,7 @@ def test_a_run_into_another_repository_than_the_configs_makes_no_copy(cli: Cli, 
     logs = conversations(tmp_path / "logs", 10)
     (tmp_path / "aibackup.yaml").write_text(
         f"repository: ./repo\nsources:\n  logs: 'conversations:{logs}'\ncopies:\n  - {{repository: ./copy}}\n"
+        "restore_test: {repository: ./copy}\n"
     )
     first = ok(cli("backup", "--json")).json()
     assert first["copies"][0]["copied"] == [first["sources"][0]["bundle_id"]], first
@@ -454,6 +455,10 @@ def test_a_run_into_another_repository_than_the_configs_makes_no_copy(cli: Cli, 
     held = Repository.open(str(tmp_path / "copy")).bundle_ids()
     assert len(held) == 2 and not set(held) & set(Repository.open(str(tmp_path / "scratch")).bundle_ids())
     assert ok(cli("status", "--repo", "./copy", "--json")).json()["sources"][0]["copies"] == []
+    # The drill of --repo's repository is of that repository, not of the config's copy (it drilled the copy).
+    (drilled,) = ok(cli("restore-test", "--repo", "./scratch", "--json")).json()["sources"]
+    assert drilled["repository"] is None, drilled
+    assert drilled["bundle_id"] == Repository.open(str(tmp_path / "scratch")).bundle_ids()[-1], drilled
 
 
 def test_a_new_location_another_copy_made_a_repository_meanwhile_is_exit_3(
@@ -483,7 +488,7 @@ def test_a_new_location_another_copy_made_a_repository_meanwhile_is_exit_3(
     assert len(copied["copied"]) == 1, copied
 
 
-def test_copies_in_the_config_are_checked(cli: Cli, tmp_path: Path) -> None:
+def test_copies_in_the_config_are_checked(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "aibackup.yaml").write_text(
         "repository: ./repo\nsources:\n  logs: 'conversations:./logs'\ncopies:\n  - {key_file: ./k}\n"
     )
@@ -501,6 +506,13 @@ def test_copies_in_the_config_are_checked(cli: Cli, tmp_path: Path) -> None:
             f"copies:\n  - {{repository: 's3://copies/ai?{option}'}}\n"
         )
         one_line_error(cli("status"), 2, "aibackup.yaml:5: copies[0].repository", "bad repository")
+    # A URL from the environment is named as written (its value may carry credentials).
+    monkeypatch.setenv("COPY_URL", "s3://copies/ai?regoin=SECRET-VALUE")
+    (tmp_path / "aibackup.yaml").write_text(
+        "repository: ./repo\nsources:\n  logs: 'conversations:./logs'\ncopies:\n  - {repository: '${COPY_URL}'}\n"
+    )
+    line = one_line_error(cli("status"), 2, "copies[0].repository", "${COPY_URL}", "unknown option")
+    assert "SECRET" not in line, line
 
 
 def test_status_shows_each_copy_and_a_copy_falling_behind_breaches_the_rpo(cli: Cli, tmp_path: Path) -> None:
