@@ -127,7 +127,7 @@ def restore_test(
         # The copy out of reach (its region down), gone or refusing the key is what a drill of it is there to
         # find: each source's drill fails, recorded (it was one error line, and status and the metrics went on
         # showing the drill before as the last).
-        tested, key_file, unopened = None, None, f"cannot open the copy {config.restore_test.repository}: {exc}"
+        tested, key_file, unopened = None, None, f"cannot open the copy {config.restore_test.repository!r}: {exc}"
     primary: Callable[[], Scan] = functools.cache(repo.scan)  # read once, for _behind, if a copy is tested
     for source in sources_of(config, names):
         if source.restore_test_skip and not names:
