@@ -1183,13 +1183,12 @@ def test_chunks_taken_from_a_damaged_source_pack_are_taken_once_into_a_new_copy(
     assert files_of(tmp_path / "back") == files_of(llm)
 
 
-def test_a_model_stored_again_after_the_sources_rotation_lets_the_copy_retire_the_old_key(
+def model_stored_again_after_rotation(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """After `key rotate` the source's next backup of an unchanged model stores its chunks again under the new
-    key (so that its prune can retire the old one). The copy took only the manifest: it held every chunk
-    already, in packs under the old key, so its new bundle went on needing them and its prune never retired
-    the old key (nor did a primary repaired from the copy). Now those chunks come in the source's new packs."""
+) -> tuple[str, str, Path]:
+    """An encrypted repository tmp_path/repo with a model bundle copied into tmp_path/copy, then its key rotated
+    and the same model backed up again (its chunks stored again under key 2): (the repository, the copy, the
+    model's folder)."""
     monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
     source, copy = str(tmp_path / "repo"), str(tmp_path / "copy")
     ok(cli("init", "--repo", source, "--encrypt"))
@@ -1197,7 +1196,18 @@ def test_a_model_stored_again_after_the_sources_rotation_lets_the_copy_retire_th
     ok(cli("backup", f"model:{llm}", "--repo", source))
     ok(cli("copy", "--repo", source, "--to-repo", copy))
     ok(cli("key", "rotate", "--repo", source))
-    ok(cli("backup", f"model:{llm}", "--repo", source))  # the same model: stored again under key 2
+    ok(cli("backup", f"model:{llm}", "--repo", source))
+    return source, copy, llm
+
+
+def test_a_model_stored_again_after_the_sources_rotation_lets_the_copy_retire_the_old_key(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `key rotate` the source's next backup of an unchanged model stores its chunks again under the new
+    key (so that its prune can retire the old one). The copy took only the manifest: it held every chunk
+    already, in packs under the old key, so its new bundle went on needing them and its prune never retired
+    the old key (nor did a primary repaired from the copy). Now those chunks come in the source's new packs."""
+    source, copy, llm = model_stored_again_after_rotation(cli, tmp_path, monkeypatch)
     copied = ok(cli("copy", "--repo", source, "--to-repo", copy, "--json")).json()
     assert copied["generations_added"] == [2] and copied["repaired"] == [], copied
     assert copied["bytes"] > 512 * 1024 * 4 // 2, copied  # the packs came, not the manifest only
@@ -1216,14 +1226,7 @@ def test_a_damaged_pack_the_source_stored_again_after_its_rotation_leaves_the_co
     """The source's pack that stores a model again under its new key has a rotted chunk: the copy, which holds
     every chunk sound under the old key, copies the bundle all the same (taking that pack is only so that the
     old key can retire; it had failed the bundle, night after night), and restores it."""
-    monkeypatch.setenv("AIBACKUP_KEY", "the passphrase")
-    source, copy = str(tmp_path / "repo"), str(tmp_path / "copy")
-    ok(cli("init", "--repo", source, "--encrypt"))
-    llm = model(tmp_path / "llm", 1)
-    ok(cli("backup", f"model:{llm}", "--repo", source))
-    ok(cli("copy", "--repo", source, "--to-repo", copy))
-    ok(cli("key", "rotate", "--repo", source))
-    ok(cli("backup", f"model:{llm}", "--repo", source))
+    source, copy, llm = model_stored_again_after_rotation(cli, tmp_path, monkeypatch)
     repo = Repository.open(source)
     repo.use_key(repo.key())
     (chunk, *_) = sorted(referenced_chunks(repo, [repo.load(repo.bundle_ids()[-1])]))
