@@ -129,7 +129,10 @@ def _paths_of(doc: dict[str, Any]) -> tuple[frozenset[str], frozenset[str]]:
 
 def part_path(shown: str) -> str | None:
     """The path in the repository (``data/…``) of a part a report names as `shown` (``Storage.display``: a
-    local path or an s3:// URL); None for what is not under data/ (a manifest, a key slot)."""
+    local path or an s3:// URL, with its ``?endpoint=`` when it has one); None for what is not under data/ (a
+    manifest, a key slot)."""
+    if shown.startswith("s3://"):  # the endpoint (a URL that may hold /data/ itself) is not the part's path
+        shown = shown.partition("?endpoint=")[0]
     at = shown.rfind(f"/{DATA}/")  # a bundle id or dataset folder is never named "data": the last one is ours
     return shown[at + 1 :] if at >= 0 else None
 

@@ -32,7 +32,7 @@ def aws_client_kwargs(service: str) -> dict[str, Any]:
     for name in (f"AWS_ENDPOINT_URL_{service}", "AWS_ENDPOINT_URL"):
         if endpoint := os.environ.get(name):
             if problem := endpoint_problem(endpoint):
-                raise ConfigError(f"{name}={endpoint!r}: {problem}")
+                raise ConfigError(f"{name}={without_credentials(endpoint)!r}: {problem}")
             kwargs["endpoint_url"] = endpoint
             break
     for name in ("AWS_REGION", "AWS_DEFAULT_REGION"):
@@ -53,6 +53,8 @@ def endpoint_problem(url: str) -> str | None:
         return f"not a URL ({exc})"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "not an http:// or https:// URL with a host"
+    if "@" in parts.netloc:  # botocore fails on it deep inside a request; messages would show it
+        return "holds a user name or password (S3 takes credentials from the AWS environment or a profile)"
     try:
         from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
     except ImportError:  # no botocore: the client that needs it says so
@@ -60,6 +62,12 @@ def endpoint_problem(url: str) -> str | None:
     if not (is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)):
         return "not a valid host name"
     return None
+
+
+def without_credentials(text: str) -> str:
+    """`text` (a URL, or one holding URLs) with the ``user:password@`` of every ``//host`` as ``***@``:
+    what a message may show of a location given with credentials in it."""
+    return re.sub(r"(?<=//)[^/@?&#\s]*@", "***@", text)
 
 
 def region_problem(name: str) -> str | None:

@@ -44,7 +44,14 @@ from aibackup.errors import (
     first_line,
 )
 from aibackup.hashing_writer import HashingWriter
-from aibackup.s3_settings import S3_OPTIONS, SSE_VALUES, S3Settings, endpoint_problem, region_problem
+from aibackup.s3_settings import (
+    S3_OPTIONS,
+    SSE_VALUES,
+    S3Settings,
+    endpoint_problem,
+    region_problem,
+    without_credentials,
+)
 
 CHUNK = 8 * 1024 * 1024
 
@@ -83,6 +90,7 @@ def _write_back_local(raw: IO[bytes]) -> None:
 def url_options(url: str, query: str) -> dict[str, str]:
     """The options of repository `url` (`query`: the part after its ``?``), each checked without reaching
     anything (an aibackup.yaml is checked with them when it is read). UsageError naming the first bad one."""
+    url = without_credentials(url)  # as messages show it
     given = parse_qs(query, keep_blank_values=True)
     if twice := sorted(k for k, v in given.items() if len(v) > 1):  # which one was meant?
         raise UsageError(f"bad repository {url!r}: option {twice[0]!r} given twice")
@@ -97,7 +105,7 @@ def url_options(url: str, query: str) -> dict[str, str]:
         raise UsageError(f"bad repository {url!r}: sse_kms_key_id needs sse=aws:kms")
     endpoint, region = options.get("endpoint"), options.get("region")
     if endpoint is not None and (problem := endpoint_problem(endpoint)):
-        raise UsageError(f"bad repository {url!r}: endpoint {endpoint!r}: {problem}")
+        raise UsageError(f"bad repository {url!r}: endpoint {without_credentials(endpoint)!r}: {problem}")
     if region is not None and (problem := region_problem(region)):
         raise UsageError(f"bad repository {url!r}: region {region!r}: {problem}")
     return options
@@ -126,6 +134,10 @@ class Storage:
         options = url_options(url, query)
         sse, sse_kms_key_id = options.get("sse"), options.get("sse_kms_key_id")
         endpoint, region = options.get("endpoint"), options.get("region")
+        #: The ``?endpoint=`` of the URL as messages show it: a location named in a
+        #: message must lead back to the same place when pasted into ``--repo`` (the same bucket on the
+        #: environment's endpoint is another repository).
+        self._shown_endpoint = endpoint  # never with credentials: url_options refuses them
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # parallel uploads (aibackup.s3io)
         self._client: Any = None
         self._lock = threading.Lock()
@@ -180,10 +192,12 @@ class Storage:
         return f"{self.root}/{rel}" if rel else self.root
 
     def display(self, rel: str = "") -> str:
-        """A location for messages: the local path or the URL."""
+        """A location for messages: the local path or the URL (an S3 URL's ``?endpoint=`` kept, see
+        ``_shown_endpoint``; its other options say how the place is written or reached, not where it is)."""
         if self.is_local:
             return self.full(rel)
-        return f"s3://{self.full(rel)}"
+        where = f"s3://{self.full(rel)}"
+        return f"{where}?endpoint={self._shown_endpoint}" if self._shown_endpoint else where
 
     def open_document(self, rel: str, raw: bytes) -> bytes:
         """The document stored at `rel` as `raw` (see :meth:`read_stored`), opened in an encrypted repository

@@ -15,7 +15,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from aibackup import spool
+from aibackup import reports, spool
 from aibackup.errors import UnavailableError
 from aibackup.repository import MANIFESTS_AT_ONCE, Repository
 from aibackup.storage import AlreadyExistsError, Storage
@@ -447,3 +447,36 @@ def test_manifests_are_read_several_at_once_in_order_and_a_damaged_one_is_named(
     # Stalled 0.25 s each, the eight manifests after the first overlap: at least half of them are in flight at
     # once however slowly the threads start.
     assert MANIFESTS_AT_ONCE // 2 <= proxy.most_at_once <= MANIFESTS_AT_ONCE, proxy.most_at_once
+
+
+def test_a_damaged_part_on_another_endpoint_is_named_where_it_is_and_remembered(
+    s3_env: Server, moto_s3_second: Server, tmp_path: Path, cli: Cli
+) -> None:
+    """A repository reached by its URL's ``?endpoint=`` is named with it: the location a message gives
+    leads back to that service, not to the same bucket on the environment's. The damage verify names is
+    remembered by its part path all the same (the next backup extends no chain reading it). Credentials in
+    the endpoint (which botocore failed on deep inside a request: exit 70) are refused in one line that does
+    not show them."""
+    host = moto_s3_second.url.partition("://")[2]
+    _bucket("region-two", moto_s3_second.url)
+    with_password = f"s3://region-two/dr?endpoint=http://someone:secret@{host}"
+    refused = one_line_error(cli("list", "--repo", with_password), 2, "user name or password", "***@")
+    assert "secret" not in refused
+    repo_url = f"s3://region-two/dr?endpoint=http://{host}&region=eu-west-1"
+    seed_chroma(tmp_path / "chroma", "docs", n=300)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", repo_url))
+    repo = Repository.open(repo_url)
+    manifest = repo.load(repo.bundle_ids()[0])
+    part = manifest.datasets[0].parts[0]
+    second = boto3.client("s3", endpoint_url=moto_s3_second.url)
+    key = f"dr/{part.path}"
+    body = bytearray(second.get_object(Bucket="region-two", Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF  # the same size: only the bytes tell
+    second.put_object(Bucket="region-two", Key=key, Body=bytes(body))
+    checked = cli("verify", "--repo", repo_url, "--read-data", "--json")
+    assert checked.code == 1, (checked.out, checked.err)
+    problems = checked.json()["problems"]
+    shown = f"s3://region-two/dr/{part.path}?endpoint=http://{host}"
+    assert [p["path"] for p in problems] == [shown]
+    assert Storage(shown.replace(f"/{part.path}", "")).same_place(repo.storage)
+    assert reports.damaged_parts(Repository.open(repo_url)) == {part.path}

@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from aibackup.errors import UnavailableError, UsageError
+from aibackup.errors import ConfigError, UnavailableError, UsageError
 from aibackup.hashing_writer import HashingWriter
 from aibackup.storage import AlreadyExistsError, Storage
 from tests.conftest import Server, free_port
@@ -190,3 +190,25 @@ def test_same_place_is_where_a_repository_is_not_how_it_is_written(tmp_path: Pat
     default = Storage("s3://bucket/prefix?endpoint=https://s3.local")
     assert default.same_place(Storage("s3://bucket/prefix?endpoint=https://s3.local:443/"))
     assert not default.same_place(Storage("s3://bucket/prefix?endpoint=http://s3.local"))
+
+
+def test_an_s3_location_is_shown_with_its_own_endpoint() -> None:
+    """What a message names can be pasted back into ``--repo`` and reach the same place (see
+    ``Storage.display``); the environment's endpoint is the user's own and not shown."""
+    on = Storage("s3://bucket/prefix?endpoint=http://s3.local:9000&region=eu-west-1&sse=AES256")
+    assert on.display() == "s3://bucket/prefix?endpoint=http://s3.local:9000"
+    assert on.display("data/b/part.parquet") == "s3://bucket/prefix/data/b/part.parquet?endpoint=http://s3.local:9000"
+    assert Storage(on.display()).same_place(on)
+    assert Storage("s3://bucket/prefix?region=eu-west-1").display("x") == "s3://bucket/prefix/x"
+
+
+def test_credentials_in_an_endpoint_are_refused_without_being_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    """botocore cannot use them (its requests fail deep inside: exit 70 before) and messages must not carry
+    them: the repository URL's and the environment's endpoint alike."""
+    with pytest.raises(UsageError) as caught:
+        Storage("s3://bucket/prefix?endpoint=https://me:hunter2@s3.local&region=eu-west-1")
+    assert "hunter2" not in str(caught.value) and "***@s3.local" in str(caught.value)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "https://me:hunter2@s3.local")
+    with pytest.raises(ConfigError) as caught_env:
+        Storage("s3://bucket/prefix").fs  # noqa: B018 - reaching for the client reads the environment
+    assert "hunter2" not in str(caught_env.value) and "AWS_ENDPOINT_URL" in str(caught_env.value)
