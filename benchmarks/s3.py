@@ -47,7 +47,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import Stopwatch, fastest, restore_read_side, run_child, section_main, seeded_chroma
+from benchmarks.common import (
+    Child,
+    Stopwatch,
+    fastest,
+    restore_read_side,
+    run_child,
+    section_main,
+    seeded_chroma,
+)
 
 MODULE = "benchmarks.s3"
 BUCKET = "aibackup-bench"
@@ -328,7 +336,7 @@ def child_gets(url: str, bundle_id: str, how: str) -> dict[str, Any]:
     return {**clock.read(), "bytes": total, "requests": len(wanted)}
 
 
-CHILDREN = {
+CHILDREN: dict[str, Child] = {
     "backup": child_backup,
     "verify": child_verify,
     "bare-get": child_bare_get,
