@@ -90,7 +90,8 @@ def _write_back_local(raw: IO[bytes]) -> None:
 def url_options(url: str, query: str) -> dict[str, str]:
     """The options of repository `url` (`query`: the part after its ``?``), each checked without reaching
     anything (an aibackup.yaml is checked with them when it is read). UsageError naming the first bad one."""
-    url = without_credentials(url)  # as messages show it
+    if type(url) is str:  # as messages show it (a config's ${VAR}, a str of its own, shows as written)
+        url = without_credentials(url)
     given = parse_qs(query, keep_blank_values=True)
     if twice := sorted(k for k, v in given.items() if len(v) > 1):  # which one was meant?
         raise UsageError(f"bad repository {url!r}: option {twice[0]!r} given twice")
