@@ -36,6 +36,7 @@ from typing import IO
 
 import pyarrow as pa
 
+from aibackup.errors import ConfigError
 from aibackup.storage import Storage
 
 try:
@@ -43,6 +44,8 @@ try:
 except ImportError:  # not POSIX: spools of killed processes stay until the system cleans its temporary folder
     fcntl = None  # type: ignore[assignment]
 
+#: The environment variable naming the folder spools are made in (default: the system's temporary folder).
+SPOOL_DIR_ENV = "AIBACKUP_SPOOL_DIR"
 #: Free bytes the spool leaves on its disk beyond the part it writes.
 RESERVE = 512 * 1024 * 1024
 #: Parts fetched at once by :meth:`PartSpool.fetch_ahead` (each with its own ranged GETs in flight).
@@ -58,7 +61,8 @@ class PartSpool:
 
     def __init__(self, storage: Storage, directory: str | None = None) -> None:
         self.storage = storage
-        self._parent = directory or os.environ.get("AIBACKUP_SPOOL_DIR") or None
+        self._parent = directory or os.environ.get(SPOOL_DIR_ENV) or None
+        self._unusable = False  # the folder could not be made: every read goes to the repository
         self._dir: str | None = None
         self._owner: IO[bytes] | None = None  # the flocked owner file (see the module docstring)
         self._files: dict[str, str] = {}  # part path -> local copy
@@ -67,13 +71,26 @@ class PartSpool:
         self._ahead: dict[str, concurrent.futures.Future[tuple[str, int]]] = {}
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
-    def _folder(self) -> str:
+    def _folder(self) -> str | None:
+        """The spool's folder, made on first use; None when it cannot be made (a read-only or full disk, no
+        inodes left): the spool is then not used and every read goes to the repository, as for a part the
+        disk has no room for. ``AIBACKUP_SPOOL_DIR`` naming no folder is a mistake to be told (ConfigError):
+        the spool would quietly never be used where it was meant to be."""
         with self._lock:
-            if self._dir is None:
+            if self._dir is None and not self._unusable:
                 parent = self._parent or tempfile.gettempdir()
+                if self._parent is not None and not os.path.isdir(self._parent):
+                    what = "a file" if os.path.exists(self._parent) else "not there"
+                    raise ConfigError(f"{SPOOL_DIR_ENV}={self._parent}: not a folder ({what})")
                 sweep_dead(parent)
-                self._dir = tempfile.mkdtemp(prefix=PREFIX, dir=parent)  # mode 0700
-                self._owner = own(self._dir)
+                try:
+                    self._dir = tempfile.mkdtemp(prefix=PREFIX, dir=parent)  # mode 0700
+                    self._owner = own(self._dir)
+                except OSError:
+                    if self._dir is not None:
+                        shutil.rmtree(self._dir, ignore_errors=True)
+                        self._dir = None
+                    self._unusable = True
             return self._dir
 
     def fetch_ahead(self, parts: Iterable[tuple[str, int]]) -> None:
@@ -109,21 +126,36 @@ class PartSpool:
         return self._fetch(rel, size_hint)
 
     def _fetch(self, rel: str, size_hint: int) -> tuple[str, int]:
+        # Only the repository's errors leave here: the local disk failing (full, read-only, out of inodes)
+        # means reading from the repository instead, never a part reported missing or damaged.
         folder = self._folder()
-        if shutil.disk_usage(folder).free < size_hint + RESERVE:
+        if folder is None or not _has_room(folder, size_hint + RESERVE):
             return self.storage.hash_file(rel, size_hint)
         local = os.path.join(folder, f"{next(self._names):06d}.part")
+        try:
+            out = open(local, "xb")  # noqa: SIM115 - closed below, its own errors told from the repository's
+        except OSError:
+            return self.storage.hash_file(rel, size_hint)
         sha = hashlib.sha256()
         size = 0
         try:
-            with open(local, "xb") as out:
+            with out:
                 for block in self.storage.read_blocks(rel, size_hint):
                     sha.update(block)
-                    out.write(block)
                     size += len(block)
+                    try:
+                        out.write(block)
+                    except OSError as exc:
+                        raise _LocalDiskFailed from exc
+                try:
+                    out.flush()
+                except OSError as exc:
+                    raise _LocalDiskFailed from exc
+        except _LocalDiskFailed:
+            _remove(local)
+            return self.storage.hash_file(rel, size_hint)
         except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(local)
+            _remove(local)
             raise
         with self._lock:
             self._files[rel] = local
@@ -134,9 +166,12 @@ class PartSpool:
         later pass over what it wrote (the search baseline's) then reads it here, not from the repository.
         None when the spool's disk is short of room. Register it with :meth:`keep` once the part is written."""
         folder = self._folder()
-        if shutil.disk_usage(folder).free < 2 * RESERVE:
+        if folder is None or not _has_room(folder, 2 * RESERVE):
             return None
-        return open(os.path.join(folder, f"{next(self._names):06d}.part"), "xb")
+        try:
+            return open(os.path.join(folder, f"{next(self._names):06d}.part"), "xb")
+        except OSError:  # the disk refuses it: the later pass reads from the repository
+            return None
 
     def keep(self, rel: str, copy: IO[bytes] | None) -> None:
         """Serve part `rel` from `copy` (closed and complete, as ``HashingWriter`` leaves a copy that held)."""
@@ -231,6 +266,22 @@ def sweep_dead(parent: str, prefix: str = PREFIX) -> list[str]:
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
+
+
+class _LocalDiskFailed(Exception):
+    """Writing the spool's local copy failed (the disk, not the repository)."""
+
+
+def _has_room(folder: str, wanted: int) -> bool:
+    try:
+        return shutil.disk_usage(folder).free >= wanted
+    except OSError:
+        return False
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
 
 
 def _hash_local(path: str) -> tuple[str, int]:
