@@ -21,6 +21,7 @@ import hmac
 import json
 import re
 import secrets
+import shlex
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -271,8 +272,10 @@ class Repository:
         except FileNotFoundError:
             where = storage.display()
             if storage.is_empty_or_missing():
+                url = shlex.quote(storage.url)  # pasted into a shell: an S3 URL's `?` and `&` stay in it
                 raise NotARepositoryError(
-                    f"no repository at {where}: run `aibackup init --repo {storage.url}` or back up into it"
+                    f"no repository at {where}: run `aibackup init --repo {url}`, back up into it, or bring a copy's "
+                    f"bundles back into it (`aibackup copy --repo COPY --to-repo {url}`)"
                 ) from None
             raise NotARepositoryError(f"{where} is not an aibackup repository (no {MARKER})") from None
         return cls.with_marker(storage, raw)

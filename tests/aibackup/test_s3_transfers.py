@@ -6,6 +6,7 @@ server). Everything runs against moto's real S3 server; only the fault proxy mis
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from collections import Counter
@@ -480,3 +481,48 @@ def test_a_damaged_part_on_another_endpoint_is_named_where_it_is_and_remembered(
     assert [p["path"] for p in problems] == [shown]
     assert Storage(shown.replace(f"/{part.path}", "")).same_place(repo.storage)
     assert reports.damaged_parts(Repository.open(repo_url)) == {part.path}
+
+
+def test_a_spool_folder_that_cannot_be_used_is_never_taken_for_damage(
+    s3_env: Server, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``AIBACKUP_SPOOL_DIR`` naming no folder is one line naming it, exit 2 (before: every part of every
+    bundle "missing part", exit 1, and that false damage remembered, so every later backup went full). A disk
+    that refuses the spool's folder (read-only) or its writes (full) means reading the repository instead."""
+    url = f"s3://{_bucket('spool-unusable')}/repo"
+    seed_chroma(tmp_path / "chroma", "docs", n=500)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", url))
+    (tmp_path / "a-file").write_text("not a folder")
+    for wrong, what in ((tmp_path / "nowhere", "not there"), (tmp_path / "a-file", "a file")):
+        monkeypatch.setenv("AIBACKUP_SPOOL_DIR", str(wrong))
+        one_line_error(cli("verify", "--repo", url, "--read-data"), 2, f"AIBACKUP_SPOOL_DIR={wrong}", what)
+        one_line_error(cli("restore", "latest", "--repo", url, "--to", f"qdrant:{tmp_path / 'q0'}"), 2, what)
+    monkeypatch.delenv("AIBACKUP_SPOOL_DIR")
+    assert reports.damaged_parts(Repository.open(url)) == frozenset()
+
+    real_open = open
+
+    def full_disk(path: str, mode: str = "r", *args: object, **kwargs: object) -> object:
+        if mode == "xb" and str(path).endswith(".part"):
+            return real_open("/dev/full", "wb")  # the kernel answers every write with ENOSPC
+        return real_open(path, mode, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(spool, "open", full_disk, raising=False)
+    assert ok(cli("verify", "--repo", url, "--read-data", "--json")).json()["ok"]
+    restored = ok(cli("restore", "latest", "--repo", url, "--to", f"qdrant:{tmp_path / 'q1'}", "--json"))
+    assert restored.json()["ok"] and restored.json()["datasets"][0]["rows"] == 500
+
+    def read_only_disk(*args: object, **kwargs: object) -> str:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(spool.tempfile, "mkdtemp", read_only_disk)  # the spool's folder cannot be made
+    assert ok(cli("verify", "--repo", url, "--read-data", "--json")).json()["ok"]
+    assert reports.damaged_parts(Repository.open(url)) == frozenset()
+
+
+def test_the_command_a_missing_repository_suggests_can_be_pasted_into_a_shell(s3_env: Server, cli: Cli) -> None:
+    """An S3 URL with options has ``?`` and ``&`` in it: unquoted, bash ran the suggested ``init`` in the
+    background without ``region=`` and zsh refused the ``?``."""
+    url = f"s3://{_bucket('empty-for-init')}/ai?region=us-east-1&sse=AES256"
+    line = one_line_error(cli("list", "--repo", url), 2, "no repository at")
+    assert f"`aibackup init --repo '{url}'`" in line and f"--to-repo '{url}'" in line
