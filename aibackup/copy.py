@@ -179,6 +179,7 @@ def _copy_locked(
                     result.bytes += copier.bundle(bundle_id)
             except IntegrityError as exc:
                 result.failed.append((bundle_id, str(exc)))
+                _remember(source, bundle_id, exc)
                 continue
             except AibackupError as exc:
                 # A full disk or a destination out of reach fails every bundle after it alike: stop, and say
@@ -318,13 +319,33 @@ def _same_generations(source: Repository, target: Repository, bundle_ids: Sequen
         )
 
 
-class _DamagedPack(IntegrityError):
+class _SourceDamage(IntegrityError):
+    """Damage the copy found in its source: the part or chunk pack at `rel` is missing or its bytes are not
+    the manifest's (remembered in the source as a verify's finding is, see :func:`_remember`)."""
+
+    def __init__(self, message: str, rel: str) -> None:
+        super().__init__(message)
+        self.rel = rel
+
+
+class _DamagedPack(_SourceDamage):
     """A source pack of which some chunk does not decode or give its id back (`raw`: its stored bytes)."""
 
     def __init__(self, message: str, pack: str, raw: bytes) -> None:
-        super().__init__(message)
+        super().__init__(message, pack)
         self.pack = pack
         self.raw = raw
+
+
+def _remember(source: Repository, bundle_id: str, damage: IntegrityError) -> None:
+    """Record in `source` the damage its copy met there, as a restore records what it meets: the next backup
+    extends no chain that reads it, the bundle no longer counts as verified, and a copy back from a sound
+    repository repairs it (before, that repair found nothing to do until a verify had run)."""
+    if isinstance(damage, _SourceDamage):
+        where = source.storage.display(damage.rel)
+        reports.record_damage(
+            source, bundle_id, [{"bundle_id": bundle_id, "path": where, "problem": str(damage)}], found_by="copy"
+        )
 
 
 class _Copier:
@@ -431,14 +452,16 @@ class _Copier:
                 size += len(block)
                 writer.write(block)
             if (size, sha.hexdigest()) != (part.bytes, part.sha256):
-                raise IntegrityError(f"damaged part {where}: its bytes do not match the manifest's sha256 and size")
+                raise _SourceDamage(
+                    f"damaged part {where}: its bytes do not match the manifest's sha256 and size", part.path
+                )
             dest.close_part(writer, part.path, sha256=part.sha256)  # proven equal just above
         except FileNotFoundError:
             writer.abort()
             if not replacing:
                 with contextlib.suppress(Exception):
                     dest.remove(part.path)
-            raise IntegrityError(f"missing part {where}") from None
+            raise _SourceDamage(f"missing part {where}", part.path) from None
         except BaseException:
             writer.abort()
             if not replacing:
@@ -599,7 +622,7 @@ class _Copier:
         try:
             raw = self.source.storage.fs.cat_file(self.source.storage.full(pack))
         except FileNotFoundError:
-            raise IntegrityError(f"missing chunk pack {where}") from None
+            raise _SourceDamage(f"missing chunk pack {where}", pack) from None
         dest = self.target.storage
         held = self._held_size(pack)
         if held == len(raw) and pack not in self._damaged:
@@ -639,7 +662,7 @@ class _Copier:
 
         pack_chunks(damaged.raw, self.ids, self.source.part_decryption(damaged.pack), take=take)
         if taken.keys() != chunks:
-            raise IntegrityError(str(damaged))
+            raise _SourceDamage(str(damaged), damaged.pack)
         writer = PackWriter(self.target, new_writer_id(self.target), self.ids)
         try:
             for chunk in sorted(taken):

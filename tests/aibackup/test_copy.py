@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from aibackup import keys
+from aibackup import keys, reports
 from aibackup.chunkprune import referenced_chunks
 from aibackup.errors import UnavailableError
 from aibackup.repository import Repository
@@ -112,6 +112,7 @@ def test_a_damaged_source_part_fails_its_bundle_only(cli: Cli, tmp_path: Path) -
     ok(cli("backup", f"conversations:{logs}", "--repo", source, "--full"))
     ok(cli("backup", f"model:{model(tmp_path / 'llm', 1)}", "--repo", source))
     first, second = Repository.open(source).bundle_ids()
+    shutil.copytree(tmp_path / "repo", tmp_path / "repo-before")
     part = next((tmp_path / "repo" / "data" / first).rglob("part-*.parquet"))
     flip_middle_byte(part)
     dest = str(tmp_path / "copy")
@@ -122,6 +123,16 @@ def test_a_damaged_source_part_fails_its_bundle_only(cli: Cli, tmp_path: Path) -
     assert part.name in out["failed"][0]["problem"] and "sha256" in out["failed"][0]["problem"]
     assert Repository.open(dest).bundle_ids() == [second]  # no partial bundle
     assert not list((tmp_path / "copy" / "data").glob(f"{first}/**/*.parquet"))
+    # The source remembers what its copy found, as after a verify: a copy back from a sound repository
+    # repairs it (before: "ok", nothing repaired, until a verify --read-data had run).
+    rel = part.relative_to(tmp_path / "repo").as_posix()
+    assert reports.damaged_parts(Repository.open(source)) == {rel}
+    assert first not in reports.verified_bundles(Repository.open(source))
+    sound = str(tmp_path / "sound")
+    shutil.copytree(tmp_path / "repo", sound)
+    shutil.copyfile(tmp_path / "repo-before" / rel, Path(sound) / rel)
+    back = ok(cli("copy", "--repo", sound, "--to-repo", source, "--json")).json()
+    assert back["repaired"] == [rel] and ok(cli("verify", "--repo", source, "--read-data")).code == 0
 
 
 def test_an_interrupted_copy_is_completed_by_a_rerun(cli: Cli, tmp_path: Path) -> None:
