@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -12,7 +12,6 @@ from aibackup.cli_common import (
     METRICS_NEED_CONFIG,
     conclude,
     config_option,
-    configured,
     emit_json,
     json_option,
     key_file_option,
@@ -26,6 +25,9 @@ from aibackup.cli_common import (
     write_metrics_of,
 )
 from aibackup.errors import EXIT_INTEGRITY, AibackupError, ConfigError, UsageError
+
+if TYPE_CHECKING:
+    from aibackup.repository import Repository
 
 
 def _flag_duration(flag: str, text: str, *, positive: bool = False) -> dt.timedelta:
@@ -147,12 +149,21 @@ def restore_test(
     """The drill: restore the latest bundle of every source into a scratch target, prove it, time it from
     start to verified against the source's RTO, clean up, report. Exits 1 if any check fails or an RTO is
     missed."""
+    from aibackup.drill import restore_test as drill_sources
     from aibackup.progress import make_progress
 
-    repository, config = configured(repo, config_path, key_file)
+    url, config = resolve(repo, config_path, need_config=True, key_file=key_file)
+    try:
+        repository: Repository | None = open_repository(url, config)
+    except AibackupError:
+        # The drill of a copy is the proof that the second region restores: it runs while the repository's
+        # region is down (the result then cannot be recorded there: exit 3 after it).
+        if config.restore_test.repository is None:
+            raise
+        repository = None
     progress = make_progress(show_progress, log_format)
     try:
-        drill = repository.restore_test(config, names, progress=progress)
+        drill = drill_sources(config, names, progress, repo=repository)
     finally:
         progress.close()
     path = report or config.restore_test.report

@@ -115,11 +115,21 @@ def restore_test(
 ) -> DrillReport:
     """Restore the latest bundle of every source (or the named ones) into a scratch target, prove it, time
     it from start to verified against the source's RTO, clean up, and record the result. `repo`: the
-    config's repository, already opened."""
+    config's repository, already opened (None: opened here).
+
+    The drill of a copy (``restore_test: {repository: COPY}``) runs when the repository cannot be opened
+    (its region down, its bucket lost): that is what it proves. Its results then cannot be recorded, which
+    ``unrecorded`` says."""
     report = progress or Quiet()
-    repo = repo or Repository.open(config.repository, key_file=config.key_file)
-    results: list[DrillResult] = []
     unrecorded: AibackupError | None = None
+    if repo is None:
+        try:
+            repo = Repository.open(config.repository, key_file=config.key_file)
+        except AibackupError as exc:
+            if config.restore_test.repository is None:
+                raise
+            unrecorded = _not_recorded(config.repository, exc)
+    results: list[DrillResult] = []
     unopened: str | None = None  # why the copy to test could not be opened
     try:
         tested, key_file = _tested_repository(config, repo)
@@ -128,7 +138,7 @@ def restore_test(
         # find: each source's drill fails, recorded (it was one error line, and status and the metrics went on
         # showing the drill before as the last).
         tested, key_file, unopened = None, None, f"cannot open the copy {config.restore_test.repository!r}: {exc}"
-    primary: Callable[[], Scan] = functools.cache(repo.scan)  # read once, for _behind, if a copy is tested
+    primary: Callable[[], Scan] | None = functools.cache(repo.scan) if repo else None  # read once, for _behind
     for source in sources_of(config, names):
         if source.restore_test_skip and not names:
             continue
@@ -139,27 +149,33 @@ def restore_test(
             result = _drill(config, tested, source, key_file)
         if tested is not repo:
             result.repository = config.restore_test.repository
-            result.note = _behind(repo, source, result.bundle_id, primary)
+            result.note = _behind(repo, source, result.bundle_id, primary) if repo and primary else None
         state = "ok" if result.ok else "FAILED"
         report.event(
             "restore_test", f"{source.name}: restore test {state} in {result.rto_seconds:.1f} s", **result.to_json()
         )
-        problem = record_report(config, reports.RESTORE_TESTS, {"kind": "restore-test", **result.to_json()}, repo)
-        if problem is not None and unrecorded is None:
-            unrecorded = UnavailableError(
-                f"the restore test's result was not recorded in {repo.storage.display()} (status goes on showing "
-                f"the one before): {problem}"
-            )
+        if repo is not None:
+            doc = {"kind": "restore-test", **result.to_json()}
+            problem = record_report(config, reports.RESTORE_TESTS, doc, repo)
+            if problem is not None and unrecorded is None:
+                unrecorded = _not_recorded(repo.storage.display(), problem)
         results.append(result)
     return DrillReport(results, unrecorded)
 
 
-def _tested_repository(config: Config, repo: Repository) -> tuple[Repository, str | None]:
+def _not_recorded(where: str, problem: AibackupError) -> UnavailableError:
+    return UnavailableError(
+        f"the restore test's result was not recorded in {where} (status goes on showing the one before): {problem}"
+    )
+
+
+def _tested_repository(config: Config, repo: Repository | None) -> tuple[Repository, str | None]:
     """The repository the drill restores from, and its key file: a configured copy when ``restore_test``
-    names one (its own key file, when the copy has one), else the repository itself. The reports go to the
-    repository either way (``status`` reads them there)."""
+    names one (its own key file, when the copy has one), else the repository itself (`repo`: not None then).
+    The reports go to the repository either way (``status`` reads them there)."""
     where = config.restore_test.repository
     if where is None:
+        assert repo is not None, "the repository itself is drilled: it was opened"
         return repo, config.key_file
     copy = next((c for c in config.copies if same_place(c.repository, where)), None)  # however spelled
     key_file = (copy.key_file if copy is not None else None) or config.key_file

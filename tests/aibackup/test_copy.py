@@ -586,6 +586,29 @@ def test_the_drill_can_test_a_copy(cli: Cli, tmp_path: Path) -> None:
     assert Repository.open(str(tmp_path / "repo")).bundle_ids()[0] == bundle
 
 
+def test_the_drill_of_a_copy_runs_while_the_repository_is_out_of_reach(cli: Cli, tmp_path: Path) -> None:
+    """The drill of a copy is the proof that the second region restores: with the repository's region down
+    it was one error line (exit 3), nothing drilled. Now it restores and proves from the copy, shows the
+    result, then says in one line that it could not be recorded in the repository (exit 3)."""
+    logs = conversations(tmp_path / "logs", 20)
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: {{uri: 'conversations:{logs}', rto: 1h}}\n"
+        "copies:\n  - {repository: ./copy-eu}\nrestore_test: {repository: ./copy-eu}\n"
+    )
+    bundle = ok(cli("backup", "--json")).json()["sources"][0]["bundle_id"]
+    (tmp_path / "repo").rename(tmp_path / "repo-away")  # lost, or out of reach
+    drill = cli("restore-test", "--json")
+    assert drill.code == 3, (drill.out, drill.err)
+    (source,) = json.loads(drill.out)["sources"]
+    assert source["ok"] and source["bundle_id"] == bundle and source["repository"] == str(tmp_path / "copy-eu")
+    one_line_error(drill, 3, f"not recorded in {tmp_path / 'repo'} ")
+    # Without a copy to drill, the repository out of reach is the command's one error line, as before.
+    (tmp_path / "aibackup.yaml").write_text(
+        f"repository: ./repo\nsources:\n  logs: {{uri: 'conversations:{logs}', rto: 1h}}\n"
+    )
+    one_line_error(cli("restore-test"), 2, "no repository at")
+
+
 def test_a_drill_whose_result_cannot_be_recorded_says_so(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
