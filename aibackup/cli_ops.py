@@ -249,6 +249,11 @@ def prune(
         f"({result.bytes_removed} bytes), {len(result.orphans_removed)} orphan part(s); "
         f"{len(result.orphans_waiting)} orphan part(s) younger than the grace period kept"
     )
+    if result.uploads_aborted:
+        click.echo(
+            f"{len(result.uploads_aborted)} unfinished upload(s) of crashed runs {'would be ' if dry_run else ''}"
+            "aborted (S3 bills their parts; no listing shows them)"
+        )
     chunks = result.chunks
     if chunks.packs_removed or chunks.packs_repacked:
         click.echo(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import datetime as dt
 import errno
 import hashlib
 import os
@@ -459,6 +460,29 @@ class Storage:
     def remove(self, rel: str) -> None:
         with self._errors(rel), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full(rel))
+
+    def unfinished_uploads(self, started_before: dt.datetime, *, abort: bool) -> list[str]:
+        """The multipart uploads under this S3 root begun before `started_before` and never completed nor
+        aborted (paths relative to the root), aborted with `abort`; none on local disk. A process killed
+        outright (SIGKILL, a lost machine) leaves its uploads open, and so does a create whose answer was
+        lost (the retry opens a second upload; the first is known to nobody): S3 bills their parts, yet no
+        listing of objects shows them."""
+        if self.is_local:
+            return []
+        client, _ = self._transfers()
+        bucket, _, prefix = self.root.partition("/")
+        below = f"{prefix}/" if prefix else ""
+        found: list[str] = []
+        with self._errors(""):
+            for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=below):
+                for upload in page.get("Uploads", []):
+                    if upload["Initiated"] >= started_before:
+                        continue  # maybe a running backup's or copy's
+                    found.append(upload["Key"][len(below) :])
+                    if abort:
+                        with contextlib.suppress(client.exceptions.NoSuchUpload):  # finished meanwhile
+                            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        return sorted(found)
 
     def remove_emptied_folders(self, removed: Iterable[str], top: str) -> None:
         """On local disk, remove the folders that removing `removed` emptied, up to `top` (object stores have

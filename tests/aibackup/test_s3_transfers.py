@@ -526,3 +526,71 @@ def test_the_command_a_missing_repository_suggests_can_be_pasted_into_a_shell(s3
     url = f"s3://{_bucket('empty-for-init')}/ai?region=us-east-1&sse=AES256"
     line = one_line_error(cli("list", "--repo", url), 2, "no repository at")
     assert f"`aibackup init --repo '{url}'`" in line and f"--to-repo '{url}'" in line
+
+
+def test_prune_aborts_the_uploads_crashed_runs_left_open(s3_env: Server, tmp_path: Path, cli: Cli) -> None:
+    """A run killed outright (SIGKILL, a lost machine) or a create whose answer was lost leaves a multipart
+    upload open: S3 bills its parts and no listing of objects shows it. prune aborts those under the
+    repository begun before its grace period (a running backup's are younger), and says so."""
+    bucket = _bucket("prune-uploads")
+    url = f"s3://{bucket}/repo"
+    seed_chroma(tmp_path / "chroma", "docs", n=50)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", url))
+    s3 = boto3.client("s3")
+    left = {}
+    for key in ("repo/data/20261208T000000.000000Z-deadbeef/000-docs/part-00000.parquet", "elsewhere/x.bin"):
+        upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+        s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * (5 << 20))
+        left[key] = upload
+    # (moto dates every upload 2010-11-10, so the grace period cannot be shown here: prune's own lock, which
+    # every live run conflicts with, is what keeps a running backup's uploads out of its way.)
+    looked = ok(cli("prune", "--repo", url, "--keep-last", "1", "--grace", "0s", "--dry-run", "--json")).json()
+    rel = "data/20261208T000000.000000Z-deadbeef/000-docs/part-00000.parquet"
+    assert looked["uploads_aborted"] == [rel] and len(_uploads(bucket)) == 2
+    done = ok(cli("prune", "--repo", url, "--keep-last", "1", "--grace", "0s"))
+    assert "1 unfinished upload(s) of crashed runs aborted" in done.out
+    assert [u["Key"] for u in _uploads(bucket)] == ["elsewhere/x.bin"]  # not the repository's: left alone
+    ok(cli("verify", "--repo", url, "--read-data"))
+
+
+SIGTERM_CHILD = r"""
+import os, signal, sys
+from aibackup import s3io
+
+real = s3io.ParallelUpload._send
+def send(self, body):
+    real(self, body)  # the upload is open, its first part on its way
+    os.kill(os.getpid(), signal.SIGTERM)
+s3io.ParallelUpload._send = send
+
+from aibackup.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_sigterm_stops_a_backup_as_ctrl_c_does(s3_env: Server, tmp_path: Path, cli: Cli) -> None:
+    """systemd and Kubernetes stop a job with SIGTERM: the process died on the spot, its lock left for the
+    next run to wait out and its multipart upload open (billed, unseen). Now it stops as Ctrl-C does: the
+    upload aborted, the lock removed, one line, exit 130; the next backup runs at once."""
+    import subprocess
+    import sys
+
+    bucket = _bucket("sigterm")
+    url = f"s3://{bucket}/repo"
+    (tmp_path / "llm").mkdir()
+    (tmp_path / "llm" / "weights.bin").write_bytes(os.urandom(20 << 20))  # more than one 8 MiB upload part
+    stopped = subprocess.run(
+        [sys.executable, "-c", SIGTERM_CHILD, "backup", f"model:{tmp_path / 'llm'}", "--repo", url],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ,
+    )
+    assert stopped.returncode == 130, (stopped.returncode, stopped.stderr)
+    assert stopped.stderr.strip().splitlines() == ["aibackup: error: interrupted"], stopped.stderr
+    assert _uploads(bucket) == []
+    listed = boto3.client("s3").list_objects_v2(Bucket=bucket, Prefix="repo/locks/").get("Contents", [])
+    assert listed == [], listed
+    ok(cli("backup", f"model:{tmp_path / 'llm'}", "--repo", url))
+    assert len(ok(cli("list", "--repo", url, "--json")).json()) == 1  # the stopped run's never committed
+    ok(cli("verify", "--repo", url, "--read-data"))
