@@ -241,7 +241,7 @@ def run_prune(
     # Uploads a crashed run left open (S3 bills their parts; no listing of objects shows them), by the same
     # grace period as orphan parts: a running backup's are younger.
     try:
-        result.uploads_aborted = repo.storage.unfinished_uploads(moment - grace, abort=not dry_run)
+        result.uploads_aborted = repo.storage.unfinished_uploads(DATA, moment - grace, abort=not dry_run)
     except UnavailableError as exc:  # e.g. credentials without s3:ListBucketMultipartUploads: the rest stands
         notes.append(f"unfinished uploads not checked: {exc}")
     # Reports last: a prune stopped before this point leaves only history the next one removes.

@@ -461,9 +461,10 @@ class Storage:
         with self._errors(rel), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full(rel))
 
-    def unfinished_uploads(self, started_before: dt.datetime, *, abort: bool) -> list[str]:
-        """The multipart uploads under this S3 root begun before `started_before` and never completed nor
-        aborted (paths relative to the root), aborted with `abort`; none on local disk. A process killed
+    def unfinished_uploads(self, folder: str, started_before: dt.datetime, *, abort: bool) -> list[str]:
+        """The multipart uploads below `folder` of this S3 root begun before `started_before` and never
+        completed nor aborted (paths relative to the root), aborted with `abort`; none on local disk. Only
+        `folder`'s: a repository at a bucket's root must not touch the bucket's other uploads. A process killed
         outright (SIGKILL, a lost machine) leaves its uploads open, and so does a create whose answer was
         lost (the retry opens a second upload; the first is known to nobody): S3 bills their parts, yet no
         listing of objects shows them."""
@@ -471,14 +472,15 @@ class Storage:
             return []
         client, _ = self._transfers()
         bucket, _, prefix = self.root.partition("/")
-        below = f"{prefix}/" if prefix else ""
+        root = f"{prefix}/" if prefix else ""
+        below = f"{root}{folder.strip('/')}/"
         found: list[str] = []
         with self._errors(""):
             for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=below):
                 for upload in page.get("Uploads", []):
                     if upload["Initiated"] >= started_before:
                         continue  # maybe a running backup's or copy's
-                    found.append(upload["Key"][len(below) :])
+                    found.append(upload["Key"][len(root) :])
                     if abort:
                         with contextlib.suppress(client.exceptions.NoSuchUpload):  # finished meanwhile
                             client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])

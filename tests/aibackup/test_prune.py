@@ -174,6 +174,7 @@ def test_bytes_removed_and_json(tmp_path: Path) -> None:
             "chunks_removed": 0,
         },
         "reports_removed": [],
+        "uploads_aborted": [],
         "notes": [],
     }
 

@@ -538,7 +538,7 @@ def test_prune_aborts_the_uploads_crashed_runs_left_open(s3_env: Server, tmp_pat
     ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", url))
     s3 = boto3.client("s3")
     left = {}
-    for key in ("repo/data/20261208T000000.000000Z-deadbeef/000-docs/part-00000.parquet", "elsewhere/x.bin"):
+    for key in ("repo/data/20261208T000000.000000Z-deadbeef/000-docs/part-00000.parquet", "repo2/data/x.bin"):
         upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
         s3.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * (5 << 20))
         left[key] = upload
@@ -549,7 +549,7 @@ def test_prune_aborts_the_uploads_crashed_runs_left_open(s3_env: Server, tmp_pat
     assert looked["uploads_aborted"] == [rel] and len(_uploads(bucket)) == 2
     done = ok(cli("prune", "--repo", url, "--keep-last", "1", "--grace", "0s"))
     assert "1 unfinished upload(s) of crashed runs aborted" in done.out
-    assert [u["Key"] for u in _uploads(bucket)] == ["elsewhere/x.bin"]  # not the repository's: left alone
+    assert [u["Key"] for u in _uploads(bucket)] == ["repo2/data/x.bin"]  # not the repository's: left alone
     ok(cli("verify", "--repo", url, "--read-data"))
 
 
