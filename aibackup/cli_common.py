@@ -244,14 +244,15 @@ def conclude(
     *,
     report: Callable[[], None] | None = None,
     also: AibackupError | None = None,
+    metrics: bool = True,
 ) -> None:
     """End a command whose result is already printed: write its `report` file, if any, and the metrics file
     (flag, else the config's metrics_file), then exit with the command's code. A file that cannot be
     written, and `also` (what the command could not record, found on the way), is one error line after the
     result (never instead of it) and its exit code when the command itself succeeded; each file is tried
-    even when the other failed."""
+    even when the other failed. Not `metrics`: the command wrote the metrics file itself."""
     problems: list[AibackupError] = [also] if also is not None else []
-    for write in (report, lambda: write_metrics_of(config, metrics_file)):
+    for write in (report, (lambda: write_metrics_of(config, metrics_file)) if metrics else None):
         try:
             if write is not None:
                 write()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import sys
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -12,6 +13,7 @@ from aibackup.cli_common import (
     METRICS_NEED_CONFIG,
     conclude,
     config_option,
+    echo_error,
     emit_json,
     json_option,
     key_file_option,
@@ -74,14 +76,21 @@ def status(
 ) -> None:
     """Per configured source: the newest intact bundle and its age against the RPO, the last restore test
     and its achieved RTO, the last backup run. Exits 1 when any source breaches its RPO."""
+    from aibackup.operations import StatusReport
+    from aibackup.operations import status as status_of
+
     url, config = resolve(repo, config_path, need_config=True, key_file=key_file)
+    unreadable: AibackupError | None = None
     try:
         report = open_repository(url, config).status(config)
-    except AibackupError:
+    except AibackupError as exc:
         # The metrics file must not go on saying "fine" about a repository that cannot be read.
         with contextlib.suppress(AibackupError):
             write_metrics_of(config, metrics_file)  # writes metrics.unreadable's file, raises the same error
-        raise
+        if not config.copies:
+            raise
+        # Its region down: what the copies hold is what the on-call needs to see now (then the error line).
+        report, unreadable = StatusReport(status_of(config, readable=False)), exc
     if as_json:
         emit_json(report.to_json())
     else:
@@ -119,6 +128,9 @@ def status(
                     for name, c in copies
                 ],
             )
+    if unreadable is not None:
+        echo_error(unreadable, as_json)
+        sys.exit(unreadable.exit_code)
     conclude(config, metrics_file, 0 if report.ok else EXIT_INTEGRITY, as_json)
 
 
@@ -153,17 +165,20 @@ def restore_test(
     from aibackup.progress import make_progress
 
     url, config = resolve(repo, config_path, need_config=True, key_file=key_file)
+    unopened: AibackupError | None = None
     try:
         repository: Repository | None = open_repository(url, config)
-    except AibackupError:
+    except AibackupError as exc:
         # The drill of a copy is the proof that the second region restores: it runs while the repository's
         # region is down (the result then cannot be recorded there: exit 3 after it).
         if config.restore_test.repository is None:
             raise
-        repository = None
+        repository, unopened = None, exc
+        with contextlib.suppress(AibackupError):  # says the repository cannot be read, raising the same error
+            write_metrics_of(config, metrics_file)
     progress = make_progress(show_progress, log_format)
     try:
-        drill = drill_sources(config, names, progress, repo=repository)
+        drill = drill_sources(config, names, progress, repo=repository, cannot_open=unopened)
     finally:
         progress.close()
     path = report or config.restore_test.report
@@ -174,7 +189,8 @@ def restore_test(
     # The report file is written after the result is shown: a path that cannot be written must not hide
     # the drill's outcome (recorded in the repository already), nor turn a failed drill's exit 1 into 3.
     written = (lambda: drill.write(path)) if path else None
-    conclude(config, metrics_file, 0 if drill.ok else EXIT_INTEGRITY, as_json, report=written, also=drill.unrecorded)
+    code = 0 if drill.ok else EXIT_INTEGRITY
+    conclude(config, metrics_file, code, as_json, report=written, also=drill.unrecorded, metrics=unopened is None)
 
 
 @click.command()

@@ -22,7 +22,7 @@ from aibackup import reports, spool
 from aibackup.config import Config, SourceConfig
 from aibackup.connectors.base import VectorConnector
 from aibackup.connectors.registry import connector_class, open_connector, parse_location
-from aibackup.errors import AibackupError, UnavailableError
+from aibackup.errors import AibackupError, NotARepositoryError, UnavailableError
 from aibackup.golden import GoldenFile
 from aibackup.golden import load as load_golden
 from aibackup.golden import recalls as golden_recalls
@@ -111,24 +111,32 @@ class DrillReport:
 
 
 def restore_test(
-    config: Config, names: Sequence[str], progress: Progress | None = None, *, repo: Repository | None = None
+    config: Config,
+    names: Sequence[str],
+    progress: Progress | None = None,
+    *,
+    repo: Repository | None = None,
+    cannot_open: AibackupError | None = None,
 ) -> DrillReport:
     """Restore the latest bundle of every source (or the named ones) into a scratch target, prove it, time
     it from start to verified against the source's RTO, clean up, and record the result. `repo`: the
-    config's repository, already opened (None: opened here).
+    config's repository, already opened (None: opened here, unless `cannot_open` says why it could not be).
 
     The drill of a copy (``restore_test: {repository: COPY}``) runs when the repository cannot be opened
     (its region down, its bucket lost): that is what it proves. Its results then cannot be recorded, which
     ``unrecorded`` says."""
     report = progress or Quiet()
     unrecorded: AibackupError | None = None
-    if repo is None:
+    if repo is None and cannot_open is None:
         try:
             repo = Repository.open(config.repository, key_file=config.key_file)
         except AibackupError as exc:
-            if config.restore_test.repository is None:
-                raise
-            unrecorded = _not_recorded(config.repository, exc)
+            cannot_open = exc
+    if repo is None:
+        assert cannot_open is not None
+        if config.restore_test.repository is None:
+            raise cannot_open
+        unrecorded = _not_recorded(config.repository, cannot_open)
     results: list[DrillResult] = []
     unopened: str | None = None  # why the copy to test could not be opened
     try:
@@ -164,8 +172,11 @@ def restore_test(
 
 
 def _not_recorded(where: str, problem: AibackupError) -> UnavailableError:
+    # Not the missing repository's own advice (`aibackup init` there would make an empty one where the real
+    # repository is only out of reach).
+    why = "no repository there" if isinstance(problem, NotARepositoryError) else str(problem)
     return UnavailableError(
-        f"the restore test's result was not recorded in {where} (status goes on showing the one before): {problem}"
+        f"the restore test's result was not recorded in {where} (status goes on showing the one before): {why}"
     )
 
 

@@ -373,27 +373,35 @@ class StatusReport:
         return {"ok": self.ok, "sources": [s.to_json() for s in self.sources]}
 
 
-def status(config: Config, repo: Repository | None = None) -> list[SourceStatus]:
+def status(config: Config, repo: Repository | None = None, *, readable: bool = True) -> list[SourceStatus]:
     """Per configured source: its newest bundle that checks out (manifest readable, every part present with
-    its size), the bundle's age against the RPO, the last restore test and the last backup run."""
+    its size), the bundle's age against the RPO, the last restore test and the last backup run. Not
+    `readable` (the repository out of reach): nothing of the repository, every source with an RPO breached,
+    and each copy's view as usual."""
     from aibackup.bundle_reader import BundleReader
 
-    repo = repo or Repository.open(config.repository, key_file=config.key_file)
     now = clock.now()
-    good, _damaged = repo.scan()
-    reader = BundleReader(repo)
-    names = list(config.sources)
-    tests = reports.latest_by_source(repo, reports.RESTORE_TESTS, names)
-    backups = reports.latest_by_source(repo, reports.BACKUPS, names)
-    good_backups = reports.latest_by_source(repo, reports.BACKUPS, names, lambda doc: bool(doc.get("ok")))
+    good: Sequence[BundleManifest] = []
+    reader: BundleReader | None = None
+    tests: dict[str, dict[str, Any]] = {}
+    backups: dict[str, dict[str, Any]] = {}
+    good_backups: dict[str, dict[str, Any]] = {}
+    if readable:
+        repo = repo or Repository.open(config.repository, key_file=config.key_file)
+        good, _damaged = repo.scan()
+        reader = BundleReader(repo)
+        names = list(config.sources)
+        tests = reports.latest_by_source(repo, reports.RESTORE_TESTS, names)
+        backups = reports.latest_by_source(repo, reports.BACKUPS, names)
+        good_backups = reports.latest_by_source(repo, reports.BACKUPS, names, lambda doc: bool(doc.get("ok")))
     copies = [_copy_view(config, copy) for copy in config.copies]
     out: list[SourceStatus] = []
     for source in config.sources.values():
         uri = parse_location(source.uri).display()
-        newest = _newest_intact(good, reader, source)
+        newest = _newest_intact(good, reader, source) if reader is not None else None
         age = None if newest is None else (now - parse_iso(newest.created_at)).total_seconds()
         rpo = source.rpo.total_seconds() if source.rpo else None
-        breached = _breached(age, rpo)
+        breached = _breached(age, rpo) or not readable
         in_copies = []
         for copy, view in zip(config.copies, copies, strict=True):
             entry = _copy_status(copy, view, source, now, rpo)

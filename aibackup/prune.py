@@ -54,13 +54,12 @@ from typing import TYPE_CHECKING, Any
 
 from aibackup import clock, reports
 from aibackup.chunkprune import ChunkPruneResult, PackFile, absent_packs, prune_chunks
-from aibackup.chunks import ChunkIndex, is_pack
+from aibackup.chunks import INDEX, ChunkIndex, is_pack
 from aibackup.errors import (
     AibackupError,
     BundleNotFoundError,
     IntegrityError,
     ManifestVersionError,
-    UnavailableError,
     UsageError,
 )
 from aibackup.lock_files import CLOCK_SKEW
@@ -238,18 +237,19 @@ def run_prune(
         for path in parts + orphans:
             repo.storage.remove(path)
         repo.storage.remove_emptied_folders(parts + orphans + chunks.packs_removed + chunks.packs_repacked, DATA)
-    # Uploads a crashed run left open (S3 bills their parts; no listing of objects shows them), by the same
-    # grace period as orphan parts: a running backup's are younger.
-    try:
-        result.uploads_aborted = repo.storage.unfinished_uploads(DATA, moment - grace, abort=not dry_run)
-    except UnavailableError as exc:  # e.g. credentials without s3:ListBucketMultipartUploads: the rest stands
-        notes.append(f"unfinished uploads not checked: {exc}")
     # Reports last: a prune stopped before this point leaves only history the next one removes.
     left = set(stored).difference(parts, orphans, chunks.packs_removed, chunks.packs_repacked)
     result.reports_removed = reports.superseded(repo, {m.bundle_id for m in remaining} | set(unreadable), left)
     if not dry_run:
         for path in result.reports_removed:
             repo.storage.remove(path)
+    # Uploads a crashed run left open (S3 bills their parts; no listing of objects shows them), by the same
+    # grace period as orphan parts: a running backup's are younger. Parts and packs go up under data/, a large
+    # chunk index file under index/. Last, and never failing the prune: what it removed stands.
+    try:
+        result.uploads_aborted = repo.storage.unfinished_uploads((DATA, INDEX), moment - grace, abort=not dry_run)
+    except AibackupError as exc:  # e.g. credentials without s3:ListBucketMultipartUploads
+        notes.append(f"unfinished uploads not checked: {exc}")
     return result
 
 

@@ -45,7 +45,10 @@ def aws_client_kwargs(service: str) -> dict[str, Any]:
 
 
 def endpoint_problem(url: str) -> str | None:
-    """Why `url` cannot be an S3 or KMS endpoint (botocore would refuse it with a bare ValueError), or None."""
+    """Why `url` cannot be an S3 or KMS endpoint (botocore would refuse it with a bare ValueError), or None.
+    What it says never quotes a user name or password the URL holds."""
+    if _LOGIN.match(url):  # before urllib: its errors quote the netloc (`user:pass/word@…` fails on the port)
+        return "holds a user name or password (S3 takes credentials from the AWS environment or a profile)"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises for a port that is not a number or out of range
@@ -67,7 +70,12 @@ def endpoint_problem(url: str) -> str | None:
 def without_credentials(text: str) -> str:
     """`text` (a URL, or one holding URLs) with the ``user:password@`` of every ``//host`` as ``***@``:
     what a message may show of a location given with credentials in it."""
-    return re.sub(r"(?<=//)[^/@?&#\s]*@", "***@", text)
+    # Everything up to the last @ before the query: a password may hold a / (then urllib takes the rest for a
+    # path) or an @. An s3:// location is left as it is: an @ in its prefix is a file name, not a login.
+    return _LOGIN.sub(r"\1***@", text)
+
+
+_LOGIN = re.compile(r"(https?://)[^?#\s]*@", re.IGNORECASE)
 
 
 def region_problem(name: str) -> str | None:

@@ -93,7 +93,7 @@ class ParallelUpload:
         try:
             return getattr(self._client, method)(Bucket=self._bucket, Key=self._key, **kwargs)
         except Exception as exc:
-            raise _translated(exc) from None
+            raise translated(exc) from None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if not self._buffer and isinstance(data, bytes) and len(data) == self._part_size():
@@ -170,7 +170,7 @@ class ParallelUpload:
             self._upload_id = None
 
 
-def _translated(exc: Exception) -> BaseException:
+def translated(exc: Exception) -> BaseException:
     """botocore's error as s3fs words it (OSError subclasses: FileExistsError for a failed If-None-Match,
     FileNotFoundError for a missing key or upload, PermissionError ...), so that ``Storage`` words both
     clients' errors alike."""
@@ -194,7 +194,7 @@ def _get_range(client: Any, bucket: str, key: str, start: int, stop: int) -> tup
     """Bytes [start, stop) of an object, and the object's size as the answer states it (its Content-Range;
     None where the storage leaves it out). An answer that stops short of `stop` because the object ends
     there is whole; a body that breaks off is asked again (RANGE_ATTEMPTS in all). Errors as s3fs words
-    them (see :func:`_translated`)."""
+    them (see :func:`translated`)."""
     problem = ""
     for attempt in range(RANGE_ATTEMPTS):
         if attempt:
@@ -208,7 +208,7 @@ def _get_range(client: Any, bucket: str, key: str, start: int, stop: int) -> tup
                 body.close()
         except Exception as exc:
             if not _broken(exc):
-                raise _translated(exc) from None
+                raise translated(exc) from None
             problem = f"{type(exc).__name__}: {exc}"
             continue
         total = _stated_size(answer.get("ContentRange"))

@@ -92,7 +92,7 @@ def url_options(url: str, query: str) -> dict[str, str]:
     """The options of repository `url` (`query`: the part after its ``?``), each checked without reaching
     anything (an aibackup.yaml is checked with them when it is read). UsageError naming the first bad one."""
     if type(url) is str:  # as messages show it (a config's ${VAR}, a str of its own, shows as written)
-        url = without_credentials(url)
+        url = without_credentials(urllib.parse.unquote(url))  # a %-encoded endpoint's login too
     given = parse_qs(query, keep_blank_values=True)
     if twice := sorted(k for k, v in given.items() if len(v) > 1):  # which one was meant?
         raise UsageError(f"bad repository {url!r}: option {twice[0]!r} given twice")
@@ -461,29 +461,38 @@ class Storage:
         with self._errors(rel), contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.full(rel))
 
-    def unfinished_uploads(self, folder: str, started_before: dt.datetime, *, abort: bool) -> list[str]:
-        """The multipart uploads below `folder` of this S3 root begun before `started_before` and never
+    def unfinished_uploads(self, folders: Iterable[str], started_before: dt.datetime, *, abort: bool) -> list[str]:
+        """The multipart uploads below `folders` of this S3 root begun before `started_before` and never
         completed nor aborted (paths relative to the root), aborted with `abort`; none on local disk. Only
-        `folder`'s: a repository at a bucket's root must not touch the bucket's other uploads. A process killed
+        those folders': a repository at a bucket's root must not touch the bucket's other uploads. A process killed
         outright (SIGKILL, a lost machine) leaves its uploads open, and so does a create whose answer was
         lost (the retry opens a second upload; the first is known to nobody): S3 bills their parts, yet no
         listing of objects shows them."""
         if self.is_local:
             return []
         client, _ = self._transfers()
+        from aibackup import s3io
+
         bucket, _, prefix = self.root.partition("/")
         root = f"{prefix}/" if prefix else ""
-        below = f"{root}{folder.strip('/')}/"
         found: list[str] = []
         with self._errors(""):
-            for page in client.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=below):
-                for upload in page.get("Uploads", []):
-                    if upload["Initiated"] >= started_before:
-                        continue  # maybe a running backup's or copy's
-                    found.append(upload["Key"][len(root) :])
-                    if abort:
-                        with contextlib.suppress(client.exceptions.NoSuchUpload):  # finished meanwhile
-                            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+            try:
+                for folder in folders:
+                    pages = client.get_paginator("list_multipart_uploads").paginate(
+                        Bucket=bucket, Prefix=f"{root}{folder.strip('/')}/"
+                    )
+                    for upload in (u for page in pages for u in page.get("Uploads", [])):
+                        if upload["Initiated"] >= started_before:
+                            continue  # maybe a running backup's or copy's
+                        found.append(upload["Key"][len(root) :])
+                        if abort:
+                            with contextlib.suppress(client.exceptions.NoSuchUpload):  # finished meanwhile
+                                client.abort_multipart_upload(
+                                    Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                                )
+            except Exception as exc:  # botocore's (AccessDenied, NotImplemented) as s3fs words them
+                raise s3io.translated(exc) from None
         return sorted(found)
 
     def remove_emptied_folders(self, removed: Iterable[str], top: str) -> None:

@@ -589,10 +589,11 @@ def test_the_drill_can_test_a_copy(cli: Cli, tmp_path: Path) -> None:
 def test_the_drill_of_a_copy_runs_while_the_repository_is_out_of_reach(cli: Cli, tmp_path: Path) -> None:
     """The drill of a copy is the proof that the second region restores: with the repository's region down
     it was one error line (exit 3), nothing drilled. Now it restores and proves from the copy, shows the
-    result, then says in one line that it could not be recorded in the repository (exit 3)."""
+    result, then says in one line that it could not be recorded in the repository (exit 3). status likewise
+    shows what the copies hold before its error line."""
     logs = conversations(tmp_path / "logs", 20)
     (tmp_path / "aibackup.yaml").write_text(
-        f"repository: ./repo\nsources:\n  logs: {{uri: 'conversations:{logs}', rto: 1h}}\n"
+        f"repository: ./repo\nmetrics_file: ./m.prom\nsources:\n  logs: {{uri: 'conversations:{logs}', rto: 1h}}\n"
         "copies:\n  - {repository: ./copy-eu}\nrestore_test: {repository: ./copy-eu}\n"
     )
     bundle = ok(cli("backup", "--json")).json()["sources"][0]["bundle_id"]
@@ -601,7 +602,21 @@ def test_the_drill_of_a_copy_runs_while_the_repository_is_out_of_reach(cli: Cli,
     assert drill.code == 3, (drill.out, drill.err)
     (source,) = json.loads(drill.out)["sources"]
     assert source["ok"] and source["bundle_id"] == bundle and source["repository"] == str(tmp_path / "copy-eu")
-    one_line_error(drill, 3, f"not recorded in {tmp_path / 'repo'} ")
+    # One line (the metrics file says the repository cannot be read; it was a second error line), and not
+    # the missing repository's advice to init one where the real one is only out of reach.
+    line = one_line_error(drill, 3, f"not recorded in {tmp_path / 'repo'} ", "no repository there")
+    assert "init" not in line
+    assert 'aibackup_rpo_breached{source="logs"} 1' in (tmp_path / "m.prom").read_text()
+    # status shows what the copy holds (it was one error line, the copies unseen), then the repository's
+    # error with its own exit code (2 here: no repository there; 3 for a region out of reach).
+    seen = cli("status", "--json")
+    assert seen.code == 2, (seen.out, seen.err)
+    (shown,) = json.loads(seen.out)["sources"]
+    assert shown["newest_bundle"] is None and shown["rpo_breached"]
+    assert [c["newest_bundle"] for c in shown["copies"]] == [bundle]
+    one_line_error(seen, 2, "no repository at")
+    text = cli("status")
+    assert bundle in text.out and "copy-eu" in text.out and text.code == 2
     # Without a copy to drill, the repository out of reach is the command's one error line, as before.
     (tmp_path / "aibackup.yaml").write_text(
         f"repository: ./repo\nsources:\n  logs: {{uri: 'conversations:{logs}', rto: 1h}}\n"

@@ -12,6 +12,7 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -528,7 +529,9 @@ def test_the_command_a_missing_repository_suggests_can_be_pasted_into_a_shell(s3
     assert f"`aibackup init --repo '{url}'`" in line and f"--to-repo '{url}'" in line
 
 
-def test_prune_aborts_the_uploads_crashed_runs_left_open(s3_env: Server, tmp_path: Path, cli: Cli) -> None:
+def test_prune_aborts_the_uploads_crashed_runs_left_open(
+    s3_env: Server, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A run killed outright (SIGKILL, a lost machine) or a create whose answer was lost leaves a multipart
     upload open: S3 bills its parts and no listing of objects shows it. prune aborts those under the
     repository begun before its grace period (a running backup's are younger), and says so."""
@@ -551,6 +554,25 @@ def test_prune_aborts_the_uploads_crashed_runs_left_open(s3_env: Server, tmp_pat
     assert "1 unfinished upload(s) of crashed runs aborted" in done.out
     assert [u["Key"] for u in _uploads(bucket)] == ["repo2/data/x.bin"]  # not the repository's: left alone
     ok(cli("verify", "--repo", url, "--read-data"))
+    # Credentials without s3:ListBucketMultipartUploads: a note, the prune done (it was exit 70 after its
+    # removals, and every prune after it the same).
+    from botocore.exceptions import ClientError
+
+    def denied(*args: object, **kwargs: object) -> object:
+        raise ClientError({"Error": {"Code": "AccessDenied", "Message": "Access Denied"}}, "ListMultipartUploads")
+
+    real = Storage._transfers
+
+    def refusing(self: Storage) -> Any:
+        client, pool = real(self)
+        monkeypatch.setattr(client, "get_paginator", denied)
+        return client, pool
+
+    monkeypatch.setattr(Storage, "_transfers", refusing)
+    ok(cli("backup", f"chroma:{tmp_path / 'chroma'}", "--repo", url, "--full"))
+    pruned = ok(cli("prune", "--repo", url, "--keep-last", "1", "--json")).json()
+    assert len(pruned["removed"]) == 1 and pruned["uploads_aborted"] == []
+    assert any(n.startswith("unfinished uploads not checked:") for n in pruned["notes"]), pruned["notes"]
 
 
 SIGTERM_CHILD = r"""
