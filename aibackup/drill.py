@@ -146,7 +146,7 @@ def restore_test(
         # find: each source's drill fails, recorded (it was one error line, and status and the metrics went on
         # showing the drill before as the last).
         tested, key_file, unopened = None, None, f"cannot open the copy {config.restore_test.repository!r}: {exc}"
-    primary: Callable[[], Scan] | None = functools.cache(repo.scan) if repo else None  # read once, for _behind
+    primary: Callable[[], Scan] | None = None if repo is None else functools.cache(repo.scan)  # once, for _behind
     for source in sources_of(config, names):
         if source.restore_test_skip and not names:
             continue
@@ -157,7 +157,7 @@ def restore_test(
             result = _drill(config, tested, source, key_file)
         if tested is not repo:
             result.repository = config.restore_test.repository
-            result.note = _behind(repo, source, result.bundle_id, primary) if repo and primary else None
+            result.note = None if repo is None or primary is None else _behind(repo, source, result.bundle_id, primary)
         state = "ok" if result.ok else "FAILED"
         report.event(
             "restore_test", f"{source.name}: restore test {state} in {result.rto_seconds:.1f} s", **result.to_json()
