@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
 import traceback
 
 import click
@@ -96,26 +94,8 @@ def init(
         click.echo(f"created {kind} at {created.storage.display()}")
 
 
-def _terminated(signum: int, frame: object) -> None:
-    """SIGTERM (systemd stopping a unit, Kubernetes a pod, ``timeout``) stops a command as Ctrl-C does: its
-    uploads aborted, its spool and lock removed, one line and exit 130. Left to Python's default, the process
-    died on the spot, leaving its lock for the next run to wait out and its open uploads billed on S3."""
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning every error into one line and a documented exit code."""
-    previous = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        previous = signal.signal(signal.SIGTERM, _terminated)
-    try:
-        _main(argv)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _main(argv: list[str] | None) -> None:
     args = sys.argv[1:] if argv is None else argv
     as_json = "--json" in args
     if not args:  # no command: the help, on stdout, as a success (not an error line)
