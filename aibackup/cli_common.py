@@ -16,7 +16,6 @@ from aibackup.errors import AibackupError, UsageError
 
 if TYPE_CHECKING:
     from aibackup.api import Repository
-    from aibackup.config import Config
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEFAULT_REPO = "./aibackup-repo"
@@ -169,13 +168,6 @@ def open_repository(url: str, config: Any = None, key_file: str | None = None) -
     from aibackup.api import Repository
 
     return Repository.open(url, key_file=key_file or (config.key_file if config is not None else None))
-
-
-def configured(repo: str | None, config_path: str | None, key_file: str | None = None) -> tuple[Repository, Config]:
-    """The commands that read aibackup.yaml (status, restore-test): the config, and its repository (or
-    --repo's) opened (with `key_file` over the config's)."""
-    url, config = resolve(repo, config_path, need_config=True, key_file=key_file)
-    return open_repository(url, config), config
 
 
 def emit_json(doc: object) -> None:
